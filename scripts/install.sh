@@ -1,0 +1,35 @@
+#!/bin/bash
+# Install coracle and what it needs on Debian 12, idempotently, as root.
+#   scripts/install.sh          runtime only
+#   scripts/install.sh --test   also the test tools (docker CLI/SDK, compose, registry)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_RUNTIME="python3 python3-venv iproute2 nftables libnftables1 busybox-static tini libseccomp2 procps"
+APT_TEST="docker-registry docker-compose apache2-utils iperf3 psmisc"
+
+want="$APT_RUNTIME"
+[ "${1:-}" = "--test" ] && want="$want $APT_TEST"
+
+missing=""
+for p in $want; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+# Debian's docker-registry starts a service we do not want listening.
+if [ "${1:-}" = "--test" ] && command -v service >/dev/null; then
+    service docker-registry stop >/dev/null 2>&1 || true
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+extra=""
+[ "${1:-}" = "--test" ] && extra="[test]"
+.venv/bin/pip install -q --disable-pip-version-check -e ".${extra}"
+ln -sf "$PWD/.venv/bin/coracle" /usr/local/bin/coracle
+ln -sf "$PWD/.venv/bin/coracled" /usr/local/bin/coracled

@@ -1,0 +1,1 @@
+"""Turning a container spec into isolated processes."""

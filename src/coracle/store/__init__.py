@@ -1,0 +1,5 @@
+"""Persistent state of the daemon."""
+
+from coracle.store.db import Store
+
+__all__ = ["Store"]

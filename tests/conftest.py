@@ -1,0 +1,46 @@
+"""Shared test world: throwaway network namespaces and unique names.
+
+Every test that touches the kernel does it inside namespaces it made itself
+and removes them afterwards, even on failure; the machine's own network is
+never touched. Names carry a per-session random tag so that several test runs
+on one machine (or a run next to a real daemon) cannot collide.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from typing import Iterator
+
+import pytest
+
+SESSION_TAG = secrets.token_hex(3)
+
+
+def unique(prefix: str) -> str:
+    """A short name unique to this session (fits IFNAMSIZ when prefix <= 5 chars)."""
+    return f"{prefix}{SESSION_TAG}{secrets.token_hex(2)}"
+
+
+def sh(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run a host tool as an independent witness (ip, nft, cat...)."""
+    return subprocess.run(args, check=check, capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        pytest.exit("coracle's tests need root (namespaces, cgroups, nftables)", returncode=2)
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A fresh, empty network namespace acting as a throwaway 'host'; removed afterwards."""
+    name = unique("ct")
+    sh("ip", "netns", "add", name)
+    sh("ip", "netns", "exec", name, "ip", "link", "set", "lo", "up")
+    try:
+        yield name
+    finally:
+        sh("ip", "netns", "del", name, check=False)
