@@ -1,0 +1,194 @@
+"""What runs in the freshly forked, single-threaded children of the monitor.
+
+Container: the child unshares the new namespaces, forks so that the grandchild
+is PID 1 of the new PID namespace, reports the grandchild's PID and exits. The
+grandchild waits on the sync pipe until the daemon has put it into its cgroups
+and wired its network; only then does it build its rootfs and exec user code.
+Exec: the child joins the container's cgroups and namespaces, forks so that
+the grandchild lands inside the PID namespace, reports it and exits.
+
+Any failure before exec is written as JSON to the error pipe (which is
+close-on-exec: a successful exec shows up as EOF), then the process exits.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import signal
+import termios
+from typing import NoReturn
+
+# Everything the child needs is imported here: after pivot_root the host's files are gone.
+from coracle.runtime import rootfs, security
+from coracle.runtime import syscalls as sc
+from coracle.runtime.identity import assume, resolve
+from coracle.runtime.spec import Spec
+
+
+class ChildFds:
+    """The pipe ends a child keeps: sync (read), ready (write), error (write), stdio."""
+
+    def __init__(self, sync: int, ready: int, error: int, stdin: int, stdout: int, stderr: int) -> None:
+        self.sync, self.ready, self.error = sync, ready, error
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+
+    def keep(self) -> set[int]:
+        return {self.sync, self.ready, self.error, self.stdin, self.stdout, self.stderr}
+
+
+def _close_others(keep: set[int]) -> None:
+    """Drop every inherited descriptor (other containers' pipes, the monitor's sockets)."""
+    low = 3
+    for fd in sorted(k for k in keep if k >= 3) + [1 << 20]:
+        if fd > low:
+            os.closerange(low, fd)
+        low = fd + 1
+
+
+def _reset_signals() -> None:
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _fail(fds: ChildFds, message: str, code: int = 127) -> NoReturn:
+    try:
+        os.write(fds.error, json.dumps({"error": message, "code": code}).encode())
+    finally:
+        os._exit(code)
+
+
+def _report_pid(fds: ChildFds, pid: int) -> None:
+    os.write(fds.ready, f"{pid}\n".encode())
+
+
+def _wait_release(fds: ChildFds) -> None:
+    """Block until the monitor says go; EOF means the start was abandoned."""
+    if os.read(fds.sync, 1) != b"g":
+        os._exit(1)
+    os.close(fds.sync)
+
+
+def _stdio(fds: ChildFds, tty: bool) -> None:
+    if tty:
+        os.setsid()
+        fcntl.ioctl(fds.stdout, termios.TIOCSCTTY, 0)
+    else:
+        os.setsid()
+    os.dup2(fds.stdin, 0)
+    os.dup2(fds.stdout, 1)
+    os.dup2(fds.stderr, 2)
+
+
+def _exec(spec: Spec, fds: ChildFds) -> NoReturn:
+    """Assume the identity, enter the working dir and replace ourselves with the program."""
+    proc = spec.process
+    env = dict(e.split("=", 1) if "=" in e else (e, "") for e in proc.env)
+    try:
+        uid, gid, groups, home = resolve(proc.user, proc.additional_groups)
+    except (LookupError, ValueError) as exc:
+        _fail(fds, str(exc), 126)
+    env.setdefault("HOME", home or "/")
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    cwd = proc.cwd or "/"
+    try:
+        os.makedirs(cwd, exist_ok=True)
+        os.chdir(cwd)
+    except OSError as exc:
+        _fail(fds, f"cannot use working directory {cwd}: {exc.strerror}", 126)
+    try:
+        security.prepare(proc)
+        assume(uid, gid, groups)
+        security.finish(proc)
+    except (OSError, ValueError) as exc:
+        _fail(fds, f"cannot set up process security: {exc}", 126)
+    _stdio(fds, proc.tty)
+    args = proc.args
+    if spec.init_binary and spec.kind == "container":
+        args = ["/sbin/docker-init", "--", *args]
+    try:
+        os.execvpe(args[0], args, env)
+    except FileNotFoundError:
+        _fail(fds, f'exec: "{args[0]}": executable file not found in $PATH', 127)
+    except PermissionError:
+        _fail(fds, f'exec: "{args[0]}": permission denied', 126)
+    except OSError as exc:
+        _fail(fds, f'exec: "{args[0]}": {exc.strerror}', 126)
+
+
+def run_child(spec: Spec, fds: ChildFds) -> NoReturn:
+    """Entry of the monitor's fresh child: nothing may escape back into the monitor's code."""
+    try:
+        if spec.kind == "container":
+            _container_child(spec, fds)
+        _exec_child(spec, fds)
+    except BaseException as exc:  # report even a bug in the child, never fall back into the monitor
+        _fail(fds, f"container init failed: {type(exc).__name__}: {exc}", 128)
+
+
+def _container_child(spec: Spec, fds: ChildFds) -> NoReturn:
+    """A new container: new namespaces, PID 1, rootfs, exec."""
+    try:
+        _reset_signals()
+        _close_others(fds.keep())
+        if spec.join_net:
+            fd = os.open(spec.join_net, os.O_RDONLY)
+            sc.setns(fd, sc.CLONE_NEWNET)
+            os.close(fd)
+        flags = 0
+        for ns in spec.namespaces:
+            if ns != "cgroup":  # entered after the cgroup move, so the container sees its own root
+                flags |= sc.NAMESPACES[ns]
+        sc.unshare(flags)
+        pid = os.fork()
+    except OSError as exc:
+        _fail(fds, f"cannot create namespaces: {exc}", 128)
+    if pid:
+        _report_pid(fds, pid)
+        os._exit(0)
+    try:
+        _wait_release(fds)
+        if "cgroup" in spec.namespaces:
+            sc.unshare(sc.CLONE_NEWCGROUP)
+        rootfs.build(spec)
+        if "uts" in spec.namespaces and spec.hostname:
+            sc.sethostname(spec.hostname)
+        for key, value in spec.sysctls.items():
+            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+                f.write(value)
+    except OSError as exc:
+        _fail(fds, f"cannot set up container: {exc}", 128)
+    _exec(spec, fds)
+
+
+def _exec_child(spec: Spec, fds: ChildFds) -> NoReturn:
+    """`exec` in a running container: join its cgroups and namespaces, then exec."""
+    try:
+        _reset_signals()
+        _close_others(fds.keep())
+        for d in spec.cgroup_dirs:
+            with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        order = ["cgroup", "ipc", "uts", "net", "pid", "mnt"]
+        handles = []
+        for ns in order:
+            path = f"/proc/{spec.target_pid}/ns/{ns}"
+            if os.readlink(path) != os.readlink(f"/proc/self/ns/{ns}"):
+                handles.append((os.open(path, os.O_RDONLY), sc.NAMESPACES[ns]))
+        for fd, kind in handles:
+            sc.setns(fd, kind)
+            os.close(fd)
+        os.chdir("/")
+        pid = os.fork()
+    except OSError as exc:
+        code = 126 if exc.errno != errno.ESRCH else 128
+        _fail(fds, f"cannot join container: {exc}", code)
+    if pid:
+        _report_pid(fds, pid)
+        os._exit(0)
+    _wait_release(fds)
+    _exec(spec, fds)

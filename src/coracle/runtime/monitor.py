@@ -1,0 +1,580 @@
+"""The monitor: one small supervisor process for every container on the host.
+
+Why it exists: the API daemon must be free to stop, crash or be upgraded
+without touching running containers, and an exit that happens while it is
+down must not be lost. So the daemon never parents containers. The monitor is
+a child subreaper that forks every container (and every exec), so each PID 1
+becomes its child; it reaps them and writes each exit atomically to
+`exits/<id>.json` before telling whoever listens. It also owns the stdio of
+every container: it writes the json-file log and fans output out to attach
+streams, so logs keep flowing while the daemon is away.
+
+It is deliberately single-threaded (forking is safe), imports little, and
+keeps no state that it cannot rebuild: one process, a few descriptors per
+container, instead of one shim process per container.
+
+Protocol: SOCK_SEQPACKET on `<exec-root>/monitor.sock`, one JSON object per
+packet. Requests: spawn, release, attach, resize, close_stdin, list,
+subscribe, ping. After `attach` the connection carries raw output packets
+(Docker multiplexed frames unless TTY) to the daemon, and input packets
+prefixed b"d" (data) or b"c" (close stdin) from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import json
+import os
+import pty
+import select
+import selectors
+import signal
+import socket
+import struct
+import sys
+import termios
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
+
+from coracle.runtime import init, syscalls
+from coracle.runtime.spec import Spec
+
+MAX_PACKET = 1 << 20
+LINE_MAX = 16 * 1024
+SUBSCRIBER_BUFFER = 4 << 20
+
+
+def utc_now() -> str:
+    """RFC 3339 with nanoseconds, like Docker's timestamps."""
+    ns = time.time_ns()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+
+
+class JsonLog:
+    """Docker's json-file log driver: one JSON object per line, with rotation."""
+
+    def __init__(self, path: str, max_size: int, max_file: int) -> None:
+        self.path, self.max_size, self.max_file = path, max_size, max(1, max_file)
+        self.f = open(path, "ab", buffering=0)
+        self.partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+
+    def write(self, stream: str, data: bytes, final: bool = False) -> None:
+        """Log complete lines; keep a partial one until its newline, 16 KiB, or the end."""
+        *lines, tail = (self.partial[stream] + data).split(b"\n")
+        records = [line + b"\n" for line in lines]
+        if tail and (final or len(tail) >= LINE_MAX):
+            records.append(tail)
+            tail = b""
+        self.partial[stream] = tail
+        if not records:
+            return
+        self.f.write(b"".join(
+            json.dumps({"log": r.decode("utf-8", "replace"), "stream": stream, "time": utc_now()}).encode() + b"\n"
+            for r in records
+        ))
+        self._rotate()
+
+    def _rotate(self) -> None:
+        if not self.max_size or self.f.tell() < self.max_size:
+            return
+        self.f.close()
+        if self.max_file > 1:
+            for i in range(self.max_file - 1, 0, -1):
+                src = self.path if i == 1 else f"{self.path}.{i - 1}"
+                if os.path.exists(src):
+                    os.rename(src, f"{self.path}.{i}")
+            self.f = open(self.path, "wb", buffering=0)
+        else:
+            self.f = open(self.path, "wb", buffering=0)
+
+    def close(self) -> None:
+        for stream in ("stdout", "stderr"):
+            if self.partial[stream]:
+                self.write(stream, b"", final=True)
+        self.f.close()
+
+
+@dataclass
+class Subscriber:
+    """An attach stream: a daemon connection that receives this process's output."""
+
+    sock: socket.socket
+    stdin: bool
+    streams: set[str]
+    pending: list[bytes] = field(default_factory=list)
+    pending_bytes: int = 0
+
+
+@dataclass
+class Proc:
+    """One supervised process: a container's PID 1 or an exec'd process."""
+
+    id: str
+    kind: str
+    tty: bool
+    pid: int = 0
+    state: str = "forking"  # forking -> held -> starting -> running -> exited
+    outputs: dict[int, str] = field(default_factory=dict)  # fd -> "stdout"/"stderr"/"tty"
+    stdin_fd: int = -1
+    master_fd: int = -1
+    sync_fd: int = -1
+    ready_fd: int = -1
+    error_fd: int = -1
+    error_buf: bytes = b""
+    log: JsonLog | None = None
+    subscribers: list[Subscriber] = field(default_factory=list)
+    waiter: socket.socket | None = None  # connection awaiting the spawn/release answer
+    exit_code: int | None = None
+
+
+class Monitor:
+    def __init__(self, exec_root: str) -> None:
+        self.root = os.path.join(exec_root, "monitor")
+        self.exits = os.path.join(self.root, "exits")
+        os.makedirs(self.exits, exist_ok=True)
+        self.sel = selectors.DefaultSelector()
+        self.procs: dict[str, Proc] = {}
+        self.by_pid: dict[int, Proc] = {}
+        self.listeners: list[socket.socket] = []
+        self.attached: dict[socket.socket, tuple[Proc, Subscriber]] = {}
+
+    # ----- plumbing -------------------------------------------------------
+
+    def serve(self) -> None:
+        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+        path = os.path.join(self.root, "monitor.sock")
+        if os.path.exists(path):
+            os.unlink(path)
+        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        lsock.bind(path)
+        os.chmod(path, 0o600)
+        lsock.listen(128)
+        lsock.setblocking(False)
+        self.sel.register(lsock, selectors.EVENT_READ, self._accept)
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only an explicit shutdown request or SIGKILL ends us
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        self.sel.register(wake_r, selectors.EVENT_READ, self._on_signal)
+        write_atomic(os.path.join(self.root, "monitor.pid"), str(os.getpid()).encode())
+        self._reap()
+        while True:
+            for key, events in self.sel.select():
+                key.data(key.fileobj, events)
+
+    def _accept(self, lsock: socket.socket, _events: int) -> None:
+        conn, _ = lsock.accept()
+        conn.setblocking(False)
+        self.sel.register(conn, selectors.EVENT_READ, self._on_request)
+
+    def _send(self, conn: socket.socket, obj: dict) -> None:
+        try:
+            conn.setblocking(True)
+            conn.settimeout(5)
+            conn.send(json.dumps(obj).encode())
+        except OSError:
+            self._drop(conn)
+        else:
+            conn.setblocking(False)
+
+    def _drop(self, conn: socket.socket) -> None:
+        try:
+            self.sel.unregister(conn)
+        except (KeyError, ValueError):
+            pass
+        if conn in self.listeners:
+            self.listeners.remove(conn)
+        entry = self.attached.pop(conn, None)
+        if entry:
+            proc, sub = entry
+            if sub in proc.subscribers:
+                proc.subscribers.remove(sub)
+        for proc in self.procs.values():
+            if proc.waiter is conn:
+                proc.waiter = None
+        conn.close()
+
+    def _on_signal(self, fd: int, _events: int) -> None:
+        try:
+            while os.read(fd, 512):
+                pass
+        except BlockingIOError:
+            pass
+        self._reap()
+
+    # ----- requests -------------------------------------------------------
+
+    def _on_request(self, conn: socket.socket, _events: int) -> None:
+        try:
+            raw = conn.recv(MAX_PACKET)
+        except OSError:
+            raw = b""
+        if not raw:
+            self._drop(conn)
+            return
+        try:
+            req = json.loads(raw)
+            handler: Callable[[socket.socket, dict], None] = getattr(self, "op_" + req["op"])
+        except (ValueError, KeyError, AttributeError, TypeError):
+            self._send(conn, {"error": "bad request"})
+            return
+        try:
+            handler(conn, req)
+        except Exception as exc:  # a bad request must never take the supervisor down
+            self._send(conn, {"error": f"{type(exc).__name__}: {exc}"})
+
+    def op_ping(self, conn: socket.socket, req: dict) -> None:
+        self._send(conn, {"ok": True, "pid": os.getpid()})
+
+    def op_subscribe(self, conn: socket.socket, req: dict) -> None:
+        self.listeners.append(conn)
+        self._send(conn, {"ok": True})
+
+    def op_list(self, conn: socket.socket, req: dict) -> None:
+        self._send(conn, {"procs": [
+            {"id": p.id, "kind": p.kind, "pid": p.pid, "state": p.state} for p in self.procs.values()
+        ]})
+
+    def op_spawn(self, conn: socket.socket, req: dict) -> None:
+        spec = Spec.from_json(req["spec"])
+        if spec.id in self.procs:
+            self._send(conn, {"error": f"{spec.id} is already supervised"})
+            return
+        proc = Proc(id=spec.id, kind=spec.kind, tty=spec.process.tty)
+        sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        child_side: list[int] = [sync_r, ready_w, err_w]
+        if spec.process.tty:
+            master, slave = pty.openpty()
+            os.set_inheritable(master, False)
+            stdin = stdout = stderr = slave
+            child_side.append(slave)
+            proc.master_fd = master
+            proc.outputs[master] = "tty"
+            proc.stdin_fd = master if spec.process.stdin else -1
+        else:
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            e_r, e_w = os.pipe2(os.O_CLOEXEC)
+            if spec.process.stdin:
+                in_r, in_w = os.pipe2(os.O_CLOEXEC)
+                proc.stdin_fd = in_w
+            else:
+                in_r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            stdin, stdout, stderr = in_r, out_w, e_w
+            child_side += [in_r, out_w, e_w]
+            proc.outputs[out_r] = "stdout"
+            proc.outputs[e_r] = "stderr"
+        fds = init.ChildFds(sync_r, ready_w, err_w, stdin, stdout, stderr)
+        pid = os.fork()
+        if pid == 0:
+            init.run_child(spec, fds)
+        for fd in child_side:
+            os.close(fd)
+        proc.sync_fd, proc.ready_fd, proc.error_fd = sync_w, ready_r, err_r
+        if spec.kind == "container" and spec.log_path:
+            proc.log = JsonLog(spec.log_path, spec.log_max_size, spec.log_max_file)
+        proc.waiter = conn
+        self.procs[spec.id] = proc
+        for fd in proc.outputs:
+            os.set_blocking(fd, False)
+            self.sel.register(fd, selectors.EVENT_READ, partial(self._on_output, proc))
+        self.sel.register(ready_r, selectors.EVENT_READ, partial(self._on_ready, proc))
+
+    def _on_ready(self, proc: Proc, fd: int, _events: int) -> None:
+        data = os.read(fd, 64)
+        self.sel.unregister(fd)
+        os.close(fd)
+        proc.ready_fd = -1
+        if data.strip().isdigit():
+            proc.pid = int(data)
+            proc.state = "held"
+            self.by_pid[proc.pid] = proc
+            if proc.waiter:
+                self._send(proc.waiter, {"pid": proc.pid})
+            return
+        # The intermediate child failed before forking: its error is on the error pipe.
+        error = self._read_error(proc)
+        if proc.waiter:
+            self._send(proc.waiter, error or {"error": "container process failed to start", "code": 128})
+        self._forget(proc)
+
+    def _read_error(self, proc: Proc) -> dict | None:
+        os.set_blocking(proc.error_fd, True)
+        data = proc.error_buf
+        while chunk := os.read(proc.error_fd, 65536):
+            data += chunk
+        return json.loads(data) if data else None
+
+    def op_release(self, conn: socket.socket, req: dict) -> None:
+        proc = self.procs.get(req["id"])
+        if proc is None or proc.state != "held":
+            self._send(conn, {"error": f"no held process {req['id']}"})
+            return
+        proc.waiter = conn
+        proc.state = "starting"
+        os.write(proc.sync_fd, b"g")
+        os.close(proc.sync_fd)
+        proc.sync_fd = -1
+        os.set_blocking(proc.error_fd, False)
+        self.sel.register(proc.error_fd, selectors.EVENT_READ, partial(self._on_error_pipe, proc))
+
+    def _on_error_pipe(self, proc: Proc, fd: int, _events: int) -> None:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        if chunk:
+            proc.error_buf += chunk
+            return
+        self._complete_start(proc)
+
+    def _complete_start(self, proc: Proc) -> None:
+        """The error pipe closed: exec happened (empty) or the child said why it failed."""
+        os.set_blocking(proc.error_fd, True)
+        while chunk := os.read(proc.error_fd, 65536):
+            proc.error_buf += chunk
+        self.sel.unregister(proc.error_fd)
+        os.close(proc.error_fd)
+        proc.error_fd = -1
+        if proc.error_buf:
+            answer = json.loads(proc.error_buf)
+        else:
+            answer = {"ok": True, "pid": proc.pid}
+            if proc.state == "starting":
+                proc.state = "running"
+        if proc.waiter:
+            self._send(proc.waiter, answer)
+            proc.waiter = None
+
+    def op_abandon(self, conn: socket.socket, req: dict) -> None:
+        """Kill a process that was never released (its start failed in the daemon)."""
+        proc = self.procs.get(req["id"])
+        if proc is not None and proc.pid:
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._send(conn, {"ok": True})
+
+    def op_attach(self, conn: socket.socket, req: dict) -> None:
+        proc = self.procs.get(req["id"])
+        if proc is None or proc.state == "exited":
+            self._send(conn, {"error": f"{req['id']} is not running"})
+            return
+        streams = {s for s in ("stdout", "stderr") if req.get(s, True)}
+        sub = Subscriber(conn, bool(req.get("stdin")) and proc.stdin_fd >= 0, streams)
+        proc.subscribers.append(sub)
+        self.attached[conn] = (proc, sub)
+        self.sel.modify(conn, selectors.EVENT_READ, self._on_attach_input)
+        self._send(conn, {"ok": True, "tty": proc.tty})
+
+    def _on_attach_input(self, conn: socket.socket, events: int) -> None:
+        proc, sub = self.attached[conn]
+        if events & selectors.EVENT_WRITE:
+            self._flush(sub)
+        if not events & selectors.EVENT_READ:
+            return
+        try:
+            data = conn.recv(MAX_PACKET)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(conn)
+            return
+        if not sub.stdin or proc.stdin_fd < 0:
+            return
+        if data[:1] == b"c":
+            self._close_stdin(proc)
+        elif data[:1] == b"d":
+            try:
+                os.set_blocking(proc.stdin_fd, True)
+                os.write(proc.stdin_fd, data[1:])
+            except OSError:
+                pass
+
+    def _close_stdin(self, proc: Proc) -> None:
+        if proc.stdin_fd >= 0 and proc.stdin_fd != proc.master_fd:
+            os.close(proc.stdin_fd)
+        elif proc.stdin_fd >= 0:
+            os.write(proc.master_fd, b"\x04")  # EOF on a terminal is ^D
+        proc.stdin_fd = -1
+
+    def op_close_stdin(self, conn: socket.socket, req: dict) -> None:
+        proc = self.procs.get(req["id"])
+        if proc is not None:
+            self._close_stdin(proc)
+        self._send(conn, {"ok": True})
+
+    def op_resize(self, conn: socket.socket, req: dict) -> None:
+        proc = self.procs.get(req["id"])
+        if proc is None or proc.master_fd < 0:
+            self._send(conn, {"error": "no terminal to resize"})
+            return
+        size = struct.pack("HHHH", int(req["h"]), int(req["w"]), 0, 0)
+        fcntl.ioctl(proc.master_fd, termios.TIOCSWINSZ, size)
+        self._send(conn, {"ok": True})
+
+    # ----- output ---------------------------------------------------------
+
+    def _on_output(self, proc: Proc, fd: int, _events: int) -> None:
+        self._pump(proc, fd)
+
+    def _pump(self, proc: Proc, fd: int) -> bool:
+        """Move what is readable on `fd` to the log and the attach streams; False at EOF."""
+        stream = proc.outputs[fd]
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return True
+        except OSError as exc:
+            if exc.errno != errno.EIO:  # EIO: the terminal's last writer is gone
+                raise
+            data = b""
+        if not data:
+            self.sel.unregister(fd)
+            os.close(fd)
+            del proc.outputs[fd]
+            if fd == proc.master_fd:
+                proc.master_fd = -1
+                proc.stdin_fd = -1
+            return False
+        name = "stdout" if stream == "tty" else stream
+        if proc.log:
+            proc.log.write(name, data)
+        for sub in list(proc.subscribers):
+            if name not in sub.streams:
+                continue
+            frame = data if proc.tty else struct.pack(">BxxxI", 1 if name == "stdout" else 2, len(data)) + data
+            sub.pending.append(frame)
+            sub.pending_bytes += len(frame)
+            self._flush(sub)
+        return True
+
+    def _flush(self, sub: Subscriber) -> None:
+        while sub.pending:
+            try:
+                sub.sock.send(sub.pending[0])
+            except BlockingIOError:
+                break
+            except OSError:
+                self._drop(sub.sock)
+                return
+            sub.pending_bytes -= len(sub.pending.pop(0))
+        if sub.pending_bytes > SUBSCRIBER_BUFFER:
+            self._drop(sub.sock)  # a reader that does not keep up loses its stream, never the container
+            return
+        if sub.sock in self.attached:
+            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if sub.pending else 0)
+            self.sel.modify(sub.sock, want, self._on_attach_input)
+
+    # ----- exits ----------------------------------------------------------
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            proc = self.by_pid.pop(pid, None)
+            if proc is not None:
+                code = os.waitstatus_to_exitcode(status)
+                self._finish(proc, 128 - code if code < 0 else code)
+
+    def _finish(self, proc: Proc, code: int) -> None:
+        proc.exit_code = code
+        if proc.error_fd >= 0 and proc.state == "starting":
+            self._complete_start(proc)
+        proc.state = "exited"
+        for fd in list(proc.outputs):
+            # Writers are gone once PID 1 is reaped (the PID namespace died with it):
+            # take what is left, but never wait on a descendant that escaped.
+            while fd in proc.outputs and self._readable(fd) and self._pump(proc, fd):
+                pass
+        if proc.log:
+            proc.log.close()
+        record = {"id": proc.id, "kind": proc.kind, "pid": proc.pid, "exit_code": code, "finished_at": utc_now()}
+        if proc.kind == "container":
+            write_atomic(os.path.join(self.exits, f"{proc.id}.json"), json.dumps(record).encode())
+        for sub in list(proc.subscribers):
+            self._flush(sub)
+            if sub.sock in self.attached:
+                try:
+                    sub.sock.setblocking(True)
+                    sub.sock.settimeout(2)
+                    for frame in sub.pending:
+                        sub.sock.send(frame)
+                except OSError:
+                    pass
+                self._drop(sub.sock)
+        if proc.waiter:
+            self._send(proc.waiter, {"error": "process exited during start", "code": code})
+        for listener in list(self.listeners):
+            self._send(listener, {"event": "exit", **record})
+        self._forget(proc)
+
+    @staticmethod
+    def _readable(fd: int) -> bool:
+        r, _, _ = select.select([fd], [], [], 0)
+        return bool(r)
+
+    def _forget(self, proc: Proc) -> None:
+        for fd in list(proc.outputs):
+            try:
+                self.sel.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+            os.close(fd)
+        proc.outputs.clear()
+        for attr in ("stdin_fd", "sync_fd", "ready_fd", "error_fd"):
+            fd = getattr(proc, attr)
+            if fd >= 0 and fd != proc.master_fd:
+                try:
+                    self.sel.unregister(fd)
+                except (KeyError, ValueError):
+                    pass
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            setattr(proc, attr, -1)
+        self.procs.pop(proc.id, None)
+        if proc.pid:
+            self.by_pid.pop(proc.pid, None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="coracle-monitor")
+    parser.add_argument("--exec-root", required=True)
+    args = parser.parse_args(argv)
+    lock_path = os.path.join(args.exec_root, "monitor", "monitor.lock")
+    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+    lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("another monitor already supervises this exec root", file=sys.stderr)
+        sys.exit(1)
+    Monitor(args.exec_root).serve()
+
+
+if __name__ == "__main__":
+    main()
