@@ -1,0 +1,153 @@
+"""Container resource limits in Docker's names and units, and their validation.
+
+Validation happens here, before any cgroup exists, so that bad input gets
+Docker's message and leaves nothing behind. What only the kernel can judge
+(a limit below current usage, a quota above the parent's) is refused later by
+the manager, also as InvalidParameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from coracle.cgroups import host
+from coracle.errors import InvalidParameter
+
+MIN_MEMORY = 6 * 1024 * 1024  # Docker's floor: below this a container cannot even start
+DEFAULT_CPU_PERIOD = 100_000  # µs; --cpus is expressed as quota over this period
+MIN_CPU_SHARES, MAX_CPU_SHARES = 2, 262_144
+
+# HostConfig JSON key -> field name
+_HOST_CONFIG_KEYS = {
+    "Memory": "memory",
+    "MemorySwap": "memory_swap",
+    "MemoryReservation": "memory_reservation",
+    "NanoCpus": "nano_cpus",
+    "CpuShares": "cpu_shares",
+    "CpuPeriod": "cpu_period",
+    "CpuQuota": "cpu_quota",
+    "CpusetCpus": "cpuset_cpus",
+    "CpusetMems": "cpuset_mems",
+    "PidsLimit": "pids_limit",
+    "BlkioWeight": "blkio_weight",
+    "OomKillDisable": "oom_kill_disable",
+}
+
+
+@dataclass
+class Resources:
+    """Limits for one container. Zero/empty means "not asked for".
+
+    On a fresh cgroup (Manager.set) "not asked for" is the same as unlimited.
+    On a live update (Manager.update) it means "leave as it is", and -1
+    (memory_swap, cpu_quota, pids_limit) explicitly removes a limit, as with
+    `docker update`.
+    """
+
+    memory: int = 0  # bytes
+    memory_swap: int = 0  # bytes of memory+swap; -1 unlimited; 0 = twice memory
+    memory_reservation: int = 0  # bytes (soft limit)
+    nano_cpus: int = 0  # 1e9 = one CPU
+    cpu_shares: int = 0
+    cpu_period: int = 0  # µs
+    cpu_quota: int = 0  # µs per period; -1 unlimited
+    cpuset_cpus: str = ""
+    cpuset_mems: str = ""
+    pids_limit: int = 0  # 0 or -1 unlimited
+    blkio_weight: int = 0  # 10..1000
+    oom_kill_disable: bool = False
+
+    @classmethod
+    def from_host_config(cls, hc: dict) -> "Resources":
+        """Build and validate from Docker's HostConfig JSON (null counts as unset)."""
+        kinds = {f.name: type(f.default) for f in fields(cls)}
+        values = {}
+        for key, name in _HOST_CONFIG_KEYS.items():
+            value = hc.get(key)
+            if value is None:
+                continue
+            if type(value) is not kinds[name]:
+                raise InvalidParameter(f"invalid value {value!r} for {key}")
+            values[name] = value
+        r = cls(**values)
+        r.validate()
+        return r
+
+    def cpu_limit(self) -> tuple[int, int]:
+        """The CFS (quota, period) in µs this asks for; 0 where not asked for."""
+        if self.nano_cpus:
+            return self.nano_cpus * DEFAULT_CPU_PERIOD // 1_000_000_000, DEFAULT_CPU_PERIOD
+        return self.cpu_quota, self.cpu_period
+
+    def validate(self, update: bool = False) -> None:
+        """Raise InvalidParameter with Docker's message for the first problem found.
+
+        `update` relaxes the rules that relate fields, since a live update may
+        name only one of them (e.g. --memory-swap alone).
+        """
+        if self.memory < 0:
+            raise InvalidParameter("Memory limit cannot be negative")
+        if 0 < self.memory < MIN_MEMORY:
+            raise InvalidParameter("Minimum memory limit allowed is 6MB")
+        if self.memory_swap < -1:
+            raise InvalidParameter("Invalid memory swap limit: use -1 for unlimited swap")
+        if self.memory_swap > 0 and self.memory == 0 and not update:
+            raise InvalidParameter(
+                "You should always set the Memory limit when using Memoryswap limit, see usage."
+            )
+        if self.memory_swap > 0 and self.memory_swap < self.memory:
+            raise InvalidParameter(
+                "Minimum memoryswap limit should be larger than memory limit, see usage."
+            )
+        if self.memory_reservation < 0 or 0 < self.memory_reservation < MIN_MEMORY:
+            raise InvalidParameter("Minimum memory reservation allowed is 6MB")
+        if self.memory and self.memory_reservation > self.memory:
+            raise InvalidParameter(
+                "Minimum memory limit can not be less than memory reservation limit, see usage."
+            )
+        self._validate_cpu()
+        self.cpuset_cpus = self._validate_cpuset(self.cpuset_cpus, host.online_cpus_list(), "cpus", "CPUs")
+        self.cpuset_mems = self._validate_cpuset(
+            self.cpuset_mems, host.online_mems_list(), "mems", "memory nodes"
+        )
+        if self.blkio_weight and not 10 <= self.blkio_weight <= 1000:
+            raise InvalidParameter("Range of blkio weight is from 10 to 1000")
+
+    def _validate_cpu(self) -> None:
+        if self.nano_cpus and self.cpu_period:
+            raise InvalidParameter("Conflicting options: Nano CPUs and CPU Period cannot both be set")
+        if self.nano_cpus and self.cpu_quota:
+            raise InvalidParameter("Conflicting options: Nano CPUs and CPU Quota cannot both be set")
+        ncpu = host.online_cpus()
+        if self.nano_cpus and not 10_000_000 <= self.nano_cpus <= ncpu * 1_000_000_000:
+            raise InvalidParameter(
+                f"Range of CPUs is from 0.01 to {ncpu}.00, as there are only {ncpu} CPUs available"
+            )
+        if self.cpu_shares < 0:
+            raise InvalidParameter("CPU shares cannot be negative")
+        if self.cpu_period and not 1000 <= self.cpu_period <= 1_000_000:
+            raise InvalidParameter(
+                "CPU cfs period can not be less than 1ms (i.e. 1000) or larger than 1s (i.e. 1000000)"
+            )
+        if self.cpu_quota < -1 or 0 < self.cpu_quota < 1000:
+            raise InvalidParameter("CPU cfs quota can not be less than 1ms (i.e. 1000)")
+
+    @staticmethod
+    def _validate_cpuset(value: str, available: str, flag: str, noun: str) -> str:
+        value = value.strip()
+        if not value:
+            return ""
+        try:
+            wanted = host.parse_list(value)
+        except ValueError:
+            raise InvalidParameter(f"Invalid value {value} for cpuset {flag}") from None
+        if not wanted <= host.parse_list(available):
+            raise InvalidParameter(
+                f"Requested {noun} are not available - requested {value}, available: {available}"
+            )
+        return value
+
+    def cpu_weight(self) -> int:
+        """cgroup v2 cpu.weight (1..10000) for Docker's cpu shares (2..262144)."""
+        shares = min(max(self.cpu_shares, MIN_CPU_SHARES), MAX_CPU_SHARES)
+        return 1 + ((shares - 2) * 9999) // 262142
