@@ -1,0 +1,402 @@
+"""Engine API routes for containers and exec: /containers/..., /exec/...
+
+Handlers translate HTTP to engine calls and back; engine calls block (netlink,
+cgroups, the monitor), so they run in worker threads and the event loop keeps
+serving `ps` while fifty containers start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from coracle.api import filters as flt
+from coracle.api.http import Request, Response, Router
+from coracle.api.streams import AttachHub, frame, parse_detach_keys, pump
+from coracle.engine import logs as logfile
+from coracle.engine.engine import Engine
+from coracle.errors import Conflict, InvalidParameter, NotFound, NotModified
+
+thread = asyncio.to_thread
+
+
+def summary(engine: Engine, rec: dict[str, Any], size: bool = False) -> dict[str, Any]:
+    """One element of GET /containers/json (docker ps)."""
+    state = rec["State"]
+    ports = []
+    for key, bindings in (rec["NetworkSettings"].get("Ports") or {}).items():
+        number, _, proto = key.partition("/")
+        for b in bindings or [{}]:
+            entry = {"PrivatePort": int(number), "Type": proto or "tcp"}
+            if b.get("HostPort"):
+                entry.update({"IP": b.get("HostIp") or "0.0.0.0", "PublicPort": int(b["HostPort"])})
+            ports.append(entry)
+    image = rec["Config"].get("Image", "")
+    out = {
+        "Id": rec["Id"], "Names": [rec["Name"]], "Image": image, "ImageID": rec["Image"],
+        "Command": " ".join([rec["Path"], *rec["Args"]]), "Created": _epoch(rec["Created"]),
+        "Ports": ports, "Labels": rec["Config"].get("Labels") or {}, "State": state["Status"],
+        "Status": status_text(state), "HostConfig": {"NetworkMode": rec["HostConfig"].get("NetworkMode", "")},
+        "NetworkSettings": {"Networks": rec["NetworkSettings"].get("Networks") or {}},
+        "Mounts": rec["Mounts"],
+    }
+    if size:
+        out["SizeRw"] = _du(rec["GraphDriver"]["Data"]["UpperDir"])
+        out["SizeRootFs"] = out["SizeRw"]
+    return out
+
+
+def _du(path: str) -> int:
+    import os
+
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _epoch(stamp: str) -> int:
+    from datetime import datetime
+
+    try:
+        return int(datetime.fromisoformat(stamp[:26].rstrip("Z") + "+00:00").timestamp())
+    except ValueError:
+        return 0
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 1:
+        return "Less than a second"
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size * (2 if unit != "day" else 1):
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    if seconds >= 60:
+        return "About a minute"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+def status_text(state: dict[str, Any]) -> str:
+    """Docker's human status: "Up 3 seconds", "Exited (0) 2 minutes ago", "Created"."""
+    now = time.time()
+    if state.get("Restarting"):
+        return f"Restarting ({state['ExitCode']}) {_ago(now - _epoch(state['FinishedAt']))} ago"
+    if state["Running"]:
+        text = f"Up {_ago(now - _epoch(state['StartedAt']))}"
+        return text + " (Paused)" if state["Paused"] else text
+    if state["Status"] == "created":
+        return "Created"
+    if state["Status"] == "removing":
+        return "Removal In Progress"
+    return f"Exited ({state['ExitCode']}) {_ago(now - _epoch(state['FinishedAt']))} ago"
+
+
+def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
+    """Register every container and exec route on the router."""
+
+    async def list_(req: Request) -> Response:
+        filters = req.qjson("filters") or {}
+        records = await thread(engine.records)
+        show_all = req.qbool("all")
+        limit = req.qint("limit", -1)
+        if req.qbool("latest"):
+            limit = 1
+        out = []
+        for rec in sorted(records, key=lambda r: r["Created"], reverse=True):
+            if not show_all and not rec["State"]["Running"] and limit <= 0 and "status" not in filters:
+                continue
+            if not flt.container_matches(rec, filters):
+                continue
+            out.append(summary(engine, rec, req.qbool("size")))
+        if limit > 0:
+            out = out[:limit]
+        return Response.json(out)
+
+    async def create(req: Request) -> Response:
+        body = req.json()
+        name = req.q("name")
+        result = await thread(engine.create, body, name or None)
+        return Response.json(result, status=201)
+
+    async def inspect(req: Request, id: str) -> Response:
+        out = await thread(engine.inspect, id)
+        if req.qbool("size"):
+            out["SizeRw"] = await thread(_du, out["GraphDriver"]["Data"]["UpperDir"])
+            out["SizeRootFs"] = out["SizeRw"]
+        return Response.json(out)
+
+    async def start(req: Request, id: str) -> Response:
+        try:
+            await thread(engine.start, id, lambda rec: hub.connect_waiting(rec["Id"]))
+        except NotModified:
+            return Response.empty(304)
+        return Response.empty(204)
+
+    async def stop(req: Request, id: str) -> Response:
+        try:
+            t = req.qint("t", None) if req.q("t") is not None else req.qint("timeout", None)
+            await thread(engine.stop, id, t, req.q("signal"))
+        except NotModified:
+            return Response.empty(304)
+        return Response.empty(204)
+
+    async def restart(req: Request, id: str) -> Response:
+        await thread(engine.restart, id, req.qint("t", None) if req.q("t") is not None else None)
+        return Response.empty(204)
+
+    async def kill(req: Request, id: str) -> Response:
+        await thread(engine.kill, id, req.q("signal"))
+        return Response.empty(204)
+
+    async def pause(req: Request, id: str) -> Response:
+        await thread(engine.pause, id)
+        return Response.empty(204)
+
+    async def unpause(req: Request, id: str) -> Response:
+        await thread(engine.unpause, id)
+        return Response.empty(204)
+
+    async def remove(req: Request, id: str) -> Response:
+        await thread(engine.remove, id, req.qbool("force"), req.qbool("v"))
+        return Response.empty(204)
+
+    async def rename(req: Request, id: str) -> Response:
+        name = req.q("name")
+        if not name:
+            raise InvalidParameter("name is required")
+        await thread(engine.rename, id, name)
+        return Response.empty(204)
+
+    async def update(req: Request, id: str) -> Response:
+        return Response.json(await thread(engine.update, id, req.json()))
+
+    async def top(req: Request, id: str) -> Response:
+        return Response.json(await thread(engine.top, id))
+
+    async def wait(req: Request, id: str) -> Any:
+        condition = req.q("condition") or "not-running"
+        if condition not in ("not-running", "next-exit", "removed"):
+            raise InvalidParameter(f"invalid condition: {condition}")
+        rec = await thread(engine.get, id)
+        cid = rec["Id"]
+        sub = engine.events.subscribe()
+        try:
+            rec = engine.store.get("container", cid)
+            if rec is None:
+                if condition == "removed":
+                    return Response.json({"StatusCode": 0})
+                raise NotFound(f"No such container: {id}")
+            if condition == "not-running" and not rec["State"]["Running"] and not rec["State"].get("Restarting"):
+                return Response.json({"StatusCode": rec["State"]["ExitCode"]})
+
+            async def until_done(stream: Any) -> None:
+                code = None
+                while True:
+                    ev = await sub.get()
+                    if ev["Type"] != "container" or ev["Actor"]["ID"] != cid:
+                        continue
+                    if ev["Action"] == "die":
+                        code = int(ev["Actor"]["Attributes"].get("exitCode", 0))
+                        if condition != "removed":
+                            break
+                    if ev["Action"] == "destroy":
+                        if code is None:
+                            latest = engine.store.get("container", cid)
+                            code = latest["State"]["ExitCode"] if latest else 0
+                        break
+                body: dict[str, Any] = {"StatusCode": code or 0}
+                await stream.write(json.dumps(body).encode() + b"\n")
+
+            return Response.stream(until_done, content_type="application/json", after_headers=True)
+        finally:
+            pass
+
+    async def logs(req: Request, id: str) -> Any:
+        rec = await thread(engine.get, id)
+        stdout, stderr = req.qbool("stdout"), req.qbool("stderr")
+        if not stdout and not stderr:
+            raise InvalidParameter("You must choose at least one stream")
+        tail_text = req.q("tail") or "all"
+        tail = None if tail_text == "all" else int(tail_text) if tail_text.lstrip("-").isdigit() else None
+        since, until = logfile.parse_time(req.q("since")), logfile.parse_time(req.q("until"))
+        timestamps, follow = req.qbool("timestamps"), req.qbool("follow")
+        tty = rec["Config"]["Tty"]
+        entries, offset = await thread(logfile.read, rec["LogPath"], stdout=stdout, stderr=stderr,
+                                       since=since, until=until, tail=tail)
+
+        def encode(entry: dict[str, Any]) -> bytes:
+            data = entry["log"].encode()
+            if timestamps:
+                data = entry["time"].encode() + b" " + data
+            return data if tty else frame(1 if entry["stream"] == "stdout" else 2, data)
+
+        async def produce(stream: Any) -> None:
+            for entry in entries:
+                await stream.write(encode(entry))
+            if not follow or until is not None:
+                return
+            cid = rec["Id"]
+            for entry in logfile.follow(rec["LogPath"], offset):
+                if entry is None:
+                    current = engine.store.get("container", cid)
+                    if current is None or not (current["State"]["Running"] or current["State"].get("Restarting")):
+                        for late in logfile.follow(rec["LogPath"], offset):
+                            if late is None:
+                                return
+                            await stream.write(encode(late))
+                    await asyncio.sleep(0.05)
+                    continue
+                offset_entry = entry
+                if offset_entry.get("stream") in {s for s, on in (("stdout", stdout), ("stderr", stderr)) if on}:
+                    await stream.write(encode(offset_entry))
+
+        content = "application/vnd.docker.raw-stream" if tty else "application/vnd.docker.multiplexed-stream"
+        return Response.stream(produce, content_type=content)
+
+    async def stats(req: Request, id: str) -> Any:
+        stream_mode = req.qbool("stream", True)
+        one_shot = req.qbool("one-shot")
+
+        async def produce(stream: Any) -> None:
+            previous = None
+            if not stream_mode and not one_shot:
+                previous = await thread(engine.stats, id)
+                await asyncio.sleep(0.5)
+            while True:
+                current = await thread(engine.stats, id)
+                if previous is not None:
+                    current["precpu_stats"] = previous.get("cpu_stats", {})
+                    current["preread"] = previous["read"]
+                else:
+                    current["precpu_stats"] = {}
+                await stream.write(json.dumps(current).encode() + b"\n")
+                if not stream_mode:
+                    return
+                previous = current
+                await asyncio.sleep(1)
+
+        await thread(engine.get, id)
+        return Response.stream(produce, content_type="application/json")
+
+    async def attach(req: Request, id: str) -> Any:
+        rec = await thread(engine.get, id)
+        cid = rec["Id"]
+        want_in, want_out, want_err = req.qbool("stdin"), req.qbool("stdout"), req.qbool("stderr")
+        tty = rec["Config"]["Tty"]
+        detach = parse_detach_keys(req.q("detachKeys") or "")
+        waiting = None
+        if rec["State"]["Running"]:
+            msock, tty = await thread(engine.monitor.attach, cid, want_in and rec["Config"]["OpenStdin"],
+                                      want_out, want_err)
+        else:
+            waiting = hub.wait(cid, want_in and rec["Config"]["OpenStdin"], want_out, want_err)
+
+        async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal msock, tty
+            if waiting is not None:
+                try:
+                    msock, tty = await waiting.ready
+                finally:
+                    hub.cancel(cid, waiting)
+            if req.qbool("logs"):
+                entries, _ = await thread(logfile.read, rec["LogPath"], stdout=want_out, stderr=want_err)
+                for entry in entries:
+                    data = entry["log"].encode()
+                    writer.write(data if tty else frame(1 if entry["stream"] == "stdout" else 2, data))
+            await pump(msock, reader, writer, stdin=want_in, stdin_once=rec["Config"].get("StdinOnce", False),
+                       tty=tty, detach_keys=detach)
+
+        if waiting is None:
+            msock_holder = msock  # noqa: F841 (kept alive for the session)
+        else:
+            msock = None
+        content = "application/vnd.docker.raw-stream" if tty else "application/vnd.docker.multiplexed-stream"
+        return Response.hijack(session, content_type=content)
+
+    async def resize(req: Request, id: str) -> Response:
+        rec = await thread(engine.get, id)
+        if not rec["State"]["Running"]:
+            raise Conflict(f"Container {rec['Id']} is not running")
+        await thread(engine.monitor.resize, rec["Id"], req.qint("h", 24), req.qint("w", 80))
+        return Response.empty(200)
+
+    async def exec_create(req: Request, id: str) -> Response:
+        body = req.json()
+        if not isinstance(body, dict):
+            raise InvalidParameter("exec config must be a JSON object")
+        return Response.json({"Id": await thread(engine.exec_create, id, body)}, status=201)
+
+    async def exec_start(req: Request, id: str) -> Any:
+        body = req.json() if req.body else {}
+        ex = engine.exec_get(id)
+        if body.get("Detach"):
+            await thread(engine.exec_start, id, None)
+            return Response.empty(200)
+        tty = bool(body.get("Tty", ex["ProcessConfig"]["tty"]))
+        waiting = hub.wait(id, ex["OpenStdin"], ex["OpenStdout"], ex["OpenStderr"])
+
+        async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await thread(engine.exec_start, id, lambda _ex: hub.connect_waiting(id))
+                msock, is_tty = await waiting.ready
+            except Exception as exc:
+                hub.cancel(id, waiting)
+                message = str(exc) + "\r\n"
+                writer.write(message.encode() if tty else frame(2, message.encode()))
+                return
+            await pump(msock, reader, writer, stdin=ex["OpenStdin"], stdin_once=True, tty=is_tty)
+            await thread(engine.exec_wait, id, 5)
+
+        content = "application/vnd.docker.raw-stream" if tty else "application/vnd.docker.multiplexed-stream"
+        return Response.hijack(session, content_type=content)
+
+    async def exec_inspect(req: Request, id: str) -> Response:
+        ex = engine.exec_get(id)
+        return Response.json({**ex, "Pid": ex["Pid"]})
+
+    async def exec_resize(req: Request, id: str) -> Response:
+        engine.exec_get(id)
+        await thread(engine.monitor.resize, id, req.qint("h", 24), req.qint("w", 80))
+        return Response.empty(200)
+
+    async def prune(req: Request) -> Response:
+        filters = req.qjson("filters") or {}
+        deleted = []
+        for rec in await thread(engine.records):
+            if rec["State"]["Running"] or not flt.container_matches(rec, filters, prune=True):
+                continue
+            await thread(engine.remove, rec["Id"])
+            deleted.append(rec["Id"])
+        return Response.json({"ContainersDeleted": deleted, "SpaceReclaimed": 0})
+
+    r = router.add
+    r("GET", "/containers/json", list_)
+    r("POST", "/containers/create", create)
+    r("POST", "/containers/prune", prune)
+    r("GET", "/containers/{id}/json", inspect)
+    r("POST", "/containers/{id}/start", start)
+    r("POST", "/containers/{id}/stop", stop)
+    r("POST", "/containers/{id}/restart", restart)
+    r("POST", "/containers/{id}/kill", kill)
+    r("POST", "/containers/{id}/pause", pause)
+    r("POST", "/containers/{id}/unpause", unpause)
+    r("DELETE", "/containers/{id}", remove)
+    r("POST", "/containers/{id}/rename", rename)
+    r("POST", "/containers/{id}/update", update)
+    r("GET", "/containers/{id}/top", top)
+    r("POST", "/containers/{id}/wait", wait)
+    r("GET", "/containers/{id}/logs", logs)
+    r("GET", "/containers/{id}/stats", stats)
+    r("POST", "/containers/{id}/attach", attach)
+    r("POST", "/containers/{id}/resize", resize)
+    r("POST", "/containers/{id}/exec", exec_create)
+    r("POST", "/exec/{id}/start", exec_start)
+    r("GET", "/exec/{id}/json", exec_inspect)
+    r("POST", "/exec/{id}/resize", exec_resize)

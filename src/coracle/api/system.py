@@ -1,0 +1,143 @@
+"""System routes: /version, /info, /events, /system/df, and coracle's /coracle/check."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import time
+from typing import Any
+
+from coracle import __version__
+from coracle.api.filters import values
+from coracle.api.http import Request, Response, Router
+from coracle.engine.engine import Engine
+from coracle.engine.logs import parse_time
+
+API_VERSION = "1.47"
+MIN_API_VERSION = "1.24"
+DOCKER_COMPAT = "27.0.0"
+
+
+def version_info() -> dict[str, Any]:
+    uname = os.uname()
+    return {
+        "Platform": {"Name": "coracle"},
+        "Components": [{"Name": "Engine", "Version": __version__, "Details": {"ApiVersion": API_VERSION}}],
+        "Version": DOCKER_COMPAT, "ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION,
+        "GitCommit": "coracle", "GoVersion": "python" + platform.python_version(), "Os": "linux",
+        "Arch": "amd64" if uname.machine == "x86_64" else uname.machine, "KernelVersion": uname.release,
+        "BuildTime": "", "Experimental": False,
+    }
+
+
+def routes(router: Router, engine: Engine, images: Any, network: Any, data_root: str) -> None:
+    async def version(req: Request) -> Response:
+        return Response.json(version_info())
+
+    async def info(req: Request) -> Response:
+        records = await asyncio.to_thread(engine.records)
+        running = sum(1 for r in records if r["State"]["Running"] and not r["State"]["Paused"])
+        paused = sum(1 for r in records if r["State"]["Paused"])
+        uname = os.uname()
+        from coracle import cgroups
+
+        cgroup_version = "2" if cgroups.detect().__name__ == "V2Manager" else "1"
+        return Response.json({
+            "ID": "coracle", "Containers": len(records), "ContainersRunning": running,
+            "ContainersPaused": paused, "ContainersStopped": len(records) - running - paused,
+            "Images": len(await asyncio.to_thread(images.list)), "Driver": "overlay2",
+            "DriverStatus": [["Backing Filesystem", "extfs"]], "Plugins": {"Network": ["bridge", "host", "none"],
+                                                                              "Volume": ["local"], "Log": ["json-file"]},
+            "MemoryLimit": True, "SwapLimit": False, "CpuCfsPeriod": True, "CpuCfsQuota": True, "CPUShares": True,
+            "CPUSet": True, "PidsLimit": True, "OomKillDisable": True, "IPv4Forwarding": True,
+            "Debug": False, "NFd": len(os.listdir("/proc/self/fd")), "NGoroutines": 0,
+            "SystemTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "LoggingDriver": "json-file",
+            "CgroupDriver": "cgroupfs", "CgroupVersion": cgroup_version, "NEventsListener": 0,
+            "KernelVersion": uname.release, "OperatingSystem": _os_name(), "OSType": "linux",
+            "OSVersion": "", "Architecture": uname.machine, "NCPU": os.cpu_count(),
+            "MemTotal": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "IndexServerAddress": "",
+            "RegistryConfig": {"IndexConfigs": {}, "InsecureRegistryCIDRs": ["127.0.0.0/8"]},
+            "DockerRootDir": data_root, "Name": uname.nodename, "Labels": [], "ExperimentalBuild": False,
+            "ServerVersion": DOCKER_COMPAT, "Runtimes": {"coracle": {"path": "coracle-monitor"}},
+            "DefaultRuntime": "coracle", "LiveRestoreEnabled": True, "Isolation": "", "InitBinary": "tini",
+            "SecurityOptions": ["name=seccomp,profile=builtin"], "Warnings": [],
+        })
+
+    async def events(req: Request) -> Any:
+        since = parse_time(req.q("since"))
+        until = parse_time(req.q("until"))
+        filters = req.qjson("filters") or {}
+
+        def keep(ev: dict[str, Any]) -> bool:
+            checks = {
+                "type": ev["Type"], "event": ev["Action"].split(":")[0], "container": None,
+                "network": None, "image": None,
+            }
+            for key in ("type", "event"):
+                wanted = values(filters, key)
+                if wanted and checks[key] not in wanted:
+                    return False
+            for key in ("container", "network", "image"):
+                wanted = values(filters, key)
+                if wanted and not (ev["Type"] == key and (
+                        any(ev["Actor"]["ID"].startswith(w) or ev["Actor"]["Attributes"].get("name") == w
+                            for w in wanted))):
+                    return False
+            labels = values(filters, "label")
+            for item in labels:
+                k, _, v = item.partition("=")
+                if ev["Actor"]["Attributes"].get(k) != (v or ev["Actor"]["Attributes"].get(k)) or \
+                        k not in ev["Actor"]["Attributes"]:
+                    return False
+            return True
+
+        sub = engine.events.subscribe()
+
+        async def produce(stream: Any) -> None:
+            try:
+                if since is not None:
+                    for ev in engine.events.since(int(since * 1e9), int(until * 1e9) if until else None):
+                        if keep(ev):
+                            await stream.write(json.dumps(ev).encode() + b"\n")
+                deadline = None if until is None else until
+                while True:
+                    timeout = None if deadline is None else max(0.0, deadline - time.time())
+                    if timeout == 0.0:
+                        return
+                    try:
+                        ev = await asyncio.wait_for(sub.get(), timeout)
+                    except asyncio.TimeoutError:
+                        return
+                    if keep(ev):
+                        await stream.write(json.dumps(ev).encode() + b"\n")
+            finally:
+                sub.close()
+
+        return Response.stream(produce, content_type="application/json")
+
+    async def df(req: Request) -> Response:
+        from coracle.api.containers import _du, summary
+
+        records = await asyncio.to_thread(engine.records)
+        containers = [summary(engine, r, size=True) for r in records]
+        usage = await asyncio.to_thread(images.disk_usage)
+        return Response.json({"LayersSize": usage.get("LayersSize", 0), "Images": usage.get("Images", []),
+                              "Containers": containers, "Volumes": [], "BuildCache": []})
+
+    router.add("GET", "/version", version)
+    router.add("GET", "/info", info)
+    router.add("GET", "/events", events)
+    router.add("GET", "/system/df", df)
+
+
+def _os_name() -> str:
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return "Linux"

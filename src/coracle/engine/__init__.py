@@ -1,0 +1,1 @@
+"""The daemon's core: container records, their state machine and lifecycle."""

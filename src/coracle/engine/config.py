@@ -1,0 +1,198 @@
+"""From a Docker `POST /containers/create` body to a validated container record.
+
+All user input is checked here, before anything exists, so that a bad request
+fails with a clear 400 and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal as _signal
+from typing import Any
+
+from coracle.errors import InvalidParameter
+
+NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+RESTART_POLICIES = {"", "no", "always", "unless-stopped", "on-failure"}
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def new_id() -> str:
+    return secrets.token_hex(32)
+
+
+def check_name(name: str) -> str:
+    """Docker's name rule; returns the name without its leading slash."""
+    if not NAME_RE.match(name):
+        raise InvalidParameter(f'Invalid container name ({name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed')
+    return name.lstrip("/")
+
+
+def parse_signal(value: str | int | None, default: str = "SIGTERM") -> int:
+    """ "KILL", "SIGKILL", "9" -> 9, with Docker's error for anything else."""
+    if value in (None, "", 0):
+        value = default
+    text = str(value).upper()
+    if text.isdigit():
+        number = int(text)
+        if 0 < number < 65:
+            return number
+    else:
+        name = text if text.startswith("SIG") else "SIG" + text
+        if hasattr(_signal.Signals, name):
+            return int(_signal.Signals[name])
+    raise InvalidParameter(f"Invalid signal: {value}")
+
+
+def merge_env(image_env: list[str] | None, env: list[str] | None) -> list[str]:
+    """Image environment overridden key by key by the container's."""
+    merged: dict[str, str] = {}
+    for item in [*(image_env or []), *(env or [])]:
+        if not isinstance(item, str):
+            raise InvalidParameter(f"invalid environment variable: {item!r}")
+        key = item.split("=", 1)[0]
+        if not key:
+            raise InvalidParameter(f"invalid environment variable: {item}")
+        merged[key] = item
+    if "PATH" not in merged:
+        merged["PATH"] = DEFAULT_PATH
+    return list(merged.values())
+
+
+def strings(value: Any, field: str) -> list[str] | None:
+    """A JSON field that Docker accepts as a string or a list of strings."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidParameter(f"{field} must be a list of strings")
+    return value
+
+
+def command(config: dict, image_config: dict) -> list[str]:
+    """Entrypoint + Cmd as Docker combines them: an explicit entrypoint drops the image's Cmd."""
+    entrypoint = strings(config.get("Entrypoint"), "Entrypoint")
+    cmd = strings(config.get("Cmd"), "Cmd")
+    if entrypoint is None:
+        argv = list(image_config.get("Entrypoint") or []) + (cmd or list(image_config.get("Cmd") or []))
+    else:
+        argv = [part for part in entrypoint if part] + (cmd or [])
+    if not argv:
+        raise InvalidParameter("no command specified")
+    return argv
+
+
+def restart_policy(host_config: dict) -> dict:
+    policy = host_config.get("RestartPolicy") or {}
+    if not isinstance(policy, dict):
+        raise InvalidParameter("RestartPolicy must be an object")
+    name = policy.get("Name") or ""
+    if name not in RESTART_POLICIES:
+        raise InvalidParameter(f"invalid restart policy '{name}'")
+    retries = policy.get("MaximumRetryCount") or 0
+    if not isinstance(retries, int) or retries < 0:
+        raise InvalidParameter("invalid restart policy: maximum retry count cannot be negative")
+    if retries and name != "on-failure":
+        raise InvalidParameter(f"invalid restart policy: maximum retry count can only be used with 'on-failure'")
+    if name not in ("", "no") and host_config.get("AutoRemove"):
+        raise InvalidParameter("can't create 'AutoRemove' container with restart policy")
+    return {"Name": name, "MaximumRetryCount": retries}
+
+
+def binds(host_config: dict, volumes_root: str) -> list[dict[str, Any]]:
+    """`-v SRC:DST[:ro]` and HostConfig.Mounts -> mount points (Docker's Mounts shape)."""
+    mounts: list[dict[str, Any]] = []
+    for bind in host_config.get("Binds") or []:
+        if not isinstance(bind, str):
+            raise InvalidParameter(f"invalid volume specification: {bind!r}")
+        parts = bind.split(":")
+        if len(parts) == 1:
+            src, dst, mode = "", parts[0], ""
+        elif len(parts) == 2:
+            src, dst, mode = parts[0], parts[1], ""
+        elif len(parts) == 3:
+            src, dst, mode = parts
+        else:
+            raise InvalidParameter(f"invalid volume specification: '{bind}'")
+        if not dst.startswith("/"):
+            raise InvalidParameter(f"invalid volume specification: '{bind}': invalid mount config for type \"bind\": invalid mount path: '{dst}' mount path must be absolute")
+        opts = set(filter(None, mode.split(",")))
+        if opts - {"ro", "rw", "z", "Z", "private", "rprivate", "shared", "rshared", "slave", "rslave", "nocopy"}:
+            raise InvalidParameter(f"invalid mode: {mode}")
+        mounts.append(_mount_point(src, dst, "ro" not in opts, volumes_root))
+    for m in host_config.get("Mounts") or []:
+        if not isinstance(m, dict) or not str(m.get("Target", "")).startswith("/"):
+            raise InvalidParameter("invalid mount config: Target must be an absolute path")
+        kind = m.get("Type", "bind")
+        if kind == "tmpfs":
+            opts = m.get("TmpfsOptions") or {}
+            data = ",".join(filter(None, [f"size={opts['SizeBytes']}" if opts.get("SizeBytes") else "",
+                                          f"mode={opts['Mode']:o}" if opts.get("Mode") else ""]))
+            mounts.append({"Type": "tmpfs", "Source": "", "Destination": m["Target"], "Mode": data,
+                           "RW": True, "Propagation": ""})
+        elif kind in ("bind", "volume"):
+            mounts.append(_mount_point(m.get("Source", ""), m["Target"], not m.get("ReadOnly"), volumes_root,
+                                       kind=kind))
+        else:
+            raise InvalidParameter(f"mount type {kind} is not supported")
+    return mounts
+
+
+def _mount_point(src: str, dst: str, rw: bool, volumes_root: str, kind: str | None = None) -> dict[str, Any]:
+    if src.startswith("/"):
+        if not os.path.exists(src):
+            # Docker creates a missing bind source directory for -v (not for --mount).
+            if kind == "bind":
+                raise InvalidParameter(f"invalid mount config for type \"bind\": bind source path does not exist: {src}")
+            os.makedirs(src, exist_ok=True)
+        return {"Type": "bind", "Source": src, "Destination": dst, "Mode": "" if rw else "ro", "RW": rw,
+                "Propagation": "rprivate"}
+    name = src or secrets.token_hex(32)
+    if not re.match(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", name):
+        raise InvalidParameter(f'"{name}" includes invalid characters for a local volume name')
+    path = os.path.join(volumes_root, name, "_data")
+    return {"Type": "volume", "Name": name, "Source": path, "Destination": dst, "Driver": "local",
+            "Mode": "" if rw else "ro", "RW": rw, "Propagation": ""}
+
+
+def tmpfs(host_config: dict) -> list[dict[str, Any]]:
+    out = []
+    for dst, opts in (host_config.get("Tmpfs") or {}).items():
+        if not dst.startswith("/"):
+            raise InvalidParameter(f"invalid tmpfs mount path: {dst}")
+        out.append({"Type": "tmpfs", "Source": "", "Destination": dst, "Mode": opts or "", "RW": True,
+                    "Propagation": ""})
+    return out
+
+
+def log_config(host_config: dict) -> tuple[int, int]:
+    """json-file max-size / max-file (the only driver: Docker's default)."""
+    cfg = host_config.get("LogConfig") or {}
+    kind = cfg.get("Type") or "json-file"
+    if kind not in ("json-file", "local"):
+        raise InvalidParameter(f"logging driver {kind} is not supported (use json-file)")
+    opts = cfg.get("Config") or {}
+    size = parse_size(opts["max-size"]) if opts.get("max-size") else 0
+    try:
+        files = int(opts.get("max-file") or 1)
+    except ValueError:
+        raise InvalidParameter(f"invalid max-file: {opts.get('max-file')}") from None
+    if files < 1:
+        raise InvalidParameter("max-file cannot be less than 1")
+    return size, files
+
+
+def parse_size(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", str(text).lower())
+    if not match:
+        raise InvalidParameter(f"invalid size: '{text}'")
+    factor = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}[match.group(2)]
+    return int(float(match.group(1)) * factor)
+
+
+def network_mode(host_config: dict) -> str:
+    mode = host_config.get("NetworkMode") or "default"
+    return "bridge" if mode == "default" else mode

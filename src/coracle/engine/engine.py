@@ -1,0 +1,745 @@
+"""Container lifecycle: create, start, stop, kill, pause, remove, exec, and exits.
+
+The engine owns container records (Docker's inspect shape, persisted in the
+store) and drives the runtime, cgroups, network and image layers. Every public
+method is synchronous and thread-safe; the API calls them from worker threads.
+
+Start order (the heart of it): the monitor forks the container's first process
+and holds it; the engine puts it into its cgroups and sets the limits, wires
+its network, and only then releases it to build its rootfs and exec user code.
+Any failure undoes what was made, in reverse, and leaves a clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+from typing import Any, Callable
+
+from coracle import cgroups
+from coracle.cgroups import Resources
+from coracle.engine import config as cfg
+from coracle.engine.events import EventBus
+from coracle.engine.restart import RestartTracker
+from coracle.errors import Conflict, CoracleError, InvalidParameter, NotFound, NotModified
+from coracle.images import ImageStore
+from coracle.runtime.client import MonitorClient, StartError
+from coracle.runtime.spec import Mount, Process, Spec
+from coracle.store import Store
+
+log = logging.getLogger("coracle.engine")
+
+KIND = "container"
+FAULT_ENV = "CORACLE_FAULT"
+
+
+def utc_now() -> str:
+    ns = time.time_ns()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
+
+
+def fault(point: str) -> None:
+    """Crash the daemon on purpose at a named point (crash-consistency tests)."""
+    if os.environ.get(FAULT_ENV) == point:
+        log.error("fault injection: dying at %s", point)
+        os._exit(99)
+
+
+def proc_start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks: with the PID, a name that never gets reused."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class Engine:
+    def __init__(
+        self, *, store: Store, images: ImageStore, network: Any, monitor: MonitorClient, events: EventBus,
+        data_root: str, exec_root: str, cgroup_parent: str = "coracle", init_binary: str | None = None,
+        no_new_privileges: bool = False,
+    ) -> None:
+        self.store, self.images, self.network, self.monitor, self.events = store, images, network, monitor, events
+        self.data_root, self.exec_root = data_root, exec_root
+        self.cgroup_parent = cgroup_parent.strip("/")
+        self.init_binary = init_binary or shutil.which("tini-static") or ""
+        self.no_new_privileges = no_new_privileges
+        self.containers_dir = os.path.join(data_root, "containers")
+        self.volumes_dir = os.path.join(data_root, "volumes")
+        os.makedirs(self.containers_dir, exist_ok=True)
+        self._lock = threading.RLock()  # names and the id index
+        self._locks: dict[str, threading.RLock] = {}
+        self._exited: dict[str, threading.Event] = {}
+        self._starting: dict[str, dict | None] = {}
+        self.execs: dict[str, dict[str, Any]] = {}
+        self._exec_done: dict[str, threading.Event] = {}
+        self.restarts = RestartTracker(self._restart_later)
+
+    # ----- records -------------------------------------------------------
+
+    def _lock_for(self, cid: str) -> threading.RLock:
+        with self._lock:
+            return self._locks.setdefault(cid, threading.RLock())
+
+    def records(self) -> list[dict[str, Any]]:
+        return self.store.all(KIND)
+
+    def get(self, ref: str) -> dict[str, Any]:
+        """By full id, name (with or without /), or unique id prefix, like Docker."""
+        if not ref:
+            raise NotFound("No such container: ")
+        rec = self.store.get(KIND, ref)
+        if rec:
+            return rec
+        name = "/" + ref.lstrip("/")
+        records = self.records()
+        for r in records:
+            if r["Name"] == name:
+                return r
+        matches = [r for r in records if r["Id"].startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise NotFound(f"Multiple IDs found with provided prefix: {ref}")
+        raise NotFound(f"No such container: {ref}")
+
+    def save(self, rec: dict[str, Any]) -> None:
+        self.store.put(KIND, rec["Id"], rec)
+
+    def _dir(self, cid: str, *parts: str) -> str:
+        return os.path.join(self.containers_dir, cid, *parts)
+
+    def _event(self, rec: dict[str, Any], action: str, **extra: str) -> None:
+        attrs = {"name": rec["Name"].lstrip("/"), "image": rec["Config"].get("Image", ""),
+                 **(rec["Config"].get("Labels") or {}), **extra}
+        self.events.publish("container", action, rec["Id"], attrs)
+
+    # ----- create --------------------------------------------------------
+
+    def create(self, body: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise InvalidParameter("the container config must be a JSON object")
+        config = {k: v for k, v in body.items() if k not in ("HostConfig", "NetworkingConfig")}
+        host_config = body.get("HostConfig") or {}
+        networking = body.get("NetworkingConfig") or {}
+        if not isinstance(host_config, dict) or not isinstance(networking, dict):
+            raise InvalidParameter("HostConfig and NetworkingConfig must be objects")
+        image_ref = config.get("Image")
+        if not image_ref or not isinstance(image_ref, str):
+            raise InvalidParameter("Config.Image is required")
+        image = self.images.resolve(image_ref)
+        image_config = image.config or {}
+        argv = cfg.command(config, image_config)
+        Resources.from_host_config(host_config)  # validates limits now, not at start
+        cfg.restart_policy(host_config)
+        mounts = cfg.binds(host_config, self.volumes_dir) + cfg.tmpfs(host_config)
+        log_size, log_files = cfg.log_config(host_config)
+        mode = cfg.network_mode(host_config)
+        host_config["NetworkMode"] = mode
+        if mode.startswith("container:"):
+            donor = self.get(mode.split(":", 1)[1])
+            if config.get("Hostname"):
+                raise InvalidParameter("conflicting options: hostname and the network mode")
+            host_config["NetworkMode"] = f"container:{donor['Id']}"
+        self.network.validate(mode, host_config, networking.get("EndpointsConfig") or {})
+        cid = cfg.new_id()
+        config["Env"] = cfg.merge_env(image_config.get("Env"), cfg.strings(config.get("Env"), "Env"))
+        config["Cmd"] = cfg.strings(config.get("Cmd"), "Cmd") or (None if config.get("Entrypoint") else image_config.get("Cmd"))
+        config.setdefault("Entrypoint", image_config.get("Entrypoint"))
+        config["WorkingDir"] = config.get("WorkingDir") or image_config.get("WorkingDir") or ""
+        config["User"] = config.get("User") or image_config.get("User") or ""
+        config["Labels"] = {**(image_config.get("Labels") or {}), **(config.get("Labels") or {})}
+        config["ExposedPorts"] = {**(image_config.get("ExposedPorts") or {}), **(config.get("ExposedPorts") or {})}
+        config["StopSignal"] = config.get("StopSignal") or image_config.get("StopSignal") or "SIGTERM"
+        cfg.parse_signal(config["StopSignal"])
+        if mode == "host":
+            config["Hostname"] = config.get("Hostname") or os.uname().nodename
+        elif not mode.startswith("container:"):
+            config["Hostname"] = config.get("Hostname") or cid[:12]
+        for key in ("Tty", "OpenStdin", "StdinOnce", "AttachStdin", "AttachStdout", "AttachStderr"):
+            config[key] = bool(config.get(key))
+        host_config.setdefault("RestartPolicy", {"Name": "no", "MaximumRetryCount": 0})
+        host_config["LogConfig"] = {"Type": "json-file", "Config": (host_config.get("LogConfig") or {}).get("Config") or {}}
+        now = utc_now()
+        log_path = self._dir(cid, f"{cid}-json.log")
+        rec = {
+            "Id": cid, "Created": now, "Path": argv[0], "Args": argv[1:],
+            "State": {"Status": "created", "Running": False, "Paused": False, "Restarting": False,
+                      "OOMKilled": False, "Dead": False, "Pid": 0, "ExitCode": 0, "Error": "",
+                      "StartedAt": "0001-01-01T00:00:00Z", "FinishedAt": "0001-01-01T00:00:00Z"},
+            "Image": image.id, "ResolvConfPath": self._dir(cid, "resolv.conf"),
+            "HostnamePath": self._dir(cid, "hostname"), "HostsPath": self._dir(cid, "hosts"),
+            "LogPath": log_path, "Name": "", "RestartCount": 0, "Driver": "overlay2", "Platform": "linux",
+            "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "", "ExecIDs": None,
+            "HostConfig": host_config, "Config": config,
+            "GraphDriver": {"Name": "overlay2", "Data": {"UpperDir": self._dir(cid, "upper"),
+                                                         "WorkDir": self._dir(cid, "work"),
+                                                         "MergedDir": self._dir(cid, "rootfs")}},
+            "Mounts": mounts, "NetworkingConfig": networking,
+            "NetworkSettings": {"Bridge": "", "SandboxID": "", "SandboxKey": "", "Ports": {}, "Networks": {},
+                                "IPAddress": "", "IPPrefixLen": 0, "Gateway": "", "MacAddress": ""},
+            "Coracle": {"LogMaxSize": log_size, "LogMaxFile": log_files, "ManualStop": False},
+        }
+        with self._lock:
+            rec["Name"] = "/" + (cfg.check_name(name) if name else self._generate_name())
+            for other in self.records():
+                if other["Name"] == rec["Name"]:
+                    raise Conflict(
+                        f'Conflict. The container name "{rec["Name"]}" is already in use by container '
+                        f'"{other["Id"]}". You have to remove (or rename) that container to be able to reuse that name.')
+            for sub in ("upper", "work", "rootfs"):
+                os.makedirs(self._dir(cid, sub), exist_ok=True)
+            for m in mounts:
+                if m["Type"] == "volume":
+                    os.makedirs(m["Source"], exist_ok=True)
+            self.save(rec)
+        self._event(rec, "create")
+        return {"Id": cid, "Warnings": []}
+
+    def _generate_name(self) -> str:
+        from coracle.engine.names import random_name
+
+        taken = {r["Name"] for r in self.records()}
+        while True:
+            name = random_name()
+            if "/" + name not in taken:
+                return name
+
+    # ----- start ---------------------------------------------------------
+
+    def _spec(self, rec: dict[str, Any], mode: str) -> Spec:
+        cid, config, hc = rec["Id"], rec["Config"], rec["HostConfig"]
+        image = self.images.resolve(rec["Image"])
+        namespaces = ["mnt", "uts", "ipc", "pid", "cgroup"]
+        join_net = ""
+        if mode.startswith("container:"):
+            donor = self._running(mode.split(":", 1)[1], for_="join its network namespace")
+            join_net = f"/proc/{donor['State']['Pid']}/ns/net"
+        elif mode != "host":
+            namespaces.append("net")
+        mounts = [Mount(destination=m["Destination"], type=m["Type"], source=m["Source"],
+                        readonly=not m["RW"], options=m.get("Mode", "") if m["Type"] == "tmpfs" else "")
+                  for m in rec["Mounts"]]
+        for path, target in (("ResolvConfPath", "/etc/resolv.conf"), ("HostnamePath", "/etc/hostname"),
+                             ("HostsPath", "/etc/hosts")):
+            if os.path.exists(rec[path]) and not any(m.destination == target for m in mounts):
+                mounts.append(Mount(destination=target, source=rec[path]))
+        process = Process(
+            args=[rec["Path"], *rec["Args"]], env=config["Env"], cwd=config["WorkingDir"] or "/",
+            user=config["User"], additional_groups=hc.get("GroupAdd") or [], tty=config["Tty"],
+            stdin=config["OpenStdin"],
+            no_new_privileges=self.no_new_privileges or "no-new-privileges" in (hc.get("SecurityOpt") or [])
+            or "no-new-privileges:true" in (hc.get("SecurityOpt") or []),
+        )
+        return Spec(
+            id=cid, process=process, namespaces=namespaces, join_net=join_net,
+            hostname=config.get("Hostname") or "", domainname=config.get("Domainname") or "",
+            rootfs=self._dir(cid, "rootfs"), lower=self.images.layer_dirs(image),
+            upper=self._dir(cid, "upper"), work=self._dir(cid, "work"),
+            readonly_rootfs=bool(hc.get("ReadonlyRootfs")), mounts=mounts,
+            sysctls=hc.get("Sysctls") or {}, privileged=bool(hc.get("Privileged")),
+            init_binary=self.init_binary if hc.get("Init") else "",
+            log_path=rec["LogPath"], log_max_size=rec["Coracle"]["LogMaxSize"],
+            log_max_file=rec["Coracle"]["LogMaxFile"],
+        )
+
+    def _running(self, ref: str, for_: str = "") -> dict[str, Any]:
+        rec = self.get(ref)
+        if not rec["State"]["Running"]:
+            raise Conflict(f"Container {rec['Id']} is not running" + (f": cannot {for_}" if for_ else ""))
+        return rec
+
+    def cgroup(self, rec: dict[str, Any]) -> cgroups.Manager:
+        parent = (rec["HostConfig"].get("CgroupParent") or self.cgroup_parent).strip("/")
+        return cgroups.manager_for(f"{parent}/{rec['Id']}")
+
+    def start(self, ref: str, before_release: Callable[[dict[str, Any]], None] | None = None) -> None:
+        """Start a created or exited container; `before_release` lets attach streams connect first."""
+        rec = self.get(ref)
+        cid = rec["Id"]
+        with self._lock_for(cid):
+            rec = self.get(cid)
+            if rec["State"]["Running"]:
+                raise NotModified("container already started")
+            if rec["State"]["Status"] == "removing":
+                raise Conflict(f"container {cid} is marked for removal and cannot be started")
+            self._start_locked(rec, before_release)
+
+    def _start_locked(self, rec: dict[str, Any], before_release: Callable[[dict[str, Any]], None] | None) -> None:
+        cid, hc = rec["Id"], rec["HostConfig"]
+        mode = hc["NetworkMode"]
+        undo: list[Callable[[], None]] = []
+        sock = None
+        self._starting[cid] = None
+        try:
+            self._write_files(rec, mode)
+            spec = self._spec(rec, mode)
+            sock, pid = self.monitor.spawn(spec)
+            undo.append(lambda: self.monitor.abandon(None, cid))
+            cg = self.cgroup(rec)
+            cg.create()
+            undo.append(cg.destroy)
+            cg.apply(pid)
+            cg.set(Resources.from_host_config(hc))
+            fault("start-after-cgroup")
+            undo.append(lambda: self.network.detach(cid))
+            rec["NetworkSettings"] = self.network.attach(rec, pid)
+            fault("start-after-network")
+            if mode not in ("host",) and not mode.startswith("container:"):
+                self._write_files(rec, mode)  # now with the addresses the network gave
+            rec["State"].update({"Pid": pid})
+            if before_release:
+                before_release(rec)
+            self._exited[cid] = threading.Event()
+            self.monitor.release(sock, cid)
+            sock = None
+        except BaseException as exc:
+            if sock is not None:
+                sock.close()
+            for step in reversed(undo):
+                try:
+                    step()
+                except Exception:  # keep undoing; the first error is the one to report
+                    log.exception("undo step failed for %s", cid)
+            self._starting.pop(cid, None)
+            code = exc.exit_code if isinstance(exc, StartError) else 128
+            rec["State"].update({"Status": "exited" if rec["State"]["StartedAt"][:4] != "0001" else "created",
+                                 "Running": False, "Pid": 0, "ExitCode": code, "Error": str(exc),
+                                 "Restarting": False})
+            rec["NetworkSettings"]["Networks"] = {}
+            self.save(rec)
+            if isinstance(exc, StartError):
+                raise StartError(f"failed to create task for container: {exc}", exc.exit_code) from None
+            raise
+        rec["State"].update({"Status": "running", "Running": True, "Paused": False, "Restarting": False,
+                             "OOMKilled": False, "Dead": False, "ExitCode": 0, "Error": "",
+                             "StartedAt": utc_now(), "FinishedAt": "0001-01-01T00:00:00Z"})
+        rec["Coracle"].update({"StartTicks": proc_start_ticks(rec["State"]["Pid"]), "ManualStop": False,
+                               "CgroupPath": self.cgroup(rec).path})
+        self.save(rec)
+        self._event(rec, "start")
+        early = self._starting.pop(cid, None)
+        if early is not None:
+            self._finish(early)
+
+    def _write_files(self, rec: dict[str, Any], mode: str) -> None:
+        """/etc/hostname, /etc/hosts, /etc/resolv.conf as the network layer describes them."""
+        if mode.startswith("container:"):
+            donor = self.get(mode.split(":", 1)[1])
+            for key in ("ResolvConfPath", "HostnamePath", "HostsPath"):
+                rec[key] = donor[key]
+            rec["Config"]["Hostname"] = donor["Config"]["Hostname"]
+            return
+        for target, content in self.network.files(rec, rec["NetworkSettings"]).items():
+            key = {"/etc/hosts": "HostsPath", "/etc/resolv.conf": "ResolvConfPath",
+                   "/etc/hostname": "HostnamePath"}[target]
+            tmp = rec[key] + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(content)
+            os.replace(tmp, rec[key])
+
+    # ----- exits ---------------------------------------------------------
+
+    def on_monitor_event(self, event: dict[str, Any]) -> None:
+        """An exit reported by the monitor (or found in its records at start-up)."""
+        if event.get("kind") == "exec":
+            self._exec_exited(event)
+            return
+        cid = event["id"]
+        if cid in self._starting:
+            self._starting[cid] = event  # applied when start() finishes
+            return
+        with self._lock_for(cid):
+            self._finish(event)
+
+    def _finish(self, event: dict[str, Any]) -> None:
+        cid = event["id"]
+        rec = self.store.get(KIND, cid)
+        if rec is None or rec["State"]["Pid"] != event.get("pid") and event.get("pid"):
+            self.monitor.forget_exit(cid)
+            return
+        cg = self.cgroup(rec)
+        oom = False
+        try:
+            oom = cg.oom_killed()
+        except OSError:
+            pass
+        try:
+            self.network.detach(cid)
+        finally:
+            cg.destroy()
+        rec["State"].update({"Status": "exited", "Running": False, "Paused": False, "Pid": 0,
+                             "ExitCode": event["exit_code"], "OOMKilled": oom,
+                             "FinishedAt": event.get("finished_at") or utc_now()})
+        for net in rec["NetworkSettings"].get("Networks", {}).values():
+            for key in ("IPAddress", "Gateway", "MacAddress", "EndpointID"):
+                if key in net:
+                    net[key] = ""
+        rec["NetworkSettings"].update({"Ports": {}, "IPAddress": "", "Gateway": "", "MacAddress": ""})
+        self.save(rec)
+        self.monitor.forget_exit(cid)
+        if oom:
+            self._event(rec, "oom")
+        self._event(rec, "die", exitCode=str(event["exit_code"]))
+        done = self._exited.pop(cid, None)
+        if done:
+            done.set()
+        if rec["HostConfig"].get("AutoRemove"):
+            threading.Thread(target=self._auto_remove, args=(cid,), daemon=True).start()
+            return
+        self._maybe_restart(rec)
+
+    def _auto_remove(self, cid: str) -> None:
+        try:
+            self.remove(cid, force=True)
+        except NotFound:
+            pass
+        except CoracleError:
+            log.exception("auto-remove of %s failed", cid)
+
+    def _restart_later(self, cid: str) -> None:
+        """The restart tracker's timer fired: start again unless someone stopped it meanwhile."""
+        with self._lock_for(cid):
+            rec = self.store.get(KIND, cid)
+            if rec is None or rec["State"]["Running"] or not rec["State"].get("Restarting"):
+                return
+            rec["RestartCount"] += 1
+            try:
+                self._start_locked(rec, None)
+            except CoracleError as exc:
+                log.warning("restart of %s failed: %s", cid, exc)
+                rec = self.store.get(KIND, cid)
+                if rec is not None:
+                    self._maybe_restart(rec)
+
+    def _maybe_restart(self, rec: dict[str, Any], immediate: bool = False) -> None:
+        """Apply the restart policy to a container that just exited."""
+        delay = self.restarts.delay(rec, immediate)
+        if delay is None:
+            return
+        rec["State"].update({"Restarting": True, "Status": "restarting"})
+        self.save(rec)
+        self.restarts.schedule(rec["Id"], delay)
+
+    # ----- stop, kill, pause ---------------------------------------------
+
+    def _signal(self, rec: dict[str, Any], sig: int) -> None:
+        pid = rec["State"]["Pid"]
+        if not pid or proc_start_ticks(pid) != rec["Coracle"].get("StartTicks"):
+            raise Conflict(f"Container {rec['Id']} is not running")
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            raise Conflict(f"Container {rec['Id']} is not running") from None
+
+    def _wait_exit(self, cid: str, timeout: float) -> bool:
+        done = self._exited.get(cid)
+        if done is None:
+            return True
+        return done.wait(timeout)
+
+    def stop(self, ref: str, timeout: int | None = None, sig: str | None = None) -> None:
+        rec = self.get(ref)
+        cid = rec["Id"]
+        with self._lock_for(cid):
+            rec = self.get(cid)
+            self.restarts.cancel(cid)
+            if rec["State"].get("Restarting"):
+                rec["State"].update({"Restarting": False, "Status": "exited"})
+                rec["Coracle"]["ManualStop"] = True
+                self.save(rec)
+                return
+            if not rec["State"]["Running"]:
+                raise NotModified("container already stopped")
+            rec["Coracle"]["ManualStop"] = True
+            self.save(rec)
+            if rec["State"]["Paused"]:
+                self.cgroup(rec).thaw()
+            number = cfg.parse_signal(sig or rec["Config"].get("StopSignal"))
+            if timeout is None:
+                timeout = rec["Config"].get("StopTimeout")
+            timeout = 10 if timeout is None else timeout
+        try:
+            self._signal(rec, number)
+        except Conflict:
+            return
+        if timeout < 0 or self._wait_exit(cid, timeout):
+            if timeout >= 0:
+                return
+        try:
+            self._signal(self.get(cid), signal.SIGKILL)
+        except (Conflict, NotFound):
+            return
+        self._wait_exit(cid, 30)
+
+    def kill(self, ref: str, sig: str | None = None) -> None:
+        rec = self.get(ref)
+        number = cfg.parse_signal(sig, "SIGKILL")
+        with self._lock_for(rec["Id"]):
+            rec = self.get(rec["Id"])
+            if not rec["State"]["Running"]:
+                raise Conflict(f"Container {rec['Id']} is not running")
+            if number in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
+                rec["Coracle"]["ManualStop"] = True
+                self.save(rec)
+            self._signal(rec, number)
+        self._event(rec, "kill", signal=str(number))
+        if number == signal.SIGKILL:
+            self._wait_exit(rec["Id"], 10)
+
+    def restart(self, ref: str, timeout: int | None = None) -> None:
+        rec = self.get(ref)
+        try:
+            self.stop(rec["Id"], timeout)
+        except NotModified:
+            pass
+        self.start(rec["Id"])
+        self._event(self.get(rec["Id"]), "restart")
+
+    def pause(self, ref: str) -> None:
+        rec = self._running(ref)
+        with self._lock_for(rec["Id"]):
+            if rec["State"]["Paused"]:
+                raise Conflict(f"Container {rec['Id']} is already paused")
+            self.cgroup(rec).freeze()
+            rec["State"].update({"Paused": True, "Status": "paused"})
+            self.save(rec)
+        self._event(rec, "pause")
+
+    def unpause(self, ref: str) -> None:
+        rec = self._running(ref)
+        with self._lock_for(rec["Id"]):
+            if not rec["State"]["Paused"]:
+                raise Conflict(f"Container {rec['Id']} is not paused")
+            self.cgroup(rec).thaw()
+            rec["State"].update({"Paused": False, "Status": "running"})
+            self.save(rec)
+        self._event(rec, "unpause")
+
+    # ----- remove, rename, update ------------------------------------------
+
+    def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
+        rec = self.get(ref)
+        cid = rec["Id"]
+        with self._lock_for(cid):
+            rec = self.get(cid)
+            self.restarts.cancel(cid)
+            if rec["State"]["Running"]:
+                if not force:
+                    raise Conflict(f"You cannot remove a running container {cid}. Stop the container before "
+                                   "attempting removal or force remove")
+                if rec["State"]["Paused"]:
+                    self.cgroup(rec).thaw()
+                rec["Coracle"]["ManualStop"] = True
+                rec["HostConfig"]["AutoRemove"] = False  # we are removing it ourselves
+                self.save(rec)
+                try:
+                    self._signal(rec, signal.SIGKILL)
+                except Conflict:
+                    pass
+        self._wait_exit(cid, 30)
+        with self._lock_for(cid):
+            rec = self.store.get(KIND, cid)
+            if rec is None:
+                return
+            rec["State"]["Status"] = "removing"
+            self.save(rec)
+            fault("rm-before-cleanup")
+            self.network.detach(cid)
+            self.cgroup(rec).destroy()
+            shutil.rmtree(self._dir(cid), ignore_errors=True)
+            if volumes:
+                for m in rec["Mounts"]:
+                    if m["Type"] == "volume" and len(m.get("Name", "")) == 64:  # anonymous volumes only
+                        shutil.rmtree(os.path.dirname(m["Source"]), ignore_errors=True)
+            self.store.delete(KIND, cid)
+            self.monitor.forget_exit(cid)
+        with self._lock:
+            self._locks.pop(cid, None)
+        self._event(rec, "destroy")
+
+    def rename(self, ref: str, new_name: str) -> None:
+        name = "/" + cfg.check_name(new_name)
+        with self._lock:
+            rec = self.get(ref)
+            if rec["Name"] == name:
+                raise InvalidParameter(f"Renaming a container with the same name as its current name")
+            for other in self.records():
+                if other["Name"] == name:
+                    raise Conflict(f'Conflict. The container name "{name}" is already in use by container '
+                                   f'"{other["Id"]}". You have to remove (or rename) that container to be able to reuse that name.')
+            old = rec["Name"]
+            rec["Name"] = name
+            self.save(rec)
+        self._event(rec, "rename", oldName=old)
+
+    def update(self, ref: str, body: dict[str, Any]) -> dict[str, Any]:
+        """`docker update`: new limits on a live cgroup, and the restart policy."""
+        rec = self.get(ref)
+        with self._lock_for(rec["Id"]):
+            rec = self.get(rec["Id"])
+            hc = {**rec["HostConfig"], **{k: v for k, v in body.items() if k != "RestartPolicy"}}
+            resources = Resources.from_host_config(hc)
+            if "RestartPolicy" in body:
+                hc["RestartPolicy"] = body["RestartPolicy"]
+                cfg.restart_policy(hc)
+            if rec["State"]["Running"]:
+                self.cgroup(rec).update(resources)
+            rec["HostConfig"] = hc
+            self.save(rec)
+        self._event(rec, "update")
+        return {"Warnings": []}
+
+    # ----- views ---------------------------------------------------------
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        rec = self.get(ref)
+        out = {k: v for k, v in rec.items() if k not in ("Coracle", "NetworkingConfig")}
+        out["ExecIDs"] = [e["ID"] for e in self.execs.values() if e["ContainerID"] == rec["Id"]] or None
+        out["State"] = {**rec["State"], "Status": rec["State"]["Status"]}
+        return out
+
+    def top(self, ref: str) -> dict[str, Any]:
+        rec = self._running(ref)
+        from coracle.engine.top import processes
+
+        return processes(self.cgroup(rec).procs())
+
+    def stats(self, ref: str) -> dict[str, Any]:
+        rec = self.get(ref)
+        base = {"id": rec["Id"], "name": rec["Name"], "read": utc_now(), "preread": "0001-01-01T00:00:00Z"}
+        if not rec["State"]["Running"]:
+            return {**base, "memory_stats": {}, "cpu_stats": {}, "precpu_stats": {}, "pids_stats": {},
+                    "blkio_stats": {}, "networks": {}}
+        from coracle.engine.top import network_counters
+
+        stats = self.cgroup(rec).stats()
+        return {**base, **stats, "networks": network_counters(rec["State"]["Pid"])}
+
+    # ----- exec ----------------------------------------------------------
+
+    def exec_create(self, ref: str, body: dict[str, Any]) -> str:
+        rec = self._running(ref)
+        if rec["State"]["Paused"]:
+            raise Conflict(f"Container {rec['Id']} is paused, unpause the container before exec")
+        cmd = cfg.strings(body.get("Cmd"), "Cmd")
+        if not cmd:
+            raise InvalidParameter("No exec command specified")
+        exec_id = cfg.new_id()
+        self.execs[exec_id] = {
+            "ID": exec_id, "ContainerID": rec["Id"], "Running": False, "ExitCode": None, "Pid": 0,
+            "OpenStdin": bool(body.get("AttachStdin")), "OpenStdout": bool(body.get("AttachStdout", True)),
+            "OpenStderr": bool(body.get("AttachStderr", True)), "CanRemove": False,
+            "DetachKeys": body.get("DetachKeys") or "",
+            "ProcessConfig": {"tty": bool(body.get("Tty")), "entrypoint": cmd[0], "arguments": cmd[1:],
+                              "privileged": bool(body.get("Privileged")), "user": body.get("User") or ""},
+            "Env": cfg.strings(body.get("Env"), "Env") or [], "WorkingDir": body.get("WorkingDir") or "",
+        }
+        self._event(rec, "exec_create: " + " ".join(cmd), execID=exec_id)
+        return exec_id
+
+    def exec_get(self, exec_id: str) -> dict[str, Any]:
+        ex = self.execs.get(exec_id)
+        if ex is None:
+            raise NotFound(f"No such exec instance: {exec_id}")
+        return ex
+
+    def exec_start(self, exec_id: str, before_release: Callable[[dict[str, Any]], None] | None = None) -> None:
+        ex = self.exec_get(exec_id)
+        if ex["Running"] or ex["ExitCode"] is not None:
+            raise Conflict(f"exec {exec_id} has already been started")
+        rec = self._running(ex["ContainerID"])
+        pc = ex["ProcessConfig"]
+        process = Process(
+            args=[pc["entrypoint"], *pc["arguments"]], env=cfg.merge_env(rec["Config"]["Env"], ex["Env"]),
+            cwd=ex["WorkingDir"] or rec["Config"]["WorkingDir"] or "/", user=pc["user"] or rec["Config"]["User"],
+            tty=pc["tty"], stdin=ex["OpenStdin"],
+        )
+        spec = Spec(id=exec_id, kind="exec", process=process, target_pid=rec["State"]["Pid"],
+                    cgroup_dirs=self.cgroup(rec).dirs())
+        ex["Running"] = True
+        self._exec_done[exec_id] = threading.Event()
+        try:
+            sock, pid = self.monitor.spawn(spec)
+            ex["Pid"] = pid
+            if before_release:
+                before_release(ex)
+            self.monitor.release(sock, exec_id)
+        except StartError as exc:
+            ex.update({"Running": False, "ExitCode": exc.exit_code})
+            self._exec_done.pop(exec_id).set()
+            raise StartError(f"OCI runtime exec failed: {exc}", exc.exit_code) from None
+        self._event(rec, "exec_start: " + " ".join(process.args), execID=exec_id)
+
+    def _exec_exited(self, event: dict[str, Any]) -> None:
+        ex = self.execs.get(event["id"])
+        if ex is None:
+            return
+        ex.update({"Running": False, "ExitCode": event["exit_code"]})
+        done = self._exec_done.pop(event["id"], None)
+        if done:
+            done.set()
+        rec = self.store.get(KIND, ex["ContainerID"])
+        if rec:
+            self._event(rec, "exec_die", execID=ex["ID"], exitCode=str(event["exit_code"]))
+
+    def exec_wait(self, exec_id: str, timeout: float | None = None) -> dict[str, Any]:
+        done = self._exec_done.get(exec_id)
+        if done:
+            done.wait(timeout)
+        return self.exec_get(exec_id)
+
+    # ----- start-up ------------------------------------------------------
+
+    def restore(self) -> dict[str, list[str]]:
+        """Re-adopt what survived the daemon, record exits that happened while it was away."""
+        report: dict[str, list[str]] = {"adopted": [], "exited": [], "restarted": []}
+        live = {p["id"]: p for p in self.monitor.list()}
+        exits = {e["id"]: e for e in self.monitor.exit_records()}
+        for rec in self.records():
+            cid = rec["Id"]
+            state = rec["State"]
+            if state["Status"] in ("removing",):
+                self.remove(cid, force=True)
+                continue
+            if not state["Running"]:
+                if state.get("Restarting"):
+                    self._maybe_restart(rec, immediate=True)
+                continue
+            proc = live.get(cid)
+            if proc and proc["state"] == "running" and proc["pid"] == state["Pid"]:
+                self._exited[cid] = threading.Event()
+                report["adopted"].append(cid)
+                continue
+            event = exits.get(cid) or {"id": cid, "pid": state["Pid"], "exit_code": 255, "finished_at": utc_now()}
+            with self._lock_for(cid):
+                self._exited[cid] = threading.Event()
+                self._finish(event)
+            report["exited"].append(cid)
+        for proc in live.values():
+            if proc["state"] == "held" or (proc["kind"] == "container" and self.store.get(KIND, proc["id"]) is None):
+                self.monitor.abandon(None, proc["id"])
+        return report
+
+    def boot_restarts(self) -> list[str]:
+        """At daemon start (and so after a reboot): `always` and not-stopped `unless-stopped` come back."""
+        started = []
+        for rec in self.records():
+            policy = rec["HostConfig"].get("RestartPolicy", {}).get("Name")
+            if rec["State"]["Running"]:
+                continue
+            if policy == "always" or (policy == "unless-stopped" and not rec["Coracle"].get("ManualStop")):
+                if rec["State"]["FinishedAt"][:4] == "0001":
+                    continue
+                try:
+                    self.start(rec["Id"])
+                    started.append(rec["Id"])
+                except CoracleError as exc:
+                    log.warning("could not restart %s: %s", rec["Id"], exc)
+        return started
+

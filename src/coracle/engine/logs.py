@@ -1,0 +1,91 @@
+"""Reading a container's json-file log (written by the monitor) for `docker logs`."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from datetime import datetime
+from typing import Iterator
+
+
+def parse_time(value: str | None) -> float | None:
+    """Docker's --since/--until: unix seconds (with fraction) or RFC 3339."""
+    if not value or value == "0":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        from coracle.errors import InvalidParameter
+
+        raise InvalidParameter(f"invalid value for since/until: {value}") from None
+
+
+def _stamp(entry: dict) -> float:
+    t = entry["time"]
+    return datetime.fromisoformat(t[:26].rstrip("Z") + "+00:00").timestamp()
+
+
+def files(path: str) -> list[str]:
+    """The rotated files oldest first, then the live one."""
+    rotated = []
+    i = 1
+    while os.path.exists(f"{path}.{i}"):
+        rotated.append(f"{path}.{i}")
+        i += 1
+    return list(reversed(rotated)) + ([path] if os.path.exists(path) else [])
+
+
+def read(path: str, *, stdout: bool = True, stderr: bool = True, since: float | None = None,
+         until: float | None = None, tail: int | None = None) -> tuple[list[dict], int]:
+    """Entries matching the filters, and the offset in the live file to follow from."""
+    wanted = {s for s, on in (("stdout", stdout), ("stderr", stderr)) if on}
+    entries: deque[dict] | list[dict] = deque(maxlen=tail) if tail is not None and tail >= 0 else []
+    offset = 0
+    for name in files(path):
+        with open(name, "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if entry.get("stream") not in wanted:
+                    continue
+                if since is not None or until is not None:
+                    ts = _stamp(entry)
+                    if (since is not None and ts < since) or (until is not None and ts > until):
+                        continue
+                entries.append(entry)
+            if name == path:
+                offset = f.tell()
+    return list(entries), offset
+
+
+def follow(path: str, offset: int) -> Iterator[dict | None]:
+    """New entries from `offset`; yields None when nothing new is there yet (caller decides to wait)."""
+    pending = b""
+    while True:
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < offset:  # rotated under us: start the new file from its beginning
+                    offset = 0
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        offset += len(data)
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue
+        yield None

@@ -1,0 +1,200 @@
+"""A private coracled for tests: own netns, data root, exec root, socket, cgroup parent.
+
+The daemon runs inside a throwaway network namespace (its "host"), so its
+bridge, veths and nftables table never touch the machine's own network.
+`Daemon.destroy()` removes everything it made, even after a failure: the
+monitor and every container process, cgroups, the namespace and the files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def _ping(sock_path: str) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(1)
+            s.connect(sock_path)
+            s.sendall(b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            return b"OK" in s.recv(4096)
+    except OSError:
+        return False
+
+
+class Daemon:
+    """One coracled with everything private to it."""
+
+    def __init__(self, tag: str, netns: str | None = None, extra_args: list[str] | None = None) -> None:
+        self.tag = tag
+        self.netns = netns or f"cd{tag}"
+        self.own_netns = netns is None
+        self.root = Path(f"/tmp/coracle-test-{tag}")
+        self.data_root = self.root / "data"
+        self.exec_root = self.root / "exec"
+        self.sock = str(self.exec_root / "coracle.sock")
+        self.host = f"unix://{self.sock}"
+        self.cgroup_parent = f"coracle-test-{tag}"
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen | None = None
+        self.log = self.root / "coracled.log"
+
+    # ----- life ------------------------------------------------------------
+
+    def create_netns(self) -> None:
+        if self.own_netns:
+            subprocess.run(["ip", "netns", "add", self.netns], check=True)
+            subprocess.run(["ip", "netns", "exec", self.netns, "ip", "link", "set", "lo", "up"], check=True)
+
+    def start(self, env: dict[str, str] | None = None, wait: bool = True) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        args = [
+            "ip", "netns", "exec", self.netns, PYTHON, "-m", "coracle.daemon",
+            "--data-root", str(self.data_root), "--exec-root", str(self.exec_root), "-H", self.host,
+            "--cgroup-parent", self.cgroup_parent, *self.extra_args,
+        ]
+        log = open(self.log, "ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=log, env={**os.environ, **(env or {})},
+                                     start_new_session=True)
+        log.close()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if _ping(self.sock):
+                return
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"coracled exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.02)
+        raise RuntimeError(f"coracled did not answer:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        """Stop the API daemon only (the monitor and containers stay)."""
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def monitor_pid(self) -> int | None:
+        try:
+            return int((self.exec_root / "monitor" / "monitor.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def destroy(self) -> None:
+        """Remove every trace: daemon, monitor, containers, cgroups, netns, files."""
+        self.stop(signal.SIGKILL)
+        pid = self.monitor_pid()
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        kill_cgroup_tree(self.cgroup_parent)
+        if self.own_netns:
+            subprocess.run(["ip", "netns", "del", self.netns], check=False, capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # ----- clients -----------------------------------------------------------
+
+    def cli(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        env = {**os.environ, "CORACLE_HOST": self.host}
+        res = subprocess.run([PYTHON, "-m", "coracle.cli.main", *args], input=input, capture_output=True,
+                             text=True, env=env, timeout=timeout)
+        if check and res.returncode != 0:
+            raise AssertionError(f"coracle {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
+        return res
+
+    def docker(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        env = {**os.environ, "DOCKER_HOST": self.host}
+        res = subprocess.run(["docker", *args], input=input, capture_output=True, text=True, env=env,
+                             timeout=timeout)
+        if check and res.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
+        return res
+
+    def sdk(self):  # type: ignore[no-untyped-def]
+        import docker
+
+        return docker.DockerClient(base_url=self.host, timeout=60)
+
+    def api(self, method: str, path: str, body: object | None = None) -> tuple[int, object]:
+        """One raw Engine API call; returns (status, decoded JSON or text)."""
+        import http.client
+
+        class Conn(http.client.HTTPConnection):
+            def connect(inner) -> None:  # type: ignore[no-untyped-def]
+                inner.sock = socket.socket(socket.AF_UNIX)
+                inner.sock.settimeout(60)
+                inner.sock.connect(self.sock)
+
+        conn = Conn("localhost")
+        data = json.dumps(body).encode() if body is not None and not isinstance(body, bytes) else body
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        raw = resp.read()
+        conn.close()
+        try:
+            return resp.status, json.loads(raw) if raw else None
+        except ValueError:
+            return resp.status, raw.decode(errors="replace")
+
+    def netns_exec(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.netns, *args], capture_output=True, text=True,
+                              check=check)
+
+
+def kill_cgroup_tree(parent: str) -> None:
+    """SIGKILL every process under a cgroup parent in every v1 hierarchy, then remove the dirs."""
+    base = Path("/sys/fs/cgroup")
+    dirs = [p / parent for p in base.iterdir() if (p / parent).is_dir()] if base.is_dir() else []
+    if (base / "cgroup.controllers").exists() and (base / parent).is_dir():
+        dirs.append(base / parent)
+    for _ in range(50):
+        pids = set()
+        for d in dirs:
+            for procs in d.rglob("cgroup.procs"):
+                try:
+                    pids.update(int(x) for x in procs.read_text().split())
+                except OSError:
+                    pass
+        if not pids:
+            break
+        for d in dirs:
+            for state in d.rglob("freezer.state"):
+                try:
+                    state.write_text("THAWED")
+                except OSError:
+                    pass
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+    for d in dirs:
+        for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            try:
+                sub.rmdir()
+            except OSError:
+                pass
+        try:
+            d.rmdir()
+        except OSError:
+            pass
