@@ -125,6 +125,8 @@ def test_set_writes_each_limit_to_its_file(container, caplog):
 
 
 def test_swap_is_memory_plus_swap_minus_memory(container):
+    with pytest.raises(InvalidParameter, match="set the Memory limit"):
+        container.update(Resources(memory_swap=100 * MB))  # memory.max is still "max"
     container.set(Resources(memory=64 * MB, memory_swap=100 * MB))
     assert text(container, "memory.swap.max") == str(36 * MB)
     container.update(Resources(memory_swap=-1))

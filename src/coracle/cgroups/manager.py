@@ -161,5 +161,6 @@ def _remove_tree(top: str) -> None:
                 break
             except OSError as e:
                 if e.errno != errno.EBUSY or time.monotonic() > deadline:
-                    raise SystemError_(f"cannot remove cgroup {dirpath}: {os.strerror(e.errno or 0)}") from None
+                    reason = os.strerror(e.errno or 0)
+                    raise SystemError_(f"cannot remove cgroup {dirpath}: {reason}") from None
                 time.sleep(_POLL)

@@ -7,6 +7,7 @@ needing an absent controller is an error only when it is asked for.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -56,7 +57,9 @@ class V1Manager(Manager):
         """The path of an interface file needed for an asked-for limit, or a clear error."""
         d = self._dir(controller)
         if d is None:
-            raise InvalidParameter(f"{what} requested, but the {controller} cgroup controller is not mounted on this host")
+            raise InvalidParameter(
+                f"{what} requested, but the {controller} cgroup controller is not mounted on this host"
+            )
         return os.path.join(d, name)
 
     def dirs(self) -> list[str]:
@@ -111,7 +114,7 @@ class V1Manager(Manager):
         limit_file = self._file("memory", "memory.limit_in_bytes", "memory limit")
         memsw_file = os.path.join(os.path.dirname(limit_file), "memory.memsw.limit_in_bytes")
         if swap and not os.path.exists(memsw_file):
-            if r.memory_swap:
+            if r.memory_swap > 0:
                 raise InvalidParameter(
                     "memory swap limit requested, but this kernel has no swap accounting "
                     "(memory.memsw.limit_in_bytes is missing; boot with swapaccount=1)"
@@ -136,7 +139,8 @@ class V1Manager(Manager):
             try:
                 files.write(path, value, what)
             except InvalidParameter:
-                if path == limit_file and files.read_int(os.path.join(os.path.dirname(path), "memory.usage_in_bytes")) > r.memory:
+                usage_file = os.path.join(os.path.dirname(limit_file), "memory.usage_in_bytes")
+                if path == limit_file and files.read_int(usage_file) > r.memory:
                     raise InvalidParameter(
                         f"cannot set memory limit to {r.memory} bytes: the container already uses more"
                     ) from None
@@ -240,7 +244,9 @@ class V1Manager(Manager):
                 parts = line.split()
                 if len(parts) == 3 and ":" in parts[0]:
                     major, minor = parts[0].split(":")
-                    entries.append({"major": int(major), "minor": int(minor), "op": parts[1], "value": int(parts[2])})
+                    entries.append(
+                        {"major": int(major), "minor": int(minor), "op": parts[1], "value": int(parts[2])}
+                    )
             out[key] = entries
         return out
 
@@ -276,8 +282,9 @@ class V1Manager(Manager):
         try:
             self.freeze()
         except SystemError_:
-            pass  # a task stuck in the kernel; signal anyway
+            pass  # a task stuck in the kernel, or the cgroup is gone: signal anyway
         try:
             super().kill_all(sig)
         finally:
-            self.thaw()
+            with contextlib.suppress(SystemError_):
+                self.thaw()

@@ -66,7 +66,9 @@ class V2Manager(Manager):
 
     def _file(self, controller: str, name: str, what: str) -> str:
         if controller not in self._controllers(self._path()):
-            raise InvalidParameter(f"{what} requested, but the {controller} cgroup controller is not available on this host")
+            raise InvalidParameter(
+                f"{what} requested, but the {controller} cgroup controller is not available on this host"
+            )
         return self._path(name)
 
     # -- limits -----------------------------------------------------------
@@ -88,17 +90,24 @@ class V2Manager(Manager):
         if r.oom_kill_disable:
             log.warning("cgroup v2 has no way to disable the OOM killer; OomKillDisable discarded")
         if r.memory_reservation:
-            files.write(self._file("memory", "memory.low", "memory reservation"), r.memory_reservation, "memory reservation")
+            path = self._file("memory", "memory.low", "memory reservation")
+            files.write(path, r.memory_reservation, "memory reservation")
         if r.memory:
             files.write(self._file("memory", "memory.max", "memory limit"), r.memory, "memory limit")
         # v2 limits swap alone, while Docker's --memory-swap counts memory+swap.
         if r.memory_swap == -1:
             swap: int | str | None = "max"
         elif r.memory_swap > 0:
-            memory = r.memory or files.read_int(self._path("memory.max"))
+            memory = r.memory or files.read_int(self._file("memory", "memory.max", "memory swap limit"))
+            if memory < 0:
+                raise InvalidParameter(
+                    "You should always set the Memory limit when using Memoryswap limit, see usage."
+                )
             swap = r.memory_swap - memory
             if swap < 0:
-                raise InvalidParameter("Minimum memoryswap limit should be larger than memory limit, see usage.")
+                raise InvalidParameter(
+                    "Minimum memoryswap limit should be larger than memory limit, see usage."
+                )
         elif fresh and r.memory:
             swap = r.memory  # Docker's default: as much swap as memory
         else:
@@ -107,8 +116,11 @@ class V2Manager(Manager):
             return
         swap_file = self._path("memory.swap.max")
         if not os.path.exists(swap_file):
-            if r.memory_swap:
-                raise InvalidParameter("memory swap limit requested, but this kernel has no swap accounting (memory.swap.max is missing)")
+            if r.memory_swap > 0:
+                raise InvalidParameter(
+                    "memory swap limit requested, but this kernel has no swap accounting "
+                    "(memory.swap.max is missing)"
+                )
             return
         files.write(swap_file, swap, "memory swap limit")
 
@@ -135,7 +147,9 @@ class V2Manager(Manager):
         elif os.path.exists(generic):
             files.write(generic, f"default {1 + (weight - 10) * 9999 // 990}", "blkio weight")
         else:
-            raise InvalidParameter("blkio weight requested, but this kernel offers neither io.weight nor io.bfq.weight")
+            raise InvalidParameter(
+                "blkio weight requested, but this kernel offers neither io.weight nor io.bfq.weight"
+            )
 
     # -- observation ------------------------------------------------------
 
