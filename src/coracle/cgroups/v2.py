@@ -140,8 +140,8 @@ class V2Manager(Manager):
 
     def _write_io_weight(self, weight: int) -> None:
         """io.bfq.weight takes blkio's 10..1000 directly; io.weight is 1..10000."""
-        self._file("io", "io.weight", "blkio weight")
-        bfq, generic = self._path("io.bfq.weight"), self._path("io.weight")
+        generic = self._file("io", "io.weight", "blkio weight")  # also checks the io controller
+        bfq = self._path("io.bfq.weight")
         if os.path.exists(bfq):
             files.write(bfq, weight, "blkio weight")
         elif os.path.exists(generic):
