@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from coracle.api.server import build_router
     from coracle.api.http import serve
+    from coracle.engine.check import check
     from coracle.engine.engine import Engine
     from coracle.engine.events import EventBus
     from coracle.images import ImageStore
@@ -100,14 +101,15 @@ def main(argv: list[str] | None = None) -> None:
     network.start()
     exit_stream = monitor.events()  # subscribe before looking, so no exit falls in between
     report = engine.restore()
-    live = {r["Id"]: r["State"]["Pid"] for r in engine.records() if r["State"]["Running"]}
-    network.reconcile(live)
+    repaired = check(engine)
     threading.Thread(target=_pump_exits, args=(engine, monitor, exit_stream), daemon=True,
                      name="monitor-events").start()
     rebooted = engine.boot_restarts()
     log.info("coracled %s: monitor pid %d, %d adopted, %d exited while away, %d restarted (%.0f ms)",
              __version__, monitor_pid, len(report["adopted"]), len(report["exited"]), len(rebooted),
              (time.monotonic() - started) * 1000)
+    if any(repaired[k] for k in repaired):
+        log.warning("start-up reconciliation repaired: %s", repaired)
 
     async def run() -> None:
         router = build_router(engine=engine, images=images, network=network, events=events,
