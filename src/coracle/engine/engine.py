@@ -595,6 +595,28 @@ class Engine:
         self._event(rec, "update")
         return {"Warnings": []}
 
+    # ----- networks of a container -------------------------------------------
+
+    def connect(self, ref: str, network_ref: str, endpoint_config: dict[str, Any]) -> None:
+        """`docker network connect`: recorded always, wired live when the container runs."""
+        rec = self.get(ref)
+        with self._lock_for(rec["Id"]):
+            rec = self.get(rec["Id"])
+            mode = rec["HostConfig"]["NetworkMode"]
+            if mode in ("host", "none") or mode.startswith("container:"):
+                raise InvalidParameter(f"container sharing network namespace with another container or host cannot be connected to any other network")
+            pid = rec["State"]["Pid"] if rec["State"]["Running"] else None
+            fault("connect-before-network")
+            rec["NetworkSettings"] = self.network.connect(rec, pid, network_ref, endpoint_config)
+            self.save(rec)
+
+    def disconnect(self, ref: str, network_ref: str, force: bool = False) -> None:
+        rec = self.get(ref)
+        with self._lock_for(rec["Id"]):
+            rec = self.get(rec["Id"])
+            rec["NetworkSettings"] = self.network.disconnect(rec, network_ref, force)
+            self.save(rec)
+
     # ----- views ---------------------------------------------------------
 
     def inspect(self, ref: str) -> dict[str, Any]:

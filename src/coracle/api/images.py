@@ -1,0 +1,240 @@
+"""Engine API routes for images: list, inspect, pull/import, load/save, tag, rmi, prune, commit."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import tempfile
+from typing import Any
+
+from coracle.api.http import Request, Response, Router
+from coracle.engine.engine import Engine
+from coracle.errors import InvalidParameter
+
+thread = asyncio.to_thread
+
+
+def _auth(req: Request) -> dict | None:
+    header = req.headers.get("X-Registry-Auth")
+    if not header:
+        return None
+    try:
+        padded = header + "=" * (-len(header) % 4)
+        return json.loads(base64.urlsafe_b64decode(padded)) or None
+    except ValueError:
+        raise InvalidParameter("invalid X-Registry-Auth header") from None
+
+
+async def _spool(req: Request) -> str:
+    """The request body (a tar stream) into a temporary file; returns its path."""
+    fd, path = tempfile.mkstemp(prefix="coracle-upload-")
+    with os.fdopen(fd, "wb") as f:
+        async for chunk in req.stream():
+            await thread(f.write, chunk)
+    return path
+
+
+def routes(router: Router, engine: Engine, images: Any) -> None:
+    def in_use(image_id: str) -> bool:
+        return any(r["Image"] == image_id for r in engine.records())
+
+    async def list_(req: Request) -> Response:
+        found = await thread(images.list)
+        filters = req.qjson("filters") or {}
+        out = [images.summary(i) for i in found]
+        if filters.get("dangling"):
+            want = (list(filters["dangling"]) if isinstance(filters["dangling"], (list, dict)) else [filters["dangling"]])
+            dangling = "true" in [str(w).lower() for w in want]
+            out = [o for o in out if (not o["RepoTags"] or o["RepoTags"] == ["<none>:<none>"]) == dangling]
+        if filters.get("reference"):
+            import fnmatch
+
+            refs = list(filters["reference"])
+            out = [o for o in out if any(fnmatch.fnmatch(t, r) or fnmatch.fnmatch(t, r + ":*")
+                                         for t in o["RepoTags"] or [] for r in refs)]
+        if filters.get("label"):
+            from coracle.api.filters import labels_match, values
+
+            out = [o for o in out if labels_match(o.get("Labels") or {}, values(filters, "label"))]
+        return Response.json(out)
+
+    async def inspect(req: Request, name: str) -> Response:
+        return Response.json(await thread(images.inspect, name))
+
+    async def history(req: Request, name: str) -> Response:
+        return Response.json(await thread(images.history, name))
+
+    async def create(req: Request) -> Any:
+        """`docker pull` (fromImage) or `docker import` (fromSrc=-): both stream JSON progress."""
+        from_image, from_src = req.q("fromImage"), req.q("fromSrc")
+        tag = req.q("tag") or ""
+        loop = asyncio.get_running_loop()
+
+        if from_src:
+            if from_src != "-":
+                raise InvalidParameter("only fromSrc=- (the request body) is supported")
+            path = await _spool(req)
+            repo = req.q("repo") or ""
+            ref = f"{repo}:{tag}" if repo and tag else repo or None
+            changes = req.query.get("changes", [])
+
+            async def produce_import(stream: Any) -> None:
+                try:
+                    with open(path, "rb") as f:
+                        image = await thread(images.import_tar, f, ref, changes, req.q("message") or "")
+                finally:
+                    os.unlink(path)
+                engine.events.publish("image", "import", image.id, {"name": ref or image.id})
+                await stream.write(json.dumps({"status": image.id}).encode() + b"\r\n")
+
+            return Response.stream(produce_import, content_type="application/json")
+
+        if not from_image:
+            raise InvalidParameter("fromImage or fromSrc is required")
+        ref = f"{from_image}:{tag}" if tag and ":" not in from_image.rsplit("/", 1)[-1] and "@" not in from_image \
+            else from_image
+        auth = _auth(req)
+
+        async def produce_pull(stream: Any) -> None:
+            queue: asyncio.Queue = asyncio.Queue()
+
+            def progress(msg: dict) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, msg)
+
+            task = asyncio.ensure_future(thread(images.pull, ref, auth, progress))
+            while not (task.done() and queue.empty()):
+                try:
+                    msg = await asyncio.wait_for(queue.get(), 0.1)
+                except asyncio.TimeoutError:
+                    continue
+                await stream.write(json.dumps(msg).encode() + b"\r\n")
+            try:
+                image = task.result()
+            except Exception as exc:  # the stream has begun: errors travel inside it, as Docker does
+                await stream.write(json.dumps({"errorDetail": {"message": str(exc)}, "error": str(exc)}).encode() + b"\r\n")
+                return
+            engine.events.publish("image", "pull", image.id, {"name": ref})
+
+        return Response.stream(produce_pull, content_type="application/json")
+
+    async def push(req: Request, name: str) -> Any:
+        tag = req.q("tag")
+        ref = f"{name}:{tag}" if tag else name
+        auth = _auth(req)
+        loop = asyncio.get_running_loop()
+
+        async def produce(stream: Any) -> None:
+            queue: asyncio.Queue = asyncio.Queue()
+            task = asyncio.ensure_future(thread(images.push, ref, auth,
+                                                lambda m: loop.call_soon_threadsafe(queue.put_nowait, m)))
+            while not (task.done() and queue.empty()):
+                try:
+                    msg = await asyncio.wait_for(queue.get(), 0.1)
+                except asyncio.TimeoutError:
+                    continue
+                await stream.write(json.dumps(msg).encode() + b"\r\n")
+            try:
+                task.result()
+            except Exception as exc:
+                await stream.write(json.dumps({"errorDetail": {"message": str(exc)}, "error": str(exc)}).encode() + b"\r\n")
+
+        return Response.stream(produce, content_type="application/json")
+
+    async def load(req: Request) -> Any:
+        path = await _spool(req)
+
+        async def produce(stream: Any) -> None:
+            try:
+                with open(path, "rb") as f:
+                    loaded = await thread(images.load, f)
+            finally:
+                os.unlink(path)
+            for ref in loaded:
+                engine.events.publish("image", "load", ref, {"name": ref})
+                text = f"Loaded image: {ref}\n" if not ref.startswith("sha256:") else f"Loaded image ID: {ref}\n"
+                await stream.write(json.dumps({"stream": text}).encode() + b"\r\n")
+
+        return Response.stream(produce, content_type="application/json")
+
+    async def save(req: Request, name: str | None = None) -> Any:
+        refs = [name] if name else req.query.get("names", [])
+        if not refs:
+            raise InvalidParameter("no image names given")
+        for ref in refs:
+            await thread(images.resolve, ref)
+
+        async def produce(stream: Any) -> None:
+            loop = asyncio.get_running_loop()
+            rfd, wfd = os.pipe()
+            reader = os.fdopen(rfd, "rb")
+            writer = os.fdopen(wfd, "wb")
+
+            def write_all() -> None:
+                try:
+                    images.save(refs, writer)
+                finally:
+                    writer.close()
+
+            task = loop.run_in_executor(None, write_all)
+            while chunk := await thread(reader.read, 1 << 20):
+                await stream.write(chunk)
+            reader.close()
+            await task
+
+        return Response.stream(produce, content_type="application/x-tar")
+
+    async def tag(req: Request, name: str) -> Response:
+        repo = req.q("repo")
+        if not repo:
+            raise InvalidParameter("repository name is required")
+        await thread(images.tag, name, repo, req.q("tag") or "latest")
+        engine.events.publish("image", "tag", name, {"name": f"{repo}:{req.q('tag') or 'latest'}"})
+        return Response.empty(201)
+
+    async def remove(req: Request, name: str) -> Response:
+        result = await thread(images.remove, name, req.qbool("force"), in_use)
+        engine.events.publish("image", "delete", name, {"name": name})
+        return Response.json(result)
+
+    async def prune(req: Request) -> Response:
+        filters = req.qjson("filters") or {}
+        dangling = filters.get("dangling")
+        only_dangling = True
+        if dangling:
+            values = list(dangling) if isinstance(dangling, (list, dict)) else [dangling]
+            only_dangling = "false" not in [str(v).lower() for v in values]
+        return Response.json(await thread(images.prune, only_dangling, in_use))
+
+    async def commit(req: Request) -> Response:
+        container = req.q("container")
+        rec = await thread(engine.get, container or "")
+        body = req.json() if req.body else {}
+        repo, tag_ = req.q("repo"), req.q("tag") or "latest"
+        base = await thread(images.resolve, rec["Image"])
+        changes = req.query.get("changes", [])
+        image = await thread(images.commit, rec["GraphDriver"]["Data"]["UpperDir"], base, changes,
+                             f"{repo}:{tag_}" if repo else None, req.q("comment") or "", req.q("author") or "",
+                             body or None)
+        return Response.json({"Id": image.id}, status=201)
+
+    async def auth(req: Request) -> Response:
+        body = req.json()
+        await thread(images.login, body)
+        return Response.json({"Status": "Login Succeeded", "IdentityToken": ""})
+
+    r = router.add
+    r("GET", "/images/json", list_)
+    r("POST", "/images/create", create, stream_body=True)
+    r("POST", "/images/load", load, stream_body=True)
+    r("GET", "/images/get", save)
+    r("POST", "/images/prune", prune)
+    r("GET", "/images/{name*}/json", inspect)
+    r("GET", "/images/{name*}/history", history)
+    r("GET", "/images/{name*}/get", save)
+    r("POST", "/images/{name*}/tag", tag)
+    r("POST", "/images/{name*}/push", push)
+    r("DELETE", "/images/{name*}", remove)
+    r("POST", "/commit", commit)
+    r("POST", "/auth", auth)
