@@ -79,26 +79,20 @@ class JsonLog:
             records.append(tail)
             tail = b""
         self.partial[stream] = tail
-        if not records:
-            return
-        self.f.write(b"".join(
-            json.dumps({"log": r.decode("utf-8", "replace"), "stream": stream, "time": utc_now()}).encode() + b"\n"
-            for r in records
-        ))
-        self._rotate()
+        for r in records:
+            entry = json.dumps({"log": r.decode("utf-8", "replace"), "stream": stream, "time": utc_now()}).encode()
+            if self.max_size and self.f.tell() and self.f.tell() + len(entry) + 1 > self.max_size:
+                self._rotate()
+            self.f.write(entry + b"\n")
 
     def _rotate(self) -> None:
-        if not self.max_size or self.f.tell() < self.max_size:
-            return
+        """Shift name.1 -> name.2 ... and start a fresh file; at most max_file files in all."""
         self.f.close()
-        if self.max_file > 1:
-            for i in range(self.max_file - 1, 0, -1):
-                src = self.path if i == 1 else f"{self.path}.{i - 1}"
-                if os.path.exists(src):
-                    os.rename(src, f"{self.path}.{i}")
-            self.f = open(self.path, "wb", buffering=0)
-        else:
-            self.f = open(self.path, "wb", buffering=0)
+        for i in range(self.max_file - 1, 0, -1):
+            src = self.path if i == 1 else f"{self.path}.{i - 1}"
+            if os.path.exists(src):
+                os.rename(src, f"{self.path}.{i}")
+        self.f = open(self.path, "wb", buffering=0)
 
     def close(self) -> None:
         for stream in ("stdout", "stderr"):

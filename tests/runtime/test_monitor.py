@@ -1,0 +1,209 @@
+"""The runtime without the daemon: the monitor forks, holds, releases, reaps and streams.
+
+These drive `MonitorClient` directly against a private monitor and a busybox
+root filesystem made in a temporary directory, in throwaway namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from coracle.runtime.client import MonitorClient, StartError
+from coracle.runtime.spec import Process, Spec
+
+
+@pytest.fixture(scope="module")
+def lower(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("lower")
+    (root / "bin").mkdir()
+    shutil.copy("/bin/busybox", root / "bin" / "busybox")
+    for applet in subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True).stdout.split():
+        if applet != "busybox":
+            (root / "bin" / applet).symlink_to("busybox")
+    (root / "etc").mkdir()
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n")
+    (root / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    return root
+
+
+@pytest.fixture
+def monitor(tmp_path: Path) -> Iterator[MonitorClient]:
+    client = MonitorClient(str(tmp_path / "exec"))
+    pid = client.ensure_running()
+    try:
+        yield client
+    finally:
+        for proc in client.list():
+            try:
+                os.kill(proc["pid"], signal.SIGKILL)
+            except (ProcessLookupError, KeyError):
+                pass
+        os.kill(pid, signal.SIGKILL)
+
+
+_counter = iter(range(10**6))
+
+
+def container(tmp_path: Path, lower: Path, args: list[str], **process: object) -> Spec:
+    n = next(_counter)
+    dirs = {k: tmp_path / f"{k}{n}" for k in ("upper", "work", "rootfs")}
+    for d in dirs.values():
+        d.mkdir()
+    return Spec(id=f"c{n}", process=Process(args=args, env=["PATH=/bin"], **process), hostname=f"box{n}",
+                rootfs=str(dirs["rootfs"]), lower=[str(lower)], upper=str(dirs["upper"]), work=str(dirs["work"]),
+                log_path=str(tmp_path / f"c{n}.log"))
+
+
+def run(monitor: MonitorClient, spec: Spec, timeout: float = 10) -> dict:
+    events = monitor.events()
+    sock, _pid = monitor.spawn(spec)
+    monitor.release(sock, spec.id)
+    for event in events:
+        if event["id"] == spec.id:
+            return event
+    raise AssertionError("no exit event")
+
+
+def log_text(spec: Spec) -> str:
+    return "".join(json.loads(line)["log"] for line in Path(spec.log_path).read_text().splitlines())
+
+
+def test_container_is_isolated_and_exit_code_is_kept(monitor: MonitorClient, tmp_path: Path, lower: Path) -> None:
+    shm = subprocess.run(["ipcmk", "-M", "4096"], capture_output=True, text=True, check=True).stdout.split()[-1]
+    marker = tmp_path / "host-only-mount"
+    marker.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "hostonly", str(marker)], check=True)
+    try:
+        spec = container(tmp_path, lower, ["sh", "-c", "hostname; ps -o pid,args; ip -o link; "
+                                           "echo shm=$(wc -l < /proc/sysvipc/shm); cat /proc/mounts; exit 7"])
+        event = run(monitor, spec)
+    finally:
+        subprocess.run(["umount", str(marker)], check=False)
+        subprocess.run(["ipcrm", "-m", shm], check=False)
+    out = log_text(spec)
+    lines = out.splitlines()
+    assert event["exit_code"] == 7
+    assert lines[0] == spec.hostname  # own UTS namespace
+    procs = [line.split(None, 1) for line in lines[2:] if line.strip()[:1].isdigit() and ":" not in line]
+    assert ["1", "sh -c " + spec.process.args[2]] in [[p[0], p[1]] for p in procs]  # the command is PID 1
+    assert all(int(p[0]) < 10 for p in procs)  # only its own processes
+    links = [line for line in lines if ": lo:" in line or ": eth" in line]
+    assert len(links) == 1 and ": lo:" in links[0]  # own network namespace: only lo
+    assert "shm=1" in lines  # header only: the host's SysV segment is invisible
+    assert "hostonly" not in out  # the host's mount table is invisible
+
+
+def test_start_errors_are_reported_with_docker_exit_codes(monitor: MonitorClient, tmp_path: Path, lower: Path) -> None:
+    spec = container(tmp_path, lower, ["no-such-binary"])
+    sock, _ = monitor.spawn(spec)
+    with pytest.raises(StartError) as err:
+        monitor.release(sock, spec.id)
+    assert err.value.exit_code == 127
+    assert 'exec: "no-such-binary": executable file not found in $PATH' in str(err.value)
+    spec = container(tmp_path, lower, ["/etc/passwd"])
+    sock, _ = monitor.spawn(spec)
+    with pytest.raises(StartError) as err:
+        monitor.release(sock, spec.id)
+    assert err.value.exit_code == 126
+    spec = container(tmp_path, lower, ["true"], user="nosuchuser")
+    sock, _ = monitor.spawn(spec)
+    with pytest.raises(StartError, match="unable to find user nosuchuser"):
+        monitor.release(sock, spec.id)
+
+
+def test_user_and_workdir(monitor: MonitorClient, tmp_path: Path, lower: Path) -> None:
+    spec = container(tmp_path, lower, ["sh", "-c", "id -u; pwd"], user="nobody", cwd="/made/by/runtime")
+    assert run(monitor, spec)["exit_code"] == 0
+    assert log_text(spec).split() == ["65534", "/made/by/runtime"]
+
+
+def _read_frames(sock: socket.socket) -> dict[int, bytes]:
+    out: dict[int, bytes] = {1: b"", 2: b""}
+    while packet := sock.recv(1 << 20):
+        stream, size = struct.unpack(">BxxxI", packet[:8])
+        out[stream] += packet[8:8 + size]
+    return out
+
+
+def test_attach_streams_stdin_half_close_and_frames(monitor: MonitorClient, tmp_path: Path, lower: Path) -> None:
+    spec = container(tmp_path, lower, ["sh", "-c", "cat; echo done >&2"], stdin=True)
+    sock, _ = monitor.spawn(spec)
+    stream, tty = monitor.attach(spec.id, stdin=True)
+    assert tty is False
+    monitor.release(sock, spec.id)
+    stream.send(b"dhello\n")
+    stream.send(b"c")  # stdin EOF: cat ends, output keeps flowing afterwards
+    frames = _read_frames(stream)
+    assert frames[1] == b"hello\n"
+    assert frames[2] == b"done\n"
+
+
+def test_tty_gives_a_terminal_and_resizes(monitor: MonitorClient, tmp_path: Path, lower: Path) -> None:
+    spec = container(tmp_path, lower, ["sh", "-c", "read x; stty size; [ -t 0 ] && echo isatty"], stdin=True, tty=True)
+    sock, _ = monitor.spawn(spec)
+    stream, tty = monitor.attach(spec.id, stdin=True)
+    assert tty is True
+    monitor.release(sock, spec.id)
+    monitor.resize(spec.id, 33, 101)
+    stream.send(b"dgo\n")
+    out = b""
+    while packet := stream.recv(65536):
+        out += packet
+    assert b"33 101" in out and b"isatty" in out
+
+
+def test_exec_joins_namespaces_and_cgroup(monitor: MonitorClient, tmp_path: Path, lower: Path) -> None:
+    spec = container(tmp_path, lower, ["sleep", "60"])
+    sock, pid = monitor.spawn(spec)
+    monitor.release(sock, spec.id)
+    events = monitor.events()
+    exec_spec = Spec(id="e-" + spec.id, kind="exec", process=Process(args=["sh", "-c", "hostname; sleep 5"]),
+                     target_pid=pid)
+    esock, epid = monitor.spawn(exec_spec)
+    out_sock, _ = monitor.attach(exec_spec.id, stdin=False)
+    monitor.release(esock, exec_spec.id)
+    time.sleep(0.2)
+    for ns in ("mnt", "uts", "ipc", "pid", "net", "cgroup"):
+        assert os.readlink(f"/proc/{epid}/ns/{ns}") == os.readlink(f"/proc/{pid}/ns/{ns}"), ns
+    os.kill(epid, signal.SIGKILL)
+    frames = _read_frames(out_sock)
+    assert frames[1].strip().decode() == spec.hostname
+    event = next(e for e in events if e["id"] == exec_spec.id)
+    assert event["exit_code"] == 137
+
+
+def test_exit_is_recorded_while_nobody_listens(monitor: MonitorClient, tmp_path: Path, lower: Path) -> None:
+    spec = container(tmp_path, lower, ["sh", "-c", "exit 42"])
+    sock, _ = monitor.spawn(spec)
+    monitor.release(sock, spec.id)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        records = {r["id"]: r for r in monitor.exit_records()}
+        if spec.id in records:
+            assert records[spec.id]["exit_code"] == 42
+            monitor.forget_exit(spec.id)
+            return
+        time.sleep(0.02)
+    raise AssertionError("exit was not recorded")
+
+
+def test_log_rotation_keeps_max_files(monitor: MonitorClient, tmp_path: Path, lower: Path) -> None:
+    spec = container(tmp_path, lower, ["sh", "-c", "i=0; while [ $i -lt 3000 ]; do echo line-$i; i=$((i+1)); done"])
+    spec.log_max_size = 16 * 1024
+    spec.log_max_file = 3
+    assert run(monitor, spec)["exit_code"] == 0
+    files = sorted(p.name for p in tmp_path.glob(Path(spec.log_path).name + "*"))
+    assert len(files) == 3
+    assert all(os.path.getsize(tmp_path / f) <= 16 * 1024 + 200 for f in files)
+    assert log_text(spec).splitlines()[-1] == "line-2999"
