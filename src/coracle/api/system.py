@@ -11,24 +11,25 @@ from typing import Any
 
 from coracle import __version__
 from coracle.api.filters import values
-from coracle.api.http import Request, Response, Router
+from coracle.api.http import API_VERSION, DOCKER_COMPAT, MIN_API_VERSION, Request, Response, Router
 from coracle.engine.engine import Engine
 from coracle.engine.logs import parse_time
 
-API_VERSION = "1.47"
-MIN_API_VERSION = "1.24"
-DOCKER_COMPAT = "27.0.0"
 
 
 def version_info() -> dict[str, Any]:
     uname = os.uname()
-    return {
-        "Platform": {"Name": "coracle"},
-        "Components": [{"Name": "Engine", "Version": __version__, "Details": {"ApiVersion": API_VERSION}}],
-        "Version": DOCKER_COMPAT, "ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION,
-        "GitCommit": "coracle", "GoVersion": "python" + platform.python_version(), "Os": "linux",
+    details = {
+        "ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION, "GitCommit": "coracle",
+        "GoVersion": "python" + platform.python_version(), "Os": "linux",
         "Arch": "amd64" if uname.machine == "x86_64" else uname.machine, "KernelVersion": uname.release,
-        "BuildTime": "", "Experimental": False,
+        "BuildTime": "", "Experimental": "false",
+    }
+    return {
+        "Platform": {"Name": f"coracle {__version__}"},
+        "Components": [{"Name": "Engine", "Version": __version__, "Details": details}],
+        "Version": DOCKER_COMPAT, **{k: v for k, v in details.items() if k != "Experimental"},
+        "Experimental": False,
     }
 
 

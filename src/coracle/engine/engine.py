@@ -313,6 +313,8 @@ class Engine:
                                  "Restarting": False})
             rec["NetworkSettings"]["Networks"] = {}
             self.save(rec)
+            if hc.get("AutoRemove"):
+                threading.Thread(target=self._auto_remove, args=(cid,), daemon=True).start()
             if isinstance(exc, StartError):
                 raise StartError(f"failed to create task for container: {exc}", exc.exit_code) from None
             raise
