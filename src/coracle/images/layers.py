@@ -1,0 +1,275 @@
+"""Layer tars <-> overlayfs directories.
+
+Unpacking follows the OCI layer spec and writes the result in the form overlayfs
+reads at run time: `.wh.NAME` becomes a 0/0 character device NAME (a whiteout),
+`.wh..wh..opq` sets `trusted.overlay.opaque=y` on its directory. Packing (for
+commit) does the reverse on a container's upper directory.
+
+A layer tar is untrusted input. Every member name is normalised relative to the
+layer directory, `..` is refused, and no write ever goes through a symlink or a
+non-directory found on the way (each path component is checked with lstat), so a
+hostile tar cannot write outside the layer directory.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import os
+import posixpath
+import shutil
+import stat
+import tarfile
+from typing import BinaryIO, Iterator
+
+from coracle.errors import InvalidParameter
+
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+OPAQUE_XATTR = "trusted.overlay.opaque"
+XATTR_PAX = "SCHILY.xattr."
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+class _Prepend:
+    """A reader that yields some already-read bytes before the rest of a stream."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self.head, self.rest = head, rest
+
+    def read(self, n: int = -1) -> bytes:
+        if self.head:
+            if n is None or n < 0:
+                out, self.head = self.head + self.rest.read(), b""
+                return out
+            out, self.head = self.head[:n], self.head[n:]
+            return out
+        return self.rest.read(n)
+
+
+class HashingReader:
+    """Hashes (sha256) and counts everything read through it."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.hash, self.count = f, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.hash.update(data)
+        self.count += len(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self.hash.hexdigest()
+
+
+def decompressed(f: BinaryIO) -> BinaryIO:
+    """The tar stream inside `f`, whether `f` is plain or gzip (sniffed, like Docker)."""
+    head = f.read(4)
+    while len(head) < 4:
+        more = f.read(4 - len(head))
+        if not more:
+            break
+        head += more
+    stream = _Prepend(head, f)
+    if head[:2] == GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+    if head == ZSTD_MAGIC:
+        raise InvalidParameter("zstd-compressed layers are not supported; use gzip or plain tar")
+    return stream  # type: ignore[return-value]
+
+
+def clean_name(name: str) -> str:
+    """A member name relative to the layer root ('' for the root itself); refuses `..`."""
+    norm = posixpath.normpath("/" + name).lstrip("/")
+    if ".." in name.split("/"):
+        raise InvalidParameter(f"layer member {name!r} points outside the layer")
+    return "" if norm == "." else norm
+
+
+class _Unpacker:
+    def __init__(self, dest: str) -> None:
+        self.dest = dest
+        self.dirs: set[str] = {""}
+        self.dir_times: list[tuple[str, int]] = []
+        self.size = 0
+
+    def _parent(self, rel: str) -> str:
+        """Absolute path of rel's parent, creating missing directories, never via a symlink."""
+        parent = posixpath.dirname(rel)
+        if parent in self.dirs:
+            return os.path.join(self.dest, parent)
+        cur = ""
+        for comp in parent.split("/"):
+            cur = posixpath.join(cur, comp) if cur else comp
+            if cur in self.dirs:
+                continue
+            path = os.path.join(self.dest, cur)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                os.mkdir(path, 0o755)
+            else:
+                if not stat.S_ISDIR(st.st_mode):
+                    raise InvalidParameter(f"layer member {rel!r} goes through {cur!r}, which is not a directory")
+            self.dirs.add(cur)
+        return os.path.join(self.dest, parent)
+
+    def _clear(self, rel: str, path: str, keep_dir: bool = False) -> None:
+        """Remove whatever this layer already has at path (a later member replaces it)."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            if keep_dir:
+                return
+            shutil.rmtree(path)
+            self.dirs = {d for d in self.dirs if d != rel and not d.startswith(rel + "/")}
+        else:
+            os.unlink(path)
+
+    def apply(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+        rel = clean_name(m.name)
+        if rel == "":
+            return
+        base = posixpath.basename(rel)
+        parent = self._parent(rel)
+        if base.startswith(WHITEOUT):
+            if base == OPAQUE:
+                os.setxattr(parent, OPAQUE_XATTR, b"y")
+            elif not base.startswith(WHITEOUT + WHITEOUT):
+                target_rel = posixpath.join(posixpath.dirname(rel), base[len(WHITEOUT):])
+                target = os.path.join(parent, base[len(WHITEOUT):])
+                self._clear(target_rel, target)
+                os.mknod(target, stat.S_IFCHR | 0o600, os.makedev(0, 0))
+            return
+        path = os.path.join(parent, base)
+        if m.isdir():
+            self._clear(rel, path, keep_dir=True)
+            if not os.path.isdir(path) or os.path.islink(path):
+                os.mkdir(path, 0o755)
+            self.dirs.add(rel)
+        else:
+            self._clear(rel, path)
+            if m.isreg():
+                src = tf.extractfile(m)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    if src is not None:
+                        shutil.copyfileobj(src, out, 1 << 20)
+                self.size += m.size
+            elif m.issym():
+                os.symlink(m.linkname, path)
+            elif m.islnk():
+                src_rel = clean_name(m.linkname)
+                src_path = os.path.join(self._parent(src_rel), posixpath.basename(src_rel))
+                if not os.path.lexists(src_path):
+                    raise InvalidParameter(f"layer hard link {m.name!r} points to missing {m.linkname!r}")
+                os.link(src_path, path, follow_symlinks=False)
+                return  # the link shares the inode, and so its owner, mode and times
+            elif m.ischr() or m.isblk():
+                kind = stat.S_IFCHR if m.ischr() else stat.S_IFBLK
+                os.mknod(path, kind | 0o600, os.makedev(m.devmajor, m.devminor))
+            elif m.isfifo():
+                os.mkfifo(path, 0o600)
+            else:
+                return
+        self._metadata(m, path)
+
+    def _metadata(self, m: tarfile.TarInfo, path: str) -> None:
+        os.chown(path, m.uid, m.gid, follow_symlinks=False)
+        if not m.issym():
+            os.chmod(path, m.mode & 0o7777)  # after chown, which clears set-id bits
+        for key, value in m.pax_headers.items():
+            if key.startswith(XATTR_PAX):
+                name = key[len(XATTR_PAX):]
+                if name.startswith("trusted.overlay."):
+                    continue  # never let a layer forge overlayfs state
+                try:
+                    os.setxattr(path, name, value.encode("utf-8", "surrogateescape"), follow_symlinks=False)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOTSUP, errno.EPERM, errno.EINVAL):
+                        raise
+        if m.isdir():
+            self.dir_times.append((path, int(m.mtime)))
+        else:
+            os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
+
+    def finish(self) -> None:
+        """Directory times last: creating their children changed them."""
+        for path, mtime in reversed(self.dir_times):
+            os.utime(path, (mtime, mtime), follow_symlinks=False)
+
+
+def unpack(f: BinaryIO, dest: str) -> tuple[str, int]:
+    """Unpack a (possibly gzip) layer tar into the existing directory dest.
+
+    Returns (diff id, size): the sha256 of the uncompressed tar, which the caller
+    checks against the image config, and the bytes of file content.
+    """
+    reader = HashingReader(decompressed(f))
+    unpacker = _Unpacker(dest)
+    try:
+        with tarfile.open(fileobj=reader, mode="r|", errorlevel=2) as tf:  # type: ignore[call-overload]
+            for member in tf:
+                unpacker.apply(tf, member)
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile) as exc:
+        raise InvalidParameter(f"the layer is not a valid tar archive: {exc}") from None
+    reader.drain()
+    unpacker.finish()
+    return reader.digest, unpacker.size
+
+
+def pack(upper: str, out: BinaryIO) -> None:
+    """Write a container's overlay upper directory as an OCI layer tar.
+
+    Overlay whiteouts (0/0 character devices) become `.wh.NAME` entries and
+    opaque directories get a `.wh..wh..opq` entry, so the layer means the same
+    thing to any runtime that applies it on top of the image's layers.
+    """
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
+        for rel, path in sorted(_entries(upper)):
+            st = os.lstat(path)
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                ti = tarfile.TarInfo(posixpath.join(posixpath.dirname(rel), WHITEOUT + posixpath.basename(rel)))
+                ti.mtime = int(st.st_mtime)
+                tf.addfile(ti)
+                continue
+            ti = tf.gettarinfo(path, rel)
+            ti.uname = ti.gname = ""
+            for name in os.listxattr(path, follow_symlinks=False):
+                if not name.startswith("trusted.overlay."):
+                    value = os.getxattr(path, name, follow_symlinks=False)
+                    ti.pax_headers[XATTR_PAX + name] = value.decode("utf-8", "surrogateescape")
+            if ti.isreg():
+                with open(path, "rb") as data:
+                    tf.addfile(ti, data)
+            else:
+                tf.addfile(ti)
+            if stat.S_ISDIR(st.st_mode) and _opaque(path):
+                marker = tarfile.TarInfo(posixpath.join(rel, OPAQUE))
+                marker.mtime = int(st.st_mtime)
+                tf.addfile(marker)
+
+
+def _entries(root: str) -> Iterator[tuple[str, str]]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in dirnames + filenames:
+            rel = name if rel_dir == "." else posixpath.join(rel_dir, name)
+            yield rel, os.path.join(dirpath, name)
+
+
+def _opaque(path: str) -> bool:
+    try:
+        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False

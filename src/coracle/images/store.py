@@ -1,0 +1,428 @@
+"""The image store: content-addressed blobs, unpacked layers, tags in SQLite.
+
+On disk (under `<data-root>/images`):
+
+    blobs/sha256/<hex>   configs and layer tars (plain or gzip), named by digest
+    layers/<diff hex>/   each layer unpacked once, in overlayfs form, shared by
+                         every image and container that uses it (read-only lowerdir)
+    tmp/                 staging; emptied when the store opens
+
+An unpacked layer depends only on its own tar, so it is keyed by its diff id
+(sha256 of the uncompressed tar) rather than by the chain of layers below it.
+In SQLite: one `image` document per image id (the parsed config plus what Docker
+keeps beside it), one `image-layer` document per diff id (which blob holds it),
+and the `image_tags` table (name -> image id; a name has exactly one image).
+
+Order of writes for any new image: blobs, then layers (tmp dir + rename), then
+the config blob, then the records in one transaction. A crash at any point
+leaves either nothing trusted, or complete verified content nothing points to,
+which remove/prune collect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator
+
+from coracle.errors import Conflict, InvalidParameter, NotFound, SystemError_
+from coracle.images import builtin
+from coracle.images.blobs import BlobStore, digest_of, hex_of
+from coracle.images.layers import unpack
+from coracle.images.reference import HEX64, parse, try_parse
+from coracle.store import Store
+
+IMAGE = "image"
+LAYER = "image-layer"
+EPOCH = "0001-01-01T00:00:00Z"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS image_tags (
+    name TEXT PRIMARY KEY,
+    image_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS image_tags_by_image ON image_tags(image_id);
+"""
+
+
+@dataclass
+class Image:
+    id: str                 # "sha256:<hex>" of the config blob
+    config: dict            # the config's "config" section (Env, Cmd, Entrypoint, ...)
+    repo_tags: list[str]
+    layers: list[str]       # diff ids, lowest first
+    created: str
+    size: int
+    repo_digests: list[str] = field(default_factory=list)
+    parent: str = ""
+    raw: dict = field(default_factory=dict)   # the whole config blob, parsed
+
+    @property
+    def short_id(self) -> str:
+        return self.id.removeprefix("sha256:")[:12]
+
+
+def unix_time(stamp: str) -> int:
+    """RFC 3339 (with up to nanoseconds, as Go writes it) -> unix seconds."""
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.\d+)?(Z|[+-]\d\d:\d\d)?", stamp or "")
+    if not m:
+        return 0
+    when = datetime.fromisoformat(m.group(1) + ("+00:00" if m.group(2) in (None, "Z") else m.group(2)))
+    return max(0, int(when.timestamp()))
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class ImageStore:
+    def __init__(self, root: str | Path, store: Store) -> None:
+        self.root = Path(root)
+        self.store = store
+        self.blobs = BlobStore(self.root)
+        self.layers_dir = self.root / "layers"
+        self.layers_dir.mkdir(parents=True, exist_ok=True)
+        self.blobs.clear_temp()
+        store.schema(SCHEMA)
+        self._lock = threading.RLock()
+        self._pins: Counter[str] = Counter()   # diff ids an import/pull is still assembling
+
+    # ----- lookup --------------------------------------------------------
+
+    def resolve(self, ref: str) -> Image:
+        """An image by name[:tag], name@digest, full id or unique id prefix (as Docker)."""
+        if not isinstance(ref, str) or not ref:
+            raise InvalidParameter("an image reference is required")
+        if ref.startswith("sha256:"):
+            found = self._by_id_prefix(ref.removeprefix("sha256:"), ref)
+            if found:
+                return found
+            raise NotFound(f"No such image: {ref}")
+        parsed = try_parse(ref)
+        if parsed is not None:
+            image_id = self._tag_target(parsed.canonical)
+            if image_id is None and parsed.digest:
+                image_id = self._digest_target(parsed.canonical)
+            if image_id is not None:
+                return self._image(image_id)
+        if re.fullmatch(r"[0-9a-f]{1,64}", ref):
+            found = self._by_id_prefix(ref, ref)
+            if found:
+                return found
+        if parsed is not None and not parsed.digest and parsed.tagged == builtin.NAME:
+            return self.ensure_builtin()
+        raise NotFound(f"No such image: {ref}")
+
+    def _by_id_prefix(self, prefix: str, ref: str) -> Image | None:
+        if HEX64.match(prefix):
+            doc = self.store.get(IMAGE, "sha256:" + prefix)
+            return self._from_doc(doc) if doc else None
+        matches = [d for d in self.store.all(IMAGE) if d["Id"].removeprefix("sha256:").startswith(prefix)]
+        if len(matches) > 1:
+            raise InvalidParameter(f"image id prefix {ref!r} is ambiguous: it matches {len(matches)} images")
+        return self._from_doc(matches[0]) if matches else None
+
+    def _tag_target(self, name: str) -> str | None:
+        rows = self.store.execute("SELECT image_id FROM image_tags WHERE name = ?", (name,))
+        return rows[0][0] if rows else None
+
+    def _digest_target(self, name_at_digest: str) -> str | None:
+        for doc in self.store.all(IMAGE):
+            if name_at_digest in doc.get("RepoDigests", []):
+                return doc["Id"]
+        return None
+
+    def _tags_of(self, image_id: str) -> list[str]:
+        rows = self.store.execute("SELECT name FROM image_tags WHERE image_id = ? ORDER BY name", (image_id,))
+        return [r[0] for r in rows]
+
+    def _image(self, image_id: str) -> Image:
+        doc = self.store.get(IMAGE, image_id)
+        if doc is None:
+            raise NotFound(f"No such image: {image_id}")
+        return self._from_doc(doc)
+
+    def _from_doc(self, doc: dict[str, Any], tags: list[str] | None = None) -> Image:
+        raw = doc["Config"]
+        return Image(
+            id=doc["Id"], config=raw.get("config") or {},
+            repo_tags=self._tags_of(doc["Id"]) if tags is None else tags,
+            layers=list((raw.get("rootfs") or {}).get("diff_ids") or []),
+            created=raw.get("created") or EPOCH, size=doc.get("Size", 0),
+            repo_digests=list(doc.get("RepoDigests", [])), parent=doc.get("Parent", ""), raw=raw,
+        )
+
+    def list(self) -> list[Image]:
+        tags: dict[str, list[str]] = {}
+        for name, image_id in self.store.execute("SELECT name, image_id FROM image_tags ORDER BY name"):
+            tags.setdefault(image_id, []).append(name)
+        images = [self._from_doc(d, tags.get(d["Id"], [])) for d in self.store.all(IMAGE)]
+        return sorted(images, key=lambda i: unix_time(i.created), reverse=True)
+
+    # ----- Docker shapes -------------------------------------------------
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        """GET /images/{name}/json."""
+        image = self.resolve(ref)
+        raw, dirs = image.raw, self.layer_dirs(image)
+        config = {
+            "Hostname": "", "Domainname": "", "User": "", "AttachStdin": False, "AttachStdout": False,
+            "AttachStderr": False, "Tty": False, "OpenStdin": False, "StdinOnce": False,
+            "Env": None, "Cmd": None, "Image": "", "Volumes": None, "WorkingDir": "",
+            "Entrypoint": None, "OnBuild": None, "Labels": None, **image.config,
+        }
+        doc = self.store.get(IMAGE, image.id) or {}
+        return {
+            "Id": image.id, "RepoTags": image.repo_tags, "RepoDigests": image.repo_digests,
+            "Parent": image.parent, "Comment": raw.get("comment", ""), "Created": image.created,
+            "DockerVersion": raw.get("docker_version", ""), "Author": raw.get("author", ""),
+            "Config": config, "Architecture": raw.get("architecture", "amd64"),
+            "Variant": raw.get("variant", ""), "Os": raw.get("os", "linux"),
+            "Size": image.size, "VirtualSize": image.size,
+            "GraphDriver": {"Name": "overlay2", "Data": {
+                "LowerDir": ":".join(reversed(dirs[:-1])), "UpperDir": dirs[-1] if dirs else "",
+                "MergedDir": "", "WorkDir": ""}},
+            "RootFS": {"Type": "layers", "Layers": image.layers},
+            "Metadata": {"LastTagTime": doc.get("LastTagTime", EPOCH)},
+        }
+
+    def summary(self, image: Image) -> dict[str, Any]:
+        """One element of GET /images/json."""
+        return {
+            "Id": image.id, "ParentId": image.parent, "RepoTags": image.repo_tags,
+            "RepoDigests": image.repo_digests, "Created": unix_time(image.created),
+            "Size": image.size, "VirtualSize": image.size, "SharedSize": -1,
+            "Labels": image.config.get("Labels") or {}, "Containers": -1,
+        }
+
+    # ----- the built-in image -------------------------------------------
+
+    def ensure_builtin(self) -> Image:
+        """busybox:latest from the host's static busybox (made once, then an ordinary image)."""
+        with self._lock:
+            image_id = self._tag_target(builtin.NAME)
+            if image_id is not None:
+                return self._image(image_id)
+            data, mtime = builtin.layer_tar()
+            diff_id = digest_of(data)
+            with self.pinned([diff_id]):
+                blob = self.blobs.put(data, diff_id)
+                self.add_layer(diff_id, blob, compressed=False)
+                return self.add_image(builtin.config_blob(diff_id, mtime), [builtin.NAME])
+
+    # ----- adding content ------------------------------------------------
+
+    @contextmanager
+    def pinned(self, diff_ids: list[str]) -> Iterator[None]:
+        """Keep these layers from being collected while an image is assembled over them."""
+        with self._lock:
+            self._pins.update(diff_ids)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pins.subtract(diff_ids)
+                self._pins += Counter()
+
+    def layer_path(self, diff_id: str) -> Path:
+        return self.layers_dir / hex_of(diff_id)
+
+    def has_layer(self, diff_id: str) -> bool:
+        return self.store.get(LAYER, diff_id) is not None and self.layer_path(diff_id).is_dir()
+
+    def add_layer(self, diff_id: str, blob: str, compressed: bool) -> dict[str, Any]:
+        """Record that `blob` holds layer `diff_id` and make sure it is unpacked.
+
+        The blob must already be in the store (verified). Unpacking happens in a
+        staging directory that is renamed into place only after the tar's own
+        digest matched diff_id.
+        """
+        doc = self.store.get(LAYER, diff_id)
+        final = self.layer_path(diff_id)
+        if doc is None or not final.is_dir():
+            size = self._unpack_blob(diff_id, blob, final)
+            doc = {"DiffID": diff_id, "Blob": blob, "Compressed": compressed, "Size": size,
+                   "Gzip": blob if compressed else (doc or {}).get("Gzip")}
+            self.store.put(LAYER, diff_id, doc)
+        elif compressed and not doc.get("Gzip"):
+            doc["Gzip"] = blob
+            self.store.put(LAYER, diff_id, doc)
+        return doc
+
+    def _unpack_blob(self, diff_id: str, blob: str, final: Path) -> int:
+        staging = self.blobs.temp_path("layer")
+        staging.mkdir()
+        try:
+            with self.blobs.open(blob) as f:
+                got, size = unpack(f, str(staging))
+            if got != diff_id:
+                raise InvalidParameter(f"layer content {got} does not match its diff id {diff_id}")
+            try:
+                os.rename(staging, final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+            return size
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+
+    def add_image(self, config: bytes, tags: list[str], repo_digests: list[str] | None = None,
+                  parent: str = "") -> Image:
+        """Register an image whose layers are all present; config is the exact blob bytes."""
+        try:
+            raw = json.loads(config)
+        except ValueError:
+            raise InvalidParameter("the image config is not valid JSON") from None
+        if not isinstance(raw, dict):
+            raise InvalidParameter("the image config is not a JSON object")
+        rootfs = raw.get("rootfs") or {}
+        diff_ids = rootfs.get("diff_ids") or []
+        if not isinstance(diff_ids, list):
+            raise InvalidParameter("the image config's rootfs.diff_ids is not a list")
+        size = 0
+        for diff_id in diff_ids:
+            layer = self.store.get(LAYER, diff_id)
+            if layer is None or not self.layer_path(diff_id).is_dir():
+                raise SystemError_(f"layer {diff_id} of the image is missing from the store")
+            size += layer.get("Size", 0)
+        image_id = self.blobs.put(config)
+        with self._lock, self.store.tx():
+            doc = self.store.get(IMAGE, image_id) or {"Id": image_id, "RepoDigests": [], "Parent": parent}
+            doc["Config"], doc["Size"] = raw, size
+            for d in repo_digests or []:
+                if d not in doc["RepoDigests"]:
+                    doc["RepoDigests"].append(d)
+            if tags:
+                doc["LastTagTime"] = now_rfc3339()
+            self.store.put(IMAGE, image_id, doc)
+            for name in tags:
+                self._set_tag(name, image_id)
+        return self._image(image_id)
+
+    def _set_tag(self, name: str, image_id: str) -> None:
+        self.store.execute(
+            "INSERT INTO image_tags(name, image_id) VALUES (?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id", (name, image_id))
+
+    # ----- tags and removal ----------------------------------------------
+
+    def tag(self, ref: str, repo: str, tag: str = "latest") -> None:
+        image = self.resolve(ref)
+        target = parse(f"{repo}:{tag or 'latest'}")
+        if target.digest:
+            raise InvalidParameter("refusing to create a tag with a digest reference")
+        with self._lock, self.store.tx():
+            self._set_tag(target.tagged, image.id)
+            doc = self.store.get(IMAGE, image.id)
+            if doc is not None:
+                doc["LastTagTime"] = now_rfc3339()
+                self.store.put(IMAGE, image.id, doc)
+
+    def remove(self, ref: str, force: bool = False,
+               in_use: Callable[[str], bool] | None = None) -> list[dict[str, str]]:
+        """DELETE /images/{name}: untag, and delete the image once nothing names or uses it."""
+        with self._lock:
+            image = self.resolve(ref)
+            parsed = try_parse(ref)
+            by_name = None
+            if parsed is not None and not ref.startswith("sha256:"):
+                if parsed.canonical in image.repo_tags or parsed.canonical in image.repo_digests:
+                    by_name = parsed.canonical
+            names = image.repo_tags + image.repo_digests
+            if by_name and len(image.repo_tags) > 1 and by_name in image.repo_tags:
+                self._untag(image.id, by_name)
+                return [{"Untagged": by_name}]
+            if not by_name and len(image.repo_tags) > 1 and not force:
+                raise Conflict(f"conflict: unable to delete {image.short_id} (must be forced) - "
+                               "image is referenced in multiple repositories")
+            used = bool(in_use and in_use(image.id))
+            if used and not force:
+                if by_name:
+                    raise Conflict(f'conflict: unable to remove repository reference "{ref}" (must force) - '
+                                   f"a container is using its referenced image {image.short_id}")
+                raise Conflict(f"conflict: unable to delete {image.short_id} (must be forced) - "
+                               "image is being used by a container")
+            ordered = [by_name, *[n for n in names if n != by_name]] if by_name else names
+            for n in ordered:
+                self._untag(image.id, n)
+            result = [{"Untagged": n} for n in ordered]
+            if used:
+                return result  # forced: the names go, the image stays for its containers
+            return result + self._delete(image)
+
+    def _untag(self, image_id: str, name: str) -> None:
+        with self.store.tx():
+            self.store.execute("DELETE FROM image_tags WHERE name = ? AND image_id = ?", (name, image_id))
+            doc = self.store.get(IMAGE, image_id)
+            if doc is not None and name in doc.get("RepoDigests", []):
+                doc["RepoDigests"].remove(name)
+                self.store.put(IMAGE, image_id, doc)
+
+    def _delete(self, image: Image) -> list[dict[str, str]]:
+        """Drop the image record, its config blob, and the layers no other image uses."""
+        with self.store.tx():
+            self.store.delete(IMAGE, image.id)
+            self.store.execute("DELETE FROM image_tags WHERE image_id = ?", (image.id,))
+        self.blobs.delete(image.id)
+        return [{"Deleted": image.id}] + [{"Deleted": d} for d in self._collect_layers(set(image.layers))]
+
+    def _collect_layers(self, candidates: set[str]) -> list[str]:
+        used = {d for doc in self.store.all(IMAGE) for d in (doc["Config"].get("rootfs") or {}).get("diff_ids") or []}
+        freed = []
+        for diff_id in sorted(candidates - used - set(self._pins)):
+            self._drop_layer(diff_id)
+            freed.append(diff_id)
+        return freed
+
+    def _drop_layer(self, diff_id: str) -> None:
+        """Forget the record first, then move the directory aside before deleting it,
+        so a half-deleted tree is never found under its trusted name."""
+        doc = self.store.get(LAYER, diff_id) or {}
+        self.store.delete(LAYER, diff_id)
+        path = self.layer_path(diff_id)
+        if path.exists():
+            doomed = self.blobs.temp_path("gone")
+            os.rename(path, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+        for blob in {doc.get("Blob"), doc.get("Gzip")} - {None}:
+            self.blobs.delete(blob)
+
+    # ----- for the runtime -----------------------------------------------
+
+    def layer_dirs(self, image: Image) -> list[str]:
+        """Unpacked layer directories, lowest first (overlay lowerdir is their reverse).
+
+        A layer directory that went missing is unpacked again from its blob.
+        An image without layers gets one shared empty directory (overlay needs a lowerdir).
+        """
+        if not image.layers:
+            empty = self.layers_dir / "empty"
+            empty.mkdir(exist_ok=True)
+            return [str(empty)]
+        dirs = []
+        for diff_id in image.layers:
+            path = self.layer_path(diff_id)
+            if not path.is_dir():
+                doc = self.store.get(LAYER, diff_id)
+                if doc is None or not self.blobs.has(doc["Blob"]):
+                    raise SystemError_(f"layer {diff_id} of image {image.short_id} is missing; "
+                                       "remove the image and pull or load it again")
+                with self._lock:
+                    self.add_layer(diff_id, doc["Blob"], doc["Compressed"])
+            dirs.append(str(path))
+        return dirs
+
+    def open_layer_blob(self, diff_id: str) -> tuple[BinaryIO, dict[str, Any]]:
+        doc = self.store.get(LAYER, diff_id)
+        if doc is None:
+            raise NotFound(f"layer {diff_id} is not in the store")
+        return self.blobs.open(doc["Blob"]), doc
