@@ -11,9 +11,15 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-from typing import Iterator
+import sys
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/harness.py
+
+if TYPE_CHECKING:
+    from harness import Daemon
 
 SESSION_TAG = secrets.token_hex(3)
 
@@ -44,3 +50,30 @@ def netns() -> Iterator[str]:
         yield name
     finally:
         sh("ip", "netns", "del", name, check=False)
+
+
+@pytest.fixture(scope="session")
+def daemon() -> Iterator["Daemon"]:
+    """One coracled shared by a whole test session (tests must clean up their own containers)."""
+    from harness import Daemon
+
+    d = Daemon(SESSION_TAG)
+    d.create_netns()
+    try:
+        d.start()
+        yield d
+    finally:
+        d.destroy()
+
+
+@pytest.fixture
+def fresh_daemon() -> Iterator["Daemon"]:
+    """A private coracled for tests that stop, kill or break the daemon itself."""
+    from harness import Daemon
+
+    d = Daemon(SESSION_TAG + secrets.token_hex(2))
+    d.create_netns()
+    try:
+        yield d
+    finally:
+        d.destroy()

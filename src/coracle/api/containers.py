@@ -184,20 +184,21 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
         condition = req.q("condition") or "not-running"
         if condition not in ("not-running", "next-exit", "removed"):
             raise InvalidParameter(f"invalid condition: {condition}")
-        rec = await thread(engine.get, id)
-        cid = rec["Id"]
-        sub = engine.events.subscribe()
-        try:
-            rec = engine.store.get("container", cid)
-            if rec is None:
-                if condition == "removed":
-                    return Response.json({"StatusCode": 0})
-                raise NotFound(f"No such container: {id}")
-            if condition == "not-running" and not rec["State"]["Running"] and not rec["State"].get("Restarting"):
-                return Response.json({"StatusCode": rec["State"]["ExitCode"]})
+        cid = (await thread(engine.get, id))["Id"]
+        sub = engine.events.subscribe()  # before looking at the state, so no exit slips between
+        rec = engine.store.get("container", cid)
+        if rec is None:
+            sub.close()
+            if condition == "removed":
+                return Response.json({"StatusCode": 0})
+            raise NotFound(f"No such container: {id}")
+        if condition == "not-running" and not rec["State"]["Running"] and not rec["State"].get("Restarting"):
+            sub.close()
+            return Response.json({"StatusCode": rec["State"]["ExitCode"]})
 
-            async def until_done(stream: Any) -> None:
-                code = None
+        async def until_done(stream: Any) -> None:
+            code = None
+            try:
                 while True:
                     ev = await sub.get()
                     if ev["Type"] != "container" or ev["Actor"]["ID"] != cid:
@@ -206,17 +207,13 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
                         code = int(ev["Actor"]["Attributes"].get("exitCode", 0))
                         if condition != "removed":
                             break
-                    if ev["Action"] == "destroy":
-                        if code is None:
-                            latest = engine.store.get("container", cid)
-                            code = latest["State"]["ExitCode"] if latest else 0
+                    elif ev["Action"] == "destroy":
                         break
-                body: dict[str, Any] = {"StatusCode": code or 0}
-                await stream.write(json.dumps(body).encode() + b"\n")
+            finally:
+                sub.close()
+            await stream.write(json.dumps({"StatusCode": code or 0}).encode() + b"\n")
 
-            return Response.stream(until_done, content_type="application/json", after_headers=True)
-        finally:
-            pass
+        return Response.stream(until_done, content_type="application/json")
 
     async def logs(req: Request, id: str) -> Any:
         rec = await thread(engine.get, id)
@@ -288,23 +285,24 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
     async def attach(req: Request, id: str) -> Any:
         rec = await thread(engine.get, id)
         cid = rec["Id"]
-        want_in, want_out, want_err = req.qbool("stdin"), req.qbool("stdout"), req.qbool("stderr")
-        tty = rec["Config"]["Tty"]
+        want_in = req.qbool("stdin") and rec["Config"]["OpenStdin"]
+        want_out, want_err = req.qbool("stdout"), req.qbool("stderr")
         detach = parse_detach_keys(req.q("detachKeys") or "")
+        connected: tuple[Any, bool] | None = None
         waiting = None
         if rec["State"]["Running"]:
-            msock, tty = await thread(engine.monitor.attach, cid, want_in and rec["Config"]["OpenStdin"],
-                                      want_out, want_err)
+            connected = await thread(engine.monitor.attach, cid, want_in, want_out, want_err)
         else:
-            waiting = hub.wait(cid, want_in and rec["Config"]["OpenStdin"], want_out, want_err)
+            waiting = hub.wait(cid, want_in, want_out, want_err)  # connected when it starts
 
         async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            nonlocal msock, tty
             if waiting is not None:
                 try:
                     msock, tty = await waiting.ready
                 finally:
                     hub.cancel(cid, waiting)
+            else:
+                msock, tty = connected  # type: ignore[misc]
             if req.qbool("logs"):
                 entries, _ = await thread(logfile.read, rec["LogPath"], stdout=want_out, stderr=want_err)
                 for entry in entries:
@@ -313,10 +311,7 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
             await pump(msock, reader, writer, stdin=want_in, stdin_once=rec["Config"].get("StdinOnce", False),
                        tty=tty, detach_keys=detach)
 
-        if waiting is None:
-            msock_holder = msock  # noqa: F841 (kept alive for the session)
-        else:
-            msock = None
+        tty = rec["Config"]["Tty"]
         content = "application/vnd.docker.raw-stream" if tty else "application/vnd.docker.multiplexed-stream"
         return Response.hijack(session, content_type=content)
 

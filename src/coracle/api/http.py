@@ -164,8 +164,7 @@ class Response:
         return cls(status, text.encode(), content_type="text/plain; charset=utf-8")
 
     @classmethod
-    def stream(cls, producer: StreamProducer, content_type: str = "application/json",
-               after_headers: bool = False) -> "Response":
+    def stream(cls, producer: StreamProducer, content_type: str = "application/json") -> "Response":
         """A chunked response written by `producer` (logs -f, events, pull progress)."""
         resp = cls(200, b"", content_type)
         resp.producer = producer

@@ -1,0 +1,148 @@
+"""The daemon can stop, crash or die mid-operation without costing a container anything.
+
+Each test gets its own coracled (fresh_daemon), kills or restarts it, and
+checks what a user would see afterwards: same PIDs, working exec and stop,
+exit codes recorded while the daemon was away, and nothing left half-made.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import Daemon
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")
+
+
+def inspect(d: Daemon, ref: str) -> dict:
+    status, body = d.api("GET", f"/containers/{ref}/json")
+    assert status == 200, body
+    return body  # type: ignore[return-value]
+
+
+def run_detached(d: Daemon, *args: str, **host_config: object) -> str:
+    status, body = d.api("POST", "/containers/create", {"Image": "busybox", "Cmd": list(args),
+                                                           "HostConfig": {"NetworkMode": "none", **host_config}})
+    assert status == 201, body
+    cid = body["Id"]  # type: ignore[index]
+    status, body = d.api("POST", f"/containers/{cid}/start")
+    assert status == 204, body
+    return cid
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_containers_survive_the_daemon(fresh_daemon: Daemon, sig: int) -> None:
+    d = fresh_daemon
+    d.start()
+    cid = run_detached(d, "sleep", "300")
+    pid = inspect(d, cid)["State"]["Pid"]
+    d.stop(sig)
+    assert alive(pid)
+    d.start()
+    state = inspect(d, cid)["State"]
+    assert state["Running"] and state["Pid"] == pid
+    status, body = d.api("POST", f"/containers/{cid}/exec", {"Cmd": ["true"]})
+    assert status == 201
+    status, _ = d.api("POST", f"/exec/{body['Id']}/start", {"Detach": True})  # type: ignore[index]
+    assert status == 200
+    status, _ = d.api("POST", f"/containers/{cid}/stop?t=1")
+    assert status == 204
+    assert not alive(pid)
+    assert inspect(d, cid)["State"]["ExitCode"] == 137
+
+
+def test_exit_while_daemon_is_down_is_recorded(fresh_daemon: Daemon) -> None:
+    d = fresh_daemon
+    d.start()
+    cid = run_detached(d, "sh", "-c", "sleep 1; exit 7")
+    d.stop(signal.SIGKILL)
+    time.sleep(1.5)
+    d.start()
+    state = inspect(d, cid)["State"]
+    assert state["Status"] == "exited" and state["ExitCode"] == 7
+    assert state["FinishedAt"] > state["StartedAt"]
+
+
+def test_always_containers_come_back_after_a_reboot(fresh_daemon: Daemon) -> None:
+    d = fresh_daemon
+    d.start()
+    always = run_detached(d, "sleep", "300", RestartPolicy={"Name": "always"})
+    plain = run_detached(d, "sleep", "300")
+    old_pid = inspect(d, always)["State"]["Pid"]
+    # a "reboot": every process of ours dies at once
+    d.stop(signal.SIGKILL)
+    monitor = d.monitor_pid()
+    assert monitor
+    os.kill(monitor, signal.SIGKILL)
+    for ref in (always, plain):
+        try:
+            os.kill(inspect_pid_from_disk(d, ref), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    time.sleep(0.2)
+    d.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not inspect(d, always)["State"]["Running"]:
+        time.sleep(0.05)
+    state = inspect(d, always)["State"]
+    assert state["Running"] and state["Pid"] != old_pid
+    assert not inspect(d, plain)["State"]["Running"]
+
+
+def inspect_pid_from_disk(d: Daemon, cid: str) -> int:
+    import json
+    import sqlite3
+
+    db = sqlite3.connect(d.data_root / "state.db")
+    body = db.execute("SELECT body FROM documents WHERE kind='container' AND id=?", (cid,)).fetchone()[0]
+    db.close()
+    return json.loads(body)["State"]["Pid"]
+
+
+def test_two_daemons_never_share_a_data_root(fresh_daemon: Daemon) -> None:
+    d = fresh_daemon
+    d.start()
+    other = subprocess.run(
+        ["ip", "netns", "exec", d.netns, sys.executable, "-m", "coracle.daemon", "--data-root", str(d.data_root),
+         "--exec-root", str(d.root / "exec2"), "-H", f"unix://{d.root}/other.sock"],
+        capture_output=True, text=True, timeout=30)
+    assert other.returncode != 0
+    assert "in use by another daemon" in other.stderr
+
+
+@pytest.mark.parametrize("point", ["start-after-cgroup", "start-after-network"])
+def test_crash_during_start_leaves_a_consistent_world(fresh_daemon: Daemon, point: str) -> None:
+    d = fresh_daemon
+    d.start(env={"CORACLE_FAULT": point})
+    status, body = d.api("POST", "/containers/create", {"Image": "busybox", "Cmd": ["sleep", "300"]})
+    cid = body["Id"]  # type: ignore[index]
+    try:
+        d.api("POST", f"/containers/{cid}/start")
+    except Exception:
+        pass  # the daemon died mid-request, as injected
+    d.proc.wait(10)  # type: ignore[union-attr]
+    d.start()
+    state = inspect(d, cid)["State"]
+    assert not state["Running"]
+    cgroups = [p for p in Path("/sys/fs/cgroup").glob(f"*/{d.cgroup_parent}/{cid}")]
+    assert cgroups == []
+    status, procs = 200, None
+    links = d.netns_exec("ip", "-o", "link").stdout
+    assert "veth" not in links
+    # and it can be started properly now
+    status, body = d.api("POST", f"/containers/{cid}/start")
+    assert status == 204, body
+    assert inspect(d, cid)["State"]["Running"]
