@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import subprocess
+import tarfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -39,8 +42,31 @@ def make_store(tmp_path: Path) -> Iterator[Callable[[str], ImageStore]]:
 
 
 @pytest.fixture
-def in_overlay(tmp_path: Path) -> Callable[[list[str], str], subprocess.CompletedProcess]:
-    return lambda lower, script: run_in_overlay(lower, tmp_path / "overlay", script)
+def in_overlay(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """in_overlay(lower, script, name="overlay"): the upper dir stays at tmp_path/name/upper."""
+    return lambda lower, script, name="overlay": run_in_overlay(lower, tmp_path / name, script)
+
+
+def make_tar(entries: list[tuple], gzipped: bool = False) -> bytes:
+    """A tar from (name, content) for files, (name, None) for dirs,
+    (name, "->", target) for symlinks, (name, "=>", target) for hard links."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for entry in entries:
+            info = tarfile.TarInfo(entry[0])
+            info.mtime = 1_700_000_000
+            data = None
+            if len(entry) == 3:
+                info.type = tarfile.SYMTYPE if entry[1] == "->" else tarfile.LNKTYPE
+                info.linkname = entry[2]
+            elif entry[1] is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+            else:
+                data = entry[1] if isinstance(entry[1], bytes) else entry[1].encode()
+                info.size, info.mode = len(data), 0o644
+            tf.addfile(info, io.BytesIO(data) if data is not None else None)
+    raw = buf.getvalue()
+    return gzip.compress(raw, mtime=0) if gzipped else raw
 
 
 def run_in_overlay(lower: list[str], tmp_path: Path, script: str) -> subprocess.CompletedProcess:
@@ -53,3 +79,8 @@ def run_in_overlay(lower: list[str], tmp_path: Path, script: str) -> subprocess.
     outer = f'mount -t overlay overlay -o "{opts}" "{merged}" && exec chroot "{merged}" /bin/sh -c "$0"'
     return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", outer, script],
                           capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def tar_of() -> Callable[..., bytes]:
+    return make_tar

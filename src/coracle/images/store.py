@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import threading
-from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,9 +33,11 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
 from coracle.errors import Conflict, InvalidParameter, NotFound, SystemError_
-from coracle.images import builtin
-from coracle.images.blobs import BlobStore, digest_of, hex_of
-from coracle.images.layers import unpack
+from coracle.images import archive, builtin
+from coracle.images import mediatypes as mt
+from coracle.images.blobs import BlobStore, DigestMismatch, digest_of, hex_of, read_chunks
+from coracle.images.changes import apply as apply_changes, image_config
+from coracle.images.layers import HashingReader, decompressed, pack, unpack
 from coracle.images.reference import HEX64, parse, try_parse
 from coracle.store import Store
 
@@ -79,6 +80,10 @@ def unix_time(stamp: str) -> int:
     return max(0, int(when.timestamp()))
 
 
+def _config_bytes(raw: dict[str, Any]) -> bytes:
+    return json.dumps(raw, separators=(",", ":"), sort_keys=True).encode()
+
+
 def now_rfc3339() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -93,7 +98,7 @@ class ImageStore:
         self.blobs.clear_temp()
         store.schema(SCHEMA)
         self._lock = threading.RLock()
-        self._pins: Counter[str] = Counter()   # diff ids an import/pull is still assembling
+        self._assembling = 0   # imports/loads/pulls under way: no garbage is collected meanwhile
 
     # ----- lookup --------------------------------------------------------
 
@@ -213,7 +218,7 @@ class ImageStore:
                 return self._image(image_id)
             data, mtime = builtin.layer_tar()
             diff_id = digest_of(data)
-            with self.pinned([diff_id]):
+            with self.assembling():
                 blob = self.blobs.put(data, diff_id)
                 self.add_layer(diff_id, blob, compressed=False)
                 return self.add_image(builtin.config_blob(diff_id, mtime), [builtin.NAME])
@@ -221,16 +226,30 @@ class ImageStore:
     # ----- adding content ------------------------------------------------
 
     @contextmanager
-    def pinned(self, diff_ids: list[str]) -> Iterator[None]:
-        """Keep these layers from being collected while an image is assembled over them."""
+    def assembling(self) -> Iterator[None]:
+        """Mark an image being assembled: its blobs and layers exist before any record
+        points to them, so garbage collection waits until no assembly is under way."""
         with self._lock:
-            self._pins.update(diff_ids)
+            self._assembling += 1
         try:
             yield
         finally:
             with self._lock:
-                self._pins.subtract(diff_ids)
-                self._pins += Counter()
+                self._assembling -= 1
+
+    def ingest_layer(self, f: BinaryIO, blob_digest: str | None = None, diff_id: str | None = None) -> str:
+        """Store a layer tar (plain or gzip) read from f as a plain blob and unpack it.
+
+        blob_digest is what the bytes of f must hash to, diff_id what the tar inside
+        must hash to; either is checked when given. Returns the diff id.
+        """
+        outer = HashingReader(f)
+        got = self.blobs.write(read_chunks(decompressed(outer)), diff_id)
+        outer.drain()
+        if blob_digest is not None and outer.digest != blob_digest:
+            raise DigestMismatch(f"layer blob digest {outer.digest} does not match the expected {blob_digest}")
+        self.add_layer(got, got, compressed=False)
+        return got
 
     def layer_path(self, diff_id: str) -> Path:
         return self.layers_dir / hex_of(diff_id)
@@ -368,33 +387,146 @@ class ImageStore:
                 self.store.put(IMAGE, image_id, doc)
 
     def _delete(self, image: Image) -> list[dict[str, str]]:
-        """Drop the image record, its config blob, and the layers no other image uses."""
+        """Drop the image record, then whatever content nothing references any more."""
         with self.store.tx():
             self.store.delete(IMAGE, image.id)
             self.store.execute("DELETE FROM image_tags WHERE image_id = ?", (image.id,))
-        self.blobs.delete(image.id)
-        return [{"Deleted": image.id}] + [{"Deleted": d} for d in self._collect_layers(set(image.layers))]
+        freed = self.collect_garbage()
+        return [{"Deleted": image.id}] + [{"Deleted": d} for d in image.layers if d in freed]
 
-    def _collect_layers(self, candidates: set[str]) -> list[str]:
-        used = {d for doc in self.store.all(IMAGE) for d in (doc["Config"].get("rootfs") or {}).get("diff_ids") or []}
-        freed = []
-        for diff_id in sorted(candidates - used - set(self._pins)):
-            self._drop_layer(diff_id)
-            freed.append(diff_id)
+    def collect_garbage(self) -> set[str]:
+        """Remove layers and blobs no image references; returns the freed layers' diff ids.
+
+        Skipped while an image is being assembled (its content is not referenced
+        yet); a later removal or prune catches up.
+        """
+        doomed: list[Path] = []
+        with self._lock:
+            if self._assembling:
+                return set()
+            docs = self.store.all(IMAGE)
+            used = {d for doc in docs for d in (doc["Config"].get("rootfs") or {}).get("diff_ids") or []}
+            keep_blobs = {doc["Id"] for doc in docs}
+            freed = set()
+            for layer in self.store.all(LAYER):
+                if layer["DiffID"] in used:
+                    keep_blobs.update(b for b in (layer.get("Blob"), layer.get("Gzip")) if b)
+                else:
+                    self.store.delete(LAYER, layer["DiffID"])
+                    freed.add(layer["DiffID"])
+            keep_dirs = {hex_of(d) for d in used} | {"empty"}
+            for entry in self.layers_dir.iterdir():
+                if entry.name not in keep_dirs:
+                    doomed.append(self.blobs.temp_path("gone"))
+                    os.rename(entry, doomed[-1])  # never half-deleted under a trusted name
+            for blob in set(self.blobs.digests()) - keep_blobs:
+                self.blobs.delete(blob)
+        for path in doomed:
+            shutil.rmtree(path, ignore_errors=True)
         return freed
 
-    def _drop_layer(self, diff_id: str) -> None:
-        """Forget the record first, then move the directory aside before deleting it,
-        so a half-deleted tree is never found under its trusted name."""
-        doc = self.store.get(LAYER, diff_id) or {}
-        self.store.delete(LAYER, diff_id)
-        path = self.layer_path(diff_id)
-        if path.exists():
-            doomed = self.blobs.temp_path("gone")
-            os.rename(path, doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
-        for blob in {doc.get("Blob"), doc.get("Gzip")} - {None}:
-            self.blobs.delete(blob)
+    # ----- import, commit, load, save ------------------------------------
+
+    def import_tar(self, fileobj: BinaryIO, repo_tag: str | None = None, changes: list[str] | None = None,
+                   message: str = "") -> Image:
+        """`docker import`: a root filesystem tarball (plain or gzip) as a one-layer image."""
+        tags = [parse(repo_tag).tagged] if repo_tag else []
+        config = apply_changes({}, list(changes or []))
+        with self.assembling():
+            diff_id = self.ingest_layer(fileobj)
+            created = now_rfc3339()
+            raw = {"architecture": mt.ARCH, "os": mt.OS, "created": created, "config": config,
+                   "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+                   "history": [{"created": created, "comment": message or "Imported from -"}]}
+            if message:
+                raw["comment"] = message
+            return self.add_image(_config_bytes(raw), tags)
+
+    def commit(self, upper_dir: str, base: Image, changes: list[str] | None = None, repo_tag: str | None = None,
+               comment: str = "", author: str = "", config: dict | None = None) -> Image:
+        """A container's overlay upper directory as a new top layer over base.
+
+        config, when given, is the container's config to start from (Docker commits
+        the container's Env/Cmd/...); otherwise the base image's config is kept.
+        """
+        tags = [parse(repo_tag).tagged] if repo_tag else []
+        new_config = apply_changes(image_config(config) if config is not None else base.config,
+                                   list(changes or []))
+        staged = self.blobs.temp_path("commit")
+        with self.assembling():
+            try:
+                with open(staged, "w+b") as f:
+                    pack(upper_dir, f)
+                    f.seek(0)
+                    diff_id = self.ingest_layer(f)
+            finally:
+                staged.unlink(missing_ok=True)
+            created = now_rfc3339()
+            raw = {k: v for k, v in base.raw.items() if k not in ("container", "container_config")}
+            raw.update(created=created, config=new_config,
+                       rootfs={"type": "layers", "diff_ids": [*base.layers, diff_id]},
+                       history=[*(base.raw.get("history") or []),
+                                {"created": created, "author": author, "comment": comment, "created_by": ""}])
+            raw.update({k: v for k, v in (("author", author), ("comment", comment)) if v})
+            return self.add_image(_config_bytes(raw), tags, parent=base.id)
+
+    def load(self, fileobj: BinaryIO) -> list[str]:
+        """`docker load`: a docker-archive or OCI layout tar (optionally compressed)."""
+        return archive.load(self, fileobj)
+
+    def save(self, refs: list[str], fileobj: BinaryIO) -> None:
+        """`docker save`: one tar that is both a docker-archive and an OCI layout."""
+        archive.save(self, refs, fileobj)
+
+    # ----- history, prune, df ----------------------------------------------
+
+    def history(self, ref: str) -> list[dict[str, Any]]:
+        """GET /images/{name}/history: newest first, layer sizes on the steps that made them."""
+        image = self.resolve(ref)
+        steps = image.raw.get("history") or [{"created": image.created} for _ in image.layers]
+        sizes = [(self.store.get(LAYER, d) or {}).get("Size", 0) for d in image.layers]
+        out = []
+        for step in steps:
+            size = 0 if step.get("empty_layer") or not sizes else sizes.pop(0)
+            out.append({"Id": "<missing>", "Created": unix_time(step.get("created", "")),
+                        "CreatedBy": step.get("created_by", ""), "Tags": None, "Size": size,
+                        "Comment": step.get("comment", "")})
+        out.reverse()
+        if out:
+            out[0].update(Id=image.id, Tags=image.repo_tags or None)
+        return out
+
+    def prune(self, dangling_only: bool = True, in_use: Callable[[str], bool] | None = None) -> dict[str, Any]:
+        """POST /images/prune: untagged images (or, with dangling_only off, every image)
+        that no container uses; then any content left unreferenced."""
+        deleted: list[dict[str, str]] = []
+        reclaimed = 0
+        with self._lock:
+            for image in self.list():
+                if (dangling_only and image.repo_tags) or (in_use and in_use(image.id)):
+                    continue
+                before = self._content_size()
+                deleted += [{"Untagged": t} for t in image.repo_tags + image.repo_digests]
+                with self.store.tx():
+                    self.store.delete(IMAGE, image.id)
+                    self.store.execute("DELETE FROM image_tags WHERE image_id = ?", (image.id,))
+                freed = self.collect_garbage()
+                deleted += [{"Deleted": image.id}] + [{"Deleted": d} for d in image.layers if d in freed]
+                reclaimed += before - self._content_size()
+            self.collect_garbage()
+        return {"ImagesDeleted": deleted or None, "SpaceReclaimed": max(reclaimed, 0)}
+
+    def _content_size(self) -> int:
+        return sum(doc.get("Size", 0) for doc in self.store.all(LAYER))
+
+    def disk_usage(self, containers: Callable[[str], int] | None = None) -> dict[str, Any]:
+        """For GET /system/df: the images (with how many containers use each) and layer bytes."""
+        images = []
+        for image in self.list():
+            entry = self.summary(image)
+            entry["Containers"] = containers(image.id) if containers else 0
+            images.append(entry)
+        return {"LayersSize": self._content_size(), "Images": images}
 
     # ----- for the runtime -----------------------------------------------
 
