@@ -59,8 +59,10 @@ class Daemon:
 
     def start(self, env: dict[str, str] | None = None, wait: bool = True) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        # nsenter switches only the network namespace; `ip netns exec` would also remount
+        # /sys and hide the cgroup filesystems from the daemon.
         args = [
-            "ip", "netns", "exec", self.netns, PYTHON, "-m", "coracle.daemon",
+            "nsenter", f"--net=/run/netns/{self.netns}", PYTHON, "-m", "coracle.daemon",
             "--data-root", str(self.data_root), "--exec-root", str(self.exec_root), "-H", self.host,
             "--cgroup-parent", self.cgroup_parent, *self.extra_args,
         ]

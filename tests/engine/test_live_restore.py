@@ -116,7 +116,7 @@ def test_two_daemons_never_share_a_data_root(fresh_daemon: Daemon) -> None:
     d = fresh_daemon
     d.start()
     other = subprocess.run(
-        ["ip", "netns", "exec", d.netns, sys.executable, "-m", "coracle.daemon", "--data-root", str(d.data_root),
+        ["nsenter", f"--net=/run/netns/{d.netns}", sys.executable, "-m", "coracle.daemon", "--data-root", str(d.data_root),
          "--exec-root", str(d.root / "exec2"), "-H", f"unix://{d.root}/other.sock"],
         capture_output=True, text=True, timeout=30)
     assert other.returncode != 0

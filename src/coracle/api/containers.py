@@ -240,19 +240,21 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
             if not follow or until is not None:
                 return
             cid = rec["Id"]
+            wanted = {s for s, on in (("stdout", stdout), ("stderr", stderr)) if on}
+            last_pass = False
             for entry in logfile.follow(rec["LogPath"], offset):
                 if entry is None:
+                    if last_pass:
+                        return
                     current = engine.store.get("container", cid)
-                    if current is None or not (current["State"]["Running"] or current["State"].get("Restarting")):
-                        for late in logfile.follow(rec["LogPath"], offset):
-                            if late is None:
-                                return
-                            await stream.write(encode(late))
-                    await asyncio.sleep(0.05)
+                    # The monitor writes every byte before it reports the exit, so one more
+                    # pass after seeing the container stopped gets the end of the output.
+                    last_pass = current is None or not (current["State"]["Running"] or current["State"].get("Restarting"))
+                    if not last_pass:
+                        await asyncio.sleep(0.05)
                     continue
-                offset_entry = entry
-                if offset_entry.get("stream") in {s for s, on in (("stdout", stdout), ("stderr", stderr)) if on}:
-                    await stream.write(encode(offset_entry))
+                if entry.get("stream") in wanted:
+                    await stream.write(encode(entry))
 
         content = "application/vnd.docker.raw-stream" if tty else "application/vnd.docker.multiplexed-stream"
         return Response.stream(produce, content_type=content)
