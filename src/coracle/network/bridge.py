@@ -1,0 +1,137 @@
+"""Netlink plumbing of the bridge driver: bridges, veth pairs, addresses, routes.
+
+Every function takes a pyroute2 `IPRoute` already bound to the right network
+namespace (the host's or a container's): a netlink socket stays in the
+namespace it was opened in, so the daemon configures a container's interfaces
+from any thread without forking (see `netns_socket`).
+
+A container's end of a veth pair is created directly inside its namespace
+(`net_ns_fd` on the peer) under its final name (eth0, eth1...), so there is no
+moment where a half-made interface sits in the host namespace under a
+temporary name.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from contextlib import contextmanager
+from typing import Iterator
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from coracle.runtime.syscalls import netns
+
+BRPORT_HAIRPIN = 1
+
+
+@contextmanager
+def netns_socket(path: str) -> Iterator[IPRoute]:
+    """An IPRoute bound to the network namespace at `path`, closed afterwards."""
+    with netns(path):
+        ipr = IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def random_mac() -> str:
+    """A random unicast, locally administered MAC (what Docker does since 28)."""
+    raw = bytearray(secrets.token_bytes(6))
+    raw[0] = (raw[0] & 0xFC) | 0x02
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def ensure_bridge(ipr: IPRoute, name: str, gateway: str, prefixlen: int, mtu: int) -> None:
+    """Create (or adopt) the bridge, give it the gateway address, bring it up."""
+    idx = index(ipr, name)
+    if idx is None:
+        ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
+        idx = index(ipr, name)
+    have = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=2)}
+    if (gateway, prefixlen) not in have:
+        ipr.addr("add", index=idx, address=gateway, prefixlen=prefixlen)
+    ipr.link("set", index=idx, state="up")
+
+
+def delete_link(ipr: IPRoute, name: str) -> bool:
+    """Delete a link by name; False if it was already gone."""
+    idx = index(ipr, name)
+    if idx is None:
+        return False
+    try:
+        ipr.link("del", index=idx)
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:
+            raise
+        return False
+    return True
+
+
+def ports_of(ipr: IPRoute, bridge: str) -> list[str]:
+    """Names of the interfaces enslaved to a bridge."""
+    idx = index(ipr, bridge)
+    if idx is None:
+        return []
+    return [link.get("ifname") for link in ipr.get_links() if link.get("IFLA_MASTER") == idx]
+
+
+def free_ifname(ipr: IPRoute) -> str:
+    """eth0, or the next ethN not yet used in the container's namespace."""
+    taken = {link.get("ifname") for link in ipr.get_links()}
+    n = 0
+    while f"eth{n}" in taken:
+        n += 1
+    return f"eth{n}"
+
+
+def add_veth(ipr: IPRoute, host_name: str, bridge: str, netns_path: str, peer_name: str, mac: str,
+             mtu: int, isolated: bool) -> None:
+    """A veth pair: host end in the bridge (hairpin on, isolated when ICC is off), peer in the netns."""
+    fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        ipr.link("add", ifname=host_name, kind="veth", mtu=mtu,
+                 peer={"ifname": peer_name, "net_ns_fd": fd, "address": mac, "mtu": mtu})
+    finally:
+        os.close(fd)
+    idx = index(ipr, host_name)
+    ipr.link("set", index=idx, master=index(ipr, bridge), state="up")
+    ipr.brport("set", index=idx, mode=BRPORT_HAIRPIN, isolated=int(isolated))
+
+
+def configure_peer(ipr: IPRoute, ifname: str, address: str, prefixlen: int, gateway: str | None) -> None:
+    """Inside the container: address on the interface, lo and the interface up, default route."""
+    lo_up(ipr)
+    idx = index(ipr, ifname)
+    ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
+    ipr.link("set", index=idx, state="up")
+    if gateway and not has_default_route(ipr):
+        ipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=idx)
+
+
+def has_default_route(ipr: IPRoute) -> bool:
+    return any(r["dst_len"] == 0 for r in ipr.get_routes(family=2, table=254))
+
+
+def lo_up(ipr: IPRoute) -> None:
+    ipr.link("set", index=index(ipr, "lo"), state="up")
+
+
+def routes(ipr: IPRoute) -> list[tuple[str, int, int]]:
+    """(destination, prefix length, output interface index) of the main table's IPv4 routes."""
+    return [(r.get("RTA_DST") or "0.0.0.0", r["dst_len"], r.get("RTA_OIF") or 0)
+            for r in ipr.get_routes(family=2, table=254)]
+
+
+def sysctl(path: str, value: str) -> None:
+    """Write /proc/sys/<path> (of the calling thread's network namespace)."""
+    with open(f"/proc/sys/{path}", "w") as f:
+        f.write(value)

@@ -1,0 +1,124 @@
+"""IP address management: subnets for new networks, and leases inside them.
+
+Leases live in their own SQLite table whose PRIMARY KEY is (network, address):
+whatever happens above (threads, a crash between two steps), the database
+refuses to hand one address out twice. Allocation runs inside one IMMEDIATE
+transaction (the Store serialises writers), so 50 concurrent attaches get 50
+distinct addresses without any lock of ours.
+
+Conventions (Docker's): the gateway is the first host address of the subnet
+unless given; the network and broadcast addresses are never leased; with an
+`IPRange` (`--ip-range`) dynamic addresses come only from that range, while a
+static address (`--ip`) may be anywhere in the subnet.
+
+Default pools: Docker cuts 172.17-31/16 and 192.168/16 into /16s and /20s and
+runs out after 31 networks. Ours default to 10.200.0.0/14 cut into /24s: 1024
+networks of 253 containers, configurable per daemon.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sqlite3
+from ipaddress import IPv4Address, IPv4Network
+from typing import Iterable
+
+from coracle.errors import Conflict, InvalidParameter
+from coracle.store import Store
+
+DEFAULT_POOLS: list[tuple[str, int]] = [("10.200.0.0/14", 24)]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS net_leases (
+    network TEXT NOT NULL,
+    address TEXT NOT NULL,
+    container TEXT NOT NULL,
+    PRIMARY KEY (network, address)
+);
+CREATE INDEX IF NOT EXISTS net_leases_container ON net_leases(container);
+"""
+
+
+def parse_subnet(text: str) -> IPv4Network:
+    try:
+        net = ipaddress.ip_network(str(text), strict=False)
+    except ValueError:
+        raise InvalidParameter(f"invalid subnet {text!r}: not a CIDR block") from None
+    if net.version != 4:
+        raise InvalidParameter(f"invalid subnet {text}: IPv6 is not supported")
+    if net.prefixlen > 30:
+        raise InvalidParameter(f"invalid subnet {text}: too small, the prefix must be /30 or shorter")
+    return net
+
+
+def parse_address(text: str, what: str) -> IPv4Address:
+    try:
+        addr = ipaddress.ip_address(str(text).split("/")[0])
+    except ValueError:
+        raise InvalidParameter(f"invalid {what} {text!r}") from None
+    if addr.version != 4:
+        raise InvalidParameter(f"invalid {what} {text}: IPv6 is not supported")
+    return addr
+
+
+def pick_subnet(pools: list[tuple[str, int]], taken: Iterable[IPv4Network]) -> IPv4Network:
+    """The first pool-sized subnet that overlaps nothing in `taken` (networks, host routes)."""
+    taken = list(taken)
+    for base, size in pools:
+        pool = parse_subnet(base)
+        if size < pool.prefixlen:
+            raise InvalidParameter(f"invalid default address pool {base}: size {size} is larger than the pool")
+        for candidate in pool.subnets(new_prefix=size):
+            if not any(candidate.overlaps(t) for t in taken):
+                return candidate
+    raise InvalidParameter("could not find an available, non-overlapping IPv4 address pool among the defaults "
+                           "to assign to the network")
+
+
+class IPAM:
+    """Leases of addresses in networks, persisted through the shared Store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        store.schema(SCHEMA)
+
+    def allocate(self, network: str, subnet: IPv4Network, gateway: IPv4Address, container: str,
+                 ip_range: IPv4Network | None = None, wanted: IPv4Address | None = None) -> IPv4Address:
+        """Lease one address (the wanted one, or the lowest free) to `container`."""
+        if wanted is not None:
+            if wanted not in subnet or wanted in (subnet.network_address, subnet.broadcast_address):
+                raise InvalidParameter(f"no configured subnet contains IP address {wanted}")
+            if wanted == gateway:
+                raise Conflict(f"Address already in use: {wanted} is the gateway of the network")
+            try:
+                self.store.execute("INSERT INTO net_leases(network, address, container) VALUES (?, ?, ?)",
+                                   (network, str(wanted), container))
+            except sqlite3.IntegrityError:
+                raise Conflict(f"Address already in use: {wanted}") from None
+            return wanted
+        scope = ip_range or subnet
+        with self.store.tx() as db:
+            used = {IPv4Address(r[0]) for r in db.execute("SELECT address FROM net_leases WHERE network = ?",
+                                                          (network,))}
+            used |= {gateway, subnet.network_address, subnet.broadcast_address}
+            for addr in scope.hosts() if scope.prefixlen < 31 else scope:
+                if addr not in used and addr in subnet:
+                    db.execute("INSERT INTO net_leases(network, address, container) VALUES (?, ?, ?)",
+                               (network, str(addr), container))
+                    return addr
+        raise Conflict(f"no available IPv4 addresses on this network's address pools: {scope}")
+
+    def release(self, network: str, address: str) -> None:
+        self.store.execute("DELETE FROM net_leases WHERE network = ? AND address = ?", (network, address))
+
+    def release_network(self, network: str) -> None:
+        self.store.execute("DELETE FROM net_leases WHERE network = ?", (network,))
+
+    def leases(self, network: str | None = None) -> list[tuple[str, str, str]]:
+        """(network, address, container) rows, of one network or all."""
+        if network is None:
+            rows = self.store.execute("SELECT network, address, container FROM net_leases")
+        else:
+            rows = self.store.execute("SELECT network, address, container FROM net_leases WHERE network = ?",
+                                      (network,))
+        return [tuple(r) for r in rows]

@@ -1,0 +1,189 @@
+"""Published ports: the `-p` syntax, Docker's PortBindings shape, host port choice.
+
+A published port is one DNAT map element in the firewall (see firewall/), not a
+proxy process, so publishing costs nothing per packet in user space and the
+container sees the real client address. This module only decides *which*
+(protocol, host address, host port) -> (container port) mappings a container
+gets; the manager reserves them in the store and hands them to the firewall.
+
+Input shapes:
+- the CLI's `-p [ip:][hostPort[-range]:]containerPort[-range][/tcp|udp]`:
+  `parse_publish(["8080:80", "127.0.0.1::53/udp"])` returns Docker's
+  `(ExposedPorts, PortBindings)` pair, ready for the create body;
+- the Engine API's `HostConfig.PortBindings` (`{"80/tcp": [{"HostIp": "",
+  "HostPort": "8080"}]}`), `PublishAllPorts` and `Config.ExposedPorts`:
+  `requests(...)` turns them into `PortRequest`s, with host port 0 meaning
+  "any free ephemeral port" and a host range meaning "the first free one in it".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from dataclasses import dataclass
+
+from coracle.errors import InvalidParameter
+
+PROTOCOLS = ("tcp", "udp")
+_SPEC = re.compile(r"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|[0-9.]*):)??(?:(?P<host>[0-9-]*):)?(?P<cont>[0-9-]+)(?:/(?P<proto>\w+))?$")
+
+
+@dataclass(frozen=True)
+class PortRequest:
+    """One container port to publish; host_port 0 = ephemeral; host_end > host_port = pick in range."""
+
+    proto: str
+    container_port: int
+    host_ip: str = "0.0.0.0"
+    host_port: int = 0
+    host_end: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.container_port}/{self.proto}"
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """A reserved mapping: host side chosen, container side resolved to an address."""
+
+    proto: str
+    host_ip: str
+    host_port: int
+    container_ip: str
+    container_port: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.container_port}/{self.proto}"
+
+
+def _port(text: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidParameter(f"invalid {what}: {text!r}") from None
+    if not 0 < value < 65536:
+        raise InvalidParameter(f"invalid {what}: {text} (must be 1-65535)")
+    return value
+
+
+def _range(text: str, what: str) -> tuple[int, int]:
+    first, _, last = text.partition("-")
+    start = _port(first, what)
+    end = _port(last, what) if last else start
+    if end < start:
+        raise InvalidParameter(f"invalid {what} range: {text}")
+    return start, end
+
+
+def _proto(text: str | None) -> str:
+    proto = (text or "tcp").lower()
+    if proto not in PROTOCOLS:
+        raise InvalidParameter(f"invalid proto: {text} (tcp and udp are supported)")
+    return proto
+
+
+def _host_ip(text: str | None) -> str:
+    if not text:
+        return "0.0.0.0"
+    text = text.strip("[]")
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise InvalidParameter(f"invalid host IP address: {text!r}") from None
+    if addr.version != 4:
+        raise InvalidParameter(f"IPv6 host addresses are not supported: {text}")
+    return str(addr)
+
+
+def parse_port_key(key: str) -> tuple[int, str]:
+    """"80/tcp" -> (80, "tcp"): the keys of ExposedPorts and PortBindings."""
+    port, _, proto = str(key).partition("/")
+    return _port(port, "container port"), _proto(proto or None)
+
+
+def parse_publish(specs: list[str]) -> tuple[dict[str, dict], dict[str, list[dict[str, str]]]]:
+    """The CLI's `-p` values -> (ExposedPorts, PortBindings) as the create body carries them."""
+    exposed: dict[str, dict] = {}
+    bindings: dict[str, list[dict[str, str]]] = {}
+    for spec in specs:
+        match = _SPEC.match(spec.strip())
+        if not match:
+            raise InvalidParameter(f"invalid port specification: {spec!r}")
+        proto = _proto(match["proto"])
+        ip = "" if not match["ip"] else _host_ip(match["ip"])
+        c_start, c_end = _range(match["cont"], "containerPort")
+        host = match["host"] or ""
+        if host:
+            h_start, h_end = _range(host, "hostPort")
+            if h_end - h_start != c_end - c_start and c_end != c_start:
+                raise InvalidParameter(f"invalid ranges specified for container and host Ports: {spec}")
+        for offset, c_port in enumerate(range(c_start, c_end + 1)):
+            key = f"{c_port}/{proto}"
+            exposed[key] = {}
+            if not host:
+                host_port = ""
+            elif c_end == c_start:
+                host_port = host  # one container port, a host range to pick from
+            else:
+                host_port = str(h_start + offset)
+            bindings.setdefault(key, []).append({"HostIp": ip, "HostPort": host_port})
+    return exposed, bindings
+
+
+def requests(port_bindings: dict | None, exposed: dict | None, publish_all: bool) -> list[PortRequest]:
+    """Docker's PortBindings (+ -P over ExposedPorts) -> the list of mappings to make."""
+    out: list[PortRequest] = []
+    for key, binds in (port_bindings or {}).items():
+        c_port, proto = parse_port_key(key)
+        for bind in binds or [{}]:
+            bind = bind or {}
+            ip = _host_ip(bind.get("HostIp"))
+            host = str(bind.get("HostPort") or "")
+            start, end = _range(host, "hostPort") if host else (0, 0)
+            out.append(PortRequest(proto, c_port, ip, start, end if end != start else 0))
+    if publish_all:
+        bound = {r.key for r in out}
+        for key in exposed or {}:
+            c_port, proto = parse_port_key(key)
+            if f"{c_port}/{proto}" not in bound:
+                out.append(PortRequest(proto, c_port))
+    return out
+
+
+def overlaps(a_ip: str, b_ip: str) -> bool:
+    """Two bindings of one port clash when either is the wildcard or both name the same address."""
+    return a_ip == b_ip or "0.0.0.0" in (a_ip, b_ip)
+
+
+def host_port_free(proto: str, ip: str, port: int) -> bool:
+    """Whether a process of the host (this thread's netns) could bind the port right now.
+
+    Binding briefly is the only reliable way to see a listener we do not know
+    about. SO_REUSEADDR for TCP so that sockets in TIME_WAIT do not count.
+    """
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        if proto == "tcp":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((ip, port))
+            if proto == "tcp":
+                sock.listen(1)
+        except OSError as exc:
+            if exc.errno == 99:  # EADDRNOTAVAIL
+                raise InvalidParameter(f"Bind for {ip}:{port} failed: {ip} is not an address of this host") from None
+            return False
+    return True
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's ip_local_port_range (of the calling thread's netns), where -P picks from."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
