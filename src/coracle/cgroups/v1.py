@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 
-from coracle.cgroups import files, host
+from coracle.cgroups import devices, files, host
 from coracle.cgroups.manager import Manager, wait_until
 from coracle.cgroups.resources import MAX_CPU_SHARES, MIN_CPU_SHARES, Resources
 from coracle.errors import InvalidParameter, SystemError_
@@ -166,6 +166,10 @@ class V1Manager(Manager):
             "blkio weight requested, but this kernel offers no blkio weight "
             "(neither blkio.weight nor blkio.bfq.weight; the BFQ I/O scheduler is needed)"
         )
+
+    def set_devices(self, rules: list[devices.DeviceRule]) -> None:
+        """Allow exactly `rules` to the container's processes (all other devices denied)."""
+        devices.write_v1(self._file("devices", "", "device access control"), rules)
 
     # -- observation ------------------------------------------------------
 

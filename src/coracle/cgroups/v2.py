@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 
-from coracle.cgroups import files, host
+from coracle.cgroups import devices, files, host
 from coracle.cgroups.manager import Manager, wait_until
 from coracle.cgroups.resources import Resources
 from coracle.errors import InvalidParameter, SystemError_
@@ -150,6 +150,10 @@ class V2Manager(Manager):
             raise InvalidParameter(
                 "blkio weight requested, but this kernel offers neither io.weight nor io.bfq.weight"
             )
+
+    def set_devices(self, rules: list[devices.DeviceRule]) -> None:
+        """Allow exactly `rules` to the container's processes, through a BPF device filter."""
+        devices.attach_v2(self._path(), rules)
 
     # -- observation ------------------------------------------------------
 

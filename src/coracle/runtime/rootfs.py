@@ -11,6 +11,9 @@ from __future__ import annotations
 import os
 import stat
 
+from coracle.cgroups import V2Manager, detect
+from coracle.cgroups.v1 import hierarchies
+from coracle.errors import SystemError_
 from coracle.runtime import syscalls as sc
 from coracle.runtime.spec import Spec
 
@@ -23,6 +26,10 @@ DEFAULT_DEVICES = [
     ("urandom", "c", 1, 9),
     ("tty", "c", 5, 0),
 ]
+
+# Host /dev entries a privileged container does not copy: its own devpts, shm and
+# mqueue are mounted instead, and the console is the one of its terminal.
+_NOT_COPIED = {"pts", "shm", "mqueue", "console", "ptmx", "fd", "stdin", "stdout", "stderr"}
 
 
 def _inside(root: str, path: str) -> str:
@@ -53,19 +60,44 @@ def _ensure(path: str, like_file: bool) -> None:
         os.makedirs(path, exist_ok=True)
 
 
-def _mount_dev(root: str, tty: bool, extra: list[dict]) -> None:
+def _host_devices() -> list[dict]:
+    """Every device node of the host's /dev (a privileged container gets them all)."""
+    found = []
+    for dirpath, dirnames, names in os.walk("/dev"):
+        if dirpath == "/dev":
+            dirnames[:] = [d for d in dirnames if d not in _NOT_COPIED]
+        for name in names:
+            path = os.path.join(dirpath, name)
+            if dirpath == "/dev" and name in _NOT_COPIED:
+                continue
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                found.append({"path": path, "type": "c" if stat.S_ISCHR(st.st_mode) else "b",
+                              "major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev),
+                              "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid})
+    return found
+
+
+def _mount_dev(root: str, tty: bool, extra: list[dict], privileged: bool) -> None:
     dev = os.path.join(root, "dev")
     os.makedirs(dev, exist_ok=True)
+    wanted = (_host_devices() if privileged else []) + extra
     sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
     old = os.umask(0)
     try:
         for name, kind, major, minor in DEFAULT_DEVICES:
             os.mknod(os.path.join(dev, name), 0o666 | stat.S_IFCHR, os.makedev(major, minor))
-        for d in extra:
+        for d in wanted:
             mode = (stat.S_IFCHR if d.get("type", "c") == "c" else stat.S_IFBLK) | d.get("mode", 0o660)
             path = os.path.join(root, d["path"].lstrip("/"))
             os.makedirs(os.path.dirname(path), exist_ok=True)
+            if os.path.lexists(path):
+                os.unlink(path)  # an explicit --device replaces a default node of the same name
             os.mknod(path, mode, os.makedev(d["major"], d["minor"]))
+            os.chown(path, d.get("uid", 0), d.get("gid", 0))
     finally:
         os.umask(old)
     for sub, fstype, flags, data in (
@@ -116,6 +148,45 @@ def _mask_and_protect(root: str, spec: Spec) -> None:
         sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_REC)
 
 
+def _mount_cgroups(root: str, writable: bool) -> None:
+    """The container's own cgroups at /sys/fs/cgroup, read-only unless privileged.
+
+    The process already lives in its cgroup namespace, so each hierarchy
+    mounted here shows the container's cgroup as its root: the host's tree
+    (and release_agent, which only the root cgroup has) is out of sight."""
+    target = os.path.join(root, "sys/fs/cgroup")
+    if not os.path.isdir(target):
+        return
+    flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | (0 if writable else sc.MS_RDONLY)
+    try:
+        manager = detect()
+    except SystemError_:
+        return  # no cgroup filesystem on this host: nothing to show
+    if manager is V2Manager and not hierarchies():
+        sc.mount("cgroup2", target, "cgroup2", flags)
+        return
+    sc.mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "mode=755")
+    grouped: dict[str, list[str]] = {}
+    for controller, mountpoint in hierarchies().items():
+        grouped.setdefault(os.path.basename(mountpoint), []).append(controller)
+    for name, controllers in grouped.items():
+        where = os.path.join(target, name)
+        os.makedirs(where)
+        sc.mount("cgroup", where, "cgroup", flags, ",".join(controllers))
+        for controller in controllers:  # "cpu" -> "cpu,cpuacct" where co-mounted
+            if controller != name and "=" not in controller and not os.path.lexists(os.path.join(target, controller)):
+                os.symlink(name, os.path.join(target, controller))
+    if not writable:
+        sc.mount(None, target, None, sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+
+
+def _write_sysctls(proc: str, sysctls: dict[str, str]) -> None:
+    """Before /proc/sys turns read-only; the engine only lets namespaced keys through."""
+    for key, value in sysctls.items():
+        with open(os.path.join(proc, "sys", key.replace(".", "/")), "w") as f:
+            f.write(value)
+
+
 def build(spec: Spec) -> None:
     """Mount the overlay, kernel filesystems and user mounts, then pivot into it."""
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
@@ -134,14 +205,18 @@ def build(spec: Spec) -> None:
         # sysfs cannot be mounted fresh when the network namespace is not ours
         # (host or container: mode); a read-only recursive bind is what Docker does too.
         sc.mount("/sys", sys_dir, None, sc.MS_BIND | sc.MS_REC)
-        sc.mount(None, sys_dir, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_REC)
-    _mount_dev(root, spec.process.tty, spec.devices)
+        if not spec.privileged:
+            sc.mount(None, sys_dir, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_REC)
+    if "cgroup" in spec.namespaces:
+        _mount_cgroups(root, writable=spec.privileged)
+    _mount_dev(root, spec.process.tty, spec.devices, spec.privileged)
     _mount_user_mounts(root, spec)
     if spec.init_binary:
         target = os.path.join(root, "sbin/docker-init")
         _ensure(target, like_file=True)
         sc.mount(spec.init_binary, target, None, sc.MS_BIND)
         sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
+    _write_sysctls(proc, spec.sysctls)
     _mask_and_protect(root, spec)
     os.chdir(root)
     sc.pivot_root(".", ".")

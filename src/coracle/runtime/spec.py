@@ -70,6 +70,8 @@ class Spec:
     log_path: str = ""
     log_max_size: int = 0
     log_max_file: int = 1
+    # device cgroup rules the engine writes before release ({"kind", "major", "minor", "access"}, -1 = any)
+    device_rules: list[dict] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
