@@ -1,0 +1,178 @@
+"""A small world of network namespaces for the network layer's tests.
+
+    outside (LAN peer, 198.51.100.2) ---veth--- host (198.51.100.1): NetworkManager runs here
+                                                 |-- bridges, veths, nft table `ip coracle`
+                                                 `-- containers: `unshare -n sleep` processes
+
+The manager is constructed inside the throwaway "host" namespace (it keeps a
+handle on the namespace it was built in and opens every socket there), so
+nothing touches the machine's own network. Traffic is made with Python
+sockets created inside the relevant namespace (`syscalls.netns`), and the
+independent witnesses are `ip -j` and `nft -j` run in the host namespace.
+Everything is removed in finalizers, even after failures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from coracle.network import NetworkManager
+from coracle.runtime.syscalls import netns as enter
+from coracle.store import Store
+
+UPLINK_HOST = "198.51.100.1"
+UPLINK_OUTSIDE = "198.51.100.2"
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(args, check=check, capture_output=True, text=True)
+
+
+# ----- traffic --------------------------------------------------------------
+
+
+class Server:
+    """Echo-the-peer server: answers each TCP connection / UDP datagram with the client's address."""
+
+    def __init__(self, ns: str, proto: str, port: int, ip: str = "0.0.0.0") -> None:
+        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+        with enter(ns):
+            self.sock = socket.socket(socket.AF_INET, kind)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((ip, port))
+        if proto == "tcp":
+            self.sock.listen(16)
+        self.proto = proto
+        self.sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self.proto == "tcp":
+                    conn, peer = self.sock.accept()
+                    with conn:
+                        conn.sendall(peer[0].encode())
+                else:
+                    _, peer = self.sock.recvfrom(512)
+                    self.sock.sendto(peer[0].encode(), peer)
+            except (socket.timeout, OSError):
+                continue
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join()
+        self.sock.close()
+
+
+def ask(ns: str, proto: str, ip: str, port: int, timeout: float = 1.5) -> str | None:
+    """Connect from inside `ns`; the address the server saw us as, or None if nothing answered."""
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    with enter(ns):
+        sock = socket.socket(socket.AF_INET, kind)
+    with sock:
+        sock.settimeout(timeout)
+        try:
+            if proto == "tcp":
+                sock.connect((ip, port))
+                return sock.recv(64).decode() or None
+            sock.sendto(b"hi", (ip, port))
+            return sock.recv(64).decode() or None
+        except OSError:
+            return None
+
+
+# ----- the world -------------------------------------------------------------
+
+
+@dataclass
+class Container:
+    """A process in its own network namespace, as the engine would hand it to attach()."""
+
+    id: str
+    name: str
+    proc: subprocess.Popen
+    rec: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def ns(self) -> str:
+        return f"/proc/{self.pid}/ns/net"
+
+    def ip(self, network: str = "bridge") -> str:
+        return self.settings["Networks"][network]["IPAddress"]
+
+
+class World:
+    def __init__(self, host: str, outside: str, store: Store, manager: NetworkManager, tmp: str,
+                 unique: Callable[[str], str]) -> None:
+        self.host, self.outside = f"/run/netns/{host}", f"/run/netns/{outside}"
+        self.host_name = host
+        self.store, self.net, self.tmp, self.unique = store, manager, tmp, unique
+        self.containers: list[Container] = []
+
+    def container(self, network: str = "bridge", *, ports: dict | None = None, exposed: dict | None = None,
+                  publish_all: bool = False, endpoints: dict | None = None, hostname: str = "",
+                  attach: bool = True, **host_config: Any) -> Container:
+        cid = os.urandom(32).hex()
+        name = self.unique("c")
+        proc = subprocess.Popen(["unshare", "-n", "sleep", "1000"])
+        rec = {"Id": cid, "Name": "/" + name,
+               "Config": {"Hostname": hostname or cid[:12], "Domainname": "", "ExposedPorts": exposed or {}},
+               "HostConfig": {"NetworkMode": network, "PortBindings": ports or {}, "PublishAllPorts": publish_all,
+                              **host_config},
+               "NetworkingConfig": {"EndpointsConfig": endpoints or {}},
+               "NetworkSettings": {"Networks": {}}}
+        c = Container(cid, name, proc, rec)
+        self.containers.append(c)
+        # unshare execs sleep once the new namespace exists; wait until it differs from ours
+        mine = os.stat("/proc/self/ns/net").st_ino
+        for _ in range(5000):
+            if os.stat(c.ns).st_ino != mine and not os.readlink(f"/proc/{c.pid}/exe").endswith("unshare"):
+                break
+            time.sleep(0.001)
+        if attach:
+            c.settings = self.net.attach(rec, c.pid)
+            rec["NetworkSettings"] = c.settings
+        return c
+
+    def stop(self, c: Container) -> None:
+        """What the engine does when a container exits: kill, then detach."""
+        if c.proc.poll() is None:
+            c.proc.send_signal(signal.SIGKILL)
+            c.proc.wait()
+        self.net.detach(c.id)
+
+    def ip_json(self, *args: str) -> Any:
+        return json.loads(sh("ip", "netns", "exec", self.host_name, "ip", "-j", *args).stdout or "[]")
+
+    def veths(self) -> list[str]:
+        return [link["ifname"] for link in self.ip_json("link", "show", "type", "veth")
+                if link["ifname"] != "up0"]
+
+    def nft(self) -> list[dict[str, Any]]:
+        out = sh("ip", "netns", "exec", self.host_name, "nft", "-j", "list", "table", "ip", "coracle").stdout
+        return json.loads(out)["nftables"]
+
+    def map_elements(self, name: str) -> list:
+        for obj in self.nft():
+            if "map" in obj and obj["map"]["name"] == name:
+                return obj["map"].get("elem", [])
+        raise AssertionError(f"no map {name}")
+
+    def rule_count(self) -> int:
+        return sum(1 for obj in self.nft() if "rule" in obj)
