@@ -1,0 +1,381 @@
+"""results.json -> report.md (ratios, targets, machine, exact commands) and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from bench.engines import REPO
+from bench.measure import ratio
+
+CORACLE_LABELS = ["coracle", "coracle (docker CLI)"]
+BASELINES = ["docker", "podman"]
+DOCS = REPO / "docs" / "benchmarks.md"
+LATEST = REPO / "bench" / "results" / "latest"
+
+
+def _get(d: object, *keys: object) -> object:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _num(v: object) -> float | None:
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _fmt(v: float | None, unit: str = "", digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if not unit and abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if unit == "s":
+        return f"{v * 1000:.0f} ms" if v < 10 else f"{v:.1f} s"
+    return f"{v:.{digits}g}{unit}"
+
+
+def _ratio_cells(value: Callable[[str], float | None], label: str) -> list[str]:
+    return [_fmt(ratio(value(label), value(b)), "x") if label in CORACLE_LABELS else "" for b in BASELINES]
+
+
+class Report:
+    def __init__(self, results: dict) -> None:
+        self.r = results
+        self.s = results.get("sections", {})
+        self.lines: list[str] = []
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(lines)
+
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        self.add("| " + " | ".join(header) + " |", "|" + "---|" * len(header))
+        self.add(*("| " + " | ".join(row) + " |" for row in rows))
+        self.add("")
+
+    def labels(self, section: str, key: str = "results") -> list[str]:
+        found = list(_get(self.s, section, key) or {})
+        order = CORACLE_LABELS + BASELINES
+        return sorted(found, key=lambda x: order.index(x) if x in order else 99)
+
+    # ----- metrics used by the targets and the tables ---------------------------------
+
+    def start(self, label: str, mode: str) -> float | None:
+        return _num(_get(self.s, "startup", "results", label, mode, "median"))
+
+    def ports_time(self, label: str, n: str) -> float | None:
+        return _num(_get(self.s, "ports", "results", label, n, "seconds", "median"))
+
+    def gbit(self, label: str, path: str) -> float | None:
+        return _num(_get(self.s, "datapath", "results", label, "gbit_per_s", path, "median"))
+
+    # ----- the document -------------------------------------------------------------------
+
+    def build(self, plot_dir: str) -> str:
+        r = self.r
+        self.add("# coracle benchmarks", "",
+                 f"Run {r.get('started')}{' (quick: tiny N, figures not meaningful)' if r.get('quick') else ''}. "
+                 "Same static busybox image content on every engine (coracle's built-in image; its layer imported "
+                 "into Docker and Podman). Each engine runs in its own throwaway network namespace with its own "
+                 "data root, socket and cgroup parent. Figures are medians of repeated runs taken alternately "
+                 "engine by engine; ratios are coracle / Docker and coracle / Podman (below 1 means coracle is "
+                 "faster or smaller, except for throughput rows where above 1 is better).", "",
+                 "Reproduce: `sudo .venv/bin/python -m bench --publish` (full, about half an hour with Docker and "
+                 "Podman), `--quick` for a smoke run, `--engines coracle` for coracle alone.", "")
+        self.machine()
+        self.targets()
+        self.startup(plot_dir)
+        self.throughput()
+        self.memory(plot_dir)
+        self.ports(plot_dir)
+        self.datapath()
+        self.dns()
+        self.cli()
+        self.profile()
+        self.errors()
+        self.commands()
+        return "\n".join(self.lines) + "\n"
+
+    def machine(self) -> None:
+        m = self.r.get("machine", {})
+        self.add("## Machine", "")
+        self.table(["", ""], [[k, str(v)] for k, v in m.items()])
+        rows = []
+        for name, info in (self.r.get("engines") or {}).items():
+            rows.append([name, info.get("version", "-") if info.get("ok") else "**not run**",
+                         "" if info.get("ok") else info.get("reason", "")[:400].replace("\n", " ")])
+        self.add("## Engines", "")
+        self.table(["engine", "version", "why not run"], rows)
+
+    def targets(self) -> None:
+        rows = []
+
+        def row(name: str, goal: str, value: float | None, ok: bool | None, note: str = "") -> None:
+            status = "n/a" if ok is None else ("met" if ok else "**missed**")
+            rows.append([name, goal, _fmt(value, "x" if "x" in goal else "", 3), status, note])
+
+        for mode, goal in (("bridge", 0.3), ("none", 0.2)):
+            v = ratio(self.start("coracle", mode), self.start("docker", mode))
+            via_docker = ratio(self.start("coracle (docker CLI)", mode), self.start("docker", mode))
+            row(f"{mode}-mode start vs Docker", f"<= {goal}x", v, None if v is None else v <= goal,
+                f"with the docker CLI against coracled: {_fmt(via_docker, 'x')}")
+        ports = [str(n) for n in (_get(self.s, "ports", "counts") or [])]
+        if len(ports) >= 2:
+            hi, lo = ports[-1], ports[0]
+            v = ratio(self.ports_time("coracle", hi), self.ports_time("coracle", lo))
+            procs = _get(self.s, "ports", "results", "coracle", hi, "processes_created")
+            ok = None if v is None else (v <= 1.2 and procs == 0)
+            row(f"{hi} published ports vs {lo}", "<= 1.2x, 0 processes", v, ok, f"processes created: {procs}")
+        mem = _num(_get(self.s, "memory", "results", "coracle", "per_container_rss_mib"))
+        row("per-container memory (RSS)", "<= 2 MiB", mem, None if mem is None else mem <= 2,
+            f"Docker: {_fmt(_num(_get(self.s, 'memory', 'results', 'docker', 'per_container_rss_mib')), ' MiB')}")
+        v = ratio(self.gbit("coracle", "published_loopback"), self.gbit("coracle", "direct"))
+        docker_v = ratio(self.gbit("docker", "published_loopback"), self.gbit("docker", "direct"))
+        row("127.0.0.1 published port vs direct (iperf3)", ">= 0.95x", v, None if v is None else v >= 0.95,
+            f"Docker: {_fmt(docker_v, 'x')}")
+        self.add("## Targets", "")
+        self.table(["target", "goal", "coracle", "status", "note"], rows)
+
+    def startup(self, plot_dir: str) -> None:
+        modes = ["bridge", "none", "host", "container"]
+        self.add("## 1. Start latency (`run --rm --network MODE busybox true`, CLI included)", "")
+        rows = []
+        for label in self.labels("startup"):
+            for mode in modes:
+                cell = _get(self.s, "startup", "results", label, mode) or {}
+                rows.append([label, mode, _fmt(_num(cell.get("median")), "s"), str(cell.get("n", "-")),
+                             *_ratio_cells(lambda l: self.start(l, mode), label), cell.get("error", "")[:200]])
+        self.table(["client", "mode", "median", "n", "vs Docker", "vs Podman", "error"], rows)
+        floor = _get(self.s, "startup", "floor") or {}
+        self.add(f"Floor: namespaces alone (`{floor.get('namespaces_command', '')}`) "
+                 f"{_fmt(_num(_get(floor, 'namespaces', 'median')), 's')}; network setup alone (netns + veth + "
+                 f"bridge port + address + route with ip(8)) {_fmt(_num(_get(floor, 'network', 'median')), 's')}.", "")
+        self.image(plot_dir, "start_latency.png", "start latency per mode")
+
+    def throughput(self) -> None:
+        n = _get(self.s, "throughput", "n")
+        self.add(f"## 2. Throughput ({n} concurrent `run -d ... sleep`, then {n} concurrent `rm -f`)", "")
+        rows = []
+        for label in self.labels("throughput", "start"):
+            for what in ("start", "remove"):
+                value = lambda l, w=what: _num(_get(self.s, "throughput", w, l, "median"))  # noqa: E731
+                cell = _get(self.s, "throughput", what, label) or {}
+                rows.append([label, what, _fmt(value(label), "s"), *_ratio_cells(value, label),
+                             cell.get("error", "")[:200]])
+        self.table(["engine", "all", "median", "vs Docker", "vs Podman", "error"], rows)
+
+    def memory(self, plot_dir: str) -> None:
+        counts = _get(self.s, "memory", "counts") or []
+        self.add("## 3. Memory of the engine's processes (daemons + helpers; containers' own processes excluded)", "")
+        rows = []
+        for label in self.labels("memory"):
+            res = _get(self.s, "memory", "results", label) or {}
+            pts = res.get("points", {})
+            cells = [f"{_fmt(_num(_get(pts, str(c), 'rss_mib')), ' MiB')} / "
+                     f"{_get(pts, str(c), 'processes') if _get(pts, str(c)) else '-'}" for c in counts]
+            per = lambda l: _num(_get(self.s, "memory", "results", l, "per_container_rss_mib"))  # noqa: E731
+            rows.append([label, *cells, _fmt(per(label), " MiB"),
+                         _fmt(_num(res.get("per_container_pss_mib")), " MiB"), *_ratio_cells(per, label),
+                         res.get("error", "")[:200]])
+        self.table(["engine", *[f"{c} containers (RSS / procs)" for c in counts], "per container RSS",
+                    "per container PSS", "vs Docker", "vs Podman", "error"], rows)
+        for label in self.labels("memory"):
+            top = _get(self.s, "memory", "results", label, "points", str(counts[-1]) if counts else "", "by_process")
+            if top:
+                parts = ", ".join(f"{k} x{v['count']} {v['rss_kib'] / 1024:.0f} MiB" for k, v in
+                                  sorted(top.items(), key=lambda kv: -kv[1]["rss_kib"]))
+                self.add(f"- {label} at {counts[-1]}: {parts}")
+        self.add("")
+        self.image(plot_dir, "memory.png", "memory vs containers")
+
+    def ports(self, plot_dir: str) -> None:
+        counts = [str(n) for n in (_get(self.s, "ports", "counts") or [])]
+        self.add("## 4. Port publishing (`run -d -p RANGE`)", "")
+        rows = []
+        for label in self.labels("ports"):
+            for n in counts:
+                cell = _get(self.s, "ports", "results", label, n) or {}
+                rows.append([label, n, _fmt(self.ports_time(label, n), "s"), str(cell.get("processes_created", "-")),
+                             str(cell.get("rules_added", "-")), str(cell.get("set_elements_added", "-")),
+                             *_ratio_cells(lambda l: self.ports_time(l, n), label)])
+            err = _get(self.s, "ports", "results", label, "error")
+            if err:
+                rows.append([label, "error", str(err)[:300], "", "", "", "", ""])
+        self.table(["engine", "ports", "run -d time", "processes created", "nft rules added",
+                    "set/map elements added", "vs Docker", "vs Podman"], rows)
+        n = _get(self.s, "scale", "n")
+        if n:
+            self.add(f"### Start cost as a network fills up ({n} containers, each publishing one port)", "")
+            rows = []
+            for label in self.labels("scale"):
+                res = _get(self.s, "scale", "results", label) or {}
+                rows.append([label, str(len(res.get("seconds", []))), _fmt(_num(res.get("first_median")), "s"),
+                             _fmt(_num(res.get("last_median")), "s"), _fmt(_num(res.get("growth")), "x"),
+                             _fmt(_num(_get(res, "memory_at_n", "rss_mib")), " MiB"),
+                             str(_get(res, "memory_at_n", "processes") or "-"), str(res.get("error", ""))[:200]])
+            self.table(["engine", "started", "first starts (median)", "last starts (median)", "last / first",
+                        "engine RSS at N", "engine processes at N", "error"], rows)
+        self.image(plot_dir, "ports.png", "cost vs number of published ports")
+        self.image(plot_dir, "scale.png", "start cost vs containers on the network")
+
+    def datapath(self) -> None:
+        paths = _get(self.s, "datapath", "paths") or []
+        self.add("## 5. Data path (iperf3 Gbit/s, TCP connects/s; higher is better)", "")
+        rows = []
+        for label in self.labels("datapath"):
+            res = _get(self.s, "datapath", "results", label) or {}
+            if "error" in res:
+                rows.append([label, "error", str(res["error"])[:300], "", "", "", ""])
+                continue
+            for path in paths:
+                g = lambda l, p=path: _num(_get(self.s, "datapath", "results", l, "gbit_per_s", p, "median"))  # noqa: E731
+                c = lambda l, p=path: _num(_get(self.s, "datapath", "results", l, "connects_per_s", p, "median"))  # noqa: E731
+                errs = " ".join(str(_get(res, k, path, "error") or "") for k in ("gbit_per_s", "connects_per_s"))
+                rows.append([label, path, _fmt(g(label)), _fmt(c(label), digits=4), *_ratio_cells(g, label),
+                             errs.strip()[:200]])
+        self.table(["engine", "path", "Gbit/s", "connects/s", "Gbit/s vs Docker", "vs Podman", "error"], rows)
+
+    def dns(self) -> None:
+        self.add("## 6. DNS: embedded resolver asked for a container name", "")
+        rows = []
+        for label in self.labels("dns"):
+            res = _get(self.s, "dns", "results", label) or {}
+            q = lambda l: _num(_get(self.s, "dns", "results", l, "qps", "median"))  # noqa: E731
+            m = lambda l: _num(_get(self.s, "dns", "results", l, "median_ms", "median"))  # noqa: E731
+            rows.append([label, str(res.get("resolver")), _fmt(q(label), digits=4), _fmt(m(label), " ms"),
+                         _fmt(_num(_get(res, "p99_ms", "median")), " ms"), *_ratio_cells(q, label),
+                         *_ratio_cells(m, label), str(res.get("error", ""))[:200]])
+        self.table(["engine", "resolver", "queries/s", "median latency", "p99", "qps vs Docker", "qps vs Podman",
+                    "latency vs Docker", "latency vs Podman", "error"], rows)
+
+    def cli(self) -> None:
+        present = _get(self.s, "cli", "containers") or {}
+        self.add(f"## 7. CLI latency with idle containers running ({present})", "")
+        rows = []
+        for label in self.labels("cli"):
+            for cmd in ("ps", "ps -a", "inspect"):
+                v = lambda l, c=cmd: _num(_get(self.s, "cli", "results", l, c, "median"))  # noqa: E731
+                err = _get(self.s, "cli", "results", label, cmd, "error") or ""
+                rows.append([label, cmd, _fmt(v(label), "s"), *_ratio_cells(v, label), str(err)[:200]])
+        self.table(["client", "command", "median", "vs Docker", "vs Podman", "error"], rows)
+
+    def profile(self) -> None:
+        prof = self.r.get("profile")
+        if not prof:
+            return
+        self.add("## Where coracle's time goes (profiles)", "")
+        for name, entry in prof.items():
+            self.add(f"### {name}", "", entry.get("what", ""), "")
+            if entry.get("error"):
+                self.add(f"error: {entry['error']}", "")
+            for line in entry.get("top", []):
+                self.add(f"    {line}")
+            self.add("")
+
+    def errors(self) -> None:
+        failed = {k: v["error"] for k, v in self.s.items() if isinstance(v, dict) and "error" in v}
+        if failed:
+            self.add("## Sections that failed", "")
+            self.add(*(f"- {k}: {v[:500]}" for k, v in failed.items()), "")
+
+    def commands(self) -> None:
+        self.add("## Exact commands", "", "Each engine's client prefix:", "")
+        for name, info in (self.r.get("engines") or {}).items():
+            for label, cmd in (info.get("clients") or {}).items():
+                self.add(f"- {label}: `{cmd}`")
+        self.add("", "Per section:", "", "```json",
+                 json.dumps({k: v.get("commands") for k, v in self.s.items() if isinstance(v, dict)}, indent=1),
+                 "```", "", f"Sizes: `{json.dumps(self.r.get('config'))}`", "")
+
+    def image(self, plot_dir: str, name: str, alt: str) -> None:
+        self.add(f"![{alt}]({plot_dir}{name})", "")
+
+
+def plots(results: dict, out: Path) -> list[str]:
+    """PNG plots; returns the names written (matplotlib missing -> none, the report still works)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    s = results.get("sections", {})
+    written = []
+
+    def save(fig, name: str) -> None:  # type: ignore[no-untyped-def]
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=90)
+        plt.close(fig)
+        written.append(name)
+
+    start = _get(s, "startup", "results") or {}
+    if start:
+        modes = ["bridge", "none", "host", "container"]
+        fig, ax = plt.subplots(figsize=(8, 4))
+        width = 0.8 / max(1, len(start))
+        for i, (label, res) in enumerate(start.items()):
+            ys = [(_num(_get(res, m, "median")) or 0) * 1000 for m in modes]
+            ax.bar([x + i * width for x in range(len(modes))], ys, width, label=label)
+        floor = _num(_get(s, "startup", "floor", "network", "median"))
+        if floor:
+            ax.axhline(floor * 1000, color="grey", linestyle="--", label="network setup floor (ip)")
+        ax.set_xticks([x + width * (len(start) - 1) / 2 for x in range(len(modes))], modes)
+        ax.set_ylabel("ms (median, CLI included)")
+        ax.set_title("run --rm --network MODE busybox true")
+        ax.legend(fontsize=8)
+        save(fig, "start_latency.png")
+    mem = _get(s, "memory", "results") or {}
+    if mem:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, res in mem.items():
+            pts = res.get("points", {})
+            xs = sorted(int(k) for k in pts)
+            ax.plot(xs, [pts[str(x)]["rss_mib"] for x in xs], marker="o", label=label)
+        ax.set_xlabel("idle containers")
+        ax.set_ylabel("engine RSS (MiB)")
+        ax.legend(fontsize=8)
+        save(fig, "memory.png")
+    ports = _get(s, "ports", "results") or {}
+    if ports:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        for label, res in ports.items():
+            xs = sorted(int(k) for k in res if k.isdigit())
+            a1.plot(xs, [res[str(x)]["seconds"].get("median", 0) for x in xs], marker="o", label=label)
+            a2.plot(xs, [res[str(x)]["processes_created"] for x in xs], marker="o", label=label)
+        for ax, ylabel in ((a1, "run -d seconds"), (a2, "processes created")):
+            ax.set_xscale("log")
+            ax.set_xlabel("published ports")
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=8)
+        save(fig, "ports.png")
+    scale = _get(s, "scale", "results") or {}
+    if scale:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for label, res in scale.items():
+            ys = res.get("seconds") or []
+            ax.plot(range(1, len(ys) + 1), [y * 1000 for y in ys], linewidth=0.8, label=label)
+        ax.set_xlabel("Nth container on the network (each publishes a port)")
+        ax.set_ylabel("run -d ms")
+        ax.legend(fontsize=8)
+        save(fig, "scale.png")
+    return written
+
+
+def write(results: dict, out: Path) -> Path:
+    plots(results, out)
+    path = out / "report.md"
+    path.write_text(Report(results).build(""))
+    return path
+
+
+def publish(out: Path) -> None:
+    """The run becomes bench/results/latest; docs/benchmarks.md is its report with plot links."""
+    if LATEST.resolve() != out.resolve():
+        shutil.rmtree(LATEST, ignore_errors=True)
+        shutil.copytree(out, LATEST)
+    results = json.loads((LATEST / "results.json").read_text())
+    DOCS.write_text(Report(results).build("../bench/results/latest/"))
