@@ -33,7 +33,9 @@ from coracle.runtime.client import MonitorClient
 from coracle.runtime.spec import Process, Spec
 from harness import kill_cgroup_tree
 
-SUID_BUSYBOX = "/bin/suid-busybox"
+# A setuid-root busybox; /etc/busybox.conf makes its grep and id applets keep root
+# (busybox drops a setuid gain for applets not listed there).
+SUID_BUSYBOX = "/suid/busybox"
 
 
 @pytest.fixture(scope="session")
@@ -55,9 +57,12 @@ def lower(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for applet in subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True).stdout.split():
         if applet != "busybox":
             (root / "bin" / applet).symlink_to("busybox")
+    (root / "suid").mkdir()
     shutil.copy("/bin/busybox", root / SUID_BUSYBOX.lstrip("/"))
     os.chmod(root / SUID_BUSYBOX.lstrip("/"), 0o4755)
     (root / "etc").mkdir()
+    (root / "etc" / "busybox.conf").write_text("[SUID]\ngrep = ssx 0.0\nid = ssx 0.0\n")
+    os.chmod(root / "etc" / "busybox.conf", 0o600)
     (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/sh\n")
     (root / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
     (root / "tmp").mkdir(mode=0o1777)
