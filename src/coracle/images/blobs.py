@@ -12,6 +12,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import zlib
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
 
@@ -110,3 +111,13 @@ class BlobStore:
 def read_chunks(f: BinaryIO, size: int = CHUNK) -> Iterable[bytes]:
     while chunk := f.read(size):
         yield chunk
+
+
+def gzip_chunks(f: BinaryIO) -> Iterable[bytes]:
+    """gzip of f's bytes, streamed; deterministic (no name, mtime 0) so a layer
+    compresses to the same blob, and so the same digest, every time."""
+    z = zlib.compressobj(6, zlib.DEFLATED, 31)
+    for chunk in read_chunks(f):
+        if out := z.compress(chunk):
+            yield out
+    yield z.flush()

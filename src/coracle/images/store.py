@@ -30,15 +30,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 from coracle.errors import Conflict, InvalidParameter, NotFound, SystemError_
-from coracle.images import archive, builtin
+from coracle.images import archive, builtin, distribution
 from coracle.images import mediatypes as mt
-from coracle.images.blobs import BlobStore, DigestMismatch, digest_of, hex_of, read_chunks
+from coracle.images.blobs import BlobStore, DigestMismatch, digest_of, gzip_chunks, hex_of, read_chunks
 from coracle.images.changes import apply as apply_changes, image_config
 from coracle.images.layers import HashingReader, decompressed, pack, unpack
 from coracle.images.reference import HEX64, parse, try_parse
+from coracle.images.registry import Credentials, Registry
 from coracle.store import Store
 
 IMAGE = "image"
@@ -89,8 +90,9 @@ def now_rfc3339() -> str:
 
 
 class ImageStore:
-    def __init__(self, root: str | Path, store: Store) -> None:
+    def __init__(self, root: str | Path, store: Store, insecure_registries: Iterable[str] = ()) -> None:
         self.root = Path(root)
+        self.insecure = frozenset(insecure_registries)  # spoken to over plain http
         self.store = store
         self.blobs = BlobStore(self.root)
         self.layers_dir = self.root / "layers"
@@ -113,7 +115,7 @@ class ImageStore:
             raise NotFound(f"No such image: {ref}")
         parsed = try_parse(ref)
         if parsed is not None:
-            image_id = self._tag_target(parsed.canonical)
+            image_id = self.tag_target(parsed.canonical)
             if image_id is None and parsed.digest:
                 image_id = self._digest_target(parsed.canonical)
             if image_id is not None:
@@ -135,7 +137,7 @@ class ImageStore:
             raise InvalidParameter(f"image id prefix {ref!r} is ambiguous: it matches {len(matches)} images")
         return self._from_doc(matches[0]) if matches else None
 
-    def _tag_target(self, name: str) -> str | None:
+    def tag_target(self, name: str) -> str | None:
         rows = self.store.execute("SELECT image_id FROM image_tags WHERE name = ?", (name,))
         return rows[0][0] if rows else None
 
@@ -213,7 +215,7 @@ class ImageStore:
     def ensure_builtin(self) -> Image:
         """busybox:latest from the host's static busybox (made once, then an ordinary image)."""
         with self._lock:
-            image_id = self._tag_target(builtin.NAME)
+            image_id = self.tag_target(builtin.NAME)
             if image_id is not None:
                 return self._image(image_id)
             data, mtime = builtin.layer_tar()
@@ -477,6 +479,46 @@ class ImageStore:
     def save(self, refs: list[str], fileobj: BinaryIO) -> None:
         """`docker save`: one tar that is both a docker-archive and an OCI layout."""
         archive.save(self, refs, fileobj)
+
+    # ----- registries ------------------------------------------------------
+
+    def pull(self, ref: str, auth: dict | None = None,
+             progress: Callable[[dict[str, Any]], None] | None = None) -> Image:
+        """`docker pull` from a v2 registry; progress gets Docker's JSON progress messages."""
+        return distribution.pull(self, ref, auth, progress, self.insecure)
+
+    def push(self, ref: str, auth: dict | None = None,
+             progress: Callable[[dict[str, Any]], None] | None = None) -> str:
+        """`docker push`; returns the manifest digest."""
+        return distribution.push(self, ref, auth, progress, self.insecure)
+
+    def login(self, body: dict[str, Any]) -> None:
+        """POST /auth: check the credentials against the registry (nothing is stored)."""
+        server = (body.get("serveraddress") or "docker.io").removeprefix("https://").removeprefix("http://")
+        server = server.split("/")[0]
+        host = "docker.io" if server in ("index.docker.io", "registry-1.docker.io") else server
+        Registry(host, Credentials.from_auth(body), insecure=host in self.insecure).ping()
+
+    def gzip_blob(self, diff_id: str) -> str:
+        """The digest of a gzip blob of this layer (what registries are sent), made once."""
+        with self.assembling():
+            doc = self.store.get(LAYER, diff_id)
+            if doc is None:
+                raise NotFound(f"layer {diff_id} is not in the store")
+            if doc.get("Gzip") and self.blobs.has(doc["Gzip"]):
+                return doc["Gzip"]
+            with self.blobs.open(doc["Blob"]) as src:
+                digest = self.blobs.write(gzip_chunks(src))
+            doc["Gzip"] = digest
+            self.store.put(LAYER, diff_id, doc)
+            return digest
+
+    def add_repo_digest(self, image_id: str, name_at_digest: str) -> None:
+        with self._lock, self.store.tx():
+            doc = self.store.get(IMAGE, image_id)
+            if doc is not None and name_at_digest not in doc["RepoDigests"]:
+                doc["RepoDigests"].append(name_at_digest)
+                self.store.put(IMAGE, image_id, doc)
 
     # ----- history, prune, df ----------------------------------------------
 

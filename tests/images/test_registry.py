@@ -1,0 +1,261 @@
+"""pull/push against a real registry (docker-registry, the distribution server) on loopback."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import socket
+import subprocess
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from coracle.errors import NotFound
+from coracle.images.registry import Unauthorized
+
+REGISTRY = "/usr/bin/docker-registry"
+pytestmark = pytest.mark.skipif(not os.path.exists(REGISTRY), reason="needs Debian's docker-registry")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One docker-registry process; start() may be called again after kill() (same storage)."""
+
+    def __init__(self, root: Path, htpasswd: str | None = None) -> None:
+        self.root, self.port = root, free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.auth_header: dict[str, str] = {}
+        auth = ""
+        if htpasswd:
+            (root / "htpasswd").write_text(htpasswd)
+            auth = f"auth:\n  htpasswd:\n    realm: coracle-test\n    path: {root / 'htpasswd'}\n"
+        (root / "config.yml").write_text(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: {self.host}\n  secret: test-secret\n{auth}")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([REGISTRY, "serve", str(self.root / "config.yml")],
+                                     stdout=subprocess.DEVNULL, stderr=open(self.root / "log", "ab"))
+        for _ in range(200):
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError((self.root / "log").read_text())
+                time.sleep(0.05)
+        raise RuntimeError("the registry did not start listening")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def call(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        req = urllib.request.Request(f"http://{self.host}{path}", data=body, method=method,
+                                     headers={**self.auth_header, **(headers or {})})
+        return urllib.request.urlopen(req, timeout=30)
+
+    def upload(self, repo: str, data: bytes) -> str:
+        """Put a blob with a plain HTTP client (an independent witness of the protocol)."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        with self.call("POST", f"/v2/{repo}/blobs/uploads/", b"") as resp:
+            location = resp.headers["Location"]
+        sep = "&" if "?" in location else "?"
+        path = location.split(self.host, 1)[-1] + f"{sep}digest={digest}"
+        self.call("PUT", path, data, {"Content-Type": "application/octet-stream"}).close()
+        return digest
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Server]:
+    (tmp_path / "registry").mkdir()
+    server = Server(tmp_path / "registry")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def auth_registry(tmp_path: Path) -> Iterator[Server]:
+    (tmp_path / "auth-registry").mkdir()
+    line = subprocess.run(["htpasswd", "-Bbn", "alice", "s3cret"], check=True, capture_output=True,
+                          text=True).stdout
+    server = Server(tmp_path / "auth-registry", htpasswd=line)
+    server.auth_header = {"Authorization": "Basic " + base64.b64encode(b"alice:s3cret").decode()}
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def busybox_plus_layer(images, tmp_path: Path, name: str):
+    """The built-in busybox with one more layer (/hello) committed on top."""
+    upper = tmp_path / "upper-extra"
+    upper.mkdir()
+    (upper / "hello").write_text("hello from the registry\n")
+    return images.commit(str(upper), images.resolve("busybox"), ["CMD cat /hello"], name)
+
+
+def test_push_then_pull_into_a_clean_store(images, make_store, registry, tmp_path, in_overlay):
+    name = f"{registry.host}/coracle/bb:1"
+    image = busybox_plus_layer(images, tmp_path, name)
+    pushed: list[dict] = []
+    digest = images.push(name, None, pushed.append)
+    assert pushed[0] == {"status": f"The push refers to repository [{registry.host}/coracle/bb]"}
+    assert sum(m.get("status") == "Pushed" for m in pushed) == 2
+    assert pushed[-1]["aux"] == {"Tag": "1", "Digest": digest, "Size": pushed[-1]["aux"]["Size"]}
+    assert images.resolve(name).repo_digests == [f"{registry.host}/coracle/bb@{digest}"]
+
+    # What the registry holds, read back with a plain HTTP client.
+    with registry.call("GET", "/v2/coracle/bb/manifests/1",
+                       headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"}) as resp:
+        body = resp.read()
+    assert "sha256:" + hashlib.sha256(body).hexdigest() == digest
+    manifest = json.loads(body)
+    assert manifest["config"]["digest"] == image.id
+    for layer in manifest["layers"]:
+        with registry.call("GET", f"/v2/coracle/bb/blobs/{layer['digest']}") as resp:
+            assert "sha256:" + hashlib.sha256(resp.read()).hexdigest() == layer["digest"]
+
+    clean = make_store("clean")
+    progress: list[dict] = []
+    pulled = clean.pull(name, None, progress.append)
+    assert pulled.id == image.id and pulled.layers == image.layers
+    assert pulled.repo_digests == [f"{registry.host}/coracle/bb@{digest}"]
+    statuses = [m["status"] for m in progress]
+    assert statuses[0] == "Pulling from coracle/bb"
+    assert statuses.count("Pull complete") == 2
+    assert any(m["status"] == "Downloading" and m["progressDetail"]["total"] > 0 for m in progress)
+    assert statuses[-2:] == [f"Digest: {digest}", f"Status: Downloaded newer image for {name}"]
+    done = in_overlay(clean.layer_dirs(pulled), "cat /hello; busybox true && echo ok")
+    assert done.stdout == "hello from the registry\nok\n", done.stderr
+
+    again: list[dict] = []
+    clean.pull(name, None, again.append)
+    assert [m["status"] for m in again].count("Already exists") == 2
+    assert again[-1]["status"] == f"Status: Image is up to date for {name}"
+    assert clean.pull(f"{registry.host}/coracle/bb@{digest}").id == image.id
+
+
+def test_pull_picks_linux_amd64_from_an_index(images, make_store, registry, tmp_path):
+    amd = busybox_plus_layer(images, tmp_path, f"{registry.host}/multi:amd64")
+    amd_digest = images.push(f"{registry.host}/multi:amd64")
+    images.tag("busybox", f"{registry.host}/multi", "other")
+    other_digest = images.push(f"{registry.host}/multi:other")
+    sizes = {}
+    for ref, d in (("amd64", amd_digest), ("other", other_digest)):
+        with registry.call("GET", f"/v2/multi/manifests/{d}",
+                           headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"}) as resp:
+            sizes[ref] = len(resp.read())
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+        {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": other_digest,
+         "size": sizes["other"], "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+        {"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "digest": amd_digest,
+         "size": sizes["amd64"], "platform": {"os": "linux", "architecture": "amd64"}}]}
+    body = json.dumps(index).encode()
+    registry.call("PUT", "/v2/multi/manifests/all", body,
+                  {"Content-Type": "application/vnd.oci.image.index.v1+json"}).close()
+    pulled = make_store("clean").pull(f"{registry.host}/multi:all")
+    assert pulled.id == amd.id
+    assert pulled.repo_digests == [f"{registry.host}/multi@sha256:{hashlib.sha256(body).hexdigest()}"]
+
+
+def test_unknown_image_is_not_found(images, registry):
+    with pytest.raises(NotFound, match="manifest unknown"):
+        images.pull(f"{registry.host}/nothing/here:1")
+
+
+def test_htpasswd_auth(images, make_store, auth_registry, tmp_path):
+    name = f"{auth_registry.host}/private/bb:1"
+    busybox_plus_layer(images, tmp_path, name)
+    with pytest.raises(Unauthorized, match="no basic auth credentials"):
+        images.push(name, None, None)
+    with pytest.raises(Unauthorized, match="authentication required"):
+        images.push(name, {"username": "alice", "password": "wrong"}, None)
+    with pytest.raises(Unauthorized):
+        images.login({"username": "alice", "password": "wrong", "serveraddress": auth_registry.host})
+    images.login({"username": "alice", "password": "s3cret", "serveraddress": auth_registry.host})
+    images.push(name, {"username": "alice", "password": "s3cret"}, None)
+    clean = make_store("clean")
+    with pytest.raises(Unauthorized):
+        clean.pull(name, {"username": "alice", "password": "nope"}, None)
+    assert clean.list() == []
+    auth = {"auth": base64.b64encode(b"alice:s3cret").decode()}
+    assert clean.pull(name, auth, None).id == images.resolve(name).id
+
+
+def big_image(registry: Server, repo: str, size: int) -> str:
+    """An image with one large, incompressible, uncompressed layer, put by hand."""
+    data = os.urandom(size)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("big.bin")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    layer = buf.getvalue()
+    diff_id = registry.upload(repo, layer)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]},
+                         "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
+    config_digest = registry.upload(repo, config)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest,
+                   "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": diff_id,
+                    "size": len(layer)}]}).encode()
+    registry.call("PUT", f"/v2/{repo}/manifests/1", manifest,
+                  {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}).close()
+    return config_digest
+
+
+def assert_consistent(store) -> None:
+    """Every blob hashes to its name; every layer directory has a record; nothing staged."""
+    for digest in store.blobs.digests():
+        assert "sha256:" + hashlib.sha256(store.blobs.read(digest)).hexdigest() == digest
+    for entry in store.layers_dir.iterdir():
+        assert store.has_layer("sha256:" + entry.name), entry
+    assert list(store.blobs.tmp.iterdir()) == []
+
+
+def test_registry_killed_mid_pull_leaves_the_store_consistent(make_store, registry):
+    # Larger than what loopback socket buffers can hold, so the kill really cuts the transfer.
+    image_id = big_image(registry, "big/image", 48 << 20)
+    name = f"{registry.host}/big/image:1"
+    store = make_store("clean")
+    seen: list[dict] = []
+
+    def kill_on_first_bytes(msg: dict) -> None:
+        seen.append(msg)
+        if msg["status"] == "Downloading":
+            registry.kill()
+
+    with pytest.raises(Exception, match="connection|reach"):
+        store.pull(name, None, kill_on_first_bytes)
+    assert any(m["status"] == "Downloading" for m in seen)
+    with pytest.raises(NotFound):
+        store.resolve(name)
+    assert_consistent(store)
+    registry.start()
+    image = store.pull(name)
+    assert image.id == image_id
+    assert Path(store.layer_dirs(image)[0], "big.bin").stat().st_size == 48 << 20
+    assert_consistent(store)
