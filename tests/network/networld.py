@@ -21,8 +21,11 @@ import socket
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+from dnslib import DNSRecord
 
 from coracle.network import NetworkManager
 from coracle.runtime.syscalls import netns as enter
@@ -90,6 +93,43 @@ def ask(ns: str, proto: str, ip: str, port: int, timeout: float = 1.5) -> str | 
             return sock.recv(64).decode() or None
         except OSError:
             return None
+
+
+@contextmanager
+def serving(*specs: tuple) -> Iterator[list[Server]]:
+    """Run Servers (ns, proto, port) for the block, closed afterwards even on failure."""
+    servers: list[Server] = []
+    try:
+        for spec in specs:
+            servers.append(Server(*spec))
+        yield servers
+    finally:
+        for server in servers:
+            server.close()
+
+
+def dns_query(ns: str, name: str, qtype: str = "A", tcp: bool = False) -> DNSRecord:
+    packet = DNSRecord.question(name, qtype).pack()
+    with enter(ns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
+    with sock:
+        sock.settimeout(5)
+        if tcp:
+            sock.connect(("127.0.0.11", 53))
+            sock.sendall(len(packet).to_bytes(2, "big") + packet)
+            size = int.from_bytes(sock.recv(2), "big")
+            data = b""
+            while len(data) < size:
+                data += sock.recv(size - len(data))
+        else:
+            sock.connect(("127.0.0.11", 53))  # connected: a closed port is refused at once
+            sock.send(packet)
+            data = sock.recv(4096)
+    return DNSRecord.parse(data)
+
+
+def answers(record: DNSRecord) -> list[str]:
+    return [str(rr.rdata) for rr in record.rr]
 
 
 # ----- the world -------------------------------------------------------------

@@ -11,28 +11,13 @@ from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
 from coracle.errors import Conflict
 from coracle.runtime.syscalls import netns as enter
-from networld import UPLINK_HOST, UPLINK_OUTSIDE, Server, ask
-
-
-def served(*servers_args):
-    """Context helper: start Servers, close them all afterwards."""
-
-    class _Many:
-        def __enter__(self):
-            self.servers = [Server(*a) for a in servers_args]
-            return self.servers
-
-        def __exit__(self, *exc):
-            for s in self.servers:
-                s.close()
-
-    return _Many()
+from networld import UPLINK_HOST, UPLINK_OUTSIDE, answers, ask, dns_query, serving
 
 
 def test_outbound_is_masqueraded_to_the_uplink_address(world):
     c = world.container()
     for proto in ("tcp", "udp"):
-        with served((world.outside, proto, 7000)):
+        with serving((world.outside, proto, 7000)):
             assert ask(c.ns, proto, UPLINK_OUTSIDE, 7000) == UPLINK_HOST
 
 
@@ -41,7 +26,7 @@ def test_published_ports_reach_the_container_with_the_real_client_address(world)
                         exposed={"80/tcp": {}, "53/udp": {}, "443/tcp": {}})
     assert c.settings["Ports"] == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}],
                                    "53/udp": [{"HostIp": "0.0.0.0", "HostPort": "5353"}], "443/tcp": None}
-    with served((c.ns, "tcp", 80), (c.ns, "udp", 53)):
+    with serving((c.ns, "tcp", 80), (c.ns, "udp", 53)):
         assert ask(world.outside, "tcp", UPLINK_HOST, 8080) == UPLINK_OUTSIDE
         assert ask(world.outside, "udp", UPLINK_HOST, 5353) == UPLINK_OUTSIDE
         assert ask(world.outside, "tcp", UPLINK_HOST, 8081) is None  # nothing else is open
@@ -50,7 +35,7 @@ def test_published_ports_reach_the_container_with_the_real_client_address(world)
 def test_host_reaches_published_port_by_its_address_and_by_localhost(world):
     c = world.container(ports={"80/tcp": [{"HostPort": "8080"}]})
     gateway = c.settings["Networks"]["bridge"]["Gateway"]
-    with served((c.ns, "tcp", 80)):
+    with serving((c.ns, "tcp", 80)):
         assert ask(world.host, "tcp", UPLINK_HOST, 8080) == UPLINK_HOST
         assert ask(world.host, "tcp", "127.0.0.1", 8080) == gateway  # loopback source masqueraded
 
@@ -58,39 +43,16 @@ def test_host_reaches_published_port_by_its_address_and_by_localhost(world):
 def test_container_reaches_its_own_published_port_hairpin(world):
     c = world.container(ports={"80/tcp": [{"HostPort": "8080"}]})
     other = world.container()
-    with served((c.ns, "tcp", 80)):
+    with serving((c.ns, "tcp", 80)):
         assert ask(c.ns, "tcp", UPLINK_HOST, 8080) is not None
         assert ask(other.ns, "tcp", UPLINK_HOST, 8080) is not None
 
 
 def test_port_published_on_localhost_is_not_reachable_from_the_lan(world):
     c = world.container(ports={"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8081"}]})
-    with served((c.ns, "tcp", 80)):
+    with serving((c.ns, "tcp", 80)):
         assert ask(world.host, "tcp", "127.0.0.1", 8081) is not None
         assert ask(world.outside, "tcp", UPLINK_HOST, 8081, timeout=0.5) is None
-
-
-def _query(ns: str, name: str, qtype: str = "A", tcp: bool = False) -> DNSRecord:
-    packet = DNSRecord.question(name, qtype).pack()
-    with enter(ns):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
-    with sock:
-        sock.settimeout(5)
-        if tcp:
-            sock.connect(("127.0.0.11", 53))
-            sock.sendall(len(packet).to_bytes(2, "big") + packet)
-            size = int.from_bytes(sock.recv(2), "big")
-            data = b""
-            while len(data) < size:
-                data += sock.recv(size - len(data))
-        else:
-            sock.sendto(packet, ("127.0.0.11", 53))
-            data = sock.recv(4096)
-    return DNSRecord.parse(data)
-
-
-def _answers(record: DNSRecord) -> list[str]:
-    return [str(rr.rdata) for rr in record.rr]
 
 
 class FakeUpstream:
@@ -132,19 +94,19 @@ def test_containers_find_each_other_by_name_alias_and_short_id_on_a_user_network
     web_ip, db_ip = web.ip("app"), db.ip("app")
     assert web.settings["Networks"]["app"]["DNSNames"] == [web.name, web.id[:12], "webhost"]
     for name in (db.name, "database", db.id[:12]):
-        assert _answers(_query(web.ns, name)) == [db_ip]
-    assert _answers(_query(db.ns, "webhost", tcp=True)) == [web_ip]
-    assert _answers(_query(db.ns, ".".join(reversed(web_ip.split("."))) + ".in-addr.arpa", "PTR")) == \
+        assert answers(dns_query(web.ns, name)) == [db_ip]
+    assert answers(dns_query(db.ns, "webhost", tcp=True)) == [web_ip]
+    assert answers(dns_query(db.ns, ".".join(reversed(web_ip.split("."))) + ".in-addr.arpa", "PTR")) == \
         [f"{web.name}.app."]
     # and the answer is usable: connect by name
-    with served((web.ns, "tcp", 80)):
-        assert ask(db.ns, "tcp", _answers(_query(db.ns, web.name))[0], 80) == db_ip
+    with serving((web.ns, "tcp", 80)):
+        assert ask(db.ns, "tcp", answers(dns_query(db.ns, web.name))[0], 80) == db_ip
     # records follow containers: gone after detach; other names go upstream
     upstream = FakeUpstream(world.outside)
     try:
-        assert _answers(_query(web.ns, "ext.example.test")) == ["203.0.113.7"]
+        assert answers(dns_query(web.ns, "ext.example.test")) == ["203.0.113.7"]
         world.stop(db)
-        assert _query(web.ns, "database").header.rcode == RCODE.NXDOMAIN
+        assert dns_query(web.ns, "database").header.rcode == RCODE.NXDOMAIN
     finally:
         upstream.close()
     resolv = world.net.files(web.rec, web.settings)["/etc/resolv.conf"]
@@ -154,7 +116,7 @@ def test_containers_find_each_other_by_name_alias_and_short_id_on_a_user_network
 def test_default_bridge_has_no_embedded_resolver(world):
     c = world.container()
     with pytest.raises(OSError):
-        _query(c.ns, "anything")
+        dns_query(c.ns, "anything")
     resolv = world.net.files(c.rec, c.settings)["/etc/resolv.conf"]
     assert resolv.splitlines()[0] == f"nameserver {UPLINK_OUTSIDE}"
     assert "127.0.0.53" not in resolv  # loopback resolvers are unreachable from a container
@@ -165,7 +127,7 @@ def test_networks_are_isolated_from_each_other(world):
     world.net.create("blue")
     red1, red2 = world.container("red"), world.container("red")
     blue, default = world.container("blue"), world.container()
-    with served((red1.ns, "tcp", 80)):
+    with serving((red1.ns, "tcp", 80)):
         assert ask(red2.ns, "tcp", red1.ip("red"), 80) == red2.ip("red")
         assert ask(blue.ns, "tcp", red1.ip("red"), 80, timeout=0.5) is None
         assert ask(default.ns, "tcp", red1.ip("red"), 80, timeout=0.5) is None
@@ -176,7 +138,7 @@ def test_internal_network_cannot_reach_outside(world):
     world.net.create("vault", internal=True)
     a, b = world.container("vault"), world.container("vault")
     assert a.settings["Networks"]["vault"]["Gateway"] == ""
-    with served((world.outside, "tcp", 7000), (b.ns, "tcp", 80)):
+    with serving((world.outside, "tcp", 7000), (b.ns, "tcp", 80)):
         assert ask(a.ns, "tcp", UPLINK_OUTSIDE, 7000, timeout=0.5) is None
         assert ask(a.ns, "tcp", b.ip("vault"), 80) == a.ip("vault")
 
@@ -184,7 +146,7 @@ def test_internal_network_cannot_reach_outside(world):
 def test_icc_off_drops_traffic_between_containers_of_a_network(world):
     world.net.create("quiet", options={"com.docker.network.bridge.enable_icc": "false"})
     a, b = world.container("quiet"), world.container("quiet")
-    with served((b.ns, "tcp", 80), (world.outside, "tcp", 7000)):
+    with serving((b.ns, "tcp", 80), (world.outside, "tcp", 7000)):
         assert ask(a.ns, "tcp", b.ip("quiet"), 80, timeout=0.5) is None
         assert ask(a.ns, "tcp", UPLINK_OUTSIDE, 7000) == UPLINK_HOST  # the way out still works
 
@@ -196,7 +158,7 @@ def test_a_taken_port_is_refused_and_nothing_is_left_half_made(world):
         world.container(ports={"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]})
     with pytest.raises(Conflict, match=r"Bind for 127.0.0.1:8080 failed: port is already allocated"):
         world.container(ports={"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]})
-    with served((world.host, "tcp", 9090)):  # a process of the host holds this one
+    with serving((world.host, "tcp", 9090)):  # a process of the host holds this one
         with pytest.raises(Conflict, match=r"Bind for 0.0.0.0:9090 failed: address already in use"):
             world.container(ports={"80/tcp": [{"HostPort": "9090"}], "81/tcp": [{"HostPort": "9091"}]})
     assert (world.veths(), world.net.ipam.leases(), world.map_elements("any_addr")) == before
@@ -241,7 +203,7 @@ def test_50_concurrent_attaches_get_50_distinct_addresses(world):
     assert len(world.veths()) == 50
     for c, s in zip(containers, settings):
         c.settings = s
-    with served((containers[0].ns, "tcp", 80)):
+    with serving((containers[0].ns, "tcp", 80)):
         assert ask(containers[49].ns, "tcp", addresses[0], 80) == addresses[49]
 
 
@@ -252,7 +214,7 @@ def test_1000_published_ports_are_1000_map_elements_under_the_same_rules(world):
     assert len(world.map_elements("any_addr")) == 1000
     assert len(world.map_elements("any_port")) == 1000
     assert world.rule_count() == rules
-    with served((c.ns, "tcp", 10500)):
+    with serving((c.ns, "tcp", 10500)):
         assert ask(world.outside, "tcp", UPLINK_HOST, 20500) == UPLINK_OUTSIDE
     world.stop(c)
     assert world.map_elements("any_addr") == []
@@ -263,5 +225,5 @@ def test_publish_all_picks_ephemeral_ports_that_work(world):
     port = int(c.settings["Ports"]["80/tcp"][0]["HostPort"])
     low, high = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
     assert low <= port <= high
-    with served((c.ns, "tcp", 80)):
+    with serving((c.ns, "tcp", 80)):
         assert ask(world.outside, "tcp", UPLINK_HOST, port) == UPLINK_OUTSIDE

@@ -101,7 +101,7 @@ class IPAM:
             used = {IPv4Address(r[0]) for r in db.execute("SELECT address FROM net_leases WHERE network = ?",
                                                           (network,))}
             used |= {gateway, subnet.network_address, subnet.broadcast_address}
-            for addr in scope.hosts() if scope.prefixlen < 31 else scope:
+            for addr in scope:
                 if addr not in used and addr in subnet:
                     db.execute("INSERT INTO net_leases(network, address, container) VALUES (?, ?, ?)",
                                (network, str(addr), container))
