@@ -68,24 +68,41 @@ def read(path: str, *, stdout: bool = True, stderr: bool = True, since: float | 
 
 
 def follow(path: str, offset: int) -> Iterator[dict | None]:
-    """New entries from `offset`; yields None when nothing new is there yet (caller decides to wait)."""
+    """New entries from `offset`; yields None when nothing new is there yet (caller decides to wait).
+
+    The file stays open, so an entry written just before the container was removed
+    (and its directory with it) is still read; after a rotation the old file is
+    drained before the new one is opened.
+    """
+    f = None
     pending = b""
-    while True:
-        try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size < offset:  # rotated under us: start the new file from its beginning
-                    offset = 0
-                f.seek(offset)
-                data = f.read()
-        except FileNotFoundError:
-            data = b""
-        offset += len(data)
-        pending += data
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            try:
-                yield json.loads(line)
-            except ValueError:
-                continue
-        yield None
+    try:
+        while True:
+            if f is None:
+                try:
+                    f = open(path, "rb")
+                    f.seek(offset)
+                except FileNotFoundError:
+                    yield None
+                    continue
+            data = f.read()
+            pending += data
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    continue
+            if not data:
+                try:
+                    rotated = os.stat(path).st_ino != os.fstat(f.fileno()).st_ino
+                except FileNotFoundError:
+                    rotated = False  # removed: keep reading what we have open
+                if rotated:
+                    f.close()
+                    f, offset, pending = None, 0, b""
+                    continue
+                yield None
+    finally:
+        if f is not None:
+            f.close()
