@@ -160,6 +160,8 @@ def test_whiteouts_and_opaque_dirs_hide_lower_content_under_overlayfs(images, ta
     [("link", "->", "/tmp"), ("link/evil", "x")],
     [("dir", None), ("dir/link", "->", "../.."), ("dir/link/evil", "x")],
     [("hard", "=>", "../../etc/passwd")],
+    [(".wh...", "")],
+    [("sub", None), ("sub/.wh..", "")],
 ])
 def test_hostile_layer_cannot_write_outside_the_layer(images, tar_of, tmp_path, entries):
     before = set(os.listdir(tmp_path)), set(os.listdir("/tmp"))

@@ -11,10 +11,10 @@ import socket
 import subprocess
 import tarfile
 import time
-import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
@@ -259,3 +259,83 @@ def test_registry_killed_mid_pull_leaves_the_store_consistent(make_store, regist
     assert image.id == image_id
     assert Path(store.layer_dirs(image)[0], "big.bin").stat().st_size == 48 << 20
     assert_consistent(store)
+
+
+class BearerFront:
+    """A token service plus a gate in front of the real registry, as Docker Hub works:
+    /v2/ calls need `Bearer <token>` for their scope; /token hands tokens to alice."""
+
+    def __init__(self, backend: Server) -> None:
+        import http.client
+        import http.server
+        import threading
+
+        front = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _send(self, status: int, headers: dict, body: bytes) -> None:
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def handle_one(self) -> None:
+                if self.path.startswith("/token"):
+                    query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                    good = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+                    if self.headers.get("Authorization") != good:
+                        return self._send(401, {}, b'{"details":"bad credentials"}')
+                    front.issued.append(query.get("scope", [""])[0])
+                    return self._send(200, {}, json.dumps({"token": "tok:" + query.get("scope", [""])[0]}).encode())
+                parts = self.path.split("/")
+                scope = f"repository:{'/'.join(parts[2:4])}:" if len(parts) > 4 else ""
+                token = self.headers.get("Authorization", "").removeprefix("Bearer tok:")
+                if not scope or not token.startswith(scope):
+                    challenge = f'Bearer realm="http://{front.host}/token",service="test"'
+                    if scope:
+                        challenge += f',scope="{scope}pull"'
+                    return self._send(401, {"WWW-Authenticate": challenge}, b'{"errors":[]}')
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                conn = http.client.HTTPConnection(backend.host, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("authorization", "host")}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                out = {k: v.replace(backend.host, front.host) for k, v in resp.getheaders()
+                       if k.lower() not in ("content-length", "connection", "transfer-encoding")}
+                conn.close()
+                self._send(resp.status, out, data if self.command != "HEAD" else b"")
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_PATCH = handle_one
+
+        self.issued: list[str] = []
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_bearer_token_flow(images, make_store, registry, tmp_path):
+    front = BearerFront(registry)
+    try:
+        name = f"{front.host}/team/app:1"
+        busybox_plus_layer(images, tmp_path, name)
+        with pytest.raises(Unauthorized):
+            images.push(name, {"username": "alice", "password": "wrong"}, None)
+        images.push(name, {"username": "alice", "password": "s3cret"}, None)
+        assert "repository:team/app:pull,push" in front.issued
+        pulled = make_store("clean").pull(name, {"username": "alice", "password": "s3cret"}, None)
+        assert pulled.id == images.resolve(name).id
+        assert front.issued[-1] == "repository:team/app:pull"
+    finally:
+        front.close()

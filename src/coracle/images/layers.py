@@ -146,8 +146,11 @@ class _Unpacker:
             if base == OPAQUE:
                 os.setxattr(parent, OPAQUE_XATTR, b"y")
             elif not base.startswith(WHITEOUT + WHITEOUT):
-                target_rel = posixpath.join(posixpath.dirname(rel), base[len(WHITEOUT):])
-                target = os.path.join(parent, base[len(WHITEOUT):])
+                hidden = base[len(WHITEOUT):]
+                if hidden in ("", ".", ".."):
+                    raise InvalidParameter(f"layer member {m.name!r} is not a valid whiteout")
+                target_rel = posixpath.join(posixpath.dirname(rel), hidden)
+                target = os.path.join(parent, hidden)
                 self._clear(target_rel, target)
                 os.mknod(target, stat.S_IFCHR | 0o600, os.makedev(0, 0))
             return

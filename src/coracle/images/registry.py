@@ -52,6 +52,12 @@ class Interrupted(CoracleError):
     status = 500
 
 
+class Unreachable(CoracleError):
+    """No connection to the registry even after retrying."""
+
+    status = 500
+
+
 @dataclass
 class Credentials:
     username: str = ""
@@ -184,7 +190,7 @@ class Registry:
             except CONNECTION_ERRORS as exc:
                 attempt += 1
                 if attempt >= RETRIES:
-                    raise Interrupted(f"cannot reach registry {self.host}: {exc}") from None
+                    raise Unreachable(f"cannot reach registry {self.host}: {exc}") from None
                 time.sleep(0.2 * 2 ** attempt)
                 continue
             if resp.status in ok:
@@ -245,7 +251,7 @@ class Registry:
                 break
             except CONNECTION_ERRORS as exc:
                 if attempt + 1 == RETRIES:
-                    raise Interrupted(f"cannot reach the token service {realm}: {exc}") from None
+                    raise Unreachable(f"cannot reach the token service {realm}: {exc}") from None
                 time.sleep(0.2 * 2 ** (attempt + 1))
         if resp.status != 200:
             raise Unauthorized(f"{self.host}: {_error_text(body) or 'authentication failed'}")
