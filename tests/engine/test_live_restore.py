@@ -146,3 +146,35 @@ def test_crash_during_start_leaves_a_consistent_world(fresh_daemon: Daemon, poin
     status, body = d.api("POST", f"/containers/{cid}/start")
     assert status == 204, body
     assert inspect(d, cid)["State"]["Running"]
+
+
+def test_crash_during_create_leaves_no_half_container(fresh_daemon: Daemon) -> None:
+    d = fresh_daemon
+    d.start(env={"CORACLE_FAULT": "create-after-dirs"})
+    try:
+        d.api("POST", "/containers/create?name=half", {"Image": "busybox", "Cmd": ["true"]})
+    except Exception:
+        pass
+    d.proc.wait(10)  # type: ignore[union-attr]
+    d.start()
+    status, _ = d.api("GET", "/containers/half/json")
+    assert status == 404
+    assert os.listdir(d.data_root / "containers") == []
+    status, body = d.api("POST", "/containers/create?name=half", {"Image": "busybox", "Cmd": ["true"]})
+    assert status == 201, body  # the name is free again
+
+
+def test_crash_during_rm_finishes_the_removal(fresh_daemon: Daemon) -> None:
+    d = fresh_daemon
+    d.start(env={"CORACLE_FAULT": "rm-before-cleanup"})
+    cid = run_detached(d, "sleep", "300")
+    try:
+        d.api("DELETE", f"/containers/{cid}?force=1")
+    except Exception:
+        pass
+    d.proc.wait(10)  # type: ignore[union-attr]
+    d.start()
+    status, _ = d.api("GET", f"/containers/{cid}/json")
+    assert status == 404
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/{d.cgroup_parent}/{cid}"))
+    assert not (d.data_root / "containers" / cid).exists()

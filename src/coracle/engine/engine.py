@@ -22,10 +22,13 @@ from typing import Any, Callable
 
 from coracle import cgroups
 from coracle.cgroups import Resources
+from coracle.cgroups.devices import DeviceRule
 from coracle.engine import config as cfg
+from coracle.engine import security
 from coracle.engine.events import EventBus
 from coracle.engine.restart import RestartTracker
 from coracle.errors import Conflict, CoracleError, InvalidParameter, NotFound, NotModified
+from coracle.faults import fault
 from coracle.images import ImageStore
 from coracle.runtime.client import MonitorClient, StartError
 from coracle.runtime.spec import Mount, Process, Spec
@@ -34,19 +37,11 @@ from coracle.store import Store
 log = logging.getLogger("coracle.engine")
 
 KIND = "container"
-FAULT_ENV = "CORACLE_FAULT"
 
 
 def utc_now() -> str:
     ns = time.time_ns()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
-
-
-def fault(point: str) -> None:
-    """Crash the daemon on purpose at a named point (crash-consistency tests)."""
-    if os.environ.get(FAULT_ENV) == point:
-        log.error("fault injection: dying at %s", point)
-        os._exit(99)
 
 
 def proc_start_ticks(pid: int) -> int | None:
@@ -147,6 +142,7 @@ class Engine:
                 raise InvalidParameter("conflicting options: hostname and the network mode")
             host_config["NetworkMode"] = f"container:{donor['Id']}"
         self.network.validate(mode, host_config, networking.get("EndpointsConfig") or {})
+        security.apply(Spec(id="", process=Process(args=argv)), host_config, self.no_new_privileges)
         cid = cfg.new_id()
         config["Env"] = cfg.merge_env(image_config.get("Env"), cfg.strings(config.get("Env"), "Env"))
         config["Cmd"] = cfg.strings(config.get("Cmd"), "Cmd") or (None if config.get("Entrypoint") else image_config.get("Cmd"))
@@ -194,6 +190,7 @@ class Engine:
                         f'"{other["Id"]}". You have to remove (or rename) that container to be able to reuse that name.')
             for sub in ("upper", "work", "rootfs"):
                 os.makedirs(self._dir(cid, sub), exist_ok=True)
+            fault("create-after-dirs")
             for m in mounts:
                 if m["Type"] == "volume":
                     os.makedirs(m["Source"], exist_ok=True)
@@ -236,7 +233,7 @@ class Engine:
             no_new_privileges=self.no_new_privileges or "no-new-privileges" in (hc.get("SecurityOpt") or [])
             or "no-new-privileges:true" in (hc.get("SecurityOpt") or []),
         )
-        return Spec(
+        spec = Spec(
             id=cid, process=process, namespaces=namespaces, join_net=join_net,
             hostname=config.get("Hostname") or "", domainname=config.get("Domainname") or "",
             rootfs=self._dir(cid, "rootfs"), lower=self.images.layer_dirs(image),
@@ -247,6 +244,8 @@ class Engine:
             log_path=rec["LogPath"], log_max_size=rec["Coracle"]["LogMaxSize"],
             log_max_file=rec["Coracle"]["LogMaxFile"],
         )
+        security.apply(spec, hc, self.no_new_privileges)
+        return spec
 
     def _running(self, ref: str, for_: str = "") -> dict[str, Any]:
         rec = self.get(ref)
@@ -286,6 +285,7 @@ class Engine:
             undo.append(cg.destroy)
             cg.apply(pid)
             cg.set(Resources.from_host_config(hc))
+            cg.set_devices([DeviceRule.from_json(r) for r in spec.device_rules])
             fault("start-after-cgroup")
             undo.append(lambda: self.network.detach(cid))
             rec["NetworkSettings"] = self.network.attach(rec, pid)
@@ -686,6 +686,8 @@ class Engine:
         )
         spec = Spec(id=exec_id, kind="exec", process=process, target_pid=rec["State"]["Pid"],
                     cgroup_dirs=self.cgroup(rec).dirs())
+        security.apply(spec, {**rec["HostConfig"], "Privileged": rec["HostConfig"].get("Privileged") or pc["privileged"]},
+                       self.no_new_privileges)
         ex["Running"] = True
         self._exec_done[exec_id] = threading.Event()
         try:
