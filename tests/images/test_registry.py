@@ -154,6 +154,9 @@ def test_push_then_pull_into_a_clean_store(images, make_store, registry, tmp_pat
     assert [m["status"] for m in again].count("Already exists") == 2
     assert again[-1]["status"] == f"Status: Image is up to date for {name}"
     assert clean.pull(f"{registry.host}/coracle/bb@{digest}").id == image.id
+    assert clean.remove(name) == [{"Untagged": name}, {"Untagged": f"{registry.host}/coracle/bb@{digest}"},
+                                  {"Deleted": image.id}, *({"Deleted": d} for d in image.layers)]
+    assert clean.list() == [] and list(clean.layers_dir.iterdir()) == []
 
 
 def test_pull_picks_linux_amd64_from_an_index(images, make_store, registry, tmp_path):

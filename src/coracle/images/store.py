@@ -359,8 +359,8 @@ class ImageStore:
                 if parsed.canonical in image.repo_tags or parsed.canonical in image.repo_digests:
                     by_name = parsed.canonical
             names = image.repo_tags + image.repo_digests
-            if by_name and len(image.repo_tags) > 1 and by_name in image.repo_tags:
-                self._untag(image.id, by_name)
+            if by_name and [t for t in image.repo_tags if t != by_name]:
+                self._untag(image.id, by_name)  # other tags keep the image
                 return [{"Untagged": by_name}]
             if not by_name and len(image.repo_tags) > 1 and not force:
                 raise Conflict(f"conflict: unable to delete {image.short_id} (must be forced) - "
