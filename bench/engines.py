@@ -35,6 +35,7 @@ class Client:
     """One docker-style command line bound to one engine."""
 
     label: str
+    program: str  # which CLI: coracle, docker or podman
     engine: "Engine"
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
@@ -183,10 +184,17 @@ class Coracle(Engine):
                             "--cgroup-parent", self.cgroup_parent], self.sock)
         cli = Path(sys.executable).with_name("coracle")
         self.clients = [
-            Client("coracle", self, [str(cli)], {"CORACLE_HOST": f"unix://{self.sock}"}),
-            Client("coracle (docker CLI)", self, [DOCKER_CLI], {"DOCKER_HOST": f"unix://{self.sock}"}),
+            Client("coracle", "coracle", self, [str(cli)], {"CORACLE_HOST": f"unix://{self.sock}"}),
+            Client("coracle (docker CLI)", "docker", self, [DOCKER_CLI], {"DOCKER_HOST": f"unix://{self.sock}"}),
         ]
         # The built-in busybox is the very image the others import: nothing to load.
+
+    def use_clients(self, programs: list[str]) -> None:
+        """Keep only these CLIs, in this order (the first one drives daemon-bound sections)."""
+        chosen = [c for p in programs for c in self.clients if c.program == p]
+        if not chosen:
+            raise EngineUnavailable(f"no coracle client among {programs}")
+        self.clients = chosen
 
     def version(self) -> str:
         from coracle import __version__
@@ -216,7 +224,7 @@ class Docker(Engine):
                             "--exec-root", str(self.root / "exec"), "-H", f"unix://{self.sock}",
                             "--pidfile", str(self.root / "dockerd.pid"), "--cgroup-parent", self.cgroup_parent],
                            self.sock)
-        self.clients = [Client("docker", self, [DOCKER_CLI], {"DOCKER_HOST": f"unix://{self.sock}"})]
+        self.clients = [Client("docker", "docker", self, [DOCKER_CLI], {"DOCKER_HOST": f"unix://{self.sock}"})]
         self.primary.run("import", "-c", f"ENV {_image_path_env()}", str(image_tar), IMAGE)
 
     def version(self) -> str:
@@ -248,7 +256,7 @@ class Podman(Engine):
         flags = {"run": ["--cgroup-parent", f"/{self.cgroup_parent}"],
                  "create": ["--cgroup-parent", f"/{self.cgroup_parent}"],
                  "rm": ["-t", "0"]}  # docker rm -f kills at once; podman's waits the stop timeout
-        self.clients = [Client("podman", self, argv, env, flags)]
+        self.clients = [Client("podman", "podman", self, argv, env, flags)]
         self.primary.run("import", "-c", f"ENV {_image_path_env()}", str(image_tar), IMAGE)
 
     def version(self) -> str:

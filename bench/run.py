@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench import report, system
-from bench.engines import DOCKER_CLI, ENGINES, REPO, Engine, EngineUnavailable, write_image_tar
+from bench.engines import DOCKER_CLI, ENGINES, REPO, Coracle, Engine, EngineUnavailable, write_image_tar
 from bench.measure import describe_error
 from bench.sections import cli, datapath, dns, memory, ports, startup, throughput
 from bench.suite import QUICK, Bench, Config
@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="results directory (default bench/results/<UTC time>)")
     p.add_argument("--publish", action="store_true",
                    help="also copy the report to docs/benchmarks.md and the run to bench/results/latest")
+    p.add_argument("--coracle-clients", default="coracle,docker",
+                   help="CLIs driving coracled, first one primary: coracle (its own), docker (the docker CLI)")
     p.add_argument("--profile", action="store_true", help="profile coracle (py-spy, cProfile) and report hot spots")
     p.add_argument("--repeat", type=int, default=None, help="override the start-latency sample count")
     p.add_argument("--scale", type=int, default=None, help="override the number of containers in the scale section")
@@ -68,12 +70,15 @@ def machine() -> dict:
             "docker_cli": docker_cli}
 
 
-def start_engines(names: list[str], root: Path, tag: str, image_tar: Path) -> tuple[list[Engine], dict]:
+def start_engines(names: list[str], root: Path, tag: str, image_tar: Path,
+                  coracle_clients: list[str]) -> tuple[list[Engine], dict]:
     engines, info = [], {}
     for name in names:
         engine = ENGINES[name](root, tag)
         try:
             engine.start(image_tar)
+            if isinstance(engine, Coracle):
+                engine.use_clients(coracle_clients)
             info[name] = {"ok": True, "version": engine.version(),
                           "clients": {c.label: c.prefix() for c in engine.clients}}
             engines.append(engine)
@@ -112,7 +117,7 @@ def main(argv: list[str] | None = None) -> Path:
     try:
         root.mkdir(parents=True)
         image_tar = write_image_tar(root / "busybox-rootfs.tar")
-        engines, results["engines"] = start_engines(names, root, tag, image_tar)
+        engines, results["engines"] = start_engines(names, root, tag, image_tar, args.coracle_clients.split(","))
         bench = Bench(config=config, engines=engines, out=out, profile=args.profile)
         results["config"] = bench.config_dict()
         for section in sections:
