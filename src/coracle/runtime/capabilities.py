@@ -100,7 +100,8 @@ def _mask(names: list[str]) -> tuple[int, int]:
 def set_process(keep: list[str]) -> None:
     """Effective and permitted = `keep` for root, empty for any other user (as Docker does);
     inheritable and ambient empty. Only ever lowers what the process holds."""
-    names = [n for n in keep if n in bounding()] if os.geteuid() == 0 else []
+    held = bounding()
+    names = [n for n in keep if n in held] if os.geteuid() == 0 else []
     low, high = _mask(names)
     data = (_Data * 2)(_Data(low, low, 0), _Data(high, high, 0))
     header = _Header(_LINUX_CAPABILITY_VERSION_3, 0)
