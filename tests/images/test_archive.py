@@ -268,3 +268,18 @@ def test_unpack_keeps_owners_modes_devices_and_xattrs(images):
     assert stat.S_ISFIFO(os.stat(Path(layer, "run/fifo")).st_mode)
     tmp = os.stat(Path(layer, "tmp"))
     assert (tmp.st_mode & 0o7777, tmp.st_mtime) == (0o1777, 1_600_000_000)
+
+
+def test_commit_keeps_hard_links_and_skips_sockets(images, tmp_path):
+    import socket
+
+    upper = tmp_path / "upper"
+    (upper / "data").mkdir(parents=True)
+    (upper / "data/a").write_text("shared")
+    os.link(upper / "data/a", upper / "data/b")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(upper / "data/sock"))
+        image = images.commit(str(upper), images.resolve("busybox"), [], None)
+    top = Path(images.layer_dirs(image)[-1])
+    assert sorted(os.listdir(top / "data")) == ["a", "b"]
+    assert os.stat(top / "data/a").st_ino == os.stat(top / "data/b").st_ino

@@ -247,6 +247,8 @@ def pack(upper: str, out: BinaryIO) -> None:
                 tf.addfile(ti)
                 continue
             ti = tf.gettarinfo(path, rel)
+            if ti is None:
+                continue  # sockets have no place in a layer
             ti.uname = ti.gname = ""
             for name in os.listxattr(path, follow_symlinks=False):
                 if not name.startswith("trusted.overlay."):
