@@ -190,11 +190,13 @@ def test_connect_and_disconnect_a_running_container(world):
     with serving((c.ns, "tcp", 80)):
         assert ask(peer.ns, "tcp", c.ip("back"), 80) == peer.ip("back")
         assert ask(world.outside, "tcp", UPLINK_HOST, 8080) == UPLINK_OUTSIDE  # default route still via eth0
-    settings = world.net.disconnect(c.rec, "back")
+    c.rec["NetworkSettings"] = settings = world.net.disconnect(c.rec, "back")
     assert set(settings["Networks"]) == {"bridge"}
     assert sorted(x["ifname"] for x in _links(c.ns)) == ["eth0", "lo"]
     with pytest.raises(Conflict, match="is not connected"):
         world.net.disconnect(c.rec["Id"], "back")
+    c.rec["NetworkSettings"] = world.net.connect(c.rec, c.pid, "back", {})  # again: resolver re-opened
+    assert answers(dns_query(c.ns, peer.name)) == [peer.ip("back")]
 
 
 def test_connect_while_stopped_takes_effect_at_next_start(world):

@@ -118,16 +118,17 @@ class Resolver:
         self._served[cid] = _Served(transport, server, upstreams)
 
     def stop(self, container_id: str) -> None:
-        """Close the container's sockets; unknown ids are ignored."""
+        """Close the container's sockets (done when this returns, so the address can be re-bound)."""
         served = self._served.pop(container_id, None)
         if served is None or self._loop is None:
             return
 
-        def close() -> None:
+        async def close() -> None:
             served.udp.close()
             served.tcp.close()
+            await served.tcp.wait_closed()
 
-        self._loop.call_soon_threadsafe(close)
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result()
 
     def close(self) -> None:
         for cid in list(self._served):
