@@ -140,3 +140,6 @@ def test_seccomp_blocks_user_namespaces_and_unconfined_does_not(containers: Cont
     # the same container without the filter: the kernel alone would have allowed it
     unconfined = containers.run(attempt, {"SecurityOpt": ["seccomp=unconfined"]})
     assert "USERNS" in unconfined.output
+    # the profile follows the capabilities: with CAP_SYS_ADMIN, unshare is allowed again
+    admin = containers.run(attempt, {"CapAdd": ["SYS_ADMIN"]})
+    assert "USERNS" in admin.output

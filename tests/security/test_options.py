@@ -71,6 +71,22 @@ def test_custom_seccomp_profile_from_file_or_json(containers: Containers, tmp_pa
         containers.spec(["true"], {"SecurityOpt": ["no-new-privileges=maybe"]})
 
 
+def test_profile_entries_follow_kernel_version_and_architecture(containers: Containers) -> None:
+    """Docker's profile format: entries selected by minKernel and by the host's (Go-named) architecture."""
+    deny = {"action": "SCMP_ACT_ERRNO", "errnoRet": 13}
+    profile = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["mkdir", "mkdirat"], **deny, "includes": {"minKernel": "99.0"}},
+        {"names": ["rmdir"], **deny, "includes": {"minKernel": "3.0"}},
+        {"names": ["symlink", "symlinkat"], **deny, "includes": {"arches": ["amd64", "arm64"]}},
+        {"names": ["link", "linkat"], **deny, "includes": {"arches": ["s390x"]}},
+    ]}
+    r = containers.run(["sh", "-c", "mkdir /a && echo MADE; rmdir /a && echo REMOVED; "
+                                    "ln -s /a /s && echo SYMLINKED; ln /bin/busybox /h && echo LINKED"],
+                       {"SecurityOpt": ["seccomp=" + json.dumps(profile)]})
+    assert "MADE" in r.output and "REMOVED" not in r.output
+    assert "SYMLINKED" not in r.output and "LINKED" in r.output
+
+
 def test_devices_that_do_not_exist_are_refused_at_create(containers: Containers) -> None:
     with pytest.raises(InvalidParameter, match="no such file"):
         containers.spec(["true"], {"Devices": [{"PathOnHost": "/dev/does-not-exist", "PathInContainer": "/dev/x",

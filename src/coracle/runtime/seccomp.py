@@ -53,6 +53,8 @@ ARCH_FAMILY = {
     "SCMP_ARCH_X86_64": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
     "SCMP_ARCH_AARCH64": ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"],
 }
+# `includes`/`excludes` name the host's architecture the Go way (Docker's profiles are Go's).
+GO_ARCH = {"SCMP_ARCH_X86_64": "amd64", "SCMP_ARCH_AARCH64": "arm64"}
 
 
 def _action(name: str, errno_ret: int | None) -> int:
@@ -85,9 +87,10 @@ def _kernel_at_least(wanted: str) -> bool:
     return numbers(os.uname().release) >= numbers(wanted)
 
 
-def _applies(entry: dict[str, Any], caps: set[str], arches: set[str]) -> bool:
-    """Whether a profile entry's includes/excludes select it for this container."""
+def _applies(entry: dict[str, Any], caps: set[str], native: str) -> bool:
+    """Whether a profile entry's includes/excludes select it for this container on this host."""
     inc, exc = entry.get("includes") or {}, entry.get("excludes") or {}
+    arches = {native, GO_ARCH.get(native, native)}
     if inc.get("caps") and not set(inc["caps"]) <= caps:
         return False
     if inc.get("arches") and not set(inc["arches"]) & arches:
@@ -166,7 +169,7 @@ def load(profile: dict[str, Any], capabilities: list[str], no_new_privs: bool) -
         _check(_lib.seccomp_attr_set(ctx, _SCMP_FLTATR_CTL_NNP, int(no_new_privs)), "seccomp_attr_set")
         caps = set(capabilities)
         for entry in profile.get("syscalls") or []:
-            if not _applies(entry, caps, arches):
+            if not _applies(entry, caps, native):
                 continue
             action = _action(entry["action"], entry.get("errnoRet"))
             if action == default:

@@ -106,7 +106,7 @@ def build() -> dict[str, Any]:
     """The profile as a fresh dict (callers may keep or change their copy)."""
     syscalls = [
         _allow(ALLOWED),
-        _allow(ALLOWED_X86, includes={"arches": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]}),
+        _allow(ALLOWED_X86, includes={"arches": ["amd64"]}),
         *[_allow(["personality"], args=[{"index": 0, "value": p, "valueTwo": 0, "op": "SCMP_CMP_EQ"}])
           for p in PERSONALITIES],
         # No AF_VSOCK: a channel to the hypervisor host, never needed inside a container.
