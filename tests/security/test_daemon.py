@@ -1,0 +1,91 @@
+"""The security defaults through the whole stack: Docker SDK -> coracled -> runtime."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import docker
+import pytest
+from docker.errors import APIError
+
+from coracle.runtime import capabilities
+from harness import Daemon
+
+
+def mask(names: list[str] | tuple[str, ...]) -> int:
+    return sum(1 << capabilities.NAMES.index(n) for n in names)
+
+
+def cap_eff(text: str) -> int:
+    return int(text.split("CapEff:")[1].split()[0], 16)
+
+
+@pytest.fixture
+def client(daemon: Daemon) -> Iterator[docker.DockerClient]:
+    c = daemon.sdk()
+    before = {ctr.id for ctr in c.containers.list(all=True)}
+    try:
+        yield c
+    finally:
+        for ctr in c.containers.list(all=True):
+            if ctr.id not in before:
+                ctr.remove(force=True)
+        c.close()
+
+
+def run(client: docker.DockerClient, script: str, **kw: object) -> str:
+    return client.containers.run("busybox", ["sh", "-c", f"{{ {script}; }} 2>&1; true"], remove=True, **kw).decode()
+
+
+def test_default_container_is_confined(client: docker.DockerClient) -> None:
+    out = run(client, "grep -E '^CapEff|^Seccomp:' /proc/self/status; mkdir /m; mount -t tmpfs t /m && echo MOUNTED")
+    assert cap_eff(out) == mask(capabilities.DEFAULT)
+    assert "Seccomp:\t2" in out
+    assert "MOUNTED" not in out
+
+
+def test_privileged_starts_with_what_the_host_allows(client: docker.DockerClient) -> None:
+    out = run(client, "grep -E '^CapEff|^Seccomp:' /proc/self/status; mkdir /m; mount -t tmpfs t /m && echo MOUNTED",
+              privileged=True)
+    assert cap_eff(out) == mask(capabilities.bounding())
+    assert "Seccomp:\t0" in out
+    assert "MOUNTED" in out
+
+
+def test_exec_gets_the_container_confinement(client: docker.DockerClient) -> None:
+    ctr = client.containers.run("busybox", "sleep 60", detach=True)
+    plain = ctr.exec_run("grep -E '^CapEff|^Seccomp:' /proc/self/status").output.decode()
+    assert cap_eff(plain) == mask(capabilities.DEFAULT)
+    assert "Seccomp:\t2" in plain
+    privileged = ctr.exec_run("grep CapEff /proc/self/status", privileged=True).output.decode()
+    assert cap_eff(privileged) == mask(capabilities.bounding())
+
+
+def test_bad_requests_are_refused_at_create_and_leave_nothing(client: docker.DockerClient) -> None:
+    before = len(client.containers.list(all=True))
+    bad = [{"sysctls": {"kernel.panic": "1"}},
+           {"cap_add": ["CAP_FLY"]},
+           {"security_opt": ["seccomp=/does/not/exist.json"]},
+           {"devices": ["/dev/does-not-exist:/dev/x:rwm"]},
+           {"ulimits": [docker.types.Ulimit(name="nofile", soft=2, hard=1)]}]
+    for kwargs in bad:
+        with pytest.raises(APIError) as err:
+            client.containers.create("busybox", "true", **kwargs)
+        assert err.value.status_code == 400, kwargs
+    assert len(client.containers.list(all=True)) == before
+
+
+def test_device_flag_grants_one_host_device(client: docker.DockerClient, tmp_path: Path) -> None:
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"granted-disk" + bytes(4096))
+    dev = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    try:
+        out = run(client, "head -c 12 /dev/xvdb; echo; head -c 1 /dev/kmsg || echo NO-KMSG",
+                  devices=[f"{dev}:/dev/xvdb:r"])
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+    assert "granted-disk" in out
+    assert "NO-KMSG" in out
