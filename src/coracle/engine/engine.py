@@ -307,6 +307,7 @@ class Engine:
                 except Exception:  # keep undoing; the first error is the one to report
                     log.exception("undo step failed for %s", cid)
             self._starting.pop(cid, None)
+            self._exited.pop(cid, None)
             code = exc.exit_code if isinstance(exc, StartError) else 128
             rec["State"].update({"Status": "exited" if rec["State"]["StartedAt"][:4] != "0001" else "created",
                                  "Running": False, "Pid": 0, "ExitCode": code, "Error": str(exc),

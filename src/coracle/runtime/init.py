@@ -157,9 +157,6 @@ def _container_child(spec: Spec, fds: ChildFds) -> NoReturn:
         rootfs.build(spec)
         if "uts" in spec.namespaces and spec.hostname:
             sc.sethostname(spec.hostname)
-        for key, value in spec.sysctls.items():
-            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
-                f.write(value)
     except OSError as exc:
         _fail(fds, f"cannot set up container: {exc}", 128)
     _exec(spec, fds)
