@@ -11,7 +11,7 @@ from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
 from coracle.errors import Conflict
 from coracle.runtime.syscalls import netns as enter
-from networld import UPLINK_HOST, UPLINK_OUTSIDE, answers, ask, dns_query, serving
+from networld import UPLINK_HOST, UPLINK_OUTSIDE, answers, ask, dns_query, serving, sh
 
 
 def test_outbound_is_masqueraded_to_the_uplink_address(world):
@@ -50,9 +50,16 @@ def test_container_reaches_its_own_published_port_hairpin(world):
 
 def test_port_published_on_localhost_is_not_reachable_from_the_lan(world):
     c = world.container(ports={"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8081"}]})
+    # a hostile LAN peer sends packets for 127.0.0.1 to the host's MAC (Docker < 28 forwarded them)
+    out = world.outside.rsplit("/", 1)[1]
+    sh("ip", "-n", out, "addr", "flush", "dev", "lo")
+    sh("ip", "-n", out, "route", "add", "127.0.0.1/32", "via", UPLINK_HOST, "dev", "lan0")
+    sh("ip", "netns", "exec", out, "sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1",
+       "net.ipv4.conf.lan0.route_localnet=1")
     with serving((c.ns, "tcp", 80)):
         assert ask(world.host, "tcp", "127.0.0.1", 8081) is not None
         assert ask(world.outside, "tcp", UPLINK_HOST, 8081, timeout=0.5) is None
+        assert ask(world.outside, "tcp", "127.0.0.1", 8081, timeout=0.5) is None
 
 
 class FakeUpstream:
