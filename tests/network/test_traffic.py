@@ -190,13 +190,13 @@ def test_detach_and_reconcile_leave_no_veth_lease_or_nft_element(world):
     assert [e["container"] for e in dry["endpoints"]] == [c.id]
     assert len(dry["ports"]) == 1 and len(world.map_elements("any_addr")) == 2
     report = world.net.reconcile({b.id: b.pid})
-    assert report["leases"] == dry["leases"]
+    assert report == dry
     assert world.map_elements("any_addr") == [[{"concat": ["tcp", 8081]}, b.ip("app")]]
     assert {lease[2] for lease in world.net.ipam.leases()} == {b.id}
     assert len(world.veths()) == 1
     world.stop(b)
     assert world.veths() == [] and world.net.ipam.leases() == [] and world.map_elements("any_addr") == []
-    assert world.net.reconcile({}) == {k: [] for k in report}
+    assert world.net.reconcile({}) == {}
 
 
 def test_50_concurrent_attaches_get_50_distinct_addresses(world):
@@ -234,3 +234,18 @@ def test_publish_all_picks_ephemeral_ports_that_work(world):
     assert low <= port <= high
     with serving((c.ns, "tcp", 80)):
         assert ask(world.outside, "tcp", UPLINK_HOST, port) == UPLINK_OUTSIDE
+
+
+def test_reconcile_removes_strays_left_by_a_crash_mid_attach(world):
+    keep = world.container(ports={"80/tcp": [{"HostPort": "8080"}]})
+    host = world.host_name
+    sh("ip", "-n", host, "link", "add", "vethstray", "type", "veth", "peer", "name", "vethstray2")
+    sh("ip", "-n", host, "link", "set", "vethstray", "master", "coracle0")
+    sh("ip", "netns", "exec", host, "nft", "add", "element", "ip", "coracle", "any_addr",
+       "{ tcp . 9999 : 172.17.0.99 }")
+    sh("ip", "netns", "exec", host, "nft", "add", "element", "ip", "coracle", "any_port", "{ tcp . 9999 : 80 }")
+    report = world.net.reconcile({keep.id: keep.pid})
+    assert report == {"veths": ["vethstray"], "nft_elements": ["0.0.0.0:9999/tcp -> 172.17.0.99:80"]}
+    assert "vethstray" not in world.veths()
+    assert world.map_elements("any_addr") == [[{"concat": ["tcp", 8080]}, keep.ip()]]
+    assert world.net.reconcile({keep.id: keep.pid}) == {}

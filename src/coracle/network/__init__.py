@@ -289,10 +289,11 @@ class NetworkManager:
 
         `live` maps the id of every running container to its PID 1. DNS sockets of
         live containers on user networks are re-opened (they die with the daemon).
-        Returns what was (or, with dry_run, would be) removed, by kind.
+        Returns what was (or, with dry_run, would be) removed, by kind (endpoints,
+        leases, ports, veths, nft_elements); kinds with nothing to remove are left
+        out, so an empty dict means everything was consistent.
         """
-        report: dict[str, list] = {"endpoints": [], "leases": [], "ports": [], "veths": [],
-                                   "nft_elements": [], "dns": []}
+        report: dict[str, list] = {"endpoints": [], "leases": [], "ports": [], "veths": [], "nft_elements": []}
         with self._lock:
             for ep in self._endpoints():
                 if ep["Container"] not in live:
@@ -319,7 +320,7 @@ class NetworkManager:
                         if name not in keep_veths:
                             report["veths"].append(name)
             if dry_run:
-                return report
+                return {kind: found for kind, found in report.items() if found}
             stale = {r["container"] for r in report["endpoints"]} | {r["container"] for r in report["leases"]}
             stale |= {row[0] for row in self.store.execute("SELECT container FROM net_ports")} - set(live)
             for cid in stale:
@@ -332,20 +333,21 @@ class NetworkManager:
                 if cid not in self.dns.serving() and self._user_endpoints(cid):
                     try:
                         self._serve_dns(cid, pid)
-                        report["dns"].append(cid)
                     except OSError as exc:
                         log.warning("cannot restore DNS for %s: %s", cid, exc)
-        return report
+        return {kind: found for kind, found in report.items() if found}
 
     # ----- networks ----------------------------------------------------------
 
     def resolve(self, ref: str) -> dict[str, Any]:
-        """A network record by full id, name, or unique id prefix."""
+        """A network record by full id, name, or unique id prefix ("default" is the default bridge)."""
         records = self.store.all(KIND)
         for key in ("Id", "Name"):
             for rec in records:
                 if rec[key] == ref:
                     return rec
+        if ref == "default":
+            return self.resolve("bridge")
         matches = [r for r in records if ref and r["Id"].startswith(ref)]
         if len(matches) == 1:
             return matches[0]
