@@ -20,18 +20,35 @@ How the engine uses it (all methods are thread-safe; the engine holds a
 per-container lock, so one container is never attached twice at once):
 
     net = NetworkManager(store, exec_root, bridge_name="coracle0", bip=None,
-                         default_pools=[("10.200.0.0/14", 24)], firewall="nftables")
+                         default_pools=[("10.200.0.0/14", 24)], firewall="nftables",
+                         resolv_conf="/etc/resolv.conf", hosts_file="/etc/hosts")
     net.start()                       # daemon start-up: ip_forward, builtin networks
                                       # (bridge, host, none), bridges, nft table restored
-    net.reconcile(live, dry_run)      # live = {container id: PID 1}; drops everything of
-                                      # other containers, re-opens DNS sockets of live ones
+    net.reconcile(live, dry_run)      # live = {container id: PID 1}; drops endpoints, leases,
+                                      # ports, stray veths and nft elements of anything else,
+                                      # re-opens DNS sockets of live containers; returns
+                                      # {kind: [removed...]} for non-empty kinds ({} = consistent)
     net.validate(mode, host_config, endpoints_config)    # at create: raises clear errors
     settings = net.attach(rec, pid)   # at start, PID 1 held; returns NetworkSettings
     net.files(rec, settings)          # {"/etc/hosts": ..., "/etc/resolv.conf": ..., "/etc/hostname": ...}
     net.detach(cid)                   # at exit/stop/rm/failed start: idempotent, never raises
+                                      # for already-gone things
     settings = net.connect(rec, pid or None, network_ref, endpoint_config)
-    settings = net.disconnect(rec, network_ref, force)   # rec may also be a container id
-    net.create(name, ...) / remove(ref) / inspect(ref) / list(filters) / prune(filters) / resolve(ref)
+    settings = net.disconnect(rec, network_ref, force)   # rec may also be a container id (-> None)
+    net.create(name, driver, ipam, internal, options, labels, enable_ipv6, check_duplicate)
+        -> {"Id", "Warning"}; net.remove(ref); net.inspect(ref); net.list(filters);
+    net.prune(filters) -> [names]; net.resolve(ref) -> record; net.close()
+
+Errors: InvalidParameter (bad CIDR, gateway outside the subnet, bad port, static
+address outside the subnet...), NotFound ("network foo not found"), Conflict (name
+taken, overlapping subnet, "Bind for 0.0.0.0:8080 failed: port is already
+allocated", address in use, network with active endpoints, builtin network).
+
+Options honoured on create: com.docker.network.bridge.name, .bridge.enable_icc,
+.bridge.enable_ip_masquerade, .driver.mtu; IPAM.Config[0] Subnet, Gateway, IPRange.
+IPv4 only: EnableIPv6 is refused. Unpublished container ports are not reachable
+from outside the host (Docker 28's behaviour), published ones are, with the real
+client address (no proxy process).
 
 `attach` joins, in order: the NetworkMode network, then every network named in
 NetworkingConfig.EndpointsConfig, then every network already in
