@@ -18,15 +18,10 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/harness.py
 
+from harness import SESSION_TAG, unique  # noqa: E402  (re-exported for older imports)
+
 if TYPE_CHECKING:
     from harness import Daemon
-
-SESSION_TAG = secrets.token_hex(3)
-
-
-def unique(prefix: str) -> str:
-    """A short name unique to this session (fits IFNAMSIZ when prefix <= 5 chars)."""
-    return f"{prefix}{SESSION_TAG}{secrets.token_hex(2)}"
 
 
 def sh(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:

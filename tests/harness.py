@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -20,6 +21,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+SESSION_TAG = secrets.token_hex(3)
+
+
+def unique(prefix: str) -> str:
+    """A short name unique to this test session (fits IFNAMSIZ when prefix <= 5 chars).
+
+    Names carry a per-session random tag so that several test runs on one
+    machine (or a run next to a real daemon) cannot collide.
+    """
+    return f"{prefix}{SESSION_TAG}{secrets.token_hex(2)}"
 
 
 def _ping(sock_path: str) -> bool:

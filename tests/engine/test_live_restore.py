@@ -139,7 +139,7 @@ def test_crash_during_start_leaves_a_consistent_world(fresh_daemon: Daemon, poin
     assert not state["Running"]
     cgroups = [p for p in Path("/sys/fs/cgroup").glob(f"*/{d.cgroup_parent}/{cid}")]
     assert cgroups == []
-    status, procs = 200, None
+    status, _procs = 200, None
     links = d.netns_exec("ip", "-o", "link").stdout
     assert "veth" not in links
     # and it can be started properly now

@@ -14,8 +14,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import unique
-from harness import Daemon
+from harness import Daemon, unique
 
 HOST_IP, OUT_IP = "192.0.2.1", "192.0.2.2"
 

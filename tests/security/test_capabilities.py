@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import SUID_BUSYBOX, Containers, caps
+from security_support import SUID_BUSYBOX, Containers, caps
 
 from coracle.errors import InvalidParameter
 from coracle.runtime import capabilities

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from conftest import Containers
+from security_support import Containers
 
 from coracle.cgroups import Resources
 

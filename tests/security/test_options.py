@@ -7,7 +7,7 @@ import resource
 from pathlib import Path
 
 import pytest
-from conftest import Containers
+from security_support import Containers
 
 from coracle.errors import InvalidParameter
 
