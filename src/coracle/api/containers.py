@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from coracle.api import filters as flt
+from coracle.api.archive import routes as archive_routes
 from coracle.api.http import Request, Response, Router
 from coracle.api.streams import AttachHub, frame, parse_detach_keys, pump
 from coracle.engine import logs as logfile
@@ -98,6 +99,25 @@ def status_text(state: dict[str, Any]) -> str:
     return f"Exited ({state['ExitCode']}) {_ago(now - _epoch(state['FinishedAt']))} ago"
 
 
+def create_body(body: Any) -> dict[str, Any]:
+    """A create request as clients send it, in the shape the engine reads.
+
+    The docker CLI names the default network "default" both as NetworkMode and
+    as the key of its endpoint settings; both mean the bridge network.
+    """
+    if not isinstance(body, dict):
+        raise InvalidParameter("the container config must be a JSON object")
+    for key in ("HostConfig", "NetworkingConfig"):
+        if body.get(key) is not None and not isinstance(body[key], dict):
+            raise InvalidParameter(f"{key} must be a JSON object")
+    endpoints = (body.get("NetworkingConfig") or {}).get("EndpointsConfig")
+    if endpoints is not None and not isinstance(endpoints, dict):
+        raise InvalidParameter("NetworkingConfig.EndpointsConfig must be a JSON object")
+    if endpoints and "default" in endpoints:
+        endpoints["bridge"] = endpoints.pop("default")
+    return body
+
+
 def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
     """Register every container and exec route on the router."""
 
@@ -120,7 +140,7 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
         return Response.json(out)
 
     async def create(req: Request) -> Response:
-        body = req.json()
+        body = create_body(req.json())
         name = req.q("name")
         result = await thread(engine.create, body, name or None)
         return Response.json(result, status=201)
@@ -374,6 +394,7 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
         return Response.json({"ContainersDeleted": deleted, "SpaceReclaimed": 0})
 
     r = router.add
+    archive_routes(router, engine)  # docker cp: /containers/{id}/archive
     r("GET", "/containers/json", list_)
     r("POST", "/containers/create", create)
     r("POST", "/containers/prune", prune)

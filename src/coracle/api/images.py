@@ -27,7 +27,7 @@ def _auth(req: Request) -> dict | None:
         raise InvalidParameter("invalid X-Registry-Auth header") from None
 
 
-async def _spool(req: Request) -> str:
+async def spool(req: Request) -> str:
     """The request body (a tar stream) into a temporary file; returns its path."""
     fd, path = tempfile.mkstemp(prefix="coracle-upload-")
     with os.fdopen(fd, "wb") as f:
@@ -75,7 +75,7 @@ def routes(router: Router, engine: Engine, images: Any) -> None:
         if from_src:
             if from_src != "-":
                 raise InvalidParameter("only fromSrc=- (the request body) is supported")
-            path = await _spool(req)
+            path = await spool(req)
             repo = req.q("repo") or ""
             ref = f"{repo}:{tag}" if repo and tag else repo or None
             changes = req.query.get("changes", [])
@@ -143,7 +143,7 @@ def routes(router: Router, engine: Engine, images: Any) -> None:
         return Response.stream(produce, content_type="application/json")
 
     async def load(req: Request) -> Any:
-        path = await _spool(req)
+        path = await spool(req)
 
         async def produce(stream: Any) -> None:
             try:

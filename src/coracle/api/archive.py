@@ -1,0 +1,75 @@
+"""Engine API routes for `docker cp`: HEAD/GET/PUT /containers/{id}/archive.
+
+HEAD answers the path's stat in the `X-Docker-Container-Path-Stat` header
+(base64 JSON), which the CLI reads to decide how to name what it copies; GET
+streams the tar of a path; PUT unpacks an uploaded tar into a directory. The
+work itself is in coracle.engine.archive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+from typing import Any
+
+from coracle.api.http import Request, Response, Router
+from coracle.api.images import spool
+from coracle.engine import archive
+from coracle.engine.engine import Engine
+from coracle.errors import InvalidParameter
+
+thread = asyncio.to_thread
+STAT_HEADER = "X-Docker-Container-Path-Stat"
+
+
+def _stat_header(found: dict[str, Any]) -> dict[str, str]:
+    return {STAT_HEADER: base64.b64encode(json.dumps(found).encode()).decode()}
+
+
+def _path(req: Request) -> str:
+    path = req.q("path")
+    if not path:
+        raise InvalidParameter("path is required")
+    return path
+
+
+def routes(router: Router, engine: Engine) -> None:
+    async def head(req: Request, id: str) -> Response:
+        found = await thread(archive.stat, engine, id, _path(req))
+        return Response(200, b"", content_type="", headers=_stat_header(found))
+
+    async def get(req: Request, id: str) -> Any:
+        found, proc = await thread(archive.export, engine, id, _path(req))
+
+        async def produce(stream: Any) -> None:
+            try:
+                while chunk := await thread(proc.stdout.read1, 1 << 20):
+                    await stream.write(chunk)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.stdout.close()
+                await thread(proc.wait)
+
+        resp = Response.stream(produce, content_type="application/x-tar")
+        resp.headers.update(_stat_header(found))
+        return resp
+
+    async def put(req: Request, id: str) -> Response:
+        path = _path(req)
+        await thread(engine.get, id)
+        upload = await spool(req)
+        try:
+            with open(upload, "rb") as tar:
+                await thread(archive.extract, engine, id, path, tar,
+                             no_overwrite_dir_non_dir=req.qbool("noOverwriteDirNonDir"),
+                             copy_uid_gid=req.qbool("copyUIDGID"))
+        finally:
+            os.unlink(upload)
+        return Response.empty(200)
+
+    router.add("HEAD", "/containers/{id}/archive", head)  # before GET: HEAD would otherwise match it
+    router.add("GET", "/containers/{id}/archive", get)
+    router.add("PUT", "/containers/{id}/archive", put, stream_body=True)
