@@ -55,7 +55,9 @@ def world(netns: str, unique: Callable[[str], str], tmp_path) -> Iterator[World]
                 if c.proc.poll() is None:
                     c.proc.kill()
                     c.proc.wait()
-        if manager is not None:
+        if w is not None:
+            w.net.close()  # the manager a test may have swapped in (restart)
+        elif manager is not None:
             manager.close()
         if store is not None:
             store.close()

@@ -200,7 +200,9 @@ class NetworkManager:
     def close(self) -> None:
         """Stop the resolver and drop the namespace handle (kernel state stays: live restore)."""
         self.dns.close()
-        os.close(self._ns_fd)
+        if self._ns_fd >= 0:
+            os.close(self._ns_fd)
+            self._ns_fd = -1
 
     # ----- start-up ----------------------------------------------------------
 

@@ -131,10 +131,13 @@ class Resolver:
         asyncio.run_coroutine_threadsafe(close(), self._loop).result()
 
     def close(self) -> None:
+        """Close every container's sockets and stop the loop (a later serve() starts a new one)."""
         for cid in list(self._served):
             self.stop(cid)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        with self._start_lock:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._loop = None
 
     # ----- answering -------------------------------------------------------
 
