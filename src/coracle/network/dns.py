@@ -81,9 +81,10 @@ class Resolver:
 
     def _run(self, ready: threading.Event) -> None:
         with netns(self._host_netns):  # forwarded queries leave from the host's namespace
-            self._loop = asyncio.new_event_loop()
+            loop = self._loop = asyncio.new_event_loop()
             ready.set()
-            self._loop.run_forever()
+            loop.run_forever()
+            loop.close()
 
     def serving(self) -> set[str]:
         return set(self._served)
