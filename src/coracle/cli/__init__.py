@@ -1,0 +1,1 @@
+"""`coracle`: a native client of the Docker Engine API with docker's verbs and flags."""

@@ -1,0 +1,82 @@
+"""The verbs. Each is `def verb(cli, name, args) -> exit status`, parsing its own flags."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, NoReturn
+
+from coracle.cli.runconfig import UsageError
+
+
+class CommandError(Exception):
+    """A failure the command explains itself (`Error: No such object: x`), with docker's exit status."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with docker's error wording and exit status 125 instead of usage + 2."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments: "):
+            message = "unknown flag: " + message.split(": ", 1)[1].split()[0]
+        raise UsageError(message)
+
+
+def parser(name: str, usage: str, description: str = "", *, help_flag: bool = True) -> Parser:
+    return Parser(prog=f"coracle {name}", usage=f"coracle {name} {usage}", description=description,
+                  add_help=help_flag, allow_abbrev=False)
+
+
+def filters(items: list[str]) -> dict[str, list[str]] | None:
+    """`--filter k=v` (repeatable) -> the API's {"k": ["v", ...]}."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError("bad format of filter (expected name=value)")
+        out.setdefault(key.strip(), []).append(value)
+    return out or None
+
+
+def confirm(question: str) -> bool:
+    """docker's prompt: anything but y/yes declines; no terminal declines."""
+    sys.stdout.write(f"{question} [y/N] ")
+    sys.stdout.flush()
+    answer = sys.stdin.readline()
+    return answer.strip().lower() in ("y", "yes")
+
+
+def each(cli: Any, names: list[str], action: Any, failed_prefix: str | None = None) -> int:
+    """Apply `action` to every name, printing the name on success and the daemon's error otherwise."""
+    from coracle.cli.client import ApiError
+
+    failed = []
+    for name in names:
+        try:
+            action(name)
+        except ApiError as exc:
+            cli.err(f"Error response from daemon: {exc.message}")
+            failed.append(name)
+            continue
+        cli.out(name + "\n")
+    if failed and failed_prefix:
+        cli.err(f"Error: {failed_prefix}: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+def print_json(cli: Any, objects: list[Any]) -> None:
+    """docker inspect's raw output: a JSON array indented with 4 spaces."""
+    import json
+
+    cli.out(json.dumps(objects, indent=4, ensure_ascii=False) + "\n")
+
+
+def template_each(cli: Any, fmt: str, objects: list[Any]) -> None:
+    from coracle.cli.gotemplate import Template
+
+    template = Template(fmt.replace("\\t", "\t").replace("\\n", "\n"))
+    cli.out("".join(template.execute(obj) + "\n" for obj in objects))

@@ -1,0 +1,600 @@
+"""The subset of Go's text/template that `docker --format` users write.
+
+Supported: `{{.Field.Sub}}`, `{{$var.Field}}`, literals, pipelines with `|`,
+parentheses, `if`/`else if`/`else`, `range` (with `$v :=` or `$k, $v :=`),
+`with`, variables (`:=`, `=`), comments, `{{-`/`-}}` trimming, and the
+functions docker registers on top of Go's builtins: json, join, split, index,
+len, upper, lower, title, pad, truncate, print, printf, println, eq/ne/lt/le/
+gt/ge, and/or/not.
+
+Data is either JSON decoded into dicts/lists (inspect) or a formatting context
+object whose attributes or methods are the fields (`ps`, `images`: `.ID`,
+`.Label "k"`). Values print the way Go prints them: true/false, `[a b]`,
+`map[k:v]`, `<no value>` for a missing map key.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+class TemplateError(Exception):
+    """A template that does not parse, or fails while executing."""
+
+
+class _Missing:
+    """A map key that is not there: falsy, prints `<no value>` like Go."""
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "<no value>"
+
+
+MISSING = _Missing()
+
+
+# ----- lexing -------------------------------------------------------------
+
+_TOKEN = re.compile(r"""
+    (?P<ws>\s+)
+  | (?P<string>"(?:[^"\\]|\\.)*")
+  | (?P<raw>`[^`]*`)
+  | (?P<char>'(?:[^'\\]|\\.)')
+  | (?P<declare>:=)
+  | (?P<assign>=)
+  | (?P<pipe>\|)
+  | (?P<lparen>\()
+  | (?P<rparen>\))
+  | (?P<comma>,)
+  | (?P<field>(?:\.[A-Za-z_][A-Za-z0-9_]*)+)
+  | (?P<dot>\.)
+  | (?P<var>\$[A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
+  | (?P<number>[-+]?(?:0[xX][0-9a-fA-F]+|\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+))
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
+""", re.VERBOSE)
+
+
+@dataclass
+class _Tok:
+    kind: str
+    text: str
+    glued: bool  # no whitespace before it (`(...).Field`)
+
+
+def _lex_action(src: str) -> list[_Tok]:
+    toks: list[_Tok] = []
+    pos, glued = 0, False
+    while pos < len(src):
+        m = _TOKEN.match(src, pos)
+        if not m:
+            raise TemplateError(f"unexpected {src[pos]!r} in command")
+        kind = m.lastgroup or ""
+        if kind == "ws":
+            glued = False
+        else:
+            toks.append(_Tok(kind, m.group(), glued))
+            glued = True
+        pos = m.end()
+    return toks
+
+
+def _split(template: str) -> list[tuple[str, str]]:
+    """Alternating ("text", s) and ("action", s), with `{{-`/`-}}` trimming applied."""
+    parts: list[tuple[str, str]] = []
+    pos = 0
+    while True:
+        start = template.find("{{", pos)
+        if start < 0:
+            parts.append(("text", template[pos:]))
+            return parts
+        text = template[pos:start]
+        inner_start = start + 2
+        if template.startswith("-", inner_start) and template[inner_start + 1:inner_start + 2].isspace():
+            text = text.rstrip()
+            inner_start += 2
+        if template.startswith("/*", inner_start):
+            end = template.find("*/", inner_start)
+            close = template.find("}}", end) if end >= 0 else -1
+            if close < 0:
+                raise TemplateError("unclosed comment")
+            parts.append(("text", text))
+            pos = close + 2
+            if template[end + 2:close].strip() == "-":
+                pos = len(template) - len(template[pos:].lstrip())
+            continue
+        end = template.find("}}", inner_start)
+        if end < 0:
+            raise TemplateError("unclosed action")
+        inner = template[inner_start:end]
+        pos = end + 2
+        if inner.endswith("-") and inner[-2:-1].isspace():
+            inner = inner[:-1]
+            pos = len(template) - len(template[pos:].lstrip())
+        parts.append(("text", text))
+        parts.append(("action", inner))
+
+
+# ----- nodes --------------------------------------------------------------
+
+@dataclass
+class _Term:
+    kind: str  # field | var | lit | dot | ident | paren
+    value: Any = None
+    chain: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Pipeline:
+    commands: list[list[_Term]]
+    decl: list[str] = field(default_factory=list)
+    assign: bool = False  # `=` rather than `:=`
+
+
+@dataclass
+class _Node:
+    kind: str  # text | action | if | range | with
+    text: str = ""
+    pipe: _Pipeline | None = None
+    body: list["_Node"] = field(default_factory=list)
+    orelse: list["_Node"] = field(default_factory=list)
+
+
+class _Parser:
+    def __init__(self, template: str) -> None:
+        self.parts = _split(template)
+        self.i = 0
+
+    def parse(self) -> list[_Node]:
+        nodes, stop = self._list()
+        if stop is not None:
+            raise TemplateError(f"unexpected {{{{{stop}}}}}")
+        return nodes
+
+    def _list(self) -> tuple[list[_Node], str | None]:
+        """Nodes up to a closing keyword (end / else ...), which is returned unconsumed as text."""
+        nodes: list[_Node] = []
+        while self.i < len(self.parts):
+            kind, text = self.parts[self.i]
+            self.i += 1
+            if kind == "text":
+                if text:
+                    nodes.append(_Node("text", text=text))
+                continue
+            toks = _lex_action(text)
+            if not toks:
+                raise TemplateError("missing value for command")
+            head = toks[0]
+            if head.kind == "ident" and head.text in ("end", "else"):
+                return nodes, text.strip()
+            if head.kind == "ident" and head.text in ("if", "range", "with"):
+                nodes.append(self._block(head.text, toks[1:]))
+            elif head.kind == "ident" and head.text in ("define", "template", "block", "break", "continue"):
+                raise TemplateError(f"{head.text} is not supported")
+            else:
+                nodes.append(_Node("action", pipe=self._pipeline(toks)))
+        return nodes, None
+
+    def _block(self, kind: str, toks: list[_Tok]) -> _Node:
+        node = _Node(kind, pipe=self._pipeline(toks, allow_decl=True))
+        node.body, stop = self._list()
+        if stop is None:
+            raise TemplateError(f"unexpected EOF in {kind}")
+        if stop.startswith("else"):
+            rest = stop[4:].strip()
+            if rest.startswith("if ") or rest.startswith("with "):  # else if / else with: a nested block
+                word, _, cond = rest.partition(" ")
+                node.orelse = [self._block(word, _lex_action(cond))]
+                return node
+            node.orelse, stop = self._list()
+            if stop != "end":
+                raise TemplateError(f"expected end; found {stop}")
+        elif stop != "end":
+            raise TemplateError(f"unexpected {stop}")
+        return node
+
+    def _pipeline(self, toks: list[_Tok], allow_decl: bool = True) -> _Pipeline:
+        pipe = _Pipeline([])
+        for n in (2, 1):  # `$k, $v :=` or `$x :=` / `$x =`
+            if len(toks) > 2 * n - 1 and all(toks[2 * j].kind == "var" for j in range(n)) and \
+                    all(toks[2 * j + 1].kind == "comma" for j in range(n - 1)) and \
+                    toks[2 * n - 1].kind in ("declare", "assign"):
+                pipe.decl = [toks[2 * j].text for j in range(n)]
+                pipe.assign = toks[2 * n - 1].kind == "assign"
+                toks = toks[2 * n:]
+                break
+        pos = 0
+        command: list[_Term] = []
+        while pos < len(toks):
+            tok = toks[pos]
+            if tok.kind == "pipe":
+                if not command:
+                    raise TemplateError("missing command before |")
+                pipe.commands.append(command)
+                command = []
+                pos += 1
+                continue
+            term, pos = self._term(toks, pos)
+            command.append(term)
+        if not command:
+            raise TemplateError("missing value for command")
+        pipe.commands.append(command)
+        return pipe
+
+    def _term(self, toks: list[_Tok], pos: int) -> tuple[_Term, int]:
+        tok = toks[pos]
+        pos += 1
+        if tok.kind == "lparen":
+            depth, end = 1, pos
+            while end < len(toks) and depth:
+                depth += {"lparen": 1, "rparen": -1}.get(toks[end].kind, 0)
+                end += 1
+            if depth:
+                raise TemplateError("unclosed left paren")
+            term = _Term("paren", self._pipeline(toks[pos:end - 1]))
+            pos = end
+        elif tok.kind == "field":
+            term = _Term("field", chain=tok.text.split(".")[1:])
+        elif tok.kind == "dot":
+            term = _Term("dot")
+        elif tok.kind == "var":
+            name, *chain = tok.text.split(".")
+            term = _Term("var", name, chain)
+        elif tok.kind == "string":
+            term = _Term("lit", json.loads(tok.text))
+        elif tok.kind == "raw":
+            term = _Term("lit", tok.text[1:-1])
+        elif tok.kind == "char":
+            term = _Term("lit", ord(json.loads('"' + tok.text[1:-1] + '"')))
+        elif tok.kind == "number":
+            text = tok.text
+            term = _Term("lit", int(text, 0) if re.fullmatch(r"[-+]?(0[xX][0-9a-fA-F]+|\d+)", text) else float(text))
+        elif tok.kind == "ident":
+            literal = {"true": True, "false": False, "nil": None}
+            term = _Term("lit", literal[tok.text]) if tok.text in literal else _Term("ident", tok.text)
+        else:
+            raise TemplateError(f"unexpected {tok.text!r} in operand")
+        while pos < len(toks) and toks[pos].kind == "field" and toks[pos].glued and term.kind == "paren":
+            term.chain += toks[pos].text.split(".")[1:]
+            pos += 1
+        return term, pos
+
+
+# ----- printing and truth (Go's rules) ------------------------------------
+
+def go_str(value: Any) -> str:
+    """`fmt.Sprint` for JSON-ish values."""
+    if value is MISSING:
+        return "<no value>"
+    if value is None:
+        return "<nil>"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e21 else repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + " ".join(go_str(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "map[" + " ".join(f"{k}:{go_str(value[k])}" for k in sorted(value)) + "]"
+    return str(value)
+
+
+def truth(value: Any) -> bool:
+    if value is MISSING or value is None:
+        return False
+    if isinstance(value, (bool, int, float, str, list, tuple, dict)):
+        return bool(value)
+    return True
+
+
+_STRUCT_KEY = re.compile(r"[A-Z][A-Za-z0-9_]*$")
+
+
+def to_json(value: Any) -> str:
+    """docker's `json` function: compact, no HTML escaping; context objects by their fields."""
+    return json.dumps(_go_order(value), separators=(",", ":"), ensure_ascii=False, default=_jsonable)
+
+
+def _go_order(value: Any) -> Any:
+    """Go marshals structs in field order but maps with sorted keys. Struct fields are
+    exported (capitalised) identifiers; anything else (labels, networks, ports) is a map."""
+    if isinstance(value, dict):
+        items = [(k, _go_order(v)) for k, v in value.items()]
+        if not all(_STRUCT_KEY.match(str(k)) for k in value):
+            items.sort(key=lambda kv: str(kv[0]))
+        return dict(items)
+    if isinstance(value, (list, tuple)):
+        return [_go_order(v) for v in value]
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    if value is MISSING:
+        return None
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+# ----- functions ------------------------------------------------------------
+
+def _index(item: Any, *keys: Any) -> Any:
+    for key in keys:
+        if isinstance(item, dict):
+            item = item.get(key, "")
+        elif isinstance(item, (list, tuple, str)):
+            if not isinstance(key, int) or not 0 <= key < len(item):
+                raise TemplateError(f"error calling index: index out of range: {key}")
+            item = item[key]
+        elif item is None or item is MISSING:
+            raise TemplateError("error calling index: index of untyped nil")
+        else:
+            raise TemplateError(f"error calling index: can't index item of type {type(item).__name__}")
+    return item
+
+
+def _len(item: Any) -> int:
+    try:
+        return len(item)
+    except TypeError:
+        raise TemplateError(f"error calling len: len of type {type(item).__name__}") from None
+
+
+def _sprint(*args: Any) -> str:
+    """Go's Sprint: a space between operands when neither side is a string."""
+    out = ""
+    for i, arg in enumerate(args):
+        if i and not isinstance(arg, str) and not isinstance(args[i - 1], str):
+            out += " "
+        out += go_str(arg)
+    return out
+
+
+def _printf(fmt: str, *args: Any) -> str:
+    """Go's Sprintf for the common verbs (%s %v %d %q %f %x, widths and `-`)."""
+    it = iter(args)
+
+    def verb(m: re.Match[str]) -> str:
+        flags, width, prec, v = m.group(1), m.group(2), m.group(3), m.group(4)
+        if v == "%":
+            return "%"
+        arg = next(it, MISSING)
+        if v in "vs":
+            text = go_str(arg)
+        elif v == "q":
+            text = json.dumps(go_str(arg), ensure_ascii=False)
+        elif v in "dxXoeEfgG":
+            text = ("%" + (prec or "") + v) % arg if isinstance(arg, (int, float)) else go_str(arg)
+        else:
+            text = go_str(arg)
+        return ("%" + flags + (width or "") + "s") % text
+
+    return re.sub(r"%([-+ 0#]*)(\d+)?(\.\d+)?([a-zA-Z%])", verb, fmt)
+
+
+def _compare(op: Callable[[Any, Any], bool]) -> Callable[..., bool]:
+    def compare(a: Any, b: Any) -> bool:
+        try:
+            return op(a, b)
+        except TypeError:
+            raise TemplateError("error calling comparison: incompatible types for comparison") from None
+
+    return compare
+
+
+def _and(*args: Any) -> Any:
+    for arg in args:
+        if not truth(arg):
+            return arg
+    return args[-1]
+
+
+def _or(*args: Any) -> Any:
+    for arg in args:
+        if truth(arg):
+            return arg
+    return args[-1]
+
+
+def _truncate(s: Any, n: int) -> str:
+    text = go_str(s)
+    return text[:n] if len(text) > n else text
+
+
+FUNCS: dict[str, Callable[..., Any]] = {
+    "json": to_json,
+    "join": lambda items, sep: sep.join(go_str(i) for i in (items or [])),
+    "split": lambda s, sep: go_str(s).split(sep),
+    "index": _index,
+    "len": _len,
+    "upper": lambda s: go_str(s).upper(),
+    "lower": lambda s: go_str(s).lower(),
+    "title": lambda s: re.sub(r"\b[a-z]", lambda m: m.group().upper(), go_str(s)),
+    "pad": lambda s, left, right: " " * left + go_str(s) + " " * right,
+    "truncate": _truncate,
+    "print": _sprint,
+    "printf": _printf,
+    "println": lambda *args: " ".join(go_str(a) for a in args) + "\n",
+    "eq": lambda a, *bs: any(a == b for b in bs),
+    "ne": lambda a, b: a != b,
+    "lt": _compare(lambda a, b: a < b),
+    "le": _compare(lambda a, b: a <= b),
+    "gt": _compare(lambda a, b: a > b),
+    "ge": _compare(lambda a, b: a >= b),
+    "and": _and,
+    "or": _or,
+    "not": lambda a: not truth(a),
+}
+
+
+# ----- execution ------------------------------------------------------------
+
+def _field(value: Any, name: str, args: list[Any]) -> Any:
+    if isinstance(value, dict):
+        if args:
+            raise TemplateError(f"{name} is not a method but has arguments")
+        return value.get(name, MISSING)
+    if value is None or value is MISSING:
+        raise TemplateError(f"nil pointer evaluating interface {{}}.{name}")
+    if isinstance(value, (str, int, float, bool, list, tuple)) or name.startswith("_") or not hasattr(value, name):
+        raise TemplateError(f"can't evaluate field {name} in type {_type_name(value)}")
+    attr = getattr(value, name)
+    if callable(attr):
+        return attr(*args)
+    if args:
+        raise TemplateError(f"{name} is not a method but has arguments")
+    return attr
+
+
+def _type_name(value: Any) -> str:
+    return {str: "string", int: "int", float: "float64", bool: "bool", list: "[]interface {}"}.get(
+        type(value), type(value).__name__)
+
+
+class Template:
+    """A parsed template; `execute(data)` returns the rendered text."""
+
+    def __init__(self, source: str, funcs: dict[str, Callable[..., Any]] | None = None) -> None:
+        self.source = source
+        self.funcs = {**FUNCS, **(funcs or {})}
+        try:
+            self.nodes = _Parser(source).parse()
+        except TemplateError as exc:
+            raise TemplateError(f"template parsing error: template: :1: {exc}") from None
+        self._check_funcs(self.nodes)
+
+    def _check_funcs(self, nodes: list[_Node]) -> None:
+        def terms(pipe: _Pipeline) -> list[_Term]:
+            out = [t for cmd in pipe.commands for t in cmd]
+            return out + [t for p in out if p.kind == "paren" for t in terms(p.value)]
+
+        for node in nodes:
+            if node.pipe is not None:
+                for term in terms(node.pipe):
+                    if term.kind == "ident" and term.value not in self.funcs:
+                        raise TemplateError(f'template parsing error: template: :1: function "{term.value}" not defined')
+            self._check_funcs(node.body)
+            self._check_funcs(node.orelse)
+
+    def execute(self, data: Any) -> str:
+        out: list[str] = []
+        try:
+            self._run(self.nodes, data, [{"$": data}], out)
+        except TemplateError as exc:
+            raise TemplateError(f"template: :1: executing \"\": {exc}") from None
+        return "".join(out)
+
+    def _run(self, nodes: list[_Node], dot: Any, scopes: list[dict[str, Any]], out: list[str]) -> None:
+        for node in nodes:
+            if node.kind == "text":
+                out.append(node.text)
+            elif node.kind == "action":
+                value = self._pipeline(node.pipe, dot, scopes)  # type: ignore[arg-type]
+                if not node.pipe.decl:  # type: ignore[union-attr]
+                    out.append(go_str(value))
+            elif node.kind == "if":
+                inner = [{}, *scopes]
+                branch = node.body if truth(self._pipeline(node.pipe, dot, inner)) else node.orelse  # type: ignore[arg-type]
+                self._run(branch, dot, inner, out)
+            elif node.kind == "with":
+                inner = [{}, *scopes]
+                value = self._pipeline(node.pipe, dot, inner)  # type: ignore[arg-type]
+                if truth(value):
+                    self._run(node.body, value, inner, out)
+                else:
+                    self._run(node.orelse, dot, inner, out)
+            elif node.kind == "range":
+                self._range(node, dot, scopes, out)
+
+    def _range(self, node: _Node, dot: Any, scopes: list[dict[str, Any]], out: list[str]) -> None:
+        pipe = node.pipe
+        assert pipe is not None
+        value = self._pipeline(_Pipeline(pipe.commands), dot, scopes)
+        if isinstance(value, dict):
+            items = [(k, value[k]) for k in sorted(value)]
+        elif isinstance(value, (list, tuple)):
+            items = list(enumerate(value))
+        elif isinstance(value, int) and not isinstance(value, bool):
+            items = [(i, i) for i in range(value)]
+        elif value is None or value is MISSING:
+            items = []
+        else:
+            raise TemplateError(f"range can't iterate over {go_str(value)}")
+        if not items:
+            self._run(node.orelse, dot, scopes, out)
+        for key, elem in items:
+            scope: dict[str, Any] = {}
+            if len(pipe.decl) == 2:
+                scope[pipe.decl[0]], scope[pipe.decl[1]] = key, elem
+            elif pipe.decl:
+                scope[pipe.decl[0]] = elem
+            self._run(node.body, elem, [scope, *scopes], out)
+
+    def _pipeline(self, pipe: _Pipeline, dot: Any, scopes: list[dict[str, Any]]) -> Any:
+        value: Any = MISSING
+        for i, command in enumerate(pipe.commands):
+            value = self._command(command, dot, scopes, [] if i == 0 else [value])
+        if pipe.decl:
+            name = pipe.decl[-1]
+            if pipe.assign:
+                for scope in scopes:
+                    if name in scope:
+                        scope[name] = value
+                        break
+                else:
+                    raise TemplateError(f"undefined variable: {name}")
+            else:
+                scopes[0][name] = value
+        return value
+
+    def _command(self, command: list[_Term], dot: Any, scopes: list[dict[str, Any]], piped: list[Any]) -> Any:
+        head, rest = command[0], command[1:]
+        if head.kind == "ident":
+            args = [self._term(t, dot, scopes) for t in rest] + piped
+            try:
+                return self.funcs[head.value](*args)
+            except TemplateError:
+                raise
+            except TypeError as exc:
+                raise TemplateError(f"wrong number of args for {head.value}: {exc}") from None
+        if head.kind in ("field", "var") and (rest or piped) and head.chain:
+            args = [self._term(t, dot, scopes) for t in rest] + piped  # a method call: `.Label "k"`
+            return self._term(head, dot, scopes, args)
+        if rest or piped:
+            raise TemplateError(f"can't give argument to non-function {self._describe(head)}")
+        return self._term(head, dot, scopes)
+
+    def _term(self, term: _Term, dot: Any, scopes: list[dict[str, Any]], args: list[Any] | None = None) -> Any:
+        if term.kind == "lit":
+            return term.value
+        if term.kind == "ident":
+            return self.funcs[term.value]()
+        if term.kind == "dot":
+            value = dot
+        elif term.kind == "field":
+            value = dot
+        elif term.kind == "var":
+            for scope in scopes:
+                if term.value in scope:
+                    value = scope[term.value]
+                    break
+            else:
+                raise TemplateError(f"undefined variable: {term.value}")
+        else:
+            value = self._pipeline(term.value, dot, scopes)
+        for i, name in enumerate(term.chain):
+            last = i == len(term.chain) - 1
+            value = _field(value, name, (args or []) if last else [])
+        return value
+
+    @staticmethod
+    def _describe(term: _Term) -> str:
+        return {"dot": ".", "lit": go_str(term.value)}.get(term.kind, "." + ".".join(term.chain))
+
+
+def render(source: str, data: Any, funcs: dict[str, Callable[..., Any]] | None = None) -> str:
+    return Template(source, funcs).execute(data)

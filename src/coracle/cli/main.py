@@ -1,0 +1,201 @@
+"""`coracle`: docker's verbs over the Engine API.
+
+Start-up cost matters (`coracle ps` in a loop): only the chosen verb's module
+is imported and only its parser is built; the HTTP client loads on first use.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable, NoReturn
+
+# verb -> "module:function"; modules live in coracle.cli.commands
+_CONTAINER = {
+    "run": "containers:run", "create": "containers:create", "start": "containers:start",
+    "stop": "containers:stop", "kill": "containers:kill", "restart": "containers:restart",
+    "rm": "containers:rm", "pause": "containers:pause", "unpause": "containers:unpause",
+    "wait": "containers:wait", "rename": "containers:rename", "logs": "containers:logs",
+    "top": "containers:top", "ps": "containers:ps", "port": "containers:port", "stats": "containers:stats",
+    "cp": "containers:cp", "update": "containers:update", "attach": "containers:attach", "exec": "containers:exec_",
+    "commit": "images:commit", "prune": "containers:prune",
+}
+_IMAGE = {
+    "ls": "images:images", "rm": "images:rmi", "prune": "images:prune", "history": "images:history",
+    "tag": "images:tag", "import": "images:import_", "load": "images:load", "save": "images:save",
+    "pull": "images:pull", "push": "images:push",
+}
+_NETWORK = {
+    "create": "networks:create", "ls": "networks:ls", "inspect": "networks:inspect", "rm": "networks:rm",
+    "prune": "networks:prune", "connect": "networks:connect", "disconnect": "networks:disconnect",
+}
+_SYSTEM = {"df": "system:df", "prune": "system:prune", "check": "system:check", "info": "system:info",
+           "events": "system:events"}
+_ALIASES = {"list": "ls", "remove": "rm", "ps": "ls"}
+
+GROUPS: dict[str, dict[str, str]] = {
+    "container": {**_CONTAINER, "ls": "containers:ps", "inspect": "containers:inspect"},
+    "image": {**_IMAGE, "inspect": "images:inspect"},
+    "network": _NETWORK,
+    "system": _SYSTEM,
+}
+TOP: dict[str, str] = {
+    **{k: v for k, v in _CONTAINER.items() if k != "prune"},
+    "images": "images:images", "rmi": "images:rmi", "tag": "images:tag", "pull": "images:pull",
+    "push": "images:push", "import": "images:import_", "load": "images:load", "save": "images:save",
+    "history": "images:history", "login": "images:login", "logout": "images:logout",
+    "inspect": "system:inspect", "version": "system:version", "info": "system:info", "events": "system:events",
+}
+
+USAGE = """Usage:  coracle [OPTIONS] COMMAND
+
+A fast client for the Docker Engine API (coracled, or any daemon speaking it)
+
+Options:
+  -H, --host string   Daemon socket to connect to (env CORACLE_HOST, default unix:///run/coracle/coracle.sock)
+  -v, --version       Print version information and quit
+
+Management Commands:
+  container   Manage containers
+  image       Manage images
+  network     Manage networks
+  system      Manage coracle (df, prune, check, info, events)
+
+Commands:
+  attach  commit  cp  create  events  exec  history  images  import  info  inspect  kill
+  load  login  logout  logs  pause  port  ps  pull  push  rename  restart  rm  rmi  run
+  save  start  stats  stop  tag  top  unpause  update  version  wait
+
+Run 'coracle COMMAND --help' for more information on a command.
+"""
+
+
+class Cli:
+    """What every command gets: the daemon address, a lazily created client, and output helpers."""
+
+    def __init__(self, host: str | None) -> None:
+        self.host = host
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from coracle.cli.client import Client
+
+            self._client = Client(self.host)
+        return self._client
+
+    @staticmethod
+    def out(text: str) -> None:
+        sys.stdout.write(text)
+
+    @staticmethod
+    def err(text: str) -> None:
+        sys.stderr.write(text if text.endswith("\n") else text + "\n")
+
+
+def _resolve(argv: list[str]) -> tuple[str, str, list[str]] | None:
+    """(command name for messages, "module:function", remaining args) or None for unknown."""
+    if not argv:
+        return None
+    verb, rest = argv[0], argv[1:]
+    if verb in GROUPS:
+        if not rest or rest[0] in ("-h", "--help"):
+            return verb, "", rest
+        sub = _ALIASES.get(rest[0], rest[0])
+        target = GROUPS[verb].get(sub)
+        return (f"{verb} {rest[0]}", target, rest[1:]) if target else None
+    target = TOP.get(verb)
+    return (verb, target, rest) if target else None
+
+
+def _group_help(group: str) -> str:
+    names = "\n".join(f"  {name}" for name in sorted(GROUPS[group]))
+    return f"\nUsage:  coracle {group} COMMAND\n\nCommands:\n{names}\n\nRun 'coracle {group} COMMAND --help' for more information on a command.\n"
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    sys.exit(run(sys.argv[1:] if argv is None else argv))
+
+
+def run(argv: list[str]) -> int:
+    host = None
+    while argv and argv[0].startswith("-"):
+        flag = argv.pop(0)
+        if flag in ("-H", "--host") and argv:
+            host = argv.pop(0)
+        elif flag.startswith("--host="):
+            host = flag.split("=", 1)[1]
+        elif flag in ("-h", "--help"):
+            sys.stdout.write(USAGE)
+            return 0
+        elif flag in ("-v", "--version"):
+            from coracle import __version__
+
+            sys.stdout.write(f"coracle version {__version__}\n")
+            return 0
+        elif flag in ("-D", "--debug"):
+            continue
+        else:
+            sys.stderr.write(f"unknown flag: {flag}\nSee 'coracle --help'.\n")
+            return 125
+    resolved = _resolve(argv)
+    if resolved is None:
+        if not argv:
+            sys.stdout.write(USAGE)
+            return 0
+        sys.stderr.write(f"coracle: '{' '.join(argv[:2]) if argv[0] in GROUPS else argv[0]}' is not a coracle command.\n"
+                         "See 'coracle --help'\n")
+        return 1
+    name, target, rest = resolved
+    if not target:
+        sys.stdout.write(_group_help(name))
+        return 0
+    module_name, func_name = target.split(":")
+    import importlib
+
+    module = importlib.import_module(f"coracle.cli.commands.{module_name}")
+    command: Callable[[Cli, str, list[str]], int] = getattr(module, func_name)
+    cli = Cli(host)
+    return guarded(command, cli, name, rest)
+
+
+def guarded(command: Callable[[Cli, str, list[str]], int], cli: Cli, name: str, args: list[str]) -> int:
+    """Run a command and turn every failure into docker's one-line message and exit status."""
+    from coracle.cli.client import ApiError, DaemonUnreachable
+    from coracle.cli.commands import CommandError
+    from coracle.cli.gotemplate import TemplateError
+    from coracle.cli.runconfig import UsageError
+
+    try:
+        return command(cli, name, args)
+    except UsageError as exc:
+        cli.err(f"coracle: {exc}\nSee 'coracle {name} --help'.")
+        return 125
+    except ApiError as exc:
+        cli.err(f"Error response from daemon: {exc.message}")
+        return 1
+    except DaemonUnreachable as exc:
+        cli.err(str(exc))
+        return 1
+    except CommandError as exc:
+        cli.err(str(exc))
+        return exc.code
+    except TemplateError as exc:
+        cli.err(str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        try:  # the reader went away (`coracle ps | head`): quietly, like docker
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        return 0
+    finally:
+        if cli._client is not None:
+            cli._client.close()
+
+
+if __name__ == "__main__":
+    main()
