@@ -142,7 +142,13 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
     async def create(req: Request) -> Response:
         body = create_body(req.json())
         name = req.q("name")
-        result = await thread(engine.create, body, name or None)
+        try:
+            result = await thread(engine.create, body, name or None)
+        except NotFound as exc:
+            # The CLI answers any 404 from create with a pull and a retry: only a missing
+            # image may say 404 here; a missing network or donor container is a bad parameter.
+            await thread(engine.images.resolve, body.get("Image") or "")
+            raise InvalidParameter(str(exc)) from None
         return Response.json(result, status=201)
 
     async def inspect(req: Request, id: str) -> Response:
