@@ -36,6 +36,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--default-address-pool", action="append", default=[],
                    help="base=CIDR,size=N; pools for new networks (repeatable)")
     p.add_argument("--no-new-privileges", action="store_true", help="set no_new_privs for every container")
+    p.add_argument("--firewall", default="nftables", choices=["nftables", "none"],
+                   help="firewall backend for NAT and published ports (none: plumbing only)")
+    p.add_argument("--insecure-registry", action="append", default=[],
+                   help="registry reached over plain http (loopback registries always are)")
     p.add_argument("--group", default="", help="group owning the API socket (default root only)")
     p.add_argument("--version", action="version", version=f"coracled {__version__}")
     return p.parse_args(argv)
@@ -90,9 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     store = Store(os.path.join(args.data_root, "state.db"))
     events = EventBus()
-    images = ImageStore(os.path.join(args.data_root, "images"), store)
+    images = ImageStore(os.path.join(args.data_root, "images"), store, insecure_registries=args.insecure_registry)
     network = NetworkManager(store, args.exec_root, bridge_name=args.bridge_name, bip=args.bip,
-                             default_pools=_pools(args.default_address_pool) or None)
+                             default_pools=_pools(args.default_address_pool) or None, firewall=args.firewall)
     monitor = MonitorClient(args.exec_root)
     monitor_pid = monitor.ensure_running()
     engine = Engine(store=store, images=images, network=network, monitor=monitor, events=events,
