@@ -48,9 +48,10 @@ ip -n $LANNS link set demo-lan up
 ip -n $HOSTNS route add default via 192.0.2.2
 
 step "start coracled"
-ip netns exec $HOSTNS $PY -m coracle.daemon --data-root $ROOT/data --exec-root $ROOT/exec \
+nsenter --net=/run/netns/$HOSTNS $PY -m coracle.daemon --data-root $ROOT/data --exec-root $ROOT/exec \
     -H "unix://$SOCK" --cgroup-parent coracle-demo --pidfile $ROOT/coracled.pid >$ROOT/coracled.log 2>&1 &
 for _ in $(seq 100); do coracle version >/dev/null 2>&1 && break; sleep 0.1; done
+coracle version >/dev/null || { cat $ROOT/coracled.log; exit 1; }
 show coracle version
 
 step "none: own network namespace, only loopback"
@@ -75,7 +76,7 @@ step "user-defined network: containers find each other by name"
 show coracle network create demo-net
 show coracle run -d --name db --network demo-net busybox sh -c 'echo "db answers" > /index.html; httpd -f -p 80 -h /'
 sleep 0.3
-show coracle run --rm --network demo-net busybox sh -c 'nslookup db 2>/dev/null | tail -2; wget -q -O - http://db/'
+show coracle run --rm --network demo-net busybox sh -c 'ping -c1 -W1 db | head -1; wget -q -O - http://db/'
 
 step "limits: 64 MiB memory, 10 processes"
 show coracle run --rm --memory 64m --pids-limit 10 busybox sh -c 'cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || true; for i in $(seq 20); do sleep 5 & done 2>&1 | tail -1; echo "forks were capped"'
