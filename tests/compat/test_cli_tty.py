@@ -1,0 +1,107 @@
+"""Interactive use of the docker CLI on a real pseudo-terminal: run -it, attach, exec -it.
+
+The CLI puts its terminal in raw mode and hijacks the API connection; these
+tests type at that terminal like a user and read what the screen shows.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from compat_helpers import Docker, Terminal
+from harness import Daemon, unique
+
+
+def test_run_it_shell_answers_and_exits_with_its_code(daemon: Daemon) -> None:
+    term = Terminal(daemon, "run", "-it", "--rm", "busybox", "sh", rows=31, cols=97)
+    try:
+        term.read_until(b"# ")
+        term.type(b"stty size; echo $((6*7))\r")
+        term.read_until(b"42")
+        assert b"31 97" in term.output  # the window size reached the container's TTY
+        term.type(b"exit 5\r")
+        assert term.wait() == 5
+    finally:
+        term.close()
+
+
+def test_tty_resize_reaches_the_container(daemon: Daemon) -> None:
+    term = Terminal(daemon, "run", "-it", "--rm", "busybox", "sh", rows=24, cols=80)
+    try:
+        term.read_until(b"# ")
+        deadline = time.monotonic() + 10
+        while b"40 120" not in term.output:
+            assert time.monotonic() < deadline, term.output[-500:]
+            term.resize(40, 120)  # again until seen: the CLI watches SIGWINCH only once started
+            term.type(b"stty size\r")
+            term.read_until(b"# ")
+            time.sleep(0.1)
+        term.type(b"exit\r")
+        assert term.wait() == 0
+    finally:
+        term.close()
+
+
+def test_ctrl_c_reaches_the_process_in_the_tty(daemon: Daemon) -> None:
+    term = Terminal(daemon, "run", "-it", "--rm", "busybox", "sh")
+    try:
+        term.read_until(b"# ")
+        term.type(b"sleep 30; echo after-sleep-$((1+1))\r")
+        time.sleep(0.5)
+        term.type(b"\x03")  # ctrl-c: the TTY's line discipline interrupts the command line
+        term.type(b"echo alive-$((2+2))\r")
+        term.read_until(b"alive-4", timeout=15)  # long before sleep 30 could have ended
+        assert b"after-sleep-2" not in term.output  # interrupted, as at any shell
+        term.type(b"exit\r")
+        assert term.wait() == 0
+    finally:
+        term.close()
+
+
+def test_attach_and_detach_keys(daemon: Daemon, docker: Docker) -> None:
+    name = unique("at")
+    docker("run", "-dit", "--name", name, "busybox", "sh")
+    term = Terminal(daemon, "attach", name)
+    try:
+        term.type(b"\r")
+        term.read_until(b"# ")
+        term.type(b"echo attached-$((3*3))\r")
+        term.read_until(b"attached-9")
+        term.type(b"\x10\x11")  # ctrl-p ctrl-q: detach, the container goes on
+        term.wait()
+    finally:
+        term.close()
+    assert json.loads(docker("inspect", name).stdout)[0]["State"]["Running"]
+    term = Terminal(daemon, "attach", "--detach-keys", "ctrl-x", name)
+    try:
+        term.type(b"echo again-$((4*4))\r")
+        term.read_until(b"again-16")
+        term.type(b"\x18")
+        term.wait()
+    finally:
+        term.close()
+    assert json.loads(docker("inspect", name).stdout)[0]["State"]["Running"]
+
+
+def test_exec_it(daemon: Daemon, docker: Docker) -> None:
+    name = unique("ei")
+    docker("run", "-d", "--name", name, "busybox", "sleep", "60")
+    term = Terminal(daemon, "exec", "-it", "-e", "WHO=tester", name, "sh", rows=33, cols=111)
+    try:
+        term.read_until(b"# ")
+        term.type(b"echo $WHO; stty size; exit 6\r")
+        assert term.wait() == 6
+        assert b"tester" in term.output and b"33 111" in term.output
+    finally:
+        term.close()
+
+
+def test_run_it_with_piped_program_exit(daemon: Daemon) -> None:
+    """A TTY container whose command ends by itself: docker returns when the output ends."""
+    term = Terminal(daemon, "run", "-it", "--rm", "busybox", "sh", "-c", "echo tty-$((5+5)); exit 9")
+    try:
+        assert term.wait() == 9
+        assert b"tty-10\r\n" in term.output  # ONLCR: the container's TTY turned \n into \r\n
+    finally:
+        term.close()
