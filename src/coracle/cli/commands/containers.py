@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -357,7 +358,7 @@ def top(cli: Cli, name: str, args: list[str]) -> int:
 
     p = parser(name, "CONTAINER [ps OPTIONS]", "Display the running processes of a container")
     p.add_argument("container")
-    p.add_argument("ps_args", nargs="*")
+    p.add_argument("ps_args", nargs=argparse.REMAINDER)
     opts = p.parse_args(args)
     result = cli.client.get(_path(opts.container, "/top"), {"ps_args": " ".join(opts.ps_args) or None})
     lines = ["\t".join(result.get("Titles") or [])]
@@ -437,8 +438,10 @@ def exec_(cli: Cli, name: str, args: list[str]) -> int:
     p.add_argument("--privileged", action="store_true", help="give extended privileges to the command")
     p.add_argument("--detach-keys", help="override the key sequence for detaching a container")
     p.add_argument("container")
-    p.add_argument("command", nargs="+")
+    p.add_argument("command", nargs=argparse.REMAINDER)
     opts = p.parse_args(args)
+    if not opts.command:
+        raise UsageError("requires at least 2 arguments")
     if opts.interactive and opts.tty and not opts.detach and not stdin_is_tty():
         raise CommandError("the input device is not a TTY", 1)
     console = terminal_size() if opts.tty else None

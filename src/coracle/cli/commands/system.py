@@ -289,3 +289,7 @@ def check(cli: Cli, name: str, args: list[str]) -> int:
     else:
         cli.out("".join(line + "\n" for line in lines) + f"{len(lines)} inconsistencies {verb}.\n")
     return 0
+
+
+def inspect(cli: Cli, name: str, args: list[str]) -> int:
+    return inspect_objects(cli, name, args)
