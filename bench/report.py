@@ -31,8 +31,8 @@ def _num(v: object) -> float | None:
 def _fmt(v: float | None, unit: str = "", digits: int = 3) -> str:
     if v is None:
         return "-"
-    if not unit and abs(v) >= 1000:
-        return f"{v:,.0f}"
+    if unit != "s" and abs(v) >= 1000:
+        return f"{v:,.0f}{unit}"
     if unit == "s":
         return f"{v * 1000:.0f} ms" if v < 10 else f"{v:.1f} s"
     return f"{v:.{digits}g}{unit}"
