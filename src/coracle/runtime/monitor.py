@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
-from coracle.runtime import init, syscalls
+from coracle.runtime import init, security, syscalls
 from coracle.runtime.spec import Spec
 
 MAX_PACKET = 1 << 20
@@ -274,6 +274,10 @@ class Monitor:
             proc.outputs[out_r] = "stdout"
             proc.outputs[e_r] = "stderr"
         fds = init.ChildFds(sync_r, ready_w, err_w, stdin, stdout, stderr)
+        try:
+            security.precompile(spec.process)
+        except (OSError, ValueError):
+            pass  # the child compiles (and reports the error) itself
         pid = os.fork()
         if pid == 0:
             init.run_child(spec, fds)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 from typing import Any
 
@@ -35,6 +36,18 @@ if _lib is not None:
     _lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
     _lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
                                             ctypes.c_void_p]
+    _lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+
+_SYS_seccomp = 317  # x86_64
+_SECCOMP_SET_MODE_FILTER = 1
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+_compiled: dict[tuple[str, tuple[str, ...], bool], bytes] = {}
+_COMPILED_MAX = 32
 
 
 class _ArgCmp(ctypes.Structure):
@@ -145,13 +158,35 @@ def check(profile: dict[str, Any]) -> None:
 
 
 def load(profile: dict[str, Any], capabilities: list[str], no_new_privs: bool) -> None:
-    """Compile `profile` for this process and install it; from here on it binds every descendant.
+    """Install the filter for `profile`; from here on it binds every descendant.
 
     Without `no_new_privs` the kernel only accepts a filter from a process
-    holding CAP_SYS_ADMIN, so the caller must load it before giving up root.
+    holding CAP_SYS_ADMIN, so the caller must load it before giving up root
+    (and with it, the caller has already set no_new_privs itself).
+    """
+    program = compile_bpf(profile, capabilities, no_new_privs)
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.addressof(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(ctypes.c_long(_SYS_seccomp), ctypes.c_uint(_SECCOMP_SET_MODE_FILTER), ctypes.c_uint(0),
+                    ctypes.byref(fprog)) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"seccomp: cannot install the filter: {os.strerror(err)}")
+
+
+def compile_bpf(profile: dict[str, Any], capabilities: list[str], no_new_privs: bool) -> bytes:
+    """The BPF program for a profile and capability set, compiled once per distinct pair.
+
+    Compiling a Docker-sized profile with libseccomp takes tens of milliseconds;
+    the monitor compiles before it forks (see precompile in security.py), so
+    every container with the same profile inherits the program ready-made.
     """
     if _lib is None:
         raise OSError(errno.ENOSYS, "a seccomp profile is set but libseccomp.so.2 is not installed")
+    key = (json.dumps(profile, sort_keys=True), tuple(sorted(capabilities)), no_new_privs)
+    cached = _compiled.get(key)
+    if cached is not None:
+        return cached
     check(profile)
     default = _action(profile["defaultAction"], profile.get("defaultErrnoRet"))
     ctx = _lib.seccomp_init(default)
@@ -183,9 +218,18 @@ def load(profile: dict[str, Any], capabilities: list[str], no_new_privs: bool) -
                     array = (_ArgCmp * len(rule))(*rule) if rule else None
                     _check(_lib.seccomp_rule_add_array(ctx, action, number, len(rule), array),
                            f"seccomp rule for {name}")
-        _check(_lib.seccomp_load(ctx), "seccomp_load")
+        fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
+        try:
+            _check(_lib.seccomp_export_bpf(ctx, fd), "seccomp_export_bpf")
+            program = os.pread(fd, os.fstat(fd).st_size, 0)
+        finally:
+            os.close(fd)
     finally:
         _lib.seccomp_release(ctx)
+    if len(_compiled) >= _COMPILED_MAX:
+        _compiled.pop(next(iter(_compiled)))
+    _compiled[key] = program
+    return program
 
 
 def _profile_arches(profile: dict[str, Any], native: str) -> set[str]:

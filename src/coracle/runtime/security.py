@@ -42,8 +42,17 @@ def _set_rlimits(rlimits: list[dict]) -> None:
 def _seccomp(proc: Process) -> None:
     if proc.seccomp is None:
         return
-    held = proc.capabilities if proc.capabilities is not None else capabilities.bounding()
-    seccomp.load(proc.seccomp, held, proc.no_new_privileges)
+    seccomp.load(proc.seccomp, _held(proc), proc.no_new_privileges)
+
+
+def _held(proc: Process) -> list[str]:
+    return proc.capabilities if proc.capabilities is not None else capabilities.bounding()
+
+
+def precompile(proc: Process) -> None:
+    """In the monitor, before it forks: compile the filter so the child inherits it ready-made."""
+    if proc.seccomp is not None:
+        seccomp.compile_bpf(proc.seccomp, _held(proc), proc.no_new_privileges)
 
 
 def prepare(proc: Process) -> None:
