@@ -23,8 +23,8 @@ class Config:
     ports_repeat: int = 2
     scale: int = 1000              # containers on one network, each publishing a port
     datapath_repeat: int = 3
-    iperf_seconds: float = 5
-    connect_seconds: float = 3
+    iperf_seconds: float = 3
+    connect_seconds: float = 2
     dns_queries: int = 2000
     dns_seconds: float = 3
     cli_repeat: int = 10
