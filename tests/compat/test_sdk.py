@@ -1,0 +1,125 @@
+"""The docker Python SDK (7.x) against coracled: the calls scripts use most."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from typing import Iterator
+
+import docker
+import pytest
+
+from harness import Daemon, unique
+
+
+@pytest.fixture
+def client(daemon: Daemon) -> Iterator[docker.DockerClient]:
+    c = daemon.sdk()
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def test_ping_version_negotiation(daemon: Daemon) -> None:
+    for version in ("1.24", "1.41", "1.45", "auto"):
+        c = docker.DockerClient(base_url=daemon.host, version=version, timeout=30)
+        try:
+            assert c.ping() is True
+            assert c.version()["Os"] == "linux"
+            assert c.containers.list(all=True) is not None
+        finally:
+            c.close()
+
+
+def test_containers_run_attached_and_detached(client: docker.DockerClient) -> None:
+    out = client.containers.run("busybox", ["sh", "-c", "echo out; echo err >&2"], remove=True,
+                                stdout=True, stderr=True)
+    assert sorted(out.decode().split()) == ["err", "out"]
+    with pytest.raises(docker.errors.ContainerError) as failed:
+        client.containers.run("busybox", ["sh", "-c", "echo boom >&2; exit 3"], remove=True)
+    assert failed.value.exit_status == 3 and b"boom" in failed.value.stderr
+    ctr = client.containers.run("busybox", ["sh", "-c", "for i in 1 2 3; do echo l$i; sleep 0.1; done"],
+                                detach=True, name=unique("sd"))
+    assert list(ctr.logs(stream=True, follow=True)) == [b"l1\n", b"l2\n", b"l3\n"]
+    assert ctr.wait(timeout=20)["StatusCode"] == 0
+    ctr.reload()
+    assert ctr.status == "exited"
+    ctr.remove()
+
+
+def test_exec_run_stream_and_demux(client: docker.DockerClient) -> None:
+    ctr = client.containers.run("busybox", "sleep 60", detach=True, name=unique("se"))
+    code, (out, err) = ctr.exec_run(["sh", "-c", "echo o; echo e >&2; exit 2"], demux=True)
+    assert (code, out, err) == (2, b"o\n", b"e\n")
+    result = ctr.exec_run(["sh", "-c", "echo o1; sleep 0.1; echo e1 >&2; sleep 0.1; echo o2"], stream=True, demux=True)
+    chunks = list(result.output)
+    assert b"".join(o for o, _ in chunks if o) == b"o1\no2\n"
+    assert b"".join(e for _, e in chunks if e) == b"e1\n"
+    code, out = ctr.exec_run("sh -c 'echo $A $(id -u) $(pwd)'", environment={"A": "b"}, user="nobody", workdir="/tmp")
+    assert (code, out) == (0, b"b 65534 /tmp\n")
+    exec_id = client.api.exec_create(ctr.id, ["sh", "-c", "exit 9"])["Id"]
+    client.api.exec_start(exec_id)
+    assert client.api.exec_inspect(exec_id)["ExitCode"] == 9
+
+
+def test_inspect_list_filters(client: docker.DockerClient) -> None:
+    tag = unique("lb")
+    a = client.containers.run("busybox", "sleep 60", detach=True, labels={"suite": tag, "role": "a"}, name=unique("la"))
+    b = client.containers.run("busybox", "true", detach=True, labels={"suite": tag, "role": "b"}, name=unique("lb"))
+    b.wait()
+    info = client.api.inspect_container(a.id)
+    assert info["State"]["Running"] and info["State"]["Pid"] > 0 and info["Config"]["Labels"]["role"] == "a"
+    assert [c.id for c in client.containers.list(filters={"label": f"suite={tag}"})] == [a.id]
+    assert {c.id for c in client.containers.list(all=True, filters={"label": f"suite={tag}"})} == {a.id, b.id}
+    assert [c.id for c in client.containers.list(all=True, filters={"label": [f"suite={tag}", "role=b"]})] == [b.id]
+    assert [c.id for c in client.containers.list(all=True, filters={"status": "exited", "label": f"suite={tag}"})] == [b.id]
+    assert [c.id for c in client.containers.list(filters={"name": a.name})] == [a.id]
+    with pytest.raises(docker.errors.NotFound):
+        client.containers.get("no-such-" + tag)
+    with pytest.raises(docker.errors.APIError) as bad:
+        client.containers.list(filters={"no-such-filter": "x"})
+    assert bad.value.status_code == 400
+
+
+def test_networks_create_connect(client: docker.DockerClient) -> None:
+    net = client.networks.create(unique("sn"), driver="bridge", labels={"k": "v"})
+    ctr = client.containers.run("busybox", "sleep 60", detach=True, name=unique("sc"))
+    try:
+        net.connect(ctr, aliases=["svc-alias"])
+        ctr.reload()
+        assert set(ctr.attrs["NetworkSettings"]["Networks"]) == {"bridge", net.name}
+        net.reload()
+        assert ctr.id in net.attrs["Containers"]
+        peer = client.containers.run("busybox", "sleep 60", detach=True, network=net.name, name=unique("sp"))
+        code, out = peer.exec_run(["ping", "-c", "1", "-W", "2", "svc-alias"])
+        assert code == 0, out
+        net.disconnect(ctr)
+        ctr.reload()
+        assert set(ctr.attrs["NetworkSettings"]["Networks"]) == {"bridge"}
+        peer.remove(force=True)
+    finally:
+        ctr.remove(force=True)
+        net.remove()
+
+
+def test_images_load_save_and_archive(client: docker.DockerClient) -> None:
+    image = client.images.get("busybox")
+    data = b"".join(image.save(named=True))
+    repo = unique("ld")
+    image.tag(repo, "x")
+    loaded = client.images.load(data)
+    assert [i.id for i in loaded] == [image.id]
+    assert f"{repo}:x" in client.images.get(f"{repo}:x").tags
+    client.images.remove(f"{repo}:x")
+    ctr = client.containers.run("busybox", "sleep 60", detach=True, name=unique("sa"))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("from-sdk.txt")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"hello"))
+    assert ctr.put_archive("/tmp", buf.getvalue())
+    stream, stat = ctr.get_archive("/tmp/from-sdk.txt")
+    assert stat["name"] == "from-sdk.txt" and stat["size"] == 5
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        assert tar.extractfile("from-sdk.txt").read() == b"hello"  # type: ignore[union-attr]
