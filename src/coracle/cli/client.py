@@ -1,4 +1,9 @@
-"""A small Engine API client over the daemon's Unix socket (or tcp://), standard library only.
+"""A small Engine API client over the daemon's Unix socket (or tcp://): sockets and a bit of HTTP/1.1.
+
+Why not http.client: importing it drags in ssl and the email package, about
+half of the command's start-up time, for features the Engine API never uses.
+What is here is what the API needs: Content-Length and chunked bodies both
+ways, keep-alive, streamed responses, and the `Upgrade: tcp` hijack.
 
 Requests go unversioned (no `/v1.NN` prefix): every daemon then answers at its
 own API level, so the same client drives coracled and dockerd without a
@@ -7,12 +12,14 @@ negotiation round trip.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
-from typing import Any, BinaryIO, Iterable, Iterator
 from urllib.parse import quote, urlencode
+
+TYPE_CHECKING = False  # typing costs start-up time; annotations are strings anyway
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO, Iterable, Iterator
 
 DEFAULT_HOST = "unix:///run/coracle/coracle.sock"
 USER_AGENT = "coracle-cli"
@@ -30,24 +37,118 @@ class DaemonUnreachable(Exception):
     """No daemon at the socket (or no permission to talk to it)."""
 
 
+class _Closed(Exception):
+    """A kept-alive connection the daemon had closed: worth one retry on a new one."""
+
+
 def host_from_env(flag: str | None) -> str:
     return flag or os.environ.get("CORACLE_HOST") or DEFAULT_HOST
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
+class Response:
+    """One HTTP response read from a socket; the body is read on demand (`read`, `read1`)."""
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.unix_path)
-        except BaseException:
-            sock.close()
-            raise
+    def __init__(self, sock: socket.socket, method: str) -> None:
         self.sock = sock
+        self._buf = bytearray()
+        self._eof = False
+        line = self._line()
+        if not line:
+            raise _Closed()
+        parts = line.decode("latin-1").split(None, 2)
+        if len(parts) < 2 or not parts[1].isdigit():
+            raise DaemonUnreachable(f"malformed response from the daemon: {line[:80]!r}")
+        self.status = int(parts[1])
+        self.headers: dict[str, str] = {}
+        while (raw := self._line()) not in (b"\r\n", b"\n", b""):
+            name, _, value = raw.decode("latin-1").partition(":")
+            self.headers[name.strip().lower()] = value.strip()
+        self.chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
+        length = self.headers.get("content-length")
+        no_body = method == "HEAD" or self.status in (101, 204, 304) or 100 <= self.status < 200
+        self._left: int | None = 0 if no_body else (None if self.chunked or length is None else int(length))
+        self._chunk_left = 0
+        self.done = no_body or self._left == 0
+        self._preloaded = b""
+        self.will_close = self.headers.get("connection", "").lower() == "close" or (
+            not no_body and not self.chunked and length is None)
+
+    def getheader(self, name: str, default: str | None = None) -> str | None:
+        return self.headers.get(name.lower(), default)
+
+    def _fill(self) -> bool:
+        if self._eof:
+            return False
+        data = self.sock.recv(65536)
+        if not data:
+            self._eof = True
+            return False
+        self._buf += data
+        return True
+
+    def _line(self) -> bytes:
+        while (i := self._buf.find(b"\n")) < 0:
+            if not self._fill():
+                out = bytes(self._buf)
+                self._buf.clear()
+                return out
+        out = bytes(self._buf[:i + 1])
+        del self._buf[:i + 1]
+        return out
+
+    def _take(self, n: int) -> bytes:
+        if not self._buf and not self._fill():
+            raise ConnectionResetError("the daemon closed the connection mid-response")
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def preload(self) -> None:
+        """Read the whole body now (the connection can then serve the next request); read() still returns it."""
+        self._preloaded = self.read()
+
+    def read1(self, n: int = 65536) -> bytes:
+        """Up to n bytes of body, as soon as some are there; b"" at the end."""
+        if self._preloaded:
+            out, self._preloaded = self._preloaded[:n], self._preloaded[n:]
+            return out
+        if self.done:
+            return b""
+        if self.chunked:
+            if self._chunk_left == 0:
+                size = int(self._line().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self._line() not in (b"\r\n", b"\n", b""):
+                        pass
+                    self.done = True
+                    return b""
+                self._chunk_left = size
+            data = self._take(min(n, self._chunk_left))
+            self._chunk_left -= len(data)
+            if self._chunk_left == 0:
+                self._line()  # the CRLF after the chunk
+            return data
+        if self._left is None:  # delimited by the close
+            if not self._buf and not self._fill():
+                self.done = True
+                return b""
+            return self._take(n)
+        data = self._take(min(n, self._left))
+        self._left -= len(data)
+        self.done = self._left == 0
+        return data
+
+    def read(self, amt: int | None = None) -> bytes:
+        out = bytearray()
+        while amt is None or len(out) < amt:
+            data = self.read1(65536 if amt is None else amt - len(out))
+            if not data:
+                break
+            out += data
+        return bytes(out)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def path_with_query(path: str, query: dict[str, Any] | None) -> str:
@@ -76,72 +177,108 @@ class Client:
     def __init__(self, host: str | None = None, timeout: float | None = None) -> None:
         self.host = host_from_env(host)
         self.timeout = timeout
-        self._conn: http.client.HTTPConnection | None = None
+        self._sock: socket.socket | None = None  # kept alive between requests
         self.headers: dict[str, str] = {}  # extra headers for every request (X-Registry-Auth)
 
     # ----- connections --------------------------------------------------
 
-    def _new_connection(self) -> http.client.HTTPConnection:
-        if self.host.startswith("unix://"):
-            return _UnixConnection(self.host[len("unix://"):], self.timeout)
-        if self.host.startswith("tcp://") or self.host.startswith("http://"):
-            hostport = self.host.split("://", 1)[1].rstrip("/")
-            return http.client.HTTPConnection(hostport, timeout=self.timeout)
-        raise DaemonUnreachable(f"unsupported host {self.host!r}: use unix:///path or tcp://host:port")
-
-    def _unreachable(self, exc: OSError) -> DaemonUnreachable:
-        if isinstance(exc, PermissionError):
-            return DaemonUnreachable(
-                f"permission denied while trying to connect to the coracle daemon socket at {self.host}: {exc.strerror}")
-        return DaemonUnreachable(f"Cannot connect to the coracle daemon at {self.host}. Is coracled running?")
+    def _connect(self) -> socket.socket:
+        try:
+            if self.host.startswith("unix://"):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                address: Any = self.host[len("unix://"):]
+            elif self.host.startswith(("tcp://", "http://")):
+                hostport = self.host.split("://", 1)[1].rstrip("/")
+                name, _, port = hostport.rpartition(":")
+                sock = socket.socket(socket.AF_INET6 if ":" in name.strip("[]") else socket.AF_INET)
+                address = (name.strip("[]"), int(port))
+            else:
+                raise DaemonUnreachable(f"unsupported host {self.host!r}: use unix:///path or tcp://host:port")
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(address)
+            except BaseException:
+                sock.close()
+                raise
+        except OSError as exc:
+            if isinstance(exc, PermissionError):
+                raise DaemonUnreachable(f"permission denied while trying to connect to the coracle daemon socket at "
+                                        f"{self.host}: {exc.strerror}") from None
+            raise DaemonUnreachable(f"Cannot connect to the coracle daemon at {self.host}. Is coracled running?") from None
+        return sock
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     # ----- requests -----------------------------------------------------
 
+    @staticmethod
+    def _head(method: str, target: str, headers: dict[str, str]) -> bytes:
+        lines = [f"{method} {target} HTTP/1.1", "Host: localhost", f"User-Agent: {USER_AGENT}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def _send(self, sock: socket.socket, method: str, target: str, data: Any, headers: dict[str, str]) -> None:
+        if data is None or isinstance(data, bytes):
+            sock.sendall(self._head(method, target, headers) + (data or b""))
+            return
+        sock.sendall(self._head(method, target, headers))
+        chunks = iter(lambda: data.read(1 << 20), b"") if hasattr(data, "read") else data
+        for chunk in chunks:
+            if chunk:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        sock.sendall(b"0\r\n\r\n")
+
     def request(self, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None,
                 headers: dict[str, str] | None = None, *, content_type: str = "application/json",
-                stream: bool = False) -> http.client.HTTPResponse:
-        """Send one request; returns the response (body unread when `stream`). Raises ApiError >= 400."""
+                stream: bool = False) -> Response:
+        """Send one request; returns the response (body unread when `stream`). Raises ApiError >= 400.
+
+        `body` is JSON-able, bytes, or a file/iterator of bytes (sent chunked: image load, import).
+        """
         target = path_with_query(path, query)
-        hdrs = {"User-Agent": USER_AGENT, **self.headers, **(headers or {})}
+        hdrs = {**self.headers, **(headers or {})}
         data: Any = None
         if body is not None:
             if isinstance(body, (bytes, bytearray)):
                 data = bytes(body)
-            elif hasattr(body, "read") or isinstance(body, Iterator):
-                data = body  # a file or generator: chunked
+            elif hasattr(body, "read") or hasattr(body, "__next__"):
+                data = body
                 hdrs["Transfer-Encoding"] = "chunked"
             else:
                 data = json.dumps(body).encode()
             hdrs["Content-Type"] = content_type
-        for attempt in (1, 2):  # a kept-alive connection the daemon closed meanwhile: retry once
-            fresh = self._conn is None
-            if fresh:
-                self._conn = self._new_connection()
-            conn = self._conn
-            assert conn is not None
+        if data is None or isinstance(data, bytes):
+            hdrs["Content-Length"] = str(len(data or b""))
+        while True:
+            reused = self._sock is not None
+            sock = self._sock if reused else self._connect()
+            self._sock = None
             try:
-                conn.request(method, target, body=data, headers=hdrs,
-                             encode_chunked=hdrs.get("Transfer-Encoding") == "chunked")
-                resp = conn.getresponse()
+                self._send(sock, method, target, data, hdrs)
+                resp = Response(sock, method)
                 break
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                self.close()
-                if fresh or attempt == 2 or (data is not None and not isinstance(data, bytes)):
-                    raise self._unreachable(exc) if fresh else exc
-            except OSError as exc:
-                self.close()
-                raise self._unreachable(exc) from None
+            except (_Closed, BrokenPipeError, ConnectionResetError):
+                sock.close()
+                if not reused or not (data is None or isinstance(data, bytes)):
+                    raise DaemonUnreachable("the daemon closed the connection") from None
         if resp.status >= 400:
             raw = resp.read()
+            self._keep(resp)
             raise ApiError(resp.status, error_message(raw))
-        if stream:
-            self._conn = None  # the response owns the connection until it is read
+        if not stream:
+            resp.preload()
+            self._keep(resp)
         return resp
+
+    def _keep(self, resp: Response) -> None:
+        """Keep the connection for the next request when the response is complete and the daemon allows."""
+        if resp.done and not resp.will_close:
+            self._sock = resp.sock
+        else:
+            resp.close()
 
     def call(self, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None,
              headers: dict[str, str] | None = None) -> Any:
@@ -171,39 +308,22 @@ class Client:
 
     def hijack(self, path: str, query: dict[str, Any] | None = None, body: Any = None) -> tuple[socket.socket, bool, bytes]:
         """POST with `Upgrade: tcp`; returns (raw socket, multiplexed?, bytes already read past the head)."""
-        conn = self._new_connection()
-        try:
-            conn.connect()
-        except OSError as exc:
-            raise self._unreachable(exc) from None
-        sock = conn.sock
+        sock = self._connect()
         data = json.dumps(body if body is not None else {}).encode()
-        head = (f"POST {path_with_query(path, query)} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: {USER_AGENT}\r\n"
-                f"Content-Type: application/json\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
-                f"Content-Length: {len(data)}\r\n\r\n").encode()
-        sock.sendall(head + data)
+        headers = {"Content-Type": "application/json", "Connection": "Upgrade", "Upgrade": "tcp",
+                   "Content-Length": str(len(data))}
+        sock.sendall(self._head("POST", path_with_query(path, query), headers) + data)
         sock.settimeout(None)
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = sock.recv(65536)
-            if not chunk:
-                sock.close()
-                raise DaemonUnreachable("the daemon closed the connection during the upgrade")
-            buf += chunk
-        raw_head, _, rest = buf.partition(b"\r\n\r\n")
-        lines = raw_head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-        if status >= 400:
-            length = int(fields.get("content-length", "0"))
-            while len(rest) < length:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                rest += chunk
+        try:
+            resp = Response(sock, "POST")
+        except _Closed:
             sock.close()
-            raise ApiError(status, error_message(rest))
-        return sock, "multiplexed" in fields.get("content-type", ""), rest
+            raise DaemonUnreachable("the daemon closed the connection during the upgrade") from None
+        if resp.status >= 400:
+            raw = resp.read()
+            sock.close()
+            raise ApiError(resp.status, error_message(raw))
+        return sock, "multiplexed" in resp.headers.get("content-type", ""), bytes(resp._buf)
 
 
 def error_message(raw: bytes) -> str:
@@ -217,10 +337,10 @@ def error_message(raw: bytes) -> str:
     return text
 
 
-def json_lines(resp: BinaryIO | http.client.HTTPResponse) -> Iterator[dict[str, Any]]:
+def json_lines(resp: Response) -> Iterator[dict[str, Any]]:
     buf = b""
     while True:
-        chunk = resp.read1(65536) if hasattr(resp, "read1") else resp.read(65536)
+        chunk = resp.read1(65536)
         if not chunk:
             break
         buf += chunk

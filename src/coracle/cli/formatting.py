@@ -9,8 +9,9 @@ the way Go's tabwriter does with docker's settings (min width 10, padding 3).
 from __future__ import annotations
 
 import json
-import unicodedata
-from typing import Any, Iterable
+TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Any, Iterable
 
 from coracle.cli.gotemplate import Template
 from coracle.cli.units import ago, go_time, human_size
@@ -18,6 +19,10 @@ from coracle.cli.units import ago, go_time, human_size
 
 def ellipsis(text: str, width: int) -> str:
     """docker's Ellipsis: cut to `width` display columns, the last one an ellipsis."""
+    if text.isascii():
+        return text if len(text) <= width else text[:width - 1] + "…"
+    import unicodedata
+
     def w(ch: str) -> int:
         return 2 if unicodedata.east_asian_width(ch) in "WF" else 1
 

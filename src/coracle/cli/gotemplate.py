@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable
+TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 
 class TemplateError(Exception):
@@ -59,11 +60,12 @@ _TOKEN = re.compile(r"""
 """, re.VERBOSE)
 
 
-@dataclass
 class _Tok:
-    kind: str
-    text: str
-    glued: bool  # no whitespace before it (`(...).Field`)
+    __slots__ = ("kind", "text", "glued")
+
+    def __init__(self, kind: str, text: str, glued: bool) -> None:
+        self.kind, self.text = kind, text
+        self.glued = glued  # no whitespace before it (`(...).Field`)
 
 
 def _lex_action(src: str) -> list[_Tok]:
@@ -121,27 +123,33 @@ def _split(template: str) -> list[tuple[str, str]]:
 
 # ----- nodes --------------------------------------------------------------
 
-@dataclass
 class _Term:
-    kind: str  # field | var | lit | dot | ident | paren
-    value: Any = None
-    chain: list[str] = field(default_factory=list)
+    __slots__ = ("kind", "value", "chain")
+
+    def __init__(self, kind: str, value: Any = None, chain: list[str] | None = None) -> None:
+        self.kind = kind  # field | var | lit | dot | ident | paren
+        self.value = value
+        self.chain = chain or []
 
 
-@dataclass
 class _Pipeline:
-    commands: list[list[_Term]]
-    decl: list[str] = field(default_factory=list)
-    assign: bool = False  # `=` rather than `:=`
+    __slots__ = ("commands", "decl", "assign")
+
+    def __init__(self, commands: list[list[_Term]]) -> None:
+        self.commands = commands
+        self.decl: list[str] = []
+        self.assign = False  # `=` rather than `:=`
 
 
-@dataclass
 class _Node:
-    kind: str  # text | action | if | range | with
-    text: str = ""
-    pipe: _Pipeline | None = None
-    body: list["_Node"] = field(default_factory=list)
-    orelse: list["_Node"] = field(default_factory=list)
+    __slots__ = ("kind", "text", "pipe", "body", "orelse")
+
+    def __init__(self, kind: str, text: str = "", pipe: _Pipeline | None = None) -> None:
+        self.kind = kind  # text | action | if | range | with
+        self.text = text
+        self.pipe = pipe
+        self.body: list[_Node] = []
+        self.orelse: list[_Node] = []
 
 
 class _Parser:
@@ -180,7 +188,7 @@ class _Parser:
         return nodes, None
 
     def _block(self, kind: str, toks: list[_Tok]) -> _Node:
-        node = _Node(kind, pipe=self._pipeline(toks, allow_decl=True))
+        node = _Node(kind, pipe=self._pipeline(toks))
         node.body, stop = self._list()
         if stop is None:
             raise TemplateError(f"unexpected EOF in {kind}")
@@ -197,7 +205,7 @@ class _Parser:
             raise TemplateError(f"unexpected {stop}")
         return node
 
-    def _pipeline(self, toks: list[_Tok], allow_decl: bool = True) -> _Pipeline:
+    def _pipeline(self, toks: list[_Tok]) -> _Pipeline:
         pipe = _Pipeline([])
         for n in (2, 1):  # `$k, $v :=` or `$x :=` / `$x =`
             if len(toks) > 2 * n - 1 and all(toks[2 * j].kind == "var" for j in range(n)) and \

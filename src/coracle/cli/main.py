@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, NoReturn
+TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Any, Callable, NoReturn
 
 # verb -> "module:function"; modules live in coracle.cli.commands
 _CONTAINER = {

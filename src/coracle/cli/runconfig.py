@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from typing import Any
+TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Any
 
 from coracle.cli.units import parse_bytes
 

@@ -9,7 +9,9 @@ import struct
 import sys
 import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterator
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -8,7 +8,9 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Any
 
 from coracle.cli.client import ApiError, Client, quote_name
 from coracle.cli.commands import CommandError, each, filters, parser

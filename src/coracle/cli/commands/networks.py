@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Any
 
 from coracle.cli.client import quote_name
 from coracle.cli.commands import confirm, each, filters, parser

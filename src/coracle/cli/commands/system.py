@@ -6,7 +6,9 @@ import json
 import platform
 import sys
 import time
-from typing import Any
+TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Any
 
 from coracle.cli.client import ApiError, DaemonUnreachable, quote_name
 from coracle.cli.commands import CommandError, confirm, filters, parser, print_json, template_each
