@@ -39,6 +39,7 @@ class FakeEngine:
         self.pulled: list[str] = []
         self.images = {"busybox:latest"}
         self.execs: dict[str, dict[str, Any]] = {}
+        self.loaded: list[int] = []
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.events: dict[str, tuple[asyncio.Event, asyncio.Event]] = {}
@@ -193,7 +194,29 @@ class FakeEngine:
             ex = self.execs[id]
             return Response.json({"Running": not ex["done"], "ExitCode": exit_code(ex["cmd"]) if ex["done"] else None})
 
+        async def load(req: Request) -> StreamResponse:
+            total = 0
+            async for chunk in req.stream():
+                total += len(chunk)
+            self.loaded.append(total)
+
+            async def produce(out: StreamResponse) -> None:
+                await out.write(json.dumps({"stream": f"Loaded image: loaded:{total}\n"}).encode() + b"\n")
+
+            return StreamResponse(produce)
+
+        async def save(req: Request) -> StreamResponse:
+            names = req.query.get("names", [])
+
+            async def produce(out: StreamResponse) -> None:
+                for name in names:
+                    await out.write(f"tar-of-{name};".encode())
+
+            return StreamResponse(produce, "application/x-tar")
+
         r.add("GET", "/version", version)
+        r.add("POST", "/images/load", load, stream_body=True)
+        r.add("GET", "/images/get", save)
         r.add("GET", "/containers/json", list_)
         r.add("POST", "/containers/create", create)
         r.add("POST", "/images/create", pull, stream_body=True)

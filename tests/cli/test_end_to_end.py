@@ -146,3 +146,18 @@ def test_unknown_command_and_flag(engine: FakeEngine) -> None:
     assert res.returncode == 1 and "'frobnicate' is not a coracle command" in res.stderr
     res = coracle(engine.host, "ps", "--frobnicate")
     assert res.returncode == 125 and res.stderr.startswith("coracle: unknown flag: --frobnicate")
+
+
+def test_load_streams_a_big_file_chunked_and_save_writes_the_archive(engine: FakeEngine, tmp_path: object) -> None:
+    archive = f"{tmp_path}/image.tar"
+    with open(archive, "wb") as f:
+        f.write(b"x" * (3 << 20))
+    res = coracle(engine.host, "load", "-i", archive)
+    assert (res.returncode, res.stdout) == (0, f"Loaded image: loaded:{3 << 20}\n")
+    res = coracle(engine.host, "load", stdin=b"y" * 1000)
+    assert res.stdout == "Loaded image: loaded:1000\n"
+    out = f"{tmp_path}/saved.tar"
+    res = coracle(engine.host, "save", "-o", out, "busybox", "alpine:3")
+    assert res.returncode == 0
+    with open(out, "rb") as f:
+        assert f.read() == b"tar-of-busybox;tar-of-alpine:3;"
