@@ -161,3 +161,9 @@ def test_load_streams_a_big_file_chunked_and_save_writes_the_archive(engine: Fak
     assert res.returncode == 0
     with open(out, "rb") as f:
         assert f.read() == b"tar-of-busybox;tar-of-alpine:3;"
+
+
+def test_run_without_a_daemon_is_125_like_docker(tmp_path: object) -> None:
+    res = coracle(f"unix://{tmp_path}/absent.sock", "run", "busybox")
+    assert res.returncode == 125
+    assert res.stderr.startswith("coracle: Cannot connect to the coracle daemon at unix://")

@@ -169,17 +169,19 @@ def guarded(command: Callable[[Cli, str, list[str]], int], cli: Cli, name: str, 
     from coracle.cli.gotemplate import TemplateError
     from coracle.cli.runconfig import UsageError
 
+    creates = name.split()[-1] in ("run", "create")  # docker says "docker: ..." and exits 125 for these
+    prefix, status = ("coracle: ", 125) if creates else ("", 1)
     try:
         return command(cli, name, args)
     except UsageError as exc:
         cli.err(f"coracle: {exc}\nSee 'coracle {name} --help'.")
         return 125
     except ApiError as exc:
-        cli.err(f"Error response from daemon: {exc.message}")
-        return 1
+        cli.err(f"{prefix}Error response from daemon: {exc.message}")
+        return status
     except DaemonUnreachable as exc:
-        cli.err(str(exc))
-        return 1
+        cli.err(f"{prefix}{exc}")
+        return status
     except CommandError as exc:
         cli.err(str(exc))
         return exc.code

@@ -99,19 +99,15 @@ def _create(cli: Cli, opts: Any, body: dict[str, Any], out: Any) -> dict[str, An
     return cli.client.post("/containers/create", {"name": opts.name}, body)
 
 
-def _run_failed(cli: Cli, exc: ApiError | Exception, status: int = 125) -> int:
-    message = exc.message if isinstance(exc, ApiError) else str(exc)
-    cli.err(f"coracle: Error response from daemon: {message}" if isinstance(exc, ApiError) else f"coracle: {message}")
-    return status
+def _start_failed(cli: Cli, exc: ApiError) -> int:
+    cli.err(f"coracle: Error response from daemon: {exc.message}")
+    return start_error_status(exc.message)
 
 
 def create(cli: Cli, name: str, args: list[str]) -> int:
     opts = _parse_run(name, args, run=False)
     body = create_body(opts, detach=True, console=terminal_size() if opts.tty else None)
-    try:
-        created = _create(cli, opts, body, sys.stderr)
-    except ApiError as exc:
-        return _run_failed(cli, exc)
+    created = _create(cli, opts, body, sys.stderr)
     for warning in created.get("Warnings") or []:
         cli.err(f"WARNING: {warning}")
     cli.out(created["Id"] + "\n")
@@ -123,10 +119,7 @@ def run(cli: Cli, name: str, args: list[str]) -> int:
     if opts.interactive and opts.tty and not opts.detach and not stdin_is_tty():
         raise CommandError("the input device is not a TTY", 1)
     body = create_body(opts, detach=opts.detach, console=terminal_size() if opts.tty else None)
-    try:
-        created = _create(cli, opts, body, sys.stderr)
-    except ApiError as exc:
-        return _run_failed(cli, exc)
+    created = _create(cli, opts, body, sys.stderr)
     for warning in created.get("Warnings") or []:
         cli.err(f"WARNING: {warning}")
     cid = created["Id"]
@@ -134,11 +127,11 @@ def run(cli: Cli, name: str, args: list[str]) -> int:
         try:
             cli.client.post(_path(cid, "/start"))
         except ApiError as exc:
-            return _run_failed(cli, exc, start_error_status(exc.message))
+            return _start_failed(cli, exc)
         cli.out(cid + "\n")
         return 0
     return attach_and_start(cli, cid, tty=opts.tty, stdin=opts.interactive, detach_keys=opts.detach_keys,
-                            condition="removed" if opts.rm else "next-exit", prefix="coracle: ")
+                            condition="removed" if opts.rm else "next-exit", run=True)
 
 
 class _Exit:
@@ -178,7 +171,7 @@ def _hijacked_session(cli: Cli, sock: Any, multiplexed: bool, first: bytes, *, s
 
 
 def attach_and_start(cli: Cli, cid: str, *, tty: bool, stdin: bool, detach_keys: str | None, condition: str,
-                     prefix: str = "") -> int:
+                     run: bool = False) -> int:
     """docker run (attached) / start -a: attach, register the wait, start, stream, return the exit status."""
     query = {"stream": True, "stdin": stdin, "stdout": True, "stderr": True, "detachKeys": detach_keys}
     sock, multiplexed, first = cli.client.hijack(_path(cid, "/attach"), query)
@@ -187,8 +180,8 @@ def attach_and_start(cli: Cli, cid: str, *, tty: bool, stdin: bool, detach_keys:
         cli.client.post(_path(cid, "/start"))
     except ApiError as exc:
         sock.close()
-        if prefix:
-            return _run_failed(cli, exc, start_error_status(exc.message))
+        if run:
+            return _start_failed(cli, exc)
         raise
     with raw_terminal(0) if tty and stdin else _nothing(), \
             follow_resizes(lambda h, w: cli.client.post(_path(cid, "/resize"), {"h": h, "w": w})) if tty else _nothing():
