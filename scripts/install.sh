@@ -31,5 +31,8 @@ fi
 extra=""
 [ "${1:-}" = "--test" ] && extra="[test]"
 .venv/bin/pip install -q --disable-pip-version-check -e ".${extra}"
+# Byte-compile now: the CLI starts for every command, and an environment with
+# PYTHONDONTWRITEBYTECODE would otherwise recompile every module every time.
+.venv/bin/python -m compileall -q src >/dev/null
 ln -sf "$PWD/.venv/bin/coracle" /usr/local/bin/coracle
 ln -sf "$PWD/.venv/bin/coracled" /usr/local/bin/coracled
