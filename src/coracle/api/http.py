@@ -36,6 +36,7 @@ DOCKER_COMPAT = "27.0.0"  # the Docker release whose API level (1.47) we serve
 SERVER = f"Docker/{DOCKER_COMPAT}-coracle (linux)"
 JSON_LIMIT = 16 << 20  # buffered (JSON) request bodies
 STREAM_LIMIT = 1 << 30  # streamed (tar) request bodies, unless the route or serve() says otherwise
+LINGER = 2.0  # seconds to keep draining a refused upload before closing
 HEADER_LIMIT = 64 << 10  # all header lines of one request together
 LINE_LIMIT = 1 << 20  # one line (and the reader's buffer: big uploads flow without pausing)
 RAW_STREAM = "application/vnd.docker.raw-stream"
@@ -405,22 +406,21 @@ class Server:
             method, target, http_version, headers = head
             req = Request(method, target, headers, reader)
         except CoracleError as exc:  # unparseable: answer and close, the stream is out of sync
-            await self._send(writer, error_response(exc), close=True)
+            await self._refuse(reader, writer, error_response(exc))
             return False
         except ValueError:
-            await self._send(writer, error_response(InvalidParameter("malformed request")), close=True)
+            await self._refuse(reader, writer, error_response(InvalidParameter("malformed request")))
             return False
         keep_alive = _keep_alive(http_version, headers)
         try:
             route, params = self._route(req)
-            if route is not None and not route.stream_body:
-                await self._continue(req, writer)
-                await req.read_body(route.max_body or JSON_LIMIT)
-            elif route is not None:
-                req.limit = route.max_body or self.max_body
-                if req._remaining > req.limit:
+            if route is not None:
+                req.limit = route.max_body or (self.max_body if route.stream_body else JSON_LIMIT)
+                if req._remaining > req.limit:  # declared too big: refuse before reading a byte
                     raise PayloadTooLarge(f"request body is larger than the limit of {req.limit} bytes")
                 await self._continue(req, writer)
+                if not route.stream_body:
+                    await req.read_body()
             resp = await self._call(route, req, params)
         except (ConnectionError, asyncio.IncompleteReadError):
             return False
@@ -429,7 +429,7 @@ class Server:
                 log.exception("%s %s failed", method, req.path)
             resp = error_response(exc)
             if isinstance(exc, PayloadTooLarge) or req.body_pending and "expect" in req.headers:
-                await self._send(writer, resp, close=True)  # too much (or unsent) body to skip
+                await self._refuse(reader, writer, resp)  # too much (or unsent) body to skip
                 return False
         if isinstance(resp, Hijack):
             await self._hijack(req, resp, reader, writer)
@@ -442,6 +442,25 @@ class Server:
             return False
         await self._send(writer, resp, head_only=method == "HEAD", close=not keep_alive)
         return keep_alive
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, resp: Response) -> None:
+        """Answer and end the connection without reading the request's body.
+
+        Closing a Unix socket that still holds unread input resets it, and the
+        client would get ECONNRESET instead of our answer. So: answer, send EOF,
+        and keep dropping what the client still sends for a short while.
+        """
+        await self._send(writer, resp, close=True)
+        if writer.can_write_eof():
+            writer.write_eof()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LINGER
+        try:
+            while (left := deadline - loop.time()) > 0:
+                if not await asyncio.wait_for(reader.read(1 << 20), left):
+                    break
+        except (asyncio.TimeoutError, ConnectionError, OSError):
+            pass
 
     def _route(self, req: Request) -> tuple[Route | None, dict[str, str]]:
         if req.path == "/_ping" and req.method in ("GET", "HEAD"):
