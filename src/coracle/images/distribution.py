@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
 from coracle.errors import InvalidParameter, NotFound
+from coracle.faults import fault
 from coracle.images import mediatypes as mt
 from coracle.images.blobs import DigestMismatch, digest_of, hex_of
 from coracle.images.reference import Reference, parse
@@ -156,6 +157,7 @@ def _pull_layer(store: "ImageStore", reg: Registry, repository: str, scope: str,
         raise InvalidParameter(f"layer {digest} is zstd-compressed, which is not supported")
     if not store.blobs.has(digest):
         _download(store, reg, f"/v2/{repository}/blobs/{digest}", scope, digest, total, short, report, abort)
+    fault("pull-after-blob")
     report("Download complete", short)
     report("Extracting", short)
     with store.blobs.open(digest) as f:

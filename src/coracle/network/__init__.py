@@ -87,6 +87,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Callable
 
 from coracle.errors import Conflict, InvalidParameter, NotFound
+from coracle.faults import fault
 from coracle.network import bridge, files, ports
 from coracle.network.dns import Resolver, upstreams_from
 from coracle.network.firewall import BridgeRules, FirewallDriver, driver
@@ -678,6 +679,7 @@ class NetworkManager:
         wanted = (cfg.get("IPAMConfig") or {}).get("IPv4Address")
         address = self.ipam.allocate(rec["Id"], sub.network, sub.gateway, cid, sub.ip_range,
                                      parse_address(wanted, "IPv4 address") if wanted else None)
+        fault("network-after-lease")
         mac = cfg.get("MacAddress") or (container.get("Config") or {}).get("MacAddress") if first else \
             cfg.get("MacAddress")
         mac = (mac or bridge.random_mac()).lower()
@@ -703,6 +705,7 @@ class NetworkManager:
             with self._host() as ipr:
                 bridge.add_veth(ipr, veth, rec["Coracle"]["Bridge"], ns_path, ifname, mac, rec["Coracle"]["MTU"],
                                 isolated=not rec["Coracle"]["ICC"])
+            fault("network-after-veth")
             ep.update(Veth=veth, Interface=ifname)
             self.store.execute("UPDATE net_endpoints SET body = ? WHERE id = ?", (json.dumps(ep), ep["EndpointID"]))
             bridge.configure_peer(cipr, ifname, str(address), sub.network.prefixlen,
@@ -731,6 +734,7 @@ class NetworkManager:
                                 m.container_port))
         undo.append(lambda: self.store.execute("DELETE FROM net_ports WHERE container = ?", (cid,)))
         self.firewall.add_mappings(chosen)
+        fault("network-after-nft")
         undo.append(lambda: self.firewall.remove_mappings(chosen))
         return chosen
 
