@@ -99,6 +99,118 @@ def status_text(state: dict[str, Any]) -> str:
     return f"Exited ({state['ExitCode']}) {_ago(now - _epoch(state['FinishedAt']))} ago"
 
 
+# The JSON shapes of request bodies, as Docker's Go decoder enforces them: a
+# wrong type is a 400 naming the field, null is always allowed (Go's zero
+# value), unknown fields are ignored (newer clients send fields we lack).
+# Tokens: str, bool, int, obj (any object), strs (list of strings),
+# strslice (a string or a list of strings), labels (object of strings),
+# objs (list of objects), ints; a dict is an object with known fields and
+# [dict] a list of such objects.
+_PORTS = "ports"
+CONFIG_SHAPE: dict[str, Any] = {
+    **dict.fromkeys(("Hostname", "Domainname", "User", "Image", "WorkingDir", "MacAddress", "StopSignal"), "str"),
+    **dict.fromkeys(("AttachStdin", "AttachStdout", "AttachStderr", "Tty", "OpenStdin", "StdinOnce",
+                     "NetworkDisabled", "ArgsEscaped"), "bool"),
+    "ExposedPorts": "obj", "Volumes": "obj", "Env": "strs",
+    "Healthcheck": {"Test": "strslice", "Interval": "int", "Timeout": "int", "StartPeriod": "int",
+                    "StartInterval": "int", "Retries": "int"}, "OnBuild": "strs",
+    "Shell": "strs", "Cmd": "strslice", "Entrypoint": "strslice", "Labels": "labels", "StopTimeout": "int",
+}
+HOST_CONFIG_SHAPE: dict[str, Any] = {
+    **dict.fromkeys(("ContainerIDFile", "NetworkMode", "VolumeDriver", "CgroupnsMode", "IpcMode", "Cgroup",
+                     "PidMode", "UTSMode", "UsernsMode", "Runtime", "Isolation", "CgroupParent", "CpusetCpus",
+                     "CpusetMems"), "str"),
+    **dict.fromkeys(("AutoRemove", "Privileged", "PublishAllPorts", "ReadonlyRootfs", "OomKillDisable", "Init"),
+                    "bool"),
+    **dict.fromkeys(("OomScoreAdj", "ShmSize", "CpuShares", "Memory", "NanoCpus", "BlkioWeight", "CpuPeriod",
+                     "CpuQuota", "CpuRealtimePeriod", "CpuRealtimeRuntime", "KernelMemory", "KernelMemoryTCP",
+                     "MemoryReservation", "MemorySwap", "MemorySwappiness", "PidsLimit", "CpuCount", "CpuPercent",
+                     "IOMaximumIOps", "IOMaximumBandwidth"), "int"),
+    **dict.fromkeys(("Binds", "VolumesFrom", "CapAdd", "CapDrop", "Dns", "DnsOptions", "DnsSearch", "ExtraHosts",
+                     "GroupAdd", "Links", "SecurityOpt", "DeviceCgroupRules", "MaskedPaths", "ReadonlyPaths"),
+                    "strs"),
+    **dict.fromkeys(("BlkioDeviceReadBps", "BlkioDeviceWriteBps", "BlkioDeviceReadIOps", "BlkioDeviceWriteIOps"),
+                    [{"Path": "str", "Rate": "int"}]),
+    "BlkioWeightDevice": [{"Path": "str", "Weight": "int"}], "DeviceRequests": "objs",
+    "Devices": [{"PathOnHost": "str", "PathInContainer": "str", "CgroupPermissions": "str"}],
+    "Ulimits": [{"Name": "str", "Soft": "int", "Hard": "int"}],
+    "Mounts": [{"Type": "str", "Source": "str", "Target": "str", "ReadOnly": "bool", "Consistency": "str",
+                "BindOptions": "obj", "VolumeOptions": "obj", "TmpfsOptions": "obj"}],
+    "LogConfig": {"Type": "str", "Config": "labels"}, "RestartPolicy": {"Name": "str", "MaximumRetryCount": "int"},
+    "PortBindings": _PORTS, "Tmpfs": "labels", "Sysctls": "labels", "StorageOpt": "labels",
+    "Annotations": "labels", "ConsoleSize": "ints",
+}
+CREATE_SHAPE: dict[str, Any] = {**CONFIG_SHAPE, "HostConfig": HOST_CONFIG_SHAPE,
+                                "NetworkingConfig": {"EndpointsConfig": "endpoints"}}
+ENDPOINT_SHAPE: dict[str, Any] = {"IPAMConfig": {"IPv4Address": "str", "IPv6Address": "str", "LinkLocalIPs": "strs"},
+                                  "Links": "strs", "Aliases": "strs", "MacAddress": "str", "DriverOpts": "labels",
+                                  "NetworkID": "str", "EndpointID": "str", "IPAddress": "str", "DNSNames": "strs"}
+EXEC_SHAPE: dict[str, Any] = {
+    **dict.fromkeys(("AttachStdin", "AttachStdout", "AttachStderr", "Tty", "Privileged", "Detach"), "bool"),
+    **dict.fromkeys(("User", "WorkingDir", "DetachKeys"), "str"),
+    "Cmd": "strslice", "Env": "strs", "ConsoleSize": "ints",
+}
+
+_TYPE_NAMES = {str: "a string", bool: "a boolean", int: "a number", float: "a number", list: "an array",
+               dict: "an object"}
+
+
+def check_shape(value: Any, shape: Any, where: str) -> None:
+    """Refuse a body whose fields have the wrong JSON types, naming the first such field."""
+    if value is None:
+        return
+
+    def wrong(expected: str) -> InvalidParameter:
+        got = _TYPE_NAMES.get(type(value), type(value).__name__)
+        return InvalidParameter(f"invalid {where or 'request body'}: expected {expected}, got {got}")
+
+    def is_str_list(v: Any) -> bool:
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            raise wrong("an object")
+        for key, sub in shape.items():
+            if key in value:
+                check_shape(value[key], sub, f"{where}.{key}" if where else key)
+    elif isinstance(shape, list):
+        if not isinstance(value, list):
+            raise wrong("an array")
+        for i, item in enumerate(value):
+            check_shape(item, shape[0], f"{where}[{i}]")
+    elif shape == "str" and not isinstance(value, str):
+        raise wrong("a string")
+    elif shape == "bool" and not isinstance(value, bool):
+        raise wrong("a boolean")
+    elif shape == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        raise wrong("an integer")
+    elif shape == "obj" and not isinstance(value, dict):
+        raise wrong("an object")
+    elif shape == "strs" and not is_str_list(value):
+        raise wrong("an array of strings")
+    elif shape == "strslice" and not (isinstance(value, str) or is_str_list(value)):
+        raise wrong("a string or an array of strings")
+    elif shape == "labels" and not (isinstance(value, dict) and all(isinstance(v, str) for v in value.values())):
+        raise wrong("an object of strings")
+    elif shape == "objs" and not (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
+        raise wrong("an array of objects")
+    elif shape == "ints" and not (isinstance(value, list) and all(type(v) is int for v in value)):
+        raise wrong("an array of integers")
+    elif shape == _PORTS:
+        if not isinstance(value, dict):
+            raise wrong("an object")
+        for port, bindings in value.items():
+            if bindings is not None and not (isinstance(bindings, list) and all(isinstance(b, dict) for b in bindings)):
+                raise InvalidParameter(f"invalid {where}[{port!r}]: expected an array of port bindings")
+            for b in bindings or []:
+                check_shape(b, {"HostIp": "str", "HostPort": "str"}, f"{where}[{port!r}]")
+    elif shape == "endpoints":
+        if not isinstance(value, dict):
+            raise wrong("an object")
+        for name, endpoint in value.items():
+            check_shape(endpoint, ENDPOINT_SHAPE, f"{where}[{name!r}]")
+
+
 def create_body(body: Any) -> dict[str, Any]:
     """A create request as clients send it, in the shape the engine reads.
 
@@ -107,12 +219,8 @@ def create_body(body: Any) -> dict[str, Any]:
     """
     if not isinstance(body, dict):
         raise InvalidParameter("the container config must be a JSON object")
-    for key in ("HostConfig", "NetworkingConfig"):
-        if body.get(key) is not None and not isinstance(body[key], dict):
-            raise InvalidParameter(f"{key} must be a JSON object")
+    check_shape(body, CREATE_SHAPE, "")
     endpoints = (body.get("NetworkingConfig") or {}).get("EndpointsConfig")
-    if endpoints is not None and not isinstance(endpoints, dict):
-        raise InvalidParameter("NetworkingConfig.EndpointsConfig must be a JSON object")
     if endpoints and "default" in endpoints:
         endpoints["bridge"] = endpoints.pop("default")
     return body
@@ -122,7 +230,8 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
     """Register every container and exec route on the router."""
 
     async def list_(req: Request) -> Response:
-        filters = req.qjson("filters") or {}
+        filters = flt.parse(req.qjson("filters"))
+        flt.check_container_filters(filters)
         records = await thread(engine.records)
         show_all = req.qbool("all")
         limit = req.qint("limit", -1)
@@ -159,10 +268,19 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
         return Response.json(out)
 
     async def start(req: Request, id: str) -> Response:
+        started: list[str] = []
+
+        def before_release(rec: dict[str, Any]) -> None:
+            started.append(rec["Id"])
+            hub.connect_waiting(rec["Id"])
+
         try:
-            await thread(engine.start, id, lambda rec: hub.connect_waiting(rec["Id"]))
+            await thread(engine.start, id, before_release)
         except NotModified:
             return Response.empty(304)
+        finally:
+            for cid in started:
+                hub.released(cid)
         return Response.empty(204)
 
     async def stop(req: Request, id: str) -> Response:
@@ -201,7 +319,9 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
         return Response.empty(204)
 
     async def update(req: Request, id: str) -> Response:
-        return Response.json(await thread(engine.update, id, req.json()))
+        body = req.json()
+        check_shape(body, {k: v for k, v in HOST_CONFIG_SHAPE.items() if k not in ("LogConfig",)}, "")
+        return Response.json(await thread(engine.update, id, body))
 
     async def top(req: Request, id: str) -> Response:
         return Response.json(await thread(engine.top, id))
@@ -324,11 +444,13 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
             waiting = hub.wait(cid, want_in, want_out, want_err)  # connected when it starts
 
         async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            gate = None
             if waiting is not None:
                 try:
                     msock, tty = await waiting.ready
                 finally:
                     hub.cancel(cid, waiting)
+                gate = waiting.running
             else:
                 msock, tty = connected  # type: ignore[misc]
             if req.qbool("logs"):
@@ -337,7 +459,7 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
                     data = entry["log"].encode()
                     writer.write(data if tty else frame(1 if entry["stream"] == "stdout" else 2, data))
             await pump(msock, reader, writer, stdin=want_in, stdin_once=rec["Config"].get("StdinOnce", False),
-                       tty=tty, detach_keys=detach)
+                       tty=tty, detach_keys=detach, input_gate=gate)
 
         tty = rec["Config"]["Tty"]
         content = "application/vnd.docker.raw-stream" if tty else "application/vnd.docker.multiplexed-stream"
@@ -354,10 +476,12 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
         body = req.json()
         if not isinstance(body, dict):
             raise InvalidParameter("exec config must be a JSON object")
+        check_shape(body, EXEC_SHAPE, "")
         return Response.json({"Id": await thread(engine.exec_create, id, body)}, status=201)
 
     async def exec_start(req: Request, id: str) -> Any:
         body = req.json() if req.body else {}
+        check_shape(body, {"Detach": "bool", "Tty": "bool", "ConsoleSize": "ints"}, "")
         ex = engine.exec_get(id)
         if body.get("Detach"):
             await thread(engine.exec_start, id, None)
@@ -374,7 +498,10 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
                 message = str(exc) + "\r\n"
                 writer.write(message.encode() if tty else frame(2, message.encode()))
                 return
-            await pump(msock, reader, writer, stdin=ex["OpenStdin"], stdin_once=True, tty=is_tty)
+            finally:
+                hub.released(id)
+            await pump(msock, reader, writer, stdin=ex["OpenStdin"], stdin_once=True, tty=is_tty,
+                       detach_keys=parse_detach_keys(ex.get("DetachKeys") or ""), input_gate=waiting.running)
             await thread(engine.exec_wait, id, 5)
 
         content = "application/vnd.docker.raw-stream" if tty else "application/vnd.docker.multiplexed-stream"
@@ -390,10 +517,11 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
         return Response.empty(200)
 
     async def prune(req: Request) -> Response:
-        filters = req.qjson("filters") or {}
+        filters = flt.parse(req.qjson("filters"))
+        flt.check_container_filters(filters)
         deleted = []
         for rec in await thread(engine.records):
-            if rec["State"]["Running"] or not flt.container_matches(rec, filters, prune=True):
+            if rec["State"]["Running"] or not flt.container_matches(rec, filters):
                 continue
             await thread(engine.remove, rec["Id"])
             deleted.append(rec["Id"])

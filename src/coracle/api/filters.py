@@ -14,6 +14,25 @@ CONTAINER_KEYS = {"id", "name", "status", "label", "ancestor", "exited", "networ
                   "health", "is-task", "volume", "publish", "expose", "until"}
 
 
+def parse(raw: Any) -> dict[str, list[str]]:
+    """The decoded `filters` parameter, normalised to {key: [values]}; any other shape is a 400."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidParameter("invalid filters: expected a JSON object of arrays of strings")
+    out: dict[str, list[str]] = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            out[key] = [str(k) for k, on in value.items() if on]
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            out[key] = value
+        elif isinstance(value, str):
+            out[key] = [value]
+        else:
+            raise InvalidParameter(f"invalid filter '{key}': expected an array of strings")
+    return out
+
+
 def values(filters: dict[str, Any], key: str) -> list[str]:
     raw = filters.get(key)
     if raw is None:
@@ -33,12 +52,23 @@ def labels_match(labels: dict[str, str], wanted: list[str]) -> bool:
     return True
 
 
-def container_matches(rec: dict[str, Any], filters: dict[str, Any], prune: bool = False) -> bool:
-    if not isinstance(filters, dict):
-        raise InvalidParameter("filters must be a JSON object")
+def check_container_filters(filters: dict[str, list[str]]) -> None:
+    """Refuse unknown keys and values once per request, as Docker does even when nothing is listed."""
     unknown = set(filters) - CONTAINER_KEYS
     if unknown:
         raise InvalidParameter(f"invalid filter '{sorted(unknown)[0]}'")
+    for v in filters.get("status", []):
+        if v not in ("created", "restarting", "running", "removing", "paused", "exited", "dead"):
+            raise InvalidParameter(f"invalid filter 'status={v}'")
+    for v in filters.get("name", []):
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise InvalidParameter(f"invalid filter 'name={v}': {exc}") from None
+
+
+def container_matches(rec: dict[str, Any], filters: dict[str, list[str]]) -> bool:
+    """Whether a container record passes filters already checked by check_container_filters."""
     state = rec["State"]
     name = rec["Name"].lstrip("/")
     checks = {
@@ -55,10 +85,4 @@ def container_matches(rec: dict[str, Any], filters: dict[str, Any], prune: bool 
         wanted = values(filters, key)
         if wanted and not any(check(v) for v in wanted):
             return False
-    if values(filters, "status"):
-        for v in values(filters, "status"):
-            if v not in ("created", "restarting", "running", "removing", "paused", "exited", "dead"):
-                raise InvalidParameter(f"invalid filter 'status={v}'")
-    if not labels_match(rec["Config"].get("Labels") or {}, values(filters, "label")):
-        return False
-    return True
+    return labels_match(rec["Config"].get("Labels") or {}, values(filters, "label"))

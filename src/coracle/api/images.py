@@ -9,6 +9,7 @@ import os
 import tempfile
 from typing import Any
 
+from coracle.api.filters import labels_match, parse as parse_filters, values
 from coracle.api.http import Request, Response, Router
 from coracle.engine.engine import Engine
 from coracle.errors import InvalidParameter
@@ -42,21 +43,18 @@ def routes(router: Router, engine: Engine, images: Any) -> None:
 
     async def list_(req: Request) -> Response:
         found = await thread(images.list)
-        filters = req.qjson("filters") or {}
+        filters = parse_filters(req.qjson("filters"))
         out = [images.summary(i) for i in found]
         if filters.get("dangling"):
-            want = (list(filters["dangling"]) if isinstance(filters["dangling"], (list, dict)) else [filters["dangling"]])
-            dangling = "true" in [str(w).lower() for w in want]
+            dangling = "true" in [w.lower() for w in filters["dangling"]]
             out = [o for o in out if (not o["RepoTags"] or o["RepoTags"] == ["<none>:<none>"]) == dangling]
         if filters.get("reference"):
             import fnmatch
 
-            refs = list(filters["reference"])
+            refs = filters["reference"]
             out = [o for o in out if any(fnmatch.fnmatch(t, r) or fnmatch.fnmatch(t, r + ":*")
                                          for t in o["RepoTags"] or [] for r in refs)]
         if filters.get("label"):
-            from coracle.api.filters import labels_match, values
-
             out = [o for o in out if labels_match(o.get("Labels") or {}, values(filters, "label"))]
         return Response.json(out)
 
@@ -199,12 +197,11 @@ def routes(router: Router, engine: Engine, images: Any) -> None:
         return Response.json(result)
 
     async def prune(req: Request) -> Response:
-        filters = req.qjson("filters") or {}
+        filters = parse_filters(req.qjson("filters"))
         dangling = filters.get("dangling")
         only_dangling = True
         if dangling:
-            values = list(dangling) if isinstance(dangling, (list, dict)) else [dangling]
-            only_dangling = "false" not in [str(v).lower() for v in values]
+            only_dangling = "false" not in [v.lower() for v in dangling]
         return Response.json(await thread(images.prune, only_dangling, in_use))
 
     async def commit(req: Request) -> Response:

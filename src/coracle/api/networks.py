@@ -5,22 +5,32 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from coracle.api.containers import ENDPOINT_SHAPE, check_shape
+from coracle.api.filters import parse as parse_filters
 from coracle.api.http import Request, Response, Router
 from coracle.engine.engine import Engine
 from coracle.errors import InvalidParameter
 
 thread = asyncio.to_thread
+CREATE_SHAPE: dict[str, Any] = {
+    "Name": "str", "Driver": "str", "Scope": "str", "ConfigOnly": "bool", "ConfigFrom": "obj",
+    **dict.fromkeys(("Internal", "Attachable", "Ingress", "EnableIPv4", "EnableIPv6", "CheckDuplicate"), "bool"),
+    "IPAM": {"Driver": "str", "Options": "labels",
+             "Config": [{"Subnet": "str", "IPRange": "str", "Gateway": "str", "AuxiliaryAddresses": "labels"}]}, "Options": "labels", "Labels": "labels",
+}
+CONNECT_SHAPE: dict[str, Any] = {"Container": "str", "EndpointConfig": ENDPOINT_SHAPE, "Force": "bool"}
 
 
 def routes(router: Router, engine: Engine, network: Any) -> None:
     async def list_(req: Request) -> Response:
-        return Response.json(await thread(network.list, req.qjson("filters") or {}))
+        return Response.json(await thread(network.list, parse_filters(req.qjson("filters"))))
 
     async def inspect(req: Request, id: str) -> Response:
         return Response.json(await thread(network.inspect, id))
 
     async def create(req: Request) -> Response:
         body = req.json()
+        check_shape(body, CREATE_SHAPE, "")
         if not isinstance(body, dict) or not isinstance(body.get("Name"), str) or not body["Name"]:
             raise InvalidParameter("network name is required")
         result = await thread(
@@ -40,6 +50,7 @@ def routes(router: Router, engine: Engine, network: Any) -> None:
 
     async def connect(req: Request, id: str) -> Response:
         body = req.json()
+        check_shape(body, CONNECT_SHAPE, "")
         if not isinstance(body, dict) or not body.get("Container"):
             raise InvalidParameter("container is required")
         await thread(engine.connect, body["Container"], id, body.get("EndpointConfig") or {})
@@ -47,13 +58,14 @@ def routes(router: Router, engine: Engine, network: Any) -> None:
 
     async def disconnect(req: Request, id: str) -> Response:
         body = req.json()
+        check_shape(body, CONNECT_SHAPE, "")
         if not isinstance(body, dict) or not body.get("Container"):
             raise InvalidParameter("container is required")
         await thread(engine.disconnect, body["Container"], id, bool(body.get("Force")))
         return Response.empty(200)
 
     async def prune(req: Request) -> Response:
-        removed = await thread(network.prune, req.qjson("filters") or {})
+        removed = await thread(network.prune, parse_filters(req.qjson("filters")))
         for name in removed:
             engine.events.publish("network", "destroy", name, {"name": name})
         return Response.json({"NetworksDeleted": removed})

@@ -3,7 +3,9 @@
 Clients attach before they start (`docker run`, `docker start -a`): the hub
 keeps those waiting attaches and connects them to the monitor in the engine's
 `before_release` hook, after the process exists but before it runs user code,
-so not one byte of output is missed.
+so not one byte of output is missed. Input waits until the start is over
+(`released`): a held process reads nothing, and stdin piped into it meanwhile
+would fill its pipe while the monitor still has to release it.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ class AttachRequest:
     stdout: bool
     stderr: bool
     loop: asyncio.AbstractEventLoop
-    ready: asyncio.Future = field(default=None)  # type: ignore[assignment]
+    ready: asyncio.Future = field(default=None)  # type: ignore[assignment]  # (socket, tty) once it exists
+    running: asyncio.Future = field(default=None)  # type: ignore[assignment]  # set once the start is over
 
 
 class AttachHub:
@@ -36,10 +39,11 @@ class AttachHub:
         self.monitor = monitor
         self._lock = threading.Lock()
         self._waiting: dict[str, list[AttachRequest]] = {}
+        self._held: dict[str, list[AttachRequest]] = {}
 
     def wait(self, key: str, stdin: bool, stdout: bool, stderr: bool) -> AttachRequest:
         loop = asyncio.get_running_loop()
-        req = AttachRequest(stdin, stdout, stderr, loop, loop.create_future())
+        req = AttachRequest(stdin, stdout, stderr, loop, loop.create_future(), loop.create_future())
         with self._lock:
             self._waiting.setdefault(key, []).append(req)
         return req
@@ -49,10 +53,18 @@ class AttachHub:
             if req in self._waiting.get(key, []):
                 self._waiting[key].remove(req)
 
+    def released(self, key: str) -> None:
+        """The start of `key` is over (run or failed): input may flow to the attaches it connected."""
+        with self._lock:
+            held = self._held.pop(key, [])
+        for req in held:
+            req.loop.call_soon_threadsafe(_resolve, req.running, True)
+
     def connect_waiting(self, key: str) -> None:
         """Engine hook (worker thread): the process is held; connect every waiting attach."""
         with self._lock:
             waiting = self._waiting.pop(key, [])
+            self._held.setdefault(key, []).extend(waiting)
         for req in waiting:
             try:
                 result: Any = self.monitor.attach(key, req.stdin, req.stdout, req.stderr)
@@ -90,11 +102,13 @@ def parse_detach_keys(spec: str) -> bytes:
 async def pump(
     msock: socket.socket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
     stdin: bool, stdin_once: bool, tty: bool, detach_keys: bytes = DETACH_DEFAULT,
+    input_gate: asyncio.Future | None = None,
 ) -> None:
     """Copy output monitor -> client and input client -> monitor until the output ends.
 
     The client may half-close its side at stdin EOF: output keeps flowing until
     the process ends. Detach keys (TTY only) end the stream, not the process.
+    Input is read from the client only once `input_gate` is done.
     """
     loop = asyncio.get_running_loop()
     msock.setblocking(False)
@@ -109,6 +123,8 @@ async def pump(
             await writer.drain()
 
     async def input_() -> None:
+        if input_gate is not None:
+            await input_gate
         matched = 0
         while True:
             data = await reader.read(65536)

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from coracle import __version__
-from coracle.api.filters import values
+from coracle.api.filters import parse as parse_filters, values
 from coracle.api.http import API_VERSION, DOCKER_COMPAT, MIN_API_VERSION, Request, Response, Router
 from coracle.engine.engine import Engine
 from coracle.engine.logs import parse_time
@@ -69,7 +69,7 @@ def routes(router: Router, engine: Engine, images: Any, network: Any, data_root:
     async def events(req: Request) -> Any:
         since = parse_time(req.q("since"))
         until = parse_time(req.q("until"))
-        filters = req.qjson("filters") or {}
+        filters = parse_filters(req.qjson("filters"))
 
         def keep(ev: dict[str, Any]) -> bool:
             checks = {
