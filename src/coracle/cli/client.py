@@ -21,6 +21,7 @@ TYPE_CHECKING = False  # typing costs start-up time; annotations are strings any
 if TYPE_CHECKING:
     from typing import Any, BinaryIO, Iterable, Iterator
 
+
 DEFAULT_HOST = "unix:///run/coracle/coracle.sock"
 USER_AGENT = "coracle-cli"
 

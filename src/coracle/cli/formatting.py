@@ -9,12 +9,13 @@ the way Go's tabwriter does with docker's settings (min width 10, padding 3).
 from __future__ import annotations
 
 import json
-TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
-if TYPE_CHECKING:
-    from typing import Any, Iterable
 
 from coracle.cli.gotemplate import Template
 from coracle.cli.units import ago, go_time, human_size
+
+TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Any, Iterable
 
 
 def ellipsis(text: str, width: int) -> str:

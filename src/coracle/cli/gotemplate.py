@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+
 TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
 if TYPE_CHECKING:
     from typing import Any, Callable

@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 import re
+
+from coracle.cli.units import parse_bytes
+
 TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
 if TYPE_CHECKING:
     from typing import Any
-
-from coracle.cli.units import parse_bytes
 
 
 class UsageError(Exception):

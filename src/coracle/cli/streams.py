@@ -9,6 +9,7 @@ import struct
 import sys
 import threading
 from contextlib import contextmanager
+
 TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
 if TYPE_CHECKING:
     from typing import Any, Callable, Iterator

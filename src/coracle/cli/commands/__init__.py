@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+from coracle.cli.runconfig import UsageError
+
 TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
 if TYPE_CHECKING:
     from typing import Any, NoReturn
-
-from coracle.cli.runconfig import UsageError
 
 
 class CommandError(Exception):

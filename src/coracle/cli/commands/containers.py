@@ -8,9 +8,7 @@ import os
 import sys
 import threading
 import time
-TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
-if TYPE_CHECKING:
-    from typing import Any
+from contextlib import nullcontext
 
 from coracle.cli.client import ApiError, Client, quote_name
 from coracle.cli.commands import CommandError, each, filters, parser
@@ -18,6 +16,10 @@ from coracle.cli.main import Cli
 from coracle.cli.runconfig import UsageError, add_container_flags, create_body, env_entries
 from coracle.cli.streams import (follow_resizes, forward_stdin, pump_output, raw_terminal, stdin_is_tty,
                                  terminal_size)
+
+TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _path(cid: str, suffix: str = "") -> str:
@@ -183,21 +185,13 @@ def attach_and_start(cli: Cli, cid: str, *, tty: bool, stdin: bool, detach_keys:
         if run:
             return _start_failed(cli, exc)
         raise
-    with raw_terminal(0) if tty and stdin else _nothing(), \
-            follow_resizes(lambda h, w: cli.client.post(_path(cid, "/resize"), {"h": h, "w": w})) if tty else _nothing():
+    with raw_terminal(0) if tty and stdin else nullcontext(), \
+            follow_resizes(lambda h, w: cli.client.post(_path(cid, "/resize"), {"h": h, "w": w})) if tty else nullcontext():
         detached = _hijacked_session(cli, sock, multiplexed, first, stdin=stdin, tty=tty, detach_keys=detach_keys)
     if detached:
         return 0
     status = exit_.result()
     return 0 if status is None else status
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 # ----- simple lifecycle verbs -------------------------------------------------------
@@ -458,9 +452,9 @@ def exec_(cli: Cli, name: str, args: list[str]) -> int:
         status = start_error_status(exc.message)
         cli.err(f"Error response from daemon: {exc.message}")
         return status if status != 125 else 1
-    with raw_terminal(0) if opts.tty and opts.interactive else _nothing(), \
+    with raw_terminal(0) if opts.tty and opts.interactive else nullcontext(), \
             follow_resizes(lambda h, w: cli.client.post(f"/exec/{exec_id}/resize", {"h": h, "w": w})) \
-            if opts.tty else _nothing():
+            if opts.tty else nullcontext():
         _hijacked_session(cli, sock, multiplexed, first, stdin=opts.interactive, tty=opts.tty,
                           detach_keys=opts.detach_keys)
     for _ in range(100):  # the exit code is recorded a moment after the stream ends
@@ -489,9 +483,9 @@ def attach(cli: Cli, name: str, args: list[str]) -> int:
         raise CommandError("the input device is not a TTY", 1)
     query = {"stream": True, "stdin": stdin, "stdout": True, "stderr": True, "detachKeys": opts.detach_keys}
     sock, multiplexed, first = cli.client.hijack(_path(info["Id"], "/attach"), query)
-    with raw_terminal(0) if tty and stdin else _nothing(), \
+    with raw_terminal(0) if tty and stdin else nullcontext(), \
             follow_resizes(lambda h, w: cli.client.post(_path(info["Id"], "/resize"), {"h": h, "w": w})) \
-            if tty else _nothing():
+            if tty else nullcontext():
         detached = _hijacked_session(cli, sock, multiplexed, first, stdin=stdin, tty=tty, detach_keys=opts.detach_keys)
     if detached:
         return 0

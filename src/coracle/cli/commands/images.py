@@ -6,13 +6,14 @@ import base64
 import json
 import os
 import sys
-TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
-if TYPE_CHECKING:
-    from typing import Any, TextIO
 
 from coracle.cli.client import ApiError, file_chunks, quote_name
 from coracle.cli.commands import CommandError, confirm, filters, parser
 from coracle.cli.main import Cli
+
+TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Any, TextIO
 
 DEFAULT_REGISTRY = "https://index.docker.io/v1/"
 

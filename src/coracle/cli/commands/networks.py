@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
-TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
-if TYPE_CHECKING:
-    from typing import Any
 
 from coracle.cli.client import quote_name
 from coracle.cli.commands import confirm, each, filters, parser
 from coracle.cli.main import Cli
 from coracle.cli.runconfig import UsageError
+
+TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _path(net: str, suffix: str = "") -> str:

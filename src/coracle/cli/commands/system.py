@@ -6,13 +6,14 @@ import json
 import platform
 import sys
 import time
-TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
-if TYPE_CHECKING:
-    from typing import Any
 
 from coracle.cli.client import ApiError, DaemonUnreachable, quote_name
 from coracle.cli.commands import CommandError, confirm, filters, parser, print_json, template_each
 from coracle.cli.main import Cli
+
+TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
+if TYPE_CHECKING:
+    from typing import Any
 
 _INSPECT_PATHS = {"container": "/containers/{}/json", "image": "/images/{}/json", "network": "/networks/{}"}
 _MISSING = {"container": "No such container", "image": "No such image", "network": "No such network"}
