@@ -68,4 +68,10 @@ def check(engine: Engine, dry_run: bool = False) -> dict[str, Any]:
 
     live = {r["Id"]: r["State"]["Pid"] for r in engine.records() if r["State"]["Running"]}
     found["network"] = engine.network.reconcile(live, dry_run=dry_run)
+    for rec in engine.records():
+        if rec["State"]["Running"]:
+            keep = {n.get("NetworkID") for n in (rec["NetworkSettings"].get("Networks") or {}).values()}
+            partial = engine.network.prune_partial(rec["Id"], {k for k in keep if k}, dry_run=dry_run)
+            if partial:
+                found["network"].setdefault("partial", []).extend(partial)
     return found

@@ -359,6 +359,32 @@ class NetworkManager:
 
     # ----- networks ----------------------------------------------------------
 
+    def prune_partial(self, cid: str, keep: set[str], dry_run: bool = False) -> list[str]:
+        """Drop a live container's endpoints on networks outside `keep` (network ids), and its
+        leases that no endpoint uses: what a crash in the middle of a connect leaves behind."""
+        found: list[str] = []
+        with self._lock:
+            endpoints = self._endpoints(container=cid)
+            for ep in endpoints:
+                if ep["NetworkID"] not in keep:
+                    found.append(f"endpoint {ep['EndpointID'][:12]} on {ep['NetworkName']}")
+                    if not dry_run:
+                        rows = self.store.execute("SELECT proto, host_ip, host_port, container_ip, container_port "
+                                                  "FROM net_ports WHERE container = ? AND network = ?",
+                                                  (cid, ep["NetworkID"]))
+                        if rows:
+                            self.firewall.remove_mappings([Mapping(*r) for r in rows])
+                            self.store.execute("DELETE FROM net_ports WHERE container = ? AND network = ?",
+                                               (cid, ep["NetworkID"]))
+                        self._drop_endpoint(ep)
+            used = {(ep["NetworkID"], ep.get("IPAddress")) for ep in endpoints if ep["NetworkID"] in keep}
+            for network, address, container in self.ipam.leases():
+                if container == cid and (network, address) not in used:
+                    found.append(f"lease {address} on {network[:12]}")
+                    if not dry_run:
+                        self.ipam.release(network, address)
+        return found
+
     def resolve(self, ref: str) -> dict[str, Any]:
         """A network record by full id, name, or unique id prefix ("default" is the default bridge)."""
         records = self.store.all(KIND)
