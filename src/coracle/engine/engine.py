@@ -12,10 +12,12 @@ Any failure undoes what was made, in reverse, and leaves a clear error.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
 import signal
+import sqlite3
 import threading
 import time
 from typing import Any, Callable
@@ -27,7 +29,7 @@ from coracle.engine import config as cfg
 from coracle.engine import security
 from coracle.engine.events import EventBus
 from coracle.engine.restart import RestartTracker
-from coracle.errors import Conflict, CoracleError, InvalidParameter, NotFound, NotModified
+from coracle.errors import Conflict, CoracleError, InvalidParameter, NotFound, NotModified, SystemError_
 from coracle.faults import fault
 from coracle.images import ImageStore
 from coracle.runtime.client import MonitorClient, StartError
@@ -188,13 +190,20 @@ class Engine:
                     raise Conflict(
                         f'Conflict. The container name "{rec["Name"]}" is already in use by container '
                         f'"{other["Id"]}". You have to remove (or rename) that container to be able to reuse that name.')
-            for sub in ("upper", "work", "rootfs"):
-                os.makedirs(self._dir(cid, sub), exist_ok=True)
-            fault("create-after-dirs")
-            for m in mounts:
-                if m["Type"] == "volume":
-                    os.makedirs(m["Source"], exist_ok=True)
-            self.save(rec)
+            try:
+                for sub in ("upper", "work", "rootfs"):
+                    os.makedirs(self._dir(cid, sub), exist_ok=True)
+                fault("create-after-dirs")
+                for m in mounts:
+                    if m["Type"] == "volume":
+                        os.makedirs(m["Source"], exist_ok=True)
+                self.save(rec)
+            except (OSError, sqlite3.Error) as exc:
+                shutil.rmtree(self._dir(cid), ignore_errors=True)
+                full = isinstance(exc, sqlite3.Error) and "full" in str(exc) or getattr(exc, "errno", 0) == errno.ENOSPC
+                if full:
+                    raise SystemError_(f"no space left on device: the data root {self.data_root} is full") from None
+                raise
         self._event(rec, "create")
         return {"Id": cid, "Warnings": []}
 
