@@ -142,3 +142,15 @@ def test_crash_mid_pull_leaves_no_trusted_half_and_the_next_pull_works(fresh_dae
     finally:
         registry.kill()
         registry.wait()
+
+
+def test_system_check_reports_with_dry_run_and_repairs_without(fresh_daemon: Daemon) -> None:
+    d = fresh_daemon
+    d.start()
+    stray = d.data_root / "containers" / ("f" * 64)
+    (stray / "upper").mkdir(parents=True)
+    out = d.cli("system", "check", "--dry-run", "--format", "json").stdout
+    assert str(stray) in out and stray.exists()
+    d.cli("system", "check")
+    assert not stray.exists()
+    assert str(stray) not in d.cli("system", "check", "--dry-run", "--format", "json").stdout

@@ -270,12 +270,12 @@ def prune(cli: Cli, name: str, args: list[str]) -> int:
 
 
 def check(cli: Cli, name: str, args: list[str]) -> int:
-    """coracle's own: compare records with what exists (cgroups, processes, network) and optionally repair."""
-    p = parser(name, "[OPTIONS]", "Report (and with --repair, fix) inconsistencies between state and the system")
-    p.add_argument("--repair", action="store_true", help="repair what is found instead of only reporting it")
+    """coracle's own: compare records with what exists (cgroups, processes, network) and repair it."""
+    p = parser(name, "[OPTIONS]", "Find and repair inconsistencies between state and the system")
+    p.add_argument("--dry-run", action="store_true", help="only report what would be repaired")
     p.add_argument("--format", help="format output using a custom template ('json' for the raw report)")
     opts = p.parse_args(args)
-    report = cli.client.post("/coracle/check", {"dry_run": None if opts.repair else True}) or {}
+    report = cli.client.post("/coracle/check", {"dry_run": True if opts.dry_run else None}) or {}
     if opts.format:
         template_each(cli, "{{json .}}" if opts.format == "json" else opts.format, [report])
         return 0
@@ -286,7 +286,7 @@ def check(cli: Cli, name: str, args: list[str]) -> int:
         for item in items or []:
             text = item if isinstance(item, str) else json.dumps(item, separators=(", ", ": "))
             lines.append(f"{kind}: {text}")
-    verb = "repaired" if opts.repair else "found"
+    verb = "found" if opts.dry_run else "repaired"
     if not lines:
         cli.out("No inconsistencies found.\n")
     else:
