@@ -60,10 +60,6 @@ def describe_error(exc: BaseException) -> str:
     return text[-1200:]
 
 
-def median(xs: Sequence[float]) -> float | None:
-    return statistics.median(xs) if xs else None
-
-
 def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None

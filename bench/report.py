@@ -83,8 +83,12 @@ class Report:
                  "data root, socket and cgroup parent. Figures are medians of repeated runs taken alternately "
                  "engine by engine; ratios are coracle / Docker and coracle / Podman (below 1 means coracle is "
                  "faster or smaller, except for throughput rows where above 1 is better).", "",
-                 "Reproduce: `sudo .venv/bin/python -m bench --publish` (full, about half an hour with Docker and "
-                 "Podman), `--quick` for a smoke run, `--engines coracle` for coracle alone.", "")
+                 "Reproduce (as root): `apt-get install docker.io podman netavark aardvark-dns iperf3 busybox-static`, "
+                 "`pip install -e '.[bench]'` (matplotlib, py-spy for `--profile`), then "
+                 "`.venv/bin/python -m bench --publish --profile` (about half an hour with Docker and Podman); "
+                 "`--quick` for a smoke run, `--engines coracle` for coracle alone. Timings are wall clock around "
+                 "each client command (CLI start-up included), taken in-process rather than with hyperfine so that "
+                 "engines can be interleaved sample by sample.", "")
         self.machine()
         self.targets()
         self.startup(plot_dir)
@@ -346,7 +350,8 @@ def plots(results: dict, out: Path) -> list[str]:
             xs = sorted(int(k) for k in res if k.isdigit())
             a1.plot(xs, [res[str(x)]["seconds"].get("median", 0) for x in xs], marker="o", label=label)
             a2.plot(xs, [res[str(x)]["processes_created"] for x in xs], marker="o", label=label)
-        for ax, ylabel in ((a1, "run -d seconds"), (a2, "processes created")):
+        a1.set_yscale("log")
+        for ax, ylabel in ((a1, "run -d seconds (log)"), (a2, "processes created")):
             ax.set_xscale("log")
             ax.set_xlabel("published ports")
             ax.set_ylabel(ylabel)

@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--coracle-clients", default="coracle,docker",
                    help="CLIs driving coracled, first one primary: coracle (its own), docker (the docker CLI)")
     p.add_argument("--profile", action="store_true", help="profile coracle (py-spy, cProfile) and report hot spots")
+    p.add_argument("--render", type=Path, default=None, metavar="DIR",
+                   help="only re-render report.md and plots from DIR/results.json (with --publish: publish it)")
     p.add_argument("--repeat", type=int, default=None, help="override the start-latency sample count")
     p.add_argument("--scale", type=int, default=None, help="override the number of containers in the scale section")
     return p.parse_args(argv)
@@ -96,6 +98,11 @@ def _raise_interrupt(signum, frame):  # type: ignore[no-untyped-def]
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
+    if args.render:
+        report.write(json.loads((args.render / "results.json").read_text()), args.render)
+        if args.publish:
+            report.publish(args.render)
+        return args.render
     if os.geteuid() != 0:
         sys.exit("bench: needs root (namespaces, cgroups, daemons)")
     names = [n for n in args.engines.split(",") if n]

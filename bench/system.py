@@ -130,15 +130,15 @@ def proc_info(pid: int) -> Proc | None:
     return Proc(pid, fields.get("Name", "?").strip(), rss, pss)
 
 
-def engine_processes(inode: int, exclude: set[int] = frozenset()) -> list[Proc]:  # type: ignore[assignment]
+def engine_processes(inode: int) -> list[Proc]:
     """Every live process in the engine's host netns: daemons, shims, proxies, monitors.
 
     Container processes live in their own netns and so are not counted; zombies
-    (no RSS) and the bench's own helpers (exclude) are left out.
+    (no RSS) are left out.
     """
     procs = []
     for pid in pids_in_netns(inode):
-        if pid in exclude or pid == os.getpid():
+        if pid == os.getpid():
             continue
         info = proc_info(pid)
         if info and info.rss_kib > 0:
