@@ -154,7 +154,7 @@ def _container_child(spec: Spec, fds: ChildFds) -> NoReturn:
         _wait_release(fds)
         if "cgroup" in spec.namespaces:
             sc.unshare(sc.CLONE_NEWCGROUP)
-        rootfs.build(spec)
+        rootfs.build(spec, fds.stdout if spec.process.tty else None)
         if "uts" in spec.namespaces and spec.hostname:
             sc.sethostname(spec.hostname)
     except OSError as exc:

@@ -81,7 +81,7 @@ def _host_devices() -> list[dict]:
     return found
 
 
-def _mount_dev(root: str, tty: bool, extra: list[dict], privileged: bool) -> None:
+def _mount_dev(root: str, console: int | None, extra: list[dict], privileged: bool) -> None:
     dev = os.path.join(root, "dev")
     os.makedirs(dev, exist_ok=True)
     wanted = (_host_devices() if privileged else []) + extra
@@ -112,8 +112,12 @@ def _mount_dev(root: str, tty: bool, extra: list[dict], privileged: bool) -> Non
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
         os.symlink(target, os.path.join(dev, name))
-    if tty:
-        _ensure(os.path.join(dev, "console"), like_file=True)
+    if console is not None:
+        # The terminal comes from the host's devpts; bound on /dev/console, ttyname()
+        # finds it by device number, so `tty` names it as it does under Docker.
+        target = os.path.join(dev, "console")
+        _ensure(target, like_file=True)
+        sc.mount(os.ttyname(console), target, None, sc.MS_BIND)  # path in our copy of the host mounts
 
 
 def _mount_user_mounts(root: str, spec: Spec) -> None:
@@ -187,7 +191,7 @@ def _write_sysctls(proc: str, sysctls: dict[str, str]) -> None:
             f.write(value)
 
 
-def build(spec: Spec) -> None:
+def build(spec: Spec, console: int | None = None) -> None:
     """Mount the overlay, kernel filesystems and user mounts, then pivot into it."""
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     root = spec.rootfs
@@ -209,7 +213,7 @@ def build(spec: Spec) -> None:
             sc.mount(None, sys_dir, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_REC)
     if "cgroup" in spec.namespaces:
         _mount_cgroups(root, writable=spec.privileged)
-    _mount_dev(root, spec.process.tty, spec.devices, spec.privileged)
+    _mount_dev(root, console, spec.devices, spec.privileged)
     _mount_user_mounts(root, spec)
     if spec.init_binary:
         target = os.path.join(root, "sbin/docker-init")
