@@ -258,8 +258,6 @@ def test_clients_vanishing_mid_stream(daemon: Daemon, docker: Docker) -> None:
         time.sleep(0.1)
 
 
-@pytest.mark.xfail(reason="the monitor writes a container's stdin with blocking writes: a container that does "
-                          "not read its stdin stalls every other container's start until it exits", strict=False)
 def test_a_container_ignoring_its_stdin_does_not_stall_others(daemon: Daemon, docker: Docker) -> None:
     import subprocess
 

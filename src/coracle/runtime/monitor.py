@@ -46,6 +46,8 @@ from coracle.runtime.spec import Spec
 MAX_PACKET = 1 << 20
 LINE_MAX = 16 * 1024
 SUBSCRIBER_BUFFER = 4 << 20
+STDIN_BUFFER = 8 << 20  # stdin held for a process that reads slowly; beyond it input is dropped
+STDIN_RETRY = 0.02  # seconds between attempts to hand buffered stdin over
 
 
 def utc_now() -> str:
@@ -123,6 +125,8 @@ class Proc:
     state: str = "forking"  # forking -> held -> starting -> running -> exited
     outputs: dict[int, str] = field(default_factory=dict)  # fd -> "stdout"/"stderr"/"tty"
     stdin_fd: int = -1
+    stdin_buf: bytearray = field(default_factory=bytearray)  # accepted, not yet taken by the process
+    stdin_close: bool = False  # close stdin once the buffer is written
     master_fd: int = -1
     sync_fd: int = -1
     ready_fd: int = -1
@@ -144,6 +148,7 @@ class Monitor:
         self.by_pid: dict[int, Proc] = {}
         self.listeners: list[socket.socket] = []
         self.attached: dict[socket.socket, tuple[Proc, Subscriber]] = {}
+        self.stdin_waiting: set[str] = set()
 
     # ----- plumbing -------------------------------------------------------
 
@@ -167,8 +172,13 @@ class Monitor:
         write_atomic(os.path.join(self.root, "monitor.pid"), str(os.getpid()).encode())
         self._reap()
         while True:
-            for key, events in self.sel.select():
+            for key, events in self.sel.select(STDIN_RETRY if self.stdin_waiting else None):
                 key.data(key.fileobj, events)
+            for pid in list(self.stdin_waiting):
+                if pid in self.procs:
+                    self._feed_stdin(self.procs[pid])
+                else:
+                    self.stdin_waiting.discard(pid)
 
     def _accept(self, lsock: socket.socket, _events: int) -> None:
         conn, _ = lsock.accept()
@@ -399,15 +409,35 @@ class Monitor:
         if not sub.stdin or proc.stdin_fd < 0:
             return
         if data[:1] == b"c":
-            self._close_stdin(proc)
+            proc.stdin_close = True
         elif data[:1] == b"d":
+            if len(proc.stdin_buf) + len(data) - 1 > STDIN_BUFFER:
+                print(f"{proc.id}: stdin is not being read; {len(data) - 1} bytes dropped", file=sys.stderr)
+            else:
+                proc.stdin_buf += data[1:]
+        self._feed_stdin(proc)
+
+    def _feed_stdin(self, proc: Proc) -> None:
+        """Write what the container will take now; never wait for a process that does not read."""
+        while proc.stdin_buf and proc.stdin_fd >= 0:
             try:
-                os.set_blocking(proc.stdin_fd, True)
-                os.write(proc.stdin_fd, data[1:])
+                os.set_blocking(proc.stdin_fd, False)
+                written = os.write(proc.stdin_fd, proc.stdin_buf[:65536])
+            except BlockingIOError:
+                break
             except OSError:
-                pass
+                proc.stdin_buf.clear()
+                break
+            del proc.stdin_buf[:written]
+        if proc.stdin_buf and proc.stdin_fd >= 0:
+            self.stdin_waiting.add(proc.id)  # retried from the main loop
+            return
+        self.stdin_waiting.discard(proc.id)
+        if proc.stdin_close:
+            self._close_stdin(proc)
 
     def _close_stdin(self, proc: Proc) -> None:
+        proc.stdin_buf.clear()
         if proc.stdin_fd >= 0 and proc.stdin_fd != proc.master_fd:
             os.close(proc.stdin_fd)
         elif proc.stdin_fd >= 0:
@@ -417,7 +447,8 @@ class Monitor:
     def op_close_stdin(self, conn: socket.socket, req: dict) -> None:
         proc = self.procs.get(req["id"])
         if proc is not None:
-            self._close_stdin(proc)
+            proc.stdin_close = True
+            self._feed_stdin(proc)
         self._send(conn, {"ok": True})
 
     def op_resize(self, conn: socket.socket, req: dict) -> None:
