@@ -66,8 +66,35 @@ class Manager(ABC):
         """Make the cgroup (and missing parents) so that a process can join it."""
 
     @abstractmethod
+    def _file(self, controller: str, name: str, what: str) -> str:
+        """The path of a controller's interface file, or a clear error if the host lacks it."""
+
+    @abstractmethod
+    def _write_memory(self, r: Resources, fresh: bool) -> None:
+        """Memory, swap, reservation and OOM-killer settings in this version's files."""
+
+    @abstractmethod
+    def _write_cpu(self, r: Resources) -> None:
+        """Shares/weight and quota/period in this version's files."""
+
+    @abstractmethod
+    def _write_io_weight(self, weight: int) -> None:
+        """The block I/O weight (blkio.* on v1, io.* on v2)."""
+
     def _write_limits(self, r: Resources, fresh: bool) -> None:
         """Write the limits `r` asks for; `fresh` applies creation-time defaults."""
+        # cpuset first: a cpu quota is judged against the CPUs the cgroup may use.
+        if r.cpuset_cpus:
+            files.write(self._file("cpuset", "cpuset.cpus", "cpuset"), r.cpuset_cpus, "cpuset cpus")
+        if r.cpuset_mems:
+            files.write(self._file("cpuset", "cpuset.mems", "cpuset"), r.cpuset_mems, "cpuset mems")
+        self._write_memory(r, fresh)
+        self._write_cpu(r)
+        if r.pids_limit:
+            value = r.pids_limit if r.pids_limit > 0 else "max"
+            files.write(self._file("pids", "pids.max", "pids limit"), value, "pids limit")
+        if r.blkio_weight:
+            self._write_io_weight(r.blkio_weight)
 
     @abstractmethod
     def stats(self) -> dict:

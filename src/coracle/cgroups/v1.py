@@ -86,20 +86,6 @@ class V1Manager(Manager):
 
     # -- limits -----------------------------------------------------------
 
-    def _write_limits(self, r: Resources, fresh: bool) -> None:
-        # cpuset first: a cpu quota is judged against the CPUs the cgroup may use.
-        if r.cpuset_cpus:
-            files.write(self._file("cpuset", "cpuset.cpus", "cpuset"), r.cpuset_cpus, "cpuset cpus")
-        if r.cpuset_mems:
-            files.write(self._file("cpuset", "cpuset.mems", "cpuset"), r.cpuset_mems, "cpuset mems")
-        self._write_memory(r, fresh)
-        self._write_cpu(r)
-        if r.pids_limit:
-            value = r.pids_limit if r.pids_limit > 0 else "max"
-            files.write(self._file("pids", "pids.max", "pids limit"), value, "pids limit")
-        if r.blkio_weight:
-            files.write(self._blkio_weight_file(), r.blkio_weight, "blkio weight")
-
     def _write_memory(self, r: Resources, fresh: bool) -> None:
         if r.memory_reservation:
             path = self._file("memory", "memory.soft_limit_in_bytes", "memory reservation")
@@ -156,12 +142,13 @@ class V1Manager(Manager):
         if quota:
             files.write(self._file("cpu", "cpu.cfs_quota_us", "cpu quota"), quota, "cpu quota")
 
-    def _blkio_weight_file(self) -> str:
+    def _write_io_weight(self, weight: int) -> None:
         """blkio.weight belongs to CFQ (gone since 5.0); BFQ offers blkio.bfq.weight."""
         d = os.path.dirname(self._file("blkio", "blkio.weight", "blkio weight"))
         for name in ("blkio.weight", "blkio.bfq.weight"):
             if os.path.exists(os.path.join(d, name)):
-                return os.path.join(d, name)
+                files.write(os.path.join(d, name), weight, "blkio weight")
+                return
         raise InvalidParameter(
             "blkio weight requested, but this kernel offers no blkio weight "
             "(neither blkio.weight nor blkio.bfq.weight; the BFQ I/O scheduler is needed)"

@@ -73,19 +73,6 @@ class V2Manager(Manager):
 
     # -- limits -----------------------------------------------------------
 
-    def _write_limits(self, r: Resources, fresh: bool) -> None:
-        if r.cpuset_cpus:
-            files.write(self._file("cpuset", "cpuset.cpus", "cpuset"), r.cpuset_cpus, "cpuset cpus")
-        if r.cpuset_mems:
-            files.write(self._file("cpuset", "cpuset.mems", "cpuset"), r.cpuset_mems, "cpuset mems")
-        self._write_memory(r, fresh)
-        self._write_cpu(r)
-        if r.pids_limit:
-            value = r.pids_limit if r.pids_limit > 0 else "max"
-            files.write(self._file("pids", "pids.max", "pids limit"), value, "pids limit")
-        if r.blkio_weight:
-            self._write_io_weight(r.blkio_weight)
-
     def _write_memory(self, r: Resources, fresh: bool) -> None:
         if r.oom_kill_disable:
             log.warning("cgroup v2 has no way to disable the OOM killer; OomKillDisable discarded")
