@@ -33,6 +33,42 @@ def unique(prefix: str) -> str:
     return f"{prefix}{SESSION_TAG}{secrets.token_hex(2)}"
 
 
+def busybox_rootfs(root: Path) -> Path:
+    """A minimal image directory for runtime-level tests: busybox with its applets, root and nobody."""
+    (root / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", root / "bin" / "busybox")
+    for applet in subprocess.run(["/bin/busybox", "--list"], capture_output=True, text=True).stdout.split():
+        if applet != "busybox":
+            (root / "bin" / applet).symlink_to("busybox")
+    (root / "etc").mkdir()
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/sh\n")
+    (root / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    (root / "tmp").mkdir(mode=0o1777)
+    os.chmod(root / "tmp", 0o1777)
+    return root
+
+
+def start_registry(netns: str, workdir: Path) -> tuple[subprocess.Popen, int]:
+    """Debian's docker-registry on the loopback of `netns`; returns (process, port) once it answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = workdir / "registry.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {workdir / 'registry-data'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n  secret: tests\n")
+    proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{netns}", "/usr/bin/docker-registry", "serve",
+                             str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        probe = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "bash", "-c",
+                                f"echo > /dev/tcp/127.0.0.1/{port}"], capture_output=True)
+        if probe.returncode == 0:
+            break
+        time.sleep(0.05)
+    return proc, port
+
+
 def _ping(sock_path: str) -> bool:
     try:
         with socket.socket(socket.AF_UNIX) as s:

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from harness import Daemon, unique
+from harness import Daemon, start_registry, unique
 
 REGISTRY = "/usr/bin/docker-registry"
 
@@ -92,29 +89,13 @@ def _pid(d: Daemon, cid: str) -> int:
     return d.api("GET", f"/containers/{cid}/json")[1]["State"]["Pid"]  # type: ignore[index]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not os.path.exists(REGISTRY), reason="needs Debian's docker-registry")
 def test_crash_mid_pull_leaves_no_trusted_half_and_the_next_pull_works(fresh_daemon: Daemon, tmp_path: Path) -> None:
     d = fresh_daemon
     d.start()
-    port = _free_port()
-    (tmp_path / "config.yml").write_text(
-        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n  secret: faults\n")
-    registry = subprocess.Popen(["nsenter", f"--net=/run/netns/{d.netns}", REGISTRY, "serve",
-                                 str(tmp_path / "config.yml")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    registry, port = start_registry(d.netns, tmp_path)
     repo = f"127.0.0.1:{port}/faults/app"
     try:
-        for _ in range(100):
-            if d.netns_exec("bash", "-c", f"echo > /dev/tcp/127.0.0.1/{port}", check=False).returncode == 0:
-                break
-            time.sleep(0.05)
         status, body = d.api("POST", "/containers/create", {"Image": "busybox", "Cmd": ["sh", "-c", "echo v1 > /marker"]})
         cid = body["Id"]  # type: ignore[index]
         d.api("POST", f"/containers/{cid}/start")

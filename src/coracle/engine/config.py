@@ -96,7 +96,7 @@ def restart_policy(host_config: dict) -> dict:
     if not isinstance(retries, int) or retries < 0:
         raise InvalidParameter("invalid restart policy: maximum retry count cannot be negative")
     if retries and name != "on-failure":
-        raise InvalidParameter(f"invalid restart policy: maximum retry count can only be used with 'on-failure'")
+        raise InvalidParameter("invalid restart policy: maximum retry count can only be used with 'on-failure'")
     if name not in ("", "no") and host_config.get("AutoRemove"):
         raise InvalidParameter("can't create 'AutoRemove' container with restart policy")
     return {"Name": name, "MaximumRetryCount": retries}

@@ -580,7 +580,7 @@ class Engine:
         with self._lock:
             rec = self.get(ref)
             if rec["Name"] == name:
-                raise InvalidParameter(f"Renaming a container with the same name as its current name")
+                raise InvalidParameter("Renaming a container with the same name as its current name")
             for other in self.records():
                 if other["Name"] == name:
                     raise Conflict(f'Conflict. The container name "{name}" is already in use by container '
@@ -616,7 +616,7 @@ class Engine:
             rec = self.get(rec["Id"])
             mode = rec["HostConfig"]["NetworkMode"]
             if mode in ("host", "none") or mode.startswith("container:"):
-                raise InvalidParameter(f"container sharing network namespace with another container or host cannot be connected to any other network")
+                raise InvalidParameter("container sharing network namespace with another container or host cannot be connected to any other network")
             pid = rec["State"]["Pid"] if rec["State"]["Running"] else None
             fault("connect-before-network")
             rec["NetworkSettings"] = self.network.connect(rec, pid, network_ref, endpoint_config)
