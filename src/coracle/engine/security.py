@@ -60,7 +60,7 @@ def apply(spec: Spec, host_config: dict[str, Any], daemon_no_new_privs: bool) ->
     proc.capabilities = _capabilities(hc, privileged)
     proc.no_new_privileges = opts.get("no-new-privileges", daemon_no_new_privs)
     proc.seccomp = None if privileged or opts.get("seccomp") == "unconfined" else (
-        opts.get("seccomp") or seccomp_profile.build())
+        opts.get("seccomp") or seccomp_profile.BUILTIN)
     proc.rlimits = _ulimits(hc)
     proc.additional_groups = [str(g) for g in hc.get("GroupAdd") or []]
     spec.readonly_rootfs = _flag(hc, "ReadonlyRootfs")

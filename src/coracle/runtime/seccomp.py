@@ -18,6 +18,8 @@ import json
 import os
 from typing import Any
 
+from coracle.runtime import seccomp_profile
+
 try:
     _lib: ctypes.CDLL | None = ctypes.CDLL("libseccomp.so.2", use_errno=True)
 except OSError:
@@ -157,7 +159,7 @@ def check(profile: dict[str, Any]) -> None:
                 raise ValueError(f"seccomp profile: unsupported comparison {a.get('op')!r}")
 
 
-def load(profile: dict[str, Any], capabilities: list[str], no_new_privs: bool) -> None:
+def load(profile: dict[str, Any] | str, capabilities: list[str], no_new_privs: bool) -> None:
     """Install the filter for `profile`; from here on it binds every descendant.
 
     Without `no_new_privs` the kernel only accepts a filter from a process
@@ -174,7 +176,7 @@ def load(profile: dict[str, Any], capabilities: list[str], no_new_privs: bool) -
         raise OSError(err, f"seccomp: cannot install the filter: {os.strerror(err)}")
 
 
-def compile_bpf(profile: dict[str, Any], capabilities: list[str], no_new_privs: bool) -> bytes:
+def compile_bpf(profile: dict[str, Any] | str, capabilities: list[str], no_new_privs: bool) -> bytes:
     """The BPF program for a profile and capability set, compiled once per distinct pair.
 
     Compiling a Docker-sized profile with libseccomp takes tens of milliseconds;
@@ -183,10 +185,15 @@ def compile_bpf(profile: dict[str, Any], capabilities: list[str], no_new_privs: 
     """
     if _lib is None:
         raise OSError(errno.ENOSYS, "a seccomp profile is set but libseccomp.so.2 is not installed")
-    key = (json.dumps(profile, sort_keys=True), tuple(sorted(capabilities)), no_new_privs)
+    name = profile if isinstance(profile, str) else json.dumps(profile, sort_keys=True)
+    key = (name, tuple(sorted(capabilities)), no_new_privs)
     cached = _compiled.get(key)
     if cached is not None:
         return cached
+    if profile == seccomp_profile.BUILTIN:
+        profile = seccomp_profile.build()
+    elif isinstance(profile, str):
+        raise ValueError(f"unknown seccomp profile name {profile!r}")
     check(profile)
     default = _action(profile["defaultAction"], profile.get("defaultErrnoRet"))
     ctx = _lib.seccomp_init(default)

@@ -102,6 +102,9 @@ def _without_sys_admin() -> dict[str, Any]:
     return {"caps": ["CAP_SYS_ADMIN"]}
 
 
+BUILTIN = "builtin"  # how a spec names this profile: it is built where it is compiled, not shipped per spawn
+
+
 def build() -> dict[str, Any]:
     """The profile as a fresh dict (callers may keep or change their copy)."""
     syscalls = [

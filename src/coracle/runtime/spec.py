@@ -35,7 +35,7 @@ class Process:
     stdin: bool = False  # keep a stdin pipe open (docker -i)
     no_new_privileges: bool = False
     capabilities: list[str] | None = None  # None: leave as inherited (security layer fills it)
-    seccomp: dict | None = None
+    seccomp: dict | str | None = None  # a Docker profile, "builtin" (the default one), or None
     rlimits: list[dict] = field(default_factory=list)  # [{"Name": "nofile", "Soft": n, "Hard": n}]
 
 
