@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import tarfile
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from compat_helpers import Docker, env_for, inspect
-from harness import Daemon, unique
+from harness import Daemon, start_registry, unique
 
 REGISTRY = "/usr/bin/docker-registry"
 
@@ -135,28 +134,12 @@ def test_events_since_and_filters(docker: Docker, daemon: Daemon) -> None:
         live.wait()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not os.path.exists(REGISTRY), reason="needs Debian's docker-registry")
 def test_push_and_pull_through_a_registry(docker: Docker, daemon: Daemon, tmp_path: Path) -> None:
     """A registry on the daemon's loopback (inside its namespace): push, rmi, pull, run."""
-    port = _free_port()
-    (tmp_path / "config.yml").write_text(
-        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n  secret: compat\n")
-    registry = subprocess.Popen(["nsenter", f"--net=/run/netns/{daemon.netns}", REGISTRY, "serve",
-                                 str(tmp_path / "config.yml")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    registry, port = start_registry(daemon.netns, tmp_path)
     ref = f"127.0.0.1:{port}/compat/{unique('bb')}:1"
     try:
-        for _ in range(100):
-            if daemon.netns_exec("bash", "-c", f"echo > /dev/tcp/127.0.0.1/{port}", check=False).returncode == 0:
-                break
-            time.sleep(0.05)
         docker("tag", "busybox", ref)
         docker("push", ref, timeout=60)
         docker("rmi", ref)

@@ -17,9 +17,10 @@ def test_run_it_shell_answers_and_exits_with_its_code(daemon: Daemon) -> None:
     term = Terminal(daemon, "run", "-it", "--rm", "busybox", "sh", rows=31, cols=97)
     try:
         term.read_until(b"# ")
-        term.type(b"stty size; echo $((6*7))\r")
-        term.read_until(b"42")
-        assert b"31 97" in term.output  # the window size reached the container's TTY
+        term.type(b"stty size; tty; echo $((6*7))\r")
+        shown = term.read_until(b"42")
+        assert b"31 97" in shown  # the window size reached the container's TTY
+        assert b"/dev/" in shown and b"not a tty" not in shown
         term.type(b"exit 5\r")
         assert term.wait() == 5
     finally:

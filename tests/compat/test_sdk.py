@@ -123,3 +123,21 @@ def test_images_load_save_and_archive(client: docker.DockerClient) -> None:
     assert stat["name"] == "from-sdk.txt" and stat["size"] == 5
     with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
         assert tar.extractfile("from-sdk.txt").read() == b"hello"  # type: ignore[union-attr]
+
+
+def test_attach_logs_and_stream(client: docker.DockerClient) -> None:
+    done = client.containers.run("busybox", ["sh", "-c", "echo a1; echo a2 >&2"], detach=True, name=unique("aa"))
+    done.wait()
+    assert done.attach(stdout=True, stderr=True, logs=True, stream=False) == b"a1\na2\n"  # logs only, no wait
+    live = client.containers.run("busybox", ["sh", "-c", "echo b1; sleep 0.3; echo b2"], detach=True, name=unique("ab"))
+    assert b"".join(live.attach(stdout=True, stderr=True, stream=True, logs=True)) == b"b1\nb2\n"
+    live.reload()
+    assert live.status == "exited"  # the stream ends once the exit is recorded
+    later = client.containers.create("busybox", ["sh", "-c", "echo c1"], name=unique("ac"))
+    sock = later.attach_socket(params={"stdout": 1, "stderr": 1, "stream": 1})
+    later.start()
+    data = b""
+    while chunk := sock._sock.recv(4096):
+        data += chunk
+    sock.close()
+    assert data == b"\x01\x00\x00\x00\x00\x00\x00\x03c1\n"  # attached before start: nothing missed

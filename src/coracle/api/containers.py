@@ -431,37 +431,52 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
         return Response.stream(produce, content_type="application/json")
 
     async def attach(req: Request, id: str) -> Any:
+        """Past output (`logs`), then the live streams (`stream`), as Docker's attach.
+
+        Attaching to a stopped container with `stream` waits for its next start
+        (that is how `docker run` and `start -a` see every byte); without
+        `stream` only the logs are sent.
+        """
         rec = await thread(engine.get, id)
         cid = rec["Id"]
         want_in = req.qbool("stdin") and rec["Config"]["OpenStdin"]
         want_out, want_err = req.qbool("stdout"), req.qbool("stderr")
+        stream, logs = req.qbool("stream"), req.qbool("logs")
         detach = parse_detach_keys(req.q("detachKeys") or "")
+        tty = rec["Config"]["Tty"]
         connected: tuple[Any, bool] | None = None
         waiting = None
-        if rec["State"]["Running"]:
+        if stream and rec["State"]["Running"]:
             connected = await thread(engine.monitor.attach, cid, want_in, want_out, want_err)
-        else:
+        elif stream:
             waiting = hub.wait(cid, want_in, want_out, want_err)  # connected when it starts
 
         async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            gate = None
-            if waiting is not None:
-                try:
-                    msock, tty = await waiting.ready
-                finally:
-                    hub.cancel(cid, waiting)
-                gate = waiting.running
-            else:
-                msock, tty = connected  # type: ignore[misc]
-            if req.qbool("logs"):
+            if logs:
                 entries, _ = await thread(logfile.read, rec["LogPath"], stdout=want_out, stderr=want_err)
+                # docker-py reads the 101 through a buffered reader, then switches to the raw
+                # socket: bytes sent hard on the heels of the 101 would be lost in that buffer.
+                await asyncio.sleep(0.05)
                 for entry in entries:
                     data = entry["log"].encode()
                     writer.write(data if tty else frame(1 if entry["stream"] == "stdout" else 2, data))
-            await pump(msock, reader, writer, stdin=want_in, stdin_once=rec["Config"].get("StdinOnce", False),
-                       tty=tty, detach_keys=detach, input_gate=gate)
+                await writer.drain()
+            gate = None
+            if waiting is not None:
+                try:
+                    msock, is_tty = await waiting.ready
+                finally:
+                    hub.cancel(cid, waiting)
+                gate = waiting.running
+            elif connected is not None:
+                msock, is_tty = connected
+            else:
+                return
+            ended = await pump(msock, reader, writer, stdin=want_in, stdin_once=rec["Config"].get("StdinOnce", False),
+                               tty=is_tty, detach_keys=detach, input_gate=gate)
+            if ended:  # the output ends with the process: let its exit be recorded before the client hears EOF
+                await thread(engine._wait_exit, cid, 5)
 
-        tty = rec["Config"]["Tty"]
         content = "application/vnd.docker.raw-stream" if tty else "application/vnd.docker.multiplexed-stream"
         return Response.hijack(session, content_type=content)
 

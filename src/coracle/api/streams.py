@@ -103,12 +103,13 @@ async def pump(
     msock: socket.socket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
     stdin: bool, stdin_once: bool, tty: bool, detach_keys: bytes = DETACH_DEFAULT,
     input_gate: asyncio.Future | None = None,
-) -> None:
+) -> bool:
     """Copy output monitor -> client and input client -> monitor until the output ends.
 
     The client may half-close its side at stdin EOF: output keeps flowing until
     the process ends. Detach keys (TTY only) end the stream, not the process.
-    Input is read from the client only once `input_gate` is done.
+    Input is read from the client only once `input_gate` is done. Returns
+    True when the output ended (the process is gone), False on detach.
     """
     loop = asyncio.get_running_loop()
     msock.setblocking(False)
@@ -155,6 +156,7 @@ async def pump(
             if task is not None and not task.done():
                 task.cancel()
         msock.close()
+    return out_task.done() and not out_task.cancelled() and out_task.exception() is None and not detached.is_set()
 
 
 def frame(stream: int, data: bytes) -> bytes:
