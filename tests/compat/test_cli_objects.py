@@ -108,6 +108,10 @@ def test_events_since_and_filters(docker: Docker, daemon: Daemon) -> None:
     docker("network", "create", net)
     docker("run", "--name", ctr, "--network", net, "busybox", "true")
     docker("rm", ctr)
+    docker("run", "-d", "--name", ctr + "x", "busybox", "sleep", "60")
+    docker("network", "connect", net, ctr + "x")
+    docker("network", "disconnect", net, ctr + "x")
+    docker("rm", "-f", ctr + "x")
     docker("network", "rm", net)
     until = str(int(time.time()) + 1)
     out = docker("events", "--since", since, "--until", until, "--format", "{{json .}}").stdout
@@ -117,6 +121,10 @@ def test_events_since_and_filters(docker: Docker, daemon: Daemon) -> None:
                    ("container", "die"), ("container", "destroy"), ("network", "destroy")]:
         assert wanted in mine, (wanted, mine)
     assert mine.index(("container", "create")) < mine.index(("container", "start")) < mine.index(("container", "die"))
+    out = docker("events", "--since", since, "--until", until, "--filter", f"network={net}",
+                 "--format", "{{.Action}}").stdout
+    actions = out.split()
+    assert actions[0] == "create" and actions[-1] == "destroy" and {"connect", "disconnect"} <= set(actions)
     out = docker("events", "--since", since, "--until", until, "--filter", "type=container",
                  "--filter", "event=die", "--filter", f"container={ctr}", "--format", "{{json .}}").stdout
     only = [json.loads(line) for line in out.splitlines()]

@@ -22,6 +22,12 @@ CONNECT_SHAPE: dict[str, Any] = {"Container": "str", "EndpointConfig": ENDPOINT_
 
 
 def routes(router: Router, engine: Engine, network: Any) -> None:
+    def announce(action: str, net_ref: str, container_ref: str) -> None:
+        """Docker's `network connect|disconnect` event: the network is the actor, the container an attribute."""
+        net, rec = network.inspect(net_ref), engine.get(container_ref)
+        engine.events.publish("network", action, net["Id"],
+                              {"container": rec["Id"], "name": net["Name"], "type": net["Driver"]})
+
     async def list_(req: Request) -> Response:
         return Response.json(await thread(network.list, parse_filters(req.qjson("filters"))))
 
@@ -54,6 +60,7 @@ def routes(router: Router, engine: Engine, network: Any) -> None:
         if not isinstance(body, dict) or not body.get("Container"):
             raise InvalidParameter("container is required")
         await thread(engine.connect, body["Container"], id, body.get("EndpointConfig") or {})
+        await thread(announce, "connect", id, body["Container"])
         return Response.empty(200)
 
     async def disconnect(req: Request, id: str) -> Response:
@@ -62,6 +69,7 @@ def routes(router: Router, engine: Engine, network: Any) -> None:
         if not isinstance(body, dict) or not body.get("Container"):
             raise InvalidParameter("container is required")
         await thread(engine.disconnect, body["Container"], id, bool(body.get("Force")))
+        await thread(announce, "disconnect", id, body["Container"])
         return Response.empty(200)
 
     async def prune(req: Request) -> Response:
