@@ -119,7 +119,7 @@ def routes(router: Router, engine: Engine, images: Any, network: Any, data_root:
         return Response.stream(produce, content_type="application/json")
 
     async def df(req: Request) -> Response:
-        from coracle.api.containers import _du, summary
+        from coracle.api.containers import summary
 
         records = await asyncio.to_thread(engine.records)
         containers = [summary(engine, r, size=True) for r in records]
