@@ -89,6 +89,8 @@ class Report:
                  "`--quick` for a smoke run, `--engines coracle` for coracle alone. Timings are wall clock around "
                  "each client command (CLI start-up included), taken in-process rather than with hyperfine so that "
                  "engines can be interleaved sample by sample.", "")
+        if r.get("notes"):
+            self.add("Notes on this run:", "", *(f"- {n}" for n in r["notes"]), "")
         self.machine()
         self.targets()
         self.startup(plot_dir)

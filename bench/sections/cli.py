@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 from bench.measure import alternate
 from bench.sections.memory import fill, idle_names
 from bench.sections.throughput import remove_many, running_count
@@ -34,8 +36,14 @@ def run(bench: Bench) -> dict:
             "commands": {c.label: {k: c.describe(*v) for k, v in COMMANDS.items()} for c in bench.clients}}
 
 
-def remove_many_quietly(client, names: list[str]) -> None:  # type: ignore[no-untyped-def]
+def remove_many_quietly(client, names: list[str]) -> str | None:  # type: ignore[no-untyped-def]
+    """Remove what can be removed; returns the first failure (the engine's, not the bench's) or None."""
     try:
         remove_many(client, names)
-    except RuntimeError:
-        client.run("rm", "-f", *names, check=False)
+        return None
+    except RuntimeError as exc:
+        try:
+            client.run("rm", "-f", *names, check=False)
+        except subprocess.TimeoutExpired:
+            pass
+        return str(exc)

@@ -4,6 +4,7 @@ and the start cost of the Nth container on a network whose N-1 others each publi
 from __future__ import annotations
 
 import statistics
+import subprocess
 
 from bench import system
 from bench.engines import IMAGE, Client, Engine
@@ -95,8 +96,14 @@ def _scale_one(bench: Bench, engine: Engine, n: int) -> dict:
     finally:
         names = [f"sc{i}" for i in range(len(times) + 1)]
         for i in range(0, len(names), 50):
-            remove_many_quietly(client, names[i:i + 50])
-        client.run("network", "rm", "scalenet", check=False)
+            failure = remove_many_quietly(client, names[i:i + 50])
+            if failure:
+                result["removal_error"] = failure[-600:]
+                break
+        try:
+            client.run("network", "rm", "scalenet", check=False, timeout=120)
+        except subprocess.TimeoutExpired:
+            result.setdefault("removal_error", "network rm timed out")
     window = max(1, min(10, len(times) // 4))
     if times:
         result["first_median"] = statistics.median(times[:window])

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 from bench.engines import IMAGE, Client
 from bench.measure import Series, describe_error, rotations
 from bench.suite import Bench
+
+
+TIMEOUT = 600  # an engine that hangs must not hang the bench
 
 
 def parallel(client: Client, commands: list[list[str]]) -> float:
@@ -15,7 +19,12 @@ def parallel(client: Client, commands: list[list[str]]) -> float:
     procs = [client.popen(*cmd) for cmd in commands]
     errors = []
     for p in procs:
-        _, err = p.communicate()
+        try:
+            _, err = p.communicate(timeout=max(1.0, TIMEOUT - (time.perf_counter() - start)))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            _, err = p.communicate()
+            err = b"timed out: " + err
         if p.returncode != 0:
             errors.append(err.decode(errors="replace").strip())
     elapsed = time.perf_counter() - start
