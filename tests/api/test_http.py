@@ -370,3 +370,14 @@ def test_docker_sdk_pings_and_negotiates(srv: Harness) -> None:
     assert client.ping() is True
     assert client.version()["ApiVersion"] == "1.47"
     client.close()
+
+
+def test_head_on_a_streaming_route_sends_only_the_head(srv: Harness) -> None:
+    """HEAD never carries a body, even where GET would stream one (logs, stats, export)."""
+    sock = srv.raw(b"HEAD /ticks?n=2 HTTP/1.1\r\nHost: x\r\n\r\n"
+                   b"GET /ticks?n=2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = read_all(sock)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert rest.startswith(b"HTTP/1.1 200")  # the next answer follows at once: nothing after HEAD's head
+    assert b"tick 1" in rest

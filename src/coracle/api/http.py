@@ -487,6 +487,9 @@ class Server:
         """Send a chunked response; the producer is cancelled if the client goes away first."""
         await req.drain()
         writer.write(_head(200, {**resp.headers, "Content-Type": resp.content_type, "Transfer-Encoding": "chunked"}))
+        if req.method == "HEAD":  # the head says what a GET would stream; no body, so no producer
+            await writer.drain()
+            return True
         await writer.drain()
         resp._writer = writer
         produce = asyncio.ensure_future(resp.producer(resp))
