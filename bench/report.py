@@ -121,7 +121,8 @@ class Report:
 
         def row(name: str, goal: str, value: float | None, ok: bool | None, note: str = "") -> None:
             status = "n/a" if ok is None else ("met" if ok else "**missed**")
-            rows.append([name, goal, _fmt(value, "x" if "x" in goal else "", 3), status, note])
+            unit = "x" if goal.split()[1].endswith("x") else " MiB"
+            rows.append([name, goal, _fmt(value, unit, 3), status, note])
 
         for mode, goal in (("bridge", 0.3), ("none", 0.2)):
             v = ratio(self.start("coracle", mode), self.start("docker", mode))
