@@ -198,3 +198,22 @@ def test_log_rotation_keeps_max_files(monitor: MonitorClient, tmp_path: Path, lo
     assert len(files) == 3
     assert all(os.path.getsize(tmp_path / f) <= 16 * 1024 + 200 for f in files)
     assert log_text(spec).splitlines()[-1] == "line-2999"
+
+
+def test_a_burst_of_exits_with_output_keeps_the_monitor_alive(monitor: MonitorClient, tmp_path: Path, lower: Path) -> None:
+    """Exits and output of many containers land in the same event batches (closed and reused descriptors)."""
+    events = monitor.events()
+    specs = [container(tmp_path, lower, ["sh", "-c", "echo out; echo err >&2"]) for _ in range(60)]
+    for spec in specs:
+        sock, _ = monitor.spawn(spec)
+        monitor.release(sock, spec.id)
+    wanted = {s.id for s in specs}
+    seen: dict[str, int] = {}
+    for event in events:
+        if event["id"] in wanted:
+            seen[event["id"]] = event["exit_code"]
+        if len(seen) == len(wanted):
+            break
+    assert set(seen.values()) == {0}
+    assert monitor.ping() is not None
+    assert all(log_text(s).split() in (["out", "err"], ["err", "out"]) for s in specs)

@@ -36,6 +36,7 @@ import struct
 import sys
 import termios
 import time
+import traceback
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
@@ -173,7 +174,12 @@ class Monitor:
         self._reap()
         while True:
             for key, events in self.sel.select(STDIN_RETRY if self.stdin_waiting else None):
-                key.data(key.fileobj, events)
+                if key.fd not in self.sel.get_map() or self.sel.get_map()[key.fd] is not key:
+                    continue  # stale: an earlier event of this batch closed (or reused) the descriptor
+                try:
+                    key.data(key.fileobj, events)
+                except Exception:  # one broken stream must never take every container's supervisor down
+                    traceback.print_exc()
             for pid in list(self.stdin_waiting):
                 if pid in self.procs:
                     self._feed_stdin(self.procs[pid])
@@ -304,6 +310,8 @@ class Monitor:
         self.sel.register(ready_r, selectors.EVENT_READ, partial(self._on_ready, proc))
 
     def _on_ready(self, proc: Proc, fd: int, _events: int) -> None:
+        if proc.ready_fd != fd:
+            return
         data = os.read(fd, 64)
         self.sel.unregister(fd)
         os.close(fd)
@@ -342,6 +350,8 @@ class Monitor:
         self.sel.register(proc.error_fd, selectors.EVENT_READ, partial(self._on_error_pipe, proc))
 
     def _on_error_pipe(self, proc: Proc, fd: int, _events: int) -> None:
+        if proc.error_fd != fd:
+            return
         try:
             chunk = os.read(fd, 65536)
         except BlockingIOError:
@@ -392,6 +402,8 @@ class Monitor:
         self._send(conn, {"ok": True, "tty": proc.tty})
 
     def _on_attach_input(self, conn: socket.socket, events: int) -> None:
+        if conn not in self.attached:
+            return
         proc, sub = self.attached[conn]
         if events & selectors.EVENT_WRITE:
             self._flush(sub)
@@ -463,6 +475,8 @@ class Monitor:
     # ----- output ---------------------------------------------------------
 
     def _on_output(self, proc: Proc, fd: int, _events: int) -> None:
+        if fd not in proc.outputs:
+            return
         self._pump(proc, fd)
 
     def _pump(self, proc: Proc, fd: int) -> bool:
