@@ -154,6 +154,10 @@ def _pump_exits(engine, monitor, stream) -> None:  # type: ignore[no-untyped-def
             stream = monitor.events()
             for rec in monitor.exit_records():
                 engine.on_monitor_event({**rec, "kind": "container"})
+            orphans = engine.adopt_orphans()
+            if orphans:
+                log.warning("the monitor was replaced; %d running containers are now watched without it",
+                            len(orphans))
         except Exception:
             log.exception("monitor connection lost")
 

@@ -178,3 +178,24 @@ def test_crash_during_rm_finishes_the_removal(fresh_daemon: Daemon) -> None:
     assert status == 404
     assert not list(Path("/sys/fs/cgroup").glob(f"*/{d.cgroup_parent}/{cid}"))
     assert not (d.data_root / "containers" / cid).exists()
+
+
+def test_a_killed_monitor_is_replaced_and_its_containers_stay_manageable(fresh_daemon: Daemon) -> None:
+    d = fresh_daemon
+    d.start()
+    cid = run_detached(d, "sleep", "300")
+    pid = inspect(d, cid)["State"]["Pid"]
+    old_monitor = d.monitor_pid()
+    os.kill(old_monitor, signal.SIGKILL)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 10
+    while (d.monitor_pid() in (None, old_monitor)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert d.monitor_pid() not in (None, old_monitor)
+    assert alive(pid) and inspect(d, cid)["State"]["Running"]  # the container did not notice
+    status, _ = d.api("POST", f"/containers/{cid}/stop?t=1")
+    assert status == 204
+    state = inspect(d, cid)["State"]
+    assert not state["Running"] and state["ExitCode"] == 137 and not alive(pid)
+    assert d.api("DELETE", f"/containers/{cid}")[0] == 204
+    fresh = run_detached(d, "sleep", "300")  # and the new monitor runs new containers
+    assert inspect(d, fresh)["State"]["Running"]

@@ -39,6 +39,7 @@ from coracle.store import Store
 log = logging.getLogger("coracle.engine")
 
 KIND = "container"
+ORPHAN_POLL = 0.2  # seconds between checks of a container whose monitor is gone
 
 
 def utc_now() -> str:
@@ -76,6 +77,7 @@ class Engine:
         self.execs: dict[str, dict[str, Any]] = {}
         self._exec_done: dict[str, threading.Event] = {}
         self.restarts = RestartTracker(self._restart_later)
+        self._orphans: set[str] = set()
 
     # ----- records -------------------------------------------------------
 
@@ -752,6 +754,12 @@ class Engine:
                 self._exited[cid] = threading.Event()
                 report["adopted"].append(cid)
                 continue
+            if cid not in exits and self._alive(rec):
+                # The monitor that parented it is gone (crash, kill): it runs on, unsupervised.
+                self._exited[cid] = threading.Event()
+                self._watch_orphan(cid)
+                report["adopted"].append(cid)
+                continue
             event = exits.get(cid) or {"id": cid, "pid": state["Pid"], "exit_code": 255, "finished_at": utc_now()}
             with self._lock_for(cid):
                 self._exited[cid] = threading.Event()
@@ -761,6 +769,47 @@ class Engine:
             if proc["state"] == "held" or (proc["kind"] == "container" and self.store.get(KIND, proc["id"]) is None):
                 self.monitor.abandon(None, proc["id"])
         return report
+
+    def _alive(self, rec: dict[str, Any]) -> bool:
+        pid = rec["State"]["Pid"]
+        return bool(pid) and proc_start_ticks(pid) == rec["Coracle"].get("StartTicks")
+
+    def adopt_orphans(self) -> list[str]:
+        """After the monitor was replaced: watch the running containers it no longer parents."""
+        supervised = {p["id"] for p in self.monitor.list()}
+        orphans = [r["Id"] for r in self.records() if r["State"]["Running"] and r["Id"] not in supervised]
+        for cid in orphans:
+            self._watch_orphan(cid)
+        return orphans
+
+    def _watch_orphan(self, cid: str) -> None:
+        """Poll an unsupervised container's PID 1; record its exit (code unknown: 255) when it dies.
+
+        Only a parent can read an exit status, and the parent is gone; this keeps
+        stop, rm and wait working and the record truthful, without the code.
+        """
+        with self._lock:
+            if cid in self._orphans:
+                return
+            self._orphans.add(cid)
+
+        def watch() -> None:
+            try:
+                while True:
+                    rec = self.store.get(KIND, cid)
+                    if rec is None or not rec["State"]["Running"]:
+                        return
+                    if not self._alive(rec):
+                        code = 137 if rec["Coracle"].get("ManualStop") else 255
+                        self.on_monitor_event({"id": cid, "kind": "container", "pid": rec["State"]["Pid"],
+                                               "exit_code": code, "finished_at": utc_now()})
+                        return
+                    time.sleep(ORPHAN_POLL)
+            finally:
+                with self._lock:
+                    self._orphans.discard(cid)
+
+        threading.Thread(target=watch, name=f"orphan-{cid[:12]}", daemon=True).start()
 
     def boot_restarts(self) -> list[str]:
         """At daemon start (and so after a reboot): `always` and not-stopped `unless-stopped` come back."""
