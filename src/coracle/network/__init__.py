@@ -747,12 +747,16 @@ class NetworkManager:
             return []
         cid = container["Id"]
         with self._lock:
-            taken = [(r[0], r[1], r[2]) for r in self.store.execute("SELECT proto, host_ip, host_port FROM net_ports")]
+            # (proto, port) -> host addresses already using it: the 1000th port costs what the first did
+            taken: dict[tuple[str, int], list[str]] = {}
+            for proto, host_ip, host_port in self.store.execute("SELECT proto, host_ip, host_port FROM net_ports"):
+                taken.setdefault((proto, host_port), []).append(host_ip)
             chosen: list[Mapping] = []
-            for req in reqs:
-                port = self._choose_port(req, taken)
-                taken.append((req.proto, req.host_ip, port))
-                chosen.append(Mapping(req.proto, req.host_ip, port, ep["IPAddress"], req.container_port))
+            with netns(self.host_netns):  # once for all ports, not once per port
+                for req in reqs:
+                    port = self._choose_port(req, taken)
+                    taken.setdefault((req.proto, port), []).append(req.host_ip)
+                    chosen.append(Mapping(req.proto, req.host_ip, port, ep["IPAddress"], req.container_port))
             with self.store.tx() as db:
                 for m in chosen:
                     db.execute("INSERT INTO net_ports VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -764,22 +768,23 @@ class NetworkManager:
         undo.append(lambda: self.firewall.remove_mappings(chosen))
         return chosen
 
-    def _choose_port(self, req: ports.PortRequest, taken: list[tuple[str, str, int]]) -> int:
-        """A host port for one request: the given one, the first free of a range, or an ephemeral one."""
+    @staticmethod
+    def _choose_port(req: ports.PortRequest, taken: dict[tuple[str, int], list[str]]) -> int:
+        """A host port for one request: the given one, the first free of a range, or an ephemeral one.
+
+        Runs with the calling thread in the host's network namespace (see _publish)."""
         if req.host_port and not req.host_end:
             candidates: list[int] = [req.host_port]
         elif req.host_port:
             candidates = list(range(req.host_port, req.host_end + 1))
         else:
-            with netns(self.host_netns):
-                low, high = ports.ephemeral_range()
+            low, high = ports.ephemeral_range()
             start = random.randint(low, high)
             candidates = [*range(start, high + 1), *range(low, start)]
         for port in candidates:
-            if any(p == req.proto and q == port and ports.overlaps(ip, req.host_ip) for p, ip, q in taken):
+            if any(ports.overlaps(ip, req.host_ip) for ip in taken.get((req.proto, port), ())):
                 continue
-            with netns(self.host_netns):
-                free = ports.host_port_free(req.proto, req.host_ip, port)
+            free = ports.host_port_free(req.proto, req.host_ip, port)
             if free:
                 return port
             if len(candidates) == 1:
