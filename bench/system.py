@@ -178,48 +178,15 @@ def stop_pid(pid: int, timeout: float = 20) -> None:
 # ----- cgroups, mounts, files ---------------------------------------------------------
 
 
-def cgroup_dirs(parent: str) -> list[Path]:
-    parent = parent.strip("/")
-    if not CGROUP_ROOT.is_dir():
-        return []
-    dirs = [p / parent for p in CGROUP_ROOT.iterdir() if (p / parent).is_dir()]
-    if (CGROUP_ROOT / parent).is_dir():
-        dirs.append(CGROUP_ROOT / parent)
-    return dirs
-
-
 def kill_cgroup_tree(parent: str) -> None:
-    """SIGKILL everything under a cgroup parent (thawing frozen ones first), then rmdir it all."""
-    dirs = cgroup_dirs(parent)
-    for _ in range(50):
-        pids: set[int] = set()
-        for d in dirs:
-            for procs in d.rglob("cgroup.procs"):
-                pids.update(int(x) for x in (_read(str(procs)) or "").split())
-        if not pids:
-            break
-        for d in dirs:
-            for state in d.rglob("freezer.state"):
-                try:
-                    state.write_text("THAWED")
-                except OSError:
-                    pass
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.05)
-    for d in dirs:
-        for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-            try:
-                sub.rmdir()
-            except OSError:
-                pass
-        try:
-            d.rmdir()
-        except OSError:
-            pass
+    """Kill everything under a cgroup parent and remove it (coracle's Manager.destroy does exactly that)."""
+    from coracle import cgroups
+    from coracle.errors import CoracleError
+
+    try:
+        cgroups.manager_for(parent).destroy()
+    except CoracleError:
+        pass
 
 
 def unmount_under(root: Path) -> None:

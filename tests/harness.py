@@ -210,40 +210,11 @@ class Daemon:
 
 
 def kill_cgroup_tree(parent: str) -> None:
-    """SIGKILL every process under a cgroup parent in every v1 hierarchy, then remove the dirs."""
-    base = Path("/sys/fs/cgroup")
-    dirs = [p / parent for p in base.iterdir() if (p / parent).is_dir()] if base.is_dir() else []
-    if (base / "cgroup.controllers").exists() and (base / parent).is_dir():
-        dirs.append(base / parent)
-    for _ in range(50):
-        pids = set()
-        for d in dirs:
-            for procs in d.rglob("cgroup.procs"):
-                try:
-                    pids.update(int(x) for x in procs.read_text().split())
-                except OSError:
-                    pass
-        if not pids:
-            break
-        for d in dirs:
-            for state in d.rglob("freezer.state"):
-                try:
-                    state.write_text("THAWED")
-                except OSError:
-                    pass
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.05)
-    for d in dirs:
-        for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-            try:
-                sub.rmdir()
-            except OSError:
-                pass
-        try:
-            d.rmdir()
-        except OSError:
-            pass
+    """Kill every process under a cgroup parent and remove it everywhere (the engine's own Manager.destroy)."""
+    from coracle import cgroups
+    from coracle.errors import CoracleError
+
+    try:
+        cgroups.manager_for(parent).destroy()
+    except CoracleError:
+        pass  # best effort in a teardown: what is left shows up in the leak checks
