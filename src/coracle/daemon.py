@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="firewall backend for NAT and published ports (none: plumbing only)")
     p.add_argument("--insecure-registry", action="append", default=[],
                    help="registry reached over plain http (loopback registries always are)")
+    p.add_argument("--userns-remap", default="",
+                   help='"default" or user[:group]: container root runs as that identity\'s subordinate ids')
     p.add_argument("--group", default="", help="group owning the API socket (default root only)")
     p.add_argument("--version", action="version", version=f"coracled {__version__}")
     return p.parse_args(argv)
@@ -102,6 +104,14 @@ def main(argv: list[str] | None = None) -> None:
     engine = Engine(store=store, images=images, network=network, monitor=monitor, events=events,
                     data_root=args.data_root, exec_root=args.exec_root, cgroup_parent=args.cgroup_parent,
                     no_new_privileges=args.no_new_privileges)
+    if args.userns_remap:
+        from coracle.errors import InvalidParameter
+        from coracle.runtime.userns import Remap
+
+        try:
+            engine.userns_remap = Remap.load(args.userns_remap)
+        except (InvalidParameter, OSError) as exc:
+            sys.exit(f"coracled: --userns-remap={args.userns_remap}: {exc}")
     network.start()
     exit_stream = monitor.events()  # subscribe before looking, so no exit falls in between
     report = engine.restore()

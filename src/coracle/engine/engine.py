@@ -34,6 +34,7 @@ from coracle.faults import fault
 from coracle.images import ImageStore
 from coracle.runtime.client import MonitorClient, StartError
 from coracle.runtime.spec import Mount, Process, Spec
+from coracle.runtime.userns import Remap
 from coracle.store import Store
 
 log = logging.getLogger("coracle.engine")
@@ -57,6 +58,8 @@ def proc_start_ticks(pid: int) -> int | None:
 
 
 class Engine:
+    userns_remap: Remap | None = None  # --userns-remap: the id maps of containers' user namespaces
+
     def __init__(
         self, *, store: Store, images: ImageStore, network: Any, monitor: MonitorClient, events: EventBus,
         data_root: str, exec_root: str, cgroup_parent: str = "coracle", init_binary: str | None = None,
@@ -147,6 +150,7 @@ class Engine:
             host_config["NetworkMode"] = f"container:{donor['Id']}"
         self.network.validate(mode, host_config, networking.get("EndpointsConfig") or {})
         security.apply(Spec(id="", process=Process(args=argv)), host_config, self.no_new_privileges)
+        security.user_namespace(host_config, self.userns_remap)
         cid = cfg.new_id()
         config["Env"] = cfg.merge_env(image_config.get("Env"), cfg.strings(config.get("Env"), "Env"))
         config["Cmd"] = cfg.strings(config.get("Cmd"), "Cmd") or (None if config.get("Entrypoint") else image_config.get("Cmd"))
@@ -256,6 +260,9 @@ class Engine:
             log_max_file=rec["Coracle"]["LogMaxFile"],
         )
         security.apply(spec, hc, self.no_new_privileges)
+        remap = security.user_namespace(hc, self.userns_remap)
+        if remap is not None:
+            spec.uid_map, spec.gid_map = remap.uid_map, remap.gid_map
         return spec
 
     def _running(self, ref: str, for_: str = "") -> dict[str, Any]:

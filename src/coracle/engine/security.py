@@ -25,6 +25,7 @@ from coracle.errors import InvalidParameter
 from coracle.runtime import capabilities, rootfs, seccomp, seccomp_profile
 from coracle.runtime.security import RLIMITS
 from coracle.runtime.spec import Spec
+from coracle.runtime.userns import Remap
 
 MASKED_PATHS = [
     "/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
@@ -76,6 +77,26 @@ def apply(spec: Spec, host_config: dict[str, Any], daemon_no_new_privs: bool) ->
         defaults = [DeviceRule(kind, major, minor) for _, kind, major, minor in rootfs.DEFAULT_DEVICES]
         rules = _MKNOD + defaults + _TERMINALS + rules
     spec.device_rules = [r.to_json() for r in rules]
+
+
+def user_namespace(hc: dict[str, Any], remap: Remap | None) -> Remap | None:
+    """The id maps of the container's own user namespace, or None for the host's.
+
+    Under `--userns-remap` every container gets one unless it opts out with
+    UsernsMode "host". As with Docker, a privileged container must opt out
+    (its privileges are the host's), and one on the host's network shares the
+    host's user namespace, which owns that network and its sysfs."""
+    if remap is None:
+        return None
+    mode = hc.get("UsernsMode") or ""
+    if mode not in ("", "host"):
+        raise InvalidParameter(f'invalid user namespace mode {mode!r}: only "host" is supported')
+    if mode == "host":
+        return None
+    if _flag(hc, "Privileged"):
+        raise InvalidParameter("privileged mode is incompatible with user namespaces.  You must run the "
+                               "container in the host namespace when running privileged mode (--userns=host)")
+    return None if hc.get("NetworkMode") == "host" else remap
 
 
 def _flag(hc: dict[str, Any], key: str) -> bool:

@@ -22,7 +22,7 @@ import termios
 from typing import NoReturn
 
 # Everything the child needs is imported here: after pivot_root the host's files are gone.
-from coracle.runtime import rootfs, security
+from coracle.runtime import rootfs, security, userns
 from coracle.runtime import syscalls as sc
 from coracle.runtime.identity import assume, resolve
 from coracle.runtime.spec import Spec
@@ -139,6 +139,7 @@ def _container_child(spec: Spec, fds: ChildFds) -> NoReturn:
             fd = os.open(spec.join_net, os.O_RDONLY)
             sc.setns(fd, sc.CLONE_NEWNET)
             os.close(fd)
+        layers = userns.enter(spec.lower, [spec.upper, spec.work], spec.uid_map, spec.gid_map) if spec.uid_map else []
         flags = 0
         for ns in spec.namespaces:
             if ns != "cgroup":  # entered after the cgroup move, so the container sees its own root
@@ -152,9 +153,12 @@ def _container_child(spec: Spec, fds: ChildFds) -> NoReturn:
         os._exit(0)
     try:
         _wait_release(fds)
+        # In a user namespace the cgroup filesystems cannot be mounted afresh, only
+        # bound from the host, which needs the paths as seen before the cgroup namespace.
+        own = rootfs.own_cgroups() if spec.uid_map else {}
         if "cgroup" in spec.namespaces:
             sc.unshare(sc.CLONE_NEWCGROUP)
-        rootfs.build(spec, fds.stdout if spec.process.tty else None)
+        rootfs.build(spec, fds.stdout if spec.process.tty else None, layers, own)
         if "uts" in spec.namespaces and spec.hostname:
             sc.sethostname(spec.hostname)
     except OSError as exc:
@@ -170,7 +174,7 @@ def _exec_child(spec: Spec, fds: ChildFds) -> NoReturn:
         for d in spec.cgroup_dirs:
             with open(os.path.join(d, "cgroup.procs"), "w") as f:
                 f.write(str(os.getpid()))
-        order = ["cgroup", "ipc", "uts", "net", "pid", "mnt"]
+        order = ["user", "cgroup", "ipc", "uts", "net", "pid", "mnt"]  # user first: it owns the others
         handles = []
         for ns in order:
             path = f"/proc/{spec.target_pid}/ns/{ns}"
@@ -179,6 +183,8 @@ def _exec_child(spec: Spec, fds: ChildFds) -> NoReturn:
         for fd, kind in handles:
             sc.setns(fd, kind)
             os.close(fd)
+        if any(kind == sc.CLONE_NEWUSER for _, kind in handles):
+            userns.become_root()
         os.chdir("/")
         pid = os.fork()
     except OSError as exc:

@@ -15,6 +15,7 @@ from coracle.cgroups import V2Manager, detect
 from coracle.cgroups.v1 import hierarchies
 from coracle.errors import SystemError_
 from coracle.runtime import syscalls as sc
+from coracle.runtime import userns
 from coracle.runtime.spec import Spec
 
 # Docker's default device nodes: (name, type, major, minor)
@@ -81,6 +82,22 @@ def _host_devices() -> list[dict]:
     return found
 
 
+def _make_node(path: str, mode: int, device: int, host: str) -> None:
+    """mknod, or in a user namespace (where only real root may create nodes) a bind of the host's."""
+    try:
+        os.mknod(path, mode, device)
+    except PermissionError:
+        open(path, "a").close()
+        sc.mount(host, path, None, sc.MS_BIND)
+
+
+def _remount_readonly(target: str, recursive: bool = False) -> None:
+    """Make a bind mount read-only, keeping its nosuid/nodev/noexec/noatime: in a user
+    namespace those are locked when inherited, and dropping one is refused."""
+    keep = os.statvfs(target).f_flag & (sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | sc.MS_NOATIME)
+    sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | keep | (sc.MS_REC if recursive else 0))
+
+
 def _mount_dev(root: str, console: int | None, extra: list[dict], privileged: bool) -> None:
     dev = os.path.join(root, "dev")
     os.makedirs(dev, exist_ok=True)
@@ -89,14 +106,14 @@ def _mount_dev(root: str, console: int | None, extra: list[dict], privileged: bo
     old = os.umask(0)
     try:
         for name, kind, major, minor in DEFAULT_DEVICES:
-            os.mknod(os.path.join(dev, name), 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+            _make_node(os.path.join(dev, name), 0o666 | stat.S_IFCHR, os.makedev(major, minor), f"/dev/{name}")
         for d in wanted:
             mode = (stat.S_IFCHR if d.get("type", "c") == "c" else stat.S_IFBLK) | d.get("mode", 0o660)
             path = os.path.join(root, d["path"].lstrip("/"))
             os.makedirs(os.path.dirname(path), exist_ok=True)
             if os.path.lexists(path):
                 os.unlink(path)  # an explicit --device replaces a default node of the same name
-            os.mknod(path, mode, os.makedev(d["major"], d["minor"]))
+            _make_node(path, mode, os.makedev(d["major"], d["minor"]), d.get("source") or d["path"])
             os.chown(path, d.get("uid", 0), d.get("gid", 0))
     finally:
         os.umask(old)
@@ -132,7 +149,7 @@ def _mount_user_mounts(root: str, spec: Spec) -> None:
         _ensure(target, like_file=not os.path.isdir(m.source))
         sc.mount(m.source, target, None, sc.MS_BIND | sc.MS_REC)
         if m.readonly:
-            sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_REC)
+            _remount_readonly(target, recursive=True)
 
 
 def _mask_and_protect(root: str, spec: Spec) -> None:
@@ -149,15 +166,23 @@ def _mask_and_protect(root: str, spec: Spec) -> None:
         if not os.path.lexists(target):
             continue
         sc.mount(target, target, None, sc.MS_BIND | sc.MS_REC)
-        sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_REC)
+        _remount_readonly(target, recursive=True)
 
 
-def _mount_cgroups(root: str, writable: bool) -> None:
+def own_cgroups() -> dict[str, str]:
+    """This process's cgroup in each hierarchy ("cpu,cpuacct" or "" for v2 -> path)."""
+    with open("/proc/self/cgroup") as f:
+        return {parts[1]: parts[2] for parts in (line.rstrip("\n").split(":", 2) for line in f)}
+
+
+def _mount_cgroups(root: str, writable: bool, own: dict[str, str]) -> None:
     """The container's own cgroups at /sys/fs/cgroup, read-only unless privileged.
 
     The process already lives in its cgroup namespace, so each hierarchy
     mounted here shows the container's cgroup as its root: the host's tree
-    (and release_agent, which only the root cgroup has) is out of sight."""
+    (and release_agent, which only the root cgroup has) is out of sight.
+    In a user namespace (`own` given) v1 hierarchies cannot be mounted, so the
+    container's own directory of each is bound from the host instead."""
     target = os.path.join(root, "sys/fs/cgroup")
     if not os.path.isdir(target):
         return
@@ -171,12 +196,21 @@ def _mount_cgroups(root: str, writable: bool) -> None:
         return
     sc.mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "mode=755")
     grouped: dict[str, list[str]] = {}
+    mountpoint_of: dict[str, str] = {}
     for controller, mountpoint in hierarchies().items():
         grouped.setdefault(os.path.basename(mountpoint), []).append(controller)
+        mountpoint_of[os.path.basename(mountpoint)] = mountpoint
     for name, controllers in grouped.items():
         where = os.path.join(target, name)
         os.makedirs(where)
-        sc.mount("cgroup", where, "cgroup", flags, ",".join(controllers))
+        if own:
+            path = next((p for k, p in own.items() if set(k.split(",")) == set(controllers)), "/")
+            source = os.path.join(mountpoint_of[name], path.lstrip("/"))
+            sc.mount(source, where, None, sc.MS_BIND)
+            if not writable:
+                _remount_readonly(where)
+        else:
+            sc.mount("cgroup", where, "cgroup", flags, ",".join(controllers))
         for controller in controllers:  # "cpu" -> "cpu,cpuacct" where co-mounted
             if controller != name and "=" not in controller and not os.path.lexists(os.path.join(target, controller)):
                 os.symlink(name, os.path.join(target, controller))
@@ -191,11 +225,29 @@ def _write_sysctls(proc: str, sysctls: dict[str, str]) -> None:
             f.write(value)
 
 
-def build(spec: Spec, console: int | None = None) -> None:
-    """Mount the overlay, kernel filesystems and user mounts, then pivot into it."""
+def _stage_layers(root: str, layers: list[int]) -> list[str]:
+    """Attach the idmapped layer clones (user namespace) on a private tmpfs at `root`;
+    the overlay then goes on top and keeps its own references to them."""
+    sc.mount("tmpfs", root, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=700")
+    paths = []
+    for i, fd in enumerate(layers):
+        path = os.path.join(root, str(i))
+        os.mkdir(path)
+        userns.attach(fd, path)
+        os.close(fd)
+        paths.append(path)
+    return paths
+
+
+def build(spec: Spec, console: int | None = None, layers: list[int] | None = None,
+          own: dict[str, str] | None = None) -> None:
+    """Mount the overlay, kernel filesystems and user mounts, then pivot into it.
+
+    In a user namespace, `layers` are the idmapped clones of spec.lower and
+    `own` the container's cgroups as the host names them (see userns.enter)."""
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     root = spec.rootfs
-    lower = ":".join(reversed(spec.lower))
+    lower = ":".join(reversed(_stage_layers(root, layers) if layers else spec.lower))
     sc.mount("overlay", root, "overlay", 0, f"lowerdir={lower},upperdir={spec.upper},workdir={spec.work}")
     proc = os.path.join(root, "proc")
     os.makedirs(proc, exist_ok=True)
@@ -210,16 +262,16 @@ def build(spec: Spec, console: int | None = None) -> None:
         # (host or container: mode); a read-only recursive bind is what Docker does too.
         sc.mount("/sys", sys_dir, None, sc.MS_BIND | sc.MS_REC)
         if not spec.privileged:
-            sc.mount(None, sys_dir, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_REC)
+            _remount_readonly(sys_dir, recursive=True)
     if "cgroup" in spec.namespaces:
-        _mount_cgroups(root, writable=spec.privileged)
+        _mount_cgroups(root, writable=spec.privileged, own=own or {})
     _mount_dev(root, console, spec.devices, spec.privileged)
     _mount_user_mounts(root, spec)
     if spec.init_binary:
         target = os.path.join(root, "sbin/docker-init")
         _ensure(target, like_file=True)
         sc.mount(spec.init_binary, target, None, sc.MS_BIND)
-        sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY)
+        _remount_readonly(target)
     _write_sysctls(proc, spec.sysctls)
     _mask_and_protect(root, spec)
     os.chdir(root)

@@ -72,6 +72,9 @@ class Spec:
     log_max_file: int = 1
     # device cgroup rules the engine writes before release ({"kind", "major", "minor", "access"}, -1 = any)
     device_rules: list[dict] = field(default_factory=list)
+    # user namespace (--userns-remap): rows of [inside, outside, count]; empty = the host's
+    uid_map: list[list[int]] = field(default_factory=list)
+    gid_map: list[list[int]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,123 @@
+"""`coracled --userns-remap=default` through the whole stack: Docker SDK -> coracled -> runtime."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import docker
+import pytest
+from docker.errors import APIError
+
+from coracle.runtime import userns
+from harness import Daemon, unique
+
+
+@pytest.fixture(scope="module")
+def remap_daemon() -> Iterator[Daemon]:
+    """A private daemon with --userns-remap=default; the `coracle` user and its
+    subordinate ranges are removed afterwards if this test made them."""
+    saved = {p: Path(p).read_text() if os.path.exists(p) else None for p in (userns.SUBUID, userns.SUBGID)}
+    try:
+        pwd.getpwnam(userns.DEFAULT_USER)
+        had_user = True
+    except KeyError:
+        had_user = False
+    d = Daemon(unique("u"), extra_args=["--userns-remap=default"])
+    d.create_netns()
+    try:
+        d.start()
+        yield d
+    finally:
+        d.destroy()
+        if not had_user:
+            subprocess.run(["userdel", userns.DEFAULT_USER], check=False, capture_output=True)
+        for path, text in saved.items():
+            if text is None:
+                Path(path).unlink(missing_ok=True)
+            else:
+                Path(path).write_text(text)
+
+
+@pytest.fixture
+def client(remap_daemon: Daemon) -> Iterator[docker.DockerClient]:
+    c = remap_daemon.sdk()
+    try:
+        yield c
+    finally:
+        for ctr in c.containers.list(all=True):
+            ctr.remove(force=True)
+        c.close()
+
+
+def root_ids() -> tuple[int, int]:
+    return userns.Remap.load(userns.DEFAULT_USER).root
+
+
+def test_default_creates_the_remap_user_and_its_ranges(remap_daemon: Daemon) -> None:
+    pwd.getpwnam(userns.DEFAULT_USER)
+    for path in (userns.SUBUID, userns.SUBGID):
+        assert any(line.startswith(f"{userns.DEFAULT_USER}:") for line in Path(path).read_text().splitlines())
+
+
+def test_files_created_by_container_root_are_owned_by_the_mapped_id(client: docker.DockerClient) -> None:
+    ctr = client.containers.run("busybox", ["sh", "-c", "echo hi > /made-here; id -u; cat /proc/self/uid_map"],
+                                detach=True)
+    assert ctr.wait()["StatusCode"] == 0
+    uid, gid = root_ids()
+    out = ctr.logs().decode().split()
+    assert out[:4] == ["0", "0", str(uid), "65536"]  # root inside, mapped to the subordinate range
+    upper = Path(ctr.attrs["GraphDriver"]["Data"]["UpperDir"])
+    st = os.stat(upper / "made-here")
+    assert (st.st_uid, st.st_gid) == (uid, gid)
+
+
+def test_container_root_cannot_read_a_root_only_host_file(client: docker.DockerClient, tmp_path: Path) -> None:
+    secrets = Path("/tmp") / unique("coracle-userns-secret-")
+    secrets.mkdir(mode=0o755)
+    try:
+        (secrets / "key").write_text("host-secret")
+        os.chmod(secrets / "key", 0o600)
+        out = client.containers.run("busybox", ["sh", "-c", "id -u; cat /secrets/key; chmod 666 /secrets/key; true"],
+                                    volumes={str(secrets): {"bind": "/secrets", "mode": "rw"}},
+                                    remove=True, stderr=True).decode()
+        assert out.startswith("0\n")
+        assert "host-secret" not in out
+        assert "Permission denied" in out
+        assert "Operation not permitted" in out  # nor change a host file it does not own
+        assert os.stat(secrets / "key").st_mode & 0o777 == 0o600
+    finally:
+        subprocess.run(["rm", "-rf", str(secrets)], check=False)
+
+
+def test_userns_host_opts_out(client: docker.DockerClient) -> None:
+    ctr = client.containers.run("busybox", ["sh", "-c", "echo hi > /made-here; cat /proc/self/uid_map"],
+                                userns_mode="host", detach=True)
+    assert ctr.wait()["StatusCode"] == 0
+    assert ctr.logs().decode().split() == ["0", "0", "4294967295"]  # the host's own map
+    st = os.stat(Path(ctr.attrs["GraphDriver"]["Data"]["UpperDir"]) / "made-here")
+    assert st.st_uid == 0
+
+
+def test_privileged_needs_userns_host(client: docker.DockerClient) -> None:
+    with pytest.raises(APIError) as err:
+        client.containers.create("busybox", "true", privileged=True)
+    assert err.value.status_code == 400
+    assert "user namespaces" in str(err.value)
+    out = client.containers.run("busybox", ["sh", "-c", "mkdir /m; mount -t tmpfs t /m && echo MOUNTED"],
+                                privileged=True, userns_mode="host", remove=True).decode()
+    assert "MOUNTED" in out
+
+
+def test_exec_joins_the_user_namespace_and_network_works(client: docker.DockerClient) -> None:
+    ctr = client.containers.run("busybox", "sleep 60", detach=True)
+    res = ctr.exec_run(["sh", "-c", "id -u; echo x > /from-exec; ip -4 -o addr show eth0"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.decode().splitlines()
+    assert lines[0] == "0"
+    assert "inet " in lines[1]  # the daemon wired the network of a namespace the container's userns owns
+    upper = Path(ctr.attrs["GraphDriver"]["Data"]["UpperDir"])
+    assert os.stat(upper / "from-exec").st_uid == root_ids()[0]
