@@ -10,33 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "security"))
-
-import harness  # noqa: E402
-from security_support import Containers  # noqa: E402
-
-from coracle.runtime.spec import Spec  # noqa: E402
-
-# Host ids of the container's root; an arbitrary range nobody on the host uses.
-ROOT_ID = 362144
-SIZE = 65536
-
-
-class RemappedContainers(Containers):
-    """Containers whose root is host uid/gid ROOT_ID (unless `userns=False`)."""
-
-    def spec(self, args: list[str], host_config: dict[str, Any] | None = None, user: str = "",
-             daemon_no_new_privs: bool = False) -> Spec:
-        spec = super().spec(args, host_config, user, daemon_no_new_privs)
-        spec.uid_map = [[0, ROOT_ID, SIZE]]
-        spec.gid_map = [[0, ROOT_ID, SIZE]]
-        return spec
+import harness
+from userns_support import RemappedContainers
 
 
 @pytest.fixture(scope="session")

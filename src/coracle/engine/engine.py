@@ -263,6 +263,9 @@ class Engine:
         remap = security.user_namespace(hc, self.userns_remap)
         if remap is not None:
             spec.uid_map, spec.gid_map = remap.uid_map, remap.gid_map
+            for m in rec["Mounts"]:  # a fresh volume belongs to the container's root, as with Docker
+                if m["Type"] == "volume" and os.stat(m["Source"]).st_uid == 0:
+                    os.chown(m["Source"], *remap.root)
         return spec
 
     def _running(self, ref: str, for_: str = "") -> dict[str, Any]:

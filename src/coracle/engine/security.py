@@ -270,27 +270,28 @@ def _devices(hc: dict[str, Any]) -> tuple[list[dict[str, Any]], list[DeviceRule]
         if not found:
             raise InvalidParameter(f"error gathering device information while adding custom device "
                                    f'"{host}": not a device node')
-        for path, st in found:
+        for path, source, st in found:
             kind = "c" if stat.S_ISCHR(st.st_mode) else "b"
             major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
-            nodes.append({"path": path, "type": kind, "major": major, "minor": minor,
+            nodes.append({"path": path, "source": source, "type": kind, "major": major, "minor": minor,
                           "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid})
             rules.append(DeviceRule(kind, major, minor, access))
     return nodes, rules
 
 
-def _device_nodes(host: str, inside: str) -> Iterator[tuple[str, os.stat_result]]:
+def _device_nodes(host: str, inside: str) -> Iterator[tuple[str, str, os.stat_result]]:
+    """(path inside, path on the host, stat) of each node; a user namespace binds the host's."""
     try:
         st = os.stat(host)
     except OSError as exc:
         raise InvalidParameter(f"error gathering device information while adding custom device "
                                f'"{host}": {exc.strerror.lower()}') from None
     if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-        yield inside, st
+        yield inside, host, st
     elif stat.S_ISDIR(st.st_mode):
         for dirpath, _, names in os.walk(host):
             for name in sorted(names):
                 path = os.path.join(dirpath, name)
                 sub = os.stat(path, follow_symlinks=False)
                 if stat.S_ISCHR(sub.st_mode) or stat.S_ISBLK(sub.st_mode):
-                    yield os.path.join(inside, os.path.relpath(path, host)), sub
+                    yield os.path.join(inside, os.path.relpath(path, host)), path, sub

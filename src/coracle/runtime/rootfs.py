@@ -82,13 +82,16 @@ def _host_devices() -> list[dict]:
     return found
 
 
-def _make_node(path: str, mode: int, device: int, host: str) -> None:
-    """mknod, or in a user namespace (where only real root may create nodes) a bind of the host's."""
+def _make_node(path: str, mode: int, device: int, host: str) -> bool:
+    """mknod, or in a user namespace (where only real root may create nodes) a bind of
+    the host's, which keeps the host's owner; False in that case."""
     try:
         os.mknod(path, mode, device)
     except PermissionError:
         open(path, "a").close()
         sc.mount(host, path, None, sc.MS_BIND)
+        return False
+    return True
 
 
 def _remount_readonly(target: str, recursive: bool = False) -> None:
@@ -113,8 +116,8 @@ def _mount_dev(root: str, console: int | None, extra: list[dict], privileged: bo
             os.makedirs(os.path.dirname(path), exist_ok=True)
             if os.path.lexists(path):
                 os.unlink(path)  # an explicit --device replaces a default node of the same name
-            _make_node(path, mode, os.makedev(d["major"], d["minor"]), d.get("source") or d["path"])
-            os.chown(path, d.get("uid", 0), d.get("gid", 0))
+            if _make_node(path, mode, os.makedev(d["major"], d["minor"]), d.get("source") or d["path"]):
+                os.chown(path, d.get("uid", 0), d.get("gid", 0))
     finally:
         os.umask(old)
     for sub, fstype, flags, data in (

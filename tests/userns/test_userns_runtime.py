@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from conftest import ROOT_ID, RemappedContainers
+from userns_support import ROOT_ID, RemappedContainers
 
 
 def test_files_created_by_container_root_are_owned_by_the_mapped_id(remapped: RemappedContainers) -> None:

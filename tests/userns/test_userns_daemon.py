@@ -121,3 +121,22 @@ def test_exec_joins_the_user_namespace_and_network_works(client: docker.DockerCl
     assert "inet " in lines[1]  # the daemon wired the network of a namespace the container's userns owns
     upper = Path(ctr.attrs["GraphDriver"]["Data"]["UpperDir"])
     assert os.stat(upper / "from-exec").st_uid == root_ids()[0]
+
+
+def test_named_volume_is_writable_by_container_root(client: docker.DockerClient) -> None:
+    # the volume lives in the private daemon's data root, removed with it
+    out = client.containers.run("busybox", ["sh", "-c", "echo kept > /data/f && cat /data/f"],
+                                volumes={unique("uv"): {"bind": "/data", "mode": "rw"}}, remove=True).decode()
+    assert out == "kept\n"
+
+
+def test_device_is_bound_from_the_host(client: docker.DockerClient) -> None:
+    out = client.containers.run("busybox", ["sh", "-c", "head -c 4 /dev/myzero | od -An -tx1; ls -l /dev/null"],
+                                devices=["/dev/zero:/dev/myzero:r"], remove=True).decode()
+    assert out.split("\n")[0].split() == ["00", "00", "00", "00"]
+    assert "crw-rw-rw-" in out
+
+
+def test_terminal_works(client: docker.DockerClient) -> None:
+    out = client.containers.run("busybox", ["sh", "-c", "tty; id -u"], tty=True, remove=True).decode()
+    assert out.split() == ["/dev/console", "0"]
