@@ -211,3 +211,12 @@ def test_ps_filters_and_names(client) -> None:  # type: ignore[no-untyped-def]
     assert client.containers.get(a.id[:8]).name == "alpha"
     a.rename("gamma")
     assert client.containers.get("gamma").id == a.id
+
+
+def test_stop_with_negative_timeout_waits_for_the_process(client) -> None:  # type: ignore[no-untyped-def]
+    ctr = client.containers.run("busybox", ["sh", "-c", "trap 'sleep 1; exit 3' TERM; while true; do sleep 0.1; done"],
+                                detach=True)
+    time.sleep(0.2)
+    client.api.stop(ctr.id, timeout=-1)  # Docker: -1 never escalates to SIGKILL
+    ctr.reload()
+    assert ctr.attrs["State"]["ExitCode"] == 3

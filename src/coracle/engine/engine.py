@@ -461,7 +461,7 @@ class Engine:
         except ProcessLookupError:
             raise Conflict(f"Container {rec['Id']} is not running") from None
 
-    def _wait_exit(self, cid: str, timeout: float) -> bool:
+    def _wait_exit(self, cid: str, timeout: float | None) -> bool:
         done = self._exited.get(cid)
         if done is None:
             return True
@@ -492,9 +492,8 @@ class Engine:
             self._signal(rec, number)
         except Conflict:
             return
-        if timeout < 0 or self._wait_exit(cid, timeout):
-            if timeout >= 0:
-                return
+        if self._wait_exit(cid, None if timeout < 0 else timeout):  # -1: wait as long as it takes
+            return
         try:
             self._signal(self.get(cid), signal.SIGKILL)
         except (Conflict, NotFound):
