@@ -10,7 +10,7 @@ import pytest
 from coracle.network import NetworkManager
 from coracle.runtime.syscalls import netns as enter
 from coracle.store import Store
-from networld import UPLINK_HOST, UPLINK_OUTSIDE, World, sh
+from networld import UPLINK6_HOST, UPLINK6_OUTSIDE, UPLINK_HOST, UPLINK_OUTSIDE, World, sh
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +39,10 @@ def world(netns: str, unique: Callable[[str], str], tmp_path) -> Iterator[World]
         sh("ip", "netns", "exec", outside, "ip", "link", "set", "lan0", "up")
         # the host's default route points at the LAN peer, as a real uplink would
         sh("ip", "netns", "exec", netns, "ip", "route", "add", "default", "via", UPLINK_OUTSIDE)
+        # and the same in IPv6 (documentation addresses, no duplicate detection delay)
+        sh("ip", "netns", "exec", netns, "ip", "addr", "add", f"{UPLINK6_HOST}/64", "dev", "up0", "nodad")
+        sh("ip", "netns", "exec", outside, "ip", "addr", "add", f"{UPLINK6_OUTSIDE}/64", "dev", "lan0", "nodad")
+        sh("ip", "netns", "exec", netns, "ip", "-6", "route", "add", "default", "via", UPLINK6_OUTSIDE)
         resolv = tmp_path / "resolv.conf"
         resolv.write_text(f"nameserver {UPLINK_OUTSIDE}\nnameserver 127.0.0.53\nsearch example.test\n")
         hosts = tmp_path / "hosts"

@@ -1,6 +1,7 @@
 """A small world of network namespaces for the network layer's tests.
 
-    outside (LAN peer, 198.51.100.2) ---veth--- host (198.51.100.1): NetworkManager runs here
+    outside (LAN peer, 198.51.100.2, 2001:db8:51::2) ---veth--- host (198.51.100.1, 2001:db8:51::1):
+                                                 NetworkManager runs here
                                                  |-- bridges, veths, nft table `ip coracle`
                                                  `-- containers: `unshare -n sleep` processes
 
@@ -33,6 +34,12 @@ from coracle.store import Store
 
 UPLINK_HOST = "198.51.100.1"
 UPLINK_OUTSIDE = "198.51.100.2"
+UPLINK6_HOST = "2001:db8:51::1"
+UPLINK6_OUTSIDE = "2001:db8:51::2"
+
+
+def family(ip: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
 
 
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -43,12 +50,14 @@ def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 class Server:
-    """Echo-the-peer server: answers each TCP connection / UDP datagram with the client's address."""
+    """Echo-the-peer server: answers each TCP connection / UDP datagram with the client's address.
+
+    Bound to "::" it serves both families (IPv4 clients then show as ::ffff:a.b.c.d)."""
 
     def __init__(self, ns: str, proto: str, port: int, ip: str = "0.0.0.0") -> None:
         kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
         with enter(ns):
-            self.sock = socket.socket(socket.AF_INET, kind)
+            self.sock = socket.socket(family(ip), kind)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((ip, port))
         if proto == "tcp":
@@ -82,7 +91,7 @@ def ask(ns: str, proto: str, ip: str, port: int, timeout: float = 1.5) -> str | 
     """Connect from inside `ns`; the address the server saw us as, or None if nothing answered."""
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     with enter(ns):
-        sock = socket.socket(socket.AF_INET, kind)
+        sock = socket.socket(family(ip), kind)
     with sock:
         sock.settimeout(timeout)
         try:
@@ -156,6 +165,9 @@ class Container:
     def ip(self, network: str = "bridge") -> str:
         return self.settings["Networks"][network]["IPAddress"]
 
+    def ip6(self, network: str) -> str:
+        return self.settings["Networks"][network]["GlobalIPv6Address"]
+
 
 class World:
     def __init__(self, host: str, outside: str, store: Store, manager: NetworkManager, tmp: str,
@@ -204,15 +216,21 @@ class World:
         return [link["ifname"] for link in self.ip_json("link", "show", "type", "veth")
                 if link["ifname"] != "up0"]
 
-    def nft(self) -> list[dict[str, Any]]:
-        out = sh("ip", "netns", "exec", self.host_name, "nft", "-j", "list", "table", "ip", "coracle").stdout
+    def nft(self, family: str = "ip") -> list[dict[str, Any]]:
+        out = sh("ip", "netns", "exec", self.host_name, "nft", "-j", "list", "table", family, "coracle").stdout
         return json.loads(out)["nftables"]
 
-    def map_elements(self, name: str) -> list:
-        for obj in self.nft():
+    def map_elements(self, name: str, family: str = "ip") -> list:
+        for obj in self.nft(family):
             if "map" in obj and obj["map"]["name"] == name:
                 return obj["map"].get("elem", [])
         raise AssertionError(f"no map {name}")
+
+    def set_elements(self, name: str, family: str = "ip") -> list:
+        for obj in self.nft(family):
+            if "set" in obj and obj["set"]["name"] == name:
+                return obj["set"].get("elem", [])
+        raise AssertionError(f"no set {name}")
 
     def rule_count(self) -> int:
         return sum(1 for obj in self.nft() if "rule" in obj)

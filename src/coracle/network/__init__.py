@@ -45,10 +45,21 @@ taken, overlapping subnet, "Bind for 0.0.0.0:8080 failed: port is already
 allocated", address in use, network with active endpoints, builtin network).
 
 Options honoured on create: com.docker.network.bridge.name, .bridge.enable_icc,
-.bridge.enable_ip_masquerade, .driver.mtu; IPAM.Config[0] Subnet, Gateway, IPRange.
-IPv4 only: EnableIPv6 is refused. Unpublished container ports are not reachable
-from outside the host (Docker 28's behaviour), published ones are, with the real
-client address (no proxy process).
+.bridge.enable_ip_masquerade, .driver.mtu; IPAM.Config Subnet, Gateway, IPRange
+(one IPv4 config, and one IPv6 config with EnableIPv6). Unpublished container
+ports are not reachable from outside the host (Docker 28's behaviour), published
+ones are, with the real client address (no proxy process).
+
+IPv6 (`network create --ipv6 [--subnet <v6>]`, user bridge networks only): the
+network keeps its IPv4 subnet and gains an IPv6 one (given, or a /64 of
+fdc0:ac1e::/48), gateway = first address, on the bridge. Containers get
+GlobalIPv6Address (IPAMConfig.IPv6Address for `--ip6`), a default IPv6 route
+via the gateway (none when internal), AAAA records, an /etc/hosts line;
+published ports without HostIp are published on :: too; outbound traffic of
+the subnet is masqueraded (NAT66, as Docker does for unique local subnets);
+isolation, ICC and internal behave as for IPv4 (the `ip6 coracle` table). The
+daemon's namespace gets net.ipv6.conf.all.forwarding=1 when such a network
+exists.
 
 `attach` joins, in order: the NetworkMode network, then every network named in
 NetworkingConfig.EndpointsConfig, then every network already in
@@ -80,18 +91,20 @@ import os
 import random
 import re
 import secrets
+import socket
 import sqlite3
 import threading
 from datetime import datetime, timezone
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from coracle.errors import Conflict, InvalidParameter, NotFound
 from coracle.faults import fault
 from coracle.network import bridge, files, ports
 from coracle.network.dns import Resolver, upstreams_from
 from coracle.network.firewall import BridgeRules, FirewallDriver, driver
-from coracle.network.ipam import DEFAULT_POOLS, IPAM, parse_address, parse_subnet, pick_subnet
+from coracle.network.ipam import (DEFAULT_POOLS, DEFAULT_POOLS6, IPAM, Network, parse_address, parse_subnet,
+                                  pick_subnet, version_of)
 from coracle.network.ports import Mapping
 from coracle.runtime.syscalls import netns
 from coracle.store import Store
@@ -168,13 +181,19 @@ def _labels_match(labels: dict[str, str], wanted: list[str], negate: bool = Fals
 
 
 class Subnet:
-    """The IPv4 configuration of a network, parsed once from its IPAM.Config."""
+    """The IPv4 (or IPv6) configuration of a network, parsed once from its IPAM.Config."""
 
-    def __init__(self, rec: dict[str, Any]) -> None:
-        cfg = (rec["IPAM"].get("Config") or [{}])[0]
-        self.network: IPv4Network = parse_subnet(cfg["Subnet"])
-        self.gateway: IPv4Address = parse_address(cfg["Gateway"], "gateway")
-        self.ip_range: IPv4Network | None = parse_subnet(cfg["IPRange"]) if cfg.get("IPRange") else None
+    def __init__(self, rec: dict[str, Any], version: int = 4) -> None:
+        configs = rec["IPAM"].get("Config") or [{}]
+        cfg = next((c for c in configs if version_of(c.get("Subnet", "")) == version), configs[0])
+        self.network: Network = parse_subnet(cfg["Subnet"], version)
+        self.gateway = parse_address(cfg["Gateway"], "gateway", version)
+        self.ip_range: Network | None = parse_subnet(cfg["IPRange"], version) if cfg.get("IPRange") else None
+
+    @staticmethod
+    def v6(rec: dict[str, Any]) -> Optional["Subnet"]:
+        """The IPv6 configuration of a network created with EnableIPv6, None for the others."""
+        return Subnet(rec, 6) if rec.get("EnableIPv6") else None
 
 
 class NetworkManager:
@@ -259,13 +278,13 @@ class NetworkManager:
         self.store.put(KIND, fresh["Id"], fresh)
 
     def _record(self, name: str, drv: str, ipam: dict | None, options: dict, labels: dict, builtin: bool,
-                internal: bool = False) -> dict[str, Any]:
+                internal: bool = False, enable_ipv6: bool = False) -> dict[str, Any]:
         """A network record in Docker's inspect shape, plus our private "Coracle" part."""
         nid = secrets.token_hex(32)
         opts = {k: str(v) for k, v in options.items()}
         return {
             "Name": name, "Id": nid, "Created": _now(), "Scope": "local", "Driver": drv, "EnableIPv4": True,
-            "EnableIPv6": False,
+            "EnableIPv6": enable_ipv6,
             "IPAM": ipam or {"Driver": "default", "Options": None, "Config": []},
             "Internal": internal, "Attachable": False, "Ingress": False, "ConfigFrom": {"Network": ""},
             "ConfigOnly": False, "Options": opts, "Labels": dict(labels),
@@ -277,29 +296,45 @@ class NetworkManager:
 
     def _plumb(self, rec: dict[str, Any]) -> None:
         """The bridge device of a network: created or adopted, addressed, up, route_localnet on."""
-        sub = Subnet(rec)
+        sub, sub6 = Subnet(rec), Subnet.v6(rec)
         name = rec["Coracle"]["Bridge"]
         with self._host() as ipr:
             bridge.ensure_bridge(ipr, name, str(sub.gateway), sub.network.prefixlen, rec["Coracle"]["MTU"])
         # DNAT of 127.0.0.1:port to a container needs loopback-sourced packets routed into the bridge
         self._host_sysctl(f"net/ipv4/conf/{name}/route_localnet", "1")
+        if sub6 is not None:
+            self._host_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "0")
+            # no duplicate detection of the link-local address made at link-up: while it is tentative the
+            # kernel sends no neighbour solicitation for forwarded packets (published ports lose packets)
+            self._host_sysctl(f"net/ipv6/conf/{name}/accept_dad", "0")
+            self._host_sysctl("net/ipv6/conf/all/forwarding", "1")
+        with self._host() as ipr:
+            if sub6 is not None:
+                bridge.ensure_address(ipr, name, str(sub6.gateway), sub6.network.prefixlen)
+            bridge.link_up(ipr, name)
 
     def _bridge_records(self) -> list[dict[str, Any]]:
         return [r for r in self.store.all(KIND) if r["Driver"] == "bridge"]
 
     def _rules(self, rec: dict[str, Any]) -> BridgeRules:
         c = rec["Coracle"]
-        return BridgeRules(c["Bridge"], str(Subnet(rec).network), rec["Internal"], c["ICC"], c["Masquerade"])
+        sub6 = Subnet.v6(rec)
+        return BridgeRules(c["Bridge"], str(Subnet(rec).network), rec["Internal"], c["ICC"], c["Masquerade"],
+                           str(sub6.network) if sub6 else None)
 
-    def _taken(self, ignore: set[str] | None = None) -> list[IPv4Network]:
+    def _taken(self, ignore: set[str] | None = None, version: int = 4) -> list[Network]:
         """Subnets in use: our networks' and the host's routes (except routes through our bridges)."""
-        out = [Subnet(r).network for r in self._bridge_records() if not ignore or r["Id"] not in ignore]
+        records = [r for r in self._bridge_records() if not ignore or r["Id"] not in ignore]
+        if version == 4:
+            out = [Subnet(r).network for r in records]
+        else:
+            out = [sub.network for sub in map(Subnet.v6, records) if sub is not None]
         ours = {r["Coracle"]["Bridge"] for r in self._bridge_records()}
         with self._host() as ipr:
             our_indexes = {bridge.index(ipr, name) for name in ours} - {None}
-            for dst, length, oif in bridge.routes(ipr):
+            for dst, length, oif in bridge.routes(ipr, socket.AF_INET6 if version == 6 else socket.AF_INET):
                 if length and oif not in our_indexes:
-                    out.append(IPv4Network(f"{dst}/{length}", strict=False))
+                    out.append(ipaddress.ip_network(f"{dst}/{length}", strict=False))
         return out
 
     # ----- reconciliation ----------------------------------------------------
@@ -377,7 +412,8 @@ class NetworkManager:
                             self.store.execute("DELETE FROM net_ports WHERE container = ? AND network = ?",
                                                (cid, ep["NetworkID"]))
                         self._drop_endpoint(ep)
-            used = {(ep["NetworkID"], ep.get("IPAddress")) for ep in endpoints if ep["NetworkID"] in keep}
+            used = {(ep["NetworkID"], ep.get(key)) for ep in endpoints if ep["NetworkID"] in keep
+                    for key in ("IPAddress", "GlobalIPv6Address")}
             for network, address, container in self.ipam.leases():
                 if container == cid and (network, address) not in used:
                     found.append(f"lease {address} on {network[:12]}")
@@ -411,16 +447,23 @@ class NetworkManager:
             raise Conflict(f'only one instance of "{driver}" network is allowed')
         if driver != "bridge":
             raise InvalidParameter(f"network driver {driver!r} is not supported (bridge is)")
-        if enable_ipv6:
-            raise InvalidParameter("IPv6 networks are not supported")
         options = {k: str(v) for k, v in (options or {}).items()}
         ipam = ipam or {}
         if (ipam.get("Driver") or "default") != "default":
             raise InvalidParameter(f"IPAM driver {ipam['Driver']!r} is not supported (default is)")
         configs = ipam.get("Config") or []
-        if len(configs) > 1:
-            raise InvalidParameter("only one IPv4 subnet per network is supported")
-        cfg = configs[0] if configs else {}
+        by_version: dict[int, dict] = {}
+        for c in configs:
+            version = version_of(c.get("Subnet") or c.get("Gateway") or c.get("IPRange") or "")
+            if version in by_version:
+                raise InvalidParameter(f"only one IPv{version} subnet per network is supported")
+            by_version[version] = c
+        if 6 in by_version and not enable_ipv6:
+            raise InvalidParameter(f"IPv6 subnet {by_version[6].get('Subnet') or ''} given but IPv6 is not enabled "
+                                   "on the network (use --ipv6)")
+        if enable_ipv6 and not os.path.isdir("/proc/sys/net/ipv6"):
+            raise InvalidParameter("IPv6 networks need a kernel with IPv6 enabled")
+        cfg = by_version.get(4, {})
         mtu = options.get(OPT + "driver.mtu")
         if mtu is not None and not (str(mtu).isdigit() and 68 <= int(mtu) <= 65535):
             raise InvalidParameter(f"invalid MTU {mtu!r}: expected 68-65535")
@@ -446,8 +489,12 @@ class NetworkManager:
                 if not ip_range.subnet_of(subnet):
                     raise InvalidParameter(f"invalid ip-range {ip_range}: not inside subnet {subnet}")
                 config["IPRange"] = str(ip_range)
+            ipam_configs = [config]
+            if enable_ipv6:
+                ipam_configs.append(self._ipv6_config(by_version.get(6, {})))
             rec = self._record(name, "bridge", {"Driver": "default", "Options": ipam.get("Options") or {},
-                                                "Config": [config]}, options, labels or {}, False, bool(internal))
+                                                "Config": ipam_configs}, options, labels or {}, False,
+                               bool(internal), bool(enable_ipv6))
             dev = rec["Coracle"]["Bridge"]
             if len(dev) > 15 or not re.match(r"^[a-zA-Z0-9_.-]+$", dev):
                 raise InvalidParameter(f"invalid bridge name {dev!r}: at most 15 characters [a-zA-Z0-9_.-]")
@@ -466,6 +513,30 @@ class NetworkManager:
                     bridge.delete_link(ipr, dev)
                 raise
         return {"Id": rec["Id"], "Warning": ""}
+
+    def _ipv6_config(self, cfg: dict[str, Any]) -> dict[str, str]:
+        """The IPv6 IPAM config of a new network: checked like the IPv4 one, or picked from the ULA pool."""
+        if cfg.get("Subnet"):
+            subnet = parse_subnet(cfg["Subnet"], 6)
+            for other in self._bridge_records():
+                sub6 = Subnet.v6(other)
+                if sub6 is not None and subnet.overlaps(sub6.network):
+                    raise Conflict(f"invalid pool request: Pool overlaps with other one on this address "
+                                   f"space ({subnet} overlaps network {other['Name']})")
+        else:
+            if cfg.get("Gateway") or cfg.get("IPRange"):
+                raise InvalidParameter("an IPv6 gateway or IP range needs an IPv6 subnet")
+            subnet = pick_subnet(DEFAULT_POOLS6, self._taken(version=6), 6)
+        gateway = parse_address(cfg["Gateway"], "gateway", 6) if cfg.get("Gateway") else subnet[1]
+        if gateway not in subnet or gateway == subnet.network_address:
+            raise InvalidParameter(f"invalid gateway {gateway}: not a host address of subnet {subnet}")
+        config = {"Subnet": str(subnet), "Gateway": str(gateway)}
+        if cfg.get("IPRange"):
+            ip_range = parse_subnet(cfg["IPRange"], 6)
+            if not ip_range.subnet_of(subnet):
+                raise InvalidParameter(f"invalid ip-range {ip_range}: not inside subnet {subnet}")
+            config["IPRange"] = str(ip_range)
+        return config
 
     def remove(self, ref: str) -> None:
         """`docker network rm`: refused for builtin networks and while endpoints are attached."""
@@ -491,7 +562,8 @@ class NetworkManager:
             ep["Container"]: {"Name": ep["ContainerName"], "EndpointID": ep["EndpointID"],
                               "MacAddress": ep["MacAddress"],
                               "IPv4Address": f"{ep['IPAddress']}/{ep['IPPrefixLen']}" if ep["IPAddress"] else "",
-                              "IPv6Address": ""}
+                              "IPv6Address": f"{ep['GlobalIPv6Address']}/{ep['GlobalIPv6PrefixLen']}"
+                              if ep.get("GlobalIPv6Address") else ""}
             for ep in self._endpoints(network=rec["Id"])
         }
         return out
@@ -604,6 +676,18 @@ class NetworkManager:
                                        f"{rec['Name']}")
             if addr == sub.gateway:
                 raise InvalidParameter(f"invalid IPv4 address {addr}: it is the gateway of network {rec['Name']}")
+        wanted6 = (cfg.get("IPAMConfig") or {}).get("IPv6Address")
+        if wanted6:
+            sub6 = Subnet.v6(rec)
+            if sub6 is None:
+                raise InvalidParameter(f"invalid IPv6 address {wanted6}: network {rec['Name']} has no IPv6 "
+                                       "(create it with --ipv6)")
+            addr6 = parse_address(wanted6, "IPv6 address", 6)
+            if addr6 not in sub6.network or addr6 == sub6.network.network_address:
+                raise InvalidParameter(f"invalid IPv6 address {addr6}: not in subnet {sub6.network} of network "
+                                       f"{rec['Name']}")
+            if addr6 == sub6.gateway:
+                raise InvalidParameter(f"invalid IPv6 address {addr6}: it is the gateway of network {rec['Name']}")
         if cfg.get("Aliases") and rec["Coracle"]["Builtin"]:
             raise InvalidParameter("network-scoped alias is supported only for containers in user defined networks")
         mac = cfg.get("MacAddress")
@@ -692,8 +776,9 @@ class NetworkManager:
         if ep.get("Veth"):
             with self._host() as ipr:
                 bridge.delete_link(ipr, ep["Veth"])
-        if ep.get("IPAddress"):
-            self.ipam.release(ep["NetworkID"], ep["IPAddress"])
+        for key in ("IPAddress", "GlobalIPv6Address"):
+            if ep.get(key):
+                self.ipam.release(ep["NetworkID"], ep[key])
         self.store.execute("DELETE FROM net_endpoints WHERE id = ?", (ep["EndpointID"],))
 
     def _join(self, container: dict[str, Any], pid: int, rec: dict[str, Any], cfg: dict[str, Any],
@@ -705,6 +790,15 @@ class NetworkManager:
         wanted = (cfg.get("IPAMConfig") or {}).get("IPv4Address")
         address = self.ipam.allocate(rec["Id"], sub.network, sub.gateway, cid, sub.ip_range,
                                      parse_address(wanted, "IPv4 address") if wanted else None)
+        sub6, address6 = Subnet.v6(rec), None
+        if sub6 is not None:
+            wanted6 = (cfg.get("IPAMConfig") or {}).get("IPv6Address")
+            try:
+                address6 = self.ipam.allocate(rec["Id"], sub6.network, sub6.gateway, cid, sub6.ip_range,
+                                              parse_address(wanted6, "IPv6 address", 6) if wanted6 else None)
+            except BaseException:
+                self.ipam.release(rec["Id"], str(address))
+                raise
         fault("network-after-lease")
         mac = cfg.get("MacAddress") or (container.get("Config") or {}).get("MacAddress") if first else \
             cfg.get("MacAddress")
@@ -720,10 +814,15 @@ class NetworkManager:
         body = {"IPAMConfig": cfg.get("IPAMConfig") or None, "Aliases": aliases or None, "MacAddress": mac,
                 "Gateway": "" if rec["Internal"] else str(sub.gateway), "IPAddress": str(address),
                 "IPPrefixLen": sub.network.prefixlen, "DNSNames": dns_names}
+        if sub6 is not None:
+            body.update(IPv6Gateway="" if rec["Internal"] else str(sub6.gateway), GlobalIPv6Address=str(address6),
+                        GlobalIPv6PrefixLen=sub6.network.prefixlen)
         try:
             ep = self._record_endpoint(container, rec, body, address, undo)
         except BaseException:
-            self.ipam.release(rec["Id"], str(address))
+            for leased in (address, address6):
+                if leased is not None:
+                    self.ipam.release(rec["Id"], str(leased))
             raise
         veth = "veth" + ep["EndpointID"][:11]
         with bridge.netns_socket(ns_path) as cipr:
@@ -734,8 +833,13 @@ class NetworkManager:
             fault("network-after-veth")
             ep.update(Veth=veth, Interface=ifname)
             self.store.execute("UPDATE net_endpoints SET body = ? WHERE id = ?", (json.dumps(ep), ep["EndpointID"]))
+            if sub6 is not None:
+                with netns(ns_path):  # IPv6 may be off by default in the container's namespace
+                    bridge.sysctl(f"net/ipv6/conf/{ifname}/disable_ipv6", "0")
             bridge.configure_peer(cipr, ifname, str(address), sub.network.prefixlen,
-                                  None if rec["Internal"] else str(sub.gateway))
+                                  None if rec["Internal"] else str(sub.gateway),
+                                  (str(address6), sub6.network.prefixlen) if sub6 is not None else None,
+                                  ep["IPv6Gateway"] or None)
         return ep
 
     def _publish(self, container: dict[str, Any], ep: dict[str, Any],
@@ -752,11 +856,18 @@ class NetworkManager:
             for proto, host_ip, host_port in self.store.execute("SELECT proto, host_ip, host_port FROM net_ports"):
                 taken.setdefault((proto, host_port), []).append(host_ip)
             chosen: list[Mapping] = []
+            address6 = ep.get("GlobalIPv6Address")
             with netns(self.host_netns):  # once for all ports, not once per port
                 for req in reqs:
-                    port = self._choose_port(req, taken)
-                    taken.setdefault((req.proto, port), []).append(req.host_ip)
-                    chosen.append(Mapping(req.proto, req.host_ip, port, ep["IPAddress"], req.container_port))
+                    if ports.version(req.host_ip) == 6 and not address6:
+                        raise InvalidParameter(f"cannot publish {req.key} on {req.host_ip}: the container has no "
+                                               f"IPv6 address on network {ep['NetworkName']}")
+                    host_ips = [req.host_ip] + (["::"] if req.dual and address6 else [])
+                    port = self._choose_port(req, host_ips, taken)
+                    for ip in host_ips:
+                        taken.setdefault((req.proto, port), []).append(ip)
+                        target = address6 if ports.version(ip) == 6 else ep["IPAddress"]
+                        chosen.append(Mapping(req.proto, ip, port, target, req.container_port))
             with self.store.tx() as db:
                 for m in chosen:
                     db.execute("INSERT INTO net_ports VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -769,8 +880,9 @@ class NetworkManager:
         return chosen
 
     @staticmethod
-    def _choose_port(req: ports.PortRequest, taken: dict[tuple[str, int], list[str]]) -> int:
-        """A host port for one request: the given one, the first free of a range, or an ephemeral one.
+    def _choose_port(req: ports.PortRequest, host_ips: list[str], taken: dict[tuple[str, int], list[str]]) -> int:
+        """A host port free on every one of `host_ips` (the request's address, and :: when dual): the
+        given one, the first free of a range, or an ephemeral one.
 
         Runs with the calling thread in the host's network namespace (see _publish)."""
         if req.host_port and not req.host_end:
@@ -781,18 +893,19 @@ class NetworkManager:
             low, high = ports.ephemeral_range()
             start = random.randint(low, high)
             candidates = [*range(start, high + 1), *range(low, start)]
+        shown = ports.shown(req.host_ip)
         for port in candidates:
-            if any(ports.overlaps(ip, req.host_ip) for ip in taken.get((req.proto, port), ())):
+            if any(ports.overlaps(ip, wanted) for wanted in host_ips for ip in taken.get((req.proto, port), ())):
                 continue
-            free = ports.host_port_free(req.proto, req.host_ip, port)
-            if free:
+            busy = [ip for ip in host_ips if not ports.host_port_free(req.proto, ip, port)]
+            if not busy:
                 return port
             if len(candidates) == 1:
-                raise Conflict(f"Bind for {req.host_ip}:{port} failed: address already in use by a process of "
-                               "the host")
+                raise Conflict(f"Bind for {ports.shown(busy[0])}:{port} failed: address already in use by a "
+                               "process of the host")
         if len(candidates) == 1:
-            raise Conflict(f"Bind for {req.host_ip}:{candidates[0]} failed: port is already allocated")
-        raise Conflict(f"no free host port for {req.host_ip}:{req.host_port or ''}"
+            raise Conflict(f"Bind for {shown}:{candidates[0]} failed: port is already allocated")
+        raise Conflict(f"no free host port for {shown}:{req.host_port or ''}"
                        f"{'-' + str(req.host_end) if req.host_end else ''}/{req.proto}: all are allocated")
 
     def _settings(self, container: dict[str, Any], endpoints: list[dict[str, Any]], mappings: list[Mapping],
@@ -812,7 +925,8 @@ class NetworkManager:
         }
         default = out["Networks"].get("bridge")
         if default:
-            for key in ("EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress"):
+            for key in ("EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "MacAddress", "IPv6Gateway",
+                        "GlobalIPv6Address", "GlobalIPv6PrefixLen"):
                 out[key] = default[key]
         return out
 
@@ -932,8 +1046,9 @@ class NetworkManager:
                     "/etc/resolv.conf": files.resolv_conf(host_resolv, embedded=False, keep_loopback=True,
                                                           **dns_flags)}
         networks = (settings or {}).get("Networks") or {}
-        own = [(n["IPAddress"], fqdn if fqdn == hostname else f"{fqdn} {hostname}")
-               for n in networks.values() if n.get("IPAddress")][:1]
+        names = fqdn if fqdn == hostname else f"{fqdn} {hostname}"
+        first = next((n for n in networks.values() if n.get("IPAddress")), None)
+        own = [(first[key], names) for key in ("IPAddress", "GlobalIPv6Address") if first and first.get(key)]
         refs = [mode] + list(networks)
         embedded = any(self._is_user_network(ref) for ref in refs)
         return {"/etc/hostname": hostname + "\n",
@@ -963,12 +1078,15 @@ class NetworkManager:
         return [ep for ep in (json.loads(r[0]) for r in rows) if ep.get("DNSNames")]
 
     def _dns_lookup(self, cid: str, name: str) -> list[str]:
+        """IPv4 and IPv6 addresses of a name (the resolver picks by query type)."""
         found = []
         for ep in self._peers(cid):
-            if name in (n.lower() for n in ep["DNSNames"]) and ep["IPAddress"] not in found:
-                found.append(ep["IPAddress"])
+            if name in (n.lower() for n in ep["DNSNames"]):
+                for address in (ep["IPAddress"], ep.get("GlobalIPv6Address")):
+                    if address and address not in found:
+                        found.append(address)
         return found
 
     def _dns_reverse(self, cid: str, address: str) -> list[str]:
         return [f"{ep['ContainerName']}.{ep['NetworkName']}" for ep in self._peers(cid)
-                if ep["IPAddress"] == address]
+                if address in (ep["IPAddress"], ep.get("GlobalIPv6Address"))]

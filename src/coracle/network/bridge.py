@@ -9,6 +9,10 @@ A container's end of a veth pair is created directly inside its namespace
 (`net_ns_fd` on the peer) under its final name (eth0, eth1...), so there is no
 moment where a half-made interface sits in the host namespace under a
 temporary name.
+
+IPv6 addresses (bridge gateways and container ends) are added with NODAD: the
+addresses come from IPAM, so duplicate detection has nothing to find, and it
+would keep a fresh address unusable ("tentative") for a second or more.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import socket
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -25,6 +30,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from coracle.runtime.syscalls import netns
 
 BRPORT_HAIRPIN = 1
+IFA_F_NODAD = 0x02
 
 
 @contextmanager
@@ -51,15 +57,34 @@ def index(ipr: IPRoute, name: str) -> int | None:
 
 
 def ensure_bridge(ipr: IPRoute, name: str, gateway: str, prefixlen: int, mtu: int) -> None:
-    """Create (or adopt) the bridge, give it the gateway address, bring it up."""
-    idx = index(ipr, name)
-    if idx is None:
+    """Create (or adopt) the bridge and give it the gateway address; `link_up` brings it up.
+
+    Two steps so that per-device sysctls (IPv6 ones) can be set between them: the
+    kernel makes the link-local address when the link comes up."""
+    if index(ipr, name) is None:
         ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
-        idx = index(ipr, name)
-    have = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=2)}
-    if (gateway, prefixlen) not in have:
-        ipr.addr("add", index=idx, address=gateway, prefixlen=prefixlen)
-    ipr.link("set", index=idx, state="up")
+    ensure_address(ipr, name, gateway, prefixlen)
+
+
+def link_up(ipr: IPRoute, name: str) -> None:
+    ipr.link("set", index=index(ipr, name), state="up")
+
+
+def ensure_address(ipr: IPRoute, name: str, address: str, prefixlen: int) -> None:
+    """Give an interface an address (IPv4 or IPv6) unless it already has it."""
+    idx = index(ipr, name)
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    have = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=family)}
+    if (address, prefixlen) not in have:
+        add_address(ipr, idx, address, prefixlen)
+
+
+def add_address(ipr: IPRoute, idx: int, address: str, prefixlen: int) -> None:
+    if ":" in address:
+        ipr.addr("add", index=idx, address=address, prefixlen=prefixlen, family=socket.AF_INET6,
+                 IFA_FLAGS=IFA_F_NODAD)
+    else:
+        ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
 
 
 def delete_link(ipr: IPRoute, name: str) -> bool:
@@ -107,28 +132,37 @@ def add_veth(ipr: IPRoute, host_name: str, bridge: str, netns_path: str, peer_na
     ipr.brport("set", index=idx, mode=BRPORT_HAIRPIN, isolated=int(isolated))
 
 
-def configure_peer(ipr: IPRoute, ifname: str, address: str, prefixlen: int, gateway: str | None) -> None:
-    """Inside the container: address on the interface, lo and the interface up, default route."""
+def configure_peer(ipr: IPRoute, ifname: str, address: str, prefixlen: int, gateway: str | None,
+                   address6: tuple[str, int] | None = None, gateway6: str | None = None) -> None:
+    """Inside the container: addresses on the interface, lo and the interface up, default routes.
+
+    An IPv6 address needs IPv6 enabled on the interface (disable_ipv6=0), which
+    the caller sets through sysctl() from inside the container's namespace."""
     lo_up(ipr)
     idx = index(ipr, ifname)
     ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
+    if address6:
+        add_address(ipr, idx, *address6)
     ipr.link("set", index=idx, state="up")
     if gateway and not has_default_route(ipr):
         ipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=idx)
+    if gateway6 and not has_default_route(ipr, socket.AF_INET6):
+        ipr.route("add", dst="::/0", gateway=gateway6, oif=idx, family=socket.AF_INET6)
 
 
-def has_default_route(ipr: IPRoute) -> bool:
-    return any(r["dst_len"] == 0 for r in ipr.get_routes(family=2, table=254))
+def has_default_route(ipr: IPRoute, family: int = socket.AF_INET) -> bool:
+    return any(r["dst_len"] == 0 for r in ipr.get_routes(family=family, table=254))
 
 
 def lo_up(ipr: IPRoute) -> None:
     ipr.link("set", index=index(ipr, "lo"), state="up")
 
 
-def routes(ipr: IPRoute) -> list[tuple[str, int, int]]:
-    """(destination, prefix length, output interface index) of the main table's IPv4 routes."""
-    return [(r.get("RTA_DST") or "0.0.0.0", r["dst_len"], r.get("RTA_OIF") or 0)
-            for r in ipr.get_routes(family=2, table=254)]
+def routes(ipr: IPRoute, family: int = socket.AF_INET) -> list[tuple[str, int, int]]:
+    """(destination, prefix length, output interface index) of the main table's routes of a family."""
+    default = "::" if family == socket.AF_INET6 else "0.0.0.0"
+    return [(r.get("RTA_DST") or default, r["dst_len"], r.get("RTA_OIF") or 0)
+            for r in ipr.get_routes(family=family, table=254)]
 
 
 def sysctl(path: str, value: str) -> None:

@@ -17,9 +17,9 @@ Choices and why:
   follow containers coming and going without any push.
 - What it answers: A for container names, network aliases, 12-char short
   ids and hostnames of containers sharing a network with the asking
-  container; PTR for their addresses; an empty NOERROR for other types of a
-  known name (no IPv6 here). Everything else goes upstream; SERVFAIL if no
-  upstream answers.
+  container, AAAA for their IPv6 addresses (networks with EnableIPv6); PTR
+  for their addresses of both families; an empty NOERROR for other types of a
+  known name. Everything else goes upstream; SERVFAIL if no upstream answers.
 
 After a daemon restart the sockets are gone; `NetworkManager.reconcile()`
 re-opens them for the running containers.
@@ -28,6 +28,7 @@ re-opens them for the running containers.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import struct
@@ -35,7 +36,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from dnslib import PTR, QTYPE, RCODE, RR, A, DNSRecord
+from dnslib import AAAA, PTR, QTYPE, RCODE, RR, A, DNSRecord
 
 from coracle.runtime.syscalls import netns
 
@@ -45,7 +46,7 @@ ADDRESS = "127.0.0.11"
 TTL = 600
 FORWARD_TIMEOUT = 3.0
 
-# (asking container id, name) -> addresses; (asking container id, address) -> names
+# (asking container id, name) -> addresses of both families; (asking container id, address) -> names
 Lookup = Callable[[str, str], list[str]]
 Reverse = Callable[[str, str], list[str]]
 
@@ -150,18 +151,20 @@ class Resolver:
         q = query.q
         name = str(q.qname).rstrip(".").lower()
         reply = query.reply()
-        if q.qtype == QTYPE.PTR and name.endswith(".in-addr.arpa"):
-            address = ".".join(reversed(name[: -len(".in-addr.arpa")].split(".")))
-            names = self._reverse(cid, address)
+        if q.qtype == QTYPE.PTR and name.endswith((".in-addr.arpa", ".ip6.arpa")):
+            address = _reverse_pointer_address(name)
+            names = self._reverse(cid, address) if address else []
             if names:
                 reply.add_answer(RR(q.qname, QTYPE.PTR, rdata=PTR(names[0] + "."), ttl=TTL))
                 return reply.pack()
         else:
             addresses = self._lookup(cid, name)
             if addresses:
-                if q.qtype in (QTYPE.A, QTYPE.ANY):
-                    for addr in addresses:
-                        reply.add_answer(RR(q.qname, QTYPE.A, rdata=A(addr), ttl=TTL))
+                for addr in addresses:
+                    v6 = ":" in addr
+                    if q.qtype == QTYPE.ANY or q.qtype == (QTYPE.AAAA if v6 else QTYPE.A):
+                        rtype, rdata = (QTYPE.AAAA, AAAA(addr)) if v6 else (QTYPE.A, A(addr))
+                        reply.add_answer(RR(q.qname, rtype, rdata=rdata, ttl=TTL))
                 return reply.pack()
         served = self._served.get(cid)
         upstreams = (served.upstreams if served else []) or self.upstreams
@@ -223,6 +226,20 @@ class _UDP(asyncio.DatagramProtocol):
         answer = await self.resolver.answer(self.cid, data)
         if answer is not None and self.transport is not None and not self.transport.is_closing():
             self.transport.sendto(answer, addr)
+
+
+def _reverse_pointer_address(name: str) -> str | None:
+    """"4.3.2.1.in-addr.arpa" -> "1.2.3.4"; 32 nibbles of ip6.arpa -> the compressed IPv6 address."""
+    if name.endswith(".in-addr.arpa"):
+        return ".".join(reversed(name[: -len(".in-addr.arpa")].split(".")))
+    nibbles = name[: -len(".ip6.arpa")].split(".")
+    if len(nibbles) != 32:
+        return None
+    digits = "".join(reversed(nibbles))
+    try:
+        return str(ipaddress.IPv6Address(int(digits, 16)))
+    except ValueError:
+        return None
 
 
 def upstreams_from(resolv_conf: str) -> list[str]:

@@ -14,19 +14,27 @@ static address (`--ip`) may be anywhere in the subnet.
 Default pools: Docker cuts 172.17-31/16 and 192.168/16 into /16s and /20s and
 runs out after 31 networks. Ours default to 10.200.0.0/14 cut into /24s: 1024
 networks of 253 containers, configurable per daemon.
+
+IPv6 (networks created with EnableIPv6) uses the same table and the same
+rules: a network simply holds leases of both families. Its subnet comes from
+`--subnet` or, like Docker's, from a unique local (fd00::/8) pool cut into /64s.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import sqlite3
-from ipaddress import IPv4Address, IPv4Network
-from typing import Iterable
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Iterable, Union
 
 from coracle.errors import Conflict, InvalidParameter
 from coracle.store import Store
 
 DEFAULT_POOLS: list[tuple[str, int]] = [("10.200.0.0/14", 24)]
+DEFAULT_POOLS6: list[tuple[str, int]] = [("fdc0:ac1e::/48", 64)]
+
+Network = Union[IPv4Network, IPv6Network]
+Address = Union[IPv4Address, IPv6Address]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS net_leases (
@@ -39,40 +47,49 @@ CREATE INDEX IF NOT EXISTS net_leases_container ON net_leases(container);
 """
 
 
-def parse_subnet(text: str) -> IPv4Network:
+def version_of(text: str) -> int:
+    """4 or 6: the family a subnet or address in text is written in (4 for what is not an address)."""
+    return 6 if ":" in str(text) else 4
+
+
+def parse_subnet(text: str, version: int = 4) -> Network:
+    """A CIDR block of the given family, at least 4 addresses large."""
     try:
         net = ipaddress.ip_network(str(text), strict=False)
     except ValueError:
         raise InvalidParameter(f"invalid subnet {text!r}: not a CIDR block") from None
-    if net.version != 4:
-        raise InvalidParameter(f"invalid subnet {text}: IPv6 is not supported")
-    if net.prefixlen > 30:
-        raise InvalidParameter(f"invalid subnet {text}: too small, the prefix must be /30 or shorter")
+    if net.version != version:
+        raise InvalidParameter(f"invalid subnet {text}: expected an IPv{version} subnet" if version == 6 else
+                               f"invalid subnet {text}: IPv6 is not supported")
+    if net.prefixlen > net.max_prefixlen - 2:
+        raise InvalidParameter(f"invalid subnet {text}: too small, the prefix must be /{net.max_prefixlen - 2} "
+                               "or shorter")
     return net
 
 
-def parse_address(text: str, what: str) -> IPv4Address:
+def parse_address(text: str, what: str, version: int = 4) -> Address:
     try:
         addr = ipaddress.ip_address(str(text).split("/")[0])
     except ValueError:
         raise InvalidParameter(f"invalid {what} {text!r}") from None
-    if addr.version != 4:
-        raise InvalidParameter(f"invalid {what} {text}: IPv6 is not supported")
+    if addr.version != version:
+        raise InvalidParameter(f"invalid {what} {text}: expected an IPv{version} address" if version == 6 else
+                               f"invalid {what} {text}: IPv6 is not supported")
     return addr
 
 
-def pick_subnet(pools: list[tuple[str, int]], taken: Iterable[IPv4Network]) -> IPv4Network:
+def pick_subnet(pools: list[tuple[str, int]], taken: Iterable[Network], version: int = 4) -> Network:
     """The first pool-sized subnet that overlaps nothing in `taken` (networks, host routes)."""
-    taken = list(taken)
+    taken = [t for t in taken if t.version == version]
     for base, size in pools:
-        pool = parse_subnet(base)
+        pool = parse_subnet(base, version)
         if size < pool.prefixlen:
             raise InvalidParameter(f"invalid default address pool {base}: size {size} is larger than the pool")
         for candidate in pool.subnets(new_prefix=size):
             if not any(candidate.overlaps(t) for t in taken):
                 return candidate
-    raise InvalidParameter("could not find an available, non-overlapping IPv4 address pool among the defaults "
-                           "to assign to the network")
+    raise InvalidParameter(f"could not find an available, non-overlapping IPv{version} address pool among the "
+                           "defaults to assign to the network")
 
 
 class IPAM:
@@ -82,9 +99,9 @@ class IPAM:
         self.store = store
         store.schema(SCHEMA)
 
-    def allocate(self, network: str, subnet: IPv4Network, gateway: IPv4Address, container: str,
-                 ip_range: IPv4Network | None = None, wanted: IPv4Address | None = None) -> IPv4Address:
-        """Lease one address (the wanted one, or the lowest free) to `container`."""
+    def allocate(self, network: str, subnet: Network, gateway: Address, container: str,
+                 ip_range: Network | None = None, wanted: Address | None = None) -> Address:
+        """Lease one address of `subnet`'s family (the wanted one, or the lowest free) to `container`."""
         if wanted is not None:
             if wanted not in subnet or wanted in (subnet.network_address, subnet.broadcast_address):
                 raise InvalidParameter(f"no configured subnet contains IP address {wanted}")
@@ -98,7 +115,7 @@ class IPAM:
             return wanted
         scope = ip_range or subnet
         with self.store.tx() as db:
-            used = {IPv4Address(r[0]) for r in db.execute("SELECT address FROM net_leases WHERE network = ?",
+            used = {ipaddress.ip_address(r[0]) for r in db.execute("SELECT address FROM net_leases WHERE network = ?",
                                                           (network,))}
             used |= {gateway, subnet.network_address, subnet.broadcast_address}
             for addr in scope:
@@ -106,7 +123,7 @@ class IPAM:
                     db.execute("INSERT INTO net_leases(network, address, container) VALUES (?, ?, ?)",
                                (network, str(addr), container))
                     return addr
-        raise Conflict(f"no available IPv4 addresses on this network's address pools: {scope}")
+        raise Conflict(f"no available IPv{subnet.version} addresses on this network's address pools: {scope}")
 
     def release(self, network: str, address: str) -> None:
         self.store.execute("DELETE FROM net_leases WHERE network = ? AND address = ?", (network, address))

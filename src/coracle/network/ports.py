@@ -14,6 +14,11 @@ Input shapes:
   "HostPort": "8080"}]}`), `PublishAllPorts` and `Config.ExposedPorts`:
   `requests(...)` turns them into `PortRequest`s, with host port 0 meaning
   "any free ephemeral port" and a host range meaning "the first free one in it".
+
+IPv6: a binding without HostIp is `dual`: published on 0.0.0.0 and, when the
+container has an IPv6 address, on :: with the same host port (two mappings,
+as Docker shows them). A binding on an IPv6 host address (`[::]:8080:80`)
+publishes to the container's IPv6 address only.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from coracle.errors import InvalidParameter
 
@@ -31,13 +36,16 @@ _SPEC = re.compile(r"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|[0-9.]*):)??(?:(?P<host>[0-9-
 
 @dataclass(frozen=True)
 class PortRequest:
-    """One container port to publish; host_port 0 = ephemeral; host_end > host_port = pick in range."""
+    """One container port to publish; host_port 0 = ephemeral; host_end > host_port = pick in range.
+
+    `dual`: no HostIp was given, so IPv6 (::) is published too when the container has IPv6."""
 
     proto: str
     container_port: int
     host_ip: str = "0.0.0.0"
     host_port: int = 0
     host_end: int = 0
+    dual: bool = field(default=True, compare=False)
 
     @property
     def key(self) -> str:
@@ -93,8 +101,6 @@ def _host_ip(text: str | None) -> str:
         addr = ipaddress.ip_address(text)
     except ValueError:
         raise InvalidParameter(f"invalid host IP address: {text!r}") from None
-    if addr.version != 4:
-        raise InvalidParameter(f"IPv6 host addresses are not supported: {text}")
     return str(addr)
 
 
@@ -143,7 +149,8 @@ def requests(port_bindings: dict | None, exposed: dict | None, publish_all: bool
             ip = _host_ip(bind.get("HostIp"))
             host = str(bind.get("HostPort") or "")
             start, end = _range(host, "hostPort") if host else (0, 0)
-            out.append(PortRequest(proto, c_port, ip, start, end if end != start else 0))
+            out.append(PortRequest(proto, c_port, ip, start, end if end != start else 0,
+                                   dual=not bind.get("HostIp")))
     if publish_all:
         bound = {r.key for r in out}
         for key in exposed or {}:
@@ -153,9 +160,21 @@ def requests(port_bindings: dict | None, exposed: dict | None, publish_all: bool
     return out
 
 
+WILDCARD = {4: "0.0.0.0", 6: "::"}
+
+
+def version(ip: str) -> int:
+    return 6 if ":" in ip else 4
+
+
+def shown(ip: str) -> str:
+    """An address as it is written before ":port" in messages ([::] for IPv6)."""
+    return f"[{ip}]" if ":" in ip else ip
+
+
 def overlaps(a_ip: str, b_ip: str) -> bool:
-    """Two bindings of one port clash when either is the wildcard or both name the same address."""
-    return a_ip == b_ip or "0.0.0.0" in (a_ip, b_ip)
+    """Two bindings of one port clash when of one family and either is its wildcard or both are the same."""
+    return version(a_ip) == version(b_ip) and (a_ip == b_ip or WILDCARD[version(a_ip)] in (a_ip, b_ip))
 
 
 def host_port_free(proto: str, ip: str, port: int) -> bool:
@@ -165,16 +184,20 @@ def host_port_free(proto: str, ip: str, port: int) -> bool:
     about. SO_REUSEADDR for TCP so that sockets in TIME_WAIT do not count.
     """
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as sock:
+    family = socket.AF_INET6 if version(ip) == 6 else socket.AF_INET
+    with socket.socket(family, kind) as sock:
         if proto == "tcp":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:  # a listener on 0.0.0.0 does not hold the IPv6 port
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:
             sock.bind((ip, port))
             if proto == "tcp":
                 sock.listen(1)
         except OSError as exc:
             if exc.errno == 99:  # EADDRNOTAVAIL
-                raise InvalidParameter(f"Bind for {ip}:{port} failed: {ip} is not an address of this host") from None
+                raise InvalidParameter(f"Bind for {shown(ip)}:{port} failed: {ip} is not an address of this host"
+                                       ) from None
             return False
     return True
 

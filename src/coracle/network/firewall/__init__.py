@@ -7,9 +7,12 @@ at all and published ports, masquerade and isolation are that someone's job).
 The manager describes the world in two kinds of facts and the driver turns them
 into kernel state:
 
-- `BridgeRules`: one per bridge network (device, subnet, internal, ICC,
-  masquerade). Isolation between networks, `internal` and outbound NAT follow.
-- `Mapping` (from ports.py): one per published port.
+- `BridgeRules`: one per bridge network (device, subnet, IPv6 subnet if any,
+  internal, ICC, masquerade). Isolation between networks, `internal` and
+  outbound NAT (NAT66 too, as Docker does for unique local subnets) follow,
+  identically for both families.
+- `Mapping` (from ports.py): one per published port and family (the family of
+  its container address).
 
 Every method is idempotent for the facts it receives, and `restore()` rebuilds
 the whole state from scratch in one atomic step (used at daemon start-up).
@@ -32,6 +35,7 @@ class BridgeRules:
     internal: bool = False
     icc: bool = True
     masquerade: bool = True
+    subnet6: str | None = None
 
 
 class FirewallDriver(ABC):

@@ -1,4 +1,4 @@
-"""The nftables firewall: one table `ip coracle`, rules fixed, facts in sets and maps.
+"""The nftables firewall: tables `ip coracle` and `ip6 coracle`, rules fixed, facts in sets and maps.
 
 The rule set never changes after start-up; networks and published ports are
 *elements* of sets and maps, so publishing the 1000th port adds one map element
@@ -26,6 +26,13 @@ table: no flush, no policy change, no other table's chains.
                               bridge from anywhere else (other networks, the LAN to unpublished
                               ports): drop
 
+`ip6 coracle` (made when the kernel has IPv6) is the same table for IPv6:
+ipv6_addr where the above says ipv4_addr, ::1 where it says 127.0.0.0/8 (a
+port published on ::1 is not reachable through DNAT: Linux has no
+route_localnet for IPv6), holding the bridges and subnets of networks created
+with EnableIPv6 and the mappings whose container address is IPv6. A change
+that touches both families is still one batch, so one atomic transaction.
+
 ICC off is enforced twice: the bridge ports are isolated (the bridge itself drops
 port-to-port frames, no br_netfilter needed) and, where br_netfilter hands
 bridged frames to the forward hook, `intra` lacks the pair so they are dropped.
@@ -33,6 +40,7 @@ bridged frames to the forward hook, `intra` lacks the pair so they are dropped.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -43,12 +51,32 @@ from coracle.network.firewall import BridgeRules, FirewallDriver
 from coracle.network.ports import Mapping
 from coracle.runtime.syscalls import netns
 
-FAMILY = "ip"
 TABLE = "coracle"
 
 
-def _ref(kind: str, name: str) -> dict[str, Any]:
-    return {kind: {"family": FAMILY, "table": TABLE, "name": name}}
+class Family:
+    """The words that differ between the `ip` and the `ip6` table."""
+
+    def __init__(self, name: str, proto: str, addr: str, loopback: str, wildcard: str) -> None:
+        self.name, self.proto, self.addr, self.wildcard = name, proto, addr, wildcard
+        self.loopback = _prefix(loopback)
+
+
+def _prefix(cidr: str) -> dict[str, Any]:
+    addr, _, length = cidr.partition("/")
+    return {"prefix": {"addr": addr, "len": int(length)}}
+
+
+IP = Family("ip", "ip", "ipv4_addr", "127.0.0.0/8", "0.0.0.0")
+IP6 = Family("ip6", "ip6", "ipv6_addr", "::1/128", "::")
+
+
+def _family_of(address: str) -> Family:
+    return IP6 if ":" in address else IP
+
+
+def _ref(fam: Family, kind: str, name: str) -> dict[str, Any]:
+    return {kind: {"family": fam.name, "table": TABLE, "name": name}}
 
 
 def _meta(key: str) -> dict[str, Any]:
@@ -63,33 +91,29 @@ def _match(left: Any, right: Any, op: str = "==") -> dict[str, Any]:
     return {"match": {"op": op, "left": left, "right": right}}
 
 
-def _prefix(cidr: str) -> dict[str, Any]:
-    addr, _, length = cidr.partition("/")
-    return {"prefix": {"addr": addr, "len": int(length)}}
-
-
 # Published ports: keyed by (proto, port) for the wildcard address, (address, proto, port)
 # otherwise. The target is split into an address map and a port map because
 # libnftables 1.0.6 (Debian 12) crashes parsing JSON NAT statements whose map
 # yields a concatenation; a published port is one element in each of the two.
-SCOPES = {"any": ["inet_proto", "inet_service"], "host": ["ipv4_addr", "inet_proto", "inet_service"]}
-TARGETS = {"addr": "ipv4_addr", "port": "inet_service"}
+SCOPES = ("any", "host")
+TARGETS = ("addr", "port")
 
-LOOPBACK = _prefix("127.0.0.0/8")
 CT_DNAT = _match({"ct": {"key": "status"}}, "dnat", "in")
 
 
-def _skeleton() -> list[dict[str, Any]]:
+def _skeleton(fam: Family) -> list[dict[str, Any]]:
     """The table, its sets, maps, chains and the fixed rules, as JSON commands."""
-    t = {"family": FAMILY, "table": TABLE}
+    t = {"family": fam.name, "table": TABLE}
+    keys = {"any": ["inet_proto", "inet_service"], "host": [fam.addr, "inet_proto", "inet_service"]}
+    data = {"addr": fam.addr, "port": "inet_service"}
     sets = [
         {"set": {**t, "name": "bridges", "type": "ifname"}},
         {"set": {**t, "name": "intra", "type": ["ifname", "ifname"]}},
         {"set": {**t, "name": "internal", "type": "ifname"}},
-        {"set": {**t, "name": "masq_nets", "type": "ipv4_addr", "flags": ["interval"]}},
-        {"set": {**t, "name": "bridge_nets", "type": ["ifname", "ipv4_addr"], "flags": ["interval"]}},
-        *({"map": {**t, "name": f"{scope}_{what}", "type": key, "map": data}}
-          for scope, key in SCOPES.items() for what, data in TARGETS.items()),
+        {"set": {**t, "name": "masq_nets", "type": fam.addr, "flags": ["interval"]}},
+        {"set": {**t, "name": "bridge_nets", "type": ["ifname", fam.addr], "flags": ["interval"]}},
+        *({"map": {**t, "name": f"{scope}_{what}", "type": keys[scope], "map": data[what]}}
+          for scope in SCOPES for what in TARGETS),
     ]
     chains = [
         {"chain": {**t, "name": "published"}},
@@ -102,22 +126,24 @@ def _skeleton() -> list[dict[str, Any]]:
     local = _match({"fib": {"result": "type", "flags": ["daddr"]}}, "local")
     rules = {
         "published": [
-            [{"dnat": {"family": FAMILY, **{field: {"map": {"key": {"concat": key}, "data": f"@{scope}_{what}"}}
-                                            for field, what in (("addr", "addr"), ("port", "port"))}}}]
-            for scope, key in (("host", [_payload("ip", "daddr"), *l4]), ("any", l4))
+            [{"dnat": {"family": fam.name, **{field: {"map": {"key": {"concat": key}, "data": f"@{scope}_{what}"}}
+                                              for field, what in (("addr", "addr"), ("port", "port"))}}}]
+            for scope, key in (("host", [_payload(fam.proto, "daddr"), *l4]), ("any", l4))
         ],
         "prerouting": [
-            [_match(_meta("iifname"), "lo", "!="), _match(_payload("ip", "daddr"), LOOPBACK), {"return": None}],
+            [_match(_meta("iifname"), "lo", "!="), _match(_payload(fam.proto, "daddr"), fam.loopback),
+             {"return": None}],
             [local, {"jump": {"target": "published"}}],
         ],
         "output": [
             [local, {"jump": {"target": "published"}}],
         ],
         "postrouting": [
-            [_match(_meta("oifname"), "@bridges"), _match(_payload("ip", "saddr"), LOOPBACK), {"masquerade": None}],
-            [CT_DNAT, _match({"concat": [_meta("oifname"), _payload("ip", "saddr")]}, "@bridge_nets"),
+            [_match(_meta("oifname"), "@bridges"), _match(_payload(fam.proto, "saddr"), fam.loopback),
              {"masquerade": None}],
-            [_match(_payload("ip", "saddr"), "@masq_nets"), _match(_meta("oifname"), "@bridges", "!="),
+            [CT_DNAT, _match({"concat": [_meta("oifname"), _payload(fam.proto, "saddr")]}, "@bridge_nets"),
+             {"masquerade": None}],
+            [_match(_payload(fam.proto, "saddr"), "@masq_nets"), _match(_meta("oifname"), "@bridges", "!="),
              {"masquerade": None}],
         ],
         "forward": [
@@ -135,37 +161,42 @@ def _skeleton() -> list[dict[str, Any]]:
     return out
 
 
-def _network_elements(net: BridgeRules) -> list[tuple[str, list[Any]]]:
-    """(set name, elements) that describe one network."""
-    out: list[tuple[str, list[Any]]] = [
-        ("bridges", [net.bridge]),
-        ("bridge_nets", [{"concat": [net.bridge, _prefix(net.subnet)]}]),
-    ]
-    if net.icc:
-        out.append(("intra", [{"concat": [net.bridge, net.bridge]}]))
-    if net.internal:
-        out.append(("internal", [net.bridge]))
-    elif net.masquerade:
-        out.append(("masq_nets", [_prefix(net.subnet)]))
+Elements = list[tuple[Family, str, list[Any]]]
+
+
+def _network_elements(net: BridgeRules) -> Elements:
+    """(family, set name, elements) that describe one network: its IPv4 side, and its IPv6 side if any."""
+    out: Elements = []
+    for fam, subnet in ((IP, net.subnet), (IP6, net.subnet6)):
+        if not subnet:
+            continue
+        out += [(fam, "bridges", [net.bridge]), (fam, "bridge_nets", [{"concat": [net.bridge, _prefix(subnet)]}])]
+        if net.icc:
+            out.append((fam, "intra", [{"concat": [net.bridge, net.bridge]}]))
+        if net.internal:
+            out.append((fam, "internal", [net.bridge]))
+        elif net.masquerade:
+            out.append((fam, "masq_nets", [_prefix(subnet)]))
     return out
 
 
-def _mapping_elements(mappings: list[Mapping]) -> list[tuple[str, list[Any]]]:
-    elems: dict[str, list[Any]] = {}
+def _mapping_elements(mappings: list[Mapping]) -> Elements:
+    elems: dict[tuple[str, str], list[Any]] = {}
     for m in mappings:
-        scope, key = ("any", [m.proto, m.host_port]) if m.host_ip == "0.0.0.0" else \
+        fam = _family_of(m.container_ip)
+        scope, key = ("any", [m.proto, m.host_port]) if m.host_ip == fam.wildcard else \
             ("host", [m.host_ip, m.proto, m.host_port])
-        elems.setdefault(f"{scope}_addr", []).append([{"concat": key}, m.container_ip])
-        elems.setdefault(f"{scope}_port", []).append([{"concat": key}, m.container_port])
-    return list(elems.items())
+        elems.setdefault((fam.name, f"{scope}_addr"), []).append([{"concat": key}, m.container_ip])
+        elems.setdefault((fam.name, f"{scope}_port"), []).append([{"concat": key}, m.container_port])
+    return [(IP6 if fam == "ip6" else IP, name, e) for (fam, name), e in elems.items()]
 
 
-def _element(verb: str, kind: str, name: str, elems: list[Any]) -> dict[str, Any]:
-    return {verb: {"element": {"family": FAMILY, "table": TABLE, "name": name, "elem": elems}}}
+def _element(verb: str, kind: str, fam: Family, name: str, elems: list[Any]) -> dict[str, Any]:
+    return {verb: {"element": {"family": fam.name, "table": TABLE, "name": name, "elem": elems}}}
 
 
 class NftablesFirewall(FirewallDriver):
-    """Drives the `ip coracle` table through libnftables' JSON interface."""
+    """Drives the `ip coracle` and `ip6 coracle` tables through libnftables' JSON interface."""
 
     name = "nftables"
 
@@ -174,6 +205,8 @@ class NftablesFirewall(FirewallDriver):
         self._lock = threading.Lock()  # a libnftables context is not thread-safe
         with netns(netns_path):
             self._nft = nftables.Nftables()
+            # a kernel booted without IPv6 gets no ip6 table (and no IPv6 network can be made)
+            self.families = [IP, IP6] if os.path.isdir("/proc/sys/net/ipv6") else [IP]
         self._nft.set_json_output(True)
         self._nft.set_handle_output(False)
 
@@ -185,56 +218,62 @@ class NftablesFirewall(FirewallDriver):
         return out
 
     def restore(self, networks: list[BridgeRules], mappings: list[Mapping]) -> None:
-        table = {"table": {"family": FAMILY, "name": TABLE}}
-        commands = [{"add": table}, {"delete": table}, {"add": table}, *_skeleton()]
+        commands: list[dict[str, Any]] = []
+        for fam in self.families:
+            table = {"table": {"family": fam.name, "name": TABLE}}
+            commands += [{"add": table}, {"delete": table}, {"add": table}, *_skeleton(fam)]
         for net in networks:
-            commands += [_element("add", "set", name, e) for name, e in _network_elements(net)]
-        commands += [_element("add", "map", name, e) for name, e in _mapping_elements(mappings)]
+            commands += [_element("add", "set", fam, name, e) for fam, name, e in _network_elements(net)]
+        commands += [_element("add", "map", fam, name, e) for fam, name, e in _mapping_elements(mappings)]
         self._run(commands)
 
     def add_network(self, net: BridgeRules) -> None:
-        self._run([_element("add", "set", name, e) for name, e in _network_elements(net)])
+        self._run([_element("add", "set", fam, name, e) for fam, name, e in _network_elements(net)])
 
     def remove_network(self, net: BridgeRules) -> None:
-        self._delete([("set", name, e) for name, e in _network_elements(net)])
+        self._delete([("set", fam, name, e) for fam, name, e in _network_elements(net)])
 
     def add_mappings(self, mappings: list[Mapping]) -> None:
         if mappings:
-            self._run([_element("add", "map", name, e) for name, e in _mapping_elements(mappings)])
+            self._run([_element("add", "map", fam, name, e) for fam, name, e in _mapping_elements(mappings)])
 
     def remove_mappings(self, mappings: list[Mapping]) -> None:
-        self._delete([("map", name, e) for name, e in _mapping_elements(mappings)])
+        self._delete([("map", fam, name, e) for fam, name, e in _mapping_elements(mappings)])
 
-    def _delete(self, groups: list[tuple[str, str, list[Any]]]) -> None:
+    def _delete(self, groups: list[tuple[str, Family, str, list[Any]]]) -> None:
         """Delete elements in one batch; if some are already gone, delete the rest one by one."""
         if not groups:
             return
         try:
-            self._run([_element("delete", kind, name, e) for kind, name, e in groups])
+            self._run([_element("delete", kind, fam, name, e) for kind, fam, name, e in groups])
         except SystemError_:
-            for kind, name, elems in groups:
+            for kind, fam, name, elems in groups:
                 for elem in elems:
                     try:
-                        self._run([_element("delete", kind, name, [elem])])
+                        self._run([_element("delete", kind, fam, name, [elem])])
                     except SystemError_:
                         pass  # already gone: deleting is idempotent
 
     def mappings(self) -> list[Mapping]:
         out: list[Mapping] = []
-        for scope in SCOPES:
-            found: dict[str, dict[tuple, Any]] = {}
-            for what in TARGETS:
-                try:
-                    listing = self._run([{"list": _ref("map", f"{scope}_{what}")}])
-                except SystemError_:
-                    return []  # no table (never started, or torn down): nothing published
-                found[what] = {tuple(key["concat"]): value for obj in (listing or {}).get("nftables", [])
-                               for key, value in (obj.get("map") or {}).get("elem", [])}
-            for key, addr in found["addr"].items():
-                ip, proto, port = ("0.0.0.0", *key) if scope == "any" else key
-                out.append(Mapping(str(proto), ip, int(port), addr, int(found["port"].get(key, 0))))
+        for fam in self.families:
+            for scope in SCOPES:
+                found: dict[str, dict[tuple, Any]] = {}
+                for what in TARGETS:
+                    try:
+                        listing = self._run([{"list": _ref(fam, "map", f"{scope}_{what}")}])
+                    except SystemError_:
+                        listing = None  # no table (never started, or torn down): nothing published
+                    found[what] = {tuple(key["concat"]): value for obj in (listing or {}).get("nftables", [])
+                                   for key, value in (obj.get("map") or {}).get("elem", [])}
+                for key, addr in found["addr"].items():
+                    ip, proto, port = (fam.wildcard, *key) if scope == "any" else key
+                    out.append(Mapping(str(proto), ip, int(port), addr, int(found["port"].get(key, 0))))
         return out
 
     def teardown(self) -> None:
-        table = {"table": {"family": FAMILY, "name": TABLE}}
-        self._run([{"add": table}, {"delete": table}])
+        commands: list[dict[str, Any]] = []
+        for fam in self.families:
+            table = {"table": {"family": fam.name, "name": TABLE}}
+            commands += [{"add": table}, {"delete": table}]
+        self._run(commands)
