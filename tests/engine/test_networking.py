@@ -153,3 +153,68 @@ def test_no_leaks_after_rm(client, daemon: Daemon) -> None:  # type: ignore[no-u
     for c in ctrs:
         c.remove(force=True)
     assert count() == before
+
+
+# ----- IPv6 user networks --------------------------------------------------------
+
+HOST6, OUT6 = "2001:db8:52::1", "2001:db8:52::2"
+
+PEER6_SERVER = PEER_SERVER.replace("socket.socket()", "socket.socket(socket.AF_INET6)").replace('"0.0.0.0"', '"::"')
+
+
+@pytest.fixture(scope="module")
+def lan6(daemon: Daemon, lan: str) -> Iterator[str]:
+    """The same LAN with IPv6 (documentation addresses) and the host's IPv6 default route through it."""
+    import json
+
+    def link_with(ns: str, address: str) -> str:
+        out = subprocess.run(["ip", "-n", ns, "-j", "-4", "addr"], check=True, capture_output=True, text=True)
+        return next(i["ifname"] for i in json.loads(out.stdout) if any(a["local"] == address for a in i["addr_info"]))
+
+    up, peer = link_with(daemon.netns, HOST_IP), link_with(lan, OUT_IP)
+    subprocess.run(["ip", "-n", daemon.netns, "addr", "add", f"{HOST6}/64", "dev", up, "nodad"], check=True)
+    subprocess.run(["ip", "-n", lan, "addr", "add", f"{OUT6}/64", "dev", peer, "nodad"], check=True)
+    subprocess.run(["ip", "-n", daemon.netns, "-6", "route", "replace", "default", "via", OUT6], check=True)
+    try:
+        yield lan
+    finally:
+        subprocess.run(["ip", "-n", daemon.netns, "-6", "route", "del", "default", "via", OUT6], capture_output=True)
+        subprocess.run(["ip", "-n", daemon.netns, "addr", "del", f"{HOST6}/64", "dev", up], capture_output=True)
+
+
+def test_ipv6_network_names_nat66_published_port_and_no_leaks(client, daemon: Daemon, lan6: str) -> None:  # type: ignore[no-untyped-def]
+    import docker
+
+    ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet="2001:db8:77::/64")])
+    net = client.networks.create(unique("n6"), driver="bridge", enable_ipv6=True, ipam=ipam)
+    assert [c["Subnet"] for c in net.attrs["IPAM"]["Config"]][1] == "2001:db8:77::/64"
+    db = client.containers.run("busybox", ["sh", "-c", "echo db6-here > /index.html; httpd -f -p 80 -h /"],
+                               detach=True, name=unique("db"), network=net.name, ports={"80/tcp": 18090})
+    time.sleep(0.3)
+    db.reload()
+    ep = db.attrs["NetworkSettings"]["Networks"][net.name]
+    assert (ep["GlobalIPv6Address"], ep["GlobalIPv6PrefixLen"], ep["IPv6Gateway"]) == ("2001:db8:77::2", 64,
+                                                                                       "2001:db8:77::1")
+    # container to container by name (AAAA), then over IPv6; and out to the LAN through NAT66
+    server = subprocess.Popen(["ip", "netns", "exec", lan6, sys.executable, "-c", PEER6_SERVER, "7006", "lan6"])
+    time.sleep(0.3)
+    try:
+        out = client.containers.run("busybox", ["sh", "-c", f"nslookup -type=AAAA {db.name}; ip -6 route; "
+                                                f"wget -q -O - 'http://[2001:db8:77::2]/'; nc {OUT6} 7006 </dev/null"],
+                                    network=net.name, remove=True).decode()
+    finally:
+        server.kill()
+    assert "2001:db8:77::2" in out and "default via 2001:db8:77::1" in out
+    assert "db6-here" in out
+    assert f"lan6 peer={HOST6}" in out  # the LAN saw the host's address: NAT66
+    # the published port over IPv6 from the LAN, with Docker's two Ports entries
+    assert db.attrs["NetworkSettings"]["Ports"]["80/tcp"] == [{"HostIp": "0.0.0.0", "HostPort": "18090"},
+                                                              {"HostIp": "::", "HostPort": "18090"}]
+    remote = subprocess.run(["ip", "netns", "exec", lan6, "busybox", "wget", "-q", "-O", "-",
+                             f"http://[{HOST6}]:18090/"], capture_output=True, text=True, timeout=10)
+    assert remote.stdout.strip() == "db6-here"
+    # nothing of IPv6 is left after rm: no nft element, no address on the network
+    db.remove(force=True)
+    for name in ("any_addr", "any_port"):
+        assert "elements" not in daemon.netns_exec("nft", "list", "map", "ip6", "coracle", name).stdout
+    assert client.networks.get(net.id).attrs["Containers"] == {}
