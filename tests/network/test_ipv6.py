@@ -6,9 +6,18 @@ import ipaddress
 import json
 
 import pytest
+from networld import (
+    UPLINK6_HOST,
+    UPLINK6_OUTSIDE,
+    UPLINK_HOST,
+    answers,
+    ask,
+    dns_query,
+    serving,
+    sh,
+)
 
 from coracle.errors import Conflict, InvalidParameter
-from networld import UPLINK6_HOST, UPLINK6_OUTSIDE, UPLINK_HOST, answers, ask, dns_query, serving, sh
 
 SUBNET6 = "2001:db8:6::/64"
 
@@ -144,3 +153,17 @@ def test_nothing_of_ipv6_is_left_after_detach_remove_and_reconcile(world):
     for name in ("bridges", "bridge_nets", "masq_nets", "intra"):
         assert world.set_elements(name, "ip6") == []
     assert world.net.reconcile({}) == {}
+
+
+def test_live_connect_adds_ipv6_and_disconnect_releases_it(world):
+    six(world)
+    c = world.container()  # default bridge: IPv4 only
+    settings = world.net.connect(c.rec, c.pid, "six", {"IPAMConfig": {"IPv6Address": "2001:db8:6::42"}})
+    assert settings["Networks"]["six"]["GlobalIPv6Address"] == "2001:db8:6::42"
+    routes = inside(c.ns, "-6", "route", "show", "default")
+    assert [(r["gateway"], r["dev"]) for r in routes] == [("2001:db8:6::1", "eth1")]
+    with serving((world.outside, "tcp", 7000, "::")):
+        assert ask(c.ns, "tcp", UPLINK6_OUTSIDE, 7000) == UPLINK6_HOST
+    world.net.disconnect(c.rec, "six")
+    assert "2001:db8:6::42" not in [a for _, a, _ in world.net.ipam.leases()]
+    assert inside(c.ns, "-6", "route", "show", "default") == []

@@ -96,15 +96,23 @@ import sqlite3
 import threading
 from datetime import datetime, timezone
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from coracle.errors import Conflict, InvalidParameter, NotFound
 from coracle.faults import fault
 from coracle.network import bridge, files, ports
 from coracle.network.dns import Resolver, upstreams_from
 from coracle.network.firewall import BridgeRules, FirewallDriver, driver
-from coracle.network.ipam import (DEFAULT_POOLS, DEFAULT_POOLS6, IPAM, Network, parse_address, parse_subnet,
-                                  pick_subnet, version_of)
+from coracle.network.ipam import (
+    DEFAULT_POOLS,
+    DEFAULT_POOLS6,
+    IPAM,
+    Network,
+    parse_address,
+    parse_subnet,
+    pick_subnet,
+    version_of,
+)
 from coracle.network.ports import Mapping
 from coracle.runtime.syscalls import netns
 from coracle.store import Store
@@ -191,7 +199,7 @@ class Subnet:
         self.ip_range: Network | None = parse_subnet(cfg["IPRange"], version) if cfg.get("IPRange") else None
 
     @staticmethod
-    def v6(rec: dict[str, Any]) -> Optional["Subnet"]:
+    def v6(rec: dict[str, Any]) -> Subnet | None:
         """The IPv6 configuration of a network created with EnableIPv6, None for the others."""
         return Subnet(rec, 6) if rec.get("EnableIPv6") else None
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import ipaddress
 import sqlite3
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Iterable, Union
+from typing import Iterable
 
 from coracle.errors import Conflict, InvalidParameter
 from coracle.store import Store
@@ -33,8 +33,8 @@ from coracle.store import Store
 DEFAULT_POOLS: list[tuple[str, int]] = [("10.200.0.0/14", 24)]
 DEFAULT_POOLS6: list[tuple[str, int]] = [("fdc0:ac1e::/48", 64)]
 
-Network = Union[IPv4Network, IPv6Network]
-Address = Union[IPv4Address, IPv6Address]
+Network = IPv4Network | IPv6Network
+Address = IPv4Address | IPv6Address
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS net_leases (
