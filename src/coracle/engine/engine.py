@@ -28,8 +28,17 @@ from coracle.cgroups.devices import DeviceRule
 from coracle.engine import config as cfg
 from coracle.engine import security
 from coracle.engine.events import EventBus
+from coracle.engine.names import random_name
 from coracle.engine.restart import RestartTracker
-from coracle.errors import Conflict, CoracleError, InvalidParameter, NotFound, NotModified, SystemError_
+from coracle.engine.top import network_counters, processes
+from coracle.errors import (
+    Conflict,
+    CoracleError,
+    InvalidParameter,
+    NotFound,
+    NotModified,
+    SystemError_,
+)
 from coracle.faults import fault
 from coracle.images import ImageStore
 from coracle.runtime.client import MonitorClient, StartError
@@ -214,8 +223,6 @@ class Engine:
         return {"Id": cid, "Warnings": []}
 
     def _generate_name(self) -> str:
-        from coracle.engine.names import random_name
-
         taken = {r["Name"] for r in self.records()}
         while True:
             name = random_name()
@@ -646,13 +653,10 @@ class Engine:
         rec = self.get(ref)
         out = {k: v for k, v in rec.items() if k not in ("Coracle", "NetworkingConfig")}
         out["ExecIDs"] = [e["ID"] for e in self.execs.values() if e["ContainerID"] == rec["Id"]] or None
-        out["State"] = {**rec["State"], "Status": rec["State"]["Status"]}
         return out
 
     def top(self, ref: str) -> dict[str, Any]:
         rec = self._running(ref)
-        from coracle.engine.top import processes
-
         return processes(self.cgroup(rec).procs())
 
     def stats(self, ref: str) -> dict[str, Any]:
@@ -661,8 +665,6 @@ class Engine:
         if not rec["State"]["Running"]:
             return {**base, "memory_stats": {}, "cpu_stats": {}, "precpu_stats": {}, "pids_stats": {},
                     "blkio_stats": {}, "networks": {}}
-        from coracle.engine.top import network_counters
-
         stats = self.cgroup(rec).stats()
         return {**base, **stats, "networks": network_counters(rec["State"]["Pid"])}
 
