@@ -492,21 +492,21 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
         if not isinstance(body, dict):
             raise InvalidParameter("exec config must be a JSON object")
         check_shape(body, EXEC_SHAPE, "")
-        return Response.json({"Id": await thread(engine.exec_create, id, body)}, status=201)
+        return Response.json({"Id": await thread(engine.execs.create, id, body)}, status=201)
 
     async def exec_start(req: Request, id: str) -> Any:
         body = req.json() if req.body else {}
         check_shape(body, {"Detach": "bool", "Tty": "bool", "ConsoleSize": "ints"}, "")
-        ex = engine.exec_get(id)
+        ex = engine.execs.get(id)
         if body.get("Detach"):
-            await thread(engine.exec_start, id, None)
+            await thread(engine.execs.start, id, None)
             return Response.empty(200)
         tty = bool(body.get("Tty", ex["ProcessConfig"]["tty"]))
         waiting = hub.wait(id, ex["OpenStdin"], ex["OpenStdout"], ex["OpenStderr"])
 
         async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
-                await thread(engine.exec_start, id, lambda _ex: hub.connect_waiting(id))
+                await thread(engine.execs.start, id, lambda _ex: hub.connect_waiting(id))
                 msock, is_tty = await waiting.ready
             except Exception as exc:
                 hub.cancel(id, waiting)
@@ -517,17 +517,17 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
                 hub.released(id)
             await pump(msock, reader, writer, stdin=ex["OpenStdin"], stdin_once=True, tty=is_tty,
                        detach_keys=parse_detach_keys(ex.get("DetachKeys") or ""), input_gate=waiting.running)
-            await thread(engine.exec_wait, id, 5)
+            await thread(engine.execs.wait, id, 5)
 
         content = "application/vnd.docker.raw-stream" if tty else "application/vnd.docker.multiplexed-stream"
         return Response.hijack(session, content_type=content)
 
     async def exec_inspect(req: Request, id: str) -> Response:
-        ex = engine.exec_get(id)
+        ex = engine.execs.get(id)
         return Response.json({**ex, "Pid": ex["Pid"]})
 
     async def exec_resize(req: Request, id: str) -> Response:
-        engine.exec_get(id)
+        engine.execs.get(id)
         await thread(engine.monitor.resize, id, req.qint("h", 24), req.qint("w", 80))
         return Response.empty(200)
 

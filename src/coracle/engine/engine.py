@@ -28,6 +28,7 @@ from coracle.cgroups.devices import DeviceRule
 from coracle.engine import config as cfg
 from coracle.engine import security
 from coracle.engine.events import EventBus
+from coracle.engine.execs import Execs
 from coracle.engine.names import random_name
 from coracle.engine.restart import RestartTracker
 from coracle.engine.top import network_counters, processes
@@ -86,8 +87,7 @@ class Engine:
         self._locks: dict[str, threading.RLock] = {}
         self._exited: dict[str, threading.Event] = {}
         self._starting: dict[str, dict | None] = {}
-        self.execs: dict[str, dict[str, Any]] = {}
-        self._exec_done: dict[str, threading.Event] = {}
+        self.execs = Execs(self)
         self.restarts = RestartTracker(self._restart_later)
         self._orphans: set[str] = set()
 
@@ -379,7 +379,7 @@ class Engine:
     def on_monitor_event(self, event: dict[str, Any]) -> None:
         """An exit reported by the monitor (or found in its records at start-up)."""
         if event.get("kind") == "exec":
-            self._exec_exited(event)
+            self.execs.exited(event)
             return
         cid = event["id"]
         if cid in self._starting:
@@ -652,7 +652,7 @@ class Engine:
     def inspect(self, ref: str) -> dict[str, Any]:
         rec = self.get(ref)
         out = {k: v for k, v in rec.items() if k not in ("Coracle", "NetworkingConfig")}
-        out["ExecIDs"] = [e["ID"] for e in self.execs.values() if e["ContainerID"] == rec["Id"]] or None
+        out["ExecIDs"] = self.execs.of_container(rec["Id"]) or None
         return out
 
     def top(self, ref: str) -> dict[str, Any]:
@@ -667,81 +667,6 @@ class Engine:
                     "blkio_stats": {}, "networks": {}}
         stats = self.cgroup(rec).stats()
         return {**base, **stats, "networks": network_counters(rec["State"]["Pid"])}
-
-    # ----- exec ----------------------------------------------------------
-
-    def exec_create(self, ref: str, body: dict[str, Any]) -> str:
-        rec = self._running(ref)
-        if rec["State"]["Paused"]:
-            raise Conflict(f"Container {rec['Id']} is paused, unpause the container before exec")
-        cmd = cfg.strings(body.get("Cmd"), "Cmd")
-        if not cmd:
-            raise InvalidParameter("No exec command specified")
-        exec_id = cfg.new_id()
-        self.execs[exec_id] = {
-            "ID": exec_id, "ContainerID": rec["Id"], "Running": False, "ExitCode": None, "Pid": 0,
-            "OpenStdin": bool(body.get("AttachStdin")), "OpenStdout": bool(body.get("AttachStdout", True)),
-            "OpenStderr": bool(body.get("AttachStderr", True)), "CanRemove": False,
-            "DetachKeys": body.get("DetachKeys") or "",
-            "ProcessConfig": {"tty": bool(body.get("Tty")), "entrypoint": cmd[0], "arguments": cmd[1:],
-                              "privileged": bool(body.get("Privileged")), "user": body.get("User") or ""},
-            "Env": cfg.strings(body.get("Env"), "Env") or [], "WorkingDir": body.get("WorkingDir") or "",
-        }
-        self._event(rec, "exec_create: " + " ".join(cmd), execID=exec_id)
-        return exec_id
-
-    def exec_get(self, exec_id: str) -> dict[str, Any]:
-        ex = self.execs.get(exec_id)
-        if ex is None:
-            raise NotFound(f"No such exec instance: {exec_id}")
-        return ex
-
-    def exec_start(self, exec_id: str, before_release: Callable[[dict[str, Any]], None] | None = None) -> None:
-        ex = self.exec_get(exec_id)
-        if ex["Running"] or ex["ExitCode"] is not None:
-            raise Conflict(f"exec {exec_id} has already been started")
-        rec = self._running(ex["ContainerID"])
-        pc = ex["ProcessConfig"]
-        process = Process(
-            args=[pc["entrypoint"], *pc["arguments"]], env=cfg.merge_env(rec["Config"]["Env"], ex["Env"]),
-            cwd=ex["WorkingDir"] or rec["Config"]["WorkingDir"] or "/", user=pc["user"] or rec["Config"]["User"],
-            tty=pc["tty"], stdin=ex["OpenStdin"],
-        )
-        spec = Spec(id=exec_id, kind="exec", process=process, target_pid=rec["State"]["Pid"],
-                    cgroup_dirs=self.cgroup(rec).dirs())
-        security.apply(spec, {**rec["HostConfig"], "Privileged": rec["HostConfig"].get("Privileged") or pc["privileged"]},
-                       self.no_new_privileges)
-        ex["Running"] = True
-        self._exec_done[exec_id] = threading.Event()
-        try:
-            sock, pid = self.monitor.spawn(spec)
-            ex["Pid"] = pid
-            if before_release:
-                before_release(ex)
-            self.monitor.release(sock, exec_id)
-        except StartError as exc:
-            ex.update({"Running": False, "ExitCode": exc.exit_code})
-            self._exec_done.pop(exec_id).set()
-            raise StartError(f"OCI runtime exec failed: {exc}", exc.exit_code) from None
-        self._event(rec, "exec_start: " + " ".join(process.args), execID=exec_id)
-
-    def _exec_exited(self, event: dict[str, Any]) -> None:
-        ex = self.execs.get(event["id"])
-        if ex is None:
-            return
-        ex.update({"Running": False, "ExitCode": event["exit_code"]})
-        done = self._exec_done.pop(event["id"], None)
-        if done:
-            done.set()
-        rec = self.store.get(KIND, ex["ContainerID"])
-        if rec:
-            self._event(rec, "exec_die", execID=ex["ID"], exitCode=str(event["exit_code"]))
-
-    def exec_wait(self, exec_id: str, timeout: float | None = None) -> dict[str, Any]:
-        done = self._exec_done.get(exec_id)
-        if done:
-            done.wait(timeout)
-        return self.exec_get(exec_id)
 
     # ----- start-up ------------------------------------------------------
 

@@ -1,0 +1,109 @@
+"""`docker exec`: extra processes in a running container's namespaces and cgroups.
+
+An exec instance is created (validated, not yet run), started through the
+monitor like a container's first process (held, then released so attach
+streams connect first), and finished by the monitor's exit event. Instances
+live in memory: Docker keeps them only while the daemon runs, too.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Callable
+
+from coracle.engine import config as cfg
+from coracle.engine import security
+from coracle.errors import Conflict, InvalidParameter, NotFound
+from coracle.runtime.client import StartError
+from coracle.runtime.spec import Process, Spec
+
+if TYPE_CHECKING:
+    from coracle.engine.engine import Engine
+
+
+class Execs:
+    def __init__(self, engine: "Engine") -> None:
+        self.engine = engine
+        self.records: dict[str, dict[str, Any]] = {}
+        self._done: dict[str, threading.Event] = {}
+
+    def __contains__(self, exec_id: str) -> bool:
+        return exec_id in self.records
+
+    def of_container(self, cid: str) -> list[str]:
+        return [e["ID"] for e in self.records.values() if e["ContainerID"] == cid]
+
+    def create(self, ref: str, body: dict[str, Any]) -> str:
+        rec = self.engine._running(ref)
+        if rec["State"]["Paused"]:
+            raise Conflict(f"Container {rec['Id']} is paused, unpause the container before exec")
+        cmd = cfg.strings(body.get("Cmd"), "Cmd")
+        if not cmd:
+            raise InvalidParameter("No exec command specified")
+        exec_id = cfg.new_id()
+        self.records[exec_id] = {
+            "ID": exec_id, "ContainerID": rec["Id"], "Running": False, "ExitCode": None, "Pid": 0,
+            "OpenStdin": bool(body.get("AttachStdin")), "OpenStdout": bool(body.get("AttachStdout", True)),
+            "OpenStderr": bool(body.get("AttachStderr", True)), "CanRemove": False,
+            "DetachKeys": body.get("DetachKeys") or "",
+            "ProcessConfig": {"tty": bool(body.get("Tty")), "entrypoint": cmd[0], "arguments": cmd[1:],
+                              "privileged": bool(body.get("Privileged")), "user": body.get("User") or ""},
+            "Env": cfg.strings(body.get("Env"), "Env") or [], "WorkingDir": body.get("WorkingDir") or "",
+        }
+        self.engine._event(rec, "exec_create: " + " ".join(cmd), execID=exec_id)
+        return exec_id
+
+    def get(self, exec_id: str) -> dict[str, Any]:
+        ex = self.records.get(exec_id)
+        if ex is None:
+            raise NotFound(f"No such exec instance: {exec_id}")
+        return ex
+
+    def start(self, exec_id: str, before_release: Callable[[dict[str, Any]], None] | None = None) -> None:
+        ex = self.get(exec_id)
+        if ex["Running"] or ex["ExitCode"] is not None:
+            raise Conflict(f"exec {exec_id} has already been started")
+        engine = self.engine
+        rec = engine._running(ex["ContainerID"])
+        pc = ex["ProcessConfig"]
+        process = Process(
+            args=[pc["entrypoint"], *pc["arguments"]], env=cfg.merge_env(rec["Config"]["Env"], ex["Env"]),
+            cwd=ex["WorkingDir"] or rec["Config"]["WorkingDir"] or "/", user=pc["user"] or rec["Config"]["User"],
+            tty=pc["tty"], stdin=ex["OpenStdin"],
+        )
+        spec = Spec(id=exec_id, kind="exec", process=process, target_pid=rec["State"]["Pid"],
+                    cgroup_dirs=engine.cgroup(rec).dirs())
+        security.apply(spec, {**rec["HostConfig"], "Privileged": rec["HostConfig"].get("Privileged") or pc["privileged"]},
+                       engine.no_new_privileges)
+        ex["Running"] = True
+        self._done[exec_id] = threading.Event()
+        try:
+            sock, pid = engine.monitor.spawn(spec)
+            ex["Pid"] = pid
+            if before_release:
+                before_release(ex)
+            engine.monitor.release(sock, exec_id)
+        except StartError as exc:
+            ex.update({"Running": False, "ExitCode": exc.exit_code})
+            self._done.pop(exec_id).set()
+            raise StartError(f"OCI runtime exec failed: {exc}", exc.exit_code) from None
+        engine._event(rec, "exec_start: " + " ".join(process.args), execID=exec_id)
+
+    def exited(self, event: dict[str, Any]) -> None:
+        """The monitor reaped an exec'd process."""
+        ex = self.records.get(event["id"])
+        if ex is None:
+            return
+        ex.update({"Running": False, "ExitCode": event["exit_code"]})
+        done = self._done.pop(event["id"], None)
+        if done:
+            done.set()
+        rec = self.engine.store.get("container", ex["ContainerID"])
+        if rec:
+            self.engine._event(rec, "exec_die", execID=ex["ID"], exitCode=str(event["exit_code"]))
+
+    def wait(self, exec_id: str, timeout: float | None = None) -> dict[str, Any]:
+        done = self._done.get(exec_id)
+        if done:
+            done.wait(timeout)
+        return self.get(exec_id)
