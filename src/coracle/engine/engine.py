@@ -246,7 +246,8 @@ class Engine:
                   for m in rec["Mounts"]]
         for path, target in (("ResolvConfPath", "/etc/resolv.conf"), ("HostnamePath", "/etc/hostname"),
                              ("HostsPath", "/etc/hosts")):
-            if os.path.exists(rec[path]) and not any(m.destination == target for m in mounts):
+            # written (or shared from a donor) before the process is released to mount them
+            if not any(m.destination == target for m in mounts):
                 mounts.append(Mount(destination=target, source=rec[path]))
         process = Process(
             args=[rec["Path"], *rec["Args"]], env=config["Env"], cwd=config["WorkingDir"] or "/",
@@ -304,7 +305,8 @@ class Engine:
         sock = None
         self._starting[cid] = None
         try:
-            self._write_files(rec, mode)
+            if mode.startswith("container:"):
+                self._share_donor_files(rec, mode)
             spec = self._spec(rec, mode)
             sock, pid = self.monitor.spawn(spec)
             undo.append(lambda: self.monitor.abandon(None, cid))
@@ -318,8 +320,8 @@ class Engine:
             undo.append(lambda: self.network.detach(cid))
             rec["NetworkSettings"] = self.network.attach(rec, pid)
             fault("start-after-network")
-            if mode not in ("host",) and not mode.startswith("container:"):
-                self._write_files(rec, mode)  # now with the addresses the network gave
+            if not mode.startswith("container:"):
+                self._write_files(rec)  # once, with the addresses the network gave; read at release
             rec["State"].update({"Pid": pid})
             if before_release:
                 before_release(rec)
@@ -358,14 +360,15 @@ class Engine:
         if early is not None:
             self._finish(early)
 
-    def _write_files(self, rec: dict[str, Any], mode: str) -> None:
+    def _share_donor_files(self, rec: dict[str, Any], mode: str) -> None:
+        """container:<id> mode uses the donor's hostname, hosts and resolv.conf."""
+        donor = self.get(mode.split(":", 1)[1])
+        for key in ("ResolvConfPath", "HostnamePath", "HostsPath"):
+            rec[key] = donor[key]
+        rec["Config"]["Hostname"] = donor["Config"]["Hostname"]
+
+    def _write_files(self, rec: dict[str, Any]) -> None:
         """/etc/hostname, /etc/hosts, /etc/resolv.conf as the network layer describes them."""
-        if mode.startswith("container:"):
-            donor = self.get(mode.split(":", 1)[1])
-            for key in ("ResolvConfPath", "HostnamePath", "HostsPath"):
-                rec[key] = donor[key]
-            rec["Config"]["Hostname"] = donor["Config"]["Hostname"]
-            return
         for target, content in self.network.files(rec, rec["NetworkSettings"]).items():
             key = {"/etc/hosts": "HostsPath", "/etc/resolv.conf": "ResolvConfPath",
                    "/etc/hostname": "HostnamePath"}[target]
