@@ -21,6 +21,21 @@ class UsageError(Exception):
     """Flags that cannot be turned into a request (docker exits 125 for these on run/create)."""
 
 
+def add_resource_flags(a: Any) -> None:
+    """The cgroup limit flags, shared by run/create and update."""
+    a("-m", "--memory", help="memory limit")
+    a("--memory-swap", help="swap limit equal to memory plus swap: '-1' to enable unlimited swap")
+    a("--memory-reservation", help="memory soft limit")
+    a("--cpus", help="number of CPUs")
+    a("-c", "--cpu-shares", type=int, help="CPU shares (relative weight)")
+    a("--cpu-quota", type=int, help="limit CPU CFS (Completely Fair Scheduler) quota")
+    a("--cpu-period", type=int, help="limit CPU CFS (Completely Fair Scheduler) period")
+    a("--cpuset-cpus", help="CPUs in which to allow execution (0-3, 0,1)")
+    a("--cpuset-mems", help="MEMs in which to allow execution (0-3, 0,1)")
+    a("--pids-limit", type=int, help="tune container pids limit (set -1 for unlimited)")
+    a("--blkio-weight", type=int, help="block IO (relative weight), between 10 and 1000, or 0 to disable")
+
+
 def add_container_flags(p: argparse.ArgumentParser) -> None:
     """The flags shared by `run` and `create` (docker's names and short forms; `-h` is --hostname)."""
     a = p.add_argument
@@ -54,17 +69,7 @@ def add_container_flags(p: argparse.ArgumentParser) -> None:
     a("--dns-search", action="append", default=[], help="set custom DNS search domains")
     a("--dns-option", "--dns-opt", dest="dns_option", action="append", default=[], help="set DNS options")
     a("--add-host", action="append", default=[], help="add a custom host-to-IP mapping (host:ip)")
-    a("-m", "--memory", help="memory limit")
-    a("--memory-swap", help="swap limit equal to memory plus swap: '-1' to enable unlimited swap")
-    a("--memory-reservation", help="memory soft limit")
-    a("--cpus", help="number of CPUs")
-    a("-c", "--cpu-shares", type=int, help="CPU shares (relative weight)")
-    a("--cpu-quota", type=int, help="limit CPU CFS (Completely Fair Scheduler) quota")
-    a("--cpu-period", type=int, help="limit CPU CFS (Completely Fair Scheduler) period")
-    a("--cpuset-cpus", help="CPUs in which to allow execution (0-3, 0,1)")
-    a("--cpuset-mems", help="MEMs in which to allow execution (0-3, 0,1)")
-    a("--pids-limit", type=int, help="tune container pids limit (set -1 for unlimited)")
-    a("--blkio-weight", type=int, help="block IO (relative weight), between 10 and 1000, or 0 to disable")
+    add_resource_flags(a)
     a("--oom-kill-disable", action="store_true", help="disable OOM Killer")
     a("--cgroup-parent", help="optional parent cgroup for the container")
     a("--init", action="store_true", default=None, help="run an init inside the container")

@@ -213,24 +213,23 @@ def start(cli: Cli, name: str, args: list[str]) -> int:
     return each(cli, opts.containers, lambda c: cli.client.post(_path(c, "/start")), "failed to start containers")
 
 
-def stop(cli: Cli, name: str, args: list[str]) -> int:
-    p = parser(name, "[OPTIONS] CONTAINER [CONTAINER...]", "Stop one or more running containers")
+def _stop_verb(cli: Cli, name: str, args: list[str], endpoint: str, summary: str) -> int:
+    """stop and restart: the same flags, a different endpoint."""
+    p = parser(name, "[OPTIONS] CONTAINER [CONTAINER...]", summary)
     p.add_argument("-t", "--time", "--timeout", dest="time", type=int, help="seconds to wait before killing")
     p.add_argument("-s", "--signal", help="signal to send to the container")
     p.add_argument("containers", nargs="+")
     opts = p.parse_args(args)
     query = {"t": opts.time, "signal": opts.signal}
-    return each(cli, opts.containers, lambda c: cli.client.post(_path(c, "/stop"), query))
+    return each(cli, opts.containers, lambda c: cli.client.post(_path(c, endpoint), query))
+
+
+def stop(cli: Cli, name: str, args: list[str]) -> int:
+    return _stop_verb(cli, name, args, "/stop", "Stop one or more running containers")
 
 
 def restart(cli: Cli, name: str, args: list[str]) -> int:
-    p = parser(name, "[OPTIONS] CONTAINER [CONTAINER...]", "Restart one or more containers")
-    p.add_argument("-t", "--time", "--timeout", dest="time", type=int, help="seconds to wait before killing")
-    p.add_argument("-s", "--signal", help="signal to send to the container")
-    p.add_argument("containers", nargs="+")
-    opts = p.parse_args(args)
-    query = {"t": opts.time, "signal": opts.signal}
-    return each(cli, opts.containers, lambda c: cli.client.post(_path(c, "/restart"), query))
+    return _stop_verb(cli, name, args, "/restart", "Restart one or more containers")
 
 
 def kill(cli: Cli, name: str, args: list[str]) -> int:
@@ -499,21 +498,11 @@ def attach(cli: Cli, name: str, args: list[str]) -> int:
 # ----- update, stats, cp ----------------------------------------------------------------
 
 def update(cli: Cli, name: str, args: list[str]) -> int:
-    from coracle.cli.runconfig import _bytes, _cpus, _restart
+    from coracle.cli.runconfig import _bytes, _cpus, _restart, add_resource_flags
 
     p = parser(name, "[OPTIONS] CONTAINER [CONTAINER...]", "Update configuration of one or more containers")
     a = p.add_argument
-    a("-m", "--memory", help="memory limit")
-    a("--memory-swap", help="swap limit equal to memory plus swap: -1 to enable unlimited swap")
-    a("--memory-reservation", help="memory soft limit")
-    a("--cpus", help="number of CPUs")
-    a("-c", "--cpu-shares", type=int, help="CPU shares (relative weight)")
-    a("--cpu-quota", type=int, help="limit CPU CFS quota")
-    a("--cpu-period", type=int, help="limit CPU CFS period")
-    a("--cpuset-cpus", help="CPUs in which to allow execution (0-3, 0,1)")
-    a("--cpuset-mems", help="MEMs in which to allow execution (0-3, 0,1)")
-    a("--pids-limit", type=int, help="tune container pids limit (set -1 for unlimited)")
-    a("--blkio-weight", type=int, help="block IO (relative weight), between 10 and 1000, or 0 to disable")
+    add_resource_flags(a)
     a("--restart", help="restart policy to apply when a container exits")
     a("containers", nargs="+")
     opts = p.parse_args(args)
