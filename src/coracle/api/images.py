@@ -37,6 +37,28 @@ async def spool(req: Request) -> str:
     return path
 
 
+async def _with_progress(stream: Any, work: Any, ref: str, auth: dict | None) -> Any:
+    """Run a pull or push in a thread and stream its progress messages as Docker does.
+
+    Once the stream has begun, an error travels inside it ({"error": ...}) and
+    None is returned; otherwise the work's result.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    task = asyncio.ensure_future(thread(work, ref, auth, lambda m: loop.call_soon_threadsafe(queue.put_nowait, m)))
+    while not (task.done() and queue.empty()):
+        try:
+            msg = await asyncio.wait_for(queue.get(), 0.1)
+        except asyncio.TimeoutError:
+            continue
+        await stream.write(json.dumps(msg).encode() + b"\r\n")
+    try:
+        return task.result()
+    except Exception as exc:
+        await stream.write(json.dumps({"errorDetail": {"message": str(exc)}, "error": str(exc)}).encode() + b"\r\n")
+        return None
+
+
 def routes(router: Router, engine: Engine, images: Any) -> None:
     def in_use(image_id: str) -> bool:
         return any(r["Image"] == image_id for r in engine.records())
@@ -68,7 +90,6 @@ def routes(router: Router, engine: Engine, images: Any) -> None:
         """`docker pull` (fromImage) or `docker import` (fromSrc=-): both stream JSON progress."""
         from_image, from_src = req.q("fromImage"), req.q("fromSrc")
         tag = req.q("tag") or ""
-        loop = asyncio.get_running_loop()
 
         if from_src:
             if from_src != "-":
@@ -96,22 +117,8 @@ def routes(router: Router, engine: Engine, images: Any) -> None:
         auth = _auth(req)
 
         async def produce_pull(stream: Any) -> None:
-            queue: asyncio.Queue = asyncio.Queue()
-
-            def progress(msg: dict) -> None:
-                loop.call_soon_threadsafe(queue.put_nowait, msg)
-
-            task = asyncio.ensure_future(thread(images.pull, ref, auth, progress))
-            while not (task.done() and queue.empty()):
-                try:
-                    msg = await asyncio.wait_for(queue.get(), 0.1)
-                except asyncio.TimeoutError:
-                    continue
-                await stream.write(json.dumps(msg).encode() + b"\r\n")
-            try:
-                image = task.result()
-            except Exception as exc:  # the stream has begun: errors travel inside it, as Docker does
-                await stream.write(json.dumps({"errorDetail": {"message": str(exc)}, "error": str(exc)}).encode() + b"\r\n")
+            image = await _with_progress(stream, images.pull, ref, auth)
+            if image is None:
                 return
             engine.events.publish("image", "pull", image.id, {"name": ref})
 
@@ -121,22 +128,9 @@ def routes(router: Router, engine: Engine, images: Any) -> None:
         tag = req.q("tag")
         ref = f"{name}:{tag}" if tag else name
         auth = _auth(req)
-        loop = asyncio.get_running_loop()
 
         async def produce(stream: Any) -> None:
-            queue: asyncio.Queue = asyncio.Queue()
-            task = asyncio.ensure_future(thread(images.push, ref, auth,
-                                                lambda m: loop.call_soon_threadsafe(queue.put_nowait, m)))
-            while not (task.done() and queue.empty()):
-                try:
-                    msg = await asyncio.wait_for(queue.get(), 0.1)
-                except asyncio.TimeoutError:
-                    continue
-                await stream.write(json.dumps(msg).encode() + b"\r\n")
-            try:
-                task.result()
-            except Exception as exc:
-                await stream.write(json.dumps({"errorDetail": {"message": str(exc)}, "error": str(exc)}).encode() + b"\r\n")
+            await _with_progress(stream, images.push, ref, auth)
 
         return Response.stream(produce, content_type="application/json")
 
