@@ -21,6 +21,8 @@ sys.path.insert(0, os.path.dirname(__file__))  # tests/harness.py
 from harness import SESSION_TAG, unique  # noqa: E402  (re-exported for older imports)
 
 if TYPE_CHECKING:
+    import docker
+
     from harness import Daemon
 
 
@@ -59,6 +61,16 @@ def daemon() -> Iterator["Daemon"]:
         yield d
     finally:
         d.destroy()
+
+
+@pytest.fixture
+def client(daemon: "Daemon") -> Iterator["docker.DockerClient"]:
+    """The Docker SDK talking to the session's daemon."""
+    c = daemon.sdk()
+    try:
+        yield c
+    finally:
+        c.close()
 
 
 @pytest.fixture

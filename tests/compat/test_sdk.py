@@ -12,15 +12,6 @@ import pytest
 from harness import Daemon, unique
 
 
-@pytest.fixture
-def client(daemon: Daemon) -> Iterator[docker.DockerClient]:
-    c = daemon.sdk()
-    try:
-        yield c
-    finally:
-        c.close()
-
-
 def test_ping_version_negotiation(daemon: Daemon) -> None:
     for version in ("1.24", "1.41", "1.45", "auto"):
         c = docker.DockerClient(base_url=daemon.host, version=version, timeout=30)

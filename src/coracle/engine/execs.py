@@ -85,7 +85,9 @@ class Execs:
             engine.monitor.release(sock, exec_id)
         except StartError as exc:
             ex.update({"Running": False, "ExitCode": exc.exit_code})
-            self._done.pop(exec_id).set()
+            done = self._done.pop(exec_id, None)  # the exit may have been reported first
+            if done:
+                done.set()
             raise StartError(f"OCI runtime exec failed: {exc}", exc.exit_code) from None
         engine._event(rec, "exec_start: " + " ".join(process.args), execID=exec_id)
 

@@ -11,14 +11,26 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from typing import Any, Iterator
 
 from coracle.errors import CoracleError, SystemError_
+from coracle.runtime import sealed
 from coracle.runtime.spec import Spec
 
 MAX_PACKET = 1 << 20
+
+
+def monitor_environment() -> dict[str, str]:
+    """What the monitor inherits of the daemon's environment: only what it needs to run.
+
+    Its children carry this environment until they execute a container's
+    program; the daemon's own variables (credentials, proxies, paths) have
+    no business there.
+    """
+    keep = ("PYTHONPATH",)
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
+    return env | {k: os.environ[k] for k in keep if k in os.environ}
 
 
 class StartError(CoracleError):
@@ -67,9 +79,10 @@ class MonitorClient:
             return answer["pid"]
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         log = open(os.path.join(self.exec_root, "monitor", "monitor.log"), "ab")
-        subprocess.Popen(
-            [sys.executable, "-m", "coracle.runtime.monitor", "--exec-root", self.exec_root],
+        sealed.popen(
+            ["-m", "coracle.runtime.monitor", "--exec-root", self.exec_root],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
+            env=monitor_environment(),
         )
         log.close()
         deadline = time.monotonic() + timeout

@@ -23,6 +23,7 @@ from typing import NoReturn
 
 # Everything the child needs is imported here: after pivot_root the host's files are gone.
 from coracle.runtime import rootfs, security, userns
+from coracle.runtime.sealed import scrub_process_strings
 from coracle.runtime import syscalls as sc
 from coracle.runtime.identity import assume, resolve
 from coracle.runtime.spec import Spec
@@ -121,8 +122,17 @@ def _exec(spec: Spec, fds: ChildFds) -> NoReturn:
 
 
 def run_child(spec: Spec, fds: ChildFds) -> NoReturn:
-    """Entry of the monitor's fresh child: nothing may escape back into the monitor's code."""
+    """Entry of the monitor's fresh child: nothing may escape back into the monitor's code.
+
+    The child is made non-dumpable and blanks the monitor's argv and
+    environment first: from the moment it joins a container's namespaces
+    until its `execve`, a container process must find nothing of the host in
+    /proc/PID (environ, cmdline, exe, fd, mem). `execve` restores the normal
+    dumpable state for the container's own program.
+    """
     try:
+        sc.prctl(sc.PR_SET_DUMPABLE, 0)
+        scrub_process_strings()
         if spec.kind == "container":
             _container_child(spec, fds)
         _exec_child(spec, fds)

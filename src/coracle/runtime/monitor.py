@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
-from coracle.runtime import init, security, syscalls
+from coracle.runtime import init, sealed, security, syscalls
 from coracle.runtime.spec import Spec
 
 MAX_PACKET = 1 << 20
@@ -605,6 +605,7 @@ class Monitor:
 
 
 def main(argv: list[str] | None = None) -> None:
+    sealed.name_self("coracle-monitor")
     parser = argparse.ArgumentParser(prog="coracle-monitor")
     parser.add_argument("--exec-root", required=True)
     args = parser.parse_args(argv)
