@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-from typing import Iterator
 
 import docker
 import pytest

@@ -24,12 +24,11 @@ import tarfile
 import sysconfig
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import docker
 import pytest
 
-from harness import Daemon
 
 FIND_JOINER = r"""
 find_joiner() {  # a process that joined from outside (its parent is not in here), named $1 if given
