@@ -12,6 +12,7 @@ import json
 import time
 from typing import Any
 
+from coracle import clock
 from coracle.api import filters as flt
 from coracle.api.archive import routes as archive_routes
 from coracle.api.http import Request, Response, Router
@@ -63,12 +64,7 @@ def _du(path: str) -> int:
 
 
 def _epoch(stamp: str) -> int:
-    from datetime import datetime
-
-    try:
-        return int(datetime.fromisoformat(stamp[:26].rstrip("Z") + "+00:00").timestamp())
-    except ValueError:
-        return 0
+    return int(clock.epoch(stamp))
 
 
 def _ago(seconds: float) -> str:
@@ -91,7 +87,12 @@ def status_text(state: dict[str, Any]) -> str:
         return f"Restarting ({state['ExitCode']}) {_ago(now - _epoch(state['FinishedAt']))} ago"
     if state["Running"]:
         text = f"Up {_ago(now - _epoch(state['StartedAt']))}"
-        return text + " (Paused)" if state["Paused"] else text
+        if state["Paused"]:
+            return text + " (Paused)"
+        health = (state.get("Health") or {}).get("Status")
+        if health:
+            return f"{text} ({'health: starting' if health == 'starting' else health})"
+        return text
     if state["Status"] == "created":
         return "Created"
     if state["Status"] == "removing":

@@ -60,6 +60,9 @@ def check_container_filters(filters: dict[str, list[str]]) -> None:
     for v in filters.get("status", []):
         if v not in ("created", "restarting", "running", "removing", "paused", "exited", "dead"):
             raise InvalidParameter(f"invalid filter 'status={v}'")
+    for v in filters.get("health", []):
+        if v not in ("starting", "healthy", "unhealthy", "none"):
+            raise InvalidParameter(f"Unrecognised filter value for health: {v}")
     for v in filters.get("name", []):
         try:
             re.compile(v)
@@ -76,6 +79,7 @@ def container_matches(rec: dict[str, Any], filters: dict[str, list[str]]) -> boo
         "name": lambda v: re.search(v, name) is not None or re.search(v, rec["Name"]) is not None,
         "status": lambda v: state["Status"] == v,
         "exited": lambda v: not state["Running"] and str(state["ExitCode"]) == v,
+        "health": lambda v: ((state.get("Health") or {}).get("Status") or "none") == v,
         "ancestor": lambda v: rec["Config"].get("Image") in (v, v + ":latest") or rec["Image"].startswith(v)
         or rec["Image"].startswith("sha256:" + v),
         "network": lambda v: v in (rec["NetworkSettings"].get("Networks") or {})

@@ -10,7 +10,7 @@ import argparse
 import os
 import re
 
-from coracle.cli.units import parse_bytes
+from coracle.cli.units import parse_bytes, parse_duration
 
 TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
 if TYPE_CHECKING:
@@ -81,6 +81,13 @@ def add_container_flags(p: argparse.ArgumentParser) -> None:
     a("--group-add", action="append", default=[], help="add additional groups to join")
     a("--ulimit", action="append", default=[], help="ulimit options (name=soft[:hard])")
     a("--sysctl", action="append", default=[], help="sysctl options")
+    a("--health-cmd", help="command to run to check health")
+    a("--health-interval", help="time between running the check (ms|s|m|h)")
+    a("--health-timeout", help="maximum time to allow one check to run (ms|s|m|h)")
+    a("--health-start-period", help="start period for the container to initialize (ms|s|m|h)")
+    a("--health-start-interval", help="time between running the check during the start period (ms|s|m|h)")
+    a("--health-retries", type=int, default=0, help="consecutive failures needed to report unhealthy")
+    a("--no-healthcheck", action="store_true", help="disable any container-specified HEALTHCHECK")
     a("--stop-signal", help="signal to stop the container")
     a("--stop-timeout", type=int, help="timeout (in seconds) to stop a container")
     a("--log-driver", help="logging driver for the container")
@@ -237,6 +244,34 @@ def _ulimit(spec: str) -> dict[str, Any]:
         raise _flag_error(spec, "--ulimit", f"invalid ulimit argument: {spec}") from None
 
 
+def _healthcheck(args: argparse.Namespace) -> dict[str, Any] | None:
+    """--health-* and --no-healthcheck -> Config.Healthcheck, with docker's checks and messages."""
+    durations = {"Interval": ("--health-interval", args.health_interval),
+                 "Timeout": ("--health-timeout", args.health_timeout),
+                 "StartPeriod": ("--health-start-period", args.health_start_period),
+                 "StartInterval": ("--health-start-interval", args.health_start_interval)}
+    given = args.health_cmd is not None or args.health_retries or any(v is not None for _, v in durations.values())
+    if args.no_healthcheck:
+        if given:
+            raise UsageError("--no-healthcheck conflicts with --health-* options")
+        return {"Test": ["NONE"]}
+    if not given:
+        return None
+    check: dict[str, Any] = {"Test": ["CMD-SHELL", args.health_cmd] if args.health_cmd else None}
+    for key, (flag, text) in durations.items():
+        try:
+            seconds = parse_duration(text) if text is not None else 0.0
+        except ValueError:
+            raise _flag_error(text or "", flag, "invalid duration") from None
+        if seconds < 0:
+            raise UsageError(f"{flag} cannot be negative")
+        check[key] = int(seconds * 1e9)
+    if args.health_retries < 0:
+        raise UsageError("--health-retries cannot be negative")
+    check["Retries"] = args.health_retries
+    return check
+
+
 def _cpus(value: str) -> int:
     try:
         cpus = float(value)
@@ -295,6 +330,9 @@ def create_body(args: argparse.Namespace, *, detach: bool = True,
         config["ExposedPorts"] = exposed
     if volumes:
         config["Volumes"] = volumes
+    check = _healthcheck(args)
+    if check:
+        config["Healthcheck"] = check
     if args.stop_signal:
         config["StopSignal"] = args.stop_signal
     if args.stop_timeout is not None:

@@ -26,7 +26,7 @@ from coracle import cgroups
 from coracle.cgroups import Resources
 from coracle.cgroups.devices import DeviceRule
 from coracle.engine import config as cfg
-from coracle.engine import security
+from coracle.engine import health, security
 from coracle.engine.events import EventBus
 from coracle.engine.execs import Execs
 from coracle.engine.names import random_name
@@ -89,6 +89,7 @@ class Engine:
         self._starting: dict[str, dict | None] = {}
         self.execs = Execs(self)
         self.restarts = RestartTracker(self._restart_later)
+        self.health = health.HealthChecker(self)
         self._orphans: set[str] = set()
 
     # ----- records -------------------------------------------------------
@@ -170,6 +171,10 @@ class Engine:
         config["ExposedPorts"] = {**(image_config.get("ExposedPorts") or {}), **(config.get("ExposedPorts") or {})}
         config["StopSignal"] = config.get("StopSignal") or image_config.get("StopSignal") or "SIGTERM"
         cfg.parse_signal(config["StopSignal"])
+        check = health.merge(config.pop("Healthcheck", None), image_config.get("Healthcheck"))
+        health.validate(check)
+        if check:
+            config["Healthcheck"] = check
         if mode == "host":
             config["Hostname"] = config.get("Hostname") or os.uname().nodename
         elif not mode.startswith("container:"):
@@ -354,8 +359,11 @@ class Engine:
                              "StartedAt": utc_now(), "FinishedAt": "0001-01-01T00:00:00Z"})
         rec["Coracle"].update({"StartTicks": proc_start_ticks(rec["State"]["Pid"]), "ManualStop": False,
                                "CgroupPath": self.cgroup(rec).path})
+        if health.Probe.of(rec["Config"]):
+            rec["State"]["Health"] = health.starting()
         self.save(rec)
         self._event(rec, "start")
+        self.health.watch(rec)
         early = self._starting.pop(cid, None)
         if early is not None:
             self._finish(early)
@@ -393,6 +401,7 @@ class Engine:
 
     def _finish(self, event: dict[str, Any]) -> None:
         cid = event["id"]
+        self.health.forget(cid)
         rec = self.store.get(KIND, cid)
         if rec is None or rec["State"]["Pid"] != event.get("pid") and event.get("pid"):
             self.monitor.forget_exit(cid)
@@ -540,6 +549,7 @@ class Engine:
             if rec["State"]["Paused"]:
                 raise Conflict(f"Container {rec['Id']} is already paused")
             self.cgroup(rec).freeze()
+            self.health.forget(rec["Id"])
             rec["State"].update({"Paused": True, "Status": "paused"})
             self.save(rec)
         self._event(rec, "pause")
@@ -552,6 +562,7 @@ class Engine:
             self.cgroup(rec).thaw()
             rec["State"].update({"Paused": False, "Status": "running"})
             self.save(rec)
+            self.health.watch(rec)
         self._event(rec, "unpause")
 
     # ----- remove, rename, update ------------------------------------------
@@ -707,6 +718,10 @@ class Engine:
         for proc in live.values():
             if proc["state"] == "held" or (proc["kind"] == "container" and self.store.get(KIND, proc["id"]) is None):
                 self.monitor.abandon(None, proc["id"])
+        for cid in report["adopted"]:
+            adopted = self.store.get(KIND, cid)
+            if adopted:
+                self.health.watch(adopted)
         return report
 
     def _alive(self, rec: dict[str, Any]) -> bool:

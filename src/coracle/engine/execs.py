@@ -8,8 +8,10 @@ live in memory: Docker keeps them only while the daemon runs, too.
 
 from __future__ import annotations
 
+import os
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 from coracle.engine import config as cfg
 from coracle.engine import security
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
 
 
 class Execs:
-    def __init__(self, engine: "Engine") -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.records: dict[str, dict[str, Any]] = {}
         self._done: dict[str, threading.Event] = {}
@@ -103,6 +105,24 @@ class Execs:
         rec = self.engine.store.get("container", ex["ContainerID"])
         if rec:
             self.engine._event(rec, "exec_die", execID=ex["ID"], exitCode=str(event["exit_code"]))
+
+    def kill(self, exec_id: str, sig: int) -> None:
+        """Signal a running exec and what it started (a probe past its timeout).
+
+        Each exec leads its own session and process group, so the group is the
+        exec's whole tree, short of what deliberately left it.
+        """
+        ex = self.get(exec_id)
+        if ex["Running"] and ex["Pid"]:
+            try:
+                os.killpg(ex["Pid"], sig)
+            except ProcessLookupError:
+                pass
+
+    def discard(self, exec_id: str) -> None:
+        """Forget a finished exec the engine ran for itself (healthcheck probes)."""
+        self.records.pop(exec_id, None)
+        self._done.pop(exec_id, None)
 
     def wait(self, exec_id: str, timeout: float | None = None) -> dict[str, Any]:
         done = self._done.get(exec_id)
