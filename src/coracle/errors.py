@@ -42,6 +42,12 @@ class PayloadTooLarge(CoracleError):
     status = 413
 
 
+class Unavailable(CoracleError):
+    """The feature is off on this daemon (swarm mode): Docker's 503."""
+
+    status = 503
+
+
 class SystemError_(CoracleError):
     """The host refused (kernel feature missing, disk full): not the caller's fault."""
 

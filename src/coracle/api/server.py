@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from coracle.api import containers, images as image_routes, maintenance, networks as network_routes, system
+from coracle.api import containers, disabled, images as image_routes, maintenance, networks as network_routes, system
 from coracle.api.http import Router
 from coracle.api.streams import AttachHub
 from coracle.engine.engine import Engine
@@ -18,4 +18,5 @@ def build_router(*, engine: Engine, images: Any, network: Any, events: Any, data
     network_routes.routes(router, engine, network)
     system.routes(router, engine, images, network, data_root)
     maintenance.routes(router, engine)
+    disabled.routes(router)
     return router

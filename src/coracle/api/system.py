@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from coracle import __version__
+from coracle.api.disabled import SWARM_INACTIVE
 from coracle.api.filters import parse as parse_filters, values
 from coracle.api.http import API_VERSION, DOCKER_COMPAT, MIN_API_VERSION, Request, Response, Router
 from coracle.engine.engine import Engine
@@ -63,7 +64,7 @@ def routes(router: Router, engine: Engine, images: Any, network: Any, data_root:
             "DockerRootDir": data_root, "Name": uname.nodename, "Labels": [], "ExperimentalBuild": False,
             "ServerVersion": DOCKER_COMPAT, "Runtimes": {"coracle": {"path": "coracle-monitor"}},
             "DefaultRuntime": "coracle", "LiveRestoreEnabled": True, "Isolation": "", "InitBinary": "tini",
-            "SecurityOptions": ["name=seccomp,profile=builtin"], "Warnings": [],
+            "SecurityOptions": ["name=seccomp,profile=builtin"], "Warnings": [], "Swarm": SWARM_INACTIVE,
         })
 
     async def events(req: Request) -> Any:
