@@ -74,8 +74,14 @@ def routes(router: Router, engine: Engine, images: Any) -> None:
             import fnmatch
 
             refs = filters["reference"]
-            out = [o for o in out if any(fnmatch.fnmatch(t, r) or fnmatch.fnmatch(t, r + ":*")
-                                         for t in o["RepoTags"] or [] for r in refs)]
+
+            def matching(names: list[str] | None) -> list[str]:
+                return [t for t in names or [] if any(fnmatch.fnmatch(t, r) or fnmatch.fnmatch(t, r + ":*")
+                                                      or fnmatch.fnmatch(t, r + "@*") for r in refs)]
+
+            # As Docker: only the matching names of each image are listed (`images REPO`).
+            out = [{**o, "RepoTags": matching(o["RepoTags"]), "RepoDigests": matching(o.get("RepoDigests"))}
+                   for o in out if matching(o["RepoTags"])]
         if filters.get("label"):
             out = [o for o in out if labels_match(o.get("Labels") or {}, values(filters, "label"))]
         return Response.json(out)
@@ -112,12 +118,17 @@ def routes(router: Router, engine: Engine, images: Any) -> None:
 
         if not from_image:
             raise InvalidParameter("fromImage or fromSrc is required")
-        ref = f"{from_image}:{tag}" if tag and ":" not in from_image.rsplit("/", 1)[-1] and "@" not in from_image \
-            else from_image
+        ref = from_image
+        if tag and ":" not in from_image.rsplit("/", 1)[-1] and "@" not in from_image:
+            # the docker CLI sends a digest as the tag
+            ref = f"{from_image}@{tag}" if tag.startswith("sha256:") else f"{from_image}:{tag}"
         auth = _auth(req)
+        # No tag and no digest is how clients ask for every tag (`pull -a`), as Docker reads it.
+        pull = images.pull if tag or ":" in from_image.rsplit("/", 1)[-1] or "@" in from_image \
+            else images.pull_all_tags
 
         async def produce_pull(stream: Any) -> None:
-            image = await _with_progress(stream, images.pull, ref, auth)
+            image = await _with_progress(stream, pull, ref, auth)
             if image is None:
                 return
             engine.events.publish("image", "pull", image.id, {"name": ref})
@@ -210,6 +221,19 @@ def routes(router: Router, engine: Engine, images: Any) -> None:
                              body or None)
         return Response.json({"Id": image.id}, status=201)
 
+    async def distribution_info(req: Request, name: str) -> Response:
+        return Response.json(await thread(images.describe, name, _auth(req)))
+
+    async def search(req: Request) -> Response:
+        term = req.q("term")
+        if not term:
+            raise InvalidParameter("term is required")
+        try:
+            limit = int(req.q("limit") or 25)
+        except ValueError:
+            raise InvalidParameter("limit must be a number") from None
+        return Response.json(await thread(images.search, term, limit, _auth(req)))
+
     async def auth(req: Request) -> Response:
         body = req.json()
         await thread(images.login, body)
@@ -217,6 +241,8 @@ def routes(router: Router, engine: Engine, images: Any) -> None:
 
     r = router.add
     r("GET", "/images/json", list_)
+    r("GET", "/images/search", search)
+    r("GET", "/distribution/{name*}/json", distribution_info)
     r("POST", "/images/create", create, stream_body=True)
     r("POST", "/images/load", load, stream_body=True)
     r("GET", "/images/get", save)

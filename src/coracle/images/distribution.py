@@ -25,8 +25,8 @@ from coracle.faults import fault
 from coracle.images import mediatypes as mt
 from coracle.images.blobs import DigestMismatch, digest_of, hex_of
 from coracle.images.reference import Reference, parse
-from coracle.images.registry import (RETRIES, Credentials, Interrupted, Registry, pull_scope,
-                                     push_scope)
+from coracle.images.registry import (RETRIES, Credentials, Interrupted, Registry, RegistryUnavailable,
+                                     pull_scope, push_scope)
 
 if TYPE_CHECKING:
     from coracle.images.store import Image, ImageStore
@@ -36,6 +36,7 @@ PARALLEL = 3
 MANIFEST_ACCEPT = ", ".join([mt.OCI_INDEX, mt.DOCKER_LIST, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST])
 MANIFEST_LIMIT = 4 << 20
 REPORT_EVERY = 512 << 10
+PAGE = 1000  # entries per page of tag lists and catalogs (the registry's usual maximum)
 
 
 class _Reporter:
@@ -120,6 +121,90 @@ def pull(store: "ImageStore", text: str, auth: dict | None, progress: Progress |
     report(f"Digest: {top_digest}")
     report(f"Status: {'Image is up to date' if up_to_date else 'Downloaded newer image'} for {ref.canonical}")
     return image
+
+
+def pull_all_tags(store: "ImageStore", text: str, auth: dict | None, progress: Progress | None,
+                  insecure: frozenset[str] = frozenset()) -> list["Image"]:
+    """`docker pull -a NAME`: every tag the registry lists for the repository."""
+    ref = parse(text)
+    if ref.tag or ref.digest:
+        raise InvalidParameter("tag can't be used with --all-tags/-a")
+    reg = Registry(ref.registry, Credentials.from_auth(auth), insecure=ref.registry in insecure)
+    tags = list_tags(reg, ref)
+    if not tags:
+        raise NotFound(f"repository {ref.name} has no tags")
+    return [pull(store, f"{ref.name}:{tag}", auth, progress, insecure) for tag in tags]
+
+
+def list_tags(reg: Registry, ref: Reference) -> list[str]:
+    """The repository's tags."""
+    try:
+        return sorted(set(_paged(reg, f"/v2/{ref.repository}/tags/list", pull_scope(ref.repository), "tags")))
+    except NotFound:
+        raise NotFound(f"repository {ref.name} not found: does not exist or no pull access") from None
+
+
+def _paged(reg: Registry, path: str, scope: str, key: str) -> list[str]:
+    """A list the registry hands out in pages (Link: <next>; rel="next"), concatenated."""
+    items: list[str] = []
+    url: str | None = f"{path}?n={PAGE}"
+    while url:
+        resp = reg.request("GET", url, scope)
+        try:
+            items += json.loads(resp.read()).get(key) or []
+        except (ValueError, AttributeError):
+            raise InvalidParameter(f"the registry's answer to {path} is not a JSON list of {key}") from None
+        link = resp.headers.get("Link", "")
+        url = link.split(";")[0].strip().strip("<>") if 'rel="next"' in link else None
+    return items
+
+
+def describe(text: str, auth: dict | None, insecure: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """GET /distribution/{name}/json: the manifest's descriptor and the platforms it offers."""
+    ref = parse(text)
+    if not ref.tag and not ref.digest:
+        ref = ref.with_tag("latest")
+    reg = Registry(ref.registry, Credentials.from_auth(auth), insecure=ref.registry in insecure)
+    try:
+        body, media_type, digest = _manifest(reg, ref, ref.digest or ref.tag or "latest")
+    except NotFound:
+        raise NotFound(f"manifest for {ref.canonical} not found: manifest unknown") from None
+    manifest = json.loads(body)
+    if "manifests" in manifest:
+        platforms = [m.get("platform") or {} for m in manifest["manifests"]]
+    else:
+        config = json.loads(_fetch_small(reg, ref.repository, manifest["config"]["digest"],
+                                         pull_scope(ref.repository)))
+        platforms = [{k: config[k] for k in ("architecture", "os", "variant") if config.get(k)}]
+    return {"Descriptor": {"mediaType": media_type, "digest": digest, "size": len(body)},
+            "Platforms": [{"architecture": p.get("architecture", ""), "os": p.get("os", ""),
+                           **({"variant": p["variant"]} if p.get("variant") else {})} for p in platforms]}
+
+
+def search(term: str, limit: int, auth: dict | None, insecure: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+    """`docker search`: on a named registry, the repositories of its catalog that contain the term.
+
+    Docker Hub's search index lives outside the distribution API; without a
+    registry in the term there is no index this daemon can reach, and the
+    error says how to search a registry instead.
+    """
+    if "/" not in term or not _looks_like_host(term.split("/", 1)[0]):
+        raise RegistryUnavailable(
+            f"cannot search {term!r}: no search index is reachable from this daemon "
+            "(name a registry to search its catalog, e.g. localhost:5000/NAME)")
+    host, _, word = term.partition("/")
+    reg = Registry(host, Credentials.from_auth(auth), insecure=host in insecure)
+    try:
+        catalog = _paged(reg, "/v2/_catalog", "registry:catalog:*", "repositories")
+    except NotFound:
+        raise RegistryUnavailable(f"registry {host} offers no catalog to search") from None
+    names = [r for r in catalog if word.lower() in r.lower()]
+    return [{"name": f"{host}/{r}", "description": "", "star_count": 0, "is_official": False,
+             "is_automated": False} for r in sorted(names)[:limit or 25]]
+
+
+def _looks_like_host(part: str) -> bool:
+    return "." in part or ":" in part or part == "localhost"
 
 
 def _parallel(jobs: list[Callable[[], None]], abort: threading.Event) -> None:

@@ -52,6 +52,12 @@ class Interrupted(CoracleError):
     status = 500
 
 
+class RegistryUnavailable(CoracleError):
+    """No registry or index can answer this request (Docker answers search failures with 500 too)."""
+
+    status = 500
+
+
 class Unreachable(CoracleError):
     """No connection to the registry even after retrying."""
 

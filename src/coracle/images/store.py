@@ -487,6 +487,19 @@ class ImageStore:
         """`docker pull` from a v2 registry; progress gets Docker's JSON progress messages."""
         return distribution.pull(self, ref, auth, progress, self.insecure)
 
+    def pull_all_tags(self, name: str, auth: dict | None = None,
+                      progress: Callable[[dict[str, Any]], None] | None = None) -> Image:
+        """`docker pull -a`: every tag of the repository; returns the last image pulled."""
+        return distribution.pull_all_tags(self, name, auth, progress, self.insecure)[-1]
+
+    def describe(self, ref: str, auth: dict | None = None) -> dict[str, Any]:
+        """GET /distribution/{name}/json."""
+        return distribution.describe(ref, auth, self.insecure)
+
+    def search(self, term: str, limit: int = 25, auth: dict | None = None) -> list[dict[str, Any]]:
+        """GET /images/search."""
+        return distribution.search(term, limit, auth, self.insecure)
+
     def push(self, ref: str, auth: dict | None = None,
              progress: Callable[[dict[str, Any]], None] | None = None) -> str:
         """`docker push`; returns the manifest digest."""

@@ -1,0 +1,55 @@
+"""Registry work beyond push/pull of one tag: pull -a, by digest, distribution inspect, search.
+
+Docker behaviour checked: `pull -a NAME` pulls every tag; `pull NAME@sha256:...`
+gets exactly that manifest and can be run by the digest; GET
+/distribution/{name}/json (the SDK's get_registry_data) gives the manifest's
+descriptor and platforms; `search` on a registry lists its matching
+repositories, and with no reachable index it fails with a message.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import docker
+import pytest
+
+from compat_helpers import Docker
+from harness import Daemon, start_registry, unique
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/docker-registry"), reason="needs docker-registry")
+
+
+def test_pull_all_tags_by_digest_inspect_and_search(docker: Docker, daemon: Daemon, client: docker.DockerClient,
+                                                    tmp_path: Path) -> None:
+    registry, port = start_registry(daemon.netns, tmp_path)
+    repo = f"127.0.0.1:{port}/dist/{unique('bb')}"
+    try:
+        for tag in ("1", "2"):
+            docker("tag", "busybox", f"{repo}:{tag}")
+            docker("push", f"{repo}:{tag}", timeout=60)
+            docker("rmi", f"{repo}:{tag}")
+        docker("pull", "-a", repo, timeout=60)
+        tags = docker("images", repo, "--format", "{{.Tag}}").stdout.split()
+        assert sorted(tags) == ["1", "2"]
+
+        digest = docker("inspect", "--format", "{{index .RepoDigests 0}}", f"{repo}:1").stdout.strip()
+        assert digest.startswith(f"{repo}@sha256:")
+        docker("rmi", f"{repo}:1", f"{repo}:2")
+        docker("pull", digest, timeout=60)
+        assert docker("run", "--rm", digest, "echo", "by-digest").stdout == "by-digest\n"
+
+        data = client.images.get_registry_data(f"{repo}:2")
+        assert data.id == digest.split("@")[1]
+        assert data.has_platform("linux/amd64")
+
+        found = docker("search", f"127.0.0.1:{port}/dist", "--format", "{{.Name}}").stdout.split()
+        assert repo in found
+        missing = docker("search", "busybox", check=False)
+        assert missing.returncode != 0 and "no search index is reachable" in missing.stderr
+        absent = docker("pull", "-a", f"127.0.0.1:{port}/dist/nothing-here", check=False, timeout=60)
+        assert absent.returncode != 0 and "not found" in absent.stderr
+    finally:
+        registry.kill()
+        registry.wait()
