@@ -48,6 +48,19 @@ def test_versioned_paths_are_served(daemon: Daemon, version: str) -> None:
     assert status.endswith("200 OK") and isinstance(json.loads(body), list)
 
 
+def test_one_version_everywhere_and_wait_answers_with_error_null(daemon: Daemon, docker: Docker) -> None:
+    """Docker reports one server version in `version` and `info`; wait's body carries "Error": null."""
+    server = docker("version", "--format", "{{.Server.Version}}").stdout.strip()
+    assert server == docker("info", "--format", "{{.ServerVersion}}").stdout.strip()
+    cid = docker("create", "busybox", "sh", "-c", "exit 4").stdout.strip()
+    try:
+        docker("start", cid)
+        status, body = daemon.api("POST", f"/containers/{cid}/wait")
+        assert status == 200 and body == {"StatusCode": 4, "Error": None}
+    finally:
+        docker("rm", "-f", cid)
+
+
 def test_versions_out_of_range_are_refused(daemon: Daemon) -> None:
     status, _, body = _head(raw(daemon, _get("/v1.12/version")))
     assert status.startswith("HTTP/1.1 400") and "too old" in json.loads(body)["message"]
@@ -191,7 +204,7 @@ def test_unknown_fields_are_ignored(daemon: Daemon) -> None:
 
 def test_unknown_endpoints_and_methods_are_404(daemon: Daemon) -> None:
     for method, path in [("GET", "/nope"), ("GET", "/v1.45/containers/json/extra/bits"), ("DELETE", "/version"),
-                         ("POST", "/swarm/init"), ("GET", "/plugins")]:
+                         ("PUT", "/swarm/init"), ("POST", "/plugins")]:
         status, _, body = _head(raw(daemon, _get(path, method)))
         assert status.startswith("HTTP/1.1 404"), (method, path, status)
         assert json.loads(body)["message"]

@@ -80,6 +80,11 @@ def _ago(seconds: float) -> str:
     return f"{seconds} second{'s' if seconds != 1 else ''}"
 
 
+def _waited(code: int) -> dict[str, Any]:
+    """Docker's wait answer: the exit code, and `Error` null when waiting itself went fine."""
+    return {"StatusCode": code, "Error": None}
+
+
 def status_text(state: dict[str, Any]) -> str:
     """Docker's human status: "Up 3 seconds", "Exited (0) 2 minutes ago", "Created"."""
     now = time.time()
@@ -337,11 +342,11 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
         if rec is None:
             sub.close()
             if condition == "removed":
-                return Response.json({"StatusCode": 0})
+                return Response.json(_waited(0))
             raise NotFound(f"No such container: {id}")
         if condition == "not-running" and not rec["State"]["Running"] and not rec["State"].get("Restarting"):
             sub.close()
-            return Response.json({"StatusCode": rec["State"]["ExitCode"]})
+            return Response.json(_waited(rec["State"]["ExitCode"]))
 
         async def until_done(stream: Any) -> None:
             code = None
@@ -358,7 +363,7 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
                         break
             finally:
                 sub.close()
-            await stream.write(json.dumps({"StatusCode": code or 0}).encode() + b"\n")
+            await stream.write(json.dumps(_waited(code or 0)).encode() + b"\n")
 
         return Response.stream(until_done, content_type="application/json")
 

@@ -28,7 +28,10 @@ def version_info() -> dict[str, Any]:
     }
     return {
         "Platform": {"Name": f"coracle {__version__}"},
-        "Components": [{"Name": "Engine", "Version": __version__, "Details": details}],
+        # One version everywhere (info's ServerVersion too): the Docker release whose API we serve;
+        # coracle's own version is the platform's name and a component of its own.
+        "Components": [{"Name": "Engine", "Version": DOCKER_COMPAT, "Details": details},
+                       {"Name": "coracle", "Version": __version__, "Details": {"GitCommit": "coracle"}}],
         "Version": DOCKER_COMPAT, **{k: v for k, v in details.items() if k != "Experimental"},
         "Experimental": False,
     }
