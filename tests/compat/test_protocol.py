@@ -57,6 +57,9 @@ def test_one_version_everywhere_and_wait_answers_with_error_null(daemon: Daemon,
         docker("start", cid)
         status, body = daemon.api("POST", f"/containers/{cid}/wait")
         assert status == 200 and body == {"StatusCode": 4, "Error": None}
+        replay = docker("events", "--since", "0", "--until", str(int(time.time()) + 1), "--filter",
+                        f"container={cid}", "--format", "{{.Action}}").stdout.split()
+        assert replay[:2] == ["create", "start"] and "die" in replay
     finally:
         docker("rm", "-f", cid)
 

@@ -71,7 +71,8 @@ def routes(router: Router, engine: Engine, images: Any, network: Any, data_root:
         })
 
     async def events(req: Request) -> Any:
-        since = parse_time(req.q("since"))
+        # `--since 0` asks for everything still in the history (parse_time reads "0" as unset).
+        since = 0.0 if req.q("since") == "0" else parse_time(req.q("since"))
         until = parse_time(req.q("until"))
         filters = parse_filters(req.qjson("filters"))
 
