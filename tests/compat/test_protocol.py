@@ -64,6 +64,17 @@ def test_one_version_everywhere_and_wait_answers_with_error_null(daemon: Daemon,
         docker("rm", "-f", cid)
 
 
+def test_an_ambiguous_id_prefix_is_refused_with_dockers_message(daemon: Daemon, docker: Docker) -> None:
+    ids = [docker("create", "busybox", "true").stdout.strip() for _ in range(17)]  # two share a first digit
+    try:
+        first = [i[0] for i in ids]
+        shared = next(c for c in first if first.count(c) > 1)
+        status, body = daemon.api("GET", f"/containers/{shared}/json")
+        assert status == 400 and body["message"] == f"multiple IDs found with provided prefix: {shared}"  # type: ignore[index]
+    finally:
+        docker("rm", *ids)
+
+
 def test_versions_out_of_range_are_refused(daemon: Daemon) -> None:
     status, _, body = _head(raw(daemon, _get("/v1.12/version")))
     assert status.startswith("HTTP/1.1 400") and "too old" in json.loads(body)["message"]

@@ -117,7 +117,7 @@ class Engine:
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
-            raise NotFound(f"Multiple IDs found with provided prefix: {ref}")
+            raise InvalidParameter(f"multiple IDs found with provided prefix: {ref}")
         raise NotFound(f"No such container: {ref}")
 
     def save(self, rec: dict[str, Any]) -> None:
