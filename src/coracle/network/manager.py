@@ -247,9 +247,10 @@ class NetworkManager:
             self._host_sysctl("net/ipv4/ip_forward", "1")
             self._ensure_builtin()
             bridges = self._bridge_records()
+            # rules first: a bridge gets route_localnet only once the loopback guard exists
+            self.firewall.restore([self._rules(r) for r in bridges], self._mappings())
             for rec in bridges:
                 self._plumb(rec)
-            self.firewall.restore([self._rules(r) for r in bridges], self._mappings())
 
     def _ensure_builtin(self) -> None:
         records = {r["Name"]: r for r in self.store.all(KIND) if r["Coracle"]["Builtin"]}
@@ -303,13 +304,14 @@ class NetworkManager:
         }
 
     def _plumb(self, rec: dict[str, Any]) -> None:
-        """The bridge device of a network: created or adopted, addressed, up, route_localnet on."""
+        """The bridge device of a network: created or adopted, addressed, up, route_localnet as the firewall needs."""
         sub, sub6 = Subnet(rec), Subnet.v6(rec)
         name = rec["Coracle"]["Bridge"]
         with self._host() as ipr:
             bridge.ensure_bridge(ipr, name, str(sub.gateway), sub.network.prefixlen, rec["Coracle"]["MTU"])
-        # DNAT of 127.0.0.1:port to a container needs loopback-sourced packets routed into the bridge
-        self._host_sysctl(f"net/ipv4/conf/{name}/route_localnet", "1")
+        # DNAT of 127.0.0.1:port to a container needs loopback-sourced packets routed into the bridge;
+        # without that DNAT the setting would only open the host's loopback to the bridge
+        self._host_sysctl(f"net/ipv4/conf/{name}/route_localnet", "1" if self.firewall.localhost_dnat else "0")
         if sub6 is not None:
             self._host_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "0")
             # no duplicate detection of the link-local address made at link-up: while it is tentative the
