@@ -12,7 +12,7 @@ import os
 import stat
 
 from coracle.cgroups import V2Manager, detect
-from coracle.cgroups.v1 import hierarchies
+from coracle.cgroups.v1 import hierarchies, unescape
 from coracle.errors import SystemError_
 from coracle.runtime import syscalls as sc
 from coracle.runtime import userns
@@ -31,6 +31,43 @@ DEFAULT_DEVICES = [
 # Host /dev entries a privileged container does not copy: its own devpts, shm and
 # mqueue are mounted instead, and the console is the one of its terminal.
 _NOT_COPIED = {"pts", "shm", "mqueue", "console", "ptmx", "fd", "stdin", "stdout", "stderr"}
+
+
+# Bind propagation (Docker's names) -> the mount flags that set it on the container's side.
+PROPAGATION_FLAGS = {
+    "private": sc.MS_PRIVATE, "rprivate": sc.MS_PRIVATE | sc.MS_REC,
+    "shared": sc.MS_SHARED, "rshared": sc.MS_SHARED | sc.MS_REC,
+    "slave": sc.MS_SLAVE, "rslave": sc.MS_SLAVE | sc.MS_REC,
+}
+
+
+def _receives_host_mounts(spec: Spec) -> bool:
+    """Whether a bind asks for shared or slave propagation.
+
+    Then the copy of the host's mounts is made a slave (not private) before
+    the binds are taken from it, so that mounts made later on the host under
+    a shared bind source still reach the container, while nothing mounted in
+    the container propagates back (except below an rshared bind, as asked)."""
+    return any(m.propagation.lstrip("r") in ("shared", "slave") for m in spec.mounts)
+
+
+def propagation_of(path: str) -> tuple[str, set[str]]:
+    """(mount point, {"shared", "slave"} or fewer) of the host mount that holds `path`.
+
+    A bind can only be shared or slave with the host if its source already is:
+    Docker checks the same before a start."""
+    path = os.path.realpath(path)
+    found, kinds = "/", set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split(" - ")[0].split(" ")
+            point = unescape(fields[4])
+            if path == point or path.startswith(point.rstrip("/") + "/"):
+                if len(point) >= len(found):  # the last of equal mount points is the one on top
+                    found = point
+                    kinds = {"shared" if o.startswith("shared:") else "slave"
+                             for o in fields[6:] if o.startswith(("shared:", "master:"))}
+    return found, kinds
 
 
 def _inside(root: str, path: str) -> str:
@@ -101,7 +138,7 @@ def _remount_readonly(target: str, recursive: bool = False) -> None:
     sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | keep | (sc.MS_REC if recursive else 0))
 
 
-def _mount_dev(root: str, console: int | None, extra: list[dict], privileged: bool) -> None:
+def _mount_dev(root: str, console: int | None, extra: list[dict], privileged: bool, shm_size: int) -> None:
     dev = os.path.join(root, "dev")
     os.makedirs(dev, exist_ok=True)
     wanted = (_host_devices() if privileged else []) + extra
@@ -112,7 +149,7 @@ def _mount_dev(root: str, console: int | None, extra: list[dict], privileged: bo
             _make_node(os.path.join(dev, name), 0o666 | stat.S_IFCHR, os.makedev(major, minor), f"/dev/{name}")
         for d in wanted:
             mode = (stat.S_IFCHR if d.get("type", "c") == "c" else stat.S_IFBLK) | d.get("mode", 0o660)
-            path = os.path.join(root, d["path"].lstrip("/"))
+            path = _inside(root, d["path"])
             os.makedirs(os.path.dirname(path), exist_ok=True)
             if os.path.lexists(path):
                 os.unlink(path)  # an explicit --device replaces a default node of the same name
@@ -122,7 +159,7 @@ def _mount_dev(root: str, console: int | None, extra: list[dict], privileged: bo
         os.umask(old)
     for sub, fstype, flags, data in (
         ("pts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"),
-        ("shm", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "mode=1777,size=65536k"),
+        ("shm", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, f"mode=1777,size={shm_size or 64 << 20}"),
         ("mqueue", "mqueue", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, None),
     ):
         target = os.path.join(dev, sub)
@@ -151,13 +188,15 @@ def _mount_user_mounts(root: str, spec: Spec) -> None:
             raise FileNotFoundError(f"bind source path does not exist: {m.source}")
         _ensure(target, like_file=not os.path.isdir(m.source))
         sc.mount(m.source, target, None, sc.MS_BIND | sc.MS_REC)
+        if m.propagation in PROPAGATION_FLAGS:
+            sc.mount(None, target, None, PROPAGATION_FLAGS[m.propagation])
         if m.readonly:
             _remount_readonly(target, recursive=True)
 
 
 def _mask_and_protect(root: str, spec: Spec) -> None:
     for path in spec.masked_paths:
-        target = os.path.join(root, path.lstrip("/"))
+        target = _inside(root, path)
         if not os.path.lexists(target):
             continue
         if os.path.isdir(target):
@@ -165,7 +204,7 @@ def _mask_and_protect(root: str, spec: Spec) -> None:
         else:
             sc.mount("/dev/null", target, None, sc.MS_BIND)
     for path in spec.readonly_paths:
-        target = os.path.join(root, path.lstrip("/"))
+        target = _inside(root, path)
         if not os.path.lexists(target):
             continue
         sc.mount(target, target, None, sc.MS_BIND | sc.MS_REC)
@@ -248,7 +287,7 @@ def build(spec: Spec, console: int | None = None, layers: list[int] | None = Non
 
     In a user namespace, `layers` are the idmapped clones of spec.lower and
     `own` the container's cgroups as the host names them (see userns.enter)."""
-    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    sc.mount(None, "/", None, sc.MS_REC | (sc.MS_SLAVE if _receives_host_mounts(spec) else sc.MS_PRIVATE))
     root = spec.rootfs
     lower = ":".join(reversed(_stage_layers(root, layers) if layers else spec.lower))
     sc.mount("overlay", root, "overlay", 0, f"lowerdir={lower},upperdir={spec.upper},workdir={spec.work}")
@@ -268,7 +307,7 @@ def build(spec: Spec, console: int | None = None, layers: list[int] | None = Non
             _remount_readonly(sys_dir, recursive=True)
     if "cgroup" in spec.namespaces:
         _mount_cgroups(root, writable=spec.privileged, own=own or {})
-    _mount_dev(root, console, spec.devices, spec.privileged)
+    _mount_dev(root, console, spec.devices, spec.privileged, spec.shm_size)
     _mount_user_mounts(root, spec)
     if spec.init_binary:
         target = os.path.join(root, "sbin/docker-init")
