@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import tarfile
 from pathlib import Path
 from typing import Iterator
 
@@ -119,3 +120,34 @@ def test_shared_bind_of_a_private_source_is_refused(client: docker.DockerClient,
     with pytest.raises(APIError) as err:
         client.containers.create("busybox", "true", volumes={str(host_mount): {"bind": "/d", "mode": "rshared,rslave"}})
     assert err.value.status_code == 400 and "invalid mode" in err.value.explanation
+
+
+@pytest.fixture
+def symlinked_image(daemon: Daemon, tmp_path: Path, unique) -> Iterator[tuple[str, Path]]:  # type: ignore[no-untyped-def]
+    """A malicious image: busybox, and /sbin an absolute symlink to a directory of the host."""
+    host_dir = tmp_path / "host-dir"
+    host_dir.mkdir()
+    layer = tmp_path / "image.tar"
+    with tarfile.open(layer, "w") as tf:
+        tf.add("/bin/busybox", "bin/busybox")
+        link = tarfile.TarInfo("sbin")
+        link.type, link.linkname = tarfile.SYMTYPE, str(host_dir)
+        tf.addfile(link)
+    name = unique("evil") + ":1"
+    daemon.docker("import", str(layer), name)
+    try:
+        yield name, host_dir
+    finally:
+        daemon.docker("rmi", "-f", name, check=False)
+
+
+def test_image_symlinks_do_not_lead_mounts_out_of_the_root(client: docker.DockerClient,
+                                                           symlinked_image: tuple[str, Path]) -> None:
+    image, host_dir = symlinked_image
+    try:
+        out = client.containers.run(image, ["/bin/busybox", "sh", "-c", "/bin/busybox ls /sbin/; /bin/busybox stat -f -c %T /sbin/x"],
+                                    init=True, remove=True, tmpfs={"/sbin/x": ""}).decode()
+    except APIError as exc:
+        out = str(exc)
+    assert list(host_dir.iterdir()) == []  # nothing made on the host through the image's symlink
+    assert out.split() == ["docker-init", "x", "tmpfs"]  # made where the container sees /sbin
