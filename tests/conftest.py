@@ -76,11 +76,7 @@ def client(daemon: "Daemon") -> Iterator["docker.DockerClient"]:
 @pytest.fixture
 def fresh_daemon() -> Iterator["Daemon"]:
     """A private coracled for tests that stop, kill or break the daemon itself."""
-    from harness import Daemon
+    from harness import private_daemon
 
-    d = Daemon(SESSION_TAG + secrets.token_hex(2))
-    d.create_netns()
-    try:
+    with private_daemon(SESSION_TAG + secrets.token_hex(2), start=False) as d:
         yield d
-    finally:
-        d.destroy()

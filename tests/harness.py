@@ -17,7 +17,9 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -207,6 +209,19 @@ class Daemon:
     def netns_exec(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(["ip", "netns", "exec", self.netns, *args], capture_output=True, text=True,
                               check=check)
+
+
+@contextmanager
+def private_daemon(tag: str, extra_args: list[str] | None = None, start: bool = True) -> Iterator[Daemon]:
+    """A Daemon in a namespace of its own, destroyed afterwards even on failure."""
+    d = Daemon(tag, extra_args=extra_args)
+    d.create_netns()
+    try:
+        if start:
+            d.start()
+        yield d
+    finally:
+        d.destroy()
 
 
 def kill_cgroup_tree(parent: str) -> None:

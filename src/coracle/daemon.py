@@ -43,8 +43,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--userns-remap", default="",
                    help='"default" or user[:group]: container root runs as that identity\'s subordinate ids')
     p.add_argument("--group", default="", help="group owning the API socket (default root only)")
+    p.add_argument("--max-image-size", type=_size, default="16g",
+                   help="most bytes one load, import or pull may unpack (default 16g; k, m, g, t suffixes)")
     p.add_argument("--version", action="version", version=f"coracled {__version__}")
     return p.parse_args(argv)
+
+
+def _size(text: str) -> int:
+    from coracle.engine.config import parse_size
+    from coracle.errors import InvalidParameter
+
+    try:
+        return parse_size(text)
+    except InvalidParameter as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _pools(specs: list[str]) -> list[tuple[str, int]]:
@@ -96,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     store = Store(os.path.join(args.data_root, "state.db"))
     events = EventBus()
-    images = ImageStore(os.path.join(args.data_root, "images"), store, insecure_registries=args.insecure_registry)
+    images = ImageStore(os.path.join(args.data_root, "images"), store, insecure_registries=args.insecure_registry,
+                        max_image_size=args.max_image_size)
     network = NetworkManager(store, args.exec_root, bridge_name=args.bridge_name, bip=args.bip,
                              default_pools=_pools(args.default_address_pool) or None, firewall=args.firewall)
     monitor = MonitorClient(args.exec_root)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import io
 import json
@@ -18,7 +19,7 @@ from typing import Iterator
 
 import pytest
 
-from coracle.errors import NotFound
+from coracle.errors import InvalidParameter, NotFound
 from coracle.images.registry import Unauthorized
 
 REGISTRY = "/usr/bin/docker-registry"
@@ -206,16 +207,11 @@ def test_htpasswd_auth(images, make_store, auth_registry, tmp_path):
     assert clean.pull(name, auth, None).id == images.resolve(name).id
 
 
-def big_image(registry: Server, repo: str, size: int) -> str:
-    """An image with one large, incompressible, uncompressed layer, put by hand."""
-    data = os.urandom(size)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        info = tarfile.TarInfo("big.bin")
-        info.size = len(data)
-        tf.addfile(info, io.BytesIO(data))
-    layer = buf.getvalue()
-    diff_id = registry.upload(repo, layer)
+def put_image(registry: Server, repo: str, tar: bytes, gzipped: bool = False) -> str:
+    """An image of one layer (the tar, gzipped or not), put by hand; returns the config digest."""
+    layer = gzip.compress(tar) if gzipped else tar
+    registry.upload(repo, layer)
+    diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
     config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]},
                          "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
     config_digest = registry.upload(repo, config)
@@ -223,11 +219,25 @@ def big_image(registry: Server, repo: str, size: int) -> str:
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest,
                    "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": diff_id,
-                    "size": len(layer)}]}).encode()
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if gzipped else ""),
+                    "digest": "sha256:" + hashlib.sha256(layer).hexdigest(), "size": len(layer)}]}).encode()
     registry.call("PUT", f"/v2/{repo}/manifests/1", manifest,
                   {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}).close()
     return config_digest
+
+
+def one_file_tar(name: str, data: bytes) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def big_image(registry: Server, repo: str, size: int) -> str:
+    """An image with one large, incompressible, uncompressed layer, put by hand."""
+    return put_image(registry, repo, one_file_tar("big.bin", os.urandom(size)))
 
 
 def assert_consistent(store) -> None:
@@ -342,3 +352,16 @@ def test_bearer_token_flow(images, make_store, registry, tmp_path):
         assert front.issued[-1] == "repository:team/app:pull"
     finally:
         front.close()
+
+
+def test_pull_stops_at_the_unpacked_size_bound_and_leaves_nothing(make_store, registry):
+    """A few kilobytes of gzip that unpack to 8 MiB, against a store bounded at 1 MiB."""
+    put_image(registry, "bomb/image", one_file_tar("zeros", bytes(8 << 20)), gzipped=True)
+    store = make_store("bounded")
+    store.max_image_size = 1 << 20
+    with pytest.raises(InvalidParameter, match="unpacks to more than 1048576 bytes"):
+        store.pull(f"{registry.host}/bomb/image:1")
+    assert list(store.blobs.digests()) == [] and list(store.layers_dir.iterdir()) == []
+    assert_consistent(store)
+    store.max_image_size = 16 << 20
+    assert store.pull(f"{registry.host}/bomb/image:1").layers  # within the bound: pulled

@@ -7,9 +7,11 @@ import shutil
 from pathlib import Path
 from typing import Callable, Iterator
 
+import docker
 import pytest
 
 import harness
+from harness import Daemon
 from security_support import SUID_BUSYBOX, Containers
 
 
@@ -39,3 +41,17 @@ def containers(tmp_path: Path, lower: Path, unique: Callable[[str], str]) -> Ite
         c.close()
 
 
+
+
+@pytest.fixture
+def client(daemon: Daemon) -> Iterator[docker.DockerClient]:
+    """The Docker SDK on the session's daemon; containers the test made are removed afterwards."""
+    c = daemon.sdk()
+    before = {ctr.id for ctr in c.containers.list(all=True)}
+    try:
+        yield c
+    finally:
+        for ctr in c.containers.list(all=True):
+            if ctr.id not in before:
+                ctr.remove(force=True)
+        c.close()

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+import docker
+
 from coracle import cgroups
 from coracle.cgroups import Resources
 from coracle.cgroups.devices import DeviceRule
@@ -119,3 +121,8 @@ def caps(output: str, field: str = "CapEff") -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1], 16)
     raise AssertionError(f"{field} not in output:\n{output}")
+
+
+def run_script(client: docker.DockerClient, script: str, **kw: object) -> str:
+    """A busybox shell script's output (stderr included) from a container removed afterwards."""
+    return client.containers.run("busybox", ["sh", "-c", f"{{ {script}; }} 2>&1; true"], remove=True, **kw).decode()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Iterator
 
 import docker
 import pytest
 from docker.errors import APIError
 
 from coracle.runtime import capabilities
-from harness import Daemon
+from security_support import run_script
 
 
 def mask(names: list[str] | tuple[str, ...]) -> int:
@@ -22,32 +21,15 @@ def cap_eff(text: str) -> int:
     return int(text.split("CapEff:")[1].split()[0], 16)
 
 
-@pytest.fixture
-def client(daemon: Daemon) -> Iterator[docker.DockerClient]:
-    c = daemon.sdk()
-    before = {ctr.id for ctr in c.containers.list(all=True)}
-    try:
-        yield c
-    finally:
-        for ctr in c.containers.list(all=True):
-            if ctr.id not in before:
-                ctr.remove(force=True)
-        c.close()
-
-
-def run(client: docker.DockerClient, script: str, **kw: object) -> str:
-    return client.containers.run("busybox", ["sh", "-c", f"{{ {script}; }} 2>&1; true"], remove=True, **kw).decode()
-
-
 def test_default_container_is_confined(client: docker.DockerClient) -> None:
-    out = run(client, "grep -E '^CapEff|^Seccomp:' /proc/self/status; mkdir /m; mount -t tmpfs t /m && echo MOUNTED")
+    out = run_script(client, "grep -E '^CapEff|^Seccomp:' /proc/self/status; mkdir /m; mount -t tmpfs t /m && echo MOUNTED")
     assert cap_eff(out) == mask(capabilities.DEFAULT)
     assert "Seccomp:\t2" in out
     assert "MOUNTED" not in out
 
 
 def test_privileged_starts_with_what_the_host_allows(client: docker.DockerClient) -> None:
-    out = run(client, "grep -E '^CapEff|^Seccomp:' /proc/self/status; mkdir /m; mount -t tmpfs t /m && echo MOUNTED",
+    out = run_script(client, "grep -E '^CapEff|^Seccomp:' /proc/self/status; mkdir /m; mount -t tmpfs t /m && echo MOUNTED",
               privileged=True)
     assert cap_eff(out) == mask(capabilities.bounding())
     assert "Seccomp:\t0" in out
@@ -83,7 +65,7 @@ def test_device_flag_grants_one_host_device(client: docker.DockerClient, tmp_pat
     dev = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True,
                          check=True).stdout.strip()
     try:
-        out = run(client, "head -c 12 /dev/xvdb; echo; head -c 1 /dev/kmsg || echo NO-KMSG",
+        out = run_script(client, "head -c 12 /dev/xvdb; echo; head -c 1 /dev/kmsg || echo NO-KMSG",
                   devices=[f"{dev}:/dev/xvdb:r"])
     finally:
         subprocess.run(["losetup", "-d", dev], check=False)

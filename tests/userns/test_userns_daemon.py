@@ -13,7 +13,7 @@ import pytest
 from docker.errors import APIError
 
 from coracle.runtime import userns
-from harness import Daemon, unique
+from harness import Daemon, private_daemon, unique
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +26,10 @@ def remap_daemon() -> Iterator[Daemon]:
         had_user = True
     except KeyError:
         had_user = False
-    d = Daemon(unique("u"), extra_args=["--userns-remap=default"])
-    d.create_netns()
     try:
-        d.start()
-        yield d
+        with private_daemon(unique("u"), extra_args=["--userns-remap=default"]) as d:
+            yield d
     finally:
-        d.destroy()
         if not had_user:
             subprocess.run(["userdel", userns.DEFAULT_USER], check=False, capture_output=True)
         for path, text in saved.items():

@@ -93,6 +93,27 @@ def split_version(path: str) -> tuple[str, str]:
     return match.group(3), text
 
 
+MAX_JSON_DEPTH = 100  # Docker's bodies nest a handful of levels; deeper is an attack on the decoder
+
+
+def decode_json(text: str | bytes, prefix: str = "") -> Any:
+    """JSON from a client; malformed or absurdly nested input is a 400, never a RecursionError (500)
+    here or in whatever walks the result later."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise InvalidParameter(f"{prefix}invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:
+        raise InvalidParameter(f"{prefix}invalid JSON: {exc}") from None
+    level: list[Any] = [value]
+    for _ in range(MAX_JSON_DEPTH + 1):
+        level = [v for item in level if isinstance(item, (dict, list))
+                 for v in (item.values() if isinstance(item, dict) else item)]
+        if not level:
+            return value
+    raise InvalidParameter(f"{prefix}invalid JSON: nested deeper than {MAX_JSON_DEPTH} levels")
+
+
 class Request:
     """One parsed request. The body is buffered (`.body`) unless the route streams it (`.stream()`)."""
 
@@ -140,19 +161,13 @@ class Request:
         value = self.q(name)
         if not value:
             return None
-        try:
-            return json.loads(value)
-        except ValueError as exc:
-            raise InvalidParameter(f"invalid {name} parameter: invalid JSON: {exc}") from None
+        return decode_json(value, f"invalid {name} parameter: ")
 
     def json(self) -> Any:
         """The body as JSON; an empty body is `{}` (Docker treats it as "no options")."""
         if not self.body.strip():
             return {}
-        try:
-            return json.loads(self.body)
-        except ValueError as exc:
-            raise InvalidParameter(f"invalid JSON: {exc}") from None
+        return decode_json(self.body)
 
     # ----- body ---------------------------------------------------------
 
@@ -508,7 +523,8 @@ class Server:
         if exc is not None:  # the head is gone: report inside the stream (Docker's progress shape), then end
             log.error("stream %s %s failed", req.method, req.path, exc_info=exc)
             try:
-                await resp.write(json.dumps({"message": str(exc), "error": str(exc)}).encode() + b"\n")
+                await resp.write(json.dumps({"message": str(exc), "errorDetail": {"message": str(exc)},
+                                             "error": str(exc)}).encode() + b"\n")
             except (ConnectionError, OSError):
                 return False
         try:

@@ -10,7 +10,7 @@ import tempfile
 from typing import Any
 
 from coracle.api.filters import labels_match, parse as parse_filters, values
-from coracle.api.http import Request, Response, Router
+from coracle.api.http import Request, Response, Router, decode_json
 from coracle.engine.engine import Engine
 from coracle.errors import InvalidParameter
 
@@ -23,7 +23,7 @@ def _auth(req: Request) -> dict | None:
         return None
     try:
         padded = header + "=" * (-len(header) % 4)
-        return json.loads(base64.urlsafe_b64decode(padded)) or None
+        return decode_json(base64.urlsafe_b64decode(padded), "invalid X-Registry-Auth header: ") or None
     except ValueError:
         raise InvalidParameter("invalid X-Registry-Auth header") from None
 

@@ -31,6 +31,7 @@ _HOST_CONFIG_KEYS = {
     "PidsLimit": "pids_limit",
     "BlkioWeight": "blkio_weight",
     "OomKillDisable": "oom_kill_disable",
+    "MemorySwappiness": "memory_swappiness",
 }
 
 
@@ -56,6 +57,7 @@ class Resources:
     pids_limit: int = 0  # 0 or -1 unlimited
     blkio_weight: int = 0  # 10..1000
     oom_kill_disable: bool = False
+    memory_swappiness: int = -1  # 0..100; -1 = the kernel's (cgroup v1 only: v2 has no such knob)
 
     @classmethod
     def from_host_config(cls, hc: dict) -> "Resources":
@@ -99,6 +101,8 @@ class Resources:
             raise InvalidParameter(
                 "Minimum memoryswap limit should be larger than memory limit, see usage."
             )
+        if not -1 <= self.memory_swappiness <= 100:
+            raise InvalidParameter(f"Invalid value: {self.memory_swappiness}, valid memory swappiness range is 0-100")
         if self.memory_reservation < 0 or 0 < self.memory_reservation < MIN_MEMORY:
             raise InvalidParameter("Minimum memory reservation allowed is 6MB")
         if self.memory and self.memory_reservation > self.memory:

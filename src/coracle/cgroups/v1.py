@@ -17,7 +17,7 @@ from coracle.cgroups.resources import MAX_CPU_SHARES, MIN_CPU_SHARES, Resources
 from coracle.errors import InvalidParameter, SystemError_
 
 
-def _unescape(field: str) -> str:
+def unescape(field: str) -> str:
     """mountinfo escapes space, tab, newline and backslash as octal (\\040)."""
     return field.encode().decode("unicode_escape") if "\\" in field else field
 
@@ -32,7 +32,7 @@ def hierarchies(root: str = "/sys/fs/cgroup") -> dict[str, str]:
             fstype, _, superopts = right.split(" ", 2)
             if fstype != "cgroup":
                 continue
-            mountpoint = _unescape(left.split(" ")[4])
+            mountpoint = unescape(left.split(" ")[4])
             if os.path.dirname(mountpoint) != root:
                 continue
             for opt in superopts.strip().split(","):
@@ -92,6 +92,9 @@ class V1Manager(Manager):
             files.write(path, r.memory_reservation, "memory reservation")
         if r.oom_kill_disable:
             files.write(self._file("memory", "memory.oom_control", "oom kill disable"), 1, "oom kill disable")
+        if r.memory_swappiness >= 0:
+            path = self._file("memory", "memory.swappiness", "memory swappiness")
+            files.write(path, r.memory_swappiness, "memory swappiness")
         swap = r.memory_swap
         if fresh and r.memory and not swap:
             swap = 2 * r.memory  # Docker's default: as much swap as memory

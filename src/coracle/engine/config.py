@@ -7,12 +7,14 @@ fails with a clear 400 and leaves nothing behind.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import secrets
 import signal as _signal
 from typing import Any
 
 from coracle.errors import InvalidParameter
+from coracle.runtime.rootfs import propagation_of
 
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 RESTART_POLICIES = {"", "no", "always", "unless-stopped", "on-failure"}
@@ -102,6 +104,40 @@ def restart_policy(host_config: dict) -> dict:
     return {"Name": name, "MaximumRetryCount": retries}
 
 
+# Docker's bind propagation modes; rprivate unless asked for.
+PROPAGATIONS = ("private", "rprivate", "shared", "rshared", "slave", "rslave")
+
+
+def clean_path(path: str) -> str:
+    """An absolute path inside the container in canonical form.
+
+    `..` stops at the root, as it does for the container's own processes, so
+    the runtime never receives a path that climbs out of the rootfs when it
+    is joined to it (`/dev/../../tmp/x` is the container's `/tmp/x`)."""
+    return "/" + posixpath.normpath("/" + path).lstrip("/")
+
+
+def _destination(path: Any, kind: str, prefix: str = "") -> str:
+    """A mount's destination: absolute, canonical, and not the container's root."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise InvalidParameter(f"{prefix}invalid mount config for type \"{kind}\": invalid mount path: '{path}' "
+                               "mount path must be absolute")
+    path = clean_path(path)
+    if path == "/":
+        raise InvalidParameter(f"{prefix}invalid mount config for type \"{kind}\": invalid specification: "
+                               "destination can't be '/'")
+    return path
+
+
+def working_dir(path: Any) -> str:
+    """Config.WorkingDir (create and exec): empty or absolute, as Docker requires."""
+    if not path:
+        return ""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise InvalidParameter(f"the working directory '{path}' is invalid, it needs to be an absolute path")
+    return clean_path(path)
+
+
 def binds(host_config: dict, volumes_root: str) -> list[dict[str, Any]]:
     """`-v SRC:DST[:ro]` and HostConfig.Mounts -> mount points (Docker's Mounts shape)."""
     mounts: list[dict[str, Any]] = []
@@ -117,31 +153,51 @@ def binds(host_config: dict, volumes_root: str) -> list[dict[str, Any]]:
             src, dst, mode = parts
         else:
             raise InvalidParameter(f"invalid volume specification: '{bind}'")
-        if not dst.startswith("/"):
-            raise InvalidParameter(f"invalid volume specification: '{bind}': invalid mount config for type \"bind\": invalid mount path: '{dst}' mount path must be absolute")
+        dst = _destination(dst, "bind", f"invalid volume specification: '{bind}': ")
         opts = set(filter(None, mode.split(",")))
-        if opts - {"ro", "rw", "z", "Z", "private", "rprivate", "shared", "rshared", "slave", "rslave", "nocopy"}:
+        propagation = opts & set(PROPAGATIONS)
+        if opts - {"ro", "rw", "z", "Z", "nocopy", *PROPAGATIONS} or len(propagation) > 1:
             raise InvalidParameter(f"invalid mode: {mode}")
-        mounts.append(_mount_point(src, dst, "ro" not in opts, volumes_root))
+        mounts.append(_mount_point(src, dst, "ro" not in opts, volumes_root, propagation=next(iter(propagation), "")))
     for m in host_config.get("Mounts") or []:
-        if not isinstance(m, dict) or not str(m.get("Target", "")).startswith("/"):
-            raise InvalidParameter("invalid mount config: Target must be an absolute path")
+        if not isinstance(m, dict):
+            raise InvalidParameter("invalid mount config: a mount must be an object")
         kind = m.get("Type", "bind")
+        dst = _destination(m.get("Target"), kind)
         if kind == "tmpfs":
             opts = m.get("TmpfsOptions") or {}
             data = ",".join(filter(None, [f"size={opts['SizeBytes']}" if opts.get("SizeBytes") else "",
                                           f"mode={opts['Mode']:o}" if opts.get("Mode") else ""]))
-            mounts.append({"Type": "tmpfs", "Source": "", "Destination": m["Target"], "Mode": data,
+            mounts.append({"Type": "tmpfs", "Source": "", "Destination": dst, "Mode": data,
                            "RW": True, "Propagation": ""})
         elif kind in ("bind", "volume"):
-            mounts.append(_mount_point(m.get("Source", ""), m["Target"], not m.get("ReadOnly"), volumes_root,
-                                       kind=kind))
+            propagation = (m.get("BindOptions") or {}).get("Propagation") or ""
+            if propagation not in ("", *PROPAGATIONS):
+                raise InvalidParameter(f"invalid mount config for type \"{kind}\": invalid propagation mode: "
+                                       f"{propagation}")
+            mounts.append(_mount_point(m.get("Source", ""), dst, not m.get("ReadOnly"), volumes_root,
+                                       kind=kind, propagation=propagation))
         else:
             raise InvalidParameter(f"mount type {kind} is not supported")
     return mounts
 
 
-def _mount_point(src: str, dst: str, rw: bool, volumes_root: str, kind: str | None = None) -> dict[str, Any]:
+def propagation(mount: dict[str, Any]) -> str:
+    """A bind's propagation, checked at start against its source as Docker does: shared
+    and slave binds need a source on a shared (or, for slave, a slave) host mount."""
+    mode = mount.get("Propagation") or ""
+    if mount["Type"] != "bind" or mode.lstrip("r") not in ("shared", "slave"):
+        return mode
+    point, kinds = propagation_of(mount["Source"])
+    if mode.lstrip("r") == "shared" and "shared" not in kinds:
+        raise InvalidParameter(f"path {mount['Source']} is mounted on {point} but it is not a shared mount")
+    if not kinds:
+        raise InvalidParameter(f"path {mount['Source']} is mounted on {point} but it is not a shared or slave mount")
+    return mode
+
+
+def _mount_point(src: str, dst: str, rw: bool, volumes_root: str, kind: str | None = None,
+                 propagation: str = "") -> dict[str, Any]:
     if src.startswith("/"):
         if not os.path.exists(src):
             # Docker creates a missing bind source directory for -v (not for --mount).
@@ -149,7 +205,7 @@ def _mount_point(src: str, dst: str, rw: bool, volumes_root: str, kind: str | No
                 raise InvalidParameter(f"invalid mount config for type \"bind\": bind source path does not exist: {src}")
             os.makedirs(src, exist_ok=True)
         return {"Type": "bind", "Source": src, "Destination": dst, "Mode": "" if rw else "ro", "RW": rw,
-                "Propagation": "rprivate"}
+                "Propagation": propagation or "rprivate"}
     name = src or secrets.token_hex(32)
     if not re.match(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", name):
         raise InvalidParameter(f'"{name}" includes invalid characters for a local volume name')
@@ -161,10 +217,8 @@ def _mount_point(src: str, dst: str, rw: bool, volumes_root: str, kind: str | No
 def tmpfs(host_config: dict) -> list[dict[str, Any]]:
     out = []
     for dst, opts in (host_config.get("Tmpfs") or {}).items():
-        if not dst.startswith("/"):
-            raise InvalidParameter(f"invalid tmpfs mount path: {dst}")
-        out.append({"Type": "tmpfs", "Source": "", "Destination": dst, "Mode": opts or "", "RW": True,
-                    "Propagation": ""})
+        out.append({"Type": "tmpfs", "Source": "", "Destination": _destination(dst, "tmpfs"), "Mode": opts or "",
+                    "RW": True, "Propagation": ""})
     return out
 
 

@@ -165,7 +165,7 @@ class Engine:
         config["Env"] = cfg.merge_env(image_config.get("Env"), cfg.strings(config.get("Env"), "Env"))
         config["Cmd"] = cfg.strings(config.get("Cmd"), "Cmd") or (None if config.get("Entrypoint") else image_config.get("Cmd"))
         config.setdefault("Entrypoint", image_config.get("Entrypoint"))
-        config["WorkingDir"] = config.get("WorkingDir") or image_config.get("WorkingDir") or ""
+        config["WorkingDir"] = cfg.working_dir(config.get("WorkingDir") or image_config.get("WorkingDir"))
         config["User"] = config.get("User") or image_config.get("User") or ""
         config["Labels"] = {**(image_config.get("Labels") or {}), **(config.get("Labels") or {})}
         config["ExposedPorts"] = {**(image_config.get("ExposedPorts") or {}), **(config.get("ExposedPorts") or {})}
@@ -247,7 +247,8 @@ class Engine:
         elif mode != "host":
             namespaces.append("net")
         mounts = [Mount(destination=m["Destination"], type=m["Type"], source=m["Source"],
-                        readonly=not m["RW"], options=m.get("Mode", "") if m["Type"] == "tmpfs" else "")
+                        readonly=not m["RW"], options=m.get("Mode", "") if m["Type"] == "tmpfs" else "",
+                        propagation=cfg.propagation(m))
                   for m in rec["Mounts"]]
         for path, target in (("ResolvConfPath", "/etc/resolv.conf"), ("HostnamePath", "/etc/hostname"),
                              ("HostsPath", "/etc/hosts")):
@@ -321,6 +322,7 @@ class Engine:
             cg.apply(pid)
             cg.set(Resources.from_host_config(hc))
             cg.set_devices([DeviceRule.from_json(r) for r in spec.device_rules])
+            security.set_oom_score_adj(pid, hc)
             fault("start-after-cgroup")
             undo.append(lambda: self.network.detach(cid))
             rec["NetworkSettings"] = self.network.attach(rec, pid)

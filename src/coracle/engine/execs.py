@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from coracle.engine import config as cfg
 from coracle.engine import security
-from coracle.errors import Conflict, InvalidParameter, NotFound
+from coracle.errors import Conflict, InvalidParameter, NotFound, SystemError_
 from coracle.runtime.client import StartError
 from coracle.runtime.spec import Process, Spec
 
@@ -50,7 +50,7 @@ class Execs:
             "DetachKeys": body.get("DetachKeys") or "",
             "ProcessConfig": {"tty": bool(body.get("Tty")), "entrypoint": cmd[0], "arguments": cmd[1:],
                               "privileged": bool(body.get("Privileged")), "user": body.get("User") or ""},
-            "Env": cfg.strings(body.get("Env"), "Env") or [], "WorkingDir": body.get("WorkingDir") or "",
+            "Env": cfg.strings(body.get("Env"), "Env") or [], "WorkingDir": cfg.working_dir(body.get("WorkingDir")),
         }
         self.engine._event(rec, "exec_create: " + " ".join(cmd), execID=exec_id)
         return exec_id
@@ -82,6 +82,11 @@ class Execs:
         try:
             sock, pid = engine.monitor.spawn(spec)
             ex["Pid"] = pid
+            try:
+                security.set_oom_score_adj(pid, rec["HostConfig"])
+            except SystemError_ as exc:
+                engine.monitor.abandon(sock, exec_id)
+                raise StartError(str(exc), 126) from None
             if before_release:
                 before_release(ex)
             engine.monitor.release(sock, exec_id)

@@ -21,7 +21,8 @@ import stat
 from typing import Any, Iterator
 
 from coracle.cgroups.devices import ANY, DeviceRule
-from coracle.errors import InvalidParameter
+from coracle.engine.config import clean_path
+from coracle.errors import InvalidParameter, SystemError_
 from coracle.runtime import capabilities, rootfs, seccomp, seccomp_profile
 from coracle.runtime.security import RLIMITS
 from coracle.runtime.spec import Spec
@@ -63,6 +64,8 @@ def apply(spec: Spec, host_config: dict[str, Any], daemon_no_new_privs: bool) ->
     proc.seccomp = None if privileged or opts.get("seccomp") == "unconfined" else (
         opts.get("seccomp") or seccomp_profile.BUILTIN)
     proc.rlimits = _ulimits(hc)
+    _oom_score_adj(hc)
+    spec.shm_size = _shm_size(hc)
     proc.additional_groups = [str(g) for g in hc.get("GroupAdd") or []]
     spec.readonly_rootfs = _flag(hc, "ReadonlyRootfs")
     spec.sysctls = _sysctls(hc)
@@ -211,6 +214,44 @@ def _ulimits(hc: dict[str, Any]) -> list[dict[str, int | str]]:
     return out
 
 
+def _number(hc: dict[str, Any], key: str) -> int:
+    value = hc.get(key) or 0
+    if type(value) is not int:
+        raise InvalidParameter(f"invalid value {value!r} for {key}")
+    return value
+
+
+def _oom_score_adj(hc: dict[str, Any]) -> int:
+    """Docker's range; below 0 needs CAP_SYS_RESOURCE, which some hosts withhold even from root."""
+    value = _number(hc, "OomScoreAdj")
+    if not -1000 <= value <= 1000:
+        raise InvalidParameter(f"Invalid value {value}, range for oom score adj is [-1000, 1000]")
+    if value < 0 and "CAP_SYS_RESOURCE" not in capabilities.bounding():
+        raise InvalidParameter(f"Invalid value {value} for oom score adj: lowering it needs CAP_SYS_RESOURCE, "
+                               "which this host does not give the daemon")
+    return value
+
+
+def set_oom_score_adj(pid: int, host_config: dict[str, Any]) -> None:
+    """Give a held process (a container's PID 1 or an exec, before any user code) its OOM score.
+
+    Written through the host's /proc by the daemon: a process in a user namespace
+    may not write its own file, and every process it starts inherits the value.
+    Always written, so that nothing inherits the monitor's own score."""
+    try:
+        with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+            f.write(str(_oom_score_adj(host_config)))
+    except OSError as exc:
+        raise SystemError_(f"cannot set the oom score adj of process {pid}: {exc.strerror}") from None
+
+
+def _shm_size(hc: dict[str, Any]) -> int:
+    value = _number(hc, "ShmSize")
+    if value < 0:
+        raise InvalidParameter("SHM size can not be less than 0")
+    return value
+
+
 def _above(a: int, b: int) -> bool:
     """a > b where RLIM_INFINITY is the largest value."""
     inf = resource.RLIM_INFINITY
@@ -251,7 +292,7 @@ def _paths(hc: dict[str, Any], key: str, default: list[str]) -> list[str]:
     paths = _strings(hc, key)
     if any(not p.startswith("/") for p in paths):
         raise InvalidParameter(f"{key} must hold absolute paths")
-    return paths
+    return [clean_path(p) for p in paths]
 
 
 def _devices(hc: dict[str, Any]) -> tuple[list[dict[str, Any]], list[DeviceRule]]:
@@ -264,8 +305,12 @@ def _devices(hc: dict[str, Any]) -> tuple[list[dict[str, Any]], list[DeviceRule]
         host = d["PathOnHost"]
         inside = d.get("PathInContainer") or host
         access = d.get("CgroupPermissions") or "rwm"
-        if not inside.startswith("/") or set(access) - set("rwm"):
+        if not isinstance(inside, str) or not inside.startswith("/") or set(access) - set("rwm"):
             raise InvalidParameter(f"invalid device mapping {host}:{inside}:{access}")
+        inside = clean_path(inside)
+        if inside == "/":
+            raise InvalidParameter(f"invalid device mapping {host}:{inside}:{access}: the container's root "
+                                   "cannot be a device")
         found = list(_device_nodes(host, inside))
         if not found:
             raise InvalidParameter(f"error gathering device information while adding custom device "

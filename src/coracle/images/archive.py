@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from coracle.errors import InvalidParameter
 from coracle.images import mediatypes as mt
 from coracle.images.blobs import DigestMismatch, digest_of, hex_of
+from coracle.images.layers import GZIP_MAGIC, SizeBudget, decompressed
 from coracle.images.reference import parse, try_parse
 
 if TYPE_CHECKING:
@@ -67,31 +68,40 @@ class _Archive:
 
 def load(store: "ImageStore", f: BinaryIO) -> list[str]:
     """Load every image in the archive; returns `name:tag` for tagged ones, ids for others."""
-    spooled = _seekable(store, f)
-    try:
-        archive = _Archive(spooled)
-        with store.assembling():
+    with store.assembling() as budget:
+        tar = _seekable(store, f, budget)
+        try:
+            archive = _Archive(tar)
             if archive.has("manifest.json"):
-                return _load_docker(store, archive)
+                return _load_docker(store, archive, budget)
             if archive.has("index.json") and archive.has("oci-layout"):
-                return _load_oci(store, archive)
-        raise InvalidParameter("the archive has neither manifest.json (docker save) nor index.json (OCI layout)")
-    finally:
-        if spooled is not f:
-            spooled.close()
+                return _load_oci(store, archive, budget)
+            raise InvalidParameter("the archive has neither manifest.json (docker save) nor index.json (OCI layout)")
+        finally:
+            if tar is not f:
+                tar.close()
 
 
-def _seekable(store: "ImageStore", f: BinaryIO) -> BinaryIO:
-    """Random access needs a seekable file: spool a stream (a pipe, a socket) first."""
+def _seekable(store: "ImageStore", f: BinaryIO, budget: SizeBudget) -> BinaryIO:
+    """Random access needs a seekable file: spool a stream (a pipe, a socket) or a gzip
+    archive first, uncompressed and within the budget (read through tarfile's own gzip,
+    an archive that expands without end would be decompressed again at every seek)."""
     try:
         if f.seekable():
-            return f
+            head = f.read(2)
+            f.seek(0)
+            if head != GZIP_MAGIC:
+                return f
     except (AttributeError, OSError):
         pass
     path = store.blobs.temp_path("load")
     out = open(path, "w+b")
     path.unlink()
-    shutil.copyfileobj(f, out, 1 << 20)
+    try:
+        shutil.copyfileobj(budget.meter(decompressed(f), charge=False), out, 1 << 20)
+    except BaseException:
+        out.close()
+        raise
     out.seek(0)
     return out
 
@@ -106,7 +116,7 @@ def _tags(names: list[str]) -> list[str]:
     return tags
 
 
-def _load_docker(store: "ImageStore", archive: _Archive) -> list[str]:
+def _load_docker(store: "ImageStore", archive: _Archive, budget: SizeBudget) -> list[str]:
     manifest = archive.json("manifest.json")
     if not isinstance(manifest, list):
         raise InvalidParameter("manifest.json is not a list")
@@ -119,7 +129,7 @@ def _load_docker(store: "ImageStore", archive: _Archive) -> list[str]:
             raise InvalidParameter(f"{entry['Config']}: {len(layers)} layers for {len(diff_ids)} diff ids")
         for path, diff_id in zip(layers, diff_ids):
             if not store.has_layer(diff_id):
-                store.ingest_layer(archive.open(path), diff_id=diff_id)
+                store.ingest_layer(archive.open(path), diff_id=diff_id, budget=budget)
         tags = _tags(entry.get("RepoTags") or [])
         image = store.add_image(config, tags)
         loaded.extend(tags or [image.id])
@@ -143,7 +153,7 @@ def _verified(archive: _Archive, descriptor: dict[str, Any]) -> bytes:
     return data
 
 
-def _load_oci(store: "ImageStore", archive: _Archive) -> list[str]:
+def _load_oci(store: "ImageStore", archive: _Archive, budget: SizeBudget) -> list[str]:
     index = archive.json("index.json")
     loaded: list[str] = []
     for descriptor in index.get("manifests") or []:
@@ -160,7 +170,7 @@ def _load_oci(store: "ImageStore", archive: _Archive) -> list[str]:
         for layer, diff_id in zip(layers, diff_ids):
             if not store.has_layer(diff_id):
                 store.ingest_layer(archive.open(archive.blob(layer["digest"])),
-                                   blob_digest=layer["digest"], diff_id=diff_id)
+                                   blob_digest=layer["digest"], diff_id=diff_id, budget=budget)
         tags = _tags(_oci_names(descriptor.get("annotations") or {}))
         image = store.add_image(config, tags)
         loaded.extend(tags or [image.id])

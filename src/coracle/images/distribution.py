@@ -24,6 +24,7 @@ from coracle.errors import InvalidParameter, NotFound
 from coracle.faults import fault
 from coracle.images import mediatypes as mt
 from coracle.images.blobs import DigestMismatch, digest_of, hex_of
+from coracle.images.layers import SizeBudget
 from coracle.images.reference import Reference, parse
 from coracle.images.registry import (RETRIES, Credentials, Interrupted, Registry, RegistryUnavailable,
                                      pull_scope, push_scope)
@@ -100,7 +101,7 @@ def pull(store: "ImageStore", text: str, auth: dict | None, progress: Progress |
     if media_type not in mt.MANIFESTS and manifest.get("schemaVersion") != 2:
         raise InvalidParameter(f"{ref.canonical}: manifest type {media_type or 'schema 1'} is not supported")
     scope = pull_scope(ref.repository)
-    with store.assembling():
+    with store.assembling() as budget:
         config = _fetch_small(reg, ref.repository, manifest["config"]["digest"], scope)
         try:
             diff_ids = json.loads(config)["rootfs"]["diff_ids"]
@@ -114,7 +115,7 @@ def pull(store: "ImageStore", text: str, auth: dict | None, progress: Progress |
             report("Pulling fs layer", _short(layer["digest"]))
         abort = threading.Event()
         _parallel([lambda layer=layer, diff_id=diff_id: _pull_layer(store, reg, ref.repository, scope, layer,
-                                                                     diff_id, report, abort)
+                                                                     diff_id, report, abort, budget)
                    for layer, diff_id in zip(layers, diff_ids)], abort)
         image = store.add_image(config, [ref.tagged] if ref.tag else [],
                                 repo_digests=[f"{ref.name}@{top_digest}"])
@@ -232,7 +233,7 @@ def _fetch_small(reg: Registry, repository: str, digest: str, scope: str) -> byt
 
 
 def _pull_layer(store: "ImageStore", reg: Registry, repository: str, scope: str, layer: dict[str, Any],
-                diff_id: str, report: _Reporter, abort: threading.Event) -> None:
+                diff_id: str, report: _Reporter, abort: threading.Event, budget: SizeBudget) -> None:
     digest, total = layer["digest"], layer.get("size")
     short = _short(digest)
     if store.has_layer(diff_id):
@@ -247,7 +248,7 @@ def _pull_layer(store: "ImageStore", reg: Registry, repository: str, scope: str,
     report("Extracting", short)
     with store.blobs.open(digest) as f:
         gzipped = f.read(2) == b"\x1f\x8b"
-    store.add_layer(diff_id, digest, compressed=gzipped)
+    store.add_layer(diff_id, digest, compressed=gzipped, budget=budget)
     report("Pull complete", short)
 
 

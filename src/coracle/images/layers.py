@@ -21,6 +21,7 @@ import posixpath
 import shutil
 import stat
 import tarfile
+import threading
 from typing import BinaryIO, Iterator
 
 from coracle.errors import InvalidParameter
@@ -68,6 +69,44 @@ class HashingReader:
     @property
     def digest(self) -> str:
         return "sha256:" + self.hash.hexdigest()
+
+
+class SizeBudget:
+    """How many bytes of layer tar one import, load or pull may still unpack (--max-image-size).
+
+    Compression hides size: a 1 MB gzip of zeros is a 1 GB layer, so the bound is
+    on what comes out of the decompressor, summed over the layers of one
+    operation (a pull unpacks its layers on several threads)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._lock = threading.Lock()
+
+    def meter(self, f: BinaryIO, charge: bool = True) -> BinaryIO:
+        """f, refusing to yield more than the budget allows. `charge`: what is read counts
+        against the budget (the unpacked layer); otherwise it is only checked (a staging copy
+        of content that will be charged when unpacked)."""
+        return _Metered(f, self, charge)  # type: ignore[return-value]
+
+    def account(self, n: int, seen: int, charge: bool) -> None:
+        with self._lock:
+            if charge:
+                self.used += n
+            total = self.used + (0 if charge else seen)
+        if total > self.limit:
+            raise InvalidParameter(f"the image unpacks to more than {self.limit} bytes, the most this daemon "
+                                   "accepts (coracled --max-image-size)")
+
+
+class _Metered:
+    def __init__(self, f: BinaryIO, budget: SizeBudget, charge: bool) -> None:
+        self.f, self.budget, self.charge, self.seen = f, budget, charge, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.seen += len(data)
+        self.budget.account(len(data), self.seen, self.charge)
+        return data
 
 
 def decompressed(f: BinaryIO) -> BinaryIO:
@@ -212,13 +251,14 @@ class _Unpacker:
             os.utime(path, (mtime, mtime), follow_symlinks=False)
 
 
-def unpack(f: BinaryIO, dest: str) -> tuple[str, int]:
-    """Unpack a (possibly gzip) layer tar into the existing directory dest.
+def unpack(f: BinaryIO, dest: str, budget: SizeBudget | None = None) -> tuple[str, int]:
+    """Unpack a (possibly gzip) layer tar into the existing directory dest, charging `budget`.
 
     Returns (diff id, size): the sha256 of the uncompressed tar, which the caller
     checks against the image config, and the bytes of file content.
     """
-    reader = HashingReader(decompressed(f))
+    tar = decompressed(f)
+    reader = HashingReader(budget.meter(tar) if budget else tar)
     unpacker = _Unpacker(dest)
     try:
         with tarfile.open(fileobj=reader, mode="r|", errorlevel=2) as tf:  # type: ignore[call-overload]

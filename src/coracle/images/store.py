@@ -37,7 +37,7 @@ from coracle.images import archive, builtin, distribution
 from coracle.images import mediatypes as mt
 from coracle.images.blobs import BlobStore, DigestMismatch, digest_of, gzip_chunks, hex_of, read_chunks
 from coracle.images.changes import apply as apply_changes, image_config
-from coracle.images.layers import HashingReader, decompressed, pack, unpack
+from coracle.images.layers import HashingReader, SizeBudget, decompressed, pack, unpack
 from coracle.images.reference import HEX64, parse, try_parse
 from coracle.images.registry import Credentials, Registry
 from coracle.store import Store
@@ -45,6 +45,7 @@ from coracle.store import Store
 IMAGE = "image"
 LAYER = "image-layer"
 EPOCH = "0001-01-01T00:00:00Z"
+DEFAULT_MAX_IMAGE_SIZE = 16 << 30  # unpacked bytes per import, load or pull (coracled --max-image-size)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS image_tags (
@@ -90,8 +91,10 @@ def now_rfc3339() -> str:
 
 
 class ImageStore:
-    def __init__(self, root: str | Path, store: Store, insecure_registries: Iterable[str] = ()) -> None:
+    def __init__(self, root: str | Path, store: Store, insecure_registries: Iterable[str] = (),
+                 max_image_size: int = DEFAULT_MAX_IMAGE_SIZE) -> None:
         self.root = Path(root)
+        self.max_image_size = max_image_size  # unpacked bytes one import, load or pull may produce
         self.insecure = frozenset(insecure_registries)  # spoken to over plain http
         self.store = store
         self.blobs = BlobStore(self.root)
@@ -228,29 +231,38 @@ class ImageStore:
     # ----- adding content ------------------------------------------------
 
     @contextmanager
-    def assembling(self) -> Iterator[None]:
+    def assembling(self) -> Iterator[SizeBudget]:
         """Mark an image being assembled: its blobs and layers exist before any record
-        points to them, so garbage collection waits until no assembly is under way."""
+        points to them, so garbage collection waits until no assembly is under way.
+
+        Yields the operation's unpacking budget. A failed assembly leaves nothing
+        behind: what it stored and no image references is collected at once."""
         with self._lock:
             self._assembling += 1
         try:
-            yield
-        finally:
+            yield SizeBudget(self.max_image_size)
+        except BaseException:
             with self._lock:
                 self._assembling -= 1
+            self.collect_garbage()
+            raise
+        with self._lock:
+            self._assembling -= 1
 
-    def ingest_layer(self, f: BinaryIO, blob_digest: str | None = None, diff_id: str | None = None) -> str:
+    def ingest_layer(self, f: BinaryIO, blob_digest: str | None = None, diff_id: str | None = None,
+                     budget: SizeBudget | None = None) -> str:
         """Store a layer tar (plain or gzip) read from f as a plain blob and unpack it.
 
         blob_digest is what the bytes of f must hash to, diff_id what the tar inside
         must hash to; either is checked when given. Returns the diff id.
         """
         outer = HashingReader(f)
-        got = self.blobs.write(read_chunks(decompressed(outer)), diff_id)
+        tar = decompressed(outer)
+        got = self.blobs.write(read_chunks(budget.meter(tar, charge=False) if budget else tar), diff_id)
         outer.drain()
         if blob_digest is not None and outer.digest != blob_digest:
             raise DigestMismatch(f"layer blob digest {outer.digest} does not match the expected {blob_digest}")
-        self.add_layer(got, got, compressed=False)
+        self.add_layer(got, got, compressed=False, budget=budget)
         return got
 
     def layer_path(self, diff_id: str) -> Path:
@@ -259,7 +271,8 @@ class ImageStore:
     def has_layer(self, diff_id: str) -> bool:
         return self.store.get(LAYER, diff_id) is not None and self.layer_path(diff_id).is_dir()
 
-    def add_layer(self, diff_id: str, blob: str, compressed: bool) -> dict[str, Any]:
+    def add_layer(self, diff_id: str, blob: str, compressed: bool, budget: SizeBudget | None = None
+                  ) -> dict[str, Any]:
         """Record that `blob` holds layer `diff_id` and make sure it is unpacked.
 
         The blob must already be in the store (verified). Unpacking happens in a
@@ -269,7 +282,7 @@ class ImageStore:
         doc = self.store.get(LAYER, diff_id)
         final = self.layer_path(diff_id)
         if doc is None or not final.is_dir():
-            size = self._unpack_blob(diff_id, blob, final)
+            size = self._unpack_blob(diff_id, blob, final, budget)
             doc = {"DiffID": diff_id, "Blob": blob, "Compressed": compressed, "Size": size,
                    "Gzip": blob if compressed else (doc or {}).get("Gzip")}
             self.store.put(LAYER, diff_id, doc)
@@ -278,12 +291,12 @@ class ImageStore:
             self.store.put(LAYER, diff_id, doc)
         return doc
 
-    def _unpack_blob(self, diff_id: str, blob: str, final: Path) -> int:
+    def _unpack_blob(self, diff_id: str, blob: str, final: Path, budget: SizeBudget | None) -> int:
         staging = self.blobs.temp_path("layer")
         staging.mkdir()
         try:
             with self.blobs.open(blob) as f:
-                got, size = unpack(f, str(staging))
+                got, size = unpack(f, str(staging), budget)
             if got != diff_id:
                 raise InvalidParameter(f"layer content {got} does not match its diff id {diff_id}")
             try:
@@ -434,8 +447,8 @@ class ImageStore:
         """`docker import`: a root filesystem tarball (plain or gzip) as a one-layer image."""
         tags = [parse(repo_tag).tagged] if repo_tag else []
         config = apply_changes({}, list(changes or []))
-        with self.assembling():
-            diff_id = self.ingest_layer(fileobj)
+        with self.assembling() as budget:
+            diff_id = self.ingest_layer(fileobj, budget=budget)
             created = now_rfc3339()
             raw = {"architecture": mt.ARCH, "os": mt.OS, "created": created, "config": config,
                    "rootfs": {"type": "layers", "diff_ids": [diff_id]},

@@ -165,6 +165,11 @@ def routes(ipr: IPRoute, family: int = socket.AF_INET) -> list[tuple[str, int, i
             for r in ipr.get_routes(family=family, table=254)]
 
 
+def addresses(ipr: IPRoute, family: int = socket.AF_INET) -> list[tuple[str, int]]:
+    """(address, interface index) of every address of a family on this namespace's interfaces."""
+    return [(a.get("IFA_LOCAL") or a.get("IFA_ADDRESS"), a["index"]) for a in ipr.get_addr(family=family)]
+
+
 def sysctl(path: str, value: str) -> None:
     """Write /proc/sys/<path> (of the calling thread's network namespace)."""
     with open(f"/proc/sys/{path}", "w") as f:

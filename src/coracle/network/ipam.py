@@ -67,6 +67,28 @@ def parse_subnet(text: str, version: int = 4) -> Network:
     return net
 
 
+# Blocks no container network may overlap: their addresses mean something else to every host.
+SPECIAL_BLOCKS: list[tuple[Network, str]] = [
+    (ipaddress.ip_network("0.0.0.0/8"), "\"this network\", the unspecified address"),
+    (ipaddress.ip_network("127.0.0.0/8"), "loopback"),
+    (ipaddress.ip_network("169.254.0.0/16"), "link-local"),
+    (ipaddress.ip_network("224.0.0.0/4"), "multicast"),
+    (ipaddress.ip_network("240.0.0.0/4"), "reserved, with the broadcast address"),
+    (ipaddress.ip_network("::/127"), "unspecified and loopback"),
+    (ipaddress.ip_network("fe80::/10"), "link-local"),
+    (ipaddress.ip_network("ff00::/8"), "multicast"),
+]
+
+
+def check_assignable(net: Network) -> None:
+    """Refuse a subnet that overlaps a special-purpose block (a network of 127.0.0.0/8 would
+    put the host's loopback behind a bridge; 0.0.0.0/0 would claim every address)."""
+    for block, meaning in SPECIAL_BLOCKS:
+        if block.version == net.version and net.overlaps(block):  # type: ignore[arg-type]
+            raise InvalidParameter(f"invalid subnet {net}: it overlaps {block} ({meaning}), which cannot be "
+                                   "used for a network")
+
+
 def parse_address(text: str, what: str, version: int = 4) -> Address:
     try:
         addr = ipaddress.ip_address(str(text).split("/")[0])

@@ -108,6 +108,7 @@ from coracle.network.ipam import (
     DEFAULT_POOLS6,
     IPAM,
     Network,
+    check_assignable,
     parse_address,
     parse_subnet,
     pick_subnet,
@@ -247,9 +248,10 @@ class NetworkManager:
             self._host_sysctl("net/ipv4/ip_forward", "1")
             self._ensure_builtin()
             bridges = self._bridge_records()
+            # rules first: a bridge gets route_localnet only once the loopback guard exists
+            self.firewall.restore([self._rules(r) for r in bridges], self._mappings())
             for rec in bridges:
                 self._plumb(rec)
-            self.firewall.restore([self._rules(r) for r in bridges], self._mappings())
 
     def _ensure_builtin(self) -> None:
         records = {r["Name"]: r for r in self.store.all(KIND) if r["Coracle"]["Builtin"]}
@@ -303,13 +305,14 @@ class NetworkManager:
         }
 
     def _plumb(self, rec: dict[str, Any]) -> None:
-        """The bridge device of a network: created or adopted, addressed, up, route_localnet on."""
+        """The bridge device of a network: created or adopted, addressed, up, route_localnet as the firewall needs."""
         sub, sub6 = Subnet(rec), Subnet.v6(rec)
         name = rec["Coracle"]["Bridge"]
         with self._host() as ipr:
             bridge.ensure_bridge(ipr, name, str(sub.gateway), sub.network.prefixlen, rec["Coracle"]["MTU"])
-        # DNAT of 127.0.0.1:port to a container needs loopback-sourced packets routed into the bridge
-        self._host_sysctl(f"net/ipv4/conf/{name}/route_localnet", "1")
+        # DNAT of 127.0.0.1:port to a container needs loopback-sourced packets routed into the bridge;
+        # without that DNAT the setting would only open the host's loopback to the bridge
+        self._host_sysctl(f"net/ipv4/conf/{name}/route_localnet", "1" if self.firewall.localhost_dnat else "0")
         if sub6 is not None:
             self._host_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "0")
             # no duplicate detection of the link-local address made at link-up: while it is tentative the
@@ -479,7 +482,7 @@ class NetworkManager:
             if any(r["Name"] == name for r in self.store.all(KIND)):
                 raise Conflict(f"network with name {name} already exists")
             if cfg.get("Subnet"):
-                subnet = parse_subnet(cfg["Subnet"])
+                subnet = self._chosen_subnet(cfg["Subnet"], 4)
                 for other in self._bridge_records():
                     if subnet.overlaps(Subnet(other).network):
                         raise Conflict(f"invalid pool request: Pool overlaps with other one on this address "
@@ -522,10 +525,24 @@ class NetworkManager:
                 raise
         return {"Id": rec["Id"], "Warning": ""}
 
+    def _chosen_subnet(self, text: str, version: int) -> Network:
+        """A subnet given by the user: well formed, no special-purpose block, none of the host's own
+        addresses (a bridge holding one would steal the host's traffic for it)."""
+        subnet = parse_subnet(text, version)
+        check_assignable(subnet)
+        with self._host() as ipr:
+            ours = {bridge.index(ipr, r["Coracle"]["Bridge"]) for r in self._bridge_records()}  # overlap: Conflict
+            for address, idx in bridge.addresses(ipr, socket.AF_INET6 if version == 6 else socket.AF_INET):
+                if idx not in ours and ipaddress.ip_address(address) in subnet:
+                    name = ipr.get_links(idx)[0].get_attr("IFLA_IFNAME")
+                    raise InvalidParameter(f"invalid subnet {subnet}: it contains {address}, an address of this "
+                                           f"host (on {name})")
+        return subnet
+
     def _ipv6_config(self, cfg: dict[str, Any]) -> dict[str, str]:
         """The IPv6 IPAM config of a new network: checked like the IPv4 one, or picked from the ULA pool."""
         if cfg.get("Subnet"):
-            subnet = parse_subnet(cfg["Subnet"], 6)
+            subnet = self._chosen_subnet(cfg["Subnet"], 6)
             for other in self._bridge_records():
                 sub6 = Subnet.v6(other)
                 if sub6 is not None and subnet.overlaps(sub6.network):

@@ -9,13 +9,15 @@ host: the mount dies with the namespace.
 from __future__ import annotations
 
 import os
+import posixpath
 import stat
 
 from coracle.cgroups import V2Manager, detect
-from coracle.cgroups.v1 import hierarchies
+from coracle.cgroups.v1 import hierarchies, unescape
 from coracle.errors import SystemError_
 from coracle.runtime import syscalls as sc
 from coracle.runtime import userns
+from coracle.runtime.mountpoint import RootDir, fd_path
 from coracle.runtime.spec import Spec
 
 # Docker's default device nodes: (name, type, major, minor)
@@ -33,32 +35,41 @@ DEFAULT_DEVICES = [
 _NOT_COPIED = {"pts", "shm", "mqueue", "console", "ptmx", "fd", "stdin", "stdout", "stderr"}
 
 
-def _inside(root: str, path: str) -> str:
-    """`path` interpreted inside `root`, refusing symlinks that climb out of it."""
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    current = root
-    for i, part in enumerate(parts):
-        if part == "..":
-            current = os.path.dirname(current) if current != root else root
-            continue
-        candidate = os.path.join(current, part)
-        if os.path.islink(candidate):
-            target = os.readlink(candidate)
-            rest = "/".join(parts[i + 1:])
-            base = root if target.startswith("/") else current
-            return _inside(root, os.path.relpath(os.path.join(base, target.lstrip("/")), root) + ("/" + rest if rest else ""))
-        current = candidate
-    return current
+# Bind propagation (Docker's names) -> the mount flags that set it on the container's side.
+PROPAGATION_FLAGS = {
+    "private": sc.MS_PRIVATE, "rprivate": sc.MS_PRIVATE | sc.MS_REC,
+    "shared": sc.MS_SHARED, "rshared": sc.MS_SHARED | sc.MS_REC,
+    "slave": sc.MS_SLAVE, "rslave": sc.MS_SLAVE | sc.MS_REC,
+}
 
 
-def _ensure(path: str, like_file: bool) -> None:
-    if os.path.lexists(path):
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    if like_file:
-        open(path, "a").close()
-    else:
-        os.makedirs(path, exist_ok=True)
+def _receives_host_mounts(spec: Spec) -> bool:
+    """Whether a bind asks for shared or slave propagation.
+
+    Then the copy of the host's mounts is made a slave (not private) before
+    the binds are taken from it, so that mounts made later on the host under
+    a shared bind source still reach the container, while nothing mounted in
+    the container propagates back (except below an rshared bind, as asked)."""
+    return any(m.propagation.lstrip("r") in ("shared", "slave") for m in spec.mounts)
+
+
+def propagation_of(path: str) -> tuple[str, set[str]]:
+    """(mount point, {"shared", "slave"} or fewer) of the host mount that holds `path`.
+
+    A bind can only be shared or slave with the host if its source already is:
+    Docker checks the same before a start."""
+    path = os.path.realpath(path)
+    found, kinds = "/", set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split(" - ")[0].split(" ")
+            point = unescape(fields[4])
+            if path == point or path.startswith(point.rstrip("/") + "/"):
+                if len(point) >= len(found):  # the last of equal mount points is the one on top
+                    found = point
+                    kinds = {"shared" if o.startswith("shared:") else "slave"
+                             for o in fields[6:] if o.startswith(("shared:", "master:"))}
+    return found, kinds
 
 
 def _host_devices() -> list[dict]:
@@ -82,94 +93,105 @@ def _host_devices() -> list[dict]:
     return found
 
 
-def _make_node(path: str, mode: int, device: int, host: str) -> bool:
-    """mknod, or in a user namespace (where only real root may create nodes) a bind of
-    the host's, which keeps the host's owner; False in that case."""
+def _make_node(root: RootDir, path: str, mode: int, device: int, host: str,
+               owner: tuple[int, int] | None = None) -> None:
+    """A device node at `path` inside the root, replacing what is there (an explicit --device
+    replaces a default node of the same name). In a user namespace, where only real root may
+    create nodes, the host's node is bound instead (and keeps the host's owner)."""
+    parent_fd = root.ensure(posixpath.dirname(path), like_file=False)
+    name = posixpath.basename(path)
     try:
-        os.mknod(path, mode, device)
-    except PermissionError:
-        open(path, "a").close()
-        sc.mount(host, path, None, sc.MS_BIND)
-        return False
-    return True
+        try:
+            os.unlink(name, dir_fd=parent_fd)
+        except FileNotFoundError:
+            pass
+        try:
+            os.mknod(name, mode, device, dir_fd=parent_fd)
+        except PermissionError:
+            root.mount(path, host, None, sc.MS_BIND, like_file=True)
+            return
+        if owner is not None:
+            os.chown(name, *owner, dir_fd=parent_fd, follow_symlinks=False)
+    finally:
+        os.close(parent_fd)
 
 
-def _remount_readonly(target: str, recursive: bool = False) -> None:
+def remount_readonly(target: str, recursive: bool = False) -> None:
     """Make a bind mount read-only, keeping its nosuid/nodev/noexec/noatime: in a user
     namespace those are locked when inherited, and dropping one is refused."""
     keep = os.statvfs(target).f_flag & (sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | sc.MS_NOATIME)
     sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | keep | (sc.MS_REC if recursive else 0))
 
 
-def _mount_dev(root: str, console: int | None, extra: list[dict], privileged: bool) -> None:
-    dev = os.path.join(root, "dev")
-    os.makedirs(dev, exist_ok=True)
+def _mount_dev(root: RootDir, console: int | None, extra: list[dict], privileged: bool, shm_size: int) -> None:
     wanted = (_host_devices() if privileged else []) + extra
-    sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
+    root.mount("/dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
     old = os.umask(0)
     try:
         for name, kind, major, minor in DEFAULT_DEVICES:
-            _make_node(os.path.join(dev, name), 0o666 | stat.S_IFCHR, os.makedev(major, minor), f"/dev/{name}")
+            _make_node(root, f"/dev/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor), f"/dev/{name}")
         for d in wanted:
             mode = (stat.S_IFCHR if d.get("type", "c") == "c" else stat.S_IFBLK) | d.get("mode", 0o660)
-            path = os.path.join(root, d["path"].lstrip("/"))
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            if os.path.lexists(path):
-                os.unlink(path)  # an explicit --device replaces a default node of the same name
-            if _make_node(path, mode, os.makedev(d["major"], d["minor"]), d.get("source") or d["path"]):
-                os.chown(path, d.get("uid", 0), d.get("gid", 0))
+            _make_node(root, d["path"], mode, os.makedev(d["major"], d["minor"]), d.get("source") or d["path"],
+                       (d.get("uid", 0), d.get("gid", 0)))
     finally:
         os.umask(old)
     for sub, fstype, flags, data in (
         ("pts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5"),
-        ("shm", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "mode=1777,size=65536k"),
+        ("shm", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, f"mode=1777,size={shm_size or 64 << 20}"),
         ("mqueue", "mqueue", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, None),
     ):
-        target = os.path.join(dev, sub)
-        os.makedirs(target, exist_ok=True)
-        sc.mount(sub if fstype != "devpts" else "devpts", target, fstype, flags, data)
-    os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
-        os.symlink(target, os.path.join(dev, name))
+        root.mount(f"/dev/{sub}", sub if fstype != "devpts" else "devpts", fstype, flags, data)
+    with root.at("/dev") as dev:
+        os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
+        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+            os.symlink(target, os.path.join(dev, name))
     if console is not None:
         # The terminal comes from the host's devpts; bound on /dev/console, ttyname()
         # finds it by device number, so `tty` names it as it does under Docker.
-        target = os.path.join(dev, "console")
-        _ensure(target, like_file=True)
-        sc.mount(os.ttyname(console), target, None, sc.MS_BIND)  # path in our copy of the host mounts
+        root.mount("/dev/console", os.ttyname(console), None, sc.MS_BIND, like_file=True)
 
 
-def _mount_user_mounts(root: str, spec: Spec) -> None:
+def _mount_user_mounts(root: RootDir, spec: Spec) -> None:
     for m in spec.mounts:
-        target = _inside(root, m.destination)
         if m.type == "tmpfs":
-            _ensure(target, like_file=False)
-            sc.mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, m.options or None)
+            root.mount(m.destination, "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, m.options or None)
             continue
         if not os.path.exists(m.source):
             raise FileNotFoundError(f"bind source path does not exist: {m.source}")
-        _ensure(target, like_file=not os.path.isdir(m.source))
-        sc.mount(m.source, target, None, sc.MS_BIND | sc.MS_REC)
-        if m.readonly:
-            _remount_readonly(target, recursive=True)
+        root.mount(m.destination, m.source, None, sc.MS_BIND | sc.MS_REC, like_file=not os.path.isdir(m.source))
+        with root.at(m.destination) as target:
+            if m.propagation in PROPAGATION_FLAGS:
+                sc.mount(None, target, None, PROPAGATION_FLAGS[m.propagation])
+            if m.readonly:
+                remount_readonly(target, recursive=True)
 
 
-def _mask_and_protect(root: str, spec: Spec) -> None:
+def _mask_and_protect(root: RootDir, spec: Spec) -> None:
     for path in spec.masked_paths:
-        target = os.path.join(root, path.lstrip("/"))
-        if not os.path.lexists(target):
+        try:
+            fd = root.open(path)
+        except (FileNotFoundError, NotADirectoryError):
             continue
-        if os.path.isdir(target):
-            sc.mount("tmpfs", target, "tmpfs", sc.MS_RDONLY, None)
-        else:
-            sc.mount("/dev/null", target, None, sc.MS_BIND)
+        try:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                sc.mount("tmpfs", fd_path(fd), "tmpfs", sc.MS_RDONLY, None)
+            else:
+                sc.mount("/dev/null", fd_path(fd), None, sc.MS_BIND)
+        finally:
+            os.close(fd)
     for path in spec.readonly_paths:
-        target = os.path.join(root, path.lstrip("/"))
-        if not os.path.lexists(target):
+        try:
+            fd = root.open(path)
+        except (FileNotFoundError, NotADirectoryError):
             continue
-        sc.mount(target, target, None, sc.MS_BIND | sc.MS_REC)
-        _remount_readonly(target, recursive=True)
+        try:
+            sc.mount(fd_path(fd), fd_path(fd), None, sc.MS_BIND | sc.MS_REC)
+        finally:
+            os.close(fd)
+        with root.at(path) as target:
+            remount_readonly(target, recursive=True)
 
 
 def own_cgroups() -> dict[str, str]:
@@ -178,7 +200,7 @@ def own_cgroups() -> dict[str, str]:
         return {parts[1]: parts[2] for parts in (line.rstrip("\n").split(":", 2) for line in f)}
 
 
-def _mount_cgroups(root: str, writable: bool, own: dict[str, str]) -> None:
+def _mount_cgroups(sys_dir: str, writable: bool, own: dict[str, str]) -> None:
     """The container's own cgroups at /sys/fs/cgroup, read-only unless privileged.
 
     The process already lives in its cgroup namespace, so each hierarchy
@@ -186,7 +208,7 @@ def _mount_cgroups(root: str, writable: bool, own: dict[str, str]) -> None:
     (and release_agent, which only the root cgroup has) is out of sight.
     In a user namespace (`own` given) v1 hierarchies cannot be mounted, so the
     container's own directory of each is bound from the host instead."""
-    target = os.path.join(root, "sys/fs/cgroup")
+    target = os.path.join(sys_dir, "fs/cgroup")
     if not os.path.isdir(target):
         return
     flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | (0 if writable else sc.MS_RDONLY)
@@ -211,7 +233,7 @@ def _mount_cgroups(root: str, writable: bool, own: dict[str, str]) -> None:
             source = os.path.join(mountpoint_of[name], path.lstrip("/"))
             sc.mount(source, where, None, sc.MS_BIND)
             if not writable:
-                _remount_readonly(where)
+                remount_readonly(where)
         else:
             sc.mount("cgroup", where, "cgroup", flags, ",".join(controllers))
         for controller in controllers:  # "cpu" -> "cpu,cpuacct" where co-mounted
@@ -228,7 +250,7 @@ def _write_sysctls(proc: str, sysctls: dict[str, str]) -> None:
             f.write(value)
 
 
-def _stage_layers(root: str, layers: list[int]) -> list[str]:
+def stage_layers(root: str, layers: list[int]) -> list[str]:
     """Attach the idmapped layer clones (user namespace) on a private tmpfs at `root`;
     the overlay then goes on top and keeps its own references to them."""
     sc.mount("tmpfs", root, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=700")
@@ -242,42 +264,48 @@ def _stage_layers(root: str, layers: list[int]) -> list[str]:
     return paths
 
 
+def _mount_inside(root: RootDir, spec: Spec, console: int | None, own: dict[str, str] | None) -> None:
+    """Kernel filesystems, /dev, the user's mounts, the init binary, sysctls and masks."""
+    root.mount("/proc", "proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    sys_flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | (0 if spec.privileged else sc.MS_RDONLY)
+    try:
+        root.mount("/sys", "sysfs", "sysfs", sys_flags)
+    except PermissionError:
+        # sysfs cannot be mounted fresh when the network namespace is not ours
+        # (host or container: mode); a read-only recursive bind is what Docker does too.
+        root.mount("/sys", "/sys", None, sc.MS_BIND | sc.MS_REC)
+        if not spec.privileged:
+            with root.at("/sys") as sys_dir:
+                remount_readonly(sys_dir, recursive=True)
+    if "cgroup" in spec.namespaces:
+        with root.at("/sys") as sys_dir:
+            _mount_cgroups(sys_dir, writable=spec.privileged, own=own or {})
+    _mount_dev(root, console, spec.devices, spec.privileged, spec.shm_size)
+    _mount_user_mounts(root, spec)
+    if spec.init_binary:
+        root.mount("/sbin/docker-init", spec.init_binary, None, sc.MS_BIND, like_file=True)
+        with root.at("/sbin/docker-init") as target:
+            remount_readonly(target)
+    with root.at("/proc") as proc:
+        _write_sysctls(proc, spec.sysctls)
+    _mask_and_protect(root, spec)
+
+
 def build(spec: Spec, console: int | None = None, layers: list[int] | None = None,
           own: dict[str, str] | None = None) -> None:
     """Mount the overlay, kernel filesystems and user mounts, then pivot into it.
 
     In a user namespace, `layers` are the idmapped clones of spec.lower and
     `own` the container's cgroups as the host names them (see userns.enter)."""
-    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-    root = spec.rootfs
-    lower = ":".join(reversed(_stage_layers(root, layers) if layers else spec.lower))
-    sc.mount("overlay", root, "overlay", 0, f"lowerdir={lower},upperdir={spec.upper},workdir={spec.work}")
-    proc = os.path.join(root, "proc")
-    os.makedirs(proc, exist_ok=True)
-    sc.mount("proc", proc, "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
-    sys_dir = os.path.join(root, "sys")
-    os.makedirs(sys_dir, exist_ok=True)
-    sys_flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | (0 if spec.privileged else sc.MS_RDONLY)
+    sc.mount(None, "/", None, sc.MS_REC | (sc.MS_SLAVE if _receives_host_mounts(spec) else sc.MS_PRIVATE))
+    lower = ":".join(reversed(stage_layers(spec.rootfs, layers) if layers else spec.lower))
+    sc.mount("overlay", spec.rootfs, "overlay", 0, f"lowerdir={lower},upperdir={spec.upper},workdir={spec.work}")
+    root = RootDir(spec.rootfs)
     try:
-        sc.mount("sysfs", sys_dir, "sysfs", sys_flags)
-    except PermissionError:
-        # sysfs cannot be mounted fresh when the network namespace is not ours
-        # (host or container: mode); a read-only recursive bind is what Docker does too.
-        sc.mount("/sys", sys_dir, None, sc.MS_BIND | sc.MS_REC)
-        if not spec.privileged:
-            _remount_readonly(sys_dir, recursive=True)
-    if "cgroup" in spec.namespaces:
-        _mount_cgroups(root, writable=spec.privileged, own=own or {})
-    _mount_dev(root, console, spec.devices, spec.privileged)
-    _mount_user_mounts(root, spec)
-    if spec.init_binary:
-        target = os.path.join(root, "sbin/docker-init")
-        _ensure(target, like_file=True)
-        sc.mount(spec.init_binary, target, None, sc.MS_BIND)
-        _remount_readonly(target)
-    _write_sysctls(proc, spec.sysctls)
-    _mask_and_protect(root, spec)
-    os.chdir(root)
+        _mount_inside(root, spec, console, own)
+    finally:
+        root.close()
+    os.chdir(spec.rootfs)
     sc.pivot_root(".", ".")
     sc.umount2(".", sc.MNT_DETACH)
     os.chdir("/")

@@ -20,6 +20,7 @@ class Mount:
     source: str = ""
     readonly: bool = False
     options: str = ""  # tmpfs data ("size=64m,mode=1777")
+    propagation: str = ""  # binds: Docker's rprivate (default), rshared, rslave, ...
 
 
 @dataclass
@@ -61,6 +62,7 @@ class Spec:
     readonly_paths: list[str] = field(default_factory=list)
     devices: list[dict] = field(default_factory=list)  # extra device nodes {"path", "type", "major", "minor", "mode"}
     sysctls: dict[str, str] = field(default_factory=dict)
+    shm_size: int = 0  # bytes of /dev/shm; 0 = Docker's 64 MiB
     privileged: bool = False
     init_binary: str = ""  # host path of a static init (tini) to run as PID 1 (--init)
     # exec: the container whose namespaces and cgroups to join

@@ -42,6 +42,9 @@ class FirewallDriver(ABC):
     """The kernel side of networks and published ports."""
 
     name = ""
+    # Whether the host's own connections to 127.0.0.1:PORT are DNAT'd into bridges: then the
+    # bridges need route_localnet=1, and the driver drops 127.0.0.0/8 arriving from outside lo.
+    localhost_dnat = False
 
     @abstractmethod
     def restore(self, networks: list[BridgeRules], mappings: list[Mapping]) -> None:

@@ -13,9 +13,15 @@ table: no flush, no policy change, no other table's chains.
     map any_addr, any_port    inet_proto . inet_service : ipv4_addr, : inet_service    -p 8080:80
     map host_addr, host_port  ipv4_addr . inet_proto . inet_service : (same)        -p 127.0.0.1:8080:80
 
-    prerouting (nat, dstnat)  packets to a local address: DNAT through the maps, except
-                              127.0.0.0/8 arriving from anywhere but lo (so a port published
-                              on 127.0.0.1 is unreachable from the LAN, unlike Docker < 28)
+    loopback_guard (filter, raw)  before conntrack and routing: packets for 127.0.0.0/8 arriving
+                              on any interface but lo are dropped. Localhost access needs
+                              route_localnet=1 on the bridges (see postrouting), which alone
+                              would let a container (CAP_NET_RAW, a frame to the gateway's
+                              MAC) or a LAN peer reach the host's loopback-only services and
+                              ports published on 127.0.0.1 (CVE-2020-8558; Docker 28 drops
+                              them the same way). Replies of localhost connections still
+                              carry the gateway's address here: they are un-masqueraded later.
+    prerouting (nat, dstnat)  packets to a local address: DNAT through the maps
     output (nat, -100)        the same for the host's own connections (localhost access)
     postrouting (nat, srcnat) masquerade 127/8 sources leaving into a bridge (localhost access,
                               with route_localnet=1 on the bridge), DNAT'd traffic whose source
@@ -117,6 +123,8 @@ def _skeleton(fam: Family) -> list[dict[str, Any]]:
     ]
     chains = [
         {"chain": {**t, "name": "published"}},
+        {"chain": {**t, "name": "loopback_guard", "type": "filter", "hook": "prerouting", "prio": -300,
+                   "policy": "accept"}},
         {"chain": {**t, "name": "prerouting", "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}},
         {"chain": {**t, "name": "output", "type": "nat", "hook": "output", "prio": -100, "policy": "accept"}},
         {"chain": {**t, "name": "postrouting", "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}},
@@ -130,9 +138,11 @@ def _skeleton(fam: Family) -> list[dict[str, Any]]:
                                               for field, what in (("addr", "addr"), ("port", "port"))}}}]
             for scope, key in (("host", [_payload(fam.proto, "daddr"), *l4]), ("any", l4))
         ],
-        "prerouting": [
+        "loopback_guard": [
             [_match(_meta("iifname"), "lo", "!="), _match(_payload(fam.proto, "daddr"), fam.loopback),
-             {"return": None}],
+             {"drop": None}],
+        ],
+        "prerouting": [
             [local, {"jump": {"target": "published"}}],
         ],
         "output": [
@@ -199,6 +209,7 @@ class NftablesFirewall(FirewallDriver):
     """Drives the `ip coracle` and `ip6 coracle` tables through libnftables' JSON interface."""
 
     name = "nftables"
+    localhost_dnat = True
 
     def __init__(self, netns_path: str) -> None:
         self._ns = netns_path
