@@ -46,7 +46,11 @@ def summary(engine: Engine, rec: dict[str, Any], size: bool = False) -> dict[str
     }
     if size:
         out["SizeRw"] = _du(rec["GraphDriver"]["Data"]["UpperDir"])
-        out["SizeRootFs"] = out["SizeRw"]
+        try:
+            image_size = engine.images.resolve(rec["Image"]).size
+        except NotFound:
+            image_size = 0
+        out["SizeRootFs"] = out["SizeRw"] + image_size  # `ps -s`: "0B (virtual 1.98MB)"
     return out
 
 
@@ -330,7 +334,7 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
         return Response.json(await thread(engine.update, id, body))
 
     async def top(req: Request, id: str) -> Response:
-        return Response.json(await thread(engine.top, id))
+        return Response.json(await thread(engine.top, id, req.q("ps_args") or ""))
 
     async def wait(req: Request, id: str) -> Any:
         condition = req.q("condition") or "not-running"

@@ -250,3 +250,25 @@ def parse_size(text: str) -> int:
 def network_mode(host_config: dict) -> str:
     mode = host_config.get("NetworkMode") or "default"
     return "bridge" if mode == "default" else mode
+
+
+def shared_namespaces(host_config: dict, hostname: str) -> set[str]:
+    """The namespaces `--pid/--ipc/--uts host` share with the host instead of creating.
+
+    Docker's other values (`private`, `shareable`, `none` for IPC) keep a
+    private namespace; joining another container's PID or IPC namespace is
+    refused clearly rather than silently ignored.
+    """
+    shared = set()
+    for key, ns, allowed in (("PidMode", "pid", ("", "host")), ("UTSMode", "uts", ("", "host")),
+                             ("IpcMode", "ipc", ("", "host", "private", "shareable", "none"))):
+        mode = host_config.get(key) or ""
+        if mode.startswith("container:"):
+            raise InvalidParameter(f"{key} {mode}: joining another container's {ns} namespace is not supported")
+        if mode not in allowed:
+            raise InvalidParameter(f"invalid {ns.upper()} mode: {mode}")
+        if mode == "host":
+            shared.add(ns)
+    if "uts" in shared and hostname:
+        raise InvalidParameter("Conflicting options: hostname and the UTS mode")
+    return shared

@@ -31,7 +31,7 @@ from coracle.engine.events import EventBus
 from coracle.engine.execs import Execs
 from coracle.engine.names import random_name
 from coracle.engine.restart import RestartTracker
-from coracle.engine.top import network_counters, processes
+from coracle.engine.top import network_counters, processes, ps
 from coracle.errors import (
     Conflict,
     CoracleError,
@@ -171,11 +171,12 @@ class Engine:
         config["ExposedPorts"] = {**(image_config.get("ExposedPorts") or {}), **(config.get("ExposedPorts") or {})}
         config["StopSignal"] = config.get("StopSignal") or image_config.get("StopSignal") or "SIGTERM"
         cfg.parse_signal(config["StopSignal"])
+        host_ns = cfg.shared_namespaces(host_config, config.get("Hostname") or "")
         check = health.merge(config.pop("Healthcheck", None), image_config.get("Healthcheck"))
         health.validate(check)
         if check:
             config["Healthcheck"] = check
-        if mode == "host":
+        if mode == "host" or "uts" in host_ns:
             config["Hostname"] = config.get("Hostname") or os.uname().nodename
         elif not mode.startswith("container:"):
             config["Hostname"] = config.get("Hostname") or cid[:12]
@@ -239,7 +240,8 @@ class Engine:
     def _spec(self, rec: dict[str, Any], mode: str) -> Spec:
         cid, config, hc = rec["Id"], rec["Config"], rec["HostConfig"]
         image = self.images.resolve(rec["Image"])
-        namespaces = ["mnt", "uts", "ipc", "pid", "cgroup"]
+        shared = cfg.shared_namespaces(hc, "")
+        namespaces = [ns for ns in ("mnt", "uts", "ipc", "pid", "cgroup") if ns not in shared]
         join_net = ""
         if mode.startswith("container:"):
             donor = self._running(mode.split(":", 1)[1], for_="join its network namespace")
@@ -671,9 +673,10 @@ class Engine:
         out["ExecIDs"] = self.execs.of_container(rec["Id"]) or None
         return out
 
-    def top(self, ref: str) -> dict[str, Any]:
+    def top(self, ref: str, ps_args: str = "") -> dict[str, Any]:
         rec = self._running(ref)
-        return processes(self.cgroup(rec).procs())
+        pids = self.cgroup(rec).procs()
+        return ps(pids, ps_args) if ps_args else processes(pids)
 
     def stats(self, ref: str) -> dict[str, Any]:
         rec = self.get(ref)

@@ -22,12 +22,15 @@ from coracle.runtime.spec import Process, Spec
 if TYPE_CHECKING:
     from coracle.engine.engine import Engine
 
+EXEC_START_FAILED = 126
+
 
 class Execs:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.records: dict[str, dict[str, Any]] = {}
         self._done: dict[str, threading.Event] = {}
+        self._failed: set[str] = set()
 
     def __contains__(self, exec_id: str) -> bool:
         return exec_id in self.records
@@ -91,18 +94,21 @@ class Execs:
                 before_release(ex)
             engine.monitor.release(sock, exec_id)
         except StartError as exc:
-            ex.update({"Running": False, "ExitCode": exc.exit_code})
+            # Docker records 126 for any exec that could not be started (a missing binary included);
+            # 127 is `run`'s code for a missing command, not exec's.
+            ex.update({"Running": False, "ExitCode": EXEC_START_FAILED})
+            self._failed.add(exec_id)
             done = self._done.pop(exec_id, None)  # the exit may have been reported first
             if done:
                 done.set()
-            raise StartError(f"OCI runtime exec failed: {exc}", exc.exit_code) from None
+            raise StartError(f"OCI runtime exec failed: {exc}", EXEC_START_FAILED) from None
         engine._event(rec, "exec_start: " + " ".join(process.args), execID=exec_id)
 
     def exited(self, event: dict[str, Any]) -> None:
         """The monitor reaped an exec'd process."""
         ex = self.records.get(event["id"])
-        if ex is None:
-            return
+        if ex is None or event["id"] in self._failed:
+            return  # a process that never got to run: its start error already set the code
         ex.update({"Running": False, "ExitCode": event["exit_code"]})
         done = self._done.pop(event["id"], None)
         if done:
@@ -128,6 +134,7 @@ class Execs:
         """Forget a finished exec the engine ran for itself (healthcheck probes)."""
         self.records.pop(exec_id, None)
         self._done.pop(exec_id, None)
+        self._failed.discard(exec_id)
 
     def wait(self, exec_id: str, timeout: float | None = None) -> dict[str, Any]:
         done = self._done.get(exec_id)

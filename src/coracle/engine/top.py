@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import pwd
+import subprocess
 import time
 from typing import Any
+
+from coracle.errors import SystemError_
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -40,6 +43,31 @@ def processes(pids: list[int]) -> dict[str, Any]:
         rows.append([user, str(pid), fields[1], "0", started, "?",
                      time.strftime("%H:%M:%S", time.gmtime(cpu)), cmd or f"[{fields[0]}]"])
     return {"Titles": ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"], "Processes": rows}
+
+
+def ps(pids: list[int], ps_args: str) -> dict[str, Any]:
+    """`docker top CONTAINER ARGS`: the host's ps(1) with those arguments, rows of the container's processes.
+
+    As Docker does: ps runs once for the whole host, and its PID column picks
+    the container's rows (so any column set the user asks for works).
+    """
+    try:
+        res = subprocess.run(["ps", *ps_args.split()], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SystemError_(f"Error running ps: {exc}") from None
+    if res.returncode != 0:
+        raise SystemError_(f"Error running ps: exit status {res.returncode}: {res.stderr.strip()}")
+    lines = res.stdout.splitlines()
+    titles = lines[0].split() if lines else []
+    if "PID" not in titles:
+        raise SystemError_("Couldn't find PID field in ps output")
+    column, wanted = titles.index("PID"), {str(p) for p in pids}
+    rows = []
+    for line in lines[1:]:
+        fields = line.split(None, len(titles) - 1)
+        if len(fields) > column and fields[column] in wanted:
+            rows.append(fields)
+    return {"Titles": titles, "Processes": rows}
 
 
 def network_counters(pid: int) -> dict[str, dict[str, int]]:
