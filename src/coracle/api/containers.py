@@ -318,6 +318,9 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
         return Response.empty(204)
 
     async def remove(req: Request, id: str) -> Response:
+        if req.qbool("link"):
+            await thread(engine.remove_link, id)
+            return Response.empty(204)
         await thread(engine.remove, id, req.qbool("force"), req.qbool("v"))
         return Response.empty(204)
 
@@ -564,7 +567,7 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
     r("POST", "/containers/{id}/kill", kill)
     r("POST", "/containers/{id}/pause", pause)
     r("POST", "/containers/{id}/unpause", unpause)
-    r("DELETE", "/containers/{id}", remove)
+    r("DELETE", "/containers/{id*}", remove)  # a link is named /linker/alias
     r("POST", "/containers/{id}/rename", rename)
     r("POST", "/containers/{id}/update", update)
     r("GET", "/containers/{id}/top", top)

@@ -69,6 +69,7 @@ def add_container_flags(p: argparse.ArgumentParser) -> None:
     a("--dns-search", action="append", default=[], help="set custom DNS search domains")
     a("--dns-option", "--dns-opt", dest="dns_option", action="append", default=[], help="set DNS options")
     a("--add-host", action="append", default=[], help="add a custom host-to-IP mapping (host:ip)")
+    a("--link", action="append", default=[], help="add link to another container (name[:alias])")
     add_resource_flags(a)
     a("--oom-kill-disable", action="store_true", help="disable OOM Killer")
     a("--cgroup-parent", help="optional parent cgroup for the container")
@@ -353,6 +354,7 @@ def create_body(args: argparse.Namespace, *, detach: bool = True,
         "DnsSearch": args.dns_search,
         "DnsOptions": args.dns_option,
         "ExtraHosts": [_extra_host(h) for h in args.add_host] or None,
+        "Links": args.link or None,
         "GroupAdd": args.group_add or None,
         "UsernsMode": args.userns or "",
         "PidMode": args.pid or "",

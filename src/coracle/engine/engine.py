@@ -26,7 +26,7 @@ from coracle import cgroups
 from coracle.cgroups import Resources
 from coracle.cgroups.devices import DeviceRule
 from coracle.engine import config as cfg
-from coracle.engine import health, security
+from coracle.engine import health, links, security
 from coracle.engine.events import EventBus
 from coracle.engine.execs import Execs
 from coracle.engine.names import random_name
@@ -159,6 +159,13 @@ class Engine:
                 raise InvalidParameter("conflicting options: hostname and the network mode")
             host_config["NetworkMode"] = f"container:{donor['Id']}"
         self.network.validate(mode, host_config, networking.get("EndpointsConfig") or {})
+        link_pairs = links.parse(host_config.get("Links"), mode)
+        link_targets = []
+        for target, _ in link_pairs:
+            try:
+                link_targets.append(self.get(target))
+            except NotFound:
+                raise NotFound(f"could not get container for {target}") from None
         security.apply(Spec(id="", process=Process(args=argv)), host_config, self.no_new_privileges)
         security.user_namespace(host_config, self.userns_remap)
         cid = cfg.new_id()
@@ -206,6 +213,7 @@ class Engine:
         }
         with self._lock:
             rec["Name"] = "/" + (cfg.check_name(name) if name else self._generate_name())
+            host_config["Links"] = links.stored(link_pairs, link_targets, rec["Name"]) or None
             for other in self.records():
                 if other["Name"] == rec["Name"]:
                     raise Conflict(
@@ -258,7 +266,8 @@ class Engine:
             if not any(m.destination == target for m in mounts):
                 mounts.append(Mount(destination=target, source=rec[path]))
         process = Process(
-            args=[rec["Path"], *rec["Args"]], env=config["Env"], cwd=config["WorkingDir"] or "/",
+            args=[rec["Path"], *rec["Args"]], env=config["Env"] + links.environment(links.resolve(self, rec)),
+            cwd=config["WorkingDir"] or "/",
             user=config["User"], additional_groups=hc.get("GroupAdd") or [], tty=config["Tty"],
             stdin=config["OpenStdin"],
             no_new_privileges=self.no_new_privileges or "no-new-privileges" in (hc.get("SecurityOpt") or [])
@@ -382,6 +391,8 @@ class Engine:
     def _write_files(self, rec: dict[str, Any]) -> None:
         """/etc/hostname, /etc/hosts, /etc/resolv.conf as the network layer describes them."""
         for target, content in self.network.files(rec, rec["NetworkSettings"]).items():
+            if target == "/etc/hosts":
+                content += links.hosts_lines(links.resolve(self, rec))
             key = {"/etc/hosts": "HostsPath", "/etc/resolv.conf": "ResolvConfPath",
                    "/etc/hostname": "HostnamePath"}[target]
             tmp = rec[key] + ".tmp"
@@ -610,6 +621,12 @@ class Engine:
         with self._lock:
             self._locks.pop(cid, None)
         self._event(rec, "destroy")
+
+    def remove_link(self, path: str) -> None:
+        """DELETE /containers/{linker/alias}?link=1: the linking container forgets that link."""
+        rec = links.remove(self, path)
+        with self._lock_for(rec["Id"]):
+            self.save(rec)
 
     def rename(self, ref: str, new_name: str) -> None:
         name = "/" + cfg.check_name(new_name)
