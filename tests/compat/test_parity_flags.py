@@ -41,3 +41,14 @@ def test_exec_that_cannot_start_is_126_top_takes_ps_args_and_ps_s_has_virtual_si
     docker("exec", name, "sh", "-c", "head -c 100000 /dev/zero > /big")
     size = docker("ps", "-s", "--filter", f"name={name}", "--format", "{{.Size}}").stdout.strip()
     assert size.startswith("100kB (virtual ") and size.endswith("MB)"), size
+
+
+def test_tmpfs_defaults_to_noexec_and_takes_flag_words(docker: Docker) -> None:
+    """Docker mounts --tmpfs noexec,nosuid,nodev unless the options say otherwise."""
+    script = "printf '#!/bin/sh\\necho RAN\\n' > /t/x; chmod +x /t/x; /t/x; grep ' /t ' /proc/mounts"
+    default = docker("run", "--rm", "--tmpfs", "/t", "busybox", "sh", "-c", script, check=False).stdout
+    assert "RAN" not in default and "noexec" in default and "nosuid" in default and "nodev" in default
+    allowed = docker("run", "--rm", "--tmpfs", "/t:exec,size=1m", "busybox", "sh", "-c", script).stdout
+    assert "RAN" in allowed and "noexec" not in allowed and "size=1024k" in allowed
+    bad = docker("run", "--rm", "--tmpfs", "/t:bogus", "busybox", "true", check=False)
+    assert bad.returncode != 0 and "invalid tmpfs option 'bogus'" in bad.stderr

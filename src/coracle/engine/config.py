@@ -14,6 +14,7 @@ import signal as _signal
 from typing import Any
 
 from coracle.errors import InvalidParameter
+from coracle.runtime.mountpoint import tmpfs_options
 from coracle.runtime.rootfs import propagation_of
 
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
@@ -166,7 +167,8 @@ def binds(host_config: dict, volumes_root: str) -> list[dict[str, Any]]:
         dst = _destination(m.get("Target"), kind)
         if kind == "tmpfs":
             opts = m.get("TmpfsOptions") or {}
-            data = ",".join(filter(None, [f"size={opts['SizeBytes']}" if opts.get("SizeBytes") else "",
+            data = ",".join(filter(None, ["ro" if m.get("ReadOnly") else "",
+                                          f"size={opts['SizeBytes']}" if opts.get("SizeBytes") else "",
                                           f"mode={opts['Mode']:o}" if opts.get("Mode") else ""]))
             mounts.append({"Type": "tmpfs", "Source": "", "Destination": dst, "Mode": data,
                            "RW": True, "Propagation": ""})
@@ -217,6 +219,10 @@ def _mount_point(src: str, dst: str, rw: bool, volumes_root: str, kind: str | No
 def tmpfs(host_config: dict) -> list[dict[str, Any]]:
     out = []
     for dst, opts in (host_config.get("Tmpfs") or {}).items():
+        try:
+            tmpfs_options(opts or "")
+        except ValueError as exc:
+            raise InvalidParameter(f"invalid tmpfs mount {dst}: {exc}") from None
         out.append({"Type": "tmpfs", "Source": "", "Destination": _destination(dst, "tmpfs"), "Mode": opts or "",
                     "RW": True, "Propagation": ""})
     return out

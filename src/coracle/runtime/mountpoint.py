@@ -94,3 +94,29 @@ class RootDir:
             raise OSError(exc.errno, f"mount {source or fstype} on {path}: {os.strerror(exc.errno)}") from None
         finally:
             os.close(fd)
+
+
+# tmpfs option words that are mount flags: word -> (flag, set it?)
+_TMPFS_FLAGS = {
+    "ro": (sc.MS_RDONLY, True), "rw": (sc.MS_RDONLY, False), "noexec": (sc.MS_NOEXEC, True),
+    "exec": (sc.MS_NOEXEC, False), "nosuid": (sc.MS_NOSUID, True), "suid": (sc.MS_NOSUID, False),
+    "nodev": (sc.MS_NODEV, True), "dev": (sc.MS_NODEV, False), "noatime": (sc.MS_NOATIME, True),
+    "atime": (sc.MS_NOATIME, False), "strictatime": (sc.MS_STRICTATIME, True),
+}
+_TMPFS_DATA = ("size", "mode", "uid", "gid", "nr_inodes", "nr_blocks", "huge", "mpol")
+_PROPAGATION_WORDS = {"private", "rprivate", "shared", "rshared", "slave", "rslave"}
+TMPFS_DEFAULTS = "noexec,nosuid,nodev"  # Docker's, which the user's options override word by word
+
+
+def tmpfs_options(text: str) -> tuple[int, str]:
+    """`--tmpfs PATH:OPTIONS` -> (mount flags, data), Docker's defaults first; ValueError for a bad word."""
+    flags, data = 0, []
+    for word in filter(None, f"{TMPFS_DEFAULTS},{text or ''}".split(",")):
+        if word in _TMPFS_FLAGS:
+            bit, on = _TMPFS_FLAGS[word]
+            flags = flags | bit if on else flags & ~bit
+        elif word.partition("=")[0] in _TMPFS_DATA and "=" in word:
+            data.append(word)
+        elif word not in _PROPAGATION_WORDS:
+            raise ValueError(f"invalid tmpfs option {word!r}")
+    return flags, ",".join(data)

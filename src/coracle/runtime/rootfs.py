@@ -17,7 +17,7 @@ from coracle.cgroups.v1 import hierarchies, unescape
 from coracle.errors import SystemError_
 from coracle.runtime import syscalls as sc
 from coracle.runtime import userns
-from coracle.runtime.mountpoint import RootDir, fd_path
+from coracle.runtime.mountpoint import RootDir, fd_path, tmpfs_options
 from coracle.runtime.spec import Spec
 
 # Docker's default device nodes: (name, type, major, minor)
@@ -156,7 +156,8 @@ def _mount_dev(root: RootDir, console: int | None, extra: list[dict], privileged
 def _mount_user_mounts(root: RootDir, spec: Spec) -> None:
     for m in spec.mounts:
         if m.type == "tmpfs":
-            root.mount(m.destination, "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, m.options or None)
+            flags, data = tmpfs_options(m.options)
+            root.mount(m.destination, "tmpfs", "tmpfs", flags, data or None)
             continue
         if not os.path.exists(m.source):
             raise FileNotFoundError(f"bind source path does not exist: {m.source}")
