@@ -18,11 +18,12 @@ would keep a fresh address unusable ("tentative") for a second or more.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import secrets
 import socket
 from contextlib import contextmanager
-from typing import Iterator
+from collections.abc import Iterator
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -52,8 +53,13 @@ def random_mac() -> str:
 
 
 def index(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
+    """The interface's index, asked for by name (one request: pyroute2's link_lookup dumps every link)."""
+    try:
+        return ipr.link("get", ifname=name)[0]["index"]
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise
 
 
 def ensure_bridge(ipr: IPRoute, name: str, gateway: str, prefixlen: int, mtu: int) -> None:
@@ -71,12 +77,16 @@ def link_up(ipr: IPRoute, name: str) -> None:
 
 
 def ensure_address(ipr: IPRoute, name: str, address: str, prefixlen: int) -> None:
-    """Give an interface an address (IPv4 or IPv6) unless it already has it."""
-    idx = index(ipr, name)
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    have = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx, family=family)}
-    if (address, prefixlen) not in have:
-        add_address(ipr, idx, address, prefixlen)
+    """Give an interface an address (IPv4 or IPv6) unless it already has it.
+
+    Adding and accepting EEXIST is one request; listing first made pyroute2 dump
+    every address of the host and filter them in Python.
+    """
+    try:
+        add_address(ipr, index(ipr, name), address, prefixlen)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
 
 
 def add_address(ipr: IPRoute, idx: int, address: str, prefixlen: int) -> None:
@@ -158,11 +168,39 @@ def lo_up(ipr: IPRoute) -> None:
     ipr.link("set", index=index(ipr, "lo"), state="up")
 
 
-def routes(ipr: IPRoute, family: int = socket.AF_INET) -> list[tuple[str, int, int]]:
-    """(destination, prefix length, output interface index) of the main table's routes of a family."""
-    default = "::" if family == socket.AF_INET6 else "0.0.0.0"
-    return [(r.get("RTA_DST") or default, r["dst_len"], r.get("RTA_OIF") or 0)
-            for r in ipr.get_routes(family=family, table=254)]
+def routes(family: int = socket.AF_INET) -> list[tuple[str, int, str]]:
+    """(destination, prefix length, interface name) of the main table's routes of the calling
+    thread's network namespace, read from /proc.
+
+    Why not netlink: pyroute2 decodes every message in Python (about a millisecond
+    each here), so a route dump plus a link dump to name the interfaces made every
+    `network create` cost grow with the number of networks; the kernel's text table
+    names the interface itself and parses in microseconds.
+    """
+    if family == socket.AF_INET6:
+        return _routes_v6()
+    out = []
+    with open("/proc/thread-self/net/route") as f:
+        next(f)
+        for line in f:
+            iface, dst, _gw, _flags, _ref, _use, _metric, mask, *_ = line.split()
+            out.append((str(ipaddress.IPv4Address(int(dst, 16).to_bytes(4, "little"))),
+                        bin(int(mask, 16)).count("1"), iface))
+    return out
+
+
+def _routes_v6() -> list[tuple[str, int, str]]:
+    """IPv6 routes; the local table's host routes and multicast (shown here too) are left out."""
+    out = []
+    with open("/proc/thread-self/net/ipv6_route") as f:
+        for line in f:
+            dst, plen, *_, iface = line.split()
+            address = ipaddress.IPv6Address(bytes.fromhex(dst))
+            length = int(plen, 16)
+            if length == 128 or address.is_multicast:
+                continue
+            out.append((str(address), length, iface))
+    return out
 
 
 def addresses(ipr: IPRoute, family: int = socket.AF_INET) -> list[tuple[str, int]]:

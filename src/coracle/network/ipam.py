@@ -22,10 +22,13 @@ rules: a network simply holds leases of both families. Its subnet comes from
 
 from __future__ import annotations
 
+import bisect
+import itertools
+
 import ipaddress
 import sqlite3
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Iterable
+from collections.abc import Iterable
 
 from coracle.errors import Conflict, InvalidParameter
 from coracle.store import Store
@@ -102,13 +105,19 @@ def parse_address(text: str, what: str, version: int = 4) -> Address:
 
 def pick_subnet(pools: list[tuple[str, int]], taken: Iterable[Network], version: int = 4) -> Network:
     """The first pool-sized subnet that overlaps nothing in `taken` (networks, host routes)."""
-    taken = [t for t in taken if t.version == version]
+    # Taken ranges sorted by start, with the running maximum of their ends: a candidate
+    # [lo, hi] overlaps one iff some range starting at or before hi ends at or after lo.
+    ranges = sorted((int(t.network_address), int(t.broadcast_address)) for t in taken if t.version == version)
+    starts = [start for start, _ in ranges]
+    reach = list(itertools.accumulate((end for _, end in ranges), max))
     for base, size in pools:
         pool = parse_subnet(base, version)
         if size < pool.prefixlen:
             raise InvalidParameter(f"invalid default address pool {base}: size {size} is larger than the pool")
         for candidate in pool.subnets(new_prefix=size):
-            if not any(candidate.overlaps(t) for t in taken):
+            lo, hi = int(candidate.network_address), int(candidate.broadcast_address)
+            before = bisect.bisect_right(starts, hi)
+            if not before or reach[before - 1] < lo:
                 return candidate
     raise InvalidParameter(f"could not find an available, non-overlapping IPv{version} address pool among the "
                            "defaults to assign to the network")

@@ -335,17 +335,17 @@ class NetworkManager:
 
     def _taken(self, ignore: set[str] | None = None, version: int = 4) -> list[Network]:
         """Subnets in use: our networks' and the host's routes (except routes through our bridges)."""
-        records = [r for r in self._bridge_records() if not ignore or r["Id"] not in ignore]
+        every = self._bridge_records()
+        records = [r for r in every if not ignore or r["Id"] not in ignore]
         if version == 4:
             out = [Subnet(r).network for r in records]
         else:
             out = [sub.network for sub in map(Subnet.v6, records) if sub is not None]
-        ours = {r["Coracle"]["Bridge"] for r in self._bridge_records()}
-        with self._host() as ipr:
-            our_indexes = {bridge.index(ipr, name) for name in ours} - {None}
-            for dst, length, oif in bridge.routes(ipr, socket.AF_INET6 if version == 6 else socket.AF_INET):
-                if length and oif not in our_indexes:
-                    out.append(ipaddress.ip_network(f"{dst}/{length}", strict=False))
+        ours = {r["Coracle"]["Bridge"] for r in every}
+        with netns(self.host_netns):
+            found = bridge.routes(socket.AF_INET6 if version == 6 else socket.AF_INET)
+        out += [ipaddress.ip_network(f"{dst}/{length}", strict=False)
+                for dst, length, iface in found if length and iface not in ours]
         return out
 
     # ----- reconciliation ----------------------------------------------------
