@@ -94,7 +94,7 @@ def _make_node(path: str, mode: int, device: int, host: str) -> bool:
     return True
 
 
-def _remount_readonly(target: str, recursive: bool = False) -> None:
+def remount_readonly(target: str, recursive: bool = False) -> None:
     """Make a bind mount read-only, keeping its nosuid/nodev/noexec/noatime: in a user
     namespace those are locked when inherited, and dropping one is refused."""
     keep = os.statvfs(target).f_flag & (sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | sc.MS_NOATIME)
@@ -152,7 +152,7 @@ def _mount_user_mounts(root: str, spec: Spec) -> None:
         _ensure(target, like_file=not os.path.isdir(m.source))
         sc.mount(m.source, target, None, sc.MS_BIND | sc.MS_REC)
         if m.readonly:
-            _remount_readonly(target, recursive=True)
+            remount_readonly(target, recursive=True)
 
 
 def _mask_and_protect(root: str, spec: Spec) -> None:
@@ -169,7 +169,7 @@ def _mask_and_protect(root: str, spec: Spec) -> None:
         if not os.path.lexists(target):
             continue
         sc.mount(target, target, None, sc.MS_BIND | sc.MS_REC)
-        _remount_readonly(target, recursive=True)
+        remount_readonly(target, recursive=True)
 
 
 def own_cgroups() -> dict[str, str]:
@@ -211,7 +211,7 @@ def _mount_cgroups(root: str, writable: bool, own: dict[str, str]) -> None:
             source = os.path.join(mountpoint_of[name], path.lstrip("/"))
             sc.mount(source, where, None, sc.MS_BIND)
             if not writable:
-                _remount_readonly(where)
+                remount_readonly(where)
         else:
             sc.mount("cgroup", where, "cgroup", flags, ",".join(controllers))
         for controller in controllers:  # "cpu" -> "cpu,cpuacct" where co-mounted
@@ -228,7 +228,7 @@ def _write_sysctls(proc: str, sysctls: dict[str, str]) -> None:
             f.write(value)
 
 
-def _stage_layers(root: str, layers: list[int]) -> list[str]:
+def stage_layers(root: str, layers: list[int]) -> list[str]:
     """Attach the idmapped layer clones (user namespace) on a private tmpfs at `root`;
     the overlay then goes on top and keeps its own references to them."""
     sc.mount("tmpfs", root, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=700")
@@ -250,7 +250,7 @@ def build(spec: Spec, console: int | None = None, layers: list[int] | None = Non
     `own` the container's cgroups as the host names them (see userns.enter)."""
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     root = spec.rootfs
-    lower = ":".join(reversed(_stage_layers(root, layers) if layers else spec.lower))
+    lower = ":".join(reversed(stage_layers(root, layers) if layers else spec.lower))
     sc.mount("overlay", root, "overlay", 0, f"lowerdir={lower},upperdir={spec.upper},workdir={spec.work}")
     proc = os.path.join(root, "proc")
     os.makedirs(proc, exist_ok=True)
@@ -265,7 +265,7 @@ def build(spec: Spec, console: int | None = None, layers: list[int] | None = Non
         # (host or container: mode); a read-only recursive bind is what Docker does too.
         sc.mount("/sys", sys_dir, None, sc.MS_BIND | sc.MS_REC)
         if not spec.privileged:
-            _remount_readonly(sys_dir, recursive=True)
+            remount_readonly(sys_dir, recursive=True)
     if "cgroup" in spec.namespaces:
         _mount_cgroups(root, writable=spec.privileged, own=own or {})
     _mount_dev(root, console, spec.devices, spec.privileged)
@@ -274,7 +274,7 @@ def build(spec: Spec, console: int | None = None, layers: list[int] | None = Non
         target = os.path.join(root, "sbin/docker-init")
         _ensure(target, like_file=True)
         sc.mount(spec.init_binary, target, None, sc.MS_BIND)
-        _remount_readonly(target)
+        remount_readonly(target)
     _write_sysctls(proc, spec.sysctls)
     _mask_and_protect(root, spec)
     os.chdir(root)

@@ -39,12 +39,20 @@ MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_NAME = 15
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
 PR_CAPBSET_DROP = 24
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+# openat2(2) resolve flags (linux/openat2.h)
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
 
 # The namespace kinds as named under /proc/<pid>/ns, with their clone flag.
 NAMESPACES = {
@@ -96,6 +104,23 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
                     ctypes.c_ulong(arg4), ctypes.c_ulong(arg5)),
         "prctl",
     )
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """openat2(2): `path` resolved relative to `dirfd` under the `resolve` rules.
+
+    With RESOLVE_IN_ROOT the kernel treats `dirfd` as the root for every step
+    (absolute symlinks and `..` included), atomically: a symlink swapped in by
+    someone else mid-walk still cannot lead outside it."""
+    SYS_openat2 = 437
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    raw = os.fsencode(path)
+    return _check(_libc.syscall(ctypes.c_long(SYS_openat2), ctypes.c_int(dirfd), raw, ctypes.byref(how),
+                                ctypes.c_size_t(ctypes.sizeof(how))), f"openat2 {path}")
 
 
 def sethostname(name: str) -> None:
