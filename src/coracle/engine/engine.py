@@ -41,7 +41,7 @@ from coracle.errors import (
     SystemError_,
 )
 from coracle.faults import fault
-from coracle.images import ImageStore
+from coracle.images import Image, ImageStore
 from coracle.runtime.client import MonitorClient, StartError
 from coracle.runtime.spec import Mount, Process, Spec
 from coracle.runtime.userns import Remap
@@ -533,6 +533,30 @@ class Engine:
             pass
         self.start(rec["Id"])
         self._event(self.get(rec["Id"]), "restart")
+
+    def commit(self, ref: str, *, pause: bool = True, repo_tag: str | None = None, changes: list[str] | None = None,
+               comment: str = "", author: str = "", config: dict | None = None) -> Image:
+        """`docker commit`: the container's own layer (its overlay upper dir) as a new image.
+
+        The upper dir is the container's to change while it runs; with `pause`
+        (Docker's default) a running container is frozen while it is read, so
+        the image is one moment of it and nothing is swapped under the reader,
+        which reads by descriptor anyway (images/layers.pack)."""
+        rec = self.get(ref)
+        base = self.images.resolve(rec["Image"])
+        with self._lock_for(rec["Id"]):
+            rec = self.get(rec["Id"])
+            freeze = pause and rec["State"]["Running"] and not rec["State"]["Paused"]
+            if freeze:
+                self.cgroup(rec).freeze()
+            try:
+                image = self.images.commit(rec["GraphDriver"]["Data"]["UpperDir"], base, changes, repo_tag,
+                                           comment, author, config)
+            finally:
+                if freeze:
+                    self.cgroup(rec).thaw()
+        self._event(rec, "commit")
+        return image
 
     def pause(self, ref: str) -> None:
         rec = self._running(ref)

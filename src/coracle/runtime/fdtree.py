@@ -17,8 +17,9 @@ import posixpath
 import stat as st
 import tarfile
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
+XATTR_PAX = "SCHILY.xattr."
 _NOFOLLOW_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
 
 
@@ -115,10 +116,14 @@ def tarinfo(arcname: str, info: os.stat_result, linkname: str = "") -> tarfile.T
 
 
 class TarWriter:
-    """Adds entries found by descriptor to a tar stream; hard links stay hard links."""
+    """Adds entries found by descriptor to a tar stream; hard links stay hard links.
 
-    def __init__(self, tar: tarfile.TarFile) -> None:
-        self.tar = tar
+    `keep_xattr`, when given, selects the extended attributes of files and
+    directories recorded as SCHILY.xattr PAX headers (read through the open
+    descriptor, so from the very inode whose data is written)."""
+
+    def __init__(self, tar: tarfile.TarFile, keep_xattr: Callable[[str], bool] | None = None) -> None:
+        self.tar, self.keep_xattr = tar, keep_xattr
         self._links: dict[tuple[int, int], str] = {}
 
     def add(self, arcname: str, parent: int, name: str, info: os.stat_result) -> tarfile.TarInfo | None:
@@ -136,7 +141,22 @@ class TarWriter:
             self._links[key] = arcname
         if ti.isreg():
             with open_regular(parent, name, info) as data:
+                self._xattrs(ti, data.fileno())
                 self.tar.addfile(ti, data)
+        elif ti.isdir() and self.keep_xattr is not None:
+            fd = open_dir(parent, name, info)
+            try:
+                self._xattrs(ti, fd)
+            finally:
+                os.close(fd)
+            self.tar.addfile(ti)
         else:
             self.tar.addfile(ti)
         return ti
+
+    def _xattrs(self, ti: tarfile.TarInfo, fd: int) -> None:
+        if self.keep_xattr is None:
+            return
+        for attr in os.listxattr(fd):
+            if self.keep_xattr(attr):
+                ti.pax_headers[XATTR_PAX + attr] = os.getxattr(fd, attr).decode("utf-8", "surrogateescape")
