@@ -43,6 +43,7 @@ from coracle.errors import (
 from coracle.faults import fault
 from coracle.images import Image, ImageStore
 from coracle.runtime.client import MonitorClient, StartError
+from coracle.runtime.fdtree import remove_tree
 from coracle.runtime.spec import Mount, Process, Spec
 from coracle.runtime.userns import Remap
 from coracle.store import Store
@@ -214,7 +215,7 @@ class Engine:
                         os.makedirs(m["Source"], exist_ok=True)
                 self.save(rec)
             except (OSError, sqlite3.Error) as exc:
-                shutil.rmtree(self._dir(cid), ignore_errors=True)
+                remove_tree(self._dir(cid), ignore_errors=True)
                 full = isinstance(exc, sqlite3.Error) and "full" in str(exc) or getattr(exc, "errno", 0) == errno.ENOSPC
                 if full:
                     raise SystemError_(f"no space left on device: the data root {self.data_root} is full") from None
@@ -609,11 +610,11 @@ class Engine:
             fault("rm-before-cleanup")
             self.network.detach(cid)
             self.cgroup(rec).destroy()
-            shutil.rmtree(self._dir(cid), ignore_errors=True)
+            remove_tree(self._dir(cid), ignore_errors=True)
             if volumes:
                 for m in rec["Mounts"]:
                     if m["Type"] == "volume" and len(m.get("Name", "")) == 64:  # anonymous volumes only
-                        shutil.rmtree(os.path.dirname(m["Source"]), ignore_errors=True)
+                        remove_tree(os.path.dirname(m["Source"]), ignore_errors=True)
             self.store.delete(KIND, cid)
             self.monitor.forget_exit(cid)
         with self._lock:

@@ -24,7 +24,7 @@ import tarfile
 from typing import BinaryIO
 
 from coracle.errors import InvalidParameter
-from coracle.runtime.fdtree import XATTR_PAX, Entry, TarWriter, open_dir, walk
+from coracle.runtime.fdtree import XATTR_PAX, Entry, TarWriter, open_dir, remove_tree, walk
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -131,7 +131,7 @@ class _Unpacker:
         if stat.S_ISDIR(st.st_mode):
             if keep_dir:
                 return
-            shutil.rmtree(path)
+            remove_tree(path)
             self.dirs = {d for d in self.dirs if d != rel and not d.startswith(rel + "/")}
         else:
             os.unlink(path)

@@ -29,8 +29,8 @@ enters, then installs an import blocker. It never prints a traceback: every
 failure, a RecursionError included, crosses back as JSON data and the process
 leaves with os._exit.
 
-Protocol: the request (JSON) arrives on a pipe whose fd number is argv[1];
-the helper writes one JSON line on stdout, {"answer": {...}} or {"error":
+Protocol: the request arrives on a pipe whose fd number is argv[1] (a line
+with coracle's source directory, then JSON); the helper writes one JSON line on stdout, {"answer": {...}} or {"error":
 "...", "status": 4xx/5xx}, then any data the operation produces; data it
 consumes comes on stdin. An operation is named "module:function" and called
 as function(args, channel).
@@ -65,8 +65,10 @@ _FRESH_NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLON
 _CODECS = ("utf-8", "ascii", "latin-1", "utf-16", "utf-32")  # looked up (and cached) before entering
 _ANSWER_MAX = 1 << 20
 _ERRORS = {400: InvalidParameter, 404: NotFound, 409: Conflict}
-_BOOT = ("import sys; sys.path.insert(0, {src!r}); from coracle.runtime.confined import helper_main; "
-         "helper_main(int(sys.argv[1]))")
+# The request (with the host paths it names) travels on a pipe, not on the command line,
+# which any process of the container can read.
+_BOOT = ("import sys; request = open(int(sys.argv[1]), 'rb'); sys.path.insert(0, request.readline().decode()[:-1]); "
+         "from coracle.runtime.confined import helper_main; helper_main(request)")
 
 
 @dataclass
@@ -155,11 +157,12 @@ def start(confinement: Confinement, operation: str, args: dict[str, Any],
     """Launch a helper for `operation` and wait for its answer; an error answer is raised
     as the matching CoracleError, so a helper that is returned has succeeded so far."""
     src = os.path.dirname(os.path.dirname(os.path.abspath(coracle.__file__)))
-    request = json.dumps({"confinement": confinement.to_json(), "operation": operation, "args": args}).encode()
+    request = src.encode() + b"\n" + json.dumps(
+        {"confinement": confinement.to_json(), "operation": operation, "args": args}).encode()
     read_end, write_end = os.pipe()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _BOOT.format(src=src), str(read_end)],
+            [sys.executable, "-I", "-S", "-c", _BOOT, str(read_end)],
             stdin=stdin if stdin is not None else subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, pass_fds=(read_end,), env={}, cwd="/")
     finally:
@@ -231,15 +234,15 @@ def _quiet(*_: object) -> None:
     """sys.excepthook / unraisablehook: print nothing, open no source file."""
 
 
-def helper_main(request_fd: int) -> NoReturn:
-    """Entry of the helper interpreter (see the module docstring for the order of things)."""
+def helper_main(pipe: BinaryIO) -> NoReturn:
+    """Entry of the helper interpreter, `pipe` at the request (see the module docstring)."""
     sys.excepthook = _quiet
     sys.unraisablehook = _quiet
     channel = None
     try:
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         channel = Channel()
-        with open(request_fd, "rb") as pipe:
+        with pipe:
             request = json.loads(pipe.read())
         confinement = Confinement.from_json(request["confinement"])
         module, _, name = request["operation"].partition(":")

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator
 
 XATTR_PAX = "SCHILY.xattr."
+# What a lookup meets when the entry was removed or swapped since it was listed.
+_GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ESTALE, errno.EINVAL)
 _NOFOLLOW_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC
 
 
@@ -70,7 +72,9 @@ def walk(top: int, prefix: str = "") -> Iterator[Entry]:
 
     Iterative (a very deep tree costs descriptors, never recursion); the caller
     should raise RLIMIT_NOFILE to its hard limit for trees deeper than ~1000.
-    An entry's `parent` descriptor is valid until the walk moves on."""
+    An entry's `parent` descriptor is valid until the walk moves on. Entries
+    removed or swapped while the walk runs are left out: what is read is
+    always what was listed, or nothing."""
     first = os.dup(top)
     stack = [(first, prefix, iter(sorted(os.listdir(first))))]
     try:
@@ -81,11 +85,21 @@ def walk(top: int, prefix: str = "") -> Iterator[Entry]:
                 os.close(fd)
                 stack.pop()
                 continue
-            info = os.stat(name, dir_fd=fd, follow_symlinks=False)
             path = posixpath.join(rel, name) if rel else name
+            try:
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno not in _GONE:
+                    raise
+                continue
             yield Entry(path, fd, name, info)
             if st.S_ISDIR(info.st_mode):
-                child = open_dir(fd, name, info)
+                try:
+                    child = open_dir(fd, name, info)
+                except OSError as exc:
+                    if exc.errno not in _GONE:
+                        raise
+                    continue
                 stack.append((child, path, iter(sorted(os.listdir(child)))))
     finally:
         for fd, _, _ in stack:
@@ -127,7 +141,16 @@ class TarWriter:
         self._links: dict[tuple[int, int], str] = {}
 
     def add(self, arcname: str, parent: int, name: str, info: os.stat_result) -> tarfile.TarInfo | None:
-        """Write one entry (its data too, for a regular file); returns its header, None if skipped."""
+        """Write one entry (its data too, for a regular file); returns its header, None if skipped
+        (a socket, or an entry removed or swapped since it was listed)."""
+        try:
+            return self._add(arcname, parent, name, info)
+        except OSError as exc:
+            if exc.errno not in _GONE:
+                raise
+            return None
+
+    def _add(self, arcname: str, parent: int, name: str, info: os.stat_result) -> tarfile.TarInfo | None:
         link = os.readlink(name, dir_fd=parent) if st.S_ISLNK(info.st_mode) else ""
         ti = tarinfo(arcname, info, link)
         if ti is None:
@@ -160,3 +183,44 @@ class TarWriter:
         for attr in os.listxattr(fd):
             if self.keep_xattr(attr):
                 ti.pax_headers[XATTR_PAX + attr] = os.getxattr(fd, attr).decode("utf-8", "surrogateescape")
+
+
+def remove_tree(path: str, ignore_errors: bool = False) -> None:
+    """shutil.rmtree without recursion (a tree a container or an image made can be deeper
+    than Python's recursion limit), by descriptor, never following a symlink."""
+    try:
+        parent = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            remove_entry(parent, os.path.basename(path))
+        finally:
+            os.close(parent)
+    except OSError:
+        if not ignore_errors:
+            raise
+
+
+def remove_entry(parent: int, name: str) -> None:
+    """Remove `name` from the open directory `parent`: a file, a symlink or a whole tree."""
+    try:
+        top = open_dir(parent, name)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        os.unlink(name, dir_fd=parent)
+        return
+    stack = [(parent, name, top)]
+    while stack:
+        fd = stack[-1][2]
+        below = None
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    below = entry.name
+                    break
+                os.unlink(entry.name, dir_fd=fd)
+        if below is None:
+            up, done, _ = stack.pop()
+            os.close(fd)
+            os.rmdir(done, dir_fd=up)
+        else:
+            stack.append((fd, below, open_dir(fd, below)))
