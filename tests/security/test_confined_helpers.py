@@ -304,3 +304,33 @@ def test_a_helper_is_confined_like_an_exec(containers: Containers) -> None:
         assert probe.stdout == "no-exe\n", probe
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("state", ["running", "never-started"])
+def test_every_entry_type_round_trips(containers: Containers, state: str) -> None:
+    """What the fd-relative unpacker writes, the fd-relative reader gives back: types, owners, modes."""
+    cid = containers.make(state)
+    members = []
+    for name, kind, extra in [("t", tarfile.DIRTYPE, {}), ("t/suid", tarfile.REGTYPE, {"mode": 0o4755}),
+                              ("t/link", tarfile.SYMTYPE, {"linkname": "suid"}),
+                              ("t/hard", tarfile.LNKTYPE, {"linkname": "t/suid"}),
+                              ("t/fifo", tarfile.FIFOTYPE, {}),
+                              ("t/null", tarfile.CHRTYPE, {"devmajor": 1, "devminor": 3})]:
+        m = tarfile.TarInfo(name)
+        m.type, m.uid, m.gid, m.mtime, m.mode = kind, 1000, 1001, 1_600_000_000, extra.pop("mode", 0o640)
+        m.size = 1 if kind == tarfile.REGTYPE else 0
+        for key, value in extra.items():
+            setattr(m, key, value)
+        members.append(m)
+    status, body = request(containers.daemon, "PUT", f"/containers/{cid}/archive?path=/tmp", tar_of(*members))
+    assert status == 200, body
+    status, body = request(containers.daemon, "GET", f"/containers/{cid}/archive?path=/tmp/t")
+    assert status == 200, body[:300]
+    with tarfile.open(fileobj=io.BytesIO(body)) as tf:
+        got = {m.name: m for m in tf.getmembers()}
+    assert got["t"].isdir() and got["t/fifo"].isfifo()
+    assert got["t/link"].issym() and got["t/link"].linkname == "suid"
+    data, link = sorted((got["t/suid"], got["t/hard"]), key=lambda m: m.islnk())  # one inode, two names
+    assert data.isreg() and link.islnk() and link.linkname == data.name
+    assert (got["t/null"].devmajor, got["t/null"].devminor) == (1, 3) and got["t/null"].ischr()
+    assert (data.uid, data.gid, data.mode, data.mtime) == (1000, 1001, 0o4755, 1_600_000_000)
