@@ -260,7 +260,10 @@ def pack(upper: str, out: BinaryIO) -> None:
 
 
 def _opaque(e: Entry) -> bool:
-    fd = open_dir(e.parent, e.name, e.stat)
+    try:
+        fd = open_dir(e.parent, e.name, e.stat)
+    except OSError:
+        return False  # gone or swapped since it was listed: no marker for what is not there
     try:
         return os.getxattr(fd, OPAQUE_XATTR) == b"y"
     except OSError:

@@ -53,7 +53,7 @@ from typing import IO, Any, BinaryIO, Callable, NoReturn
 
 import coracle
 from coracle.errors import Conflict, InvalidParameter, NotFound, SystemError_
-from coracle.runtime import capabilities, rootfs, seccomp, userns
+from coracle.runtime import capabilities, seccomp, userns
 from coracle.runtime import syscalls as sc
 
 # What the helper keeps: reading needs only to bypass file permissions; writing
@@ -316,6 +316,8 @@ def _join(c: Confinement) -> None:
 
 def _mount_overlay(c: Confinement) -> None:
     """A stopped container: its overlay in namespaces of our own, then nothing else."""
+    from coracle.runtime import rootfs  # only this path needs it (and the cgroups code it brings): still on the host
+
     ov = c.overlay
     assert ov is not None
     layers = userns.enter(ov.lower, [ov.upper, ov.work] if c.writable else [], c.uid_map, c.gid_map) \
