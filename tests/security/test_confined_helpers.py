@@ -28,6 +28,9 @@ from typing import Iterator
 import pytest
 from hostile_image import CONTAINER_MARKER, DEEP, HUGE_ID, archive
 
+from coracle.errors import SystemError_
+from coracle.runtime import confined
+from coracle.runtime.confined import Confinement
 from harness import Daemon, unique
 
 STATES = ["running", "stopped", "never-started"]
@@ -334,3 +337,13 @@ def test_every_entry_type_round_trips(containers: Containers, state: str) -> Non
     assert data.isreg() and link.islnk() and link.linkname == data.name
     assert (got["t/null"].devmajor, got["t/null"].devminor) == (1, 3) and got["t/null"].ischr()
     assert (data.uid, data.gid, data.mode, data.mtime) == (1000, 1001, 0o4755, 1_600_000_000)
+
+
+def test_nothing_is_imported_once_inside(containers: Containers, host_marker: Path) -> None:
+    """An import after entering would load the container's copy of the module (here a planted
+    `antigravity.py` with a coding cookie that pulls in the payload): the helper refuses it."""
+    cid = containers.make("running")
+    inside = Confinement(writable=False, pid=containers.inspect(cid)["State"]["Pid"])
+    with pytest.raises(SystemError_, match="no module may be imported inside a container"):
+        confined.run(inside, "importlib:import_module", "antigravity")  # type: ignore[arg-type]
+    assert_payload_never_ran(containers, cid, host_marker)
