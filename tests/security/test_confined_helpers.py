@@ -20,6 +20,7 @@ import io
 import json
 import os
 import socket
+import subprocess
 import tarfile
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Iterator
 import pytest
 from hostile_image import CONTAINER_MARKER, DEEP, HUGE_ID, archive
 
-from coracle.errors import SystemError_
+from coracle.errors import Conflict, SystemError_
 from coracle.runtime import confined
 from coracle.runtime.confined import Confinement
 from harness import Daemon, unique
@@ -347,3 +348,18 @@ def test_nothing_is_imported_once_inside(containers: Containers, host_marker: Pa
     with pytest.raises(SystemError_, match="no module may be imported inside a container"):
         confined.run(inside, "importlib:import_module", "antigravity")  # type: ignore[arg-type]
     assert_payload_never_ran(containers, cid, host_marker)
+
+
+def test_a_pid_that_is_no_longer_the_container_is_refused(containers: Containers) -> None:
+    """A record's PID reused by a host process must not make the helper work on the host's files."""
+    host_process = subprocess.Popen(["sleep", "60"])
+    cid = containers.make("running")
+    pid = containers.inspect(cid)["State"]["Pid"]
+    try:
+        for stale in (Confinement(writable=True, pid=host_process.pid),  # the host's own namespaces
+                      Confinement(writable=True, pid=pid, start_ticks=1)):  # the PID, but not the process started
+            with pytest.raises(Conflict, match="not running"):
+                confined.run(stale, "coracle.runtime.containerfs:path_stat", {"path": "/etc/passwd", "ref": cid})
+    finally:
+        host_process.kill()
+        host_process.wait()

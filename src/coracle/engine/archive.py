@@ -69,7 +69,8 @@ def confinement(engine: Any, rec: dict[str, Any], writable: bool) -> Confinement
     if rec["State"]["Running"]:
         if rec["State"]["Paused"]:  # joining its frozen cgroup would freeze the helper too
             raise Conflict(f"Container {rec['Id']} is paused, unpause the container before copying files")
-        found.pid, found.cgroup_dirs = rec["State"]["Pid"], engine.cgroup(rec).dirs()
+        found.pid, found.start_ticks = rec["State"]["Pid"], rec["Coracle"].get("StartTicks")
+        found.cgroup_dirs = engine.cgroup(rec).dirs()
         return found
     data = rec["GraphDriver"]["Data"]
     found.overlay = Overlay(

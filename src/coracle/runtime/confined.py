@@ -98,6 +98,7 @@ class Confinement:
 
     writable: bool
     pid: int = 0
+    start_ticks: int | None = None  # of `pid`: a PID reused by another process is refused
     cgroup_dirs: list[str] = field(default_factory=list)
     overlay: Overlay | None = None
     uid_map: list[list[int]] = field(default_factory=list)  # a stopped container's user namespace
@@ -297,15 +298,31 @@ def _enter(c: Confinement) -> None:
 
 
 def _join(c: Confinement) -> None:
-    """A running container: its cgroups first (device rules, pids limit), then its namespaces."""
-    for d in c.cgroup_dirs:
-        with open(os.path.join(d, "cgroup.procs"), "w") as f:
-            f.write(str(os.getpid()))
-    handles = []
-    for ns in JOIN_ORDER:  # all opened before any setns: /proc changes meaning on the way
-        path = f"/proc/{c.pid}/ns/{ns}"
-        if os.readlink(path) != os.readlink(f"/proc/self/ns/{ns}"):
-            handles.append((os.open(path, os.O_RDONLY | os.O_CLOEXEC), sc.NAMESPACES[ns]))
+    """A running container: its cgroups first (device rules, pids limit), then its namespaces.
+
+    The namespaces are opened through a descriptor of the container's /proc
+    directory, checked to be the process the engine started: if its PID was
+    reused by a host process, or names no mount namespace of its own, nothing
+    is entered (the helper would otherwise work on the host's files)."""
+    try:
+        proc = os.open(f"/proc/{c.pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise Refused(409, "the container is not running") from None
+    try:
+        with open(os.open("stat", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc), "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
+        if (c.start_ticks is not None and ticks != c.start_ticks) or \
+                os.readlink("ns/mnt", dir_fd=proc) == os.readlink("/proc/self/ns/mnt"):
+            raise Refused(409, "the container is not running")
+        for d in c.cgroup_dirs:
+            with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        handles = []
+        for ns in JOIN_ORDER:  # all opened before any setns: /proc changes meaning on the way
+            if os.readlink(f"ns/{ns}", dir_fd=proc) != os.readlink(f"/proc/self/ns/{ns}"):
+                handles.append((os.open(f"ns/{ns}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc), sc.NAMESPACES[ns]))
+    finally:
+        os.close(proc)
     for fd, kind in handles:
         sc.setns(fd, kind)
         os.close(fd)
