@@ -265,19 +265,20 @@ def _status(pid: int) -> dict[str, str]:
         return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
 
 
-def _helper_worker() -> int:
-    """The PID of the cp helper's worker (the helper's child) on the host."""
-    helpers = {}
+def _helper_worker(daemon: Daemon) -> int:
+    """The PID of the worker of this daemon's cp helper (the helper's child), seen from the host."""
+    parents = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-                helpers[int(entry)] = int(_status(int(entry))["PPid"]) if b"coracle.runtime.confined" in cmdline \
-                    else None
+                if b"coracle.runtime.confined" in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    parents[int(entry)] = int(_status(int(entry))["PPid"])
             except (OSError, KeyError):
                 continue
-    workers = [pid for pid, parent in helpers.items() if parent is not None and helpers.get(parent) is not None]
-    assert len(workers) == 1, helpers
+    assert daemon.proc is not None
+    helpers = [pid for pid, parent in parents.items() if parent == daemon.proc.pid]
+    workers = [pid for pid, parent in parents.items() if parent in helpers]
+    assert len(helpers) == 1 and len(workers) == 1, parents
     return workers[0]
 
 
@@ -290,7 +291,7 @@ def test_a_helper_is_confined_like_an_exec(containers: Containers) -> None:
     try:
         sock.sendall(f"GET /containers/{cid}/archive?path=/big HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")  # in flight: we read no further, the helper waits
-        worker = _helper_worker()
+        worker = _helper_worker(containers.daemon)
         status = _status(worker)
         dac_override = 1 << 1
         for field in ("CapEff", "CapPrm", "CapBnd"):

@@ -18,6 +18,7 @@ of that container:
 
 from __future__ import annotations
 
+import os
 from typing import Any, BinaryIO
 
 from coracle.engine import security
@@ -67,10 +68,8 @@ def confinement(engine: Any, rec: dict[str, Any], writable: bool) -> Confinement
     if profile is not None:  # compiled here, once per profile, for the helper's few capabilities
         found.seccomp_bpf = seccomp.compile_bpf(profile, found.capabilities, True)
     if rec["State"]["Running"]:
-        if rec["State"]["Paused"]:  # joining its frozen cgroup would freeze the helper too
-            raise Conflict(f"Container {rec['Id']} is paused, unpause the container before copying files")
         found.pid, found.start_ticks = rec["State"]["Pid"], rec["Coracle"].get("StartTicks")
-        found.cgroup_dirs = engine.cgroup(rec).dirs()
+        found.cgroup_dirs = _joinable(engine.cgroup(rec).dirs(), rec)
         return found
     data = rec["GraphDriver"]["Data"]
     found.overlay = Overlay(
@@ -82,3 +81,15 @@ def confinement(engine: Any, rec: dict[str, Any], writable: bool) -> Confinement
     if remap is not None:
         found.uid_map, found.gid_map = remap.uid_map, remap.gid_map
     return found
+
+
+def _joinable(dirs: list[str], rec: dict[str, Any]) -> list[str]:
+    """The cgroup directories the helper joins. A paused container's freezer would freeze
+    the helper too: on cgroup v1 the freezer hierarchy is left out (devices and pids still
+    apply); on v2 freezing belongs to the one cgroup, so copying waits for an unpause."""
+    if not rec["State"]["Paused"]:
+        return dirs
+    kept = [d for d in dirs if not os.path.exists(os.path.join(d, "freezer.state"))]
+    if any(os.path.exists(os.path.join(d, "cgroup.freeze")) for d in kept):
+        raise Conflict(f"Container {rec['Id']} is paused, unpause the container before copying files")
+    return kept
