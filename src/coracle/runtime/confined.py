@@ -48,6 +48,7 @@ import resource
 import signal
 import subprocess
 import sys
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any, BinaryIO, Callable, NoReturn
 
@@ -239,6 +240,7 @@ def helper_main(pipe: BinaryIO) -> NoReturn:
     """Entry of the helper interpreter, `pipe` at the request (see the module docstring)."""
     sys.excepthook = _quiet
     sys.unraisablehook = _quiet
+    warnings.simplefilter("ignore")  # showing a warning would read its source line from the container
     channel = None
     try:
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
