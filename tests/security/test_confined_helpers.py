@@ -17,7 +17,6 @@ from __future__ import annotations
 import gzip
 import http.client
 import io
-import json
 import os
 import socket
 import subprocess
