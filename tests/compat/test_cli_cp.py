@@ -118,3 +118,16 @@ def test_archive_endpoints_raw(daemon: Daemon, docker: Docker) -> None:
     assert status == 400
     status, body = daemon.api("GET", f"/containers/no-such-{name}/archive?path=/")
     assert status == 404
+
+
+def test_cp_with_a_paused_container(docker: Docker, tmp_path: Path) -> None:
+    """The helper joins the container's cgroups but not its freezer: a paused container is copied."""
+    name = unique("cp")
+    docker("run", "-d", "--name", name, "busybox", "sh", "-c", "echo paused > /p.txt; exec sleep 60")
+    docker("exec", name, "test", "-e", "/p.txt")
+    docker("pause", name)
+    docker("cp", f"{name}:/p.txt", str(tmp_path / "p.txt"))
+    assert (tmp_path / "p.txt").read_text() == "paused\n"
+    docker("cp", str(tmp_path / "p.txt"), f"{name}:/q.txt")
+    docker("unpause", name)
+    assert docker("exec", name, "cat", "/q.txt").stdout == "paused\n"

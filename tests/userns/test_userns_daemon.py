@@ -137,3 +137,30 @@ def test_device_is_bound_from_the_host(client: docker.DockerClient) -> None:
 def test_terminal_works(client: docker.DockerClient) -> None:
     out = client.containers.run("busybox", ["sh", "-c", "tty; id -u"], tty=True, remove=True).decode()
     assert out.split() == ["/dev/console", "0"]
+
+
+@pytest.mark.parametrize("state", ["running", "stopped", "never-started"])
+def test_cp_works_as_the_container_root(client: docker.DockerClient, state: str) -> None:
+    """The cp helper enters the container's user namespace (or makes one with its maps for a
+    stopped container): what it writes belongs to the container's root, not to host root."""
+    import io
+    import tarfile
+
+    ctr = client.containers.create("busybox", ["sleep", "60"] if state == "running" else ["true"])
+    if state != "never-started":
+        ctr.start()
+        if state == "stopped":
+            ctr.wait()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("copied.txt")
+        info.size = 5
+        tf.addfile(info, io.BytesIO(b"hello"))
+    assert ctr.put_archive("/tmp", buf.getvalue())
+    stream, found = ctr.get_archive("/tmp/copied.txt")
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tf:
+        assert tf.extractfile("copied.txt").read() == b"hello"  # type: ignore[union-attr]
+    assert found["name"] == "copied.txt"
+    ctr.reload()
+    st = os.stat(Path(ctr.attrs["GraphDriver"]["Data"]["UpperDir"]) / "tmp" / "copied.txt")
+    assert (st.st_uid, st.st_gid) == root_ids()

@@ -41,17 +41,14 @@ def routes(router: Router, engine: Engine) -> None:
         return Response(200, b"", content_type="", headers=_stat_header(found))
 
     async def get(req: Request, id: str) -> Any:
-        found, proc = await thread(archive.export, engine, id, _path(req))
+        found, helper = await thread(archive.export, engine, id, _path(req))
 
         async def produce(stream: Any) -> None:
             try:
-                while chunk := await thread(proc.stdout.read1, 1 << 20):
+                while chunk := await thread(helper.stdout.read1, 1 << 20):
                     await stream.write(chunk)
             finally:
-                if proc.poll() is None:
-                    proc.kill()
-                proc.stdout.close()
-                await thread(proc.wait)
+                await thread(helper.close)
 
         resp = Response.stream(produce, content_type="application/x-tar")
         resp.headers.update(_stat_header(found))

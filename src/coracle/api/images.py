@@ -214,11 +214,9 @@ def routes(router: Router, engine: Engine, images: Any) -> None:
         rec = await thread(engine.get, container or "")
         body = req.json() if req.body else {}
         repo, tag_ = req.q("repo"), req.q("tag") or "latest"
-        base = await thread(images.resolve, rec["Image"])
-        changes = req.query.get("changes", [])
-        image = await thread(images.commit, rec["GraphDriver"]["Data"]["UpperDir"], base, changes,
-                             f"{repo}:{tag_}" if repo else None, req.q("comment") or "", req.q("author") or "",
-                             body or None)
+        image = await thread(engine.commit, rec["Id"], pause=req.qbool("pause", True),
+                             repo_tag=f"{repo}:{tag_}" if repo else None, changes=req.query.get("changes", []),
+                             comment=req.q("comment") or "", author=req.q("author") or "", config=body or None)
         return Response.json({"Id": image.id}, status=201)
 
     async def distribution_info(req: Request, name: str) -> Response:

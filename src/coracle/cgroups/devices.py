@@ -15,7 +15,6 @@ everything not allowed is denied.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import struct
 from dataclasses import asdict, dataclass
@@ -87,7 +86,7 @@ _BPF_PROG_TYPE_CGROUP_DEVICE = 15
 _BPF_CGROUP_DEVICE = 6
 _BPF_F_ALLOW_MULTI = 2
 _SYS_BPF = {"x86_64": 321, "aarch64": 280}
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # the libc this process runs on (no ldconfig run)
 
 # struct bpf_cgroup_dev_ctx: access_type (access << 16 | device type), major, minor.
 _DEV_TYPE = {"b": 1, "c": 2}

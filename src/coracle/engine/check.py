@@ -11,11 +11,11 @@ leases, nft elements) that the network layer reports for unknown containers.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any
 
 from coracle import cgroups
 from coracle.engine.engine import Engine
+from coracle.runtime.fdtree import remove_tree
 
 
 def check(engine: Engine, dry_run: bool = False) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def check(engine: Engine, dry_run: bool = False) -> dict[str, Any]:
         if name not in records:
             found["directories"].append(os.path.join(engine.containers_dir, name))
             if not dry_run:
-                shutil.rmtree(os.path.join(engine.containers_dir, name), ignore_errors=True)
+                remove_tree(os.path.join(engine.containers_dir, name), ignore_errors=True)
 
     running = {cid for cid, r in records.items() if r["State"]["Running"]}
     parents = {engine.cgroup_parent} | {

@@ -41,8 +41,9 @@ from coracle.errors import (
     SystemError_,
 )
 from coracle.faults import fault
-from coracle.images import ImageStore
+from coracle.images import Image, ImageStore
 from coracle.runtime.client import MonitorClient, StartError
+from coracle.runtime.fdtree import remove_tree
 from coracle.runtime.spec import Mount, Process, Spec
 from coracle.runtime.userns import Remap
 from coracle.store import Store
@@ -228,7 +229,7 @@ class Engine:
                         os.makedirs(m["Source"], exist_ok=True)
                 self.save(rec)
             except (OSError, sqlite3.Error) as exc:
-                shutil.rmtree(self._dir(cid), ignore_errors=True)
+                remove_tree(self._dir(cid), ignore_errors=True)
                 full = isinstance(exc, sqlite3.Error) and "full" in str(exc) or getattr(exc, "errno", 0) == errno.ENOSPC
                 if full:
                     raise SystemError_(f"no space left on device: the data root {self.data_root} is full") from None
@@ -558,6 +559,30 @@ class Engine:
         self.start(rec["Id"])
         self._event(self.get(rec["Id"]), "restart")
 
+    def commit(self, ref: str, *, pause: bool = True, repo_tag: str | None = None, changes: list[str] | None = None,
+               comment: str = "", author: str = "", config: dict | None = None) -> Image:
+        """`docker commit`: the container's own layer (its overlay upper dir) as a new image.
+
+        The upper dir is the container's to change while it runs; with `pause`
+        (Docker's default) a running container is frozen while it is read, so
+        the image is one moment of it and nothing is swapped under the reader,
+        which reads by descriptor anyway (images/layers.pack)."""
+        rec = self.get(ref)
+        base = self.images.resolve(rec["Image"])
+        with self._lock_for(rec["Id"]):
+            rec = self.get(rec["Id"])
+            freeze = pause and rec["State"]["Running"] and not rec["State"]["Paused"]
+            if freeze:
+                self.cgroup(rec).freeze()
+            try:
+                image = self.images.commit(rec["GraphDriver"]["Data"]["UpperDir"], base, changes, repo_tag,
+                                           comment, author, config)
+            finally:
+                if freeze:
+                    self.cgroup(rec).thaw()
+        self._event(rec, "commit")
+        return image
+
     def pause(self, ref: str) -> None:
         rec = self._running(ref)
         with self._lock_for(rec["Id"]):
@@ -611,11 +636,11 @@ class Engine:
             fault("rm-before-cleanup")
             self.network.detach(cid)
             self.cgroup(rec).destroy()
-            shutil.rmtree(self._dir(cid), ignore_errors=True)
+            remove_tree(self._dir(cid), ignore_errors=True)
             if volumes:
                 for m in rec["Mounts"]:
                     if m["Type"] == "volume" and len(m.get("Name", "")) == 64:  # anonymous volumes only
-                        shutil.rmtree(os.path.dirname(m["Source"]), ignore_errors=True)
+                        remove_tree(os.path.dirname(m["Source"]), ignore_errors=True)
             self.store.delete(KIND, cid)
             self.monitor.forget_exit(cid)
         with self._lock:

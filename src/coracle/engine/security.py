@@ -61,8 +61,7 @@ def apply(spec: Spec, host_config: dict[str, Any], daemon_no_new_privs: bool) ->
     spec.privileged = privileged
     proc.capabilities = _capabilities(hc, privileged)
     proc.no_new_privileges = opts.get("no-new-privileges", daemon_no_new_privs)
-    proc.seccomp = None if privileged or opts.get("seccomp") == "unconfined" else (
-        opts.get("seccomp") or seccomp_profile.BUILTIN)
+    proc.seccomp = _seccomp_choice(opts, privileged)
     proc.rlimits = _ulimits(hc)
     _oom_score_adj(hc)
     spec.shm_size = _shm_size(hc)
@@ -80,6 +79,18 @@ def apply(spec: Spec, host_config: dict[str, Any], daemon_no_new_privs: bool) ->
         defaults = [DeviceRule(kind, major, minor) for _, kind, major, minor in rootfs.DEFAULT_DEVICES]
         rules = _MKNOD + defaults + _TERMINALS + rules
     spec.device_rules = [r.to_json() for r in rules]
+
+
+def seccomp_of(hc: dict[str, Any]) -> dict[str, Any] | str | None:
+    """The seccomp profile a container's processes run under (None: unconfined)."""
+    own = {**hc, "SecurityOpt": list(hc.get("SecurityOpt") or [])}  # _security_opts rewrites the list
+    return _seccomp_choice(_security_opts(own), _flag(hc, "Privileged"))
+
+
+def _seccomp_choice(opts: dict[str, Any], privileged: bool) -> dict[str, Any] | str | None:
+    if privileged or opts.get("seccomp") == "unconfined":
+        return None
+    return opts.get("seccomp") or seccomp_profile.BUILTIN
 
 
 def user_namespace(hc: dict[str, Any], remap: Remap | None) -> Remap | None:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import shutil
 import zlib
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
 
 from coracle.errors import InvalidParameter
+from coracle.runtime.fdtree import remove_tree
 
 CHUNK = 1 << 20
 
@@ -51,7 +51,7 @@ class BlobStore:
         """Drop what interrupted writes left; called once when the store opens."""
         for entry in self.tmp.iterdir():
             if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
+                remove_tree(str(entry), ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
 

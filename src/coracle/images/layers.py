@@ -22,14 +22,14 @@ import shutil
 import stat
 import tarfile
 import threading
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from coracle.errors import InvalidParameter
+from coracle.runtime.fdtree import XATTR_PAX, Entry, TarWriter, open_dir, remove_tree, walk
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
-XATTR_PAX = "SCHILY.xattr."
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -170,7 +170,7 @@ class _Unpacker:
         if stat.S_ISDIR(st.st_mode):
             if keep_dir:
                 return
-            shutil.rmtree(path)
+            remove_tree(path)
             self.dirs = {d for d in self.dirs if d != rel and not d.startswith(rel + "/")}
         else:
             os.unlink(path)
@@ -276,45 +276,37 @@ def pack(upper: str, out: BinaryIO) -> None:
 
     Overlay whiteouts (0/0 character devices) become `.wh.NAME` entries and
     opaque directories get a `.wh..wh..opq` entry, so the layer means the same
-    thing to any runtime that applies it on top of the image's layers.
+    thing to any runtime that applies it on top of the image's layers. The
+    directory belongs to the container: it is read by descriptor (fdtree), so
+    a directory swapped for a symlink while it is read is never followed.
     """
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
-        for rel, path in sorted(_entries(upper)):
-            st = os.lstat(path)
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                ti = tarfile.TarInfo(posixpath.join(posixpath.dirname(rel), WHITEOUT + posixpath.basename(rel)))
-                ti.mtime = int(st.st_mtime)
-                tf.addfile(ti)
-                continue
-            ti = tf.gettarinfo(path, rel)
-            if ti is None:
-                continue  # sockets have no place in a layer
-            ti.uname = ti.gname = ""
-            for name in os.listxattr(path, follow_symlinks=False):
-                if not name.startswith("trusted.overlay."):
-                    value = os.getxattr(path, name, follow_symlinks=False)
-                    ti.pax_headers[XATTR_PAX + name] = value.decode("utf-8", "surrogateescape")
-            if ti.isreg():
-                with open(path, "rb") as data:
-                    tf.addfile(ti, data)
-            else:
-                tf.addfile(ti)
-            if stat.S_ISDIR(st.st_mode) and _opaque(path):
-                marker = tarfile.TarInfo(posixpath.join(rel, OPAQUE))
-                marker.mtime = int(st.st_mtime)
-                tf.addfile(marker)
-
-
-def _entries(root: str) -> Iterator[tuple[str, str]]:
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
-        for name in dirnames + filenames:
-            rel = name if rel_dir == "." else posixpath.join(rel_dir, name)
-            yield rel, os.path.join(dirpath, name)
-
-
-def _opaque(path: str) -> bool:
+    top = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
+            writer = TarWriter(tf, keep_xattr=lambda name: not name.startswith("trusted.overlay."))
+            for e in walk(top):
+                if stat.S_ISCHR(e.stat.st_mode) and e.stat.st_rdev == 0:
+                    ti = tarfile.TarInfo(posixpath.join(posixpath.dirname(e.path), WHITEOUT + e.name))
+                    ti.mtime = int(e.stat.st_mtime)
+                    tf.addfile(ti)
+                    continue
+                writer.add(e.path, e.parent, e.name, e.stat)
+                if stat.S_ISDIR(e.stat.st_mode) and _opaque(e):
+                    marker = tarfile.TarInfo(posixpath.join(e.path, OPAQUE))
+                    marker.mtime = int(e.stat.st_mtime)
+                    tf.addfile(marker)
+    finally:
+        os.close(top)
+
+
+def _opaque(e: Entry) -> bool:
+    try:
+        fd = open_dir(e.parent, e.name, e.stat)
+    except OSError:
+        return False  # gone or swapped since it was listed: no marker for what is not there
+    try:
+        return os.getxattr(fd, OPAQUE_XATTR) == b"y"
     except OSError:
         return False
+    finally:
+        os.close(fd)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from coracle.images.changes import apply as apply_changes, image_config
 from coracle.images.layers import HashingReader, SizeBudget, decompressed, pack, unpack
 from coracle.images.reference import HEX64, parse, try_parse
 from coracle.images.registry import Credentials, Registry
+from coracle.runtime.fdtree import remove_tree
 from coracle.store import Store
 
 IMAGE = "image"
@@ -307,7 +307,7 @@ class ImageStore:
             return size
         finally:
             if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+                remove_tree(str(staging), ignore_errors=True)
 
     def add_image(self, config: bytes, tags: list[str], repo_digests: list[str] | None = None,
                   parent: str = "") -> Image:
@@ -437,7 +437,7 @@ class ImageStore:
             for blob in set(self.blobs.digests()) - keep_blobs:
                 self.blobs.delete(blob)
         for path in doomed:
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(str(path), ignore_errors=True)
         return freed
 
     # ----- import, commit, load, save ------------------------------------

@@ -14,7 +14,6 @@ carries inheritable file capabilities (CVE-2022-24769).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 from coracle.runtime import syscalls as sc
@@ -40,7 +39,7 @@ DEFAULT = (
 _PR_CAPBSET_READ = 23
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # the libc this process runs on (no ldconfig run)
 
 
 class _Header(ctypes.Structure):

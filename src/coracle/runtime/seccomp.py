@@ -166,7 +166,11 @@ def load(profile: dict[str, Any] | str, capabilities: list[str], no_new_privs: b
     holding CAP_SYS_ADMIN, so the caller must load it before giving up root
     (and with it, the caller has already set no_new_privs itself).
     """
-    program = compile_bpf(profile, capabilities, no_new_privs)
+    install(compile_bpf(profile, capabilities, no_new_privs))
+
+
+def install(program: bytes) -> None:
+    """Install a BPF program from `compile_bpf` (no_new_privs or CAP_SYS_ADMIN needed, see load)."""
     buf = ctypes.create_string_buffer(program, len(program))
     fprog = _SockFprog(len(program) // 8, ctypes.addressof(buf))
     libc = ctypes.CDLL(None, use_errno=True)

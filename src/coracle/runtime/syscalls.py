@@ -8,12 +8,11 @@ message naming the call, never a silent -1.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from contextlib import contextmanager
 from typing import Iterator
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # the libc this process runs on (no ldconfig run)
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000

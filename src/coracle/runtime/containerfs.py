@@ -1,0 +1,320 @@
+"""Operations on a container's files; each runs inside a confined helper (runtime/confined.py).
+
+`docker cp` both ways: the stat of a path, a path streamed out as tar, a tar
+unpacked into a directory. Paths are resolved by the kernel relative to the
+container's root (openat2 with RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS), never
+by joining strings; every entry is then read or written relative to its
+parent's descriptor (O_NOFOLLOW, O_EXCL, mkdirat, symlinkat, mknodat,
+fchownat), so a symlink or a /proc magic link that the container planted, or
+swaps in while the copy runs, cannot redirect a read or a write. tarfile only
+parses and produces the stream. Owners are numeric: no user database (NSS
+module) of the container is ever loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import stat as st
+import tarfile
+import time
+from typing import Any
+
+from coracle.runtime import syscalls as sc
+from coracle.runtime.confined import Channel, Refused
+from coracle.runtime.fdtree import TarWriter, open_dir, tarinfo, walk
+
+_RESOLVE = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ID_MAX = 2**32 - 2  # (uid_t)-1 means "unchanged" to chown
+_TIME_MAX = 9_000_000_000  # seconds either side of 1970 that fit the kernel's nanosecond times
+_PASSWD_MAX = 16 << 20
+# Go's os.FileMode type bits: the CLI reads PathStat.Mode with Go's IsDir() and friends.
+_GO_MODE = [(st.S_ISDIR, 1 << 31), (st.S_ISLNK, 1 << 27), (st.S_ISBLK, 1 << 26), (st.S_ISFIFO, 1 << 25),
+            (st.S_ISSOCK, 1 << 24), (st.S_ISCHR, (1 << 26) | (1 << 21))]
+
+
+class _Root:
+    """The container's root directory; paths are resolved inside it by the kernel."""
+
+    def __init__(self) -> None:
+        self.fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def open(self, path: str, flags: int = os.O_PATH) -> int:
+        return sc.openat2(self.fd, path, flags, _RESOLVE)
+
+
+class _Target:
+    """A cp path found: the entry `name` in directory `parent` (None: the root itself)."""
+
+    def __init__(self, root: _Root, path: str, ref: str) -> None:
+        if not path:
+            raise Refused(400, "path cannot be empty")
+        clean = posixpath.normpath("/" + path.lstrip("/"))
+        self.name = posixpath.basename(path.rstrip("/")) or "/"
+        # Docker's rules: a trailing "/." means the contents, a trailing "/" follows the last symlink.
+        self.follow = path.endswith("/.") or path.endswith("/") or clean == "/"
+        self.arcname = "." if path.endswith("/.") or clean == "/" else posixpath.basename(clean)
+        try:
+            if self.follow:
+                self.fd = root.open(clean + "/" if clean != "/" else clean)
+                self.parent, self.entry = None, ""
+                self.stat = os.fstat(self.fd)
+            else:
+                self.fd = root.open(posixpath.dirname(clean), os.O_PATH | os.O_DIRECTORY)
+                self.parent, self.entry = self.fd, posixpath.basename(clean)
+                self.stat = os.stat(self.entry, dir_fd=self.parent, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            raise Refused(404, f"Could not find the file {path} in container {ref}") from None
+        self.clean = clean
+
+    def path_stat(self) -> dict[str, Any]:
+        """Docker's PathStat (the X-Docker-Container-Path-Stat header)."""
+        info = self.stat
+        link = os.path.realpath(self.clean) if st.S_ISLNK(info.st_mode) else ""  # a name only: nothing is opened
+        ns = info.st_mtime_ns
+        mtime = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
+        return {"name": self.name, "size": info.st_size, "mode": _go_mode(info.st_mode), "mtime": mtime,
+                "linkTarget": link}
+
+    def directory(self) -> int:
+        """An open descriptor of the target directory, for walking it."""
+        if self.parent is None:
+            return os.open(".", _DIR, dir_fd=self.fd)
+        return open_dir(self.parent, self.entry, self.stat)
+
+
+def _go_mode(mode: int) -> int:
+    out = st.S_IMODE(mode) & 0o777
+    for test, bit in _GO_MODE:
+        if test(mode):
+            out |= bit
+    for flag, bit in ((st.S_ISUID, 1 << 23), (st.S_ISGID, 1 << 22), (st.S_ISVTX, 1 << 20)):
+        if mode & flag:
+            out |= bit
+    return out
+
+
+def path_stat(args: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    """HEAD /containers/{id}/archive."""
+    return {"stat": _Target(_Root(), args["path"], args["ref"]).path_stat()}
+
+
+def archive(args: dict[str, Any], channel: Channel) -> None:
+    """GET /containers/{id}/archive: the PathStat answer, then the tar of the path."""
+    target = _Target(_Root(), args["path"], args["ref"])
+    channel.answer({"stat": target.path_stat()})
+    with tarfile.open(fileobj=channel.output, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        writer = TarWriter(tar)
+        if target.parent is None:
+            header = tarinfo(target.arcname, target.stat)
+            if header is not None:
+                tar.addfile(header)
+        else:
+            writer.add(target.arcname, target.parent, target.entry, target.stat)
+        if st.S_ISDIR(target.stat.st_mode):
+            top = target.directory()
+            try:
+                for e in walk(top, target.arcname):
+                    writer.add(e.path, e.parent, e.name, e.stat)
+            finally:
+                os.close(top)
+
+
+def extract(args: dict[str, Any], channel: Channel) -> None:
+    """PUT /containers/{id}/archive: unpack the tar on stdin into the directory `path`."""
+    root = _Root()
+    path, ref = args["path"], args["ref"]
+    dest_path = posixpath.normpath("/" + path.lstrip("/"))
+    try:
+        dest = root.open(dest_path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise Refused(404, f"Could not find the file {path} in container {ref}") from None
+    if not st.S_ISDIR(os.fstat(dest).st_mode):
+        raise Refused(400, "extraction point is not a directory")
+    owner = _owner(root, args["owner"]) if args.get("owner") else None
+    unpacker = _Unpacker(root, dest, dest_path, bool(args.get("no_overwrite_dir_non_dir")), owner)
+    try:
+        with tarfile.open(fileobj=channel.input, mode="r|") as tar:
+            for member in tar:
+                unpacker.add(tar, member)
+    except (tarfile.TarError, EOFError, UnicodeError) as exc:
+        raise Refused(400, f"invalid archive: {exc}") from None
+    finally:
+        unpacker.close()
+
+
+def _owner(root: _Root, spec: str) -> tuple[int, int]:
+    """uid/gid of a container user ("name", "uid", "uid:gid", "name:group") from its own files."""
+    user, _, group = spec.partition(":")
+
+    def lookup(file: str, name: str) -> tuple[int, int] | None:
+        try:
+            fd = root.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            if not st.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            text = f.read(_PASSWD_MAX).decode("utf-8", "replace")
+        for line in text.splitlines():
+            fields = line.split(":")
+            if len(fields) >= 4 and fields[0] == name and _numeric(fields[2]) and _numeric(fields[3]):
+                return int(fields[2]), int(fields[3])
+        return None
+
+    if _numeric(user):
+        uid, gid = int(user), int(user)
+    else:
+        found = lookup("/etc/passwd", user)
+        if found is None:
+            raise Refused(400, f"unable to find user {user}: no matching entries in passwd file")
+        uid, gid = found
+    if group:
+        if _numeric(group):
+            gid = int(group)
+        else:
+            found = lookup("/etc/group", group)
+            if found is None:
+                raise Refused(400, f"unable to find group {group}: no matching entries in group file")
+            gid = found[0]
+    if not (0 <= uid <= _ID_MAX and 0 <= gid <= _ID_MAX):
+        raise Refused(400, f"invalid user {spec!r} of the container: uid/gid {uid}:{gid} is out of range")
+    return uid, gid
+
+
+def _numeric(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+class _Unpacker:
+    """Writes tar members below the destination, each relative to its parent's descriptor.
+
+    The directories from the destination down to the current member's parent
+    stay open (tar members come depth first, so consecutive members share
+    them); a missing one is made with mkdirat, a symlink found on the way is
+    followed the way the container would follow it, inside its root."""
+
+    def __init__(self, root: _Root, dest: int, dest_path: str, strict: bool, owner: tuple[int, int] | None) -> None:
+        self.root, self.dest, self.dest_path = root, dest, dest_path
+        self.strict, self.owner = strict, owner
+        self.chain: list[tuple[str, int]] = []
+
+    def close(self) -> None:
+        for _, fd in self.chain:
+            os.close(fd)
+        self.chain = []
+
+    def _parent(self, parts: list[str]) -> int:
+        keep = 0
+        while keep < min(len(parts), len(self.chain)) and self.chain[keep][0] == parts[keep]:
+            keep += 1
+        for _, fd in self.chain[keep:]:
+            os.close(fd)
+        del self.chain[keep:]
+        fd = self.chain[-1][1] if self.chain else self.dest
+        for i in range(keep, len(parts)):
+            fd = self._step(fd, parts[: i + 1])
+            self.chain.append((parts[i], fd))
+        return fd
+
+    def _step(self, parent: int, parts: list[str]) -> int:
+        name = parts[-1]
+        try:
+            return os.open(name, _DIR, dir_fd=parent)
+        except FileNotFoundError:
+            os.mkdir(name, 0o755, dir_fd=parent)
+            return os.open(name, _DIR, dir_fd=parent)
+        except OSError as exc:
+            if not st.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+                raise exc from None
+        return self.root.open(posixpath.join(self.dest_path, *parts), os.O_RDONLY | os.O_DIRECTORY)
+
+    def add(self, tar: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+        parts = [p for p in m.name.split("/") if p not in ("", ".")]
+        if ".." in parts:
+            raise Refused(400, f"invalid tar entry {m.name!r}: it leaves the extraction point")
+        if not parts:
+            if m.isdir():
+                return  # the destination itself
+            raise Refused(400, f"invalid tar entry {m.name!r}")
+        uid, gid = self.owner or (m.uid, m.gid)
+        if not (0 <= uid <= _ID_MAX and 0 <= gid <= _ID_MAX):
+            raise Refused(400, f"invalid archive: {m.name!r} has owner {uid}:{gid}, out of range")
+        if not -_TIME_MAX < m.mtime < _TIME_MAX:
+            raise Refused(400, f"invalid archive: {m.name!r} has modification time {m.mtime}, out of range")
+        parent, name = self._parent(parts[:-1]), parts[-1]
+        if self._clear(parent, name, m):
+            return
+        mode, times = m.mode & 0o7777, (int(m.mtime * 10**9),) * 2
+        if m.isreg():
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=parent)
+            with os.fdopen(fd, "wb") as out:
+                source = tar.extractfile(m)
+                if source is not None:
+                    shutil.copyfileobj(source, out, 1 << 20)
+                    out.flush()
+                os.fchown(fd, uid, gid)
+                os.fchmod(fd, mode)  # after chown, which clears setuid bits
+                os.utime(fd, ns=times)
+            return
+        if m.isdir():
+            os.mkdir(name, 0o700, dir_fd=parent)
+            self._directory_attrs(parent, name, uid, gid, mode, times)
+            return
+        if m.islnk():
+            self._hard_link(parent, name, m.linkname)
+            return
+        if m.issym():
+            os.symlink(m.linkname, name, dir_fd=parent)
+        elif m.ischr() or m.isblk():
+            kind = st.S_IFCHR if m.ischr() else st.S_IFBLK
+            os.mknod(name, kind | mode, os.makedev(m.devmajor, m.devminor), dir_fd=parent)
+        elif m.isfifo():
+            os.mkfifo(name, mode, dir_fd=parent)
+        else:
+            return  # nothing a directory can hold
+        os.chown(name, uid, gid, dir_fd=parent, follow_symlinks=False)
+        os.utime(name, ns=times, dir_fd=parent, follow_symlinks=False)
+
+    def _clear(self, parent: int, name: str, m: tarfile.TarInfo) -> bool:
+        """Make room for the member; True when it is a directory over an existing one (updated)."""
+        try:
+            existing = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        is_dir = st.S_ISDIR(existing.st_mode)
+        if self.strict and is_dir != m.isdir():
+            what = ("directory", "non-directory") if is_dir else ("non-directory", "directory")
+            raise Refused(400, f"cannot overwrite {what[0]} {name!r} with {what[1]} {m.name!r}")
+        if is_dir and m.isdir():
+            uid, gid = self.owner or (m.uid, m.gid)
+            self._directory_attrs(parent, name, uid, gid, m.mode & 0o7777, (int(m.mtime * 10**9),) * 2)
+            return True
+        if is_dir:
+            shutil.rmtree(name, dir_fd=parent)  # by descriptors, never following a symlink
+        else:
+            os.unlink(name, dir_fd=parent)  # never write through what the container left there
+        return False
+
+    @staticmethod
+    def _directory_attrs(parent: int, name: str, uid: int, gid: int, mode: int, times: tuple[int, int]) -> None:
+        fd = open_dir(parent, name)
+        try:
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, mode)
+            os.utime(fd, ns=times)
+        finally:
+            os.close(fd)
+
+    def _hard_link(self, parent: int, name: str, linkname: str) -> None:
+        parts = [p for p in linkname.split("/") if p not in ("", ".")]
+        if not parts or ".." in parts:
+            raise Refused(400, f"invalid tar entry {name!r}: its link {linkname!r} leaves the extraction point")
+        source = self.root.open(posixpath.join(self.dest_path, *parts[:-1]), os.O_PATH | os.O_DIRECTORY)
+        try:
+            os.link(parts[-1], name, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False)
+        finally:
+            os.close(source)
