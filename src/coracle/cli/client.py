@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
+
+# The C module under `socket`: the same socket objects, without building the socket module's
+# enum classes (AddressFamily, SocketKind, MsgFlag ...) at every command's start.
+import _socket as socket
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings anyway
 if TYPE_CHECKING:

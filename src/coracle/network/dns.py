@@ -131,7 +131,10 @@ class Resolver:
                     else:
                         handler = handlers.get(fd)
                         if handler is not None:
-                            handler()
+                            try:
+                                handler()
+                            except Exception:  # one bad query or socket must not end name resolution
+                                log.exception("DNS handler for fd %d", fd)
                 if self._forwards:
                     self._expire()
 
