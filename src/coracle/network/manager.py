@@ -35,6 +35,7 @@ per-container lock, so one container is never attached twice at once):
                                       # for already-gone things
     settings = net.connect(rec, pid or None, network_ref, endpoint_config)
     settings = net.disconnect(rec, network_ref, force)   # rec may also be a container id (-> None)
+    net.rename(rec, old_name)         # rec already renamed: DNS answers to the new name only
     net.create(name, driver, ipam, internal, options, labels, enable_ipv6, check_duplicate)
         -> {"Id", "Warning"}; net.remove(ref); net.inspect(ref); net.list(filters);
     net.prune(filters) -> [names]; net.resolve(ref) -> record; net.close()
@@ -102,7 +103,6 @@ from coracle.errors import Conflict, InvalidParameter, NotFound
 from coracle.faults import fault
 from coracle.network import bridge, files, ports
 from coracle.network.dns import Resolver, upstreams_from
-from coracle.network.names import NameTable
 from coracle.network.firewall import BridgeRules, FirewallDriver, driver
 from coracle.network.ipam import (
     DEFAULT_POOLS,
@@ -114,6 +114,7 @@ from coracle.network.ipam import (
     pick_subnet,
     version_of,
 )
+from coracle.network.names import NameTable
 from coracle.network.ports import Mapping
 from coracle.runtime.syscalls import netns
 from coracle.store import Store
