@@ -262,10 +262,17 @@ class Report:
         if not tool:
             return
         self.add(f"Under load ({tool}: {_get(self.s, 'dns', 'commands', 'under_load')}), latency of every answer:", "")
+        self.dns_percentiles("under_load")
+        rate = _get(self.s, "dns", "steady_qps")
+        if rate:
+            self.add(f"At a steady {rate:,} queries/s (the same, with `-Q {rate}`):", "")
+            self.dns_percentiles("steady")
+
+    def dns_percentiles(self, key: str) -> None:
         rows = []
         for label in self.labels("dns"):
-            def pick(l: str, key: str) -> float | None:
-                return _num(_get(self.s, "dns", "results", l, "under_load", key, "median"))
+            def pick(l: str, k: str) -> float | None:
+                return _num(_get(self.s, "dns", "results", l, key, k, "median"))
             cells = [_fmt(pick(label, "qps"), digits=4)]
             cells += [_fmt(None if pick(label, k) is None else pick(label, k) * 1000, " µs")  # type: ignore[operator]
                       for k in ("p50", "p90", "p99", "p99.9")]

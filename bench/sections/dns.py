@@ -7,7 +7,8 @@ resolv.conf names (127.0.0.11 for Docker, the gateway for Podman) for B.
 Under load: dnsperf (Debian's `dnsperf`) keeps DNSPERF_OUTSTANDING queries in
 flight for dns_seconds and reports every answer's latency (-v), from which come
 the percentiles; without dnsperf, the suite's own tool gives the same figures
-from its window of 8.
+from its window of 8. At a steady rate: dnsperf again, held to STEADY_QPS, where
+the percentiles are the resolver's latency rather than a queue's.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from bench.suite import Bench
 
 SUBNET = "10.62.0.0/24"
 DNSPERF_OUTSTANDING = 64
+STEADY_QPS = 5000
 PERCENTILES = (50, 90, 99, 99.9)
 
 
@@ -44,10 +46,12 @@ def load(client: Client, pid: int, server: str, count: int, seconds: float) -> d
     return data
 
 
-def dnsperf(pid: int, server: str, seconds: float, queries: str) -> dict:
-    """qps and latency percentiles (ms) of every answer, with DNSPERF_OUTSTANDING queries in flight."""
+def dnsperf(pid: int, server: str, seconds: float, queries: str, rate: int | None = None) -> dict:
+    """qps and latency percentiles (ms) of every answer, with DNSPERF_OUTSTANDING queries in flight
+    (and at most `rate` queries per second)."""
+    limit = ["-Q", str(rate)] if rate else []
     res = system.sh("nsenter", f"--net=/proc/{pid}/ns/net", "dnsperf", "-s", server, "-d", queries, "-l",
-                    str(seconds), "-q", str(DNSPERF_OUTSTANDING), "-t", "1", "-v", timeout=seconds + 60)
+                    str(seconds), "-q", str(DNSPERF_OUTSTANDING), *limit, "-t", "1", "-v", timeout=seconds + 60)
     times, qps = [], None
     for line in res.stdout.splitlines():
         words = line.split()
@@ -69,6 +73,7 @@ def run(bench: Bench) -> dict:
     p99 = {c.label: Series() for c in bench.primaries}
     tool = "dnsperf" if shutil.which("dnsperf") else "dnsload"
     loaded = {c.label: {"qps": Series(), **{f"p{q:g}": Series() for q in PERCENTILES}} for c in bench.primaries}
+    steady = {c.label: {"qps": Series(), **{f"p{q:g}": Series() for q in PERCENTILES}} for c in bench.primaries}
     queries = bench.out / "dnsperf-queries.txt"
     queries.write_text("dnsb A\n")
     try:
@@ -97,6 +102,10 @@ def run(bench: Bench) -> dict:
                     loaded[client.label]["qps"].samples.append(data["qps"])
                     for q in PERCENTILES:
                         loaded[client.label][f"p{q:g}"].samples.append(data["loaded_ms"][f"p{q:g}"])
+                    if tool == "dnsperf":
+                        held = dnsperf(pid, server, cfg.dns_seconds, str(queries), STEADY_QPS)
+                        for key, value in held.items():
+                            steady[client.label][key].samples.append(value)
                 except Exception as exc:
                     errors[client.label] = describe_error(exc)
     finally:
@@ -109,9 +118,11 @@ def run(bench: Bench) -> dict:
         results[label] = {"resolver": setups.get(label, (0, None))[1], "qps": qps[label].summary(),
                           "median_ms": lat[label].summary(), "p99_ms": p99[label].summary(),
                           "under_load": {key: series.summary() for key, series in loaded[label].items()}}
+        if tool == "dnsperf":
+            results[label]["steady"] = {key: series.summary() for key, series in steady[label].items()}
         if label in errors:
             results[label]["error"] = errors[label]
-    return {"results": results, "load_tool": tool,
+    return {"results": results, "load_tool": tool, "steady_qps": STEADY_QPS if tool == "dnsperf" else None,
             "commands": {"setup": f"network create --subnet {SUBNET} dnsnet; run -d --network dnsnet --name dnsa|dnsb "
                                   f"{IMAGE} sleep 3600",
                          "load": f"nsenter --net=/proc/<dnsa pid>/ns/net python -m bench.tools.dnsload <resolver> dnsb "
