@@ -7,7 +7,10 @@ Names it does not know go to a fake upstream on the LAN peer, which says NXDOMAI
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import time
 from typing import Iterator
 
 import pytest
@@ -117,3 +120,43 @@ def test_queries_pipelined_on_one_tcp_connection_are_all_answered(world):
             size = int.from_bytes(stream.read(2), "big")
             got.append(answers(DNSRecord.parse(stream.read(size))))
     assert got == [[b.ip("app")], [a.ip("app")], [b.ip("app")]]
+
+
+def test_names_come_back_when_the_resolver_process_dies(world):
+    world.net.create("app")
+    a, b = world.container("app"), world.container("app")
+    assert asked_twice(a.ns, b.name) == [b.ip("app")]
+    resolvers = [pid for pid in _children() if b"coracle.network.dns" in _cmdline(pid)]
+    assert len(resolvers) == 1
+    os.kill(resolvers[0], signal.SIGKILL)
+    reply = None
+    for _ in range(400):  # a new process takes over the sockets; until then the port is closed
+        try:
+            reply = dns_query(a.ns, b.name)
+            break
+        except OSError:
+            time.sleep(0.05)
+    assert reply is not None and answers(reply) == [b.ip("app")]
+    c = world.container("app")  # and it follows changes again
+    assert asked_twice(a.ns, c.name) == [c.ip("app")]
+
+
+def _children() -> list[int]:
+    me = str(os.getpid())
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[1] == me:
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""

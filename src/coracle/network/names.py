@@ -9,6 +9,10 @@ table in step with the `net_endpoints` rows it inserts, renames and deletes
 
 Who sees what is Docker's rule: a container resolves the endpoints on the
 user-defined networks it is attached to itself, in the order they were made.
+
+The resolver answers from a process of its own, which keeps a copy of this
+table: `follow` hands it every change, in order and under the table's lock, so
+the copy has the change before the engine's attach or detach returns.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import itertools
 import threading
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 
 @dataclass(frozen=True)
@@ -36,29 +40,39 @@ class NameTable:
     """Endpoints by network and container, safe to read from one thread while others write."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self.lock = threading.RLock()  # also orders what a follower is told (see follow)
         self._networks: dict[str, dict[str, Entry]] = {}  # network id -> endpoint id -> entry
         self._attached: dict[str, set[str]] = {}  # container id -> network ids
+        self._endpoints: dict[str, dict[str, Any]] = {}  # endpoint id -> body, oldest first: what a copy needs
         self._order = itertools.count()
+        self._follower: Callable[[str, dict[str, Any]], None] | None = None
         self.generation = 0  # bumped by every change; read without the lock by the resolver
 
+    def follow(self, follower: Callable[[str, dict[str, Any]], None] | None) -> list[dict[str, Any]]:
+        """From now on call follower("add" | "remove", endpoint) after each change, with the lock held;
+        returns the endpoints as they are now (oldest first), from which the follower starts its copy."""
+        with self.lock:
+            self._follower = follower
+            return list(self._endpoints.values())
+
     def load(self, endpoints: Iterable[dict[str, Any]]) -> None:
-        """Replace everything with these endpoint bodies (as stored, oldest first)."""
-        with self._lock:
-            self._networks.clear()
-            self._attached.clear()
+        """The endpoints as stored (oldest first), at start-up, before anything follows the table."""
+        with self.lock:
             for ep in endpoints:
                 self._add(ep)
             self.generation += 1
 
     def add(self, ep: dict[str, Any]) -> None:
         """A new endpoint, or new names for a known one (same EndpointID)."""
-        with self._lock:
+        with self.lock:
             self._add(ep)
             self.generation += 1
+            if self._follower is not None:
+                self._follower("add", ep)
 
     def _add(self, ep: dict[str, Any]) -> None:
         cid, network = ep["Container"], ep["NetworkID"]
+        self._endpoints[ep["EndpointID"]] = ep
         self._attached.setdefault(cid, set()).add(network)
         names = ep.get("DNSNames")
         if not names:  # builtin networks: attached (it decides nothing here), but never answered
@@ -71,8 +85,9 @@ class NameTable:
             f"{ep['ContainerName']}.{ep['NetworkName']}", known.order if known else next(self._order))
 
     def remove(self, ep: dict[str, Any]) -> None:
-        with self._lock:
+        with self.lock:
             cid, network = ep["Container"], ep["NetworkID"]
+            self._endpoints.pop(ep["EndpointID"], None)
             self._networks.get(network, {}).pop(ep["EndpointID"], None)
             if not self._networks.get(network, True):
                 del self._networks[network]
@@ -82,6 +97,8 @@ class NameTable:
                 if not attached:
                     del self._attached[cid]
             self.generation += 1
+            if self._follower is not None:
+                self._follower("remove", ep)
 
     def _peers(self, cid: str) -> list[Entry]:
         peers = [e for network in self._attached.get(cid, ()) for e in self._networks.get(network, {}).values()]
@@ -92,7 +109,7 @@ class NameTable:
         """Addresses (both families) of `name` as container `cid` sees it; [] if unknown there."""
         name = name.lower()
         found: list[str] = []
-        with self._lock:
+        with self.lock:
             for entry in self._peers(cid):
                 if name in entry.names:
                     found.extend(a for a in entry.addresses if a not in found)
@@ -100,5 +117,5 @@ class NameTable:
 
     def pointers(self, cid: str, address: str) -> list[str]:
         """"name.network" of the endpoints holding `address` that container `cid` sees."""
-        with self._lock:
+        with self.lock:
             return [e.pointer for e in self._peers(cid) if address in e.addresses]
