@@ -122,10 +122,10 @@ class Resolver:
             self._send_sockets(container_id, netns_path, upstreams or [])
             self._served[container_id] = (netns_path, upstreams or [])
 
-    def _send_sockets(self, cid: str, netns_path: str, upstreams: list[str]) -> None:
+    def _send_sockets(self, cid: str, netns_path: str, upstreams: list[str], retry: bool = True) -> None:
         socks = _bind(netns_path)
         try:
-            self._request({"op": "serve", "cid": cid, "upstreams": upstreams}, socks)
+            self._request({"op": "serve", "cid": cid, "upstreams": upstreams}, socks, retry)
         finally:
             for sock in socks:
                 sock.close()  # the process has its own copies
@@ -159,7 +159,7 @@ class Resolver:
             self._exchange({"op": "add", "endpoint": ep}, [])
         for cid, (netns_path, upstreams) in list(self._served.items()):  # after a crash of the process
             try:
-                self._send_sockets(cid, netns_path, upstreams)
+                self._send_sockets(cid, netns_path, upstreams, retry=False)
             except OSError as exc:
                 log.warning("cannot restore DNS for %s: %s", cid, exc)
                 del self._served[cid]
@@ -172,7 +172,11 @@ class Resolver:
                 return
             log.warning("DNS process exited with %s: starting a new one", process.returncode)
             self._end()
-            self._start()
+            try:
+                self._start()
+            except (OSError, EOFError):
+                log.exception("cannot start a new DNS process (the next container start tries again)")
+                self._end()
 
     def _end(self) -> None:
         self.names.follow(None)
@@ -191,8 +195,9 @@ class Resolver:
         """The table changed (its lock is held): the process's copy changes before the caller goes on."""
         self._request({"op": op, "endpoint": ep})
 
-    def _request(self, message: dict, socks: list[socket.socket] | None = None) -> None:
-        """Send one control message and wait for its acknowledgement (the table's lock is held)."""
+    def _request(self, message: dict, socks: list[socket.socket] | None = None, retry: bool = True) -> None:
+        """Send one control message and wait for its acknowledgement (the table's lock is held); if the
+        process died, start a new one (once) and send it again."""
         if self._control is None:
             self._start()
             if message["op"] in ("add", "remove"):
@@ -200,6 +205,8 @@ class Resolver:
         try:
             self._exchange(message, socks or [])
         except (OSError, EOFError) as exc:  # the process died: a new one, from everything we know, then again
+            if not retry:
+                raise
             log.warning("DNS process lost (%s): starting a new one", exc)
             self._end()
             self._start()
@@ -214,7 +221,11 @@ class Resolver:
         if not reply:
             raise EOFError("the DNS process closed its control socket")
         if reply != b"ok":
-            raise OSError(reply.decode(errors="replace"))
+            raise ResolverError(reply.decode(errors="replace"))
+
+
+class ResolverError(Exception):
+    """The resolver process refused a control message (it is alive; the message was wrong)."""
 
 
 def _bind(netns_path: str) -> list[socket.socket]:
