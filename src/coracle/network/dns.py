@@ -285,6 +285,8 @@ class _Loop:
                 data, fds, _, _ = socket.recv_fds(self._control, 65536, 2)
             except BlockingIOError:
                 return
+            except OSError:
+                data, fds = b"", []
             if not data:  # the daemon closed the resolver, or is gone
                 self._running = False
                 return
