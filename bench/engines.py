@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import system
+from coracle.cli import launcher
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = "busybox:latest"
@@ -184,7 +185,8 @@ class Coracle(Engine):
         self._spawn_daemon([sys.executable, "-m", "coracle.daemon", "--data-root", str(self.root / "data"),
                             "--exec-root", str(self.root / "exec"), "-H", f"unix://{self.sock}",
                             "--cgroup-parent", self.cgroup_parent], self.sock)
-        cli = Path(sys.executable).with_name("coracle")
+        cli = self.root / "coracle"  # the launcher scripts/install.sh installs, for this checkout
+        launcher.write(str(cli))
         self.clients = [
             Client("coracle", "coracle", self, [str(cli)], {"CORACLE_HOST": f"unix://{self.sock}"}),
             Client("coracle (docker CLI)", "docker", self, [DOCKER_CLI], {"DOCKER_HOST": f"unix://{self.sock}"}),

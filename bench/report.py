@@ -100,6 +100,7 @@ class Report:
         self.datapath()
         self.dns()
         self.cli()
+        self.clistart()
         self.profile()
         self.errors()
         self.commands()
@@ -257,6 +258,28 @@ class Report:
                          *_ratio_cells(m, label), str(res.get("error", ""))[:200]])
         self.table(["engine", "resolver", "queries/s", "median latency", "p99", "qps vs Docker", "qps vs Podman",
                     "latency vs Docker", "latency vs Podman", "error"], rows)
+        tool = _get(self.s, "dns", "load_tool")
+        if not tool:
+            return
+        self.add(f"Under load ({tool}: {_get(self.s, 'dns', 'commands', 'under_load')}), latency of every answer:", "")
+        self.dns_percentiles("under_load")
+        rate = _get(self.s, "dns", "steady_qps")
+        if rate:
+            self.add(f"At a steady {rate:,} queries/s (the same, with `-Q {rate}`):", "")
+            self.dns_percentiles("steady")
+
+    def dns_percentiles(self, key: str) -> None:
+        rows = []
+        for label in self.labels("dns"):
+            def pick(l: str, k: str) -> float | None:
+                return _num(_get(self.s, "dns", "results", l, key, k, "median"))
+            cells = [_fmt(pick(label, "qps"), digits=4)]
+            cells += [_fmt(None if pick(label, k) is None else pick(label, k) * 1000, " µs")  # type: ignore[operator]
+                      for k in ("p50", "p90", "p99", "p99.9")]
+            rows.append([label, *cells, *_ratio_cells(lambda l: pick(l, "qps"), label),
+                         *_ratio_cells(lambda l: pick(l, "p99"), label)])
+        self.table(["engine", "queries/s", "p50", "p90", "p99", "p99.9", "qps vs Docker", "qps vs Podman",
+                    "p99 vs Docker", "p99 vs Podman"], rows)
 
     def cli(self) -> None:
         present = _get(self.s, "cli", "containers") or {}
@@ -268,6 +291,24 @@ class Report:
                 err = _get(self.s, "cli", "results", label, cmd, "error") or ""
                 rows.append([label, cmd, _fmt(v(label), "s"), *_ratio_cells(v, label), str(err)[:200]])
         self.table(["client", "command", "median", "vs Docker", "vs Podman", "error"], rows)
+
+    def clistart(self) -> None:
+        if "clistart" not in self.s:
+            return
+        floor = _get(self.s, "clistart", "floor") or {}
+        self.add("## 8. CLI start: one command, client start-up included", "",
+                 f"Wall and CPU (user + system of the client process) medians. Floor: "
+                 f"`{_get(self.s, 'clistart', 'floor_command')}` = {_fmt(_num(_get(floor, 'wall', 'median')), 's')} "
+                 f"wall, {_fmt(_num(_get(floor, 'cpu', 'median')), 's')} CPU.", "")
+        rows = []
+        for label in self.labels("clistart"):
+            for cmd in ("version", "ps", "run --rm"):
+                def v(l: str, kind: str, c: str = cmd) -> float | None:
+                    return _num(_get(self.s, "clistart", "results", l, c, kind, "median"))
+                err = _get(self.s, "clistart", "results", label, cmd, "wall", "error") or ""
+                rows.append([label, cmd, _fmt(v(label, "wall"), "s"), _fmt(v(label, "cpu"), "s"),
+                             *_ratio_cells(lambda l: v(l, "wall"), label), str(err)[:200]])
+        self.table(["client", "command", "wall", "CPU", "wall vs Docker", "wall vs Podman", "error"], rows)
 
     def profile(self) -> None:
         prof = self.r.get("profile")

@@ -31,8 +31,11 @@ fi
 extra=""
 [ "${1:-}" = "--test" ] && extra="[test]"
 .venv/bin/pip install -q --disable-pip-version-check -e ".${extra}"
-# Byte-compile now: the CLI starts for every command, and an environment with
-# PYTHONDONTWRITEBYTECODE would otherwise recompile every module every time.
+# The CLI starts for every command: byte-compile now (an environment with
+# PYTHONDONTWRITEBYTECODE would otherwise recompile every module every time),
+# and replace pip's console script with the launcher that skips site and .pth
+# scanning (src/coracle/cli/launcher.py).
 .venv/bin/python -m compileall -q src >/dev/null
+.venv/bin/python -m coracle.cli.launcher .venv/bin/coracle
 ln -sf "$PWD/.venv/bin/coracle" /usr/local/bin/coracle
 ln -sf "$PWD/.venv/bin/coracled" /usr/local/bin/coracled

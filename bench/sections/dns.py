@@ -3,11 +3,18 @@
 Two containers on a user-defined network (the default bridge resolves no
 names); the load tool runs in container A's netns and asks the resolver A's
 resolv.conf names (127.0.0.11 for Docker, the gateway for Podman) for B.
+
+Under load: dnsperf (Debian's `dnsperf`) keeps DNSPERF_OUTSTANDING queries in
+flight for dns_seconds and reports every answer's latency (-v), from which come
+the percentiles; without dnsperf, the suite's own tool gives the same figures
+from its window of 8. At a steady rate: dnsperf again, held to STEADY_QPS, where
+the percentiles are the resolver's latency rather than a queue's.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 from bench import system
@@ -16,6 +23,9 @@ from bench.measure import Series, describe_error, rotations
 from bench.suite import Bench
 
 SUBNET = "10.62.0.0/24"
+DNSPERF_OUTSTANDING = 64
+STEADY_QPS = 5000
+PERCENTILES = (50, 90, 99, 99.9)
 
 
 def resolver(pid: int) -> str:
@@ -36,12 +46,36 @@ def load(client: Client, pid: int, server: str, count: int, seconds: float) -> d
     return data
 
 
+def dnsperf(pid: int, server: str, seconds: float, queries: str, rate: int | None = None) -> dict:
+    """qps and latency percentiles (ms) of every answer, with DNSPERF_OUTSTANDING queries in flight
+    (and at most `rate` queries per second)."""
+    limit = ["-Q", str(rate)] if rate else []
+    res = system.sh("nsenter", f"--net=/proc/{pid}/ns/net", "dnsperf", "-s", server, "-d", queries, "-l",
+                    str(seconds), "-q", str(DNSPERF_OUTSTANDING), *limit, "-t", "1", "-v", timeout=seconds + 60)
+    times, qps = [], None
+    for line in res.stdout.splitlines():
+        words = line.split()
+        if words[:1] == [">"] and len(words) >= 5:  # "> NOERROR dnsb A 0.000081"
+            times.append(float(words[-1]) * 1000)
+        elif line.strip().startswith("Queries per second:"):
+            qps = float(words[-1])
+    if not times or qps is None:
+        raise RuntimeError(f"dnsperf reported nothing: {(res.stderr or res.stdout)[-400:]}")
+    times.sort()
+    return {"qps": qps, **{f"p{q:g}": times[min(len(times) - 1, int(q / 100 * len(times)))] for q in PERCENTILES}}
+
+
 def run(bench: Bench) -> dict:
     cfg = bench.config
     setups, errors = {}, {}
     qps = {c.label: Series() for c in bench.primaries}
     lat = {c.label: Series() for c in bench.primaries}
     p99 = {c.label: Series() for c in bench.primaries}
+    tool = "dnsperf" if shutil.which("dnsperf") else "dnsload"
+    loaded = {c.label: {"qps": Series(), **{f"p{q:g}": Series() for q in PERCENTILES}} for c in bench.primaries}
+    steady = {c.label: {"qps": Series(), **{f"p{q:g}": Series() for q in PERCENTILES}} for c in bench.primaries}
+    queries = bench.out / "dnsperf-queries.txt"
+    queries.write_text("dnsb A\n")
     try:
         for client in bench.primaries:
             try:
@@ -62,6 +96,16 @@ def run(bench: Bench) -> dict:
                     qps[client.label].samples.append(data["qps"])
                     lat[client.label].samples.append(data["median_ms"])
                     p99[client.label].samples.append(data["p99_ms"])
+                    if tool == "dnsperf":
+                        data = {**data, "loaded_ms": dnsperf(pid, server, cfg.dns_seconds, str(queries))}
+                        data["qps"] = data["loaded_ms"]["qps"]
+                    loaded[client.label]["qps"].samples.append(data["qps"])
+                    for q in PERCENTILES:
+                        loaded[client.label][f"p{q:g}"].samples.append(data["loaded_ms"][f"p{q:g}"])
+                    if tool == "dnsperf":
+                        held = dnsperf(pid, server, cfg.dns_seconds, str(queries), STEADY_QPS)
+                        for key, value in held.items():
+                            steady[client.label][key].samples.append(value)
                 except Exception as exc:
                     errors[client.label] = describe_error(exc)
     finally:
@@ -72,11 +116,17 @@ def run(bench: Bench) -> dict:
     for client in bench.primaries:
         label = client.label
         results[label] = {"resolver": setups.get(label, (0, None))[1], "qps": qps[label].summary(),
-                          "median_ms": lat[label].summary(), "p99_ms": p99[label].summary()}
+                          "median_ms": lat[label].summary(), "p99_ms": p99[label].summary(),
+                          "under_load": {key: series.summary() for key, series in loaded[label].items()}}
+        if tool == "dnsperf":
+            results[label]["steady"] = {key: series.summary() for key, series in steady[label].items()}
         if label in errors:
             results[label]["error"] = errors[label]
-    return {"results": results,
+    return {"results": results, "load_tool": tool, "steady_qps": STEADY_QPS if tool == "dnsperf" else None,
             "commands": {"setup": f"network create --subnet {SUBNET} dnsnet; run -d --network dnsnet --name dnsa|dnsb "
                                   f"{IMAGE} sleep 3600",
                          "load": f"nsenter --net=/proc/<dnsa pid>/ns/net python -m bench.tools.dnsload <resolver> dnsb "
-                                 f"{cfg.dns_queries} {cfg.dns_seconds}"}}
+                                 f"{cfg.dns_queries} {cfg.dns_seconds}",
+                         "under_load": f"nsenter --net=/proc/<dnsa pid>/ns/net dnsperf -s <resolver> -d <'dnsb A'> "
+                                       f"-l {cfg.dns_seconds} -q {DNSPERF_OUTSTANDING} -t 1 -v" if tool == "dnsperf"
+                                       else "the load above (window of 8), each answer timed"}}

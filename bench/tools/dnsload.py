@@ -1,4 +1,4 @@
-"""DNS load: latency of sequential queries, then queries per second with a window in flight.
+"""DNS load: latency of sequential queries, then queries per second (and their latency) with a window in flight.
 
 `python -m bench.tools.dnsload SERVER NAME COUNT SECONDS [WINDOW]`, run inside
 the querying container's network namespace; prints one JSON line.
@@ -49,26 +49,39 @@ def _quantile_ms(sorted_times: list[float], q: float) -> float | None:
 
 
 def throughput(sock: socket.socket, name: str, seconds: float, window: int) -> dict:
-    packet = _query(name, 0)
+    """Keep `window` queries in flight for `seconds`; also the latency of each under that load."""
+    base = _query(name, 0)
+    sent_at: dict[int, float] = {}
+    times: list[float] = []
     sent = received = answered = 0
+
+    def send() -> None:
+        nonlocal sent
+        qid = sent & 0xFFFF
+        sent_at[qid] = time.perf_counter()
+        sock.send(qid.to_bytes(2, "big") + base[2:])
+        sent += 1
+
     start = time.perf_counter()
     deadline = start + seconds
     for _ in range(window):
-        sock.send(packet)
-        sent += 1
+        send()
     while time.perf_counter() < deadline:
         if not select.select([sock], [], [], 0.5)[0]:
-            sock.send(packet)  # a lost query: keep the window full
-            sent += 1
+            send()  # a lost query: keep the window full
             continue
         data = sock.recv(4096)
+        t = sent_at.pop(int.from_bytes(data[:2], "big"), None)
+        if t is not None:
+            times.append(time.perf_counter() - t)
         received += 1
         answered += _answered(data) if received % 100 == 1 else 0
-        sock.send(packet)
-        sent += 1
+        send()
     elapsed = time.perf_counter() - start
+    times.sort()
     return {"qps": received / elapsed, "sent": sent, "received": received, "window": window,
-            "sampled_answers_ok": answered > 0}
+            "sampled_answers_ok": answered > 0,
+            "loaded_ms": {f"p{q:g}": _quantile_ms(times, q / 100) for q in (50, 90, 99, 99.9)}}
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SECTIONS = ["startup", "throughput", "memory", "cli", "ports", "datapath", "dns", "scale"]
+SECTIONS = ["startup", "throughput", "memory", "cli", "ports", "datapath", "dns", "scale", "clistart"]
 
 
 def _errors(obj: object, path: str = "") -> list[str]:
@@ -61,11 +61,15 @@ def test_quick_suite_on_coracle_writes_every_section(tmp_path: Path) -> None:
     assert set(s["datapath"]["results"]["coracle"]["gbit_per_s"]) == {
         "direct", "published_host_address", "published_loopback", "container_to_container"}
     assert s["dns"]["results"]["coracle"]["qps"]["n"] > 0
+    assert s["dns"]["results"]["coracle"]["under_load"]["p99"]["n"] > 0
+    assert {"version", "ps", "run --rm"} == set(s["clistart"]["results"]["coracle"])
+    assert s["clistart"]["results"]["coracle"]["ps"]["cpu"]["n"] > 0
     assert {"ps", "ps -a", "inspect"} <= set(s["cli"]["results"]["coracle"])
     assert len(s["scale"]["results"]["coracle"]["seconds"]) == 4
 
     report = (tmp_path / "report.md").read_text()
-    for heading in ("## Targets", "## 1. Start latency", "## 4. Port publishing", "## 7. CLI", "## Exact commands"):
+    for heading in ("## Targets", "## 1. Start latency", "## 4. Port publishing", "## 7. CLI", "## 8. CLI start",
+                    "## Exact commands"):
         assert heading in report
     if importlib.util.find_spec("matplotlib"):  # the optional `bench` dependency group
         assert {"start_latency.png", "ports.png", "scale.png", "memory.png"} <= {p.name for p in tmp_path.iterdir()}

@@ -11,7 +11,20 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+import fakeengine  # noqa: E402
 from fakeengine import FakeEngine  # noqa: E402
+
+from coracle.cli import launcher  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def installed_command(tmp_path_factory: Any) -> Iterator[None]:
+    """`coracle` as scripts/install.sh installs it: the launcher that starts without site."""
+    path = str(tmp_path_factory.mktemp("bin") / "coracle")
+    launcher.write(path)
+    saved, fakeengine.COMMAND = fakeengine.COMMAND, [path]
+    yield
+    fakeengine.COMMAND = saved
 
 
 @pytest.fixture

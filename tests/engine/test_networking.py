@@ -141,6 +141,19 @@ def test_user_network_resolves_names_and_isolates(client) -> None:  # type: igno
     assert "unreachable" in isolated and "db-here" not in isolated
 
 
+def test_a_renamed_container_is_found_by_its_new_name(client) -> None:  # type: ignore[no-untyped-def]
+    net = client.networks.create(unique("nr"), driver="bridge")
+    db = client.containers.run("busybox", ["sleep", "60"], detach=True, name=unique("old"), network=net.name)
+    new = unique("new")
+    db.rename(new)
+    db.reload()
+    settings = db.attrs["NetworkSettings"]["Networks"][net.name]
+    assert settings["DNSNames"][0] == new
+    out = client.containers.run("busybox", ["nslookup", new], network=net.name, remove=True).decode()
+    assert settings["IPAddress"] in out.split("Name:", 1)[1]
+    db.remove(force=True)
+
+
 def test_no_leaks_after_rm(client, daemon: Daemon) -> None:  # type: ignore[no-untyped-def]
     def count() -> tuple[int, int]:
         links = daemon.netns_exec("ip", "-o", "link").stdout.count("veth")

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from dnslib import DNSRecord
+from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
 from coracle.network import NetworkManager
 from coracle.runtime.syscalls import netns as enter
@@ -139,6 +139,38 @@ def dns_query(ns: str, name: str, qtype: str = "A", tcp: bool = False) -> DNSRec
 
 def answers(record: DNSRecord) -> list[str]:
     return [str(rr.rdata) for rr in record.rr]
+
+
+class FakeUpstream:
+    """A resolver on the LAN peer: ext.example.test -> 203.0.113.7, NXDOMAIN otherwise."""
+
+    def __init__(self, ns: str) -> None:
+        with enter(ns):
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((UPLINK_OUTSIDE, 53))
+        self.sock.settimeout(0.2)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except OSError:
+                continue
+            q = DNSRecord.parse(data)
+            reply = q.reply()
+            if str(q.q.qname) == "ext.example.test.":
+                reply.add_answer(RR(q.q.qname, QTYPE.A, rdata=A("203.0.113.7"), ttl=60))
+            else:
+                reply.header.rcode = RCODE.NXDOMAIN
+            self.sock.sendto(reply.pack(), peer)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
 
 
 # ----- the world -------------------------------------------------------------

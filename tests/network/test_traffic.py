@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from dnslib import QTYPE, RCODE, RR, A, DNSRecord
+from dnslib import RCODE
 
 from coracle.errors import Conflict
 from coracle.runtime.syscalls import netns as enter
-from networld import UPLINK_HOST, UPLINK_OUTSIDE, answers, ask, dns_query, serving, sh
+from networld import UPLINK_HOST, UPLINK_OUTSIDE, FakeUpstream, answers, ask, dns_query, serving, sh
 
 
 def test_outbound_is_masqueraded_to_the_uplink_address(world):
@@ -60,38 +58,6 @@ def test_port_published_on_localhost_is_not_reachable_from_the_lan(world):
         assert ask(world.host, "tcp", "127.0.0.1", 8081) is not None
         assert ask(world.outside, "tcp", UPLINK_HOST, 8081, timeout=0.5) is None
         assert ask(world.outside, "tcp", "127.0.0.1", 8081, timeout=0.5) is None
-
-
-class FakeUpstream:
-    """A resolver on the LAN peer: ext.example.test -> 203.0.113.7, NXDOMAIN otherwise."""
-
-    def __init__(self, ns: str) -> None:
-        with enter(ns):
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((UPLINK_OUTSIDE, 53))
-        self.sock.settimeout(0.2)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                data, peer = self.sock.recvfrom(4096)
-            except OSError:
-                continue
-            q = DNSRecord.parse(data)
-            reply = q.reply()
-            if str(q.q.qname) == "ext.example.test.":
-                reply.add_answer(RR(q.q.qname, QTYPE.A, rdata=A("203.0.113.7"), ttl=60))
-            else:
-                reply.header.rcode = RCODE.NXDOMAIN
-            self.sock.sendto(reply.pack(), peer)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join()
-        self.sock.close()
 
 
 def test_containers_find_each_other_by_name_alias_and_short_id_on_a_user_network(world):

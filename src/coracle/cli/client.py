@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-from urllib.parse import quote, urlencode
+
+# The C module under `socket`: the same socket objects, without building the socket module's
+# enum classes (AddressFamily, SocketKind, MsgFlag ...) at every command's start.
+import _socket as socket
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings anyway
 if TYPE_CHECKING:
@@ -166,12 +168,24 @@ def path_with_query(path: str, query: dict[str, Any] | None) -> str:
             elif isinstance(item, dict):
                 item = json.dumps(item, separators=(",", ":"))
             pairs.append((key, str(item)))
-    return path + ("?" + urlencode(pairs) if pairs else "")
+    return path + ("?" + "&".join(f"{_percent(k, plus=True)}={_percent(v, plus=True)}" for k, v in pairs)
+                   if pairs else "")
 
 
 def quote_name(name: str) -> str:
     """A path segment for an object name (image names keep their slashes)."""
-    return quote(name, safe="/:@")
+    return _percent(name, safe="/:@")
+
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~")
+
+
+def _percent(text: str, safe: str = "", plus: bool = False) -> str:
+    """urllib.parse's quote (quote_plus with `plus`, as urlencode uses), without importing urllib.parse
+    (and ipaddress with it) on every command."""
+    keep = _UNRESERVED | frozenset(safe.encode()) | (frozenset(b" ") if plus else frozenset())
+    out = "".join(chr(b) if b in keep else f"%{b:02X}" for b in text.encode())
+    return out.replace(" ", "+") if plus else out
 
 
 class Client:

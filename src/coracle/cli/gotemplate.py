@@ -42,7 +42,7 @@ MISSING = _Missing()
 
 # ----- lexing -------------------------------------------------------------
 
-_TOKEN = re.compile(r"""
+_TOKEN = r"""
     (?P<ws>\s+)
   | (?P<string>"(?:[^"\\]|\\.)*")
   | (?P<raw>`[^`]*`)
@@ -58,7 +58,7 @@ _TOKEN = re.compile(r"""
   | (?P<var>\$[A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
   | (?P<number>[-+]?(?:0[xX][0-9a-fA-F]+|\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+))
   | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
-""", re.VERBOSE)
+"""
 
 
 class _Tok:
@@ -69,11 +69,21 @@ class _Tok:
         self.glued = glued  # no whitespace before it (`(...).Field`)
 
 
+def _field_chain(src: str) -> bool:
+    """`.ID`, `.Client.Version`: the whole action of every default table, lexed without the regex."""
+    names = src.split(".")
+    return len(names) > 1 and not names[0] and all(n.isidentifier() and n.isascii() for n in names[1:])
+
+
 def _lex_action(src: str) -> list[_Tok]:
+    if _field_chain(src.strip()):
+        return [_Tok("field", src.strip(), False)]
+    # compiled on first use (re caches it): `ps` and the other default tables never need it
+    token = re.compile(_TOKEN, re.VERBOSE)
     toks: list[_Tok] = []
     pos, glued = 0, False
     while pos < len(src):
-        m = _TOKEN.match(src, pos)
+        m = token.match(src, pos)
         if not m:
             raise TemplateError(f"unexpected {src[pos]!r} in command")
         kind = m.lastgroup or ""
@@ -300,7 +310,7 @@ def truth(value: Any) -> bool:
     return True
 
 
-_STRUCT_KEY = re.compile(r"[A-Z][A-Za-z0-9_]*$")
+_STRUCT_KEY = r"[A-Z][A-Za-z0-9_]*$"  # compiled on first use (re caches it)
 
 
 def to_json(value: Any) -> str:
@@ -313,7 +323,7 @@ def _go_order(value: Any) -> Any:
     exported (capitalised) identifiers; anything else (labels, networks, ports) is a map."""
     if isinstance(value, dict):
         items = [(k, _go_order(v)) for k, v in value.items()]
-        if not all(_STRUCT_KEY.match(str(k)) for k in value):
+        if not all(re.match(_STRUCT_KEY, str(k)) for k in value):
             items.sort(key=lambda kv: str(kv[0]))
         return dict(items)
     if isinstance(value, (list, tuple)):

@@ -155,9 +155,9 @@ def run(argv: list[str]) -> int:
         sys.stdout.write(_group_help(name))
         return 0
     module_name, func_name = target.split(":")
-    import importlib
-
-    module = importlib.import_module(f"coracle.cli.commands.{module_name}")
+    module_path = f"coracle.cli.commands.{module_name}"
+    __import__(module_path)  # importlib.import_module would cost importlib itself
+    module = sys.modules[module_path]
     command: Callable[[Cli, str, list[str]], int] = getattr(module, func_name)
     cli = Cli(host)
     return guarded(command, cli, name, rest)
@@ -167,7 +167,6 @@ def guarded(command: Callable[[Cli, str, list[str]], int], cli: Cli, name: str, 
     """Run a command and turn every failure into docker's one-line message and exit status."""
     from coracle.cli.client import ApiError, DaemonUnreachable
     from coracle.cli.commands import CommandError
-    from coracle.cli.gotemplate import TemplateError
     from coracle.cli.runconfig import UsageError
 
     creates = name.split()[-1] in ("run", "create")  # docker says "docker: ..." and exits 125 for these
@@ -186,9 +185,6 @@ def guarded(command: Callable[[Cli, str, list[str]], int], cli: Cli, name: str, 
     except CommandError as exc:
         cli.err(str(exc))
         return exc.code
-    except TemplateError as exc:
-        cli.err(str(exc))
-        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -197,6 +193,14 @@ def guarded(command: Callable[[Cli, str, list[str]], int], cli: Cli, name: str, 
         except OSError:
             pass
         return 0
+    except Exception as exc:
+        # A template error, looked up only now: commands that format import the Go-template engine
+        # themselves, and every other command starts without it.
+        templates = sys.modules.get("coracle.cli.gotemplate")
+        if templates is None or not isinstance(exc, templates.TemplateError):
+            raise
+        cli.err(str(exc))
+        return 1
     finally:
         if cli._client is not None:
             cli._client.close()

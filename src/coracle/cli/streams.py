@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import struct
 import sys
 import threading
 from contextlib import contextmanager
+
+import _socket as socket  # what coracle.cli.client's sockets are (see there)
 
 TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
 if TYPE_CHECKING:

@@ -665,6 +665,7 @@ class Engine:
                                    f'"{other["Id"]}". You have to remove (or rename) that container to be able to reuse that name.')
             old = rec["Name"]
             rec["Name"] = name
+            self.network.rename(rec, old)
             self.save(rec)
         self._event(rec, "rename", oldName=old)
 

@@ -35,6 +35,7 @@ per-container lock, so one container is never attached twice at once):
                                       # for already-gone things
     settings = net.connect(rec, pid or None, network_ref, endpoint_config)
     settings = net.disconnect(rec, network_ref, force)   # rec may also be a container id (-> None)
+    net.rename(rec, old_name)         # rec already renamed: DNS answers to the new name only
     net.create(name, driver, ipam, internal, options, labels, enable_ipv6, check_duplicate)
         -> {"Id", "Warning"}; net.remove(ref); net.inspect(ref); net.list(filters);
     net.prune(filters) -> [names]; net.resolve(ref) -> record; net.close()
@@ -114,6 +115,7 @@ from coracle.network.ipam import (
     pick_subnet,
     version_of,
 )
+from coracle.network.names import NameTable
 from coracle.network.ports import Mapping
 from coracle.runtime.syscalls import netns
 from coracle.store import Store
@@ -223,7 +225,9 @@ class NetworkManager:
         store.schema(SCHEMA)
         self.ipam = IPAM(store)
         self.firewall: FirewallDriver = driver(firewall, self.host_netns)
-        self.dns = Resolver(self._dns_lookup, self._dns_reverse, self.host_netns, upstreams_from(resolv_conf))
+        self.names = NameTable()  # what the resolver answers: kept in step with every endpoint row below
+        self.names.load(self._endpoints())
+        self.dns = Resolver(self.names, self.host_netns, upstreams_from(resolv_conf))
         self._lock = threading.RLock()  # guards records, port choice, endpoint creation
 
     def close(self) -> None:
@@ -793,6 +797,7 @@ class NetworkManager:
             if address is not None:
                 self.ipam.release(rec["Id"], str(address))
             raise Conflict(f"endpoint with name {name} already exists in network {rec['Name']}") from None
+        self.names.add(ep)
         undo.append(lambda: self._drop_endpoint(ep))
         return ep
 
@@ -805,6 +810,7 @@ class NetworkManager:
             if ep.get(key):
                 self.ipam.release(ep["NetworkID"], ep[key])
         self.store.execute("DELETE FROM net_endpoints WHERE id = ?", (ep["EndpointID"],))
+        self.names.remove(ep)
 
     def _join(self, container: dict[str, Any], pid: int, rec: dict[str, Any], cfg: dict[str, Any],
               undo: list[Callable[[], None]], first: bool) -> dict[str, Any]:
@@ -1093,25 +1099,21 @@ class NetworkManager:
                 return str(Subnet(rec).gateway)
         return "127.0.0.1"
 
-    # ----- DNS records ---------------------------------------------------------
+    # ----- names ---------------------------------------------------------------
 
-    def _peers(self, cid: str) -> list[dict[str, Any]]:
-        """Endpoints on the user networks the asking container is attached to."""
-        rows = self.store.execute(
-            "SELECT body FROM net_endpoints WHERE network IN "
-            "(SELECT network FROM net_endpoints WHERE container = ?)", (cid,))
-        return [ep for ep in (json.loads(r[0]) for r in rows) if ep.get("DNSNames")]
-
-    def _dns_lookup(self, cid: str, name: str) -> list[str]:
-        """IPv4 and IPv6 addresses of a name (the resolver picks by query type)."""
-        found = []
-        for ep in self._peers(cid):
-            if name in (n.lower() for n in ep["DNSNames"]):
-                for address in (ep["IPAddress"], ep.get("GlobalIPv6Address")):
-                    if address and address not in found:
-                        found.append(address)
-        return found
-
-    def _dns_reverse(self, cid: str, address: str) -> list[str]:
-        return [f"{ep['ContainerName']}.{ep['NetworkName']}" for ep in self._peers(cid)
-                if address in (ep["IPAddress"], ep.get("GlobalIPv6Address"))]
+    def rename(self, container: dict[str, Any], old_name: str) -> None:
+        """The container (already holding its new Name) answers to it, not to `old_name`, on its networks;
+        its NetworkSettings show the new DNSNames (the dict passed in is mutated; the engine saves it)."""
+        cid, new_name = container["Id"], container["Name"].lstrip("/")
+        old_name = old_name.lstrip("/")
+        with self._lock:
+            for ep in self._endpoints(container=cid):
+                names = ep.get("DNSNames") or []
+                if old_name in names:
+                    names[names.index(old_name)] = new_name
+                ep["ContainerName"] = new_name
+                self.store.execute("UPDATE net_endpoints SET body = ? WHERE id = ?", (json.dumps(ep), ep["EndpointID"]))
+                self.names.add(ep)
+                shown = ((container.get("NetworkSettings") or {}).get("Networks") or {}).get(ep["NetworkName"])
+                if shown is not None and ep.get("DNSNames"):
+                    shown["DNSNames"] = list(ep["DNSNames"])

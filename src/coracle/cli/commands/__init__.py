@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from coracle.cli.runconfig import UsageError
@@ -29,9 +30,24 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse's formatter at the width it would choose, found without importing shutil: argparse
+    builds one per add_argument, and shutil drags bz2, lzma and fnmatch into every command's start."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return argparse.HelpFormatter(prog, width=(columns or 80) - 2)
+
+
 def parser(name: str, usage: str, description: str = "", *, help_flag: bool = True) -> Parser:
     return Parser(prog=f"coracle {name}", usage=f"coracle {name} {usage}", description=description,
-                  add_help=help_flag, allow_abbrev=False)
+                  add_help=help_flag, allow_abbrev=False, formatter_class=_formatter)
 
 
 def filters(items: list[str]) -> dict[str, list[str]] | None:

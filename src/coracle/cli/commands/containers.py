@@ -8,18 +8,18 @@ import os
 import sys
 import threading
 import time
-from contextlib import nullcontext
 
 from coracle.cli.client import ApiError, Client, quote_name
 from coracle.cli.commands import CommandError, each, filters, parser
 from coracle.cli.main import Cli
 from coracle.cli.runconfig import UsageError, add_container_flags, create_body, env_entries
-from coracle.cli.streams import (follow_resizes, forward_stdin, pump_output, raw_terminal, stdin_is_tty,
-                                 terminal_size)
 
 TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
 if TYPE_CHECKING:
     from typing import Any
+
+# The terminal plumbing (coracle.cli.streams, contextlib) is imported by the verbs that stream:
+# `ps` and the other one-request verbs start without it.
 
 
 def _path(cid: str, suffix: str = "") -> str:
@@ -85,20 +85,24 @@ def _image_ref(image: str) -> tuple[str, str]:
 
 def _create(cli: Cli, opts: Any, body: dict[str, Any], out: Any) -> dict[str, Any]:
     """POST /containers/create; pull and retry once when the image is missing (unless --pull=never)."""
-    from coracle.cli.commands.images import pull_image
-
     repo, tag = _image_ref(opts.image)
     display = f"{repo}:{tag}" if tag else repo
     if opts.pull == "always":
-        pull_image(cli, repo, tag, out=out)
+        _pull(cli, repo, tag, out)
     try:
         return cli.client.post("/containers/create", {"name": opts.name}, body)
     except ApiError as exc:
         if exc.status != 404 or "image" not in exc.message.lower() or opts.pull == "never":
             raise
     cli.err(f"Unable to find image '{display}' locally")
-    pull_image(cli, repo, tag, out=out)
+    _pull(cli, repo, tag, out)
     return cli.client.post("/containers/create", {"name": opts.name}, body)
+
+
+def _pull(cli: Cli, repo: str, tag: str, out: Any) -> None:
+    from coracle.cli.commands.images import pull_image  # only a run that pulls pays for the image verbs
+
+    pull_image(cli, repo, tag, out=out)
 
 
 def _start_failed(cli: Cli, exc: ApiError) -> int:
@@ -107,6 +111,8 @@ def _start_failed(cli: Cli, exc: ApiError) -> int:
 
 
 def create(cli: Cli, name: str, args: list[str]) -> int:
+    from coracle.cli.streams import terminal_size
+
     opts = _parse_run(name, args, run=False)
     body = create_body(opts, detach=True, console=terminal_size() if opts.tty else None)
     created = _create(cli, opts, body, sys.stderr)
@@ -117,6 +123,8 @@ def create(cli: Cli, name: str, args: list[str]) -> int:
 
 
 def run(cli: Cli, name: str, args: list[str]) -> int:
+    from coracle.cli.streams import stdin_is_tty, terminal_size
+
     opts = _parse_run(name, args, run=True)
     if opts.interactive and opts.tty and not opts.detach and not stdin_is_tty():
         raise CommandError("the input device is not a TTY", 1)
@@ -163,6 +171,8 @@ class _Exit:
 def _hijacked_session(cli: Cli, sock: Any, multiplexed: bool, first: bytes, *, stdin: bool, tty: bool,
                       detach_keys: str | None) -> bool:
     """Pump stdin and output until the daemon ends the stream; True when the user detached."""
+    from coracle.cli.streams import forward_stdin, pump_output
+
     detached = threading.Event()
     keys = detach_sequence(detach_keys) if tty and stdin else b""
     if stdin:
@@ -175,6 +185,10 @@ def _hijacked_session(cli: Cli, sock: Any, multiplexed: bool, first: bytes, *, s
 def attach_and_start(cli: Cli, cid: str, *, tty: bool, stdin: bool, detach_keys: str | None, condition: str,
                      run: bool = False) -> int:
     """docker run (attached) / start -a: attach, register the wait, start, stream, return the exit status."""
+    from contextlib import nullcontext
+
+    from coracle.cli.streams import follow_resizes, raw_terminal
+
     query = {"stream": True, "stdin": stdin, "stdout": True, "stderr": True, "detachKeys": detach_keys}
     sock, multiplexed, first = cli.client.hijack(_path(cid, "/attach"), query)
     exit_ = _Exit(cli.host, cid, condition)
@@ -415,6 +429,10 @@ def logs(cli: Cli, name: str, args: list[str]) -> int:
 # ----- exec and attach ----------------------------------------------------------------
 
 def exec_(cli: Cli, name: str, args: list[str]) -> int:
+    from contextlib import nullcontext
+
+    from coracle.cli.streams import follow_resizes, raw_terminal, stdin_is_tty, terminal_size
+
     p = parser(name, "[OPTIONS] CONTAINER COMMAND [ARG...]", "Execute a command in a running container")
     p.add_argument("-d", "--detach", action="store_true", help="detached mode: run command in the background")
     p.add_argument("-i", "--interactive", action="store_true", help="keep STDIN open even if not attached")
@@ -465,6 +483,10 @@ def exec_(cli: Cli, name: str, args: list[str]) -> int:
 
 
 def attach(cli: Cli, name: str, args: list[str]) -> int:
+    from contextlib import nullcontext
+
+    from coracle.cli.streams import follow_resizes, raw_terminal, stdin_is_tty
+
     p = parser(name, "[OPTIONS] CONTAINER", "Attach local standard input, output, and error streams to a running container")
     p.add_argument("--no-stdin", action="store_true", help="do not attach STDIN")
     p.add_argument("--sig-proxy", default="true", help="proxy all received signals to the process")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import platform
+import os
 import sys
 import time
 
@@ -56,9 +56,10 @@ def inspect_objects(cli: Cli, name: str, args: list[str], kind: str | None = Non
 def _client_version() -> dict[str, Any]:
     from coracle import __version__
 
-    machine = platform.machine()
+    machine = os.uname().machine  # what platform.machine() says, without importing platform
+    python = "{}.{}.{}".format(*sys.version_info[:3])
     return {"Platform": {"Name": "coracle"}, "Version": __version__, "ApiVersion": "1.47",
-            "DefaultAPIVersion": "1.47", "GoVersion": "python" + platform.python_version(),
+            "DefaultAPIVersion": "1.47", "GoVersion": "python" + python,
             "GitCommit": "", "BuiltTime": "", "Os": "linux",
             "Arch": {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine), "Context": "default"}
 
