@@ -16,6 +16,7 @@ from coracle.api import filters as flt
 from coracle.api.archive import routes as archive_routes
 from coracle.api.http import Request, Response, Router
 from coracle.api.streams import AttachHub, frame, parse_detach_keys, pump
+from coracle.disk import usage as disk_usage
 from coracle.engine import logs as logfile
 from coracle.engine.engine import Engine
 from coracle.errors import Conflict, InvalidParameter, NotFound, NotModified
@@ -44,22 +45,9 @@ def summary(engine: Engine, rec: dict[str, Any], size: bool = False) -> dict[str
         "Mounts": rec["Mounts"],
     }
     if size:
-        out["SizeRw"] = _du(rec["GraphDriver"]["Data"]["UpperDir"])
+        out["SizeRw"] = disk_usage(rec["GraphDriver"]["Data"]["UpperDir"])
         out["SizeRootFs"] = out["SizeRw"]
     return out
-
-
-def _du(path: str) -> int:
-    import os
-
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_size
-            except OSError:
-                pass
-    return total
 
 
 def _epoch(stamp: str) -> int:

@@ -7,7 +7,7 @@ import base64
 import json
 import os
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 from coracle.api.filters import labels_match, parse as parse_filters, values
 from coracle.api.http import Request, Response, Router
@@ -37,15 +37,16 @@ async def spool(req: Request) -> str:
     return path
 
 
-async def _with_progress(stream: Any, work: Any, ref: str, auth: dict | None) -> Any:
-    """Run a pull or push in a thread and stream its progress messages as Docker does.
+async def with_progress(stream: Any, work: Callable[[Callable[[dict[str, Any]], None]], Any]) -> Any:
+    """Run work(progress) in a thread and stream its progress messages as Docker does.
 
-    Once the stream has begun, an error travels inside it ({"error": ...}) and
-    None is returned; otherwise the work's result.
+    Once the stream has begun, an error travels inside it ({"errorDetail": ...},
+    with the error's `code` when it has one) and None is returned; otherwise
+    the work's result.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
-    task = asyncio.ensure_future(thread(work, ref, auth, lambda m: loop.call_soon_threadsafe(queue.put_nowait, m)))
+    task = asyncio.ensure_future(thread(work, lambda m: loop.call_soon_threadsafe(queue.put_nowait, m)))
     while not (task.done() and queue.empty()):
         try:
             msg = await asyncio.wait_for(queue.get(), 0.1)
@@ -55,7 +56,10 @@ async def _with_progress(stream: Any, work: Any, ref: str, auth: dict | None) ->
     try:
         return task.result()
     except Exception as exc:
-        await stream.write(json.dumps({"errorDetail": {"message": str(exc)}, "error": str(exc)}).encode() + b"\r\n")
+        detail: dict[str, Any] = {"message": str(exc)}
+        if getattr(exc, "code", None):
+            detail["code"] = exc.code  # type: ignore[attr-defined]
+        await stream.write(json.dumps({"errorDetail": detail, "error": str(exc)}).encode() + b"\r\n")
         return None
 
 
@@ -117,7 +121,7 @@ def routes(router: Router, engine: Engine, images: Any) -> None:
         auth = _auth(req)
 
         async def produce_pull(stream: Any) -> None:
-            image = await _with_progress(stream, images.pull, ref, auth)
+            image = await with_progress(stream, lambda progress: images.pull(ref, auth, progress))
             if image is None:
                 return
             engine.events.publish("image", "pull", image.id, {"name": ref})
@@ -130,7 +134,7 @@ def routes(router: Router, engine: Engine, images: Any) -> None:
         auth = _auth(req)
 
         async def produce(stream: Any) -> None:
-            await _with_progress(stream, images.push, ref, auth)
+            await with_progress(stream, lambda progress: images.push(ref, auth, progress))
 
         return Response.stream(produce, content_type="application/json")
 

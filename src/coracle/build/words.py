@@ -161,3 +161,18 @@ class Lexer:
         while i < len(text) and text[i] in _NAME:
             i += 1
         return self._lookup(text[start:i]) or "", i
+
+    def expand(self, text: str) -> str:
+        """Variables expanded, quotes and escapes left as written (heredoc contents)."""
+        out, i = "", 0
+        while i < len(text):
+            if text[i] == self.escape and i + 1 < len(text) and text[i + 1] == "$":
+                out += "$"
+                i += 2
+            elif text[i] == "$":
+                value, i = self._dollar(text, i + 1)
+                out += value
+            else:
+                out += text[i]
+                i += 1
+        return out

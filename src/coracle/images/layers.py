@@ -231,16 +231,20 @@ def unpack(f: BinaryIO, dest: str) -> tuple[str, int]:
     return reader.digest, unpacker.size
 
 
-def pack(upper: str, out: BinaryIO) -> None:
+def pack(upper: str, out: BinaryIO, skip: frozenset[str] = frozenset()) -> None:
     """Write a container's overlay upper directory as an OCI layer tar.
 
     Overlay whiteouts (0/0 character devices) become `.wh.NAME` entries and
     opaque directories get a `.wh..wh..opq` entry, so the layer means the same
-    thing to any runtime that applies it on top of the image's layers.
+    thing to any runtime that applies it on top of the image's layers. Paths in
+    `skip` (mount points of a build step) are left out while they are empty.
     """
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
         for rel, path in sorted(_entries(upper)):
             st = os.lstat(path)
+            if rel in skip and (stat.S_ISDIR(st.st_mode) and not os.listdir(path) or
+                                stat.S_ISREG(st.st_mode) and st.st_size == 0):
+                continue
             if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
                 ti = tarfile.TarInfo(posixpath.join(posixpath.dirname(rel), WHITEOUT + posixpath.basename(rel)))
                 ti.mtime = int(st.st_mtime)

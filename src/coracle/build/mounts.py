@@ -1,0 +1,146 @@
+"""`RUN --mount=...`: what a RUN step sees besides its image, never part of its layer.
+
+- `type=cache,target=P[,id=I]`: a directory kept between builds (per id, or
+  per target), shared by every build on this daemon; `builder prune` clears it.
+- `type=bind,target=P[,source=S][,from=STAGE|IMAGE][,rw=true]`: the build
+  context (or a stage's or image's filesystem, mounted read-only from its
+  layers) at P; writes, if allowed, are thrown away.
+- `type=secret,id=I[,target=P][,required=true][,mode=0400][,uid=][,gid=]`: the
+  secret's bytes as a file at P (default /run/secrets/I); it is in no layer,
+  no history and no cache key.
+- `type=tmpfs,target=P[,size=N]`.
+The mount points a step needed are left out of its layer.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING, Any, Iterator
+
+from coracle.errors import InvalidParameter
+from coracle.runtime import syscalls as sc
+
+if TYPE_CHECKING:
+    from coracle.build.builder import Stage, _Build
+    from coracle.build.dockerfile import Instruction
+
+
+class RunMounts:
+    def __init__(self, build: "_Build", stage: "Stage", ins: "Instruction") -> None:
+        self.build, self.stage = build, stage
+        lexer = build._lexer(stage)
+        self.specs_ = [{k: lexer.word(v) for k, v in spec.items()} for spec in self.specs(ins)]
+        for spec in self.specs_:
+            kind = spec.setdefault("type", "bind")
+            if kind not in ("bind", "cache", "secret", "tmpfs"):
+                raise InvalidParameter(f"RUN --mount type={kind} is not supported")
+            if kind == "secret":
+                spec.setdefault("target", "/run/secrets/" + spec.get("id", ""))
+                if not spec.get("id"):
+                    raise InvalidParameter("RUN --mount=type=secret needs an id")
+            target = spec.get("target") or spec.get("dst") or spec.get("destination")
+            if not target:
+                raise InvalidParameter(f"RUN --mount=type={kind} needs a target")
+            spec["target"] = posixpath.join(stage.config.get("WorkingDir") or "/", target)
+
+    @staticmethod
+    def specs(ins: "Instruction") -> list[dict[str, str]]:
+        """The `--mount` flags of an instruction as key/value dicts (values not yet expanded)."""
+        out = []
+        for flag in ins.flags.get("mount", []):
+            spec: dict[str, str] = {}
+            for field in flag.split(","):
+                key, eq, value = field.partition("=")
+                spec[key.strip().lower()] = value.strip() if eq else "true"
+            out.append(spec)
+        return out
+
+    @property
+    def targets(self) -> list[str]:
+        return [s["target"] for s in self.specs_]
+
+    def key(self) -> str:
+        """What the mounts add to the step's cache key: the content of bind sources (never secrets)."""
+        parts = []
+        for spec in self.specs_:
+            if spec["type"] == "bind":
+                source = spec.get("source", spec.get("src", "."))
+                if spec.get("from"):
+                    parts.append(f"bind {spec['target']} {self._image_of(spec['from'])} {source}")
+                else:
+                    parts.append(f"bind {spec['target']} {self.build.context.checksum(self.build.context.sources(source))}")
+            elif spec["type"] != "secret":
+                parts.append(f"{spec['type']} {spec['target']} {spec.get('id', '')}")
+        return "\n".join(parts)
+
+    def _image_of(self, ref: str) -> str:
+        stage = self.build._stage_named(ref)
+        return self.build._materialized(stage) if stage is not None else self.build._base_image(ref).id
+
+    @contextmanager
+    def prepared(self) -> Iterator[list[dict[str, Any]]]:
+        """HostConfig.Mounts for the step container; whatever was made for them is undone after."""
+        with ExitStack() as undo:
+            out = []
+            for n, spec in enumerate(self.specs_):
+                kind, target = spec["type"], spec["target"]
+                if kind == "cache":
+                    source = self.build.b.cache.mount_dir(spec.get("id") or target)
+                    out.append({"Type": "bind", "Source": source, "Target": target, "ReadOnly": False})
+                elif kind == "tmpfs":
+                    size = int(spec.get("size") or 0)
+                    out.append({"Type": "tmpfs", "Target": target, "TmpfsOptions": {"SizeBytes": size} if size else {}})
+                elif kind == "secret":
+                    mount = self._secret(spec, n)
+                    if mount:
+                        undo.callback(os.unlink, mount["Source"])
+                        out.append(mount)
+                else:
+                    source = spec.get("source", spec.get("src", "."))
+                    root = self._mount_image(spec["from"], n, undo) if spec.get("from") else self.build.context.root
+                    path = _inside(root, source)
+                    out.append({"Type": "bind", "Source": path, "Target": target,
+                                "ReadOnly": spec.get("rw", spec.get("readwrite", "false")) != "true" or bool(spec.get("from"))})
+            yield out
+
+    def _secret(self, spec: dict[str, str], n: int) -> dict[str, Any] | None:
+        value = self.build.options.secrets.get(spec["id"])
+        if value is None:
+            if spec.get("required", "false") == "true":
+                raise InvalidParameter(f"secret {spec['id']} is required but was not given (--secret id={spec['id']},src=FILE)")
+            return None
+        path = os.path.join(self.build.scratch, f"secret-{n}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, int(spec.get("mode", "0400"), 8))
+        with os.fdopen(fd, "wb") as f:
+            f.write(value)
+        os.chown(path, int(spec.get("uid", 0)), int(spec.get("gid", 0)))
+        return {"Type": "bind", "Source": path, "Target": spec["target"], "ReadOnly": True}
+
+    def _mount_image(self, ref: str, n: int, undo: ExitStack) -> str:
+        """A read-only overlay of an image's layers (the kernel reads them; no file of theirs is opened here)."""
+        image = self.build.images.resolve(self._image_of(ref))
+        layers = self.build.images.layer_dirs(image)
+        empty = os.path.join(self.build.scratch, f"empty-{n}")
+        root = os.path.join(self.build.scratch, f"from-{n}")
+        os.makedirs(empty)
+        os.makedirs(root)
+        sc.mount("overlay", root, "overlay", sc.MS_RDONLY, f"lowerdir={':'.join([*reversed(layers), empty])}")
+        undo.callback(sc.umount2, root, sc.MNT_DETACH)
+        return root
+
+
+def _inside(root: str, source: str) -> str:
+    """root/source, refused if any component is a symlink or leaves root (no path is resolved through
+    links that the image or context controls)."""
+    root = os.path.realpath(root)
+    path = os.path.normpath(os.path.join(root, source.lstrip("/")))
+    if path != root and not path.startswith(root.rstrip("/") + "/"):
+        raise InvalidParameter(f"RUN --mount source {source} leaves its root")
+    if os.path.realpath(path) != path:
+        raise InvalidParameter(f"RUN --mount source {source} goes through a symbolic link")
+    if not os.path.exists(path):
+        raise InvalidParameter(f"RUN --mount source {source} does not exist")
+    return path
+
