@@ -476,14 +476,17 @@ class _Build:
         with self.images.assembling():
             with step_container(self.engine, self._materialized(stage), {"Cmd": ["true"], "Entrypoint": [""],
                                 "User": chown}, {"NetworkMode": "none"}, self.id) as c:
-                existing = self._stat(c.id, dest_path)
-                is_dir = existing is not None and bool(existing["mode"] & files.GO_DIR)
                 many = len(sources) > 1 or len(pieces) > 1
+                known_dir = wants_dir or many or any(p.is_dir for p in pieces)
+                # the archive helper makes missing parents itself: a look costs a helper process,
+                # needed only to tell a file target from an existing directory, or to own a new one
+                existing = self._stat(c.id, dest_path) if not known_dir or chown else {"mode": files.GO_DIR}
+                is_dir = existing is not None and bool(existing["mode"] & files.GO_DIR)
                 with self._source_from(from_image, sources) as exported:
                     if exported is not None:
                         pieces = exported
                         names = [posixpath.basename(s.rstrip("/")) for s in sources]
-                    into_dir = wants_dir or many or is_dir or any(p.is_dir for p in pieces)
+                    into_dir = known_dir or is_dir or any(p.is_dir for p in pieces)
                     placement = files.Placement(dest_path, into_dir, create_dir=existing is None, chmod=chmod,
                                                 names=names)
                     staged = os.path.join(self.scratch, "copy.tar")
