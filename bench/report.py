@@ -100,6 +100,7 @@ class Report:
         self.datapath()
         self.dns()
         self.cli()
+        self.image_builds()
         self.profile()
         self.errors()
         self.commands()
@@ -143,6 +144,12 @@ class Report:
         docker_v = ratio(self.gbit("docker", "published_loopback"), self.gbit("docker", "direct"))
         row("127.0.0.1 published port vs direct (iperf3)", ">= 0.95x", v, None if v is None else v >= 0.95,
             f"Docker: {_fmt(docker_v, 'x')}")
+        for case, goal in (("no change", 0.3), ("cold", 0.8)):
+            v = ratio(self.build_time("coracle", case), self.build_time("docker", case))
+            if "build" in self.s:
+                row(f"build, {case} vs Docker's classic builder", f"<= {goal}x", v, None if v is None else v <= goal,
+                    f"docker CLI against coracled: "
+                    f"{_fmt(ratio(self.build_time('coracle (docker CLI)', case), self.build_time('docker', case)), 'x')}")
         self.add("## Targets", "")
         self.table(["target", "goal", "coracle", "status", "note"], rows)
 
@@ -268,6 +275,27 @@ class Report:
                 err = _get(self.s, "cli", "results", label, cmd, "error") or ""
                 rows.append([label, cmd, _fmt(v(label), "s"), *_ratio_cells(v, label), str(err)[:200]])
         self.table(["client", "command", "median", "vs Docker", "vs Podman", "error"], rows)
+
+    def build_time(self, label: str, case: str) -> float | None:
+        return _num(_get(self.s, "build", "results", label, case, "median"))
+
+    def image_builds(self) -> None:
+        if "build" not in self.s:
+            return
+        self.add("## 9. Image builds: a 12-step Dockerfile on busybox (Docker: classic builder)", "")
+        rows = []
+        for label in self.labels("build"):
+            for case in ("cold", "no change", "late COPY changed"):
+                v = lambda l, c=case: self.build_time(l, c)  # noqa: E731
+                cells = [_fmt(ratio(v(label), v(b)), "x") if label in CORACLE_LABELS else "" for b in ("docker", "buildah")]
+                err = _get(self.s, "build", "results", label, case, "error") or ""
+                rows.append([label, case, _fmt(v(label), "s"), *cells, str(err)[:200]])
+        self.table(["client", "build", "median", "vs Docker", "vs buildah", "error"], rows)
+        memory = _get(self.s, "build", "context_memory_mib") or {}
+        self.add("Daemon RSS growth while receiving and building a 100 MiB context:", "")
+        self.table(["engine", "peak growth", "error"],
+                   [[name, _fmt(_num(_get(m, "median")), " MiB"), str(_get(m, "error") or "")[:200]]
+                    for name, m in memory.items()])
 
     def profile(self) -> None:
         prof = self.r.get("profile")

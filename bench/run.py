@@ -25,7 +25,7 @@ from typing import Callable
 from bench import report, system
 from bench.engines import DOCKER_CLI, ENGINES, REPO, Coracle, Engine, EngineUnavailable, write_image_tar
 from bench.measure import describe_error
-from bench.sections import cli, datapath, dns, memory, ports, startup, throughput
+from bench.sections import build, cli, datapath, dns, memory, ports, startup, throughput
 from bench.suite import QUICK, Bench, Config
 
 SECTIONS: dict[str, Callable[[Bench], dict]] = {
@@ -37,6 +37,7 @@ SECTIONS: dict[str, Callable[[Bench], dict]] = {
     "datapath": datapath.run,
     "dns": dns.run,
     "scale": ports.run_scale,
+    "build": build.run,
 }
 
 
