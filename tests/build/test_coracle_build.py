@@ -28,6 +28,9 @@ def test_plain_progress_shows_steps_cache_hits_and_times(daemon: Daemon, docker:
     again = daemon.cli("build", "-t", tag, "--label", "team=core", str(tmp_path)).stdout
     assert "[2/4] RUN echo compiling  CACHED" in again and "[3/4] COPY app.txt /app.txt  CACHED" in again
 
+    live = daemon.cli("build", "--progress", "tty", "-t", tag, "--label", "team=core", str(tmp_path)).stdout
+    assert "\x1b[K[2/4] RUN echo compiling  CACHED" in live  # the running step's line is redrawn in place
+
     quiet = daemon.cli("build", "-q", "-t", tag, "--label", "team=core", str(tmp_path)).stdout
     assert quiet.strip() == json.loads(docker("image", "inspect", tag).stdout)[0]["Id"]
 

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 from conftest import Docker, write
-from harness import unique
+from harness import Daemon, unique
 
 
 def inspect(docker: Docker, ref: str) -> dict:
@@ -253,3 +257,50 @@ RUN cat /late.txt > /copy-of-late
     assert int(build_cache["TotalCount"]) >= 5
     assert "Total reclaimed space" in docker("builder", "prune", "-f").stdout
     assert "Using cache" not in docker("build", "-t", tag, str(tmp_path)).stdout
+
+
+def test_sources_outside_the_context_are_refused(docker: Docker, tmp_path: Path) -> None:
+    write(tmp_path / "ctx", {"Dockerfile": "FROM busybox\nCOPY ../outside.txt /\n"})
+    (tmp_path / "outside.txt").write_text("outside\n")
+    res = docker("build", str(tmp_path / "ctx"), check=False)
+    assert res.returncode == 1 and "forbidden path outside the build context: ../outside.txt" in res.stderr
+
+
+def test_add_of_a_url(daemon: Daemon, docker: Docker, tmp_path: Path) -> None:
+    """The file comes from an HTTP server inside the daemon's own network namespace."""
+    served = tmp_path / "www"
+    write(served, {"tool.sh": "echo fetched\n"})
+    port = 20000 + int.from_bytes(os.urandom(2), "big") % 20000
+    server = subprocess.Popen(["ip", "netns", "exec", daemon.netns, sys.executable, "-m", "http.server",
+                               "--bind", "127.0.0.1", str(port)], cwd=served, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), 1)"
+            if daemon.netns_exec(sys.executable, "-c", probe, check=False).returncode == 0:
+                break
+            time.sleep(0.1)
+        tag = unique("url")
+        write(tmp_path / "ctx", {"Dockerfile": f"FROM busybox\nADD http://127.0.0.1:{port}/tool.sh /opt/\n"
+                                               f"ADD http://127.0.0.1:{port}/tool.sh /renamed.sh\n"})
+        docker("build", "--network", "host", "-t", tag, str(tmp_path / "ctx"))
+        assert docker("run", "--rm", tag, "sh", "-c", "sh /opt/tool.sh; stat -c '%a %u' /opt/tool.sh /renamed.sh"
+                      ).stdout == "fetched\n600 0\n600 0\n"
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_a_failing_stage_stops_the_stages_beside_it(docker: Docker, tmp_path: Path) -> None:
+    write(tmp_path, {"Dockerfile": """\
+FROM busybox AS slow
+RUN echo slow-started && sleep 600
+FROM busybox AS broken
+RUN sleep 1 && exit 4
+FROM busybox
+COPY --from=slow /etc/hostname /a
+COPY --from=broken /etc/hostname /b
+"""})
+    res = docker("build", str(tmp_path), check=False, timeout=120)
+    assert res.returncode == 4 and "The command '/bin/sh -c sleep 1 && exit 4' returned a non-zero code: 4" in res.stderr
+    assert docker("ps", "-aq", "--filter", "label=coracle.build").stdout.strip() == ""

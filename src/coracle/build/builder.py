@@ -132,7 +132,7 @@ class _Build:
         self.consumed: set[str] = set()
         self.meta_args: dict[str, str | None] = {}
         self.stages: list[Stage] = []
-        self.failed = False
+        self.error: BaseException | None = None
 
     def emit(self, message: dict[str, Any]) -> None:
         if self.cancelled.is_set():
@@ -221,14 +221,13 @@ class _Build:
             for i in needed:
                 deps = [futures[d] for d in self.stages[i].deps]
                 futures[i] = pool.submit(self._after, deps, self._build_stage, self.stages[i])
-            errors = []
             for i in needed:
                 try:
                     futures[i].result()
-                except BaseException as exc:
-                    errors.append(exc)
-            if errors:  # the failing stage's own error, not its dependants' "a dependency failed"
-                raise next((e for e in errors if not isinstance(e, _DependencyFailed)), errors[0])
+                except BaseException:
+                    pass
+        if self.error is not None:  # the failing stage's own error, not what it made the others do
+            raise self.error
 
     @staticmethod
     def _after(deps: list[Future], work: Callable[[Stage], None], stage: Stage) -> None:
@@ -245,12 +244,18 @@ class _Build:
         try:
             self._from(stage, stage.instructions[0])
             for ins in stage.instructions[1:]:
-                if self.failed:  # another stage failed: the stages running beside it stop too
+                if self.error is not None:  # another stage failed: the stages beside it stop too
                     raise _DependencyFailed()
                 self._dispatch(stage, ins)
-        except BaseException:
-            self.failed = True
+        except BaseException as exc:
+            with self._lock:
+                if self.error is None:
+                    self.error = exc
             raise
+
+    def stopping(self) -> bool:
+        """The client went away, or another stage failed: running steps stop."""
+        return self.cancelled.is_set() or self.error is not None
 
     def _dispatch(self, stage: Stage, ins: Instruction, numbered: bool = True) -> None:
         header = f"Step {self._next_step()}/{self.total} : {ins.original}\n" if numbered else ""
@@ -411,7 +416,7 @@ class _Build:
                     raise BuildError(f"RUN --network={ins.flag('network')} is not supported")
             with step_container(self.engine, self._materialized(stage), body, host_config, self.id) as c:
                 self.say(f" ---> Running in {c.id[:12]}\n")
-                code = c.run(self.emit, self.cancelled)
+                code = c.run(self.emit, self.stopping)
                 if code:
                     raise BuildError(f"The command '{' '.join(argv)}' returned a non-zero code: {code}", code)
                 diff_id = self.images.pack_layer(c.upper_dir, skip=mounts.targets)
@@ -454,7 +459,7 @@ class _Build:
                 elif re.match(r"^https?://", src):
                     if ins.keyword == "COPY":
                         raise BuildError(f"COPY does not fetch URLs ({src}); use ADD or RUN wget")
-                    piece, name = files.url_piece(src, self.scratch)
+                    piece, name = files.url_piece(src, tempfile.mkdtemp(dir=self.scratch))
                     pieces.append(piece)
                     names.append(name)
                 else:
@@ -489,12 +494,10 @@ class _Build:
                     into_dir = known_dir or is_dir or any(p.is_dir for p in pieces)
                     placement = files.Placement(dest_path, into_dir, create_dir=existing is None, chmod=chmod,
                                                 names=names)
-                    staged = os.path.join(self.scratch, "copy.tar")
-                    with open(staged, "w+b") as f:
+                    with tempfile.TemporaryFile(dir=self.scratch) as f:
                         files.write_tar(f, pieces, placement)
                         f.seek(0)
                         engine_archive.extract(self.engine, c.id, "/", f, copy_uid_gid=bool(chown))
-                    os.unlink(staged)
                 diff_id = self.images.pack_layer(c.upper_dir)
             self._commit(stage, created_by, copy.deepcopy(stage.config), diff_id, key)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -39,7 +38,7 @@ class StepContainer:
     def upper_dir(self) -> str:
         return str(self.engine.get(self.id)["GraphDriver"]["Data"]["UpperDir"])
 
-    def run(self, emit: Emit, cancelled: threading.Event) -> int:
+    def run(self, emit: Emit, stopping: Callable[[], bool]) -> int:
         """Start it, stream its output as build progress, and return its exit code."""
         attached: list[socket.socket] = []
 
@@ -52,7 +51,7 @@ class StepContainer:
         buffer = b""
         try:
             while True:
-                if cancelled.is_set():
+                if stopping():
                     raise BuildCancelled("the build was cancelled")
                 try:
                     data = sock.recv(1 << 16)
@@ -66,7 +65,7 @@ class StepContainer:
         finally:
             sock.close()
         while (code := self.engine.wait_exit(self.id, 0.2)) is None:
-            if cancelled.is_set():
+            if stopping():
                 raise BuildCancelled("the build was cancelled")
         return code
 

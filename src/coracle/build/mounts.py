@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import tempfile
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -84,7 +85,7 @@ class RunMounts:
         """HostConfig.Mounts for the step container; whatever was made for them is undone after."""
         with ExitStack() as undo:
             out = []
-            for n, spec in enumerate(self.specs_):
+            for spec in self.specs_:
                 kind, target = spec["type"], spec["target"]
                 if kind == "cache":
                     source = self.build.b.cache.mount_dir(spec.get("id") or target)
@@ -93,39 +94,37 @@ class RunMounts:
                     size = int(spec.get("size") or 0)
                     out.append({"Type": "tmpfs", "Target": target, "TmpfsOptions": {"SizeBytes": size} if size else {}})
                 elif kind == "secret":
-                    mount = self._secret(spec, n)
+                    mount = self._secret(spec)
                     if mount:
                         undo.callback(os.unlink, mount["Source"])
                         out.append(mount)
                 else:
                     source = spec.get("source", spec.get("src", "."))
-                    root = self._mount_image(spec["from"], n, undo) if spec.get("from") else self.build.context.root
+                    root = self._mount_image(spec["from"], undo) if spec.get("from") else self.build.context.root
                     path = _inside(root, source)
                     out.append({"Type": "bind", "Source": path, "Target": target,
                                 "ReadOnly": spec.get("rw", spec.get("readwrite", "false")) != "true" or bool(spec.get("from"))})
             yield out
 
-    def _secret(self, spec: dict[str, str], n: int) -> dict[str, Any] | None:
+    def _secret(self, spec: dict[str, str]) -> dict[str, Any] | None:
         value = self.build.options.secrets.get(spec["id"])
         if value is None:
             if spec.get("required", "false") == "true":
                 raise InvalidParameter(f"secret {spec['id']} is required but was not given (--secret id={spec['id']},src=FILE)")
             return None
-        path = os.path.join(self.build.scratch, f"secret-{n}")
+        path = os.path.join(tempfile.mkdtemp(dir=self.build.scratch), "secret")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, int(spec.get("mode", "0400"), 8))
         with os.fdopen(fd, "wb") as f:
             f.write(value)
         os.chown(path, int(spec.get("uid", 0)), int(spec.get("gid", 0)))
         return {"Type": "bind", "Source": path, "Target": spec["target"], "ReadOnly": True}
 
-    def _mount_image(self, ref: str, n: int, undo: ExitStack) -> str:
+    def _mount_image(self, ref: str, undo: ExitStack) -> str:
         """A read-only overlay of an image's layers (the kernel reads them; no file of theirs is opened here)."""
         image = self.build.images.resolve(self._image_of(ref))
         layers = self.build.images.layer_dirs(image)
-        empty = os.path.join(self.build.scratch, f"empty-{n}")
-        root = os.path.join(self.build.scratch, f"from-{n}")
-        os.makedirs(empty)
-        os.makedirs(root)
+        empty = tempfile.mkdtemp(dir=self.build.scratch)
+        root = tempfile.mkdtemp(dir=self.build.scratch)
         sc.mount("overlay", root, "overlay", sc.MS_RDONLY, f"lowerdir={':'.join([*reversed(layers), empty])}")
         undo.callback(sc.umount2, root, sc.MNT_DETACH)
         return root
