@@ -62,6 +62,18 @@ def test_hostile_context_is_refused_and_leaves_nothing(daemon: Daemon, entries: 
     assert _work_dirs(daemon) == []
 
 
+def test_absolute_entry_names_stay_inside_the_context(daemon: Daemon, docker: Docker) -> None:
+    name = unique("escape")
+    mode = _file(f"/tmp/{name}")
+    mode.mode = 0o4755
+    body = _tar([mode, _file("Dockerfile")], {f"/tmp/{name}": b"payload\n",
+                                             "Dockerfile": f"FROM busybox\nCOPY tmp/{name} /copied\n".encode()})
+    tag = unique("abs")
+    status, _ = daemon.api("POST", f"/build?t={tag}", body)
+    assert status == 200 and not os.path.exists(f"/tmp/{name}")
+    assert docker("run", "--rm", tag, "stat", "-c", "%a", "/copied").stdout == "4755\n"  # modes as sent
+
+
 def test_dockerfile_outside_the_context_is_refused(daemon: Daemon) -> None:
     body = _tar([_file("Dockerfile")], {"Dockerfile": b"FROM busybox\n"})
     status, answer = daemon.api("POST", "/build?dockerfile=../../Dockerfile", body)

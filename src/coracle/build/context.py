@@ -41,10 +41,12 @@ def unpack(fileobj: BinaryIO, root: str) -> None:
             raise InvalidParameter(f"build context entry {member.name!r} is a symlink to an absolute path "
                                    f"({member.linkname}), which leaves the context")
         try:
-            tarfile.data_filter(member, dest)
+            safe = tarfile.data_filter(member, dest)
         except tarfile.FilterError as exc:
             raise InvalidParameter(f"build context entry {member.name!r} is refused: {exc}") from None
-        return member.replace(uid=0, gid=0, uname="", gname="", deep=False)
+        # the checked (relative) names, but the modes as sent: COPY keeps setuid bits and group write
+        return member.replace(name=safe.name, linkname=safe.linkname, uid=0, gid=0, uname="", gname="",
+                              deep=False)
 
     try:
         with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
