@@ -89,7 +89,7 @@ def test_client_that_disconnects_stops_the_build(daemon: Daemon) -> None:
         s.sendall(b"POST /build HTTP/1.1\r\nHost: d\r\nContent-Type: application/x-tar\r\n"
                   b"Content-Length: %d\r\n\r\n" % len(body) + body)
         seen = b""
-        while b"started" not in seen:
+        while b"\"started\\n\"" not in seen:  # the RUN's output, not the step line
             chunk = s.recv(65536)
             assert chunk, seen
             seen += chunk
@@ -109,7 +109,7 @@ def test_daemon_killed_mid_build_leaves_nothing_after_restart(fresh_daemon: Daem
         s.connect(d.sock)
         s.sendall(b"POST /build HTTP/1.1\r\nHost: d\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
         seen = b""
-        while b"started" not in seen:
+        while b"\"started\\n\"" not in seen:  # the RUN's output, not the step line
             chunk = s.recv(65536)
             assert chunk, seen
             seen += chunk
