@@ -304,3 +304,17 @@ COPY --from=broken /etc/hostname /b
     res = docker("build", str(tmp_path), check=False, timeout=120)
     assert res.returncode == 4 and "The command '/bin/sh -c sleep 1 && exit 4' returned a non-zero code: 4" in res.stderr
     assert docker("ps", "-aq", "--filter", "label=coracle.build").stdout.strip() == ""
+
+
+def test_dockerfile_outside_the_context_and_default_builder_choice(daemon: Daemon, tmp_path: Path) -> None:
+    """Without DOCKER_BUILDKIT the CLI picks the classic protocol itself; -f outside the context makes it
+    append the Dockerfile to the context tar (without the final padding, which Docker accepts)."""
+    context = write(tmp_path / "ctx", {"data.txt": "data\n"})
+    dockerfile = tmp_path / "elsewhere.Dockerfile"
+    dockerfile.write_text("FROM busybox\nCOPY data.txt /data.txt\n")
+    tag = unique("outside")
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_BUILDKIT"}
+    res = subprocess.run(["docker", "build", "-f", str(dockerfile), "-t", tag, str(context)], capture_output=True,
+                         text=True, env={**env, "DOCKER_HOST": daemon.host}, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert daemon.docker("run", "--rm", tag, "cat", "/data.txt").stdout == "data\n"

@@ -84,7 +84,8 @@ def routes(router: Router, engine: Any, images: Any, builder: Builder, cache: Bu
                 image_id = builder.build(context_dir, scratch, options, emit, cancelled)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
-            engine.events.publish("image", "build", image_id, {"name": options.tags[0] if options.tags else image_id})
+            for tag in options.tags:  # as Docker: a built image shows up in events when it is tagged
+                engine.events.publish("image", "tag", image_id, {"name": tag})
             if quiet:
                 progress({"stream": image_id + "\n"})
             return image_id

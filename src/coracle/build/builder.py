@@ -573,11 +573,9 @@ class _Build:
             config["Shell"] = as_json
             text = json.dumps(as_json)
         elif kw == "EXPOSE":
-            ports = dict(config.get("ExposedPorts") or {})
-            for port in lexer.words(ins.text):
-                ports[_port(port)] = {}
-            config["ExposedPorts"] = ports
-            text = " ".join(sorted(ports))
+            added = [_port(port) for port in lexer.words(ins.text)]
+            config["ExposedPorts"] = {**(config.get("ExposedPorts") or {}), **{p: {} for p in added}}
+            text = " ".join(added)
         elif kw == "VOLUME":
             paths = [lexer.word(p) for p in as_json] if as_json is not None else lexer.words(ins.text)
             if not paths or any(not p.strip() for p in paths):
