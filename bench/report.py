@@ -291,8 +291,11 @@ class Report:
                 err = _get(self.s, "build", "results", label, case, "error") or ""
                 rows.append([label, case, _fmt(v(label), "s"), *cells, str(err)[:200]])
         self.table(["client", "build", "median", "vs Docker", "vs buildah", "error"], rows)
+        for name, why in (_get(self.s, "build", "unavailable") or {}).items():
+            self.add(f"{name}: {why}.", "")
         memory = _get(self.s, "build", "context_memory_mib") or {}
-        self.add("Daemon RSS growth while receiving and building a 100 MiB context:", "")
+        self.add(f"Daemon RSS growth while receiving and building a {_get(self.s, 'build', 'context_mib')} MiB "
+                 "context:", "")
         self.table(["engine", "peak growth", "error"],
                    [[name, _fmt(_num(_get(m, "median")), " MiB"), str(_get(m, "error") or "")[:200]]
                     for name, m in memory.items()])

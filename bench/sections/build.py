@@ -1,6 +1,6 @@
 """9. Image builds: one 12-step Dockerfile on the busybox base, cold, rebuilt without change, and
 rebuilt after changing the file a late COPY copies; and the daemon's memory while it receives a
-100 MiB context. Docker runs its classic builder (DOCKER_BUILDKIT=0), the protocol coracled speaks;
+large context (100 MiB). Docker runs its classic builder (DOCKER_BUILDKIT=0), the protocol coracled speaks;
 buildah (`buildah bud`, Debian's package) runs daemonless when it is installed."""
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ COPY late.txt /app/late.txt
 CMD ["cat", "/app/both"]
 """
 CASES = ("cold", "no change", "late COPY changed")
-CONTEXT_MIB = 100
 
 
 class _Builder:
@@ -94,12 +93,13 @@ def run(bench: Bench) -> dict:
             series = alternate(builders, bench.config.cli_repeat, fn, key=lambda b: b.label)
             for label, s in series.items():
                 results[label][case] = s.summary()
-        memory = {engine.name: _context_memory(engine, work).summary() for engine in bench.engines}
+        mib = bench.config.build_context_mib
+        memory = {engine.name: _context_memory(engine, work, mib).summary() for engine in bench.engines}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if not shutil.which("buildah"):
-        results["buildah"] = {case: {"error": "buildah is not installed (apt-get install buildah)"} for case in CASES}
-    return {"results": results, "context_memory_mib": memory, "dockerfile": DOCKERFILE}
+    unavailable = {} if shutil.which("buildah") else {"buildah": "not installed (apt-get install buildah)"}
+    return {"results": results, "context_mib": mib, "context_memory_mib": memory, "unavailable": unavailable,
+            "dockerfile": DOCKERFILE}
 
 
 def _rss_kib(pid: int) -> int:
@@ -113,8 +113,8 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-def _context_memory(engine, work: Path) -> Series:  # type: ignore[no-untyped-def]
-    """Peak growth of the daemon's RSS (MiB) while it receives and builds a 100 MiB context."""
+def _context_memory(engine, work: Path, mib: int) -> Series:  # type: ignore[no-untyped-def]
+    """Peak growth of the daemon's RSS (MiB) while it receives and builds a context of `mib` MiB."""
     series = Series()
     pids = engine.daemon_pids()
     if not pids:
@@ -124,7 +124,7 @@ def _context_memory(engine, work: Path) -> Series:  # type: ignore[no-untyped-de
     root.mkdir(parents=True, exist_ok=True)
     (root / "Dockerfile").write_text("FROM busybox\nLABEL context=big\n")
     with open(root / "big.bin", "wb") as f:
-        for _ in range(CONTEXT_MIB):
+        for _ in range(mib):
             f.write(os.urandom(1 << 20))
     client = engine.primary
     env = {**client.environ(), "DOCKER_BUILDKIT": "0"}

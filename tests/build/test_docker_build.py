@@ -318,3 +318,10 @@ def test_dockerfile_outside_the_context_and_default_builder_choice(daemon: Daemo
                          text=True, env={**env, "DOCKER_HOST": daemon.host}, timeout=120)
     assert res.returncode == 0, res.stderr
     assert daemon.docker("run", "--rm", tag, "cat", "/data.txt").stdout == "data\n"
+
+
+def test_run_network_options(docker: Docker, tmp_path: Path) -> None:
+    write(tmp_path, {"Dockerfile": "FROM busybox\nRUN grep -w registry.example /etc/hosts && ip -o link | wc -l\n"})
+    out = docker("build", "--add-host", "registry.example:10.1.2.3", "--network", "none", str(tmp_path)).stdout
+    assert "10.1.2.3" in out and "registry.example" in out
+    assert "\n1\n" in out  # --network none: loopback only
