@@ -47,12 +47,22 @@ async def with_progress(stream: Any, work: Callable[[Callable[[dict[str, Any]], 
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     task = asyncio.ensure_future(thread(work, lambda m: loop.call_soon_threadsafe(queue.put_nowait, m)))
-    while not (task.done() and queue.empty()):
-        try:
-            msg = await asyncio.wait_for(queue.get(), 0.1)
-        except asyncio.TimeoutError:
-            continue
-        await stream.write(json.dumps(msg).encode() + b"\r\n")
+    getter: asyncio.Future | None = None
+    try:
+        while True:
+            getter = getter or asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                await stream.write(json.dumps(getter.result()).encode() + b"\r\n")
+                getter = None
+                continue
+            # the work is over; messages it sent before ending are already queued (same loop, in order)
+            while not queue.empty():
+                await stream.write(json.dumps(queue.get_nowait()).encode() + b"\r\n")
+            break
+    finally:
+        if getter is not None:
+            getter.cancel()
     try:
         return task.result()
     except Exception as exc:
