@@ -25,8 +25,9 @@ import tempfile
 import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from coracle.build import files
 from coracle.build.cache import BuildCache, step_key
@@ -507,36 +508,31 @@ class _Build:
         except NotFound:
             return None
 
-    def _source_from(self, image_id: str, sources: list[str]) -> Any:
+    @contextmanager
+    def _source_from(self, image_id: str, sources: list[str]) -> Iterator[list[files.Piece] | None]:
         """COPY --from: each source streamed out of a container of that image by the archive helper."""
-        from contextlib import contextmanager
-
-        @contextmanager
-        def exported() -> Any:
-            if not image_id:
-                yield None
-                return
-            with step_container(self.engine, image_id, {"Cmd": ["true"], "Entrypoint": [""]},
-                                {"NetworkMode": "none"}, self.id) as src:
-                procs, pieces = [], []
-                try:
-                    for path in sources:
-                        if any(ch in path for ch in "*?["):
-                            raise BuildError(f"COPY --from: wildcards are not supported ({path})")
-                        found = self._stat(src.id, path)
-                        if found is None:
-                            raise BuildError(f"COPY --from: {path} not found in the source image")
-                        is_dir = bool(found["mode"] & files.GO_DIR)
-                        _, proc = engine_archive.export(self.engine, src.id, path.rstrip("/") + "/." if is_dir else path)
-                        procs.append(proc)
-                        pieces.append(files.exported_piece(proc.stdout, is_dir, ""))
-                    yield pieces
-                finally:
-                    for proc in procs:
-                        proc.kill()
-                        proc.wait()
-
-        return exported()
+        if not image_id:
+            yield None
+            return
+        with step_container(self.engine, image_id, {"Cmd": ["true"], "Entrypoint": [""]},
+                            {"NetworkMode": "none"}, self.id) as src:
+            procs, pieces = [], []
+            try:
+                for path in sources:
+                    if any(ch in path for ch in "*?["):
+                        raise BuildError(f"COPY --from: wildcards are not supported ({path})")
+                    found = self._stat(src.id, path)
+                    if found is None:
+                        raise BuildError(f"COPY --from: {path} not found in the source image")
+                    is_dir = bool(found["mode"] & files.GO_DIR)
+                    _, proc = engine_archive.export(self.engine, src.id, path.rstrip("/") + "/." if is_dir else path)
+                    procs.append(proc)
+                    pieces.append(files.exported_piece(proc.stdout, is_dir))
+                yield pieces
+            finally:
+                for proc in procs:
+                    proc.kill()
+                    proc.wait()
 
     # ----- metadata ----------------------------------------------------------------
 

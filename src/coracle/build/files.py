@@ -118,8 +118,9 @@ def url_piece(url: str, scratch: str) -> tuple[Piece, str]:
     return Piece("url:", False, h.hexdigest(), entries), name
 
 
-def exported_piece(stream: IO[bytes], is_dir: bool, digest: str) -> Piece:
-    """Files of another image, as the confined archive helper streams them (COPY --from)."""
+def exported_piece(stream: IO[bytes], is_dir: bool) -> Piece:
+    """Files of another image, as the confined archive helper streams them (COPY --from; the
+    image's id, not a digest of the files, is what the cache key sees)."""
 
     def entries() -> Iterator[tuple[str, tarfile.TarInfo, IO[bytes] | None]]:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
@@ -132,7 +133,7 @@ def exported_piece(stream: IO[bytes], is_dir: bool, digest: str) -> Piece:
                     continue
                 yield name, member, tar.extractfile(member) if member.isreg() else None
 
-    return Piece("dir:" if is_dir else "file:", is_dir, digest, entries)
+    return Piece("dir:" if is_dir else "file:", is_dir, "", entries)
 
 
 @dataclass
