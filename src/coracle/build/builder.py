@@ -441,7 +441,6 @@ class _Build:
         chown = lexer.word(ins.flag("chown")) if ins.flag("chown") else ""
         chmod = files.parse_chmod(ins.flag("chmod"))
         source_from = ins.flag("from")
-        heredocs = iter(ins.heredocs)
         pieces: list[files.Piece] = []
         names: list[str] = []
         from_image = ""
@@ -452,27 +451,7 @@ class _Build:
             digest = step_key(from_image, "\0".join(sources))
             label = "multi:" if len(sources) > 1 else "file:"
         else:
-            for src in sources:
-                if src.startswith("<<") and ins.heredocs:
-                    doc = next(heredocs)
-                    pieces.append(files.heredoc_piece(lexer.expand(doc.content) if doc.expand else doc.content))
-                    names.append(doc.name)
-                elif re.match(r"^https?://", src):
-                    if ins.keyword == "COPY":
-                        raise BuildError(f"COPY does not fetch URLs ({src}); use ADD or RUN wget")
-                    piece, name = files.url_piece(src, tempfile.mkdtemp(dir=self.scratch))
-                    pieces.append(piece)
-                    names.append(name)
-                else:
-                    found = self.context.sources(src)
-                    if not found:
-                        continue
-                    for s in found:
-                        piece = files.archive_piece(self.context, s) if ins.keyword == "ADD" else None
-                        pieces.append(piece or files.context_piece(self.context, s))
-                        names.append(posixpath.basename(s.rel))
-            if not pieces:
-                raise BuildError(f"{ins.keyword} failed: no source files were specified")
+            pieces, names = self._pieces(ins, lexer, sources)
             digest = step_key("", "\0".join(p.label + p.digest for p in pieces))
             label = "multi:" if len(pieces) > 1 else pieces[0].label
         created_by = f"{NOP}{ins.keyword} {label}{digest} in {dest_path} "
@@ -501,6 +480,31 @@ class _Build:
                         engine_archive.extract(self.engine, c.id, "/", f, copy_uid_gid=bool(chown))
                 diff_id = self.images.pack_layer(c.upper_dir)
             self._commit(stage, created_by, copy.deepcopy(stage.config), diff_id, key)
+
+    def _pieces(self, ins: Instruction, lexer: Lexer, sources: list[str]) -> tuple[list[files.Piece], list[str]]:
+        """The sources of a COPY/ADD from the context, heredocs or URLs, and the name each file gets."""
+        heredocs = iter(ins.heredocs)
+        pieces: list[files.Piece] = []
+        names: list[str] = []
+        for src in sources:
+            if src.startswith("<<") and ins.heredocs:
+                doc = next(heredocs)
+                pieces.append(files.heredoc_piece(lexer.expand(doc.content) if doc.expand else doc.content))
+                names.append(doc.name)
+            elif re.match(r"^https?://", src):
+                if ins.keyword == "COPY":
+                    raise BuildError(f"COPY does not fetch URLs ({src}); use ADD or RUN wget")
+                piece, name = files.url_piece(src, tempfile.mkdtemp(dir=self.scratch))
+                pieces.append(piece)
+                names.append(name)
+            else:
+                for found in self.context.sources(src):
+                    piece = files.archive_piece(self.context, found) if ins.keyword == "ADD" else None
+                    pieces.append(piece or files.context_piece(self.context, found))
+                    names.append(posixpath.basename(found.rel))
+        if not pieces:
+            raise BuildError(f"{ins.keyword} failed: no source files were specified")
+        return pieces, names
 
     def _stat(self, cid: str, path: str) -> dict[str, Any] | None:
         try:
