@@ -212,7 +212,16 @@ def test_failing_run_and_syntax_errors(docker: Docker, tmp_path: Path) -> None:
     assert res.returncode == 3
     assert "about to fail" in res.stdout
     assert "The command '/bin/sh -c echo about to fail && exit 3' returned a non-zero code: 3" in res.stderr
-    assert docker("ps", "-aq", "--filter", "label=coracle.build").stdout.strip() == ""
+    # as Docker: the failed step's container stays for a look (`docker logs`), unless --force-rm
+    kept = docker("ps", "-aq", "--filter", "label=coracle.build").stdout.split()
+    assert len(kept) == 1 and docker("logs", kept[0]).stdout == "about to fail\n"
+    assert json.loads(docker("inspect", kept[0]).stdout)[0]["State"]["ExitCode"] == 3
+    docker("rm", kept[0])
+    res = docker("build", "--force-rm", str(tmp_path), check=False)
+    assert res.returncode == 3 and docker("ps", "-aq", "--filter", "label=coracle.build").stdout.strip() == ""
+    write(tmp_path / "ok", {"Dockerfile": "FROM busybox\nRUN echo fine\n"})
+    docker("build", "--rm=false", str(tmp_path / "ok"))
+    assert len(docker("ps", "-aq", "--filter", "label=coracle.build").stdout.split()) == 1  # --rm=false keeps it
 
     write(tmp_path, {"Dockerfile": "FROM busybox\nRUN true\nFROBNICATE now\n"})
     res = docker("build", str(tmp_path), check=False)
@@ -301,7 +310,7 @@ FROM busybox
 COPY --from=slow /etc/hostname /a
 COPY --from=broken /etc/hostname /b
 """})
-    res = docker("build", str(tmp_path), check=False, timeout=120)
+    res = docker("build", "--force-rm", str(tmp_path), check=False, timeout=120)
     assert res.returncode == 4 and "The command '/bin/sh -c sleep 1 && exit 4' returned a non-zero code: 4" in res.stderr
     assert docker("ps", "-aq", "--filter", "label=coracle.build").stdout.strip() == ""
 

@@ -50,7 +50,8 @@ def _options(req: Request) -> BuildOptions:
     return BuildOptions(
         dockerfile=req.q("dockerfile") or "Dockerfile", tags=[t for t in req.query.get("t", []) if t],
         build_args=build_args, target=req.q("target") or "", labels=labels, no_cache=req.qbool("nocache"),
-        pull=req.qbool("pull"), network_mode=req.q("networkmode") or "", extra_hosts=extra_hosts,
+        pull=req.qbool("pull"), remove=req.qbool("rm", True), force_remove=req.qbool("forcerm"),
+        network_mode=req.q("networkmode") or "", extra_hosts=extra_hosts,
         shm_size=req.qint("shmsize", 0), secrets=secrets)
 
 

@@ -15,10 +15,8 @@ def service(engine: Any, images: Any, root: str) -> tuple[Any, Any]:
     """The daemon's builder and build cache under root; what a killed build left is removed first."""
     from coracle.build.builder import Builder
     from coracle.build.cache import BuildCache
-    from coracle.build.container import remove_leftovers
 
     cache = BuildCache(images.store, images, os.path.join(root, "cache-mounts"))
     builder = Builder(engine, images, cache, os.path.join(root, "work"))
     builder.clean_leftovers()
-    remove_leftovers(engine)
     return builder, cache

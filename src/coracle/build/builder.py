@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 
 from coracle.build import files
 from coracle.build.cache import BuildCache, step_key
-from coracle.build.container import BuildCancelled, Emit, step_container
+from coracle.build.container import LEDGER, BuildCancelled, Emit, remove_leftovers, step_container
 from coracle.build.context import Context
 from coracle.build.dockerfile import Dockerfile, Instruction, ParseError, key_values, parse
 from coracle.build.mounts import RunMounts
@@ -59,6 +59,10 @@ class BuildError(CoracleError):
         self.code = code
 
 
+class RunFailed(BuildError):
+    """A RUN exited non-zero: its container is kept for a look unless `forcerm` (as Docker)."""
+
+
 @dataclass
 class BuildOptions:
     dockerfile: str = "Dockerfile"
@@ -68,6 +72,8 @@ class BuildOptions:
     labels: dict[str, str] = field(default_factory=dict)
     no_cache: bool = False
     pull: bool = False
+    remove: bool = True          # step containers of successful steps are removed (`rm`)
+    force_remove: bool = False   # ... and those of failed RUNs too (`forcerm`)
     network_mode: str = ""
     extra_hosts: list[str] = field(default_factory=list)
     shm_size: int = 0
@@ -108,9 +114,10 @@ class Builder:
         return tempfile.mkdtemp(prefix="build-", dir=self.work_root)
 
     def clean_leftovers(self) -> None:
-        """Directories of builds that died with a previous daemon."""
+        """What builds that died with a previous daemon left: their step containers, their files."""
         for name in os.listdir(self.work_root):
             if name.startswith("build-"):
+                remove_leftovers(self.engine, os.path.join(self.work_root, name))
                 shutil.rmtree(os.path.join(self.work_root, name), ignore_errors=True)
 
     def build(self, context_root: str, scratch: str, options: BuildOptions, emit: Emit,
@@ -128,6 +135,7 @@ class _Build:
         self.context, self.df, self.scratch, self.options = context, dockerfile, scratch, options
         self._emit, self.cancelled = emit, cancelled
         self.id = uuid.uuid4().hex
+        self.ledger = os.path.join(scratch, LEDGER)
         self._lock = threading.Lock()
         self.step_no, self.total = 0, 0
         self.consumed: set[str] = set()
@@ -415,14 +423,22 @@ class _Build:
                                               "host": "host"}.get(ins.flag("network") or "", "invalid")
                 if host_config["NetworkMode"] == "invalid":
                     raise BuildError(f"RUN --network={ins.flag('network')} is not supported")
-            with step_container(self.engine, self._materialized(stage), body, host_config, self.id) as c:
+            with step_container(self.engine, self._materialized(stage), body, host_config, self.id, self.ledger,
+                                self._keep) as c:
                 self.say(f" ---> Running in {c.id[:12]}\n")
                 code = c.run(self.emit, self.stopping)
                 if code:
-                    raise BuildError(f"The command '{' '.join(argv)}' returned a non-zero code: {code}", code)
+                    raise RunFailed(f"The command '{' '.join(argv)}' returned a non-zero code: {code}", code)
                 diff_id = self.images.pack_layer(c.upper_dir, skip=mounts.targets)
-            self.say(f" ---> Removed intermediate container {c.id[:12]}\n")
+            if self.options.remove:
+                self.say(f" ---> Removed intermediate container {c.id[:12]}\n")
             self._commit(stage, created_by, copy.deepcopy(config), diff_id, key)
+
+    def _keep(self, error: BaseException | None) -> bool:
+        """Whether a RUN's container stays after the step: Docker's `rm` and `forcerm`."""
+        if error is None:
+            return not self.options.remove
+        return isinstance(error, RunFailed) and not self.options.force_remove
 
     # ----- COPY / ADD ------------------------------------------------------------
 
@@ -460,7 +476,7 @@ class _Build:
             return
         with self.images.assembling():
             with step_container(self.engine, self._materialized(stage), {"Cmd": ["true"], "Entrypoint": [""],
-                                "User": chown}, {"NetworkMode": "none"}, self.id) as c:
+                                "User": chown}, {"NetworkMode": "none"}, self.id, self.ledger) as c:
                 many = len(sources) > 1 or len(pieces) > 1
                 known_dir = wants_dir or many or any(p.is_dir for p in pieces)
                 # the archive helper makes missing parents itself: a look costs a helper process,
@@ -519,7 +535,7 @@ class _Build:
             yield None
             return
         with step_container(self.engine, image_id, {"Cmd": ["true"], "Entrypoint": [""]},
-                            {"NetworkMode": "none"}, self.id) as src:
+                            {"NetworkMode": "none"}, self.id, self.ledger) as src:
             procs, pieces = [], []
             try:
                 for path in sources:

@@ -11,6 +11,9 @@ also when the build fails or is cancelled.
 
 from __future__ import annotations
 
+import logging
+import os
+import secrets
 import socket
 import struct
 from contextlib import contextmanager
@@ -18,7 +21,9 @@ from typing import Any, Callable, Iterator
 
 from coracle.errors import CoracleError, NotFound
 
-BUILD_LABEL = "coracle.build"  # marks step containers (removed at daemon start if a build died with it)
+log = logging.getLogger("coracle.build")
+BUILD_LABEL = "coracle.build"  # marks step containers: `ps --filter label=coracle.build`
+LEDGER = "containers"  # in a build's work directory: the step containers it has not let go of
 Emit = Callable[[dict[str, Any]], None]
 
 
@@ -27,12 +32,23 @@ class BuildCancelled(CoracleError):
 
 
 class StepContainer:
+    """One step's container. Its name is written to the build's ledger before it exists, so
+    a daemon that dies mid-build leaves nothing the next one does not find and remove."""
+
     def __init__(self, engine: Any, image_id: str, config: dict[str, Any], host_config: dict[str, Any],
-                 build_id: str) -> None:
+                 build_id: str, ledger: str) -> None:
         self.engine = engine
+        name = f"build-{build_id[:12]}-{secrets.token_hex(6)}"
+        os.makedirs(ledger, exist_ok=True)
+        self.entry = os.path.join(ledger, name)
+        open(self.entry, "w").close()
         body = {**config, "Image": image_id, "HostConfig": host_config,
                 "Labels": {**(config.get("Labels") or {}), BUILD_LABEL: build_id}}
-        self.id: str = engine.create(body)["Id"]
+        try:
+            self.id: str = engine.create(body, name)["Id"]
+        except BaseException:
+            os.unlink(self.entry)
+            raise
 
     @property
     def upper_dir(self) -> str:
@@ -74,16 +90,33 @@ class StepContainer:
             self.engine.remove(self.id, force=True)
         except NotFound:
             pass
+        self.let_go()
+
+    def let_go(self) -> None:
+        """The container is the user's now (kept as Docker keeps them), or gone: off the ledger."""
+        try:
+            os.unlink(self.entry)
+        except FileNotFoundError:
+            pass
 
 
 @contextmanager
 def step_container(engine: Any, image_id: str, config: dict[str, Any], host_config: dict[str, Any],
-                   build_id: str) -> Iterator[StepContainer]:
-    container = StepContainer(engine, image_id, config, host_config, build_id)
+                   build_id: str, ledger: str,
+                   keep: Callable[[BaseException | None], bool] = lambda error: False) -> Iterator[StepContainer]:
+    """A step container, removed afterwards unless keep(the step's error, or None) says otherwise."""
+    container = StepContainer(engine, image_id, config, host_config, build_id, ledger)
+    error: BaseException | None = None
     try:
         yield container
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
-        container.remove()
+        if keep(error):
+            container.let_go()
+        else:
+            container.remove()
 
 
 def _split_frames(buffer: bytes) -> tuple[list[bytes], bytes]:
@@ -98,14 +131,15 @@ def _split_frames(buffer: bytes) -> tuple[list[bytes], bytes]:
     return payloads, buffer[offset:]
 
 
-def remove_leftovers(engine: Any) -> list[str]:
-    """Step containers of builds that died with a previous daemon."""
+def remove_leftovers(engine: Any, work_dir: str) -> list[str]:
+    """Step containers on the ledger of a build that died with a previous daemon."""
     gone = []
-    for rec in engine.records():
-        if BUILD_LABEL in (rec["Config"].get("Labels") or {}):
-            try:
-                engine.remove(rec["Id"], force=True)
-                gone.append(rec["Id"])
-            except CoracleError:
-                pass
+    for name in os.listdir(os.path.join(work_dir, LEDGER)) if os.path.isdir(os.path.join(work_dir, LEDGER)) else []:
+        try:
+            engine.remove(name, force=True)
+            gone.append(name)
+        except NotFound:
+            pass
+        except CoracleError:
+            log.exception("could not remove the step container %s of an interrupted build", name)
     return gone
