@@ -334,3 +334,20 @@ def test_run_network_options(docker: Docker, tmp_path: Path) -> None:
     out = docker("build", "--add-host", "registry.example:10.1.2.3", "--network", "none", str(tmp_path)).stdout
     assert "10.1.2.3" in out and "registry.example" in out
     assert "\n1\n" in out  # --network none: loopback only
+
+
+def test_cache_from_an_image_without_cache_records(docker: Docker, tmp_path: Path) -> None:
+    """An image whose steps this daemon has no cache records for (pulled, loaded, or pruned away)
+    serves as cache when named with --cache-from: its history and layers continue the build's."""
+    tag = unique("cachefrom")
+    write(tmp_path, {"Dockerfile": "FROM busybox\nENV MODE=prod\nRUN echo built > /built\nCOPY app.txt /app.txt\n"
+                                   "CMD [\"cat\", \"/app.txt\"]\n", "app.txt": "app\n"})
+    docker("build", "-t", tag, str(tmp_path))
+    image_id = inspect(docker, tag)["Id"]
+    docker("builder", "prune", "-f")
+    out = docker("build", "--cache-from", tag, "-t", tag, str(tmp_path)).stdout
+    assert out.count("Using cache") == 4 and "Running in" not in out
+    assert inspect(docker, tag)["Id"] == image_id
+    (tmp_path / "app.txt").write_text("changed\n")
+    out = docker("build", "--cache-from", tag, "-t", tag, str(tmp_path)).stdout
+    assert out.count("Using cache") == 2  # ENV and RUN; the COPY of a changed file is not in the source

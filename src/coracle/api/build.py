@@ -32,6 +32,9 @@ SECRETS_HEADER = "X-Coracle-Build-Secrets"  # base64 JSON {id: base64 bytes}: RU
 
 def _options(req: Request) -> BuildOptions:
     build_args = req.qjson("buildargs") or {}
+    cache_from = req.qjson("cachefrom") or []
+    if not isinstance(cache_from, list):
+        raise InvalidParameter("cachefrom must be a JSON array of image names")
     labels = req.qjson("labels") or {}
     if not isinstance(build_args, dict) or not isinstance(labels, dict):
         raise InvalidParameter("buildargs and labels must be JSON objects")
@@ -52,7 +55,7 @@ def _options(req: Request) -> BuildOptions:
         build_args=build_args, target=req.q("target") or "", labels=labels, no_cache=req.qbool("nocache"),
         pull=req.qbool("pull"), remove=req.qbool("rm", True), force_remove=req.qbool("forcerm"),
         network_mode=req.q("networkmode") or "", extra_hosts=extra_hosts,
-        shm_size=req.qint("shmsize", 0), secrets=secrets)
+        shm_size=req.qint("shmsize", 0), secrets=secrets, cache_from=[str(ref) for ref in cache_from])
 
 
 def routes(router: Router, engine: Any, images: Any, builder: Builder, cache: BuildCache) -> None:

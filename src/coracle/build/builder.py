@@ -78,6 +78,7 @@ class BuildOptions:
     extra_hosts: list[str] = field(default_factory=list)
     shm_size: int = 0
     secrets: dict[str, bytes] = field(default_factory=dict)
+    cache_from: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -136,12 +137,20 @@ class _Build:
         self._emit, self.cancelled = emit, cancelled
         self.id = uuid.uuid4().hex
         self.ledger = os.path.join(scratch, LEDGER)
+        self.cache_sources = [self.images.resolve(ref) for ref in options.cache_from if self._exists(ref)]
         self._lock = threading.Lock()
         self.step_no, self.total = 0, 0
         self.consumed: set[str] = set()
         self.meta_args: dict[str, str | None] = {}
         self.stages: list[Stage] = []
         self.error: BaseException | None = None
+
+    def _exists(self, ref: str) -> bool:
+        try:
+            self.images.resolve(ref)
+            return True
+        except (NotFound, InvalidParameter):
+            return False  # as Docker: a cache source that is not here is no source
 
     def emit(self, message: dict[str, Any]) -> None:
         if self.cancelled.is_set():
@@ -343,11 +352,13 @@ class _Build:
             self.say(f"Pulling {ref}\n")
             return self.images.pull(ref, None, None)
 
-    def _cached(self, stage: Stage, key: str) -> bool:
+    def _cached(self, stage: Stage, key: str, created_by: str, config: dict[str, Any]) -> bool:
         """A cache hit for this step: the stage moves to the image made before."""
         if self.options.no_cache:
             return False
         image_id = self.b.cache.lookup(key)
+        if image_id is None:
+            image_id = self._from_cache_sources(stage, key, created_by, config)
         if image_id is None:
             return False
         image = self.images.resolve(image_id)
@@ -355,11 +366,32 @@ class _Build:
         self.say(f" ---> Using cache\n ---> {image.short_id}\n")
         return True
 
+    def _from_cache_sources(self, stage: Stage, key: str, created_by: str, config: dict[str, Any]) -> str | None:
+        """`cachefrom`: an image (pulled, loaded, built elsewhere) whose history and layers continue
+        the stage's by exactly this step; the step's image is that image's next entry and layer."""
+        history = stage.raw.get("history") or []
+        layers = list((stage.raw.get("rootfs") or {}).get("diff_ids") or [])
+        for source in self.cache_sources:
+            theirs = source.raw.get("history") or []
+            if len(theirs) <= len(history) or source.layers[:len(layers)] != layers or \
+                    [h.get("created_by") for h in theirs[:len(history)]] != [h.get("created_by") for h in history]:
+                continue
+            step = theirs[len(history)]
+            layer = [] if step.get("empty_layer") else source.layers[len(layers):len(layers) + 1]
+            if step.get("created_by") != created_by or not step.get("empty_layer") and not layer:
+                continue
+            raw = {**stage.raw, "created": step.get("created") or now_rfc3339(), "config": config,
+                   "rootfs": {"type": "layers", "diff_ids": layers + layer}, "history": [*history, step]}
+            image = self.images.add_image(config_bytes(raw), [], parent=stage.image_id, intermediate=True)
+            self.b.cache.record(key, image.id, stage.image_id, created_by, 0)
+            return image.id
+        return None
+
     def _commit(self, stage: Stage, created_by: str, config: dict[str, Any], diff_id: str | None = None,
                 key: str | None = None) -> None:
         """The step's image (and its cache record); the stage moves on to it."""
         key = key or step_key(stage.key, created_by)
-        if diff_id is None and self._cached(stage, key):
+        if diff_id is None and self._cached(stage, key, created_by, config):
             return
         now = now_rfc3339()
         raw = {k: v for k, v in stage.raw.items() if k not in ("container", "container_config")}
@@ -411,7 +443,7 @@ class _Build:
             created_by = f"|{len(shown)} " + " ".join(f"{k}={v}" for k, v in shown.items()) + " " + created_by
         mounts = RunMounts(self, stage, ins)
         key = step_key(stage.key, created_by, mounts.key())
-        if self._cached(stage, key):
+        if self._cached(stage, key, created_by, stage.config):
             return
         run_env = [f"{k}={v}" for k, v in {**proxies, **shown, **env}.items()]
         body = {"Cmd": argv, "Entrypoint": [""], "Env": run_env, "User": config.get("User") or "",
@@ -472,7 +504,7 @@ class _Build:
             label = "multi:" if len(pieces) > 1 else pieces[0].label
         created_by = f"{NOP}{ins.keyword} {label}{digest} in {dest_path} "
         key = step_key(stage.key, created_by, f"chown={chown} chmod={chmod}")
-        if self._cached(stage, key):
+        if self._cached(stage, key, created_by, stage.config):
             return
         with self.images.assembling():
             with step_container(self.engine, self._materialized(stage), {"Cmd": ["true"], "Entrypoint": [""],

@@ -164,6 +164,7 @@ def build(cli: Cli, name: str, args: list[str]) -> int:
     p.add_argument("--no-cache", action="store_true", help="do not use cache when building the image")
     p.add_argument("--pull", action="store_true", help="always attempt to pull a newer version of the image")
     p.add_argument("--label", action="append", default=[], help="set metadata for an image")
+    p.add_argument("--cache-from", action="append", default=[], help="images to consider as cache sources")
     p.add_argument("--rm", nargs="?", const="true", default="true", help="remove intermediate containers after a "
                    "successful build (default true)")
     p.add_argument("--force-rm", action="store_true", help="always remove intermediate containers")
@@ -211,6 +212,7 @@ def build(cli: Cli, name: str, args: list[str]) -> int:
             "t": opts.tag or None, "dockerfile": dockerfile_name, "target": opts.target,
             "buildargs": json.dumps(_pairs(opts.build_arg, "--build-arg")) if opts.build_arg else None,
             "labels": json.dumps(_pairs(opts.label, "--label")) if opts.label else None,
+            "cachefrom": json.dumps(opts.cache_from) if opts.cache_from else None,
             "nocache": 1 if opts.no_cache else None, "pull": 1 if opts.pull else None,
             "rm": 0 if opts.rm.lower() in ("false", "0") else None, "forcerm": 1 if opts.force_rm else None,
             "networkmode": opts.network, "extrahosts": ",".join(opts.add_host) or None,
