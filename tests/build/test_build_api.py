@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import docker as docker_sdk
 import pytest
 
 from conftest import Docker, write
-from harness import Daemon, unique
+from harness import Daemon, start_registry, unique
 
 
 def _tar(entries: list[tarfile.TarInfo], data: dict[str, bytes] | None = None) -> bytes:
@@ -195,3 +196,38 @@ networks:
     finally:
         subprocess.run([COMPOSE, "-p", project, "--no-ansi", "down", "--rmi", "local", "-t", "1"], cwd=tmp_path,
                        capture_output=True, env=env, timeout=120)
+
+
+REGISTRY = "/usr/bin/docker-registry"
+
+
+@pytest.mark.skipif(not os.path.exists(REGISTRY), reason="needs Debian's docker-registry")
+def test_built_image_pushes_pulls_and_serves_as_cache(daemon: Daemon, docker: Docker, tmp_path: Path) -> None:
+    """Push a built image to a registry on the daemon's loopback; its manifest has one layer per
+    non-empty history entry; pulled back (no cache records left) it is a cache source."""
+    registry, port = start_registry(daemon.netns, tmp_path)
+    ref = f"127.0.0.1:{port}/built/{unique('app')}:1"
+    write(tmp_path / "ctx", {"Dockerfile": "FROM busybox\nRUN echo one > /one\nENV K=v\nCOPY f.txt /f.txt\nRUN true\n",
+                             "f.txt": "f\n"})
+    try:
+        docker("build", "-t", ref, str(tmp_path / "ctx"))
+        local = json.loads(docker("image", "inspect", ref).stdout)[0]
+        history = docker("history", "--format", "{{.CreatedBy}}|{{.Size}}", ref).stdout
+        docker("push", ref, timeout=60)
+        repo, tag = ref.rsplit(":", 1)
+        probe = (f"import urllib.request, json; r = urllib.request.Request('http://{repo.split('/', 1)[0]}/v2/"
+                 f"{repo.split('/', 1)[1]}/manifests/{tag}', headers={{'Accept': "
+                 "'application/vnd.docker.distribution.manifest.v2+json'}); "
+                 "print(json.dumps(json.load(urllib.request.urlopen(r))))")
+        manifest = json.loads(daemon.netns_exec(sys.executable, "-c", probe).stdout)
+        assert len(manifest["layers"]) == len(local["RootFS"]["Layers"]) == 4  # base, RUN, COPY, RUN
+        docker("rmi", ref)
+        docker("builder", "prune", "-f")
+        docker("pull", ref, timeout=60)
+        assert docker("history", "--format", "{{.CreatedBy}}|{{.Size}}", ref).stdout == history
+        out = docker("build", "--cache-from", ref, "-t", ref, str(tmp_path / "ctx")).stdout
+        assert out.count("Using cache") == 4
+        assert json.loads(docker("image", "inspect", ref).stdout)[0]["Id"] == local["Id"]
+    finally:
+        registry.kill()
+        registry.wait()

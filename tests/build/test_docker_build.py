@@ -205,6 +205,14 @@ RUN echo "$VERSION $MODE" > /args
     assert docker("run", "--rm", tag, "cat", "/args").stdout == "1.0 release\n"
     assert history(docker, tag)[0] == '|2 MODE=release VERSION=1.0 /bin/sh -c echo "$VERSION $MODE" > /args'
 
+    # predefined proxy args reach RUN without an ARG, and stay out of the history and the image
+    write(tmp_path, {"Dockerfile": "FROM busybox\nRUN echo \"$HTTP_PROXY\" > /proxy\n"})
+    out = docker("build", "--build-arg", "HTTP_PROXY=http://proxy.invalid:3128", "-t", tag, str(tmp_path)).stdout
+    assert "not consumed" not in out
+    assert docker("run", "--rm", tag, "cat", "/proxy").stdout == "http://proxy.invalid:3128\n"
+    assert history(docker, tag)[0] == '/bin/sh -c echo "$HTTP_PROXY" > /proxy'
+    assert not any("PROXY" in e for e in inspect(docker, tag)["Config"]["Env"])
+
 
 def test_failing_run_and_syntax_errors(docker: Docker, tmp_path: Path) -> None:
     write(tmp_path, {"Dockerfile": "FROM busybox\nRUN echo about to fail && exit 3\n"})
