@@ -111,10 +111,12 @@ def test_copy_and_add(docker: Docker, tmp_path: Path) -> None:
     write(tmp_path, {
         "Dockerfile": """\
 FROM busybox
-RUN echo 'app:x:1234:2345::/home/app:/bin/sh' >> /etc/passwd && echo 'app:x:2345:' >> /etc/group
+RUN echo 'app:x:1234:2345::/home/app:/bin/sh' >> /etc/passwd && echo 'app:x:2345:' >> /etc/group && echo 'staff2:x:3456:' >> /etc/group
 COPY a.txt b.txt /dst/
 COPY *.conf /conf/
-COPY --chown=app:2345 --chmod=640 a.txt /owned/a
+COPY --chown=app:app --chmod=640 a.txt /owned/a
+COPY --chown=app b.txt dir /owned-dir/
+COPY --chown=55:staff2 b.txt /numeric
 COPY dir /tree
 COPY ["a.txt", "/single file"]
 ADD pkg.tar.gz /unpacked/
@@ -139,6 +141,9 @@ EOF
 
     assert sh("cat /dst/a.txt /dst/b.txt /conf/x.conf /conf/y.conf") == "A\nB\nx\ny\n"
     assert sh("stat -c '%u:%g %a' /owned/a /dst/a.txt") == "1234:2345 640\n0:0 644\n"
+    # a user alone gets its uid as gid (Docker's rule); a directory the COPY creates is owned too
+    assert sh("stat -c '%u:%g %n' /owned-dir /owned-dir/b.txt /owned-dir/sub/deep.txt /numeric") == \
+        "1234:1234 /owned-dir\n1234:1234 /owned-dir/b.txt\n1234:1234 /owned-dir/sub/deep.txt\n55:3456 /numeric\n"
     assert sh("cat /tree/sub/deep.txt; stat -c '%a %u' /tree/top.txt") == "deep\n751 0\n"
     assert sh("cat '/single file'") == "A\n"
     assert sh("cat /unpacked/pkg/readme.txt; stat -c '%u:%g %a' /unpacked/pkg/readme.txt") == \

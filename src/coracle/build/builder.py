@@ -21,6 +21,7 @@ import os
 import posixpath
 import re
 import shutil
+import tarfile
 import tempfile
 import threading
 import uuid
@@ -507,8 +508,9 @@ class _Build:
         if self._cached(stage, key, created_by, stage.config):
             return
         with self.images.assembling():
-            with step_container(self.engine, self._materialized(stage), {"Cmd": ["true"], "Entrypoint": [""],
-                                "User": chown}, {"NetworkMode": "none"}, self.id, self.ledger) as c:
+            with step_container(self.engine, self._materialized(stage), {"Cmd": ["true"], "Entrypoint": [""]},
+                                {"NetworkMode": "none"}, self.id, self.ledger) as c:
+                owner = self._owner(c.id, chown) if chown else None
                 many = len(sources) > 1 or len(pieces) > 1
                 known_dir = wants_dir or many or any(p.is_dir for p in pieces)
                 # the archive helper makes missing parents itself: a look costs a helper process,
@@ -521,11 +523,11 @@ class _Build:
                         names = [posixpath.basename(s.rstrip("/")) for s in sources]
                     into_dir = known_dir or is_dir or any(p.is_dir for p in pieces)
                     placement = files.Placement(dest_path, into_dir, create_dir=existing is None, chmod=chmod,
-                                                names=names)
+                                                owner=owner, names=names)
                     with tempfile.TemporaryFile(dir=self.scratch) as f:
                         files.write_tar(f, pieces, placement)
                         f.seek(0)
-                        engine_archive.extract(self.engine, c.id, "/", f, copy_uid_gid=bool(chown))
+                        engine_archive.extract(self.engine, c.id, "/", f)
                 diff_id = self.images.pack_layer(c.upper_dir)
             self._commit(stage, created_by, copy.deepcopy(stage.config), diff_id, key)
 
@@ -553,6 +555,28 @@ class _Build:
         if not pieces:
             raise BuildError(f"{ins.keyword} failed: no source files were specified")
         return pieces, names
+
+    def _owner(self, cid: str, chown: str) -> tuple[int, int]:
+        """--chown as numbers; names come from the image's /etc files, read by the archive helper."""
+        user, _, group = chown.partition(":")
+        passwd = self._read_text(cid, "/etc/passwd") if not user.isdigit() else ""
+        groups = self._read_text(cid, "/etc/group") if group and not group.isdigit() else ""
+        return files.parse_chown(chown, passwd, groups)
+
+    def _read_text(self, cid: str, path: str, limit: int = 1 << 20) -> str:
+        """A small file of the container's image, streamed out by the confined archive helper."""
+        if self._stat(cid, path) is None:
+            return ""
+        _, proc = engine_archive.export(self.engine, cid, path)
+        try:
+            with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+                for member in tar:
+                    data = tar.extractfile(member) if member.isreg() else None
+                    return data.read(limit).decode(errors="replace") if data else ""
+            return ""
+        finally:
+            proc.kill()
+            proc.wait()
 
     def _stat(self, cid: str, path: str) -> dict[str, Any] | None:
         try:

@@ -3,10 +3,10 @@
 Docker's destination rules: a destination ending in `/`, several sources, a
 directory source or an existing directory make the destination a directory
 (a directory source contributes its contents); otherwise a single file is
-copied to exactly that path. Files land owned by root (or `--chown`, resolved
-in the image's own /etc/passwd by the confined archive helper), with their
-modes (or `--chmod`) and times. ADD also unpacks a local tar archive and
-fetches a URL.
+copied to exactly that path. Files land owned by root (or `--chown`, names
+resolved in the image's own /etc/passwd and /etc/group, read out through the
+confined archive helper), with their modes (or `--chmod`) and times. ADD also
+unpacks a local tar archive and fetches a URL.
 
 The tar is written on the host from data the daemon may read: the build
 context (the client's), heredocs, downloads, and other images' files streamed
@@ -143,6 +143,7 @@ class Placement:
     into_dir: bool
     create_dir: bool = False    # the destination directory does not exist yet: make it (owned as --chown)
     chmod: int | None = None
+    owner: tuple[int, int] | None = None   # --chown, as numbers
     names: list[str] = field(default_factory=list)  # one name per piece for files going into a directory
 
 
@@ -153,6 +154,7 @@ def write_tar(out: IO[bytes], pieces: list[Piece], placement: Placement) -> None
         if placement.create_dir and placement.into_dir and root:
             info = tarfile.TarInfo(root)
             info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
+            info.uid, info.gid = placement.owner or (0, 0)
             tar.addfile(info)
         for piece, name in zip(pieces, placement.names or [""] * len(pieces)):
             for rel, info, data in piece.entries():
@@ -169,11 +171,32 @@ def write_tar(out: IO[bytes], pieces: list[Piece], placement: Placement) -> None
                 new.linkname = info.linkname
                 if info.islnk():  # hard links point at a name inside the same piece
                     new.linkname = posixpath.join(root, posixpath.normpath("/" + info.linkname).lstrip("/"))
-                if piece.preserve_owner:
+                if placement.owner is not None:
+                    new.uid, new.gid = placement.owner
+                elif piece.preserve_owner:
                     new.uid, new.gid = info.uid, info.gid
                 if placement.chmod is not None and info.type in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.DIRTYPE):
                     new.mode = placement.chmod
                 tar.addfile(new, data)
+
+
+def parse_chown(spec: str, passwd: str, group: str) -> tuple[int, int]:
+    """`--chown=user[:group]` as numbers, names looked up in the image's passwd and group files.
+    A user without a group gets its uid as gid too (Docker's rule for COPY/ADD)."""
+    user, _, grp = spec.partition(":")
+
+    def lookup(table: str, name: str, kind: str) -> int:
+        if name.isdigit():
+            return int(name)
+        for line in table.splitlines():
+            fields = line.split(":")
+            if len(fields) >= 3 and fields[0] == name and fields[2].isdigit():
+                return int(fields[2])
+        raise InvalidParameter(f"unable to convert uid/gid chown string to host mapping: can't find {kind} "
+                               f"for {name!r} in the image's /etc/{'passwd' if kind == 'uid' else 'group'}")
+
+    uid = lookup(passwd, user, "uid")
+    return uid, lookup(group, grp, "gid") if grp else uid
 
 
 def parse_chmod(value: str | None) -> int | None:
