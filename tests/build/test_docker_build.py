@@ -342,11 +342,14 @@ def test_dockerfile_outside_the_context_and_default_builder_choice(daemon: Daemo
     assert daemon.docker("run", "--rm", tag, "cat", "/data.txt").stdout == "data\n"
 
 
-def test_run_network_options(docker: Docker, tmp_path: Path) -> None:
-    write(tmp_path, {"Dockerfile": "FROM busybox\nRUN grep -w registry.example /etc/hosts && ip -o link | wc -l\n"})
-    out = docker("build", "--add-host", "registry.example:10.1.2.3", "--network", "none", str(tmp_path)).stdout
+def test_run_network_and_resource_options(docker: Docker, tmp_path: Path) -> None:
+    write(tmp_path, {"Dockerfile": "FROM busybox\nRUN grep -w registry.example /etc/hosts && ip -o link | wc -l && "
+                                   "cat /sys/fs/cgroup/memory/memory.limit_in_bytes\n"})
+    out = docker("build", "--add-host", "registry.example:10.1.2.3", "--network", "none", "--memory", "64m",
+                 str(tmp_path)).stdout
     assert "10.1.2.3" in out and "registry.example" in out
     assert "\n1\n" in out  # --network none: loopback only
+    assert "\n67108864\n" in out  # the RUN container's cgroup has the build's memory limit
 
 
 def test_cache_from_an_image_without_cache_records(docker: Docker, tmp_path: Path) -> None:

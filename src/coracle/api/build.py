@@ -30,6 +30,11 @@ thread = asyncio.to_thread
 SECRETS_HEADER = "X-Coracle-Build-Secrets"  # base64 JSON {id: base64 bytes}: RUN --mount=type=secret
 
 
+# query parameter -> HostConfig field of the RUN containers (docker build --memory, --cpu-shares ...)
+RESOURCES = {"memory": "Memory", "memswap": "MemorySwap", "cpushares": "CpuShares", "cpusetcpus": "CpusetCpus",
+             "cpusetmems": "CpusetMems", "cpuperiod": "CpuPeriod", "cpuquota": "CpuQuota"}
+
+
 def _options(req: Request) -> BuildOptions:
     build_args = req.qjson("buildargs") or {}
     cache_from = req.qjson("cachefrom") or []
@@ -50,12 +55,15 @@ def _options(req: Request) -> BuildOptions:
         except ValueError:
             raise InvalidParameter(f"invalid {SECRETS_HEADER} header") from None
     extra_hosts = [h for value in req.query.get("extrahosts", []) for h in value.split(",") if h]
+    resources = {field: value if param.startswith("cpuset") else req.qint(param)
+                 for param, field in RESOURCES.items() if (value := req.q(param)) not in (None, "", "0")}
     return BuildOptions(
         dockerfile=req.q("dockerfile") or "Dockerfile", tags=[t for t in req.query.get("t", []) if t],
         build_args=build_args, target=req.q("target") or "", labels=labels, no_cache=req.qbool("nocache"),
         pull=req.qbool("pull"), remove=req.qbool("rm", True), force_remove=req.qbool("forcerm"),
         network_mode=req.q("networkmode") or "", extra_hosts=extra_hosts,
-        shm_size=req.qint("shmsize", 0), secrets=secrets, cache_from=[str(ref) for ref in cache_from])
+        shm_size=req.qint("shmsize", 0), secrets=secrets, cache_from=[str(ref) for ref in cache_from],
+        resources=resources)
 
 
 def routes(router: Router, engine: Any, images: Any, builder: Builder, cache: BuildCache) -> None:

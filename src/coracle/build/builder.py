@@ -80,6 +80,7 @@ class BuildOptions:
     shm_size: int = 0
     secrets: dict[str, bytes] = field(default_factory=dict)
     cache_from: list[str] = field(default_factory=list)
+    resources: dict[str, Any] = field(default_factory=dict)   # HostConfig limits of RUN containers
 
 
 @dataclass
@@ -417,7 +418,7 @@ class _Build:
     def _host_config(self, **extra: Any) -> dict[str, Any]:
         mode = self.options.network_mode or "default"
         return {"NetworkMode": "bridge" if mode == "default" else mode, "ExtraHosts": self.options.extra_hosts,
-                "ShmSize": self.options.shm_size or None, **extra}
+                "ShmSize": self.options.shm_size or None, **self.options.resources, **extra}
 
     # ----- RUN -----------------------------------------------------------------
 
