@@ -89,9 +89,12 @@ FROM busybox
 RUN --mount=type=cache,target=/var/cache/app echo run >> /var/cache/app/log && cat /var/cache/app/log | wc -l > /runs
 RUN --mount=type=bind,from=builder,source=/out,target=/mnt cp /mnt/result /result
 RUN --mount=type=bind,target=/ctx,source=src cat /ctx/input.txt > /input
+RUN --mount=type=bind,target=/ctx,source=src,rw=true echo scribbled > /ctx/input.txt && cat /ctx/input.txt
+RUN --mount=type=bind,from=builder,source=/out,target=/mnt,rw=true echo more >> /mnt/result
 COPY --link src/input.txt /linked.txt
 """, "src/input.txt": "input\n"})
     daemon.cli("build", "-t", tag, str(tmp_path))
+    # (a writable bind mount's writes are thrown away: the COPY after it sees the context as sent)
     assert docker("run", "--rm", tag, "cat", "/runs", "/result", "/input", "/linked.txt").stdout == \
         "1\nartefact\ninput\ninput\n"
     daemon.cli("build", "--no-cache", "-t", tag, str(tmp_path))

@@ -367,3 +367,18 @@ def test_cache_from_an_image_without_cache_records(docker: Docker, tmp_path: Pat
     (tmp_path / "app.txt").write_text("changed\n")
     out = docker("build", "--cache-from", tag, "-t", tag, str(tmp_path)).stdout
     assert out.count("Using cache") == 2  # ENV and RUN; the COPY of a changed file is not in the source
+
+
+def test_the_same_layer_twice_and_runs_that_change_nothing(docker: Docker, tmp_path: Path) -> None:
+    """COPY of the same file before and after its removal puts one layer in the image twice (overlayfs
+    takes a directory once per mount: the second gets its own copy); a RUN that changes nothing adds
+    no layer (an empty_layer history entry, as BuildKit)."""
+    tag = unique("twice")
+    write(tmp_path, {"Dockerfile": "FROM busybox\nCOPY a.txt /x\nRUN rm /x\nCOPY a.txt /x\nRUN true\nRUN echo\n",
+                     "a.txt": "same\n"})
+    docker("build", "-t", tag, str(tmp_path))
+    layers = inspect(docker, tag)["RootFS"]["Layers"]
+    assert len(layers) == 4 and layers[1] == layers[3]
+    assert docker("run", "--rm", tag, "cat", "/x").stdout == "same\n"
+    sizes = docker("history", "--format", "{{.Size}}", tag).stdout.split()
+    assert sizes[:2] == ["0B", "0B"]

@@ -41,6 +41,7 @@ from coracle.engine import archive as engine_archive
 from coracle.errors import CoracleError, InvalidParameter, NotFound
 from coracle.images import mediatypes as mt
 from coracle.images.changes import healthcheck
+from coracle.images.layers import EMPTY_DIFF_ID
 from coracle.images.reference import parse as parse_reference
 from coracle.images.store import ImageStore, config_bytes, now_rfc3339
 
@@ -283,14 +284,16 @@ class _Build:
             self._run(stage, ins, header)
         elif ins.keyword in ("COPY", "ADD"):
             self._copy(stage, ins, header)
-        elif ins.keyword == "ARG":
-            self.say(header)
-            names = self._declare_arg(ins, stage.args, self.meta_args, stage)
-            self._commit(stage, f"{NOP} ARG {' '.join(names)}", dict(stage.config))
         else:
             self.say(header)
-            created_by, config = self._metadata(stage, ins)
-            self._commit(stage, created_by, config)
+            if ins.keyword == "ARG":
+                names = self._declare_arg(ins, stage.args, self.meta_args, stage)
+                created_by, config = f"{NOP} ARG {' '.join(names)}", dict(stage.config)
+            else:
+                created_by, config = self._metadata(stage, ins)
+            key = step_key(stage.key, created_by)
+            if not self._cached(stage, key, created_by, config):
+                self._commit(stage, created_by, config, None, key)
 
     def _next_step(self) -> int:
         with self._lock:
@@ -389,12 +392,11 @@ class _Build:
             return image.id
         return None
 
-    def _commit(self, stage: Stage, created_by: str, config: dict[str, Any], diff_id: str | None = None,
-                key: str | None = None) -> None:
-        """The step's image (and its cache record); the stage moves on to it."""
-        key = key or step_key(stage.key, created_by)
-        if diff_id is None and self._cached(stage, key, created_by, config):
-            return
+    def _commit(self, stage: Stage, created_by: str, config: dict[str, Any], diff_id: str | None, key: str) -> None:
+        """The step's image (and its cache record); the stage moves on to it. No diff id (or an
+        empty layer) makes an `empty_layer` history entry, as BuildKit does for a RUN that changed nothing."""
+        if diff_id == EMPTY_DIFF_ID:
+            diff_id = None
         now = now_rfc3339()
         raw = {k: v for k, v in stage.raw.items() if k not in ("container", "container_config")}
         diff_ids = list((raw.get("rootfs") or {}).get("diff_ids") or []) + ([diff_id] if diff_id else [])

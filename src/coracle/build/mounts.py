@@ -100,10 +100,12 @@ class RunMounts:
                         out.append(mount)
                 else:
                     source = spec.get("source", spec.get("src", "."))
-                    root = self._mount_image(spec["from"], undo) if spec.get("from") else self.build.context.root
+                    root = self._image_view(spec["from"], undo) if spec.get("from") else self.build.context.root
                     path = _inside(root, source)
-                    out.append({"Type": "bind", "Source": path, "Target": target,
-                                "ReadOnly": spec.get("rw", spec.get("readwrite", "false")) != "true" or bool(spec.get("from"))})
+                    writable = spec.get("rw", spec.get("readwrite", "false")) == "true"
+                    if writable:  # the writes land in a throwaway upper layer, never in the context or image
+                        path = self._overlay([path], undo, writable=True)
+                    out.append({"Type": "bind", "Source": path, "Target": target, "ReadOnly": not writable})
             yield out
 
     def _secret(self, spec: dict[str, str]) -> dict[str, Any] | None:
@@ -119,13 +121,22 @@ class RunMounts:
         os.chown(path, int(spec.get("uid", 0)), int(spec.get("gid", 0)))
         return {"Type": "bind", "Source": path, "Target": spec["target"], "ReadOnly": True}
 
-    def _mount_image(self, ref: str, undo: ExitStack) -> str:
-        """A read-only overlay of an image's layers (the kernel reads them; no file of theirs is opened here)."""
+    def _image_view(self, ref: str, undo: ExitStack) -> str:
+        """A stage's or image's filesystem, read-only, from its layers."""
         image = self.build.images.resolve(self._image_of(ref))
-        layers = self.build.images.layer_dirs(image)
-        empty = tempfile.mkdtemp(dir=self.build.scratch)
-        root = tempfile.mkdtemp(dir=self.build.scratch)
-        sc.mount("overlay", root, "overlay", sc.MS_RDONLY, f"lowerdir={':'.join([*reversed(layers), empty])}")
+        return self._overlay(list(reversed(self.build.images.layer_dirs(image))), undo)
+
+    def _overlay(self, lower: list[str], undo: ExitStack, writable: bool = False) -> str:
+        """An overlay of `lower` (topmost first) in the build's work directory, unmounted afterwards.
+        The kernel reads the layers; no file in them is opened here."""
+        scratch = tempfile.mkdtemp(dir=self.build.scratch)
+        root, upper, work, empty = (os.path.join(scratch, d) for d in ("root", "upper", "work", "empty"))
+        for d in (root, upper, work, empty):
+            os.mkdir(d)
+        if writable:
+            sc.mount("overlay", root, "overlay", 0, f"lowerdir={':'.join(lower)},upperdir={upper},workdir={work}")
+        else:  # overlay wants two lower layers when it has no upper one
+            sc.mount("overlay", root, "overlay", sc.MS_RDONLY, f"lowerdir={':'.join([*lower, empty])}")
         undo.callback(sc.umount2, root, sc.MNT_DETACH)
         return root
 

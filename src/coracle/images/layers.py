@@ -231,6 +231,11 @@ def unpack(f: BinaryIO, dest: str) -> tuple[str, int]:
     return reader.digest, unpacker.size
 
 
+# The diff id of a layer without a single entry: what `pack` makes of an unchanged upper directory
+# (two zero blocks, padded to tarfile's record size).
+EMPTY_DIFF_ID = "sha256:" + hashlib.sha256(bytes(tarfile.RECORDSIZE)).hexdigest()
+
+
 def pack(upper: str, out: BinaryIO, skip: frozenset[str] = frozenset()) -> None:
     """Write a container's overlay upper directory as an OCI layer tar.
 

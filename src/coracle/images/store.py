@@ -427,7 +427,7 @@ class ImageStore:
                     freed.add(layer["DiffID"])
             keep_dirs = {hex_of(d) for d in used} | {"empty"}
             for entry in self.layers_dir.iterdir():
-                if entry.name not in keep_dirs:
+                if entry.name.split("-")[0] not in keep_dirs:  # "<hex>-2": a repeated layer's copy
                     doomed.append(self.blobs.temp_path("gone"))
                     os.rename(entry, doomed[-1])  # never half-deleted under a trusted name
             for blob in set(self.blobs.digests()) - keep_blobs:
@@ -608,7 +608,7 @@ class ImageStore:
             empty.mkdir(exist_ok=True)
             return [str(empty)]
         dirs = []
-        for diff_id in image.layers:
+        for n, diff_id in enumerate(image.layers):
             path = self.layer_path(diff_id)
             if not path.is_dir():
                 doc = self.store.get(LAYER, diff_id)
@@ -617,8 +617,21 @@ class ImageStore:
                                        "remove the image and pull or load it again")
                 with self._lock:
                     self.add_layer(diff_id, doc["Blob"], doc["Compressed"])
+            repeats = image.layers[:n].count(diff_id)
+            if repeats:
+                path = self._repeated_layer(diff_id, repeats)
             dirs.append(str(path))
         return dirs
+
+    def _repeated_layer(self, diff_id: str, repeats: int) -> Path:
+        """A second (third...) unpacked copy of a layer an image holds more than once: overlayfs
+        refuses one directory twice in a lowerdir, and layers in between may change the same paths."""
+        path = self.layers_dir / f"{hex_of(diff_id)}-{repeats + 1}"
+        if not path.is_dir():
+            doc = self.store.get(LAYER, diff_id)
+            with self._lock:
+                self._unpack_blob(diff_id, doc["Blob"], path)  # type: ignore[index]
+        return path
 
     def open_layer_blob(self, diff_id: str) -> tuple[BinaryIO, dict[str, Any]]:
         doc = self.store.get(LAYER, diff_id)
