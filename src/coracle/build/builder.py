@@ -129,13 +129,15 @@ class Builder:
         """Build; returns the image id. Progress goes to emit as Docker's JSON messages."""
         context = Context(context_root)
         dockerfile = parse(context.read_file(options.dockerfile))
-        return _Build(self, context, dockerfile, scratch, options, emit, cancelled).run()
+        return Build(self, context, dockerfile, scratch, options, emit, cancelled).run()
 
 
-class _Build:
+class Build:
+    """One build: its stages, step counter, cache lookups and messages (RunMounts uses its lookups)."""
+
     def __init__(self, builder: Builder, context: Context, dockerfile: Dockerfile, scratch: str,
                  options: BuildOptions, emit: Emit, cancelled: threading.Event) -> None:
-        self.b, self.engine, self.images = builder, builder.engine, builder.images
+        self.builder, self.engine, self.images = builder, builder.engine, builder.images
         self.context, self.df, self.scratch, self.options = context, dockerfile, scratch, options
         self._emit, self.cancelled = emit, cancelled
         self.id = uuid.uuid4().hex
@@ -201,19 +203,22 @@ class _Build:
             raise ParseError(first.line, f"duplicate name {name}")
         stage = Stage(index, name, instructions)
         base = self._meta_lexer().word(words[0])
-        found = self._stage_named(base)
+        found = self.stage_named(base)
         if found is not None:
             stage.deps.add(found.index)
         for ins in instructions[1:]:
             for ref in [ins.flag("from")] + [m.get("from") for m in RunMounts.specs(ins)]:
-                if ref and (dep := self._stage_named(self._meta_lexer().word(ref))) is not None:
+                if ref and (dep := self.stage_named(self._meta_lexer().word(ref))) is not None:
                     stage.deps.add(dep.index)
         return stage
 
-    def _stage_named(self, ref: str) -> Stage | None:
-        if ref.isdigit() and int(ref) < len(self.stages):
-            return self.stages[int(ref)]
-        return next((s for s in self.stages if s.name and s.name == ref.lower()), None)
+    def stage_named(self, ref: str, before: int | None = None) -> Stage | None:
+        """The stage a FROM, --from or mount names (by name or index); only stages before `before`
+        count, as with Docker: a later name is an image name."""
+        earlier = self.stages[:len(self.stages) if before is None else before]
+        if ref.isdigit() and int(ref) < len(earlier):
+            return earlier[int(ref)]
+        return next((s for s in earlier if s.name and s.name == ref.lower()), None)
 
     def _meta_lexer(self) -> Lexer:
         return Lexer({k: v for k, v in self.meta_args.items() if v is not None}, self.df.escape)
@@ -300,14 +305,14 @@ class _Build:
             self.step_no += 1
             return self.step_no
 
-    def _lexer(self, stage: Stage) -> Lexer:
+    def lexer(self, stage: Stage) -> Lexer:
         env = {k: v for k, v in stage.args.items() if v is not None}
         env.update(_env_dict(stage.config.get("Env")))
         return Lexer(env, self.df.escape)
 
     def _declare_arg(self, ins: Instruction, into: dict[str, str | None], meta: dict[str, str | None],
                      stage: Stage | None = None) -> list[str]:
-        lexer = self._lexer(stage) if stage else self._meta_lexer()
+        lexer = self.lexer(stage) if stage else self._meta_lexer()
         shown = []
         for name, default in key_values(ins, self.df.escape):
             value = lexer.word(default) if default is not None else meta.get(name) if stage else None
@@ -321,7 +326,7 @@ class _Build:
     def _from(self, stage: Stage, ins: Instruction) -> None:
         self.say(f"Step {self._next_step()}/{self.total} : {ins.original}\n")
         ref = self._meta_lexer().word(ins.text.split()[0])
-        parent = self._stage_named(ref)
+        parent = self.stage_named(ref, stage.index)
         if parent is not None:
             stage.raw, stage.image_id, stage.key = copy.deepcopy(parent.raw), parent.image_id, parent.key
         elif ref.lower() == "scratch":
@@ -329,7 +334,7 @@ class _Build:
                          "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
             stage.key = "scratch"
         else:
-            image = self._base_image(ref)
+            image = self.base_image(ref)
             stage.raw = {k: copy.deepcopy(v) for k, v in image.raw.items() if k not in ("container", "container_config")}
             stage.image_id, stage.key = image.id, image.id
         self.say(f" ---> {stage.image_id.removeprefix('sha256:')[:12] or 'scratch'}\n")
@@ -340,7 +345,7 @@ class _Build:
                 for step in parse(trigger).instructions:
                     self._dispatch(stage, step, numbered=False)
 
-    def _base_image(self, ref: str) -> Any:
+    def base_image(self, ref: str) -> Any:
         if self.options.pull:
             try:
                 return self.images.pull(ref, None, None)
@@ -361,7 +366,7 @@ class _Build:
         """A cache hit for this step: the stage moves to the image made before."""
         if self.options.no_cache:
             return False
-        image_id = self.b.cache.lookup(key)
+        image_id = self.builder.cache.lookup(key)
         if image_id is None:
             image_id = self._from_cache_sources(stage, key, created_by, config)
         if image_id is None:
@@ -388,7 +393,7 @@ class _Build:
             raw = {**stage.raw, "created": step.get("created") or now_rfc3339(), "config": config,
                    "rootfs": {"type": "layers", "diff_ids": layers + layer}, "history": [*history, step]}
             image = self.images.add_image(config_bytes(raw), [], parent=stage.image_id, intermediate=True)
-            self.b.cache.record(key, image.id, stage.image_id, created_by, 0)
+            self.builder.cache.record(key, image.id, stage.image_id, created_by, 0)
             return image.id
         return None
 
@@ -407,11 +412,11 @@ class _Build:
                    history=[*(raw.get("history") or []), entry])
         image = self.images.add_image(config_bytes(raw), [], parent=stage.image_id, intermediate=True)
         size = (self.images.store.get("image-layer", diff_id) or {}).get("Size", 0) if diff_id else 0
-        self.b.cache.record(key, image.id, stage.image_id, created_by, size)
+        self.builder.cache.record(key, image.id, stage.image_id, created_by, size)
         stage.raw, stage.image_id, stage.key = raw, image.id, key
         self.say(f" ---> {image.short_id}\n")
 
-    def _materialized(self, stage: Stage) -> str:
+    def materialized(self, stage: Stage) -> str:
         """An image of the stage as it is now (a step container needs one; scratch has none yet)."""
         if not stage.image_id:
             stage.image_id = self.images.add_image(config_bytes(stage.raw), [], intermediate=True).id
@@ -459,7 +464,7 @@ class _Build:
                                               "host": "host"}.get(ins.flag("network") or "", "invalid")
                 if host_config["NetworkMode"] == "invalid":
                     raise BuildError(f"RUN --network={ins.flag('network')} is not supported")
-            with step_container(self.engine, self._materialized(stage), body, host_config, self.id, self.ledger,
+            with step_container(self.engine, self.materialized(stage), body, host_config, self.id, self.ledger,
                                 self._keep) as c:
                 self.say(f" ---> Running in {c.id[:12]}\n")
                 code = c.run(self.emit, self.stopping)
@@ -480,7 +485,7 @@ class _Build:
 
     def _copy(self, stage: Stage, ins: Instruction, header: str) -> None:
         self.say(header)
-        lexer = self._lexer(stage)
+        lexer = self.lexer(stage)
         as_json = ins.json_args()
         words = [lexer.word(w) for w in as_json] if as_json is not None else lexer.words(ins.text)
         if len(words) < 2:
@@ -498,8 +503,8 @@ class _Build:
         from_image = ""
         if source_from:
             ref = lexer.word(source_from)
-            other = self._stage_named(ref)
-            from_image = self._materialized(other) if other is not None else self._base_image(ref).id
+            other = self.stage_named(ref, stage.index)
+            from_image = self.materialized(other) if other is not None else self.base_image(ref).id
             digest = step_key(from_image, "\0".join(sources))
             label = "multi:" if len(sources) > 1 else "file:"
         else:
@@ -511,7 +516,7 @@ class _Build:
         if self._cached(stage, key, created_by, stage.config):
             return
         with self.images.assembling():
-            with step_container(self.engine, self._materialized(stage), {"Cmd": ["true"], "Entrypoint": [""]},
+            with step_container(self.engine, self.materialized(stage), {"Cmd": ["true"], "Entrypoint": [""]},
                                 {"NetworkMode": "none"}, self.id, self.ledger) as c:
                 owner = self._owner(c.id, chown) if chown else None
                 many = len(sources) > 1 or len(pieces) > 1
@@ -618,7 +623,7 @@ class _Build:
     def _metadata(self, stage: Stage, ins: Instruction) -> tuple[str, dict[str, Any]]:
         """(history text, new config) of an instruction that changes only the image config."""
         config = copy.deepcopy(stage.config)
-        lexer = self._lexer(stage)
+        lexer = self.lexer(stage)
         kw = ins.keyword
         shell = config.get("Shell") or DEFAULT_SHELL
         as_json = ins.json_args()

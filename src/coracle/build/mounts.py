@@ -24,14 +24,14 @@ from coracle.errors import InvalidParameter
 from coracle.runtime import syscalls as sc
 
 if TYPE_CHECKING:
-    from coracle.build.builder import Stage, _Build
+    from coracle.build.builder import Build, Stage
     from coracle.build.dockerfile import Instruction
 
 
 class RunMounts:
-    def __init__(self, build: "_Build", stage: "Stage", ins: "Instruction") -> None:
+    def __init__(self, build: "Build", stage: "Stage", ins: "Instruction") -> None:
         self.build, self.stage = build, stage
-        lexer = build._lexer(stage)
+        lexer = build.lexer(stage)
         self.specs_ = [{k: lexer.word(v) for k, v in spec.items()} for spec in self.specs(ins)]
         for spec in self.specs_:
             kind = spec.setdefault("type", "bind")
@@ -77,8 +77,8 @@ class RunMounts:
         return "\n".join(parts)
 
     def _image_of(self, ref: str) -> str:
-        stage = self.build._stage_named(ref)
-        return self.build._materialized(stage) if stage is not None else self.build._base_image(ref).id
+        stage = self.build.stage_named(ref, self.stage.index)
+        return self.build.materialized(stage) if stage is not None else self.build.base_image(ref).id
 
     @contextmanager
     def prepared(self) -> Iterator[list[dict[str, Any]]]:
@@ -88,7 +88,7 @@ class RunMounts:
             for spec in self.specs_:
                 kind, target = spec["type"], spec["target"]
                 if kind == "cache":
-                    source = self.build.b.cache.mount_dir(spec.get("id") or target)
+                    source = self.build.builder.cache.mount_dir(spec.get("id") or target)
                     out.append({"Type": "bind", "Source": source, "Target": target, "ReadOnly": False})
                 elif kind == "tmpfs":
                     size = int(spec.get("size") or 0)
