@@ -51,8 +51,9 @@ def _options(req: Request) -> BuildOptions:
     secrets: dict[str, bytes] = {}
     if req.headers.get(SECRETS_HEADER):
         try:
-            secrets = {k: base64.b64decode(v) for k, v in json.loads(base64.b64decode(req.headers[SECRETS_HEADER])).items()}
-        except ValueError:
+            given = json.loads(base64.b64decode(req.headers[SECRETS_HEADER]))
+            secrets = {str(k): base64.b64decode(v) for k, v in given.items()}
+        except (ValueError, TypeError, AttributeError):
             raise InvalidParameter(f"invalid {SECRETS_HEADER} header") from None
     extra_hosts = [h for value in req.query.get("extrahosts", []) for h in value.split(",") if h]
     resources = {field: value if param.startswith("cpuset") else req.qint(param)

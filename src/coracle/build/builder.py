@@ -335,7 +335,8 @@ class Build:
             stage.key = "scratch"
         else:
             image = self.base_image(ref)
-            stage.raw = {k: copy.deepcopy(v) for k, v in image.raw.items() if k not in ("container", "container_config")}
+            stage.raw = {k: copy.deepcopy(v) for k, v in image.raw.items()
+                         if k not in ("container", "container_config")}
             stage.image_id, stage.key = image.id, image.id
         self.say(f" ---> {stage.image_id.removeprefix('sha256:')[:12] or 'scratch'}\n")
         triggers = stage.config.pop("OnBuild", None) or []

@@ -71,7 +71,8 @@ class RunMounts:
                 if spec.get("from"):
                     parts.append(f"bind {spec['target']} {self._image_of(spec['from'])} {source}")
                 else:
-                    parts.append(f"bind {spec['target']} {self.build.context.checksum(self.build.context.sources(source))}")
+                    context = self.build.context
+                    parts.append(f"bind {spec['target']} {context.checksum(context.sources(source))}")
             elif spec["type"] != "secret":
                 parts.append(f"{spec['type']} {spec['target']} {spec.get('id', '')}")
         return "\n".join(parts)
@@ -112,7 +113,8 @@ class RunMounts:
         value = self.build.options.secrets.get(spec["id"])
         if value is None:
             if spec.get("required", "false") == "true":
-                raise InvalidParameter(f"secret {spec['id']} is required but was not given (--secret id={spec['id']},src=FILE)")
+                raise InvalidParameter(f"secret {spec['id']} is required but was not given "
+                                       f"(--secret id={spec['id']},src=FILE)")
             return None
         path = os.path.join(tempfile.mkdtemp(dir=self.build.scratch), "secret")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, int(spec.get("mode", "0400"), 8))

@@ -81,7 +81,8 @@ class Lexer:
             elif ch == "'":
                 end = text.find("'", i + 1)
                 if end < 0:
-                    raise InvalidParameter(f"unexpected end of statement while looking for matching single-quote in {text!r}")
+                    raise InvalidParameter("unexpected end of statement while looking for matching single-quote "
+                                           f"in {text!r}")
                 out.add(text[i + 1:end], raw=True)
                 i = end + 1
             elif ch == '"':
