@@ -10,13 +10,12 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
 
+from build_helpers import Docker
 from harness import Daemon
-
-Docker = Callable[..., subprocess.CompletedProcess]
 
 
 def _listing(daemon: Daemon) -> tuple[set[str], set[str]]:
@@ -52,11 +51,3 @@ def docker(daemon: Daemon) -> Docker:
         return res
 
     return run
-
-
-def write(root: Path, files: dict[str, str]) -> Path:
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-    return root

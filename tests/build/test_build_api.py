@@ -17,7 +17,7 @@ from urllib.parse import quote
 import docker as docker_sdk
 import pytest
 
-from conftest import Docker, write
+from build_helpers import Docker, write
 from harness import Daemon, start_registry, unique
 
 

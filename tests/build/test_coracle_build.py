@@ -9,7 +9,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from conftest import Docker, write
+from build_helpers import Docker, write
 from harness import Daemon, unique
 
 

@@ -16,7 +16,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from conftest import Docker, write
+from build_helpers import Docker, write
 from harness import Daemon, unique
 
 
