@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -137,3 +140,17 @@ def _layer_names(saved: bytes) -> set[str]:
                 except tarfile.TarError:
                     pass
     return names
+
+
+def test_context_tar_on_stdin(daemon: Daemon, docker: Docker, tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in (("Dockerfile", b"FROM busybox\nCOPY piped.txt /\n"), ("piped.txt", b"piped\n")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    tag = unique("stdin")
+    res = subprocess.run([sys.executable, "-m", "coracle.cli.main", "build", "-t", tag, "-"], input=buf.getvalue(),
+                         capture_output=True, env={**os.environ, "CORACLE_HOST": daemon.host}, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert docker("run", "--rm", tag, "cat", "/piped.txt").stdout == "piped\n"

@@ -195,12 +195,15 @@ def build(cli: Cli, name: str, args: list[str]) -> int:
                 raise CommandError(f"unable to prepare context: {exc.strerror}: {opts.file}", 1) from None
             dockerfile_name = ".dockerfile." + os.urandom(6).hex()
     with tempfile.TemporaryFile() as body:
-        if opts.path == "-":
-            data = sys.stdin.buffer.read()
-            try:
-                tarfile.open(fileobj=io.BytesIO(data), mode="r:*").getmembers()
-                body.write(data)
-            except tarfile.TarError:  # a Dockerfile alone on stdin: an empty context
+        if opts.path == "-":  # a context tar (passed on as it comes), or a Dockerfile alone
+            while chunk := sys.stdin.buffer.read(1 << 20):
+                body.write(chunk)
+            body.seek(0)
+            if not tarfile.is_tarfile(body):
+                body.seek(0)
+                data = body.read()
+                body.seek(0)
+                body.truncate()
                 with tarfile.open(fileobj=body, mode="w") as tar:
                     info = tarfile.TarInfo("Dockerfile")
                     info.size = len(data)
