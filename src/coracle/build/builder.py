@@ -30,39 +30,24 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from coracle.build import files
+from coracle.build import files, metadata
 from coracle.build.cache import BuildCache, step_key
-from coracle.build.container import LEDGER, BuildCancelled, Emit, remove_leftovers, step_container
+from coracle.build.container import LEDGER, Emit, remove_leftovers, step_container
 from coracle.build.context import Context
 from coracle.build.dockerfile import Dockerfile, Instruction, ParseError, key_values, parse
+from coracle.build.errors import BuildCancelled, BuildError, RunFailed
+from coracle.build.metadata import DEFAULT_SHELL, NOP, env_dict
 from coracle.build.mounts import RunMounts
 from coracle.build.words import Lexer
 from coracle.engine import archive as engine_archive
 from coracle.errors import CoracleError, InvalidParameter, NotFound
 from coracle.images import mediatypes as mt
-from coracle.images.changes import healthcheck
 from coracle.images.layers import EMPTY_DIFF_ID
 from coracle.images.reference import parse as parse_reference
 from coracle.images.store import ImageStore, config_bytes, now_rfc3339
 
 PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
               "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
-DEFAULT_SHELL = ["/bin/sh", "-c"]
-NOP = "/bin/sh -c #(nop) "
-
-
-class BuildError(CoracleError):
-    """A step failed; `code` is what the docker CLI exits with (a RUN's exit code)."""
-
-    status = 400
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class RunFailed(BuildError):
-    """A RUN exited non-zero: its container is kept for a look unless `forcerm` (as Docker)."""
 
 
 @dataclass
@@ -99,10 +84,6 @@ class Stage:
     @property
     def config(self) -> dict[str, Any]:
         return self.raw.setdefault("config", {})
-
-
-def _env_dict(env: list[str] | None) -> dict[str, str]:
-    return dict(e.split("=", 1) if "=" in e else (e, "") for e in env or [])
 
 
 class Builder:
@@ -295,7 +276,7 @@ class Build:
                 names = self._declare_arg(ins, stage.args, self.meta_args, stage)
                 created_by, config = f"{NOP} ARG {' '.join(names)}", dict(stage.config)
             else:
-                created_by, config = self._metadata(stage, ins)
+                created_by, config = metadata.apply(stage, ins, self.lexer(stage), self.df.escape)
             key = step_key(stage.key, created_by)
             if not self._cached(stage, key, created_by, config):
                 self._commit(stage, created_by, config, None, key)
@@ -307,7 +288,7 @@ class Build:
 
     def lexer(self, stage: Stage) -> Lexer:
         env = {k: v for k, v in stage.args.items() if v is not None}
-        env.update(_env_dict(stage.config.get("Env")))
+        env.update(env_dict(stage.config.get("Env")))
         return Lexer(env, self.df.escape)
 
     def _declare_arg(self, ins: Instruction, into: dict[str, str | None], meta: dict[str, str | None],
@@ -446,7 +427,7 @@ class Build:
             argv = [*shell, text]
         args = {k: v for k, v in sorted(stage.args.items()) if v is not None}
         proxies = {k: v for k, v in self.options.build_args.items() if k in PROXY_ARGS and v is not None}
-        env = _env_dict(config.get("Env"))
+        env = env_dict(config.get("Env"))
         shown = {k: v for k, v in args.items() if k not in env}
         created_by = " ".join(argv)
         if shown:
@@ -618,77 +599,6 @@ class Build:
                 for proc in procs:
                     proc.kill()
                     proc.wait()
-
-    # ----- metadata ----------------------------------------------------------------
-
-    def _metadata(self, stage: Stage, ins: Instruction) -> tuple[str, dict[str, Any]]:
-        """(history text, new config) of an instruction that changes only the image config."""
-        config = copy.deepcopy(stage.config)
-        lexer = self.lexer(stage)
-        kw = ins.keyword
-        shell = config.get("Shell") or DEFAULT_SHELL
-        as_json = ins.json_args()
-        if kw in ("ENV", "LABEL"):
-            pairs = [(lexer.word(k), lexer.word(v or "")) for k, v in key_values(ins, self.df.escape)]
-            if kw == "ENV":
-                env = _env_dict(config.get("Env"))
-                for k, v in pairs:
-                    env.pop(k, None)
-                    env[k] = v
-                config["Env"] = [f"{k}={v}" for k, v in env.items()]
-            else:
-                config["Labels"] = {**(config.get("Labels") or {}), **dict(pairs)}
-            text = " ".join(f"{k}={v}" if kw == "ENV" else f"{json.dumps(k)}={json.dumps(v)}" for k, v in pairs)
-        elif kw in ("CMD", "ENTRYPOINT"):
-            value = as_json if as_json is not None else [*shell, ins.text]
-            if kw == "CMD":
-                config["Cmd"], stage.cmd_from_base = value, False
-            else:
-                config["Entrypoint"] = value
-                if stage.cmd_from_base:
-                    config["Cmd"] = None
-            text = json.dumps(value)
-        elif kw == "SHELL":
-            if as_json is None:
-                raise ParseError(ins.line, "SHELL requires the arguments to be in JSON form")
-            config["Shell"] = as_json
-            text = json.dumps(as_json)
-        elif kw == "EXPOSE":
-            added = [_port(port) for port in lexer.words(ins.text)]
-            config["ExposedPorts"] = {**(config.get("ExposedPorts") or {}), **{p: {} for p in added}}
-            text = " ".join(added)
-        elif kw == "VOLUME":
-            paths = [lexer.word(p) for p in as_json] if as_json is not None else lexer.words(ins.text)
-            if not paths or any(not p.strip() for p in paths):
-                raise BuildError("VOLUME specified can not be an empty string")
-            config["Volumes"] = {**(config.get("Volumes") or {}), **{p: {} for p in paths}}
-            text = json.dumps(paths)
-        elif kw == "WORKDIR":
-            config["WorkingDir"] = posixpath.normpath(posixpath.join(config.get("WorkingDir") or "/",
-                                                                     lexer.word(ins.text)))
-            text = config["WorkingDir"]
-        elif kw in ("USER", "STOPSIGNAL"):
-            config["User" if kw == "USER" else "StopSignal"] = text = lexer.word(ins.text)
-        elif kw == "HEALTHCHECK":
-            config["Healthcheck"] = healthcheck(ins.original.split(None, 1)[1])
-            text = json.dumps(config["Healthcheck"])
-        elif kw == "ONBUILD":
-            trigger = ins.text.strip()
-            word, _, rest = trigger.partition(" ")
-            config["OnBuild"] = [*(config.get("OnBuild") or []), f"{word.upper()} {rest}".strip()]
-            text = trigger
-        elif kw == "MAINTAINER":
-            stage.raw["author"] = text = lexer.word(ins.text)
-        else:
-            raise ParseError(ins.line, f"{kw} is not supported here")
-        return f"{NOP} {kw} {text}", config
-
-
-def _port(spec: str) -> str:
-    number, _, proto = spec.partition("/")
-    if not number.isdigit() or not 0 < int(number) < 65536 or proto.lower() not in ("", "tcp", "udp", "sctp"):
-        raise BuildError(f"invalid containerPort: {spec}")
-    return f"{int(number)}/{proto.lower() or 'tcp'}"
 
 
 class _DependencyFailed(CoracleError):

@@ -19,16 +19,13 @@ import struct
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+from coracle.build.errors import BuildCancelled
 from coracle.errors import CoracleError, NotFound
 
 log = logging.getLogger("coracle.build")
 BUILD_LABEL = "coracle.build"  # marks step containers: `ps --filter label=coracle.build`
 LEDGER = "containers"  # in a build's work directory: the step containers it has not let go of
 Emit = Callable[[dict[str, Any]], None]
-
-
-class BuildCancelled(CoracleError):
-    """The client went away: the build stops and leaves nothing behind."""
 
 
 class StepContainer:
