@@ -236,6 +236,10 @@ def test_failing_run_and_syntax_errors(docker: Docker, tmp_path: Path) -> None:
     docker("build", "--rm=false", str(tmp_path / "ok"))
     assert len(docker("ps", "-aq", "--filter", "label=coracle.build").stdout.split()) == 1  # --rm=false keeps it
 
+    write(tmp_path, {"Dockerfile": "FROM busybox\nCOPY --exclude=*.md . /app\n"})
+    res = docker("build", str(tmp_path), check=False)
+    assert res.returncode == 1 and "COPY --exclude is not supported by this builder" in res.stderr
+
     write(tmp_path, {"Dockerfile": "FROM busybox\nRUN true\nFROBNICATE now\n"})
     res = docker("build", str(tmp_path), check=False)
     assert res.returncode == 1

@@ -413,6 +413,8 @@ class Build:
 
     def _run(self, stage: Stage, ins: Instruction, header: str) -> None:
         self.say(header)
+        if ins.flag("security") not in (None, "sandbox"):
+            raise BuildError("RUN --security=insecure is not supported: RUN steps are ordinary confined containers")
         config = stage.config
         shell = config.get("Shell") or DEFAULT_SHELL
         argv = ins.json_args()
@@ -467,6 +469,9 @@ class Build:
 
     def _copy(self, stage: Stage, ins: Instruction, header: str) -> None:
         self.say(header)
+        for flag in ("parents", "exclude", "checksum", "keep-git-dir"):
+            if flag in ins.flags:
+                raise BuildError(f"{ins.keyword} --{flag} is not supported by this builder")
         lexer = self.lexer(stage)
         as_json = ins.json_args()
         words = [lexer.word(w) for w in as_json] if as_json is not None else lexer.words(ins.text)
