@@ -101,6 +101,7 @@ class Report:
         self.dns()
         self.cli()
         self.clistart()
+        self.image_builds()
         self.profile()
         self.errors()
         self.commands()
@@ -144,6 +145,12 @@ class Report:
         docker_v = ratio(self.gbit("docker", "published_loopback"), self.gbit("docker", "direct"))
         row("127.0.0.1 published port vs direct (iperf3)", ">= 0.95x", v, None if v is None else v >= 0.95,
             f"Docker: {_fmt(docker_v, 'x')}")
+        for case, goal in (("no change", 0.3), ("cold", 0.8)):
+            v = ratio(self.build_time("coracle", case), self.build_time("docker", case))
+            if "build" in self.s:
+                row(f"build, {case} vs Docker's classic builder", f"<= {goal}x", v, None if v is None else v <= goal,
+                    f"docker CLI against coracled: "
+                    f"{_fmt(ratio(self.build_time('coracle (docker CLI)', case), self.build_time('docker', case)), 'x')}")
         self.add("## Targets", "")
         self.table(["target", "goal", "coracle", "status", "note"], rows)
 
@@ -309,6 +316,30 @@ class Report:
                 rows.append([label, cmd, _fmt(v(label, "wall"), "s"), _fmt(v(label, "cpu"), "s"),
                              *_ratio_cells(lambda l: v(l, "wall"), label), str(err)[:200]])
         self.table(["client", "command", "wall", "CPU", "wall vs Docker", "wall vs Podman", "error"], rows)
+
+    def build_time(self, label: str, case: str) -> float | None:
+        return _num(_get(self.s, "build", "results", label, case, "median"))
+
+    def image_builds(self) -> None:
+        if "build" not in self.s:
+            return
+        self.add("## 9. Image builds: a 12-step Dockerfile on busybox (Docker: classic builder)", "")
+        rows = []
+        for label in self.labels("build"):
+            for case in ("cold", "no change", "late COPY changed"):
+                v = lambda l, c=case: self.build_time(l, c)  # noqa: E731
+                cells = [_fmt(ratio(v(label), v(b)), "x") if label in CORACLE_LABELS else "" for b in ("docker", "buildah")]
+                err = _get(self.s, "build", "results", label, case, "error") or ""
+                rows.append([label, case, _fmt(v(label), "s"), *cells, str(err)[:200]])
+        self.table(["client", "build", "median", "vs Docker", "vs buildah", "error"], rows)
+        for name, why in (_get(self.s, "build", "unavailable") or {}).items():
+            self.add(f"{name}: {why}.", "")
+        memory = _get(self.s, "build", "context_memory_mib") or {}
+        self.add(f"Daemon RSS growth while receiving and building a {_get(self.s, 'build', 'context_mib')} MiB "
+                 "context:", "")
+        self.table(["engine", "peak growth", "error"],
+                   [[name, _fmt(_num(_get(m, "median")), " MiB"), str(_get(m, "error") or "")[:200]]
+                    for name, m in memory.items()])
 
     def profile(self) -> None:
         prof = self.r.get("profile")

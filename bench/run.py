@@ -25,7 +25,7 @@ from typing import Callable
 from bench import report, system
 from bench.engines import DOCKER_CLI, ENGINES, REPO, Coracle, Engine, EngineUnavailable, write_image_tar
 from bench.measure import describe_error
-from bench.sections import cli, clistart, datapath, dns, memory, ports, startup, throughput
+from bench.sections import build, cli, clistart, datapath, dns, memory, ports, startup, throughput
 from bench.suite import QUICK, Bench, Config
 
 SECTIONS: dict[str, Callable[[Bench], dict]] = {
@@ -38,6 +38,7 @@ SECTIONS: dict[str, Callable[[Bench], dict]] = {
     "dns": dns.run,
     "scale": ports.run_scale,
     "clistart": clistart.run,
+    "build": build.run,
 }
 
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SECTIONS = ["startup", "throughput", "memory", "cli", "ports", "datapath", "dns", "scale", "clistart"]
+SECTIONS = ["startup", "throughput", "memory", "cli", "ports", "datapath", "dns", "scale", "clistart", "build"]
 
 
 def _errors(obj: object, path: str = "") -> list[str]:
@@ -66,9 +66,12 @@ def test_quick_suite_on_coracle_writes_every_section(tmp_path: Path) -> None:
     assert s["clistart"]["results"]["coracle"]["ps"]["cpu"]["n"] > 0
     assert {"ps", "ps -a", "inspect"} <= set(s["cli"]["results"]["coracle"])
     assert len(s["scale"]["results"]["coracle"]["seconds"]) == 4
+    assert {"cold", "no change", "late COPY changed"} == set(s["build"]["results"]["coracle"])
+    assert s["build"]["context_memory_mib"]["coracle"]["n"] == 1
 
     report = (tmp_path / "report.md").read_text()
     for heading in ("## Targets", "## 1. Start latency", "## 4. Port publishing", "## 7. CLI", "## 8. CLI start",
+                    "## 9. Image builds",
                     "## Exact commands"):
         assert heading in report
     if importlib.util.find_spec("matplotlib"):  # the optional `bench` dependency group

@@ -8,7 +8,6 @@ import pytest
 from dnslib import RCODE
 
 from coracle.errors import Conflict
-from coracle.runtime.syscalls import netns as enter
 from networld import UPLINK_HOST, UPLINK_OUTSIDE, FakeUpstream, answers, ask, dns_query, serving, sh
 
 

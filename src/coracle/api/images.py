@@ -7,7 +7,7 @@ import base64
 import json
 import os
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 from coracle.api.filters import labels_match, parse as parse_filters, values
 from coracle.api.http import Request, Response, Router, decode_json
@@ -37,25 +37,39 @@ async def spool(req: Request) -> str:
     return path
 
 
-async def _with_progress(stream: Any, work: Any, ref: str, auth: dict | None) -> Any:
-    """Run a pull or push in a thread and stream its progress messages as Docker does.
+async def with_progress(stream: Any, work: Callable[[Callable[[dict[str, Any]], None]], Any]) -> Any:
+    """Run work(progress) in a thread and stream its progress messages as Docker does.
 
-    Once the stream has begun, an error travels inside it ({"error": ...}) and
-    None is returned; otherwise the work's result.
+    Once the stream has begun, an error travels inside it ({"errorDetail": ...},
+    with the error's `code` when it has one) and None is returned; otherwise
+    the work's result.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
-    task = asyncio.ensure_future(thread(work, ref, auth, lambda m: loop.call_soon_threadsafe(queue.put_nowait, m)))
-    while not (task.done() and queue.empty()):
-        try:
-            msg = await asyncio.wait_for(queue.get(), 0.1)
-        except asyncio.TimeoutError:
-            continue
-        await stream.write(json.dumps(msg).encode() + b"\r\n")
+    task = asyncio.ensure_future(thread(work, lambda m: loop.call_soon_threadsafe(queue.put_nowait, m)))
+    getter: asyncio.Future | None = None
+    try:
+        while True:
+            getter = getter or asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                await stream.write(json.dumps(getter.result()).encode() + b"\r\n")
+                getter = None
+                continue
+            # the work is over; messages it sent before ending are already queued (same loop, in order)
+            while not queue.empty():
+                await stream.write(json.dumps(queue.get_nowait()).encode() + b"\r\n")
+            break
+    finally:
+        if getter is not None:
+            getter.cancel()
     try:
         return task.result()
     except Exception as exc:
-        await stream.write(json.dumps({"errorDetail": {"message": str(exc)}, "error": str(exc)}).encode() + b"\r\n")
+        detail: dict[str, Any] = {"message": str(exc)}
+        if getattr(exc, "code", None):
+            detail["code"] = exc.code  # type: ignore[attr-defined]
+        await stream.write(json.dumps({"errorDetail": detail, "error": str(exc)}).encode() + b"\r\n")
         return None
 
 
@@ -128,7 +142,7 @@ def routes(router: Router, engine: Engine, images: Any) -> None:
             else images.pull_all_tags
 
         async def produce_pull(stream: Any) -> None:
-            image = await _with_progress(stream, pull, ref, auth)
+            image = await with_progress(stream, lambda progress: pull(ref, auth, progress))
             if image is None:
                 return
             engine.events.publish("image", "pull", image.id, {"name": ref})
@@ -141,7 +155,7 @@ def routes(router: Router, engine: Engine, images: Any) -> None:
         auth = _auth(req)
 
         async def produce(stream: Any) -> None:
-            await _with_progress(stream, images.push, ref, auth)
+            await with_progress(stream, lambda progress: images.push(ref, auth, progress))
 
         return Response.stream(produce, content_type="application/json")
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from coracle.api import containers, disabled, images as image_routes, maintenance, networks as network_routes, system
+import os
+
+from coracle.api import build as build_routes, containers, disabled, images as image_routes, maintenance
+from coracle.api import networks as network_routes, system
+from coracle.build import service as build_service
 from coracle.api.http import Router
 from coracle.api.streams import AttachHub
 from coracle.engine.engine import Engine
@@ -16,7 +20,9 @@ def build_router(*, engine: Engine, images: Any, network: Any, events: Any, data
     containers.routes(router, engine, hub)
     image_routes.routes(router, engine, images)
     network_routes.routes(router, engine, network)
-    system.routes(router, engine, images, network, data_root)
+    builder, cache = build_service(engine, images, os.path.join(data_root, "build"))
+    build_routes.routes(router, engine, images, builder, cache)
+    system.routes(router, engine, images, network, data_root, cache)
     maintenance.routes(router, engine)
     disabled.routes(router)
     return router

@@ -37,7 +37,7 @@ def version_info() -> dict[str, Any]:
     }
 
 
-def routes(router: Router, engine: Engine, images: Any, network: Any, data_root: str) -> None:
+def routes(router: Router, engine: Engine, images: Any, network: Any, data_root: str, build_cache: Any = None) -> None:
     async def version(req: Request) -> Response:
         return Response.json(version_info())
 
@@ -130,7 +130,8 @@ def routes(router: Router, engine: Engine, images: Any, network: Any, data_root:
         containers = [summary(engine, r, size=True) for r in records]
         usage = await asyncio.to_thread(images.disk_usage)
         return Response.json({"LayersSize": usage.get("LayersSize", 0), "Images": usage.get("Images", []),
-                              "Containers": containers, "Volumes": [], "BuildCache": []})
+                              "Containers": containers, "Volumes": [],
+                              "BuildCache": await asyncio.to_thread(build_cache.usage) if build_cache else []})
 
     router.add("GET", "/version", version)
     router.add("GET", "/info", info)

@@ -26,7 +26,7 @@ _CONTAINER = {
 _IMAGE = {
     "ls": "images:images", "rm": "images:rmi", "prune": "images:prune", "history": "images:history",
     "tag": "images:tag", "import": "images:import_", "load": "images:load", "save": "images:save",
-    "pull": "images:pull", "push": "images:push",
+    "pull": "images:pull", "push": "images:push", "build": "build:build",
 }
 _NETWORK = {
     "create": "networks:create", "ls": "networks:ls", "inspect": "networks:inspect", "rm": "networks:rm",
@@ -41,12 +41,13 @@ GROUPS: dict[str, dict[str, str]] = {
     "image": {**_IMAGE, "inspect": "images:inspect"},
     "network": _NETWORK,
     "system": _SYSTEM,
+    "builder": {"build": "build:build", "prune": "build:prune"},
 }
 TOP: dict[str, str] = {
     **{k: v for k, v in _CONTAINER.items() if k != "prune"},
     "images": "images:images", "rmi": "images:rmi", "tag": "images:tag", "pull": "images:pull",
     "push": "images:push", "import": "images:import_", "load": "images:load", "save": "images:save",
-    "history": "images:history", "login": "images:login", "logout": "images:logout",
+    "history": "images:history", "build": "build:build", "login": "images:login", "logout": "images:logout",
     "inspect": "system:inspect", "version": "system:version", "info": "system:info", "events": "system:events",
 }
 
@@ -61,11 +62,12 @@ Options:
 Management Commands:
   container   Manage containers
   image       Manage images
+  builder     Manage builds (build, prune)
   network     Manage networks
   system      Manage coracle (df, prune, check, info, events)
 
 Commands:
-  attach  commit  cp  create  events  exec  history  images  import  info  inspect  kill
+  attach  build  commit  cp  create  events  exec  history  images  import  info  inspect  kill
   load  login  logout  logs  pause  port  ps  pull  push  rename  restart  rm  rmi  run
   save  start  stats  stop  tag  top  unpause  update  version  wait
 

@@ -502,6 +502,13 @@ class Engine:
             return True
         return done.wait(timeout)
 
+    def wait_exit(self, ref: str, timeout: float | None = None) -> int | None:
+        """The exit code once the container's process has ended; None if it still runs at the timeout."""
+        cid = self.get(ref)["Id"]
+        if not self._wait_exit(cid, timeout):
+            return None
+        return int(self.get(cid)["State"]["ExitCode"])
+
     def stop(self, ref: str, timeout: int | None = None, sig: str | None = None) -> None:
         rec = self.get(ref)
         cid = rec["Id"]

@@ -112,11 +112,11 @@ def apply(config: dict[str, Any], changes: list[str]) -> dict[str, Any]:
         elif instruction == "ONBUILD":
             out["OnBuild"] = [*(out.get("OnBuild") or []), arg]
         elif instruction == "HEALTHCHECK":
-            out["Healthcheck"] = _healthcheck(arg)
+            out["Healthcheck"] = healthcheck(arg)
     return out
 
 
-def _healthcheck(arg: str) -> dict[str, Any]:
+def healthcheck(arg: str) -> dict[str, Any]:
     if arg.upper() == "NONE":
         return {"Test": ["NONE"]}
     words = arg.split()

@@ -271,7 +271,12 @@ def unpack(f: BinaryIO, dest: str, budget: SizeBudget | None = None) -> tuple[st
     return reader.digest, unpacker.size
 
 
-def pack(upper: str, out: BinaryIO) -> None:
+# The diff id of a layer without a single entry: what `pack` makes of an unchanged upper directory
+# (two zero blocks, padded to tarfile's record size).
+EMPTY_DIFF_ID = "sha256:" + hashlib.sha256(bytes(tarfile.RECORDSIZE)).hexdigest()
+
+
+def pack(upper: str, out: BinaryIO, skip: frozenset[str] = frozenset()) -> None:
     """Write a container's overlay upper directory as an OCI layer tar.
 
     Overlay whiteouts (0/0 character devices) become `.wh.NAME` entries and
@@ -279,12 +284,15 @@ def pack(upper: str, out: BinaryIO) -> None:
     thing to any runtime that applies it on top of the image's layers. The
     directory belongs to the container: it is read by descriptor (fdtree), so
     a directory swapped for a symlink while it is read is never followed.
+    Paths in `skip` (mount points of a build step) are left out while they are empty.
     """
     top = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
             writer = TarWriter(tf, keep_xattr=lambda name: not name.startswith("trusted.overlay."))
             for e in walk(top):
+                if e.path in skip and _empty(e):
+                    continue
                 if stat.S_ISCHR(e.stat.st_mode) and e.stat.st_rdev == 0:
                     ti = tarfile.TarInfo(posixpath.join(posixpath.dirname(e.path), WHITEOUT + e.name))
                     ti.mtime = int(e.stat.st_mtime)
@@ -297,6 +305,19 @@ def pack(upper: str, out: BinaryIO) -> None:
                     tf.addfile(marker)
     finally:
         os.close(top)
+
+
+def _empty(e: Entry) -> bool:
+    """An empty directory or file: what a mount point left behind, read by descriptor."""
+    if stat.S_ISREG(e.stat.st_mode):
+        return e.stat.st_size == 0
+    if not stat.S_ISDIR(e.stat.st_mode):
+        return False
+    fd = os.open(e.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=e.parent)
+    try:
+        return not os.listdir(fd)
+    finally:
+        os.close(fd)
 
 
 def _opaque(e: Entry) -> bool:

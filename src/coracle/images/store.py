@@ -82,7 +82,7 @@ def unix_time(stamp: str) -> int:
     return max(0, int(when.timestamp()))
 
 
-def _config_bytes(raw: dict[str, Any]) -> bytes:
+def config_bytes(raw: dict[str, Any]) -> bytes:
     return json.dumps(raw, separators=(",", ":"), sort_keys=True).encode()
 
 
@@ -174,7 +174,8 @@ class ImageStore:
         tags: dict[str, list[str]] = {}
         for name, image_id in self.store.execute("SELECT name, image_id FROM image_tags ORDER BY name"):
             tags.setdefault(image_id, []).append(name)
-        images = [self._from_doc(d, tags.get(d["Id"], [])) for d in self.store.all(IMAGE)]
+        images = [self._from_doc(d, tags.get(d["Id"], [])) for d in self.store.all(IMAGE)
+                  if not d.get("Intermediate") or d["Id"] in tags]
         return sorted(images, key=lambda i: unix_time(i.created), reverse=True)
 
     # ----- Docker shapes -------------------------------------------------
@@ -310,8 +311,13 @@ class ImageStore:
                 remove_tree(str(staging), ignore_errors=True)
 
     def add_image(self, config: bytes, tags: list[str], repo_digests: list[str] | None = None,
-                  parent: str = "") -> Image:
-        """Register an image whose layers are all present; config is the exact blob bytes."""
+                  parent: str = "", intermediate: bool = False) -> Image:
+        """Register an image whose layers are all present; config is the exact blob bytes.
+
+        An intermediate image is one step of a build: it belongs to the build
+        cache, so image listings, `system df` images and `image prune` leave it
+        out until a build (or a tag) makes it a final image.
+        """
         try:
             raw = json.loads(config)
         except ValueError:
@@ -330,8 +336,10 @@ class ImageStore:
             size += layer.get("Size", 0)
         image_id = self.blobs.put(config)
         with self._lock, self.store.tx():
-            doc = self.store.get(IMAGE, image_id) or {"Id": image_id, "RepoDigests": [], "Parent": parent}
+            existing = self.store.get(IMAGE, image_id)
+            doc = existing or {"Id": image_id, "RepoDigests": [], "Parent": parent}
             doc["Config"], doc["Size"] = raw, size
+            doc["Intermediate"] = intermediate and not tags and (existing is None or existing.get("Intermediate", False))
             for d in repo_digests or []:
                 if d not in doc["RepoDigests"]:
                     doc["RepoDigests"].append(d)
@@ -359,6 +367,7 @@ class ImageStore:
             doc = self.store.get(IMAGE, image.id)
             if doc is not None:
                 doc["LastTagTime"] = now_rfc3339()
+                doc["Intermediate"] = False
                 self.store.put(IMAGE, image.id, doc)
 
     def remove(self, ref: str, force: bool = False,
@@ -431,7 +440,7 @@ class ImageStore:
                     freed.add(layer["DiffID"])
             keep_dirs = {hex_of(d) for d in used} | {"empty"}
             for entry in self.layers_dir.iterdir():
-                if entry.name not in keep_dirs:
+                if entry.name.split("-")[0] not in keep_dirs:  # "<hex>-2": a repeated layer's copy
                     doomed.append(self.blobs.temp_path("gone"))
                     os.rename(entry, doomed[-1])  # never half-deleted under a trusted name
             for blob in set(self.blobs.digests()) - keep_blobs:
@@ -455,7 +464,7 @@ class ImageStore:
                    "history": [{"created": created, "comment": message or "Imported from -"}]}
             if message:
                 raw["comment"] = message
-            return self.add_image(_config_bytes(raw), tags)
+            return self.add_image(config_bytes(raw), tags)
 
     def commit(self, upper_dir: str, base: Image, changes: list[str] | None = None, repo_tag: str | None = None,
                comment: str = "", author: str = "", config: dict | None = None) -> Image:
@@ -467,15 +476,8 @@ class ImageStore:
         tags = [parse(repo_tag).tagged] if repo_tag else []
         new_config = apply_changes(image_config(config) if config is not None else base.config,
                                    list(changes or []))
-        staged = self.blobs.temp_path("commit")
         with self.assembling():
-            try:
-                with open(staged, "w+b") as f:
-                    pack(upper_dir, f)
-                    f.seek(0)
-                    diff_id = self.ingest_layer(f)
-            finally:
-                staged.unlink(missing_ok=True)
+            diff_id = self.pack_layer(upper_dir)
             created = now_rfc3339()
             raw = {k: v for k, v in base.raw.items() if k not in ("container", "container_config")}
             raw.update(created=created, config=new_config,
@@ -483,7 +485,30 @@ class ImageStore:
                        history=[*(base.raw.get("history") or []),
                                 {"created": created, "author": author, "comment": comment, "created_by": ""}])
             raw.update({k: v for k, v in (("author", author), ("comment", comment)) if v})
-            return self.add_image(_config_bytes(raw), tags, parent=base.id)
+            return self.add_image(config_bytes(raw), tags, parent=base.id)
+
+    def pack_layer(self, upper_dir: str, skip: Iterable[str] = ()) -> str:
+        """A container's overlay upper directory (whiteouts and opaque dirs as OCI
+        entries) stored as a layer; returns its diff id. Call inside `assembling()`.
+        `skip`: mount points (absolute paths) left out when they are empty."""
+        staged = self.blobs.temp_path("commit")
+        try:
+            with open(staged, "w+b") as f:
+                pack(upper_dir, f, frozenset(p.strip("/") for p in skip))
+                f.seek(0)
+                return self.ingest_layer(f)
+        finally:
+            staged.unlink(missing_ok=True)
+
+    def forget_intermediates(self, image_ids: Iterable[str], in_use: Callable[[str], bool]) -> None:
+        """Drop build-step images that are still intermediate (no tag, not a build's
+        result) and that no container uses; then the content nothing references."""
+        with self._lock:
+            for image_id in image_ids:
+                doc = self.store.get(IMAGE, image_id)
+                if doc and doc.get("Intermediate") and not self._tags_of(image_id) and not in_use(image_id):
+                    self.store.delete(IMAGE, image_id)
+            self.collect_garbage()
 
     def load(self, fileobj: BinaryIO) -> list[str]:
         """`docker load`: a docker-archive or OCI layout tar (optionally compressed)."""
@@ -609,7 +634,7 @@ class ImageStore:
             empty.mkdir(exist_ok=True)
             return [str(empty)]
         dirs = []
-        for diff_id in image.layers:
+        for n, diff_id in enumerate(image.layers):
             path = self.layer_path(diff_id)
             if not path.is_dir():
                 doc = self.store.get(LAYER, diff_id)
@@ -618,8 +643,21 @@ class ImageStore:
                                        "remove the image and pull or load it again")
                 with self._lock:
                     self.add_layer(diff_id, doc["Blob"], doc["Compressed"])
+            repeats = image.layers[:n].count(diff_id)
+            if repeats:
+                path = self._repeated_layer(diff_id, repeats)
             dirs.append(str(path))
         return dirs
+
+    def _repeated_layer(self, diff_id: str, repeats: int) -> Path:
+        """A second (third...) unpacked copy of a layer an image holds more than once: overlayfs
+        refuses one directory twice in a lowerdir, and layers in between may change the same paths."""
+        path = self.layers_dir / f"{hex_of(diff_id)}-{repeats + 1}"
+        if not path.is_dir():
+            doc = self.store.get(LAYER, diff_id)
+            with self._lock:
+                self._unpack_blob(diff_id, doc["Blob"], path)  # type: ignore[index]
+        return path
 
     def open_layer_blob(self, diff_id: str) -> tuple[BinaryIO, dict[str, Any]]:
         doc = self.store.get(LAYER, diff_id)

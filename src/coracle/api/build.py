@@ -1,0 +1,122 @@
+"""Engine API routes for builds: POST /build (the classic builder's protocol) and POST /build/prune.
+
+The context tar streams to disk in the build's private directory before it is
+unpacked (memory stays flat whatever its size). A Dockerfile that does not
+parse is refused with 400 before the progress stream starts, so clients show
+Docker's message; later failures travel inside the stream as `errorDetail`
+(with a failing RUN's exit code). A client that goes away cancels the build:
+its step containers and files are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import threading
+from typing import Any, Callable
+
+from coracle.api.http import Request, Response, Router
+from coracle.api.images import with_progress
+from coracle.build.builder import Builder, BuildOptions
+from coracle.build.cache import BuildCache
+from coracle.build.context import Context, unpack
+from coracle.build.dockerfile import parse
+from coracle.errors import InvalidParameter
+
+thread = asyncio.to_thread
+SECRETS_HEADER = "X-Coracle-Build-Secrets"  # base64 JSON {id: base64 bytes}: RUN --mount=type=secret
+
+
+# query parameter -> HostConfig field of the RUN containers (docker build --memory, --cpu-shares ...)
+RESOURCES = {"memory": "Memory", "memswap": "MemorySwap", "cpushares": "CpuShares", "cpusetcpus": "CpusetCpus",
+             "cpusetmems": "CpusetMems", "cpuperiod": "CpuPeriod", "cpuquota": "CpuQuota"}
+
+
+def _options(req: Request) -> BuildOptions:
+    build_args = req.qjson("buildargs") or {}
+    cache_from = req.qjson("cachefrom") or []
+    if not isinstance(cache_from, list):
+        raise InvalidParameter("cachefrom must be a JSON array of image names")
+    labels = req.qjson("labels") or {}
+    if not isinstance(build_args, dict) or not isinstance(labels, dict):
+        raise InvalidParameter("buildargs and labels must be JSON objects")
+    platform = req.q("platform") or ""
+    if platform and platform not in ("linux", "linux/amd64", "linux/x86_64"):
+        raise InvalidParameter(f'"{platform}": this daemon builds for linux/amd64 only')
+    if req.q("remote"):
+        raise InvalidParameter("building from a remote context (git or URL) is not supported; send the context")
+    secrets: dict[str, bytes] = {}
+    if req.headers.get(SECRETS_HEADER):
+        try:
+            given = json.loads(base64.b64decode(req.headers[SECRETS_HEADER]))
+            secrets = {str(k): base64.b64decode(v) for k, v in given.items()}
+        except (ValueError, TypeError, AttributeError):
+            raise InvalidParameter(f"invalid {SECRETS_HEADER} header") from None
+    extra_hosts = [h for value in req.query.get("extrahosts", []) for h in value.split(",") if h]
+    resources = {field: value if param.startswith("cpuset") else req.qint(param)
+                 for param, field in RESOURCES.items() if (value := req.q(param)) not in (None, "", "0")}
+    return BuildOptions(
+        dockerfile=req.q("dockerfile") or "Dockerfile", tags=[t for t in req.query.get("t", []) if t],
+        build_args=build_args, target=req.q("target") or "", labels=labels, no_cache=req.qbool("nocache"),
+        pull=req.qbool("pull"), remove=req.qbool("rm", True), force_remove=req.qbool("forcerm"),
+        network_mode=req.q("networkmode") or "", extra_hosts=extra_hosts,
+        shm_size=req.qint("shmsize", 0), secrets=secrets, cache_from=[str(ref) for ref in cache_from],
+        resources=resources)
+
+
+def routes(router: Router, engine: Any, images: Any, builder: Builder, cache: BuildCache) -> None:
+    async def build(req: Request) -> Any:
+        options = _options(req)
+        quiet = req.qbool("q")
+        scratch = await thread(builder.scratch_dir)
+        context_dir = os.path.join(scratch, "context")
+        try:
+            upload = os.path.join(scratch, "context.tar")
+            with open(upload, "wb") as f:
+                async for chunk in req.stream():
+                    await thread(f.write, chunk)
+            os.mkdir(context_dir)
+            with open(upload, "rb") as f:
+                await thread(unpack, f, context_dir)
+            os.unlink(upload)
+            await thread(lambda: parse(Context(context_dir).read_file(options.dockerfile)))
+        except BaseException:
+            await thread(shutil.rmtree, scratch, True)
+            raise
+        cancelled = threading.Event()
+
+        def work(progress: Callable[[dict[str, Any]], None]) -> str:
+            def emit(message: dict[str, Any]) -> None:
+                if not quiet or "stream" not in message:
+                    progress(message)
+
+            try:
+                image_id = builder.build(context_dir, scratch, options, emit, cancelled)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+            for tag in options.tags:  # as Docker: a built image shows up in events when it is tagged
+                engine.events.publish("image", "tag", image_id, {"name": tag})
+            if quiet:
+                progress({"stream": image_id + "\n"})
+            return image_id
+
+        async def produce(stream: Any) -> None:
+            try:
+                await with_progress(stream, work)
+            except BaseException:  # the client went away: stop the build (it cleans up after itself)
+                cancelled.set()
+                raise
+
+        return Response.stream(produce, content_type="application/json")
+
+    async def prune(req: Request) -> Response:
+        def in_use(image_id: str) -> bool:
+            return any(r["Image"] == image_id for r in engine.records())
+
+        return Response.json(await thread(cache.prune, in_use))
+
+    router.add("POST", "/build", build, stream_body=True)
+    router.add("POST", "/build/prune", prune)
