@@ -832,23 +832,47 @@ class NetworkManager:
                 if leased is not None:
                     self.ipam.release(rec["Id"], str(leased))
             raise
-        veth = "veth" + ep["EndpointID"][:11]
+        ep["Veth"] = "veth" + ep["EndpointID"][:11]
+        self._wire(rec, ep, ns_path)
+        return ep
+
+    def _wire(self, rec: dict[str, Any], ep: dict[str, Any], ns_path: str) -> None:
+        """The veth pair of an endpoint (host side on the bridge), its address and routes inside."""
+        sub, sub6 = Subnet(rec), Subnet.v6(rec)
         with bridge.netns_socket(ns_path) as cipr:
-            ifname = bridge.free_ifname(cipr)
+            ifname = ep.get("Interface") or ""
+            if not ifname or bridge.index(cipr, ifname) is not None:
+                ifname = bridge.free_ifname(cipr)
             with self._host() as ipr:
-                bridge.add_veth(ipr, veth, rec["Coracle"]["Bridge"], ns_path, ifname, mac, rec["Coracle"]["MTU"],
-                                isolated=not rec["Coracle"]["ICC"])
+                bridge.add_veth(ipr, ep["Veth"], rec["Coracle"]["Bridge"], ns_path, ifname, ep["MacAddress"],
+                                rec["Coracle"]["MTU"], isolated=not rec["Coracle"]["ICC"])
             fault("network-after-veth")
-            ep.update(Veth=veth, Interface=ifname)
+            ep["Interface"] = ifname
             self.store.execute("UPDATE net_endpoints SET body = ? WHERE id = ?", (json.dumps(ep), ep["EndpointID"]))
             if sub6 is not None:
                 with netns(ns_path):  # IPv6 may be off by default in the container's namespace
                     bridge.sysctl(f"net/ipv6/conf/{ifname}/disable_ipv6", "0")
-            bridge.configure_peer(cipr, ifname, str(address), sub.network.prefixlen,
-                                  None if rec["Internal"] else str(sub.gateway),
-                                  (str(address6), sub6.network.prefixlen) if sub6 is not None else None,
+            bridge.configure_peer(cipr, ifname, ep["IPAddress"], sub.network.prefixlen, ep["Gateway"] or None,
+                                  (ep["GlobalIPv6Address"], sub6.network.prefixlen) if sub6 is not None else None,
                                   ep["IPv6Gateway"] or None)
-        return ep
+
+    def replumb(self, cid: str, pid: int, dry_run: bool = False) -> list[str]:
+        """Re-make the veths of a running container's endpoints that were deleted behind our back.
+
+        Same name, MAC, address and routes as before; published ports and the
+        resolver are keyed by the address and the namespace, so they work again
+        as they are. Returns what was (or, with dry_run, would be) re-made.
+        """
+        found = []
+        with self._lock:
+            with self._host() as ipr:
+                missing = [ep for ep in self._endpoints(container=cid)
+                           if ep.get("Veth") and bridge.index(ipr, ep["Veth"]) is None]
+            for ep in missing:
+                found.append(f"veth {ep['Veth']} on {ep['NetworkName']} ({ep['IPAddress']})")
+                if not dry_run:
+                    self._wire(self.resolve(ep["NetworkID"]), ep, f"/proc/{pid}/ns/net")
+        return found
 
     def _publish(self, container: dict[str, Any], ep: dict[str, Any],
                  undo: list[Callable[[], None]]) -> list[Mapping]:
