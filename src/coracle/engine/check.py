@@ -97,10 +97,17 @@ def check(engine: Engine, dry_run: bool = False, acknowledge: bool | None = None
             if not dry_run:
                 engine.monitor.forget_exit(record["id"])
 
+    for rec in engine.records():
+        if not os.path.isdir(os.path.join(engine.containers_dir, rec["Id"])):
+            found["directories"].append({"id": rec["Id"], "problem": "directory missing: recreated; the "
+                                         "container's filesystem changes and logs written before are lost"})
+            if not dry_run:
+                _recreate_directory(engine, rec)
     live = {r["Id"]: r for r in engine.records() if r["State"]["Running"]}
     for cid, rec in live.items():
         _repair_running(engine, rec, found, dry_run)
-    found["network"] = engine.network.reconcile({cid: r["State"]["Pid"] for cid, r in live.items()}, dry_run=dry_run)
+    found["network"].update(engine.network.reconcile({cid: r["State"]["Pid"] for cid, r in live.items()},
+                                                     dry_run=dry_run))
     for rec in live.values():
         keep = {n.get("NetworkID") for n in (rec["NetworkSettings"].get("Networks") or {}).values()}
         partial = engine.network.prune_partial(rec["Id"], {k for k in keep if k}, dry_run=dry_run)
@@ -176,14 +183,8 @@ def _skeleton_only(path: str) -> bool:
 # ----- running containers ---------------------------------------------------------------
 
 def _repair_running(engine: Engine, rec: dict[str, Any], found: dict[str, Any], dry_run: bool) -> None:
-    """The directory, cgroup and veths of a running container, made again where they are gone."""
+    """The cgroup and veths of a running container, made again where they are gone."""
     cid = rec["Id"]
-    directory = os.path.join(engine.containers_dir, cid)
-    if not os.path.isdir(directory):
-        found["directories"].append({"id": cid, "problem": "directory missing: recreated; the container's "
-                                     "filesystem changes and logs written before are lost"})
-        if not dry_run:
-            _recreate_directory(engine, rec)
     cg = engine.cgroup(rec)
     missing = [d for d in cg.dirs() if not os.path.isdir(d)]
     if missing:
@@ -204,7 +205,7 @@ def _recreate_directory(engine: Engine, rec: dict[str, Any]) -> None:
     for sub in sorted(SKELETON):
         os.makedirs(os.path.join(directory, sub), exist_ok=True)
     cfg.write_record_file(directory, rec)
-    if not rec["HostConfig"]["NetworkMode"].startswith("container:"):
+    if rec["State"]["Running"] and not rec["HostConfig"]["NetworkMode"].startswith("container:"):
         engine._write_files(rec)  # /etc/hosts, hostname, resolv.conf for the next start and for `cp`
 
 
