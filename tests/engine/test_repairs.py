@@ -60,6 +60,13 @@ def fetch(d: Daemon, port: int) -> str:
                         check=False).stdout.strip()
 
 
+def wait_until_served(d: Daemon, port: int) -> None:
+    deadline = time.monotonic() + 30
+    while fetch(d, port) != "served":
+        assert time.monotonic() < deadline, "the server never answered"
+        time.sleep(0.1)
+
+
 def test_a_deleted_veth_is_replumbed_with_the_same_address_and_ports(fresh_daemon: Daemon) -> None:
     d = fresh_daemon
     d.start()
@@ -67,10 +74,7 @@ def test_a_deleted_veth_is_replumbed_with_the_same_address_and_ports(fresh_daemo
     cid = d.docker("run", "-d", "-p", f"{port}:80", "busybox", "sh", "-c",
                    "echo served > /index.html; httpd -f -p 80 -h /").stdout.strip()
     before = inspect(d, cid)["NetworkSettings"]
-    deadline = time.monotonic() + 30
-    while fetch(d, port) != "served":
-        assert time.monotonic() < deadline, "the server never answered"
-        time.sleep(0.1)
+    wait_until_served(d, port)
     links = json.loads(d.netns_exec("ip", "-j", "link", "show", "master", "coracle0").stdout)
     assert len(links) == 1
     d.netns_exec("ip", "link", "del", links[0]["ifname"])

@@ -20,6 +20,7 @@ import pytest
 from harness import Daemon, unique
 
 from test_live_restore import alive, inspect, run_detached
+from test_repairs import fetch, wait_until_served
 
 
 def lose_database(d: Daemon, snapshot_too: bool) -> None:
@@ -49,10 +50,19 @@ def test_a_lost_database_costs_no_container(fresh_daemon: Daemon, snapshot_too: 
     assert d.api("POST", f"/containers/{stopped}/wait")[1]["StatusCode"] == 3  # type: ignore[index]
     pid = inspect(d, cid)["State"]["Pid"]
     assert "hello-before" in logs(d, cid)
+    served = d.docker("run", "-d", "-p", "18300:80", "busybox", "sh", "-c",
+                      "echo served > /index.html; httpd -f -p 80 -h /").stdout.strip()
+    address = inspect(d, served)["NetworkSettings"]["IPAddress"]
+    wait_until_served(d, 18300)
     d.stop(signal.SIGKILL)
     lose_database(d, snapshot_too)
     d.start()
     assert alive(pid)
+    assert fetch(d, 18300) == "served"  # its veth, address and published port were kept
+    other = d.docker("run", "-d", "busybox", "sleep", "300").stdout.strip()
+    assert inspect(d, other)["NetworkSettings"]["IPAddress"] not in ("", address)  # its address stays its own
+    d.docker("rm", "-f", served, other)
+    assert fetch(d, 18300) == ""
     state = inspect(d, web)["State"]
     assert state["Running"] and state["Pid"] == pid  # the same process, known by its name again
     assert "hello-before" in logs(d, cid)  # its log was kept

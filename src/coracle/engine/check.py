@@ -183,8 +183,14 @@ def _skeleton_only(path: str) -> bool:
 # ----- running containers ---------------------------------------------------------------
 
 def _repair_running(engine: Engine, rec: dict[str, Any], found: dict[str, Any], dry_run: bool) -> None:
-    """The cgroup and veths of a running container, made again where they are gone."""
+    """A running container's network endpoints recorded again if the store lost them; its cgroup
+    and veths made again if they were deleted."""
     cid = rec["Id"]
+    adopted = engine.network.adopt(rec, dry_run=dry_run)
+    if adopted:
+        found["network"].setdefault("adopted", []).extend(adopted)
+        if not dry_run:
+            engine.save(rec)  # a builtin network known under a new id: the record follows it
     cg = engine.cgroup(rec)
     missing = [d for d in cg.dirs() if not os.path.isdir(d)]
     if missing:
