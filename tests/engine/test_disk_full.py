@@ -47,17 +47,20 @@ def test_with_the_disk_full_kill_stop_and_rm_work_and_exits_are_recorded(small_r
     d = small_root
     d.start()
     sleeper = d.docker("run", "-d", "--network", "none", "busybox", "sleep", "300").stdout.strip()
+    also = d.docker("run", "-d", "--network", "none", "busybox", "sleep", "300").stdout.strip()
     flood = d.docker("run", "-d", "--network", "none", "busybox", "sh", "-c", "yes 0123456789abcdef").stdout.strip()
     wait_for("the flood filled the data root", lambda: free_bytes(d.data_root) < 64 << 10)
     d.docker("kill", sleeper)  # needs no new space
+    state = d.sdk().containers.get(sleeper).attrs["State"]
+    assert not state["Running"] and state["ExitCode"] == 137  # the exit during the full disk is recorded
+    assert free_bytes(d.data_root) < 16 << 20  # (the disk is still full: the flood runs on)
+    assert sleeper in d.docker("container", "prune", "-f").stdout
+    d.docker("rm", "-f", also)
     d.docker("stop", "-t", "1", flood)
     d.docker("rm", flood)
     assert not (d.data_root / "containers" / flood).exists()
     assert free_bytes(d.data_root) > 16 << 20  # the space came back with the container
-    state = d.sdk().containers.get(sleeper).attrs["State"]
-    assert not state["Running"] and state["ExitCode"] == 137  # the exit during the full disk was recorded
     d.docker("tag", "busybox", "after-the-flood")  # and the daemon works as before
-    d.docker("container", "prune", "-f")
     monitor_log = (d.exec_root / "monitor" / "monitor.log").read_text()
     assert "Traceback" not in monitor_log
     assert monitor_log.count("cannot write the log") == 1  # once, not once per chunk of output
