@@ -90,3 +90,27 @@ def test_container_logs_are_bounded_by_default_and_by_the_daemon_flag(fresh_daem
 def daemon_command(d: Daemon) -> list[str]:
     return ["nsenter", f"--net=/run/netns/{d.netns}", sys.executable, "-m", "coracle.daemon",
             "--data-root", str(d.data_root), "--exec-root", str(d.exec_root), "-H", d.host]
+
+
+def test_an_exit_while_nothing_can_be_saved_is_recorded_once_space_returns(small_root: Daemon) -> None:
+    d = small_root
+    d.start()
+    cid = d.docker("run", "-d", "--network", "none", "busybox", "sleep", "300").stdout.strip()
+    pid = d.sdk().containers.get(cid).attrs["State"]["Pid"]
+    (d.data_root / "state.reserve").unlink(missing_ok=True)  # the worst case: the reserve is already spent
+    filler = d.data_root / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    for chunk in (1 << 20, 4096, 512):
+        try:
+            while True:
+                os.write(fd, b"\0" * chunk)
+        except OSError:
+            pass
+    os.close(fd)
+    os.kill(pid, 9)  # it dies while no state can be written
+    wait_for("the monitor recorded the exit", lambda: (d.exec_root / "monitor" / "exits" / f"{cid}.json").exists()
+             or not d.sdk().containers.get(cid).attrs["State"]["Running"])
+    filler.unlink()
+    wait_for("the exit was recorded", lambda: not d.sdk().containers.get(cid).attrs["State"]["Running"])
+    assert d.sdk().containers.get(cid).attrs["State"]["ExitCode"] == 137
+    d.docker("rm", cid)

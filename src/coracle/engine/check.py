@@ -72,7 +72,7 @@ def check(engine: Engine, dry_run: bool = False, acknowledge: bool | None = None
             abandoned.add(cid)
             if not dry_run:
                 engine.monitor.abandon(None, cid)
-        elif cid not in records and cid not in engine.execs:
+        elif proc["kind"] == "container" and cid not in records:
             found["kept"].append({"id": cid, "pid": proc["pid"], "problem": "process without a record (left running)"})
 
     running = {cid for cid, r in records.items() if r["State"]["Running"]}

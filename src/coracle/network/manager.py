@@ -435,8 +435,8 @@ class NetworkManager:
                 if dry_run:
                     continue
                 view["NetworkID"] = rec["Id"]
-                ep = {**view, "Container": cid, "ContainerName": container["Name"].lstrip("/"), "NetworkName": rec["Name"],
-                      "Veth": "veth" + eid[:11] if rec["Driver"] == "bridge" else "",
+                ep = {**view, "Container": cid, "ContainerName": container["Name"].lstrip("/"),
+                      "NetworkName": rec["Name"], "Veth": "veth" + eid[:11] if rec["Driver"] == "bridge" else "",
                       "Interface": self._interface_with(pid, view.get("MacAddress") or "")}
                 with self.store.tx() as db:
                     db.execute("DELETE FROM net_endpoints WHERE network = ? AND container = ?", (rec["Id"], cid))
@@ -448,7 +448,8 @@ class NetworkManager:
                                        (rec["Id"], ep[key], cid))
                 primary = primary or ep
             mappings = self._recorded_ports(settings.get("Ports") or {}, primary)
-            if mappings and not dry_run and not self.store.execute("SELECT 1 FROM net_ports WHERE container = ?", (cid,)):
+            recorded = self.store.execute("SELECT 1 FROM net_ports WHERE container = ?", (cid,))
+            if mappings and not dry_run and not recorded:
                 with self.store.tx() as db:
                     for m in mappings:
                         db.execute("INSERT OR IGNORE INTO net_ports VALUES (?, ?, ?, ?, ?, ?, ?)",

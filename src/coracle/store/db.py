@@ -199,17 +199,25 @@ class Store:
         The snapshot is what recovery.py falls back to when this file is damaged or lost.
         """
         tmp = f"{dest}.tmp"
-        with self._lock:
-            changes = self._db.total_changes
-            target = sqlite3.connect(tmp)
-            try:
-                self._db.backup(target)
-                target.execute("PRAGMA journal_mode=DELETE")
-            finally:
-                target.close()
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
+        try:
+            with self._lock:
+                changes = self._db.total_changes
+                target = sqlite3.connect(tmp)
+                try:
+                    self._db.backup(target)
+                    target.execute("PRAGMA journal_mode=DELETE")
+                finally:
+                    target.close()
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, dest)
+        except BaseException:
+            for leftover in (tmp, tmp + "-journal"):
+                try:
+                    os.unlink(leftover)  # a half-written copy must not hold space on a full disk
+                except FileNotFoundError:
+                    pass
+            raise
         self._snapshot_changes = changes
 
     def close(self) -> None:

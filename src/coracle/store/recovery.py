@@ -70,10 +70,12 @@ def open_state(data_root: str, recover: bool = False) -> Store:
     reserve = Reserve(os.path.join(data_root, RESERVE))
     os.makedirs(data_root, exist_ok=True)
     restored = None
-    if recover or not os.path.exists(path):
-        why = "was asked for (--recover-state)" if recover else "is missing"
+    empty = os.path.exists(path) and os.path.getsize(path) == 0 and not os.path.exists(path + "-wal")
+    if recover or empty or not os.path.exists(path):
+        why = "was asked for (--recover-state)" if recover else "is empty" if empty else "is missing"
         if any(os.path.exists(path + suffix) for suffix in ("", *WAL_FILES)):
-            _move_aside(path, "replaced" if recover else "stale")  # a WAL without its database is not replayed
+            # kept for inspection; and a WAL without its database must not be replayed into a new one
+            _move_aside(path, "replaced" if recover or empty else "stale")
         if _restore_snapshot(path, snapshot):
             restored = snapshot
             log.warning("state database %s %s: restored the snapshot %s of %s", path, why, snapshot,
