@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from harness import Daemon
+from harness import Daemon, fill_filesystem
 
 
 @pytest.fixture
@@ -99,14 +99,7 @@ def test_an_exit_while_nothing_can_be_saved_is_recorded_once_space_returns(small
     pid = d.sdk().containers.get(cid).attrs["State"]["Pid"]
     (d.data_root / "state.reserve").unlink(missing_ok=True)  # the worst case: the reserve is already spent
     filler = d.data_root / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    for chunk in (1 << 20, 4096, 512):
-        try:
-            while True:
-                os.write(fd, b"\0" * chunk)
-        except OSError:
-            pass
-    os.close(fd)
+    fill_filesystem(filler)
     os.kill(pid, 9)  # it dies while no state can be written
     wait_for("the monitor recorded the exit", lambda: (d.exec_root / "monitor" / "exits" / f"{cid}.json").exists()
              or not d.sdk().containers.get(cid).attrs["State"]["Running"])

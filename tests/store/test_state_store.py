@@ -12,6 +12,7 @@ from typing import Iterator
 import pytest
 
 from coracle.store import Store, open_state, snapshot_path
+from harness import fill_filesystem
 
 
 @pytest.fixture
@@ -26,24 +27,11 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def fill(directory: Path) -> None:
-    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for chunk in (1 << 20, 4096, 512):
-            try:
-                while True:
-                    os.write(fd, b"\0" * chunk)
-            except OSError:
-                pass
-    finally:
-        os.close(fd)
-
-
 def test_state_changes_still_commit_when_the_disk_is_full(small_fs: Path) -> None:
     store = open_state(str(small_fs))
     assert (small_fs / "state.reserve").exists()
     store.put("container", "a", {"State": "running"})
-    fill(small_fs)
+    fill_filesystem(small_fs / "filler")
     for i in range(200):  # a stop, an exit, a removal ... each needs room in the WAL
         store.put("container", "a", {"State": "exited", "pad": "x" * 2000, "i": i})
     store.delete("container", "a")
