@@ -199,15 +199,17 @@ class Store:
         The snapshot is what recovery.py falls back to when this file is damaged or lost.
         """
         tmp = f"{dest}.tmp"
+        with self._lock:
+            changes = self._db.total_changes
         try:
-            with self._lock:
-                changes = self._db.total_changes
-                target = sqlite3.connect(tmp)
-                try:
-                    self._db.backup(target)
-                    target.execute("PRAGMA journal_mode=DELETE")
-                finally:
-                    target.close()
+            # A connection of its own: a WAL reader sees one consistent state and never blocks the writers.
+            source, target = sqlite3.connect(self.path), sqlite3.connect(tmp)
+            try:
+                source.backup(target)
+                target.execute("PRAGMA journal_mode=DELETE")
+            finally:
+                source.close()
+                target.close()
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, dest)
