@@ -30,6 +30,7 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
 
 def test_a_full_disk_is_reported_once_and_output_dropped_until_there_is_room(
         tiny_fs: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(monitor_module, "LOG_FLOOR", 0)  # only the write's own failure stops it here
     log = JsonLog(str(tiny_fs / "c-json.log"), 0, 1)
     for _ in range(3000):  # ~3 MiB of lines into 1 MiB
         log.write("stdout", b"x" * 1000 + b"\n")
@@ -42,6 +43,20 @@ def test_a_full_disk_is_reported_once_and_output_dropped_until_there_is_room(
     log.close()
     assert b'"back\\n"' in (tiny_fs / "c-json.log").read_bytes()
     assert "writing again" in capfd.readouterr().err
+
+
+def test_a_log_stops_short_of_filling_its_filesystem(tiny_fs: Path, capfd: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(monitor_module, "LOG_FLOOR", 512 << 10)
+    monkeypatch.setattr(monitor_module, "LOG_LOOK_BYTES", 16 << 10)
+    log = JsonLog(str(tiny_fs / "c-json.log"), 0, 1)
+    for _ in range(3000):
+        log.write("stdout", b"x" * 1000 + b"\n")
+    log.close()
+    st = os.statvfs(tiny_fs)
+    assert st.f_bavail * st.f_frsize > 256 << 10  # room is left for others
+    err = capfd.readouterr().err
+    assert err.count("cannot write the log") == 1 and "free on its filesystem" in err
 
 
 def test_a_deleted_log_file_is_opened_again_at_its_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -49,8 +49,10 @@ LINE_MAX = 16 * 1024
 SUBSCRIBER_BUFFER = 4 << 20
 STDIN_BUFFER = 8 << 20  # stdin held for a process that reads slowly; beyond it input is dropped
 STDIN_RETRY = 0.02  # seconds between attempts to hand buffered stdin over
-LOG_LOOK_EVERY = 1.0  # seconds between looks at a log's file: deleted? room again after a failure?
-LOG_RESUME_FREE = 16 << 20  # bytes free on its filesystem before a log that failed is written again
+LOG_LOOK_EVERY = 1.0  # seconds between looks at a log's filesystem and file (deleted? room left?)
+LOG_LOOK_BYTES = 1 << 20  # ... or bytes written since the last look, whichever comes first
+LOG_FLOOR = 8 << 20  # logs stop while fewer bytes are free: the rest is the daemon's (state, its space reserve)
+LOG_RESUME_FREE = 16 << 20  # bytes free before a log that stopped is written again
 
 
 def utc_now() -> str:
@@ -71,11 +73,12 @@ def write_atomic(path: str, data: bytes) -> None:
 class JsonLog:
     """Docker's json-file log driver: one JSON object per line, with rotation.
 
-    A log never takes its supervisor down nor fills the disk further: when a
-    write fails (disk full) the failure is reported once on the monitor's stderr
-    and output is dropped until the filesystem has LOG_RESUME_FREE bytes free
-    again (looked at once a second), so a flooding container cannot eat the
-    space the daemon frees to record state. A log file deleted behind our back
+    A log never takes its supervisor down nor fills the disk: when fewer than
+    LOG_FLOOR bytes are left on its filesystem, or a write fails, it says so
+    once on the monitor's stderr and drops output until LOG_RESUME_FREE bytes
+    are free again (looked at once a second or once a MiB), so a flooding
+    container leaves the daemon room to record state, and cannot eat the space
+    reserve the daemon frees on a full disk. A log file deleted behind our back
     (its container directory removed, then re-made by `system check`) is opened
     again at its path.
     """
@@ -86,11 +89,12 @@ class JsonLog:
         self.partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
         self.failure = ""  # why writing stopped; empty while it works
         self.dropped = 0
-        self.looked = time.monotonic()
+        self.looked, self.since_look = time.monotonic(), 0
 
     def write(self, stream: str, data: bytes, final: bool = False) -> None:
         """Log complete lines; keep a partial one until its newline, 16 KiB, or the end."""
-        if time.monotonic() - self.looked >= LOG_LOOK_EVERY:
+        self.since_look += len(data)
+        if self.since_look >= LOG_LOOK_BYTES or time.monotonic() - self.looked >= LOG_LOOK_EVERY:
             self._look()
         if self.failure or self.f is None:
             self.dropped += len(data)
@@ -108,22 +112,28 @@ class JsonLog:
                     self._rotate()
                 self.f.write(entry + b"\n")
         except OSError as exc:
-            self.failure = exc.strerror or str(exc)
-            self.partial = {"stdout": b"", "stderr": b""}
-            print(f"{self.path}: cannot write the log ({self.failure}); output is dropped until "
-                  f"{LOG_RESUME_FREE >> 20} MiB are free", file=sys.stderr)
+            self._stop(exc.strerror or str(exc))
+
+    def _stop(self, why: str) -> None:
+        self.failure = why
+        self.partial = {"stdout": b"", "stderr": b""}
+        print(f"{self.path}: cannot write the log ({why}); output is dropped until "
+              f"{LOG_RESUME_FREE >> 20} MiB are free", file=sys.stderr)
 
     def _look(self) -> None:
-        """Resume after a failure once there is room; reopen a file that was deleted under us."""
-        self.looked = time.monotonic()
+        """Stop short of a full disk, resume once there is room; reopen a file deleted under us."""
+        self.looked, self.since_look = time.monotonic(), 0
         try:
+            st = os.statvfs(os.path.dirname(self.path))
+            free = st.f_bavail * st.f_frsize
             if self.failure:
-                st = os.statvfs(os.path.dirname(self.path))
-                if st.f_bavail * st.f_frsize < LOG_RESUME_FREE:
+                if free < LOG_RESUME_FREE:
                     return
                 self._reopen()
                 print(f"{self.path}: writing again; {self.dropped} bytes of output were dropped", file=sys.stderr)
                 self.failure, self.dropped = "", 0
+            elif free < LOG_FLOOR:
+                self._stop(f"fewer than {LOG_FLOOR >> 20} MiB free on its filesystem")
             elif self.f is None or os.fstat(self.f.fileno()).st_nlink == 0:
                 self._reopen()
         except OSError:
