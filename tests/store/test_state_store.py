@@ -37,8 +37,25 @@ def test_state_changes_still_commit_when_the_disk_is_full(small_fs: Path) -> Non
     store.delete("container", "a")
     assert store.get("container", "a") is None
     assert not (small_fs / "state.reserve").exists()  # it was spent on exactly this
+    for i in range(200):  # with the reserve spent, the log's own space is reused
+        store.put("container", "b", {"State": "exited", "pad": "y" * 2000, "i": i})
+    assert store.get("container", "b")["i"] == 199  # type: ignore[index]
     (small_fs / "filler").unlink()
     assert store.reserve is not None and store.reserve.refill()  # and is made again once there is room
+    store.close()
+
+
+def test_with_no_reserve_left_the_log_reuses_its_own_space(small_fs: Path) -> None:
+    store = Store(small_fs / "state.db")  # no reserve at all: spent, or never made
+    store.put("container", "a", {"State": "running"})
+    store.close()  # the record is in the database file, as in a daemon that ran for a while
+    store = Store(small_fs / "state.db")
+    for i in range(100):  # ... and whose log has grown
+        store.put("container", "a", {"State": "running", "i": i})
+    fill_filesystem(small_fs / "filler")
+    for i in range(300):
+        store.put("container", "a", {"State": "exited", "i": i})
+    assert store.get("container", "a") == {"State": "exited", "i": 299}
     store.close()
 
 

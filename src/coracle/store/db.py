@@ -112,23 +112,34 @@ class Store:
                         raise
 
     def _write(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
-        """One statement; on a full disk, free the reserve and try once more (outside a caller's tx)."""
-        try:
-            with self.tx() as db:
-                return db.execute(sql, params).fetchall()
-        except sqlite3.OperationalError as exc:
-            if not is_full(exc):
-                raise
-            with self._lock:
-                nested = self._depth > 0
-            if nested or self.reserve is None or not self.reserve.release():
+        """One statement; on a full disk, make room and try again (outside a caller's transaction).
+
+        Room comes from the space reserve while it lasts, then from the WAL's own
+        space: a checkpoint that restarts the log lets the next writes reuse it.
+        """
+        for attempt in range(3):
+            try:
+                with self.tx() as db:
+                    return db.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                if not is_full(exc):
+                    raise
                 self.full_since = self.full_since or time.monotonic()
-                raise
+                with self._lock:
+                    if self._depth > 0 or not self._make_room(attempt):
+                        raise
+        raise AssertionError("unreachable")
+
+    def _make_room(self, attempt: int) -> bool:
+        if attempt == 0 and self.reserve is not None and self.reserve.release():
             log.warning("the data root %s is full: released the space reserve so that state can be saved",
                         self.path.parent)
-            self.full_since = self.full_since or time.monotonic()
-            with self.tx() as db:
-                return db.execute(sql, params).fetchall()
+            return True
+        try:
+            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            return attempt < 2 and not busy
+        except sqlite3.OperationalError:
+            return False
 
     def execute(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         """Run one statement in its own transaction (or the caller's) and fetch rows."""
