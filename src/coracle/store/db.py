@@ -9,8 +9,9 @@ through `schema()` and relies on UNIQUE/PRIMARY KEY for the guarantee.
 Damage never stops the daemon: a document that does not decode, or that its
 kind's validator rejects, is moved to the `quarantine` table (reported by
 `coracle system check`) and the others are served as usual. A write that hits
-a full disk (SQLITE_FULL) frees the space reserve (see reserve.py) and is tried
-once more, so stop, kill and rm keep working when a container filled the disk.
+a full disk (SQLITE_FULL) frees the space reserve (see reserve.py), or once that
+is spent restarts the WAL to reuse its space, and is tried again: stop, kill, rm
+and exits keep being recorded when something filled the disk.
 """
 
 from __future__ import annotations
