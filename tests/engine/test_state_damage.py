@@ -93,6 +93,25 @@ def test_containers_changed_after_the_snapshot_come_back_as_they_were(fresh_daem
     d.docker("rm", "-f", late)
 
 
+def test_a_record_file_that_lags_behind_follows_the_live_process(fresh_daemon: Daemon) -> None:
+    d = fresh_daemon
+    d.start()
+    cid = d.docker("create", "--network", "none", "busybox", "sleep", "300").stdout.strip()
+    record_file = d.data_root / "containers" / cid / "config.json"
+    created = record_file.read_bytes()  # as if every save after create had failed
+    d.docker("start", cid)
+    pid = inspect(d, cid)["State"]["Pid"]
+    d.stop(signal.SIGKILL)
+    record_file.write_bytes(created)
+    lose_database(d, snapshot_too=True)
+    d.start()
+    state = inspect(d, cid)["State"]
+    assert state["Running"] and state["Pid"] == pid
+    d.docker("stop", "-t", "1", cid)  # and it can be managed
+    assert not alive(pid)
+    d.docker("rm", cid)
+
+
 def set_record(d: Daemon, cid: str, body: str) -> None:
     db = sqlite3.connect(d.data_root / "state.db")
     with db:

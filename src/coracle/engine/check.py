@@ -28,7 +28,7 @@ from coracle.cgroups import Resources
 from coracle.cgroups.devices import DeviceRule
 from coracle.engine import config as cfg
 from coracle.engine import security
-from coracle.engine.engine import KIND, Engine
+from coracle.engine.engine import KIND, Engine, proc_start_ticks
 from coracle.errors import CoracleError, NotFound
 from coracle.runtime.spec import Process, Spec
 
@@ -154,6 +154,7 @@ def rebuild(engine: Engine, found: dict[str, Any], dry_run: bool = False,
                 found["kept"].append({"directory": path, "problem": f"no record and no usable {cfg.RECORD_FILE} "
                                                                     f"({exc}); left in place"})
             continue
+        _follow_process(saved, live.get(name))
         if rec == saved:
             continue
         found["rebuilt"].append({"id": name, "name": saved["Name"], "from": os.path.join(path, cfg.RECORD_FILE)})
@@ -169,6 +170,15 @@ def rebuild(engine: Engine, found: dict[str, Any], dry_run: bool = False,
                     engine.store.delete(KIND, cid)
         if not dry_run:
             engine.store.restored_from = None
+
+
+def _follow_process(rec: dict[str, Any], proc: dict[str, Any] | None) -> None:
+    """A saved record whose state lags behind (its last save failed): the monitor's process is the truth."""
+    if proc is None or proc["state"] != "running" or rec["State"]["Pid"] == proc["pid"]:
+        return
+    rec["State"].update({"Status": "running", "Running": True, "Paused": False, "Restarting": False,
+                         "Pid": proc["pid"], "ExitCode": 0, "Error": ""})
+    rec["Coracle"]["StartTicks"] = proc_start_ticks(proc["pid"])
 
 
 def _skeleton_only(path: str) -> bool:
