@@ -196,6 +196,8 @@ def _repair_running(engine: Engine, rec: dict[str, Any], found: dict[str, Any], 
     """A running container's network endpoints recorded again if the store lost them; its cgroup
     and veths made again if they were deleted."""
     cid = rec["Id"]
+    if not engine._alive(rec):
+        return  # its PID may name another process by now: nothing is moved or plumbed into it
     adopted = engine.network.adopt(rec, dry_run=dry_run)
     if adopted:
         found["network"].setdefault("adopted", []).extend(adopted)
