@@ -71,6 +71,20 @@ def start_registry(netns: str, workdir: Path) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
+def fill_filesystem(path: Path) -> None:
+    """Write `path` until its filesystem has no block left (the caller removes it to give space back)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for chunk in (1 << 20, 4096, 512):
+            try:
+                while True:
+                    os.write(fd, b"\0" * chunk)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+
+
 def _ping(sock_path: str) -> bool:
     try:
         with socket.socket(socket.AF_UNIX) as s:

@@ -1,9 +1,13 @@
 """`coracled`: the daemon. Flags follow dockerd's names where they exist.
 
 Start-up order: lock the data root (two daemons never share one), open the
-state, make sure the monitor runs (it outlives us), restore networks, then
-reconcile containers against what the monitor still supervises, and only then
-accept API requests.
+state (a damaged or missing database is replaced by its last snapshot, see
+store/recovery.py), make sure the monitor runs (it outlives us), rebuild
+container records the database lacks from the container directories, restore
+networks, then reconcile containers against what the monitor still supervises,
+snapshot the state, and only then accept API requests. While running, a
+housekeeping thread snapshots the state after changes, keeps the disk space
+reserve, and records exits that a full disk kept from being saved.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import fcntl
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
 
 from coracle import __version__
+from coracle.errors import CoracleError, InvalidParameter
 
 log = logging.getLogger("coracle")
 
@@ -45,6 +51,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--group", default="", help="group owning the API socket (default root only)")
     p.add_argument("--max-image-size", type=_size, default="16g",
                    help="most bytes one load, import or pull may unpack (default 16g; k, m, g, t suffixes)")
+    p.add_argument("--log-opt", action="append", default=[],
+                   help="default json-file option key=value for containers (repeatable; default max-size=20m, "
+                        "max-file=5)")
+    p.add_argument("--recover-state", action="store_true",
+                   help="replace the state database with its last snapshot (state.db.bak) before starting")
     p.add_argument("--version", action="version", version=f"coracled {__version__}")
     return p.parse_args(argv)
 
@@ -97,16 +108,21 @@ def main(argv: list[str] | None = None) -> None:
 
     from coracle.api.server import build_router
     from coracle.api.http import serve
-    from coracle.engine.check import check
+    from coracle.engine import config as cfg
+    from coracle.engine.check import check, rebuild
     from coracle.engine.engine import Engine
     from coracle.engine.events import EventBus
     from coracle.images import ImageStore
     from coracle.network import NetworkManager
     from coracle.runtime.client import MonitorClient
-    from coracle.store import Store
+    from coracle.store import open_state
 
+    try:
+        log_defaults = cfg.log_defaults(args.log_opt)
+    except InvalidParameter as exc:
+        sys.exit(f"coracled: {exc}")
     started = time.monotonic()
-    store = Store(os.path.join(args.data_root, "state.db"))
+    store = open_state(args.data_root, recover=args.recover_state)
     events = EventBus()
     images = ImageStore(os.path.join(args.data_root, "images"), store, insecure_registries=args.insecure_registry,
                         max_image_size=args.max_image_size)
@@ -117,18 +133,26 @@ def main(argv: list[str] | None = None) -> None:
     engine = Engine(store=store, images=images, network=network, monitor=monitor, events=events,
                     data_root=args.data_root, exec_root=args.exec_root, cgroup_parent=args.cgroup_parent,
                     no_new_privileges=args.no_new_privileges)
+    engine.log_defaults = log_defaults
     if args.userns_remap:
-        from coracle.errors import InvalidParameter
         from coracle.runtime.userns import Remap
 
         try:
             engine.userns_remap = Remap.load(args.userns_remap)
         except (InvalidParameter, OSError) as exc:
             sys.exit(f"coracled: --userns-remap={args.userns_remap}: {exc}")
+    rebuilt: dict = {"rebuilt": [], "kept": [], "directories": []}
+    rebuild(engine, rebuilt)
+    for item in rebuilt["rebuilt"]:
+        log.warning("container record %s (%s) rebuilt from %s", item["id"], item["name"],
+                    item.get("from") or item.get("problem"))
     network.start()
     exit_stream = monitor.events()  # subscribe before looking, so no exit falls in between
     report = engine.restore()
-    repaired = check(engine)
+    repaired = check(engine, acknowledge=False)  # quarantined records stay reported to `system check`
+    housekeeping = Housekeeping(engine, monitor, os.path.join(args.data_root, "state.db.bak"))
+    housekeeping.snapshot()
+    threading.Thread(target=housekeeping.run, daemon=True, name="housekeeping").start()
     threading.Thread(target=_pump_exits, args=(engine, monitor, exit_stream), daemon=True,
                      name="monitor-events").start()
     rebooted = engine.boot_restarts()
@@ -148,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         server.close()
+        housekeeping.snapshot()
         log.info("coracled stopping; containers keep running under the monitor")
 
     try:
@@ -157,7 +182,56 @@ def main(argv: list[str] | None = None) -> None:
             os.unlink(socket_path)
         except FileNotFoundError:
             pass
+        store.close()  # checkpoints the WAL into state.db
         os.close(lock.fd)
+
+
+class Housekeeping:
+    """Snapshots of the state, the disk space reserve, and exits a full disk kept from being saved."""
+
+    PERIOD = 5.0  # seconds between rounds
+    SNAPSHOT_EVERY = 12  # rounds: a changed database is snapshotted at most once a minute
+
+    def __init__(self, engine, monitor, snapshot_path: str) -> None:  # type: ignore[no-untyped-def]
+        self.engine, self.monitor, self.snapshot_path = engine, monitor, snapshot_path
+        self.store = engine.store
+        self._failed = False  # the last snapshot failed: say so once, not every round
+
+    def snapshot(self) -> None:
+        """Copy the database to state.db.bak, the file recovery falls back to."""
+        try:
+            self.store.snapshot(self.snapshot_path)
+            if self._failed:
+                log.info("state snapshot %s written again", self.snapshot_path)
+            self._failed = False
+        except (OSError, sqlite3.Error) as exc:
+            if not self._failed:
+                log.warning("cannot snapshot the state to %s: %s (kept the previous snapshot)",
+                            self.snapshot_path, exc)
+            self._failed = True
+
+    def round(self, count: int) -> None:
+        if self.store.reserve is not None:
+            self.store.reserve.refill()
+        if self.store.full_since is not None:
+            self.store.full_since = None
+            for rec in self.monitor.exit_records():  # exits whose saving failed for want of space
+                try:
+                    self.engine.on_monitor_event({**rec, "kind": "container"})
+                except (OSError, sqlite3.Error, CoracleError) as exc:
+                    log.warning("exit of %s not recorded yet: %s", rec["id"], exc)
+        if count % self.SNAPSHOT_EVERY == 0 and self.store.changed_since_snapshot():
+            self.snapshot()
+
+    def run(self) -> None:
+        count = 0
+        while True:
+            time.sleep(self.PERIOD)
+            count += 1
+            try:
+                self.round(count)
+            except Exception:
+                log.exception("housekeeping round failed")
 
 
 def _pump_exits(engine, monitor, stream) -> None:  # type: ignore[no-untyped-def]

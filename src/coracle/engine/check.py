@@ -1,29 +1,57 @@
 """Reconciliation: make the world match the records, at start-up and on demand.
 
 After a crash anywhere (daemon killed mid-create, mid-start, mid-rm) the
-records in the store are the truth for what should exist; everything else of
-ours found on the machine is an orphan: container directories without a
-record, cgroups without a running container, processes the monitor holds for
-nobody, exit records of removed containers, and network objects (veths,
-leases, nft elements) that the network layer reports for unknown containers.
+records in the store are the truth for what should exist, and what a crash
+left half-made is removed: processes held for a start that never finished,
+cgroups and exit records of removed containers, the empty skeleton of a
+create that never committed, network objects of dead containers.
+
+What is missing from the records is never a reason to kill or delete: a
+container directory without a record is rebuilt from its `config.json` (the
+record as last saved, written beside the container's files); a running process
+or a populated cgroup that nothing accounts for is reported and left alone.
+For running containers the pieces deleted behind our back are made again: the
+cgroup (processes moved back in, limits and device rules re-applied), the veth
+of each endpoint (same address, routes, ports), and the container directory
+(its record file and /etc files; lost filesystem changes and logs are reported).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from coracle import cgroups
-from coracle.engine.engine import Engine
+from coracle.cgroups import Resources
+from coracle.cgroups.devices import DeviceRule
+from coracle.engine import config as cfg
+from coracle.engine import security
+from coracle.engine.engine import KIND, Engine, proc_start_ticks
+from coracle.errors import CoracleError, NotFound
 from coracle.runtime.fdtree import remove_tree
+from coracle.runtime.spec import Process, Spec
+
+log = logging.getLogger("coracle.check")
+
+SKELETON = {"upper", "work", "rootfs"}  # what create makes before its record commits
 
 
-def check(engine: Engine, dry_run: bool = False) -> dict[str, Any]:
-    """Report (and unless dry_run, repair) every inconsistency; returns what was found."""
-    found: dict[str, Any] = {"containers": [], "directories": [], "cgroups": [], "processes": [],
-                             "exit_records": [], "network": {}}
-    records = {r["Id"]: r for r in engine.records()}
+def check(engine: Engine, dry_run: bool = False, acknowledge: bool | None = None) -> dict[str, Any]:
+    """Report (and unless dry_run, repair) every inconsistency; returns what was found.
+
+    Quarantined records are reported until a check acknowledges them (by default
+    one that repairs; the daemon's own start-up check only logs them).
+    """
+    found: dict[str, Any] = {"quarantined": [], "rebuilt": [], "kept": [], "containers": [], "directories": [],
+                             "cgroups": [], "processes": [], "exit_records": [], "network": {}}
+    quarantined = engine.store.quarantined(unreported_only=True)
+    found["quarantined"] = [{k: v for k, v in q.items() if k != "row"} for q in quarantined]
+    if (not dry_run if acknowledge is None else acknowledge) and quarantined:
+        engine.store.mark_reported([q["row"] for q in quarantined])
     live_procs = {p["id"]: p for p in engine.monitor.list()}
+    rebuild(engine, found, dry_run, live_procs)
+    records = {r["Id"]: r for r in engine.records()}
 
     for cid, rec in records.items():
         state = rec["State"]
@@ -37,28 +65,31 @@ def check(engine: Engine, dry_run: bool = False) -> dict[str, Any]:
             if not dry_run:
                 engine.remove(cid, force=True)
 
+    abandoned = set()
     for cid, proc in live_procs.items():
-        known = cid in records or cid in engine.execs
-        if proc["state"] == "held" or not known:
+        if proc["state"] == "held":  # a start that never finished: no user code ran in it
             found["processes"].append({"id": cid, "pid": proc["pid"], "state": proc["state"]})
+            abandoned.add(cid)
             if not dry_run:
                 engine.monitor.abandon(None, cid)
-
-    for name in os.listdir(engine.containers_dir):
-        if name not in records:
-            found["directories"].append(os.path.join(engine.containers_dir, name))
-            if not dry_run:
-                remove_tree(os.path.join(engine.containers_dir, name), ignore_errors=True)
+        elif proc["kind"] == "container" and cid not in records:
+            found["kept"].append({"id": cid, "pid": proc["pid"], "problem": "process without a record (left running)"})
 
     running = {cid for cid, r in records.items() if r["State"]["Running"]}
     parents = {engine.cgroup_parent} | {
         (r["HostConfig"].get("CgroupParent") or engine.cgroup_parent).strip("/") for r in records.values()}
     for parent in parents:
         for path in cgroups.list_children(parent):
-            if path.rsplit("/", 1)[-1] not in running:
-                found["cgroups"].append(path)
-                if not dry_run:
-                    cgroups.manager_for(path).destroy()
+            name = path.rsplit("/", 1)[-1]
+            if name in running:
+                continue
+            manager = cgroups.manager_for(path)
+            if manager.procs() and name not in abandoned:
+                found["kept"].append({"cgroup": path, "problem": "processes without a running container (left alone)"})
+                continue
+            found["cgroups"].append(path)
+            if not dry_run:
+                manager.destroy()
 
     for record in engine.monitor.exit_records():
         if record["id"] not in records:
@@ -66,12 +97,165 @@ def check(engine: Engine, dry_run: bool = False) -> dict[str, Any]:
             if not dry_run:
                 engine.monitor.forget_exit(record["id"])
 
-    live = {r["Id"]: r["State"]["Pid"] for r in engine.records() if r["State"]["Running"]}
-    found["network"] = engine.network.reconcile(live, dry_run=dry_run)
     for rec in engine.records():
-        if rec["State"]["Running"]:
-            keep = {n.get("NetworkID") for n in (rec["NetworkSettings"].get("Networks") or {}).values()}
-            partial = engine.network.prune_partial(rec["Id"], {k for k in keep if k}, dry_run=dry_run)
-            if partial:
-                found["network"].setdefault("partial", []).extend(partial)
+        if not os.path.isdir(os.path.join(engine.containers_dir, rec["Id"])):
+            found["directories"].append({"id": rec["Id"], "problem": "directory missing: recreated; the "
+                                         "container's filesystem changes and logs written before are lost"})
+            if not dry_run:
+                _recreate_directory(engine, rec)
+    live = {r["Id"]: r for r in engine.records() if r["State"]["Running"]}
+    for cid, rec in live.items():
+        _repair_running(engine, rec, found, dry_run)
+    found["network"].update(engine.network.reconcile({cid: r["State"]["Pid"] for cid, r in live.items()},
+                                                     dry_run=dry_run))
+    for rec in live.values():
+        keep = {n.get("NetworkID") for n in (rec["NetworkSettings"].get("Networks") or {}).values()}
+        partial = engine.network.prune_partial(rec["Id"], {k for k in keep if k}, dry_run=dry_run)
+        if partial:
+            found["network"].setdefault("partial", []).extend(partial)
+    for problem in found["quarantined"] + found["kept"]:
+        log.warning("system check: %s", problem)
     return found
+
+
+# ----- records and directories ------------------------------------------------------
+
+def rebuild(engine: Engine, found: dict[str, Any], dry_run: bool = False,
+            live_procs: dict[str, dict[str, Any]] | None = None) -> None:
+    """Records from container directories, and directories for records.
+
+    A directory without a record gets its record back from `config.json`; one
+    holding only the empty skeleton of an uncommitted create is removed; any
+    other is kept and reported. A record whose `config.json` is missing gets it.
+    After the database was restored from a snapshot, `config.json` (saved at
+    every change) is newer than the snapshot, so it wins; a snapshot's record
+    whose directory and process are both gone was removed after the snapshot.
+    """
+    records = {r["Id"]: r for r in engine.records()}
+    live = live_procs if live_procs is not None else {p["id"]: p for p in engine.monitor.list()}
+    restored = engine.store.restored_from is not None
+    for name in sorted(os.listdir(engine.containers_dir)):
+        path = os.path.join(engine.containers_dir, name)
+        rec = records.get(name)
+        if rec is not None and not restored:
+            if not os.path.exists(os.path.join(path, cfg.RECORD_FILE)) and not dry_run:
+                cfg.write_record_file(path, rec)
+            continue
+        try:
+            saved = cfg.read_record_file(path)
+        except (OSError, ValueError) as exc:
+            if rec is not None:
+                continue
+            if _skeleton_only(path) and name not in live:
+                found["directories"].append(path)
+                if not dry_run:
+                    remove_tree(path, ignore_errors=True)
+            else:
+                found["kept"].append({"directory": path, "problem": f"no record and no usable {cfg.RECORD_FILE} "
+                                                                    f"({exc}); left in place"})
+            continue
+        _follow_process(saved, live.get(name))
+        if rec == saved:
+            continue
+        found["rebuilt"].append({"id": name, "name": saved["Name"], "from": os.path.join(path, cfg.RECORD_FILE)})
+        if not dry_run:
+            engine.store.put(KIND, name, saved)
+            records[name] = saved
+    if restored:
+        for cid, rec in list(records.items()):
+            if not os.path.isdir(os.path.join(engine.containers_dir, cid)) and cid not in live \
+                    and not engine._alive(rec):
+                found["rebuilt"].append({"id": cid, "name": rec["Name"], "problem": "removed after the snapshot"})
+                if not dry_run:
+                    engine.store.delete(KIND, cid)
+        if not dry_run:
+            engine.store.restored_from = None
+
+
+def _follow_process(rec: dict[str, Any], proc: dict[str, Any] | None) -> None:
+    """A saved record whose state lags behind (its last save failed): the monitor's process is the truth."""
+    if proc is None or proc["state"] != "running" or rec["State"]["Pid"] == proc["pid"]:
+        return
+    rec["State"].update({"Status": "running", "Running": True, "Paused": False, "Restarting": False,
+                         "Pid": proc["pid"], "ExitCode": 0, "Error": ""})
+    rec["Coracle"]["StartTicks"] = proc_start_ticks(proc["pid"])
+
+
+def _skeleton_only(path: str) -> bool:
+    """True when the directory holds nothing but empty upper/work/rootfs (a create that never committed)."""
+    try:
+        entries = os.listdir(path)
+        return set(entries) <= SKELETON and not any(os.listdir(os.path.join(path, e)) for e in entries)
+    except OSError:
+        return False
+
+
+# ----- running containers ---------------------------------------------------------------
+
+def _repair_running(engine: Engine, rec: dict[str, Any], found: dict[str, Any], dry_run: bool) -> None:
+    """A running container's network endpoints recorded again if the store lost them; its cgroup
+    and veths made again if they were deleted."""
+    cid = rec["Id"]
+    if not engine._alive(rec):
+        return  # its PID may name another process by now: nothing is moved or plumbed into it
+    adopted = engine.network.adopt(rec, dry_run=dry_run)
+    if adopted:
+        found["network"].setdefault("adopted", []).extend(adopted)
+        if not dry_run:
+            engine.save(rec)  # a builtin network known under a new id: the record follows it
+    cg = engine.cgroup(rec)
+    missing = [d for d in cg.dirs() if not os.path.isdir(d)]
+    if missing:
+        found["cgroups"].append({"id": cid, "problem": "cgroup missing: recreated, processes moved back, "
+                                 "limits re-applied", "missing": missing})
+        if not dry_run:
+            _recreate_cgroup(engine, rec, cg)
+    try:
+        veths = engine.network.replumb(cid, rec["State"]["Pid"], dry_run=dry_run)
+    except (OSError, CoracleError) as exc:
+        veths = [f"cannot re-make the veths: {exc}"]
+    if veths:
+        found["network"].setdefault("veths_replumbed", []).extend(veths)
+
+
+def _recreate_directory(engine: Engine, rec: dict[str, Any]) -> None:
+    directory = os.path.join(engine.containers_dir, rec["Id"])
+    for sub in sorted(SKELETON):
+        os.makedirs(os.path.join(directory, sub), exist_ok=True)
+    cfg.write_record_file(directory, rec)
+    if rec["State"]["Running"] and not rec["HostConfig"]["NetworkMode"].startswith("container:"):
+        engine._write_files(rec)  # /etc/hosts, hostname, resolv.conf for the next start and for `cp`
+
+
+def _recreate_cgroup(engine: Engine, rec: dict[str, Any], cg: cgroups.Manager) -> None:
+    """Make the cgroup again, move every process of the container into it, re-apply its limits."""
+    hc = rec["HostConfig"]
+    cg.create()
+    for pid in _pid_namespace_members(rec["State"]["Pid"]):
+        try:
+            cg.apply(pid)
+        except NotFound:
+            pass  # exited meanwhile
+    cg.set(Resources.from_host_config(hc))
+    spec = Spec(id=rec["Id"], process=Process(args=[rec["Path"], *rec["Args"]]))
+    security.apply(spec, hc, engine.no_new_privileges)
+    cg.set_devices([DeviceRule.from_json(r) for r in spec.device_rules])
+    log.warning("recreated the cgroup %s of container %s", cg.path, rec["Id"])
+
+
+def _pid_namespace_members(pid1: int) -> list[int]:
+    """PID 1 and every process in its PID namespace (its children, execs): host PIDs."""
+    try:
+        ns = os.stat(f"/proc/{pid1}/ns/pid")
+    except OSError:
+        return []
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                st = os.stat(f"/proc/{entry}/ns/pid")
+            except OSError:
+                continue
+            if (st.st_ino, st.st_dev) == (ns.st_ino, ns.st_dev):
+                members.append(int(entry))
+    return members

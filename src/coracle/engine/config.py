@@ -6,6 +6,7 @@ fails with a clear 400 and leaves nothing behind.
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import re
@@ -228,21 +229,92 @@ def tmpfs(host_config: dict) -> list[dict[str, Any]]:
     return out
 
 
-def log_config(host_config: dict) -> tuple[int, int]:
-    """json-file max-size / max-file (the only driver: Docker's default)."""
+LOG_DEFAULTS = {"max-size": "20m", "max-file": "5"}  # Docker's `local` driver bounds; coracled --log-opt
+
+
+def log_config(host_config: dict, defaults: dict[str, str] | None = None) -> tuple[dict[str, str], int, int]:
+    """json-file options (the daemon's defaults under the container's own) and the resulting
+    max-size in bytes (0: unbounded, `max-size=-1`) and max-file."""
     cfg = host_config.get("LogConfig") or {}
     kind = cfg.get("Type") or "json-file"
     if kind not in ("json-file", "local"):
         raise InvalidParameter(f"logging driver {kind} is not supported (use json-file)")
-    opts = cfg.get("Config") or {}
-    size = parse_size(opts["max-size"]) if opts.get("max-size") else 0
+    opts = {**(LOG_DEFAULTS if defaults is None else defaults), **(cfg.get("Config") or {})}
+    unknown = set(opts) - {"max-size", "max-file", "compress", "labels", "labels-regex", "env", "env-regex", "tag",
+                         "mode", "max-buffer-size"}
+    if unknown:
+        raise InvalidParameter(f"unknown log opt '{sorted(unknown)[0]}' for json-file log driver")
+    size = 0 if str(opts.get("max-size") or "-1") == "-1" else parse_size(opts["max-size"])
     try:
         files = int(opts.get("max-file") or 1)
     except ValueError:
         raise InvalidParameter(f"invalid max-file: {opts.get('max-file')}") from None
     if files < 1:
         raise InvalidParameter("max-file cannot be less than 1")
-    return size, files
+    return opts, size, files
+
+
+def log_defaults(specs: list[str]) -> dict[str, str]:
+    """coracled --log-opt key=value (repeatable) over LOG_DEFAULTS, checked like a container's."""
+    opts = dict(LOG_DEFAULTS)
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep:
+            raise InvalidParameter(f"invalid --log-opt {spec!r}: expected key=value")
+        opts[key] = value
+    log_config({}, opts)
+    return opts
+
+
+# ----- the record file ------------------------------------------------------------
+
+RECORD_FILE = "config.json"
+RECORD_KEYS = {"Id": str, "Name": str, "State": dict, "Config": dict, "HostConfig": dict, "Coracle": dict,
+               "NetworkSettings": dict, "Mounts": list, "Path": str, "Args": list, "Image": str, "LogPath": str}
+STATE_KEYS = {"Status": str, "Running": bool, "Pid": int, "StartedAt": str, "FinishedAt": str}
+
+
+def check_record(rec: dict[str, Any]) -> None:
+    """Raise ValueError unless `rec` has the shape every part of the engine relies on."""
+    for keys, doc, where in ((RECORD_KEYS, rec, ""), (STATE_KEYS, rec.get("State"), "State.")):
+        for key, kind in keys.items():
+            if not isinstance(doc, dict) or not isinstance(doc.get(key), kind):
+                raise ValueError(f"{where}{key} is missing or not a {kind.__name__}")
+    if not re.fullmatch(r"[0-9a-f]{64}", rec["Id"]):
+        raise ValueError("Id is not a container id")
+
+
+def write_record_file(directory: str, rec: dict[str, Any]) -> None:
+    """The container's record beside its files, replaced atomically at every save.
+
+    Why: the database can be lost or damaged; with this file the daemon rebuilds
+    the record (engine/check.py) instead of treating a live container as unknown.
+    Best effort: a full disk or a directory being removed must not fail the change
+    the database already holds.
+    """
+    path = os.path.join(directory, RECORD_FILE)
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(rec, f, separators=(",", ":"))
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def read_record_file(directory: str) -> dict[str, Any]:
+    """The record saved in a container directory; ValueError/OSError if it is missing or damaged."""
+    with open(os.path.join(directory, RECORD_FILE)) as f:
+        rec = json.load(f)
+    if not isinstance(rec, dict):
+        raise ValueError("not a JSON object")
+    check_record(rec)
+    if rec["Id"] != os.path.basename(directory.rstrip("/")):
+        raise ValueError("the record's Id is not its directory's name")
+    return rec
 
 
 def parse_size(text: str) -> int:

@@ -70,6 +70,7 @@ def proc_start_ticks(pid: int) -> int | None:
 
 class Engine:
     userns_remap: Remap | None = None  # --userns-remap: the id maps of containers' user namespaces
+    log_defaults: dict[str, str] = cfg.LOG_DEFAULTS  # --log-opt: json-file options a container does not set
 
     def __init__(
         self, *, store: Store, images: ImageStore, network: Any, monitor: MonitorClient, events: EventBus,
@@ -84,6 +85,7 @@ class Engine:
         self.containers_dir = os.path.join(data_root, "containers")
         self.volumes_dir = os.path.join(data_root, "volumes")
         os.makedirs(self.containers_dir, exist_ok=True)
+        store.validate(KIND, cfg.check_record)  # a damaged record is quarantined, never fatal
         self._lock = threading.RLock()  # names and the id index
         self._locks: dict[str, threading.RLock] = {}
         self._exited: dict[str, threading.Event] = {}
@@ -123,6 +125,7 @@ class Engine:
 
     def save(self, rec: dict[str, Any]) -> None:
         self.store.put(KIND, rec["Id"], rec)
+        cfg.write_record_file(self._dir(rec["Id"]), rec)  # what rebuilds the record if the database is lost
 
     def _dir(self, cid: str, *parts: str) -> str:
         return os.path.join(self.containers_dir, cid, *parts)
@@ -151,7 +154,7 @@ class Engine:
         Resources.from_host_config(host_config)  # validates limits now, not at start
         cfg.restart_policy(host_config)
         mounts = cfg.binds(host_config, self.volumes_dir) + cfg.tmpfs(host_config)
-        log_size, log_files = cfg.log_config(host_config)
+        log_opts, log_size, log_files = cfg.log_config(host_config, self.log_defaults)
         mode = cfg.network_mode(host_config)
         host_config["NetworkMode"] = mode
         if mode.startswith("container:"):
@@ -191,7 +194,7 @@ class Engine:
         for key in ("Tty", "OpenStdin", "StdinOnce", "AttachStdin", "AttachStdout", "AttachStderr"):
             config[key] = bool(config.get(key))
         host_config.setdefault("RestartPolicy", {"Name": "no", "MaximumRetryCount": 0})
-        host_config["LogConfig"] = {"Type": "json-file", "Config": (host_config.get("LogConfig") or {}).get("Config") or {}}
+        host_config["LogConfig"] = {"Type": "json-file", "Config": log_opts}
         now = utc_now()
         log_path = self._dir(cid, f"{cid}-json.log")
         rec = {
@@ -314,6 +317,9 @@ class Engine:
                 raise NotModified("container already started")
             if rec["State"]["Status"] == "removing":
                 raise Conflict(f"container {cid} is marked for removal and cannot be started")
+            if not os.path.isdir(self._dir(cid)):
+                raise SystemError_(f"the directory of container {cid} is missing: run `coracle system check` "
+                                   "to recreate it")
             self._start_locked(rec, before_release)
 
     def _start_locked(self, rec: dict[str, Any], before_release: Callable[[dict[str, Any]], None] | None) -> None:
@@ -771,7 +777,7 @@ class Engine:
                 self._finish(event)
             report["exited"].append(cid)
         for proc in live.values():
-            if proc["state"] == "held" or (proc["kind"] == "container" and self.store.get(KIND, proc["id"]) is None):
+            if proc["state"] == "held":  # never released: no user code ran. A running one is never killed here
                 self.monitor.abandon(None, proc["id"])
         for cid in report["adopted"]:
             adopted = self.store.get(KIND, cid)

@@ -407,6 +407,94 @@ class NetworkManager:
                         log.warning("cannot restore DNS for %s: %s", cid, exc)
         return {kind: found for kind, found in report.items() if found}
 
+    def adopt(self, container: dict[str, Any], dry_run: bool = False) -> list[str]:
+        """Record again what the kernel still has for a running container the store forgot.
+
+        After the state database was lost (or restored from an older snapshot)
+        a rebuilt container record still says which endpoints, addresses and
+        published ports it has, and its veths and nft elements still exist:
+        they are recorded as they are (nothing is re-made, nothing removed), so
+        reconciliation keeps them and no other container is given its address
+        or port. A network the store does not know is left out and reported;
+        a builtin network known under a new id (bridge, host, none) is matched
+        by name and the record's NetworkID is updated in place.
+        """
+        cid, pid = container["Id"], container["State"]["Pid"]
+        settings = container.get("NetworkSettings") or {}
+        found: list[str] = []
+        with self._lock:
+            known = {ep["EndpointID"] for ep in self._endpoints(container=cid)}
+            primary = None
+            for name, view in (settings.get("Networks") or {}).items():
+                eid = view.get("EndpointID")
+                if not eid or eid in known:
+                    primary = primary or (view if eid else None)
+                    continue
+                try:
+                    rec = self.resolve(view.get("NetworkID") or name)
+                except NotFound:
+                    try:
+                        rec = self.resolve(name)
+                    except NotFound:
+                        found.append(f"endpoint on {name}: the network is unknown")
+                        continue
+                found.append(f"endpoint {eid[:12]} on {rec['Name']} ({view.get('IPAddress') or 'no address'})")
+                if dry_run:
+                    continue
+                view["NetworkID"] = rec["Id"]
+                ep = {**view, "Container": cid, "ContainerName": container["Name"].lstrip("/"),
+                      "NetworkName": rec["Name"], "Veth": "veth" + eid[:11] if rec["Driver"] == "bridge" else "",
+                      "Interface": self._interface_with(pid, view.get("MacAddress") or "")}
+                with self.store.tx() as db:
+                    db.execute("DELETE FROM net_endpoints WHERE network = ? AND container = ?", (rec["Id"], cid))
+                    db.execute("INSERT INTO net_endpoints(id, network, container, body) VALUES (?, ?, ?, ?)",
+                               (eid, rec["Id"], cid, json.dumps(ep)))
+                    for key in ("IPAddress", "GlobalIPv6Address"):
+                        if ep.get(key):
+                            db.execute("INSERT OR IGNORE INTO net_leases(network, address, container) VALUES (?, ?, ?)",
+                                       (rec["Id"], ep[key], cid))
+                primary = primary or ep
+            mappings = self._recorded_ports(settings.get("Ports") or {}, primary)
+            recorded = self.store.execute("SELECT 1 FROM net_ports WHERE container = ?", (cid,))
+            if mappings and not dry_run and not recorded:
+                with self.store.tx() as db:
+                    for m in mappings:
+                        db.execute("INSERT OR IGNORE INTO net_ports VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                   (m.proto, m.host_ip, m.host_port, cid, primary["NetworkID"],  # type: ignore[index]
+                                    m.container_ip, m.container_port))
+                self.firewall.add_mappings(mappings)
+                found.extend(f"port {m.host_ip}:{m.host_port}/{m.proto}" for m in mappings)
+        return found
+
+    @staticmethod
+    def _recorded_ports(ports_view: dict[str, Any], ep: dict[str, Any] | None) -> list[Mapping]:
+        """Docker's NetworkSettings.Ports back into mappings to the endpoint's addresses."""
+        if ep is None:
+            return []
+        out = []
+        for key, bindings in ports_view.items():
+            port, _, proto = key.partition("/")
+            for b in bindings or []:
+                host_ip = b.get("HostIp") or "0.0.0.0"
+                target = ep.get("GlobalIPv6Address") if ":" in host_ip else ep.get("IPAddress")
+                if target and str(b.get("HostPort") or "").isdigit():
+                    out.append(Mapping(proto or "tcp", host_ip, int(b["HostPort"]), target, int(port)))
+        return out
+
+    @staticmethod
+    def _interface_with(pid: int, mac: str) -> str:
+        """The name of the interface with this MAC inside the container's network namespace ("" if none)."""
+        if not mac or not pid:
+            return ""
+        try:
+            with bridge.netns_socket(f"/proc/{pid}/ns/net") as cipr:
+                for link in cipr.get_links():
+                    if (link.get_attr("IFLA_ADDRESS") or "").lower() == mac.lower():
+                        return link.get_attr("IFLA_IFNAME") or ""
+        except OSError:
+            pass
+        return ""
+
     # ----- networks ----------------------------------------------------------
 
     def prune_partial(self, cid: str, keep: set[str], dry_run: bool = False) -> list[str]:
@@ -855,23 +943,47 @@ class NetworkManager:
                 if leased is not None:
                     self.ipam.release(rec["Id"], str(leased))
             raise
-        veth = "veth" + ep["EndpointID"][:11]
+        ep["Veth"] = "veth" + ep["EndpointID"][:11]
+        self._wire(rec, ep, ns_path)
+        return ep
+
+    def _wire(self, rec: dict[str, Any], ep: dict[str, Any], ns_path: str) -> None:
+        """The veth pair of an endpoint (host side on the bridge), its address and routes inside."""
+        sub, sub6 = Subnet(rec), Subnet.v6(rec)
         with bridge.netns_socket(ns_path) as cipr:
-            ifname = bridge.free_ifname(cipr)
+            ifname = ep.get("Interface") or ""
+            if not ifname or bridge.index(cipr, ifname) is not None:
+                ifname = bridge.free_ifname(cipr)
             with self._host() as ipr:
-                bridge.add_veth(ipr, veth, rec["Coracle"]["Bridge"], ns_path, ifname, mac, rec["Coracle"]["MTU"],
-                                isolated=not rec["Coracle"]["ICC"])
+                bridge.add_veth(ipr, ep["Veth"], rec["Coracle"]["Bridge"], ns_path, ifname, ep["MacAddress"],
+                                rec["Coracle"]["MTU"], isolated=not rec["Coracle"]["ICC"])
             fault("network-after-veth")
-            ep.update(Veth=veth, Interface=ifname)
+            ep["Interface"] = ifname
             self.store.execute("UPDATE net_endpoints SET body = ? WHERE id = ?", (json.dumps(ep), ep["EndpointID"]))
             if sub6 is not None:
                 with netns(ns_path):  # IPv6 may be off by default in the container's namespace
                     bridge.sysctl(f"net/ipv6/conf/{ifname}/disable_ipv6", "0")
-            bridge.configure_peer(cipr, ifname, str(address), sub.network.prefixlen,
-                                  None if rec["Internal"] else str(sub.gateway),
-                                  (str(address6), sub6.network.prefixlen) if sub6 is not None else None,
+            bridge.configure_peer(cipr, ifname, ep["IPAddress"], sub.network.prefixlen, ep["Gateway"] or None,
+                                  (ep["GlobalIPv6Address"], sub6.network.prefixlen) if sub6 is not None else None,
                                   ep["IPv6Gateway"] or None)
-        return ep
+
+    def replumb(self, cid: str, pid: int, dry_run: bool = False) -> list[str]:
+        """Re-make the veths of a running container's endpoints that were deleted behind our back.
+
+        Same name, MAC, address and routes as before; published ports and the
+        resolver are keyed by the address and the namespace, so they work again
+        as they are. Returns what was (or, with dry_run, would be) re-made.
+        """
+        found = []
+        with self._lock:
+            with self._host() as ipr:
+                missing = [ep for ep in self._endpoints(container=cid)
+                           if ep.get("Veth") and bridge.index(ipr, ep["Veth"]) is None]
+            for ep in missing:
+                found.append(f"veth {ep['Veth']} on {ep['NetworkName']} ({ep['IPAddress']})")
+                if not dry_run:
+                    self._wire(self.resolve(ep["NetworkID"]), ep, f"/proc/{pid}/ns/net")
+        return found
 
     def _publish(self, container: dict[str, Any], ep: dict[str, Any],
                  undo: list[Callable[[], None]]) -> list[Mapping]:

@@ -39,7 +39,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from coracle.runtime import init, sealed, security, syscalls
 from coracle.runtime.spec import Spec
@@ -49,6 +49,10 @@ LINE_MAX = 16 * 1024
 SUBSCRIBER_BUFFER = 4 << 20
 STDIN_BUFFER = 8 << 20  # stdin held for a process that reads slowly; beyond it input is dropped
 STDIN_RETRY = 0.02  # seconds between attempts to hand buffered stdin over
+LOG_LOOK_EVERY = 1.0  # seconds between looks at a log's filesystem and file (deleted? room left?)
+LOG_LOOK_BYTES = 1 << 20  # ... or bytes written since the last look, whichever comes first
+LOG_FLOOR = 8 << 20  # logs stop while fewer bytes are free: the rest is the daemon's (state, its space reserve)
+LOG_RESUME_FREE = 16 << 20  # bytes free before a log that stopped is written again
 
 
 def utc_now() -> str:
@@ -67,30 +71,85 @@ def write_atomic(path: str, data: bytes) -> None:
 
 
 class JsonLog:
-    """Docker's json-file log driver: one JSON object per line, with rotation."""
+    """Docker's json-file log driver: one JSON object per line, with rotation.
+
+    A log never takes its supervisor down nor fills the disk: when fewer than
+    LOG_FLOOR bytes are left on its filesystem, or a write fails, it says so
+    once on the monitor's stderr and drops output until LOG_RESUME_FREE bytes
+    are free again (looked at once a second or once a MiB), so a flooding
+    container leaves the daemon room to record state, and cannot eat the space
+    reserve the daemon frees on a full disk. A log file deleted behind our back
+    (its container directory removed, then re-made by `system check`) is opened
+    again at its path.
+    """
 
     def __init__(self, path: str, max_size: int, max_file: int) -> None:
         self.path, self.max_size, self.max_file = path, max_size, max(1, max_file)
-        self.f = open(path, "ab", buffering=0)
+        self.f: BinaryIO | None = open(path, "ab", buffering=0)
         self.partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+        self.failure = ""  # why writing stopped; empty while it works
+        self.dropped = 0
+        self.looked, self.since_look = time.monotonic(), 0
 
     def write(self, stream: str, data: bytes, final: bool = False) -> None:
         """Log complete lines; keep a partial one until its newline, 16 KiB, or the end."""
+        self.since_look += len(data)
+        if self.since_look >= LOG_LOOK_BYTES or time.monotonic() - self.looked >= LOG_LOOK_EVERY:
+            self._look()
+        if self.failure or self.f is None:
+            self.dropped += len(data)
+            return
         *lines, tail = (self.partial[stream] + data).split(b"\n")
         records = [line + b"\n" for line in lines]
         if tail and (final or len(tail) >= LINE_MAX):
             records.append(tail)
             tail = b""
         self.partial[stream] = tail
-        for r in records:
-            entry = json.dumps({"log": r.decode("utf-8", "replace"), "stream": stream, "time": utc_now()}).encode()
-            if self.max_size and self.f.tell() and self.f.tell() + len(entry) + 1 > self.max_size:
-                self._rotate()
-            self.f.write(entry + b"\n")
+        try:
+            for r in records:
+                entry = json.dumps({"log": r.decode("utf-8", "replace"), "stream": stream, "time": utc_now()}).encode()
+                if self.max_size and self.f.tell() and self.f.tell() + len(entry) + 1 > self.max_size:
+                    self._rotate()
+                self.f.write(entry + b"\n")
+        except OSError as exc:
+            self._stop(exc.strerror or str(exc))
+
+    def _stop(self, why: str) -> None:
+        self.failure = why
+        self.partial = {"stdout": b"", "stderr": b""}
+        print(f"{self.path}: cannot write the log ({why}); output is dropped until "
+              f"{LOG_RESUME_FREE >> 20} MiB are free", file=sys.stderr)
+
+    def _look(self) -> None:
+        """Stop short of a full disk, resume once there is room; reopen a file deleted under us."""
+        self.looked, self.since_look = time.monotonic(), 0
+        try:
+            st = os.statvfs(os.path.dirname(self.path))
+            free = st.f_bavail * st.f_frsize
+            if self.failure:
+                if free < LOG_RESUME_FREE:
+                    return
+                self._reopen()
+                print(f"{self.path}: writing again; {self.dropped} bytes of output were dropped", file=sys.stderr)
+                self.failure, self.dropped = "", 0
+            elif free < LOG_FLOOR:
+                self._stop(f"fewer than {LOG_FLOOR >> 20} MiB free on its filesystem")
+            elif self.f is None or os.fstat(self.f.fileno()).st_nlink == 0:
+                self._reopen()
+        except OSError:
+            pass  # still no room, or the directory is still gone: look again later
+
+    def _reopen(self) -> None:
+        f = open(self.path, "ab", buffering=0)
+        if self.f is not None:
+            self.f.close()
+        self.f = f
 
     def _rotate(self) -> None:
         """Shift name.1 -> name.2 ... and start a fresh file; at most max_file files in all."""
+        assert self.f is not None
         self.f.close()
+        self.f = None
         for i in range(self.max_file - 1, 0, -1):
             src = self.path if i == 1 else f"{self.path}.{i - 1}"
             if os.path.exists(src):
@@ -101,7 +160,8 @@ class JsonLog:
         for stream in ("stdout", "stderr"):
             if self.partial[stream]:
                 self.write(stream, b"", final=True)
-        self.f.close()
+        if self.f is not None:
+            self.f.close()
 
 
 @dataclass
@@ -265,6 +325,8 @@ class Monitor:
             self._send(conn, {"error": f"{spec.id} is already supervised"})
             return
         proc = Proc(id=spec.id, kind=spec.kind, tty=spec.process.tty)
+        if spec.kind == "container" and spec.log_path:  # first: if it fails, nothing is forked nor leaked
+            proc.log = JsonLog(spec.log_path, spec.log_max_size, spec.log_max_file)
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -300,8 +362,6 @@ class Monitor:
         for fd in child_side:
             os.close(fd)
         proc.sync_fd, proc.ready_fd, proc.error_fd = sync_w, ready_r, err_r
-        if spec.kind == "container" and spec.log_path:
-            proc.log = JsonLog(spec.log_path, spec.log_max_size, spec.log_max_file)
         proc.waiter = conn
         self.procs[spec.id] = proc
         for fd in proc.outputs:
