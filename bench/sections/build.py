@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+from bench.engines import write_image_tar
 from bench.measure import Series, alternate
 from bench.suite import Bench
 
@@ -55,10 +56,29 @@ def _builders(bench: Bench, work: Path) -> list[_Builder]:
         out.append(_Builder(client.label, client.cmd("build"), env, "bench-build:latest"))
     if shutil.which("buildah"):
         root = work / "buildah"
-        out.append(_Builder("buildah", ["buildah", "--root", str(root / "root"), "--runroot", str(root / "run"),
-                                        "bud", "--layers", "--isolation", "chroot"], dict(os.environ),
-                            "bench-build:latest"))
+        store = ["buildah", "--root", str(root / "root"), "--runroot", str(root / "run")]
+        _buildah_base(store, root)
+        out.append(_Builder("buildah", [*store, "bud", "--layers", "--isolation", "chroot", "--network", "host",
+                                        "--pull=false"], dict(os.environ), "bench-build:latest"))
     return out
+
+
+def _buildah_base(store: list[str], root: Path) -> None:
+    """The same busybox layer as every engine's, as buildah's local `busybox` (no registry is reachable)."""
+    root.mkdir(parents=True, exist_ok=True)
+    layer = write_image_tar(root / "busybox-layer.tar")
+
+    def buildah(*args: str) -> str:
+        res = subprocess.run([*store, *args], capture_output=True, text=True, timeout=120)
+        if res.returncode != 0:
+            raise RuntimeError(f"buildah {' '.join(args)} -> {res.returncode}: {res.stderr[-400:]}")
+        return res.stdout.strip()
+
+    ctr = buildah("from", "scratch")
+    buildah("add", ctr, str(layer), "/")
+    buildah("config", "--env", "PATH=/bin", ctr)
+    buildah("commit", "--quiet", ctr, "docker.io/library/busybox:latest")
+    buildah("rm", ctr)
 
 
 def _context(root: Path) -> Path:
