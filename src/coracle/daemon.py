@@ -91,7 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     from coracle.images import ImageStore
     from coracle.network import NetworkManager
     from coracle.runtime.client import MonitorClient
+    from coracle.runtime.limits import raise_nofile
     from coracle.store import Store
+
+    raise_nofile()  # a few descriptors per container (log follows, attach streams, sockets)
 
     started = time.monotonic()
     store = Store(os.path.join(args.data_root, "state.db"))
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     exit_stream = monitor.events()  # subscribe before looking, so no exit falls in between
     report = engine.restore()
     repaired = check(engine)
-    threading.Thread(target=_pump_exits, args=(engine, monitor, exit_stream), daemon=True,
+    threading.Thread(target=_pump_exits, args=(engine, monitor, exit_stream, monitor_pid), daemon=True,
                      name="monitor-events").start()
     rebooted = engine.boot_restarts()
     log.info("coracled %s: monitor pid %d, %d adopted, %d exited while away, %d restarted (%.0f ms)",
@@ -147,8 +150,13 @@ def main(argv: list[str] | None = None) -> None:
         os.close(lock.fd)
 
 
-def _pump_exits(engine, monitor, stream) -> None:  # type: ignore[no-untyped-def]
-    """Feed the monitor's exit events to the engine; reconnect if the monitor restarts."""
+def _pump_exits(engine, monitor, stream, monitor_pid: int) -> None:  # type: ignore[no-untyped-def]
+    """Feed the monitor's exit events to the engine; resynchronise when the stream breaks.
+
+    It breaks when the monitor restarted (the keeper starts a new one that
+    resumes every process) or when it dropped us for falling behind (we were
+    frozen): either way the exit records hold every exit we missed.
+    """
     while True:
         try:
             for event in stream:
@@ -160,14 +168,15 @@ def _pump_exits(engine, monitor, stream) -> None:  # type: ignore[no-untyped-def
             pass
         time.sleep(0.2)
         try:
-            monitor.ensure_running()
+            current = monitor.ensure_running()
             stream = monitor.events()
             for rec in monitor.exit_records():
-                engine.on_monitor_event({**rec, "kind": "container"})
+                engine.on_monitor_event(rec)
             orphans = engine.adopt_orphans()
-            if orphans:
-                log.warning("the monitor was replaced; %d running containers are now watched without it",
-                            len(orphans))
+            if current != monitor_pid:
+                log.warning("the monitor was replaced (pid %d -> %d); %d running containers are watched "
+                            "without it", monitor_pid, current, len(orphans))
+                monitor_pid = current
         except Exception:
             log.exception("monitor connection lost")
 

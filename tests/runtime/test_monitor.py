@@ -31,16 +31,27 @@ def lower(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def monitor(tmp_path: Path) -> Iterator[MonitorClient]:
     client = MonitorClient(str(tmp_path / "exec"))
-    pid = client.ensure_running()
+    client.ensure_running()
     try:
         yield client
     finally:
-        for proc in client.list():
+        stop_supervision(client)
+
+
+def stop_supervision(client: MonitorClient) -> None:
+    """Kill the keeper (so nothing restarts the monitor), the monitor and every process they ran."""
+    procs = client.list() if client.ping() else []
+    for pid in (client.keeper_pid(), (client.ping() or {}).get("pid")):
+        if pid:
             try:
-                os.kill(proc["pid"], signal.SIGKILL)
-            except (ProcessLookupError, KeyError):
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
                 pass
-        os.kill(pid, signal.SIGKILL)
+    for proc in procs:
+        try:
+            os.kill(proc["pid"], signal.SIGKILL)
+        except (ProcessLookupError, KeyError):
+            pass
 
 
 _counter = iter(range(10**6))
@@ -121,9 +132,9 @@ def test_user_and_workdir(monitor: MonitorClient, tmp_path: Path, lower: Path) -
 
 def _read_frames(sock: socket.socket) -> dict[int, bytes]:
     out: dict[int, bytes] = {1: b"", 2: b""}
-    while packet := sock.recv(1 << 20):
-        stream, size = struct.unpack(">BxxxI", packet[:8])
-        out[stream] += packet[8:8 + size]
+    while (packet := sock.recv(1 << 20))[:1] == b"o":
+        stream, size = struct.unpack(">BxxxI", packet[1:9])
+        out[stream] += packet[9:9 + size]
     return out
 
 
@@ -149,8 +160,8 @@ def test_tty_gives_a_terminal_and_resizes(monitor: MonitorClient, tmp_path: Path
     monitor.resize(spec.id, 33, 101)
     stream.send(b"dgo\n")
     out = b""
-    while packet := stream.recv(65536):
-        out += packet
+    while (packet := stream.recv(65536))[:1] == b"o":
+        out += packet[1:]
     assert b"33 101" in out and b"isatty" in out
 
 

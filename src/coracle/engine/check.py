@@ -6,6 +6,10 @@ ours found on the machine is an orphan: container directories without a
 record, cgroups without a running container, processes the monitor holds for
 nobody, exit records of removed containers, and network objects (veths,
 leases, nft elements) that the network layer reports for unknown containers.
+
+A live process is never killed because state is missing: a container is
+alive when its recorded PID runs with its recorded start time (from /proc,
+not from the monitor's list), and a live one nobody supervises is adopted.
 """
 
 from __future__ import annotations
@@ -24,25 +28,34 @@ def check(engine: Engine, dry_run: bool = False) -> dict[str, Any]:
                              "exit_records": [], "network": {}}
     records = {r["Id"]: r for r in engine.records()}
     live_procs = {p["id"]: p for p in engine.monitor.list()}
+    recorded_exits = {e["id"]: e for e in engine.monitor.exit_records()}
 
     for cid, rec in records.items():
         state = rec["State"]
         proc = live_procs.get(cid)
-        if state["Running"] and not (proc and proc["pid"] == state["Pid"]):
+        if state["Running"] and not engine.alive(rec):
             found["containers"].append({"id": cid, "problem": "recorded running but no process"})
             if not dry_run:
-                engine.on_monitor_event({"id": cid, "kind": "container", "pid": state["Pid"], "exit_code": 255})
+                event = recorded_exits.get(cid)
+                if event is None or event.get("pid") != state["Pid"]:
+                    event = {"id": cid, "kind": "container", "pid": state["Pid"], "exit_code": None}
+                engine.on_monitor_event({**event, "kind": "container"})
+        elif state["Running"] and not (proc and proc["pid"] == state["Pid"]):
+            found["containers"].append({"id": cid, "problem": "running without supervision: adopted"})
+            if not dry_run:
+                engine.adopt_orphans()
         if state["Status"] == "removing":
             found["containers"].append({"id": cid, "problem": "removal interrupted"})
             if not dry_run:
                 engine.remove(cid, force=True)
 
     for cid, proc in live_procs.items():
-        known = cid in records or cid in engine.execs
-        if proc["state"] == "held" or not known:
+        if proc["state"] == "held":  # a start that died with its daemon: no user code ran yet
             found["processes"].append({"id": cid, "pid": proc["pid"], "state": proc["state"]})
             if not dry_run:
                 engine.monitor.abandon(None, cid)
+        elif proc["kind"] == "container" and cid not in records:
+            found["processes"].append({"id": cid, "pid": proc["pid"], "state": "running without a record: left running"})
 
     for name in os.listdir(engine.containers_dir):
         if name not in records:

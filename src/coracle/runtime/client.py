@@ -2,7 +2,8 @@
 
 Each request uses its own connection, so calls from the daemon's worker
 threads never interleave; a spawn keeps its connection until the matching
-release, which is also how the monitor knows whom to answer.
+release, which is also how the monitor knows whom to answer. The daemon
+starts the keeper (runtime/keeper.py), which starts and restarts the monitor.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from typing import Any, Iterator
 
 from coracle.errors import CoracleError, SystemError_
+from coracle.runtime import exits
 from coracle.runtime.spec import Spec
 
 MAX_PACKET = 1 << 20
@@ -61,14 +63,18 @@ class MonitorClient:
             return None
 
     def ensure_running(self, timeout: float = 10) -> int:
-        """Start the monitor if none answers; return its PID. It outlives this daemon."""
+        """Start the keeper (which starts the monitor) if no monitor answers; return the monitor's PID.
+
+        Both outlive this daemon. A keeper that is alive and restarting its monitor
+        refuses a second one (its lock); then this just waits for the answer.
+        """
         answer = self.ping()
         if answer:
             return answer["pid"]
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         log = open(os.path.join(self.exec_root, "monitor", "monitor.log"), "ab")
         subprocess.Popen(
-            [sys.executable, "-m", "coracle.runtime.monitor", "--exec-root", self.exec_root],
+            [sys.executable, "-m", "coracle.runtime.keeper", "--exec-root", self.exec_root],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
         )
         log.close()
@@ -145,20 +151,15 @@ class MonitorClient:
         return stream()
 
     def exit_records(self) -> list[dict[str, Any]]:
-        """Exits recorded while nobody was listening (daemon down)."""
-        folder = os.path.join(self.exec_root, "monitor", "exits")
-        out = []
-        for name in os.listdir(folder) if os.path.isdir(folder) else []:
-            if name.endswith(".json"):
-                try:
-                    with open(os.path.join(folder, name)) as f:
-                        out.append(json.load(f))
-                except (OSError, ValueError):
-                    continue
-        return out
+        """Exits recorded and not yet applied (the daemon was down, frozen or dropped)."""
+        return exits.read_all(self.exec_root)
 
     def forget_exit(self, id_: str) -> None:
+        exits.forget(self.exec_root, id_)
+
+    def keeper_pid(self) -> int | None:
         try:
-            os.unlink(os.path.join(self.exec_root, "monitor", "exits", f"{id_}.json"))
-        except FileNotFoundError:
-            pass
+            with open(os.path.join(self.exec_root, "monitor", "keeper.pid")) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return None

@@ -22,7 +22,7 @@ import termios
 from typing import NoReturn
 
 # Everything the child needs is imported here: after pivot_root the host's files are gone.
-from coracle.runtime import rootfs, security, userns
+from coracle.runtime import limits, rootfs, security, userns
 from coracle.runtime import syscalls as sc
 from coracle.runtime.identity import assume, resolve
 from coracle.runtime.spec import Spec
@@ -123,6 +123,7 @@ def _exec(spec: Spec, fds: ChildFds) -> NoReturn:
 def run_child(spec: Spec, fds: ChildFds) -> NoReturn:
     """Entry of the monitor's fresh child: nothing may escape back into the monitor's code."""
     try:
+        limits.lower_nofile_for_container()
         if spec.kind == "container":
             _container_child(spec, fds)
         _exec_child(spec, fds)
