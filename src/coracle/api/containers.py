@@ -15,7 +15,17 @@ from typing import Any
 from coracle.api import filters as flt
 from coracle.api.archive import routes as archive_routes
 from coracle.api.http import Request, Response, Router
-from coracle.api.streams import CUT, CUT_MESSAGE, ENDED, AttachHub, frame, parse_detach_keys, pump
+from coracle.api.streams import (
+    CUT,
+    CUT_MESSAGE,
+    ENDED,
+    RESUMED_MESSAGE,
+    AttachHub,
+    frame,
+    parse_detach_keys,
+    pump,
+    reattach,
+)
 from coracle.engine import logs as logfile
 from coracle.engine.engine import Engine
 from coracle.errors import Conflict, InvalidParameter, NotFound, NotModified
@@ -472,12 +482,23 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
                 msock, is_tty = connected
             else:
                 return
-            end = await pump(msock, reader, writer, stdin=want_in, stdin_once=rec["Config"].get("StdinOnce", False),
-                             tty=is_tty, detach_keys=detach, input_gate=gate)
+            def notice(text: str) -> None:
+                writer.write(text.encode() if is_tty else frame(2, text.encode()))
+
+            while True:
+                end = await pump(msock, reader, writer, stdin=want_in,
+                                 stdin_once=rec["Config"].get("StdinOnce", False), tty=is_tty, detach_keys=detach,
+                                 input_gate=gate)
+                if end != CUT:
+                    break
+                resumed = await thread(reattach, engine.monitor, cid, want_in, want_out, want_err)
+                if resumed is None:
+                    notice(CUT_MESSAGE)
+                    break
+                msock, gate = resumed[0], None
+                notice(RESUMED_MESSAGE)
             if end == ENDED:  # the output ends with the process: let its exit be recorded before the client hears EOF
                 await thread(engine._wait_exit, cid, 5)
-            elif end == CUT:
-                writer.write(CUT_MESSAGE.encode() if is_tty else frame(2, CUT_MESSAGE.encode()))
 
         content = "application/vnd.docker.raw-stream" if tty else "application/vnd.docker.multiplexed-stream"
         return Response.hijack(session, content_type=content)

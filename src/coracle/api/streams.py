@@ -14,9 +14,11 @@ import asyncio
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from coracle.errors import CoracleError
 from coracle.runtime.client import MonitorClient
 
 DETACH_DEFAULT = b"\x10\x11"  # ctrl-p ctrl-q
@@ -25,6 +27,9 @@ DETACH_DEFAULT = b"\x10\x11"  # ctrl-p ctrl-q
 ENDED, DETACHED, CUT = "ended", "detached", "cut"
 CUT_MESSAGE = ("coracle: the output stream was cut: the container monitor restarted. "
                "The process runs on; `docker logs` has the container's output.\n")
+RESUMED_MESSAGE = ("coracle: the container monitor restarted and this stream resumed; "
+                   "output written in between is in `docker logs`.\n")
+REATTACH_TIMEOUT = 15.0  # seconds to wait for the keeper's new monitor
 
 
 @dataclass
@@ -87,6 +92,19 @@ def _resolve(fut: asyncio.Future, result: Any) -> None:
         fut.set_exception(result)
     else:
         fut.set_result(result)
+
+
+def reattach(monitor: MonitorClient, key: str, stdin: bool, stdout: bool, stderr: bool) -> tuple[socket.socket, bool] | None:
+    """After a cut: the same stream from the monitor the keeper started instead; None if the process is gone."""
+    deadline = time.monotonic() + REATTACH_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            return monitor.attach(key, stdin, stdout, stderr)
+        except OSError:
+            time.sleep(0.1)  # the new monitor is not listening yet
+        except CoracleError:
+            return None  # it ended meanwhile (or is unknown to the new monitor)
+    return None
 
 
 def parse_detach_keys(spec: str) -> bytes:
