@@ -14,12 +14,14 @@ import os
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from harness import PYTHON, Daemon
 
+QUITTERS = 200  # more exits than the monitor's socket to the daemon holds events for (about 170)
 WRITER = 'trap "echo got-term; exit 7" TERM; i=0; while :; do echo line-$i; i=$((i+1)); sleep 0.1; done'
 
 
@@ -193,3 +195,45 @@ def test_a_killed_keeper_leaves_containers_running_and_logging(fresh_daemon: Dae
     old_state = state(d, cid)
     assert not old_state["Running"] and not alive(pid)
     assert old_state["ExitCode"] in (7, 137)  # its status went with the keeper: stopped, so 137
+
+
+def test_a_frozen_daemon_stalls_no_container_output(fresh_daemon: Daemon) -> None:
+    """SIGSTOP the daemon for 10 s while containers write and exit: their logs keep growing meanwhile.
+
+    The exits of more containers than a socket buffer holds events for happen during the
+    freeze, so the monitor cannot hand them to the daemon. Liveness, not speed: the writer
+    prints every 0.1 s, so a 2 s window without one new logged line means the monitor was
+    stuck (it used to wait 5 s on the frozen daemon, then drop it).
+    """
+    d = fresh_daemon
+    d.start()
+    gate = d.root / "gate"
+    gate.mkdir()
+    writer = run_detached(d, WRITER)
+
+    def quitter(_: int) -> str:
+        status, body = d.api("POST", "/containers/create", {
+            "Image": "busybox", "Cmd": ["sh", "-c", "until [ -e /gate/go ]; do sleep 0.2; done; exit 3"],
+            "HostConfig": {"NetworkMode": "none", "Binds": [f"{gate}:/gate:ro"]}})
+        assert status == 201, body
+        assert d.api("POST", f"/containers/{body['Id']}/start")[0] == 204  # type: ignore[index]
+        return body["Id"]  # type: ignore[index]
+
+    with ThreadPoolExecutor(8) as pool:
+        quitters = list(pool.map(quitter, range(QUITTERS)))
+    d.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+    samples: list[tuple[float, int]] = []
+    try:
+        (gate / "go").touch()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            samples.append((time.monotonic(), last_number(logged_lines(d, writer))))
+            time.sleep(0.2)
+    finally:
+        d.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+    stuck = [(round(t1 - t0, 1), n0) for (t0, n0), (t1, n1) in zip(samples, samples[10:]) if n1 == n0]
+    assert not stuck, f"no new log line for 2 s while the daemon was frozen: {stuck}"
+    for cid in quitters:  # every exit that happened meanwhile is recorded, exactly
+        wait_for(lambda: not state(d, cid)["Running"], "exits recorded after the freeze")
+        assert state(d, cid)["ExitCode"] == 3
+    assert "replaced" not in d.log.read_text()
