@@ -228,3 +228,34 @@ def test_a_burst_of_exits_with_output_keeps_the_monitor_alive(monitor: MonitorCl
     assert set(seen.values()) == {0}
     assert monitor.ping() is not None
     assert all(log_text(s).split() in (["out", "err"], ["err", "out"]) for s in specs)
+
+
+def test_only_root_and_its_own_user_may_talk_to_the_monitor(monitor: MonitorClient) -> None:
+    """Even with the socket's file mode loosened, another user's connection is closed unanswered."""
+    os.chmod(monitor.path, 0o666)
+    handle = os.open(monitor.path, os.O_PATH)  # reached through this, not through root-only directories
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+                sock.settimeout(5)
+                sock.connect(f"/proc/self/fd/{handle}")
+                sock.send(json.dumps({"op": "list"}).encode())
+                answer = sock.recv(1 << 20)
+            os.write(write, b"answered" if answer else b"closed")
+        except (ConnectionResetError, BrokenPipeError):
+            os.write(write, b"closed")
+        except OSError as exc:
+            os.write(write, f"error {exc}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.close(handle)
+    os.waitpid(child, 0)
+    assert os.read(read, 1024) == b"closed"
+    os.close(read)
+    assert monitor.ping() is not None  # root still is
