@@ -237,3 +237,12 @@ def test_a_frozen_daemon_stalls_no_container_output(fresh_daemon: Daemon) -> Non
         wait_for(lambda: not state(d, cid)["Running"], "exits recorded after the freeze")
         assert state(d, cid)["ExitCode"] == 3
     assert "replaced" not in d.log.read_text()
+
+
+def test_containers_get_the_conventional_descriptor_limit(fresh_daemon: Daemon) -> None:
+    """coracle's own processes raise their limit; what they start does not inherit it."""
+    d = fresh_daemon
+    d.start()
+    cid = run_detached(d, "ulimit -n")
+    wait_for(lambda: not state(d, cid)["Running"], "the container to exit")
+    assert logged_lines(d, cid) == ["1024"]
