@@ -772,6 +772,8 @@ def main(argv: list[str] | None = None) -> None:
         print("another monitor already supervises this exec root", file=sys.stderr)
         sys.exit(1)
     chan = socket.socket(fileno=args.keeper_fd) if args.keeper_fd is not None else None
+    if chan is not None:
+        chan.set_inheritable(False)  # ours alone: nothing the monitor runs may hold the keeper's line
     Monitor(args.exec_root, chan).serve()
 
 
