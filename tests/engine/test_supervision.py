@@ -245,3 +245,26 @@ def test_containers_get_the_conventional_descriptor_limit(fresh_daemon: Daemon) 
     cid = run_detached(d, "ulimit -n")
     wait_for(lambda: not state(d, cid)["Running"], "the container to exit")
     assert logged_lines(d, cid) == ["1024"]
+
+
+def test_a_container_nobody_supervises_is_adopted_never_killed(fresh_daemon: Daemon) -> None:
+    """Keeper and monitor both killed: reconciliation finds it alive by /proc and leaves it running."""
+    d = fresh_daemon
+    d.start()
+    cid = run_detached(d, 'trap "exit 7" TERM; while :; do sleep 0.1; done')
+    pid = state(d, cid)["Pid"]
+    keeper, old = d.keeper_pid(), d.monitor_pid()
+    os.kill(keeper, signal.SIGKILL)  # type: ignore[arg-type]
+    wait_for(lambda: not alive(keeper), "the keeper to die")  # type: ignore[arg-type]
+    os.kill(old, signal.SIGKILL)  # type: ignore[arg-type]
+    new_monitor(d, old)  # type: ignore[arg-type]  # the daemon starts a fresh keeper and monitor
+    report = d.cli("system", "check", "--dry-run").stdout
+    assert "no process" not in report and "adopted" in report, report
+    d.cli("system", "check")
+    d.stop()
+    d.start()
+    assert alive(pid) and state(d, cid)["Running"]
+    assert d.api("POST", f"/containers/{cid}/stop?t=10")[0] == 204
+    final = state(d, cid)
+    assert not final["Running"] and not alive(pid)
+    assert final["ExitCode"] == 137  # its status died with its parent: stopped through the API, so 137
