@@ -88,6 +88,7 @@ def test_a_killed_monitor_costs_no_container_output_or_exit_code(fresh_daemon: D
     execed = client(d, "exec", streamed, "sh", "-c", "echo exec-started; sleep 60; echo exec-done")
     try:
         assert execed.stdout.readline().strip() == "exec-started"  # type: ignore[union-attr]
+        assert attached.stdout.readline().startswith("line-")  # type: ignore[union-attr]
         wait_for(lambda: last_number(logged_lines(d, streamed)) >= 5, "output in the log")
 
         old = d.monitor_pid()

@@ -94,17 +94,25 @@ def _resolve(fut: asyncio.Future, result: Any) -> None:
         fut.set_result(result)
 
 
-def reattach(monitor: MonitorClient, key: str, stdin: bool, stdout: bool, stderr: bool) -> tuple[socket.socket, bool] | None:
-    """After a cut: the same stream from the monitor the keeper started instead; None if the process is gone."""
+def attach_patiently(monitor: MonitorClient, key: str, stdin: bool, stdout: bool,
+                     stderr: bool) -> tuple[socket.socket, bool]:
+    """monitor.attach, waiting a while for a monitor that the keeper is restarting."""
     deadline = time.monotonic() + REATTACH_TIMEOUT
-    while time.monotonic() < deadline:
+    while True:
         try:
             return monitor.attach(key, stdin, stdout, stderr)
         except OSError:
+            if time.monotonic() > deadline:
+                raise
             time.sleep(0.1)  # the new monitor is not listening yet
-        except CoracleError:
-            return None  # it ended meanwhile (or is unknown to the new monitor)
-    return None
+
+
+def reattach(monitor: MonitorClient, key: str, stdin: bool, stdout: bool, stderr: bool) -> tuple[socket.socket, bool] | None:
+    """After a cut: the same stream from the monitor the keeper started instead; None if the process is gone."""
+    try:
+        return attach_patiently(monitor, key, stdin, stdout, stderr)
+    except (OSError, CoracleError):  # it ended meanwhile, or no monitor came back
+        return None
 
 
 def parse_detach_keys(spec: str) -> bytes:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported by the keeper, which stays small
+    from typing import Any
 
 
 def utc_now() -> str:

@@ -28,7 +28,6 @@ keeper -> monitor `adopt` (one per held process, after a restart), `ready`
 
 from __future__ import annotations
 
-import argparse
 import array
 import fcntl
 import json
@@ -38,12 +37,13 @@ import signal
 import socket
 import sys
 import time
-import traceback
 from collections import deque
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from coracle.runtime import exits, limits, syscalls
+
+if TYPE_CHECKING:  # the keeper imports as little as it can: it is one more process on every host
+    from typing import Any
 
 MAX_PACKET = 1 << 16
 MAX_FDS = 8
@@ -74,13 +74,13 @@ def recv_message(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]
     return json.loads(data), list(fds)
 
 
-@dataclass
 class Held:
     """A supervised process as the keeper knows it: enough for a new monitor to resume it."""
 
-    info: dict[str, Any]  # id, kind, pid, tty, log settings, and "fds": the role of each descriptor
-    fds: list[int]
-    exit: dict[str, Any] | None = None  # reaped while no monitor was there to hear it
+    def __init__(self, info: dict[str, Any], fds: list[int]) -> None:
+        self.info = info  # id, kind, pid, tty, log settings, and "fds": the role of each descriptor
+        self.fds = fds
+        self.exit: dict[str, Any] | None = None  # reaped while no monitor was there to hear it
 
     def close(self) -> None:
         for fd in self.fds:
@@ -125,7 +125,7 @@ class Keeper:
                 try:
                     key.data(events)
                 except Exception:  # a bad message must never cost the containers their keeper
-                    traceback.print_exc()
+                    sys.excepthook(*sys.exc_info())
             if self.restart_at is not None and time.monotonic() >= self.restart_at:
                 self._start_monitor()
             for record in list(self.unwritten):
@@ -267,10 +267,12 @@ class Keeper:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="coracle-keeper")
-    parser.add_argument("--exec-root", required=True)
-    args = parser.parse_args(argv)
-    lock_path = os.path.join(args.exec_root, "monitor", "keeper.lock")
+    """`python -m coracle.runtime.keeper --exec-root DIR` (no argparse: it costs the keeper memory)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "--exec-root":
+        sys.exit("usage: python -m coracle.runtime.keeper --exec-root DIR")
+    exec_root = args[1]
+    lock_path = os.path.join(exec_root, "monitor", "keeper.lock")
     os.makedirs(os.path.dirname(lock_path), exist_ok=True)
     lock = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -278,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     except BlockingIOError:
         print("another keeper already holds this exec root", file=sys.stderr)
         sys.exit(1)
-    Keeper(args.exec_root).serve()
+    Keeper(exec_root).serve()
 
 
 if __name__ == "__main__":
