@@ -1,7 +1,8 @@
 """`coracled`: the daemon. Flags follow dockerd's names where they exist.
 
 Start-up order: lock the data root (two daemons never share one), open the
-state, make sure the monitor runs (it outlives us), restore networks, then
+state, make sure the monitor runs (started by the keeper; both outlive us),
+restore networks, then
 reconcile containers against what the monitor still supervises, and only then
 accept API requests.
 """
