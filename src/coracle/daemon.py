@@ -2,9 +2,8 @@
 
 Start-up order: lock the data root (two daemons never share one), open the
 state, make sure the monitor runs (started by the keeper; both outlive us),
-restore networks, then
-reconcile containers against what the monitor still supervises, and only then
-accept API requests.
+restore networks, then reconcile containers against what runs (by /proc) and
+what the monitor still supervises, and only then accept API requests.
 """
 
 from __future__ import annotations
