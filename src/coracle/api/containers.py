@@ -21,7 +21,6 @@ from coracle.api.streams import (
     ENDED,
     RESUMED_MESSAGE,
     AttachHub,
-    attach_patiently,
     frame,
     parse_detach_keys,
     pump,
@@ -458,7 +457,7 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
         connected: tuple[Any, bool] | None = None
         waiting = None
         if stream and rec["State"]["Running"]:
-            connected = await thread(attach_patiently, engine.monitor, cid, want_in, want_out, want_err)
+            connected = await thread(engine.monitor.attach, cid, want_in, want_out, want_err)
         elif stream:
             waiting = hub.wait(cid, want_in, want_out, want_err)  # connected when it starts
 

@@ -14,7 +14,6 @@ import asyncio
 import socket
 import struct
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +28,6 @@ CUT_MESSAGE = ("coracle: the output stream was cut: the container monitor restar
                "The process runs on; `docker logs` has the container's output.\n")
 RESUMED_MESSAGE = ("coracle: the container monitor restarted and this stream resumed; "
                    "output written in between is in `docker logs`.\n")
-REATTACH_TIMEOUT = 15.0  # seconds to wait for the keeper's new monitor
 
 
 @dataclass
@@ -94,23 +92,13 @@ def _resolve(fut: asyncio.Future, result: Any) -> None:
         fut.set_result(result)
 
 
-def attach_patiently(monitor: MonitorClient, key: str, stdin: bool, stdout: bool,
-                     stderr: bool) -> tuple[socket.socket, bool]:
-    """monitor.attach, waiting a while for a monitor that the keeper is restarting."""
-    deadline = time.monotonic() + REATTACH_TIMEOUT
-    while True:
-        try:
-            return monitor.attach(key, stdin, stdout, stderr)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)  # the new monitor is not listening yet
-
-
 def reattach(monitor: MonitorClient, key: str, stdin: bool, stdout: bool, stderr: bool) -> tuple[socket.socket, bool] | None:
-    """After a cut: the same stream from the monitor the keeper started instead; None if the process is gone."""
+    """After a cut: the same stream from the monitor the keeper started instead; None if the process is gone.
+
+    The client waits for the new monitor while the keeper lives (MonitorClient._connect).
+    """
     try:
-        return attach_patiently(monitor, key, stdin, stdout, stderr)
+        return monitor.attach(key, stdin, stdout, stderr)
     except (OSError, CoracleError):  # it ended meanwhile, or no monitor came back
         return None
 

@@ -21,6 +21,7 @@ from coracle.runtime import exits
 from coracle.runtime.spec import Spec
 
 MAX_PACKET = 1 << 20
+RESTART_WAIT = 10.0  # seconds a request waits for the monitor that a live keeper is restarting
 
 
 class StartError(CoracleError):
@@ -38,10 +39,35 @@ class MonitorClient:
         self.exec_root = exec_root
         self.path = os.path.join(exec_root, "monitor", "monitor.sock")
 
-    def _connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        sock.connect(self.path)
-        return sock
+    def _connect(self, wait: bool = True) -> socket.socket:
+        """A connection to the monitor; while the keeper lives, wait for the monitor it is restarting."""
+        deadline = time.monotonic() + RESTART_WAIT
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+            try:
+                sock.connect(self.path)
+                return sock
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                if not wait or time.monotonic() > deadline or not self._keeper_alive():
+                    raise
+            except BaseException:
+                sock.close()
+                raise
+            time.sleep(0.05)
+
+    def _keeper_alive(self) -> bool:
+        """A keeper runs for this exec root (it restarts the monitor: no need for another)."""
+        pid = self.keeper_pid()
+        if not pid:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                running = f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return running and b"coracle.runtime.keeper" in f.read()  # not a reused pid
+        except (OSError, IndexError):
+            return False
 
     @staticmethod
     def _call(sock: socket.socket, req: dict[str, Any], timeout: float | None = 30) -> dict[str, Any]:
@@ -52,32 +78,34 @@ class MonitorClient:
             raise SystemError_("the container monitor closed the connection")
         return json.loads(raw)
 
-    def request(self, req: dict[str, Any]) -> dict[str, Any]:
-        with self._connect() as sock:
+    def request(self, req: dict[str, Any], wait: bool = True) -> dict[str, Any]:
+        with self._connect(wait) as sock:
             return self._call(sock, req)
 
     def ping(self) -> dict[str, Any] | None:
+        """The monitor's answer now, or None: never waits for one."""
         try:
-            return self.request({"op": "ping"})
+            return self.request({"op": "ping"}, wait=False)
         except OSError:
             return None
 
     def ensure_running(self, timeout: float = 10) -> int:
         """Start the keeper (which starts the monitor) if no monitor answers; return the monitor's PID.
 
-        Both outlive this daemon. A keeper that is alive and restarting its monitor
-        refuses a second one (its lock); then this just waits for the answer.
+        Both outlive this daemon. A keeper that is alive is restarting its monitor:
+        then this just waits for the answer.
         """
         answer = self.ping()
         if answer:
             return answer["pid"]
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        log = open(os.path.join(self.exec_root, "monitor", "monitor.log"), "ab")
-        subprocess.Popen(
-            [sys.executable, "-m", "coracle.runtime.keeper", "--exec-root", self.exec_root],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
-        )
-        log.close()
+        if not self._keeper_alive():
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            log = open(os.path.join(self.exec_root, "monitor", "monitor.log"), "ab")
+            subprocess.Popen(
+                [sys.executable, "-m", "coracle.runtime.keeper", "--exec-root", self.exec_root],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
+            )
+            log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             answer = self.ping()
