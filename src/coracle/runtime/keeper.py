@@ -9,7 +9,9 @@ with no reader. The keeper, one per exec root, does only what must survive:
 - it is a child subreaper and the parent of the monitor; the monitor is not a
   subreaper, so each container's PID 1 and each exec'd process (forked by a
   short-lived child of the monitor) is reparented to the keeper. The keeper
-  reaps them and writes the exact exit status to `exits/<id>.json`;
+  reaps them and hands the exact status to the monitor, which drains the last
+  output into the log and then writes `exits/<id>.json` (so a recorded exit
+  means a complete log); without a monitor the keeper writes it itself;
 - it holds a duplicate of every supervised process's stdio descriptors,
   received from the monitor over SCM_RIGHTS, and never reads them: while the
   monitor is away a pipe keeps its reader, so a container blocks at worst when
@@ -21,9 +23,11 @@ with no reader. The keeper, one per exec root, does only what must survive:
 It never blocks on the monitor (messages wait in a queue) and never reads
 container data, so there is little in it that can fail. Protocol (one JSON
 object per SOCK_SEQPACKET packet on a socketpair, descriptors as SCM_RIGHTS):
-monitor -> keeper `hold` (a new process and its descriptors), `close_stdin`;
-keeper -> monitor `adopt` (one per held process, after a restart), `ready`
-(end of the adoptions), `exit`.
+monitor -> keeper `hold` (a new process and its descriptors), `close_stdin`,
+`finished` (an exit is logged and recorded: let go of the process); keeper ->
+monitor `adopt` (one per held process, after a restart), `ready` (end of the
+adoptions), `exit`. A process is held until its `finished`, so an exit handed
+to a monitor that dies before finishing it is handed to the next one.
 """
 
 from __future__ import annotations
@@ -80,7 +84,8 @@ class Held:
     def __init__(self, info: dict[str, Any], fds: list[int]) -> None:
         self.info = info  # id, kind, pid, tty, log settings, and "fds": the role of each descriptor
         self.fds = fds
-        self.exit: dict[str, Any] | None = None  # reaped while no monitor was there to hear it
+        self.exit: dict[str, Any] | None = None  # reaped, not yet finished by a monitor
+        self.recorded = False  # the keeper wrote the exit record itself (no monitor was there)
 
     def close(self) -> None:
         for fd in self.fds:
@@ -102,7 +107,7 @@ class Keeper:
         self.restart_at: float | None = None
         self.chan: socket.socket | None = None
         self.wake_r = -1
-        self.outbox: deque[tuple[dict[str, Any], list[int], Held | None]] = deque()
+        self.outbox: deque[tuple[dict[str, Any], list[int]]] = deque()
 
     def serve(self) -> None:
         syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
@@ -150,7 +155,7 @@ class Keeper:
         self.chan = ours
         self.sel.register(ours, selectors.EVENT_READ, self._on_monitor)
         for held in list(self.held.values()):
-            self._queue({"op": "adopt", **held.info, "exit": held.exit}, held.fds, held if held.exit else None)
+            self._queue({"op": "adopt", **held.info, "exit": held.exit, "recorded": held.recorded}, held.fds)
         self._queue({"op": "ready"})
 
     def _monitor_gone(self) -> None:
@@ -159,17 +164,21 @@ class Keeper:
             self.chan.close()
             self.chan = None
         self.outbox.clear()  # a new monitor gets the whole picture again
+        for held in self.held.values():
+            if held.exit and not held.recorded:  # handed over, never finished: on record now
+                held.recorded = True
+                self._persist(held.exit)
 
-    def _queue(self, msg: dict[str, Any], fds: list[int] | None = None, done: Held | None = None) -> None:
-        """Send in order without ever blocking; `done` is let go of once its message is out."""
+    def _queue(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+        """Send in order without ever blocking (the descriptors stay ours until `finished`)."""
         if self.chan is None:
             return
-        self.outbox.append((msg, list(fds or []), done))
+        self.outbox.append((msg, list(fds or [])))
         self._flush()
 
     def _flush(self) -> None:
         while self.outbox and self.chan is not None:
-            msg, fds, done = self.outbox[0]
+            msg, fds = self.outbox[0]
             try:
                 send_message(self.chan, msg, fds)
             except BlockingIOError:
@@ -178,9 +187,6 @@ class Keeper:
                 self._monitor_gone()
                 return
             self.outbox.popleft()
-            if done is not None:
-                done.close()
-                self.held.pop(done.info["pid"], None)
         if self.chan is not None:
             want = selectors.EVENT_READ | (selectors.EVENT_WRITE if self.outbox else 0)
             self.sel.modify(self.chan, want, self._on_monitor)
@@ -205,6 +211,12 @@ class Keeper:
             self.held[pid] = held
             if pid in self.unclaimed:
                 self._exited(held, self.unclaimed.pop(pid)[0])
+        elif msg.get("op") == "finished":
+            held = self.held.pop(msg["pid"], None)
+            if held is not None:
+                held.close()
+                if not msg.get("recorded") and not held.recorded and held.exit:
+                    self._persist(held.exit)  # the monitor could not write it: keep trying ourselves
         elif msg.get("op") == "close_stdin":
             held = self.held.get(msg["pid"])
             roles = held.info["fds"] if held else []
@@ -250,9 +262,12 @@ class Keeper:
     def _exited(self, held: Held, status: int) -> None:
         info = held.info
         held.exit = exits.record(info["id"], info["kind"], info["pid"], exits.exit_code(status))
+        if self.chan is not None:
+            self._queue({"op": "exit", **held.exit})  # the monitor logs the rest, records it, says `finished`
+            return
+        # No monitor: record it now; the descriptors stay for the next one to drain what was written last.
+        held.recorded = True
         self._persist(held.exit)
-        # Without a monitor the descriptors stay: the next one drains what the process wrote last.
-        self._queue({"op": "exit", **held.exit}, done=held)
 
     def _persist(self, record: dict[str, Any], retry: bool = False) -> None:
         try:

@@ -289,8 +289,8 @@ class Monitor:
                 print(f"{proc.id}: cannot reopen its log: {exc}", file=sys.stderr)
         self.procs[proc.id] = proc
         self.by_pid[proc.pid] = proc
-        if info.get("exit"):
-            self._finish(self.by_pid.pop(proc.pid), info["exit"])
+        if info.get("exit"):  # it ended while no monitor ran: log what it wrote last, then record it
+            self._finish_for_keeper(proc.pid, info["exit"], recorded=info.get("recorded", False))
 
     def _hold(self, proc: Proc) -> None:
         """Give the keeper copies of the new process's stdio and what a new monitor would need."""
@@ -335,9 +335,13 @@ class Monitor:
         for fd in fds:
             os.close(fd)
         if msg["op"] == "exit":
-            proc = self.by_pid.pop(msg["pid"], None)
-            if proc is not None:
-                self._finish(proc, msg)
+            self._finish_for_keeper(msg["pid"], msg, recorded=False)
+
+    def _finish_for_keeper(self, pid: int, record: dict, recorded: bool) -> None:
+        """An exit the keeper reaped: finish it, then let the keeper let go of its descriptors."""
+        proc = self.by_pid.pop(pid, None)
+        ok = self._finish(proc, record, write=not recorded) if proc is not None else False
+        self._tell_keeper({"op": "finished", "pid": pid, "recorded": recorded or ok})
 
     def _keeper_lost(self) -> None:
         """The keeper died: reap and record exits ourselves from now on (see docs/architecture.md)."""
@@ -369,13 +373,8 @@ class Monitor:
             self._reaped_here(proc, None)
 
     def _reaped_here(self, proc: Proc, code: int | None) -> None:
-        """An exit seen without a keeper: record it as the keeper would, then finish."""
-        record = exits.record(proc.id, proc.kind, proc.pid, code)
-        try:
-            exits.write(self.exec_root, record)
-        except OSError as exc:
-            print(f"{proc.id}: cannot record its exit: {exc}", file=sys.stderr)
-        self._finish(proc, record)
+        """An exit seen without a keeper."""
+        self._finish(proc, exits.record(proc.id, proc.kind, proc.pid, code))
 
     # ----- requests -------------------------------------------------------
 
@@ -703,8 +702,12 @@ class Monitor:
             if proc is not None:
                 self._reaped_here(proc, exits.exit_code(status))
 
-    def _finish(self, proc: Proc, record: dict) -> None:
-        """The process was reaped (by the keeper or by us): drain its output, end its streams, tell listeners."""
+    def _finish(self, proc: Proc, record: dict, write: bool = True) -> bool:
+        """The process was reaped: drain its output, then record the exit, end its streams, tell listeners.
+
+        In this order, so that an exit on record means its log is complete. Returns
+        whether the record was written (False: the disk refused it).
+        """
         proc.exit_code = record["exit_code"]
         if proc.error_fd >= 0 and proc.state == "starting":
             self._complete_start(proc)
@@ -716,16 +719,24 @@ class Monitor:
                 pass
         if proc.log:
             proc.log.close()
+        record = {k: record[k] for k in ("id", "kind", "pid", "exit_code", "finished_at")}
+        written = True
+        if write:
+            try:
+                exits.write(self.exec_root, record)
+            except OSError as exc:
+                print(f"{proc.id}: cannot record its exit: {exc}", file=sys.stderr)
+                written = False
         for sub in list(proc.subscribers):
             sub.pending.append(b"e")
             sub.ended = True
             self._flush(sub)
         if proc.waiter:
             self._send(proc.waiter, {"error": "process exited during start", "code": proc.exit_code})
-        event = {"event": "exit", **{k: record[k] for k in ("id", "kind", "pid", "exit_code", "finished_at")}}
         for listener in list(self.listeners):
-            self._send(listener, event)
+            self._send(listener, {"event": "exit", **record})
         self._forget(proc)
+        return written
 
     @staticmethod
     def _readable(fd: int) -> bool:
