@@ -1,9 +1,9 @@
 """Exit records: `<exec-root>/monitor/exits/<id>.json`, one per reaped container or exec.
 
-Why a file: the process that reaps an exit (the keeper, or the monitor when no
-keeper is left) may have nobody to tell. The record is written atomically
-before anyone is told, so a daemon that was down, frozen or dropped reads it
-later and the exit code stays exact. The daemon removes a record once the
+Why a file: whoever learns of an exit (the monitor, after draining the
+process's last output; the keeper when no monitor runs) may have nobody to
+tell. The record is written atomically before anyone is told, so a daemon that
+was down, frozen or dropped reads it later and the exit code stays exact. The daemon removes a record once the
 exit is applied to its state.
 """
 
