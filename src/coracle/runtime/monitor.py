@@ -9,8 +9,8 @@ is away.
 
 It is the child of the keeper (runtime/keeper.py), which outlives it: the
 processes the monitor forks are reparented to the keeper, which reaps them
-and records their exits, and the keeper holds a copy of every stdio
-descriptor. When the monitor dies the keeper starts a new one and hands it
+and passes each exit on (the monitor drains the last output, then records the
+exit in `exits/`), and the keeper holds a copy of every stdio descriptor. When the monitor dies the keeper starts a new one and hands it
 every live process back (`adopt`), so logging and attaching resume where they
 were. Without a keeper (it was killed) the monitor becomes the subreaper
 itself and records exits as the keeper would.
