@@ -162,15 +162,21 @@ class Daemon:
         except (OSError, ValueError):
             return None
 
+    def keeper_pid(self) -> int | None:
+        try:
+            return int((self.exec_root / "monitor" / "keeper.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
     def destroy(self) -> None:
-        """Remove every trace: daemon, monitor, containers, cgroups, netns, files."""
+        """Remove every trace: daemon, keeper, monitor, containers, cgroups, netns, files."""
         self.stop(signal.SIGKILL)
-        pid = self.monitor_pid()
-        if pid:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for pid in (self.keeper_pid(), self.monitor_pid()):  # the keeper first: it restarts the monitor
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         kill_cgroup_tree(self.cgroup_parent)
         if self.own_netns:
             subprocess.run(["ip", "netns", "del", self.netns], check=False, capture_output=True)

@@ -2,12 +2,13 @@
 
 Start-up order: lock the data root (two daemons never share one), open the
 state (a damaged or missing database is replaced by its last snapshot, see
-store/recovery.py), make sure the monitor runs (it outlives us), rebuild
-container records the database lacks from the container directories, restore
-networks, then reconcile containers against what the monitor still supervises,
-snapshot the state, and only then accept API requests. While running, a
-housekeeping thread snapshots the state after changes, keeps the disk space
-reserve, and records exits that a full disk kept from being saved.
+store/recovery.py), make sure the monitor runs (started by the keeper; both
+outlive us), rebuild container records the database lacks from the container
+directories, restore networks, then reconcile containers against what runs (by
+/proc) and what the monitor still supervises, snapshot the state, and only then
+accept API requests. While running, a housekeeping thread snapshots the state
+after changes, keeps the disk space reserve, and records exits that a full disk
+kept from being saved.
 """
 
 from __future__ import annotations
@@ -115,8 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     from coracle.images import ImageStore
     from coracle.network import NetworkManager
     from coracle.runtime.client import MonitorClient
+    from coracle.runtime.limits import raise_nofile
     from coracle.store import open_state
 
+    raise_nofile()  # a few descriptors per container (log follows, attach streams, sockets)
     try:
         log_defaults = cfg.log_defaults(args.log_opt)
     except InvalidParameter as exc:
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     housekeeping = Housekeeping(engine, monitor, os.path.join(args.data_root, "state.db.bak"))
     housekeeping.snapshot()
     threading.Thread(target=housekeeping.run, daemon=True, name="housekeeping").start()
-    threading.Thread(target=_pump_exits, args=(engine, monitor, exit_stream), daemon=True,
+    threading.Thread(target=_pump_exits, args=(engine, monitor, exit_stream, monitor_pid), daemon=True,
                      name="monitor-events").start()
     rebooted = engine.boot_restarts()
     log.info("coracled %s: monitor pid %d, %d adopted, %d exited while away, %d restarted (%.0f ms)",
@@ -234,8 +237,13 @@ class Housekeeping:
                 log.exception("housekeeping round failed")
 
 
-def _pump_exits(engine, monitor, stream) -> None:  # type: ignore[no-untyped-def]
-    """Feed the monitor's exit events to the engine; reconnect if the monitor restarts."""
+def _pump_exits(engine, monitor, stream, monitor_pid: int) -> None:  # type: ignore[no-untyped-def]
+    """Feed the monitor's exit events to the engine; resynchronise when the stream breaks.
+
+    It breaks when the monitor restarted (the keeper starts a new one that
+    resumes every process) or when it dropped us for falling behind (we were
+    frozen): either way the exit records hold every exit we missed.
+    """
     while True:
         try:
             for event in stream:
@@ -247,14 +255,15 @@ def _pump_exits(engine, monitor, stream) -> None:  # type: ignore[no-untyped-def
             pass
         time.sleep(0.2)
         try:
-            monitor.ensure_running()
+            current = monitor.ensure_running()
             stream = monitor.events()
             for rec in monitor.exit_records():
-                engine.on_monitor_event({**rec, "kind": "container"})
+                engine.on_monitor_event(rec)
             orphans = engine.adopt_orphans()
-            if orphans:
-                log.warning("the monitor was replaced; %d running containers are now watched without it",
-                            len(orphans))
+            if current != monitor_pid:
+                log.warning("the monitor was replaced (pid %d -> %d); %d running containers are watched "
+                            "without it", monitor_pid, current, len(orphans))
+                monitor_pid = current
         except Exception:
             log.exception("monitor connection lost")
 

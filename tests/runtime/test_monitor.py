@@ -31,16 +31,27 @@ def lower(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def monitor(tmp_path: Path) -> Iterator[MonitorClient]:
     client = MonitorClient(str(tmp_path / "exec"))
-    pid = client.ensure_running()
+    client.ensure_running()
     try:
         yield client
     finally:
-        for proc in client.list():
+        stop_supervision(client)
+
+
+def stop_supervision(client: MonitorClient) -> None:
+    """Kill the keeper (so nothing restarts the monitor), the monitor and every process they ran."""
+    procs = client.list() if client.ping() else []
+    for pid in (client.keeper_pid(), (client.ping() or {}).get("pid")):
+        if pid:
             try:
-                os.kill(proc["pid"], signal.SIGKILL)
-            except (ProcessLookupError, KeyError):
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
                 pass
-        os.kill(pid, signal.SIGKILL)
+    for proc in procs:
+        try:
+            os.kill(proc["pid"], signal.SIGKILL)
+        except (ProcessLookupError, KeyError):
+            pass
 
 
 _counter = iter(range(10**6))
@@ -121,9 +132,9 @@ def test_user_and_workdir(monitor: MonitorClient, tmp_path: Path, lower: Path) -
 
 def _read_frames(sock: socket.socket) -> dict[int, bytes]:
     out: dict[int, bytes] = {1: b"", 2: b""}
-    while packet := sock.recv(1 << 20):
-        stream, size = struct.unpack(">BxxxI", packet[:8])
-        out[stream] += packet[8:8 + size]
+    while (packet := sock.recv(1 << 20))[:1] == b"o":
+        stream, size = struct.unpack(">BxxxI", packet[1:9])
+        out[stream] += packet[9:9 + size]
     return out
 
 
@@ -149,8 +160,8 @@ def test_tty_gives_a_terminal_and_resizes(monitor: MonitorClient, tmp_path: Path
     monitor.resize(spec.id, 33, 101)
     stream.send(b"dgo\n")
     out = b""
-    while packet := stream.recv(65536):
-        out += packet
+    while (packet := stream.recv(65536))[:1] == b"o":
+        out += packet[1:]
     assert b"33 101" in out and b"isatty" in out
 
 
@@ -217,3 +228,34 @@ def test_a_burst_of_exits_with_output_keeps_the_monitor_alive(monitor: MonitorCl
     assert set(seen.values()) == {0}
     assert monitor.ping() is not None
     assert all(log_text(s).split() in (["out", "err"], ["err", "out"]) for s in specs)
+
+
+def test_only_root_and_its_own_user_may_talk_to_the_monitor(monitor: MonitorClient) -> None:
+    """Even with the socket's file mode loosened, another user's connection is closed unanswered."""
+    os.chmod(monitor.path, 0o666)
+    handle = os.open(monitor.path, os.O_PATH)  # reached through this, not through root-only directories
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+                sock.settimeout(5)
+                sock.connect(f"/proc/self/fd/{handle}")
+                sock.send(json.dumps({"op": "list"}).encode())
+                answer = sock.recv(1 << 20)
+            os.write(write, b"answered" if answer else b"closed")
+        except (ConnectionResetError, BrokenPipeError):
+            os.write(write, b"closed")
+        except OSError as exc:
+            os.write(write, f"error {exc}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.close(handle)
+    os.waitpid(child, 0)
+    assert os.read(read, 1024) == b"closed"
+    os.close(read)
+    assert monitor.ping() is not None  # root still is

@@ -108,10 +108,12 @@ class Containers:
                 os.kill(proc["pid"], signal.SIGKILL)
             except (ProcessLookupError, KeyError):
                 pass
-        try:
-            os.kill(self.monitor_pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for pid in (self.monitor.keeper_pid(), self.monitor_pid):  # the keeper first: it restarts the monitor
+            try:
+                if pid:
+                    os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         kill_cgroup_tree(self.parent)
 
 

@@ -16,7 +16,17 @@ from coracle import clock
 from coracle.api import filters as flt
 from coracle.api.archive import routes as archive_routes
 from coracle.api.http import Request, Response, Router
-from coracle.api.streams import AttachHub, frame, parse_detach_keys, pump
+from coracle.api.streams import (
+    CUT,
+    CUT_MESSAGE,
+    ENDED,
+    RESUMED_MESSAGE,
+    AttachHub,
+    frame,
+    parse_detach_keys,
+    pump,
+    reattach,
+)
 from coracle.disk import usage as disk_usage
 from coracle.engine import logs as logfile
 from coracle.engine.engine import Engine
@@ -477,9 +487,22 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
                 msock, is_tty = connected
             else:
                 return
-            ended = await pump(msock, reader, writer, stdin=want_in, stdin_once=rec["Config"].get("StdinOnce", False),
-                               tty=is_tty, detach_keys=detach, input_gate=gate)
-            if ended:  # the output ends with the process: let its exit be recorded before the client hears EOF
+            def notice(text: str) -> None:
+                writer.write(text.encode() if is_tty else frame(2, text.encode()))
+
+            while True:
+                end = await pump(msock, reader, writer, stdin=want_in,
+                                 stdin_once=rec["Config"].get("StdinOnce", False), tty=is_tty, detach_keys=detach,
+                                 input_gate=gate)
+                if end != CUT:
+                    break
+                resumed = await thread(reattach, engine.monitor, cid, want_in, want_out, want_err)
+                if resumed is None:
+                    notice(CUT_MESSAGE)
+                    break
+                msock, gate = resumed[0], None
+                notice(RESUMED_MESSAGE)
+            if end == ENDED:  # the output ends with the process: let its exit be recorded before the client hears EOF
                 await thread(engine._wait_exit, cid, 5)
 
         content = "application/vnd.docker.raw-stream" if tty else "application/vnd.docker.multiplexed-stream"
@@ -520,8 +543,12 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
                 return
             finally:
                 hub.released(id)
-            await pump(msock, reader, writer, stdin=ex["OpenStdin"], stdin_once=True, tty=is_tty,
-                       detach_keys=parse_detach_keys(ex.get("DetachKeys") or ""), input_gate=waiting.running)
+            end = await pump(msock, reader, writer, stdin=ex["OpenStdin"], stdin_once=True, tty=is_tty,
+                             detach_keys=parse_detach_keys(ex.get("DetachKeys") or ""), input_gate=waiting.running)
+            if end == CUT:
+                engine.execs.stream_cut(id)
+                writer.write(CUT_MESSAGE.encode() if is_tty else frame(2, CUT_MESSAGE.encode()))
+                return
             await thread(engine.execs.wait, id, 5)
 
         content = "application/vnd.docker.raw-stream" if tty else "application/vnd.docker.multiplexed-stream"

@@ -17,9 +17,17 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from coracle.errors import CoracleError
 from coracle.runtime.client import MonitorClient
 
 DETACH_DEFAULT = b"\x10\x11"  # ctrl-p ctrl-q
+
+# How a stream ended (see pump).
+ENDED, DETACHED, CUT = "ended", "detached", "cut"
+CUT_MESSAGE = ("coracle: the output stream was cut: the container monitor restarted. "
+               "The process runs on; `docker logs` has the container's output.\n")
+RESUMED_MESSAGE = ("coracle: the container monitor restarted and this stream resumed; "
+                   "output written in between is in `docker logs`.\n")
 
 
 @dataclass
@@ -84,6 +92,17 @@ def _resolve(fut: asyncio.Future, result: Any) -> None:
         fut.set_result(result)
 
 
+def reattach(monitor: MonitorClient, key: str, stdin: bool, stdout: bool, stderr: bool) -> tuple[socket.socket, bool] | None:
+    """After a cut: the same stream from the monitor the keeper started instead; None if the process is gone.
+
+    The client waits for the new monitor while the keeper lives (MonitorClient._connect).
+    """
+    try:
+        return monitor.attach(key, stdin, stdout, stderr)
+    except (OSError, CoracleError):  # it ended meanwhile, or no monitor came back
+        return None
+
+
 def parse_detach_keys(spec: str) -> bytes:
     """Docker's --detach-keys: "ctrl-p,ctrl-q", "a,ctrl-c"."""
     if not spec:
@@ -103,24 +122,29 @@ async def pump(
     msock: socket.socket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
     stdin: bool, stdin_once: bool, tty: bool, detach_keys: bytes = DETACH_DEFAULT,
     input_gate: asyncio.Future | None = None,
-) -> bool:
+) -> str:
     """Copy output monitor -> client and input client -> monitor until the output ends.
 
     The client may half-close its side at stdin EOF: output keeps flowing until
     the process ends. Detach keys (TTY only) end the stream, not the process.
     Input is read from the client only once `input_gate` is done. Returns
-    True when the output ended (the process is gone), False on detach.
+    ENDED when the process is gone, DETACHED on detach or when the client went
+    away, CUT when the monitor went away mid-stream (its packets are b"o" +
+    output, then b"e" at the end).
     """
     loop = asyncio.get_running_loop()
     msock.setblocking(False)
     detached = asyncio.Event()
 
-    async def output() -> None:
+    async def output() -> str:
         while True:
-            data = await loop.sock_recv(msock, 1 << 20)
-            if not data:
-                return
-            writer.write(data)
+            try:
+                data = await loop.sock_recv(msock, 1 << 20)
+            except OSError:
+                return CUT
+            if data[:1] != b"o":
+                return ENDED if data == b"e" else CUT
+            writer.write(data[1:])
             await writer.drain()
 
     async def input_() -> None:
@@ -156,7 +180,9 @@ async def pump(
             if task is not None and not task.done():
                 task.cancel()
         msock.close()
-    return out_task.done() and not out_task.cancelled() and out_task.exception() is None and not detached.is_set()
+    if out_task.done() and not out_task.cancelled() and out_task.exception() is None and not detached.is_set():
+        return out_task.result()
+    return DETACHED
 
 
 def frame(stream: int, data: bytes) -> bytes:

@@ -14,6 +14,16 @@ For running containers the pieces deleted behind our back are made again: the
 cgroup (processes moved back in, limits and device rules re-applied), the veth
 of each endpoint (same address, routes, ports), and the container directory
 (its record file and /etc files; lost filesystem changes and logs are reported).
+
+records in the store are the truth for what should exist; everything else of
+ours found on the machine is an orphan: container directories without a
+record, cgroups without a running container, processes the monitor holds for
+nobody, exit records of removed containers, and network objects (veths,
+leases, nft elements) that the network layer reports for unknown containers.
+
+A live process is never killed because state is missing: a container is
+alive when its recorded PID runs with its recorded start time (from /proc,
+not from the monitor's list), and a live one nobody supervises is adopted.
 """
 
 from __future__ import annotations
@@ -52,14 +62,22 @@ def check(engine: Engine, dry_run: bool = False, acknowledge: bool | None = None
     live_procs = {p["id"]: p for p in engine.monitor.list()}
     rebuild(engine, found, dry_run, live_procs)
     records = {r["Id"]: r for r in engine.records()}
+    recorded_exits = {e["id"]: e for e in engine.monitor.exit_records()}
 
     for cid, rec in records.items():
         state = rec["State"]
         proc = live_procs.get(cid)
-        if state["Running"] and not (proc and proc["pid"] == state["Pid"]):
+        if state["Running"] and not engine.alive(rec):
             found["containers"].append({"id": cid, "problem": "recorded running but no process"})
             if not dry_run:
-                engine.on_monitor_event({"id": cid, "kind": "container", "pid": state["Pid"], "exit_code": 255})
+                event = recorded_exits.get(cid)
+                if event is None or event.get("pid") != state["Pid"]:
+                    event = {"id": cid, "kind": "container", "pid": state["Pid"], "exit_code": None}
+                engine.on_monitor_event({**event, "kind": "container"})
+        elif state["Running"] and not (proc and proc["pid"] == state["Pid"]):
+            found["containers"].append({"id": cid, "problem": "running without supervision: adopted"})
+            if not dry_run:
+                engine.adopt_orphans()
         if state["Status"] == "removing":
             found["containers"].append({"id": cid, "problem": "removal interrupted"})
             if not dry_run:

@@ -89,7 +89,8 @@ class Engine:
         self._lock = threading.RLock()  # names and the id index
         self._locks: dict[str, threading.RLock] = {}
         self._exited: dict[str, threading.Event] = {}
-        self._starting: dict[str, dict | None] = {}
+        self._starting: dict[str, dict | None] = {}  # exits that arrive while start() still runs
+        self._starting_lock = threading.Lock()  # hand-off of those exits between the exit pump and start()
         self.execs = Execs(self)
         self.restarts = RestartTracker(self._restart_later)
         self.health = health.HealthChecker(self)
@@ -327,7 +328,8 @@ class Engine:
         mode = hc["NetworkMode"]
         undo: list[Callable[[], None]] = []
         sock = None
-        self._starting[cid] = None
+        with self._starting_lock:
+            self._starting[cid] = None
         try:
             if mode.startswith("container:"):
                 self._share_donor_files(rec, mode)
@@ -361,7 +363,8 @@ class Engine:
                     step()
                 except Exception:  # keep undoing; the first error is the one to report
                     log.exception("undo step failed for %s", cid)
-            self._starting.pop(cid, None)
+            with self._starting_lock:
+                self._starting.pop(cid, None)
             self._exited.pop(cid, None)
             code = exc.exit_code if isinstance(exc, StartError) else 128
             rec["State"].update({"Status": "exited" if rec["State"]["StartedAt"][:4] != "0001" else "created",
@@ -384,7 +387,8 @@ class Engine:
         self.save(rec)
         self._event(rec, "start")
         self.health.watch(rec)
-        early = self._starting.pop(cid, None)
+        with self._starting_lock:
+            early = self._starting.pop(cid, None)
         if early is not None:
             self._finish(early)
 
@@ -415,9 +419,10 @@ class Engine:
             self.execs.exited(event)
             return
         cid = event["id"]
-        if cid in self._starting:
-            self._starting[cid] = event  # applied when start() finishes
-            return
+        with self._starting_lock:
+            if cid in self._starting:
+                self._starting[cid] = event  # applied when start() finishes
+                return
         with self._lock_for(cid):
             self._finish(event)
 
@@ -438,8 +443,11 @@ class Engine:
             self.network.detach(cid)
         finally:
             cg.destroy()
+        code = event["exit_code"]
+        if code is None:  # it ended while nobody could read its status
+            code = 137 if rec["Coracle"].get("ManualStop") else 255
         rec["State"].update({"Status": "exited", "Running": False, "Paused": False, "Pid": 0,
-                             "ExitCode": event["exit_code"], "OOMKilled": oom,
+                             "ExitCode": code, "OOMKilled": oom,
                              "FinishedAt": event.get("finished_at") or utc_now()})
         for net in rec["NetworkSettings"].get("Networks", {}).values():
             for key in ("IPAddress", "Gateway", "MacAddress", "EndpointID"):
@@ -450,7 +458,7 @@ class Engine:
         self.monitor.forget_exit(cid)
         if oom:
             self._event(rec, "oom")
-        self._event(rec, "die", exitCode=str(event["exit_code"]))
+        self._event(rec, "die", exitCode=str(code))
         done = self._exited.pop(cid, None)
         if done:
             done.set()
@@ -760,24 +768,23 @@ class Engine:
                 if state.get("Restarting"):
                     self._maybe_restart(rec, immediate=True)
                 continue
-            proc = live.get(cid)
-            if proc and proc["state"] == "running" and proc["pid"] == state["Pid"]:
+            event = exits.get(cid)
+            if (event is None or event.get("pid") != state["Pid"]) and self.alive(rec):
+                # Alive by /proc (pid and start time), whatever the monitor says: adopt, never kill.
                 self._exited[cid] = threading.Event()
+                proc = live.get(cid)
+                if not (proc and proc["pid"] == state["Pid"]):
+                    self._watch_orphan(cid)  # nobody supervises it any more: it runs on, watched
                 report["adopted"].append(cid)
                 continue
-            if cid not in exits and self._alive(rec):
-                # The monitor that parented it is gone (crash, kill): it runs on, unsupervised.
-                self._exited[cid] = threading.Event()
-                self._watch_orphan(cid)
-                report["adopted"].append(cid)
-                continue
-            event = exits.get(cid) or {"id": cid, "pid": state["Pid"], "exit_code": 255, "finished_at": utc_now()}
+            if event is None or event.get("pid") != state["Pid"]:
+                event = {"id": cid, "pid": state["Pid"], "exit_code": None, "finished_at": utc_now()}
             with self._lock_for(cid):
                 self._exited[cid] = threading.Event()
                 self._finish(event)
             report["exited"].append(cid)
         for proc in live.values():
-            if proc["state"] == "held":  # never released: no user code ran. A running one is never killed here
+            if proc["state"] == "held":  # its start died with the daemon; it never ran user code
                 self.monitor.abandon(None, proc["id"])
         for cid in report["adopted"]:
             adopted = self.store.get(KIND, cid)
@@ -785,7 +792,8 @@ class Engine:
                 self.health.watch(adopted)
         return report
 
-    def _alive(self, rec: dict[str, Any]) -> bool:
+    def alive(self, rec: dict[str, Any]) -> bool:
+        """Its PID 1 runs: the recorded pid exists with the recorded start time (never reused)."""
         pid = rec["State"]["Pid"]
         return bool(pid) and proc_start_ticks(pid) == rec["Coracle"].get("StartTicks")
 
@@ -798,7 +806,7 @@ class Engine:
         return orphans
 
     def _watch_orphan(self, cid: str) -> None:
-        """Poll an unsupervised container's PID 1; record its exit (code unknown: 255) when it dies.
+        """Poll an unsupervised container's PID 1; record its exit (code unknown) when it dies.
 
         Only a parent can read an exit status, and the parent is gone; this keeps
         stop, rm and wait working and the record truthful, without the code.
@@ -814,10 +822,9 @@ class Engine:
                     rec = self.store.get(KIND, cid)
                     if rec is None or not rec["State"]["Running"]:
                         return
-                    if not self._alive(rec):
-                        code = 137 if rec["Coracle"].get("ManualStop") else 255
+                    if not self.alive(rec):
                         self.on_monitor_event({"id": cid, "kind": "container", "pid": rec["State"]["Pid"],
-                                               "exit_code": code, "finished_at": utc_now()})
+                                               "exit_code": None, "finished_at": utc_now()})
                         return
                     time.sleep(ORPHAN_POLL)
             finally:

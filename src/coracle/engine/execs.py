@@ -104,12 +104,25 @@ class Execs:
             raise StartError(f"OCI runtime exec failed: {exc}", EXEC_START_FAILED) from None
         engine._event(rec, "exec_start: " + " ".join(process.args), execID=exec_id)
 
+    def stream_cut(self, exec_id: str) -> None:
+        """The client's stream broke before the process ended (the monitor died).
+
+        Its client must not read success from a cut-off run: until the real exit
+        arrives (the keeper still reaps it and a new monitor reports it), the
+        exec reports 255, "unknown".
+        """
+        ex = self.records.get(exec_id)
+        if ex is not None and ex["ExitCode"] is None:
+            ex["ExitCode"] = 255
+
     def exited(self, event: dict[str, Any]) -> None:
-        """The monitor reaped an exec'd process."""
+        """The monitor reaped an exec'd process (or its exit record was found)."""
+        self.engine.monitor.forget_exit(event["id"])
         ex = self.records.get(event["id"])
         if ex is None or event["id"] in self._failed:
             return  # a process that never got to run: its start error already set the code
-        ex.update({"Running": False, "ExitCode": event["exit_code"]})
+        code = event["exit_code"]
+        ex.update({"Running": False, "ExitCode": 255 if code is None else code})
         done = self._done.pop(event["id"], None)
         if done:
             done.set()

@@ -2,7 +2,8 @@
 
 Each request uses its own connection, so calls from the daemon's worker
 threads never interleave; a spawn keeps its connection until the matching
-release, which is also how the monitor knows whom to answer.
+release, which is also how the monitor knows whom to answer. The daemon
+starts the keeper (runtime/keeper.py), which starts and restarts the monitor.
 """
 
 from __future__ import annotations
@@ -15,22 +16,11 @@ import time
 from typing import Any, Iterator
 
 from coracle.errors import CoracleError, SystemError_
-from coracle.runtime import sealed
+from coracle.runtime import exits, sealed
 from coracle.runtime.spec import Spec
 
 MAX_PACKET = 1 << 20
-
-
-def monitor_environment() -> dict[str, str]:
-    """What the monitor inherits of the daemon's environment: only what it needs to run.
-
-    Its children carry this environment until they execute a container's
-    program; the daemon's own variables (credentials, proxies, paths) have
-    no business there.
-    """
-    keep = ("PYTHONPATH",)
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
-    return env | {k: os.environ[k] for k in keep if k in os.environ}
+RESTART_WAIT = 10.0  # seconds a request waits for the monitor that a live keeper is restarting
 
 
 class StartError(CoracleError):
@@ -48,10 +38,35 @@ class MonitorClient:
         self.exec_root = exec_root
         self.path = os.path.join(exec_root, "monitor", "monitor.sock")
 
-    def _connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        sock.connect(self.path)
-        return sock
+    def _connect(self, wait: bool = True) -> socket.socket:
+        """A connection to the monitor; while the keeper lives, wait for the monitor it is restarting."""
+        deadline = time.monotonic() + RESTART_WAIT
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+            try:
+                sock.connect(self.path)
+                return sock
+            except (FileNotFoundError, ConnectionRefusedError):
+                sock.close()
+                if not wait or time.monotonic() > deadline or not self._keeper_alive():
+                    raise
+            except BaseException:
+                sock.close()
+                raise
+            time.sleep(0.05)
+
+    def _keeper_alive(self) -> bool:
+        """A keeper runs for this exec root (it restarts the monitor: no need for another)."""
+        pid = self.keeper_pid()
+        if not pid:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                running = f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return running and b"coracle.runtime.keeper" in f.read()  # not a reused pid
+        except (OSError, IndexError):
+            return False
 
     @staticmethod
     def _call(sock: socket.socket, req: dict[str, Any], timeout: float | None = 30) -> dict[str, Any]:
@@ -62,29 +77,35 @@ class MonitorClient:
             raise SystemError_("the container monitor closed the connection")
         return json.loads(raw)
 
-    def request(self, req: dict[str, Any]) -> dict[str, Any]:
-        with self._connect() as sock:
+    def request(self, req: dict[str, Any], wait: bool = True) -> dict[str, Any]:
+        with self._connect(wait) as sock:
             return self._call(sock, req)
 
     def ping(self) -> dict[str, Any] | None:
+        """The monitor's answer now, or None: never waits for one."""
         try:
-            return self.request({"op": "ping"})
+            return self.request({"op": "ping"}, wait=False)
         except OSError:
             return None
 
     def ensure_running(self, timeout: float = 10) -> int:
-        """Start the monitor if none answers; return its PID. It outlives this daemon."""
+        """Start the keeper (which starts the monitor) if no monitor answers; return the monitor's PID.
+
+        Both outlive this daemon. A keeper that is alive is restarting its monitor:
+        then this just waits for the answer.
+        """
         answer = self.ping()
         if answer:
             return answer["pid"]
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        log = open(os.path.join(self.exec_root, "monitor", "monitor.log"), "ab")
-        sealed.popen(
-            ["-m", "coracle.runtime.monitor", "--exec-root", self.exec_root],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
-            env=monitor_environment(),
-        )
-        log.close()
+        if not self._keeper_alive():
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            log = open(os.path.join(self.exec_root, "monitor", "monitor.log"), "ab")
+            sealed.popen(
+                ["-m", "coracle.runtime.keeper", "--exec-root", self.exec_root],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
+                env=sealed.supervisor_environment(),
+            )
+            log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             answer = self.ping()
@@ -158,20 +179,15 @@ class MonitorClient:
         return stream()
 
     def exit_records(self) -> list[dict[str, Any]]:
-        """Exits recorded while nobody was listening (daemon down)."""
-        folder = os.path.join(self.exec_root, "monitor", "exits")
-        out = []
-        for name in os.listdir(folder) if os.path.isdir(folder) else []:
-            if name.endswith(".json"):
-                try:
-                    with open(os.path.join(folder, name)) as f:
-                        out.append(json.load(f))
-                except (OSError, ValueError):
-                    continue
-        return out
+        """Exits recorded and not yet applied (the daemon was down, frozen or dropped)."""
+        return exits.read_all(self.exec_root)
 
     def forget_exit(self, id_: str) -> None:
+        exits.forget(self.exec_root, id_)
+
+    def keeper_pid(self) -> int | None:
         try:
-            os.unlink(os.path.join(self.exec_root, "monitor", "exits", f"{id_}.json"))
-        except FileNotFoundError:
-            pass
+            with open(os.path.join(self.exec_root, "monitor", "keeper.pid")) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return None

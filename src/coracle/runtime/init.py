@@ -22,7 +22,7 @@ import termios
 from typing import NoReturn
 
 # Everything the child needs is imported here: after pivot_root the host's files are gone.
-from coracle.runtime import rootfs, security, userns
+from coracle.runtime import limits, rootfs, security, userns
 from coracle.runtime.sealed import scrub_process_strings
 from coracle.runtime import syscalls as sc
 from coracle.runtime.identity import assume, resolve
@@ -133,6 +133,7 @@ def run_child(spec: Spec, fds: ChildFds) -> NoReturn:
     try:
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         scrub_process_strings()
+        limits.lower_nofile_for_container()
         if spec.kind == "container":
             _container_child(spec, fds)
         _exec_child(spec, fds)

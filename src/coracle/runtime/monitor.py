@@ -1,23 +1,31 @@
-"""The monitor: one small supervisor process for every container on the host.
+"""The monitor: one supervisor process for every container on the host.
 
 Why it exists: the API daemon must be free to stop, crash or be upgraded
-without touching running containers, and an exit that happens while it is
-down must not be lost. So the daemon never parents containers. The monitor is
-a child subreaper that forks every container (and every exec), so each PID 1
-becomes its child; it reaps them and writes each exit atomically to
-`exits/<id>.json` before telling whoever listens. It also owns the stdio of
-every container: it writes the json-file log and fans output out to attach
-streams, so logs keep flowing while the daemon is away.
+without touching running containers, and must never block on a container's
+output. So the daemon never parents containers: the monitor forks every
+container (and every exec) and owns their stdio: it writes the json-file log
+and fans output out to attach streams, so logs keep flowing while the daemon
+is away.
 
-It is deliberately single-threaded (forking is safe), imports little, and
-keeps no state that it cannot rebuild: one process, a few descriptors per
-container, instead of one shim process per container.
+It is the child of the keeper (runtime/keeper.py), which outlives it: the
+processes the monitor forks are reparented to the keeper, which reaps them
+and passes each exit on (the monitor drains the last output, then records the
+exit in `exits/`), and the keeper holds a copy of every stdio descriptor. When the monitor dies the keeper starts a new one and hands it
+every live process back (`adopt`), so logging and attaching resume where they
+were. Without a keeper (it was killed) the monitor becomes the subreaper
+itself and records exits as the keeper would.
 
-Protocol: SOCK_SEQPACKET on `<exec-root>/monitor.sock`, one JSON object per
-packet. Requests: spawn, release, attach, resize, close_stdin, list,
-subscribe, ping. After `attach` the connection carries raw output packets
-(Docker multiplexed frames unless TTY) to the daemon, and input packets
-prefixed b"d" (data) or b"c" (close stdin) from it.
+It is single-threaded (forking is safe) and never blocks on a client: every
+connection has a bounded queue of outgoing packets; a client that lets its
+queue overflow is dropped and resynchronises from the exit records.
+
+Protocol: SOCK_SEQPACKET on `<exec-root>/monitor/monitor.sock`, one JSON
+object per packet; only root or the monitor's own uid may connect. Requests:
+spawn, release, abandon, attach, resize, close_stdin, list, subscribe, ping.
+After `attach` the connection carries output packets to the daemon, each
+b"o" + data (Docker multiplexed frames unless TTY), and b"e" once the process
+has ended (EOF without it means the stream was cut); input packets prefixed
+b"d" (data) or b"c" (close stdin) come from it.
 """
 
 from __future__ import annotations
@@ -41,33 +49,20 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import BinaryIO, Callable
 
-from coracle.runtime import init, sealed, security, syscalls
+from coracle.runtime import exits, init, keeper, limits, sealed, security, syscalls
+from coracle.runtime.exits import utc_now
 from coracle.runtime.spec import Spec
 
 MAX_PACKET = 1 << 20
 LINE_MAX = 16 * 1024
 SUBSCRIBER_BUFFER = 4 << 20
+REPLY_QUEUE = 4096  # packets queued for a client (replies, exit events) before it is dropped
 STDIN_BUFFER = 8 << 20  # stdin held for a process that reads slowly; beyond it input is dropped
 STDIN_RETRY = 0.02  # seconds between attempts to hand buffered stdin over
 LOG_LOOK_EVERY = 1.0  # seconds between looks at a log's filesystem and file (deleted? room left?)
 LOG_LOOK_BYTES = 1 << 20  # ... or bytes written since the last look, whichever comes first
 LOG_FLOOR = 8 << 20  # logs stop while fewer bytes are free: the rest is the daemon's (state, its space reserve)
 LOG_RESUME_FREE = 16 << 20  # bytes free before a log that stopped is written again
-
-
-def utc_now() -> str:
-    """RFC 3339 with nanoseconds, like Docker's timestamps."""
-    ns = time.time_ns()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
 
 
 class JsonLog:
@@ -173,6 +168,7 @@ class Subscriber:
     streams: set[str]
     pending: list[bytes] = field(default_factory=list)
     pending_bytes: int = 0
+    ended: bool = False  # the process is gone: close once everything pending is sent
 
 
 @dataclass
@@ -200,21 +196,27 @@ class Proc:
 
 
 class Monitor:
-    def __init__(self, exec_root: str) -> None:
+    def __init__(self, exec_root: str, keeper_chan: socket.socket | None = None) -> None:
+        self.exec_root = exec_root
         self.root = os.path.join(exec_root, "monitor")
-        self.exits = os.path.join(self.root, "exits")
-        os.makedirs(self.exits, exist_ok=True)
+        os.makedirs(exits.folder(exec_root), exist_ok=True)
+        self.keeper = keeper_chan
         self.sel = selectors.DefaultSelector()
         self.procs: dict[str, Proc] = {}
         self.by_pid: dict[int, Proc] = {}
         self.listeners: list[socket.socket] = []
         self.attached: dict[socket.socket, tuple[Proc, Subscriber]] = {}
+        self.replies: dict[socket.socket, list[bytes]] = {}  # queued packets of request connections
         self.stdin_waiting: set[str] = set()
 
     # ----- plumbing -------------------------------------------------------
 
     def serve(self) -> None:
-        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+        limits.raise_nofile()
+        if self.keeper is None:
+            syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+        else:
+            self._adopt_all()
         path = os.path.join(self.root, "monitor.sock")
         if os.path.exists(path):
             os.unlink(path)
@@ -230,7 +232,10 @@ class Monitor:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only an explicit shutdown request or SIGKILL ends us
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         self.sel.register(wake_r, selectors.EVENT_READ, self._on_signal)
-        write_atomic(os.path.join(self.root, "monitor.pid"), str(os.getpid()).encode())
+        if self.keeper is not None:
+            self.keeper.setblocking(False)
+            self.sel.register(self.keeper, selectors.EVENT_READ, self._on_keeper)
+        exits.write_atomic(os.path.join(self.root, "monitor.pid"), str(os.getpid()).encode())
         self._reap()
         while True:
             for key, events in self.sel.select(STDIN_RETRY if self.stdin_waiting else None):
@@ -248,24 +253,48 @@ class Monitor:
 
     def _accept(self, lsock: socket.socket, _events: int) -> None:
         conn, _ = lsock.accept()
+        _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        if uid not in (0, os.getuid()):
+            conn.close()  # only root and our own user may run processes through us
+            return
         conn.setblocking(False)
         self.sel.register(conn, selectors.EVENT_READ, self._on_request)
 
     def _send(self, conn: socket.socket, obj: dict) -> None:
-        try:
-            conn.setblocking(True)
-            conn.settimeout(5)
-            conn.send(json.dumps(obj).encode())
-        except OSError:
+        """Queue a packet for a request connection; never wait for the client to read."""
+        queue = self.replies.setdefault(conn, [])
+        queue.append(json.dumps(obj).encode())
+        if len(queue) > REPLY_QUEUE:
+            print(f"a client fell {len(queue)} packets behind; dropped (it resynchronises)", file=sys.stderr)
             self._drop(conn)
-        else:
-            conn.setblocking(False)
+            return
+        self._flush_replies(conn)
+
+    def _flush_replies(self, conn: socket.socket) -> None:
+        queue = self.replies.get(conn, [])
+        while queue:
+            try:
+                conn.send(queue[0])
+            except BlockingIOError:
+                break
+            except OSError:
+                self._drop(conn)
+                return
+            queue.pop(0)
+        if conn in self.attached:
+            return  # the attach stream's own flushing watches writability
+        try:
+            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if queue else 0)
+            self.sel.modify(conn, want, self._on_request)
+        except (KeyError, ValueError):
+            pass
 
     def _drop(self, conn: socket.socket) -> None:
         try:
             self.sel.unregister(conn)
         except (KeyError, ValueError):
             pass
+        self.replies.pop(conn, None)
         if conn in self.listeners:
             self.listeners.remove(conn)
         entry = self.attached.pop(conn, None)
@@ -286,9 +315,135 @@ class Monitor:
             pass
         self._reap()
 
+    # ----- the keeper -------------------------------------------------------
+
+    def _adopt_all(self) -> None:
+        """At start under a keeper: take back every process it holds, before serving anyone."""
+        assert self.keeper is not None
+        self.keeper.setblocking(True)
+        while True:
+            msg, fds = keeper.recv_message(self.keeper)
+            if msg is None:
+                raise SystemExit("the keeper went away during start-up")
+            if msg["op"] == "ready":
+                return
+            if msg["op"] == "adopt":
+                self._adopt(msg, fds)
+
+    def _adopt(self, info: dict, fds: list[int]) -> None:
+        """Resume a process the previous monitor supervised: its output, log and stdin."""
+        proc = Proc(id=info["id"], kind=info["kind"], tty=info["tty"], pid=info["pid"], state="running")
+        for role, fd in zip(info["fds"], fds):
+            if role == "stdin":
+                proc.stdin_fd = fd
+                continue
+            proc.outputs[fd] = role
+            if role == "tty":
+                proc.master_fd = fd
+                proc.stdin_fd = fd if info.get("stdin") else -1
+            os.set_blocking(fd, False)
+            self.sel.register(fd, selectors.EVENT_READ, partial(self._on_output, proc))
+        if info.get("log_path"):
+            try:
+                proc.log = JsonLog(info["log_path"], info["log_max_size"], info["log_max_file"])
+            except OSError as exc:  # its directory is gone: supervise it all the same
+                print(f"{proc.id}: cannot reopen its log: {exc}", file=sys.stderr)
+        self.procs[proc.id] = proc
+        self.by_pid[proc.pid] = proc
+        if info.get("exit"):  # it ended while no monitor ran: log what it wrote last, then record it
+            self._finish_for_keeper(proc.pid, info["exit"], recorded=info.get("recorded", False))
+
+    def _hold(self, proc: Proc) -> None:
+        """Give the keeper copies of the new process's stdio and what a new monitor would need."""
+        if self.keeper is None:
+            return
+        roles = list(proc.outputs.values())
+        fds = list(proc.outputs)
+        if proc.stdin_fd >= 0 and proc.stdin_fd != proc.master_fd:
+            roles.append("stdin")
+            fds.append(proc.stdin_fd)
+        info = {"id": proc.id, "kind": proc.kind, "pid": proc.pid, "tty": proc.tty, "fds": roles,
+                "stdin": proc.stdin_fd >= 0, "log_path": proc.log.path if proc.log else "",
+                "log_max_size": proc.log.max_size if proc.log else 0,
+                "log_max_file": proc.log.max_file if proc.log else 1}
+        try:
+            self.keeper.setblocking(True)
+            keeper.send_message(self.keeper, {"op": "hold", "proc": info}, fds)
+            self.keeper.setblocking(False)
+        except OSError:
+            self._keeper_lost()
+
+    def _tell_keeper(self, msg: dict) -> None:
+        if self.keeper is None:
+            return
+        try:
+            self.keeper.setblocking(True)
+            keeper.send_message(self.keeper, msg)
+            self.keeper.setblocking(False)
+        except OSError:
+            self._keeper_lost()
+
+    def _on_keeper(self, chan: socket.socket, _events: int) -> None:
+        try:
+            msg, fds = keeper.recv_message(chan)
+        except BlockingIOError:
+            return
+        except (OSError, ValueError):
+            msg, fds = None, []
+        if msg is None:
+            self._keeper_lost()
+            return
+        for fd in fds:
+            os.close(fd)
+        if msg["op"] == "exit":
+            self._finish_for_keeper(msg["pid"], msg, recorded=False)
+
+    def _finish_for_keeper(self, pid: int, record: dict, recorded: bool) -> None:
+        """An exit the keeper reaped: finish it, then let the keeper let go of its descriptors."""
+        proc = self.by_pid.pop(pid, None)
+        ok = self._finish(proc, record, write=not recorded) if proc is not None else False
+        self._tell_keeper({"op": "finished", "pid": pid, "recorded": recorded or ok})
+
+    def _keeper_lost(self) -> None:
+        """The keeper died: reap and record exits ourselves from now on (see docs/architecture.md)."""
+        if self.keeper is None:
+            return
+        try:
+            self.sel.unregister(self.keeper)
+        except (KeyError, ValueError):
+            pass
+        self.keeper.close()
+        self.keeper = None
+        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+        print("the keeper is gone: this monitor reaps new processes itself; the exit codes of "
+              "processes started before are lost", file=sys.stderr, flush=True)
+        for proc in list(self.by_pid.values()):
+            try:
+                pidfd = os.pidfd_open(proc.pid)
+            except ProcessLookupError:
+                self._lost_exit(proc, -1, 0)
+                continue
+            self.sel.register(pidfd, selectors.EVENT_READ, partial(self._lost_exit, proc))
+
+    def _lost_exit(self, proc: Proc, pidfd: int, _events: int) -> None:
+        """A process reparented away from us when the keeper died has ended; its status went with it."""
+        if pidfd >= 0:
+            self.sel.unregister(pidfd)
+            os.close(pidfd)
+        if self.by_pid.pop(proc.pid, None) is not None:
+            self._reaped_here(proc, None)
+
+    def _reaped_here(self, proc: Proc, code: int | None) -> None:
+        """An exit seen without a keeper."""
+        self._finish(proc, exits.record(proc.id, proc.kind, proc.pid, code))
+
     # ----- requests -------------------------------------------------------
 
-    def _on_request(self, conn: socket.socket, _events: int) -> None:
+    def _on_request(self, conn: socket.socket, events: int) -> None:
+        if events & selectors.EVENT_WRITE:
+            self._flush_replies(conn)
+        if not events & selectors.EVENT_READ or conn.fileno() < 0:
+            return  # only writable, or dropped while flushing
         try:
             raw = conn.recv(MAX_PACKET)
         except OSError:
@@ -380,6 +535,7 @@ class Monitor:
             proc.pid = int(data)
             proc.state = "held"
             self.by_pid[proc.pid] = proc
+            self._hold(proc)
             if proc.waiter:
                 self._send(proc.waiter, {"pid": proc.pid})
             return
@@ -458,8 +614,9 @@ class Monitor:
         sub = Subscriber(conn, bool(req.get("stdin")) and proc.stdin_fd >= 0, streams)
         proc.subscribers.append(sub)
         self.attached[conn] = (proc, sub)
-        self.sel.modify(conn, selectors.EVENT_READ, self._on_attach_input)
-        self._send(conn, {"ok": True, "tty": proc.tty})
+        self.replies.pop(conn, None)
+        sub.pending.append(json.dumps({"ok": True, "tty": proc.tty}).encode())
+        self._flush(sub)
 
     def _on_attach_input(self, conn: socket.socket, events: int) -> None:
         if conn not in self.attached:
@@ -512,6 +669,7 @@ class Monitor:
         proc.stdin_buf.clear()
         if proc.stdin_fd >= 0 and proc.stdin_fd != proc.master_fd:
             os.close(proc.stdin_fd)
+            self._tell_keeper({"op": "close_stdin", "pid": proc.pid})  # or its copy keeps the pipe open
         elif proc.stdin_fd >= 0:
             os.write(proc.master_fd, b"\x04")  # EOF on a terminal is ^D
         proc.stdin_fd = -1
@@ -564,7 +722,7 @@ class Monitor:
         for sub in list(proc.subscribers):
             if name not in sub.streams:
                 continue
-            frame = data if proc.tty else struct.pack(">BxxxI", 1 if name == "stdout" else 2, len(data)) + data
+            frame = b"o" + (data if proc.tty else struct.pack(">BxxxI", 1 if name == "stdout" else 2, len(data)) + data)
             sub.pending.append(frame)
             sub.pending_bytes += len(frame)
             self._flush(sub)
@@ -583,6 +741,9 @@ class Monitor:
         if sub.pending_bytes > SUBSCRIBER_BUFFER:
             self._drop(sub.sock)  # a reader that does not keep up loses its stream, never the container
             return
+        if sub.ended and not sub.pending:
+            self._drop(sub.sock)
+            return
         if sub.sock in self.attached:
             want = selectors.EVENT_READ | (selectors.EVENT_WRITE if sub.pending else 0)
             self.sel.modify(sub.sock, want, self._on_attach_input)
@@ -590,6 +751,7 @@ class Monitor:
     # ----- exits ----------------------------------------------------------
 
     def _reap(self) -> None:
+        """Our own children: the short-lived forking children, and, without a keeper, the processes."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -599,11 +761,15 @@ class Monitor:
                 return
             proc = self.by_pid.pop(pid, None)
             if proc is not None:
-                code = os.waitstatus_to_exitcode(status)
-                self._finish(proc, 128 - code if code < 0 else code)
+                self._reaped_here(proc, exits.exit_code(status))
 
-    def _finish(self, proc: Proc, code: int) -> None:
-        proc.exit_code = code
+    def _finish(self, proc: Proc, record: dict, write: bool = True) -> bool:
+        """The process was reaped: drain its output, then record the exit, end its streams, tell listeners.
+
+        In this order, so that an exit on record means its log is complete. Returns
+        whether the record was written (False: the disk refused it).
+        """
+        proc.exit_code = record["exit_code"]
         if proc.error_fd >= 0 and proc.state == "starting":
             self._complete_start(proc)
         proc.state = "exited"
@@ -614,30 +780,30 @@ class Monitor:
                 pass
         if proc.log:
             proc.log.close()
-        record = {"id": proc.id, "kind": proc.kind, "pid": proc.pid, "exit_code": code, "finished_at": utc_now()}
-        if proc.kind == "container":
-            write_atomic(os.path.join(self.exits, f"{proc.id}.json"), json.dumps(record).encode())
+        record = {k: record[k] for k in ("id", "kind", "pid", "exit_code", "finished_at")}
+        written = True
+        if write:
+            try:
+                exits.write(self.exec_root, record)
+            except OSError as exc:
+                print(f"{proc.id}: cannot record its exit: {exc}", file=sys.stderr)
+                written = False
         for sub in list(proc.subscribers):
+            sub.pending.append(b"e")
+            sub.ended = True
             self._flush(sub)
-            if sub.sock in self.attached:
-                try:
-                    sub.sock.setblocking(True)
-                    sub.sock.settimeout(2)
-                    for frame in sub.pending:
-                        sub.sock.send(frame)
-                except OSError:
-                    pass
-                self._drop(sub.sock)
         if proc.waiter:
-            self._send(proc.waiter, {"error": "process exited during start", "code": code})
+            self._send(proc.waiter, {"error": "process exited during start", "code": proc.exit_code})
         for listener in list(self.listeners):
             self._send(listener, {"event": "exit", **record})
         self._forget(proc)
+        return written
 
     @staticmethod
     def _readable(fd: int) -> bool:
-        r, _, _ = select.select([fd], [], [], 0)
-        return bool(r)
+        poller = select.poll()  # not select(): descriptors go beyond 1024 with a raised limit
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
 
     def _forget(self, proc: Proc) -> None:
         for fd in list(proc.outputs):
@@ -668,6 +834,7 @@ def main(argv: list[str] | None = None) -> None:
     sealed.name_self("coracle-monitor")
     parser = argparse.ArgumentParser(prog="coracle-monitor")
     parser.add_argument("--exec-root", required=True)
+    parser.add_argument("--keeper-fd", type=int, default=None, help="the socket to the keeper that started us")
     args = parser.parse_args(argv)
     lock_path = os.path.join(args.exec_root, "monitor", "monitor.lock")
     os.makedirs(os.path.dirname(lock_path), exist_ok=True)
@@ -677,7 +844,10 @@ def main(argv: list[str] | None = None) -> None:
     except BlockingIOError:
         print("another monitor already supervises this exec root", file=sys.stderr)
         sys.exit(1)
-    Monitor(args.exec_root).serve()
+    chan = socket.socket(fileno=args.keeper_fd) if args.keeper_fd is not None else None
+    if chan is not None:
+        chan.set_inheritable(False)  # ours alone: nothing the monitor runs may hold the keeper's line
+    Monitor(args.exec_root, chan).serve()
 
 
 if __name__ == "__main__":

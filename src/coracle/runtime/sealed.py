@@ -24,7 +24,7 @@ import os
 import subprocess
 import sys
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
 _lock = threading.Lock()
@@ -57,6 +57,23 @@ def popen(args: list[str], **kwargs: Any) -> subprocess.Popen:
     """
     executable = f"/proc/{os.getpid()}/fd/{interpreter_fd()}"
     return subprocess.Popen([sys.executable, *args], executable=executable, **kwargs)
+
+
+def supervisor_environment() -> dict[str, str]:
+    """What the keeper and the monitor get of the daemon's environment: only what they need.
+
+    The monitor's children carry this environment until they execute a
+    container's program; the daemon's own variables (credentials, proxies,
+    paths) have no business there.
+    """
+    keep = ("PYTHONPATH",)
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
+    return env | {k: os.environ[k] for k in keep if k in os.environ}
+
+
+def execute(args: list[str]) -> NoReturn:
+    """Replace this process with `python ARGS` run from the sealed copy (after a fork)."""
+    os.execve(f"/proc/self/fd/{interpreter_fd()}", [sys.executable, *args], supervisor_environment())
 
 
 def scrub_process_strings() -> None:

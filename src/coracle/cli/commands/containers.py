@@ -476,7 +476,7 @@ def exec_(cli: Cli, name: str, args: list[str]) -> int:
                           detach_keys=opts.detach_keys)
     for _ in range(100):  # the exit code is recorded a moment after the stream ends
         info = cli.client.get(f"/exec/{exec_id}/json")
-        if not info.get("Running") and info.get("ExitCode") is not None:
+        if info.get("ExitCode") is not None:  # set while Running too when the stream was cut
             return int(info["ExitCode"])
         time.sleep(0.02)
     return 0
