@@ -23,6 +23,7 @@ import time
 from typing import Any, Callable
 
 from coracle import cgroups
+from coracle.clock import timestamp as utc_now
 from coracle.cgroups import Resources
 from coracle.cgroups.devices import DeviceRule
 from coracle.engine import config as cfg
@@ -52,11 +53,6 @@ log = logging.getLogger("coracle.engine")
 
 KIND = "container"
 ORPHAN_POLL = 0.2  # seconds between checks of a container whose monitor is gone
-
-
-def utc_now() -> str:
-    ns = time.time_ns()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
 
 
 def proc_start_ticks(pid: int) -> int | None:

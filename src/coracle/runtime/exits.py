@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import TYPE_CHECKING
+
+from coracle.clock import timestamp as utc_now
 
 if TYPE_CHECKING:  # imported by the keeper, which stays small
     from typing import Any
-
-
-def utc_now() -> str:
-    """RFC 3339 with nanoseconds, like Docker's timestamps."""
-    ns = time.time_ns()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
 
 
 def write_atomic(path: str, data: bytes) -> None:
