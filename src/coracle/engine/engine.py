@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from coracle import cgroups
+from coracle import cgroups, trace
 from coracle.clock import timestamp as utc_now
 from coracle.cgroups import Resources
 from coracle.cgroups.devices import DeviceRule
@@ -349,6 +349,7 @@ class Engine:
         mode = hc["NetworkMode"]
         undo: list[Callable[[], None]] = []
         sock = None
+        phases = trace.Phases("start", cid)
         with self._starting_lock:
             self._starting[cid] = None
         try:
@@ -357,6 +358,7 @@ class Engine:
             spec = self._spec(rec, mode)
             sock, pid = self.monitor.spawn(spec)
             undo.append(lambda: self.monitor.abandon(None, cid))
+            phases.mark("spawn")
             cg = self.cgroup(rec)
             cg.create()
             undo.append(cg.destroy)
@@ -365,17 +367,21 @@ class Engine:
             cg.set_devices([DeviceRule.from_json(r) for r in spec.device_rules])
             security.set_oom_score_adj(pid, hc)
             fault("start-after-cgroup")
+            phases.mark("cgroup")
             undo.append(lambda: self.network.detach(cid))
             rec["NetworkSettings"] = self.network.attach(rec, pid)
             fault("start-after-network")
+            phases.mark("network")
             if not mode.startswith("container:"):
                 self._write_files(rec)  # once, with the addresses the network gave; read at release
+            phases.mark("files")
             rec["State"].update({"Pid": pid})
             if before_release:
                 before_release(rec)
             self._exited[cid] = threading.Event()
             self.monitor.release(sock, cid)
             sock = None
+            phases.mark("release")
         except BaseException as exc:
             if sock is not None:
                 sock.close()
@@ -406,6 +412,8 @@ class Engine:
         if health.Probe.of(rec["Config"]):
             rec["State"]["Health"] = health.starting()
         self.save(rec)
+        phases.mark("save")
+        phases.done()
         self._event(rec, "start")
         self.health.watch(rec)
         with self._starting_lock:
