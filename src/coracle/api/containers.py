@@ -265,7 +265,7 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
         for rec in sorted(records, key=lambda r: r["Created"], reverse=True):
             if not show_all and not rec["State"]["Running"] and limit <= 0 and "status" not in filters:
                 continue
-            if not flt.container_matches(rec, filters):
+            if filters and not flt.container_matches(rec, filters):
                 continue
             out.append(await thread(summary, engine, rec, True) if req.qbool("size") else summary(engine, rec))
         if limit > 0:
