@@ -84,6 +84,7 @@ class Engine:
         os.makedirs(self.containers_dir, exist_ok=True)
         store.validate(KIND, cfg.check_record)  # a damaged record is quarantined, never fatal
         self.index = RecordIndex()
+        self._saving = threading.Lock()  # taken last, around one store write and one index update
         self.reload()
         self._lock = threading.RLock()  # names and the id index
         self._locks: dict[str, threading.RLock] = {}
@@ -143,8 +144,9 @@ class Engine:
         raise NotFound(f"No such container: {ref}")
 
     def save(self, rec: dict[str, Any]) -> None:
-        self.store.put(KIND, rec["Id"], rec)
-        self.index.put(rec)
+        with self._saving:  # store and index see concurrent saves and removals in one order
+            self.store.put(KIND, rec["Id"], rec)
+            self.index.put(rec)
         cfg.write_record_file(self._dir(rec["Id"]), rec)  # what rebuilds the record if the database is lost
 
     def _dir(self, cid: str, *parts: str) -> str:
@@ -691,8 +693,9 @@ class Engine:
                 for m in rec["Mounts"]:
                     if m["Type"] == "volume" and len(m.get("Name", "")) == 64:  # anonymous volumes only
                         remove_tree(os.path.dirname(m["Source"]), ignore_errors=True)
-            self.store.delete(KIND, cid)
-            self.index.drop(cid)
+            with self._saving:
+                self.store.delete(KIND, cid)
+                self.index.drop(cid)
             self.monitor.forget_exit(cid)
         with self._lock:
             self._locks.pop(cid, None)
