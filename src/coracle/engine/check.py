@@ -188,6 +188,8 @@ def rebuild(engine: Engine, found: dict[str, Any], dry_run: bool = False,
                     engine.store.delete(KIND, cid)
         if not dry_run:
             engine.store.restored_from = None
+    if not dry_run:
+        engine.reload()  # the records written above went to the store directly
 
 
 def _follow_process(rec: dict[str, Any], proc: dict[str, Any] | None) -> None:
