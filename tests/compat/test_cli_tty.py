@@ -169,3 +169,33 @@ def test_sdk_exec_run_with_tty(daemon: Daemon, client) -> None:  # type: ignore[
         assert (code, out) == (4, b"/dev/pts/0\r\n")
     finally:
         container.remove(force=True)
+
+
+def test_the_terminal_has_its_console_size_from_the_start(daemon: Daemon, docker: Docker) -> None:
+    """Docker sends the CLI's terminal size as ConsoleSize: the program finds it at once, no resize needed."""
+    name = unique("cs")
+    term = Terminal(daemon, "run", "-t", "--name", name, "busybox", "stty", "size", rows=29, cols=101)
+    try:
+        assert term.wait() == 0
+        assert b"29 101" in term.output
+    finally:
+        term.close()
+    docker("rm", name)
+    docker("run", "-d", "--name", name, "busybox", "sleep", "60")
+    term = Terminal(daemon, "exec", "-t", name, "stty", "size", rows=37, cols=93)
+    try:
+        assert term.wait() == 0
+        assert b"37 93" in term.output
+    finally:
+        term.close()
+
+
+def test_a_bad_console_size_is_refused(daemon: Daemon, docker: Docker) -> None:
+    status, body = daemon.api("POST", "/containers/create", {"Image": "busybox", "Tty": True,
+                                                              "HostConfig": {"ConsoleSize": [-1, 80]}})
+    assert status == 400 and "ConsoleSize" in str(body)
+    name = unique("bs")
+    docker("run", "-d", "--name", name, "busybox", "sleep", "60")
+    status, body = daemon.api("POST", f"/containers/{name}/exec", {"Cmd": ["true"], "Tty": True,
+                                                                    "ConsoleSize": [24, 80, 1]})
+    assert status == 400 and "ConsoleSize" in str(body)

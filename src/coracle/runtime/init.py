@@ -79,11 +79,13 @@ def _wait_release(fds: ChildFds) -> None:
     os.close(fds.sync)
 
 
-def _open_terminal(fds: ChildFds, console: bool) -> None:
+def _open_terminal(spec: Spec, fds: ChildFds, console: bool) -> None:
     """Open the process's terminal from the container's devpts, send the master to the monitor
     and take the slave as stdio; a container's terminal is its /dev/console too."""
     try:
         master, slave, number = terminal.open_pair()
+        if spec.process.console_size:
+            terminal.set_size(master, *spec.process.console_size)
         if console:
             terminal.bind_console(number)
         terminal.send_master(fds.terminal, master)
@@ -197,7 +199,7 @@ def _container_child(spec: Spec, fds: ChildFds) -> NoReturn:
     except OSError as exc:
         _fail(fds, f"cannot set up container: {exc}", 128)
     if spec.process.tty:
-        _open_terminal(fds, console=True)
+        _open_terminal(spec, fds, console=True)
     _exec(spec, fds)
 
 
@@ -230,5 +232,5 @@ def _exec_child(spec: Spec, fds: ChildFds) -> NoReturn:
         os._exit(0)
     _wait_release(fds)
     if spec.process.tty:
-        _open_terminal(fds, console=False)
+        _open_terminal(spec, fds, console=False)
     _exec(spec, fds)
