@@ -619,7 +619,7 @@ class Monitor:
             except OSError:
                 self._keeper_lost()
         if proc.terminal_stdin:
-            proc.stdin_fd = master
+            proc.stdin_fd, proc.terminal_stdin = master, False
             self._feed_stdin(proc)
 
     def op_abandon(self, conn: socket.socket, req: dict) -> None:
