@@ -367,19 +367,14 @@ class Monitor:
                 "stdin": proc.stdin_fd >= 0 or proc.terminal_stdin, "log_path": proc.log.path if proc.log else "",
                 "log_max_size": proc.log.max_size if proc.log else 0,
                 "log_max_file": proc.log.max_file if proc.log else 1}
-        try:
-            self.keeper.setblocking(True)
-            keeper.send_message(self.keeper, {"op": "hold", "proc": info}, fds)
-            self.keeper.setblocking(False)
-        except OSError:
-            self._keeper_lost()
+        self._tell_keeper({"op": "hold", "proc": info}, fds)
 
-    def _tell_keeper(self, msg: dict) -> None:
+    def _tell_keeper(self, msg: dict, fds: list[int] | None = None) -> None:
         if self.keeper is None:
             return
         try:
             self.keeper.setblocking(True)
-            keeper.send_message(self.keeper, msg)
+            keeper.send_message(self.keeper, msg, fds)
             self.keeper.setblocking(False)
         except OSError:
             self._keeper_lost()
@@ -611,13 +606,7 @@ class Monitor:
         self.sel.register(master, selectors.EVENT_READ, partial(self._on_output, proc))
         if proc.terminal_size:
             terminal.set_size(master, *proc.terminal_size)
-        if self.keeper is not None:
-            try:
-                self.keeper.setblocking(True)
-                keeper.send_message(self.keeper, {"op": "terminal", "pid": proc.pid}, [master])
-                self.keeper.setblocking(False)
-            except OSError:
-                self._keeper_lost()
+        self._tell_keeper({"op": "terminal", "pid": proc.pid}, [master])
         if proc.terminal_stdin:
             proc.stdin_fd, proc.terminal_stdin = master, False
             self._feed_stdin(proc)
