@@ -268,3 +268,25 @@ def test_a_container_nobody_supervises_is_adopted_never_killed(fresh_daemon: Dae
     final = state(d, cid)
     assert not final["Running"] and not alive(pid)
     assert final["ExitCode"] == 137  # its status died with its parent: stopped through the API, so 137
+
+
+def test_a_terminal_outlives_the_monitor(fresh_daemon: Daemon) -> None:
+    """The keeper holds the master of a container's terminal (opened in the container after
+    the monitor spawned it): a killed monitor hangs up no terminal, the shell goes on
+    writing to it and its exit code stays exact."""
+    d = fresh_daemon
+    d.start()
+    status, body = d.api("POST", "/containers/create", {"Image": "busybox", "Cmd": ["sh", "-c", WRITER], "Tty": True,
+                                                          "OpenStdin": True, "HostConfig": {"NetworkMode": "none"}})
+    assert status == 201, body
+    cid = body["Id"]  # type: ignore[index]
+    assert d.api("POST", f"/containers/{cid}/start")[0] == 204
+    wait_for(lambda: last_number(logged_lines(d, cid)) >= 3, "output in the log")
+    old = d.monitor_pid()
+    os.kill(old, signal.SIGKILL)  # type: ignore[arg-type]
+    at_kill = last_number(logged_lines(d, cid))
+    new_monitor(d, old)  # type: ignore[arg-type]
+    wait_for(lambda: last_number(logged_lines(d, cid)) >= at_kill + 10, "output after the restart")
+    assert state(d, cid)["Running"]
+    assert d.api("POST", f"/containers/{cid}/stop?t=10")[0] == 204
+    assert state(d, cid)["ExitCode"] == 7  # TERM, not a hang-up

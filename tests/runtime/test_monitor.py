@@ -152,7 +152,7 @@ def test_attach_streams_stdin_half_close_and_frames(monitor: MonitorClient, tmp_
 
 
 def test_tty_gives_a_terminal_and_resizes(monitor: MonitorClient, tmp_path: Path, lower: Path) -> None:
-    spec = container(tmp_path, lower, ["sh", "-c", "read x; stty size; tty | grep -q console && echo isatty"], stdin=True, tty=True)
+    spec = container(tmp_path, lower, ["sh", "-c", "read x; stty size; tty | grep -q /dev/pts/0 && echo isatty"], stdin=True, tty=True)
     sock, _ = monitor.spawn(spec)
     stream, tty = monitor.attach(spec.id, stdin=True)
     assert tty is True

@@ -537,6 +537,7 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
         body = req.json() if req.body else {}
         check_shape(body, {"Detach": "bool", "Tty": "bool", "ConsoleSize": "ints"}, "")
         ex = engine.execs.get(id)
+        engine.execs.size_console(id, body.get("ConsoleSize"))
         if body.get("Detach"):
             await thread(engine.execs.start, id, None)
             return Response.empty(200)

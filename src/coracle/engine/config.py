@@ -106,6 +106,16 @@ def restart_policy(host_config: dict) -> dict:
     return {"Name": name, "MaximumRetryCount": retries}
 
 
+def console_size(value: Any) -> list[int] | None:
+    """[height, width] of a terminal's first size (ConsoleSize); None when unset ([0, 0])."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > 2 or not all(type(v) is int and v >= 0 for v in value):
+        raise InvalidParameter("ConsoleSize must be [height, width], two numbers that are not negative")
+    rows, cols = (value + [0, 0])[:2]
+    return [rows, cols] if rows or cols else None
+
+
 # Docker's bind propagation modes; rprivate unless asked for.
 PROPAGATIONS = ("private", "rprivate", "shared", "rshared", "slave", "rslave")
 

@@ -175,6 +175,7 @@ class Engine:
         argv = cfg.command(config, image_config)
         Resources.from_host_config(host_config)  # validates limits now, not at start
         cfg.restart_policy(host_config)
+        cfg.console_size(host_config.get("ConsoleSize"))
         mounts = cfg.binds(host_config, self.volumes_dir) + cfg.tmpfs(host_config)
         log_opts, log_size, log_files = cfg.log_config(host_config, self.log_defaults)
         mode = cfg.network_mode(host_config)
@@ -297,7 +298,7 @@ class Engine:
             args=[rec["Path"], *rec["Args"]], env=config["Env"] + links.environment(links.resolve(self, rec)),
             cwd=config["WorkingDir"] or "/",
             user=config["User"], additional_groups=hc.get("GroupAdd") or [], tty=config["Tty"],
-            stdin=config["OpenStdin"],
+            stdin=config["OpenStdin"], console_size=cfg.console_size(hc.get("ConsoleSize")),
             no_new_privileges=self.no_new_privileges or "no-new-privileges" in (hc.get("SecurityOpt") or [])
             or "no-new-privileges:true" in (hc.get("SecurityOpt") or []),
         )

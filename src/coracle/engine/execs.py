@@ -54,6 +54,7 @@ class Execs:
             "ProcessConfig": {"tty": bool(body.get("Tty")), "entrypoint": cmd[0], "arguments": cmd[1:],
                               "privileged": bool(body.get("Privileged")), "user": body.get("User") or ""},
             "Env": cfg.strings(body.get("Env"), "Env") or [], "WorkingDir": cfg.working_dir(body.get("WorkingDir")),
+            "ConsoleSize": cfg.console_size(body.get("ConsoleSize")),
         }
         self.engine._event(rec, "exec_create: " + " ".join(cmd), execID=exec_id)
         return exec_id
@@ -63,6 +64,11 @@ class Execs:
         if ex is None:
             raise NotFound(f"No such exec instance: {exec_id}")
         return ex
+
+    def size_console(self, exec_id: str, size: Any) -> None:
+        """The first size of the exec's terminal, as a start request gives it (over the create's)."""
+        if size is not None:
+            self.get(exec_id)["ConsoleSize"] = cfg.console_size(size)
 
     def start(self, exec_id: str, before_release: Callable[[dict[str, Any]], None] | None = None) -> None:
         ex = self.get(exec_id)
@@ -74,7 +80,7 @@ class Execs:
         process = Process(
             args=[pc["entrypoint"], *pc["arguments"]], env=cfg.merge_env(rec["Config"]["Env"], ex["Env"]),
             cwd=ex["WorkingDir"] or rec["Config"]["WorkingDir"] or "/", user=pc["user"] or rec["Config"]["User"],
-            tty=pc["tty"], stdin=ex["OpenStdin"],
+            tty=pc["tty"], stdin=ex["OpenStdin"], console_size=ex.get("ConsoleSize"),
         )
         spec = Spec(id=exec_id, kind="exec", process=process, target_pid=rec["State"]["Pid"],
                     cgroup_dirs=engine.cgroup(rec).dirs())

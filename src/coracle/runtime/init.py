@@ -22,7 +22,7 @@ import termios
 from typing import NoReturn
 
 # Everything the child needs is imported here: after pivot_root the host's files are gone.
-from coracle.runtime import limits, rootfs, security, userns
+from coracle.runtime import limits, rootfs, security, terminal, userns
 from coracle.runtime.sealed import scrub_process_strings
 from coracle.runtime import syscalls as sc
 from coracle.runtime.identity import assume, resolve
@@ -30,14 +30,19 @@ from coracle.runtime.spec import Spec
 
 
 class ChildFds:
-    """The pipe ends a child keeps: sync (read), ready (write), error (write), stdio."""
+    """The pipe ends a child keeps: sync (read), ready (write), error (write), stdio.
 
-    def __init__(self, sync: int, ready: int, error: int, stdin: int, stdout: int, stderr: int) -> None:
+    A process with a terminal gets the terminal socket instead of stdio: it
+    opens its terminal itself, in the container (see coracle.runtime.terminal)."""
+
+    def __init__(self, sync: int, ready: int, error: int, stdin: int = -1, stdout: int = -1, stderr: int = -1,
+                 terminal: int = -1) -> None:
         self.sync, self.ready, self.error = sync, ready, error
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.terminal = terminal
 
     def keep(self) -> set[int]:
-        return {self.sync, self.ready, self.error, self.stdin, self.stdout, self.stderr}
+        return {self.sync, self.ready, self.error, self.stdin, self.stdout, self.stderr, self.terminal}
 
 
 def _close_others(keep: set[int]) -> None:
@@ -74,6 +79,23 @@ def _wait_release(fds: ChildFds) -> None:
     os.close(fds.sync)
 
 
+def _open_terminal(spec: Spec, fds: ChildFds, console: bool) -> None:
+    """Open the process's terminal from the container's devpts, send the master to the monitor
+    and take the slave as stdio; a container's terminal is its /dev/console too."""
+    try:
+        master, slave, number = terminal.open_pair()
+        if spec.process.console_size:
+            terminal.set_size(master, *spec.process.console_size)
+        if console:
+            terminal.bind_console(number)
+        terminal.send_master(fds.terminal, master)
+    except OSError as exc:
+        _fail(fds, f"cannot open a terminal in the container: {exc}", 126 if not console else 128)
+    os.close(master)
+    fds.terminal = -1
+    fds.stdin = fds.stdout = fds.stderr = slave
+
+
 def _stdio(fds: ChildFds, tty: bool) -> None:
     if tty:
         os.setsid()
@@ -102,6 +124,8 @@ def _exec(spec: Spec, fds: ChildFds) -> NoReturn:
     except OSError as exc:
         _fail(fds, f"cannot use working directory {cwd}: {exc.strerror}", 126)
     try:
+        if proc.tty:
+            os.fchown(fds.stdout, uid, -1)  # the terminal is the user's, as runc hands it over
         security.prepare(proc)
         assume(uid, gid, groups)
         security.finish(proc)
@@ -169,11 +193,13 @@ def _container_child(spec: Spec, fds: ChildFds) -> NoReturn:
         own = rootfs.own_cgroups() if spec.uid_map else {}
         if "cgroup" in spec.namespaces:
             sc.unshare(sc.CLONE_NEWCGROUP)
-        rootfs.build(spec, fds.stdout if spec.process.tty else None, layers, own)
+        rootfs.build(spec, spec.process.tty, layers, own)
         if "uts" in spec.namespaces and spec.hostname:
             sc.sethostname(spec.hostname)
     except OSError as exc:
         _fail(fds, f"cannot set up container: {exc}", 128)
+    if spec.process.tty:
+        _open_terminal(spec, fds, console=True)
     _exec(spec, fds)
 
 
@@ -205,4 +231,6 @@ def _exec_child(spec: Spec, fds: ChildFds) -> NoReturn:
         _report_pid(fds, pid)
         os._exit(0)
     _wait_release(fds)
+    if spec.process.tty:
+        _open_terminal(spec, fds, console=False)
     _exec(spec, fds)

@@ -23,7 +23,8 @@ with no reader. The keeper, one per exec root, does only what must survive:
 It never blocks on the monitor (messages wait in a queue) and never reads
 container data, so there is little in it that can fail. Protocol (one JSON
 object per SOCK_SEQPACKET packet on a socketpair, descriptors as SCM_RIGHTS):
-monitor -> keeper `hold` (a new process and its descriptors), `close_stdin`,
+monitor -> keeper `hold` (a new process and its descriptors), `terminal` (the
+master of the terminal it opened once released), `close_stdin`,
 `finished` (an exit is logged and recorded: let go of the process); keeper ->
 monitor `adopt` (one per held process, after a restart), `ready` (end of the
 adoptions), `exit`. A process is held until its `finished`, so an exit handed
@@ -217,6 +218,10 @@ class Keeper:
                 held.close()
                 if not msg.get("recorded") and not held.recorded and held.exit:
                     self._persist(held.exit)  # the monitor could not write it: keep trying ourselves
+        elif msg.get("op") == "terminal" and msg["pid"] in self.held:
+            held = self.held[msg["pid"]]  # the terminal a process opened in its container once released
+            held.fds += fds
+            held.info["fds"] += ["tty"] * len(fds)
         elif msg.get("op") == "close_stdin":
             held = self.held.get(msg["pid"])
             roles = held.info["fds"] if held else []

@@ -35,21 +35,19 @@ import errno
 import fcntl
 import json
 import os
-import pty
 import select
 import selectors
 import signal
 import socket
 import struct
 import sys
-import termios
 import time
 import traceback
 from dataclasses import dataclass, field
 from functools import partial
 from typing import BinaryIO, Callable
 
-from coracle.runtime import exits, init, keeper, limits, sealed, security, syscalls
+from coracle.runtime import exits, init, keeper, limits, sealed, security, syscalls, terminal
 from coracle.runtime.exits import utc_now
 from coracle.runtime.spec import Spec
 
@@ -185,6 +183,9 @@ class Proc:
     stdin_buf: bytearray = field(default_factory=bytearray)  # accepted, not yet taken by the process
     stdin_close: bool = False  # close stdin once the buffer is written
     master_fd: int = -1
+    terminal_chan: socket.socket | None = None  # where the child sends its terminal's master, until it has
+    terminal_stdin: bool = False  # the terminal, once it arrives, takes stdin
+    terminal_size: tuple[int, int] | None = None  # a resize that came before the terminal
     sync_fd: int = -1
     ready_fd: int = -1
     error_fd: int = -1
@@ -363,22 +364,17 @@ class Monitor:
             roles.append("stdin")
             fds.append(proc.stdin_fd)
         info = {"id": proc.id, "kind": proc.kind, "pid": proc.pid, "tty": proc.tty, "fds": roles,
-                "stdin": proc.stdin_fd >= 0, "log_path": proc.log.path if proc.log else "",
+                "stdin": proc.stdin_fd >= 0 or proc.terminal_stdin, "log_path": proc.log.path if proc.log else "",
                 "log_max_size": proc.log.max_size if proc.log else 0,
                 "log_max_file": proc.log.max_file if proc.log else 1}
-        try:
-            self.keeper.setblocking(True)
-            keeper.send_message(self.keeper, {"op": "hold", "proc": info}, fds)
-            self.keeper.setblocking(False)
-        except OSError:
-            self._keeper_lost()
+        self._tell_keeper({"op": "hold", "proc": info}, fds)
 
-    def _tell_keeper(self, msg: dict) -> None:
+    def _tell_keeper(self, msg: dict, fds: list[int] | None = None) -> None:
         if self.keeper is None:
             return
         try:
             self.keeper.setblocking(True)
-            keeper.send_message(self.keeper, msg)
+            keeper.send_message(self.keeper, msg, fds)
             self.keeper.setblocking(False)
         except OSError:
             self._keeper_lost()
@@ -487,13 +483,10 @@ class Monitor:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         child_side: list[int] = [sync_r, ready_w, err_w]
         if spec.process.tty:
-            master, slave = pty.openpty()
-            os.set_inheritable(master, False)
-            stdin = stdout = stderr = slave
-            child_side.append(slave)
-            proc.master_fd = master
-            proc.outputs[master] = "tty"
-            proc.stdin_fd = master if spec.process.stdin else -1
+            proc.terminal_chan, child_chan = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            fds = init.ChildFds(sync_r, ready_w, err_w, terminal=child_chan.detach())
+            child_side.append(fds.terminal)
+            proc.terminal_stdin = spec.process.stdin
         else:
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             e_r, e_w = os.pipe2(os.O_CLOEXEC)
@@ -502,11 +495,10 @@ class Monitor:
                 proc.stdin_fd = in_w
             else:
                 in_r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-            stdin, stdout, stderr = in_r, out_w, e_w
             child_side += [in_r, out_w, e_w]
             proc.outputs[out_r] = "stdout"
             proc.outputs[e_r] = "stderr"
-        fds = init.ChildFds(sync_r, ready_w, err_w, stdin, stdout, stderr)
+            fds = init.ChildFds(sync_r, ready_w, err_w, in_r, out_w, e_w)
         try:
             security.precompile(spec.process)
         except (OSError, ValueError):
@@ -585,6 +577,7 @@ class Monitor:
         self.sel.unregister(proc.error_fd)
         os.close(proc.error_fd)
         proc.error_fd = -1
+        self._take_terminal(proc)
         if proc.error_buf:
             answer = json.loads(proc.error_buf)
         else:
@@ -594,6 +587,29 @@ class Monitor:
         if proc.waiter:
             self._send(proc.waiter, answer)
             proc.waiter = None
+
+    def _take_terminal(self, proc: Proc) -> None:
+        """Receive the master of the terminal the child opened in the container (sent before
+        its execve, so here by the time the error pipe closed), supervise it and let the
+        keeper hold a copy."""
+        if proc.terminal_chan is None:
+            return
+        master = terminal.receive_master(proc.terminal_chan)
+        proc.terminal_chan.close()
+        proc.terminal_chan = None
+        if master < 0:
+            return
+        os.set_inheritable(master, False)
+        proc.master_fd = master
+        proc.outputs[master] = "tty"
+        os.set_blocking(master, False)
+        self.sel.register(master, selectors.EVENT_READ, partial(self._on_output, proc))
+        if proc.terminal_size:
+            terminal.set_size(master, *proc.terminal_size)
+        self._tell_keeper({"op": "terminal", "pid": proc.pid}, [master])
+        if proc.terminal_stdin:
+            proc.stdin_fd, proc.terminal_stdin = master, False
+            self._feed_stdin(proc)
 
     def op_abandon(self, conn: socket.socket, req: dict) -> None:
         """Kill a process that was never released (its start failed in the daemon)."""
@@ -611,7 +627,7 @@ class Monitor:
             self._send(conn, {"error": f"{req['id']} is not running"})
             return
         streams = {s for s in ("stdout", "stderr") if req.get(s, True)}
-        sub = Subscriber(conn, bool(req.get("stdin")) and proc.stdin_fd >= 0, streams)
+        sub = Subscriber(conn, bool(req.get("stdin")) and (proc.stdin_fd >= 0 or proc.terminal_stdin), streams)
         proc.subscribers.append(sub)
         self.attached[conn] = (proc, sub)
         self.replies.pop(conn, None)
@@ -648,6 +664,8 @@ class Monitor:
 
     def _feed_stdin(self, proc: Proc) -> None:
         """Write what the container will take now; never wait for a process that does not read."""
+        if proc.terminal_chan is not None:
+            return  # kept until the terminal arrives
         while proc.stdin_buf and proc.stdin_fd >= 0:
             try:
                 os.set_blocking(proc.stdin_fd, False)
@@ -683,11 +701,13 @@ class Monitor:
 
     def op_resize(self, conn: socket.socket, req: dict) -> None:
         proc = self.procs.get(req["id"])
-        if proc is None or proc.master_fd < 0:
+        if proc is not None and proc.terminal_chan is not None:
+            proc.terminal_size = (int(req["h"]), int(req["w"]))  # applied when the terminal arrives
+        elif proc is None or proc.master_fd < 0:
             self._send(conn, {"error": "no terminal to resize"})
             return
-        size = struct.pack("HHHH", int(req["h"]), int(req["w"]), 0, 0)
-        fcntl.ioctl(proc.master_fd, termios.TIOCSWINSZ, size)
+        else:
+            terminal.set_size(proc.master_fd, int(req["h"]), int(req["w"]))
         self._send(conn, {"ok": True})
 
     # ----- output ---------------------------------------------------------
@@ -813,6 +833,9 @@ class Monitor:
                 pass
             os.close(fd)
         proc.outputs.clear()
+        if proc.terminal_chan is not None:
+            proc.terminal_chan.close()
+            proc.terminal_chan = None
         for attr in ("stdin_fd", "sync_fd", "ready_fd", "error_fd"):
             fd = getattr(proc, attr)
             if fd >= 0 and fd != proc.master_fd:

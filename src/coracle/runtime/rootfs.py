@@ -123,7 +123,7 @@ def remount_readonly(target: str, recursive: bool = False) -> None:
     sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | keep | (sc.MS_REC if recursive else 0))
 
 
-def _mount_dev(root: RootDir, console: int | None, extra: list[dict], privileged: bool, shm_size: int) -> None:
+def _mount_dev(root: RootDir, console: bool, extra: list[dict], privileged: bool, shm_size: int) -> None:
     wanted = (_host_devices() if privileged else []) + extra
     root.mount("/dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
     old = os.umask(0)
@@ -147,10 +147,9 @@ def _mount_dev(root: RootDir, console: int | None, extra: list[dict], privileged
         for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
             os.symlink(target, os.path.join(dev, name))
-    if console is not None:
-        # The terminal comes from the host's devpts; bound on /dev/console, ttyname()
-        # finds it by device number, so `tty` names it as it does under Docker.
-        root.mount("/dev/console", os.ttyname(console), None, sc.MS_BIND, like_file=True)
+    if console:
+        # The mount point of the terminal, bound once it is opened from /dev/pts (see terminal.py).
+        os.close(root.ensure("/dev/console", like_file=True))
 
 
 def _mount_user_mounts(root: RootDir, spec: Spec) -> None:
@@ -265,7 +264,7 @@ def stage_layers(root: str, layers: list[int]) -> list[str]:
     return paths
 
 
-def _mount_inside(root: RootDir, spec: Spec, console: int | None, own: dict[str, str] | None) -> None:
+def _mount_inside(root: RootDir, spec: Spec, console: bool, own: dict[str, str] | None) -> None:
     """Kernel filesystems, /dev, the user's mounts, the init binary, sysctls and masks."""
     root.mount("/proc", "proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     sys_flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | (0 if spec.privileged else sc.MS_RDONLY)
@@ -292,7 +291,7 @@ def _mount_inside(root: RootDir, spec: Spec, console: int | None, own: dict[str,
     _mask_and_protect(root, spec)
 
 
-def build(spec: Spec, console: int | None = None, layers: list[int] | None = None,
+def build(spec: Spec, console: bool = False, layers: list[int] | None = None,
           own: dict[str, str] | None = None) -> None:
     """Mount the overlay, kernel filesystems and user mounts, then pivot into it.
 

@@ -33,6 +33,7 @@ class Process:
     user: str = ""  # "name", "uid", "uid:gid", "name:group" resolved inside the rootfs
     additional_groups: list[str] = field(default_factory=list)
     tty: bool = False
+    console_size: list[int] | None = None  # [rows, cols] the terminal has when the program starts
     stdin: bool = False  # keep a stdin pipe open (docker -i)
     no_new_privileges: bool = False
     capabilities: list[str] | None = None  # None: leave as inherited (security layer fills it)
