@@ -30,7 +30,7 @@ from coracle.api.streams import (
 from coracle.disk import usage as disk_usage
 from coracle.engine import logs as logfile
 from coracle.engine.engine import Engine
-from coracle.errors import Conflict, InvalidParameter, NotFound, NotModified
+from coracle.errors import Conflict, InvalidParameter, NotFound, NotImplemented_, NotModified
 
 thread = asyncio.to_thread
 
@@ -384,13 +384,17 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
         tail_text = req.q("tail") or "all"
         tail = None if tail_text == "all" else int(tail_text) if tail_text.lstrip("-").isdigit() else None
         since, until = logfile.parse_time(req.q("since")), logfile.parse_time(req.q("until"))
-        timestamps, follow = req.qbool("timestamps"), req.qbool("follow")
+        timestamps, follow, details = req.qbool("timestamps"), req.qbool("follow"), req.qbool("details")
+        if (rec["HostConfig"].get("LogConfig") or {}).get("Type") == "none":
+            raise NotImplemented_("configured logging driver does not support reading")
         tty = rec["Config"]["Tty"]
         entries, offset = await thread(logfile.read, rec["LogPath"], stdout=stdout, stderr=stderr,
                                        since=since, until=until, tail=tail)
 
         def encode(entry: dict[str, Any]) -> bytes:
             data = entry["log"].encode()
+            if details:
+                data = logfile.details(entry) + b" " + data
             if timestamps:
                 data = entry["time"].encode() + b" " + data
             return data if tty else frame(1 if entry["stream"] == "stdout" else 2, data)

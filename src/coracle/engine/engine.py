@@ -191,9 +191,9 @@ class Engine:
         for key in ("Tty", "OpenStdin", "StdinOnce", "AttachStdin", "AttachStdout", "AttachStderr"):
             config[key] = bool(config.get(key))
         host_config.setdefault("RestartPolicy", {"Name": "no", "MaximumRetryCount": 0})
-        host_config["LogConfig"] = {"Type": "json-file", "Config": log_opts}
+        host_config["LogConfig"] = {"Type": cfg.log_driver(host_config), "Config": log_opts}
         now = utc_now()
-        log_path = self._dir(cid, f"{cid}-json.log")
+        log_path = "" if host_config["LogConfig"]["Type"] == "none" else self._dir(cid, f"{cid}-json.log")
         rec = {
             "Id": cid, "Created": now, "Path": argv[0], "Args": argv[1:],
             "State": {"Status": "created", "Running": False, "Paused": False, "Restarting": False,
@@ -210,7 +210,8 @@ class Engine:
             "Mounts": mounts, "NetworkingConfig": networking,
             "NetworkSettings": {"Bridge": "", "SandboxID": "", "SandboxKey": "", "Ports": {}, "Networks": {},
                                 "IPAddress": "", "IPPrefixLen": 0, "Gateway": "", "MacAddress": ""},
-            "Coracle": {"LogMaxSize": log_size, "LogMaxFile": log_files, "ManualStop": False},
+            "Coracle": {"LogMaxSize": log_size, "LogMaxFile": log_files, "ManualStop": False,
+                        "LogAttrs": cfg.log_attrs(log_opts, config["Labels"], config["Env"])},
         }
         with self._lock:
             rec["Name"] = "/" + (cfg.check_name(name) if name else self._generate_name())
@@ -283,7 +284,7 @@ class Engine:
             sysctls=hc.get("Sysctls") or {}, privileged=bool(hc.get("Privileged")),
             init_binary=self.init_binary if hc.get("Init") else "",
             log_path=rec["LogPath"], log_max_size=rec["Coracle"]["LogMaxSize"],
-            log_max_file=rec["Coracle"]["LogMaxFile"],
+            log_max_file=rec["Coracle"]["LogMaxFile"], log_attrs=rec["Coracle"].get("LogAttrs") or {},
         )
         security.apply(spec, hc, self.no_new_privileges)
         remap = security.user_namespace(hc, self.userns_remap)

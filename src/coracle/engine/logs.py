@@ -7,6 +7,7 @@ import os
 from collections import deque
 from datetime import datetime
 from typing import Iterator
+from urllib.parse import quote_plus
 
 
 def parse_time(value: str | None) -> float | None:
@@ -28,6 +29,14 @@ def parse_time(value: str | None) -> float | None:
 def _stamp(entry: dict) -> float:
     t = entry["time"]
     return datetime.fromisoformat(t[:26].rstrip("Z") + "+00:00").timestamp()
+
+
+def details(entry: dict) -> bytes:
+    """`docker logs --details`: the line's attrs as Docker prints them before it, sorted by
+    key, each `key=value` query-escaped, joined by commas (empty when there are none)."""
+    attrs = entry.get("attrs") or {}
+    return ",".join(f"{quote_plus(k, safe='')}={quote_plus(v, safe='')}"
+                    for k, v in sorted(attrs.items())).encode()
 
 
 def files(path: str) -> list[str]:

@@ -78,8 +78,9 @@ class JsonLog:
     again at its path.
     """
 
-    def __init__(self, path: str, max_size: int, max_file: int) -> None:
+    def __init__(self, path: str, max_size: int, max_file: int, attrs: dict[str, str] | None = None) -> None:
         self.path, self.max_size, self.max_file = path, max_size, max(1, max_file)
+        self.attrs = attrs or {}  # Docker writes them on every line, between "stream" and "time"
         self.f: BinaryIO | None = open(path, "ab", buffering=0)
         self.partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
         self.failure = ""  # why writing stopped; empty while it works
@@ -102,7 +103,10 @@ class JsonLog:
         self.partial[stream] = tail
         try:
             for r in records:
-                entry = json.dumps({"log": r.decode("utf-8", "replace"), "stream": stream, "time": utc_now()}).encode()
+                line: dict[str, object] = {"log": r.decode("utf-8", "replace"), "stream": stream}
+                if self.attrs:
+                    line["attrs"] = self.attrs
+                entry = json.dumps({**line, "time": utc_now()}).encode()
                 if self.max_size and self.f.tell() and self.f.tell() + len(entry) + 1 > self.max_size:
                     self._rotate()
                 self.f.write(entry + b"\n")
@@ -345,7 +349,7 @@ class Monitor:
             self.sel.register(fd, selectors.EVENT_READ, partial(self._on_output, proc))
         if info.get("log_path"):
             try:
-                proc.log = JsonLog(info["log_path"], info["log_max_size"], info["log_max_file"])
+                proc.log = JsonLog(info["log_path"], info["log_max_size"], info["log_max_file"], info.get("log_attrs"))
             except OSError as exc:  # its directory is gone: supervise it all the same
                 print(f"{proc.id}: cannot reopen its log: {exc}", file=sys.stderr)
         self.procs[proc.id] = proc
@@ -365,7 +369,7 @@ class Monitor:
         info = {"id": proc.id, "kind": proc.kind, "pid": proc.pid, "tty": proc.tty, "fds": roles,
                 "stdin": proc.stdin_fd >= 0, "log_path": proc.log.path if proc.log else "",
                 "log_max_size": proc.log.max_size if proc.log else 0,
-                "log_max_file": proc.log.max_file if proc.log else 1}
+                "log_max_file": proc.log.max_file if proc.log else 1, "log_attrs": proc.log.attrs if proc.log else {}}
         try:
             self.keeper.setblocking(True)
             keeper.send_message(self.keeper, {"op": "hold", "proc": info}, fds)
@@ -481,7 +485,7 @@ class Monitor:
             return
         proc = Proc(id=spec.id, kind=spec.kind, tty=spec.process.tty)
         if spec.kind == "container" and spec.log_path:  # first: if it fails, nothing is forked nor leaked
-            proc.log = JsonLog(spec.log_path, spec.log_max_size, spec.log_max_file)
+            proc.log = JsonLog(spec.log_path, spec.log_max_size, spec.log_max_file, spec.log_attrs)
         sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
