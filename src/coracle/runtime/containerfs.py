@@ -2,8 +2,8 @@
 
 `docker cp` both ways: the stat of a path, a path streamed out as tar, a tar
 unpacked into a directory; `docker export` (the whole filesystem as tar) and
-`docker diff` (the container's layer compared with its image). Paths are resolved by the kernel relative to the
-container's root (openat2 with RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS), never
+`docker diff` (the container's layer compared with its image). Paths are
+resolved by the kernel relative to the container's root (openat2 with RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS), never
 by joining strings; every entry is then read or written relative to its
 parent's descriptor (O_NOFOLLOW, O_EXCL, mkdirat, symlinkat, mknodat,
 fchownat), so a symlink or a /proc magic link that the container planted, or
@@ -14,8 +14,8 @@ module) of the container is ever loaded.
 
 from __future__ import annotations
 
-import os
 import json
+import os
 import posixpath
 import shutil
 import stat as st
@@ -25,7 +25,7 @@ from typing import Any
 
 from coracle.runtime import syscalls as sc
 from coracle.runtime.confined import Channel, Refused
-from coracle.runtime.fdtree import TarWriter, open_dir, tarinfo, walk
+from coracle.runtime.fdtree import Entry, TarWriter, open_dir, tarinfo, walk
 
 _RESOLVE = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -405,7 +405,7 @@ def _lstat_below(top: int, path: str) -> os.stat_result | None:
         os.close(parent)
 
 
-def _same_directory(e: Any, b: os.stat_result) -> bool:
+def _same_directory(e: Entry, b: os.stat_result) -> bool:
     """Docker's test for a directory copied up but not changed: size, mode and mtime (whole
     seconds when either side lost its nanoseconds); or only the runtime's mount points in it."""
     a = e.stat
@@ -416,19 +416,24 @@ def _same_directory(e: Any, b: os.stat_result) -> bool:
     return a.st_size == b.st_size and a.st_mode == b.st_mode and same_time
 
 
-def _only_runtime_paths(e: Any) -> bool:
-    own = open_dir(e.parent, e.name, e.stat)
-    try:
-        names = os.listdir(own)
-    finally:
-        os.close(own)
+def _only_runtime_paths(e: Entry) -> bool:
+    names = _listing(e)
     return bool(names) and all(posixpath.join("/" + e.path, name) in RUNTIME_PATHS for name in names)
 
 
-def _hidden(e: Any, lower: int, merged: int) -> list[str]:
+def _listing(e: Entry) -> set[str]:
+    """The names in the directory entry `e` of the walk (opened by descriptor, as listed)."""
+    own = open_dir(e.parent, e.name, e.stat)
+    try:
+        return set(os.listdir(own))
+    finally:
+        os.close(own)
+
+
+def _hidden(e: Entry, lower: int, merged: int) -> list[str]:
     """Names the image has in this directory that the container no longer sees and that
     its own layer does not list (an opaque directory: removed and made again)."""
-    names = []
+    names: list[set[str]] = []
     for top in (lower, merged):
         try:
             fd = sc.openat2(top, e.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, _NO_LINKS)
@@ -438,9 +443,4 @@ def _hidden(e: Any, lower: int, merged: int) -> list[str]:
             names.append(set(os.listdir(fd)))
         finally:
             os.close(fd)
-    own = open_dir(e.parent, e.name, e.stat)
-    try:
-        names.append(set(os.listdir(own)))
-    finally:
-        os.close(own)
-    return sorted(names[0] - names[1] - names[2])
+    return sorted(names[0] - names[1] - _listing(e))
