@@ -6,12 +6,15 @@ an unknown driver is refused at create ("logger: no log driver named 'x' is
 registered", 400) and leaves no container; json-file's `labels`, `env` and
 `env-regex` options add those labels' and variables' values to every line as
 "attrs", which `docker logs --details` prints before the line as
-`key=value,...` (sorted, query-escaped).
+`key=value,...` (sorted, query-escaped); `local` keeps Docker's own format.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
+import struct
 
 from compat_helpers import Docker
 from harness import Daemon, unique
@@ -58,14 +61,66 @@ def test_json_file_attrs_and_logs_details(docker: Docker) -> None:
     assert docker("logs", name).stdout == "first\n"  # without --details: the line alone
 
 
-def test_details_without_attrs_and_local_driver(docker: Docker) -> None:
-    """Docker prints an empty attrs field (a leading space) when a line has none; `local`
-    is accepted with its own options and read back by `docker logs`."""
+def test_details_without_attrs(docker: Docker) -> None:
+    """Docker prints an empty attrs field (a leading space) when a line has none."""
     name = unique("ld")
     docker("run", "--name", name, "busybox", "echo", "plain")
     assert docker("logs", "--details", name).stdout == " plain\n"
-    local = unique("ll")
-    docker("run", "--name", local, "--log-driver", "local", "--log-opt", "max-size=1m", "busybox", "echo", "kept")
-    assert docker("logs", local).stdout == "kept\n"
+
+
+def _frames(data: bytes) -> list[tuple[str, bytes]]:
+    """(source, line) of each entry of Docker's local format: uint32 size, LogEntry, uint32 size."""
+    out, at = [], 0
+    while at < len(data):
+        (size,) = struct.unpack_from(">I", data, at)
+        body = data[at + 4:at + 4 + size]
+        assert struct.unpack_from(">I", data, at + 4 + size)[0] == size
+        at += 8 + size
+        fields, i = {}, 0
+        while i < len(body):
+            key = body[i]
+            i += 1
+            if key & 7 == 2:  # length-delimited (all our lengths and field numbers fit one byte)
+                fields[key >> 3], i = body[i + 1:i + 1 + body[i]], i + 1 + body[i]
+            else:
+                while body[i] & 0x80:
+                    i += 1
+                i += 1
+        out.append((fields[1].decode(), fields[3]))
+    return out
+
+
+def test_local_driver_format_rotation_and_compression(docker: Docker, daemon: Daemon) -> None:
+    """Docker's `local` format: protobuf entries framed by their length, rotated files
+    gzipped (container.log.1.gz ...), at most max-file files; LogPath stays empty."""
+    name = unique("ll")
+    docker("run", "--name", name, "--log-driver", "local", "--log-opt", "max-size=4k", "--log-opt", "max-file=3",
+           "busybox", "sh", "-c", "i=0; while [ $i -lt 400 ]; do echo line-$i; i=$((i+1)); done; echo err >&2")
+    assert docker("inspect", "-f", "{{.LogPath}}|{{.HostConfig.LogConfig.Type}}", name).stdout == "|local\n"
+    cid = docker("inspect", "-f", "{{.Id}}", name).stdout.strip()
+    directory = os.path.join(daemon.data_root, "containers", cid)
+    logs = sorted(n for n in os.listdir(directory) if n.startswith("container.log"))
+    assert logs == ["container.log", "container.log.1.gz", "container.log.2.gz"]
+    entries = []
+    for n in reversed(logs):
+        with open(os.path.join(directory, n), "rb") as f:
+            raw = f.read()
+        entries += _frames(gzip.decompress(raw) if n.endswith(".gz") else raw)
+    out = [line for source, line in entries if source == "stdout"]
+    assert out[-1] == b"line-399" and ("stderr", b"err") in entries
+    shown = docker("logs", name)
+    assert shown.stderr == "err\n"
+    assert shown.stdout.splitlines() == [line.decode() for line in out]  # what the files hold, in order
+    assert "line-0\n" not in shown.stdout  # rotated away: three files of at most 4k
+    last = docker("logs", "--tail", "2", name)
+    assert len(last.stdout.splitlines() + last.stderr.splitlines()) == 2 and last.stdout.endswith("line-399\n")
     res = docker("create", "--log-driver", "local", "--log-opt", "labels=a", "busybox", check=False)
     assert res.returncode == 1 and "unknown log opt 'labels' for local log driver" in res.stderr
+
+
+def test_local_driver_follow(docker: Docker) -> None:
+    """`docker logs -f` reads the local format as it is written, to the container's end."""
+    name = unique("lf")
+    docker("run", "-d", "--name", name, "--log-driver", "local", "busybox", "sh", "-c",
+           "echo one; sleep 1; echo two")
+    assert docker("logs", "-f", name).stdout == "one\ntwo\n"

@@ -388,7 +388,8 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
         if (rec["HostConfig"].get("LogConfig") or {}).get("Type") == "none":
             raise NotImplemented_("configured logging driver does not support reading")
         tty = rec["Config"]["Tty"]
-        entries, offset = await thread(logfile.read, rec["LogPath"], stdout=stdout, stderr=stderr,
+        path, driver = logfile.source(rec)
+        entries, offset = await thread(logfile.read, path, driver=driver, stdout=stdout, stderr=stderr,
                                        since=since, until=until, tail=tail)
 
         def encode(entry: dict[str, Any]) -> bytes:
@@ -407,7 +408,7 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
             cid = rec["Id"]
             wanted = {s for s, on in (("stdout", stdout), ("stderr", stderr)) if on}
             last_pass = False
-            for entry in logfile.follow(rec["LogPath"], offset):
+            for entry in logfile.follow(path, offset, driver):
                 if entry is None:
                     if last_pass:
                         return
@@ -472,7 +473,8 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
 
         async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             if logs:
-                entries, _ = await thread(logfile.read, rec["LogPath"], stdout=want_out, stderr=want_err)
+                path, driver = logfile.source(rec)
+                entries, _ = await thread(logfile.read, path, driver=driver, stdout=want_out, stderr=want_err)
                 # docker-py reads the 101 through a buffered reader, then switches to the raw
                 # socket: bytes sent hard on the heels of the 101 would be lost in that buffer.
                 await asyncio.sleep(0.05)

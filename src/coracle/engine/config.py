@@ -231,8 +231,10 @@ def tmpfs(host_config: dict) -> list[dict[str, Any]]:
 
 LOG_DEFAULTS = {"max-size": "20m", "max-file": "5"}  # Docker's `local` driver bounds; coracled --log-opt
 # The log drivers a container may name, with the options each takes ("mode" and
-# "max-buffer-size" are Docker's for every driver). `local` is written as json-file.
+# "max-buffer-size" are Docker's for every driver); runtime/logformat.py writes them.
 _ANY_DRIVER_OPTS = {"mode", "max-buffer-size"}
+_BOOLS = {**dict.fromkeys(("1", "t", "T", "true", "TRUE", "True"), True),
+          **dict.fromkeys(("0", "f", "F", "false", "FALSE", "False"), False)}  # Go's strconv.ParseBool
 LOG_DRIVERS = {
     "json-file": {"max-size", "max-file", "compress", "labels", "labels-regex", "env", "env-regex", "tag"},
     "local": {"max-size", "max-file", "compress"},
@@ -261,6 +263,8 @@ def log_config(host_config: dict, defaults: dict[str, str] | None = None) -> tup
     unknown = set(opts) - known
     if unknown:
         raise InvalidParameter(f"unknown log opt '{sorted(unknown)[0]}' for {kind} log driver")
+    if opts.get("compress", "false") not in _BOOLS:
+        raise InvalidParameter(f"invalid value for compress: {opts['compress']!r}")
     for key in ("labels-regex", "env-regex"):
         try:
             re.compile(opts.get(key) or "")
@@ -274,6 +278,17 @@ def log_config(host_config: dict, defaults: dict[str, str] | None = None) -> tup
     if files < 1:
         raise InvalidParameter("max-file cannot be less than 1")
     return opts, size, files
+
+
+def log_file(driver: str, cid: str) -> str:
+    """The log's file name in the container's directory (Docker's names; none: no file)."""
+    return {"none": "", "local": "container.log"}.get(driver, f"{cid}-json.log")
+
+
+def log_compress(log_config: dict) -> bool:
+    """Whether rotated files are gzipped: `compress`, by default true for local (Docker's)."""
+    value = (log_config.get("Config") or {}).get("compress")
+    return log_config.get("Type") == "local" if value is None else _BOOLS[value]
 
 
 def log_attrs(opts: dict[str, str], labels: dict[str, str], env: list[str]) -> dict[str, str]:
