@@ -202,7 +202,8 @@ class Engine:
                       "StartedAt": "0001-01-01T00:00:00Z", "FinishedAt": "0001-01-01T00:00:00Z"},
             "Image": image.id, "ResolvConfPath": self._dir(cid, "resolv.conf"),
             "HostnamePath": self._dir(cid, "hostname"), "HostsPath": self._dir(cid, "hosts"),
-            "LogPath": log_path if log_driver == "json-file" else "", "Name": "", "RestartCount": 0, "Driver": "overlay2", "Platform": "linux",
+            "LogPath": log_path if log_driver == "json-file" else "",  # Docker shows no other driver's file
+            "Name": "", "RestartCount": 0, "Driver": "overlay2", "Platform": "linux",
             "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "", "ExecIDs": None,
             "HostConfig": host_config, "Config": config,
             "GraphDriver": {"Name": "overlay2", "Data": {"UpperDir": self._dir(cid, "upper"),

@@ -42,7 +42,8 @@ def details(entry: dict) -> bytes:
 
 def source(rec: dict) -> tuple[str, str]:
     """A container's log file (Docker shows only json-file's as LogPath) and its format."""
-    return rec["Coracle"].get("LogFile", rec["LogPath"]), (rec["HostConfig"].get("LogConfig") or {}).get("Type") or "json-file"
+    driver = (rec["HostConfig"].get("LogConfig") or {}).get("Type") or "json-file"
+    return rec["Coracle"].get("LogFile", rec["LogPath"]), driver
 
 
 def files(path: str) -> list[str]:

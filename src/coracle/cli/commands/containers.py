@@ -618,7 +618,8 @@ def diff(cli: Cli, name: str, args: list[str]) -> int:
     p = parser(name, "CONTAINER", "Inspect changes to files or directories on a container's filesystem")
     p.add_argument("container")
     opts = p.parse_args(args)
-    cli.out("".join(f"{'CAD'[c['Kind']]} {c['Path']}\n" for c in cli.client.get(_path(opts.container, "/changes")) or []))
+    changes = cli.client.get(_path(opts.container, "/changes")) or []
+    cli.out("".join(f"{'CAD'[c['Kind']]} {c['Path']}\n" for c in changes))  # Docker's letters for kinds 0, 1, 2
     return 0
 
 
