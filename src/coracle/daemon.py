@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 
-from coracle import __version__
+from coracle import __version__, trace
 from coracle.errors import CoracleError, InvalidParameter
 
 log = logging.getLogger("coracle")
@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pidfile", default=None, help="default: <exec-root>/coracled.pid")
     p.add_argument("--cgroup-parent", default="coracle")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error", "fatal"])
+    p.add_argument("-D", "--debug", action="store_true",
+                   help="log where each container start spends its time, phase by phase (also CORACLE_TRACE=1)")
     p.add_argument("--bridge", dest="bridge_name", default="coracle0", help="device name of the default bridge")
     p.add_argument("--bip", default=None, help="address/prefix of the default bridge (e.g. 172.17.0.1/16)")
     p.add_argument("--default-address-pool", action="append", default=[],
@@ -98,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     level = {"warn": "WARNING", "fatal": "CRITICAL"}.get(args.log_level, args.log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.debug or trace.enabled_by_environment():
+        trace.enable()
     if not args.host.startswith("unix://"):
         sys.exit("coracled: only unix:// sockets are supported (the API is root's: no TCP listener)")
     socket_path = args.host[len("unix://"):]

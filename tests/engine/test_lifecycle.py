@@ -211,6 +211,13 @@ def test_ps_filters_and_names(client) -> None:  # type: ignore[no-untyped-def]
     assert client.containers.get(a.id[:8]).name == "alpha"
     a.rename("gamma")
     assert client.containers.get("gamma").id == a.id
+    with pytest.raises(docker.errors.NotFound):
+        client.containers.get("alpha")  # the old name is free again...
+    again = client.containers.create("busybox", "true", name="alpha")  # ...and can be taken
+    with pytest.raises(docker.errors.APIError, match="already in use"):
+        client.containers.create("busybox", "true", name="gamma")
+    again.remove()
+    assert client.containers.create("busybox", "true", name="alpha").id != again.id
 
 
 def test_stop_with_negative_timeout_waits_for_the_process(client) -> None:  # type: ignore[no-untyped-def]

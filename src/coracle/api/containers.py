@@ -1,15 +1,19 @@
 """Engine API routes for containers and exec: /containers/..., /exec/...
 
-Handlers translate HTTP to engine calls and back; engine calls block (netlink,
-cgroups, the monitor), so they run in worker threads and the event loop keeps
-serving `ps` while fifty containers start.
+Handlers translate HTTP to engine calls and back. Lifecycle calls block (netlink,
+cgroups, the monitor): they run in a bounded pool of their own, so that they
+never fill the threads other requests need. `ps` and `inspect` are answered on the
+event loop from the engine's records in memory, and so never queue behind them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from coracle import clock
@@ -33,6 +37,7 @@ from coracle.engine.engine import Engine
 from coracle.errors import Conflict, InvalidParameter, NotFound, NotImplemented_, NotModified
 
 thread = asyncio.to_thread
+LIFECYCLE_WORKERS = 8  # create, start, stop, rm... at once; more wait their turn, reads never do
 
 
 def summary(engine: Engine, rec: dict[str, Any], size: bool = False) -> dict[str, Any]:
@@ -241,11 +246,17 @@ def create_body(body: Any) -> dict[str, Any]:
 
 def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
     """Register every container and exec route on the router."""
+    pool = ThreadPoolExecutor(max_workers=LIFECYCLE_WORKERS, thread_name_prefix="lifecycle")
+
+    async def lifecycle(fn: Any, *args: Any) -> Any:
+        """Like asyncio.to_thread, in the lifecycle pool."""
+        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(pool, call)
 
     async def list_(req: Request) -> Response:
         filters = flt.parse(req.qjson("filters"))
         flt.check_container_filters(filters)
-        records = await thread(engine.records)
+        records = engine.views()
         show_all = req.qbool("all")
         limit = req.qint("limit", -1)
         if req.qbool("latest"):
@@ -254,9 +265,9 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
         for rec in sorted(records, key=lambda r: r["Created"], reverse=True):
             if not show_all and not rec["State"]["Running"] and limit <= 0 and "status" not in filters:
                 continue
-            if not flt.container_matches(rec, filters):
+            if filters and not flt.container_matches(rec, filters):
                 continue
-            out.append(summary(engine, rec, req.qbool("size")))
+            out.append(await thread(summary, engine, rec, True) if req.qbool("size") else summary(engine, rec))
         if limit > 0:
             out = out[:limit]
         return Response.json(out)
@@ -265,7 +276,7 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
         body = create_body(req.json())
         name = req.q("name")
         try:
-            result = await thread(engine.create, body, name or None)
+            result = await lifecycle(engine.create, body, name or None)
         except NotFound as exc:
             # The CLI answers any 404 from create with a pull and a retry: only a missing
             # image may say 404 here; a missing network or donor container is a bad parameter.
@@ -274,7 +285,7 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
         return Response.json(result, status=201)
 
     async def inspect(req: Request, id: str) -> Response:
-        out = await thread(engine.inspect, id)
+        out = engine.inspect(id)
         if req.qbool("size"):
             out.update(await thread(sizes, engine, out))
         return Response.json(out)
@@ -287,7 +298,7 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
             hub.connect_waiting(rec["Id"])
 
         try:
-            await thread(engine.start, id, before_release)
+            await lifecycle(engine.start, id, before_release)
         except NotModified:
             return Response.empty(304)
         finally:
@@ -298,45 +309,45 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
     async def stop(req: Request, id: str) -> Response:
         try:
             t = req.qint("t", None) if req.q("t") is not None else req.qint("timeout", None)
-            await thread(engine.stop, id, t, req.q("signal"))
+            await lifecycle(engine.stop, id, t, req.q("signal"))
         except NotModified:
             return Response.empty(304)
         return Response.empty(204)
 
     async def restart(req: Request, id: str) -> Response:
-        await thread(engine.restart, id, req.qint("t", None) if req.q("t") is not None else None)
+        await lifecycle(engine.restart, id, req.qint("t", None) if req.q("t") is not None else None)
         return Response.empty(204)
 
     async def kill(req: Request, id: str) -> Response:
-        await thread(engine.kill, id, req.q("signal"))
+        await lifecycle(engine.kill, id, req.q("signal"))
         return Response.empty(204)
 
     async def pause(req: Request, id: str) -> Response:
-        await thread(engine.pause, id)
+        await lifecycle(engine.pause, id)
         return Response.empty(204)
 
     async def unpause(req: Request, id: str) -> Response:
-        await thread(engine.unpause, id)
+        await lifecycle(engine.unpause, id)
         return Response.empty(204)
 
     async def remove(req: Request, id: str) -> Response:
         if req.qbool("link"):
-            await thread(engine.remove_link, id)
+            await lifecycle(engine.remove_link, id)
             return Response.empty(204)
-        await thread(engine.remove, id, req.qbool("force"), req.qbool("v"))
+        await lifecycle(engine.remove, id, req.qbool("force"), req.qbool("v"))
         return Response.empty(204)
 
     async def rename(req: Request, id: str) -> Response:
         name = req.q("name")
         if not name:
             raise InvalidParameter("name is required")
-        await thread(engine.rename, id, name)
+        await lifecycle(engine.rename, id, name)
         return Response.empty(204)
 
     async def update(req: Request, id: str) -> Response:
         body = req.json()
         check_shape(body, {k: v for k, v in HOST_CONFIG_SHAPE.items() if k not in ("LogConfig",)}, "")
-        return Response.json(await thread(engine.update, id, body))
+        return Response.json(await lifecycle(engine.update, id, body))
 
     async def top(req: Request, id: str) -> Response:
         return Response.json(await thread(engine.top, id, req.q("ps_args") or ""))
@@ -576,7 +587,7 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
         for rec in await thread(engine.records):
             if rec["State"]["Running"] or not flt.container_matches(rec, filters):
                 continue
-            await thread(engine.remove, rec["Id"])
+            await lifecycle(engine.remove, rec["Id"])
             deleted.append(rec["Id"])
         return Response.json({"ContainersDeleted": deleted, "SpaceReclaimed": 0})
 

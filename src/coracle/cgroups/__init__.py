@@ -11,7 +11,7 @@ import os
 
 from coracle.cgroups.manager import Manager, normalize
 from coracle.cgroups.resources import Resources
-from coracle.cgroups.v1 import V1Manager, hierarchies
+from coracle.cgroups.v1 import V1Manager, mount_table
 from coracle.cgroups.v2 import V2Manager
 from coracle.errors import SystemError_
 
@@ -30,7 +30,7 @@ def detect(root: str = DEFAULT_ROOT) -> type[Manager]:
                 return V2Manager
     except FileNotFoundError:
         pass
-    if hierarchies(root):
+    if mount_table.hierarchies(root):
         return V1Manager
     if os.path.exists(os.path.join(root, "cgroup.controllers")):
         return V2Manager  # cgroup2 without controllers: joining and freezing still work

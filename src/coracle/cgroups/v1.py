@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
+import threading
+from typing import Any
 
 from coracle.cgroups import devices, files, host
 from coracle.cgroups.manager import Manager, wait_until
@@ -24,30 +27,73 @@ def unescape(field: str) -> str:
 
 def hierarchies(root: str = "/sys/fs/cgroup") -> dict[str, str]:
     """Controller (or "name=systemd") -> mount point, for v1 hierarchies mounted under root."""
+    with open("/proc/self/mountinfo") as f:
+        return _parse(f.read(), root)
+
+
+def _parse(mountinfo: str, root: str) -> dict[str, str]:
     root = os.path.normpath(root)
     out: dict[str, str] = {}
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fstype, _, superopts = right.split(" ", 2)
-            if fstype != "cgroup":
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fstype, _, superopts = right.split(" ", 2)
+        if fstype != "cgroup":
+            continue
+        mountpoint = unescape(left.split(" ")[4])
+        if os.path.dirname(mountpoint) != root:
+            continue
+        for opt in superopts.strip().split(","):
+            if opt in ("rw", "ro") or ("=" in opt and not opt.startswith("name=")):
                 continue
-            mountpoint = unescape(left.split(" ")[4])
-            if os.path.dirname(mountpoint) != root:
+            if opt in ("xattr", "noprefix", "clone_children", "cpuset_v2_mode", "favordynmods"):
                 continue
-            for opt in superopts.strip().split(","):
-                if opt in ("rw", "ro") or ("=" in opt and not opt.startswith("name=")):
-                    continue
-                if opt in ("xattr", "noprefix", "clone_children", "cpuset_v2_mode", "favordynmods"):
-                    continue
-                out.setdefault(opt, mountpoint)
+            out.setdefault(opt, mountpoint)
     return out
+
+
+class MountTable:
+    """This process's mountinfo, read again only after the kernel says it changed.
+
+    Why: every container start builds cgroup managers, and parsing mountinfo for
+    each cost a millisecond per start. The kernel flags an open mountinfo file with
+    POLLPRI once after any mount or unmount in its namespace, so a poll that
+    returns nothing proves the cached text current. Tied to the process that read
+    it: a forked child (which may enter another mount namespace) reads its own.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._file: Any = None
+        self._poll = select.poll()
+        self._text = ""
+        self._parsed: dict[str, dict[str, str]] = {}
+
+    def hierarchies(self, root: str = "/sys/fs/cgroup") -> dict[str, str]:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid, self._file, self._poll = os.getpid(), open("/proc/self/mountinfo"), select.poll()
+                self._poll.register(self._file, select.POLLPRI)
+                self._reread()
+            elif self._poll.poll(0):
+                self._reread()
+            if root not in self._parsed:
+                self._parsed[root] = _parse(self._text, root)
+            return dict(self._parsed[root])
+
+    def _reread(self) -> None:
+        self._file.seek(0)
+        self._text = self._file.read()
+        self._parsed = {}
+
+
+mount_table = MountTable()
 
 
 class V1Manager(Manager):
     def __init__(self, path: str, root: str = "/sys/fs/cgroup") -> None:
         super().__init__(path, root)
-        self._mounts = hierarchies(root)
+        self._mounts = mount_table.hierarchies(root)
 
     def _dir(self, controller: str) -> str | None:
         mountpoint = self._mounts.get(controller)

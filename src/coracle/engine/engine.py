@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from coracle import cgroups
+from coracle import cgroups, trace
 from coracle.clock import timestamp as utc_now
 from coracle.cgroups import Resources
 from coracle.cgroups.devices import DeviceRule
@@ -31,6 +31,7 @@ from coracle.engine import health, links, logs, security
 from coracle.engine.events import EventBus
 from coracle.engine.execs import Execs
 from coracle.engine.names import random_name
+from coracle.engine.records import RecordIndex
 from coracle.engine.restart import RestartTracker
 from coracle.engine.top import network_counters, processes, ps
 from coracle.errors import (
@@ -82,6 +83,9 @@ class Engine:
         self.volumes_dir = os.path.join(data_root, "volumes")
         os.makedirs(self.containers_dir, exist_ok=True)
         store.validate(KIND, cfg.check_record)  # a damaged record is quarantined, never fatal
+        self.index = RecordIndex()
+        self._saving = threading.Lock()  # taken last, around one store write and one index update
+        self.reload()
         self._lock = threading.RLock()  # names and the id index
         self._locks: dict[str, threading.RLock] = {}
         self._exited: dict[str, threading.Event] = {}
@@ -99,21 +103,40 @@ class Engine:
             return self._locks.setdefault(cid, threading.RLock())
 
     def records(self) -> list[dict[str, Any]]:
-        return self.store.all(KIND)
+        """Every record, oldest first, as copies the caller may modify."""
+        return self.index.copies()
+
+    def views(self) -> list[dict[str, Any]]:
+        """Every record, oldest first, shared and read-only: for list answers."""
+        return self.index.views()
+
+    def reload(self) -> None:
+        """Take the records from the store again, after something wrote them there directly."""
+        self.index.load(self.store.all(KIND))
 
     def get(self, ref: str) -> dict[str, Any]:
-        """By full id, name (with or without /), or unique id prefix, like Docker."""
+        """By full id, name (with or without /), or unique id prefix, like Docker: a copy to modify."""
+        rec = self.index.copy(self._resolve(ref))
+        if rec is None:
+            raise NotFound(f"No such container: {ref}")  # removed meanwhile
+        return rec
+
+    def view(self, ref: str) -> dict[str, Any]:
+        """Like get, but the shared read-only record: for answers built and sent at once."""
+        rec = self.index.view(self._resolve(ref))
+        if rec is None:
+            raise NotFound(f"No such container: {ref}")
+        return rec
+
+    def _resolve(self, ref: str) -> str:
         if not ref:
             raise NotFound("No such container: ")
-        rec = self.store.get(KIND, ref)
-        if rec:
-            return rec
-        name = "/" + ref.lstrip("/")
-        records = self.records()
-        for r in records:
-            if r["Name"] == name:
-                return r
-        matches = [r for r in records if r["Id"].startswith(ref)]
+        if self.index.view(ref) is not None:
+            return ref
+        cid = self.index.id_of_name("/" + ref.lstrip("/"))
+        if cid is not None:
+            return cid
+        matches = self.index.ids_with_prefix(ref)
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
@@ -121,7 +144,9 @@ class Engine:
         raise NotFound(f"No such container: {ref}")
 
     def save(self, rec: dict[str, Any]) -> None:
-        self.store.put(KIND, rec["Id"], rec)
+        with self._saving:  # store and index see concurrent saves and removals in one order
+            self.store.put(KIND, rec["Id"], rec)
+            self.index.put(rec)
         cfg.write_record_file(self._dir(rec["Id"]), rec)  # what rebuilds the record if the database is lost
 
     def _dir(self, cid: str, *parts: str) -> str:
@@ -219,11 +244,7 @@ class Engine:
         with self._lock:
             rec["Name"] = "/" + (cfg.check_name(name) if name else self._generate_name())
             host_config["Links"] = links.stored(link_pairs, link_targets, rec["Name"]) or None
-            for other in self.records():
-                if other["Name"] == rec["Name"]:
-                    raise Conflict(
-                        f'Conflict. The container name "{rec["Name"]}" is already in use by container '
-                        f'"{other["Id"]}". You have to remove (or rename) that container to be able to reuse that name.')
+            self._check_name_free(rec["Name"])
             try:
                 for sub in ("upper", "work", "rootfs"):
                     os.makedirs(self._dir(cid, sub), exist_ok=True)
@@ -242,11 +263,17 @@ class Engine:
         return {"Id": cid, "Warnings": []}
 
     def _generate_name(self) -> str:
-        taken = {r["Name"] for r in self.records()}
         while True:
             name = random_name()
-            if "/" + name not in taken:
+            if self.index.id_of_name("/" + name) is None:
                 return name
+
+    def _check_name_free(self, name: str) -> None:
+        """Called under self._lock, which every change of a name holds."""
+        other = self.index.id_of_name(name)
+        if other is not None:
+            raise Conflict(f'Conflict. The container name "{name}" is already in use by container '
+                           f'"{other}". You have to remove (or rename) that container to be able to reuse that name.')
 
     # ----- start ---------------------------------------------------------
 
@@ -329,6 +356,7 @@ class Engine:
         mode = hc["NetworkMode"]
         undo: list[Callable[[], None]] = []
         sock = None
+        phases = trace.Phases("start", cid)
         with self._starting_lock:
             self._starting[cid] = None
         try:
@@ -337,6 +365,7 @@ class Engine:
             spec = self._spec(rec, mode)
             sock, pid = self.monitor.spawn(spec)
             undo.append(lambda: self.monitor.abandon(None, cid))
+            phases.mark("spawn")
             cg = self.cgroup(rec)
             cg.create()
             undo.append(cg.destroy)
@@ -345,17 +374,21 @@ class Engine:
             cg.set_devices([DeviceRule.from_json(r) for r in spec.device_rules])
             security.set_oom_score_adj(pid, hc)
             fault("start-after-cgroup")
+            phases.mark("cgroup")
             undo.append(lambda: self.network.detach(cid))
             rec["NetworkSettings"] = self.network.attach(rec, pid)
             fault("start-after-network")
+            phases.mark("network")
             if not mode.startswith("container:"):
                 self._write_files(rec)  # once, with the addresses the network gave; read at release
+            phases.mark("files")
             rec["State"].update({"Pid": pid})
             if before_release:
                 before_release(rec)
             self._exited[cid] = threading.Event()
             self.monitor.release(sock, cid)
             sock = None
+            phases.mark("release")
         except BaseException as exc:
             if sock is not None:
                 sock.close()
@@ -386,6 +419,8 @@ class Engine:
         if health.Probe.of(rec["Config"]):
             rec["State"]["Health"] = health.starting()
         self.save(rec)
+        phases.mark("save")
+        phases.done()
         self._event(rec, "start")
         self.health.watch(rec)
         with self._starting_lock:
@@ -663,7 +698,9 @@ class Engine:
                 for m in rec["Mounts"]:
                     if m["Type"] == "volume" and len(m.get("Name", "")) == 64:  # anonymous volumes only
                         remove_tree(os.path.dirname(m["Source"]), ignore_errors=True)
-            self.store.delete(KIND, cid)
+            with self._saving:
+                self.store.delete(KIND, cid)
+                self.index.drop(cid)
             self.monitor.forget_exit(cid)
         with self._lock:
             self._locks.pop(cid, None)
@@ -681,10 +718,7 @@ class Engine:
             rec = self.get(ref)
             if rec["Name"] == name:
                 raise InvalidParameter("Renaming a container with the same name as its current name")
-            for other in self.records():
-                if other["Name"] == name:
-                    raise Conflict(f'Conflict. The container name "{name}" is already in use by container '
-                                   f'"{other["Id"]}". You have to remove (or rename) that container to be able to reuse that name.')
+            self._check_name_free(name)
             old = rec["Name"]
             rec["Name"] = name
             self.network.rename(rec, old)
@@ -733,7 +767,8 @@ class Engine:
     # ----- views ---------------------------------------------------------
 
     def inspect(self, ref: str) -> dict[str, Any]:
-        rec = self.get(ref)
+        """From memory, without a thread: answers while lifecycle work holds the store."""
+        rec = self.view(ref)
         out = {k: v for k, v in rec.items() if k not in ("Coracle", "NetworkingConfig")}
         out["ExecIDs"] = self.execs.of_container(rec["Id"]) or None
         return out

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from coracle import clock
 from coracle.errors import CoracleError, InvalidParameter
+from coracle.runtime.client import MAX_PACKET
 
 if TYPE_CHECKING:
     from coracle.engine.engine import Engine
@@ -247,7 +248,11 @@ class HealthChecker:
 
 
 def _collect(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
-    """Read an exec's multiplexed output until it ends or `timeout` passes: (output, timed out)."""
+    """Read an exec's output stream until it ends or `timeout` passes: (output, timed out).
+
+    The monitor sends packets b"o" + multiplexed frames, then b"e" when the
+    process is gone; anything else (or nothing) means the stream was cut.
+    """
     deadline = time.monotonic() + timeout
     buf, out, truncated = b"", b"", False
     while True:
@@ -256,14 +261,14 @@ def _collect(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
             return _clip(out, truncated), True
         sock.settimeout(left)
         try:
-            chunk = sock.recv(1 << 16)
+            packet = sock.recv(MAX_PACKET)
         except TimeoutError:
             return _clip(out, truncated), True
         except OSError:
-            chunk = b""
-        if not chunk:
+            packet = b""
+        if packet[:1] != b"o":
             return _clip(out, truncated), False
-        buf += chunk
+        buf += packet[1:]
         while len(buf) >= 8:
             size = struct.unpack(">I", buf[4:8])[0]
             if len(buf) < 8 + size:

@@ -1,0 +1,82 @@
+"""The container records held in memory, indexed by id and by name.
+
+Why: `docker ps` and `inspect` must answer while other clients create and start
+containers. Reading the store takes its global lock and a transaction, and decoding
+every record makes `get` by name and the name check of `create` O(N). The engine
+keeps here what it saves: a read is a dictionary look-up that never waits behind a
+lifecycle operation. The store stays the durable truth; this is loaded from it at
+start-up and updated only after a write to it succeeded.
+
+Each record is kept twice: its JSON text, from which callers that will modify a
+record get their own copy, and one decoded view shared by read-only callers (list
+and inspect answers), which nobody may modify.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+
+class RecordIndex:
+    """Records by id in creation order, and the id of each name."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # held for dictionary updates only, never across I/O
+        self._bodies: dict[str, str] = {}
+        self._views: dict[str, dict[str, Any]] = {}
+        self._names: dict[str, str] = {}
+
+    def load(self, records: list[dict[str, Any]]) -> None:
+        """Replace everything with `records` (in the store's order, oldest first)."""
+        bodies = {r["Id"]: json.dumps(r, separators=(",", ":")) for r in records}
+        with self._lock:
+            self._bodies = bodies
+            self._views = {cid: json.loads(body) for cid, body in bodies.items()}
+            self._names = {v["Name"]: cid for cid, v in self._views.items()}
+
+    def put(self, rec: dict[str, Any]) -> None:
+        body = json.dumps(rec, separators=(",", ":"))
+        view = json.loads(body)
+        cid = view["Id"]
+        with self._lock:
+            old = self._views.get(cid)
+            if old is not None and self._names.get(old["Name"]) == cid:
+                del self._names[old["Name"]]
+            self._bodies[cid] = body
+            self._views[cid] = view
+            self._names[view["Name"]] = cid
+
+    def drop(self, cid: str) -> None:
+        with self._lock:
+            self._bodies.pop(cid, None)
+            old = self._views.pop(cid, None)
+            if old is not None and self._names.get(old["Name"]) == cid:
+                del self._names[old["Name"]]
+
+    def copy(self, cid: str) -> dict[str, Any] | None:
+        """A private copy the caller may modify (and save)."""
+        body = self._bodies.get(cid)
+        return json.loads(body) if body is not None else None
+
+    def copies(self) -> list[dict[str, Any]]:
+        with self._lock:
+            bodies = list(self._bodies.values())
+        return [json.loads(b) for b in bodies]
+
+    def view(self, cid: str) -> dict[str, Any] | None:
+        """The shared read-only record: for answers built and sent at once."""
+        return self._views.get(cid)
+
+    def views(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._views.values())
+
+    def id_of_name(self, name: str) -> str | None:
+        return self._names.get(name)
+
+    def ids_with_prefix(self, prefix: str) -> list[str]:
+        with self._lock:
+            ids = list(self._bodies)
+        return [cid for cid in ids if cid.startswith(prefix)]
