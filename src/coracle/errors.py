@@ -48,6 +48,12 @@ class Unavailable(CoracleError):
     status = 503
 
 
+class NotImplemented_(CoracleError):
+    """The object cannot do this (a container whose log driver keeps nothing): Docker's 501."""
+
+    status = 501
+
+
 class SystemError_(CoracleError):
     """The host refused (kernel feature missing, disk full): not the caller's fault."""
 

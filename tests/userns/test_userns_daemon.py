@@ -164,3 +164,25 @@ def test_cp_works_as_the_container_root(client: docker.DockerClient, state: str)
     ctr.reload()
     st = os.stat(Path(ctr.attrs["GraphDriver"]["Data"]["UpperDir"]) / "tmp" / "copied.txt")
     assert (st.st_uid, st.st_gid) == root_ids()
+
+
+@pytest.mark.parametrize("state", ["running", "stopped"])
+def test_diff_and_export_in_the_user_namespace(client: docker.DockerClient, state: str) -> None:
+    """The diff and export helpers mount the layers in the container's user namespace: the
+    container's changes are seen, and export shows its root's files as root's (uid 0)."""
+    import io
+    import tarfile
+
+    ctr = client.containers.run("busybox", ["sh", "-c", "echo r > /remapped; rm /etc/group; touch /done; "
+                                            + ("exec sleep 60" if state == "running" else "true")], detach=True)
+    if state == "running":
+        ctr.exec_run(["sh", "-c", "until [ -e /done ]; do sleep 0.1; done"])
+    else:
+        ctr.wait()
+    found = {c["Path"]: c["Kind"] for c in ctr.diff()}
+    assert found["/remapped"] == 1 and found["/etc/group"] == 2
+    with tarfile.open(fileobj=io.BytesIO(b"".join(ctr.export()))) as tf:
+        member = tf.getmember("remapped")
+        assert tf.extractfile(member).read() == b"r\n"  # type: ignore[union-attr]
+        assert (member.uid, member.gid) == (0, 0)  # as Docker maps them back with --userns-remap
+        assert "etc/group" not in tf.getnames()

@@ -1,4 +1,5 @@
-"""Engine API routes for `docker cp`: HEAD/GET/PUT /containers/{id}/archive.
+"""Engine API routes for `docker cp` (HEAD/GET/PUT /containers/{id}/archive), `docker
+export` (GET /containers/{id}/export) and `docker diff` (GET /containers/{id}/changes).
 
 HEAD answers the path's stat in the `X-Docker-Container-Path-Stat` header
 (base64 JSON), which the CLI reads to decide how to name what it copies; GET
@@ -19,6 +20,7 @@ from coracle.api.images import spool
 from coracle.engine import archive
 from coracle.engine.engine import Engine
 from coracle.errors import InvalidParameter
+from coracle.runtime.confined import Helper
 
 thread = asyncio.to_thread
 STAT_HEADER = "X-Docker-Container-Path-Stat"
@@ -42,17 +44,15 @@ def routes(router: Router, engine: Engine) -> None:
 
     async def get(req: Request, id: str) -> Any:
         found, helper = await thread(archive.export, engine, id, _path(req))
-
-        async def produce(stream: Any) -> None:
-            try:
-                while chunk := await thread(helper.stdout.read1, 1 << 20):
-                    await stream.write(chunk)
-            finally:
-                await thread(helper.close)
-
-        resp = Response.stream(produce, content_type="application/x-tar")
+        resp = _tar_stream(helper)
         resp.headers.update(_stat_header(found))
         return resp
+
+    async def export(req: Request, id: str) -> Any:
+        return _tar_stream(await thread(archive.export_filesystem, engine, id))
+
+    async def changes(req: Request, id: str) -> Response:
+        return Response.json(await thread(archive.changes, engine, id))
 
     async def put(req: Request, id: str) -> Response:
         path = _path(req)
@@ -70,3 +70,17 @@ def routes(router: Router, engine: Engine) -> None:
     router.add("HEAD", "/containers/{id}/archive", head)  # before GET: HEAD would otherwise match it
     router.add("GET", "/containers/{id}/archive", get)
     router.add("PUT", "/containers/{id}/archive", put, stream_body=True)
+    router.add("GET", "/containers/{id}/export", export)
+    router.add("GET", "/containers/{id}/changes", changes)
+
+
+def _tar_stream(helper: Helper) -> Any:
+    """The tar a helper writes after its answer, streamed; the helper is reaped at the end."""
+    async def produce(stream: Any) -> None:
+        try:
+            while chunk := await thread(helper.stdout.read1, 1 << 20):
+                await stream.write(chunk)
+        finally:
+            await thread(helper.close)
+
+    return Response.stream(produce, content_type="application/x-tar")

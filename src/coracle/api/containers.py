@@ -34,7 +34,7 @@ from coracle.api.streams import (
 from coracle.disk import usage as disk_usage
 from coracle.engine import logs as logfile
 from coracle.engine.engine import Engine
-from coracle.errors import Conflict, InvalidParameter, NotFound, NotModified
+from coracle.errors import Conflict, InvalidParameter, NotFound, NotImplemented_, NotModified
 
 thread = asyncio.to_thread
 LIFECYCLE_WORKERS = 8  # create, start, stop, rm... at once; more wait their turn, reads never do
@@ -395,13 +395,18 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
         tail_text = req.q("tail") or "all"
         tail = None if tail_text == "all" else int(tail_text) if tail_text.lstrip("-").isdigit() else None
         since, until = logfile.parse_time(req.q("since")), logfile.parse_time(req.q("until"))
-        timestamps, follow = req.qbool("timestamps"), req.qbool("follow")
+        timestamps, follow, details = req.qbool("timestamps"), req.qbool("follow"), req.qbool("details")
+        if (rec["HostConfig"].get("LogConfig") or {}).get("Type") == "none":
+            raise NotImplemented_("configured logging driver does not support reading")
         tty = rec["Config"]["Tty"]
-        entries, offset = await thread(logfile.read, rec["LogPath"], stdout=stdout, stderr=stderr,
+        path, driver = logfile.source(rec)
+        entries, offset = await thread(logfile.read, path, driver=driver, stdout=stdout, stderr=stderr,
                                        since=since, until=until, tail=tail)
 
         def encode(entry: dict[str, Any]) -> bytes:
             data = entry["log"].encode()
+            if details:
+                data = logfile.details(entry) + b" " + data
             if timestamps:
                 data = entry["time"].encode() + b" " + data
             return data if tty else frame(1 if entry["stream"] == "stdout" else 2, data)
@@ -414,7 +419,7 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
             cid = rec["Id"]
             wanted = {s for s, on in (("stdout", stdout), ("stderr", stderr)) if on}
             last_pass = False
-            for entry in logfile.follow(rec["LogPath"], offset):
+            for entry in logfile.follow(path, offset, driver):
                 if entry is None:
                     if last_pass:
                         return
@@ -479,7 +484,8 @@ def routes(router: Router, engine: Engine, hub: AttachHub) -> None:
 
         async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             if logs:
-                entries, _ = await thread(logfile.read, rec["LogPath"], stdout=want_out, stderr=want_err)
+                path, driver = logfile.source(rec)
+                entries, _ = await thread(logfile.read, path, driver=driver, stdout=want_out, stderr=want_err)
                 # docker-py reads the 101 through a buffered reader, then switches to the raw
                 # socket: bytes sent hard on the heels of the 101 would be lost in that buffer.
                 await asyncio.sleep(0.05)

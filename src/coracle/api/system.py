@@ -13,6 +13,7 @@ from coracle import __version__
 from coracle.api.disabled import SWARM_INACTIVE
 from coracle.api.filters import parse as parse_filters, values
 from coracle.api.http import API_VERSION, DOCKER_COMPAT, MIN_API_VERSION, Request, Response, Router
+from coracle.engine import config as cfg
 from coracle.engine.engine import Engine
 from coracle.engine.logs import parse_time
 
@@ -54,7 +55,7 @@ def routes(router: Router, engine: Engine, images: Any, network: Any, data_root:
             "ContainersPaused": paused, "ContainersStopped": len(records) - running - paused,
             "Images": len(await asyncio.to_thread(images.list)), "Driver": "overlay2",
             "DriverStatus": [["Backing Filesystem", "extfs"]], "Plugins": {"Network": ["bridge", "host", "none"],
-                                                                              "Volume": ["local"], "Log": ["json-file"]},
+                                                                              "Volume": ["local"], "Log": sorted(cfg.LOG_DRIVERS)},
             "MemoryLimit": True, "SwapLimit": False, "CpuCfsPeriod": True, "CpuCfsQuota": True, "CPUShares": True,
             "CPUSet": True, "PidsLimit": True, "OomKillDisable": True, "IPv4Forwarding": True,
             "Debug": False, "NFd": len(os.listdir("/proc/self/fd")), "NGoroutines": 0,

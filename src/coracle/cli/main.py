@@ -20,7 +20,7 @@ _CONTAINER = {
     "rm": "containers:rm", "pause": "containers:pause", "unpause": "containers:unpause",
     "wait": "containers:wait", "rename": "containers:rename", "logs": "containers:logs",
     "top": "containers:top", "ps": "containers:ps", "port": "containers:port", "stats": "containers:stats",
-    "cp": "containers:cp", "update": "containers:update", "attach": "containers:attach", "exec": "containers:exec_",
+    "cp": "containers:cp", "diff": "containers:diff", "export": "containers:export", "update": "containers:update", "attach": "containers:attach", "exec": "containers:exec_",
     "commit": "images:commit", "prune": "containers:prune",
 }
 _IMAGE = {
@@ -67,9 +67,9 @@ Management Commands:
   system      Manage coracle (df, prune, check, info, events)
 
 Commands:
-  attach  build  commit  cp  create  events  exec  history  images  import  info  inspect  kill
-  load  login  logout  logs  pause  port  ps  pull  push  rename  restart  rm  rmi  run
-  save  start  stats  stop  tag  top  unpause  update  version  wait
+  attach  build  commit  cp  create  diff  events  exec  export  history  images  import  info
+  inspect  kill  load  login  logout  logs  pause  port  ps  pull  push  rename  restart  rm  rmi
+  run  save  start  stats  stop  tag  top  unpause  update  version  wait
 
 Run 'coracle COMMAND --help' for more information on a command.
 """

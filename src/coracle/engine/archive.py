@@ -1,4 +1,4 @@
-"""`docker cp`: tar archives of paths inside a container, and tars extracted into it.
+"""`docker cp`, `docker export`, `docker diff`: a container's files read (or written) safely.
 
 A path inside a container must resolve the way the container's own processes
 see it (absolute symlinks, `..` at the root, volumes mounted over the image),
@@ -14,10 +14,16 @@ of that container:
   top lower layer, so the kernel applies whiteouts and opaque dirs); writes
   mount it with the upper and work dirs, under the container's lock so that a
   start cannot race them.
+
+Export and diff look at the container's filesystem alone, as Docker does
+(neither its volumes nor /proc or /dev): running or not, the helper mounts the
+overlay read-only in namespaces of its own, the merged view for export, the
+upper dir, image and merged view side by side for diff.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, BinaryIO
 
@@ -60,14 +66,36 @@ def extract(engine: Any, ref: str, path: str, tar: BinaryIO, *, no_overwrite_dir
     engine._event(rec, "extract-to-dir")
 
 
-def confinement(engine: Any, rec: dict[str, Any], writable: bool) -> Confinement:
-    """How a helper enters this container: as an exec when it runs, over its overlay when not."""
+def export_filesystem(engine: Any, ref: str) -> Helper:
+    """A helper whose stdout carries the tar of the container's whole filesystem
+    (GET /containers/{id}/export); the caller reads it to its end, then closes it."""
+    rec = engine.get(ref)
+    helper = confined.start(confinement(engine, rec, writable=False, view="merged"),
+                            f"{_OPERATIONS}:export_filesystem", {})
+    engine._event(rec, "export")
+    return helper
+
+
+def changes(engine: Any, ref: str) -> list[dict[str, Any]]:
+    """Docker's list of {"Path", "Kind"} the container changed (GET /containers/{id}/changes)."""
+    rec = engine.get(ref)
+    helper = confined.start(confinement(engine, rec, writable=False, view="layers"), f"{_OPERATIONS}:changes", {})
+    try:
+        found = json.loads(helper.stdout.read() or b"[]")
+    finally:
+        helper.close()
+    return found
+
+
+def confinement(engine: Any, rec: dict[str, Any], writable: bool, view: str | None = None) -> Confinement:
+    """How a helper enters this container: as an exec when it runs, over its overlay when not.
+    With a `view` ("merged" or "layers"), over its overlay without its mounts, running or not."""
     hc = rec["HostConfig"]
     found = Confinement(writable)
     profile = security.seccomp_of(hc)
     if profile is not None:  # compiled here, once per profile, for the helper's few capabilities
         found.seccomp_bpf = seccomp.compile_bpf(profile, found.capabilities, True)
-    if rec["State"]["Running"]:
+    if rec["State"]["Running"] and view is None:
         found.pid, found.start_ticks = rec["State"]["Pid"], rec["Coracle"].get("StartTicks")
         found.cgroup_dirs = _joinable(engine.cgroup(rec).dirs(), rec)
         return found
@@ -75,8 +103,9 @@ def confinement(engine: Any, rec: dict[str, Any], writable: bool) -> Confinement
     found.overlay = Overlay(
         lower=engine.images.layer_dirs(engine.images.resolve(rec["Image"])), upper=data["UpperDir"],
         work=data["WorkDir"], mountpoint=data["MergedDir"], readonly_rootfs=bool(hc.get("ReadonlyRootfs")),
-        mounts=[BindMount(m["Source"], m["Destination"], m["RW"]) for m in rec["Mounts"]
-                if m["Type"] in ("bind", "volume")])
+        mounts=[] if view else [BindMount(m["Source"], m["Destination"], m["RW"]) for m in rec["Mounts"]
+                                if m["Type"] in ("bind", "volume")],
+        view=view or "merged")
     remap = security.user_namespace(hc, engine.userns_remap)
     if remap is not None:
         found.uid_map, found.gid_map = remap.uid_map, remap.gid_map

@@ -240,20 +240,46 @@ def tmpfs(host_config: dict) -> list[dict[str, Any]]:
 
 
 LOG_DEFAULTS = {"max-size": "20m", "max-file": "5"}  # Docker's `local` driver bounds; coracled --log-opt
+# The log drivers a container may name, with the options each takes ("mode" and
+# "max-buffer-size" are Docker's for every driver); runtime/logformat.py writes them.
+_ANY_DRIVER_OPTS = {"mode", "max-buffer-size"}
+_BOOLS = {**dict.fromkeys(("1", "t", "T", "true", "TRUE", "True"), True),
+          **dict.fromkeys(("0", "f", "F", "false", "FALSE", "False"), False)}  # Go's strconv.ParseBool
+LOG_DRIVERS = {
+    "json-file": {"max-size", "max-file", "compress", "labels", "labels-regex", "env", "env-regex", "tag"},
+    "local": {"max-size", "max-file", "compress"},
+    "none": set(),
+}
+
+
+def log_driver(host_config: dict) -> str:
+    """The container's log driver, refused with Docker's message when it is none of ours."""
+    kind = (host_config.get("LogConfig") or {}).get("Type") or "json-file"
+    if kind not in LOG_DRIVERS:
+        raise InvalidParameter(f"logger: no log driver named '{kind}' is registered")
+    return kind
 
 
 def log_config(host_config: dict, defaults: dict[str, str] | None = None) -> tuple[dict[str, str], int, int]:
-    """json-file options (the daemon's defaults under the container's own) and the resulting
-    max-size in bytes (0: unbounded, `max-size=-1`) and max-file."""
-    cfg = host_config.get("LogConfig") or {}
-    kind = cfg.get("Type") or "json-file"
-    if kind not in ("json-file", "local"):
-        raise InvalidParameter(f"logging driver {kind} is not supported (use json-file)")
-    opts = {**(LOG_DEFAULTS if defaults is None else defaults), **(cfg.get("Config") or {})}
-    unknown = set(opts) - {"max-size", "max-file", "compress", "labels", "labels-regex", "env", "env-regex", "tag",
-                         "mode", "max-buffer-size"}
+    """The driver's options (the daemon's defaults under the container's own) and the
+    resulting max-size in bytes (0: unbounded, `max-size=-1`) and max-file. `none` takes
+    any option and keeps none, as Docker's."""
+    kind = log_driver(host_config)
+    if kind == "none":
+        return {}, 0, 1
+    known = LOG_DRIVERS[kind] | _ANY_DRIVER_OPTS
+    opts = {**{k: v for k, v in (LOG_DEFAULTS if defaults is None else defaults).items() if k in known},
+            **((host_config.get("LogConfig") or {}).get("Config") or {})}
+    unknown = set(opts) - known
     if unknown:
-        raise InvalidParameter(f"unknown log opt '{sorted(unknown)[0]}' for json-file log driver")
+        raise InvalidParameter(f"unknown log opt '{sorted(unknown)[0]}' for {kind} log driver")
+    if opts.get("compress", "false") not in _BOOLS:
+        raise InvalidParameter(f"invalid value for compress: {opts['compress']!r}")
+    for key in ("labels-regex", "env-regex"):
+        try:
+            re.compile(opts.get(key) or "")
+        except re.error as exc:
+            raise InvalidParameter(f"invalid {key} {opts[key]!r}: {exc}") from None
     size = 0 if str(opts.get("max-size") or "-1") == "-1" else parse_size(opts["max-size"])
     try:
         files = int(opts.get("max-file") or 1)
@@ -262,6 +288,32 @@ def log_config(host_config: dict, defaults: dict[str, str] | None = None) -> tup
     if files < 1:
         raise InvalidParameter("max-file cannot be less than 1")
     return opts, size, files
+
+
+def log_file(driver: str, cid: str) -> str:
+    """The log's file name in the container's directory (Docker's names; none: no file)."""
+    return {"none": "", "local": "container.log"}.get(driver, f"{cid}-json.log")
+
+
+def log_compress(log_config: dict) -> bool:
+    """Whether rotated files are gzipped: `compress`, by default true for local (Docker's)."""
+    value = (log_config.get("Config") or {}).get("compress")
+    return log_config.get("Type") == "local" if value is None else _BOOLS[value]
+
+
+def log_attrs(opts: dict[str, str], labels: dict[str, str], env: list[str]) -> dict[str, str]:
+    """The "attrs" of every log line (`--log-opt labels=`, `labels-regex=`, `env=`,
+    `env-regex=`): the container's labels and environment values they name, as Docker's."""
+    variables = dict(e.split("=", 1) for e in env if "=" in e)
+    attrs: dict[str, str] = {}
+    for source, names, pattern in ((labels, opts.get("labels"), opts.get("labels-regex")),
+                                   (variables, opts.get("env"), opts.get("env-regex"))):
+        for name in (names or "").split(","):
+            if name in source:
+                attrs[name] = source[name]
+        if pattern:
+            attrs.update({k: v for k, v in source.items() if re.search(pattern, k)})
+    return attrs
 
 
 def log_defaults(specs: list[str]) -> dict[str, str]:

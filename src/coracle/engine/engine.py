@@ -27,7 +27,7 @@ from coracle.clock import timestamp as utc_now
 from coracle.cgroups import Resources
 from coracle.cgroups.devices import DeviceRule
 from coracle.engine import config as cfg
-from coracle.engine import health, links, security
+from coracle.engine import health, links, logs, security
 from coracle.engine.events import EventBus
 from coracle.engine.execs import Execs
 from coracle.engine.names import random_name
@@ -217,9 +217,10 @@ class Engine:
         for key in ("Tty", "OpenStdin", "StdinOnce", "AttachStdin", "AttachStdout", "AttachStderr"):
             config[key] = bool(config.get(key))
         host_config.setdefault("RestartPolicy", {"Name": "no", "MaximumRetryCount": 0})
-        host_config["LogConfig"] = {"Type": "json-file", "Config": log_opts}
+        host_config["LogConfig"] = {"Type": cfg.log_driver(host_config), "Config": log_opts}
         now = utc_now()
-        log_path = self._dir(cid, f"{cid}-json.log")
+        log_driver = host_config["LogConfig"]["Type"]
+        log_path = self._dir(cid, cfg.log_file(log_driver, cid)) if log_driver != "none" else ""
         rec = {
             "Id": cid, "Created": now, "Path": argv[0], "Args": argv[1:],
             "State": {"Status": "created", "Running": False, "Paused": False, "Restarting": False,
@@ -227,7 +228,8 @@ class Engine:
                       "StartedAt": "0001-01-01T00:00:00Z", "FinishedAt": "0001-01-01T00:00:00Z"},
             "Image": image.id, "ResolvConfPath": self._dir(cid, "resolv.conf"),
             "HostnamePath": self._dir(cid, "hostname"), "HostsPath": self._dir(cid, "hosts"),
-            "LogPath": log_path, "Name": "", "RestartCount": 0, "Driver": "overlay2", "Platform": "linux",
+            "LogPath": log_path if log_driver == "json-file" else "",  # Docker shows no other driver's file
+            "Name": "", "RestartCount": 0, "Driver": "overlay2", "Platform": "linux",
             "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "", "ExecIDs": None,
             "HostConfig": host_config, "Config": config,
             "GraphDriver": {"Name": "overlay2", "Data": {"UpperDir": self._dir(cid, "upper"),
@@ -236,7 +238,9 @@ class Engine:
             "Mounts": mounts, "NetworkingConfig": networking,
             "NetworkSettings": {"Bridge": "", "SandboxID": "", "SandboxKey": "", "Ports": {}, "Networks": {},
                                 "IPAddress": "", "IPPrefixLen": 0, "Gateway": "", "MacAddress": ""},
-            "Coracle": {"LogMaxSize": log_size, "LogMaxFile": log_files, "ManualStop": False},
+            "Coracle": {"LogMaxSize": log_size, "LogMaxFile": log_files, "ManualStop": False,
+                        "LogAttrs": cfg.log_attrs(log_opts, config["Labels"], config["Env"]), "LogFile": log_path,
+                        "LogCompress": cfg.log_compress(host_config["LogConfig"])},
         }
         with self._lock:
             rec["Name"] = "/" + (cfg.check_name(name) if name else self._generate_name())
@@ -310,8 +314,9 @@ class Engine:
             readonly_rootfs=bool(hc.get("ReadonlyRootfs")), mounts=mounts,
             sysctls=hc.get("Sysctls") or {}, privileged=bool(hc.get("Privileged")),
             init_binary=self.init_binary if hc.get("Init") else "",
-            log_path=rec["LogPath"], log_max_size=rec["Coracle"]["LogMaxSize"],
-            log_max_file=rec["Coracle"]["LogMaxFile"],
+            log_path=logs.source(rec)[0], log_max_size=rec["Coracle"]["LogMaxSize"],
+            log_max_file=rec["Coracle"]["LogMaxFile"], log_attrs=rec["Coracle"].get("LogAttrs") or {},
+            log_driver=logs.source(rec)[1], log_compress=rec["Coracle"].get("LogCompress", False),
         )
         security.apply(spec, hc, self.no_new_privileges)
         remap = security.user_namespace(hc, self.userns_remap)

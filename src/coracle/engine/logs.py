@@ -1,12 +1,14 @@
-"""Reading a container's json-file log (written by the monitor) for `docker logs`."""
+"""Reading a container's log (written by the monitor, json-file or local format) for `docker logs`."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections import deque
 from datetime import datetime
 from typing import Iterator
+from urllib.parse import quote_plus
+
+from coracle.runtime import logformat
 
 
 def parse_time(value: str | None) -> float | None:
@@ -30,44 +32,58 @@ def _stamp(entry: dict) -> float:
     return datetime.fromisoformat(t[:26].rstrip("Z") + "+00:00").timestamp()
 
 
+def details(entry: dict) -> bytes:
+    """`docker logs --details`: the line's attrs as Docker prints them before it, sorted by
+    key, each `key=value` query-escaped, joined by commas (empty when there are none)."""
+    attrs = entry.get("attrs") or {}
+    return ",".join(f"{quote_plus(k, safe='')}={quote_plus(v, safe='')}"
+                    for k, v in sorted(attrs.items())).encode()
+
+
+def source(rec: dict) -> tuple[str, str]:
+    """A container's log file (Docker shows only json-file's as LogPath) and its format."""
+    driver = (rec["HostConfig"].get("LogConfig") or {}).get("Type") or "json-file"
+    return rec["Coracle"].get("LogFile", rec["LogPath"]), driver
+
+
 def files(path: str) -> list[str]:
-    """The rotated files oldest first, then the live one."""
+    """The rotated files (gzipped or not) oldest first, then the live one."""
     rotated = []
     i = 1
-    while os.path.exists(f"{path}.{i}"):
-        rotated.append(f"{path}.{i}")
+    while found := [n for n in (f"{path}.{i}", f"{path}.{i}.gz") if os.path.exists(n)]:
+        rotated.append(found[0])
         i += 1
     return list(reversed(rotated)) + ([path] if os.path.exists(path) else [])
 
 
-def read(path: str, *, stdout: bool = True, stderr: bool = True, since: float | None = None,
-         until: float | None = None, tail: int | None = None) -> tuple[list[dict], int]:
+def read(path: str, *, driver: str = "json-file", stdout: bool = True, stderr: bool = True,
+         since: float | None = None, until: float | None = None,
+         tail: int | None = None) -> tuple[list[dict], int]:
     """Entries matching the filters, and the offset in the live file to follow from."""
     wanted = {s for s, on in (("stdout", stdout), ("stderr", stderr)) if on}
     entries: deque[dict] | list[dict] = deque(maxlen=tail) if tail is not None and tail >= 0 else []
     offset = 0
     for name in files(path):
-        with open(name, "rb") as f:
-            for line in f:
-                if not line.endswith(b"\n"):
-                    break
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    continue
-                if entry.get("stream") not in wanted:
-                    continue
-                if since is not None or until is not None:
-                    ts = _stamp(entry)
-                    if (since is not None and ts < since) or (until is not None and ts > until):
+        with logformat.open_log(name) as f:
+            pending, consumed = b"", 0
+            while chunk := f.read(1 << 20):
+                found, rest = logformat.split(driver, pending + chunk)
+                consumed += len(pending) + len(chunk) - len(rest)
+                pending = rest
+                for entry in found:
+                    if entry.get("stream") not in wanted:
                         continue
-                entries.append(entry)
+                    if since is not None or until is not None:
+                        ts = _stamp(entry)
+                        if (since is not None and ts < since) or (until is not None and ts > until):
+                            continue
+                    entries.append(entry)
             if name == path:
-                offset = f.tell()
+                offset = consumed
     return list(entries), offset
 
 
-def follow(path: str, offset: int) -> Iterator[dict | None]:
+def follow(path: str, offset: int, driver: str = "json-file") -> Iterator[dict | None]:
     """New entries from `offset`; yields None when nothing new is there yet (caller decides to wait).
 
     The file stays open, so an entry written just before the container was removed
@@ -86,13 +102,8 @@ def follow(path: str, offset: int) -> Iterator[dict | None]:
                     yield None
                     continue
             data = f.read()
-            pending += data
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                try:
-                    yield json.loads(line)
-                except ValueError:
-                    continue
+            found, pending = logformat.split(driver, pending + data)
+            yield from found
             if not data:
                 try:
                     rotated = os.stat(path).st_ino != os.fstat(f.fileno()).st_ino

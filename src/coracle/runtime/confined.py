@@ -91,6 +91,10 @@ class Overlay:
     mountpoint: str
     readonly_rootfs: bool = False
     mounts: list[BindMount] = field(default_factory=list)
+    # "merged": the helper's root is the container's filesystem; "layers": its root holds
+    # /upper (the container's own layer as stored), /lower (the image) and /merged, all
+    # read-only, for comparing them (docker diff).
+    view: str = "merged"
 
 
 @dataclass
@@ -345,7 +349,9 @@ def _mount_overlay(c: Confinement) -> None:
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     root = ov.mountpoint
     lower = ":".join(reversed(rootfs.stage_layers(root, layers) if layers else ov.lower))
-    if c.writable:
+    if ov.view == "layers":
+        _mount_layers(ov, root, lower, bool(layers), rootfs.remount_readonly)
+    elif c.writable:
         sc.mount("overlay", root, "overlay", sc.MS_RDONLY if ov.readonly_rootfs else 0,
                  f"lowerdir={lower},upperdir={ov.upper},workdir={ov.work}")
     else:  # the container's own layer as the top lower one: whiteouts apply, nothing can change
@@ -360,6 +366,25 @@ def _mount_overlay(c: Confinement) -> None:
     sc.pivot_root(".", ".")
     sc.umount2(".", sc.MNT_DETACH)
     os.chdir("/")
+
+
+def _mount_layers(ov: Overlay, root: str, lower: str, staged: bool,
+                  remount_readonly: Callable[..., None]) -> None:
+    """The "layers" view: a private tmpfs at `root` (the staging one when the layers were
+    staged there) with the upper dir, the image alone and the merged view, all read-only."""
+    if not staged:
+        sc.mount("tmpfs", root, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=700")
+    for name in ("upper", "lower", "merged"):
+        os.mkdir(os.path.join(root, name), 0o700)
+    sc.mount(ov.upper, f"{root}/upper", None, sc.MS_BIND)
+    remount_readonly(f"{root}/upper")
+    if ":" in lower:
+        sc.mount("overlay", f"{root}/lower", "overlay", sc.MS_RDONLY, f"lowerdir={lower}")
+    else:  # an overlay needs two layers when it has no upper dir
+        sc.mount(lower, f"{root}/lower", None, sc.MS_BIND)
+        remount_readonly(f"{root}/lower")
+    sc.mount("overlay", f"{root}/merged", "overlay", sc.MS_RDONLY, f"lowerdir={ov.upper}:{lower}")
+    sc.mount(None, root, None, sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV)
 
 
 def _bind(top: int, m: BindMount, writable: bool, remount_readonly: Callable[..., None]) -> None:

@@ -1,8 +1,9 @@
 """Operations on a container's files; each runs inside a confined helper (runtime/confined.py).
 
 `docker cp` both ways: the stat of a path, a path streamed out as tar, a tar
-unpacked into a directory. Paths are resolved by the kernel relative to the
-container's root (openat2 with RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS), never
+unpacked into a directory; `docker export` (the whole filesystem as tar) and
+`docker diff` (the container's layer compared with its image). Paths are
+resolved by the kernel relative to the container's root (openat2 with RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS), never
 by joining strings; every entry is then read or written relative to its
 parent's descriptor (O_NOFOLLOW, O_EXCL, mkdirat, symlinkat, mknodat,
 fchownat), so a symlink or a /proc magic link that the container planted, or
@@ -13,6 +14,7 @@ module) of the container is ever loaded.
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import shutil
@@ -23,7 +25,7 @@ from typing import Any
 
 from coracle.runtime import syscalls as sc
 from coracle.runtime.confined import Channel, Refused
-from coracle.runtime.fdtree import TarWriter, open_dir, tarinfo, walk
+from coracle.runtime.fdtree import Entry, TarWriter, open_dir, tarinfo, walk
 
 _RESOLVE = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -318,3 +320,127 @@ class _Unpacker:
             os.link(parts[-1], name, src_dir_fd=source, dst_dir_fd=parent, follow_symlinks=False)
         finally:
             os.close(source)
+
+
+def export_filesystem(args: dict[str, Any], channel: Channel) -> None:
+    """GET /containers/{id}/export: the tar of the whole root (image and container layer
+    merged, without the container's mounts), paths relative as Docker writes them."""
+    channel.answer({})
+    top = os.open("/", _DIR)
+    try:
+        with tarfile.open(fileobj=channel.output, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            writer = TarWriter(tar)
+            for e in walk(top):
+                writer.add(e.path, e.parent, e.name, e.stat)
+    finally:
+        os.close(top)
+
+
+# Docker's change kinds (GET /containers/{id}/changes)
+MODIFIED, ADDED, DELETED = 0, 1, 2
+# Mount points the runtime makes in the container's layer. Docker keeps them in an "init"
+# layer below the container's, so they are never changes: neither are they here.
+RUNTIME_PATHS = frozenset({"/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/etc/mtab", "/.dockerenv",
+                           "/proc", "/sys", "/dev", "/dev/console", "/dev/pts", "/dev/shm"})
+_NO_LINKS = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_SYMLINKS
+
+
+def changes(args: dict[str, Any], channel: Channel) -> None:
+    """GET /containers/{id}/changes, in the "layers" view (/upper, /lower, /merged).
+
+    Docker's overlay rules and order: the upper dir is walked depth first in
+    name order; a whiteout (0/0 character device) is a deletion, an entry the
+    image lacks an addition, anything else a modification, except a directory
+    whose size, mode and mtime are the image's; the parent of an addition or
+    deletion is reported modified first. The image's entries that an opaque
+    directory hides (absent from the merged view) are deletions too. Answers,
+    then writes the JSON list of {"Path", "Kind"} as data."""
+    upper, lower, merged = (os.open(f"/{name}", _DIR) for name in ("upper", "lower", "merged"))
+    found: list[dict[str, Any]] = []
+    changed_dirs: set[str] = set()
+
+    def record(path: str, kind: int) -> None:
+        parent = posixpath.dirname(path)
+        if kind != MODIFIED and parent != "/" and parent not in changed_dirs:
+            found.append({"Path": parent, "Kind": MODIFIED})
+            changed_dirs.add(parent)
+        found.append({"Path": path, "Kind": kind})
+
+    try:
+        for e in walk(upper):
+            path, info = "/" + e.path, e.stat
+            is_dir = st.S_ISDIR(info.st_mode)
+            if path in RUNTIME_PATHS:
+                continue
+            if st.S_ISCHR(info.st_mode) and info.st_rdev == 0:
+                record(path, DELETED)
+                continue
+            image = _lstat_below(lower, e.path)
+            both_dirs = is_dir and image is not None and st.S_ISDIR(image.st_mode)
+            if not (both_dirs and _same_directory(e, image)):  # type: ignore[arg-type]
+                if is_dir:
+                    changed_dirs.add(path)
+                record(path, ADDED if image is None else MODIFIED)
+            if both_dirs:
+                for name in _hidden(e, lower, merged):
+                    record(posixpath.join(path, name), DELETED)
+    finally:
+        for fd in (upper, lower, merged):
+            os.close(fd)
+    channel.answer({})
+    channel.output.write(json.dumps(found).encode())
+
+
+def _lstat_below(top: int, path: str) -> os.stat_result | None:
+    """The entry at `path` in the tree `top` without following any symlink, or None."""
+    try:
+        parent = sc.openat2(top, posixpath.dirname(path) or ".", os.O_PATH | os.O_DIRECTORY, _NO_LINKS)
+    except OSError:
+        return None
+    try:
+        return os.stat(posixpath.basename(path), dir_fd=parent, follow_symlinks=False)
+    except OSError:
+        return None
+    finally:
+        os.close(parent)
+
+
+def _same_directory(e: Entry, b: os.stat_result) -> bool:
+    """Docker's test for a directory copied up but not changed: size, mode and mtime (whole
+    seconds when either side lost its nanoseconds); or only the runtime's mount points in it."""
+    a = e.stat
+    if a.st_mode == b.st_mode and _only_runtime_paths(e):
+        return True
+    same_time = a.st_mtime_ns == b.st_mtime_ns or (
+        a.st_mtime_ns // 10**9 == b.st_mtime_ns // 10**9 and 0 in (a.st_mtime_ns % 10**9, b.st_mtime_ns % 10**9))
+    return a.st_size == b.st_size and a.st_mode == b.st_mode and same_time
+
+
+def _only_runtime_paths(e: Entry) -> bool:
+    names = _listing(e)
+    return bool(names) and all(posixpath.join("/" + e.path, name) in RUNTIME_PATHS for name in names)
+
+
+def _listing(e: Entry) -> set[str]:
+    """The names in the directory entry `e` of the walk (opened by descriptor, as listed)."""
+    own = open_dir(e.parent, e.name, e.stat)
+    try:
+        return set(os.listdir(own))
+    finally:
+        os.close(own)
+
+
+def _hidden(e: Entry, lower: int, merged: int) -> list[str]:
+    """Names the image has in this directory that the container no longer sees and that
+    its own layer does not list (an opaque directory: removed and made again)."""
+    names: list[set[str]] = []
+    for top in (lower, merged):
+        try:
+            fd = sc.openat2(top, e.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, _NO_LINKS)
+        except OSError:
+            return []
+        try:
+            names.append(set(os.listdir(fd)))
+        finally:
+            os.close(fd)
+    return sorted(names[0] - names[1] - _listing(e))

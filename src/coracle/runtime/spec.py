@@ -73,6 +73,9 @@ class Spec:
     log_path: str = ""
     log_max_size: int = 0
     log_max_file: int = 1
+    log_attrs: dict[str, str] = field(default_factory=dict)  # "attrs" of every line (--log-opt labels/env)
+    log_driver: str = "json-file"  # or "local": the format (runtime/logformat.py)
+    log_compress: bool = False  # gzip rotated files
     # device cgroup rules the engine writes before release ({"kind", "major", "minor", "access"}, -1 = any)
     device_rules: list[dict] = field(default_factory=list)
     # user namespace (--userns-remap): rows of [inside, outside, count]; empty = the host's

@@ -50,6 +50,22 @@ def parser(name: str, usage: str, description: str = "", *, help_flag: bool = Tr
                   add_help=help_flag, allow_abbrev=False, formatter_class=_formatter)
 
 
+def save_stream(resp: Any, target: str | None) -> None:
+    """A tar the daemon streams (save, export) to the file `target` (written whole, then
+    renamed into place) or to stdout, which must not be a terminal (docker's refusal)."""
+    if not target and sys.stdout.isatty():
+        raise CommandError("Cowardly refusing to save to a terminal. Use the -o flag or redirect", 1)
+    out = open(target + ".tmp", "wb") if target else sys.stdout.buffer
+    try:
+        while chunk := resp.read1(1 << 20):
+            out.write(chunk)
+    finally:
+        if target:
+            out.close()
+    if target:
+        os.replace(target + ".tmp", target)
+
+
 def filters(items: list[str]) -> dict[str, list[str]] | None:
     """`--filter k=v` (repeatable) -> the API's {"k": ["v", ...]}."""
     out: dict[str, list[str]] = {}

@@ -10,7 +10,7 @@ import threading
 import time
 
 from coracle.cli.client import ApiError, Client, quote_name
-from coracle.cli.commands import CommandError, each, filters, parser
+from coracle.cli.commands import CommandError, each, filters, parser, save_stream
 from coracle.cli.main import Cli
 from coracle.cli.runconfig import UsageError, add_container_flags, create_body, env_entries
 
@@ -612,6 +612,24 @@ def _stat_path(cli: Cli, container: str, path: str) -> dict[str, Any] | None:
     resp.read()
     header = resp.getheader("X-Docker-Container-Path-Stat")
     return json.loads(base64.b64decode(header)) if header else {}
+
+
+def diff(cli: Cli, name: str, args: list[str]) -> int:
+    p = parser(name, "CONTAINER", "Inspect changes to files or directories on a container's filesystem")
+    p.add_argument("container")
+    opts = p.parse_args(args)
+    changes = cli.client.get(_path(opts.container, "/changes")) or []
+    cli.out("".join(f"{'CAD'[c['Kind']]} {c['Path']}\n" for c in changes))  # Docker's letters for kinds 0, 1, 2
+    return 0
+
+
+def export(cli: Cli, name: str, args: list[str]) -> int:
+    p = parser(name, "[OPTIONS] CONTAINER", "Export a container's filesystem as a tar archive")
+    p.add_argument("-o", "--output", help="write to a file, instead of STDOUT")
+    p.add_argument("container")
+    opts = p.parse_args(args)
+    save_stream(cli.client.request("GET", _path(opts.container, "/export"), stream=True), opts.output)
+    return 0
 
 
 def cp(cli: Cli, name: str, args: list[str]) -> int:

@@ -8,7 +8,7 @@ import os
 import sys
 
 from coracle.cli.client import ApiError, file_chunks, quote_name
-from coracle.cli.commands import CommandError, confirm, filters, parser
+from coracle.cli.commands import CommandError, confirm, filters, parser, save_stream
 from coracle.cli.main import Cli
 
 TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
@@ -254,19 +254,7 @@ def save(cli: Cli, name: str, args: list[str]) -> int:
     p.add_argument("-o", "--output", help="write to a file, instead of STDOUT")
     p.add_argument("images", nargs="+")
     opts = p.parse_args(args)
-    if not opts.output and sys.stdout.isatty():
-        raise CommandError("Cowardly refusing to save to a terminal. Use the -o flag or redirect", 1)
-    resp = cli.client.request("GET", "/images/get", {"names": opts.images}, stream=True)
-    target = opts.output
-    out = open(target + ".tmp", "wb") if target else sys.stdout.buffer
-    try:
-        while chunk := resp.read1(1 << 20):
-            out.write(chunk)
-    finally:
-        if target:
-            out.close()
-    if target:
-        os.replace(target + ".tmp", target)
+    save_stream(cli.client.request("GET", "/images/get", {"names": opts.images}, stream=True), opts.output)
     return 0
 
 
