@@ -129,8 +129,10 @@ def routes(router: Router, engine: Engine, images: Any, network: Any, data_root:
         records = await asyncio.to_thread(engine.records)
         containers = [summary(engine, r, size=True) for r in records]
         usage = await asyncio.to_thread(images.disk_usage)
+        volumes = await asyncio.to_thread(lambda: [engine.volumes.inspect(v, with_usage=True)
+                                                   for v in engine.volumes.all()])
         return Response.json({"LayersSize": usage.get("LayersSize", 0), "Images": usage.get("Images", []),
-                              "Containers": containers, "Volumes": [],
+                              "Containers": containers, "Volumes": volumes,
                               "BuildCache": await asyncio.to_thread(build_cache.usage) if build_cache else []})
 
     router.add("GET", "/version", version)

@@ -217,6 +217,43 @@ def _mount_point(src: str, dst: str, rw: bool, volumes_root: str, kind: str | No
             "Mode": "" if rw else "ro", "RW": rw, "Propagation": ""}
 
 
+def is_anonymous(mount: dict[str, Any]) -> bool:
+    """A volume the container did not name (`-v /dst`, an image's VOLUME): its name is a random id."""
+    return bool(re.fullmatch(r"[0-9a-f]{64}", mount.get("Name") or ""))
+
+
+def anonymous_volumes(paths: list[str], mounts: list[dict[str, Any]], volumes_root: str) -> list[dict[str, Any]]:
+    """Config.Volumes (the image's VOLUME and the create body's): a new anonymous volume for
+    each path that no other mount covers."""
+    taken = {m["Destination"] for m in mounts}
+    out = []
+    for path in dict.fromkeys(paths):
+        dst = _destination(path, "volume")
+        if dst not in taken:
+            taken.add(dst)
+            out.append(_mount_point("", dst, True, volumes_root))
+    return out
+
+
+def volumes_from(host_config: dict, mounts: list[dict[str, Any]], get: Any) -> list[dict[str, Any]]:
+    """HostConfig.VolumesFrom `ctr[:ro|rw]`: the volumes and binds of another container, at the
+    same destinations, unless this container mounts something there itself."""
+    taken = {m["Destination"] for m in mounts}
+    out = []
+    for spec in host_config.get("VolumesFrom") or []:
+        if not isinstance(spec, str) or not spec:
+            raise InvalidParameter(f"invalid volumes-from specification: {spec!r}")
+        ref, _, mode = spec.partition(":")
+        if mode not in ("", "ro", "rw"):
+            raise InvalidParameter(f"invalid mode for volumes-from: {mode}")
+        for m in get(ref)["Mounts"]:
+            if m["Type"] in ("volume", "bind") and m["Destination"] not in taken:
+                taken.add(m["Destination"])
+                rw = m["RW"] if not mode else mode == "rw"
+                out.append({**m, "RW": rw, "Mode": "" if rw else "ro"})
+    return out
+
+
 def tmpfs(host_config: dict) -> list[dict[str, Any]]:
     out = []
     for dst, opts in (host_config.get("Tmpfs") or {}).items():

@@ -1,0 +1,182 @@
+"""Volumes with the docker CLI, the SDK and docker-compose, checked against Docker's behaviour.
+
+Every test removes the volumes it made (the `volumes_made` fixture), after the
+compat `clean` fixture has removed its containers.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import docker as docker_sdk
+import pytest
+
+from compat_helpers import Docker, env_for
+from harness import Daemon, unique
+
+COMPOSE = shutil.which("docker-compose")
+
+
+@pytest.fixture(autouse=True)
+def volumes_made(daemon: Daemon) -> Iterator[None]:
+    _, before = daemon.api("GET", "/volumes")
+    names = {v["Name"] for v in before["Volumes"]}  # type: ignore[index]
+    yield
+    _, containers = daemon.api("GET", "/containers/json?all=1")
+    for c in containers:  # type: ignore[union-attr]
+        daemon.api("DELETE", f"/containers/{c['Id']}?force=1")
+    _, after = daemon.api("GET", "/volumes")
+    for v in after["Volumes"]:  # type: ignore[index]
+        if v["Name"] not in names:
+            daemon.api("DELETE", f"/volumes/{v['Name']}")
+
+
+def test_create_ls_inspect_rm_with_the_cli(docker: Docker) -> None:
+    """Docker: create returns the name, inspect shows the local driver's mountpoint and labels,
+    creating an existing name again returns it, ls filters by label, rm removes it."""
+    name = unique("vol")
+    assert docker("volume", "create", "--label", "tier=db", name).stdout.strip() == name
+    assert docker("volume", "create", name).stdout.strip() == name
+    info = json.loads(docker("volume", "inspect", name).stdout)[0]
+    assert info["Driver"] == "local" and info["Scope"] == "local" and info["Labels"] == {"tier": "db"}
+    assert info["Mountpoint"].endswith(f"/volumes/{name}/_data")
+    listed = docker("volume", "ls", "-q", "--filter", "label=tier=db").stdout.split()
+    assert name in listed
+    assert name not in docker("volume", "ls", "-q", "--filter", "label=tier=web").stdout.split()
+    assert docker("volume", "rm", name).stdout.strip() == name
+    missing = docker("volume", "inspect", name, check=False)
+    assert missing.returncode == 1 and "no such volume" in missing.stderr
+
+
+def test_bad_driver_and_name_are_refused(docker: Docker) -> None:
+    res = docker("volume", "create", "-d", "nfs-magic", unique("vol"), check=False)
+    assert res.returncode == 1 and 'plugin "nfs-magic" not found' in res.stderr
+    res = docker("volume", "create", "bad/name", check=False)
+    assert res.returncode == 1 and "includes invalid characters for a local volume name" in res.stderr
+    res = docker("volume", "create", "-o", "color=red", unique("vol"), check=False)
+    assert res.returncode == 1 and 'invalid option key: "color"' in res.stderr
+
+
+def test_data_persists_across_containers_and_in_use_is_refused(docker: Docker) -> None:
+    """Docker: a named volume outlives its container; rm (even -f) is refused while a container uses it."""
+    name = unique("vol")
+    docker("run", "--name", name + "-w", "-v", f"{name}:/data", "busybox", "sh", "-c", "echo kept > /data/f")
+    assert name in docker("volume", "ls", "-q").stdout.split()
+    refused = docker("volume", "rm", "-f", name, check=False)
+    assert refused.returncode == 1 and "volume is in use" in refused.stderr
+    assert docker("volume", "ls", "-q", "--filter", "dangling=true").stdout.split().count(name) == 0
+    docker("rm", name + "-w")
+    assert name in docker("volume", "ls", "-q", "--filter", "dangling=true").stdout.split()
+    out = docker("run", "--rm", "--mount", f"type=volume,source={name},target=/again", "busybox",
+                 "cat", "/again/f").stdout
+    assert out.strip() == "kept"
+    docker("volume", "rm", name)
+
+
+def test_anonymous_volumes_rm_v_and_prune(docker: Docker, daemon: Daemon) -> None:
+    """Docker: `-v /dst` makes an anonymous volume that `rm -v` removes; `volume prune` takes only
+    anonymous volumes unless `--all` (API 1.42+)."""
+    ctr = unique("anon")
+    docker("create", "--name", ctr, "-v", "/scratch", "busybox", "true")
+    mounts = json.loads(docker("inspect", ctr).stdout)[0]["Mounts"]
+    anon = [m for m in mounts if m["Destination"] == "/scratch"][0]
+    assert anon["Type"] == "volume" and anon["Driver"] == "local" and len(anon["Name"]) == 64
+    assert "com.docker.volume.anonymous" in json.loads(docker("volume", "inspect", anon["Name"]).stdout)[0]["Labels"]
+    docker("rm", "-v", ctr)
+    assert anon["Name"] not in docker("volume", "ls", "-q").stdout.split()
+
+    named, other = unique("keep"), unique("pr")
+    docker("volume", "create", named)
+    docker("create", "--name", other, "-v", "/x", "busybox", "true")
+    anon2 = json.loads(docker("inspect", other).stdout)[0]["Mounts"][0]["Name"]
+    docker("rm", other)
+    out = docker("volume", "prune", "-f").stdout
+    assert anon2 in out and named not in out
+    out = docker("volume", "prune", "-f", "--all").stdout
+    assert named in out
+    assert named not in docker("volume", "ls", "-q").stdout.split()
+
+
+def test_events_for_volume_lifecycle(docker: Docker, daemon: Daemon) -> None:
+    """Docker: volume create, mount, unmount, destroy events with the driver and container attributes."""
+    name = unique("ev")
+    since = f"{time.time():.6f}"
+    docker("volume", "create", name)
+    docker("run", "--rm", "-v", f"{name}:/d", "busybox", "true")
+    docker("volume", "rm", name)
+    until = f"{time.time():.6f}"
+    out = docker("events", "--since", since, "--until", until, "--filter", "type=volume",
+                 "--format", "{{json .}}").stdout
+    events = [json.loads(line) for line in out.splitlines() if name in line]
+    actions = [e["Action"] for e in events]
+    assert actions == ["create", "mount", "unmount", "destroy"]
+    mount = events[1]["Actor"]["Attributes"]
+    assert mount["destination"] == "/d" and mount["driver"] == "local" and mount["read/write"] == "true"
+
+
+def test_sdk_volumes(client: docker_sdk.DockerClient) -> None:
+    name = unique("sdk")
+    vol = client.volumes.create(name, labels={"app": "x"})
+    assert client.volumes.get(name).attrs["Labels"] == {"app": "x"}
+    assert name in [v.name for v in client.volumes.list(filters={"label": "app=x"})]
+    out = client.containers.run("busybox", ["sh", "-c", "echo sdk > /v/f; cat /v/f"], remove=True,
+                                volumes={name: {"bind": "/v", "mode": "rw"}})
+    assert out == b"sdk\n"
+    ro = client.containers.run("busybox", ["sh", "-c", "cat /v/f; touch /v/g 2>/dev/null || echo read-only"],
+                               remove=True, volumes={name: {"bind": "/v", "mode": "ro"}})
+    assert ro == b"sdk\nread-only\n"
+    pruned = client.volumes.prune(filters={"all": "true", "label": "app=x"})
+    assert pruned["VolumesDeleted"] == [name] and pruned["SpaceReclaimed"] == 4
+    with pytest.raises(docker_sdk.errors.NotFound):
+        vol.reload()
+
+
+COMPOSE_FILE = """\
+version: "3.7"
+services:
+  writer:
+    image: busybox
+    command: ["sh", "-c", "echo from-writer > /shared/msg; exec sleep 300"]
+    volumes: ["data:/shared"]
+  reader:
+    image: busybox
+    command: ["sh", "-c", "exec sleep 300"]
+    volumes: ["data:/shared:ro"]
+volumes:
+  data: {}
+"""
+
+
+@pytest.mark.skipif(COMPOSE is None, reason="needs docker-compose")
+def test_compose_named_volume_shared_and_down_v(daemon: Daemon, docker: Docker, tmp_path: Path) -> None:
+    """docker-compose: a top-level named volume (`<project>_data`) used by two services; `down -v` removes it."""
+    project = unique("cv")
+    (tmp_path / "docker-compose.yml").write_text(COMPOSE_FILE)
+
+    def compose(*args: str) -> str:
+        res = subprocess.run([COMPOSE, "-p", project, "--no-ansi", *args], cwd=tmp_path, capture_output=True,
+                             text=True, env=env_for(daemon), timeout=60)
+        assert res.returncode == 0, f"docker-compose {args}: {res.stdout}\n{res.stderr}"
+        return res.stdout
+
+    try:
+        compose("up", "-d")
+        assert f"{project}_data" in docker("volume", "ls", "-q").stdout.split()
+        got = ""
+        for _ in range(50):
+            got = subprocess.run([COMPOSE, "-p", project, "exec", "-T", "reader", "cat", "/shared/msg"],
+                                 cwd=tmp_path, capture_output=True, text=True, env=env_for(daemon)).stdout
+            if got:
+                break
+            docker("run", "--rm", "busybox", "sleep", "0.1")
+        assert got.strip() == "from-writer"
+        compose("down", "-v")
+        assert f"{project}_data" not in docker("volume", "ls", "-q").stdout.split()
+    finally:
+        subprocess.run([COMPOSE, "-p", project, "down", "-v"], cwd=tmp_path, capture_output=True,
+                       env=env_for(daemon), timeout=60)
