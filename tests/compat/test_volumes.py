@@ -180,3 +180,33 @@ def test_compose_named_volume_shared_and_down_v(daemon: Daemon, docker: Docker, 
     finally:
         subprocess.run([COMPOSE, "-p", project, "down", "-v"], cwd=tmp_path, capture_output=True,
                        env=env_for(daemon), timeout=60)
+
+
+def test_tmpfs_volume_is_one_filesystem_shared_by_running_containers(docker: Docker, tmp_path: Path) -> None:
+    """Docker's local driver with type=tmpfs: every container using the volume sees the same tmpfs,
+    which exists while a container uses it (its files are gone once the last one stops)."""
+    name = unique("tv")
+    docker("volume", "create", "-o", "type=tmpfs", "-o", "device=tmpfs", "-o", "o=size=1m,mode=1777", name)
+    first = unique("t1")
+    docker("run", "-d", "--name", first, "-v", f"{name}:/v", "busybox", "sh", "-c",
+           "echo shared > /v/f; exec sleep 300")
+    docker("exec", first, "sh", "-c", "until test -f /v/f; do sleep 0.1; done")
+    out = docker("run", "--rm", "-v", f"{name}:/w", "busybox", "sh", "-c", "cat /w/f; grep ' /w ' /proc/mounts").stdout
+    assert out.startswith("shared\n") and "tmpfs" in out and "size=1024k" in out
+    mountpoint = json.loads(docker("volume", "inspect", name).stdout)[0]["Mountpoint"]
+    docker("rm", "-f", first)
+    out = docker("run", "--rm", "-v", f"{name}:/w", "busybox", "sh", "-c", "ls /w; grep -c ' /w tmpfs' /proc/mounts").stdout
+    assert out.split() == ["1"]  # a fresh, empty tmpfs
+    assert not Path(mountpoint).is_mount() and not list(Path(mountpoint).iterdir())
+
+
+def test_bind_volume_mounts_its_device(docker: Docker, tmp_path: Path) -> None:
+    """Docker's local driver with type=none,o=bind: the volume is the host directory `device`."""
+    (tmp_path / "hostfile").write_text("from-host\n")
+    name = unique("bv")
+    docker("volume", "create", "-o", "type=none", "-o", "o=bind", "-o", f"device={tmp_path}", name)
+    out = docker("run", "--rm", "-v", f"{name}:/b", "busybox", "sh", "-c", "cat /b/hostfile; echo back > /b/new")
+    assert out.stdout == "from-host\n"
+    assert (tmp_path / "new").read_text() == "back\n"
+    docker("volume", "rm", name)
+    assert (tmp_path / "hostfile").exists()  # removing the volume never touches its device

@@ -30,6 +30,7 @@ from coracle.errors import Conflict, InvalidParameter, NotFound
 from coracle.runtime import syscalls
 from coracle.runtime.fdtree import remove_tree
 from coracle.runtime.mountpoint import tmpfs_options
+from coracle.runtime.rootfs import propagation_of
 from coracle.store import Store
 
 KIND = "volume"
@@ -262,7 +263,7 @@ class Volumes:
         for m, vol in self._of(rec):
             if vol.mounted_kind:
                 with self._lock:
-                    if not os.path.ismount(self.mountpoint(vol.name)):
+                    if not _mounted(self.mountpoint(vol.name)):
                         self._mount(vol)
             self.events.publish("volume", "mount", vol.name, {
                 "container": rec["Id"], "destination": m["Destination"], "driver": vol.driver,
@@ -291,7 +292,7 @@ class Volumes:
         undone = []
         for vol in self.all():
             if vol.mounted_kind and not self.users(vol.name, running_only=True) \
-                    and os.path.ismount(self.mountpoint(vol.name)):
+                    and _mounted(self.mountpoint(vol.name)):
                 self._unmount(vol)
                 undone.append(vol.name)
         return undone
@@ -310,8 +311,13 @@ class Volumes:
 
     def _unmount(self, vol: Volume) -> None:
         target = self.mountpoint(vol.name)
-        if vol.mounted_kind and os.path.ismount(target):
+        if vol.mounted_kind and _mounted(target):
             syscalls.umount2(target, MNT_DETACH)
+
+
+def _mounted(path: str) -> bool:
+    """A mount point in this mount namespace (os.path.ismount misses a bind within one filesystem)."""
+    return propagation_of(path)[0] == os.path.realpath(path)
 
 
 def _bool(value: str, key: str) -> bool:
