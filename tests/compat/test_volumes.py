@@ -91,13 +91,13 @@ def test_anonymous_volumes_rm_v_and_prune(docker: Docker, daemon: Daemon) -> Non
     assert anon["Name"] not in docker("volume", "ls", "-q").stdout.split()
 
     named, other = unique("keep"), unique("pr")
-    docker("volume", "create", named)
+    docker("volume", "create", "--label", f"owner={named}", named)
     docker("create", "--name", other, "-v", "/x", "busybox", "true")
     anon2 = json.loads(docker("inspect", other).stdout)[0]["Mounts"][0]["Name"]
     docker("rm", other)
     out = docker("volume", "prune", "-f").stdout
     assert anon2 in out and named not in out
-    out = docker("volume", "prune", "-f", "--all").stdout
+    out = docker("volume", "prune", "-f", "--all", "--filter", f"label=owner={named}").stdout
     assert named in out
     assert named not in docker("volume", "ls", "-q").stdout.split()
 
@@ -210,3 +210,35 @@ def test_bind_volume_mounts_its_device(docker: Docker, tmp_path: Path) -> None:
     assert (tmp_path / "new").read_text() == "back\n"
     docker("volume", "rm", name)
     assert (tmp_path / "hostfile").exists()  # removing the volume never touches its device
+
+
+def test_native_cli_volume_verbs_mount_and_volumes_from(daemon: Daemon) -> None:
+    """`coracle volume create|ls|inspect|rm|prune` with docker's output, `--mount` and `--volumes-from`."""
+    name = unique("nv")
+    assert daemon.cli("volume", "create", "--label", "k=v", name).stdout == name + "\n"
+    table = daemon.cli("volume", "ls", "--filter", f"name={name}").stdout.splitlines()
+    assert table[0].split() == ["DRIVER", "VOLUME", "NAME"] and table[1].split() == ["local", name]
+    assert daemon.cli("volume", "ls", "--format", "{{.Name}} {{.Label \"k\"}}", "-f", "label=k").stdout \
+        == f"{name} v\n"
+    assert daemon.cli("volume", "inspect", "-f", "{{.Driver}}", name).stdout == "local\n"
+    donor = unique("don")
+    daemon.cli("run", "--name", donor, "--mount", f"type=volume,source={name},target=/data", "busybox",
+               "sh", "-c", "echo via-mount > /data/f")
+    out = daemon.cli("run", "--rm", "--volumes-from", f"{donor}:ro", "busybox", "sh", "-c",
+                     "cat /data/f; touch /data/g 2>/dev/null || echo read-only").stdout
+    assert out == "via-mount\nread-only\n"
+    mounts = json.loads(daemon.cli("inspect", donor).stdout)[0]["Mounts"]
+    assert [(m["Type"], m["Name"], m["Destination"], m["Driver"], m["RW"]) for m in mounts] \
+        == [("volume", name, "/data", "local", True)]
+    refused = daemon.cli("volume", "rm", name, check=False)
+    assert refused.returncode == 1 and f"remove {name}: volume is in use" in refused.stderr
+    daemon.cli("rm", donor)
+    assert daemon.cli("volume", "rm", name).stdout == name + "\n"
+    missing = daemon.cli("volume", "inspect", name, check=False)
+    assert missing.returncode == 1 and f"No such volume: {name}" in missing.stderr
+    daemon.cli("volume", "create", "--label", f"owner={name}", name)
+    out = daemon.cli("volume", "prune", "-f", "--all", "--filter", f"label=owner={name}",
+                     "--filter", "label!=keep").stdout
+    assert f"Deleted Volumes:\n" in out and f"\n{name}\n" in out and "Total reclaimed space:" in out
+    bad = daemon.cli("run", "--rm", "--mount", "type=volume,target", "busybox", "true", check=False)
+    assert bad.returncode != 0 and "--mount" in bad.stderr

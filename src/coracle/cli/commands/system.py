@@ -15,8 +15,10 @@ TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
 if TYPE_CHECKING:
     from typing import Any
 
-_INSPECT_PATHS = {"container": "/containers/{}/json", "image": "/images/{}/json", "network": "/networks/{}"}
-_MISSING = {"container": "No such container", "image": "No such image", "network": "No such network"}
+_INSPECT_PATHS = {"container": "/containers/{}/json", "image": "/images/{}/json", "network": "/networks/{}",
+                 "volume": "/volumes/{}"}
+_MISSING = {"container": "No such container", "image": "No such image", "network": "No such network",
+            "volume": "No such volume"}
 
 
 def inspect_objects(cli: Cli, name: str, args: list[str], kind: str | None = None) -> int:
