@@ -242,3 +242,45 @@ def test_native_cli_volume_verbs_mount_and_volumes_from(daemon: Daemon) -> None:
     assert f"Deleted Volumes:\n" in out and f"\n{name}\n" in out and "Total reclaimed space:" in out
     bad = daemon.cli("run", "--rm", "--mount", "type=volume,target", "busybox", "true", check=False)
     assert bad.returncode != 0 and "--mount" in bad.stderr
+
+
+def test_copy_up_of_image_content_into_new_volume(docker: Docker, tmp_path: Path) -> None:
+    """Docker: a new, empty volume first mounted over an image directory gets that directory's content
+    (also an image's VOLUME, as an anonymous volume), unless `nocopy`; a volume with content is kept."""
+    base, image = unique("seed"), unique("seedimg")
+    docker("run", "--name", base, "busybox", "sh", "-c",
+           "mkdir -p /seed/sub && echo hello > /seed/sub/f && ln -s sub/f /seed/link && chmod 0750 /seed")
+    docker("commit", "--change", "VOLUME /seed", base, image)
+    try:
+        vol = unique("cu")
+        out = docker("run", "--rm", "-v", f"{vol}:/seed", image, "sh", "-c",
+                     "cat /seed/link; stat -c %a /seed; echo changed > /seed/sub/f").stdout
+        assert out == "hello\n750\n"
+        assert docker("run", "--rm", "-v", f"{vol}:/seed", image, "cat", "/seed/sub/f").stdout == "changed\n"
+        out = docker("run", "--rm", "-v", f"{unique('nc')}:/seed:nocopy", image, "ls", "-A", "/seed").stdout
+        assert out == ""
+        out = docker("run", "--rm", "--mount", f"type=volume,source={unique('nc')},target=/seed,volume-nocopy",
+                     image, "ls", "-A", "/seed").stdout
+        assert out == ""
+        anon = unique("an")
+        assert docker("run", "--name", anon, image, "cat", "/seed/sub/f").stdout == "hello\n"
+        mounts = json.loads(docker("inspect", anon).stdout)[0]["Mounts"]
+        assert [(m["Type"], m["Destination"]) for m in mounts] == [("volume", "/seed")]
+        docker("rm", "-v", anon)
+    finally:
+        docker("rmi", image, check=False)
+
+
+def test_copy_up_never_follows_a_symlink_out_of_the_container(docker: Docker, tmp_path: Path) -> None:
+    """Attack: the image's directory is a symlink to a host path; copy-up resolves it inside the
+    container's root, so the host directory's files never reach the volume."""
+    (tmp_path / "host-secret").write_text("secret\n")
+    base, image = unique("evil"), unique("evilimg")
+    docker("run", "--name", base, "busybox", "ln", "-s", str(tmp_path), "/seed")
+    docker("commit", base, image)
+    try:
+        out = docker("run", "--rm", "-v", f"{unique('ev')}:/data", "-v", f"{unique('ev')}:/seed", image,
+                     "ls", "-A", "/seed").stdout
+        assert "host-secret" not in out
+    finally:
+        docker("rmi", image, check=False)

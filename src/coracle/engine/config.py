@@ -160,7 +160,8 @@ def binds(host_config: dict, volumes_root: str) -> list[dict[str, Any]]:
         propagation = opts & set(PROPAGATIONS)
         if opts - {"ro", "rw", "z", "Z", "nocopy", *PROPAGATIONS} or len(propagation) > 1:
             raise InvalidParameter(f"invalid mode: {mode}")
-        mounts.append(_mount_point(src, dst, "ro" not in opts, volumes_root, propagation=next(iter(propagation), "")))
+        mounts.append(_mount_point(src, dst, "ro" not in opts, volumes_root, propagation=next(iter(propagation), ""),
+                                   nocopy="nocopy" in opts))
     for m in host_config.get("Mounts") or []:
         if not isinstance(m, dict):
             raise InvalidParameter("invalid mount config: a mount must be an object")
@@ -179,7 +180,8 @@ def binds(host_config: dict, volumes_root: str) -> list[dict[str, Any]]:
                 raise InvalidParameter(f"invalid mount config for type \"{kind}\": invalid propagation mode: "
                                        f"{propagation}")
             mounts.append(_mount_point(m.get("Source", ""), dst, not m.get("ReadOnly"), volumes_root,
-                                       kind=kind, propagation=propagation))
+                                       kind=kind, propagation=propagation,
+                                       nocopy=bool((m.get("VolumeOptions") or {}).get("NoCopy"))))
         else:
             raise InvalidParameter(f"mount type {kind} is not supported")
     return mounts
@@ -200,7 +202,8 @@ def propagation(mount: dict[str, Any]) -> str:
 
 
 def _mount_point(src: str, dst: str, rw: bool, volumes_root: str, kind: str | None = None,
-                 propagation: str = "") -> dict[str, Any]:
+                 propagation: str = "", nocopy: bool = False) -> dict[str, Any]:
+    """A mount in Docker's shape; a volume's Mode also says `nocopy` (no copy-up, engine/archive.py)."""
     if src.startswith("/"):
         if not os.path.exists(src):
             # Docker creates a missing bind source directory for -v (not for --mount).
@@ -213,8 +216,9 @@ def _mount_point(src: str, dst: str, rw: bool, volumes_root: str, kind: str | No
     if not re.match(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", name):
         raise InvalidParameter(f'"{name}" includes invalid characters for a local volume name')
     path = os.path.join(volumes_root, name, "_data")
+    mode = ",".join(filter(None, ["" if rw else "ro", "nocopy" if nocopy else ""]))
     return {"Type": "volume", "Name": name, "Source": path, "Destination": dst, "Driver": "local",
-            "Mode": "" if rw else "ro", "RW": rw, "Propagation": ""}
+            "Mode": mode, "RW": rw, "Propagation": ""}
 
 
 def is_anonymous(mount: dict[str, Any]) -> bool:

@@ -27,7 +27,7 @@ from coracle.clock import timestamp as utc_now
 from coracle.cgroups import Resources
 from coracle.cgroups.devices import DeviceRule
 from coracle.engine import config as cfg
-from coracle.engine import health, links, security
+from coracle.engine import archive, health, links, security
 from coracle.engine.events import EventBus
 from coracle.engine.execs import Execs
 from coracle.engine.names import random_name
@@ -335,6 +335,7 @@ class Engine:
             if mode.startswith("container:"):
                 self._share_donor_files(rec, mode)
             spec = self._spec(rec, mode)
+            archive.copy_up(self, rec)
             undo.append(lambda: self.volumes.detach(rec))
             self.volumes.attach(rec)
             sock, pid = self.monitor.spawn(spec)
