@@ -284,3 +284,17 @@ def test_copy_up_never_follows_a_symlink_out_of_the_container(docker: Docker, tm
         assert "host-secret" not in out
     finally:
         docker("rmi", image, check=False)
+
+
+def test_system_df_counts_volumes_and_their_size(docker: Docker, daemon: Daemon) -> None:
+    """Docker: `system df` has a Local Volumes line; `-v` lists each volume with its links and size."""
+    name = unique("df")
+    docker("run", "--name", name, "-v", f"{name}:/d", "busybox", "sh", "-c", "head -c 3000 /dev/zero > /d/z")
+    verbose = docker("system", "df", "-v").stdout
+    line = [row for row in verbose.splitlines() if row.startswith(name)]
+    assert line and line[0].split()[1:] == ["1", "3kB"]
+    summary = docker("system", "df", "--format", "{{.Type}} {{.TotalCount}}").stdout
+    _, listed = daemon.api("GET", "/volumes")
+    assert f"Local Volumes {len(listed['Volumes'])}" in summary  # type: ignore[index]
+    native = daemon.cli("system", "df", "-v").stdout
+    assert [row.split()[1:] for row in native.splitlines() if row.startswith(name)] == [["1", "3kB"]]
