@@ -67,6 +67,7 @@ def test_data_persists_across_containers_and_in_use_is_refused(docker: Docker) -
     name = unique("vol")
     docker("run", "--name", name + "-w", "-v", f"{name}:/data", "busybox", "sh", "-c", "echo kept > /data/f")
     assert name in docker("volume", "ls", "-q").stdout.split()
+    assert docker("ps", "-a", "--format", "{{.Names}}", "--filter", f"volume={name}").stdout == name + "-w\n"
     refused = docker("volume", "rm", "-f", name, check=False)
     assert refused.returncode == 1 and "volume is in use" in refused.stderr
     assert docker("volume", "ls", "-q", "--filter", "dangling=true").stdout.split().count(name) == 0
