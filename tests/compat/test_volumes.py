@@ -7,7 +7,9 @@ compat `clean` fixture has removed its containers.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -299,3 +301,34 @@ def test_system_df_counts_volumes_and_their_size(docker: Docker, daemon: Daemon)
     assert f"Local Volumes {len(listed['Volumes'])}" in summary  # type: ignore[index]
     native = daemon.cli("system", "df", "-v").stdout
     assert [row.split()[1:] for row in native.splitlines() if row.startswith(name)] == [["1", "3kB"]]
+
+
+def _host_mounted(path: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
+def test_tmpfs_volume_is_not_left_mounted_across_a_daemon_crash(fresh_daemon: Daemon) -> None:
+    """The host mount of a tmpfs volume lives only while a container uses it: a container that
+    exits while the daemon is down, or a crash between an exit and the unmount, leave nothing
+    mounted once the daemon is back."""
+    d = fresh_daemon
+    d.start()
+    name = unique("cr")
+    d.docker("volume", "create", "-o", "type=tmpfs", "-o", "device=tmpfs", name)
+    mountpoint = json.loads(d.docker("volume", "inspect", name).stdout)[0]["Mountpoint"]
+    d.docker("run", "-d", "--name", name, "-v", f"{name}:/v", "busybox", "sleep", "300")
+    pid = json.loads(d.docker("inspect", name).stdout)[0]["State"]["Pid"]
+    assert _host_mounted(mountpoint)
+    d.stop(signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
+    d.start()
+    assert json.loads(d.docker("inspect", name).stdout)[0]["State"]["Running"] is False
+    assert not _host_mounted(mountpoint)
+
+    d.stop(signal.SIGKILL)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", mountpoint], check=True)  # the crash window
+    d.start()
+    assert not _host_mounted(mountpoint)
+    d.docker("rm", name)
+    d.docker("volume", "rm", name)
