@@ -14,6 +14,7 @@ import secrets
 import signal as _signal
 from typing import Any
 
+from coracle.engine.volumes import check_name as check_volume_name
 from coracle.errors import InvalidParameter
 from coracle.runtime.mountpoint import tmpfs_options
 from coracle.runtime.rootfs import propagation_of
@@ -212,9 +213,7 @@ def _mount_point(src: str, dst: str, rw: bool, volumes_root: str, kind: str | No
             os.makedirs(src, exist_ok=True)
         return {"Type": "bind", "Source": src, "Destination": dst, "Mode": "" if rw else "ro", "RW": rw,
                 "Propagation": propagation or "rprivate"}
-    name = src or secrets.token_hex(32)
-    if not re.match(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", name):
-        raise InvalidParameter(f'"{name}" includes invalid characters for a local volume name')
+    name = check_volume_name(src or secrets.token_hex(32))
     path = os.path.join(volumes_root, name, "_data")
     mode = ",".join(filter(None, ["" if rw else "ro", "nocopy" if nocopy else ""]))
     return {"Type": "volume", "Name": name, "Source": path, "Destination": dst, "Driver": "local",
