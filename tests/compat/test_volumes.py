@@ -113,7 +113,7 @@ def test_events_for_volume_lifecycle(docker: Docker, daemon: Daemon) -> None:
     docker("run", "--rm", "-v", f"{name}:/d", "busybox", "true")
     docker("volume", "rm", name)
     until = f"{time.time():.6f}"
-    out = docker("events", "--since", since, "--until", until, "--filter", "type=volume",
+    out = docker("events", "--since", since, "--until", until, "--filter", f"volume={name}",
                  "--format", "{{json .}}").stdout
     events = [json.loads(line) for line in out.splitlines() if name in line]
     actions = [e["Action"] for e in events]

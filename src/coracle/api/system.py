@@ -79,13 +79,13 @@ def routes(router: Router, engine: Engine, images: Any, network: Any, data_root:
         def keep(ev: dict[str, Any]) -> bool:
             checks = {
                 "type": ev["Type"], "event": ev["Action"].split(":")[0], "container": None,
-                "network": None, "image": None,
+                "network": None, "image": None, "volume": None,
             }
             for key in ("type", "event"):
                 wanted = values(filters, key)
                 if wanted and checks[key] not in wanted:
                     return False
-            for key in ("container", "network", "image"):
+            for key in ("container", "network", "image", "volume"):
                 wanted = values(filters, key)
                 if wanted and not (ev["Type"] == key and (
                         any(ev["Actor"]["ID"].startswith(w) or ev["Actor"]["Attributes"].get("name") == w
