@@ -208,10 +208,11 @@ class Coracle(Engine):
     def daemon_pids(self) -> list[int]:
         pids = super().daemon_pids()
         # ip netns exec -> sh -> exec python: the Popen pid is the daemon itself.
-        try:
-            pids.append(int((self.root / "exec" / "monitor" / "monitor.pid").read_text()))
-        except (OSError, ValueError):
-            pass
+        for name in ("monitor.pid", "keeper.pid"):  # the supervisors are part of the engine's cost
+            try:
+                pids.append(int((self.root / "exec" / "monitor" / name).read_text()))
+            except (OSError, ValueError):
+                pass
         return pids
 
 

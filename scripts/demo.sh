@@ -23,7 +23,10 @@ cleanup() {
     fi
     [ -f $ROOT/coracled.pid ] && kill "$(cat $ROOT/coracled.pid)" 2>/dev/null
     sleep 0.3
-    [ -f $ROOT/exec/monitor/monitor.pid ] && kill -9 "$(cat $ROOT/exec/monitor/monitor.pid)" 2>/dev/null
+    # the keeper first: it would restart the monitor
+    for pidfile in keeper.pid monitor.pid; do
+        [ -f $ROOT/exec/monitor/$pidfile ] && kill -9 "$(cat $ROOT/exec/monitor/$pidfile)" 2>/dev/null
+    done
     ip netns del $HOSTNS 2>/dev/null
     ip netns del $LANNS 2>/dev/null
     for d in /sys/fs/cgroup/*/coracle-demo; do [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null; done

@@ -82,4 +82,6 @@ def test_a_spawn_whose_log_cannot_be_opened_forks_nothing_and_keeps_no_descripto
         assert Path(f"/proc/{pid}/task/{pid}/children").read_text().split() == []
         assert len(os.listdir(f"/proc/{pid}/fd")) == fds
     finally:
-        os.kill(pid, signal.SIGKILL)
+        for supervisor in (client.keeper_pid(), pid):  # the keeper first: it restarts the monitor
+            if supervisor:
+                os.kill(supervisor, signal.SIGKILL)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
 import io
 import json
+import lzma
 import tarfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import docker
 import pytest
@@ -83,14 +85,14 @@ def test_deeply_nested_json_is_a_bad_request(daemon: Daemon) -> None:
     assert status == 400
 
 
-def _gzip_tar(members: dict[str, bytes]) -> bytes:
+def _gzip_tar(members: dict[str, bytes], compress: Callable[[bytes], bytes] = gzip.compress) -> bytes:
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tf:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
-    return gzip.compress(raw.getvalue())
+    return compress(raw.getvalue())
 
 
 @pytest.fixture
@@ -104,20 +106,22 @@ def _image_content(d: Daemon) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if "tmp" not in p.parts)
 
 
-def test_load_and_import_stop_at_the_daemons_unpacked_size_bound(small_bound_daemon: Daemon, tmp_path: Path) -> None:
+@pytest.mark.parametrize("compress", [gzip.compress, bz2.compress, lzma.compress], ids=["gzip", "bzip2", "xz"])
+def test_load_and_import_stop_at_the_daemons_unpacked_size_bound(small_bound_daemon: Daemon, tmp_path: Path,
+                                                                 compress: Callable[[bytes], bytes]) -> None:
     d = small_bound_daemon
-    bomb = _gzip_tar({"zeros": bytes(4 << 20)})  # 4 MiB of zeros in a few kilobytes
+    bomb = _gzip_tar({"zeros": bytes(4 << 20)}, compress)  # 4 MiB of zeros in a few kilobytes
     assert len(bomb) < 64 << 10
     before = _image_content(d)
     (tmp_path / "rootfs.tgz").write_bytes(bomb)
     out = d.docker("import", str(tmp_path / "rootfs.tgz"), "bomb:import", check=False)
     assert out.returncode != 0 and "more than 1048576 bytes" in out.stderr and "--max-image-size" in out.stderr
-    layer = gzip.decompress(bomb)
+    layer = _gzip_tar({"zeros": bytes(4 << 20)}, lambda raw: raw)
     config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
                          "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]}})
     archive = _gzip_tar({"manifest.json": json.dumps([{"Config": "config.json", "RepoTags": ["bomb:load"],
                                                         "Layers": ["layer.tar"]}]).encode(),
-                         "config.json": config.encode(), "layer.tar": layer})
+                         "config.json": config.encode(), "layer.tar": layer}, compress)
     (tmp_path / "image.tgz").write_bytes(archive)
     out = d.docker("load", "-i", str(tmp_path / "image.tgz"), check=False)
     assert out.returncode != 0 and "more than 1048576 bytes" in out.stderr

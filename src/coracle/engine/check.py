@@ -182,7 +182,7 @@ def rebuild(engine: Engine, found: dict[str, Any], dry_run: bool = False,
     if restored:
         for cid, rec in list(records.items()):
             if not os.path.isdir(os.path.join(engine.containers_dir, cid)) and cid not in live \
-                    and not engine._alive(rec):
+                    and not engine.alive(rec):
                 found["rebuilt"].append({"id": cid, "name": rec["Name"], "problem": "removed after the snapshot"})
                 if not dry_run:
                     engine.store.delete(KIND, cid)
@@ -214,7 +214,7 @@ def _repair_running(engine: Engine, rec: dict[str, Any], found: dict[str, Any], 
     """A running container's network endpoints recorded again if the store lost them; its cgroup
     and veths made again if they were deleted."""
     cid = rec["Id"]
-    if not engine._alive(rec):
+    if not engine.alive(rec):
         return  # its PID may name another process by now: nothing is moved or plumbed into it
     adopted = engine.network.adopt(rec, dry_run=dry_run)
     if adopted:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from coracle.errors import InvalidParameter
 from coracle.images import mediatypes as mt
 from coracle.images.blobs import DigestMismatch, digest_of, hex_of
-from coracle.images.layers import GZIP_MAGIC, SizeBudget, decompressed
+from coracle.images.layers import SizeBudget, compression, decompressed
 from coracle.images.reference import parse, try_parse
 
 if TYPE_CHECKING:
@@ -83,14 +83,15 @@ def load(store: "ImageStore", f: BinaryIO) -> list[str]:
 
 
 def _seekable(store: "ImageStore", f: BinaryIO, budget: SizeBudget) -> BinaryIO:
-    """Random access needs a seekable file: spool a stream (a pipe, a socket) or a gzip
-    archive first, uncompressed and within the budget (read through tarfile's own gzip,
-    an archive that expands without end would be decompressed again at every seek)."""
+    """Random access needs a seekable file: spool a stream (a pipe, a socket) or a compressed
+    archive first, uncompressed and within the budget (read through tarfile's own
+    decompressors, an archive that expands without end would be decompressed again at
+    every seek, and with no bound)."""
     try:
         if f.seekable():
-            head = f.read(2)
+            head = f.read(6)
             f.seek(0)
-            if head != GZIP_MAGIC:
+            if not compression(head):
                 return f
     except (AttributeError, OSError):
         pass

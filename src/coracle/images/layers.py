@@ -14,7 +14,9 @@ hostile tar cannot write outside the layer directory.
 from __future__ import annotations
 
 import errno
+import bz2
 import gzip
+import lzma
 import hashlib
 import os
 import posixpath
@@ -32,6 +34,8 @@ OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+BZIP2_MAGIC = b"BZh"
+XZ_MAGIC = b"\xfd7zXZ\x00"
 
 
 class _Prepend:
@@ -109,19 +113,36 @@ class _Metered:
         return data
 
 
+def compression(head: bytes) -> str:
+    """The compression a stream's first bytes announce: "gzip", "bzip2", "xz", "zstd" or "" (plain)."""
+    for name, magic in (("gzip", GZIP_MAGIC), ("bzip2", BZIP2_MAGIC), ("xz", XZ_MAGIC), ("zstd", ZSTD_MAGIC)):
+        if head.startswith(magic):
+            return name
+    return ""
+
+
 def decompressed(f: BinaryIO) -> BinaryIO:
-    """The tar stream inside `f`, whether `f` is plain or gzip (sniffed, like Docker)."""
-    head = f.read(4)
-    while len(head) < 4:
-        more = f.read(4 - len(head))
+    """The tar stream inside `f`, whether `f` is plain, gzip, bzip2 or xz (sniffed, like Docker).
+
+    Always a forward-only stream decompressor, so whoever reads it through a
+    SizeBudget meter bounds what an archive may expand to.
+    """
+    head = f.read(6)
+    while len(head) < 6:
+        more = f.read(6 - len(head))
         if not more:
             break
         head += more
     stream = _Prepend(head, f)
-    if head[:2] == GZIP_MAGIC:
+    kind = compression(head)
+    if kind == "gzip":
         return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
-    if head == ZSTD_MAGIC:
-        raise InvalidParameter("zstd-compressed layers are not supported; use gzip or plain tar")
+    if kind == "bzip2":
+        return bz2.BZ2File(stream, mode="rb")  # type: ignore[return-value, arg-type]
+    if kind == "xz":
+        return lzma.LZMAFile(stream, mode="rb")  # type: ignore[return-value, arg-type]
+    if kind == "zstd":
+        raise InvalidParameter("zstd-compressed archives are not supported; use gzip, bzip2, xz or plain tar")
     return stream  # type: ignore[return-value]
 
 

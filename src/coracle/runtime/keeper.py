@@ -283,6 +283,7 @@ class Keeper:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m coracle.runtime.keeper --exec-root DIR` (no argparse: it costs the keeper memory)."""
+    sealed.name_self("coracle-keeper")
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2 or args[0] != "--exec-root":
         sys.exit("usage: python -m coracle.runtime.keeper --exec-root DIR")
