@@ -261,8 +261,9 @@ def helper_main(pipe: BinaryIO) -> NoReturn:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
         os.close(devnull)
-        request["args"]["held"] = [os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                                   for path in request["hold"]]
+        if request["hold"]:
+            request["args"]["held"] = [os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                                       for path in request["hold"]]
         _enter(confinement)
         _confine(confinement)
         _block_imports()
