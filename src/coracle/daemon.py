@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     network.start()
     exit_stream = monitor.events()  # subscribe before looking, so no exit falls in between
     report = engine.restore()
+    for name in engine.volumes.reconcile():
+        log.warning("volume %s was left mounted with no running container using it: unmounted", name)
     repaired = check(engine, acknowledge=False)  # quarantined records stay reported to `system check`
     housekeeping = Housekeeping(engine, monitor, os.path.join(args.data_root, "state.db.bak"))
     housekeeping.snapshot()

@@ -84,6 +84,7 @@ def container_matches(rec: dict[str, Any], filters: dict[str, list[str]]) -> boo
         or rec["Image"].startswith("sha256:" + v),
         "network": lambda v: v in (rec["NetworkSettings"].get("Networks") or {})
         or rec["HostConfig"].get("NetworkMode") == v,
+        "volume": lambda v: any(m.get("Name") == v or m["Destination"] == v for m in rec["Mounts"]),
     }
     for key, check in checks.items():
         wanted = values(filters, key)

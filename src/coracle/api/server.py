@@ -7,7 +7,7 @@ from typing import Any
 import os
 
 from coracle.api import build as build_routes, containers, disabled, images as image_routes, maintenance
-from coracle.api import networks as network_routes, system
+from coracle.api import networks as network_routes, system, volumes as volume_routes
 from coracle.build import service as build_service
 from coracle.api.http import Router
 from coracle.api.streams import AttachHub
@@ -20,6 +20,7 @@ def build_router(*, engine: Engine, images: Any, network: Any, events: Any, data
     containers.routes(router, engine, hub)
     image_routes.routes(router, engine, images)
     network_routes.routes(router, engine, network)
+    volume_routes.routes(router, engine.volumes)
     builder, cache = build_service(engine, images, os.path.join(data_root, "build"))
     build_routes.routes(router, engine, images, builder, cache)
     system.routes(router, engine, images, network, data_root, cache)

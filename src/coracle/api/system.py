@@ -80,13 +80,13 @@ def routes(router: Router, engine: Engine, images: Any, network: Any, data_root:
         def keep(ev: dict[str, Any]) -> bool:
             checks = {
                 "type": ev["Type"], "event": ev["Action"].split(":")[0], "container": None,
-                "network": None, "image": None,
+                "network": None, "image": None, "volume": None,
             }
             for key in ("type", "event"):
                 wanted = values(filters, key)
                 if wanted and checks[key] not in wanted:
                     return False
-            for key in ("container", "network", "image"):
+            for key in ("container", "network", "image", "volume"):
                 wanted = values(filters, key)
                 if wanted and not (ev["Type"] == key and (
                         any(ev["Actor"]["ID"].startswith(w) or ev["Actor"]["Attributes"].get("name") == w
@@ -130,8 +130,10 @@ def routes(router: Router, engine: Engine, images: Any, network: Any, data_root:
         records = await asyncio.to_thread(engine.records)
         containers = [summary(engine, r, size=True) for r in records]
         usage = await asyncio.to_thread(images.disk_usage)
+        volumes = await asyncio.to_thread(lambda: [engine.volumes.inspect(v, with_usage=True)
+                                                   for v in engine.volumes.all()])
         return Response.json({"LayersSize": usage.get("LayersSize", 0), "Images": usage.get("Images", []),
-                              "Containers": containers, "Volumes": [],
+                              "Containers": containers, "Volumes": volumes,
                               "BuildCache": await asyncio.to_thread(build_cache.usage) if build_cache else []})
 
     router.add("GET", "/version", version)

@@ -343,6 +343,40 @@ class NetworkRow(Row):
 NETWORKS_TABLE = "table {{.ID}}\t{{.Name}}\t{{.Driver}}\t{{.Scope}}"
 
 
+# ----- volumes -----------------------------------------------------------------
+
+class VolumeRow(Row):
+    FIELDS = {"Name": "VOLUME NAME", "Driver": "DRIVER", "Scope": "SCOPE", "Mountpoint": "MOUNTPOINT",
+              "Labels": "LABELS", "Label": "LABEL", "Links": "LINKS", "Size": "SIZE"}
+
+    def __init__(self, vol: dict[str, Any]) -> None:
+        self._v = vol
+        self.Name = vol.get("Name", "")
+        self.Driver = vol.get("Driver", "")
+        self.Scope = vol.get("Scope", "local")
+        self.Mountpoint = vol.get("Mountpoint", "")
+
+    @property
+    def Labels(self) -> str:
+        return _labels(self._v.get("Labels"))
+
+    def Label(self, name: str) -> str:
+        return (self._v.get("Labels") or {}).get(name, "")
+
+    @property
+    def Links(self) -> str:
+        usage = self._v.get("UsageData")
+        return "N/A" if not usage else str(usage.get("RefCount", 0))
+
+    @property
+    def Size(self) -> str:
+        usage = self._v.get("UsageData")
+        return "N/A" if not usage or usage.get("Size", -1) < 0 else human_size(usage["Size"])
+
+
+VOLUMES_TABLE = "table {{.Driver}}\t{{.Name}}"
+
+
 # ----- stats -------------------------------------------------------------------
 
 class StatsRow(Row):

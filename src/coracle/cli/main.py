@@ -32,6 +32,8 @@ _NETWORK = {
     "create": "networks:create", "ls": "networks:ls", "inspect": "networks:inspect", "rm": "networks:rm",
     "prune": "networks:prune", "connect": "networks:connect", "disconnect": "networks:disconnect",
 }
+_VOLUME = {"create": "volumes:create", "ls": "volumes:ls", "inspect": "volumes:inspect", "rm": "volumes:rm",
+           "prune": "volumes:prune"}
 _SYSTEM = {"df": "system:df", "prune": "system:prune", "check": "system:check", "info": "system:info",
            "events": "system:events"}
 _ALIASES = {"list": "ls", "remove": "rm", "ps": "ls"}
@@ -40,6 +42,7 @@ GROUPS: dict[str, dict[str, str]] = {
     "container": {**_CONTAINER, "ls": "containers:ps", "inspect": "containers:inspect"},
     "image": {**_IMAGE, "inspect": "images:inspect"},
     "network": _NETWORK,
+    "volume": _VOLUME,
     "system": _SYSTEM,
     "builder": {"build": "build:build", "prune": "build:prune"},
 }
@@ -64,6 +67,7 @@ Management Commands:
   image       Manage images
   builder     Manage builds (build, prune)
   network     Manage networks
+  volume      Manage volumes
   system      Manage coracle (df, prune, check, info, events)
 
 Commands:

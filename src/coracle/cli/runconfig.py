@@ -52,6 +52,8 @@ def add_container_flags(p: argparse.ArgumentParser) -> None:
     a("--entrypoint", help="overwrite the default ENTRYPOINT of the image")
     a("-v", "--volume", action="append", default=[], help="bind mount a volume (HOST:CTR[:ro])")
     a("--tmpfs", action="append", default=[], help="mount a tmpfs directory (PATH[:OPTIONS])")
+    a("--mount", action="append", default=[], help="attach a filesystem mount to the container")
+    a("--volumes-from", action="append", default=[], help="mount volumes from the specified container(s)")
     a("--read-only", action="store_true", help="mount the container's root filesystem as read only")
     a("-l", "--label", action="append", default=[], help="set meta data on a container")
     a("--restart", default="no", help="restart policy (no, always, unless-stopped, on-failure[:max-retries])")
@@ -109,6 +111,57 @@ def add_container_flags(p: argparse.ArgumentParser) -> None:
 
 def _flag_error(value: str, flag: str, why: str) -> UsageError:
     return UsageError(f'invalid argument "{value}" for "{flag}" flag: {why}')
+
+
+_MOUNT_KEYS = {"src": "source", "source": "source", "dst": "target", "destination": "target", "target": "target",
+               "ro": "readonly", "readonly": "readonly"}
+
+
+def parse_mount(spec: str) -> dict[str, Any]:
+    """`--mount type=volume,source=v,target=/d,readonly,volume-nocopy,...` -> a HostConfig.Mounts entry."""
+    mount: dict[str, Any] = {"Type": "volume"}
+    for field in filter(None, spec.split(",")):
+        key, sep, value = field.partition("=")
+        key = _MOUNT_KEYS.get(key.lower(), key.lower())
+        if key in ("readonly", "volume-nocopy") and not sep:
+            value = "true"
+        elif not sep:
+            raise _flag_error(spec, "--mount", f"invalid field '{field}' must be a key=value pair")
+        if key in ("readonly", "volume-nocopy") and value.lower() not in ("1", "true", "0", "false"):
+            raise _flag_error(spec, "--mount", f"invalid value for {key}: {value}")
+        on = value.lower() in ("1", "true")
+        if key == "type":
+            mount["Type"] = value
+        elif key == "source":
+            mount["Source"] = value
+        elif key == "target":
+            mount["Target"] = value
+        elif key == "readonly":
+            mount["ReadOnly"] = on
+        elif key == "bind-propagation":
+            mount.setdefault("BindOptions", {})["Propagation"] = value
+        elif key == "volume-nocopy":
+            mount.setdefault("VolumeOptions", {})["NoCopy"] = on
+        elif key == "volume-label":
+            mount.setdefault("VolumeOptions", {}).setdefault("Labels", {}).update(
+                _key_values([value], "--mount volume-label"))
+        elif key == "volume-driver":
+            mount.setdefault("VolumeOptions", {}).setdefault("DriverConfig", {})["Name"] = value
+        elif key == "volume-opt":
+            mount.setdefault("VolumeOptions", {}).setdefault("DriverConfig", {}).setdefault("Options", {}).update(
+                _key_values([value], "--mount volume-opt"))
+        elif key == "tmpfs-size":
+            mount.setdefault("TmpfsOptions", {})["SizeBytes"] = _bytes(value, "--mount tmpfs-size")
+        elif key == "tmpfs-mode":
+            try:
+                mount.setdefault("TmpfsOptions", {})["Mode"] = int(value, 8)
+            except ValueError:
+                raise _flag_error(spec, "--mount", f"invalid value for tmpfs-mode: {value}") from None
+        else:
+            raise _flag_error(spec, "--mount", f"unexpected key '{key}' in '{field}'")
+    if not mount.get("Target"):
+        raise _flag_error(spec, "--mount", "target is required")
+    return mount
 
 
 def _bytes(value: str | None, flag: str) -> int:
@@ -377,6 +430,8 @@ def create_body(args: argparse.Namespace, *, detach: bool = True,
         "Ulimits": [_ulimit(u) for u in args.ulimit],
         "Sysctls": _key_values(args.sysctl, "--sysctl", allow_bare=False),
         "Tmpfs": tmpfs,
+        "Mounts": [parse_mount(m) for m in args.mount],
+        "VolumesFrom": args.volumes_from or None,
         "LogConfig": {"Type": args.log_driver or "", "Config": _key_values(args.log_opt, "--log-opt", allow_bare=False)},
         "Init": args.init,
     }

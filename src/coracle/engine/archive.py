@@ -87,6 +87,22 @@ def changes(engine: Any, ref: str) -> list[dict[str, Any]]:
     return found
 
 
+def copy_up(engine: Any, rec: dict[str, Any]) -> None:
+    """Fill each new, empty volume of a container about to start with the image's content at
+    its destination (Docker's copy-up), unless the mount says `nocopy`.
+
+    Called under the container's lock before its start: the helper mounts the
+    overlay (without the container's volumes, so the image's directory shows)
+    and copies into the volume it holds open."""
+    for m in rec["Mounts"]:
+        if m["Type"] != "volume" or "nocopy" in (m.get("Mode") or "").split(","):
+            continue
+        if engine.volumes.get(m["Name"]).mounted_kind or os.listdir(m["Source"]):
+            continue
+        found = confinement(engine, dict(rec, Mounts=[]), writable=True)
+        confined.run(found, f"{_OPERATIONS}:copy_up", {"path": m["Destination"]}, hold=[m["Source"]])
+
+
 def confinement(engine: Any, rec: dict[str, Any], writable: bool, view: str | None = None) -> Confinement:
     """How a helper enters this container: as an exec when it runs, over its overlay when not.
     With a `view` ("merged" or "layers"), over its overlay without its mounts, running or not."""

@@ -14,6 +14,7 @@ import secrets
 import signal as _signal
 from typing import Any
 
+from coracle.engine.volumes import check_name as check_volume_name
 from coracle.errors import InvalidParameter
 from coracle.runtime.mountpoint import tmpfs_options
 from coracle.runtime.rootfs import propagation_of
@@ -170,7 +171,8 @@ def binds(host_config: dict, volumes_root: str) -> list[dict[str, Any]]:
         propagation = opts & set(PROPAGATIONS)
         if opts - {"ro", "rw", "z", "Z", "nocopy", *PROPAGATIONS} or len(propagation) > 1:
             raise InvalidParameter(f"invalid mode: {mode}")
-        mounts.append(_mount_point(src, dst, "ro" not in opts, volumes_root, propagation=next(iter(propagation), "")))
+        mounts.append(_mount_point(src, dst, "ro" not in opts, volumes_root, propagation=next(iter(propagation), ""),
+                                   nocopy="nocopy" in opts))
     for m in host_config.get("Mounts") or []:
         if not isinstance(m, dict):
             raise InvalidParameter("invalid mount config: a mount must be an object")
@@ -189,7 +191,8 @@ def binds(host_config: dict, volumes_root: str) -> list[dict[str, Any]]:
                 raise InvalidParameter(f"invalid mount config for type \"{kind}\": invalid propagation mode: "
                                        f"{propagation}")
             mounts.append(_mount_point(m.get("Source", ""), dst, not m.get("ReadOnly"), volumes_root,
-                                       kind=kind, propagation=propagation))
+                                       kind=kind, propagation=propagation,
+                                       nocopy=bool((m.get("VolumeOptions") or {}).get("NoCopy"))))
         else:
             raise InvalidParameter(f"mount type {kind} is not supported")
     return mounts
@@ -210,7 +213,8 @@ def propagation(mount: dict[str, Any]) -> str:
 
 
 def _mount_point(src: str, dst: str, rw: bool, volumes_root: str, kind: str | None = None,
-                 propagation: str = "") -> dict[str, Any]:
+                 propagation: str = "", nocopy: bool = False) -> dict[str, Any]:
+    """A mount in Docker's shape; a volume's Mode also says `nocopy` (no copy-up, engine/archive.py)."""
     if src.startswith("/"):
         if not os.path.exists(src):
             # Docker creates a missing bind source directory for -v (not for --mount).
@@ -219,12 +223,48 @@ def _mount_point(src: str, dst: str, rw: bool, volumes_root: str, kind: str | No
             os.makedirs(src, exist_ok=True)
         return {"Type": "bind", "Source": src, "Destination": dst, "Mode": "" if rw else "ro", "RW": rw,
                 "Propagation": propagation or "rprivate"}
-    name = src or secrets.token_hex(32)
-    if not re.match(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$", name):
-        raise InvalidParameter(f'"{name}" includes invalid characters for a local volume name')
+    name = check_volume_name(src or secrets.token_hex(32))
     path = os.path.join(volumes_root, name, "_data")
+    mode = ",".join(filter(None, ["" if rw else "ro", "nocopy" if nocopy else ""]))
     return {"Type": "volume", "Name": name, "Source": path, "Destination": dst, "Driver": "local",
-            "Mode": "" if rw else "ro", "RW": rw, "Propagation": ""}
+            "Mode": mode, "RW": rw, "Propagation": ""}
+
+
+def is_anonymous(mount: dict[str, Any]) -> bool:
+    """A volume the container did not name (`-v /dst`, an image's VOLUME): its name is a random id."""
+    return bool(re.fullmatch(r"[0-9a-f]{64}", mount.get("Name") or ""))
+
+
+def anonymous_volumes(paths: list[str], mounts: list[dict[str, Any]], volumes_root: str) -> list[dict[str, Any]]:
+    """Config.Volumes (the image's VOLUME and the create body's): a new anonymous volume for
+    each path that no other mount covers."""
+    taken = {m["Destination"] for m in mounts}
+    out = []
+    for path in dict.fromkeys(paths):
+        dst = _destination(path, "volume")
+        if dst not in taken:
+            taken.add(dst)
+            out.append(_mount_point("", dst, True, volumes_root))
+    return out
+
+
+def volumes_from(host_config: dict, mounts: list[dict[str, Any]], get: Any) -> list[dict[str, Any]]:
+    """HostConfig.VolumesFrom `ctr[:ro|rw]`: the volumes and binds of another container, at the
+    same destinations, unless this container mounts something there itself."""
+    taken = {m["Destination"] for m in mounts}
+    out = []
+    for spec in host_config.get("VolumesFrom") or []:
+        if not isinstance(spec, str) or not spec:
+            raise InvalidParameter(f"invalid volumes-from specification: {spec!r}")
+        ref, _, mode = spec.partition(":")
+        if mode not in ("", "ro", "rw"):
+            raise InvalidParameter(f"invalid mode for volumes-from: {mode}")
+        for m in get(ref)["Mounts"]:
+            if m["Type"] in ("volume", "bind") and m["Destination"] not in taken:
+                taken.add(m["Destination"])
+                rw = m["RW"] if not mode else mode == "rw"
+                out.append({**m, "RW": rw, "Mode": "" if rw else "ro"})
+    return out
 
 
 def tmpfs(host_config: dict) -> list[dict[str, Any]]:

@@ -27,13 +27,14 @@ from coracle.clock import timestamp as utc_now
 from coracle.cgroups import Resources
 from coracle.cgroups.devices import DeviceRule
 from coracle.engine import config as cfg
-from coracle.engine import health, links, logs, security
+from coracle.engine import archive, health, links, logs, security
 from coracle.engine.events import EventBus
 from coracle.engine.execs import Execs
 from coracle.engine.names import random_name
 from coracle.engine.records import RecordIndex
 from coracle.engine.restart import RestartTracker
 from coracle.engine.top import network_counters, processes, ps
+from coracle.engine.volumes import Volumes
 from coracle.errors import (
     Conflict,
     CoracleError,
@@ -82,6 +83,7 @@ class Engine:
         self.containers_dir = os.path.join(data_root, "containers")
         self.volumes_dir = os.path.join(data_root, "volumes")
         os.makedirs(self.containers_dir, exist_ok=True)
+        self.volumes = Volumes(store, self.volumes_dir, events, self.records)
         store.validate(KIND, cfg.check_record)  # a damaged record is quarantined, never fatal
         self.index = RecordIndex()
         self._saving = threading.Lock()  # taken last, around one store write and one index update
@@ -177,6 +179,9 @@ class Engine:
         cfg.restart_policy(host_config)
         cfg.console_size(host_config.get("ConsoleSize"))
         mounts = cfg.binds(host_config, self.volumes_dir) + cfg.tmpfs(host_config)
+        mounts += cfg.volumes_from(host_config, mounts, self.get)
+        mounts += cfg.anonymous_volumes([*(image_config.get("Volumes") or {}), *(config.get("Volumes") or {})],
+                                        mounts, self.volumes_dir)
         log_opts, log_size, log_files = cfg.log_config(host_config, self.log_defaults)
         mode = cfg.network_mode(host_config)
         host_config["NetworkMode"] = mode
@@ -252,7 +257,7 @@ class Engine:
                 fault("create-after-dirs")
                 for m in mounts:
                     if m["Type"] == "volume":
-                        os.makedirs(m["Source"], exist_ok=True)
+                        self.volumes.ensure(m["Name"], anonymous=cfg.is_anonymous(m))
                 self.save(rec)
             except (OSError, sqlite3.Error) as exc:
                 remove_tree(self._dir(cid), ignore_errors=True)
@@ -364,6 +369,9 @@ class Engine:
             if mode.startswith("container:"):
                 self._share_donor_files(rec, mode)
             spec = self._spec(rec, mode)
+            archive.copy_up(self, rec)
+            undo.append(lambda: self.volumes.detach(rec))
+            self.volumes.attach(rec)
             sock, pid = self.monitor.spawn(spec)
             undo.append(lambda: self.monitor.abandon(None, cid))
             phases.mark("spawn")
@@ -492,6 +500,7 @@ class Engine:
                     net[key] = ""
         rec["NetworkSettings"].update({"Ports": {}, "IPAddress": "", "Gateway": "", "MacAddress": ""})
         self.save(rec)
+        self.volumes.detach(rec)
         self.monitor.forget_exit(cid)
         if oom:
             self._event(rec, "oom")
@@ -695,13 +704,11 @@ class Engine:
             self.network.detach(cid)
             self.cgroup(rec).destroy()
             remove_tree(self._dir(cid), ignore_errors=True)
-            if volumes:
-                for m in rec["Mounts"]:
-                    if m["Type"] == "volume" and len(m.get("Name", "")) == 64:  # anonymous volumes only
-                        remove_tree(os.path.dirname(m["Source"]), ignore_errors=True)
             with self._saving:
                 self.store.delete(KIND, cid)
                 self.index.drop(cid)
+            if volumes:
+                self.volumes.remove_anonymous(m["Name"] for m in rec["Mounts"] if m["Type"] == "volume")
             self.monitor.forget_exit(cid)
         with self._lock:
             self._locks.pop(cid, None)

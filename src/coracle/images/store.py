@@ -656,7 +656,7 @@ class ImageStore:
         if not path.is_dir():
             doc = self.store.get(LAYER, diff_id)
             with self._lock:
-                self._unpack_blob(diff_id, doc["Blob"], path)  # type: ignore[index]
+                self._unpack_blob(diff_id, doc["Blob"], path, None)  # type: ignore[index]
         return path
 
     def open_layer_blob(self, diff_id: str) -> tuple[BinaryIO, dict[str, Any]]:

@@ -29,6 +29,11 @@ enters, then installs an import blocker. It never prints a traceback: every
 failure, a RecursionError included, crosses back as JSON data and the process
 leaves with os._exit.
 
+Directories the operation writes outside the container (a volume being
+filled by copy-up) are named in `hold`: the helper opens them on the host, as
+the daemon's own directories, before it enters, and the operation gets their
+descriptors as args["held"].
+
 Protocol: the request arrives on a pipe whose fd number is argv[1] (a line
 with coracle's source directory, then JSON); the helper writes one JSON line on stdout, {"answer": {...}} or {"error":
 "...", "status": 4xx/5xx}, then any data the operation produces; data it
@@ -159,12 +164,12 @@ class Helper:
 
 
 def start(confinement: Confinement, operation: str, args: dict[str, Any],
-          stdin: BinaryIO | None = None) -> Helper:
+          stdin: BinaryIO | None = None, hold: list[str] | None = None) -> Helper:
     """Launch a helper for `operation` and wait for its answer; an error answer is raised
     as the matching CoracleError, so a helper that is returned has succeeded so far."""
     src = os.path.dirname(os.path.dirname(os.path.abspath(coracle.__file__)))
     request = src.encode() + b"\n" + json.dumps(
-        {"confinement": confinement.to_json(), "operation": operation, "args": args}).encode()
+        {"confinement": confinement.to_json(), "operation": operation, "args": args, "hold": hold or []}).encode()
     read_end, write_end = os.pipe()
     try:
         proc = subprocess.Popen(
@@ -196,9 +201,9 @@ def start(confinement: Confinement, operation: str, args: dict[str, Any],
 
 
 def run(confinement: Confinement, operation: str, args: dict[str, Any],
-        stdin: BinaryIO | None = None) -> dict[str, Any]:
+        stdin: BinaryIO | None = None, hold: list[str] | None = None) -> dict[str, Any]:
     """An operation that answers once and produces no data: its answer."""
-    helper = start(confinement, operation, args, stdin)
+    helper = start(confinement, operation, args, stdin, hold)
     helper.close()
     return helper.answer
 
@@ -260,6 +265,9 @@ def helper_main(pipe: BinaryIO) -> NoReturn:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 2)
         os.close(devnull)
+        if request["hold"]:
+            request["args"]["held"] = [os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                                       for path in request["hold"]]
         _enter(confinement)
         _confine(confinement)
         _block_imports()

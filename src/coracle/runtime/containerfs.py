@@ -38,10 +38,11 @@ _GO_MODE = [(st.S_ISDIR, 1 << 31), (st.S_ISLNK, 1 << 27), (st.S_ISBLK, 1 << 26),
 
 
 class _Root:
-    """The container's root directory; paths are resolved inside it by the kernel."""
+    """The container's root directory (or another directory treated as a root, `fd`);
+    paths are resolved inside it by the kernel."""
 
-    def __init__(self) -> None:
-        self.fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    def __init__(self, fd: int | None = None) -> None:
+        self.fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) if fd is None else fd
 
     def open(self, path: str, flags: int = os.O_PATH) -> int:
         return sc.openat2(self.fd, path, flags, _RESOLVE)
@@ -145,6 +146,43 @@ def extract(args: dict[str, Any], channel: Channel) -> None:
         raise Refused(400, f"invalid archive: {exc}") from None
     finally:
         unpacker.close()
+
+
+def copy_up(args: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    """A new volume's first mount: the image's content at `path` copied into the volume.
+
+    The volume's directory was opened on the host before the helper entered the
+    container (`held`), so the image side is resolved inside the container's
+    root and the volume side inside the volume, both by descriptor. The tree
+    goes through an in-memory tar, the same reader and writer as `docker cp`."""
+    dest = args["held"][0]
+    try:
+        src = _Root().open(args["path"], os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
+        return {"copied": False}
+    try:
+        if os.listdir(dest):
+            return {"copied": False}  # not a new volume any more
+        top = os.fstat(src)
+        buffer = os.fdopen(os.memfd_create("copy-up", os.MFD_CLOEXEC), "w+b")
+        with buffer:
+            with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                writer = TarWriter(tar)
+                for e in walk(src):
+                    writer.add(e.path, e.parent, e.name, e.stat)
+            buffer.seek(0)
+            unpacker = _Unpacker(_Root(dest), dest, "/", False, None)
+            try:
+                with tarfile.open(fileobj=buffer, mode="r") as tar:
+                    for member in tar:
+                        unpacker.add(tar, member)
+            finally:
+                unpacker.close()
+        os.fchown(dest, top.st_uid, top.st_gid)
+        os.fchmod(dest, st.S_IMODE(top.st_mode))
+    finally:
+        os.close(src)
+    return {"copied": True}
 
 
 def _owner(root: _Root, spec: str) -> tuple[int, int]:

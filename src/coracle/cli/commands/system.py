@@ -15,8 +15,10 @@ TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
 if TYPE_CHECKING:
     from typing import Any
 
-_INSPECT_PATHS = {"container": "/containers/{}/json", "image": "/images/{}/json", "network": "/networks/{}"}
-_MISSING = {"container": "No such container", "image": "No such image", "network": "No such network"}
+_INSPECT_PATHS = {"container": "/containers/{}/json", "image": "/images/{}/json", "network": "/networks/{}",
+                 "volume": "/volumes/{}"}
+_MISSING = {"container": "No such container", "image": "No such image", "network": "No such network",
+            "volume": "No such volume"}
 
 
 def inspect_objects(cli: Cli, name: str, args: list[str], kind: str | None = None) -> int:
@@ -227,12 +229,19 @@ def df(cli: Cli, name: str, args: list[str]) -> int:
                  sum(c.get("SizeRw") or 0 for c in containers),
                  sum(c.get("SizeRw") or 0 for c in containers if c.get("State") != "running")),
         UsageRow("Local Volumes", len(volumes), sum(1 for v in volumes if (v.get("UsageData") or {}).get("RefCount")),
-                 sum((v.get("UsageData") or {}).get("Size") or 0 for v in volumes), 0),
+                 sum((v.get("UsageData") or {}).get("Size") or 0 for v in volumes),
+                 sum((v.get("UsageData") or {}).get("Size") or 0 for v in volumes
+                     if not (v.get("UsageData") or {}).get("RefCount"))),
         UsageRow("Build Cache", len(cache), sum(1 for c in cache if c.get("InUse")),
                  sum(c.get("Size") or 0 for c in cache), sum(c.get("Size") or 0 for c in cache if not c.get("InUse"))),
     ]
     default = "table {{.Type}}\t{{.TotalCount}}\t{{.Active}}\t{{.Size}}\t{{.Reclaimable}}"
     cli.out(render_rows(rows, opts.format, default, UsageRow))  # type: ignore[arg-type]
+    if opts.verbose and not opts.format:
+        from coracle.cli.formatting import VolumeRow
+
+        cli.out("\nLocal Volumes space usage:\n\n" + render_rows(
+            [VolumeRow(v) for v in volumes], None, "table {{.Name}}\t{{.Links}}\t{{.Size}}", VolumeRow))
     return 0
 
 
