@@ -180,6 +180,7 @@ class Daemon:
         kill_cgroup_tree(self.cgroup_parent)
         if self.own_netns:
             subprocess.run(["ip", "netns", "del", self.netns], check=False, capture_output=True)
+        unmount_below(self.root)  # volumes (tmpfs, bind) the daemon mounted on the host
         shutil.rmtree(self.root, ignore_errors=True)
 
     # ----- clients -----------------------------------------------------------
@@ -242,6 +243,16 @@ def private_daemon(tag: str, extra_args: list[str] | None = None, start: bool = 
         yield d
     finally:
         d.destroy()
+
+
+def unmount_below(root: Path) -> None:
+    """Detach every mount at or below `root`, deepest first, so that removing the tree never
+    reaches through a bind mount into its source."""
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1].encode().decode("unicode_escape") for line in f]
+    prefix = str(root).rstrip("/") + "/"
+    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
 def kill_cgroup_tree(parent: str) -> None:
