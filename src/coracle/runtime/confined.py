@@ -59,14 +59,13 @@ from typing import IO, Any, BinaryIO, Callable, NoReturn
 
 import coracle
 from coracle.errors import Conflict, InvalidParameter, NotFound, SystemError_
-from coracle.runtime import capabilities, seccomp, userns
+from coracle.runtime import capabilities, join, seccomp, userns
 from coracle.runtime import syscalls as sc
 
 # What the helper keeps: reading needs only to bypass file permissions; writing
 # also needs to set owners, modes, setuid bits, device nodes and file capabilities.
 READ_CAPABILITIES = ["CAP_DAC_OVERRIDE"]
 WRITE_CAPABILITIES = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_MKNOD", "CAP_SETFCAP"]
-JOIN_ORDER = ("user", "cgroup", "ipc", "uts", "net", "pid", "mnt")  # the user namespace owns the others
 _FRESH_NAMESPACES = sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
 _CODECS = ("utf-8", "ascii", "latin-1", "utf-16", "utf-32")  # looked up (and cached) before entering
 _ANSWER_MAX = 1 << 20
@@ -312,37 +311,11 @@ def _enter(c: Confinement) -> None:
 
 
 def _join(c: Confinement) -> None:
-    """A running container: its cgroups first (device rules, pids limit), then its namespaces.
-
-    The namespaces are opened through a descriptor of the container's /proc
-    directory, checked to be the process the engine started: if its PID was
-    reused by a host process, or names no mount namespace of its own, nothing
-    is entered (the helper would otherwise work on the host's files)."""
+    """A running container: entered as an exec enters it (runtime/join.py)."""
     try:
-        proc = os.open(f"/proc/{c.pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
+        join.enter(c.pid, c.cgroup_dirs, c.start_ticks)
+    except join.Gone:
         raise Refused(409, "the container is not running") from None
-    try:
-        with open(os.open("stat", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc), "rb") as f:
-            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])
-        if (c.start_ticks is not None and ticks != c.start_ticks) or \
-                os.readlink("ns/mnt", dir_fd=proc) == os.readlink("/proc/self/ns/mnt"):
-            raise Refused(409, "the container is not running")
-        for d in c.cgroup_dirs:
-            with open(os.path.join(d, "cgroup.procs"), "w") as f:
-                f.write(str(os.getpid()))
-        handles = []
-        for ns in JOIN_ORDER:  # all opened before any setns: /proc changes meaning on the way
-            if os.readlink(f"ns/{ns}", dir_fd=proc) != os.readlink(f"/proc/self/ns/{ns}"):
-                handles.append((os.open(f"ns/{ns}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc), sc.NAMESPACES[ns]))
-    finally:
-        os.close(proc)
-    for fd, kind in handles:
-        sc.setns(fd, kind)
-        os.close(fd)
-    if any(kind == sc.CLONE_NEWUSER for _, kind in handles):
-        userns.become_root()
-    os.chdir("/")
 
 
 def _mount_overlay(c: Confinement) -> None:

@@ -22,7 +22,7 @@ import termios
 from typing import NoReturn
 
 # Everything the child needs is imported here: after pivot_root the host's files are gone.
-from coracle.runtime import limits, rootfs, security, terminal, userns
+from coracle.runtime import join, limits, rootfs, security, terminal, userns
 from coracle.runtime.sealed import scrub_process_strings
 from coracle.runtime import syscalls as sc
 from coracle.runtime.identity import assume, resolve
@@ -208,21 +208,7 @@ def _exec_child(spec: Spec, fds: ChildFds) -> NoReturn:
     try:
         _reset_signals()
         _close_others(fds.keep())
-        for d in spec.cgroup_dirs:
-            with open(os.path.join(d, "cgroup.procs"), "w") as f:
-                f.write(str(os.getpid()))
-        order = ["user", "cgroup", "ipc", "uts", "net", "pid", "mnt"]  # user first: it owns the others
-        handles = []
-        for ns in order:
-            path = f"/proc/{spec.target_pid}/ns/{ns}"
-            if os.readlink(path) != os.readlink(f"/proc/self/ns/{ns}"):
-                handles.append((os.open(path, os.O_RDONLY), sc.NAMESPACES[ns]))
-        for fd, kind in handles:
-            sc.setns(fd, kind)
-            os.close(fd)
-        if any(kind == sc.CLONE_NEWUSER for _, kind in handles):
-            userns.become_root()
-        os.chdir("/")
+        join.enter(spec.target_pid, spec.cgroup_dirs)
         pid = os.fork()
     except OSError as exc:
         code = 126 if exc.errno != errno.ESRCH else 128
