@@ -12,7 +12,8 @@ import os
 import secrets
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
+from collections.abc import Iterator
 
 import pytest
 
@@ -50,7 +51,7 @@ def netns() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def daemon() -> Iterator["Daemon"]:
+def daemon() -> Iterator[Daemon]:
     """One coracled shared by a whole test session (tests must clean up their own containers)."""
     from harness import Daemon
 
@@ -64,7 +65,7 @@ def daemon() -> Iterator["Daemon"]:
 
 
 @pytest.fixture
-def client(daemon: "Daemon") -> Iterator["docker.DockerClient"]:
+def client(daemon: Daemon) -> Iterator[docker.DockerClient]:
     """The Docker SDK talking to the session's daemon."""
     c = daemon.sdk()
     try:
@@ -74,7 +75,7 @@ def client(daemon: "Daemon") -> Iterator["docker.DockerClient"]:
 
 
 @pytest.fixture
-def fresh_daemon() -> Iterator["Daemon"]:
+def fresh_daemon() -> Iterator[Daemon]:
     """A private coracled for tests that stop, kill or break the daemon itself."""
     from harness import private_daemon
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 Docker = Callable[..., subprocess.CompletedProcess]
 

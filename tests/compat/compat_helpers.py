@@ -6,7 +6,7 @@ import json
 import os
 import socket
 import subprocess
-from typing import Callable
+from collections.abc import Callable
 
 from harness import Daemon
 
@@ -27,7 +27,7 @@ def raw(daemon: Daemon, request: bytes, read_until_close: bool = True, timeout: 
         while True:
             try:
                 data = s.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 break
             if not data:
                 break

@@ -9,7 +9,7 @@ leave a name taken for the next one.
 from __future__ import annotations
 
 import subprocess
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

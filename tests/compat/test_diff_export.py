@@ -95,7 +95,7 @@ def test_a_planted_symlink_never_brings_host_files(docker: Docker, tmp_path: Pat
         docker("export", "-o", str(out), name)
         with tarfile.open(out) as tar:
             members = tar.getmembers()
-            assert not any("secret-name" == m.name.rsplit("/", 1)[-1] for m in members)
+            assert not any(m.name.rsplit("/", 1)[-1] == "secret-name" for m in members)
             planted = tar.getmember("planted")
             assert planted.issym() and planted.linkname == str(host_dir)
             for m in members:

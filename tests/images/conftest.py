@@ -7,7 +7,7 @@ import io
 import subprocess
 import tarfile
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 

@@ -24,7 +24,8 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
@@ -78,7 +79,7 @@ class Server:
                 else:
                     _, peer = self.sock.recvfrom(512)
                     self.sock.sendto(peer[0].encode(), peer)
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ import os
 import signal
 import socket
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from dnslib import RCODE, DNSRecord

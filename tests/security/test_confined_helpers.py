@@ -23,7 +23,7 @@ import subprocess
 import tarfile
 import time
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from hostile_image import CONTAINER_MARKER, DEEP, HUGE_ID, archive

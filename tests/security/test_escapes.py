@@ -6,7 +6,7 @@ import os
 import socket
 import subprocess
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from security_support import Containers

@@ -15,7 +15,7 @@ import socket
 import struct
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -85,7 +85,7 @@ class ContainerLink:
                 sport, flags = struct.unpack("!H", tcp[:2])[0], tcp[13]
                 if sport == port and flags & (SYN | ACK) == SYN | ACK:
                     return True
-        except socket.timeout:
+        except TimeoutError:
             return False
 
     def close(self) -> None:
@@ -110,7 +110,7 @@ def received(sock: socket.socket, timeout: float) -> bytes | None:
     sock.settimeout(timeout)
     try:
         return sock.recv(2048)
-    except socket.timeout:
+    except TimeoutError:
         return None
 
 

@@ -10,7 +10,7 @@ import json
 import lzma
 import tarfile
 from pathlib import Path
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import docker
 import pytest

@@ -6,7 +6,7 @@ import os
 import pwd
 import subprocess
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import docker
 import pytest

@@ -16,7 +16,8 @@ import json
 import os
 import shutil
 import threading
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from coracle.api.http import Request, Response, Router
 from coracle.api.images import with_progress

@@ -23,7 +23,8 @@ import json
 import logging
 import os
 import re
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
+from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from coracle.errors import CoracleError, InvalidParameter, NotFound, PayloadTooLarge
@@ -231,23 +232,23 @@ class Response:
         self.headers = headers or {}
 
     @classmethod
-    def json(cls, obj: Any, status: int = 200) -> "Response":
+    def json(cls, obj: Any, status: int = 200) -> Response:
         return cls(status, json.dumps(obj).encode() + b"\n")
 
     @classmethod
-    def empty(cls, status: int = 204) -> "Response":
+    def empty(cls, status: int = 204) -> Response:
         return cls(status, b"", content_type="")
 
     @classmethod
-    def text(cls, text: str, status: int = 200) -> "Response":
+    def text(cls, text: str, status: int = 200) -> Response:
         return cls(status, text.encode(), content_type="text/plain; charset=utf-8")
 
     @classmethod
-    def stream(cls, producer: "StreamProducer", content_type: str = "application/json") -> "StreamResponse":
+    def stream(cls, producer: StreamProducer, content_type: str = "application/json") -> StreamResponse:
         return StreamResponse(producer, content_type)
 
     @classmethod
-    def hijack(cls, session: "HijackSession", content_type: str = RAW_STREAM) -> "Hijack":
+    def hijack(cls, session: HijackSession, content_type: str = RAW_STREAM) -> Hijack:
         return Hijack(session, content_type)
 
 
@@ -474,7 +475,7 @@ class Server:
             while (left := deadline - loop.time()) > 0:
                 if not await asyncio.wait_for(reader.read(1 << 20), left):
                     break
-        except (asyncio.TimeoutError, ConnectionError, OSError):
+        except (TimeoutError, ConnectionError, OSError):
             pass
 
     def _route(self, req: Request) -> tuple[Route | None, dict[str, str]]:

@@ -7,7 +7,8 @@ import base64
 import json
 import os
 import tempfile
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from coracle.api.filters import labels_match, parse as parse_filters, values
 from coracle.api.http import Request, Response, Router, decode_json

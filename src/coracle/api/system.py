@@ -115,7 +115,7 @@ def routes(router: Router, engine: Engine, images: Any, network: Any, data_root:
                         return
                     try:
                         ev = await asyncio.wait_for(sub.get(), timeout)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         return
                     if keep(ev):
                         await stream.write(json.dumps(ev).encode() + b"\n")

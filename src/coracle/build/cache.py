@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import datetime, UTC
+from typing import Any
+from collections.abc import Callable
 
 from coracle.disk import usage as disk_usage
 from coracle.images.store import ImageStore, now_rfc3339
@@ -61,7 +62,7 @@ class BuildCache:
                for d in self.store.all(KIND)]
         for name in sorted(os.listdir(self.mounts_dir)) if os.path.isdir(self.mounts_dir) else []:
             path = os.path.join(self.mounts_dir, name)
-            stamp = datetime.fromtimestamp(os.stat(path).st_mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            stamp = datetime.fromtimestamp(os.stat(path).st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             out.append({"ID": name[:25], "Parent": "", "Type": "exec.cachemount", "Description": "cache mount",
                         "InUse": False, "Shared": False, "Size": disk_usage(path), "CreatedAt": stamp,
                         "LastUsedAt": stamp, "UsageCount": 1})

@@ -17,7 +17,8 @@ import secrets
 import socket
 import struct
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterator
 
 from coracle.build.errors import BuildCancelled
 from coracle.errors import CoracleError, NotFound
@@ -68,7 +69,7 @@ class StepContainer:
                     raise BuildCancelled("the build was cancelled")
                 try:
                     data = sock.recv(1 << 16)
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 if not data:
                     break

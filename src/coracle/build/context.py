@@ -17,7 +17,8 @@ import posixpath
 import stat
 import tarfile
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
+from collections.abc import Iterator
 
 from coracle.build.ignore import IgnoreRules
 from coracle.errors import InvalidParameter

@@ -26,7 +26,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from typing import IO, Any, Iterator
+from typing import IO, Any
+from collections.abc import Iterator
 
 from coracle.build.context import Context, Source
 from coracle.errors import InvalidParameter

@@ -18,7 +18,8 @@ import os
 import posixpath
 import tempfile
 from contextlib import ExitStack, contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
 
 from coracle.errors import InvalidParameter
 from coracle.runtime import syscalls as sc
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 
 class RunMounts:
-    def __init__(self, build: "Build", stage: "Stage", ins: "Instruction") -> None:
+    def __init__(self, build: Build, stage: Stage, ins: Instruction) -> None:
         self.build, self.stage = build, stage
         lexer = build.lexer(stage)
         self.specs_ = [{k: lexer.word(v) for k, v in spec.items()} for spec in self.specs(ins)]
@@ -47,7 +48,7 @@ class RunMounts:
             spec["target"] = posixpath.join(stage.config.get("WorkingDir") or "/", target)
 
     @staticmethod
-    def specs(ins: "Instruction") -> list[dict[str, str]]:
+    def specs(ins: Instruction) -> list[dict[str, str]]:
         """The `--mount` flags of an instruction as key/value dicts (values not yet expanded)."""
         out = []
         for flag in ins.flags.get("mount", []):

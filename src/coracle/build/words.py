@@ -12,7 +12,7 @@ whitespace, a quoted one never is.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from coracle.errors import InvalidParameter
 

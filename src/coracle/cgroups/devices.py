@@ -39,7 +39,7 @@ class DeviceRule:
             raise InvalidParameter(f"invalid device rule {self.line()!r}")
 
     @classmethod
-    def parse(cls, text: str) -> "DeviceRule":
+    def parse(cls, text: str) -> DeviceRule:
         """Docker's --device-cgroup-rule syntax: "c 1:3 rwm", "b *:* m", "a"."""
         parts = text.split()
         try:
@@ -52,7 +52,7 @@ class DeviceRule:
             raise InvalidParameter(f"invalid device cgroup rule {text!r}: want TYPE MAJOR:MINOR ACCESS") from None
 
     @classmethod
-    def from_json(cls, data: dict) -> "DeviceRule":
+    def from_json(cls, data: dict) -> DeviceRule:
         return cls(**data)
 
     def to_json(self) -> dict:

@@ -60,7 +60,7 @@ class Resources:
     memory_swappiness: int = -1  # 0..100; -1 = the kernel's (cgroup v1 only: v2 has no such knob)
 
     @classmethod
-    def from_host_config(cls, hc: dict) -> "Resources":
+    def from_host_config(cls, hc: dict) -> Resources:
         """Build and validate from Docker's HostConfig JSON (null counts as unset)."""
         kinds = {f.name: type(f.default) for f in fields(cls)}
         values = {}

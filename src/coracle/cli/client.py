@@ -21,7 +21,8 @@ import _socket as socket
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings anyway
 if TYPE_CHECKING:
-    from typing import Any, BinaryIO, Iterable, Iterator
+    from typing import Any, BinaryIO
+    from collections.abc import Iterable, Iterator
 
 
 DEFAULT_HOST = "unix:///run/coracle/coracle.sock"

@@ -15,7 +15,8 @@ from coracle.cli.units import ago, go_time, human_size
 
 TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
 if TYPE_CHECKING:
-    from typing import Any, Iterable
+    from typing import Any
+    from collections.abc import Iterable
 
 
 def ellipsis(text: str, width: int) -> str:
@@ -59,7 +60,7 @@ def tabwrite(lines: Iterable[str], minwidth: int = 10, padding: int = 3) -> str:
 class _Title(str):
     """A header cell: also callable, so `{{.Label "x"}}` renders its title in the header row."""
 
-    def __call__(self, *args: Any) -> "_Title":
+    def __call__(self, *args: Any) -> _Title:
         return self
 
 
@@ -215,7 +216,7 @@ class ContainerRow(Row):
 
     @property
     def Networks(self) -> str:
-        return ",".join(sorted(((self._c.get("NetworkSettings") or {}).get("Networks") or {})))
+        return ",".join(sorted((self._c.get("NetworkSettings") or {}).get("Networks") or {}))
 
 
 PS_TABLE = "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}"

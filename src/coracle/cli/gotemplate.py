@@ -20,7 +20,8 @@ import re
 
 TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
 if TYPE_CHECKING:
-    from typing import Any, Callable
+    from typing import Any
+    from collections.abc import Callable
 
 
 class TemplateError(Exception):
@@ -592,9 +593,7 @@ class Template:
             return term.value
         if term.kind == "ident":
             return self.funcs[term.value]()
-        if term.kind == "dot":
-            value = dot
-        elif term.kind == "field":
+        if term.kind == "dot" or term.kind == "field":
             value = dot
         elif term.kind == "var":
             for scope in scopes:

@@ -11,7 +11,8 @@ import sys
 
 TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
 if TYPE_CHECKING:
-    from typing import Any, Callable, NoReturn
+    from typing import Any, NoReturn
+    from collections.abc import Callable
 
 # verb -> "module:function"; modules live in coracle.cli.commands
 _CONTAINER = {

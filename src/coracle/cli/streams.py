@@ -13,7 +13,8 @@ import _socket as socket  # what coracle.cli.client's sockets are (see there)
 
 TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
 if TYPE_CHECKING:
-    from typing import Any, Callable, Iterator
+    from typing import Any
+    from collections.abc import Callable, Iterator
 
 
 def write_all(fd: int, data: bytes) -> None:

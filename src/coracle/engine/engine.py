@@ -20,7 +20,8 @@ import signal
 import sqlite3
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from coracle import cgroups, trace
 from coracle.clock import timestamp as utc_now

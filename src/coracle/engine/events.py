@@ -19,7 +19,7 @@ HISTORY = 1024
 class Subscription:
     """One listener: an asyncio queue fed from any thread."""
 
-    def __init__(self, bus: "EventBus", loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, bus: EventBus, loop: asyncio.AbstractEventLoop) -> None:
         self.bus, self.loop = bus, loop
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=4096)
 

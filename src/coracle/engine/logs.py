@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from datetime import datetime
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import quote_plus
 
 from coracle.runtime import logformat

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 FIRST_DELAY = 0.1
 MAX_DELAY = 60.0

@@ -18,7 +18,8 @@ import json
 import os
 import resource
 import stat
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from coracle.cgroups.devices import ANY, DeviceRule
 from coracle.engine.config import clean_path

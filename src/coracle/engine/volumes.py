@@ -21,7 +21,8 @@ import os
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
+from collections.abc import Callable, Iterable, Iterator
 
 from coracle.clock import timestamp as utc_now
 from coracle.disk import usage

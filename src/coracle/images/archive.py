@@ -66,7 +66,7 @@ class _Archive:
         return f"blobs/sha256/{hex_of(digest)}"
 
 
-def load(store: "ImageStore", f: BinaryIO) -> list[str]:
+def load(store: ImageStore, f: BinaryIO) -> list[str]:
     """Load every image in the archive; returns `name:tag` for tagged ones, ids for others."""
     with store.assembling() as budget:
         tar = _seekable(store, f, budget)
@@ -82,7 +82,7 @@ def load(store: "ImageStore", f: BinaryIO) -> list[str]:
                 tar.close()
 
 
-def _seekable(store: "ImageStore", f: BinaryIO, budget: SizeBudget) -> BinaryIO:
+def _seekable(store: ImageStore, f: BinaryIO, budget: SizeBudget) -> BinaryIO:
     """Random access needs a seekable file: spool a stream (a pipe, a socket) or a compressed
     archive first, uncompressed and within the budget (read through tarfile's own
     decompressors, an archive that expands without end would be decompressed again at
@@ -117,7 +117,7 @@ def _tags(names: list[str]) -> list[str]:
     return tags
 
 
-def _load_docker(store: "ImageStore", archive: _Archive, budget: SizeBudget) -> list[str]:
+def _load_docker(store: ImageStore, archive: _Archive, budget: SizeBudget) -> list[str]:
     manifest = archive.json("manifest.json")
     if not isinstance(manifest, list):
         raise InvalidParameter("manifest.json is not a list")
@@ -154,7 +154,7 @@ def _verified(archive: _Archive, descriptor: dict[str, Any]) -> bytes:
     return data
 
 
-def _load_oci(store: "ImageStore", archive: _Archive, budget: SizeBudget) -> list[str]:
+def _load_oci(store: ImageStore, archive: _Archive, budget: SizeBudget) -> list[str]:
     index = archive.json("index.json")
     loaded: list[str] = []
     for descriptor in index.get("manifests") or []:
@@ -189,12 +189,12 @@ def _oci_names(annotations: dict[str, str]) -> list[str]:
     return []
 
 
-def save(store: "ImageStore", refs: list[str], out: BinaryIO) -> None:
+def save(store: ImageStore, refs: list[str], out: BinaryIO) -> None:
     """Write the images as a tar that is both a docker-archive and an OCI image layout.
 
     out may be a pipe: the tar is streamed, each blob read from the store once.
     """
-    chosen: dict[str, tuple["Image", list[str]]] = {}
+    chosen: dict[str, tuple[Image, list[str]]] = {}
     for ref in refs:
         image = store.resolve(ref)
         tags = chosen.setdefault(image.id, (image, []))[1]

@@ -13,7 +13,8 @@ import os
 import secrets
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
+from typing import BinaryIO
+from collections.abc import Callable, Iterable
 
 from coracle.errors import InvalidParameter
 from coracle.runtime.fdtree import remove_tree

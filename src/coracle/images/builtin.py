@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 import tarfile
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from coracle.errors import SystemError_
 
@@ -121,7 +121,7 @@ def _parents(path: str) -> list[str]:
 
 
 def config_blob(diff_id: str, mtime: int) -> bytes:
-    created = datetime.fromtimestamp(mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = datetime.fromtimestamp(mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     config = {
         "architecture": "amd64",
         "config": {"Env": [PATH_ENV], "Cmd": ["sh"]},

@@ -18,7 +18,8 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable
+from typing import TYPE_CHECKING, Any, BinaryIO
+from collections.abc import Callable
 
 from coracle.errors import InvalidParameter, NotFound
 from coracle.faults import fault
@@ -81,8 +82,8 @@ def _manifest(reg: Registry, ref: Reference, reference: str) -> tuple[bytes, str
     return body, media_type, digest
 
 
-def pull(store: "ImageStore", text: str, auth: dict | None, progress: Progress | None,
-         insecure: frozenset[str] = frozenset()) -> "Image":
+def pull(store: ImageStore, text: str, auth: dict | None, progress: Progress | None,
+         insecure: frozenset[str] = frozenset()) -> Image:
     ref = parse(text)
     if not ref.tag and not ref.digest:
         ref = ref.with_tag("latest")
@@ -124,8 +125,8 @@ def pull(store: "ImageStore", text: str, auth: dict | None, progress: Progress |
     return image
 
 
-def pull_all_tags(store: "ImageStore", text: str, auth: dict | None, progress: Progress | None,
-                  insecure: frozenset[str] = frozenset()) -> list["Image"]:
+def pull_all_tags(store: ImageStore, text: str, auth: dict | None, progress: Progress | None,
+                  insecure: frozenset[str] = frozenset()) -> list[Image]:
     """`docker pull -a NAME`: every tag the registry lists for the repository."""
     ref = parse(text)
     if ref.tag or ref.digest:
@@ -232,7 +233,7 @@ def _fetch_small(reg: Registry, repository: str, digest: str, scope: str) -> byt
     return data
 
 
-def _pull_layer(store: "ImageStore", reg: Registry, repository: str, scope: str, layer: dict[str, Any],
+def _pull_layer(store: ImageStore, reg: Registry, repository: str, scope: str, layer: dict[str, Any],
                 diff_id: str, report: _Reporter, abort: threading.Event, budget: SizeBudget) -> None:
     digest, total = layer["digest"], layer.get("size")
     short = _short(digest)
@@ -252,7 +253,7 @@ def _pull_layer(store: "ImageStore", reg: Registry, repository: str, scope: str,
     report("Pull complete", short)
 
 
-def _download(store: "ImageStore", reg: Registry, path: str, scope: str, digest: str, total: int | None,
+def _download(store: ImageStore, reg: Registry, path: str, scope: str, digest: str, total: int | None,
               short: str, report: _Reporter, abort: threading.Event) -> None:
     for attempt in range(RETRIES):
         done = [0, 0]  # bytes so far, bytes at the last report
@@ -295,7 +296,7 @@ class _Counting:
         return data
 
 
-def push(store: "ImageStore", text: str, auth: dict | None, progress: Progress | None,
+def push(store: ImageStore, text: str, auth: dict | None, progress: Progress | None,
          insecure: frozenset[str] = frozenset()) -> str:
     """Push name[:tag]; returns the manifest digest (also recorded as a RepoDigest)."""
     ref = parse(text)
@@ -336,7 +337,7 @@ def push(store: "ImageStore", text: str, auth: dict | None, progress: Progress |
     return digest
 
 
-def _push_blob(store: "ImageStore", reg: Registry, repository: str, scope: str, digest: str,
+def _push_blob(store: ImageStore, reg: Registry, repository: str, scope: str, digest: str,
                report: _Reporter | None, abort: threading.Event) -> None:
     short = _short(digest)
     try:

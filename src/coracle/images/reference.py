@@ -48,7 +48,7 @@ class Reference:
         """What this reference pins: `name@digest` when it has one, else `name:tag`."""
         return f"{self.name}@{self.digest}" if self.digest else self.tagged
 
-    def with_tag(self, tag: str) -> "Reference":
+    def with_tag(self, tag: str) -> Reference:
         return Reference(self.registry, self.repository, tag, None)
 
 

@@ -20,7 +20,8 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO
+from collections.abc import Callable, Iterator
 
 from coracle.errors import CoracleError, NotFound
 from coracle.images.reference import DEFAULT_REGISTRY, is_loopback_registry
@@ -71,7 +72,7 @@ class Credentials:
     token: str = ""    # a registry token used as the bearer token directly
 
     @classmethod
-    def from_auth(cls, auth: dict[str, Any] | None) -> "Credentials":
+    def from_auth(cls, auth: dict[str, Any] | None) -> Credentials:
         """From the decoded X-Registry-Auth / POST /auth body (Docker's AuthConfig)."""
         auth = auth or {}
         username, password = auth.get("username") or "", auth.get("password") or ""

@@ -52,7 +52,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from dnslib import AAAA, PTR, QTYPE, RCODE, RR, A, DNSRecord
 

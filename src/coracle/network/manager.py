@@ -95,9 +95,10 @@ import secrets
 import socket
 import sqlite3
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from coracle.errors import Conflict, InvalidParameter, NotFound
 from coracle.faults import fault
@@ -158,7 +159,7 @@ PRIVATE = ("Container", "ContainerName", "NetworkName", "Veth", "Interface")
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _flag(options: dict[str, str], key: str, default: bool) -> bool:

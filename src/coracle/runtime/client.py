@@ -13,7 +13,8 @@ import os
 import socket
 import subprocess
 import time
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 from coracle.errors import CoracleError, SystemError_
 from coracle.runtime import exits, sealed

@@ -55,7 +55,8 @@ import subprocess
 import sys
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import IO, Any, BinaryIO, Callable, NoReturn
+from typing import IO, Any, BinaryIO, NoReturn
+from collections.abc import Callable
 
 import coracle
 from coracle.errors import Conflict, InvalidParameter, NotFound, SystemError_
@@ -124,7 +125,7 @@ class Confinement:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Confinement":
+    def from_json(cls, data: dict[str, Any]) -> Confinement:
         data = dict(data, seccomp_bpf=base64.b64decode(data["seccomp_bpf"]))
         if data["overlay"] is not None:
             ov = dict(data["overlay"])

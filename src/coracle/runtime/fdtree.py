@@ -17,7 +17,8 @@ import posixpath
 import stat as st
 import tarfile
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
+from collections.abc import Callable, Iterator
 
 XATTR_PAX = "SCHILY.xattr."
 # What a lookup meets when the entry was removed or swapped since it was listed.

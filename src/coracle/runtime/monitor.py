@@ -45,7 +45,8 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from functools import partial
-from typing import BinaryIO, Callable
+from typing import BinaryIO
+from collections.abc import Callable
 
 from coracle.runtime import exits, init, keeper, limits, logformat, sealed, security, syscalls, terminal
 from coracle.runtime.spec import Spec

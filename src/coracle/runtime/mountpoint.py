@@ -18,7 +18,7 @@ import errno
 import os
 import posixpath
 from contextlib import contextmanager
-from typing import Iterator
+from collections.abc import Iterator
 
 from coracle.runtime import syscalls as sc
 

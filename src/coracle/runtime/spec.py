@@ -86,7 +86,7 @@ class Spec:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Spec":
+    def from_json(cls, data: dict[str, Any]) -> Spec:
         data = dict(data)
         data["process"] = Process(**data["process"])
         data["mounts"] = [Mount(**m) for m in data.get("mounts", [])]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 from contextlib import contextmanager
-from typing import Iterator
+from collections.abc import Iterator
 
 _libc = ctypes.CDLL(None, use_errno=True)  # the libc this process runs on (no ldconfig run)
 

@@ -66,7 +66,7 @@ class Remap:
         return self.uid_map[0][1], self.gid_map[0][1]
 
     @classmethod
-    def load(cls, setting: str) -> "Remap":
+    def load(cls, setting: str) -> Remap:
         """From the daemon flag: "default" or "user[:group]" (names or numeric ids)."""
         if setting == "default":
             ensure_default_user()
