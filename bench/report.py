@@ -75,6 +75,7 @@ class Report:
     # ----- the document -------------------------------------------------------------------
 
     def build(self, plot_dir: str) -> str:
+        """plot_dir is where the plots are as seen from the document ("" beside them, in the results dir)."""
         r = self.r
         self.add("# coracle benchmarks", "",
                  f"Run {r.get('started')}{' (quick: tiny N, figures not meaningful)' if r.get('quick') else ''}. "
@@ -91,6 +92,13 @@ class Report:
                  "engines can be interleaved sample by sample.", "")
         if r.get("notes"):
             self.add("Notes on this run:", "", *(f"- {n}" for n in r["notes"]), "")
+        other_runs = {name: stamp for name, stamp in (r.get("section_runs") or {}).items()
+                      if stamp != r.get("started")}
+        if other_runs:
+            self.add("Sections measured in later runs (same suite, published over this one): "
+                     + ", ".join(f"{name} ({stamp})" for name, stamp in sorted(other_runs.items())) + ".", "")
+        self.add("What each fix changed, why some goals are missed on this machine, and the profiles behind "
+                 "them: [performance.md](" + ("performance.md" if plot_dir else "../../../docs/performance.md") + ").", "")
         self.machine()
         self.targets()
         self.startup(plot_dir)
@@ -452,10 +460,43 @@ def write(results: dict, out: Path) -> Path:
     return path
 
 
+def merged(run: dict, published: dict | None) -> dict:
+    """A run's sections laid over the published results: a partial run replaces only what it measured.
+
+    Each section keeps the stamp of the run it came from (`section_runs`), and the
+    report says which sections are from another run, so figures taken at different
+    times are never presented as one run's.
+    """
+    if not published:
+        return {**run, "section_runs": run.get("section_runs")
+                or {name: run.get("started") for name in run.get("sections", {})}}
+    out = {**published, "sections": dict(published.get("sections", {})),
+           "section_runs": dict(published.get("section_runs")
+                                or {name: published.get("started") for name in published.get("sections", {})})}
+    for name, section in run.get("sections", {}).items():
+        out["sections"][name] = section
+        out["section_runs"][name] = run.get("started")
+    out["engines"] = {**(published.get("engines") or {}), **(run.get("engines") or {})}
+    return out
+
+
 def publish(out: Path) -> None:
-    """The run becomes bench/results/latest; docs/benchmarks.md is its report with plot links."""
+    """bench/results/latest becomes the published results with this run's sections laid over them;
+    docs/benchmarks.md is their report with plot links."""
+    run = json.loads((out / "results.json").read_text())
+    previous = LATEST / "results.json"
+    published = json.loads(previous.read_text()) if previous.exists() and LATEST.resolve() != out.resolve() else None
+    results = merged(run, published)
     if LATEST.resolve() != out.resolve():
-        shutil.rmtree(LATEST, ignore_errors=True)
-        shutil.copytree(out, LATEST)
-    results = json.loads((LATEST / "results.json").read_text())
+        LATEST.mkdir(parents=True, exist_ok=True)
+        for item in out.iterdir():  # this run's plots and profiles replace their namesakes only
+            target = LATEST / item.name
+            if item.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(item, target)
+            else:
+                shutil.copy2(item, target)
+    (LATEST / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    plots(results, LATEST)
+    (LATEST / "report.md").write_text(Report(results).build(""))
     DOCS.write_text(Report(results).build("../bench/results/latest/"))
