@@ -21,6 +21,7 @@ from pathlib import Path
 
 from bench import system
 from coracle.cli import launcher
+import contextlib
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = "busybox:latest"
@@ -37,7 +38,7 @@ class Client:
 
     label: str
     program: str  # which CLI: coracle, docker or podman
-    engine: "Engine"
+    engine: Engine
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     # Flags a verb needs on this engine to mean what it means on Docker (e.g. podman rm -f waits 10 s).
@@ -121,10 +122,9 @@ class Engine:
         raise NotImplementedError
 
     def _spawn_daemon(self, argv: list[str], sock: str, timeout: float = 60) -> None:
-        log = open(self.root / "daemon.log", "ab")
-        self.proc = subprocess.Popen(system.in_netns_argv(self.netns, argv), stdout=log, stderr=log,
-                                     start_new_session=True, cwd=REPO)
-        log.close()
+        with open(self.root / "daemon.log", "ab") as log:
+            self.proc = subprocess.Popen(system.in_netns_argv(self.netns, argv), stdout=log, stderr=log,
+                                         start_new_session=True, cwd=REPO)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if _ping(sock):
@@ -144,16 +144,12 @@ class Engine:
     def destroy(self) -> None:
         """Remove everything this engine made, whatever state it is in."""
         for client in self.clients[:1]:
-            try:
+            with contextlib.suppress(Exception):
                 client.remove_all()
-            except Exception:
-                pass
         if self.proc and self.proc.poll() is None:
             system.stop_pid(self.proc.pid)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
         if self.inode:
             system.kill_netns_processes(self.inode)
         system.kill_cgroup_tree(self.cgroup_parent)
@@ -209,10 +205,8 @@ class Coracle(Engine):
         pids = super().daemon_pids()
         # ip netns exec -> sh -> exec python: the Popen pid is the daemon itself.
         for name in ("monitor.pid", "keeper.pid"):  # the supervisors are part of the engine's cost
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 pids.append(int((self.root / "exec" / "monitor" / name).read_text()))
-            except (OSError, ValueError):
-                pass
         return pids
 
 

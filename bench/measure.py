@@ -10,7 +10,8 @@ from __future__ import annotations
 import statistics
 import traceback
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
+from collections.abc import Callable, Sequence
 
 T = TypeVar("T")
 
@@ -38,7 +39,8 @@ def rotations(items: Sequence[T], rounds: int) -> list[list[T]]:
     return [[items[(r + i) % n] for i in range(n)] for r in range(rounds)] if n else []
 
 
-def alternate(clients: Sequence[T], repeat: int, fn: Callable[[T], float], key: Callable[[T], str]) -> dict[str, Series]:
+def alternate(clients: Sequence[T], repeat: int, fn: Callable[[T], float],
+              key: Callable[[T], str]) -> dict[str, Series]:
     """Call fn(client) `repeat` times per client, interleaved; a client that fails once is dropped."""
     series = {key(c): Series() for c in clients}
     for order in rotations(clients, repeat):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from bench.engines import REPO
 from bench.measure import ratio
@@ -84,7 +84,8 @@ class Report:
                  "data root, socket and cgroup parent. Figures are medians of repeated runs taken alternately "
                  "engine by engine; ratios are coracle / Docker and coracle / Podman (below 1 means coracle is "
                  "faster or smaller, except for throughput rows where above 1 is better).", "",
-                 "Reproduce (as root): `apt-get install docker.io podman netavark aardvark-dns buildah dnsperf iperf3 busybox-static`, "
+                 "Reproduce (as root): `apt-get install docker.io podman netavark aardvark-dns buildah dnsperf iperf3 "
+                 "busybox-static`, "
                  "`pip install -e '.[bench]'` (matplotlib, py-spy for `--profile`), then "
                  "`.venv/bin/python -m bench --publish --profile` (about half an hour with Docker and Podman); "
                  "`--quick` for a smoke run, `--engines coracle` for coracle alone. Timings are wall clock around "
@@ -98,7 +99,8 @@ class Report:
             self.add("Sections measured in later runs (same suite, published over this one): "
                      + ", ".join(f"{name} ({stamp})" for name, stamp in sorted(other_runs.items())) + ".", "")
         self.add("What each fix changed, why some goals are missed on this machine, and the profiles behind "
-                 "them: [performance.md](" + ("performance.md" if plot_dir else "../../../docs/performance.md") + ").", "")
+                 "them: [performance.md]("
+                 + ("performance.md" if plot_dir else "../../../docs/performance.md") + ").", "")
         self.machine()
         self.targets()
         self.startup(plot_dir)
@@ -157,8 +159,8 @@ class Report:
             v = ratio(self.build_time("coracle", case), self.build_time("docker", case))
             if "build" in self.s:
                 row(f"build, {case} vs Docker's classic builder", f"<= {goal}x", v, None if v is None else v <= goal,
-                    f"docker CLI against coracled: "
-                    f"{_fmt(ratio(self.build_time('coracle (docker CLI)', case), self.build_time('docker', case)), 'x')}")
+                    "docker CLI against coracled: "
+                    + _fmt(ratio(self.build_time("coracle (docker CLI)", case), self.build_time("docker", case)), "x"))
         self.add("## Targets", "")
         self.table(["target", "goal", "coracle", "status", "note"], rows)
 
@@ -170,7 +172,7 @@ class Report:
             for mode in modes:
                 cell = _get(self.s, "startup", "results", label, mode) or {}
                 rows.append([label, mode, _fmt(_num(cell.get("median")), "s"), str(cell.get("n", "-")),
-                             *_ratio_cells(lambda l: self.start(l, mode), label), cell.get("error", "")[:200]])
+                             *_ratio_cells(lambda lab, m=mode: self.start(lab, m), label), cell.get("error", "")[:200]])
         self.table(["client", "mode", "median", "n", "vs Docker", "vs Podman", "error"], rows)
         floor = _get(self.s, "startup", "floor") or {}
         self.add(f"Floor: namespaces alone (`{floor.get('namespaces_command', '')}`) "
@@ -184,7 +186,7 @@ class Report:
         rows = []
         for label in self.labels("throughput", "start"):
             for what in ("start", "remove"):
-                value = lambda l, w=what: _num(_get(self.s, "throughput", w, l, "median"))  # noqa: E731
+                value = lambda lab, w=what: _num(_get(self.s, "throughput", w, lab, "median"))  # noqa: E731
                 cell = _get(self.s, "throughput", what, label) or {}
                 rows.append([label, what, _fmt(value(label), "s"), *_ratio_cells(value, label),
                              cell.get("error", "")[:200]])
@@ -199,7 +201,7 @@ class Report:
             pts = res.get("points", {})
             cells = [f"{_fmt(_num(_get(pts, str(c), 'rss_mib')), ' MiB')} / "
                      f"{_get(pts, str(c), 'processes') if _get(pts, str(c)) else '-'}" for c in counts]
-            per = lambda l: _num(_get(self.s, "memory", "results", l, "per_container_rss_mib"))  # noqa: E731
+            per = lambda lab: _num(_get(self.s, "memory", "results", lab, "per_container_rss_mib"))  # noqa: E731
             rows.append([label, *cells, _fmt(per(label), " MiB"),
                          _fmt(_num(res.get("per_container_pss_mib")), " MiB"), *_ratio_cells(per, label),
                          res.get("error", "")[:200]])
@@ -223,7 +225,7 @@ class Report:
                 cell = _get(self.s, "ports", "results", label, n) or {}
                 rows.append([label, n, _fmt(self.ports_time(label, n), "s"), str(cell.get("processes_created", "-")),
                              str(cell.get("rules_added", "-")), str(cell.get("set_elements_added", "-")),
-                             *_ratio_cells(lambda l: self.ports_time(l, n), label)])
+                             *_ratio_cells(lambda lab, k=n: self.ports_time(lab, k), label)])
             err = _get(self.s, "ports", "results", label, "error")
             if err:
                 rows.append([label, "error", str(err)[:300], "", "", "", "", ""])
@@ -254,8 +256,8 @@ class Report:
                 rows.append([label, "error", str(res["error"])[:300], "", "", "", ""])
                 continue
             for path in paths:
-                g = lambda l, p=path: _num(_get(self.s, "datapath", "results", l, "gbit_per_s", p, "median"))  # noqa: E731
-                c = lambda l, p=path: _num(_get(self.s, "datapath", "results", l, "connects_per_s", p, "median"))  # noqa: E731
+                g = lambda lab, p=path: _num(_get(self.s, "datapath", "results", lab, "gbit_per_s", p, "median"))  # noqa: E731
+                c = lambda lab, p=path: _num(_get(self.s, "datapath", "results", lab, "connects_per_s", p, "median"))  # noqa: E731
                 errs = " ".join(str(_get(res, k, path, "error") or "") for k in ("gbit_per_s", "connects_per_s"))
                 rows.append([label, path, _fmt(g(label)), _fmt(c(label), digits=4), *_ratio_cells(g, label),
                              errs.strip()[:200]])
@@ -266,8 +268,8 @@ class Report:
         rows = []
         for label in self.labels("dns"):
             res = _get(self.s, "dns", "results", label) or {}
-            q = lambda l: _num(_get(self.s, "dns", "results", l, "qps", "median"))  # noqa: E731
-            m = lambda l: _num(_get(self.s, "dns", "results", l, "median_ms", "median"))  # noqa: E731
+            q = lambda lab: _num(_get(self.s, "dns", "results", lab, "qps", "median"))  # noqa: E731
+            m = lambda lab: _num(_get(self.s, "dns", "results", lab, "median_ms", "median"))  # noqa: E731
             rows.append([label, str(res.get("resolver")), _fmt(q(label), digits=4), _fmt(m(label), " ms"),
                          _fmt(_num(_get(res, "p99_ms", "median")), " ms"), *_ratio_cells(q, label),
                          *_ratio_cells(m, label), str(res.get("error", ""))[:200]])
@@ -286,13 +288,13 @@ class Report:
     def dns_percentiles(self, key: str) -> None:
         rows = []
         for label in self.labels("dns"):
-            def pick(l: str, k: str) -> float | None:
-                return _num(_get(self.s, "dns", "results", l, key, k, "median"))
+            def pick(lab: str, k: str) -> float | None:
+                return _num(_get(self.s, "dns", "results", lab, key, k, "median"))
             cells = [_fmt(pick(label, "qps"), digits=4)]
             cells += [_fmt(None if pick(label, k) is None else pick(label, k) * 1000, " µs")  # type: ignore[operator]
                       for k in ("p50", "p90", "p99", "p99.9")]
-            rows.append([label, *cells, *_ratio_cells(lambda l: pick(l, "qps"), label),
-                         *_ratio_cells(lambda l: pick(l, "p99"), label)])
+            rows.append([label, *cells, *_ratio_cells(lambda lab: pick(lab, "qps"), label),
+                         *_ratio_cells(lambda lab: pick(lab, "p99"), label)])
         self.table(["engine", "queries/s", "p50", "p90", "p99", "p99.9", "qps vs Docker", "qps vs Podman",
                     "p99 vs Docker", "p99 vs Podman"], rows)
 
@@ -302,7 +304,7 @@ class Report:
         rows = []
         for label in self.labels("cli"):
             for cmd in ("ps", "ps -a", "inspect"):
-                v = lambda l, c=cmd: _num(_get(self.s, "cli", "results", l, c, "median"))  # noqa: E731
+                v = lambda lab, c=cmd: _num(_get(self.s, "cli", "results", lab, c, "median"))  # noqa: E731
                 err = _get(self.s, "cli", "results", label, cmd, "error") or ""
                 rows.append([label, cmd, _fmt(v(label), "s"), *_ratio_cells(v, label), str(err)[:200]])
         self.table(["client", "command", "median", "vs Docker", "vs Podman", "error"], rows)
@@ -318,11 +320,11 @@ class Report:
         rows = []
         for label in self.labels("clistart"):
             for cmd in ("version", "ps", "run --rm"):
-                def v(l: str, kind: str, c: str = cmd) -> float | None:
-                    return _num(_get(self.s, "clistart", "results", l, c, kind, "median"))
+                def v(lab: str, kind: str, c: str = cmd) -> float | None:
+                    return _num(_get(self.s, "clistart", "results", lab, c, kind, "median"))
                 err = _get(self.s, "clistart", "results", label, cmd, "wall", "error") or ""
                 rows.append([label, cmd, _fmt(v(label, "wall"), "s"), _fmt(v(label, "cpu"), "s"),
-                             *_ratio_cells(lambda l: v(l, "wall"), label), str(err)[:200]])
+                             *_ratio_cells(lambda lab: v(lab, "wall"), label), str(err)[:200]])
         self.table(["client", "command", "wall", "CPU", "wall vs Docker", "wall vs Podman", "error"], rows)
 
     def build_time(self, label: str, case: str) -> float | None:
@@ -335,8 +337,9 @@ class Report:
         rows = []
         for label in self.labels("build"):
             for case in ("cold", "no change", "late COPY changed"):
-                v = lambda l, c=case: self.build_time(l, c)  # noqa: E731
-                cells = [_fmt(ratio(v(label), v(b)), "x") if label in CORACLE_LABELS else "" for b in ("docker", "buildah")]
+                v = lambda lab, c=case: self.build_time(lab, c)  # noqa: E731
+                cells = [_fmt(ratio(v(label), v(b)), "x") if label in CORACLE_LABELS else ""
+                         for b in ("docker", "buildah")]
                 err = _get(self.s, "build", "results", label, case, "error") or ""
                 rows.append([label, case, _fmt(v(label), "s"), *cells, str(err)[:200]])
         self.table(["client", "build", "median", "vs Docker", "vs buildah", "error"], rows)
@@ -370,7 +373,7 @@ class Report:
 
     def commands(self) -> None:
         self.add("## Exact commands", "", "Each engine's client prefix:", "")
-        for name, info in (self.r.get("engines") or {}).items():
+        for _name, info in (self.r.get("engines") or {}).items():
             for label, cmd in (info.get("clients") or {}).items():
                 self.add(f"- {label}: `{cmd}`")
         self.add("", "Per section:", "", "```json",

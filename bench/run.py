@@ -18,9 +18,9 @@ import shutil
 import signal
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from bench import report, system
 from bench.engines import DOCKER_CLI, ENGINES, REPO, Coracle, Engine, EngineUnavailable, write_image_tar
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> Path:
     config = QUICK if args.quick else Config()
     overrides = {k: v for k, v in (("repeat", args.repeat), ("scale", args.scale)) if v is not None}
     config = dataclasses.replace(config, **overrides)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or REPO / "bench" / "results" / stamp
     out.mkdir(parents=True, exist_ok=True)
     tag = secrets.token_hex(3)

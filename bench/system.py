@@ -14,6 +14,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+import contextlib
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Directories Docker/containerd/runc/netavark create under /run whatever their flags say.
@@ -152,10 +153,8 @@ def kill_netns_processes(inode: int) -> None:
         if not pids:
             return
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         time.sleep(0.05)
 
 
@@ -169,10 +168,8 @@ def stop_pid(pid: int, timeout: float = 20) -> None:
         if not Path(f"/proc/{pid}").exists() or "State:\tZ" in (_read(f"/proc/{pid}/status") or ""):
             return
         time.sleep(0.05)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 # ----- cgroups, mounts, files ---------------------------------------------------------
@@ -183,10 +180,8 @@ def kill_cgroup_tree(parent: str) -> None:
     from coracle import cgroups
     from coracle.errors import CoracleError
 
-    try:
+    with contextlib.suppress(CoracleError):
         cgroups.manager_for(parent).destroy()
-    except CoracleError:
-        pass
 
 
 def unmount_under(root: Path) -> None:

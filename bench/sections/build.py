@@ -109,7 +109,7 @@ def run(bench: Bench) -> dict:
 
     results: dict[str, dict] = {b.label: {} for b in builders}
     try:
-        for case, fn in zip(CASES, (cold, unchanged, late_changed)):
+        for case, fn in zip(CASES, (cold, unchanged, late_changed), strict=False):
             series = alternate(builders, bench.config.cli_repeat, fn, key=lambda b: b.label)
             for label, s in series.items():
                 results[label][case] = s.summary()

@@ -8,6 +8,7 @@ from bench.measure import alternate
 from bench.sections.memory import fill, idle_names
 from bench.sections.throughput import remove_many, running_count
 from bench.suite import Bench
+import contextlib
 
 COMMANDS = {"ps": ["ps"], "ps -a": ["ps", "-a"], "inspect": ["inspect", "idle0"]}
 
@@ -24,7 +25,8 @@ def run(bench: Bench) -> dict:
             present[engine.name] = running_count(client)
         results: dict[str, dict] = {c.label: {} for c in bench.clients}
         for label, argv in COMMANDS.items():
-            series = alternate(bench.clients, bench.config.cli_repeat, lambda c: c.timed(*argv), key=lambda c: c.label)
+            series = alternate(bench.clients, bench.config.cli_repeat, lambda c, a=argv: c.timed(*a),
+                               key=lambda c: c.label)
             for key, s in series.items():
                 results[key][label] = s.summary()
     finally:
@@ -42,8 +44,6 @@ def remove_many_quietly(client, names: list[str]) -> str | None:  # type: ignore
         remove_many(client, names)
         return None
     except RuntimeError as exc:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             client.run("rm", "-f", *names, check=False)
-        except subprocess.TimeoutExpired:
-            pass
         return str(exc)

@@ -12,7 +12,7 @@ import json
 import subprocess
 import sys
 from contextlib import ExitStack, contextmanager
-from typing import Iterator
+from collections.abc import Iterator
 
 from bench import system
 from bench.engines import IMAGE, REPO, Client
@@ -60,7 +60,8 @@ class Setup:
             "direct": (host, self.ip_a, IPERF_PORT, CONN_PORT),
             "published_host_address": (host, system.HOST_ADDR, PUB_IPERF, PUB_CONN),
             "published_loopback": (host, "127.0.0.1", PUB_IPERF, PUB_CONN),
-            "container_to_container": (["nsenter", f"--net=/proc/{self.pid_b}/ns/net"], self.ip_a, IPERF_PORT, CONN_PORT),
+            "container_to_container": (["nsenter", f"--net=/proc/{self.pid_b}/ns/net"], self.ip_a, IPERF_PORT,
+                                       CONN_PORT),
         }[path]
 
     def servers(self, stack: ExitStack) -> None:
@@ -111,9 +112,10 @@ def run(bench: Bench) -> dict:
             for path in PATHS:
                 for client in order:
                     prefix, addr, iperf_port, conn_port = setups[client.label].targets(path)
-                    _sample(gbits[client.label][path], lambda: iperf(prefix, addr, iperf_port, cfg.iperf_seconds))
+                    _sample(gbits[client.label][path],
+                            lambda t=(prefix, addr, iperf_port): iperf(*t, cfg.iperf_seconds))
                     _sample(rates[client.label][path],
-                            lambda: connect_rate(prefix, addr, conn_port, cfg.connect_seconds))
+                            lambda t=(prefix, addr, conn_port): connect_rate(*t, cfg.connect_seconds))
     results = {}
     for client in bench.primaries:
         label = client.label
@@ -126,7 +128,8 @@ def run(bench: Bench) -> dict:
                               "run -d --name dpb busybox:latest sleep 3600",
                 "servers": "nsenter --net=/proc/<dpa pid>/ns/net iperf3 -s -p 5201; "
                            "nsenter --net=/proc/<dpa pid>/ns/net python -m bench.tools.connrate serve 9000",
-                "iperf3": f"nsenter --net=<host netns | dpb netns> iperf3 -c <addr> -p <port> -t {cfg.iperf_seconds} -J",
+                "iperf3": "nsenter --net=<host netns | dpb netns> iperf3 -c <addr> -p <port> "
+                          f"-t {cfg.iperf_seconds} -J",
                 "connect rate": f"nsenter --net=<...> python -m bench.tools.connrate client <addr> <port> "
                                 f"{cfg.connect_seconds}",
                 "addresses": {"direct": "<dpa IP>:5201", "published_host_address": f"{system.HOST_ADDR}:15201",

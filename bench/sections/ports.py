@@ -62,7 +62,8 @@ def run(bench: Bench) -> dict:
     for label, error in failed.items():
         results[label]["error"] = error
     return {"counts": list(bench.config.ports), "results": results,
-            "commands": {c.label: {str(n): c.describe("run", "-d", "--name", "pp", "-p", spec(n), IMAGE, "sleep", "3600")
+            "commands": {c.label: {str(n): c.describe("run", "-d", "--name", "pp", "-p", spec(n), IMAGE,
+                                                      "sleep", "3600")
                                    for n in bench.config.ports} for c in bench.primaries}}
 
 

@@ -42,7 +42,7 @@ def run(bench: Bench) -> dict:
             usable = [c for c in bench.clients if mode != "container" or donors[c.engine.name] is None]
             for c in usable:  # warm-up: first use of a mode may create the bridge, load caches
                 c.run("run", *args(mode), check=False)
-            series = alternate(usable, bench.config.repeat, lambda c: c.timed("run", *args(mode)),
+            series = alternate(usable, bench.config.repeat, lambda c, m=mode: c.timed("run", *args(m)),
                                key=lambda c: c.label)
             for c in bench.clients:
                 results[c.label][mode] = (series[c.label].summary() if c.label in series
