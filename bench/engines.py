@@ -8,6 +8,7 @@ same verbs and flags through it, so the figures compare like with like.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -21,7 +22,6 @@ from pathlib import Path
 
 from bench import system
 from coracle.cli import launcher
-import contextlib
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGE = "busybox:latest"

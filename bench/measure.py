@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import statistics
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
-from collections.abc import Callable, Sequence
 
 T = TypeVar("T")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 from bench.engines import REPO
 from bench.measure import ratio
@@ -112,6 +112,8 @@ class Report:
         self.cli()
         self.clistart()
         self.image_builds()
+        self.growth(plot_dir)
+        self.burst()
         self.profile()
         self.errors()
         self.commands()
@@ -161,6 +163,19 @@ class Report:
                 row(f"build, {case} vs Docker's classic builder", f"<= {goal}x", v, None if v is None else v <= goal,
                     "docker CLI against coracled: "
                     + _fmt(ratio(self.build_time("coracle (docker CLI)", case), self.build_time("docker", case)), "x"))
+        for what, goal in (("network create", 1.2), ("run -d", 1.1)):
+            v = _num(_get(self.s, "growth", "results", "coracle", what, "growth"))
+            if v is not None:
+                n = _get(self.s, "growth", "count")
+                row(f"{what}: the {n}th vs the first", f"<= {goal}x", v, v <= goal,
+                    f"Docker: {_fmt(_num(_get(self.s, 'growth', 'results', 'docker', what, 'growth')), 'x')}")
+        p95 = _num(_get(self.s, "burst", "results", "coracle", "ps", "p95"))
+        if p95 is not None:
+            docker_p95 = _num(_get(self.s, "burst", "results", "docker", "ps", "p95"))
+            burst_n = _get(self.s, "burst", "count")
+            rows.append([f"`ps` p95 during a {burst_n}-container burst (API)", "<= 10 ms", f"{p95 * 1000:.1f} ms",
+                         "met" if p95 <= 0.010 else "**missed**",
+                         f"Docker: {'-' if docker_p95 is None else f'{docker_p95 * 1000:.1f} ms'}"])
         self.add("## Targets", "")
         self.table(["target", "goal", "coracle", "status", "note"], rows)
 
@@ -352,6 +367,41 @@ class Report:
                    [[name, _fmt(_num(_get(m, "median")), " MiB"), str(_get(m, "error") or "")[:200]]
                     for name, m in memory.items()])
 
+    def growth(self, plot_dir: str) -> None:
+        res = _get(self.s, "growth", "results") or {}
+        if not res:
+            return
+        n = _get(self.s, "growth", "count")
+        self.add(f"## 10. Growth: the Nth network and the Nth container, up to {n}", "",
+                 "One command at a time through each engine's CLI; medians of the first and the last ten.", "")
+        rows = []
+        for label in self.labels("growth"):
+            for what in ("network create", "run -d"):
+                cell = _get(res, label, what) or {}
+                rows.append([label, what, _fmt(_num(cell.get("first")), "s"), _fmt(_num(cell.get("last")), "s"),
+                             _fmt(_num(cell.get("growth")), "x"), str(cell.get("error", ""))[:200]])
+        self.table(["engine", "command", "first 10", "last 10", "growth", "error"], rows)
+        self.image(plot_dir, "growth.png", "cost of the Nth network and the Nth container")
+
+    def burst(self) -> None:
+        res = _get(self.s, "burst", "results") or {}
+        if not res:
+            return
+        self.add(f"## 11. Reads during a burst: {_get(self.s, 'burst', 'clients')} API clients create and start "
+                 f"{_get(self.s, 'burst', 'count')} containers", "",
+                 "Latency of one API request (new connection each), so no CLI start-up is in these figures.", "")
+        rows = []
+        for label in self.labels("burst"):
+            cell = res.get(label) or {}
+            for kind in ("ps", "inspect", "ps_idle"):
+                q = cell.get(kind) or {}
+                rows.append([label, kind.replace("_idle", " (after, idle)"),
+                             *(_fmt(None if _num(q.get(k)) is None else q[k] * 1000, " ms") for k in
+                               ("p50", "p95", "p99", "max")), str(q.get("n", "-")),
+                             _fmt(_num(cell.get("burst_seconds")), "s") if kind == "ps" else "",
+                             str(cell.get("error", ""))[:200] if kind == "ps" else ""])
+        self.table(["engine", "read", "p50", "p95", "p99", "max", "n", "burst took", "error"], rows)
+
     def profile(self) -> None:
         prof = self.r.get("profile")
         if not prof:
@@ -443,6 +493,17 @@ def plots(results: dict, out: Path) -> list[str]:
             ax.set_ylabel(ylabel)
             ax.legend(fontsize=8)
         save(fig, "ports.png")
+    growth = _get(s, "growth", "results") or {}
+    if growth:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, what in zip(axes, ("network create", "run -d"), strict=True):
+            for label, res in growth.items():
+                times = _get(res, what, "times") or []
+                ax.plot(range(1, len(times) + 1), [t * 1000 for t in times], linewidth=0.8, label=label)
+            ax.set_xlabel(f"Nth {'network' if what == 'network create' else 'container'}")
+            ax.set_ylabel(f"{what} ms (CLI included)")
+            ax.legend(fontsize=8)
+        save(fig, "growth.png")
     scale = _get(s, "scale", "results") or {}
     if scale:
         fig, ax = plt.subplots(figsize=(8, 4))

@@ -18,14 +18,14 @@ import shutil
 import signal
 import sys
 import time
-from datetime import datetime, UTC
-from pathlib import Path
 from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 
 from bench import report, system
 from bench.engines import DOCKER_CLI, ENGINES, REPO, Coracle, Engine, EngineUnavailable, write_image_tar
 from bench.measure import describe_error
-from bench.sections import build, cli, clistart, datapath, dns, memory, ports, startup, throughput
+from bench.sections import build, burst, cli, clistart, datapath, dns, growth, memory, ports, startup, throughput
 from bench.suite import QUICK, Bench, Config
 
 SECTIONS: dict[str, Callable[[Bench], dict]] = {
@@ -39,6 +39,8 @@ SECTIONS: dict[str, Callable[[Bench], dict]] = {
     "scale": ports.run_scale,
     "clistart": clistart.run,
     "build": build.run,
+    "growth": growth.run,
+    "burst": burst.run,
 }
 
 

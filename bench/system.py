@@ -6,6 +6,7 @@ tool standing outside the engines, and these are independent witnesses.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -14,7 +15,6 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-import contextlib
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Directories Docker/containerd/runc/netavark create under /run whatever their flags say.

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 
 from bench.measure import alternate
 from bench.sections.memory import fill, idle_names
 from bench.sections.throughput import remove_many, running_count
 from bench.suite import Bench
-import contextlib
 
 COMMANDS = {"ps": ["ps"], "ps -a": ["ps", "-a"], "inspect": ["inspect", "idle0"]}
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from contextlib import ExitStack, contextmanager
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 
 from bench import system
 from bench.engines import IMAGE, REPO, Client

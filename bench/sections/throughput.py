@@ -9,7 +9,6 @@ from bench.engines import IMAGE, Client
 from bench.measure import Series, describe_error, rotations
 from bench.suite import Bench
 
-
 TIMEOUT = 600  # an engine that hangs must not hang the bench
 
 
