@@ -181,7 +181,7 @@ def routes(family: int = socket.AF_INET) -> list[tuple[str, int, str]]:
         return _routes_v6()
     out = []
     with open("/proc/thread-self/net/route") as f:
-        next(f)
+        next(f, None)  # the header; a namespace without IPv4 routes has none on recent kernels
         for line in f:
             iface, dst, _gw, _flags, _ref, _use, _metric, mask, *_ = line.split()
             out.append((str(ipaddress.IPv4Address(int(dst, 16).to_bytes(4, "little"))),
