@@ -22,6 +22,8 @@ from coracle.runtime.client import MonitorClient, StartError
 from coracle.runtime.spec import Process, Spec
 from harness import busybox_rootfs
 
+pytestmark = pytest.mark.root  # the monitor forks containers into namespaces
+
 
 @pytest.fixture(scope="module")
 def lower(tmp_path_factory: pytest.TempPathFactory) -> Path:

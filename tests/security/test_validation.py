@@ -19,6 +19,8 @@ from docker.types import IPAMConfig, IPAMPool
 
 from harness import SESSION_TAG, Daemon, private_daemon
 
+pytestmark = pytest.mark.root  # private daemons
+
 
 def bridges(daemon: Daemon) -> list[str]:
     return [link["ifname"] for link in json.loads(daemon.netns_exec("ip", "-j", "link", "show", "type", "bridge").stdout)]

@@ -15,6 +15,8 @@ from docker.errors import APIError
 from coracle.runtime import userns
 from harness import Daemon, private_daemon, unique
 
+pytestmark = pytest.mark.root  # private daemons
+
 
 @pytest.fixture(scope="module")
 def remap_daemon() -> Iterator[Daemon]:
