@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from collections.abc import Iterator
 
@@ -129,10 +129,9 @@ class Daemon:
             "--data-root", str(self.data_root), "--exec-root", str(self.exec_root), "-H", self.host,
             "--cgroup-parent", self.cgroup_parent, *self.extra_args,
         ]
-        log = open(self.log, "ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=log, env={**os.environ, **(env or {})},
-                                     start_new_session=True)
-        log.close()
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=log, env={**os.environ, **(env or {})},
+                                         start_new_session=True)
         if wait:
             self.wait_ready()
 
@@ -173,10 +172,8 @@ class Daemon:
         self.stop(signal.SIGKILL)
         for pid in (self.keeper_pid(), self.monitor_pid()):  # the keeper first: it restarts the monitor
             if pid:
-                try:
+                with suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         kill_cgroup_tree(self.cgroup_parent)
         if self.own_netns:
             subprocess.run(["ip", "netns", "del", self.netns], check=False, capture_output=True)
@@ -185,7 +182,8 @@ class Daemon:
 
     # ----- clients -----------------------------------------------------------
 
-    def cli(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, input: str | None = None, check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "CORACLE_HOST": self.host}
         res = subprocess.run([PYTHON, "-m", "coracle.cli.main", *args], input=input, capture_output=True,
                              text=True, env=env, timeout=timeout)
@@ -193,7 +191,8 @@ class Daemon:
             raise AssertionError(f"coracle {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
         return res
 
-    def docker(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    def docker(self, *args: str, input: str | None = None, check: bool = True,
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "DOCKER_HOST": self.host}
         res = subprocess.run(["docker", *args], input=input, capture_output=True, text=True, env=env,
                              timeout=timeout)
@@ -260,7 +259,5 @@ def kill_cgroup_tree(parent: str) -> None:
     from coracle import cgroups
     from coracle.errors import CoracleError
 
-    try:
+    with suppress(CoracleError):  # best effort in a teardown: what is left shows up in the leak checks
         cgroups.manager_for(parent).destroy()
-    except CoracleError:
-        pass  # best effort in a teardown: what is left shows up in the leak checks

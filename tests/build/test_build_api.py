@@ -169,7 +169,8 @@ services:
 networks:
   appnet: {}
 """,
-        "web/Dockerfile": "FROM busybox\nCOPY index.html /www/index.html\nCMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n",
+        "web/Dockerfile": "FROM busybox\nCOPY index.html /www/index.html\n"
+                          "CMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n",
         "web/index.html": "built by compose\n",
         "client/Dockerfile": "FROM busybox\nARG TARGET\nENV TARGET=$TARGET\n"
                              "CMD [\"sh\", \"-c\", \"until wget -q -O /tmp/got http://$TARGET/; do sleep 0.2; done; "

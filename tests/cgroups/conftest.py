@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from coracle.cgroups import V1Manager
+import contextlib
 
 
 
@@ -50,10 +51,8 @@ def _scrub(top: str) -> None:
         try:
             with open(os.path.join(dirpath, "cgroup.procs")) as f:
                 for pid in f.read().split():
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(int(pid), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
         except OSError:
             pass
     for dirpath, _, _ in walk:

@@ -82,7 +82,8 @@ def test_pids_limit_stops_a_fork_loop_at_the_limit(cgroup, held):
     p = held(
         "import os, time\nn = 0\n"
         "while n < 100:\n"
-        "    try:\n        pid = os.fork()\n    except BlockingIOError:\n        print('EAGAIN', n, flush=True); break\n"
+        "    try:\n        pid = os.fork()\n"
+        "    except BlockingIOError:\n        print('EAGAIN', n, flush=True); break\n"
         "    if pid == 0:\n        time.sleep(30); os._exit(0)\n"
         "    n += 1\n"
         "time.sleep(30)"

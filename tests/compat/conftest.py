@@ -42,7 +42,8 @@ def clean(daemon: Daemon) -> Iterator[None]:
 def docker(daemon: Daemon) -> Docker:
     """docker(*args, input=None, check=True, timeout=30): the real CLI against our daemon."""
 
-    def run(*args: str, input: str | None = None, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    def run(*args: str, input: str | None = None, check: bool = True,
+            timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return daemon.docker(*args, input=input, check=check, timeout=timeout)
 
     return run

@@ -129,7 +129,8 @@ def test_events_since_and_filters(docker: Docker, daemon: Daemon) -> None:
                  "--filter", "event=die", "--filter", f"container={ctr}", "--format", "{{json .}}").stdout
     only = [json.loads(line) for line in out.splitlines()]
     assert [(e["Action"], e["Actor"]["Attributes"]["exitCode"]) for e in only] == [("die", "0")]
-    live = subprocess.Popen(["docker", "events", "--filter", "type=network", "--format", "{{.Action}} {{.Actor.Attributes.name}}"],
+    live = subprocess.Popen(["docker", "events", "--filter", "type=network",
+                             "--format", "{{.Action}} {{.Actor.Attributes.name}}"],
                             stdout=subprocess.PIPE, text=True, env=env_for(daemon))
     try:
         time.sleep(0.5)  # let the stream subscribe (nothing before it is asserted)

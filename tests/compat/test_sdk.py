@@ -63,7 +63,8 @@ def test_inspect_list_filters(client: docker.DockerClient) -> None:
     assert [c.id for c in client.containers.list(filters={"label": f"suite={tag}"})] == [a.id]
     assert {c.id for c in client.containers.list(all=True, filters={"label": f"suite={tag}"})} == {a.id, b.id}
     assert [c.id for c in client.containers.list(all=True, filters={"label": [f"suite={tag}", "role=b"]})] == [b.id]
-    assert [c.id for c in client.containers.list(all=True, filters={"status": "exited", "label": f"suite={tag}"})] == [b.id]
+    exited = client.containers.list(all=True, filters={"status": "exited", "label": f"suite={tag}"})
+    assert [c.id for c in exited] == [b.id]
     assert [c.id for c in client.containers.list(filters={"name": a.name})] == [a.id]
     with pytest.raises(docker.errors.NotFound):
         client.containers.get("no-such-" + tag)

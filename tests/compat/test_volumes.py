@@ -198,7 +198,8 @@ def test_tmpfs_volume_is_one_filesystem_shared_by_running_containers(docker: Doc
     assert out.startswith("shared\n") and "tmpfs" in out and "size=1024k" in out
     mountpoint = json.loads(docker("volume", "inspect", name).stdout)[0]["Mountpoint"]
     docker("rm", "-f", first)
-    out = docker("run", "--rm", "-v", f"{name}:/w", "busybox", "sh", "-c", "ls /w; grep -c ' /w tmpfs' /proc/mounts").stdout
+    out = docker("run", "--rm", "-v", f"{name}:/w", "busybox",
+                 "sh", "-c", "ls /w; grep -c ' /w tmpfs' /proc/mounts").stdout
     assert out.split() == ["1"]  # a fresh, empty tmpfs
     assert not Path(mountpoint).is_mount() and not list(Path(mountpoint).iterdir())
 

@@ -42,7 +42,7 @@ def docker_save_archive(layers: list[bytes], config_extra: dict, repo_tags: list
             tf.addfile(info, io.BytesIO(data) if data is not None else None)
 
         v1_ids, parent = [], ""
-        for layer, diff_id in zip(layers, diff_ids):
+        for layer, diff_id in zip(layers, diff_ids, strict=False):
             v1 = hashlib.sha256((parent + diff_id).encode()).hexdigest()
             v1_ids.append(v1)
             add(v1, None)

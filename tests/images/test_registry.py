@@ -50,15 +50,16 @@ class Server:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([REGISTRY, "serve", str(self.root / "config.yml")],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.root / "log", "ab"))
+        with open(self.root / "log", "ab") as log:
+            self.proc = subprocess.Popen([REGISTRY, "serve", str(self.root / "config.yml")],
+                                         stdout=subprocess.DEVNULL, stderr=log)
         for _ in range(200):
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     return
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError((self.root / "log").read_text())
+                    raise RuntimeError((self.root / "log").read_text()) from None
                 time.sleep(0.05)
         raise RuntimeError("the registry did not start listening")
 

@@ -32,6 +32,7 @@ from coracle.engine import security
 from coracle.runtime.client import MonitorClient
 from coracle.runtime.spec import Process, Spec
 from harness import kill_cgroup_tree
+import contextlib
 
 # A setuid-root busybox; /etc/busybox.conf makes its grep and id applets keep root
 # (busybox drops a setuid gain for applets not listed there).
@@ -105,10 +106,8 @@ class Containers:
         except OSError:
             procs = []
         for proc in procs:
-            try:
+            with contextlib.suppress(ProcessLookupError, KeyError):
                 os.kill(proc["pid"], signal.SIGKILL)
-            except (ProcessLookupError, KeyError):
-                pass
         for pid in (self.monitor.keeper_pid(), self.monitor_pid):  # the keeper first: it restarts the monitor
             try:
                 if pid:

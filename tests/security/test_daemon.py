@@ -12,6 +12,8 @@ from docker.errors import APIError
 from coracle.runtime import capabilities
 from security_support import run_script
 
+TRY_MOUNT = "grep -E '^CapEff|^Seccomp:' /proc/self/status; mkdir /m; mount -t tmpfs t /m && echo MOUNTED"
+
 
 def mask(names: list[str] | tuple[str, ...]) -> int:
     return sum(1 << capabilities.NAMES.index(n) for n in names)
@@ -22,14 +24,14 @@ def cap_eff(text: str) -> int:
 
 
 def test_default_container_is_confined(client: docker.DockerClient) -> None:
-    out = run_script(client, "grep -E '^CapEff|^Seccomp:' /proc/self/status; mkdir /m; mount -t tmpfs t /m && echo MOUNTED")
+    out = run_script(client, TRY_MOUNT)
     assert cap_eff(out) == mask(capabilities.DEFAULT)
     assert "Seccomp:\t2" in out
     assert "MOUNTED" not in out
 
 
 def test_privileged_starts_with_what_the_host_allows(client: docker.DockerClient) -> None:
-    out = run_script(client, "grep -E '^CapEff|^Seccomp:' /proc/self/status; mkdir /m; mount -t tmpfs t /m && echo MOUNTED",
+    out = run_script(client, TRY_MOUNT,
               privileged=True)
     assert cap_eff(out) == mask(capabilities.bounding())
     assert "Seccomp:\t0" in out

@@ -40,8 +40,8 @@ def test_bind_tmpfs_and_mount_destinations_stay_inside(client: docker.DockerClie
     source.mkdir()
     (source / "marker").write_text("from-source\n")
     targets = {kind: tmp_path / f"{kind}-target" for kind in ("bind", "tmpfs", "mount")}
-    out = run_script(client, f"cat {targets['bind']}/marker; cat {targets['mount']}/marker; grep -c ' {targets['tmpfs']} tmpfs' "
-                      "/proc/mounts",
+    out = run_script(client, f"cat {targets['bind']}/marker; cat {targets['mount']}/marker; "
+                             f"grep -c ' {targets['tmpfs']} tmpfs' /proc/mounts",
               volumes={str(source): {"bind": CLIMB + str(targets["bind"]), "mode": "ro"}},
               tmpfs={CLIMB + str(targets["tmpfs"]): ""},
               mounts=[Mount(CLIMB + str(targets["mount"]), str(source), type="bind", read_only=True)])
@@ -114,7 +114,8 @@ def test_shared_and_slave_binds_see_mounts_made_later_on_the_host(client: docker
 def test_shared_bind_of_a_private_source_is_refused(client: docker.DockerClient, host_mount: Path) -> None:
     subprocess.run(["mount", "--make-private", str(host_mount)], check=True)
     with pytest.raises(APIError) as err:
-        client.containers.run("busybox", "true", detach=True, volumes={str(host_mount): {"bind": "/d", "mode": "rshared"}})
+        client.containers.run("busybox", "true", detach=True,
+                              volumes={str(host_mount): {"bind": "/d", "mode": "rshared"}})
     assert err.value.status_code == 400
     assert f"path {host_mount} is mounted on {host_mount} but it is not a shared mount" in err.value.explanation
     with pytest.raises(APIError) as err:
@@ -145,7 +146,8 @@ def test_image_symlinks_do_not_lead_mounts_out_of_the_root(client: docker.Docker
                                                            symlinked_image: tuple[str, Path]) -> None:
     image, host_dir = symlinked_image
     try:
-        out = client.containers.run(image, ["/bin/busybox", "sh", "-c", "/bin/busybox ls /sbin/; /bin/busybox stat -f -c %T /sbin/x"],
+        out = client.containers.run(image, ["/bin/busybox", "sh", "-c",
+                                            "/bin/busybox ls /sbin/; /bin/busybox stat -f -c %T /sbin/x"],
                                     init=True, remove=True, tmpfs={"/sbin/x": ""}).decode()
     except APIError as exc:
         out = str(exc)

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.root  # private daemons
 
 
 def bridges(daemon: Daemon) -> list[str]:
-    return [link["ifname"] for link in json.loads(daemon.netns_exec("ip", "-j", "link", "show", "type", "bridge").stdout)]
+    links = json.loads(daemon.netns_exec("ip", "-j", "link", "show", "type", "bridge").stdout)
+    return [link["ifname"] for link in links]
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ import tempfile
 import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Callable, Iterator
@@ -230,10 +230,8 @@ class Build:
                 deps = [futures[d] for d in self.stages[i].deps]
                 futures[i] = pool.submit(self._after, deps, self._build_stage, self.stages[i])
             for i in needed:
-                try:
+                with suppress(BaseException):
                     futures[i].result()
-                except BaseException:
-                    pass
         if self.error is not None:  # the failing stage's own error, not what it made the others do
             raise self.error
 

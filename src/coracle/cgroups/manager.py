@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from coracle.cgroups import files
 from coracle.cgroups.resources import Resources
 from coracle.errors import InvalidParameter, NotFound, SystemError_
+import contextlib
 
 SETTLE_TIMEOUT = 5.0  # seconds to wait for the kernel to freeze/empty a cgroup
 _POLL = 0.01
@@ -145,19 +146,15 @@ class Manager(ABC):
         for d in self.dirs():
             for dirpath, _, names in os.walk(d):
                 if "cgroup.procs" in names:
-                    try:
+                    with contextlib.suppress(FileNotFoundError):  # removed while walking
                         found.update(files.read_ints(os.path.join(dirpath, "cgroup.procs")))
-                    except FileNotFoundError:  # removed while walking
-                        pass
         return sorted(found)
 
     def kill_all(self, sig: int) -> None:
         """Send `sig` to every process; processes that already exited are skipped."""
         for pid in self.procs():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
     def destroy(self) -> None:
         """Kill what is left, then remove the cgroup (and any child cgroups) everywhere.

@@ -72,7 +72,8 @@ class MountTable:
     def hierarchies(self, root: str = "/sys/fs/cgroup") -> dict[str, str]:
         with self._lock:
             if self._pid != os.getpid():
-                self._pid, self._file, self._poll = os.getpid(), open("/proc/self/mountinfo"), select.poll()
+                # kept open: POLLPRI on it says the mount table changed
+                self._pid, self._file, self._poll = os.getpid(), open("/proc/self/mountinfo"), select.poll()  # noqa: SIM115
                 self._poll.register(self._file, select.POLLPRI)
                 self._reread()
             elif self._poll.poll(0):
@@ -319,10 +320,8 @@ class V1Manager(Manager):
         leave a survivor; frozen tasks only die once thawed, hence the thaw after."""
         if sig != signal.SIGKILL or "freezer" not in self._mounts:
             return super().kill_all(sig)
-        try:
+        with contextlib.suppress(SystemError_):  # a task stuck in the kernel, or the cgroup is gone: signal anyway
             self.freeze()
-        except SystemError_:
-            pass  # a task stuck in the kernel, or the cgroup is gone: signal anyway
         try:
             super().kill_all(sig)
         finally:

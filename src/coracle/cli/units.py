@@ -121,5 +121,5 @@ def api_time(text: str, now: float | None = None) -> str:
             text += "T00:00:00Z"
         elif not re.search(r"(Z|[+-]\d\d:\d\d)$", text):
             text += "Z"
-        return "%.9f" % parse_iso(text)
+        return f"{parse_iso(text):.9f}"
     raise ValueError(f"failed to parse value as time or duration: \"{text}\"")

@@ -33,7 +33,7 @@ class _Archive:
 
     def __init__(self, f: BinaryIO) -> None:
         try:
-            self.tar = tarfile.open(fileobj=f, mode="r:*")
+            self.tar = tarfile.open(fileobj=f, mode="r:*")  # noqa: SIM115  (read member by member later)
             self.members = {posixpath.normpath(m.name.lstrip("/")): m for m in self.tar.getmembers()}
         except (tarfile.TarError, EOFError) as exc:
             raise InvalidParameter(f"the archive is not a valid tar file: {exc}") from None
@@ -96,7 +96,7 @@ def _seekable(store: ImageStore, f: BinaryIO, budget: SizeBudget) -> BinaryIO:
     except (AttributeError, OSError):
         pass
     path = store.blobs.temp_path("load")
-    out = open(path, "w+b")
+    out = open(path, "w+b")  # noqa: SIM115  (the seekable copy is returned)
     path.unlink()
     try:
         shutil.copyfileobj(budget.meter(decompressed(f), charge=False), out, 1 << 20)
@@ -128,7 +128,7 @@ def _load_docker(store: ImageStore, archive: _Archive, budget: SizeBudget) -> li
         layers = entry.get("Layers") or []
         if len(layers) != len(diff_ids):
             raise InvalidParameter(f"{entry['Config']}: {len(layers)} layers for {len(diff_ids)} diff ids")
-        for path, diff_id in zip(layers, diff_ids):
+        for path, diff_id in zip(layers, diff_ids, strict=False):
             if not store.has_layer(diff_id):
                 store.ingest_layer(archive.open(path), diff_id=diff_id, budget=budget)
         tags = _tags(entry.get("RepoTags") or [])
@@ -167,8 +167,9 @@ def _load_oci(store: ImageStore, archive: _Archive, budget: SizeBudget) -> list[
         diff_ids = _diff_ids(config)
         layers = manifest.get("layers") or []
         if len(layers) != len(diff_ids):
-            raise InvalidParameter(f"manifest {descriptor['digest']}: {len(layers)} layers for {len(diff_ids)} diff ids")
-        for layer, diff_id in zip(layers, diff_ids):
+            raise InvalidParameter(
+                f"manifest {descriptor['digest']}: {len(layers)} layers for {len(diff_ids)} diff ids")
+        for layer, diff_id in zip(layers, diff_ids, strict=False):
             if not store.has_layer(diff_id):
                 store.ingest_layer(archive.open(archive.blob(layer["digest"])),
                                    blob_digest=layer["digest"], diff_id=diff_id, budget=budget)

@@ -117,7 +117,7 @@ def pull(store: ImageStore, text: str, auth: dict | None, progress: Progress | N
         abort = threading.Event()
         _parallel([lambda layer=layer, diff_id=diff_id: _pull_layer(store, reg, ref.repository, scope, layer,
                                                                      diff_id, report, abort, budget)
-                   for layer, diff_id in zip(layers, diff_ids)], abort)
+                   for layer, diff_id in zip(layers, diff_ids, strict=False)], abort)
         image = store.add_image(config, [ref.tagged] if ref.tag else [],
                                 repo_digests=[f"{ref.name}@{top_digest}"])
     report(f"Digest: {top_digest}")
@@ -258,7 +258,7 @@ def _download(store: ImageStore, reg: Registry, path: str, scope: str, digest: s
     for attempt in range(RETRIES):
         done = [0, 0]  # bytes so far, bytes at the last report
 
-        def counted(n: int) -> None:
+        def counted(n: int, done: list[int] = done) -> None:
             if abort.is_set():
                 raise Interrupted("pull cancelled")
             done[0] += n

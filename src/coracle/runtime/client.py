@@ -100,13 +100,12 @@ class MonitorClient:
             return answer["pid"]
         if not self._keeper_alive():
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            log = open(os.path.join(self.exec_root, "monitor", "monitor.log"), "ab")
-            sealed.popen(
-                ["-m", "coracle.runtime.keeper", "--exec-root", self.exec_root],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
-                env=sealed.supervisor_environment(),
-            )
-            log.close()
+            with open(os.path.join(self.exec_root, "monitor", "monitor.log"), "ab") as log:
+                sealed.popen(
+                    ["-m", "coracle.runtime.keeper", "--exec-root", self.exec_root],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
+                    env=sealed.supervisor_environment(),
+                )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             answer = self.ping()

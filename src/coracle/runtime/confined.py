@@ -215,8 +215,8 @@ class Channel:
     """The operation's pipes: one answer line, then data out (stdout) or in (stdin)."""
 
     def __init__(self) -> None:
-        self.input: BinaryIO = open(0, "rb", closefd=False)
-        self.output: BinaryIO = open(1, "wb", closefd=False)
+        self.input: BinaryIO = open(0, "rb", closefd=False)  # noqa: SIM115  (the channel's own pipes)
+        self.output: BinaryIO = open(1, "wb", closefd=False)  # noqa: SIM115
         self.answered = False
 
     def answer(self, data: dict[str, Any]) -> None:

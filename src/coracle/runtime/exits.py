@@ -14,6 +14,7 @@ import os
 from typing import TYPE_CHECKING
 
 from coracle.clock import timestamp as utc_now
+import contextlib
 
 if TYPE_CHECKING:  # imported by the keeper, which stays small
     from typing import Any
@@ -63,7 +64,5 @@ def read_all(exec_root: str) -> list[dict[str, Any]]:
 
 
 def forget(exec_root: str, id_: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(folder(exec_root), f"{id_}.json"))
-    except FileNotFoundError:
-        pass

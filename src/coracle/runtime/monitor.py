@@ -10,8 +10,9 @@ is away.
 It is the child of the keeper (runtime/keeper.py), which outlives it: the
 processes the monitor forks are reparented to the keeper, which reaps them
 and passes each exit on (the monitor drains the last output, then records the
-exit in `exits/`), and the keeper holds a copy of every stdio descriptor. When the monitor dies the keeper starts a new one and hands it
-every live process back (`adopt`), so logging and attaching resume where they
+exit in `exits/`), and the keeper holds a copy of every stdio descriptor.
+When the monitor dies the keeper starts a new one and hands it every live
+process back (`adopt`), so logging and attaching resume where they
 were. Without a keeper (it was killed) the monitor becomes the subreaper
 itself and records exits as the keeper would.
 
@@ -50,6 +51,7 @@ from collections.abc import Callable
 
 from coracle.runtime import exits, init, keeper, limits, logformat, sealed, security, syscalls, terminal
 from coracle.runtime.spec import Spec
+import contextlib
 
 MAX_PACKET = 1 << 20
 LINE_MAX = 16 * 1024
@@ -81,7 +83,7 @@ class JsonLog:
         self.path, self.max_size, self.max_file = path, max_size, max(1, max_file)
         self.attrs = attrs or {}  # json-file's "attrs" of every line (--log-opt labels/env)
         self.driver, self.compress = driver, compress  # the format (runtime/logformat.py); gzip rotated files
-        self.f: BinaryIO | None = open(path, "ab", buffering=0)
+        self.f: BinaryIO | None = open(path, "ab", buffering=0)  # noqa: SIM115  (the log's file, kept open)
         self.partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
         self.failure = ""  # why writing stopped; empty while it works
         self.dropped = 0
@@ -136,7 +138,7 @@ class JsonLog:
             pass  # still no room, or the directory is still gone: look again later
 
     def _reopen(self) -> None:
-        f = open(self.path, "ab", buffering=0)
+        f = open(self.path, "ab", buffering=0)  # noqa: SIM115  (becomes the log's file)
         if self.f is not None:
             self.f.close()
         self.f = f
@@ -155,7 +157,7 @@ class JsonLog:
                     os.rename(src + suffix, f"{self.path}.{i}{suffix}")
         if self.compress and self.max_file > 1:
             logformat.compress(f"{self.path}.1")
-        self.f = open(self.path, "wb", buffering=0)
+        self.f = open(self.path, "wb", buffering=0)  # noqa: SIM115  (the log's file, kept open)
 
     def close(self) -> None:
         for stream in ("stdout", "stderr"):
@@ -299,10 +301,8 @@ class Monitor:
             pass
 
     def _drop(self, conn: socket.socket) -> None:
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(conn)
-        except (KeyError, ValueError):
-            pass
         self.replies.pop(conn, None)
         if conn in self.listeners:
             self.listeners.remove(conn)
@@ -342,7 +342,7 @@ class Monitor:
     def _adopt(self, info: dict, fds: list[int]) -> None:
         """Resume a process the previous monitor supervised: its output, log and stdin."""
         proc = Proc(id=info["id"], kind=info["kind"], tty=info["tty"], pid=info["pid"], state="running")
-        for role, fd in zip(info["fds"], fds):
+        for role, fd in zip(info["fds"], fds, strict=False):
             if role == "stdin":
                 proc.stdin_fd = fd
                 continue
@@ -414,10 +414,8 @@ class Monitor:
         """The keeper died: reap and record exits ourselves from now on (see docs/architecture.md)."""
         if self.keeper is None:
             return
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(self.keeper)
-        except (KeyError, ValueError):
-            pass
         self.keeper.close()
         self.keeper = None
         syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
@@ -510,10 +508,8 @@ class Monitor:
             proc.outputs[out_r] = "stdout"
             proc.outputs[e_r] = "stderr"
             fds = init.ChildFds(sync_r, ready_w, err_w, in_r, out_w, e_w)
-        try:
+        with contextlib.suppress(OSError, ValueError):  # the child compiles (and reports the error) itself
             security.precompile(spec.process)
-        except (OSError, ValueError):
-            pass  # the child compiles (and reports the error) itself
         pid = os.fork()
         if pid == 0:
             init.run_child(spec, fds)
@@ -626,10 +622,8 @@ class Monitor:
         """Kill a process that was never released (its start failed in the daemon)."""
         proc = self.procs.get(req["id"])
         if proc is not None and proc.pid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self._send(conn, {"ok": True})
 
     def op_attach(self, conn: socket.socket, req: dict) -> None:
@@ -838,10 +832,8 @@ class Monitor:
 
     def _forget(self, proc: Proc) -> None:
         for fd in list(proc.outputs):
-            try:
+            with contextlib.suppress(KeyError, ValueError):
                 self.sel.unregister(fd)
-            except (KeyError, ValueError):
-                pass
             os.close(fd)
         proc.outputs.clear()
         if proc.terminal_chan is not None:
@@ -850,14 +842,10 @@ class Monitor:
         for attr in ("stdin_fd", "sync_fd", "ready_fd", "error_fd"):
             fd = getattr(proc, attr)
             if fd >= 0 and fd != proc.master_fd:
-                try:
+                with contextlib.suppress(KeyError, ValueError):
                     self.sel.unregister(fd)
-                except (KeyError, ValueError):
-                    pass
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
             setattr(proc, attr, -1)
         self.procs.pop(proc.id, None)
         if proc.pid:

@@ -19,6 +19,7 @@ from coracle.runtime import syscalls as sc
 from coracle.runtime import userns
 from coracle.runtime.mountpoint import RootDir, fd_path, tmpfs_options
 from coracle.runtime.spec import Spec
+import contextlib
 
 # Docker's default device nodes: (name, type, major, minor)
 DEFAULT_DEVICES = [
@@ -64,11 +65,11 @@ def propagation_of(path: str) -> tuple[str, set[str]]:
         for line in f:
             fields = line.split(" - ")[0].split(" ")
             point = unescape(fields[4])
-            if path == point or path.startswith(point.rstrip("/") + "/"):
-                if len(point) >= len(found):  # the last of equal mount points is the one on top
-                    found = point
-                    kinds = {"shared" if o.startswith("shared:") else "slave"
-                             for o in fields[6:] if o.startswith(("shared:", "master:"))}
+            # the last of equal mount points is the one on top
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(found):
+                found = point
+                kinds = {"shared" if o.startswith("shared:") else "slave"
+                         for o in fields[6:] if o.startswith(("shared:", "master:"))}
     return found, kinds
 
 
@@ -101,10 +102,8 @@ def _make_node(root: RootDir, path: str, mode: int, device: int, host: str,
     parent_fd = root.ensure(posixpath.dirname(path), like_file=False)
     name = posixpath.basename(path)
     try:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=parent_fd)
-        except FileNotFoundError:
-            pass
         try:
             os.mknod(name, mode, device, dir_fd=parent_fd)
         except PermissionError:
@@ -128,7 +127,7 @@ def _mount_dev(root: RootDir, console: bool, extra: list[dict], privileged: bool
     root.mount("/dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
     old = os.umask(0)
     try:
-        for name, kind, major, minor in DEFAULT_DEVICES:
+        for name, _kind, major, minor in DEFAULT_DEVICES:
             _make_node(root, f"/dev/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor), f"/dev/{name}")
         for d in wanted:
             mode = (stat.S_IFCHR if d.get("type", "c") == "c" else stat.S_IFBLK) | d.get("mode", 0o660)

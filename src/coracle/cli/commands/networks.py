@@ -43,7 +43,7 @@ def ipam_config(subnets: list[str], gateways: list[str], ranges: list[str]) -> l
             addr = ipaddress.ip_network(value, strict=False) if is_range else ipaddress.ip_address(value)
         except ValueError:
             raise UsageError(f"invalid {'ip-range' if is_range else 'gateway'}: {value}") from None
-        for net, config in zip(nets, configs):
+        for net, config in zip(nets, configs, strict=False):
             inside = addr.subnet_of(net) if is_range and addr.version == net.version else \
                 (not is_range and addr.version == net.version and addr in net)  # type: ignore[operator]
             if inside:
@@ -66,7 +66,8 @@ def ipam_config(subnets: list[str], gateways: list[str], ranges: list[str]) -> l
 def create(cli: Cli, name: str, args: list[str]) -> int:
     p = parser(name, "[OPTIONS] NETWORK", "Create a network")
     p.add_argument("-d", "--driver", default="bridge", help="driver to manage the Network")
-    p.add_argument("--subnet", action="append", default=[], help="subnet in CIDR format that represents a network segment")
+    p.add_argument("--subnet", action="append", default=[],
+                   help="subnet in CIDR format that represents a network segment")
     p.add_argument("--gateway", action="append", default=[], help="IPv4 or IPv6 Gateway for the master subnet")
     p.add_argument("--ip-range", action="append", default=[], help="allocate container ip from a sub-range")
     p.add_argument("--internal", action="store_true", help="restrict external access to the network")

@@ -144,7 +144,8 @@ def info(cli: Cli, name: str, args: list[str]) -> int:
               f" OSType: {data.get('OSType', '')}", f" Architecture: {data.get('Architecture', '')}",
               f" CPUs: {data.get('NCPU', 0)}", f" Total Memory: {bytes_size(data.get('MemTotal') or 0)}",
               f" Name: {data.get('Name', '')}", f" ID: {data.get('ID', '')}",
-              f" Docker Root Dir: {data.get('DockerRootDir', '')}", f" Debug Mode: {str(data.get('Debug', False)).lower()}",
+              f" Docker Root Dir: {data.get('DockerRootDir', '')}",
+              f" Debug Mode: {str(data.get('Debug', False)).lower()}",
               f" Experimental: {str(data.get('ExperimentalBuild', False)).lower()}",
               f" Live Restore Enabled: {str(data.get('LiveRestoreEnabled', False)).lower()}"]
     cli.out("\n".join(lines) + "\n")
