@@ -8,6 +8,7 @@ code under test, so a broken destroy() cannot leave cgroups behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,7 +19,6 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from coracle.cgroups import V1Manager
-import contextlib
 
 
 

@@ -6,6 +6,7 @@ root filesystem made in a temporary directory, in throwaway namespaces.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -21,7 +22,6 @@ import pytest
 from coracle.runtime.client import MonitorClient, StartError
 from coracle.runtime.spec import Process, Spec
 from harness import busybox_rootfs
-import contextlib
 
 pytestmark = pytest.mark.root  # the monitor forks containers into namespaces
 

@@ -13,6 +13,7 @@ not killed, when the monitor dies) and removes the cgroups.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -32,7 +33,6 @@ from coracle.engine import security
 from coracle.runtime.client import MonitorClient
 from coracle.runtime.spec import Process, Spec
 from harness import kill_cgroup_tree
-import contextlib
 
 # A setuid-root busybox; /etc/busybox.conf makes its grep and id applets keep root
 # (busybox drops a setuid gain for applets not listed there).

@@ -9,16 +9,18 @@ on the interface files lives in v1.py and v2.py.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
 
 from coracle.cgroups import files
 from coracle.cgroups.resources import Resources
 from coracle.errors import InvalidParameter, NotFound, SystemError_
-import contextlib
 
 SETTLE_TIMEOUT = 5.0  # seconds to wait for the kernel to freeze/empty a cgroup
 _POLL = 0.01
@@ -32,7 +34,7 @@ def normalize(path: str) -> str:
     return "/".join(parts)
 
 
-def wait_until(done, what: str, nudge=None) -> None:
+def wait_until(done: Callable[[], object], what: str, nudge: Callable[[], object] | None = None) -> None:
     """Poll `done()` until true; `nudge()` re-asks the kernel between polls."""
     deadline = time.monotonic() + SETTLE_TIMEOUT
     while not done():
@@ -98,7 +100,7 @@ class Manager(ABC):
             self._write_io_weight(r.blkio_weight)
 
     @abstractmethod
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         """Usage in the shape of Docker's /containers/{id}/stats (memory, cpu, pids, blkio)."""
 
     @abstractmethod

@@ -227,7 +227,7 @@ class V1Manager(Manager):
     def oom_killed(self) -> bool:
         return self._read_keyed("memory", "memory.oom_control").get("oom_kill", 0) > 0
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         machine = host.machine_memory()
         limit = self._read_int("memory", "memory.limit_in_bytes", machine)
         memory = {
@@ -267,11 +267,11 @@ class V1Manager(Manager):
             "blkio_stats": self._blkio_stats(),
         }
 
-    def _blkio_stats(self) -> dict:
+    def _blkio_stats(self) -> dict[str, Any]:
         """Per-device byte and operation counts from the throttle files, which are
         kept whatever I/O scheduler runs (the CFQ ones are gone from modern kernels)."""
         d = self._dir("blkio")
-        out: dict[str, list] = {}
+        out: dict[str, list[Any]] = {}
         for key, name in (
             ("io_service_bytes_recursive", "blkio.throttle.io_service_bytes_recursive"),
             ("io_serviced_recursive", "blkio.throttle.io_serviced_recursive"),

@@ -270,9 +270,9 @@ class Client:
         if data is None or isinstance(data, bytes):
             hdrs["Content-Length"] = str(len(data or b""))
         while True:
-            reused = self._sock is not None
-            sock = self._sock if reused else self._connect()
-            self._sock = None
+            kept, self._sock = self._sock, None
+            reused = kept is not None
+            sock = kept if kept is not None else self._connect()
             try:
                 self._send(sock, method, target, data, hdrs)
                 resp = Response(sock, method)

@@ -355,7 +355,7 @@ def create_body(args: argparse.Namespace, *, detach: bool = True,
         port, _, proto = spec.partition("/")
         for p in _port_range(port, "--expose", spec):
             exposed[f"{p}/{proto or 'tcp'}"] = {}
-    volumes = {v: {} for v in args.volume if ":" not in v}
+    volumes: dict[str, dict[str, Any]] = {v: {} for v in args.volume if ":" not in v}
     binds = [v for v in args.volume if ":" in v]
     for bind in binds:
         if not bind.split(":")[1]:

@@ -85,7 +85,7 @@ def parse_iso(text: str) -> float:
         return 0.0
     import calendar
 
-    base = calendar.timegm(tuple(int(m.group(i)) for i in range(1, 7)) + (0, 0, 0))  # type: ignore[arg-type]
+    base = calendar.timegm(tuple(int(m.group(i)) for i in range(1, 7)) + (0, 0, 0))
     frac = float("0" + m.group(7)) if m.group(7) else 0.0
     zone = m.group(8) or "Z"
     offset = 0 if zone == "Z" else (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60) * (1 if zone[0] == "+" else -1)

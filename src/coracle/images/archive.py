@@ -203,7 +203,9 @@ def save(store: ImageStore, refs: list[str], out: BinaryIO) -> None:
         if parsed is not None and not parsed.digest and parsed.tagged in image.repo_tags and parsed.tagged not in tags:
             tags.append(parsed.tagged)
     written: set[str] = set()
-    manifest_json, index_manifests, repositories = [], [], {}
+    manifest_json: list[dict[str, Any]] = []
+    index_manifests: list[dict[str, Any]] = []
+    repositories: dict[str, dict[str, str]] = {}
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
         def put_blob(digest: str) -> None:
             if digest in written:
@@ -242,13 +244,15 @@ def save(store: ImageStore, refs: list[str], out: BinaryIO) -> None:
                 written.add(manifest_digest)
                 put_bytes(f"blobs/sha256/{hex_of(manifest_digest)}", manifest_bytes)
             descriptor = {"mediaType": mt.OCI_MANIFEST, "digest": manifest_digest, "size": len(manifest_bytes)}
-            for tag in tags or [None]:
+            for tag in tags or [""]:
                 annotations = {}
                 if tag:
-                    ref = parse(tag)
-                    annotations = {mt.CONTAINERD_NAME: f"{ref.registry}/{ref.repository}:{ref.tag}",
-                                   mt.OCI_REF_NAME: ref.tag}
-                    repositories.setdefault(ref.name, {})[ref.tag] = hex_of(image.layers[-1]) if image.layers else ""
+                    named = parse(tag)
+                    assert named.tag is not None  # every name in `tags` was made name:tag above
+                    annotations = {mt.CONTAINERD_NAME: f"{named.registry}/{named.repository}:{named.tag}",
+                                   mt.OCI_REF_NAME: named.tag}
+                    top = hex_of(image.layers[-1]) if image.layers else ""
+                    repositories.setdefault(named.name, {})[named.tag] = top
                 index_manifests.append({**descriptor, **({"annotations": annotations} if annotations else {})})
             manifest_json.append({"Config": f"blobs/sha256/{hex_of(image.id)}", "RepoTags": tags or None,
                                   "Layers": [f"blobs/sha256/{hex_of(d['digest'])}" for d in layer_descriptors]})

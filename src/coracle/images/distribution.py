@@ -14,6 +14,7 @@ its own progress bars.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -115,8 +116,8 @@ def pull(store: ImageStore, text: str, auth: dict | None, progress: Progress | N
         for layer in layers:
             report("Pulling fs layer", _short(layer["digest"]))
         abort = threading.Event()
-        _parallel([lambda layer=layer, diff_id=diff_id: _pull_layer(store, reg, ref.repository, scope, layer,
-                                                                     diff_id, report, abort, budget)
+        _parallel([functools.partial(_pull_layer, store, reg, ref.repository, scope, layer, diff_id, report, abort,
+                                     budget)
                    for layer, diff_id in zip(layers, diff_ids, strict=False)], abort)
         image = store.add_image(config, [ref.tagged] if ref.tag else [],
                                 repo_digests=[f"{ref.name}@{top_digest}"])
@@ -317,7 +318,7 @@ def push(store: ImageStore, text: str, auth: dict | None, progress: Progress | N
         for digest in blobs:
             report("Preparing", _short(digest))
         abort = threading.Event()
-        _parallel([lambda d=digest: _push_blob(store, reg, ref.repository, scope, d, report, abort)
+        _parallel([functools.partial(_push_blob, store, reg, ref.repository, scope, digest, report, abort)
                    for digest in blobs], abort)
         _push_blob(store, reg, ref.repository, scope, image.id, None, abort)
         manifest = {

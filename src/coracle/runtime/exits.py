@@ -9,12 +9,12 @@ exit is applied to its state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import TYPE_CHECKING
 
 from coracle.clock import timestamp as utc_now
-import contextlib
 
 if TYPE_CHECKING:  # imported by the keeper, which stays small
     from typing import Any

@@ -32,6 +32,7 @@ b"d" (data) or b"c" (close stdin) come from it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import fcntl
 import json
@@ -46,12 +47,11 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from functools import partial
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from collections.abc import Callable
 
 from coracle.runtime import exits, init, keeper, limits, logformat, sealed, security, syscalls, terminal
 from coracle.runtime.spec import Spec
-import contextlib
 
 MAX_PACKET = 1 << 20
 LINE_MAX = 16 * 1024
@@ -271,7 +271,7 @@ class Monitor:
         conn.setblocking(False)
         self.sel.register(conn, selectors.EVENT_READ, self._on_request)
 
-    def _send(self, conn: socket.socket, obj: dict) -> None:
+    def _send(self, conn: socket.socket, obj: dict[str, Any]) -> None:
         """Queue a packet for a request connection; never wait for the client to read."""
         queue = self.replies.setdefault(conn, [])
         queue.append(json.dumps(obj).encode())
@@ -339,7 +339,7 @@ class Monitor:
             if msg["op"] == "adopt":
                 self._adopt(msg, fds)
 
-    def _adopt(self, info: dict, fds: list[int]) -> None:
+    def _adopt(self, info: dict[str, Any], fds: list[int]) -> None:
         """Resume a process the previous monitor supervised: its output, log and stdin."""
         proc = Proc(id=info["id"], kind=info["kind"], tty=info["tty"], pid=info["pid"], state="running")
         for role, fd in zip(info["fds"], fds, strict=False):
@@ -379,7 +379,7 @@ class Monitor:
                 "log_driver": proc.log.driver if proc.log else "", "log_compress": bool(proc.log and proc.log.compress)}
         self._tell_keeper({"op": "hold", "proc": info}, fds)
 
-    def _tell_keeper(self, msg: dict, fds: list[int] | None = None) -> None:
+    def _tell_keeper(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
         if self.keeper is None:
             return
         try:
@@ -404,7 +404,7 @@ class Monitor:
         if msg["op"] == "exit":
             self._finish_for_keeper(msg["pid"], msg, recorded=False)
 
-    def _finish_for_keeper(self, pid: int, record: dict, recorded: bool) -> None:
+    def _finish_for_keeper(self, pid: int, record: dict[str, Any], recorded: bool) -> None:
         """An exit the keeper reaped: finish it, then let the keeper let go of its descriptors."""
         proc = self.by_pid.pop(pid, None)
         ok = self._finish(proc, record, write=not recorded) if proc is not None else False
@@ -457,7 +457,7 @@ class Monitor:
             return
         try:
             req = json.loads(raw)
-            handler: Callable[[socket.socket, dict], None] = getattr(self, "op_" + req["op"])
+            handler: Callable[[socket.socket, dict[str, Any]], None] = getattr(self, "op_" + req["op"])
         except (ValueError, KeyError, AttributeError, TypeError):
             self._send(conn, {"error": "bad request"})
             return
@@ -466,19 +466,19 @@ class Monitor:
         except Exception as exc:  # a bad request must never take the supervisor down
             self._send(conn, {"error": f"{type(exc).__name__}: {exc}"})
 
-    def op_ping(self, conn: socket.socket, req: dict) -> None:
+    def op_ping(self, conn: socket.socket, req: dict[str, Any]) -> None:
         self._send(conn, {"ok": True, "pid": os.getpid()})
 
-    def op_subscribe(self, conn: socket.socket, req: dict) -> None:
+    def op_subscribe(self, conn: socket.socket, req: dict[str, Any]) -> None:
         self.listeners.append(conn)
         self._send(conn, {"ok": True})
 
-    def op_list(self, conn: socket.socket, req: dict) -> None:
+    def op_list(self, conn: socket.socket, req: dict[str, Any]) -> None:
         self._send(conn, {"procs": [
             {"id": p.id, "kind": p.kind, "pid": p.pid, "state": p.state} for p in self.procs.values()
         ]})
 
-    def op_spawn(self, conn: socket.socket, req: dict) -> None:
+    def op_spawn(self, conn: socket.socket, req: dict[str, Any]) -> None:
         spec = Spec.from_json(req["spec"])
         if spec.id in self.procs:
             self._send(conn, {"error": f"{spec.id} is already supervised"})
@@ -544,14 +544,14 @@ class Monitor:
             self._send(proc.waiter, error or {"error": "container process failed to start", "code": 128})
         self._forget(proc)
 
-    def _read_error(self, proc: Proc) -> dict | None:
+    def _read_error(self, proc: Proc) -> dict[str, Any] | None:
         os.set_blocking(proc.error_fd, True)
         data = proc.error_buf
         while chunk := os.read(proc.error_fd, 65536):
             data += chunk
         return json.loads(data) if data else None
 
-    def op_release(self, conn: socket.socket, req: dict) -> None:
+    def op_release(self, conn: socket.socket, req: dict[str, Any]) -> None:
         proc = self.procs.get(req["id"])
         if proc is None or proc.state != "held":
             self._send(conn, {"error": f"no held process {req['id']}"})
@@ -618,7 +618,7 @@ class Monitor:
             proc.stdin_fd, proc.terminal_stdin = master, False
             self._feed_stdin(proc)
 
-    def op_abandon(self, conn: socket.socket, req: dict) -> None:
+    def op_abandon(self, conn: socket.socket, req: dict[str, Any]) -> None:
         """Kill a process that was never released (its start failed in the daemon)."""
         proc = self.procs.get(req["id"])
         if proc is not None and proc.pid:
@@ -626,7 +626,7 @@ class Monitor:
                 os.kill(proc.pid, signal.SIGKILL)
         self._send(conn, {"ok": True})
 
-    def op_attach(self, conn: socket.socket, req: dict) -> None:
+    def op_attach(self, conn: socket.socket, req: dict[str, Any]) -> None:
         proc = self.procs.get(req["id"])
         if proc is None or proc.state == "exited":
             self._send(conn, {"error": f"{req['id']} is not running"})
@@ -697,14 +697,14 @@ class Monitor:
             os.write(proc.master_fd, b"\x04")  # EOF on a terminal is ^D
         proc.stdin_fd = -1
 
-    def op_close_stdin(self, conn: socket.socket, req: dict) -> None:
+    def op_close_stdin(self, conn: socket.socket, req: dict[str, Any]) -> None:
         proc = self.procs.get(req["id"])
         if proc is not None:
             proc.stdin_close = True
             self._feed_stdin(proc)
         self._send(conn, {"ok": True})
 
-    def op_resize(self, conn: socket.socket, req: dict) -> None:
+    def op_resize(self, conn: socket.socket, req: dict[str, Any]) -> None:
         proc = self.procs.get(req["id"])
         if proc is not None and proc.terminal_chan is not None:
             proc.terminal_size = (int(req["h"]), int(req["w"]))  # applied when the terminal arrives
@@ -788,7 +788,7 @@ class Monitor:
             if proc is not None:
                 self._reaped_here(proc, exits.exit_code(status))
 
-    def _finish(self, proc: Proc, record: dict, write: bool = True) -> bool:
+    def _finish(self, proc: Proc, record: dict[str, Any], write: bool = True) -> bool:
         """The process was reaped: drain its output, then record the exit, end its streams, tell listeners.
 
         In this order, so that an exit on record means its log is complete. Returns

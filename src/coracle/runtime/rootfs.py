@@ -8,9 +8,11 @@ host: the mount dies with the namespace.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import stat
+from typing import Any
 
 from coracle.cgroups import V2Manager, detect
 from coracle.cgroups.v1 import hierarchies, unescape
@@ -19,7 +21,6 @@ from coracle.runtime import syscalls as sc
 from coracle.runtime import userns
 from coracle.runtime.mountpoint import RootDir, fd_path, tmpfs_options
 from coracle.runtime.spec import Spec
-import contextlib
 
 # Docker's default device nodes: (name, type, major, minor)
 DEFAULT_DEVICES = [
@@ -73,7 +74,7 @@ def propagation_of(path: str) -> tuple[str, set[str]]:
     return found, kinds
 
 
-def _host_devices() -> list[dict]:
+def _host_devices() -> list[dict[str, Any]]:
     """Every device node of the host's /dev (a privileged container gets them all)."""
     found = []
     for dirpath, dirnames, names in os.walk("/dev"):
@@ -122,7 +123,7 @@ def remount_readonly(target: str, recursive: bool = False) -> None:
     sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | keep | (sc.MS_REC if recursive else 0))
 
 
-def _mount_dev(root: RootDir, console: bool, extra: list[dict], privileged: bool, shm_size: int) -> None:
+def _mount_dev(root: RootDir, console: bool, extra: list[dict[str, Any]], privileged: bool, shm_size: int) -> None:
     wanted = (_host_devices() if privileged else []) + extra
     root.mount("/dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
     old = os.umask(0)

@@ -44,8 +44,12 @@ def ipam_config(subnets: list[str], gateways: list[str], ranges: list[str]) -> l
         except ValueError:
             raise UsageError(f"invalid {'ip-range' if is_range else 'gateway'}: {value}") from None
         for net, config in zip(nets, configs, strict=False):
-            inside = addr.subnet_of(net) if is_range and addr.version == net.version else \
-                (not is_range and addr.version == net.version and addr in net)  # type: ignore[operator]
+            if addr.version != net.version:
+                continue
+            if isinstance(addr, ipaddress.IPv4Address | ipaddress.IPv6Address):
+                inside = addr in net
+            else:
+                inside = addr.network_address in net and addr.broadcast_address in net
             if inside:
                 return config
         raise UsageError(f"no matching subnet for {'range' if is_range else 'gateway'} {value}")
