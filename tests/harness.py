@@ -20,6 +20,11 @@ import time
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+    from docker.models.containers import Container
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -33,6 +38,13 @@ def unique(prefix: str) -> str:
     machine (or a run next to a real daemon) cannot collide.
     """
     return f"{prefix}{SESSION_TAG}{secrets.token_hex(2)}"
+
+
+def exec_output(container: Container, cmd: str | list[str], **kw: Any) -> bytes:
+    """What `cmd` printed in a running container (the SDK's exec_run, not streamed)."""
+    output = container.exec_run(cmd, **kw).output
+    assert isinstance(output, bytes)
+    return output
 
 
 def busybox_rootfs(root: Path) -> Path:
@@ -200,17 +212,17 @@ class Daemon:
             raise AssertionError(f"docker {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
         return res
 
-    def sdk(self):  # type: ignore[no-untyped-def]
+    def sdk(self) -> DockerClient:
         import docker
 
         return docker.DockerClient(base_url=self.host, timeout=60)
 
-    def api(self, method: str, path: str, body: object | None = None) -> tuple[int, object]:
+    def api(self, method: str, path: str, body: object | None = None) -> tuple[int, Any]:
         """One raw Engine API call; returns (status, decoded JSON or text)."""
         import http.client
 
         class Conn(http.client.HTTPConnection):
-            def connect(inner) -> None:  # type: ignore[no-untyped-def]
+            def connect(inner) -> None:
                 inner.sock = socket.socket(socket.AF_UNIX)
                 inner.sock.settimeout(60)
                 inner.sock.connect(self.sock)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from typing import Any
 
 from coracle.cli.formatting import (IMAGES_TABLE, ContainerRow, ImageRow, NetworkRow, StatsRow, display_ports,
                                     ellipsis, image_rows, render_rows, split_tag, tabwrite)
@@ -77,7 +78,7 @@ def test_container_row_fields() -> None:
 
 
 def test_images_table() -> None:
-    images = [{"Id": "sha256:" + "b" * 64, "RepoTags": ["busybox:latest", "localhost:5000/bb:1"],
+    images: list[dict[str, Any]] = [{"Id": "sha256:" + "b" * 64, "RepoTags": ["busybox:latest", "localhost:5000/bb:1"],
                "RepoDigests": ["busybox@sha256:" + "d" * 64], "Created": 0, "Size": 4_260_000},
               {"Id": "sha256:" + "c" * 64, "RepoTags": None, "RepoDigests": None, "Created": 0, "Size": 10}]
     rows = image_rows(images, now=14 * 86400)

@@ -109,9 +109,9 @@ def test_archive_endpoints_raw(daemon: Daemon, docker: Docker) -> None:
         info.size = 3
         tar.addfile(info, io.BytesIO(b"abc"))
     status, body = daemon.api("PUT", f"/containers/{name}/archive?path=/etc/passwd", buf.getvalue())
-    assert status == 400 and "not a directory" in body["message"]  # type: ignore[index]
+    assert status == 400 and "not a directory" in body["message"]
     status, body = daemon.api("PUT", f"/containers/{name}/archive?path=/tmp", b"not a tar at all" * 100)
-    assert status == 400 and "invalid archive" in body["message"]  # type: ignore[index]
+    assert status == 400 and "invalid archive" in body["message"]
     status, _ = daemon.api("PUT", f"/containers/{name}/archive?path=/tmp", buf.getvalue())
     assert status == 200
     assert docker("exec", name, "cat", "/tmp/up.txt").stdout == "abc"

@@ -136,6 +136,7 @@ def test_events_since_and_filters(docker: Docker, daemon: Daemon) -> None:
         time.sleep(0.5)  # let the stream subscribe (nothing before it is asserted)
         docker("network", "create", net)
         docker("network", "rm", net)
+        assert live.stdout is not None
         assert live.stdout.readline().strip() == f"create {net}"
         assert live.stdout.readline().strip() == f"destroy {net}"
     finally:

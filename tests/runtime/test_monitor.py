@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -56,7 +57,7 @@ def stop_supervision(client: MonitorClient) -> None:
 _counter = iter(range(10**6))
 
 
-def container(tmp_path: Path, lower: Path, args: list[str], **process: object) -> Spec:
+def container(tmp_path: Path, lower: Path, args: list[str], **process: Any) -> Spec:
     n = next(_counter)
     dirs = {k: tmp_path / f"{k}{n}" for k in ("upper", "work", "rootfs")}
     for d in dirs.values():

@@ -125,6 +125,6 @@ def caps(output: str, field: str = "CapEff") -> int:
     raise AssertionError(f"{field} not in output:\n{output}")
 
 
-def run_script(client: docker.DockerClient, script: str, **kw: object) -> str:
+def run_script(client: docker.DockerClient, script: str, **kw: Any) -> str:
     """A busybox shell script's output (stderr included) from a container removed afterwards."""
     return client.containers.run("busybox", ["sh", "-c", f"{{ {script}; }} 2>&1; true"], remove=True, **kw).decode()

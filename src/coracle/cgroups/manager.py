@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from coracle.cgroups import files
+from coracle.cgroups.devices import DeviceRule
 from coracle.cgroups.resources import Resources
 from coracle.errors import InvalidParameter, NotFound, SystemError_
 
@@ -98,6 +99,10 @@ class Manager(ABC):
             files.write(self._file("pids", "pids.max", "pids limit"), value, "pids limit")
         if r.blkio_weight:
             self._write_io_weight(r.blkio_weight)
+
+    @abstractmethod
+    def set_devices(self, rules: list[DeviceRule]) -> None:
+        """Allow exactly these device nodes (deny everything else)."""
 
     @abstractmethod
     def stats(self) -> dict[str, Any]:

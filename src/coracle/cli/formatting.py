@@ -16,7 +16,7 @@ from coracle.cli.units import ago, go_time, human_size
 TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
 if TYPE_CHECKING:
     from typing import Any
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
 
 def ellipsis(text: str, width: int) -> str:
@@ -83,7 +83,7 @@ class Row:
         return {name: getattr(self, name) for name in sorted(self.FIELDS) if not callable(getattr(self, name))}
 
 
-def render_rows(rows: list[Row], fmt: str | None, default: str, row_type: type[Row]) -> str:
+def render_rows(rows: Sequence[Row], fmt: str | None, default: str, row_type: type[Row]) -> str:
     """docker's formatter: `table ...` gets a header and aligned columns; other formats one line per row."""
     fmt = fmt or default
     if fmt == "json":

@@ -349,7 +349,7 @@ def ps(cli: Cli, name: str, args: list[str]) -> int:
         return 0
     default = PS_TABLE + ("\t{{.Size}}" if opts.size else "")
     rows = [ContainerRow(c, trunc=not opts.no_trunc) for c in containers]
-    cli.out(render_rows(rows, opts.format, default, ContainerRow))  # type: ignore[arg-type]
+    cli.out(render_rows(rows, opts.format, default, ContainerRow))
     return 0
 
 
@@ -588,7 +588,7 @@ def stats(cli: Cli, name: str, args: list[str]) -> int:
 
     def render() -> str:
         rows = [StatsRow(c, latest[c], trunc=not opts.no_trunc) for c in names if c in latest]
-        return render_rows(rows, opts.format, STATS_TABLE, StatsRow)  # type: ignore[arg-type]
+        return render_rows(rows, opts.format, STATS_TABLE, StatsRow)
 
     if opts.no_stream:
         for t in threads:

@@ -127,7 +127,7 @@ def images(cli: Cli, name: str, args: list[str]) -> int:
         return 0
     rows = image_rows(found, trunc=not opts.no_trunc)
     default = IMAGES_DIGESTS_TABLE if opts.digests else IMAGES_TABLE
-    cli.out(render_rows(rows, opts.format, default, ImageRow))  # type: ignore[arg-type]
+    cli.out(render_rows(rows, opts.format, default, ImageRow))
     return 0
 
 
@@ -294,7 +294,7 @@ def history(cli: Cli, name: str, args: list[str]) -> int:
         cli.out("".join(r.ID + "\n" for r in rows))
         return 0
     default = "table {{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}"
-    cli.out(render_rows(rows, opts.format, default, HistoryRow))  # type: ignore[arg-type]
+    cli.out(render_rows(rows, opts.format, default, HistoryRow))
     return 0
 
 

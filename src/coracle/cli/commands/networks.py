@@ -112,7 +112,7 @@ def ls(cli: Cli, name: str, args: list[str]) -> int:
         cli.out("".join(short_id(n["Id"], not opts.no_trunc) + "\n" for n in nets))
         return 0
     rows = [NetworkRow(n, trunc=not opts.no_trunc) for n in nets]
-    cli.out(render_rows(rows, opts.format, NETWORKS_TABLE, NetworkRow))  # type: ignore[arg-type]
+    cli.out(render_rows(rows, opts.format, NETWORKS_TABLE, NetworkRow))
     return 0
 
 

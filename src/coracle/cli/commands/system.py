@@ -237,7 +237,7 @@ def df(cli: Cli, name: str, args: list[str]) -> int:
                  sum(c.get("Size") or 0 for c in cache), sum(c.get("Size") or 0 for c in cache if not c.get("InUse"))),
     ]
     default = "table {{.Type}}\t{{.TotalCount}}\t{{.Active}}\t{{.Size}}\t{{.Reclaimable}}"
-    cli.out(render_rows(rows, opts.format, default, UsageRow))  # type: ignore[arg-type]
+    cli.out(render_rows(rows, opts.format, default, UsageRow))
     if opts.verbose and not opts.format:
         from coracle.cli.formatting import VolumeRow
 
