@@ -11,15 +11,12 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import sys
-from typing import TYPE_CHECKING
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))  # tests/harness.py
-
-from harness import SESSION_TAG, unique  # noqa: E402  (re-exported for older imports)
+from harness import SESSION_TAG, unique  # unique: also found by the other conftests
 
 if TYPE_CHECKING:
     import docker
@@ -27,15 +24,34 @@ if TYPE_CHECKING:
     from harness import Daemon
 
 
-def sh(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+def sh(*args: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
     """Run a host tool as an independent witness (ip, nft, cat...)."""
     return subprocess.run(args, check=check, capture_output=True, text=True, **kw)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _require_root() -> None:
-    if os.geteuid() != 0:
-        pytest.exit("coracle's tests need root (namespaces, cgroups, nftables)", returncode=2)
+# Shared fixtures that only root can set up: network namespaces and daemons,
+# cgroups, overlay mounts, image stores (layers keep their files' owners), and
+# API servers (their socket is made root-owned). A test using any of them,
+# directly or through another fixture, belongs to the root tier; a module that
+# needs root without them says so with `pytestmark = pytest.mark.root`.
+ROOT_FIXTURES = frozenset({
+    "netns", "daemon", "fresh_daemon",  # this file
+    "parent", "cgroup", "held",  # cgroups/
+    "images", "make_store", "in_overlay",  # images/
+    "lower", "containers", "remapped",  # security/, userns/
+    "engine", "srv",  # cli/, api/
+})
+
+NOT_ROOT = "needs root (namespaces, cgroups, nftables): run the root tier as root"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Sort tests into the two tiers, and skip the root tier when not running as root."""
+    for item in items:
+        if ROOT_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.root)
+        if os.geteuid() != 0 and item.get_closest_marker("root"):
+            item.add_marker(pytest.mark.skip(reason=NOT_ROOT))
 
 
 @pytest.fixture

@@ -17,9 +17,14 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+    from docker.models.containers import Container
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -33,6 +38,13 @@ def unique(prefix: str) -> str:
     machine (or a run next to a real daemon) cannot collide.
     """
     return f"{prefix}{SESSION_TAG}{secrets.token_hex(2)}"
+
+
+def exec_output(container: Container, cmd: str | list[str], **kw: Any) -> bytes:
+    """What `cmd` printed in a running container (the SDK's exec_run, not streamed)."""
+    output = container.exec_run(cmd, **kw).output
+    assert isinstance(output, bytes)
+    return output
 
 
 def busybox_rootfs(root: Path) -> Path:
@@ -129,10 +141,9 @@ class Daemon:
             "--data-root", str(self.data_root), "--exec-root", str(self.exec_root), "-H", self.host,
             "--cgroup-parent", self.cgroup_parent, *self.extra_args,
         ]
-        log = open(self.log, "ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=log, env={**os.environ, **(env or {})},
-                                     start_new_session=True)
-        log.close()
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=log, env={**os.environ, **(env or {})},
+                                         start_new_session=True)
         if wait:
             self.wait_ready()
 
@@ -173,10 +184,8 @@ class Daemon:
         self.stop(signal.SIGKILL)
         for pid in (self.keeper_pid(), self.monitor_pid()):  # the keeper first: it restarts the monitor
             if pid:
-                try:
+                with suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         kill_cgroup_tree(self.cgroup_parent)
         if self.own_netns:
             subprocess.run(["ip", "netns", "del", self.netns], check=False, capture_output=True)
@@ -185,7 +194,8 @@ class Daemon:
 
     # ----- clients -----------------------------------------------------------
 
-    def cli(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, input: str | None = None, check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "CORACLE_HOST": self.host}
         res = subprocess.run([PYTHON, "-m", "coracle.cli.main", *args], input=input, capture_output=True,
                              text=True, env=env, timeout=timeout)
@@ -193,7 +203,8 @@ class Daemon:
             raise AssertionError(f"coracle {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
         return res
 
-    def docker(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    def docker(self, *args: str, input: str | None = None, check: bool = True,
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "DOCKER_HOST": self.host}
         res = subprocess.run(["docker", *args], input=input, capture_output=True, text=True, env=env,
                              timeout=timeout)
@@ -201,17 +212,17 @@ class Daemon:
             raise AssertionError(f"docker {' '.join(args)} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
         return res
 
-    def sdk(self):  # type: ignore[no-untyped-def]
+    def sdk(self) -> DockerClient:
         import docker
 
         return docker.DockerClient(base_url=self.host, timeout=60)
 
-    def api(self, method: str, path: str, body: object | None = None) -> tuple[int, object]:
+    def api(self, method: str, path: str, body: object | None = None) -> tuple[int, Any]:
         """One raw Engine API call; returns (status, decoded JSON or text)."""
         import http.client
 
         class Conn(http.client.HTTPConnection):
-            def connect(inner) -> None:  # type: ignore[no-untyped-def]
+            def connect(inner) -> None:
                 inner.sock = socket.socket(socket.AF_UNIX)
                 inner.sock.settimeout(60)
                 inner.sock.connect(self.sock)
@@ -260,7 +271,5 @@ def kill_cgroup_tree(parent: str) -> None:
     from coracle import cgroups
     from coracle.errors import CoracleError
 
-    try:
+    with suppress(CoracleError):  # best effort in a teardown: what is left shows up in the leak checks
         cgroups.manager_for(parent).destroy()
-    except CoracleError:
-        pass  # best effort in a teardown: what is left shows up in the leak checks

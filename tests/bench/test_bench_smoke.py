@@ -14,6 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.root  # the benchmark runs the engine in network namespaces
+
 REPO = Path(__file__).resolve().parents[2]
 SECTIONS = ["startup", "throughput", "memory", "cli", "ports", "datapath", "dns", "scale", "clistart", "build"]
 

@@ -21,8 +21,8 @@ from harness import Daemon
 def _listing(daemon: Daemon) -> tuple[set[str], set[str]]:
     _, containers = daemon.api("GET", "/containers/json?all=1")
     _, images = daemon.api("GET", "/images/json")
-    return ({c["Id"] for c in containers},  # type: ignore[union-attr]
-            {t for i in images for t in (i["RepoTags"] or [])} | {i["Id"] for i in images})  # type: ignore[union-attr]
+    return ({c["Id"] for c in containers},
+            {t for i in images for t in (i["RepoTags"] or [])} | {i["Id"] for i in images})
 
 
 @pytest.fixture(autouse=True)

@@ -62,11 +62,12 @@ def test_secret_mount_is_in_no_layer_and_no_history(daemon: Daemon, docker: Dock
     tag = unique("secret")
     secret = "s3cr3t-" + unique("v")
     (tmp_path / "token").write_text(secret)
-    write(tmp_path / "ctx", {"Dockerfile": """\
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    write(tmp_path / "ctx", {"Dockerfile": f"""\
 FROM busybox
-RUN --mount=type=secret,id=token test "$(sha256sum < /run/secrets/token)" = "%s  -" && echo secret-was-readable
+RUN --mount=type=secret,id=token test "$(sha256sum < /run/secrets/token)" = "{digest}  -" && echo secret-was-readable
 RUN --mount=type=secret,id=token,target=/etc/app-token,required=true wc -c < /etc/app-token > /token-length
-""" % hashlib.sha256(secret.encode()).hexdigest()})
+"""})
     out = daemon.cli("build", "-t", tag, "--secret", f"id=token,src={tmp_path / 'token'}", str(tmp_path / "ctx")).stdout
     assert "secret-was-readable" in out
     assert docker("run", "--rm", tag, "sh", "-c", "cat /token-length; ls /etc/app-token /run/secrets/token",

@@ -89,7 +89,8 @@ SCRIPT
 """})
     out = docker("build", "-t", tag, str(tmp_path)).stdout
     assert out.count("Running in") == 4
-    listing = docker("run", "--rm", tag, "sh", "-c", "cd /opt/app && ls && cat one two uid capeff seccomp heredoc").stdout
+    listing = docker("run", "--rm", tag, "sh", "-c",
+                     "cd /opt/app && ls && cat one two uid capeff seccomp heredoc").stdout
     assert listing.split() == ["capeff", "heredoc", "one", "seccomp", "two", "uid",
                                "one", "two", "0", "00000000a80425fb", "2", "from", "a", "heredoc", "second", "line"]
     steps = history(docker, tag)
@@ -127,7 +128,7 @@ ARG NAME=builder
 COPY <<EOF /etc/motd2
 hello ${NAME:-stranger}
 EOF
-""",
+""",  # noqa: E501  (the user-making RUN line reads as one shell command)
         "a.txt": "A\n", "b.txt": "B\n", "x.conf": "x\n", "y.conf": "y\n", "dir/sub/deep.txt": "deep\n",
         "dir/top.txt": "top\n", "secret.key": "never\n", "logs/a.log": "log\n", "logs/keep.log": "kept\n",
         ".dockerignore": "secret.key\nlogs/*.log\n!logs/keep.log\n",
@@ -328,7 +329,8 @@ COPY --from=slow /etc/hostname /a
 COPY --from=broken /etc/hostname /b
 """})
     res = docker("build", "--force-rm", str(tmp_path), check=False, timeout=120)
-    assert res.returncode == 4 and "The command '/bin/sh -c sleep 1 && exit 4' returned a non-zero code: 4" in res.stderr
+    assert res.returncode == 4
+    assert "The command '/bin/sh -c sleep 1 && exit 4' returned a non-zero code: 4" in res.stderr
     assert docker("ps", "-aq", "--filter", "label=coracle.build").stdout.strip() == ""
 
 

@@ -8,12 +8,14 @@ code under test, so a broken destroy() cannot leave cgroups behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Any, IO
 
 import pytest
 
@@ -50,10 +52,8 @@ def _scrub(top: str) -> None:
         try:
             with open(os.path.join(dirpath, "cgroup.procs")) as f:
                 for pid in f.read().split():
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.kill(int(pid), signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
         except OSError:
             pass
     for dirpath, _, _ in walk:
@@ -92,7 +92,7 @@ class Held:
     """A python3 process that waits on stdin before running `code`, so that it
     can be put in a cgroup before it does anything (as the engine holds PID 1)."""
 
-    def __init__(self, code: str, stdout=subprocess.PIPE) -> None:
+    def __init__(self, code: str, stdout: int | IO[bytes] | None = subprocess.PIPE) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", f"import sys\nsys.stdin.readline()\n{code}"],
             stdin=subprocess.PIPE, stdout=stdout, stderr=subprocess.PIPE,
@@ -100,6 +100,7 @@ class Held:
         self.pid = self.proc.pid
 
     def release(self) -> None:
+        assert self.proc.stdin is not None
         self.proc.stdin.write(b"go\n")
         self.proc.stdin.flush()
 
@@ -111,7 +112,7 @@ class Held:
 def held() -> Iterator[Callable[..., Held]]:
     made: list[Held] = []
 
-    def make(code: str, **kw) -> Held:
+    def make(code: str, **kw: Any) -> Held:
         h = Held(code, **kw)
         made.append(h)
         return h

@@ -82,7 +82,8 @@ def test_pids_limit_stops_a_fork_loop_at_the_limit(cgroup, held):
     p = held(
         "import os, time\nn = 0\n"
         "while n < 100:\n"
-        "    try:\n        pid = os.fork()\n    except BlockingIOError:\n        print('EAGAIN', n, flush=True); break\n"
+        "    try:\n        pid = os.fork()\n"
+        "    except BlockingIOError:\n        print('EAGAIN', n, flush=True); break\n"
         "    if pid == 0:\n        time.sleep(30); os._exit(0)\n"
         "    n += 1\n"
         "time.sleep(30)"
@@ -111,7 +112,7 @@ def test_cpu_quota_holds_a_busy_loop_well_below_one_cpu(cgroup, held):
 
 
 def test_cpuset_confines_the_process(cgroup, held):
-    last = str(os.cpu_count() - 1)
+    last = str((os.cpu_count() or 1) - 1)
     cgroup.set(Resources(cpuset_cpus=last))
     p = held("import time; time.sleep(30)")
     cgroup.apply(p.pid)

@@ -268,6 +268,7 @@ real = pytest.mark.skipif(REAL is None, reason="no cgroup2 with controllers on t
 
 @real
 def test_real_v2_limits_bite(unique):
+    assert REAL is not None
     m = V2Manager(f"{unique('coracle-test-')}/{unique('c')}", REAL)
     m.create()
     try:

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+import fakeengine
+from fakeengine import FakeEngine
 
-import fakeengine  # noqa: E402
-from fakeengine import FakeEngine  # noqa: E402
-
-from coracle.cli import launcher  # noqa: E402
+from coracle.cli import launcher
 
 
 @pytest.fixture(scope="session", autouse=True)

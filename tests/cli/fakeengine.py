@@ -244,11 +244,11 @@ class FakeEngine:
 COMMAND = [sys.executable, "-c", "from coracle.cli.main import main; main()"]
 
 
-def coracle(host: str, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+def coracle(host: str, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
     """Run the real `coracle` command; never a traceback, whatever happens."""
     env = {**os.environ, "CORACLE_HOST": host, "CORACLE_CONFIG": os.environ.get("TMPDIR", "/tmp")}
-    res = subprocess.run(COMMAND + list(args), input=stdin if stdin is not None else b"", capture_output=True,
+    ran = subprocess.run(COMMAND + list(args), input=stdin if stdin is not None else b"", capture_output=True,
                          env=env, timeout=30)
-    res.stdout, res.stderr = res.stdout.decode(), res.stderr.decode()  # type: ignore[assignment]
+    res = subprocess.CompletedProcess(ran.args, ran.returncode, ran.stdout.decode(), ran.stderr.decode())
     assert "Traceback" not in res.stderr, res.stderr
     return res

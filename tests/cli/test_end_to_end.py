@@ -136,7 +136,8 @@ def test_version_talks_to_the_daemon(engine: FakeEngine) -> None:
 def test_no_daemon(tmp_path: object) -> None:
     res = coracle(f"unix://{tmp_path}/absent.sock", "ps")
     assert res.returncode == 1
-    assert res.stderr == f"Cannot connect to the coracle daemon at unix://{tmp_path}/absent.sock. Is coracled running?\n"
+    assert res.stderr == (f"Cannot connect to the coracle daemon at unix://{tmp_path}/absent.sock."
+                          " Is coracled running?\n")
     res = coracle(f"unix://{tmp_path}/absent.sock", "-H", "unix:///nonexistent/x.sock", "ps")
     assert "unix:///nonexistent/x.sock" in res.stderr  # -H wins over the environment
 

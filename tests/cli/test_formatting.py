@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from typing import Any
 
 from coracle.cli.formatting import (IMAGES_TABLE, ContainerRow, ImageRow, NetworkRow, StatsRow, display_ports,
                                     ellipsis, image_rows, render_rows, split_tag, tabwrite)
@@ -20,7 +21,8 @@ def test_human_duration_matches_go_units(seconds: float, text: str) -> None:
 
 
 def test_sizes() -> None:
-    assert [human_size(n) for n in (0, 999, 1000, 4_260_000, 1_234_567_890)] == ["0B", "999B", "1kB", "4.26MB", "1.23GB"]
+    sizes = (0, 999, 1000, 4_260_000, 1_234_567_890)
+    assert [human_size(n) for n in sizes] == ["0B", "999B", "1kB", "4.26MB", "1.23GB"]
     assert bytes_size(1536 * 1024) == "1.5MiB" and bytes_size(212 * 1024) == "212KiB"
     assert [parse_bytes(t) for t in ("64m", "1g", "512k", "100", "1.5g", "64MB", "2GiB")] == \
         [64 << 20, 1 << 30, 512 << 10, 100, 3 << 29, 64 << 20, 2 << 30]
@@ -76,7 +78,7 @@ def test_container_row_fields() -> None:
 
 
 def test_images_table() -> None:
-    images = [{"Id": "sha256:" + "b" * 64, "RepoTags": ["busybox:latest", "localhost:5000/bb:1"],
+    images: list[dict[str, Any]] = [{"Id": "sha256:" + "b" * 64, "RepoTags": ["busybox:latest", "localhost:5000/bb:1"],
                "RepoDigests": ["busybox@sha256:" + "d" * 64], "Created": 0, "Size": 4_260_000},
               {"Id": "sha256:" + "c" * 64, "RepoTags": None, "RepoDigests": None, "Created": 0, "Size": 10}]
     rows = image_rows(images, now=14 * 86400)
@@ -95,7 +97,8 @@ def test_network_and_stats_rows() -> None:
         "eeeeeeeeeeee backend bridge local true\n"
     stats = StatsRow("web", {
         "id": "a" * 64, "name": "/web",
-        "cpu_stats": {"cpu_usage": {"total_usage": 3_000_000_000}, "system_cpu_usage": 20_000_000_000, "online_cpus": 2},
+        "cpu_stats": {"cpu_usage": {"total_usage": 3_000_000_000}, "system_cpu_usage": 20_000_000_000,
+                      "online_cpus": 2},
         "precpu_stats": {"cpu_usage": {"total_usage": 2_000_000_000}, "system_cpu_usage": 10_000_000_000},
         "memory_stats": {"usage": 10 << 20, "limit": 100 << 20, "stats": {"total_inactive_file": 5 << 20}},
         "networks": {"eth0": {"rx_bytes": 1450, "tx_bytes": 516}},

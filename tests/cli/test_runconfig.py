@@ -70,7 +70,8 @@ def test_resources() -> None:
     assert (host["CpuShares"], host["CpuQuota"], host["CpuPeriod"]) == (512, 50000, 100000)
     assert (host["CpusetCpus"], host["CpusetMems"], host["PidsLimit"]) == ("0-1", "0", 64)
     assert host["BlkioWeight"] == 300 and host["OomKillDisable"] is True and host["CgroupParent"] == "mygroup"
-    assert host["Ulimits"] == [{"Name": "nofile", "Soft": 1024, "Hard": 2048}, {"Name": "nproc", "Soft": 64, "Hard": 64}]
+    assert host["Ulimits"] == [{"Name": "nofile", "Soft": 1024, "Hard": 2048},
+                               {"Name": "nproc", "Soft": 64, "Hard": 64}]
     assert host["ShmSize"] == 128 << 20
 
 

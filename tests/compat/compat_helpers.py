@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Callable
 
 from harness import Daemon
+import contextlib
 
 Docker = Callable[..., subprocess.CompletedProcess]
 
@@ -128,7 +129,5 @@ class Terminal:
             except (ProcessLookupError, ChildProcessError):
                 pass
             self.code = -9
-        try:
+        with contextlib.suppress(OSError):
             os.close(self.fd)
-        except OSError:
-            pass

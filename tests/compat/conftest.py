@@ -21,8 +21,8 @@ def _listing(daemon: Daemon) -> tuple[set[str], set[str], set[str]]:
     _, containers = daemon.api("GET", "/containers/json?all=1")
     _, networks = daemon.api("GET", "/networks")
     _, images = daemon.api("GET", "/images/json")
-    return ({c["Id"] for c in containers}, {n["Id"] for n in networks},  # type: ignore[union-attr]
-            {t for i in images for t in (i["RepoTags"] or [])} | {i["Id"] for i in images})  # type: ignore[union-attr]
+    return ({c["Id"] for c in containers}, {n["Id"] for n in networks},
+            {t for i in images for t in (i["RepoTags"] or [])} | {i["Id"] for i in images})
 
 
 @pytest.fixture(autouse=True)
@@ -42,7 +42,8 @@ def clean(daemon: Daemon) -> Iterator[None]:
 def docker(daemon: Daemon) -> Docker:
     """docker(*args, input=None, check=True, timeout=30): the real CLI against our daemon."""
 
-    def run(*args: str, input: str | None = None, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
+    def run(*args: str, input: str | None = None, check: bool = True,
+            timeout: float = 30) -> subprocess.CompletedProcess[str]:
         return daemon.docker(*args, input=input, check=check, timeout=timeout)
 
     return run

@@ -60,7 +60,8 @@ def test_run_detached_then_logs_ps_inspect(docker: Docker) -> None:
     row = json.loads(docker("ps", "--filter", f"name={name}", "--format", "{{json .}}").stdout)
     assert row["ID"] == cid[:12] and row["Names"] == name and row["State"] == "running"
     assert row["Status"].startswith("Up")
-    assert docker("ps", "-q", "--filter", "label=role=compat", "--filter", "status=running").stdout.split() == [cid[:12]]
+    running = docker("ps", "-q", "--filter", "label=role=compat", "--filter", "status=running")
+    assert running.stdout.split() == [cid[:12]]
     assert docker("ps", "-q", "--filter", "status=exited", "--filter", f"name={name}").stdout.strip() == ""
     pid = int(docker("inspect", "-f", "{{.State.Pid}}", name).stdout)
     with open(f"/proc/{pid}/cmdline", "rb") as f:

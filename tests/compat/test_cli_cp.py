@@ -77,7 +77,8 @@ def test_cp_stays_inside_the_container(docker: Docker, tmp_path: Path) -> None:
            f"ln -s /etc /tmp/etclink; ln -s {host_dir} /tmp/hostdir; exec sleep 60")
     docker("exec", name, "test", "-L", "/tmp/hostdir")
     docker("cp", f"{name}:/tmp/etclink/hostname", str(tmp_path / "hostname"))
-    assert (tmp_path / "hostname").read_text().strip() == docker("inspect", "-f", "{{.Config.Hostname}}", name).stdout.strip()
+    hostname = docker("inspect", "-f", "{{.Config.Hostname}}", name).stdout.strip()
+    assert (tmp_path / "hostname").read_text().strip() == hostname
     (tmp_path / "payload").write_text("x")
     res = docker("cp", str(tmp_path / "payload"), f"{name}:/tmp/hostdir/", check=False)
     assert res.returncode != 0
@@ -108,9 +109,9 @@ def test_archive_endpoints_raw(daemon: Daemon, docker: Docker) -> None:
         info.size = 3
         tar.addfile(info, io.BytesIO(b"abc"))
     status, body = daemon.api("PUT", f"/containers/{name}/archive?path=/etc/passwd", buf.getvalue())
-    assert status == 400 and "not a directory" in body["message"]  # type: ignore[index]
+    assert status == 400 and "not a directory" in body["message"]
     status, body = daemon.api("PUT", f"/containers/{name}/archive?path=/tmp", b"not a tar at all" * 100)
-    assert status == 400 and "invalid archive" in body["message"]  # type: ignore[index]
+    assert status == 400 and "invalid archive" in body["message"]
     status, _ = daemon.api("PUT", f"/containers/{name}/archive?path=/tmp", buf.getvalue())
     assert status == 200
     assert docker("exec", name, "cat", "/tmp/up.txt").stdout == "abc"

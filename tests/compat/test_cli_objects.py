@@ -129,12 +129,14 @@ def test_events_since_and_filters(docker: Docker, daemon: Daemon) -> None:
                  "--filter", "event=die", "--filter", f"container={ctr}", "--format", "{{json .}}").stdout
     only = [json.loads(line) for line in out.splitlines()]
     assert [(e["Action"], e["Actor"]["Attributes"]["exitCode"]) for e in only] == [("die", "0")]
-    live = subprocess.Popen(["docker", "events", "--filter", "type=network", "--format", "{{.Action}} {{.Actor.Attributes.name}}"],
+    live = subprocess.Popen(["docker", "events", "--filter", "type=network",
+                             "--format", "{{.Action}} {{.Actor.Attributes.name}}"],
                             stdout=subprocess.PIPE, text=True, env=env_for(daemon))
     try:
         time.sleep(0.5)  # let the stream subscribe (nothing before it is asserted)
         docker("network", "create", net)
         docker("network", "rm", net)
+        assert live.stdout is not None
         assert live.stdout.readline().strip() == f"create {net}"
         assert live.stdout.readline().strip() == f"destroy {net}"
     finally:

@@ -18,7 +18,7 @@ import pytest
 from compat_helpers import Docker, env_for
 from harness import Daemon, unique
 
-COMPOSE = shutil.which("docker-compose")
+COMPOSE = shutil.which("docker-compose") or ""
 
 COMPOSE_FILE = """\
 version: "3.7"
@@ -39,7 +39,7 @@ networks:
 """
 
 
-@pytest.mark.skipif(COMPOSE is None, reason="needs docker-compose")
+@pytest.mark.skipif(not COMPOSE, reason="needs docker-compose")
 def test_compose_up_ps_logs_exec_down(daemon: Daemon, docker: Docker, tmp_path: Path) -> None:
     project = unique("cp")
     port = 20000 + int.from_bytes(os.urandom(2), "big") % 20000

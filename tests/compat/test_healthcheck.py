@@ -118,7 +118,7 @@ def test_no_healthcheck_disables_the_images_and_bad_durations_are_refused(docker
                            ({"Retries": -1}, "Retries in Healthcheck cannot be negative")):
         status, body = daemon.api("POST", "/containers/create", {
             "Image": "busybox", "Cmd": ["true"], "Healthcheck": {"Test": ["CMD", "true"], **check}})
-        assert status == 400 and body["message"] == message  # type: ignore[index]
+        assert status == 400 and body["message"] == message
     status, body = daemon.api("GET", "/containers/json?filters=" + quote(json.dumps({"health": ["sick"]})))
     assert status == 400
 
@@ -133,7 +133,7 @@ def test_sdk_healthcheck_in_containers_run(client: docker.DockerClient) -> None:
 
         _until(healthy, "healthy through the SDK")
         assert ctr.attrs["Config"]["Healthcheck"]["Test"] == ["CMD", "true"]
-        assert client.containers.list(filters={"health": "healthy", "id": ctr.id})
+        assert client.containers.list(filters={"health": "healthy", "id": str(ctr.id)})
     finally:
         ctr.remove(force=True)
 
@@ -170,7 +170,7 @@ def test_health_survives_a_daemon_restart(fresh_daemon: Daemon) -> None:
     _until(lambda: health()["Log"][-1]["End"] != last, "a probe after the restart")
 
 
-COMPOSE = shutil.which("docker-compose")
+COMPOSE = shutil.which("docker-compose") or ""
 COMPOSE_FILE = """\
 version: "2.4"
 services:
@@ -191,7 +191,7 @@ services:
 """
 
 
-@pytest.mark.skipif(COMPOSE is None, reason="needs docker-compose")
+@pytest.mark.skipif(not COMPOSE, reason="needs docker-compose")
 def test_compose_depends_on_service_healthy(daemon: Daemon, docker: Docker, tmp_path: Path) -> None:
     project = unique("hcp")
     (tmp_path / "docker-compose.yml").write_text(COMPOSE_FILE)

@@ -39,7 +39,7 @@ def test_unknown_driver_is_refused_at_create(docker: Docker, daemon: Daemon) -> 
     assert docker("ps", "-a", "-q", "--filter", f"name={name}").stdout == ""  # nothing left behind
     status, body = daemon.api("POST", "/containers/create", {"Image": "busybox",
                                                              "HostConfig": {"LogConfig": {"Type": "x"}}})
-    assert status == 400 and body["message"] == "logger: no log driver named 'x' is registered"  # type: ignore[index]
+    assert status == 400 and body["message"] == "logger: no log driver named 'x' is registered"
     res = docker("create", "--log-opt", "colour=blue", "busybox", check=False)
     assert res.returncode == 1 and "unknown log opt 'colour' for json-file log driver" in res.stderr
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from typing import cast
 
 import docker
 import pytest
@@ -28,7 +29,8 @@ def test_containers_run_attached_and_detached(client: docker.DockerClient) -> No
     assert sorted(out.decode().split()) == ["err", "out"]
     with pytest.raises(docker.errors.ContainerError) as failed:
         client.containers.run("busybox", ["sh", "-c", "echo boom >&2; exit 3"], remove=True)
-    assert failed.value.exit_status == 3 and b"boom" in failed.value.stderr
+    assert failed.value.exit_status == 3
+    assert b"boom" in failed.value.stderr  # type: ignore[operator]  # the stubs say str; the SDK gives the log's bytes
     ctr = client.containers.run("busybox", ["sh", "-c", "for i in 1 2 3; do echo l$i; sleep 0.1; done"],
                                 detach=True, name=unique("sd"))
     assert list(ctr.logs(stream=True, follow=True)) == [b"l1\n", b"l2\n", b"l3\n"]
@@ -43,11 +45,12 @@ def test_exec_run_stream_and_demux(client: docker.DockerClient) -> None:
     code, (out, err) = ctr.exec_run(["sh", "-c", "echo o; echo e >&2; exit 2"], demux=True)
     assert (code, out, err) == (2, b"o\n", b"e\n")
     result = ctr.exec_run(["sh", "-c", "echo o1; sleep 0.1; echo e1 >&2; sleep 0.1; echo o2"], stream=True, demux=True)
-    chunks = list(result.output)
+    chunks = cast("list[tuple[bytes | None, bytes | None]]", list(result.output))  # demuxed: (stdout, stderr)
     assert b"".join(o for o, _ in chunks if o) == b"o1\no2\n"
     assert b"".join(e for _, e in chunks if e) == b"e1\n"
-    code, out = ctr.exec_run("sh -c 'echo $A $(id -u) $(pwd)'", environment={"A": "b"}, user="nobody", workdir="/tmp")
-    assert (code, out) == (0, b"b 65534 /tmp\n")
+    code, printed = ctr.exec_run("sh -c 'echo $A $(id -u) $(pwd)'", environment={"A": "b"}, user="nobody",
+                                 workdir="/tmp")
+    assert (code, printed) == (0, b"b 65534 /tmp\n")
     exec_id = client.api.exec_create(ctr.id, ["sh", "-c", "exit 9"])["Id"]
     client.api.exec_start(exec_id)
     assert client.api.exec_inspect(exec_id)["ExitCode"] == 9
@@ -58,13 +61,14 @@ def test_inspect_list_filters(client: docker.DockerClient) -> None:
     a = client.containers.run("busybox", "sleep 60", detach=True, labels={"suite": tag, "role": "a"}, name=unique("la"))
     b = client.containers.run("busybox", "true", detach=True, labels={"suite": tag, "role": "b"}, name=unique("lb"))
     b.wait()
-    info = client.api.inspect_container(a.id)
+    info = client.api.inspect_container(str(a.id))
     assert info["State"]["Running"] and info["State"]["Pid"] > 0 and info["Config"]["Labels"]["role"] == "a"
     assert [c.id for c in client.containers.list(filters={"label": f"suite={tag}"})] == [a.id]
     assert {c.id for c in client.containers.list(all=True, filters={"label": f"suite={tag}"})} == {a.id, b.id}
     assert [c.id for c in client.containers.list(all=True, filters={"label": [f"suite={tag}", "role=b"]})] == [b.id]
-    assert [c.id for c in client.containers.list(all=True, filters={"status": "exited", "label": f"suite={tag}"})] == [b.id]
-    assert [c.id for c in client.containers.list(filters={"name": a.name})] == [a.id]
+    exited = client.containers.list(all=True, filters={"status": "exited", "label": f"suite={tag}"})
+    assert [c.id for c in exited] == [b.id]
+    assert [c.id for c in client.containers.list(filters={"name": str(a.name)})] == [a.id]
     with pytest.raises(docker.errors.NotFound):
         client.containers.get("no-such-" + tag)
     with pytest.raises(docker.errors.APIError) as bad:
@@ -110,7 +114,7 @@ def test_images_load_save_and_archive(client: docker.DockerClient) -> None:
         tar.addfile(info, io.BytesIO(b"hello"))
     assert ctr.put_archive("/tmp", buf.getvalue())
     stream, stat = ctr.get_archive("/tmp/from-sdk.txt")
-    assert stat["name"] == "from-sdk.txt" and stat["size"] == 5
+    assert stat and stat["name"] == "from-sdk.txt" and stat["size"] == 5
     with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
         assert tar.extractfile("from-sdk.txt").read() == b"hello"  # type: ignore[union-attr]
 
@@ -127,7 +131,7 @@ def test_attach_logs_and_stream(client: docker.DockerClient) -> None:
     sock = later.attach_socket(params={"stdout": 1, "stderr": 1, "stream": 1})
     later.start()
     data = b""
-    while chunk := sock._sock.recv(4096):
+    while chunk := sock._sock.recv(4096):  # type: ignore[union-attr]  # the socket under the SDK's SocketIO
         data += chunk
     sock.close()
     assert data == b"\x01\x00\x00\x00\x00\x00\x00\x03c1\n"  # attached before start: nothing missed

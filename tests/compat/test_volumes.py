@@ -21,19 +21,19 @@ import pytest
 from compat_helpers import Docker, env_for
 from harness import Daemon, unique
 
-COMPOSE = shutil.which("docker-compose")
+COMPOSE = shutil.which("docker-compose") or ""
 
 
 @pytest.fixture(autouse=True)
 def volumes_made(daemon: Daemon) -> Iterator[None]:
     _, before = daemon.api("GET", "/volumes")
-    names = {v["Name"] for v in before["Volumes"]}  # type: ignore[index]
+    names = {v["Name"] for v in before["Volumes"]}
     yield
     _, containers = daemon.api("GET", "/containers/json?all=1")
-    for c in containers:  # type: ignore[union-attr]
+    for c in containers:
         daemon.api("DELETE", f"/containers/{c['Id']}?force=1")
     _, after = daemon.api("GET", "/volumes")
-    for v in after["Volumes"]:  # type: ignore[index]
+    for v in after["Volumes"]:
         if v["Name"] not in names:
             daemon.api("DELETE", f"/volumes/{v['Name']}")
 
@@ -155,7 +155,7 @@ volumes:
 """
 
 
-@pytest.mark.skipif(COMPOSE is None, reason="needs docker-compose")
+@pytest.mark.skipif(not COMPOSE, reason="needs docker-compose")
 def test_compose_named_volume_shared_and_down_v(daemon: Daemon, docker: Docker, tmp_path: Path) -> None:
     """docker-compose: a top-level named volume (`<project>_data`) used by two services; `down -v` removes it."""
     project = unique("cv")
@@ -198,7 +198,8 @@ def test_tmpfs_volume_is_one_filesystem_shared_by_running_containers(docker: Doc
     assert out.startswith("shared\n") and "tmpfs" in out and "size=1024k" in out
     mountpoint = json.loads(docker("volume", "inspect", name).stdout)[0]["Mountpoint"]
     docker("rm", "-f", first)
-    out = docker("run", "--rm", "-v", f"{name}:/w", "busybox", "sh", "-c", "ls /w; grep -c ' /w tmpfs' /proc/mounts").stdout
+    out = docker("run", "--rm", "-v", f"{name}:/w", "busybox",
+                 "sh", "-c", "ls /w; grep -c ' /w tmpfs' /proc/mounts").stdout
     assert out.split() == ["1"]  # a fresh, empty tmpfs
     assert not Path(mountpoint).is_mount() and not list(Path(mountpoint).iterdir())
 
@@ -298,7 +299,7 @@ def test_system_df_counts_volumes_and_their_size(docker: Docker, daemon: Daemon)
     assert line and line[0].split()[1:] == ["1", "3kB"]
     summary = docker("system", "df", "--format", "{{.Type}} {{.TotalCount}}").stdout
     _, listed = daemon.api("GET", "/volumes")
-    assert f"Local Volumes {len(listed['Volumes'])}" in summary  # type: ignore[index]
+    assert f"Local Volumes {len(listed['Volumes'])}" in summary
     native = daemon.cli("system", "df", "-v").stdout
     assert [row.split()[1:] for row in native.splitlines() if row.startswith(name)] == [["1", "3kB"]]
 

@@ -42,7 +42,7 @@ def docker_save_archive(layers: list[bytes], config_extra: dict, repo_tags: list
             tf.addfile(info, io.BytesIO(data) if data is not None else None)
 
         v1_ids, parent = [], ""
-        for layer, diff_id in zip(layers, diff_ids):
+        for layer, diff_id in zip(layers, diff_ids, strict=False):
             v1 = hashlib.sha256((parent + diff_id).encode()).hexdigest()
             v1_ids.append(v1)
             add(v1, None)
@@ -88,8 +88,8 @@ def test_save_then_load_on_a_clean_store_keeps_the_id(images, make_store, tmp_pa
         images.save(["busybox", "localhost:5000/bb:v1"], f)
     with tarfile.open(out) as tf:
         names = set(tf.getnames())
-        manifest = json.load(tf.extractfile("manifest.json"))
-        index = json.load(tf.extractfile("index.json"))
+        manifest = json.loads(tf.extractfile("manifest.json").read())  # type: ignore[union-attr]
+        index = json.loads(tf.extractfile("index.json").read())  # type: ignore[union-attr]
     assert {"manifest.json", "index.json", "oci-layout", "repositories"} <= names
     assert manifest[0]["RepoTags"] == ["busybox:latest", "localhost:5000/bb:v1"]
     assert {m["annotations"]["io.containerd.image.name"] for m in index["manifests"]} == {

@@ -16,11 +16,13 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from coracle.errors import InvalidParameter, NotFound
 from coracle.images.registry import Unauthorized
+from coracle.images.store import Image, ImageStore
 
 REGISTRY = "/usr/bin/docker-registry"
 pytestmark = pytest.mark.skipif(not os.path.exists(REGISTRY), reason="needs Debian's docker-registry")
@@ -50,15 +52,16 @@ class Server:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([REGISTRY, "serve", str(self.root / "config.yml")],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.root / "log", "ab"))
+        with open(self.root / "log", "ab") as log:
+            self.proc = subprocess.Popen([REGISTRY, "serve", str(self.root / "config.yml")],
+                                         stdout=subprocess.DEVNULL, stderr=log)
         for _ in range(200):
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     return
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError((self.root / "log").read_text())
+                    raise RuntimeError((self.root / "log").read_text()) from None
                 time.sleep(0.05)
         raise RuntimeError("the registry did not start listening")
 
@@ -67,7 +70,8 @@ class Server:
             self.proc.kill()
             self.proc.wait()
 
-    def call(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    def call(self, method: str, path: str, body: bytes | None = None,
+             headers: dict[str, str] | None = None) -> Any:
         req = urllib.request.Request(f"http://{self.host}{path}", data=body, method=method,
                                      headers={**self.auth_header, **(headers or {})})
         return urllib.request.urlopen(req, timeout=30)
@@ -108,7 +112,7 @@ def auth_registry(tmp_path: Path) -> Iterator[Server]:
         server.kill()
 
 
-def busybox_plus_layer(images, tmp_path: Path, name: str):
+def busybox_plus_layer(images: ImageStore, tmp_path: Path, name: str) -> Image:
     """The built-in busybox with one more layer (/hello) committed on top."""
     upper = tmp_path / "upper-extra"
     upper.mkdir()
@@ -240,7 +244,7 @@ def big_image(registry: Server, repo: str, size: int) -> str:
     return put_image(registry, repo, one_file_tar("big.bin", os.urandom(size)))
 
 
-def assert_consistent(store) -> None:
+def assert_consistent(store: ImageStore) -> None:
     """Every blob hashes to its name; every layer directory has a record; nothing staged."""
     for digest in store.blobs.digests():
         assert "sha256:" + hashlib.sha256(store.blobs.read(digest)).hexdigest() == digest
@@ -286,7 +290,7 @@ class BearerFront:
         front = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
+            def log_message(self, *args: object) -> None:
                 pass
 
             def _send(self, status: int, headers: dict, body: bytes) -> None:

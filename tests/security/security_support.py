@@ -13,6 +13,7 @@ not killed, when the monitor dies) and removes the cgroups.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -105,10 +106,8 @@ class Containers:
         except OSError:
             procs = []
         for proc in procs:
-            try:
+            with contextlib.suppress(ProcessLookupError, KeyError):
                 os.kill(proc["pid"], signal.SIGKILL)
-            except (ProcessLookupError, KeyError):
-                pass
         for pid in (self.monitor.keeper_pid(), self.monitor_pid):  # the keeper first: it restarts the monitor
             try:
                 if pid:
@@ -126,6 +125,6 @@ def caps(output: str, field: str = "CapEff") -> int:
     raise AssertionError(f"{field} not in output:\n{output}")
 
 
-def run_script(client: docker.DockerClient, script: str, **kw: object) -> str:
+def run_script(client: docker.DockerClient, script: str, **kw: Any) -> str:
     """A busybox shell script's output (stderr included) from a container removed afterwards."""
     return client.containers.run("busybox", ["sh", "-c", f"{{ {script}; }} 2>&1; true"], remove=True, **kw).decode()

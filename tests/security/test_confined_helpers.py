@@ -24,6 +24,7 @@ import tarfile
 import time
 from pathlib import Path
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hostile_image import CONTAINER_MARKER, DEEP, HUGE_ID, archive
@@ -87,14 +88,15 @@ class Containers:
     """Containers of the hostile image in a given state; all removed afterwards."""
 
     def __init__(self, daemon: Daemon, image: str) -> None:
-        self.daemon, self.image, self.made = daemon, image, []  # type: list[str]
+        self.daemon, self.image = daemon, image
+        self.made: list[str] = []
 
     def make(self, state: str, setup: str = "true", user: str = "") -> str:
         command = f"{setup}; touch /tmp/ready; exec sleep 600" if state == "running" else setup
         status, body = self.daemon.api("POST", f"/containers/create?name={unique('hx')}",
                                        {"Image": self.image, "Cmd": ["sh", "-c", command], "User": user})
         assert status == 201, body
-        cid = body["Id"]  # type: ignore[index]
+        cid = body["Id"]
         self.made.append(cid)
         if state == "never-started":
             return cid
@@ -113,7 +115,7 @@ class Containers:
     def inspect(self, cid: str) -> dict:
         status, body = self.daemon.api("GET", f"/containers/{cid}/json")
         assert status == 200, body
-        return body  # type: ignore[return-value]
+        return body
 
     def upper(self, cid: str) -> Path:
         return Path(self.inspect(cid)["GraphDriver"]["Data"]["UpperDir"])
@@ -230,7 +232,7 @@ def test_commit_never_reads_the_host_through_a_swapped_directory(containers: Con
         if status != 201:
             failed.append(body)
             continue
-        image = body["Id"]  # type: ignore[index]
+        image = body["Id"]
         try:
             layers = _layer_bytes(daemon, image)
             assert b"tmp/ready" in layers  # the container's own change is there...
@@ -315,11 +317,13 @@ def test_every_entry_type_round_trips(containers: Containers, state: str) -> Non
     """What the fd-relative unpacker writes, the fd-relative reader gives back: types, owners, modes."""
     cid = containers.make(state)
     members = []
-    for name, kind, extra in [("t", tarfile.DIRTYPE, {}), ("t/suid", tarfile.REGTYPE, {"mode": 0o4755}),
-                              ("t/link", tarfile.SYMTYPE, {"linkname": "suid"}),
-                              ("t/hard", tarfile.LNKTYPE, {"linkname": "t/suid"}),
-                              ("t/fifo", tarfile.FIFOTYPE, {}),
-                              ("t/null", tarfile.CHRTYPE, {"devmajor": 1, "devminor": 3})]:
+    entries: list[tuple[str, bytes, dict[str, Any]]] = [
+        ("t", tarfile.DIRTYPE, {}), ("t/suid", tarfile.REGTYPE, {"mode": 0o4755}),
+        ("t/link", tarfile.SYMTYPE, {"linkname": "suid"}),
+        ("t/hard", tarfile.LNKTYPE, {"linkname": "t/suid"}),
+        ("t/fifo", tarfile.FIFOTYPE, {}),
+        ("t/null", tarfile.CHRTYPE, {"devmajor": 1, "devminor": 3})]
+    for name, kind, extra in entries:
         m = tarfile.TarInfo(name)
         m.type, m.uid, m.gid, m.mtime, m.mode = kind, 1000, 1001, 1_600_000_000, extra.pop("mode", 0o640)
         m.size = 1 if kind == tarfile.REGTYPE else 0

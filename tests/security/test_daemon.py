@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
 from docker.errors import APIError
 
 from coracle.runtime import capabilities
+from harness import exec_output
 from security_support import run_script
+
+TRY_MOUNT = "grep -E '^CapEff|^Seccomp:' /proc/self/status; mkdir /m; mount -t tmpfs t /m && echo MOUNTED"
 
 
 def mask(names: list[str] | tuple[str, ...]) -> int:
@@ -22,14 +26,14 @@ def cap_eff(text: str) -> int:
 
 
 def test_default_container_is_confined(client: docker.DockerClient) -> None:
-    out = run_script(client, "grep -E '^CapEff|^Seccomp:' /proc/self/status; mkdir /m; mount -t tmpfs t /m && echo MOUNTED")
+    out = run_script(client, TRY_MOUNT)
     assert cap_eff(out) == mask(capabilities.DEFAULT)
     assert "Seccomp:\t2" in out
     assert "MOUNTED" not in out
 
 
 def test_privileged_starts_with_what_the_host_allows(client: docker.DockerClient) -> None:
-    out = run_script(client, "grep -E '^CapEff|^Seccomp:' /proc/self/status; mkdir /m; mount -t tmpfs t /m && echo MOUNTED",
+    out = run_script(client, TRY_MOUNT,
               privileged=True)
     assert cap_eff(out) == mask(capabilities.bounding())
     assert "Seccomp:\t0" in out
@@ -38,16 +42,16 @@ def test_privileged_starts_with_what_the_host_allows(client: docker.DockerClient
 
 def test_exec_gets_the_container_confinement(client: docker.DockerClient) -> None:
     ctr = client.containers.run("busybox", "sleep 60", detach=True)
-    plain = ctr.exec_run("grep -E '^CapEff|^Seccomp:' /proc/self/status").output.decode()
+    plain = exec_output(ctr, "grep -E '^CapEff|^Seccomp:' /proc/self/status").decode()
     assert cap_eff(plain) == mask(capabilities.DEFAULT)
     assert "Seccomp:\t2" in plain
-    privileged = ctr.exec_run("grep CapEff /proc/self/status", privileged=True).output.decode()
+    privileged = exec_output(ctr, "grep CapEff /proc/self/status", privileged=True).decode()
     assert cap_eff(privileged) == mask(capabilities.bounding())
 
 
 def test_bad_requests_are_refused_at_create_and_leave_nothing(client: docker.DockerClient) -> None:
     before = len(client.containers.list(all=True))
-    bad = [{"sysctls": {"kernel.panic": "1"}},
+    bad: list[dict[str, Any]] = [{"sysctls": {"kernel.panic": "1"}},
            {"cap_add": ["CAP_FLY"]},
            {"security_opt": ["seccomp=/does/not/exist.json"]},
            {"devices": ["/dev/does-not-exist:/dev/x:rwm"]},

@@ -71,7 +71,8 @@ def test_host_block_device_unreachable_unless_granted(containers: Containers, lo
     assert r.output.count("Operation not permitted") == 2
     assert os.path.basename(loop_device) not in r.output.split()  # not in the container's /dev either
 
-    granted = containers.run(["sh", "-c", f"head -c {len(MARKER)} /dev/xvda; echo; echo x > /dev/xvda || echo NO-WRITE"],
+    granted = containers.run(["sh", "-c",
+                              f"head -c {len(MARKER)} /dev/xvda; echo; echo x > /dev/xvda || echo NO-WRITE"],
                              {"Devices": [{"PathOnHost": loop_device, "PathInContainer": "/dev/xvda",
                                            "CgroupPermissions": "r"}]})
     assert MARKER.decode() in granted.output

@@ -61,7 +61,8 @@ def test_custom_seccomp_profile_from_file_or_json(containers: Containers, tmp_pa
     assert "MADE" not in r.output and "Permission denied" in r.output
     assert "USERNS" in r.output  # this profile allows what the default one denies
     assert json.loads(hc["SecurityOpt"][0].split("=", 1)[1]) == profile  # kept in the record, not the path
-    as_json = containers.run(["sh", "-c", "mkdir /made && echo MADE"], {"SecurityOpt": ["seccomp=" + json.dumps(profile)]})
+    as_json = containers.run(["sh", "-c", "mkdir /made && echo MADE"],
+                             {"SecurityOpt": ["seccomp=" + json.dumps(profile)]})
     assert "MADE" not in as_json.output
     with pytest.raises(InvalidParameter, match="seccomp profile"):
         containers.spec(["true"], {"SecurityOpt": ["seccomp=" + str(tmp_path / "missing.json")]})

@@ -15,13 +15,14 @@ import subprocess
 import tarfile
 from pathlib import Path
 from collections.abc import Iterator
+from typing import Any
 
 import docker
 import pytest
 from docker.errors import APIError
 from docker.types import Mount
 
-from harness import Daemon
+from harness import Daemon, exec_output
 from security_support import run_script
 
 CLIMB = "/.." * 24  # more levels than any data root has: joined naively, this reaches the host's /
@@ -40,8 +41,8 @@ def test_bind_tmpfs_and_mount_destinations_stay_inside(client: docker.DockerClie
     source.mkdir()
     (source / "marker").write_text("from-source\n")
     targets = {kind: tmp_path / f"{kind}-target" for kind in ("bind", "tmpfs", "mount")}
-    out = run_script(client, f"cat {targets['bind']}/marker; cat {targets['mount']}/marker; grep -c ' {targets['tmpfs']} tmpfs' "
-                      "/proc/mounts",
+    out = run_script(client, f"cat {targets['bind']}/marker; cat {targets['mount']}/marker; "
+                             f"grep -c ' {targets['tmpfs']} tmpfs' /proc/mounts",
               volumes={str(source): {"bind": CLIMB + str(targets["bind"]), "mode": "ro"}},
               tmpfs={CLIMB + str(targets["tmpfs"]): ""},
               mounts=[Mount(CLIMB + str(targets["mount"]), str(source), type="bind", read_only=True)])
@@ -51,7 +52,7 @@ def test_bind_tmpfs_and_mount_destinations_stay_inside(client: docker.DockerClie
 
 def test_destination_root_is_refused(client: docker.DockerClient, tmp_path: Path) -> None:
     before = len(client.containers.list(all=True))
-    bad = [{"volumes": {str(tmp_path): {"bind": "/", "mode": "rw"}}},
+    bad: list[dict[str, Any]] = [{"volumes": {str(tmp_path): {"bind": "/", "mode": "rw"}}},
            {"volumes": {str(tmp_path): {"bind": "/tmp/../..", "mode": "rw"}}},
            {"mounts": [Mount("/", str(tmp_path), type="bind")]},
            {"tmpfs": {"/": ""}},
@@ -68,7 +69,7 @@ def test_volume_names_and_working_dirs_cannot_climb_out(client: docker.DockerCli
                                                          tmp_path: Path) -> None:
     with pytest.raises(APIError) as err:
         client.containers.create("busybox", "true", volumes={f"..{CLIMB}{tmp_path}/vol": {"bind": "/data"}})
-    assert err.value.status_code == 400 and "invalid characters for a local volume name" in err.value.explanation
+    assert err.value.status_code == 400 and "invalid characters for a local volume name" in str(err.value.explanation)
     with pytest.raises(APIError) as err:
         client.containers.create("busybox", "true", working_dir="work/../..")
     assert err.value.status_code == 400
@@ -76,7 +77,7 @@ def test_volume_names_and_working_dirs_cannot_climb_out(client: docker.DockerCli
     workdir = tmp_path / "workdir"
     assert run_script(client, "pwd", working_dir=CLIMB + str(workdir)).strip() == str(workdir)
     ctr = client.containers.run("busybox", "sleep 60", detach=True)
-    assert ctr.exec_run("pwd", workdir=CLIMB + str(workdir)).output.decode().strip() == str(workdir)
+    assert exec_output(ctr, "pwd", workdir=CLIMB + str(workdir)).decode().strip() == str(workdir)
     refused = daemon.api("POST", f"/containers/{ctr.id}/exec", {"Cmd": ["pwd"], "WorkingDir": "rel"})
     assert refused[0] == 400
     assert not workdir.exists() and not (tmp_path / "vol").exists()
@@ -104,22 +105,23 @@ def test_shared_and_slave_binds_see_mounts_made_later_on_the_host(client: docker
                                         for mode, dst in binds.items()])
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "late", str(host_mount / "late")], check=True)
     (host_mount / "late" / "marker").write_text("mounted-later\n")
-    seen = {mode: ctr.exec_run(f"cat {dst}/late/marker").output.decode().strip() for mode, dst in binds.items()}
+    seen = {mode: exec_output(ctr, f"cat {dst}/late/marker").decode().strip() for mode, dst in binds.items()}
     assert seen["rshared"] == seen["rslave"] == "mounted-later"
     assert "mounted-later" not in seen["rprivate"]
-    inspect = {m["Destination"]: m["Propagation"] for m in client.api.inspect_container(ctr.id)["Mounts"]}
+    inspect = {m["Destination"]: m["Propagation"] for m in client.api.inspect_container(str(ctr.id))["Mounts"]}
     assert inspect == {dst: mode for mode, dst in binds.items()}
 
 
 def test_shared_bind_of_a_private_source_is_refused(client: docker.DockerClient, host_mount: Path) -> None:
     subprocess.run(["mount", "--make-private", str(host_mount)], check=True)
     with pytest.raises(APIError) as err:
-        client.containers.run("busybox", "true", detach=True, volumes={str(host_mount): {"bind": "/d", "mode": "rshared"}})
+        client.containers.run("busybox", "true", detach=True,
+                              volumes={str(host_mount): {"bind": "/d", "mode": "rshared"}})
     assert err.value.status_code == 400
-    assert f"path {host_mount} is mounted on {host_mount} but it is not a shared mount" in err.value.explanation
+    assert f"path {host_mount} is mounted on {host_mount} but it is not a shared mount" in str(err.value.explanation)
     with pytest.raises(APIError) as err:
         client.containers.create("busybox", "true", volumes={str(host_mount): {"bind": "/d", "mode": "rshared,rslave"}})
-    assert err.value.status_code == 400 and "invalid mode" in err.value.explanation
+    assert err.value.status_code == 400 and "invalid mode" in str(err.value.explanation)
 
 
 @pytest.fixture
@@ -145,7 +147,8 @@ def test_image_symlinks_do_not_lead_mounts_out_of_the_root(client: docker.Docker
                                                            symlinked_image: tuple[str, Path]) -> None:
     image, host_dir = symlinked_image
     try:
-        out = client.containers.run(image, ["/bin/busybox", "sh", "-c", "/bin/busybox ls /sbin/; /bin/busybox stat -f -c %T /sbin/x"],
+        out = client.containers.run(image, ["/bin/busybox", "sh", "-c",
+                                            "/bin/busybox ls /sbin/; /bin/busybox stat -f -c %T /sbin/x"],
                                     init=True, remove=True, tmpfs={"/sbin/x": ""}).decode()
     except APIError as exc:
         out = str(exc)

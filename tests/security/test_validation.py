@@ -17,11 +17,14 @@ import pytest
 from docker.errors import APIError
 from docker.types import IPAMConfig, IPAMPool
 
-from harness import SESSION_TAG, Daemon, private_daemon
+from harness import SESSION_TAG, Daemon, exec_output, private_daemon
+
+pytestmark = pytest.mark.root  # private daemons
 
 
 def bridges(daemon: Daemon) -> list[str]:
-    return [link["ifname"] for link in json.loads(daemon.netns_exec("ip", "-j", "link", "show", "type", "bridge").stdout)]
+    links = json.loads(daemon.netns_exec("ip", "-j", "link", "show", "type", "bridge").stdout)
+    return [link["ifname"] for link in links]
 
 
 @pytest.fixture
@@ -46,7 +49,7 @@ def test_special_and_host_subnets_are_refused(client: docker.DockerClient, daemo
         with pytest.raises(APIError) as err:
             client.networks.create(unique("n-"), ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=subnet)]))
         assert err.value.status_code == 400, subnet
-        assert why in err.value.explanation, subnet
+        assert why in str(err.value.explanation), subnet
     assert {n.id for n in client.networks.list()} == networks and bridges(daemon) == devices
     fine = client.networks.create(unique("n-"), ipam=IPAMConfig(pool_configs=[IPAMPool(subnet="198.19.77.0/24")]))
     fine.remove()
@@ -69,11 +72,11 @@ def test_out_of_range_numbers_are_refused_at_create(client: docker.DockerClient,
 def test_oom_score_adj_shm_size_and_swappiness_take_effect(client: docker.DockerClient) -> None:
     ctr = client.containers.run("busybox", "sleep 60", detach=True, oom_score_adj=500, shm_size="8m",
                                 mem_swappiness=7)
-    assert ctr.exec_run("cat /proc/1/oom_score_adj /proc/self/oom_score_adj").output.split() == [b"500", b"500"]
-    assert ctr.exec_run("df -k /dev/shm").output.split()[-5] == b"8192"
+    assert exec_output(ctr, "cat /proc/1/oom_score_adj /proc/self/oom_score_adj").split() == [b"500", b"500"]
+    assert exec_output(ctr, "df -k /dev/shm").split()[-5] == b"8192"
     swappiness = Path("/sys/fs/cgroup/memory")
     if swappiness.is_dir():  # cgroup v1 (v2 has no per-cgroup swappiness)
-        assert ctr.exec_run("cat /sys/fs/cgroup/memory/memory.swappiness").output.strip() == b"7"
+        assert exec_output(ctr, "cat /sys/fs/cgroup/memory/memory.swappiness").strip() == b"7"
 
 
 def test_deeply_nested_json_is_a_bad_request(daemon: Daemon) -> None:

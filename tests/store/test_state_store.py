@@ -14,6 +14,8 @@ import pytest
 from coracle.store import Store, open_state, snapshot_path
 from harness import fill_filesystem
 
+pytestmark = pytest.mark.root  # small filesystems are tmpfs mounts
+
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:

@@ -15,6 +15,8 @@ from docker.errors import APIError
 from coracle.runtime import userns
 from harness import Daemon, private_daemon, unique
 
+pytestmark = pytest.mark.root  # private daemons
+
 
 @pytest.fixture(scope="module")
 def remap_daemon() -> Iterator[Daemon]:
@@ -113,6 +115,7 @@ def test_exec_joins_the_user_namespace_and_network_works(client: docker.DockerCl
     ctr = client.containers.run("busybox", "sleep 60", detach=True)
     res = ctr.exec_run(["sh", "-c", "id -u; echo x > /from-exec; ip -4 -o addr show eth0"])
     assert res.exit_code == 0, res.output
+    assert isinstance(res.output, bytes)
     lines = res.output.decode().splitlines()
     assert lines[0] == "0"
     assert "inet " in lines[1]  # the daemon wired the network of a namespace the container's userns owns
@@ -160,7 +163,7 @@ def test_cp_works_as_the_container_root(client: docker.DockerClient, state: str)
     stream, found = ctr.get_archive("/tmp/copied.txt")
     with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tf:
         assert tf.extractfile("copied.txt").read() == b"hello"  # type: ignore[union-attr]
-    assert found["name"] == "copied.txt"
+    assert found and found["name"] == "copied.txt"
     ctr.reload()
     st = os.stat(Path(ctr.attrs["GraphDriver"]["Data"]["UpperDir"]) / "tmp" / "copied.txt")
     assert (st.st_uid, st.st_gid) == root_ids()
@@ -181,7 +184,7 @@ def test_diff_and_export_in_the_user_namespace(client: docker.DockerClient, stat
         ctr.wait()
     found = {c["Path"]: c["Kind"] for c in ctr.diff()}
     assert found["/remapped"] == 1 and found["/etc/group"] == 2
-    with tarfile.open(fileobj=io.BytesIO(b"".join(ctr.export()))) as tf:
+    with tarfile.open(fileobj=io.BytesIO(b"".join(ctr.export()))) as tf:  # type: ignore[arg-type]  # the stubs say export() returns str; it yields bytes
         member = tf.getmember("remapped")
         assert tf.extractfile(member).read() == b"r\n"  # type: ignore[union-attr]
         assert (member.uid, member.gid) == (0, 0)  # as Docker maps them back with --userns-remap

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "security"))
+from security_support import Containers
 
-from security_support import Containers  # noqa: E402
-
-from coracle.runtime.spec import Spec  # noqa: E402
+from coracle.runtime.spec import Spec
 
 # Host ids of the container's root; an arbitrary range nobody on the host uses.
 ROOT_ID = 362144

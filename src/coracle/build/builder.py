@@ -26,7 +26,7 @@ import tempfile
 import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Callable, Iterator
@@ -46,6 +46,7 @@ from coracle.images import mediatypes as mt
 from coracle.images.layers import EMPTY_DIFF_ID
 from coracle.images.reference import parse as parse_reference
 from coracle.images.store import ImageStore, config_bytes, now_rfc3339
+from coracle.runtime.confined import Helper
 
 PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
               "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
@@ -230,10 +231,8 @@ class Build:
                 deps = [futures[d] for d in self.stages[i].deps]
                 futures[i] = pool.submit(self._after, deps, self._build_stage, self.stages[i])
             for i in needed:
-                try:
+                with suppress(BaseException):
                     futures[i].result()
-                except BaseException:
-                    pass
         if self.error is not None:  # the failing stage's own error, not what it made the others do
             raise self.error
 
@@ -388,7 +387,7 @@ class Build:
         now = now_rfc3339()
         raw = {k: v for k, v in stage.raw.items() if k not in ("container", "container_config")}
         diff_ids = list((raw.get("rootfs") or {}).get("diff_ids") or []) + ([diff_id] if diff_id else [])
-        entry = {"created": now, "created_by": created_by}
+        entry: dict[str, Any] = {"created": now, "created_by": created_by}
         if diff_id is None:
             entry["empty_layer"] = True
         raw.update(created=now, config=config, rootfs={"type": "layers", "diff_ids": diff_ids},
@@ -483,7 +482,8 @@ class Build:
         workdir = stage.config.get("WorkingDir") or "/"
         dest_path = posixpath.join(workdir, dest)
         wants_dir = dest.endswith("/") or dest in (".", "..") or dest.endswith("/.")
-        chown = lexer.word(ins.flag("chown")) if ins.flag("chown") else ""
+        chown_flag = ins.flag("chown")
+        chown = lexer.word(chown_flag) if chown_flag else ""
         chmod = files.parse_chmod(ins.flag("chmod"))
         source_from = ins.flag("from")
         pieces: list[files.Piece] = []
@@ -545,8 +545,8 @@ class Build:
                 names.append(name)
             else:
                 for found in self.context.sources(src):
-                    piece = files.archive_piece(self.context, found) if ins.keyword == "ADD" else None
-                    pieces.append(piece or files.context_piece(self.context, found))
+                    archived = files.archive_piece(self.context, found) if ins.keyword == "ADD" else None
+                    pieces.append(archived or files.context_piece(self.context, found))
                     names.append(posixpath.basename(found.rel))
         if not pieces:
             raise BuildError(f"{ins.keyword} failed: no source files were specified")
@@ -563,16 +563,15 @@ class Build:
         """A small file of the container's image, streamed out by the confined archive helper."""
         if self._stat(cid, path) is None:
             return ""
-        _, proc = engine_archive.export(self.engine, cid, path)
+        _, helper = engine_archive.export(self.engine, cid, path)
         try:
-            with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+            with tarfile.open(fileobj=helper.stdout, mode="r|") as tar:
                 for member in tar:
                     data = tar.extractfile(member) if member.isreg() else None
                     return data.read(limit).decode(errors="replace") if data else ""
             return ""
         finally:
-            proc.kill()
-            proc.wait()
+            helper.close()
 
     def _stat(self, cid: str, path: str) -> dict[str, Any] | None:
         try:
@@ -588,7 +587,8 @@ class Build:
             return
         with step_container(self.engine, image_id, {"Cmd": ["true"], "Entrypoint": [""]},
                             {"NetworkMode": "none"}, self.id, self.ledger) as src:
-            procs, pieces = [], []
+            helpers: list[Helper] = []
+            pieces: list[files.Piece] = []
             try:
                 for path in sources:
                     if any(ch in path for ch in "*?["):
@@ -597,14 +597,13 @@ class Build:
                     if found is None:
                         raise BuildError(f"COPY --from: {path} not found in the source image")
                     is_dir = bool(found["mode"] & files.GO_DIR)
-                    _, proc = engine_archive.export(self.engine, src.id, path.rstrip("/") + "/." if is_dir else path)
-                    procs.append(proc)
-                    pieces.append(files.exported_piece(proc.stdout, is_dir))
+                    _, helper = engine_archive.export(self.engine, src.id, path.rstrip("/") + "/." if is_dir else path)
+                    helpers.append(helper)
+                    pieces.append(files.exported_piece(helper.stdout, is_dir))
                 yield pieces
             finally:
-                for proc in procs:
-                    proc.kill()
-                    proc.wait()
+                for helper in helpers:
+                    helper.close()
 
 
 class _DependencyFailed(CoracleError):

@@ -16,7 +16,7 @@ import os
 import secrets
 import socket
 import struct
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 from collections.abc import Callable, Iterator
 
@@ -84,18 +84,14 @@ class StepContainer:
         return code
 
     def remove(self) -> None:
-        try:
+        with suppress(NotFound):
             self.engine.remove(self.id, force=True)
-        except NotFound:
-            pass
         self.let_go()
 
     def let_go(self) -> None:
         """The container is the user's now (kept as Docker keeps them), or gone: off the ledger."""
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(self.entry)
-        except FileNotFoundError:
-            pass
 
 
 @contextmanager

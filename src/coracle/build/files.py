@@ -157,7 +157,7 @@ def write_tar(out: IO[bytes], pieces: list[Piece], placement: Placement) -> None
             info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
             info.uid, info.gid = placement.owner or (0, 0)
             tar.addfile(info)
-        for piece, name in zip(pieces, placement.names or [""] * len(pieces)):
+        for piece, name in zip(pieces, placement.names or [""] * len(pieces), strict=False):
             for rel, info, data in piece.entries():
                 if piece.is_dir:
                     target = posixpath.join(root, rel) if rel else root

@@ -27,7 +27,7 @@ NOP = "/bin/sh -c #(nop) "
 
 def env_dict(env: list[str] | None) -> dict[str, str]:
     """An image config's Env list as a dict (later entries win, as in a shell)."""
-    return dict(e.split("=", 1) if "=" in e else (e, "") for e in env or [])
+    return {key: value for key, _, value in (e.partition("=") for e in env or [])}
 
 
 def apply(stage: Stage, ins: Instruction, lexer: Lexer, escape: str) -> tuple[str, dict[str, Any]]:

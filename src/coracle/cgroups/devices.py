@@ -18,6 +18,7 @@ import ctypes
 import os
 import struct
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from coracle.cgroups import files
 from coracle.errors import InvalidParameter, SystemError_
@@ -52,10 +53,10 @@ class DeviceRule:
             raise InvalidParameter(f"invalid device cgroup rule {text!r}: want TYPE MAJOR:MINOR ACCESS") from None
 
     @classmethod
-    def from_json(cls, data: dict) -> DeviceRule:
+    def from_json(cls, data: dict[str, Any]) -> DeviceRule:
         return cls(**data)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     def line(self) -> str:
@@ -153,7 +154,7 @@ def _bpf(cmd: int, attr: bytes) -> int:
     if fd < 0:
         err = ctypes.get_errno()
         raise SystemError_(f"cannot set device rules: bpf: {os.strerror(err)}")
-    return fd
+    return int(fd)
 
 
 def attach_v2(directory: str, rules: list[DeviceRule]) -> None:

@@ -9,13 +9,17 @@ on the interface files lives in v1.py and v2.py.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
 
 from coracle.cgroups import files
+from coracle.cgroups.devices import DeviceRule
 from coracle.cgroups.resources import Resources
 from coracle.errors import InvalidParameter, NotFound, SystemError_
 
@@ -31,7 +35,7 @@ def normalize(path: str) -> str:
     return "/".join(parts)
 
 
-def wait_until(done, what: str, nudge=None) -> None:
+def wait_until(done: Callable[[], object], what: str, nudge: Callable[[], object] | None = None) -> None:
     """Poll `done()` until true; `nudge()` re-asks the kernel between polls."""
     deadline = time.monotonic() + SETTLE_TIMEOUT
     while not done():
@@ -97,7 +101,11 @@ class Manager(ABC):
             self._write_io_weight(r.blkio_weight)
 
     @abstractmethod
-    def stats(self) -> dict:
+    def set_devices(self, rules: list[DeviceRule]) -> None:
+        """Allow exactly these device nodes (deny everything else)."""
+
+    @abstractmethod
+    def stats(self) -> dict[str, Any]:
         """Usage in the shape of Docker's /containers/{id}/stats (memory, cpu, pids, blkio)."""
 
     @abstractmethod
@@ -145,19 +153,15 @@ class Manager(ABC):
         for d in self.dirs():
             for dirpath, _, names in os.walk(d):
                 if "cgroup.procs" in names:
-                    try:
+                    with contextlib.suppress(FileNotFoundError):  # removed while walking
                         found.update(files.read_ints(os.path.join(dirpath, "cgroup.procs")))
-                    except FileNotFoundError:  # removed while walking
-                        pass
         return sorted(found)
 
     def kill_all(self, sig: int) -> None:
         """Send `sig` to every process; processes that already exited are skipped."""
         for pid in self.procs():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
     def destroy(self) -> None:
         """Kill what is left, then remove the cgroup (and any child cgroups) everywhere.

@@ -8,6 +8,7 @@ the manager, also as InvalidParameter.
 
 from __future__ import annotations
 
+from typing import Any
 from dataclasses import dataclass, fields
 
 from coracle.cgroups import host
@@ -60,10 +61,10 @@ class Resources:
     memory_swappiness: int = -1  # 0..100; -1 = the kernel's (cgroup v1 only: v2 has no such knob)
 
     @classmethod
-    def from_host_config(cls, hc: dict) -> Resources:
+    def from_host_config(cls, hc: dict[str, Any]) -> Resources:
         """Build and validate from Docker's HostConfig JSON (null counts as unset)."""
         kinds = {f.name: type(f.default) for f in fields(cls)}
-        values = {}
+        values: dict[str, Any] = {}
         for key, name in _HOST_CONFIG_KEYS.items():
             value = hc.get(key)
             if value is None:

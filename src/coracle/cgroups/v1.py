@@ -72,7 +72,8 @@ class MountTable:
     def hierarchies(self, root: str = "/sys/fs/cgroup") -> dict[str, str]:
         with self._lock:
             if self._pid != os.getpid():
-                self._pid, self._file, self._poll = os.getpid(), open("/proc/self/mountinfo"), select.poll()
+                # kept open: POLLPRI on it says the mount table changed
+                self._pid, self._file, self._poll = os.getpid(), open("/proc/self/mountinfo"), select.poll()  # noqa: SIM115
                 self._poll.register(self._file, select.POLLPRI)
                 self._reread()
             elif self._poll.poll(0):
@@ -226,7 +227,7 @@ class V1Manager(Manager):
     def oom_killed(self) -> bool:
         return self._read_keyed("memory", "memory.oom_control").get("oom_kill", 0) > 0
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         machine = host.machine_memory()
         limit = self._read_int("memory", "memory.limit_in_bytes", machine)
         memory = {
@@ -266,11 +267,11 @@ class V1Manager(Manager):
             "blkio_stats": self._blkio_stats(),
         }
 
-    def _blkio_stats(self) -> dict:
+    def _blkio_stats(self) -> dict[str, Any]:
         """Per-device byte and operation counts from the throttle files, which are
         kept whatever I/O scheduler runs (the CFQ ones are gone from modern kernels)."""
         d = self._dir("blkio")
-        out: dict[str, list] = {}
+        out: dict[str, list[Any]] = {}
         for key, name in (
             ("io_service_bytes_recursive", "blkio.throttle.io_service_bytes_recursive"),
             ("io_serviced_recursive", "blkio.throttle.io_serviced_recursive"),
@@ -319,10 +320,8 @@ class V1Manager(Manager):
         leave a survivor; frozen tasks only die once thawed, hence the thaw after."""
         if sig != signal.SIGKILL or "freezer" not in self._mounts:
             return super().kill_all(sig)
-        try:
+        with contextlib.suppress(SystemError_):  # a task stuck in the kernel, or the cgroup is gone: signal anyway
             self.freeze()
-        except SystemError_:
-            pass  # a task stuck in the kernel, or the cgroup is gone: signal anyway
         try:
             super().kill_all(sig)
         finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from typing import Any
 
 from coracle.cgroups import devices, files, host
 from coracle.cgroups.manager import Manager, wait_until
@@ -159,7 +160,7 @@ class V2Manager(Manager):
     def oom_killed(self) -> bool:
         return self._keyed("memory.events").get("oom_kill", 0) > 0
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         machine = host.machine_memory()
         limit = self._int("memory.max", unlimited=machine, default=machine)
         memory = {
@@ -191,7 +192,7 @@ class V2Manager(Manager):
             "blkio_stats": self._io_stats(),
         }
 
-    def _io_stats(self) -> dict:
+    def _io_stats(self) -> dict[str, Any]:
         """io.stat lines ("8:0 rbytes=.. wbytes=.. rios=.. wios=..") in Docker's v2 shape."""
         service_bytes, serviced = [], []
         try:

@@ -220,7 +220,8 @@ class Client:
             if isinstance(exc, PermissionError):
                 raise DaemonUnreachable(f"permission denied while trying to connect to the coracle daemon socket at "
                                         f"{self.host}: {exc.strerror}") from None
-            raise DaemonUnreachable(f"Cannot connect to the coracle daemon at {self.host}. Is coracled running?") from None
+            raise DaemonUnreachable(
+                f"Cannot connect to the coracle daemon at {self.host}. Is coracled running?") from None
         return sock
 
     def close(self) -> None:
@@ -269,9 +270,9 @@ class Client:
         if data is None or isinstance(data, bytes):
             hdrs["Content-Length"] = str(len(data or b""))
         while True:
-            reused = self._sock is not None
-            sock = self._sock if reused else self._connect()
-            self._sock = None
+            kept, self._sock = self._sock, None
+            reused = kept is not None
+            sock = kept if kept is not None else self._connect()
             try:
                 self._send(sock, method, target, data, hdrs)
                 resp = Response(sock, method)
@@ -322,7 +323,8 @@ class Client:
 
     # ----- hijack -------------------------------------------------------
 
-    def hijack(self, path: str, query: dict[str, Any] | None = None, body: Any = None) -> tuple[socket.socket, bool, bytes]:
+    def hijack(self, path: str, query: dict[str, Any] | None = None,
+               body: Any = None) -> tuple[socket.socket, bool, bytes]:
         """POST with `Upgrade: tcp`; returns (raw socket, multiplexed?, bytes already read past the head)."""
         sock = self._connect()
         data = json.dumps(body if body is not None else {}).encode()

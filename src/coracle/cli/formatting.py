@@ -16,7 +16,7 @@ from coracle.cli.units import ago, go_time, human_size
 TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
 if TYPE_CHECKING:
     from typing import Any
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Sequence
 
 
 def ellipsis(text: str, width: int) -> str:
@@ -83,7 +83,7 @@ class Row:
         return {name: getattr(self, name) for name in sorted(self.FIELDS) if not callable(getattr(self, name))}
 
 
-def render_rows(rows: list[Row], fmt: str | None, default: str, row_type: type[Row]) -> str:
+def render_rows(rows: Sequence[Row], fmt: str | None, default: str, row_type: type[Row]) -> str:
     """docker's formatter: `table ...` gets a header and aligned columns; other formats one line per row."""
     fmt = fmt or default
     if fmt == "json":
@@ -109,7 +109,8 @@ def display_ports(ports: list[dict[str, Any]]) -> str:
     exposed: dict[str, list[int]] = {}
     for p in ports:
         if p.get("PublicPort"):
-            published.setdefault((p.get("IP", ""), p.get("Type", "tcp")), []).append((p["PublicPort"], p["PrivatePort"]))
+            published.setdefault((p.get("IP", ""), p.get("Type", "tcp")), []).append(
+                (p["PublicPort"], p["PrivatePort"]))
         else:
             exposed.setdefault(p.get("Type", "tcp"), []).append(p["PrivatePort"])
 
@@ -394,7 +395,8 @@ class StatsRow(Row):
         self.ID = short_id(s.get("id", ""), trunc)
         self.Name = (s.get("name") or "").lstrip("/")
         cpu, pre = s.get("cpu_stats") or {}, s.get("precpu_stats") or {}
-        cpu_delta = (cpu.get("cpu_usage") or {}).get("total_usage", 0) - (pre.get("cpu_usage") or {}).get("total_usage", 0)
+        cpu_delta = ((cpu.get("cpu_usage") or {}).get("total_usage", 0)
+                     - (pre.get("cpu_usage") or {}).get("total_usage", 0))
         system_delta = (cpu.get("system_cpu_usage") or 0) - (pre.get("system_cpu_usage") or 0)
         online = cpu.get("online_cpus") or len((cpu.get("cpu_usage") or {}).get("percpu_usage") or []) or 1
         percent = cpu_delta / system_delta * online * 100.0 if cpu_delta > 0 and system_delta > 0 else 0.0

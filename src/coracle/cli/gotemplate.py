@@ -496,7 +496,8 @@ class Template:
             if node.pipe is not None:
                 for term in terms(node.pipe):
                     if term.kind == "ident" and term.value not in self.funcs:
-                        raise TemplateError(f'template parsing error: template: :1: function "{term.value}" not defined')
+                        raise TemplateError(
+                            f'template parsing error: template: :1: function "{term.value}" not defined')
             self._check_funcs(node.body)
             self._check_funcs(node.orelse)
 

@@ -21,7 +21,8 @@ _CONTAINER = {
     "rm": "containers:rm", "pause": "containers:pause", "unpause": "containers:unpause",
     "wait": "containers:wait", "rename": "containers:rename", "logs": "containers:logs",
     "top": "containers:top", "ps": "containers:ps", "port": "containers:port", "stats": "containers:stats",
-    "cp": "containers:cp", "diff": "containers:diff", "export": "containers:export", "update": "containers:update", "attach": "containers:attach", "exec": "containers:exec_",
+    "cp": "containers:cp", "diff": "containers:diff", "export": "containers:export", "update": "containers:update",
+    "attach": "containers:attach", "exec": "containers:exec_",
     "commit": "images:commit", "prune": "containers:prune",
 }
 _IMAGE = {
@@ -121,7 +122,8 @@ def _resolve(argv: list[str]) -> tuple[str, str, list[str]] | None:
 
 def _group_help(group: str) -> str:
     names = "\n".join(f"  {name}" for name in sorted(GROUPS[group]))
-    return f"\nUsage:  coracle {group} COMMAND\n\nCommands:\n{names}\n\nRun 'coracle {group} COMMAND --help' for more information on a command.\n"
+    return (f"\nUsage:  coracle {group} COMMAND\n\nCommands:\n{names}\n\n"
+            f"Run 'coracle {group} COMMAND --help' for more information on a command.\n")
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
@@ -154,8 +156,8 @@ def run(argv: list[str]) -> int:
         if not argv:
             sys.stdout.write(USAGE)
             return 0
-        sys.stderr.write(f"coracle: '{' '.join(argv[:2]) if argv[0] in GROUPS else argv[0]}' is not a coracle command.\n"
-                         "See 'coracle --help'\n")
+        unknown = " ".join(argv[:2]) if argv[0] in GROUPS else argv[0]
+        sys.stderr.write(f"coracle: '{unknown}' is not a coracle command.\nSee 'coracle --help'\n")
         return 1
     name, target, rest = resolved
     if not target:
@@ -195,7 +197,8 @@ def guarded(command: Callable[[Cli, str, list[str]], int], cli: Cli, name: str, 
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        try:  # the reader went away (`coracle ps | head`): quietly, like docker
+        # the reader went away (`coracle ps | head`): quietly, like docker
+        try:  # noqa: SIM105  (contextlib stays off the CLI's start path)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except OSError:
             pass

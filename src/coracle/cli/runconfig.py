@@ -242,11 +242,13 @@ def parse_publish(specs: list[str]) -> tuple[dict[str, dict], dict[str, list[dic
             elif len(parts) == 3:
                 ip, host, container = parts
             else:
-                raise _flag_error(spec, "-p, --publish", f"invalid publish opts format (should be name=value but got '{spec}')")
+                raise _flag_error(spec, "-p, --publish",
+                                  f"invalid publish opts format (should be name=value but got '{spec}')")
         cports = _port_range(container, "-p", spec)
         hports = _port_range(host, "-p", spec) if host else []
         if hports and len(hports) != len(cports) and len(hports) != 1 and len(cports) != 1:
-            raise _flag_error(spec, "-p, --publish", f"invalid ranges specified for container and host Ports: {container} and {host}")
+            raise _flag_error(spec, "-p, --publish",
+                              f"invalid ranges specified for container and host Ports: {container} and {host}")
         for i, cport in enumerate(cports):
             key = f"{cport}/{proto}"
             exposed[key] = {}
@@ -353,7 +355,7 @@ def create_body(args: argparse.Namespace, *, detach: bool = True,
         port, _, proto = spec.partition("/")
         for p in _port_range(port, "--expose", spec):
             exposed[f"{p}/{proto or 'tcp'}"] = {}
-    volumes = {v: {} for v in args.volume if ":" not in v}
+    volumes: dict[str, dict[str, Any]] = {v: {} for v in args.volume if ":" not in v}
     binds = [v for v in args.volume if ":" in v]
     for bind in binds:
         if not bind.split(":")[1]:
@@ -432,7 +434,8 @@ def create_body(args: argparse.Namespace, *, detach: bool = True,
         "Tmpfs": tmpfs,
         "Mounts": [parse_mount(m) for m in args.mount],
         "VolumesFrom": args.volumes_from or None,
-        "LogConfig": {"Type": args.log_driver or "", "Config": _key_values(args.log_opt, "--log-opt", allow_bare=False)},
+        "LogConfig": {"Type": args.log_driver or "",
+                      "Config": _key_values(args.log_opt, "--log-opt", allow_bare=False)},
         "Init": args.init,
     }
     if args.shm_size:

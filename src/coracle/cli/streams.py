@@ -7,7 +7,7 @@ import signal
 import struct
 import sys
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import _socket as socket  # what coracle.cli.client's sockets are (see there)
 
@@ -85,10 +85,8 @@ def forward_stdin(sock: socket.socket, in_fd: int = 0, watch: bytes = b"",
                         return
         except OSError:
             pass
-        try:
+        with suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
 
     thread = threading.Thread(target=run, daemon=True, name="stdin")
     thread.start()
@@ -127,10 +125,8 @@ def follow_resizes(resize: Callable[[int, int], Any]) -> Iterator[None]:
     def send(*_: Any) -> None:
         size = terminal_size(1) or terminal_size(0)
         if size:
-            try:
+            with suppress(Exception):  # a resize racing the container's exit is harmless
                 resize(*size)
-            except Exception:  # a resize racing the container's exit is harmless
-                pass
 
     send()
     previous = signal.signal(signal.SIGWINCH, send) if threading.current_thread() is threading.main_thread() else None

@@ -85,7 +85,7 @@ def parse_iso(text: str) -> float:
         return 0.0
     import calendar
 
-    base = calendar.timegm(tuple(int(m.group(i)) for i in range(1, 7)) + (0, 0, 0))  # type: ignore[arg-type]
+    base = calendar.timegm(tuple(int(m.group(i)) for i in range(1, 7)) + (0, 0, 0))
     frac = float("0" + m.group(7)) if m.group(7) else 0.0
     zone = m.group(8) or "Z"
     offset = 0 if zone == "Z" else (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60) * (1 if zone[0] == "+" else -1)
@@ -121,5 +121,5 @@ def api_time(text: str, now: float | None = None) -> str:
             text += "T00:00:00Z"
         elif not re.search(r"(Z|[+-]\d\d:\d\d)$", text):
             text += "Z"
-        return "%.9f" % parse_iso(text)
+        return f"{parse_iso(text):.9f}"
     raise ValueError(f"failed to parse value as time or duration: \"{text}\"")

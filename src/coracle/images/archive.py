@@ -33,7 +33,7 @@ class _Archive:
 
     def __init__(self, f: BinaryIO) -> None:
         try:
-            self.tar = tarfile.open(fileobj=f, mode="r:*")
+            self.tar = tarfile.open(fileobj=f, mode="r:*")  # noqa: SIM115  (read member by member later)
             self.members = {posixpath.normpath(m.name.lstrip("/")): m for m in self.tar.getmembers()}
         except (tarfile.TarError, EOFError) as exc:
             raise InvalidParameter(f"the archive is not a valid tar file: {exc}") from None
@@ -96,7 +96,7 @@ def _seekable(store: ImageStore, f: BinaryIO, budget: SizeBudget) -> BinaryIO:
     except (AttributeError, OSError):
         pass
     path = store.blobs.temp_path("load")
-    out = open(path, "w+b")
+    out = open(path, "w+b")  # noqa: SIM115  (the seekable copy is returned)
     path.unlink()
     try:
         shutil.copyfileobj(budget.meter(decompressed(f), charge=False), out, 1 << 20)
@@ -128,7 +128,7 @@ def _load_docker(store: ImageStore, archive: _Archive, budget: SizeBudget) -> li
         layers = entry.get("Layers") or []
         if len(layers) != len(diff_ids):
             raise InvalidParameter(f"{entry['Config']}: {len(layers)} layers for {len(diff_ids)} diff ids")
-        for path, diff_id in zip(layers, diff_ids):
+        for path, diff_id in zip(layers, diff_ids, strict=False):
             if not store.has_layer(diff_id):
                 store.ingest_layer(archive.open(path), diff_id=diff_id, budget=budget)
         tags = _tags(entry.get("RepoTags") or [])
@@ -167,8 +167,9 @@ def _load_oci(store: ImageStore, archive: _Archive, budget: SizeBudget) -> list[
         diff_ids = _diff_ids(config)
         layers = manifest.get("layers") or []
         if len(layers) != len(diff_ids):
-            raise InvalidParameter(f"manifest {descriptor['digest']}: {len(layers)} layers for {len(diff_ids)} diff ids")
-        for layer, diff_id in zip(layers, diff_ids):
+            raise InvalidParameter(
+                f"manifest {descriptor['digest']}: {len(layers)} layers for {len(diff_ids)} diff ids")
+        for layer, diff_id in zip(layers, diff_ids, strict=False):
             if not store.has_layer(diff_id):
                 store.ingest_layer(archive.open(archive.blob(layer["digest"])),
                                    blob_digest=layer["digest"], diff_id=diff_id, budget=budget)
@@ -202,7 +203,9 @@ def save(store: ImageStore, refs: list[str], out: BinaryIO) -> None:
         if parsed is not None and not parsed.digest and parsed.tagged in image.repo_tags and parsed.tagged not in tags:
             tags.append(parsed.tagged)
     written: set[str] = set()
-    manifest_json, index_manifests, repositories = [], [], {}
+    manifest_json: list[dict[str, Any]] = []
+    index_manifests: list[dict[str, Any]] = []
+    repositories: dict[str, dict[str, str]] = {}
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
         def put_blob(digest: str) -> None:
             if digest in written:
@@ -241,13 +244,15 @@ def save(store: ImageStore, refs: list[str], out: BinaryIO) -> None:
                 written.add(manifest_digest)
                 put_bytes(f"blobs/sha256/{hex_of(manifest_digest)}", manifest_bytes)
             descriptor = {"mediaType": mt.OCI_MANIFEST, "digest": manifest_digest, "size": len(manifest_bytes)}
-            for tag in tags or [None]:
+            for tag in tags or [""]:
                 annotations = {}
                 if tag:
-                    ref = parse(tag)
-                    annotations = {mt.CONTAINERD_NAME: f"{ref.registry}/{ref.repository}:{ref.tag}",
-                                   mt.OCI_REF_NAME: ref.tag}
-                    repositories.setdefault(ref.name, {})[ref.tag] = hex_of(image.layers[-1]) if image.layers else ""
+                    named = parse(tag)
+                    assert named.tag is not None  # every name in `tags` was made name:tag above
+                    annotations = {mt.CONTAINERD_NAME: f"{named.registry}/{named.repository}:{named.tag}",
+                                   mt.OCI_REF_NAME: named.tag}
+                    top = hex_of(image.layers[-1]) if image.layers else ""
+                    repositories.setdefault(named.name, {})[named.tag] = top
                 index_manifests.append({**descriptor, **({"annotations": annotations} if annotations else {})})
             manifest_json.append({"Config": f"blobs/sha256/{hex_of(image.id)}", "RepoTags": tags or None,
                                   "Layers": [f"blobs/sha256/{hex_of(d['digest'])}" for d in layer_descriptors]})

@@ -85,8 +85,8 @@ def apply(config: dict[str, Any], changes: list[str]) -> dict[str, Any]:
             out["Shell"] = value
         elif instruction == "ENV":
             env = list(out.get("Env") or [])
-            for key, value in _pairs("ENV", arg):
-                env = [e for e in env if e.split("=", 1)[0] != key] + [f"{key}={value}"]
+            for key, setting in _pairs("ENV", arg):
+                env = [e for e in env if e.split("=", 1)[0] != key] + [f"{key}={setting}"]
             out["Env"] = env
         elif instruction == "LABEL":
             out["Labels"] = {**(out.get("Labels") or {}), **dict(_pairs("LABEL", arg))}

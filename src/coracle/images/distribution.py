@@ -14,6 +14,7 @@ its own progress bars.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -115,9 +116,9 @@ def pull(store: ImageStore, text: str, auth: dict | None, progress: Progress | N
         for layer in layers:
             report("Pulling fs layer", _short(layer["digest"]))
         abort = threading.Event()
-        _parallel([lambda layer=layer, diff_id=diff_id: _pull_layer(store, reg, ref.repository, scope, layer,
-                                                                     diff_id, report, abort, budget)
-                   for layer, diff_id in zip(layers, diff_ids)], abort)
+        _parallel([functools.partial(_pull_layer, store, reg, ref.repository, scope, layer, diff_id, report, abort,
+                                     budget)
+                   for layer, diff_id in zip(layers, diff_ids, strict=False)], abort)
         image = store.add_image(config, [ref.tagged] if ref.tag else [],
                                 repo_digests=[f"{ref.name}@{top_digest}"])
     report(f"Digest: {top_digest}")
@@ -258,7 +259,7 @@ def _download(store: ImageStore, reg: Registry, path: str, scope: str, digest: s
     for attempt in range(RETRIES):
         done = [0, 0]  # bytes so far, bytes at the last report
 
-        def counted(n: int) -> None:
+        def counted(n: int, done: list[int] = done) -> None:
             if abort.is_set():
                 raise Interrupted("pull cancelled")
             done[0] += n
@@ -317,7 +318,7 @@ def push(store: ImageStore, text: str, auth: dict | None, progress: Progress | N
         for digest in blobs:
             report("Preparing", _short(digest))
         abort = threading.Event()
-        _parallel([lambda d=digest: _push_blob(store, reg, ref.repository, scope, d, report, abort)
+        _parallel([functools.partial(_push_blob, store, reg, ref.repository, scope, digest, report, abort)
                    for digest in blobs], abort)
         _push_blob(store, reg, ref.repository, scope, image.id, None, abort)
         manifest = {

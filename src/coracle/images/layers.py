@@ -24,7 +24,7 @@ import shutil
 import stat
 import tarfile
 import threading
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from coracle.errors import InvalidParameter
 from coracle.runtime.fdtree import XATTR_PAX, Entry, TarWriter, open_dir, remove_tree, walk
@@ -38,10 +38,16 @@ BZIP2_MAGIC = b"BZh"
 XZ_MAGIC = b"\xfd7zXZ\x00"
 
 
+class Readable(Protocol):
+    """What a layer is read from: forward-only reads (a pipe, a socket, a hashing reader)."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class _Prepend:
     """A reader that yields some already-read bytes before the rest of a stream."""
 
-    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+    def __init__(self, head: bytes, rest: Readable) -> None:
         self.head, self.rest = head, rest
 
     def read(self, n: int = -1) -> bytes:
@@ -121,7 +127,7 @@ def compression(head: bytes) -> str:
     return ""
 
 
-def decompressed(f: BinaryIO) -> BinaryIO:
+def decompressed(f: Readable) -> BinaryIO:
     """The tar stream inside `f`, whether `f` is plain, gzip, bzip2 or xz (sniffed, like Docker).
 
     Always a forward-only stream decompressor, so whoever reads it through a
@@ -135,10 +141,11 @@ def decompressed(f: BinaryIO) -> BinaryIO:
         head += more
     stream = _Prepend(head, f)
     kind = compression(head)
+    # The decompressors only seek to rewind, which no reader here does: a forward-only stream serves.
     if kind == "gzip":
-        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[call-overload]
     if kind == "bzip2":
-        return bz2.BZ2File(stream, mode="rb")  # type: ignore[return-value, arg-type]
+        return bz2.BZ2File(stream, mode="rb")  # type: ignore[call-overload]
     if kind == "xz":
         return lzma.LZMAFile(stream, mode="rb")  # type: ignore[return-value, arg-type]
     if kind == "zstd":

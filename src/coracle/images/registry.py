@@ -20,10 +20,11 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 from collections.abc import Callable, Iterator
 
 from coracle.errors import CoracleError, NotFound
+from coracle.images.layers import Readable
 from coracle.images.reference import DEFAULT_REGISTRY, is_loopback_registry
 
 DOCKER_HUB_API = "registry-1.docker.io"
@@ -177,7 +178,7 @@ class Registry:
         return {}
 
     def request(self, method: str, path: str, scope: str, headers: dict[str, str] | None = None,
-                body: bytes | Callable[[], BinaryIO] | None = None, ok: tuple[int, ...] = (200,)) -> Response:
+                body: bytes | Callable[[], Readable] | None = None, ok: tuple[int, ...] = (200,)) -> Response:
         """One API call with auth, retries and redirects; path may be absolute (a Location).
 
         body is bytes or a callable opening a fresh stream (so a retry can re-send it).

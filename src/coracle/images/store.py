@@ -21,6 +21,7 @@ which remove/prune collect.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -172,7 +173,7 @@ class ImageStore:
         )
 
     def list(self) -> list[Image]:
-        tags: dict[str, list[str]] = {}
+        tags: dict[str, builtins.list[str]] = {}
         for name, image_id in self.store.execute("SELECT name, image_id FROM image_tags ORDER BY name"):
             tags.setdefault(image_id, []).append(name)
         images = [self._from_doc(d, tags.get(d["Id"], [])) for d in self.store.all(IMAGE)
@@ -311,7 +312,7 @@ class ImageStore:
             if staging.exists():
                 remove_tree(str(staging), ignore_errors=True)
 
-    def add_image(self, config: bytes, tags: list[str], repo_digests: list[str] | None = None,
+    def add_image(self, config: bytes, tags: builtins.list[str], repo_digests: builtins.list[str] | None = None,
                   parent: str = "", intermediate: bool = False) -> Image:
         """Register an image whose layers are all present; config is the exact blob bytes.
 
@@ -340,7 +341,8 @@ class ImageStore:
             existing = self.store.get(IMAGE, image_id)
             doc = existing or {"Id": image_id, "RepoDigests": [], "Parent": parent}
             doc["Config"], doc["Size"] = raw, size
-            doc["Intermediate"] = intermediate and not tags and (existing is None or existing.get("Intermediate", False))
+            doc["Intermediate"] = (intermediate and not tags
+                                   and (existing is None or existing.get("Intermediate", False)))
             for d in repo_digests or []:
                 if d not in doc["RepoDigests"]:
                     doc["RepoDigests"].append(d)
@@ -372,15 +374,15 @@ class ImageStore:
                 self.store.put(IMAGE, image.id, doc)
 
     def remove(self, ref: str, force: bool = False,
-               in_use: Callable[[str], bool] | None = None) -> list[dict[str, str]]:
+               in_use: Callable[[str], bool] | None = None) -> builtins.list[dict[str, str]]:
         """DELETE /images/{name}: untag, and delete the image once nothing names or uses it."""
         with self._lock:
             image = self.resolve(ref)
             parsed = try_parse(ref)
             by_name = None
-            if parsed is not None and not ref.startswith("sha256:"):
-                if parsed.canonical in image.repo_tags or parsed.canonical in image.repo_digests:
-                    by_name = parsed.canonical
+            if (parsed is not None and not ref.startswith("sha256:")
+                    and (parsed.canonical in image.repo_tags or parsed.canonical in image.repo_digests)):
+                by_name = parsed.canonical
             names = image.repo_tags + image.repo_digests
             if by_name and [t for t in image.repo_tags if t != by_name]:
                 self._untag(image.id, by_name)  # other tags keep the image
@@ -411,7 +413,7 @@ class ImageStore:
                 doc["RepoDigests"].remove(name)
                 self.store.put(IMAGE, image_id, doc)
 
-    def _delete(self, image: Image) -> list[dict[str, str]]:
+    def _delete(self, image: Image) -> builtins.list[dict[str, str]]:
         """Drop the image record, then whatever content nothing references any more."""
         with self.store.tx():
             self.store.delete(IMAGE, image.id)
@@ -425,7 +427,7 @@ class ImageStore:
         Skipped while an image is being assembled (its content is not referenced
         yet); a later removal or prune catches up.
         """
-        doomed: list[Path] = []
+        doomed: builtins.list[Path] = []
         with self._lock:
             if self._assembling:
                 return set()
@@ -452,7 +454,7 @@ class ImageStore:
 
     # ----- import, commit, load, save ------------------------------------
 
-    def import_tar(self, fileobj: BinaryIO, repo_tag: str | None = None, changes: list[str] | None = None,
+    def import_tar(self, fileobj: BinaryIO, repo_tag: str | None = None, changes: builtins.list[str] | None = None,
                    message: str = "") -> Image:
         """`docker import`: a root filesystem tarball (plain or gzip) as a one-layer image."""
         tags = [parse(repo_tag).tagged] if repo_tag else []
@@ -467,8 +469,8 @@ class ImageStore:
                 raw["comment"] = message
             return self.add_image(config_bytes(raw), tags)
 
-    def commit(self, upper_dir: str, base: Image, changes: list[str] | None = None, repo_tag: str | None = None,
-               comment: str = "", author: str = "", config: dict | None = None) -> Image:
+    def commit(self, upper_dir: str, base: Image, changes: builtins.list[str] | None = None,
+               repo_tag: str | None = None, comment: str = "", author: str = "", config: dict | None = None) -> Image:
         """A container's overlay upper directory as a new top layer over base.
 
         config, when given, is the container's config to start from (Docker commits
@@ -511,11 +513,11 @@ class ImageStore:
                     self.store.delete(IMAGE, image_id)
             self.collect_garbage()
 
-    def load(self, fileobj: BinaryIO) -> list[str]:
+    def load(self, fileobj: BinaryIO) -> builtins.list[str]:
         """`docker load`: a docker-archive or OCI layout tar (optionally compressed)."""
         return archive.load(self, fileobj)
 
-    def save(self, refs: list[str], fileobj: BinaryIO) -> None:
+    def save(self, refs: builtins.list[str], fileobj: BinaryIO) -> None:
         """`docker save`: one tar that is both a docker-archive and an OCI layout."""
         archive.save(self, refs, fileobj)
 
@@ -535,7 +537,7 @@ class ImageStore:
         """GET /distribution/{name}/json."""
         return distribution.describe(ref, auth, self.insecure)
 
-    def search(self, term: str, limit: int = 25, auth: dict | None = None) -> list[dict[str, Any]]:
+    def search(self, term: str, limit: int = 25, auth: dict | None = None) -> builtins.list[dict[str, Any]]:
         """GET /images/search."""
         return distribution.search(term, limit, auth, self.insecure)
 
@@ -574,7 +576,7 @@ class ImageStore:
 
     # ----- history, prune, df ----------------------------------------------
 
-    def history(self, ref: str) -> list[dict[str, Any]]:
+    def history(self, ref: str) -> builtins.list[dict[str, Any]]:
         """GET /images/{name}/history: newest first, layer sizes on the steps that made them."""
         image = self.resolve(ref)
         steps = image.raw.get("history") or [{"created": image.created} for _ in image.layers]
@@ -593,7 +595,7 @@ class ImageStore:
     def prune(self, dangling_only: bool = True, in_use: Callable[[str], bool] | None = None) -> dict[str, Any]:
         """POST /images/prune: untagged images (or, with dangling_only off, every image)
         that no container uses; then any content left unreferenced."""
-        deleted: list[dict[str, str]] = []
+        deleted: builtins.list[dict[str, str]] = []
         reclaimed = 0
         with self._lock:
             for image in self.list():
@@ -624,7 +626,7 @@ class ImageStore:
 
     # ----- for the runtime -----------------------------------------------
 
-    def layer_dirs(self, image: Image) -> list[str]:
+    def layer_dirs(self, image: Image) -> builtins.list[str]:
         """Unpacked layer directories, lowest first (overlay lowerdir is their reverse).
 
         A layer directory that went missing is unpacked again from its blob.

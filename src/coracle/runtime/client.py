@@ -8,6 +8,7 @@ starts the keeper (runtime/keeper.py), which starts and restarts the monitor.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import socket
@@ -76,7 +77,8 @@ class MonitorClient:
         raw = sock.recv(MAX_PACKET)
         if not raw:
             raise SystemError_("the container monitor closed the connection")
-        return json.loads(raw)
+        answer: dict[str, Any] = json.loads(raw)
+        return answer
 
     def request(self, req: dict[str, Any], wait: bool = True) -> dict[str, Any]:
         with self._connect(wait) as sock:
@@ -97,21 +99,20 @@ class MonitorClient:
         """
         answer = self.ping()
         if answer:
-            return answer["pid"]
+            return int(answer["pid"])
         if not self._keeper_alive():
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            log = open(os.path.join(self.exec_root, "monitor", "monitor.log"), "ab")
-            sealed.popen(
-                ["-m", "coracle.runtime.keeper", "--exec-root", self.exec_root],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
-                env=sealed.supervisor_environment(),
-            )
-            log.close()
+            with open(os.path.join(self.exec_root, "monitor", "monitor.log"), "ab") as log:
+                sealed.popen(
+                    ["-m", "coracle.runtime.keeper", "--exec-root", self.exec_root],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True,
+                    env=sealed.supervisor_environment(),
+                )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             answer = self.ping()
             if answer:
-                return answer["pid"]
+                return int(answer["pid"])
             time.sleep(0.01)
         raise SystemError_("the container monitor did not start (see monitor.log in the exec root)")
 
@@ -164,7 +165,8 @@ class MonitorClient:
         self.request({"op": "close_stdin", "id": id_})
 
     def list(self) -> list[dict[str, Any]]:
-        return self.request({"op": "list"})["procs"]
+        procs: builtins.list[dict[str, Any]] = self.request({"op": "list"})["procs"]
+        return procs
 
     def events(self) -> Iterator[dict[str, Any]]:
         """Exit events from now on (subscribed before returning), until the monitor goes away."""
@@ -179,7 +181,7 @@ class MonitorClient:
 
         return stream()
 
-    def exit_records(self) -> list[dict[str, Any]]:
+    def exit_records(self) -> builtins.list[dict[str, Any]]:
         """Exits recorded and not yet applied (the daemon was down, frozen or dropped)."""
         return exits.read_all(self.exec_root)
 

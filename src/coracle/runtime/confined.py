@@ -148,7 +148,7 @@ class Refused(Exception):
 class Helper:
     """A helper that has answered; `stdout` carries whatever data follows the answer."""
 
-    def __init__(self, proc: subprocess.Popen, answer: dict[str, Any]) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], answer: dict[str, Any]) -> None:
         self.proc, self.answer = proc, answer
 
     @property
@@ -196,7 +196,7 @@ def start(confinement: Confinement, operation: str, args: dict[str, Any],
     if "error" in reply:
         proc.stdout.close()  # type: ignore[union-attr]
         proc.wait()
-        raise _ERRORS.get(reply.get("status"), SystemError_)(str(reply["error"]))
+        raise _ERRORS.get(reply.get("status", 0), SystemError_)(str(reply["error"]))
     return Helper(proc, reply["answer"])
 
 
@@ -215,8 +215,8 @@ class Channel:
     """The operation's pipes: one answer line, then data out (stdout) or in (stdin)."""
 
     def __init__(self) -> None:
-        self.input: BinaryIO = open(0, "rb", closefd=False)
-        self.output: BinaryIO = open(1, "wb", closefd=False)
+        self.input: BinaryIO = open(0, "rb", closefd=False)  # noqa: SIM115  (the channel's own pipes)
+        self.output: BinaryIO = open(1, "wb", closefd=False)  # noqa: SIM115
         self.answered = False
 
     def answer(self, data: dict[str, Any]) -> None:
@@ -404,7 +404,7 @@ def _confine(c: Confinement) -> None:
 
 
 def _block_imports() -> None:
-    sys.meta_path.insert(0, _ImportBlocker)  # type: ignore[arg-type]
+    sys.meta_path.insert(0, _ImportBlocker)
     sys.path.clear()
     sys.path_hooks.clear()
     sys.path_importer_cache.clear()

@@ -9,6 +9,7 @@ exit is applied to its state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import TYPE_CHECKING
@@ -63,7 +64,5 @@ def read_all(exec_root: str) -> list[dict[str, Any]]:
 
 
 def forget(exec_root: str, id_: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(folder(exec_root), f"{id_}.json"))
-    except FileNotFoundError:
-        pass

@@ -181,9 +181,11 @@ class TarWriter:
     def _xattrs(self, ti: tarfile.TarInfo, fd: int) -> None:
         if self.keep_xattr is None:
             return
+        headers = dict(ti.pax_headers)
         for attr in os.listxattr(fd):
             if self.keep_xattr(attr):
-                ti.pax_headers[XATTR_PAX + attr] = os.getxattr(fd, attr).decode("utf-8", "surrogateescape")
+                headers[XATTR_PAX + attr] = os.getxattr(fd, attr).decode("utf-8", "surrogateescape")
+        ti.pax_headers = headers
 
 
 def remove_tree(path: str, ignore_errors: bool = False) -> None:

@@ -110,7 +110,7 @@ def _stdio(fds: ChildFds, tty: bool) -> None:
 def _exec(spec: Spec, fds: ChildFds) -> NoReturn:
     """Assume the identity, enter the working dir and replace ourselves with the program."""
     proc = spec.process
-    env = dict(e.split("=", 1) if "=" in e else (e, "") for e in proc.env)
+    env = {key: value for key, _, value in (e.partition("=") for e in proc.env)}
     try:
         uid, gid, groups, home = resolve(proc.user, proc.additional_groups)
     except (LookupError, ValueError) as exc:

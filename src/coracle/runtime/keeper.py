@@ -213,22 +213,21 @@ class Keeper:
             if pid in self.unclaimed:
                 self._exited(held, self.unclaimed.pop(pid)[0])
         elif msg.get("op") == "finished":
-            held = self.held.pop(msg["pid"], None)
-            if held is not None:
-                held.close()
-                if not msg.get("recorded") and not held.recorded and held.exit:
-                    self._persist(held.exit)  # the monitor could not write it: keep trying ourselves
+            finished = self.held.pop(msg["pid"], None)
+            if finished is not None:
+                finished.close()
+                if not msg.get("recorded") and not finished.recorded and finished.exit:
+                    self._persist(finished.exit)  # the monitor could not write it: keep trying ourselves
         elif msg.get("op") == "terminal" and msg["pid"] in self.held:
             held = self.held[msg["pid"]]  # the terminal a process opened in its container once released
             held.fds += fds
             held.info["fds"] += ["tty"] * len(fds)
         elif msg.get("op") == "close_stdin":
-            held = self.held.get(msg["pid"])
-            roles = held.info["fds"] if held else []
-            if "stdin" in roles:
-                i = roles.index("stdin")
-                os.close(held.fds.pop(i))  # type: ignore[union-attr]
-                roles.pop(i)
+            closing = self.held.get(msg["pid"])
+            if closing is not None and "stdin" in closing.info["fds"]:
+                i = closing.info["fds"].index("stdin")
+                os.close(closing.fds.pop(i))
+                closing.info["fds"].pop(i)
         else:
             for fd in fds:
                 os.close(fd)

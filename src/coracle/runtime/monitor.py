@@ -10,8 +10,9 @@ is away.
 It is the child of the keeper (runtime/keeper.py), which outlives it: the
 processes the monitor forks are reparented to the keeper, which reaps them
 and passes each exit on (the monitor drains the last output, then records the
-exit in `exits/`), and the keeper holds a copy of every stdio descriptor. When the monitor dies the keeper starts a new one and hands it
-every live process back (`adopt`), so logging and attaching resume where they
+exit in `exits/`), and the keeper holds a copy of every stdio descriptor.
+When the monitor dies the keeper starts a new one and hands it every live
+process back (`adopt`), so logging and attaching resume where they
 were. Without a keeper (it was killed) the monitor becomes the subreaper
 itself and records exits as the keeper would.
 
@@ -31,6 +32,7 @@ b"d" (data) or b"c" (close stdin) come from it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import fcntl
 import json
@@ -45,7 +47,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from functools import partial
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from collections.abc import Callable
 
 from coracle.runtime import exits, init, keeper, limits, logformat, sealed, security, syscalls, terminal
@@ -81,7 +83,7 @@ class JsonLog:
         self.path, self.max_size, self.max_file = path, max_size, max(1, max_file)
         self.attrs = attrs or {}  # json-file's "attrs" of every line (--log-opt labels/env)
         self.driver, self.compress = driver, compress  # the format (runtime/logformat.py); gzip rotated files
-        self.f: BinaryIO | None = open(path, "ab", buffering=0)
+        self.f: BinaryIO | None = open(path, "ab", buffering=0)  # noqa: SIM115  (the log's file, kept open)
         self.partial: dict[str, bytes] = {"stdout": b"", "stderr": b""}
         self.failure = ""  # why writing stopped; empty while it works
         self.dropped = 0
@@ -136,7 +138,7 @@ class JsonLog:
             pass  # still no room, or the directory is still gone: look again later
 
     def _reopen(self) -> None:
-        f = open(self.path, "ab", buffering=0)
+        f = open(self.path, "ab", buffering=0)  # noqa: SIM115  (becomes the log's file)
         if self.f is not None:
             self.f.close()
         self.f = f
@@ -155,7 +157,7 @@ class JsonLog:
                     os.rename(src + suffix, f"{self.path}.{i}{suffix}")
         if self.compress and self.max_file > 1:
             logformat.compress(f"{self.path}.1")
-        self.f = open(self.path, "wb", buffering=0)
+        self.f = open(self.path, "wb", buffering=0)  # noqa: SIM115  (the log's file, kept open)
 
     def close(self) -> None:
         for stream in ("stdout", "stderr"):
@@ -269,7 +271,7 @@ class Monitor:
         conn.setblocking(False)
         self.sel.register(conn, selectors.EVENT_READ, self._on_request)
 
-    def _send(self, conn: socket.socket, obj: dict) -> None:
+    def _send(self, conn: socket.socket, obj: dict[str, Any]) -> None:
         """Queue a packet for a request connection; never wait for the client to read."""
         queue = self.replies.setdefault(conn, [])
         queue.append(json.dumps(obj).encode())
@@ -299,10 +301,8 @@ class Monitor:
             pass
 
     def _drop(self, conn: socket.socket) -> None:
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(conn)
-        except (KeyError, ValueError):
-            pass
         self.replies.pop(conn, None)
         if conn in self.listeners:
             self.listeners.remove(conn)
@@ -339,10 +339,10 @@ class Monitor:
             if msg["op"] == "adopt":
                 self._adopt(msg, fds)
 
-    def _adopt(self, info: dict, fds: list[int]) -> None:
+    def _adopt(self, info: dict[str, Any], fds: list[int]) -> None:
         """Resume a process the previous monitor supervised: its output, log and stdin."""
         proc = Proc(id=info["id"], kind=info["kind"], tty=info["tty"], pid=info["pid"], state="running")
-        for role, fd in zip(info["fds"], fds):
+        for role, fd in zip(info["fds"], fds, strict=False):
             if role == "stdin":
                 proc.stdin_fd = fd
                 continue
@@ -379,7 +379,7 @@ class Monitor:
                 "log_driver": proc.log.driver if proc.log else "", "log_compress": bool(proc.log and proc.log.compress)}
         self._tell_keeper({"op": "hold", "proc": info}, fds)
 
-    def _tell_keeper(self, msg: dict, fds: list[int] | None = None) -> None:
+    def _tell_keeper(self, msg: dict[str, Any], fds: list[int] | None = None) -> None:
         if self.keeper is None:
             return
         try:
@@ -404,7 +404,7 @@ class Monitor:
         if msg["op"] == "exit":
             self._finish_for_keeper(msg["pid"], msg, recorded=False)
 
-    def _finish_for_keeper(self, pid: int, record: dict, recorded: bool) -> None:
+    def _finish_for_keeper(self, pid: int, record: dict[str, Any], recorded: bool) -> None:
         """An exit the keeper reaped: finish it, then let the keeper let go of its descriptors."""
         proc = self.by_pid.pop(pid, None)
         ok = self._finish(proc, record, write=not recorded) if proc is not None else False
@@ -414,10 +414,8 @@ class Monitor:
         """The keeper died: reap and record exits ourselves from now on (see docs/architecture.md)."""
         if self.keeper is None:
             return
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(self.keeper)
-        except (KeyError, ValueError):
-            pass
         self.keeper.close()
         self.keeper = None
         syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
@@ -459,7 +457,7 @@ class Monitor:
             return
         try:
             req = json.loads(raw)
-            handler: Callable[[socket.socket, dict], None] = getattr(self, "op_" + req["op"])
+            handler: Callable[[socket.socket, dict[str, Any]], None] = getattr(self, "op_" + req["op"])
         except (ValueError, KeyError, AttributeError, TypeError):
             self._send(conn, {"error": "bad request"})
             return
@@ -468,19 +466,19 @@ class Monitor:
         except Exception as exc:  # a bad request must never take the supervisor down
             self._send(conn, {"error": f"{type(exc).__name__}: {exc}"})
 
-    def op_ping(self, conn: socket.socket, req: dict) -> None:
+    def op_ping(self, conn: socket.socket, req: dict[str, Any]) -> None:
         self._send(conn, {"ok": True, "pid": os.getpid()})
 
-    def op_subscribe(self, conn: socket.socket, req: dict) -> None:
+    def op_subscribe(self, conn: socket.socket, req: dict[str, Any]) -> None:
         self.listeners.append(conn)
         self._send(conn, {"ok": True})
 
-    def op_list(self, conn: socket.socket, req: dict) -> None:
+    def op_list(self, conn: socket.socket, req: dict[str, Any]) -> None:
         self._send(conn, {"procs": [
             {"id": p.id, "kind": p.kind, "pid": p.pid, "state": p.state} for p in self.procs.values()
         ]})
 
-    def op_spawn(self, conn: socket.socket, req: dict) -> None:
+    def op_spawn(self, conn: socket.socket, req: dict[str, Any]) -> None:
         spec = Spec.from_json(req["spec"])
         if spec.id in self.procs:
             self._send(conn, {"error": f"{spec.id} is already supervised"})
@@ -510,10 +508,8 @@ class Monitor:
             proc.outputs[out_r] = "stdout"
             proc.outputs[e_r] = "stderr"
             fds = init.ChildFds(sync_r, ready_w, err_w, in_r, out_w, e_w)
-        try:
+        with contextlib.suppress(OSError, ValueError):  # the child compiles (and reports the error) itself
             security.precompile(spec.process)
-        except (OSError, ValueError):
-            pass  # the child compiles (and reports the error) itself
         pid = os.fork()
         if pid == 0:
             init.run_child(spec, fds)
@@ -548,14 +544,14 @@ class Monitor:
             self._send(proc.waiter, error or {"error": "container process failed to start", "code": 128})
         self._forget(proc)
 
-    def _read_error(self, proc: Proc) -> dict | None:
+    def _read_error(self, proc: Proc) -> dict[str, Any] | None:
         os.set_blocking(proc.error_fd, True)
         data = proc.error_buf
         while chunk := os.read(proc.error_fd, 65536):
             data += chunk
         return json.loads(data) if data else None
 
-    def op_release(self, conn: socket.socket, req: dict) -> None:
+    def op_release(self, conn: socket.socket, req: dict[str, Any]) -> None:
         proc = self.procs.get(req["id"])
         if proc is None or proc.state != "held":
             self._send(conn, {"error": f"no held process {req['id']}"})
@@ -622,17 +618,15 @@ class Monitor:
             proc.stdin_fd, proc.terminal_stdin = master, False
             self._feed_stdin(proc)
 
-    def op_abandon(self, conn: socket.socket, req: dict) -> None:
+    def op_abandon(self, conn: socket.socket, req: dict[str, Any]) -> None:
         """Kill a process that was never released (its start failed in the daemon)."""
         proc = self.procs.get(req["id"])
         if proc is not None and proc.pid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self._send(conn, {"ok": True})
 
-    def op_attach(self, conn: socket.socket, req: dict) -> None:
+    def op_attach(self, conn: socket.socket, req: dict[str, Any]) -> None:
         proc = self.procs.get(req["id"])
         if proc is None or proc.state == "exited":
             self._send(conn, {"error": f"{req['id']} is not running"})
@@ -703,14 +697,14 @@ class Monitor:
             os.write(proc.master_fd, b"\x04")  # EOF on a terminal is ^D
         proc.stdin_fd = -1
 
-    def op_close_stdin(self, conn: socket.socket, req: dict) -> None:
+    def op_close_stdin(self, conn: socket.socket, req: dict[str, Any]) -> None:
         proc = self.procs.get(req["id"])
         if proc is not None:
             proc.stdin_close = True
             self._feed_stdin(proc)
         self._send(conn, {"ok": True})
 
-    def op_resize(self, conn: socket.socket, req: dict) -> None:
+    def op_resize(self, conn: socket.socket, req: dict[str, Any]) -> None:
         proc = self.procs.get(req["id"])
         if proc is not None and proc.terminal_chan is not None:
             proc.terminal_size = (int(req["h"]), int(req["w"]))  # applied when the terminal arrives
@@ -794,7 +788,7 @@ class Monitor:
             if proc is not None:
                 self._reaped_here(proc, exits.exit_code(status))
 
-    def _finish(self, proc: Proc, record: dict, write: bool = True) -> bool:
+    def _finish(self, proc: Proc, record: dict[str, Any], write: bool = True) -> bool:
         """The process was reaped: drain its output, then record the exit, end its streams, tell listeners.
 
         In this order, so that an exit on record means its log is complete. Returns
@@ -838,10 +832,8 @@ class Monitor:
 
     def _forget(self, proc: Proc) -> None:
         for fd in list(proc.outputs):
-            try:
+            with contextlib.suppress(KeyError, ValueError):
                 self.sel.unregister(fd)
-            except (KeyError, ValueError):
-                pass
             os.close(fd)
         proc.outputs.clear()
         if proc.terminal_chan is not None:
@@ -850,14 +842,10 @@ class Monitor:
         for attr in ("stdin_fd", "sync_fd", "ready_fd", "error_fd"):
             fd = getattr(proc, attr)
             if fd >= 0 and fd != proc.master_fd:
-                try:
+                with contextlib.suppress(KeyError, ValueError):
                     self.sel.unregister(fd)
-                except (KeyError, ValueError):
-                    pass
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
             setattr(proc, attr, -1)
         self.procs.pop(proc.id, None)
         if proc.pid:

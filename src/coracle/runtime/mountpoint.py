@@ -91,7 +91,7 @@ class RootDir:
         try:
             sc.mount(source, fd_path(fd), fstype, flags, data)
         except OSError as exc:
-            raise OSError(exc.errno, f"mount {source or fstype} on {path}: {os.strerror(exc.errno)}") from None
+            raise OSError(exc.errno, f"mount {source or fstype} on {path}: {os.strerror(exc.errno or 0)}") from None
         finally:
             os.close(fd)
 

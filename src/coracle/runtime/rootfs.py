@@ -8,9 +8,11 @@ host: the mount dies with the namespace.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import stat
+from typing import Any
 
 from coracle.cgroups import V2Manager, detect
 from coracle.cgroups.v1 import hierarchies, unescape
@@ -64,15 +66,15 @@ def propagation_of(path: str) -> tuple[str, set[str]]:
         for line in f:
             fields = line.split(" - ")[0].split(" ")
             point = unescape(fields[4])
-            if path == point or path.startswith(point.rstrip("/") + "/"):
-                if len(point) >= len(found):  # the last of equal mount points is the one on top
-                    found = point
-                    kinds = {"shared" if o.startswith("shared:") else "slave"
-                             for o in fields[6:] if o.startswith(("shared:", "master:"))}
+            # the last of equal mount points is the one on top
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(found):
+                found = point
+                kinds = {"shared" if o.startswith("shared:") else "slave"
+                         for o in fields[6:] if o.startswith(("shared:", "master:"))}
     return found, kinds
 
 
-def _host_devices() -> list[dict]:
+def _host_devices() -> list[dict[str, Any]]:
     """Every device node of the host's /dev (a privileged container gets them all)."""
     found = []
     for dirpath, dirnames, names in os.walk("/dev"):
@@ -101,10 +103,8 @@ def _make_node(root: RootDir, path: str, mode: int, device: int, host: str,
     parent_fd = root.ensure(posixpath.dirname(path), like_file=False)
     name = posixpath.basename(path)
     try:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(name, dir_fd=parent_fd)
-        except FileNotFoundError:
-            pass
         try:
             os.mknod(name, mode, device, dir_fd=parent_fd)
         except PermissionError:
@@ -123,12 +123,12 @@ def remount_readonly(target: str, recursive: bool = False) -> None:
     sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | keep | (sc.MS_REC if recursive else 0))
 
 
-def _mount_dev(root: RootDir, console: bool, extra: list[dict], privileged: bool, shm_size: int) -> None:
+def _mount_dev(root: RootDir, console: bool, extra: list[dict[str, Any]], privileged: bool, shm_size: int) -> None:
     wanted = (_host_devices() if privileged else []) + extra
     root.mount("/dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
     old = os.umask(0)
     try:
-        for name, kind, major, minor in DEFAULT_DEVICES:
+        for name, _kind, major, minor in DEFAULT_DEVICES:
             _make_node(root, f"/dev/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor), f"/dev/{name}")
         for d in wanted:
             mode = (stat.S_IFCHR if d.get("type", "c") == "c" else stat.S_IFBLK) | d.get("mode", 0o660)

@@ -47,7 +47,7 @@ def interpreter_fd() -> int:
         return _fd
 
 
-def popen(args: list[str], **kwargs: Any) -> subprocess.Popen:
+def popen(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     """`python ARGS` run from the sealed copy.
 
     argv[0] stays this interpreter's path so that Python finds its prefix and

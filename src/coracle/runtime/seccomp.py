@@ -114,9 +114,7 @@ def _applies(entry: dict[str, Any], caps: set[str], native: str) -> bool:
         return False
     if exc.get("caps") and set(exc["caps"]) & caps:
         return False
-    if exc.get("arches") and set(exc["arches"]) & arches:
-        return False
-    return True
+    return not (exc.get("arches") and set(exc["arches"]) & arches)
 
 
 def _native_arch_name() -> str:

@@ -17,6 +17,7 @@ it. The order is forced by the kernel:
 from __future__ import annotations
 
 import resource
+from typing import Any
 
 from coracle.runtime import capabilities, seccomp
 from coracle.runtime import syscalls as sc
@@ -30,7 +31,7 @@ RLIMITS = {
 }
 
 
-def _set_rlimits(rlimits: list[dict]) -> None:
+def _set_rlimits(rlimits: list[dict[str, Any]]) -> None:
     for limit in rlimits:
         name = limit["Name"]
         try:

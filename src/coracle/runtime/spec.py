@@ -37,8 +37,8 @@ class Process:
     stdin: bool = False  # keep a stdin pipe open (docker -i)
     no_new_privileges: bool = False
     capabilities: list[str] | None = None  # None: leave as inherited (security layer fills it)
-    seccomp: dict | str | None = None  # a Docker profile, "builtin" (the default one), or None
-    rlimits: list[dict] = field(default_factory=list)  # [{"Name": "nofile", "Soft": n, "Hard": n}]
+    seccomp: dict[str, Any] | str | None = None  # a Docker profile, "builtin" (the default one), or None
+    rlimits: list[dict[str, Any]] = field(default_factory=list)  # [{"Name": "nofile", "Soft": n, "Hard": n}]
 
 
 @dataclass
@@ -61,7 +61,8 @@ class Spec:
     mounts: list[Mount] = field(default_factory=list)
     masked_paths: list[str] = field(default_factory=list)
     readonly_paths: list[str] = field(default_factory=list)
-    devices: list[dict] = field(default_factory=list)  # extra device nodes {"path", "type", "major", "minor", "mode"}
+    # extra device nodes {"path", "type", "major", "minor", "mode"}
+    devices: list[dict[str, Any]] = field(default_factory=list)
     sysctls: dict[str, str] = field(default_factory=dict)
     shm_size: int = 0  # bytes of /dev/shm; 0 = Docker's 64 MiB
     privileged: bool = False
@@ -77,7 +78,7 @@ class Spec:
     log_driver: str = "json-file"  # or "local": the format (runtime/logformat.py)
     log_compress: bool = False  # gzip rotated files
     # device cgroup rules the engine writes before release ({"kind", "major", "minor", "access"}, -1 = any)
-    device_rules: list[dict] = field(default_factory=list)
+    device_rules: list[dict[str, Any]] = field(default_factory=list)
     # user namespace (--userns-remap): rows of [inside, outside, count]; empty = the host's
     uid_map: list[list[int]] = field(default_factory=list)
     gid_map: list[list[int]] = field(default_factory=list)

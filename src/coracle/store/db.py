@@ -16,6 +16,7 @@ and exits keep being recorded when something filled the disk.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -228,10 +229,8 @@ class Store:
             os.replace(tmp, dest)
         except BaseException:
             for leftover in (tmp, tmp + "-journal"):
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(leftover)  # a half-written copy must not hold space on a full disk
-                except FileNotFoundError:
-                    pass
             raise
         self._snapshot_changes = changes
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import contextlib
 
 log = logging.getLogger("coracle.store")
 
@@ -55,9 +56,7 @@ class Reserve:
                 os.replace(tmp, self.path)
             except OSError as exc:
                 log.warning("cannot make the space reserve %s: %s", self.path, exc)
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
-                except FileNotFoundError:
-                    pass
                 return False
             return True

@@ -55,7 +55,7 @@ def save_stream(resp: Any, target: str | None) -> None:
     renamed into place) or to stdout, which must not be a terminal (docker's refusal)."""
     if not target and sys.stdout.isatty():
         raise CommandError("Cowardly refusing to save to a terminal. Use the -o flag or redirect", 1)
-    out = open(target + ".tmp", "wb") if target else sys.stdout.buffer
+    out = open(target + ".tmp", "wb") if target else sys.stdout.buffer  # noqa: SIM115  (or stdout, not closed)
     try:
         while chunk := resp.read1(1 << 20):
             out.write(chunk)

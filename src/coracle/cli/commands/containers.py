@@ -199,8 +199,10 @@ def attach_and_start(cli: Cli, cid: str, *, tty: bool, stdin: bool, detach_keys:
         if run:
             return _start_failed(cli, exc)
         raise
-    with raw_terminal(0) if tty and stdin else nullcontext(), \
-            follow_resizes(lambda h, w: cli.client.post(_path(cid, "/resize"), {"h": h, "w": w})) if tty else nullcontext():
+    def resize(h: int, w: int) -> None:
+        cli.client.post(_path(cid, "/resize"), {"h": h, "w": w})
+
+    with raw_terminal(0) if tty and stdin else nullcontext(), follow_resizes(resize) if tty else nullcontext():
         detached = _hijacked_session(cli, sock, multiplexed, first, stdin=stdin, tty=tty, detach_keys=detach_keys)
     if detached:
         return 0
@@ -311,7 +313,8 @@ def prune(cli: Cli, name: str, args: list[str]) -> int:
     p.add_argument("-f", "--force", action="store_true", help="do not prompt for confirmation")
     p.add_argument("--filter", action="append", default=[], help="provide filter values (e.g. 'until=<timestamp>')")
     opts = p.parse_args(args)
-    if not opts.force and not confirm("WARNING! This will remove all stopped containers.\nAre you sure you want to continue?"):
+    if not opts.force and not confirm(
+            "WARNING! This will remove all stopped containers.\nAre you sure you want to continue?"):
         return 0
     result = cli.client.post("/containers/prune", {"filters": filters(opts.filter)}) or {}
     deleted = result.get("ContainersDeleted") or []
@@ -330,7 +333,8 @@ def ps(cli: Cli, name: str, args: list[str]) -> int:
     p.add_argument("-a", "--all", action="store_true", help="show all containers (default shows just running)")
     p.add_argument("-q", "--quiet", action="store_true", help="only display container IDs")
     p.add_argument("-n", "--last", type=int, default=-1, help="show n last created containers (includes all states)")
-    p.add_argument("-l", "--latest", action="store_true", help="show the latest created container (includes all states)")
+    p.add_argument("-l", "--latest", action="store_true",
+                   help="show the latest created container (includes all states)")
     p.add_argument("-f", "--filter", action="append", default=[], help="filter output based on conditions provided")
     p.add_argument("--format", help="format output using a custom template ('table', 'json', or a Go template)")
     p.add_argument("--no-trunc", action="store_true", help="don't truncate output")
@@ -345,7 +349,7 @@ def ps(cli: Cli, name: str, args: list[str]) -> int:
         return 0
     default = PS_TABLE + ("\t{{.Size}}" if opts.size else "")
     rows = [ContainerRow(c, trunc=not opts.no_trunc) for c in containers]
-    cli.out(render_rows(rows, opts.format, default, ContainerRow))  # type: ignore[arg-type]
+    cli.out(render_rows(rows, opts.format, default, ContainerRow))
     return 0
 
 
@@ -487,7 +491,8 @@ def attach(cli: Cli, name: str, args: list[str]) -> int:
 
     from coracle.cli.streams import follow_resizes, raw_terminal, stdin_is_tty
 
-    p = parser(name, "[OPTIONS] CONTAINER", "Attach local standard input, output, and error streams to a running container")
+    p = parser(name, "[OPTIONS] CONTAINER",
+               "Attach local standard input, output, and error streams to a running container")
     p.add_argument("--no-stdin", action="store_true", help="do not attach STDIN")
     p.add_argument("--sig-proxy", default="true", help="proxy all received signals to the process")
     p.add_argument("--detach-keys", help="override the key sequence for detaching a container")
@@ -583,7 +588,7 @@ def stats(cli: Cli, name: str, args: list[str]) -> int:
 
     def render() -> str:
         rows = [StatsRow(c, latest[c], trunc=not opts.no_trunc) for c in names if c in latest]
-        return render_rows(rows, opts.format, STATS_TABLE, StatsRow)  # type: ignore[arg-type]
+        return render_rows(rows, opts.format, STATS_TABLE, StatsRow)
 
     if opts.no_stream:
         for t in threads:
@@ -633,7 +638,8 @@ def export(cli: Cli, name: str, args: list[str]) -> int:
 
 
 def cp(cli: Cli, name: str, args: list[str]) -> int:
-    p = parser(name, "[OPTIONS] CONTAINER:SRC_PATH DEST_PATH|-\n       coracle cp [OPTIONS] SRC_PATH|- CONTAINER:DEST_PATH",
+    p = parser(name, "[OPTIONS] CONTAINER:SRC_PATH DEST_PATH|-\n"
+               "       coracle cp [OPTIONS] SRC_PATH|- CONTAINER:DEST_PATH",
                "Copy files/folders between a container and the local filesystem")
     p.add_argument("-a", "--archive", action="store_true", help="archive mode (copy all uid/gid information)")
     p.add_argument("-L", "--follow-link", action="store_true", help="always follow symbol link in SRC_PATH")

@@ -127,7 +127,7 @@ def images(cli: Cli, name: str, args: list[str]) -> int:
         return 0
     rows = image_rows(found, trunc=not opts.no_trunc)
     default = IMAGES_DIGESTS_TABLE if opts.digests else IMAGES_TABLE
-    cli.out(render_rows(rows, opts.format, default, ImageRow))  # type: ignore[arg-type]
+    cli.out(render_rows(rows, opts.format, default, ImageRow))
     return 0
 
 
@@ -202,8 +202,10 @@ def push(cli: Cli, name: str, args: list[str]) -> int:
 
 
 def import_(cli: Cli, name: str, args: list[str]) -> int:
-    p = parser(name, "[OPTIONS] file|URL|- [REPOSITORY[:TAG]]", "Import the contents from a tarball to create a filesystem image")
-    p.add_argument("-c", "--change", action="append", default=[], help="apply Dockerfile instruction to the created image")
+    p = parser(name, "[OPTIONS] file|URL|- [REPOSITORY[:TAG]]",
+               "Import the contents from a tarball to create a filesystem image")
+    p.add_argument("-c", "--change", action="append", default=[],
+                   help="apply Dockerfile instruction to the created image")
     p.add_argument("-m", "--message", help="set commit message for imported image")
     p.add_argument("--platform", help="set platform if server is multi-platform capable")
     p.add_argument("source")
@@ -220,7 +222,7 @@ def import_(cli: Cli, name: str, args: list[str]) -> int:
     else:
         query["fromSrc"] = "-"
         try:
-            body = open(opts.source, "rb")
+            body = open(opts.source, "rb")  # noqa: SIM115  (streamed as the request body below)
         except OSError as exc:
             raise CommandError(f"open {opts.source}: {(exc.strerror or str(exc)).lower()}", 1) from None
     stream = cli.client.json_stream("POST", "/images/create", query, body, content_type="application/x-tar")
@@ -236,7 +238,7 @@ def load(cli: Cli, name: str, args: list[str]) -> int:
     opts = p.parse_args(args)
     if opts.input:
         try:
-            body: Any = open(opts.input, "rb")
+            body: Any = open(opts.input, "rb")  # noqa: SIM115  (streamed as the request body below)
         except OSError as exc:
             raise CommandError(f"open {opts.input}: {(exc.strerror or str(exc)).lower()}", 1) from None
     else:
@@ -250,7 +252,8 @@ def load(cli: Cli, name: str, args: list[str]) -> int:
 
 
 def save(cli: Cli, name: str, args: list[str]) -> int:
-    p = parser(name, "[OPTIONS] IMAGE [IMAGE...]", "Save one or more images to a tar archive (streamed to STDOUT by default)")
+    p = parser(name, "[OPTIONS] IMAGE [IMAGE...]",
+               "Save one or more images to a tar archive (streamed to STDOUT by default)")
     p.add_argument("-o", "--output", help="write to a file, instead of STDOUT")
     p.add_argument("images", nargs="+")
     opts = p.parse_args(args)
@@ -291,7 +294,7 @@ def history(cli: Cli, name: str, args: list[str]) -> int:
         cli.out("".join(r.ID + "\n" for r in rows))
         return 0
     default = "table {{.ID}}\t{{.CreatedSince}}\t{{.CreatedBy}}\t{{.Size}}\t{{.Comment}}"
-    cli.out(render_rows(rows, opts.format, default, HistoryRow))  # type: ignore[arg-type]
+    cli.out(render_rows(rows, opts.format, default, HistoryRow))
     return 0
 
 
@@ -330,7 +333,8 @@ def format_deleted_images(deleted: list[dict[str, str]]) -> str:
 def commit(cli: Cli, name: str, args: list[str]) -> int:
     p = parser(name, "[OPTIONS] CONTAINER [REPOSITORY[:TAG]]", "Create a new image from a container's changes")
     p.add_argument("-a", "--author", help="author (e.g., \"John Hannibal Smith <hannibal@a-team.com>\")")
-    p.add_argument("-c", "--change", action="append", default=[], help="apply Dockerfile instruction to the created image")
+    p.add_argument("-c", "--change", action="append", default=[],
+                   help="apply Dockerfile instruction to the created image")
     p.add_argument("-m", "--message", help="commit message")
     p.add_argument("-p", "--pause", default="true", help="pause container during commit")
     p.add_argument("container")

@@ -43,9 +43,13 @@ def ipam_config(subnets: list[str], gateways: list[str], ranges: list[str]) -> l
             addr = ipaddress.ip_network(value, strict=False) if is_range else ipaddress.ip_address(value)
         except ValueError:
             raise UsageError(f"invalid {'ip-range' if is_range else 'gateway'}: {value}") from None
-        for net, config in zip(nets, configs):
-            inside = addr.subnet_of(net) if is_range and addr.version == net.version else \
-                (not is_range and addr.version == net.version and addr in net)  # type: ignore[operator]
+        for net, config in zip(nets, configs, strict=False):
+            if addr.version != net.version:
+                continue
+            if isinstance(addr, ipaddress.IPv4Address | ipaddress.IPv6Address):
+                inside = addr in net
+            else:
+                inside = addr.network_address in net and addr.broadcast_address in net
             if inside:
                 return config
         raise UsageError(f"no matching subnet for {'range' if is_range else 'gateway'} {value}")
@@ -66,7 +70,8 @@ def ipam_config(subnets: list[str], gateways: list[str], ranges: list[str]) -> l
 def create(cli: Cli, name: str, args: list[str]) -> int:
     p = parser(name, "[OPTIONS] NETWORK", "Create a network")
     p.add_argument("-d", "--driver", default="bridge", help="driver to manage the Network")
-    p.add_argument("--subnet", action="append", default=[], help="subnet in CIDR format that represents a network segment")
+    p.add_argument("--subnet", action="append", default=[],
+                   help="subnet in CIDR format that represents a network segment")
     p.add_argument("--gateway", action="append", default=[], help="IPv4 or IPv6 Gateway for the master subnet")
     p.add_argument("--ip-range", action="append", default=[], help="allocate container ip from a sub-range")
     p.add_argument("--internal", action="store_true", help="restrict external access to the network")
@@ -107,7 +112,7 @@ def ls(cli: Cli, name: str, args: list[str]) -> int:
         cli.out("".join(short_id(n["Id"], not opts.no_trunc) + "\n" for n in nets))
         return 0
     rows = [NetworkRow(n, trunc=not opts.no_trunc) for n in nets]
-    cli.out(render_rows(rows, opts.format, NETWORKS_TABLE, NetworkRow))  # type: ignore[arg-type]
+    cli.out(render_rows(rows, opts.format, NETWORKS_TABLE, NetworkRow))
     return 0
 
 

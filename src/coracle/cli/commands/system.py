@@ -144,7 +144,8 @@ def info(cli: Cli, name: str, args: list[str]) -> int:
               f" OSType: {data.get('OSType', '')}", f" Architecture: {data.get('Architecture', '')}",
               f" CPUs: {data.get('NCPU', 0)}", f" Total Memory: {bytes_size(data.get('MemTotal') or 0)}",
               f" Name: {data.get('Name', '')}", f" ID: {data.get('ID', '')}",
-              f" Docker Root Dir: {data.get('DockerRootDir', '')}", f" Debug Mode: {str(data.get('Debug', False)).lower()}",
+              f" Docker Root Dir: {data.get('DockerRootDir', '')}",
+              f" Debug Mode: {str(data.get('Debug', False)).lower()}",
               f" Experimental: {str(data.get('ExperimentalBuild', False)).lower()}",
               f" Live Restore Enabled: {str(data.get('LiveRestoreEnabled', False)).lower()}"]
     cli.out("\n".join(lines) + "\n")
@@ -236,7 +237,7 @@ def df(cli: Cli, name: str, args: list[str]) -> int:
                  sum(c.get("Size") or 0 for c in cache), sum(c.get("Size") or 0 for c in cache if not c.get("InUse"))),
     ]
     default = "table {{.Type}}\t{{.TotalCount}}\t{{.Active}}\t{{.Size}}\t{{.Reclaimable}}"
-    cli.out(render_rows(rows, opts.format, default, UsageRow))  # type: ignore[arg-type]
+    cli.out(render_rows(rows, opts.format, default, UsageRow))
     if opts.verbose and not opts.format:
         from coracle.cli.formatting import VolumeRow
 

@@ -45,7 +45,7 @@ def ls(cli: Cli, name: str, args: list[str]) -> int:
     if opts.quiet:
         cli.out("".join(v["Name"] + "\n" for v in vols))
         return 0
-    cli.out(render_rows([VolumeRow(v) for v in vols], opts.format, VOLUMES_TABLE, VolumeRow))  # type: ignore[misc]
+    cli.out(render_rows([VolumeRow(v) for v in vols], opts.format, VOLUMES_TABLE, VolumeRow))
     return 0
 
 
