@@ -11,7 +11,7 @@ import pytest
 from rootless_support import RootlessUser
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def user() -> Iterator[RootlessUser]:
     """An ordinary user with subordinate ids and its rootless daemon; everything removed afterwards."""
     if not shutil.which("pasta") or not shutil.which("newuidmap"):

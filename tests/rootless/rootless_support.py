@@ -194,9 +194,16 @@ class RootlessUser:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+            if self.daemon:
+                self.daemon.poll()  # reap it: the daemon is our child
             time.sleep(0.05)
-        if self.leftovers():
-            problems.append(f"processes left: {self.leftovers()}")
+        for pid in self.leftovers():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text().splitlines()[:3]
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            problems.append(f"process left: {pid} {status} {cmdline}")
         for ns in (self.host_ns, self.lan_ns):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         if self.uid >= 0:
