@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("-D", "--debug", action="store_true",
                    help="log where each container start spends its time, phase by phase (also CORACLE_TRACE=1)")
     p.add_argument("--bridge", dest="bridge_name", default="coracle0", help="device name of the default bridge")
+    p.add_argument("--mtu", type=int, default=1500,
+                   help="MTU of bridges and container interfaces (rootless default: 65520, pasta's)")
     p.add_argument("--bip", default=None, help="address/prefix of the default bridge (e.g. 172.17.0.1/16)")
     p.add_argument("--default-address-pool", action="append", default=[],
                    help="base=CIDR,size=N; pools for new networks (repeatable)")
@@ -172,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     images = ImageStore(os.path.join(args.data_root, "images"), store, insecure_registries=args.insecure_registry,
                         max_image_size=args.max_image_size)
     network = NetworkManager(store, args.exec_root, bridge_name=args.bridge_name, bip=args.bip,
-                             default_pools=_pools(args.default_address_pool) or None, firewall=args.firewall)
+                             default_pools=_pools(args.default_address_pool) or None, firewall=args.firewall,
+                             mtu=args.mtu)
     monitor = MonitorClient(args.exec_root)
     monitor_pid = monitor.ensure_running()
     engine = Engine(store=store, images=images, network=network, monitor=monitor, events=events,

@@ -16,6 +16,7 @@ and reports what it could not (the tests assert nothing is left).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -133,10 +134,9 @@ class RootlessUser:
         return f"{self.runtime_dir}/coracle.sock"
 
     def start_daemon(self, *args: str, tun: bool = True, wait: bool = True) -> None:
-        log = open(self.log, "ab")
-        self.daemon = subprocess.Popen(self.as_user([self.python, "-m", "coracle.daemon", *args], tun=tun),
-                                       stdout=log, stderr=log, start_new_session=True)
-        log.close()
+        with open(self.log, "ab") as log:
+            self.daemon = subprocess.Popen(self.as_user([self.python, "-m", "coracle.daemon", *args], tun=tun),
+                                           stdout=log, stderr=log, start_new_session=True)
         if wait:
             deadline = time.monotonic() + 60
             while not harness._ping(self.sock):
@@ -190,10 +190,8 @@ class RootlessUser:
         deadline = time.monotonic() + 15
         while (pids := self.leftovers()) and time.monotonic() < deadline:
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             if self.daemon:
                 self.daemon.poll()  # reap it: the daemon is our child
             time.sleep(0.05)

@@ -14,11 +14,13 @@ from typing import Any
 from coracle.errors import InvalidParameter
 from coracle.rootless import paths
 
+UPLINK_MTU = 65520  # pasta's tap: bridges as large carry a TCP segment through in one frame
+
 
 def daemon_defaults() -> dict[str, Any]:
     """argparse defaults for a daemon started by an ordinary user."""
     defaults: dict[str, Any] = {"host": paths.socket_host(), "data_root": paths.data_root(),
-                                "exec_root": paths.exec_root()}
+                                "exec_root": paths.exec_root(), "mtu": UPLINK_MTU}
     path = os.path.join(paths.config_dir(), "daemon.json")
     try:
         with open(path) as f:
