@@ -135,29 +135,35 @@ UPLINKS = {
 }
 
 
-def uplinks(user: RootlessUser, seconds: int) -> dict[str, float]:
-    """A bare user+network namespace joined to the LAN by each tool, iperf3 from inside to the neighbour."""
-    out = {}
+def uplinks(user: RootlessUser, seconds: int, rounds: int) -> dict[str, float]:
+    """A bare user+network namespace joined to the LAN by each tool, iperf3 from inside to the
+    neighbour; the tools take turns `rounds` times, medians."""
+    runs: dict[str, list[float]] = {tool: [] for tool in UPLINKS}
     with _iperf_server(_lan(user.lan_ns, "iperf3", "-s", "-p", "5203")):
-        for tool, start in UPLINKS.items():
-            script = (f"D={user.home}; unshare -rn sleep 60 & NP=$!; sleep 0.3; {start}; "
-                      f"nsenter --preserve-credentials -U -n -t $NP iperf3 -J -t {seconds} -c {LAN_PEER} -p 5203; "
-                      f"kill $(cat $D/uplink.pid) $NP")
-            out[tool] = _gbits(user.run(["sh", "-c", script]).stdout)
-    return out
+        for _ in range(rounds):
+            for tool, start in UPLINKS.items():
+                script = (f"D={user.home}; unshare -rn sleep 60 & NP=$!; sleep 0.3; {start}; "
+                          f"nsenter --preserve-credentials -U -n -t $NP iperf3 -J -t {seconds} -c {LAN_PEER} "
+                          f"-p 5203; kill $(cat $D/uplink.pid) $NP")
+                runs[tool].append(_gbits(user.run(["sh", "-c", script]).stdout))
+    return {tool: statistics.median(values) for tool, values in runs.items()}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.rootless")
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--seconds", type=int, default=5)
+    p.add_argument("--uplinks-only", action="store_true", help="only pasta vs slirp4netns")
     args = p.parse_args()
     user = RootlessUser(secrets.token_hex(3))
     results: dict[str, dict[str, float]] = {}
     try:
         user.create()
         user.start_daemon()
-        results["uplink alone, Gbit/s"] = uplinks(user, args.seconds)
+        results["uplink alone, Gbit/s"] = uplinks(user, args.seconds, max(3, args.repeat // 3))
+        if args.uplinks_only:
+            print(json.dumps(results, indent=2))
+            return
         results["run --rm latency, s (median)"] = latency(user, args.repeat)
         results["rootless coracle, Gbit/s"] = _datapath(["docker", "-H", f"unix://{user.sock}"], user.as_user,
                                                        user.lan_ns, LAN_HOST, LAN_PEER, args.seconds)
