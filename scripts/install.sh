@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_RUNTIME="python3 python3-venv iproute2 nftables libnftables1 busybox-static tini libseccomp2 procps"
+APT_RUNTIME="python3 python3-venv iproute2 nftables libnftables1 busybox-static tini libseccomp2 procps uidmap passt"
 APT_TEST="docker-registry docker-compose apache2-utils iperf3 psmisc"
 
 want="$APT_RUNTIME"
@@ -25,8 +25,11 @@ if [ "${1:-}" = "--test" ] && command -v service >/dev/null; then
     service docker-registry stop >/dev/null 2>&1 || true
 fi
 
-if [ ! -x .venv/bin/python ]; then
-    python3 -m venv .venv
+# Debian's interpreter, which every user can read (an interpreter under /root is not):
+# ordinary users run coracled from this virtualenv too (rootless mode).
+if [ ! -x .venv/bin/python ] || ! grep -q "^home = /usr/bin$" .venv/pyvenv.cfg; then
+    rm -rf .venv
+    /usr/bin/python3 -m venv .venv
 fi
 extra=""
 [ "${1:-}" = "--test" ] && extra="[test]"
@@ -39,3 +42,13 @@ extra=""
 .venv/bin/python -m coracle.cli.launcher .venv/bin/coracle
 ln -sf "$PWD/.venv/bin/coracle" /usr/local/bin/coracle
 ln -sf "$PWD/.venv/bin/coracled" /usr/local/bin/coracled
+# Rootless mode needs the checkout and its virtualenv readable and searchable by every user.
+dir="$PWD"
+while [ "$dir" != "/" ]; do
+    if ! setpriv --reuid nobody --regid nogroup --clear-groups test -x "$dir" 2>/dev/null; then
+        echo "install: $dir is not searchable by other users: ordinary users cannot run coracle from here" \
+             "(clone it under /opt or /usr/local/src for rootless use)" >&2
+        break
+    fi
+    dir="$(dirname "$dir")"
+done

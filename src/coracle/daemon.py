@@ -26,21 +26,26 @@ import time
 
 from coracle import __version__, trace
 from coracle.errors import CoracleError, InvalidParameter
+import contextlib
 
 log = logging.getLogger("coracle")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="coracled", description="coracle container engine daemon")
-    p.add_argument("-H", "--host", default="unix:///run/coracle/coracle.sock", help="Unix socket to listen on")
-    p.add_argument("--data-root", default="/var/lib/coracle")
-    p.add_argument("--exec-root", default="/run/coracle")
+    p.add_argument("-H", "--host", default=None,
+                   help="Unix socket to listen on (unix:///run/coracle/coracle.sock; rootless: "
+                        "unix://$XDG_RUNTIME_DIR/coracle.sock)")
+    p.add_argument("--data-root", default=None, help="/var/lib/coracle (rootless: ~/.local/share/coracle)")
+    p.add_argument("--exec-root", default=None, help="/run/coracle (rootless: $XDG_RUNTIME_DIR/coracle)")
     p.add_argument("--pidfile", default=None, help="default: <exec-root>/coracled.pid")
     p.add_argument("--cgroup-parent", default="coracle")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warn", "error", "fatal"])
     p.add_argument("-D", "--debug", action="store_true",
                    help="log where each container start spends its time, phase by phase (also CORACLE_TRACE=1)")
     p.add_argument("--bridge", dest="bridge_name", default="coracle0", help="device name of the default bridge")
+    p.add_argument("--mtu", type=int, default=1500,
+                   help="MTU of bridges and container interfaces (rootless default: 65520, pasta's)")
     p.add_argument("--bip", default=None, help="address/prefix of the default bridge (e.g. 172.17.0.1/16)")
     p.add_argument("--default-address-pool", action="append", default=[],
                    help="base=CIDR,size=N; pools for new networks (repeatable)")
@@ -60,7 +65,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--recover-state", action="store_true",
                    help="replace the state database with its last snapshot (state.db.bak) before starting")
     p.add_argument("--version", action="version", version=f"coracled {__version__}")
-    return p.parse_args(argv)
+    if os.geteuid() != 0:
+        from coracle.rootless import config
+
+        p.set_defaults(**config.daemon_defaults())
+    args = p.parse_args(argv)
+    args.host = args.host or "unix:///run/coracle/coracle.sock"
+    args.data_root = args.data_root or "/var/lib/coracle"
+    args.exec_root = args.exec_root or "/run/coracle"
+    return args
 
 
 def _size(text: str) -> int:
@@ -81,6 +94,24 @@ def _pools(specs: list[str]) -> list[tuple[str, int]]:
     return pools
 
 
+def _enter_rootless(exec_root: str) -> int:
+    """Run by an ordinary user: become root of the user's rootless namespaces (coracle.rootless).
+
+    Must come before any thread starts; returns the network namespace to enter later."""
+    from coracle import rootless
+    from coracle.rootless.namespace import enter
+
+    os.makedirs(exec_root, mode=0o700, exist_ok=True)
+    rootless.host_unprivileged_port_start()  # read in the user's own network namespace
+    return enter(exec_root)
+
+
+async def _follow_ports(engine, events, exec_root: str) -> None:  # type: ignore[no-untyped-def]
+    from coracle.rootless import ports
+
+    await ports.follow(events, engine.records, ports.Forwarder(exec_root))
+
+
 class DataRootLock:
     """An exclusive flock on the data root: a second daemon fails fast with a clear message."""
 
@@ -97,7 +128,11 @@ class DataRootLock:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+        rootless_net = _enter_rootless(args.exec_root) if os.geteuid() != 0 else None
+    except CoracleError as exc:
+        sys.exit(f"coracled: {exc}")
     level = {"warn": "WARNING", "fatal": "CRITICAL"}.get(args.log_level, args.log_level.upper())
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.debug or trace.enabled_by_environment():
@@ -124,6 +159,11 @@ def main(argv: list[str] | None = None) -> None:
     from coracle.store import open_state
 
     raise_nofile()  # a few descriptors per container (log follows, attach streams, sockets)
+    if rootless_net is not None:
+        from coracle.rootless.namespace import enter_network
+
+        MonitorClient(args.exec_root).ensure_running()  # the monitor stays in the user's host network
+        enter_network(rootless_net)
     try:
         log_defaults = cfg.log_defaults(args.log_opt)
     except InvalidParameter as exc:
@@ -134,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     images = ImageStore(os.path.join(args.data_root, "images"), store, insecure_registries=args.insecure_registry,
                         max_image_size=args.max_image_size)
     network = NetworkManager(store, args.exec_root, bridge_name=args.bridge_name, bip=args.bip,
-                             default_pools=_pools(args.default_address_pool) or None, firewall=args.firewall)
+                             default_pools=_pools(args.default_address_pool) or None, firewall=args.firewall,
+                             mtu=args.mtu)
     monitor = MonitorClient(args.exec_root)
     monitor_pid = monitor.ensure_running()
     engine = Engine(store=store, images=images, network=network, monitor=monitor, events=events,
@@ -175,22 +216,23 @@ def main(argv: list[str] | None = None) -> None:
         router = build_router(engine=engine, images=images, network=network, events=events,
                               data_root=args.data_root, exec_root=args.exec_root)
         server = await serve(router, socket_path, group=args.group)
+        follower = asyncio.create_task(_follow_ports(engine, events, args.exec_root)) if rootless_net else None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         server.close()
+        if follower:
+            follower.cancel()
         housekeeping.snapshot()
         log.info("coracled stopping; containers keep running under the monitor")
 
     try:
         asyncio.run(run())
     finally:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path)
-        except FileNotFoundError:
-            pass
         store.close()  # checkpoints the WAL into state.db
         os.close(lock.fd)
 

@@ -9,7 +9,7 @@ import platform
 import time
 from typing import Any
 
-from coracle import __version__
+from coracle import __version__, rootless
 from coracle.api.disabled import SWARM_INACTIVE
 from coracle.api.filters import parse as parse_filters, values
 from coracle.api.http import API_VERSION, DOCKER_COMPAT, MIN_API_VERSION, Request, Response, Router
@@ -60,7 +60,8 @@ def routes(router: Router, engine: Engine, images: Any, network: Any, data_root:
             "CPUSet": True, "PidsLimit": True, "OomKillDisable": True, "IPv4Forwarding": True,
             "Debug": False, "NFd": len(os.listdir("/proc/self/fd")), "NGoroutines": 0,
             "SystemTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "LoggingDriver": "json-file",
-            "CgroupDriver": "cgroupfs", "CgroupVersion": cgroup_version, "NEventsListener": 0,
+            "CgroupDriver": "none" if rootless.active() else "cgroupfs", "CgroupVersion": cgroup_version,
+            "NEventsListener": 0,
             "KernelVersion": uname.release, "OperatingSystem": _os_name(), "OSType": "linux",
             "OSVersion": "", "Architecture": uname.machine, "NCPU": os.cpu_count(),
             "MemTotal": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "IndexServerAddress": "",
@@ -68,7 +69,8 @@ def routes(router: Router, engine: Engine, images: Any, network: Any, data_root:
             "DockerRootDir": data_root, "Name": uname.nodename, "Labels": [], "ExperimentalBuild": False,
             "ServerVersion": DOCKER_COMPAT, "Runtimes": {"coracle": {"path": "coracle-monitor"}},
             "DefaultRuntime": "coracle", "LiveRestoreEnabled": True, "Isolation": "", "InitBinary": "tini",
-            "SecurityOptions": ["name=seccomp,profile=builtin"], "Warnings": [], "Swarm": SWARM_INACTIVE,
+            "SecurityOptions": ["name=seccomp,profile=builtin", *(["name=rootless"] if rootless.active() else [])],
+            "Warnings": [], "Swarm": SWARM_INACTIVE,
         })
 
     async def events(req: Request) -> Any:

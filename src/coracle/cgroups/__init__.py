@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 
+from coracle import rootless
 from coracle.cgroups.manager import Manager, normalize
 from coracle.cgroups.resources import Resources
 from coracle.cgroups.v1 import V1Manager, mount_table
+from coracle.cgroups.unconfined import Unconfined
 from coracle.cgroups.v2 import V2Manager
 from coracle.errors import SystemError_
 
@@ -38,6 +40,8 @@ def detect(root: str = DEFAULT_ROOT) -> type[Manager]:
 
 
 def manager_for(path: str, root: str = DEFAULT_ROOT) -> Manager:
+    if rootless.active():
+        return Unconfined(path, root)
     return detect(root)(path, root)
 
 

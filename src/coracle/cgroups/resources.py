@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 from dataclasses import dataclass, fields
 
+from coracle import rootless
 from coracle.cgroups import host
 from coracle.errors import InvalidParameter
 
@@ -33,6 +34,14 @@ _HOST_CONFIG_KEYS = {
     "BlkioWeight": "blkio_weight",
     "OomKillDisable": "oom_kill_disable",
     "MemorySwappiness": "memory_swappiness",
+}
+# field name -> the docker flag that sets it
+_FLAGS = {
+    "memory": "--memory", "memory_swap": "--memory-swap", "memory_reservation": "--memory-reservation",
+    "nano_cpus": "--cpus", "cpu_shares": "--cpu-shares", "cpu_period": "--cpu-period", "cpu_quota": "--cpu-quota",
+    "cpuset_cpus": "--cpuset-cpus", "cpuset_mems": "--cpuset-mems", "pids_limit": "--pids-limit",
+    "blkio_weight": "--blkio-weight", "oom_kill_disable": "--oom-kill-disable",
+    "memory_swappiness": "--memory-swappiness",
 }
 
 
@@ -117,6 +126,14 @@ class Resources:
         )
         if self.blkio_weight and not 10 <= self.blkio_weight <= 1000:
             raise InvalidParameter("Range of blkio weight is from 10 to 1000")
+        if rootless.active() and (asked := self.limits()):
+            raise InvalidParameter(
+                f"resource limits ({', '.join(asked)}) cannot be applied: this daemon runs rootless and no cgroup "
+                f"is delegated to its user (cgroup v1 host); run without them, or use a cgroup v2 host")
+
+    def limits(self) -> list[str]:
+        """Docker's flag names of the limits this asks for."""
+        return [flag for name, flag in _FLAGS.items() if getattr(self, name) not in (0, "", -1)]
 
     def _validate_cpu(self) -> None:
         if self.nano_cpus and self.cpu_period:

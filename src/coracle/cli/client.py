@@ -46,7 +46,15 @@ class _Closed(Exception):
 
 
 def host_from_env(flag: str | None) -> str:
-    return flag or os.environ.get("CORACLE_HOST") or DEFAULT_HOST
+    """-H, then CORACLE_HOST, then DOCKER_HOST; an ordinary user's default is their own
+    rootless daemon's socket when it exists (see coracle.rootless.paths)."""
+    chosen = flag or os.environ.get("CORACLE_HOST") or os.environ.get("DOCKER_HOST")
+    if chosen:
+        return chosen
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if os.geteuid() != 0 and runtime_dir and os.path.exists(os.path.join(runtime_dir, "coracle.sock")):
+        return f"unix://{os.path.join(runtime_dir, 'coracle.sock')}"
+    return DEFAULT_HOST
 
 
 class Response:

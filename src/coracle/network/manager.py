@@ -213,8 +213,10 @@ class NetworkManager:
 
     def __init__(self, store: Store, exec_root: str, *, bridge_name: str = "coracle0", bip: str | None = None,
                  default_pools: list[tuple[str, int]] | None = None, firewall: str = "nftables",
-                 resolv_conf: str = "/etc/resolv.conf", hosts_file: str = "/etc/hosts") -> None:
+                 resolv_conf: str = "/etc/resolv.conf", hosts_file: str = "/etc/hosts",
+                 mtu: int = DEFAULT_MTU) -> None:
         self.store = store
+        self.mtu = mtu  # of bridges and veths whose network names none (dockerd's --mtu)
         self.exec_root = exec_root
         self.bridge_name = bridge_name
         self.bip = bip
@@ -281,7 +283,7 @@ class NetworkManager:
                 "Config": [{"Subnet": str(subnet), "Gateway": str(gateway)}]}
         options = {OPT + "bridge.default_bridge": "true", OPT + "bridge.enable_icc": "true",
                    OPT + "bridge.enable_ip_masquerade": "true", OPT + "bridge.host_binding_ipv4": "0.0.0.0",
-                   OPT + "bridge.name": self.bridge_name, OPT + "driver.mtu": str(DEFAULT_MTU)}
+                   OPT + "bridge.name": self.bridge_name, OPT + "driver.mtu": str(self.mtu)}
         fresh = self._record("bridge", "bridge", ipam, options, {}, True)
         fresh["Coracle"]["Bridge"] = self.bridge_name
         if rec is not None:
@@ -306,7 +308,7 @@ class NetworkManager:
             "Coracle": {"Builtin": builtin, "Bridge": opts.get(OPT + "bridge.name") or f"br-{nid[:12]}",
                         "ICC": _flag(opts, "bridge.enable_icc", True),
                         "Masquerade": _flag(opts, "bridge.enable_ip_masquerade", True),
-                        "MTU": int(opts.get(OPT + "driver.mtu") or DEFAULT_MTU)},
+                        "MTU": int(opts.get(OPT + "driver.mtu") or self.mtu)},
         }
 
     def _plumb(self, rec: dict[str, Any]) -> None:

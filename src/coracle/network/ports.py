@@ -28,6 +28,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 
+from coracle import rootless
 from coracle.errors import InvalidParameter
 
 PROTOCOLS = ("tcp", "udp")
@@ -149,6 +150,7 @@ def requests(port_bindings: dict | None, exposed: dict | None, publish_all: bool
             ip = _host_ip(bind.get("HostIp"))
             host = str(bind.get("HostPort") or "")
             start, end = _range(host, "hostPort") if host else (0, 0)
+            rootless.check_publish(proto, start)
             out.append(PortRequest(proto, c_port, ip, start, end if end != start else 0,
                                    dual=not bind.get("HostIp")))
     if publish_all:

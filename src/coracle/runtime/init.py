@@ -22,6 +22,7 @@ import termios
 from typing import NoReturn
 
 # Everything the child needs is imported here: after pivot_root the host's files are gone.
+from coracle import rootless
 from coracle.runtime import join, limits, rootfs, security, terminal, userns
 from coracle.runtime.sealed import scrub_process_strings
 from coracle.runtime import syscalls as sc
@@ -190,7 +191,7 @@ def _container_child(spec: Spec, fds: ChildFds) -> NoReturn:
         _wait_release(fds)
         # In a user namespace the cgroup filesystems cannot be mounted afresh, only
         # bound from the host, which needs the paths as seen before the cgroup namespace.
-        own = rootfs.own_cgroups() if spec.uid_map else {}
+        own = rootfs.own_cgroups() if spec.uid_map or rootless.active() else {}
         if "cgroup" in spec.namespaces:
             sc.unshare(sc.CLONE_NEWCGROUP)
         rootfs.build(spec, spec.process.tty, layers, own)

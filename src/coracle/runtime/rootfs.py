@@ -266,7 +266,12 @@ def stage_layers(root: str, layers: list[int]) -> list[str]:
 
 def _mount_inside(root: RootDir, spec: Spec, console: bool, own: dict[str, str] | None) -> None:
     """Kernel filesystems, /dev, the user's mounts, the init binary, sysctls and masks."""
-    root.mount("/proc", "proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    try:
+        root.mount("/proc", "proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    except PermissionError:
+        # A PID namespace that is not ours (--pid host of a rootless daemon) gets no fresh
+        # proc; the host's is bound instead, masked below like any other.
+        root.mount("/proc", "/proc", None, sc.MS_BIND | sc.MS_REC)
     sys_flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC | (0 if spec.privileged else sc.MS_RDONLY)
     try:
         root.mount("/sys", "sysfs", "sysfs", sys_flags)

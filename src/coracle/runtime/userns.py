@@ -76,8 +76,8 @@ class Remap:
             group = group or user
         user_names = _names(user, pwd.getpwnam, pwd.getpwuid)
         group_names = _names(group, grp.getgrnam, grp.getgrgid)
-        return cls(_map(_ranges(SUBUID, user_names), SUBUID, user),
-                   _map(_ranges(SUBGID, group_names), SUBGID, group))
+        return cls(_map(subordinate_ranges(SUBUID, user_names), SUBUID, user),
+                   _map(subordinate_ranges(SUBGID, group_names), SUBGID, group))
 
 
 def _names(ident: str, by_name, by_id) -> set[str]:  # type: ignore[no-untyped-def]
@@ -89,7 +89,7 @@ def _names(ident: str, by_name, by_id) -> set[str]:  # type: ignore[no-untyped-d
     return {entry[0], str(entry[2])}
 
 
-def _ranges(path: str, names: set[str]) -> list[tuple[int, int]]:
+def subordinate_ranges(path: str, names: set[str]) -> list[tuple[int, int]]:
     """(start, count) of every subordinate range of `names` in `path`, in file order."""
     try:
         with open(path) as f:
@@ -117,7 +117,7 @@ def ensure_default_user() -> None:
         subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/bin/false", DEFAULT_USER],
                        check=True, capture_output=True)
     for path in (SUBUID, SUBGID):
-        if _ranges(path, {DEFAULT_USER}):
+        if subordinate_ranges(path, {DEFAULT_USER}):
             continue
         try:
             with open(path) as f:
