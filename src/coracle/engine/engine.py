@@ -46,6 +46,7 @@ from coracle.errors import (
 )
 from coracle.faults import fault
 from coracle.images import Image, ImageStore
+from coracle.images.changes import commit_config
 from coracle.runtime.client import MonitorClient, StartError
 from coracle.runtime.fdtree import remove_tree
 from coracle.runtime.spec import Mount, Process, Spec
@@ -643,8 +644,9 @@ class Engine:
             if freeze:
                 self.cgroup(rec).freeze()
             try:
-                image = self.images.commit(rec["GraphDriver"]["Data"]["UpperDir"], base, changes, repo_tag,
-                                           comment, author, config)
+                image = self.images.commit(rec["GraphDriver"]["Data"]["UpperDir"], base,
+                                           commit_config(config, rec["Config"], list(changes or [])),
+                                           repo_tag, comment, author)
             finally:
                 if freeze:
                     self.cgroup(rec).thaw()
