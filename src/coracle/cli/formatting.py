@@ -401,6 +401,25 @@ class VolumeRow(Row):
 VOLUMES_TABLE = "table {{.Driver}}\t{{.Name}}"
 
 
+# ----- search ------------------------------------------------------------------
+
+class SearchRow(Row):
+    """One result of `search`: docker shows `[OK]` for official images in a table, true/false in JSON."""
+
+    FIELDS = {"Name": "NAME", "Description": "DESCRIPTION", "StarCount": "STARS", "IsOfficial": "OFFICIAL"}
+
+    def __init__(self, result: dict[str, Any], trunc: bool = True, as_json: bool = False) -> None:
+        self.Name = result.get("name", "")
+        description = (result.get("description") or "").replace("\n", " ").replace("\r", " ")
+        self.Description = ellipsis(description, 45) if trunc else description
+        self.StarCount = str(result.get("star_count") or 0)
+        official = bool(result.get("is_official"))
+        self.IsOfficial = ("true" if official else "false") if as_json else ("[OK]" if official else "")
+
+
+SEARCH_TABLE = "table {{.Name}}\t{{.Description}}\t{{.StarCount}}\t{{.IsOfficial}}"
+
+
 # ----- system df ---------------------------------------------------------------
 
 class DiskUsageRow(Row):

@@ -259,9 +259,10 @@ class Engine:
                 fault("create-after-dirs")
                 for m in mounts:
                     if m["Type"] == "volume":
-                        self.volumes.ensure(m["Name"], anonymous=cfg.is_anonymous(m))
+                        self.volumes.ensure(m["Name"], cfg.is_anonymous(m),
+                                            *cfg.mount_volume_request(host_config, m["Destination"]))
                 self.save(rec)
-            except (OSError, sqlite3.Error) as exc:
+            except (OSError, sqlite3.Error, InvalidParameter) as exc:  # a volume's options refused included
                 remove_tree(self._dir(cid), ignore_errors=True)
                 full = isinstance(exc, sqlite3.Error) and "full" in str(exc) or getattr(exc, "errno", 0) == errno.ENOSPC
                 if full:

@@ -530,9 +530,10 @@ class ImageStore:
         """GET /distribution/{name}/json."""
         return distribution.describe(ref, auth, self.insecure)
 
-    def search(self, term: str, limit: int = 25, auth: dict | None = None) -> list[dict[str, Any]]:
+    def search(self, term: str, limit: int = 25, auth: dict | None = None,
+               filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
         """GET /images/search."""
-        return distribution.search(term, limit, auth, self.insecure)
+        return distribution.search(term, limit, auth, self.insecure, filters)
 
     def push(self, ref: str, auth: dict | None = None,
              progress: Callable[[dict[str, Any]], None] | None = None) -> str:
