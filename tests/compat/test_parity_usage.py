@@ -16,7 +16,9 @@ Docker behaviour checked:
 from __future__ import annotations
 
 import json
+import os
 import re
+from pathlib import Path
 
 import docker
 import pytest
@@ -86,13 +88,13 @@ def test_rmi_of_one_reference_only_untags(daemon: Daemon, client: str) -> None:
 
 def test_ps_command_is_quoted_as_docker_does(docker: Docker, daemon: Daemon) -> None:
     name = unique("q")
-    docker("run", "-d", "--name", name, "busybox", "sh", "-c", 'sleep 60; echo "done"', "two words")
+    docker("run", "-d", "--name", name, "busybox", "sh", "-c", 'sleep 60; echo "done"', "two words", "a\tb\x01", "é")
     listed = next(c for c in daemon.api("GET", "/containers/json")[1] if c["Names"] == [f"/{name}"])
-    assert listed["Command"] == "sh -c 'sleep 60; echo \"done\"' 'two words'"
+    assert listed["Command"] == "sh -c 'sleep 60; echo \"done\"' 'two words' a\tb\x01 é"
     for run in (daemon.docker, daemon.cli):
         assert run("ps", "--filter", f"name={name}", "--format", "{{.Command}}").stdout == '"sh -c \'sleep 60; ec…"\n'
         full = run("ps", "--no-trunc", "--filter", f"name={name}", "--format", "{{.Command}}").stdout
-        assert full == '"sh -c \'sleep 60; echo \\"done\\"\' \'two words\'"\n'
+        assert full == '"sh -c \'sleep 60; echo \\"done\\"\' \'two words\' a\\tb\\x01 é"\n'
 
 
 def _without_times(text: str) -> str:
@@ -102,9 +104,16 @@ def _without_times(text: str) -> str:
     return re.sub(r" {2,}", "  ", text)
 
 
-def test_system_df_counts_and_verbose(fresh_daemon: Daemon) -> None:
+def test_system_df_counts_and_verbose(fresh_daemon: Daemon, tmp_path: Path) -> None:
     d = fresh_daemon
     d.start()
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nCOPY blob /blob\n")
+    (tmp_path / "blob").write_bytes(os.urandom(5000))
+    sdk = d.sdk()
+    try:
+        sdk.images.build(path=str(tmp_path), tag="built:1")  # one build cache record of 5000 bytes
+    finally:
+        sdk.close()
     d.docker("run", "--name", "stopped", "busybox", "sh", "-c", "head -c 200000 /dev/zero > /blob")
     d.docker("run", "-d", "--name", "running", "-v", "used:/data", "busybox", "sh", "-c",
              "head -c 50000 /dev/zero > /data/x; exec sleep 600")
@@ -115,19 +124,17 @@ def test_system_df_counts_and_verbose(fresh_daemon: Daemon) -> None:
 
     lines = d.docker("system", "df", "--format", "{{json .}}").stdout.splitlines()
     rows = {r["Type"]: r for r in map(json.loads, lines)}
-    busybox = inspect(d.docker, "busybox")["Size"]
-    committed = inspect(d.docker, "committed:1")["Size"]
-    # two images sharing the busybox layer; the one used by containers has no unique bytes, so all is reclaimable
-    assert (rows["Images"]["TotalCount"], rows["Images"]["Active"]) == ("2", "1")
-    assert rows["Images"]["Size"] == _size(committed)
-    assert rows["Images"]["Reclaimable"] == f"{_size(committed)} (100%)"
+    layers = d.api("GET", "/system/df")[1]["LayersSize"]  # type: ignore[index]
+    # three images sharing the busybox layer; the one containers use has no unique bytes: all is reclaimable
+    assert (rows["Images"]["TotalCount"], rows["Images"]["Active"]) == ("3", "1")
+    assert rows["Images"]["Size"] == _size(layers) and rows["Images"]["Reclaimable"] == f"{_size(layers)} (100%)"
     # the stopped container's writable layer is reclaimable; the running one wrote only to its volume
     assert rows["Containers"] == {"Type": "Containers", "TotalCount": "2", "Active": "1", "Size": "200kB",
                                   "Reclaimable": "200kB (100%)"}
     assert rows["Local Volumes"] == {"Type": "Local Volumes", "TotalCount": "2", "Active": "1", "Size": "80kB",
                                      "Reclaimable": "30kB (37%)"}
-    assert (rows["Build Cache"]["TotalCount"], rows["Build Cache"]["Size"]) == ("0", "0B")
-    assert busybox < committed
+    assert rows["Build Cache"] == {"Type": "Build Cache", "TotalCount": "1", "Active": "0", "Size": "5kB",
+                                   "Reclaimable": "5kB"}  # docker shows no percentage for the build cache
 
     assert d.cli("system", "df").stdout == d.docker("system", "df").stdout
     assert d.cli("system", "df", "--format", "{{json .}}").stdout == d.docker("system", "df", "--format",
@@ -137,6 +144,8 @@ def test_system_df_counts_and_verbose(fresh_daemon: Daemon) -> None:
     images = docker_verbose.split("Containers space usage:")[0]
     assert re.search(r"busybox +latest +\w{12} .* 1\.98MB +1\.983MB +0B +2\n", images), images
     assert "unused        0         30kB" in docker_verbose and "used          1         50kB" in docker_verbose
+    assert re.search(r"\nBuild cache usage: 5kB\n\nCACHE ID .*\n\w{12} +regular +5kB .* 1 +false\n$",
+                     docker_verbose), docker_verbose
 
 
 def _size(n: int) -> str:
