@@ -19,8 +19,9 @@ Docker behaviour checked:
   are refused (by the CLIs, and by the daemon: "field VolumeOptions must not be specified");
 - `search` prints NAME/DESCRIPTION/STARS/OFFICIAL, honours --limit, --filter (unknown
   filters refused) and --format; without a term it exits 1;
-- `manifest inspect [-v]` prints the registry's manifest with tab indentation; a missing
-  one is "no such manifest: NAME:TAG" (exit 1).
+- `manifest inspect [-v]` prints the registry's manifest with tab indentation, a manifest
+  list rebuilt from its entries (three-space indentation) or, with -v, each entry's manifest;
+  a missing one is "no such manifest: NAME:TAG" (exit 1).
 """
 
 from __future__ import annotations
@@ -197,9 +198,11 @@ def test_search_and_manifest_inspect_match_docker(daemon: Daemon, tmp_path: Path
         assert [r.split()[0] for r in rows[1:]] == [repo, f"{repo}-other"]
         assert "invalid filter 'bogus'" in daemon.cli("search", "--filter", "bogus=1", repo, check=False).stderr
 
-        def in_netns(*args: str) -> subprocess.CompletedProcess:  # manifest inspect talks to the registry itself
+        def in_netns(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+            """manifest inspect talks to the registry itself, which listens in the daemon's namespace"""
             return subprocess.run(["nsenter", f"--net=/run/netns/{daemon.netns}", *args], capture_output=True,
-                                  text=True, env={**env_for(daemon), "CORACLE_HOST": daemon.host}, timeout=60)
+                                  text=True, env={**env_for(daemon), "CORACLE_HOST": daemon.host}, timeout=60,
+                                  input=input)
 
         native = [PYTHON, "-m", "coracle.cli.main", "manifest", "inspect", "--insecure"]
         for extra in ([], ["-v"]):
@@ -210,6 +213,21 @@ def test_search_and_manifest_inspect_match_docker(daemon: Daemon, tmp_path: Path
         assert manifest["Ref"] == f"{repo}:1" and manifest["Descriptor"]["platform"] == {"architecture": "amd64",
                                                                                          "os": "linux"}
         assert ours.stdout.startswith('{\n\t"Ref"')
+        # a manifest list naming that manifest: docker rebuilds it (three-space indent) or, with -v, shows each entry
+        entry = {k: manifest["Descriptor"][k] for k in ("mediaType", "size", "digest")}
+        list_type = "application/vnd.docker.distribution.manifest.list.v2+json"
+        index = json.dumps({"schemaVersion": 2, "mediaType": list_type,
+                            "manifests": [{**entry, "platform": {"architecture": "amd64", "os": "linux"}}]})
+        put = ("import http.client, sys; c = http.client.HTTPConnection('127.0.0.1', int(sys.argv[1])); "
+               f"c.request('PUT', sys.argv[2], sys.stdin.buffer.read(), {{'Content-Type': '{list_type}'}}); "
+               "sys.exit(c.getresponse().status != 201)")
+        path = f"/v2/{repo.split('/', 1)[1]}/manifests/list"
+        assert in_netns(PYTHON, "-c", put, str(port), path, input=index).returncode == 0
+        for extra in ([], ["-v"]):
+            ours = in_netns(*native, *extra, f"{repo}:list")
+            theirs = in_netns("docker", "manifest", "inspect", "--insecure", *extra, f"{repo}:list")
+            assert ours.returncode == theirs.returncode == 0 and ours.stdout == theirs.stdout, ours.stderr
+        assert json.loads(ours.stdout)[0]["Ref"] == f"{repo}:list@{entry['digest']}"
         missing = in_netns(*native, f"{repo}-nothing")
         assert (missing.returncode, missing.stderr) == (1, f"no such manifest: {repo}-nothing:latest\n")
     finally:

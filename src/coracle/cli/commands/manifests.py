@@ -18,9 +18,16 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-def _indented(doc: Any) -> str:
-    """docker's layout: tab indentation, `"key": value`."""
-    return json.dumps(doc, indent="\t", ensure_ascii=False) + "\n"
+def _indented(doc: Any, indent: str = "\t") -> str:
+    """docker's layout: tab indentation (three spaces for a list it rebuilt), `"key": value`."""
+    return json.dumps(doc, indent=indent, ensure_ascii=False) + "\n"
+
+
+def _platform(platform: dict[str, Any]) -> dict[str, Any]:
+    """A platform with docker's fields in docker's order, empty optional ones left out."""
+    out = {"architecture": platform.get("architecture", ""), "os": platform.get("os", "")}
+    out.update({k: platform[k] for k in ("os.version", "os.features", "variant", "features") if platform.get(k)})
+    return out
 
 
 def inspect(cli: Cli, name: str, args: list[str]) -> int:
@@ -48,11 +55,14 @@ def inspect(cli: Cli, name: str, args: list[str]) -> int:
     reg = Registry(ref.registry, Credentials.from_auth(stored_auth(ref.name)), insecure=opts.insecure)
     scope = pull_scope(ref.repository)
 
-    def image_manifest(body: bytes, media_type: str, digest: str, at: str) -> dict[str, Any]:
-        """docker's verbose record of one image manifest: reference, descriptor with platform, raw bytes."""
+    def image_manifest(body: bytes, media_type: str, digest: str, at: str,
+                       platform: dict[str, Any] | None = None) -> dict[str, Any]:
+        """docker's verbose record of one image manifest: reference, descriptor with its platform (the
+        list's entry, or the image config's), raw bytes."""
         manifest = json.loads(body)
-        config = json.loads(fetch_blob(reg, ref.repository, manifest["config"]["digest"], scope))
-        platform = {k: config[k] for k in ("architecture", "os", "variant") if config.get(k)}
+        if platform is None:
+            config = json.loads(fetch_blob(reg, ref.repository, manifest["config"]["digest"], scope))
+            platform = {k: config[k] for k in ("architecture", "os", "variant") if config.get(k)}
         key = "OCIManifest" if media_type == mt.OCI_MANIFEST else "SchemaV2Manifest"
         return {"Ref": at, "Descriptor": {"mediaType": media_type, "digest": digest, "size": len(body),
                                           "platform": platform},
@@ -64,13 +74,21 @@ def inspect(cli: Cli, name: str, args: list[str]) -> int:
         if "manifests" not in top:
             cli.out(_indented(image_manifest(body, media_type, digest, ref.canonical) if opts.verbose else top))
             return 0
-        if not opts.verbose:
-            cli.out(_indented(top))
+        children = top["manifests"] or []
+        if not opts.verbose:  # docker rebuilds the list from its entries
+            oci = bool(children) and children[0].get("mediaType") == mt.OCI_MANIFEST
+            rebuilt = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX if oci else mt.DOCKER_LIST,
+                       "manifests": [{"mediaType": c.get("mediaType", ""), "size": c.get("size", 0),
+                                      "digest": c.get("digest", ""), "platform": _platform(c.get("platform") or {})}
+                                     for c in children]}
+            cli.out(_indented(rebuilt, "   "))
             return 0
         entries = []
-        for child in top["manifests"]:
+        for child in children:
             child_body, child_type, child_digest = fetch_manifest(reg, ref, child["digest"])
-            entries.append(image_manifest(child_body, child_type, child_digest, f"{ref.name}@{child_digest}"))
+            at = f"{ref.name}:{ref.tag}@{child_digest}" if ref.tag else f"{ref.name}@{child_digest}"
+            entries.append(image_manifest(child_body, child_type, child_digest, at,
+                                          _platform(child.get("platform") or {})))
         cli.out(_indented(entries))
         return 0
     except NotFound:
