@@ -144,6 +144,9 @@ def test_system_df_counts_and_verbose(fresh_daemon: Daemon, tmp_path: Path) -> N
     images = docker_verbose.split("Containers space usage:")[0]
     assert re.search(r"busybox +latest +\w{12} .* 1\.98MB +1\.983MB +0B +2\n", images), images
     assert "unused        0         30kB" in docker_verbose and "used          1         50kB" in docker_verbose
+    fmt = "{{len .Images}} {{len .Containers}} {{len .Volumes}} {{range .BuildCache}}{{.Size}}{{end}}"
+    assert d.cli("system", "df", "-v", "--format", fmt).stdout == d.docker("system", "df", "-v", "--format",
+                                                                         fmt).stdout == "3 2 2 5kB"
     assert re.search(r"\nBuild cache usage: 5kB\n\nCACHE ID .*\n\w{12} +regular +5kB .* 1 +false\n$",
                      docker_verbose), docker_verbose
 

@@ -284,7 +284,7 @@ class ImageRow(Row):
 
     @property
     def VirtualSize(self) -> str:
-        return human_size(self._i.get("VirtualSize") or self._i.get("Size") or 0)
+        return human_size(self._i.get("VirtualSize") or self._i.get("Size") or 0, 4)
 
     @property
     def SharedSize(self) -> str:

@@ -204,33 +204,47 @@ def df(cli: Cli, name: str, args: list[str]) -> int:
     usage = cli.client.get("/system/df") or {}
     if opts.verbose and (not opts.format or opts.format.startswith("table")):
         cli.out(_df_verbose(usage))
-        return 0
-    cli.out(render_rows(usage_rows(usage), opts.format, DF_TABLE, DiskUsageRow))  # type: ignore[arg-type]
+    elif opts.verbose:  # one document with every object's row (and no newline), as docker's verbose --format gives
+        from coracle.cli.gotemplate import Template
+
+        fmt = "{{json .}}" if opts.format == "json" else opts.format.replace("\\t", "\t").replace("\\n", "\n")
+        cli.out(Template(fmt).execute(_df_objects(usage, trunc=False)))
+    else:
+        cli.out(render_rows(usage_rows(usage), opts.format, DF_TABLE, DiskUsageRow))  # type: ignore[arg-type]
     return 0
 
 
-def _df_verbose(usage: dict[str, Any]) -> str:
-    """`system df -v`: docker's four tables, each object once (an image under its first tag)."""
-    from coracle.cli.formatting import (DF_CACHE_TABLE, DF_CONTAINERS_TABLE, DF_IMAGES_TABLE, BuildCacheRow,
-                                        ContainerRow, ImageRow, VolumeRow, render_rows, split_tag)
-    from coracle.cli.units import human_size
+def _df_objects(usage: dict[str, Any], trunc: bool) -> dict[str, list[Any]]:
+    """GET /system/df as docker's verbose rows: each image once (under its first tag), containers
+    without their virtual size."""
+    from coracle.cli.formatting import BuildCacheRow, ContainerRow, ImageRow, VolumeRow, split_tag
 
     images = []
     for image in usage.get("Images") or []:
         tags = [t for t in image.get("RepoTags") or [] if t != "<none>:<none>"]
         repo, tag = split_tag(tags[0]) if tags else ("<none>", "<none>")
-        images.append(ImageRow(image, repo, tag, ""))
-    containers = [ContainerRow({**c, "SizeRootFs": 0}) for c in usage.get("Containers") or []]  # no virtual size
-    cache = usage.get("BuildCache") or []
-    cache_size = sum(c.get("Size") or 0 for c in cache if not c.get("Shared"))
-    return ("Images space usage:\n\n" + render_rows(images, None, DF_IMAGES_TABLE, ImageRow)  # type: ignore[arg-type]
+        images.append(ImageRow(image, repo, tag, "", trunc))
+    return {"Images": images,
+            "Containers": [ContainerRow({**c, "SizeRootFs": 0}, trunc) for c in usage.get("Containers") or []],
+            "Volumes": [VolumeRow(v) for v in usage.get("Volumes") or []],
+            "BuildCache": [BuildCacheRow(c) for c in usage.get("BuildCache") or []]}
+
+
+def _df_verbose(usage: dict[str, Any]) -> str:
+    """`system df -v`: docker's four tables."""
+    from coracle.cli.formatting import (DF_CACHE_TABLE, DF_CONTAINERS_TABLE, DF_IMAGES_TABLE, BuildCacheRow,
+                                        ContainerRow, ImageRow, VolumeRow, render_rows)
+    from coracle.cli.units import human_size
+
+    rows = _df_objects(usage, trunc=True)
+    cache_size = sum(c.get("Size") or 0 for c in usage.get("BuildCache") or [] if not c.get("Shared"))
+    return ("Images space usage:\n\n" + render_rows(rows["Images"], None, DF_IMAGES_TABLE, ImageRow)
             + "\nContainers space usage:\n\n"
-            + render_rows(containers, None, DF_CONTAINERS_TABLE, ContainerRow)  # type: ignore[arg-type]
+            + render_rows(rows["Containers"], None, DF_CONTAINERS_TABLE, ContainerRow)
             + "\nLocal Volumes space usage:\n\n"
-            + render_rows([VolumeRow(v) for v in usage.get("Volumes") or []], None,  # type: ignore[arg-type]
-                          "table {{.Name}}\t{{.Links}}\t{{.Size}}", VolumeRow)
+            + render_rows(rows["Volumes"], None, "table {{.Name}}\t{{.Links}}\t{{.Size}}", VolumeRow)
             + f"\nBuild cache usage: {human_size(cache_size, 4)}\n\n"
-            + render_rows([BuildCacheRow(c) for c in cache], None, DF_CACHE_TABLE, BuildCacheRow))  # type: ignore[arg-type]
+            + render_rows(rows["BuildCache"], None, DF_CACHE_TABLE, BuildCacheRow))
 
 
 def prune(cli: Cli, name: str, args: list[str]) -> int:
