@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from coracle.errors import InvalidParameter, NotFound
+from coracle.images.changes import commit_config
 
 
 def sha(data: bytes) -> str:
@@ -206,7 +207,8 @@ def test_commit_turns_overlay_whiteouts_back_into_layer_whiteouts(images, make_s
     done = in_overlay(images.layer_dirs(base), "rm /etc/group && rm -rf /var && mkdir /var && echo x > /var/only"
                       " && mkdir -p /srv && echo data > /srv/file", "c1")
     assert done.returncode == 0, done.stderr
-    image = images.commit(str(tmp_path / "c1/upper"), base, ["CMD cat /srv/file"], "committed:1", "a note", "me")
+    config = commit_config(None, base.config, ["CMD cat /srv/file"])
+    image = images.commit(str(tmp_path / "c1/upper"), base, config, "committed:1", "a note", "me")
     assert image.layers[:-1] == base.layers and image.parent == base.id
     assert image.config["Cmd"] == ["/bin/sh", "-c", "cat /srv/file"]
     assert image.raw["author"] == "me" and image.raw["comment"] == "a note"
@@ -231,6 +233,7 @@ def test_prune_and_disk_usage(images, tar_of):
     usage = images.disk_usage(lambda image_id: 1 if image_id == base.id else 0)
     assert usage["LayersSize"] == base.size + 1000 + 10
     assert {i["Id"]: i["Containers"] for i in usage["Images"]} == {base.id: 1, dangling.id: 0, tagged.id: 0}
+    assert {i["SharedSize"] for i in usage["Images"]} == {0}  # no layer in two of these images
     result = images.prune()
     assert result == {"ImagesDeleted": [{"Deleted": dangling.id}, {"Deleted": dangling.layers[0]}],
                       "SpaceReclaimed": 1000}

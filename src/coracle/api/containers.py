@@ -54,7 +54,7 @@ def summary(engine: Engine, rec: dict[str, Any], size: bool = False) -> dict[str
     image = rec["Config"].get("Image", "")
     out = {
         "Id": rec["Id"], "Names": [rec["Name"]], "Image": image, "ImageID": rec["Image"],
-        "Command": " ".join([rec["Path"], *rec["Args"]]), "Created": _epoch(rec["Created"]),
+        "Command": command_line(rec["Path"], rec["Args"]), "Created": _epoch(rec["Created"]),
         "Ports": ports, "Labels": rec["Config"].get("Labels") or {}, "State": state["Status"],
         "Status": status_text(state), "HostConfig": {"NetworkMode": rec["HostConfig"].get("NetworkMode", "")},
         "NetworkSettings": {"Networks": rec["NetworkSettings"].get("Networks") or {}},
@@ -63,6 +63,11 @@ def summary(engine: Engine, rec: dict[str, Any], size: bool = False) -> dict[str
     if size:
         out.update(sizes(engine, rec))
     return out
+
+
+def command_line(path: str, args: list[str]) -> str:
+    """The list's Command as Docker writes it: arguments holding a space in single quotes."""
+    return " ".join([path, *(f"'{a}'" if " " in a else a for a in args)])
 
 
 def sizes(engine: Engine, rec: dict[str, Any]) -> dict[str, int]:

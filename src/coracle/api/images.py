@@ -245,7 +245,7 @@ def routes(router: Router, engine: Engine, images: Any) -> None:
             limit = int(req.q("limit") or 25)
         except ValueError:
             raise InvalidParameter("limit must be a number") from None
-        return Response.json(await thread(images.search, term, limit, _auth(req)))
+        return Response.json(await thread(images.search, term, limit, _auth(req), parse_filters(req.qjson("filters"))))
 
     async def auth(req: Request) -> Response:
         body = req.json()

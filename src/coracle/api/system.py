@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import time
+from collections import Counter
 from typing import Any
 
 from coracle import __version__, rootless
@@ -131,7 +132,8 @@ def routes(router: Router, engine: Engine, images: Any, network: Any, data_root:
 
         records = await asyncio.to_thread(engine.records)
         containers = [summary(engine, r, size=True) for r in records]
-        usage = await asyncio.to_thread(images.disk_usage)
+        used = Counter(r["Image"] for r in records)
+        usage = await asyncio.to_thread(images.disk_usage, lambda image_id: used[image_id])
         volumes = await asyncio.to_thread(lambda: [engine.volumes.inspect(v, with_usage=True)
                                                    for v in engine.volumes.all()])
         return Response.json({"LayersSize": usage.get("LayersSize", 0), "Images": usage.get("Images", []),

@@ -8,10 +8,8 @@ the way Go's tabwriter does with docker's settings (min width 10, padding 3).
 
 from __future__ import annotations
 
-import json
-
 from coracle.cli.gotemplate import Template
-from coracle.cli.units import ago, go_time, human_size
+from coracle.cli.units import ago, go_time, human_size, parse_iso
 
 TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
 if TYPE_CHECKING:
@@ -37,6 +35,31 @@ def ellipsis(text: str, width: int) -> str:
         out += ch
         used += w(ch)
     return out + "…"
+
+
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t",
+               "\v": "\\v", '"': '\\"', "\\": "\\\\"}
+
+
+def go_quote(text: str) -> str:
+    """Go's strconv.Quote, which docker uses for ps's COMMAND: printable characters as they are,
+    others as Go escapes (`\\x01`, `\\u00a0`), unlike JSON's `\\u0001`."""
+    out = []
+    for ch in text:
+        if ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
+        elif ch == " " or (ch.isascii() and ch.isprintable()):
+            out.append(ch)
+        elif ord(ch) < 0x80:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            import unicodedata
+
+            if unicodedata.category(ch)[0] in "LMNPS":
+                out.append(ch)
+            else:
+                out.append(f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}")
+    return '"' + "".join(out) + '"'
 
 
 def short_id(value: str, trunc: bool = True) -> str:
@@ -171,7 +194,7 @@ class ContainerRow(Row):
     @property
     def Command(self) -> str:
         command = self._c.get("Command") or ""
-        return json.dumps(ellipsis(command, 20) if self._trunc else command, ensure_ascii=False)
+        return go_quote(ellipsis(command, 20) if self._trunc else command)
 
     @property
     def CreatedAt(self) -> str:
@@ -262,17 +285,17 @@ class ImageRow(Row):
 
     @property
     def VirtualSize(self) -> str:
-        return human_size(self._i.get("VirtualSize") or self._i.get("Size") or 0)
+        return human_size(self._i.get("VirtualSize") or self._i.get("Size") or 0, 4)
 
     @property
     def SharedSize(self) -> str:
         shared = self._i.get("SharedSize", -1)
-        return "N/A" if shared is None or shared < 0 else human_size(shared)
+        return "N/A" if shared is None or shared < 0 else human_size(shared, 4)
 
     @property
     def UniqueSize(self) -> str:
         shared = self._i.get("SharedSize", -1)
-        return "N/A" if shared is None or shared < 0 else human_size((self._i.get("Size") or 0) - shared)
+        return "N/A" if shared is None or shared < 0 else human_size((self._i.get("Size") or 0) - shared, 4)
 
     @property
     def Containers(self) -> str:
@@ -373,10 +396,98 @@ class VolumeRow(Row):
     @property
     def Size(self) -> str:
         usage = self._v.get("UsageData")
-        return "N/A" if not usage or usage.get("Size", -1) < 0 else human_size(usage["Size"])
+        return "N/A" if not usage or usage.get("Size", -1) < 0 else human_size(usage["Size"], 4)
 
 
 VOLUMES_TABLE = "table {{.Driver}}\t{{.Name}}"
+
+
+# ----- search ------------------------------------------------------------------
+
+class SearchRow(Row):
+    """One result of `search`: docker shows `[OK]` for official images in a table, true/false in JSON."""
+
+    FIELDS = {"Name": "NAME", "Description": "DESCRIPTION", "StarCount": "STARS", "IsOfficial": "OFFICIAL"}
+
+    def __init__(self, result: dict[str, Any], trunc: bool = True, as_json: bool = False) -> None:
+        self.Name = result.get("name", "")
+        description = (result.get("description") or "").replace("\n", " ").replace("\r", " ")
+        self.Description = ellipsis(description, 45) if trunc else description
+        self.StarCount = str(result.get("star_count") or 0)
+        official = bool(result.get("is_official"))
+        self.IsOfficial = ("true" if official else "false") if as_json else ("[OK]" if official else "")
+
+
+SEARCH_TABLE = "table {{.Name}}\t{{.Description}}\t{{.StarCount}}\t{{.IsOfficial}}"
+
+
+# ----- system df ---------------------------------------------------------------
+
+class DiskUsageRow(Row):
+    """One line of `system df`."""
+
+    FIELDS = {"Type": "TYPE", "TotalCount": "TOTAL", "Active": "ACTIVE", "Size": "SIZE", "Reclaimable": "RECLAIMABLE"}
+
+    def __init__(self, kind: str, count: int, active: int, size: int, reclaimable: int, percent: bool = True) -> None:
+        self.Type, self.TotalCount, self.Active, self.Size = kind, str(count), str(active), human_size(size, 4)
+        self.Reclaimable = human_size(reclaimable, 4)
+        if percent and size > 0:
+            self.Reclaimable += f" ({reclaimable * 100 // size}%)"
+
+
+def usage_rows(usage: dict[str, Any]) -> list[DiskUsageRow]:
+    """GET /system/df -> docker's four summary lines, counted as docker's CLI counts them.
+
+    Images: active when a container (in any state) uses them; reclaimable is all layer
+    bytes but the unique bytes of active images. Containers: active when running, paused
+    or restarting; their writable layers are the size. Volumes: active when referenced.
+    Build cache: shared records are not counted; those in use are not reclaimable."""
+    images = usage.get("Images") or []
+    containers = usage.get("Containers") or []
+    volumes = [v.get("UsageData") or {"Size": -1, "RefCount": 0} for v in usage.get("Volumes") or []]
+    cache = usage.get("BuildCache") or []
+    layers = usage.get("LayersSize") or 0
+    used_images = [i for i in images if (i.get("Containers") or 0) > 0]
+    unique = sum(i["Size"] - i["SharedSize"] for i in used_images
+                 if i.get("Size", -1) != -1 and i.get("SharedSize", -1) != -1)
+    active = [c for c in containers if any(s in (c.get("State") or "") for s in ("running", "paused", "restarting"))]
+    rw = sum(c.get("SizeRw") or 0 for c in containers)
+    sized = [v for v in volumes if v.get("Size", -1) != -1]
+    own_cache = [c for c in cache if not c.get("Shared")]
+    cache_size = sum(c.get("Size") or 0 for c in own_cache)
+    return [
+        DiskUsageRow("Images", len(images), len(used_images), layers, layers - unique),
+        DiskUsageRow("Containers", len(containers), len(active), rw, rw - sum(c.get("SizeRw") or 0 for c in active)),
+        DiskUsageRow("Local Volumes", len(volumes), sum(1 for v in volumes if (v.get("RefCount") or 0) > 0),
+                     sum(v["Size"] for v in sized), sum(v["Size"] for v in sized if not v.get("RefCount"))),
+        DiskUsageRow("Build Cache", len(cache), sum(1 for c in cache if c.get("InUse")), cache_size,
+                     cache_size - sum(c.get("Size") or 0 for c in own_cache if c.get("InUse")), percent=False),
+    ]
+
+
+class BuildCacheRow(Row):
+    """A build cache record in `system df -v`."""
+
+    FIELDS = {"ID": "CACHE ID", "CacheType": "CACHE TYPE", "Size": "SIZE", "CreatedSince": "CREATED",
+              "LastUsedSince": "LAST USED", "UsageCount": "USAGE", "Shared": "SHARED"}
+
+    def __init__(self, record: dict[str, Any], now: float | None = None) -> None:
+        self.ID = record.get("ID", "")[:12] + ("*" if record.get("InUse") else "")
+        self.CacheType = record.get("Type", "")
+        self.Size = human_size(record.get("Size") or 0)
+        self.CreatedSince = ago(parse_iso(record["CreatedAt"]), now) if record.get("CreatedAt") else ""
+        self.LastUsedSince = ago(parse_iso(record["LastUsedAt"]), now) if record.get("LastUsedAt") else ""
+        self.UsageCount = str(record.get("UsageCount") or 0)
+        self.Shared = "true" if record.get("Shared") else "false"
+
+
+DF_TABLE = "table {{.Type}}\t{{.TotalCount}}\t{{.Active}}\t{{.Size}}\t{{.Reclaimable}}"
+DF_IMAGES_TABLE = ("table {{.Repository}}\t{{.Tag}}\t{{.ID}}\t{{.CreatedSince}}\t{{.Size}}\t{{.SharedSize}}"
+                   "\t{{.UniqueSize}}\t{{.Containers}}")
+DF_CONTAINERS_TABLE = ("table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.LocalVolumes}}\t{{.Size}}\t{{.RunningFor}}"
+                       "\t{{.Status}}\t{{.Names}}")
+DF_CACHE_TABLE = ("table {{.ID}}\t{{.CacheType}}\t{{.Size}}\t{{.CreatedSince}}\t{{.LastUsedSince}}"
+                  "\t{{.UsageCount}}\t{{.Shared}}")
 
 
 # ----- stats -------------------------------------------------------------------

@@ -47,12 +47,14 @@ GROUPS: dict[str, dict[str, str]] = {
     "volume": _VOLUME,
     "system": _SYSTEM,
     "builder": {"build": "build:build", "prune": "build:prune"},
+    "manifest": {"inspect": "manifests:inspect"},
 }
 TOP: dict[str, str] = {
     **{k: v for k, v in _CONTAINER.items() if k != "prune"},
     "images": "images:images", "rmi": "images:rmi", "tag": "images:tag", "pull": "images:pull",
     "push": "images:push", "import": "images:import_", "load": "images:load", "save": "images:save",
     "history": "images:history", "build": "build:build", "login": "images:login", "logout": "images:logout",
+    "search": "images:search",
     "inspect": "system:inspect", "version": "system:version", "info": "system:info", "events": "system:events",
 }
 
@@ -68,6 +70,7 @@ Management Commands:
   container   Manage containers
   image       Manage images
   builder     Manage builds (build, prune)
+  manifest    Inspect image manifests and manifest lists in a registry
   network     Manage networks
   volume      Manage volumes
   system      Manage coracle (df, prune, check, info, events)
@@ -75,7 +78,7 @@ Management Commands:
 Commands:
   attach  build  commit  cp  create  diff  events  exec  export  history  images  import  info
   inspect  kill  load  login  logout  logs  pause  port  ps  pull  push  rename  restart  rm  rmi
-  run  save  start  stats  stop  tag  top  unpause  update  version  wait
+  run  save  search  start  stats  stop  tag  top  unpause  update  version  wait
 
 Run 'coracle COMMAND --help' for more information on a command.
 """
@@ -178,8 +181,8 @@ def guarded(command: Callable[[Cli, str, list[str]], int], cli: Cli, name: str, 
     from coracle.cli.commands import CommandError
     from coracle.cli.runconfig import UsageError
 
-    creates = name.split()[-1] in ("run", "create")  # docker says "docker: ..." and exits 125 for these
-    prefix, status = ("coracle: ", 125) if creates else ("", 1)
+    runs = name.split()[-1] == "run"  # docker says "docker: ..." and exits 125 for run (create: 1, plainly)
+    prefix, status = ("coracle: ", 125) if runs else ("", 1)
     try:
         return command(cli, name, args)
     except UsageError as exc:

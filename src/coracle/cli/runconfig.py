@@ -15,6 +15,7 @@ from coracle.cli.units import parse_bytes, parse_duration
 TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
 if TYPE_CHECKING:
     from typing import Any
+    from collections.abc import Callable
 
 
 class UsageError(Exception):
@@ -41,6 +42,8 @@ def add_container_flags(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
     a("--help", action="help", help="print usage")
     a("-i", "--interactive", action="store_true", help="keep STDIN open even if not attached")
+    a("-a", "--attach", action="append", default=[], help="attach to STDIN, STDOUT or STDERR")
+    a("--cidfile", help="write the container ID to the file")
     a("-t", "--tty", action="store_true", help="allocate a pseudo-TTY")
     a("--name", help="assign a name to the container")
     a("-e", "--env", action="append", default=[], help="set environment variables")
@@ -74,6 +77,7 @@ def add_container_flags(p: argparse.ArgumentParser) -> None:
     a("--link", action="append", default=[], help="add link to another container (name[:alias])")
     add_resource_flags(a)
     a("--oom-kill-disable", action="store_true", help="disable OOM Killer")
+    a("--oom-score-adj", type=_go_int("--oom-score-adj"), default=0, help="tune host's OOM preferences (-1000 to 1000)")
     a("--cgroup-parent", help="optional parent cgroup for the container")
     a("--init", action="store_true", default=None, help="run an init inside the container")
     a("--cap-add", action="append", default=[], help="add Linux capabilities")
@@ -161,7 +165,30 @@ def parse_mount(spec: str) -> dict[str, Any]:
             raise _flag_error(spec, "--mount", f"unexpected key '{key}' in '{field}'")
     if not mount.get("Target"):
         raise _flag_error(spec, "--mount", "target is required")
+    for prefix, key, kind in (("volume", "VolumeOptions", "volume"), ("bind", "BindOptions", "bind"),
+                              ("tmpfs", "TmpfsOptions", "tmpfs")):
+        if key in mount and mount["Type"] != kind:
+            raise _flag_error(spec, "--mount", f"cannot mix '{prefix}-*' options with mount type '{mount['Type']}'")
     return mount
+
+
+def _go_int(flag: str) -> Callable[[str], int]:
+    """An integer flag that refuses other text in docker's words."""
+    def parse(value: str) -> int:
+        try:
+            return int(value)
+        except ValueError:
+            raise _flag_error(value, flag, f'strconv.ParseInt: parsing "{value}": invalid syntax') from None
+    return parse
+
+
+def _attach_streams(values: list[str]) -> set[str]:
+    """`-a stdin -a STDERR` -> {"stdin", "stderr"}; anything else refused as docker refuses it."""
+    streams = {v.lower() for v in values}
+    for value in values:
+        if value.lower() not in ("stdin", "stdout", "stderr"):
+            raise _flag_error(value, "-a, --attach", "valid streams are STDIN, STDOUT and STDERR")
+    return streams
 
 
 def _bytes(value: str | None, flag: str) -> int:
@@ -364,17 +391,19 @@ def create_body(args: argparse.Namespace, *, detach: bool = True,
     for spec in args.tmpfs:
         path, _, opts = spec.partition(":")
         tmpfs[path] = opts
-    attach_in = args.interactive and not detach
+    # docker attaches stdout and stderr unless -a picks streams; -i adds stdin; a detached run attaches none
+    streams = _attach_streams(args.attach)
+    attach_in = not detach and (args.interactive or "stdin" in streams)
     config: dict[str, Any] = {
         "Hostname": args.hostname or "",
         "Domainname": args.domainname or "",
         "User": args.user or "",
         "AttachStdin": attach_in,
-        "AttachStdout": not detach,
-        "AttachStderr": not detach,
+        "AttachStdout": not detach and (not streams or "stdout" in streams),
+        "AttachStderr": not detach and (not streams or "stderr" in streams),
         "Tty": args.tty,
         "OpenStdin": args.interactive,
-        "StdinOnce": attach_in,
+        "StdinOnce": attach_in and args.interactive,
         "Env": env_entries(args.env, args.env_file),
         "Cmd": args.command or None,
         "Image": args.image,
@@ -428,6 +457,7 @@ def create_body(args: argparse.Namespace, *, detach: bool = True,
         "PidsLimit": args.pids_limit,
         "BlkioWeight": args.blkio_weight or 0,
         "OomKillDisable": args.oom_kill_disable,
+        "OomScoreAdj": args.oom_score_adj,
         "Devices": [_device(d) for d in args.device],
         "Ulimits": [_ulimit(u) for u in args.ulimit],
         "Sysctls": _key_values(args.sysctl, "--sysctl", allow_bare=False),

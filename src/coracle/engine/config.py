@@ -14,7 +14,7 @@ import secrets
 import signal as _signal
 from typing import Any
 
-from coracle.engine.volumes import check_name as check_volume_name
+from coracle.engine.volumes import check_name as check_volume_name, check_driver as check_volume_driver
 from coracle.errors import InvalidParameter
 from coracle.runtime.mountpoint import tmpfs_options
 from coracle.runtime.rootfs import propagation_of
@@ -186,6 +186,11 @@ def binds(host_config: dict, volumes_root: str) -> list[dict[str, Any]]:
             mounts.append({"Type": "tmpfs", "Source": "", "Destination": dst, "Mode": data,
                            "RW": True, "Propagation": ""})
         elif kind in ("bind", "volume"):
+            if kind == "bind" and m.get("VolumeOptions"):
+                raise InvalidParameter('invalid mount config for type "bind": '
+                                       "field VolumeOptions must not be specified")
+            if kind == "volume":  # the options are checked when the volume is made (an existing one ignores them)
+                check_volume_driver(volume_request(m)[0])
             propagation = (m.get("BindOptions") or {}).get("Propagation") or ""
             if propagation not in ("", *PROPAGATIONS):
                 raise InvalidParameter(f"invalid mount config for type \"{kind}\": invalid propagation mode: "
@@ -196,6 +201,23 @@ def binds(host_config: dict, volumes_root: str) -> list[dict[str, Any]]:
         else:
             raise InvalidParameter(f"mount type {kind} is not supported")
     return mounts
+
+
+def volume_request(mount: dict[str, Any]) -> tuple[str, dict[str, str], dict[str, str]]:
+    """The driver, options and labels a `--mount type=volume` asks for (volume-driver, volume-opt,
+    volume-label): what the volume is created with when the container is the one creating it."""
+    opts = mount.get("VolumeOptions") or {}
+    driver = opts.get("DriverConfig") or {}
+    return (driver.get("Name") or "local", {k: str(v) for k, v in (driver.get("Options") or {}).items()},
+            {k: str(v) for k, v in (opts.get("Labels") or {}).items()})
+
+
+def mount_volume_request(host_config: dict, destination: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """volume_request of the HostConfig.Mounts entry at `destination` (a plain local volume for `-v`)."""
+    for m in host_config.get("Mounts") or []:
+        if m.get("Type") == "volume" and _destination(m.get("Target"), "volume") == destination:
+            return volume_request(m)
+    return "local", {}, {}
 
 
 def propagation(mount: dict[str, Any]) -> str:

@@ -46,6 +46,7 @@ from coracle.errors import (
 )
 from coracle.faults import fault
 from coracle.images import Image, ImageStore
+from coracle.images.changes import commit_config
 from coracle.runtime.client import MonitorClient, StartError
 from coracle.runtime.fdtree import remove_tree
 from coracle.runtime.spec import Mount, Process, Spec
@@ -258,9 +259,10 @@ class Engine:
                 fault("create-after-dirs")
                 for m in mounts:
                     if m["Type"] == "volume":
-                        self.volumes.ensure(m["Name"], anonymous=cfg.is_anonymous(m))
+                        self.volumes.ensure(m["Name"], cfg.is_anonymous(m),
+                                            *cfg.mount_volume_request(host_config, m["Destination"]))
                 self.save(rec)
-            except (OSError, sqlite3.Error) as exc:
+            except (OSError, sqlite3.Error, InvalidParameter) as exc:  # a volume's options refused included
                 remove_tree(self._dir(cid), ignore_errors=True)
                 full = isinstance(exc, sqlite3.Error) and "full" in str(exc) or getattr(exc, "errno", 0) == errno.ENOSPC
                 if full:
@@ -643,8 +645,9 @@ class Engine:
             if freeze:
                 self.cgroup(rec).freeze()
             try:
-                image = self.images.commit(rec["GraphDriver"]["Data"]["UpperDir"], base, changes, repo_tag,
-                                           comment, author, config)
+                image = self.images.commit(rec["GraphDriver"]["Data"]["UpperDir"], base,
+                                           commit_config(config, rec["Config"], list(changes or [])),
+                                           repo_tag, comment, author)
             finally:
                 if freeze:
                     self.cgroup(rec).thaw()

@@ -112,6 +112,12 @@ def check_options(name: str, options: dict[str, str]) -> None:
         raise InvalidParameter(f"create {name}: volume type {kind!r} is not supported (tmpfs, or none with o=bind)")
 
 
+def check_driver(driver: str) -> None:
+    """Only the local driver exists here: any other is refused as Docker refuses a missing plugin."""
+    if (driver or "local") != "local":
+        raise NotFound(f'error looking up volume plugin {driver}: plugin "{driver}" not found')
+
+
 class Volumes:
     """The volume records, their directories and their host mounts."""
 
@@ -138,12 +144,10 @@ class Volumes:
     def create(self, name: str = "", driver: str = "local", options: dict[str, str] | None = None,
                labels: dict[str, str] | None = None) -> Volume:
         """POST /volumes/create: an existing name is returned as it is, as Docker does."""
-        driver = driver or "local"
-        if driver != "local":
-            raise NotFound(f'error looking up volume plugin {driver}: plugin "{driver}" not found')
         anonymous = not name
         name = check_name(name or os.urandom(32).hex())
         options = {k: str(v) for k, v in (options or {}).items()}
+        check_driver(driver)
         check_options(name, options)
         with self._lock:
             doc = self.store.get(KIND, name)
@@ -157,13 +161,15 @@ class Volumes:
         self.events.publish("volume", "create", name, {"driver": vol.driver})
         return vol
 
-    def ensure(self, name: str, anonymous: bool) -> Volume:
-        """The volume a container names, created (driver local) if it does not exist yet."""
+    def ensure(self, name: str, anonymous: bool, driver: str = "local", options: dict[str, str] | None = None,
+               labels: dict[str, str] | None = None) -> Volume:
+        """The volume a container names, created with the driver, options and labels its mount asks
+        for if it does not exist yet (an existing one is used as it is, as Docker does)."""
         with self._lock:
             doc = self.store.get(KIND, name)
             if doc is not None:
                 return Volume.from_doc(doc)
-            vol = self.create(name)
+            vol = self.create(name, driver, options, labels)
             if anonymous:
                 vol.labels[ANONYMOUS] = ""
                 self.store.put(KIND, name, vol.to_doc())

@@ -61,9 +61,39 @@ def _pairs(instruction: str, arg: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def commit_config(given: dict[str, Any] | None, container: dict[str, Any], changes: list[str]) -> dict[str, Any]:
+    """The image config `docker commit` writes: the config the client sent (the container's own
+    when it sent none) with the changes applied, its gaps filled from the container's config
+    (Docker's merge: Env and Labels by key, ports and volumes added, Cmd/Entrypoint kept only
+    when the changes set no entrypoint)."""
+    out = apply(image_config(given or container), changes)
+    base = image_config(container)
+    for key in ("User", "WorkingDir", "StopSignal"):
+        if not out.get(key) and base.get(key):
+            out[key] = base[key]
+    for key in ("ExposedPorts", "Volumes", "Labels"):
+        merged = {**(base.get(key) or {}), **(out.get(key) or {})}
+        if merged:
+            out[key] = merged
+    keys = {e.split("=", 1)[0] for e in out.get("Env") or []}
+    env = [*(out.get("Env") or []), *(e for e in base.get("Env") or [] if e.split("=", 1)[0] not in keys)]
+    if env:
+        out["Env"] = env
+    if not out.get("Entrypoint"):
+        if not out.get("Cmd") and base.get("Cmd"):
+            out["Cmd"] = base["Cmd"]
+        if "Entrypoint" not in out and base.get("Entrypoint"):
+            out["Entrypoint"] = base["Entrypoint"]
+    if "Healthcheck" not in out and base.get("Healthcheck"):
+        out["Healthcheck"] = base["Healthcheck"]
+    return out
+
+
 def apply(config: dict[str, Any], changes: list[str]) -> dict[str, Any]:
-    """A copy of config with each change applied in order."""
+    """A copy of config with each change applied in order (an ENTRYPOINT clears a Cmd that no
+    earlier CMD of the same changes set, as a Dockerfile does)."""
     out = json.loads(json.dumps(config))
+    cmd_set = False
     for line in changes:
         line = line.strip()
         if not line:
@@ -76,8 +106,11 @@ def apply(config: dict[str, Any], changes: list[str]) -> dict[str, Any]:
         shell = out.get("Shell") or ["/bin/sh", "-c"]
         if instruction == "CMD":
             out["Cmd"] = _exec_or_shell(arg, shell)
+            cmd_set = True
         elif instruction == "ENTRYPOINT":
             out["Entrypoint"] = _exec_or_shell(arg, shell)
+            if not cmd_set:
+                out.pop("Cmd", None)
         elif instruction == "SHELL":
             value = _exec_or_shell(arg, [])
             if not arg.startswith("["):

@@ -65,7 +65,8 @@ def _short(digest: str) -> str:
     return hex_of(digest)[:12]
 
 
-def _manifest(reg: Registry, ref: Reference, reference: str) -> tuple[bytes, str, str]:
+def fetch_manifest(reg: Registry, ref: Reference, reference: str) -> tuple[bytes, str, str]:
+    """A manifest or index by tag or digest: (its bytes, media type, digest), checked against a digest asked for."""
     resp = reg.request("GET", f"/v2/{ref.repository}/manifests/{reference}", pull_scope(ref.repository),
                        headers={"Accept": MANIFEST_ACCEPT})
     body = resp.read()
@@ -92,19 +93,19 @@ def pull(store: ImageStore, text: str, auth: dict | None, progress: Progress | N
     reg = Registry(ref.registry, Credentials.from_auth(auth), insecure=ref.registry in insecure)
     report(f"Pulling from {ref.repository}", ref.tag or ref.digest)
     try:
-        body, media_type, top_digest = _manifest(reg, ref, ref.digest or ref.tag or "latest")
+        body, media_type, top_digest = fetch_manifest(reg, ref, ref.digest or ref.tag or "latest")
     except NotFound:
         raise NotFound(f"manifest for {ref.canonical} not found: manifest unknown") from None
     manifest = json.loads(body)
     if media_type in mt.INDEXES or "manifests" in manifest:
         chosen = mt.choose_platform(manifest.get("manifests") or [])
-        body, media_type, _ = _manifest(reg, ref, chosen["digest"])
+        body, media_type, _ = fetch_manifest(reg, ref, chosen["digest"])
         manifest = json.loads(body)
     if media_type not in mt.MANIFESTS and manifest.get("schemaVersion") != 2:
         raise InvalidParameter(f"{ref.canonical}: manifest type {media_type or 'schema 1'} is not supported")
     scope = pull_scope(ref.repository)
     with store.assembling() as budget:
-        config = _fetch_small(reg, ref.repository, manifest["config"]["digest"], scope)
+        config = fetch_blob(reg, ref.repository, manifest["config"]["digest"], scope)
         try:
             diff_ids = json.loads(config)["rootfs"]["diff_ids"]
         except (ValueError, KeyError, TypeError):
@@ -169,14 +170,14 @@ def describe(text: str, auth: dict | None, insecure: frozenset[str] = frozenset(
         ref = ref.with_tag("latest")
     reg = Registry(ref.registry, Credentials.from_auth(auth), insecure=ref.registry in insecure)
     try:
-        body, media_type, digest = _manifest(reg, ref, ref.digest or ref.tag or "latest")
+        body, media_type, digest = fetch_manifest(reg, ref, ref.digest or ref.tag or "latest")
     except NotFound:
         raise NotFound(f"manifest for {ref.canonical} not found: manifest unknown") from None
     manifest = json.loads(body)
     if "manifests" in manifest:
         platforms = [m.get("platform") or {} for m in manifest["manifests"]]
     else:
-        config = json.loads(_fetch_small(reg, ref.repository, manifest["config"]["digest"],
+        config = json.loads(fetch_blob(reg, ref.repository, manifest["config"]["digest"],
                                          pull_scope(ref.repository)))
         platforms = [{k: config[k] for k in ("architecture", "os", "variant") if config.get(k)}]
     return {"Descriptor": {"mediaType": media_type, "digest": digest, "size": len(body)},
@@ -184,13 +185,16 @@ def describe(text: str, auth: dict | None, insecure: frozenset[str] = frozenset(
                            **({"variant": p["variant"]} if p.get("variant") else {})} for p in platforms]}
 
 
-def search(term: str, limit: int, auth: dict | None, insecure: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
-    """`docker search`: on a named registry, the repositories of its catalog that contain the term.
+def search(term: str, limit: int, auth: dict | None, insecure: frozenset[str] = frozenset(),
+           filters: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
+    """`docker search`: on a named registry, the repositories of its catalog that contain the term,
+    kept when they pass the filters (is-official, is-automated, stars: checked first, as Docker does).
 
     Docker Hub's search index lives outside the distribution API; without a
     registry in the term there is no index this daemon can reach, and the
     error says how to search a registry instead.
     """
+    keep = _search_filter(filters or {})
     if "/" not in term or not _looks_like_host(term.split("/", 1)[0]):
         raise RegistryUnavailable(
             f"cannot search {term!r}: no search index is reachable from this daemon "
@@ -202,8 +206,29 @@ def search(term: str, limit: int, auth: dict | None, insecure: frozenset[str] = 
     except NotFound:
         raise RegistryUnavailable(f"registry {host} offers no catalog to search") from None
     names = [r for r in catalog if word.lower() in r.lower()]
-    return [{"name": f"{host}/{r}", "description": "", "star_count": 0, "is_official": False,
-             "is_automated": False} for r in sorted(names)[:limit or 25]]
+    found = [{"name": f"{host}/{r}", "description": "", "star_count": 0, "is_official": False,
+              "is_automated": False} for r in sorted(names)]
+    return [r for r in found if keep(r)][:limit or 25]
+
+
+def _search_filter(filters: dict[str, list[str]]) -> Callable[[dict[str, Any]], bool]:
+    """Docker's search filters as a predicate; unknown keys and bad values are refused."""
+    for key in filters:
+        if key not in ("is-automated", "is-official", "stars"):
+            raise InvalidParameter(f"invalid filter '{key}'")
+    wanted: dict[str, bool] = {}
+    for key in ("is-automated", "is-official"):
+        for value in filters.get(key, []):
+            if value.lower() not in ("true", "1", "false", "0"):
+                raise InvalidParameter(f"invalid filter '{key}={value}'")
+            wanted[key.replace("-", "_")] = value.lower() in ("true", "1")
+    stars = 0
+    for value in filters.get("stars", []):
+        try:
+            stars = max(stars, int(value))
+        except ValueError:
+            raise InvalidParameter(f"invalid filter 'stars={value}'") from None
+    return lambda r: all(r[k] == v for k, v in wanted.items()) and r["star_count"] >= stars
 
 
 def _looks_like_host(part: str) -> bool:
@@ -227,7 +252,8 @@ def _parallel(jobs: list[Callable[[], None]], abort: threading.Event) -> None:
         raise error
 
 
-def _fetch_small(reg: Registry, repository: str, digest: str, scope: str) -> bytes:
+def fetch_blob(reg: Registry, repository: str, digest: str, scope: str) -> bytes:
+    """A small blob (an image config) in memory, checked against its digest."""
     data = reg.request("GET", f"/v2/{repository}/blobs/{digest}", scope).read()
     if digest_of(data) != digest:
         raise DigestMismatch(f"blob {digest} from {reg.host} does not match its digest")

@@ -37,7 +37,7 @@ from coracle.errors import Conflict, InvalidParameter, NotFound, SystemError_
 from coracle.images import archive, builtin, distribution
 from coracle.images import mediatypes as mt
 from coracle.images.blobs import BlobStore, DigestMismatch, digest_of, gzip_chunks, hex_of, read_chunks
-from coracle.images.changes import apply as apply_changes, image_config
+from coracle.images.changes import apply as apply_changes
 from coracle.images.layers import HashingReader, SizeBudget, decompressed, pack, unpack
 from coracle.images.reference import HEX64, parse, try_parse
 from coracle.images.registry import Credentials, Registry
@@ -469,21 +469,16 @@ class ImageStore:
                 raw["comment"] = message
             return self.add_image(config_bytes(raw), tags)
 
-    def commit(self, upper_dir: str, base: Image, changes: builtins.list[str] | None = None,
-               repo_tag: str | None = None, comment: str = "", author: str = "", config: dict | None = None) -> Image:
-        """A container's overlay upper directory as a new top layer over base.
-
-        config, when given, is the container's config to start from (Docker commits
-        the container's Env/Cmd/...); otherwise the base image's config is kept.
-        """
+    def commit(self, upper_dir: str, base: Image, config: dict[str, Any], repo_tag: str | None = None,
+               comment: str = "", author: str = "") -> Image:
+        """A container's overlay upper directory as a new top layer over base, with `config`
+        (images.changes.commit_config) as the new image's config."""
         tags = [parse(repo_tag).tagged] if repo_tag else []
-        new_config = apply_changes(image_config(config) if config is not None else base.config,
-                                   list(changes or []))
         with self.assembling():
             diff_id = self.pack_layer(upper_dir)
             created = now_rfc3339()
             raw = {k: v for k, v in base.raw.items() if k not in ("container", "container_config")}
-            raw.update(created=created, config=new_config,
+            raw.update(created=created, config=config,
                        rootfs={"type": "layers", "diff_ids": [*base.layers, diff_id]},
                        history=[*(base.raw.get("history") or []),
                                 {"created": created, "author": author, "comment": comment, "created_by": ""}])
@@ -537,9 +532,10 @@ class ImageStore:
         """GET /distribution/{name}/json."""
         return distribution.describe(ref, auth, self.insecure)
 
-    def search(self, term: str, limit: int = 25, auth: dict | None = None) -> builtins.list[dict[str, Any]]:
+    def search(self, term: str, limit: int = 25, auth: dict | None = None,
+               filters: dict[str, list[str]] | None = None) -> builtins.list[dict[str, Any]]:
         """GET /images/search."""
-        return distribution.search(term, limit, auth, self.insecure)
+        return distribution.search(term, limit, auth, self.insecure, filters)
 
     def push(self, ref: str, auth: dict | None = None,
              progress: Callable[[dict[str, Any]], None] | None = None) -> str:
@@ -615,12 +611,24 @@ class ImageStore:
     def _content_size(self) -> int:
         return sum(doc.get("Size", 0) for doc in self.store.all(LAYER))
 
-    def disk_usage(self, containers: Callable[[str], int] | None = None) -> dict[str, Any]:
-        """For GET /system/df: the images (with how many containers use each) and layer bytes."""
+    def disk_usage(self, containers: Callable[[str], int]) -> dict[str, Any]:
+        """For GET /system/df: the images, with how many containers (in any state) use each and
+        their SharedSize, and the bytes of all layers.
+
+        As Docker counts it, a layer is shared when more than one listed image has it at the same
+        place in its stack (the same chain of layers below it); SharedSize is the sum of those."""
+        listed = self.list()
+        chains = [[tuple(image.layers[:n + 1]) for n in range(len(image.layers))] for image in listed]
+        users: dict[tuple[str, ...], int] = {}
+        for image_chains in chains:
+            for chain in image_chains:
+                users[chain] = users.get(chain, 0) + 1
+        sizes = {d: (self.store.get(LAYER, d) or {}).get("Size", 0) for image in listed for d in image.layers}
         images = []
-        for image in self.list():
+        for image, image_chains in zip(listed, chains, strict=True):
             entry = self.summary(image)
-            entry["Containers"] = containers(image.id) if containers else 0
+            entry["Containers"] = containers(image.id)
+            entry["SharedSize"] = sum(sizes[chain[-1]] for chain in image_chains if users[chain] > 1)
             images.append(entry)
         return {"LayersSize": self._content_size(), "Images": images}
 

@@ -18,7 +18,10 @@ def _table(path: str) -> list[list[str]]:
 
 
 def resolve(user: str, extra_groups: list[str]) -> tuple[int, int, list[int], str]:
-    """`user` ("name", "uid", "uid:gid", "name:group", "") -> uid, gid, groups, home."""
+    """`user` ("name", "uid", "uid:gid", "name:group", "") -> uid, gid, supplementary groups, home.
+
+    The groups are Docker's: the primary gid, the groups that list a user named
+    without an explicit group, then `--group-add`'s."""
     passwd = _table("/etc/passwd")
     groups = _table("/etc/group")
     name, _, group = (user or "0").partition(":")
@@ -40,9 +43,11 @@ def resolve(user: str, extra_groups: list[str]) -> tuple[int, int, list[int], st
 
     if group:
         gid = group_id(group)
-    member_of = [int(r[2]) for r in groups if len(r) >= 4 and entry is not None and entry[0] in r[3].split(",")]
-    supplementary = sorted({*member_of, *(group_id(g) for g in extra_groups)})
-    return uid, gid, supplementary, home
+        member_of = []  # an explicit group replaces the user's memberships, as in Docker
+    else:
+        member_of = [int(r[2]) for r in groups if len(r) >= 4 and entry is not None and entry[0] in r[3].split(",")]
+    # Docker puts the primary group among the supplementary ones too: `id` shows groups=0(root),10(wheel)
+    return uid, gid, [gid, *member_of, *(group_id(g) for g in extra_groups)], home
 
 
 def assume(uid: int, gid: int, groups: list[int]) -> None:

@@ -83,7 +83,31 @@ def _image_ref(image: str) -> tuple[str, str]:
     return image, "latest"
 
 
-def _create(cli: Cli, opts: Any, body: dict[str, Any], out: Any) -> dict[str, Any]:
+def _create(cli: Cli, opts: Any, body: dict[str, Any], out: Any, run: bool) -> dict[str, Any]:
+    """POST /containers/create, honouring --cidfile as docker does: an existing file is refused (its
+    container may still run), the file is made before the container and removed if creating fails,
+    and holds the ID (without a newline) once the container exists."""
+    if not opts.cidfile:
+        return _create_or_pull(cli, opts, body, out)
+    prefix, status = ("coracle: ", 125) if run else ("", 1)
+    if os.path.lexists(opts.cidfile):
+        raise CommandError(f"{prefix}container ID file found, make sure the other container isn't running or "
+                           f"delete {opts.cidfile}", status)
+    try:
+        fd = os.open(opts.cidfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as exc:
+        raise CommandError(f"{prefix}failed to create the container ID file: {exc}", status) from None
+    with os.fdopen(fd, "w") as cidfile:
+        try:
+            created = _create_or_pull(cli, opts, body, out)
+        except BaseException:
+            os.unlink(opts.cidfile)
+            raise
+        cidfile.write(created["Id"])
+    return created
+
+
+def _create_or_pull(cli: Cli, opts: Any, body: dict[str, Any], out: Any) -> dict[str, Any]:
     """POST /containers/create; pull and retry once when the image is missing (unless --pull=never)."""
     repo, tag = _image_ref(opts.image)
     display = f"{repo}:{tag}" if tag else repo
@@ -114,8 +138,8 @@ def create(cli: Cli, name: str, args: list[str]) -> int:
     from coracle.cli.streams import terminal_size
 
     opts = _parse_run(name, args, run=False)
-    body = create_body(opts, detach=True, console=terminal_size() if opts.tty else None)
-    created = _create(cli, opts, body, sys.stderr)
+    body = create_body(opts, detach=False, console=terminal_size() if opts.tty else None)
+    created = _create(cli, opts, body, sys.stderr, run=False)
     for warning in created.get("Warnings") or []:
         cli.err(f"WARNING: {warning}")
     cli.out(created["Id"] + "\n")
@@ -126,10 +150,12 @@ def run(cli: Cli, name: str, args: list[str]) -> int:
     from coracle.cli.streams import stdin_is_tty, terminal_size
 
     opts = _parse_run(name, args, run=True)
+    if opts.detach and opts.attach:
+        raise CommandError("conflicting options: cannot specify both --attach and --detach", 1)
     if opts.interactive and opts.tty and not opts.detach and not stdin_is_tty():
         raise CommandError("the input device is not a TTY", 1)
     body = create_body(opts, detach=opts.detach, console=terminal_size() if opts.tty else None)
-    created = _create(cli, opts, body, sys.stderr)
+    created = _create(cli, opts, body, sys.stderr, run=True)
     for warning in created.get("Warnings") or []:
         cli.err(f"WARNING: {warning}")
     cid = created["Id"]
@@ -140,8 +166,9 @@ def run(cli: Cli, name: str, args: list[str]) -> int:
             return _start_failed(cli, exc)
         cli.out(cid + "\n")
         return 0
-    return attach_and_start(cli, cid, tty=opts.tty, stdin=opts.interactive, detach_keys=opts.detach_keys,
-                            condition="removed" if opts.rm else "next-exit", run=True)
+    return attach_and_start(cli, cid, tty=opts.tty, stdin=body["AttachStdin"], detach_keys=opts.detach_keys,
+                            condition="removed" if opts.rm else "next-exit", run=True,
+                            stdout=body["AttachStdout"], stderr=body["AttachStderr"])
 
 
 class _Exit:
@@ -183,13 +210,13 @@ def _hijacked_session(cli: Cli, sock: Any, multiplexed: bool, first: bytes, *, s
 
 
 def attach_and_start(cli: Cli, cid: str, *, tty: bool, stdin: bool, detach_keys: str | None, condition: str,
-                     run: bool = False) -> int:
+                     run: bool = False, stdout: bool = True, stderr: bool = True) -> int:
     """docker run (attached) / start -a: attach, register the wait, start, stream, return the exit status."""
     from contextlib import nullcontext
 
     from coracle.cli.streams import follow_resizes, raw_terminal
 
-    query = {"stream": True, "stdin": stdin, "stdout": True, "stderr": True, "detachKeys": detach_keys}
+    query = {"stream": True, "stdin": stdin, "stdout": stdout, "stderr": stderr, "detachKeys": detach_keys}
     sock, multiplexed, first = cli.client.hijack(_path(cid, "/attach"), query)
     exit_ = _Exit(cli.host, cid, condition)
     try:

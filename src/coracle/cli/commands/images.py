@@ -1,4 +1,4 @@
-"""Image verbs: images, pull, push, rmi, tag, import, load, save, history, prune, commit, login/logout."""
+"""Image verbs: images, pull, push, rmi, tag, import, load, save, history, prune, commit, search, login/logout."""
 
 from __future__ import annotations
 
@@ -62,15 +62,19 @@ def _registry_of(repo: str) -> str:
     return DEFAULT_REGISTRY
 
 
-def auth_header(repo: str) -> dict[str, str]:
-    """X-Registry-Auth for `repo`'s registry from stored logins ("{}" when none, as docker sends)."""
+def stored_auth(repo: str) -> dict[str, str]:
+    """The stored login for `repo`'s registry ({} when none)."""
     server = _registry_of(repo)
     entry = (_load_config().get("auths") or {}).get(server) or {}
-    auth: dict[str, str] = {}
-    if entry.get("auth"):
-        user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-        auth = {"username": user, "password": password, "serveraddress": server}
-    encoded = base64.urlsafe_b64encode(json.dumps(auth).encode()).decode()
+    if not entry.get("auth"):
+        return {}
+    user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+    return {"username": user, "password": password, "serveraddress": server}
+
+
+def auth_header(repo: str) -> dict[str, str]:
+    """X-Registry-Auth for `repo`'s registry from stored logins ("{}" when none, as docker sends)."""
+    encoded = base64.urlsafe_b64encode(json.dumps(stored_auth(repo)).encode()).decode()
     return {"X-Registry-Auth": encoded}
 
 
@@ -157,6 +161,27 @@ def rmi(cli: Cli, name: str, args: list[str]) -> int:
                 if item.get(key):
                     cli.out(f"{label}: {item[key]}\n")
     return 1 if failed else 0
+
+
+def search(cli: Cli, name: str, args: list[str]) -> int:
+    from coracle.cli.formatting import SEARCH_TABLE, SearchRow, render_rows
+
+    p = parser(name, "[OPTIONS] TERM", "Search for images")
+    p.add_argument("-f", "--filter", action="append", default=[], help="filter output based on conditions provided")
+    p.add_argument("--format", help="pretty-print search using a Go template")
+    p.add_argument("--limit", type=int, default=0, help="max number of search results")
+    p.add_argument("--no-trunc", action="store_true", help="don't truncate output")
+    p.add_argument("term", nargs="?")
+    opts = p.parse_args(args)
+    if not opts.term:  # docker's argument-count errors exit 1, its flag errors 125
+        raise CommandError(f"coracle: 'coracle {name}' requires 1 argument\nSee 'coracle {name} --help'.", 1)
+    query = {"term": opts.term, "limit": opts.limit or None, "filters": filters(opts.filter)}
+    resp = cli.client.request("GET", "/images/search", query, headers=auth_header(opts.term))
+    found = json.loads(resp.read() or b"[]")
+    json_fields = opts.format in ("json", "{{json .}}")
+    rows = [SearchRow(r, trunc=not opts.no_trunc, as_json=json_fields) for r in found]
+    cli.out(render_rows(rows, opts.format, SEARCH_TABLE, SearchRow))  # type: ignore[arg-type]
+    return 0
 
 
 def tag(cli: Cli, name: str, args: list[str]) -> int:

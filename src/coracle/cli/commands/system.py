@@ -196,54 +196,56 @@ def events(cli: Cli, name: str, args: list[str]) -> int:
 # ----- system df / prune / check ---------------------------------------------------
 
 def df(cli: Cli, name: str, args: list[str]) -> int:
-    from coracle.cli.formatting import Row, render_rows
-    from coracle.cli.units import human_size
+    from coracle.cli.formatting import DF_TABLE, DiskUsageRow, render_rows, usage_rows
 
     p = parser(name, "[OPTIONS]", "Show coracle disk usage")
     p.add_argument("--format", help="format output using a custom template")
     p.add_argument("-v", "--verbose", action="store_true", help="show detailed information on space usage")
     opts = p.parse_args(args)
     usage = cli.client.get("/system/df") or {}
-    images = usage.get("Images") or []
-    containers = usage.get("Containers") or []
-    volumes = usage.get("Volumes") or []
-    cache = usage.get("BuildCache") or []
-    used_images = {c.get("ImageID") for c in containers}
+    if opts.verbose and (not opts.format or opts.format.startswith("table")):
+        cli.out(_df_verbose(usage))
+    elif opts.verbose:  # one document with every object's row (and no newline), as docker's verbose --format gives
+        from coracle.cli.gotemplate import Template
 
-    def reclaim(total: int, reclaimable: int) -> str:
-        text = human_size(reclaimable)
-        return f"{text} ({reclaimable * 100 // total}%)" if total else text
-
-    class UsageRow(Row):
-        FIELDS = {"Type": "TYPE", "TotalCount": "TOTAL", "Active": "ACTIVE", "Size": "SIZE",
-                  "Reclaimable": "RECLAIMABLE"}
-
-        def __init__(self, kind: str, count: int, active: int, total: int, reclaimable: int) -> None:
-            self.Type, self.TotalCount, self.Active = kind, str(count), str(active)
-            self.Size, self.Reclaimable = human_size(total), reclaim(total, reclaimable)
-
-    image_total = usage.get("LayersSize") or sum(i.get("Size") or 0 for i in images)
-    rows = [
-        UsageRow("Images", len(images), sum(1 for i in images if i.get("Id") in used_images), image_total,
-                 sum(i.get("Size") or 0 for i in images if i.get("Id") not in used_images)),
-        UsageRow("Containers", len(containers), sum(1 for c in containers if c.get("State") == "running"),
-                 sum(c.get("SizeRw") or 0 for c in containers),
-                 sum(c.get("SizeRw") or 0 for c in containers if c.get("State") != "running")),
-        UsageRow("Local Volumes", len(volumes), sum(1 for v in volumes if (v.get("UsageData") or {}).get("RefCount")),
-                 sum((v.get("UsageData") or {}).get("Size") or 0 for v in volumes),
-                 sum((v.get("UsageData") or {}).get("Size") or 0 for v in volumes
-                     if not (v.get("UsageData") or {}).get("RefCount"))),
-        UsageRow("Build Cache", len(cache), sum(1 for c in cache if c.get("InUse")),
-                 sum(c.get("Size") or 0 for c in cache), sum(c.get("Size") or 0 for c in cache if not c.get("InUse"))),
-    ]
-    default = "table {{.Type}}\t{{.TotalCount}}\t{{.Active}}\t{{.Size}}\t{{.Reclaimable}}"
-    cli.out(render_rows(rows, opts.format, default, UsageRow))
-    if opts.verbose and not opts.format:
-        from coracle.cli.formatting import VolumeRow
-
-        cli.out("\nLocal Volumes space usage:\n\n" + render_rows(
-            [VolumeRow(v) for v in volumes], None, "table {{.Name}}\t{{.Links}}\t{{.Size}}", VolumeRow))
+        fmt = "{{json .}}" if opts.format == "json" else opts.format.replace("\\t", "\t").replace("\\n", "\n")
+        cli.out(Template(fmt).execute(_df_objects(usage, trunc=False)))
+    else:
+        cli.out(render_rows(usage_rows(usage), opts.format, DF_TABLE, DiskUsageRow))  # type: ignore[arg-type]
     return 0
+
+
+def _df_objects(usage: dict[str, Any], trunc: bool) -> dict[str, list[Any]]:
+    """GET /system/df as docker's verbose rows: each image once (under its first tag), containers
+    without their virtual size."""
+    from coracle.cli.formatting import BuildCacheRow, ContainerRow, ImageRow, VolumeRow, split_tag
+
+    images = []
+    for image in usage.get("Images") or []:
+        tags = [t for t in image.get("RepoTags") or [] if t != "<none>:<none>"]
+        repo, tag = split_tag(tags[0]) if tags else ("<none>", "<none>")
+        images.append(ImageRow(image, repo, tag, "", trunc))
+    return {"Images": images,
+            "Containers": [ContainerRow({**c, "SizeRootFs": 0}, trunc) for c in usage.get("Containers") or []],
+            "Volumes": [VolumeRow(v) for v in usage.get("Volumes") or []],
+            "BuildCache": [BuildCacheRow(c) for c in usage.get("BuildCache") or []]}
+
+
+def _df_verbose(usage: dict[str, Any]) -> str:
+    """`system df -v`: docker's four tables."""
+    from coracle.cli.formatting import (DF_CACHE_TABLE, DF_CONTAINERS_TABLE, DF_IMAGES_TABLE, BuildCacheRow,
+                                        ContainerRow, ImageRow, VolumeRow, render_rows)
+    from coracle.cli.units import human_size
+
+    rows = _df_objects(usage, trunc=True)
+    cache_size = sum(c.get("Size") or 0 for c in usage.get("BuildCache") or [] if not c.get("Shared"))
+    return ("Images space usage:\n\n" + render_rows(rows["Images"], None, DF_IMAGES_TABLE, ImageRow)
+            + "\nContainers space usage:\n\n"
+            + render_rows(rows["Containers"], None, DF_CONTAINERS_TABLE, ContainerRow)
+            + "\nLocal Volumes space usage:\n\n"
+            + render_rows(rows["Volumes"], None, "table {{.Name}}\t{{.Links}}\t{{.Size}}", VolumeRow)
+            + f"\nBuild cache usage: {human_size(cache_size, 4)}\n\n"
+            + render_rows(rows["BuildCache"], None, DF_CACHE_TABLE, BuildCacheRow))
 
 
 def prune(cli: Cli, name: str, args: list[str]) -> int:
