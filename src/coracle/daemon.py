@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     from coracle.engine import config as cfg
     from coracle.engine.check import check, rebuild
     from coracle.engine.engine import Engine
-    from coracle.engine.events import EventBus
+    from coracle.events import EventBus
     from coracle.images import ImageStore
     from coracle.network import NetworkManager
     from coracle.runtime.client import MonitorClient
@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
                         max_image_size=args.max_image_size)
     network = NetworkManager(store, args.exec_root, bridge_name=args.bridge_name, bip=args.bip,
                              default_pools=_pools(args.default_address_pool) or None, firewall=args.firewall)
+    network.events = images.events = events  # they announce their own changes, whoever asked for them
     monitor = MonitorClient(args.exec_root)
     monitor_pid = monitor.ensure_running()
     engine = Engine(store=store, images=images, network=network, monitor=monitor, events=events,
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         log.warning("start-up reconciliation repaired: %s", repaired)
 
     async def run() -> None:
-        router = build_router(engine=engine, images=images, network=network, events=events,
+        router = build_router(engine=engine, images=images, network=network, events=events, streams=monitor,
                               data_root=args.data_root, exec_root=args.exec_root)
         server = await serve(router, socket_path, group=args.group)
         stop = asyncio.Event()

@@ -166,6 +166,8 @@ class Build:
         raw = target.raw
         tags = [parse_reference(t).tagged for t in self.options.tags]
         image = self.images.add_image(config_bytes(raw), tags)
+        for tag in tags:  # as Docker: a built image shows up in events when it is tagged
+            self.images.announce("tag", image, tag)
         unused = sorted(k for k in self.options.build_args if k not in self.consumed and k not in PROXY_ARGS)
         if unused:
             self.say(f"[Warning] One or more build-args {unused} were not consumed\n".replace("'", ""))

@@ -29,7 +29,8 @@ from coracle.cgroups import Resources
 from coracle.cgroups.devices import DeviceRule
 from coracle.engine import config as cfg
 from coracle.engine import archive, health, links, logs, security
-from coracle.engine.events import EventBus
+from coracle.engine.container import Container
+from coracle.events import EventBus
 from coracle.engine.execs import Execs
 from coracle.engine.names import random_name
 from coracle.engine.records import RecordIndex
@@ -44,6 +45,7 @@ from coracle.errors import (
     NotModified,
     SystemError_,
 )
+from coracle.disk import usage as disk_usage
 from coracle.faults import fault
 from coracle.images import Image, ImageStore
 from coracle.runtime.client import MonitorClient, StartError
@@ -130,6 +132,24 @@ class Engine:
         if rec is None:
             raise NotFound(f"No such container: {ref}")
         return rec
+
+    def container(self, ref: str) -> Container:
+        """The record of a container (by id, name or unique id prefix): the caller's own copy.
+
+        From memory, without a thread: answers while lifecycle work holds the store."""
+        return Container.from_stored(self.view(ref))
+
+    def containers(self) -> list[Container]:
+        """Every container's record, oldest first."""
+        return [Container.from_stored(rec) for rec in self.views()]
+
+    def exec_ids(self, cid: str) -> list[str]:
+        """The execs of a container that can still be inspected (inspect's ExecIDs)."""
+        return self.execs.of_container(cid)
+
+    def _lower_dirs(self, image: Image) -> str:
+        """The image's layer directories as overlayfs takes them (topmost first): GraphDriver.Data.LowerDir."""
+        return ":".join(str(self.images.layer_path(diff_id)) for diff_id in reversed(image.layers))
 
     def _resolve(self, ref: str) -> str:
         if not ref:
@@ -238,7 +258,8 @@ class Engine:
             "Name": "", "RestartCount": 0, "Driver": "overlay2", "Platform": "linux",
             "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "", "ExecIDs": None,
             "HostConfig": host_config, "Config": config,
-            "GraphDriver": {"Name": "overlay2", "Data": {"UpperDir": self._dir(cid, "upper"),
+            "GraphDriver": {"Name": "overlay2", "Data": {"LowerDir": self._lower_dirs(image),
+                                                         "UpperDir": self._dir(cid, "upper"),
                                                          "WorkDir": self._dir(cid, "work"),
                                                          "MergedDir": self._dir(cid, "rootfs")}},
             "Mounts": mounts, "NetworkingConfig": networking,
@@ -312,6 +333,7 @@ class Engine:
             no_new_privileges=self.no_new_privileges or "no-new-privileges" in (hc.get("SecurityOpt") or [])
             or "no-new-privileges:true" in (hc.get("SecurityOpt") or []),
         )
+        log_path, log_driver = logs.source(Container.from_stored(rec))
         spec = Spec(
             id=cid, process=process, namespaces=namespaces, join_net=join_net,
             hostname=config.get("Hostname") or "", domainname=config.get("Domainname") or "",
@@ -320,9 +342,9 @@ class Engine:
             readonly_rootfs=bool(hc.get("ReadonlyRootfs")), mounts=mounts,
             sysctls=hc.get("Sysctls") or {}, privileged=bool(hc.get("Privileged")),
             init_binary=self.init_binary if hc.get("Init") else "",
-            log_path=logs.source(rec)[0], log_max_size=rec["Coracle"]["LogMaxSize"],
+            log_path=log_path, log_max_size=rec["Coracle"]["LogMaxSize"],
             log_max_file=rec["Coracle"]["LogMaxFile"], log_attrs=rec["Coracle"].get("LogAttrs") or {},
-            log_driver=logs.source(rec)[1], log_compress=rec["Coracle"].get("LogCompress", False),
+            log_driver=log_driver, log_compress=rec["Coracle"].get("LogCompress", False),
         )
         security.apply(spec, hc, self.no_new_privileges)
         remap = security.user_namespace(hc, self.userns_remap)
@@ -343,7 +365,7 @@ class Engine:
         parent = (rec["HostConfig"].get("CgroupParent") or self.cgroup_parent).strip("/")
         return cgroups.manager_for(f"{parent}/{rec['Id']}")
 
-    def start(self, ref: str, before_release: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def start(self, ref: str, before_release: Callable[[str], None] | None = None) -> None:
         """Start a created or exited container; `before_release` lets attach streams connect first."""
         rec = self.get(ref)
         cid = rec["Id"]
@@ -358,7 +380,7 @@ class Engine:
                                    "to recreate it")
             self._start_locked(rec, before_release)
 
-    def _start_locked(self, rec: dict[str, Any], before_release: Callable[[dict[str, Any]], None] | None) -> None:
+    def _start_locked(self, rec: dict[str, Any], before_release: Callable[[str], None] | None) -> None:
         cid, hc = rec["Id"], rec["HostConfig"]
         mode = hc["NetworkMode"]
         undo: list[Callable[[], None]] = []
@@ -394,7 +416,7 @@ class Engine:
             phases.mark("files")
             rec["State"].update({"Pid": pid})
             if before_release:
-                before_release(rec)
+                before_release(cid)
             self._exited[cid] = threading.Event()
             self.monitor.release(sock, cid)
             sock = None
@@ -595,13 +617,17 @@ class Engine:
             self._signal(rec, number)
         except Conflict:
             return
-        if self._wait_exit(cid, None if timeout < 0 else timeout):  # -1: wait as long as it takes
-            return
-        try:
-            self._signal(self.get(cid), signal.SIGKILL)
-        except (Conflict, NotFound):
-            return
-        self._wait_exit(cid, 30)
+        if not self._wait_exit(cid, None if timeout < 0 else timeout):  # -1: wait as long as it takes
+            try:
+                self._signal(self.get(cid), signal.SIGKILL)
+            except (Conflict, NotFound):
+                return
+            self._wait_exit(cid, 30)
+        self._event(rec, "stop")
+
+    def attached(self, ref: str) -> None:
+        """A client attached to the container's streams: Docker's `attach` event."""
+        self._event(self.get(ref), "attach")
 
     def kill(self, ref: str, sig: str | None = None) -> None:
         rec = self.get(ref)
@@ -775,17 +801,20 @@ class Engine:
 
     # ----- views ---------------------------------------------------------
 
-    def inspect(self, ref: str) -> dict[str, Any]:
-        """From memory, without a thread: answers while lifecycle work holds the store."""
-        rec = self.view(ref)
-        out = {k: v for k, v in rec.items() if k not in ("Coracle", "NetworkingConfig")}
-        out["ExecIDs"] = self.execs.of_container(rec["Id"]) or None
-        return out
-
     def top(self, ref: str, ps_args: str = "") -> dict[str, Any]:
         rec = self._running(ref)
         pids = self.cgroup(rec).procs()
         return ps(pids, ps_args) if ps_args else processes(pids)
+
+    def size(self, cid: str) -> tuple[int, int]:
+        """The bytes of the container's writable layer, and of that plus its image (`ps -s`)."""
+        c = self.container(cid)
+        rw = disk_usage(c.layers.upper)
+        try:
+            image_size = self.images.resolve(c.image_id).size
+        except NotFound:
+            image_size = 0
+        return rw, rw + image_size
 
     def stats(self, ref: str) -> dict[str, Any]:
         rec = self.get(ref)

@@ -8,6 +8,7 @@ from datetime import datetime
 from collections.abc import Iterator
 from urllib.parse import quote_plus
 
+from coracle.engine.container import Container
 from coracle.runtime import logformat
 
 
@@ -40,10 +41,9 @@ def details(entry: dict) -> bytes:
                     for k, v in sorted(attrs.items())).encode()
 
 
-def source(rec: dict) -> tuple[str, str]:
+def source(container: Container) -> tuple[str, str]:
     """A container's log file (Docker shows only json-file's as LogPath) and its format."""
-    driver = (rec["HostConfig"].get("LogConfig") or {}).get("Type") or "json-file"
-    return rec["Coracle"].get("LogFile", rec["LogPath"]), driver
+    return container.log_file, container.host_config.log_driver
 
 
 def files(path: str) -> list[str]:

@@ -33,6 +33,7 @@ from typing import Any, BinaryIO
 from collections.abc import Callable, Iterable, Iterator
 
 from coracle.errors import Conflict, InvalidParameter, NotFound, SystemError_
+from coracle.events import EventBus
 from coracle.images import archive, builtin, distribution
 from coracle.images import mediatypes as mt
 from coracle.images.blobs import BlobStore, DigestMismatch, digest_of, gzip_chunks, hex_of, read_chunks
@@ -95,6 +96,7 @@ class ImageStore:
     def __init__(self, root: str | Path, store: Store, insecure_registries: Iterable[str] = (),
                  max_image_size: int = DEFAULT_MAX_IMAGE_SIZE) -> None:
         self.root = Path(root)
+        self.events: EventBus | None = None  # where image events go (the daemon's bus)
         self.max_image_size = max_image_size  # unpacked bytes one import, load or pull may produce
         self.insecure = frozenset(insecure_registries)  # spoken to over plain http
         self.store = store
@@ -370,6 +372,14 @@ class ImageStore:
                 doc["LastTagTime"] = now_rfc3339()
                 doc["Intermediate"] = False
                 self.store.put(IMAGE, image.id, doc)
+        self.announce("tag", image, target.tagged)
+
+    def announce(self, action: str, image: Image, name: str | None = None) -> None:
+        """Docker's image event, wherever the change came from: the image's ID as the actor, the
+        name it concerns (the ID itself for untag, delete, import, load and save) and its labels."""
+        if self.events is not None:
+            labels = (image.config or {}).get("Labels") or {}
+            self.events.publish("image", action, image.id, {**labels, "name": name or image.id})
 
     def remove(self, ref: str, force: bool = False,
                in_use: Callable[[str], bool] | None = None) -> list[dict[str, str]]:
@@ -384,6 +394,7 @@ class ImageStore:
             names = image.repo_tags + image.repo_digests
             if by_name and [t for t in image.repo_tags if t != by_name]:
                 self._untag(image.id, by_name)  # other tags keep the image
+                self.announce("untag", image)
                 return [{"Untagged": by_name}]
             if not by_name and len(image.repo_tags) > 1 and not force:
                 raise Conflict(f"conflict: unable to delete {image.short_id} (must be forced) - "
@@ -398,6 +409,7 @@ class ImageStore:
             ordered = [by_name, *[n for n in names if n != by_name]] if by_name else names
             for n in ordered:
                 self._untag(image.id, n)
+                self.announce("untag", image)
             result = [{"Untagged": n} for n in ordered]
             if used:
                 return result  # forced: the names go, the image stays for its containers
@@ -416,6 +428,7 @@ class ImageStore:
         with self.store.tx():
             self.store.delete(IMAGE, image.id)
             self.store.execute("DELETE FROM image_tags WHERE image_id = ?", (image.id,))
+        self.announce("delete", image)
         freed = self.collect_garbage()
         return [{"Deleted": image.id}] + [{"Deleted": d} for d in image.layers if d in freed]
 
@@ -465,7 +478,9 @@ class ImageStore:
                    "history": [{"created": created, "comment": message or "Imported from -"}]}
             if message:
                 raw["comment"] = message
-            return self.add_image(config_bytes(raw), tags)
+            image = self.add_image(config_bytes(raw), tags)
+        self.announce("import", image)
+        return image
 
     def commit(self, upper_dir: str, base: Image, changes: list[str] | None = None, repo_tag: str | None = None,
                comment: str = "", author: str = "", config: dict | None = None) -> Image:
@@ -513,23 +528,37 @@ class ImageStore:
 
     def load(self, fileobj: BinaryIO) -> list[str]:
         """`docker load`: a docker-archive or OCI layout tar (optionally compressed)."""
-        return archive.load(self, fileobj)
+        loaded = archive.load(self, fileobj)
+        for ref in loaded:
+            self.announce("load", self.resolve(ref))
+        return loaded
 
     def save(self, refs: list[str], fileobj: BinaryIO) -> None:
         """`docker save`: one tar that is both a docker-archive and an OCI layout."""
         archive.save(self, refs, fileobj)
+        for ref in refs:
+            self.announce("save", self.resolve(ref))
 
     # ----- registries ------------------------------------------------------
 
     def pull(self, ref: str, auth: dict | None = None,
              progress: Callable[[dict[str, Any]], None] | None = None) -> Image:
         """`docker pull` from a v2 registry; progress gets Docker's JSON progress messages."""
-        return distribution.pull(self, ref, auth, progress, self.insecure)
+        image = distribution.pull(self, ref, auth, progress, self.insecure)
+        self._announce_pull(image, ref)
+        return image
+
+    def _announce_pull(self, image: Image, ref: str) -> None:
+        """Docker's pull event names the reference pulled: its familiar form, and the repository."""
+        parsed = try_parse(ref)
+        self.announce("pull", image, parsed.name if parsed else ref)
 
     def pull_all_tags(self, name: str, auth: dict | None = None,
                       progress: Callable[[dict[str, Any]], None] | None = None) -> Image:
         """`docker pull -a`: every tag of the repository; returns the last image pulled."""
-        return distribution.pull_all_tags(self, name, auth, progress, self.insecure)[-1]
+        image = distribution.pull_all_tags(self, name, auth, progress, self.insecure)[-1]
+        self._announce_pull(image, name)
+        return image
 
     def describe(self, ref: str, auth: dict | None = None) -> dict[str, Any]:
         """GET /distribution/{name}/json."""
@@ -604,6 +633,9 @@ class ImageStore:
                 with self.store.tx():
                     self.store.delete(IMAGE, image.id)
                     self.store.execute("DELETE FROM image_tags WHERE image_id = ?", (image.id,))
+                for _ in image.repo_tags + image.repo_digests:
+                    self.announce("untag", image)
+                self.announce("delete", image)
                 freed = self.collect_garbage()
                 deleted += [{"Deleted": image.id}] + [{"Deleted": d} for d in image.layers if d in freed]
                 reclaimed += before - self._content_size()
