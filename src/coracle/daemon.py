@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     from coracle.engine.check import check, rebuild
     from coracle.engine.engine import Engine
     from coracle.events import EventBus
-    from coracle.images import ImageStore
+    from coracle.images import ImageService
     from coracle.network import NetworkManager
     from coracle.runtime.client import MonitorClient
     from coracle.runtime.limits import raise_nofile
@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     store = open_state(args.data_root, recover=args.recover_state)
     events = EventBus()
-    images = ImageStore(os.path.join(args.data_root, "images"), store, insecure_registries=args.insecure_registry,
-                        max_image_size=args.max_image_size)
+    images = ImageService(os.path.join(args.data_root, "images"), store,
+                          insecure_registries=args.insecure_registry, max_image_size=args.max_image_size)
     network = NetworkManager(store, args.exec_root, bridge_name=args.bridge_name, bip=args.bip,
                              default_pools=_pools(args.default_address_pool) or None, firewall=args.firewall)
     network.events = images.events = events  # they announce their own changes, whoever asked for them

@@ -76,11 +76,11 @@ def routes(router: Router, engine: Any, images: Any, builder: Builder, cache: Bu
         context_dir = os.path.join(scratch, "context")
         try:
             upload = os.path.join(scratch, "context.tar")
-            with open(upload, "wb") as f:
+            with await thread(open, upload, "wb") as f:
                 async for chunk in req.stream():
                     await thread(f.write, chunk)
             os.mkdir(context_dir)
-            with open(upload, "rb") as f:
+            with await thread(open, upload, "rb") as f:
                 await thread(unpack, f, context_dir)
             os.unlink(upload)
             await thread(lambda: parse(Context(context_dir).read_file(options.dockerfile)))

@@ -122,7 +122,7 @@ def routes(router: Router, containers: ContainerBackend, images: ImageBackend) -
 
             async def produce_import(stream: Any) -> None:
                 try:
-                    with open(path, "rb") as f:
+                    with await thread(open, path, "rb") as f:
                         image = await thread(images.import_tar, f, ref, changes, req.q("message") or "")
                 finally:
                     os.unlink(path)
@@ -161,7 +161,7 @@ def routes(router: Router, containers: ContainerBackend, images: ImageBackend) -
 
         async def produce(stream: Any) -> None:
             try:
-                with open(path, "rb") as f:
+                with await thread(open, path, "rb") as f:
                     loaded = await thread(images.load, f)
             finally:
                 os.unlink(path)

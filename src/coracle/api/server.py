@@ -13,7 +13,7 @@ from coracle.api.execs import ExecRouter
 from coracle.build import service as build_service
 from coracle.api.http import Router
 from coracle.api.streams import AttachHub
-from coracle.api.archive import routes as archive_routes
+from coracle.api.container_files import routes as container_file_routes
 from coracle.engine.engine import Engine
 
 
@@ -22,7 +22,7 @@ def build_router(*, engine: Engine, images: ImageBackend, network: NetworkBacken
     """Every router on one: each given the narrow backends it needs (api/backend.py)."""
     router = Router()
     hub = AttachHub(streams)
-    archive_routes(router, engine)  # docker cp: /containers/{id}/archive
+    container_file_routes(router, engine)  # docker cp: /containers/{id}/archive
     ContainerRouter(engine, images, hub, Lifecycle()).register(router)
     ContainerStreamRouter(engine, streams, events, hub).register(router)
     ExecRouter(engine.execs, streams, hub).register(router)

@@ -273,6 +273,3 @@ class Container:
     def networks(self) -> dict[str, dict[str, Any]]:
         return dict(self.network_settings.get("Networks") or {})
 
-    def event_attributes(self, **extra: str) -> dict[str, str]:
-        """Docker's Actor attributes of a container event: name, image, its labels, and the action's own."""
-        return {"name": self.short_name, "image": self.image_ref, **self.labels, **extra}

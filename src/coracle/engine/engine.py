@@ -12,6 +12,7 @@ Any failure undoes what was made, in reverse, and leaves a clear error.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -28,7 +29,7 @@ from coracle.clock import timestamp as utc_now
 from coracle.cgroups import Resources
 from coracle.cgroups.devices import DeviceRule
 from coracle.engine import config as cfg
-from coracle.engine import archive, health, links, logs, security
+from coracle.engine import file_access, health, links, logs, security_options
 from coracle.engine.container import Container
 from coracle.events import EventBus
 from coracle.engine.execs import Execs
@@ -175,7 +176,12 @@ class Engine:
     def _dir(self, cid: str, *parts: str) -> str:
         return os.path.join(self.containers_dir, cid, *parts)
 
-    def _event(self, rec: dict[str, Any], action: str, **extra: str) -> None:
+    def record(self, cid: str) -> dict[str, Any] | None:
+        """The stored record of a container by full id (None when it is gone), to read or change and save."""
+        return self.store.get(KIND, cid)
+
+    def announce(self, rec: dict[str, Any], action: str, **extra: str) -> None:
+        """Docker's container event for `rec`: its name, image and labels as attributes."""
         attrs = {"name": rec["Name"].lstrip("/"), "image": rec["Config"].get("Image", ""),
                  **(rec["Config"].get("Labels") or {}), **extra}
         self.events.publish("container", action, rec["Id"], attrs)
@@ -219,11 +225,12 @@ class Engine:
                 link_targets.append(self.get(target))
             except NotFound:
                 raise NotFound(f"could not get container for {target}") from None
-        security.apply(Spec(id="", process=Process(args=argv)), host_config, self.no_new_privileges)
-        security.user_namespace(host_config, self.userns_remap)
+        security_options.apply(Spec(id="", process=Process(args=argv)), host_config, self.no_new_privileges)
+        security_options.user_namespace(host_config, self.userns_remap)
         cid = cfg.new_id()
         config["Env"] = cfg.merge_env(image_config.get("Env"), cfg.strings(config.get("Env"), "Env"))
-        config["Cmd"] = cfg.strings(config.get("Cmd"), "Cmd") or (None if config.get("Entrypoint") else image_config.get("Cmd"))
+        config["Cmd"] = cfg.strings(config.get("Cmd"), "Cmd") or (
+            None if config.get("Entrypoint") else image_config.get("Cmd"))
         config.setdefault("Entrypoint", image_config.get("Entrypoint"))
         config["WorkingDir"] = cfg.working_dir(config.get("WorkingDir") or image_config.get("WorkingDir"))
         config["User"] = config.get("User") or image_config.get("User") or ""
@@ -287,7 +294,7 @@ class Engine:
                 if full:
                     raise SystemError_(f"no space left on device: the data root {self.data_root} is full") from None
                 raise
-        self._event(rec, "create")
+        self.announce(rec, "create")
         return {"Id": cid, "Warnings": []}
 
     def _generate_name(self) -> str:
@@ -312,7 +319,7 @@ class Engine:
         namespaces = [ns for ns in ("mnt", "uts", "ipc", "pid", "cgroup") if ns not in shared]
         join_net = ""
         if mode.startswith("container:"):
-            donor = self._running(mode.split(":", 1)[1], for_="join its network namespace")
+            donor = self.running(mode.split(":", 1)[1], for_="join its network namespace")
             join_net = f"/proc/{donor['State']['Pid']}/ns/net"
         elif mode != "host":
             namespaces.append("net")
@@ -346,8 +353,8 @@ class Engine:
             log_max_file=rec["Coracle"]["LogMaxFile"], log_attrs=rec["Coracle"].get("LogAttrs") or {},
             log_driver=log_driver, log_compress=rec["Coracle"].get("LogCompress", False),
         )
-        security.apply(spec, hc, self.no_new_privileges)
-        remap = security.user_namespace(hc, self.userns_remap)
+        security_options.apply(spec, hc, self.no_new_privileges)
+        remap = security_options.user_namespace(hc, self.userns_remap)
         if remap is not None:
             spec.uid_map, spec.gid_map = remap.uid_map, remap.gid_map
             for m in rec["Mounts"]:  # a fresh volume belongs to the container's root, as with Docker
@@ -355,7 +362,7 @@ class Engine:
                     os.chown(m["Source"], *remap.root)
         return spec
 
-    def _running(self, ref: str, for_: str = "") -> dict[str, Any]:
+    def running(self, ref: str, for_: str = "") -> dict[str, Any]:
         rec = self.get(ref)
         if not rec["State"]["Running"]:
             raise Conflict(f"Container {rec['Id']} is not running" + (f": cannot {for_}" if for_ else ""))
@@ -392,7 +399,7 @@ class Engine:
             if mode.startswith("container:"):
                 self._share_donor_files(rec, mode)
             spec = self._spec(rec, mode)
-            archive.copy_up(self, rec)
+            file_access.copy_up(self, rec)
             undo.append(lambda: self.volumes.detach(rec))
             self.volumes.attach(rec)
             sock, pid = self.monitor.spawn(spec)
@@ -404,7 +411,7 @@ class Engine:
             cg.apply(pid)
             cg.set(Resources.from_host_config(hc))
             cg.set_devices([DeviceRule.from_json(r) for r in spec.device_rules])
-            security.set_oom_score_adj(pid, hc)
+            security_options.set_oom_score_adj(pid, hc)
             fault("start-after-cgroup")
             phases.mark("cgroup")
             undo.append(lambda: self.network.detach(cid))
@@ -453,7 +460,7 @@ class Engine:
         self.save(rec)
         phases.mark("save")
         phases.done()
-        self._event(rec, "start")
+        self.announce(rec, "start")
         self.health.watch(rec)
         with self._starting_lock:
             early = self._starting.pop(cid, None)
@@ -503,10 +510,8 @@ class Engine:
             return
         cg = self.cgroup(rec)
         oom = False
-        try:
+        with contextlib.suppress(OSError):
             oom = cg.oom_killed()
-        except OSError:
-            pass
         try:
             self.network.detach(cid)
         finally:
@@ -526,8 +531,8 @@ class Engine:
         self.volumes.detach(rec)
         self.monitor.forget_exit(cid)
         if oom:
-            self._event(rec, "oom")
-        self._event(rec, "die", exitCode=str(code))
+            self.announce(rec, "oom")
+        self.announce(rec, "die", exitCode=str(code))
         done = self._exited.pop(cid, None)
         if done:
             done.set()
@@ -623,11 +628,11 @@ class Engine:
             except (Conflict, NotFound):
                 return
             self._wait_exit(cid, 30)
-        self._event(rec, "stop")
+        self.announce(rec, "stop")
 
     def attached(self, ref: str) -> None:
         """A client attached to the container's streams: Docker's `attach` event."""
-        self._event(self.get(ref), "attach")
+        self.announce(self.get(ref), "attach")
 
     def kill(self, ref: str, sig: str | None = None) -> None:
         rec = self.get(ref)
@@ -640,18 +645,16 @@ class Engine:
                 rec["Coracle"]["ManualStop"] = True
                 self.save(rec)
             self._signal(rec, number)
-        self._event(rec, "kill", signal=str(number))
+        self.announce(rec, "kill", signal=str(number))
         if number == signal.SIGKILL:
             self._wait_exit(rec["Id"], 10)
 
     def restart(self, ref: str, timeout: int | None = None) -> None:
         rec = self.get(ref)
-        try:
+        with contextlib.suppress(NotModified):
             self.stop(rec["Id"], timeout)
-        except NotModified:
-            pass
         self.start(rec["Id"])
-        self._event(self.get(rec["Id"]), "restart")
+        self.announce(self.get(rec["Id"]), "restart")
 
     def commit(self, ref: str, *, pause: bool = True, repo_tag: str | None = None, changes: list[str] | None = None,
                comment: str = "", author: str = "", config: dict | None = None) -> Image:
@@ -674,11 +677,11 @@ class Engine:
             finally:
                 if freeze:
                     self.cgroup(rec).thaw()
-        self._event(rec, "commit")
+        self.announce(rec, "commit")
         return image
 
     def pause(self, ref: str) -> None:
-        rec = self._running(ref)
+        rec = self.running(ref)
         with self._lock_for(rec["Id"]):
             if rec["State"]["Paused"]:
                 raise Conflict(f"Container {rec['Id']} is already paused")
@@ -686,10 +689,10 @@ class Engine:
             self.health.forget(rec["Id"])
             rec["State"].update({"Paused": True, "Status": "paused"})
             self.save(rec)
-        self._event(rec, "pause")
+        self.announce(rec, "pause")
 
     def unpause(self, ref: str) -> None:
-        rec = self._running(ref)
+        rec = self.running(ref)
         with self._lock_for(rec["Id"]):
             if not rec["State"]["Paused"]:
                 raise Conflict(f"Container {rec['Id']} is not paused")
@@ -697,7 +700,7 @@ class Engine:
             rec["State"].update({"Paused": False, "Status": "running"})
             self.save(rec)
             self.health.watch(rec)
-        self._event(rec, "unpause")
+        self.announce(rec, "unpause")
 
     # ----- remove, rename, update ------------------------------------------
 
@@ -716,10 +719,8 @@ class Engine:
                 rec["Coracle"]["ManualStop"] = True
                 rec["HostConfig"]["AutoRemove"] = False  # we are removing it ourselves
                 self.save(rec)
-                try:
+                with contextlib.suppress(Conflict):
                     self._signal(rec, signal.SIGKILL)
-                except Conflict:
-                    pass
         self._wait_exit(cid, 30)
         with self._lock_for(cid):
             rec = self.store.get(KIND, cid)
@@ -739,7 +740,7 @@ class Engine:
             self.monitor.forget_exit(cid)
         with self._lock:
             self._locks.pop(cid, None)
-        self._event(rec, "destroy")
+        self.announce(rec, "destroy")
 
     def remove_link(self, path: str) -> None:
         """DELETE /containers/{linker/alias}?link=1: the linking container forgets that link."""
@@ -758,7 +759,7 @@ class Engine:
             rec["Name"] = name
             self.network.rename(rec, old)
             self.save(rec)
-        self._event(rec, "rename", oldName=old)
+        self.announce(rec, "rename", oldName=old)
 
     def update(self, ref: str, body: dict[str, Any]) -> dict[str, Any]:
         """`docker update`: new limits on a live cgroup, and the restart policy."""
@@ -774,7 +775,7 @@ class Engine:
                 self.cgroup(rec).update(resources)
             rec["HostConfig"] = hc
             self.save(rec)
-        self._event(rec, "update")
+        self.announce(rec, "update")
         return {"Warnings": []}
 
     # ----- networks of a container -------------------------------------------
@@ -802,7 +803,7 @@ class Engine:
     # ----- views ---------------------------------------------------------
 
     def top(self, ref: str, ps_args: str = "") -> dict[str, Any]:
-        rec = self._running(ref)
+        rec = self.running(ref)
         pids = self.cgroup(rec).procs()
         return ps(pids, ps_args) if ps_args else processes(pids)
 

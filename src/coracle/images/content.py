@@ -1,4 +1,7 @@
-"""The image store: content-addressed blobs, unpacked layers, tags in SQLite.
+"""The image content store: content-addressed blobs, unpacked layers, tags in SQLite.
+
+What moves images in and out of it (registries, `docker load`/`save`) is the
+image service (images/service.py) built on it; this module imports neither.
 
 On disk (under `<data-root>/images`):
 
@@ -34,13 +37,12 @@ from collections.abc import Callable, Iterable, Iterator
 
 from coracle.errors import Conflict, InvalidParameter, NotFound, SystemError_
 from coracle.events import EventBus
-from coracle.images import archive, builtin, distribution
+from coracle.images import builtin
 from coracle.images import mediatypes as mt
 from coracle.images.blobs import BlobStore, DigestMismatch, digest_of, gzip_chunks, hex_of, read_chunks
 from coracle.images.changes import apply as apply_changes, image_config
 from coracle.images.layers import HashingReader, SizeBudget, decompressed, pack, unpack
 from coracle.images.reference import HEX64, parse, try_parse
-from coracle.images.registry import Credentials, Registry
 from coracle.runtime.fdtree import remove_tree
 from coracle.store import Store
 
@@ -525,60 +527,6 @@ class ImageStore:
                 if doc and doc.get("Intermediate") and not self._tags_of(image_id) and not in_use(image_id):
                     self.store.delete(IMAGE, image_id)
             self.collect_garbage()
-
-    def load(self, fileobj: BinaryIO) -> list[str]:
-        """`docker load`: a docker-archive or OCI layout tar (optionally compressed)."""
-        loaded = archive.load(self, fileobj)
-        for ref in loaded:
-            self.announce("load", self.resolve(ref))
-        return loaded
-
-    def save(self, refs: list[str], fileobj: BinaryIO) -> None:
-        """`docker save`: one tar that is both a docker-archive and an OCI layout."""
-        archive.save(self, refs, fileobj)
-        for ref in refs:
-            self.announce("save", self.resolve(ref))
-
-    # ----- registries ------------------------------------------------------
-
-    def pull(self, ref: str, auth: dict | None = None,
-             progress: Callable[[dict[str, Any]], None] | None = None) -> Image:
-        """`docker pull` from a v2 registry; progress gets Docker's JSON progress messages."""
-        image = distribution.pull(self, ref, auth, progress, self.insecure)
-        self._announce_pull(image, ref)
-        return image
-
-    def _announce_pull(self, image: Image, ref: str) -> None:
-        """Docker's pull event names the reference pulled: its familiar form, and the repository."""
-        parsed = try_parse(ref)
-        self.announce("pull", image, parsed.name if parsed else ref)
-
-    def pull_all_tags(self, name: str, auth: dict | None = None,
-                      progress: Callable[[dict[str, Any]], None] | None = None) -> Image:
-        """`docker pull -a`: every tag of the repository; returns the last image pulled."""
-        image = distribution.pull_all_tags(self, name, auth, progress, self.insecure)[-1]
-        self._announce_pull(image, name)
-        return image
-
-    def describe(self, ref: str, auth: dict | None = None) -> dict[str, Any]:
-        """GET /distribution/{name}/json."""
-        return distribution.describe(ref, auth, self.insecure)
-
-    def search(self, term: str, limit: int = 25, auth: dict | None = None) -> list[dict[str, Any]]:
-        """GET /images/search."""
-        return distribution.search(term, limit, auth, self.insecure)
-
-    def push(self, ref: str, auth: dict | None = None,
-             progress: Callable[[dict[str, Any]], None] | None = None) -> str:
-        """`docker push`; returns the manifest digest."""
-        return distribution.push(self, ref, auth, progress, self.insecure)
-
-    def login(self, body: dict[str, Any]) -> None:
-        """POST /auth: check the credentials against the registry (nothing is stored)."""
-        server = (body.get("serveraddress") or "docker.io").removeprefix("https://").removeprefix("http://")
-        server = server.split("/")[0]
-        host = "docker.io" if server in ("index.docker.io", "registry-1.docker.io") else server
-        Registry(host, Credentials.from_auth(body), insecure=host in self.insecure).ping()
 
     def gzip_blob(self, diff_id: str) -> str:
         """The digest of a gzip blob of this layer (what registries are sent), made once."""
