@@ -95,7 +95,7 @@ class Engine:
         self._lock = threading.RLock()  # names and the id index
         self._locks: dict[str, threading.RLock] = {}
         self._exited: dict[str, threading.Event] = {}
-        self._starting: dict[str, dict | None] = {}  # exits that arrive while start() still runs
+        self._starting: dict[str, dict[str, Any] | None] = {}  # exits that arrive while start() still runs
         self._starting_lock = threading.Lock()  # hand-off of those exits between the exit pump and start()
         self.execs = Execs(self)
         self.restarts = RestartTracker(self._restart_later)
@@ -254,7 +254,7 @@ class Engine:
         now = utc_now()
         log_driver = host_config["LogConfig"]["Type"]
         log_path = self._dir(cid, cfg.log_file(log_driver, cid)) if log_driver != "none" else ""
-        rec = {
+        rec: dict[str, Any] = {
             "Id": cid, "Created": now, "Path": argv[0], "Args": argv[1:],
             "State": {"Status": "created", "Running": False, "Paused": False, "Restarting": False,
                       "OOMKilled": False, "Dead": False, "Pid": 0, "ExitCode": 0, "Error": "",
@@ -657,7 +657,7 @@ class Engine:
         self.announce(self.get(rec["Id"]), "restart")
 
     def commit(self, ref: str, *, pause: bool = True, repo_tag: str | None = None, changes: list[str] | None = None,
-               comment: str = "", author: str = "", config: dict | None = None) -> Image:
+               comment: str = "", author: str = "", config: dict[str, Any] | None = None) -> Image:
         """`docker commit`: the container's own layer (its overlay upper dir) as a new image.
 
         The upper dir is the container's to change while it runs; with `pause`
