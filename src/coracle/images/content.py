@@ -344,7 +344,8 @@ class ImageStore:
             existing = self.store.get(IMAGE, image_id)
             doc = existing or {"Id": image_id, "RepoDigests": [], "Parent": parent}
             doc["Config"], doc["Size"] = raw, size
-            doc["Intermediate"] = intermediate and not tags and (existing is None or existing.get("Intermediate", False))
+            doc["Intermediate"] = intermediate and not tags and (
+                existing is None or existing.get("Intermediate", False))
             for d in repo_digests or []:
                 if d not in doc["RepoDigests"]:
                     doc["RepoDigests"].append(d)
@@ -390,9 +391,9 @@ class ImageStore:
             image = self.resolve(ref)
             parsed = try_parse(ref)
             by_name = None
-            if parsed is not None and not ref.startswith("sha256:"):
-                if parsed.canonical in image.repo_tags or parsed.canonical in image.repo_digests:
-                    by_name = parsed.canonical
+            if parsed is not None and not ref.startswith("sha256:") and (
+                    parsed.canonical in image.repo_tags or parsed.canonical in image.repo_digests):
+                by_name = parsed.canonical
             names = image.repo_tags + image.repo_digests
             if by_name and [t for t in image.repo_tags if t != by_name]:
                 self._untag(image.id, by_name)  # other tags keep the image
