@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     from coracle.engine import config as cfg
     from coracle.engine.check import check, rebuild
     from coracle.engine.engine import Engine
-    from coracle.engine.events import EventBus
-    from coracle.images import ImageStore
+    from coracle.events import EventBus
+    from coracle.images import ImageService
     from coracle.network import NetworkManager
     from coracle.runtime.client import MonitorClient
     from coracle.runtime.limits import raise_nofile
@@ -171,11 +171,12 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     store = open_state(args.data_root, recover=args.recover_state)
     events = EventBus()
-    images = ImageStore(os.path.join(args.data_root, "images"), store, insecure_registries=args.insecure_registry,
-                        max_image_size=args.max_image_size)
+    images = ImageService(os.path.join(args.data_root, "images"), store,
+                          insecure_registries=args.insecure_registry, max_image_size=args.max_image_size)
     network = NetworkManager(store, args.exec_root, bridge_name=args.bridge_name, bip=args.bip,
                              default_pools=_pools(args.default_address_pool) or None, firewall=args.firewall,
                              mtu=args.mtu)
+    network.events = images.events = events  # they announce their own changes, whoever asked for them
     monitor = MonitorClient(args.exec_root)
     monitor_pid = monitor.ensure_running()
     engine = Engine(store=store, images=images, network=network, monitor=monitor, events=events,
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         log.warning("start-up reconciliation repaired: %s", repaired)
 
     async def run() -> None:
-        router = build_router(engine=engine, images=images, network=network, events=events,
+        router = build_router(engine=engine, images=images, network=network, events=events, streams=monitor,
                               data_root=args.data_root, exec_root=args.exec_root)
         server = await serve(router, socket_path, group=args.group)
         follower = asyncio.create_task(_follow_ports(engine, events, args.exec_root)) if rootless_net else None

@@ -11,28 +11,28 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from coracle.images import ImageStore
+from coracle.images import ImageService
 from coracle.store import Store
 
 
 @pytest.fixture
-def images(tmp_path: Path) -> Iterator[ImageStore]:
+def images(tmp_path: Path) -> Iterator[ImageService]:
     db = Store(tmp_path / "state.db")
     try:
-        yield ImageStore(tmp_path / "images", db)
+        yield ImageService(tmp_path / "images", db)
     finally:
         db.close()
 
 
 @pytest.fixture
-def make_store(tmp_path: Path) -> Iterator[Callable[[str], ImageStore]]:
+def make_store(tmp_path: Path) -> Iterator[Callable[[str], ImageService]]:
     """More stores side by side (a 'clean machine' to load or pull into)."""
     opened: list[Store] = []
 
-    def make(name: str) -> ImageStore:
+    def make(name: str) -> ImageService:
         db = Store(tmp_path / name / "state.db")
         opened.append(db)
-        return ImageStore(tmp_path / name / "images", db)
+        return ImageService(tmp_path / name / "images", db)
 
     try:
         yield make

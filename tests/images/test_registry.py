@@ -22,7 +22,7 @@ import pytest
 
 from coracle.errors import InvalidParameter, NotFound
 from coracle.images.registry import Unauthorized
-from coracle.images.store import Image, ImageStore
+from coracle.images.content import Image, ImageStore
 
 REGISTRY = "/usr/bin/docker-registry"
 pytestmark = pytest.mark.skipif(not os.path.exists(REGISTRY), reason="needs Debian's docker-registry")

@@ -1,7 +1,7 @@
 """Real containers for security tests, built the way the engine builds them (helpers).
 
 `Containers.run()` does what Engine.start does around the runtime: the Spec
-gets its security fields from `coracle.engine.security.apply` (Docker's
+gets its security fields from `coracle.engine.security_options.apply` (Docker's
 HostConfig in, as the API receives it), the monitor forks and holds the
 process, it is put into a private cgroup with its limits and device rules,
 then released. Output comes from the json-file log the monitor writes.
@@ -29,7 +29,7 @@ import docker
 from coracle import cgroups
 from coracle.cgroups import Resources
 from coracle.cgroups.devices import DeviceRule
-from coracle.engine import security
+from coracle.engine import security_options
 from coracle.runtime.client import MonitorClient
 from coracle.runtime.spec import Process, Spec
 from harness import kill_cgroup_tree
@@ -65,7 +65,7 @@ class Containers:
                     work=str(dirs["work"]), log_path=str(self.base / f"sec{n}.log"))
         if hc["NetworkMode"] == "host":
             spec.namespaces.remove("net")
-        security.apply(spec, hc, daemon_no_new_privs)
+        security_options.apply(spec, hc, daemon_no_new_privs)
         return spec
 
     def run(self, args: list[str], host_config: dict[str, Any] | None = None, user: str = "",

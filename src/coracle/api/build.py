@@ -76,11 +76,11 @@ def routes(router: Router, engine: Any, images: Any, builder: Builder, cache: Bu
         context_dir = os.path.join(scratch, "context")
         try:
             upload = os.path.join(scratch, "context.tar")
-            with open(upload, "wb") as f:
+            with await thread(open, upload, "wb") as f:
                 async for chunk in req.stream():
                     await thread(f.write, chunk)
             os.mkdir(context_dir)
-            with open(upload, "rb") as f:
+            with await thread(open, upload, "rb") as f:
                 await thread(unpack, f, context_dir)
             os.unlink(upload)
             await thread(lambda: parse(Context(context_dir).read_file(options.dockerfile)))
@@ -98,8 +98,6 @@ def routes(router: Router, engine: Any, images: Any, builder: Builder, cache: Bu
                 image_id = builder.build(context_dir, scratch, options, emit, cancelled)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
-            for tag in options.tags:  # as Docker: a built image shows up in events when it is tagged
-                engine.events.publish("image", "tag", image_id, {"name": tag})
             if quiet:
                 progress({"stream": image_id + "\n"})
             return image_id
@@ -115,7 +113,7 @@ def routes(router: Router, engine: Any, images: Any, builder: Builder, cache: Bu
 
     async def prune(req: Request) -> Response:
         def in_use(image_id: str) -> bool:
-            return any(r["Image"] == image_id for r in engine.records())
+            return any(c.image_id == image_id for c in engine.containers())
 
         return Response.json(await thread(cache.prune, in_use))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from coracle.engine.container import Container
 from coracle.errors import InvalidParameter
 
 CONTAINER_KEYS = {"id", "name", "status", "label", "ancestor", "exited", "network", "before", "since",
@@ -70,24 +71,22 @@ def check_container_filters(filters: dict[str, list[str]]) -> None:
             raise InvalidParameter(f"invalid filter 'name={v}': {exc}") from None
 
 
-def container_matches(rec: dict[str, Any], filters: dict[str, list[str]]) -> bool:
-    """Whether a container record passes filters already checked by check_container_filters."""
-    state = rec["State"]
-    name = rec["Name"].lstrip("/")
+def container_matches(c: Container, filters: dict[str, list[str]]) -> bool:
+    """Whether a container passes filters already checked by check_container_filters."""
+    state = c.state
     checks = {
-        "id": lambda v: rec["Id"].startswith(v),
-        "name": lambda v: re.search(v, name) is not None or re.search(v, rec["Name"]) is not None,
-        "status": lambda v: state["Status"] == v,
-        "exited": lambda v: not state["Running"] and str(state["ExitCode"]) == v,
-        "health": lambda v: ((state.get("Health") or {}).get("Status") or "none") == v,
-        "ancestor": lambda v: rec["Config"].get("Image") in (v, v + ":latest") or rec["Image"].startswith(v)
-        or rec["Image"].startswith("sha256:" + v),
-        "network": lambda v: v in (rec["NetworkSettings"].get("Networks") or {})
-        or rec["HostConfig"].get("NetworkMode") == v,
-        "volume": lambda v: any(m.get("Name") == v or m["Destination"] == v for m in rec["Mounts"]),
+        "id": lambda v: c.id.startswith(v),
+        "name": lambda v: re.search(v, c.short_name) is not None or re.search(v, c.name) is not None,
+        "status": lambda v: state.status == v,
+        "exited": lambda v: not state.running and str(state.exit_code) == v,
+        "health": lambda v: ((state.health.status if state.health else "") or "none") == v,
+        "ancestor": lambda v: c.image_ref in (v, v + ":latest") or c.image_id.startswith(v)
+        or c.image_id.startswith("sha256:" + v),
+        "network": lambda v: v in c.networks or c.host_config.network_mode == v,
+        "volume": lambda v: any(m.get("Name") == v or m["Destination"] == v for m in c.mounts),
     }
     for key, check in checks.items():
         wanted = values(filters, key)
         if wanted and not any(check(v) for v in wanted):
             return False
-    return labels_match(rec["Config"].get("Labels") or {}, values(filters, "label"))
+    return labels_match(c.labels, values(filters, "label"))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from coracle.api.filters import labels_match, parse as parse_filters, values
 from coracle.api.http import Request, Response, Router, decode_json
-from coracle.engine.engine import Engine
+from coracle.api.backend import ContainerBackend, ImageBackend
 from coracle.errors import InvalidParameter
 
 thread = asyncio.to_thread
@@ -74,9 +74,9 @@ async def with_progress(stream: Any, work: Callable[[Callable[[dict[str, Any]], 
         return None
 
 
-def routes(router: Router, engine: Engine, images: Any) -> None:
+def routes(router: Router, containers: ContainerBackend, images: ImageBackend) -> None:
     def in_use(image_id: str) -> bool:
-        return any(r["Image"] == image_id for r in engine.records())
+        return any(c.image_id == image_id for c in containers.containers())
 
     async def list_(req: Request) -> Response:
         found = await thread(images.list)
@@ -122,11 +122,10 @@ def routes(router: Router, engine: Engine, images: Any) -> None:
 
             async def produce_import(stream: Any) -> None:
                 try:
-                    with open(path, "rb") as f:
+                    with await thread(open, path, "rb") as f:
                         image = await thread(images.import_tar, f, ref, changes, req.q("message") or "")
                 finally:
                     os.unlink(path)
-                engine.events.publish("image", "import", image.id, {"name": ref or image.id})
                 await stream.write(json.dumps({"status": image.id}).encode() + b"\r\n")
 
             return Response.stream(produce_import, content_type="application/json")
@@ -143,10 +142,7 @@ def routes(router: Router, engine: Engine, images: Any) -> None:
             else images.pull_all_tags
 
         async def produce_pull(stream: Any) -> None:
-            image = await with_progress(stream, lambda progress: pull(ref, auth, progress))
-            if image is None:
-                return
-            engine.events.publish("image", "pull", image.id, {"name": ref})
+            await with_progress(stream, lambda progress: pull(ref, auth, progress))
 
         return Response.stream(produce_pull, content_type="application/json")
 
@@ -165,12 +161,11 @@ def routes(router: Router, engine: Engine, images: Any) -> None:
 
         async def produce(stream: Any) -> None:
             try:
-                with open(path, "rb") as f:
+                with await thread(open, path, "rb") as f:
                     loaded = await thread(images.load, f)
             finally:
                 os.unlink(path)
             for ref in loaded:
-                engine.events.publish("image", "load", ref, {"name": ref})
                 text = f"Loaded image: {ref}\n" if not ref.startswith("sha256:") else f"Loaded image ID: {ref}\n"
                 await stream.write(json.dumps({"stream": text}).encode() + b"\r\n")
 
@@ -208,13 +203,10 @@ def routes(router: Router, engine: Engine, images: Any) -> None:
         if not repo:
             raise InvalidParameter("repository name is required")
         await thread(images.tag, name, repo, req.q("tag") or "latest")
-        engine.events.publish("image", "tag", name, {"name": f"{repo}:{req.q('tag') or 'latest'}"})
         return Response.empty(201)
 
     async def remove(req: Request, name: str) -> Response:
-        result = await thread(images.remove, name, req.qbool("force"), in_use)
-        engine.events.publish("image", "delete", name, {"name": name})
-        return Response.json(result)
+        return Response.json(await thread(images.remove, name, req.qbool("force"), in_use))
 
     async def prune(req: Request) -> Response:
         filters = parse_filters(req.qjson("filters"))
@@ -226,10 +218,10 @@ def routes(router: Router, engine: Engine, images: Any) -> None:
 
     async def commit(req: Request) -> Response:
         container = req.q("container")
-        rec = await thread(engine.get, container or "")
+        c = containers.container(container or "")
         body = req.json() if req.body else {}
         repo, tag_ = req.q("repo"), req.q("tag") or "latest"
-        image = await thread(engine.commit, rec["Id"], pause=req.qbool("pause", True),
+        image = await thread(containers.commit, c.id, pause=req.qbool("pause", True),
                              repo_tag=f"{repo}:{tag_}" if repo else None, changes=req.query.get("changes", []),
                              comment=req.q("comment") or "", author=req.q("author") or "", config=body or None)
         return Response.json({"Id": image.id}, status=201)

@@ -2,28 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import os
 
-from coracle.api import build as build_routes, containers, disabled, images as image_routes, maintenance
-from coracle.api import networks as network_routes, system, volumes as volume_routes
+from coracle.api import build as build_routes, disabled, images as image_routes, maintenance
+from coracle.api import system, volumes as volume_routes
+from coracle.api.networks import NetworkRouter
+from coracle.api.backend import EventSource, ImageBackend, NetworkBackend, StreamBackend
+from coracle.api.containers import ContainerRouter, ContainerStreamRouter, Lifecycle
+from coracle.api.execs import ExecRouter
 from coracle.build import service as build_service
 from coracle.api.http import Router
 from coracle.api.streams import AttachHub
+from coracle.api.container_files import routes as container_file_routes
 from coracle.engine.engine import Engine
 
 
-def build_router(*, engine: Engine, images: Any, network: Any, events: Any, data_root: str, exec_root: str) -> Router:
+def build_router(*, engine: Engine, images: ImageBackend, network: NetworkBackend, events: EventSource,
+                 streams: StreamBackend, data_root: str, exec_root: str) -> Router:
+    """Every router on one: each given the narrow backends it needs (api/backend.py)."""
     router = Router()
-    hub = AttachHub(engine.monitor)
-    containers.routes(router, engine, hub)
+    hub = AttachHub(streams)
+    container_file_routes(router, engine)  # docker cp: /containers/{id}/archive
+    ContainerRouter(engine, images, hub, Lifecycle()).register(router)
+    ContainerStreamRouter(engine, streams, events, hub).register(router)
+    ExecRouter(engine.execs, streams, hub).register(router)
     image_routes.routes(router, engine, images)
-    network_routes.routes(router, engine, network)
+    NetworkRouter(engine, network).register(router)
     volume_routes.routes(router, engine.volumes)
     builder, cache = build_service(engine, images, os.path.join(data_root, "build"))
     build_routes.routes(router, engine, images, builder, cache)
-    system.routes(router, engine, images, network, data_root, cache)
+    system.routes(router, engine, images, events, engine.volumes, data_root, cache)
     maintenance.routes(router, engine)
     disabled.routes(router)
     return router

@@ -9,15 +9,45 @@ import platform
 import time
 from collections import Counter
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from coracle import __version__, rootless
+from coracle.api import render
 from coracle.api.disabled import SWARM_INACTIVE
 from coracle.api.filters import parse as parse_filters, values
 from coracle.api.http import API_VERSION, DOCKER_COMPAT, MIN_API_VERSION, Request, Response, Router
 from coracle.engine import config as cfg
-from coracle.engine.engine import Engine
+from coracle.api.containers import sizes
+from coracle.api.backend import ContainerBackend, EventSource, ImageBackend, VolumeBackend
 from coracle.engine.logs import parse_time
+# Docker's registry settings with no daemon options: docker.io is the official, secure index, and
+# loopback registries may speak plain HTTP (the rule coracle's registry client applies too).
+REGISTRY_CONFIG: dict[str, Any] = {
+    "AllowNondistributableArtifactsCIDRs": None, "AllowNondistributableArtifactsHostnames": None,
+    "InsecureRegistryCIDRs": ["::1/128", "127.0.0.0/8"],
+    "IndexConfigs": {"docker.io": {"Name": "docker.io", "Mirrors": [], "Secure": True, "Official": True}},
+    "Mirrors": None,
+}
 
+
+def _sysctl_on(name: str) -> bool:
+    """Whether bridged traffic passes the host's iptables (br_netfilter's switch; off when not loaded)."""
+    try:
+        with open(f"/proc/sys/net/bridge/{name}") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
+def _proxy(name: str) -> str:
+    """The daemon's proxy setting from its environment, credentials masked as Docker masks them."""
+    value = os.environ.get(name) or os.environ.get(name.lower()) or ""
+    parts = urlsplit(value)
+    if parts.username is None:
+        return value
+    host = parts.hostname or ""
+    netloc = "xxxxx:xxxxx@" + host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def version_info() -> dict[str, Any]:
@@ -39,14 +69,15 @@ def version_info() -> dict[str, Any]:
     }
 
 
-def routes(router: Router, engine: Engine, images: Any, network: Any, data_root: str, build_cache: Any = None) -> None:
+def routes(router: Router, containers: ContainerBackend, images: ImageBackend, bus: EventSource,
+           volumes: VolumeBackend, data_root: str, build_cache: Any = None) -> None:
     async def version(req: Request) -> Response:
         return Response.json(version_info())
 
     async def info(req: Request) -> Response:
-        records = await asyncio.to_thread(engine.records)
-        running = sum(1 for r in records if r["State"]["Running"] and not r["State"]["Paused"])
-        paused = sum(1 for r in records if r["State"]["Paused"])
+        records = containers.containers()
+        running = sum(1 for c in records if c.state.running and not c.state.paused)
+        paused = sum(1 for c in records if c.state.paused)
         uname = os.uname()
         from coracle import cgroups
 
@@ -55,8 +86,8 @@ def routes(router: Router, engine: Engine, images: Any, network: Any, data_root:
             "ID": "coracle", "Containers": len(records), "ContainersRunning": running,
             "ContainersPaused": paused, "ContainersStopped": len(records) - running - paused,
             "Images": len(await asyncio.to_thread(images.list)), "Driver": "overlay2",
-            "DriverStatus": [["Backing Filesystem", "extfs"]], "Plugins": {"Network": ["bridge", "host", "none"],
-                                                                              "Volume": ["local"], "Log": sorted(cfg.LOG_DRIVERS)},
+            "DriverStatus": [["Backing Filesystem", "extfs"]],
+            "Plugins": {"Network": ["bridge", "host", "none"], "Volume": ["local"], "Log": sorted(cfg.LOG_DRIVERS)},
             "MemoryLimit": True, "SwapLimit": False, "CpuCfsPeriod": True, "CpuCfsQuota": True, "CPUShares": True,
             "CPUSet": True, "PidsLimit": True, "OomKillDisable": True, "IPv4Forwarding": True,
             "Debug": False, "NFd": len(os.listdir("/proc/self/fd")), "NGoroutines": 0,
@@ -66,7 +97,9 @@ def routes(router: Router, engine: Engine, images: Any, network: Any, data_root:
             "KernelVersion": uname.release, "OperatingSystem": _os_name(), "OSType": "linux",
             "OSVersion": "", "Architecture": uname.machine, "NCPU": os.cpu_count(),
             "MemTotal": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "IndexServerAddress": "",
-            "RegistryConfig": {"IndexConfigs": {}, "InsecureRegistryCIDRs": ["127.0.0.0/8"]},
+            "RegistryConfig": REGISTRY_CONFIG, "BridgeNfIptables": _sysctl_on("bridge-nf-call-iptables"),
+            "BridgeNfIp6tables": _sysctl_on("bridge-nf-call-ip6tables"), "HttpProxy": _proxy("HTTP_PROXY"),
+            "HttpsProxy": _proxy("HTTPS_PROXY"), "NoProxy": _proxy("NO_PROXY"),
             "DockerRootDir": data_root, "Name": uname.nodename, "Labels": [], "ExperimentalBuild": False,
             "ServerVersion": DOCKER_COMPAT, "Runtimes": {"coracle": {"path": "coracle-monitor"}},
             "DefaultRuntime": "coracle", "LiveRestoreEnabled": True, "Isolation": "", "InitBinary": "tini",
@@ -103,12 +136,12 @@ def routes(router: Router, engine: Engine, images: Any, network: Any, data_root:
                     return False
             return True
 
-        sub = engine.events.subscribe()
+        sub = bus.subscribe()
 
         async def produce(stream: Any) -> None:
             try:
                 if since is not None:
-                    for ev in engine.events.since(int(since * 1e9), int(until * 1e9) if until else None):
+                    for ev in bus.since(int(since * 1e9), int(until * 1e9) if until else None):
                         if keep(ev):
                             await stream.write(json.dumps(ev).encode() + b"\n")
                 deadline = None if until is None else until
@@ -128,16 +161,13 @@ def routes(router: Router, engine: Engine, images: Any, network: Any, data_root:
         return Response.stream(produce, content_type="application/json")
 
     async def df(req: Request) -> Response:
-        from coracle.api.containers import summary
-
-        records = await asyncio.to_thread(engine.records)
-        containers = [summary(engine, r, size=True) for r in records]
-        used = Counter(r["Image"] for r in records)
-        usage = await asyncio.to_thread(images.disk_usage, lambda image_id: used[image_id])
-        volumes = await asyncio.to_thread(lambda: [engine.volumes.inspect(v, with_usage=True)
-                                                   for v in engine.volumes.all()])
+        every = containers.containers()
+        listed = [render.summary(c, await asyncio.to_thread(sizes, containers, c.id)) for c in every]
+        per_image = Counter(c.image_id for c in every)  # containers in any state, as Docker counts them
+        usage = await asyncio.to_thread(images.disk_usage, lambda image_id: per_image[image_id])
+        used = await asyncio.to_thread(lambda: [volumes.inspect(v, with_usage=True) for v in volumes.all()])
         return Response.json({"LayersSize": usage.get("LayersSize", 0), "Images": usage.get("Images", []),
-                              "Containers": containers, "Volumes": volumes,
+                              "Containers": listed, "Volumes": used,
                               "BuildCache": await asyncio.to_thread(build_cache.usage) if build_cache else []})
 
     router.add("GET", "/version", version)

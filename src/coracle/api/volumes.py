@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from coracle.api.containers import check_shape
+from coracle.api.shapes import check_shape
 from coracle.api.filters import parse as parse_filters
 from coracle.api.http import Request, Response, Router
 from coracle.engine.volumes import Volumes

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Callable, Iterator
 
-from coracle.build import files, metadata
+from coracle.build import copy_add, metadata
 from coracle.build.cache import BuildCache, step_key
 from coracle.build.container import LEDGER, Emit, remove_leftovers, step_container
 from coracle.build.context import Context
@@ -40,12 +40,12 @@ from coracle.build.errors import BuildCancelled, BuildError, RunFailed
 from coracle.build.metadata import DEFAULT_SHELL, NOP, env_dict
 from coracle.build.mounts import RunMounts
 from coracle.build.words import Lexer
-from coracle.engine import archive as engine_archive
+from coracle.engine import file_access
 from coracle.errors import CoracleError, InvalidParameter, NotFound
 from coracle.images import mediatypes as mt
 from coracle.images.layers import EMPTY_DIFF_ID
 from coracle.images.reference import parse as parse_reference
-from coracle.images.store import ImageStore, config_bytes, now_rfc3339
+from coracle.images.content import ImageStore, config_bytes, now_rfc3339
 from coracle.runtime.confined import Helper
 
 PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
@@ -167,6 +167,8 @@ class Build:
         raw = target.raw
         tags = [parse_reference(t).tagged for t in self.options.tags]
         image = self.images.add_image(config_bytes(raw), tags)
+        for tag in tags:  # as Docker: a built image shows up in events when it is tagged
+            self.images.announce("tag", image, tag)
         unused = sorted(k for k in self.options.build_args if k not in self.consumed and k not in PROXY_ARGS)
         if unused:
             self.say(f"[Warning] One or more build-args {unused} were not consumed\n".replace("'", ""))
@@ -484,9 +486,9 @@ class Build:
         wants_dir = dest.endswith("/") or dest in (".", "..") or dest.endswith("/.")
         chown_flag = ins.flag("chown")
         chown = lexer.word(chown_flag) if chown_flag else ""
-        chmod = files.parse_chmod(ins.flag("chmod"))
+        chmod = copy_add.parse_chmod(ins.flag("chmod"))
         source_from = ins.flag("from")
-        pieces: list[files.Piece] = []
+        pieces: list[copy_add.Piece] = []
         names: list[str] = []
         from_image = ""
         if source_from:
@@ -511,42 +513,42 @@ class Build:
                 known_dir = wants_dir or many or any(p.is_dir for p in pieces)
                 # the archive helper makes missing parents itself: a look costs a helper process,
                 # needed only to tell a file target from an existing directory, or to own a new one
-                existing = self._stat(c.id, dest_path) if not known_dir or chown else {"mode": files.GO_DIR}
-                is_dir = existing is not None and bool(existing["mode"] & files.GO_DIR)
+                existing = self._stat(c.id, dest_path) if not known_dir or chown else {"mode": copy_add.GO_DIR}
+                is_dir = existing is not None and bool(existing["mode"] & copy_add.GO_DIR)
                 with self._source_from(from_image, sources) as exported:
                     if exported is not None:
                         pieces = exported
                         names = [posixpath.basename(s.rstrip("/")) for s in sources]
                     into_dir = known_dir or is_dir or any(p.is_dir for p in pieces)
-                    placement = files.Placement(dest_path, into_dir, create_dir=existing is None, chmod=chmod,
+                    placement = copy_add.Placement(dest_path, into_dir, create_dir=existing is None, chmod=chmod,
                                                 owner=owner, names=names)
                     with tempfile.TemporaryFile(dir=self.scratch) as f:
-                        files.write_tar(f, pieces, placement)
+                        copy_add.write_tar(f, pieces, placement)
                         f.seek(0)
-                        engine_archive.extract(self.engine, c.id, "/", f)
+                        file_access.extract(self.engine, c.id, "/", f)
                 diff_id = self.images.pack_layer(c.upper_dir)
             self._commit(stage, created_by, copy.deepcopy(stage.config), diff_id, key)
 
-    def _pieces(self, ins: Instruction, lexer: Lexer, sources: list[str]) -> tuple[list[files.Piece], list[str]]:
+    def _pieces(self, ins: Instruction, lexer: Lexer, sources: list[str]) -> tuple[list[copy_add.Piece], list[str]]:
         """The sources of a COPY/ADD from the context, heredocs or URLs, and the name each file gets."""
         heredocs = iter(ins.heredocs)
-        pieces: list[files.Piece] = []
+        pieces: list[copy_add.Piece] = []
         names: list[str] = []
         for src in sources:
             if src.startswith("<<") and ins.heredocs:
                 doc = next(heredocs)
-                pieces.append(files.heredoc_piece(lexer.expand(doc.content) if doc.expand else doc.content))
+                pieces.append(copy_add.heredoc_piece(lexer.expand(doc.content) if doc.expand else doc.content))
                 names.append(doc.name)
             elif re.match(r"^https?://", src):
                 if ins.keyword == "COPY":
                     raise BuildError(f"COPY does not fetch URLs ({src}); use ADD or RUN wget")
-                piece, name = files.url_piece(src, tempfile.mkdtemp(dir=self.scratch))
+                piece, name = copy_add.url_piece(src, tempfile.mkdtemp(dir=self.scratch))
                 pieces.append(piece)
                 names.append(name)
             else:
                 for found in self.context.sources(src):
-                    archived = files.archive_piece(self.context, found) if ins.keyword == "ADD" else None
-                    pieces.append(archived or files.context_piece(self.context, found))
+                    archived = copy_add.archive_piece(self.context, found) if ins.keyword == "ADD" else None
+                    pieces.append(archived or copy_add.context_piece(self.context, found))
                     names.append(posixpath.basename(found.rel))
         if not pieces:
             raise BuildError(f"{ins.keyword} failed: no source files were specified")
@@ -557,13 +559,13 @@ class Build:
         user, _, group = chown.partition(":")
         passwd = self._read_text(cid, "/etc/passwd") if not user.isdigit() else ""
         groups = self._read_text(cid, "/etc/group") if group and not group.isdigit() else ""
-        return files.parse_chown(chown, passwd, groups)
+        return copy_add.parse_chown(chown, passwd, groups)
 
     def _read_text(self, cid: str, path: str, limit: int = 1 << 20) -> str:
         """A small file of the container's image, streamed out by the confined archive helper."""
         if self._stat(cid, path) is None:
             return ""
-        _, helper = engine_archive.export(self.engine, cid, path)
+        _, helper = file_access.export(self.engine, cid, path)
         try:
             with tarfile.open(fileobj=helper.stdout, mode="r|") as tar:
                 for member in tar:
@@ -575,12 +577,12 @@ class Build:
 
     def _stat(self, cid: str, path: str) -> dict[str, Any] | None:
         try:
-            return engine_archive.stat(self.engine, cid, path)
+            return file_access.stat(self.engine, cid, path)
         except NotFound:
             return None
 
     @contextmanager
-    def _source_from(self, image_id: str, sources: list[str]) -> Iterator[list[files.Piece] | None]:
+    def _source_from(self, image_id: str, sources: list[str]) -> Iterator[list[copy_add.Piece] | None]:
         """COPY --from: each source streamed out of a container of that image by the archive helper."""
         if not image_id:
             yield None
@@ -588,7 +590,7 @@ class Build:
         with step_container(self.engine, image_id, {"Cmd": ["true"], "Entrypoint": [""]},
                             {"NetworkMode": "none"}, self.id, self.ledger) as src:
             helpers: list[Helper] = []
-            pieces: list[files.Piece] = []
+            pieces: list[copy_add.Piece] = []
             try:
                 for path in sources:
                     if any(ch in path for ch in "*?["):
@@ -596,10 +598,10 @@ class Build:
                     found = self._stat(src.id, path)
                     if found is None:
                         raise BuildError(f"COPY --from: {path} not found in the source image")
-                    is_dir = bool(found["mode"] & files.GO_DIR)
-                    _, helper = engine_archive.export(self.engine, src.id, path.rstrip("/") + "/." if is_dir else path)
+                    is_dir = bool(found["mode"] & copy_add.GO_DIR)
+                    _, helper = file_access.export(self.engine, src.id, path.rstrip("/") + "/." if is_dir else path)
                     helpers.append(helper)
-                    pieces.append(files.exported_piece(helper.stdout, is_dir))
+                    pieces.append(copy_add.exported_piece(helper.stdout, is_dir))
                 yield pieces
             finally:
                 for helper in helpers:

@@ -18,7 +18,7 @@ from typing import Any
 from collections.abc import Callable
 
 from coracle.disk import usage as disk_usage
-from coracle.images.store import ImageStore, now_rfc3339
+from coracle.images.content import ImageStore, now_rfc3339
 from coracle.store import Store
 
 KIND = "build-cache"

@@ -56,8 +56,8 @@ class StepContainer:
         """Start it, stream its output as build progress, and return its exit code."""
         attached: list[socket.socket] = []
 
-        def before_release(rec: dict[str, Any]) -> None:
-            attached.append(self.engine.monitor.attach(rec["Id"], False, True, True)[0])
+        def before_release(cid: str) -> None:
+            attached.append(self.engine.monitor.attach(cid, False, True, True)[0])
 
         self.engine.start(self.id, before_release)
         sock = attached[0]

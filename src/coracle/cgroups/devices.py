@@ -20,7 +20,7 @@ import struct
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from coracle.cgroups import files
+from coracle.cgroups import cgroupfs
 from coracle.errors import InvalidParameter, SystemError_
 
 ANY = -1
@@ -73,11 +73,11 @@ class DeviceRule:
 def write_v1(directory: str, rules: list[DeviceRule]) -> None:
     """Replace the cgroup's device list by exactly `rules` (v1 `devices` hierarchy)."""
     if any(r.allows_everything() for r in rules):
-        files.write(os.path.join(directory, "devices.allow"), "a", "device access")
+        cgroupfs.write(os.path.join(directory, "devices.allow"), "a", "device access")
         return
-    files.write(os.path.join(directory, "devices.deny"), "a", "device access")
+    cgroupfs.write(os.path.join(directory, "devices.deny"), "a", "device access")
     for rule in rules:
-        files.write(os.path.join(directory, "devices.allow"), rule.line(), "device access")
+        cgroupfs.write(os.path.join(directory, "devices.allow"), rule.line(), "device access")
 
 
 # ----- cgroup v2: a BPF_PROG_TYPE_CGROUP_DEVICE program ----------------------

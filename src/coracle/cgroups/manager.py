@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
-from coracle.cgroups import files
+from coracle.cgroups import cgroupfs
 from coracle.cgroups.devices import DeviceRule
 from coracle.cgroups.resources import Resources
 from coracle.errors import InvalidParameter, NotFound, SystemError_
@@ -89,14 +89,14 @@ class Manager(ABC):
         """Write the limits `r` asks for; `fresh` applies creation-time defaults."""
         # cpuset first: a cpu quota is judged against the CPUs the cgroup may use.
         if r.cpuset_cpus:
-            files.write(self._file("cpuset", "cpuset.cpus", "cpuset"), r.cpuset_cpus, "cpuset cpus")
+            cgroupfs.write(self._file("cpuset", "cpuset.cpus", "cpuset"), r.cpuset_cpus, "cpuset cpus")
         if r.cpuset_mems:
-            files.write(self._file("cpuset", "cpuset.mems", "cpuset"), r.cpuset_mems, "cpuset mems")
+            cgroupfs.write(self._file("cpuset", "cpuset.mems", "cpuset"), r.cpuset_mems, "cpuset mems")
         self._write_memory(r, fresh)
         self._write_cpu(r)
         if r.pids_limit:
             value = r.pids_limit if r.pids_limit > 0 else "max"
-            files.write(self._file("pids", "pids.max", "pids limit"), value, "pids limit")
+            cgroupfs.write(self._file("pids", "pids.max", "pids limit"), value, "pids limit")
         if r.blkio_weight:
             self._write_io_weight(r.blkio_weight)
 
@@ -139,7 +139,7 @@ class Manager(ABC):
         """Move a process (and, with it, its future children) into the cgroup."""
         for d in self.dirs():
             try:
-                files.write(os.path.join(d, "cgroup.procs"), pid, f"cgroup of process {pid}")
+                cgroupfs.write(os.path.join(d, "cgroup.procs"), pid, f"cgroup of process {pid}")
             except (InvalidParameter, SystemError_):
                 if not os.path.exists(f"/proc/{pid}"):
                     raise NotFound(f"process {pid} does not exist") from None
@@ -154,7 +154,7 @@ class Manager(ABC):
             for dirpath, _, names in os.walk(d):
                 if "cgroup.procs" in names:
                     with contextlib.suppress(FileNotFoundError):  # removed while walking
-                        found.update(files.read_ints(os.path.join(dirpath, "cgroup.procs")))
+                        found.update(cgroupfs.read_ints(os.path.join(dirpath, "cgroup.procs")))
         return sorted(found)
 
     def kill_all(self, sig: int) -> None:

@@ -14,7 +14,7 @@ import signal
 import threading
 from typing import Any
 
-from coracle.cgroups import devices, files, host
+from coracle.cgroups import devices, cgroupfs, host
 from coracle.cgroups.manager import Manager, wait_until
 from coracle.cgroups.resources import MAX_CPU_SHARES, MIN_CPU_SHARES, Resources
 from coracle.errors import InvalidParameter, SystemError_
@@ -126,9 +126,9 @@ class V1Manager(Manager):
         for part in self.path.split("/"):
             here = os.path.join(parent, part)
             for name in ("cpuset.cpus", "cpuset.mems"):
-                if not files.read(os.path.join(here, name)):
-                    value = files.read(os.path.join(parent, name))
-                    files.write(os.path.join(here, name), value, name)
+                if not cgroupfs.read(os.path.join(here, name)):
+                    value = cgroupfs.read(os.path.join(parent, name))
+                    cgroupfs.write(os.path.join(here, name), value, name)
             parent = here
 
     # -- limits -----------------------------------------------------------
@@ -136,12 +136,12 @@ class V1Manager(Manager):
     def _write_memory(self, r: Resources, fresh: bool) -> None:
         if r.memory_reservation:
             path = self._file("memory", "memory.soft_limit_in_bytes", "memory reservation")
-            files.write(path, r.memory_reservation, "memory reservation")
+            cgroupfs.write(path, r.memory_reservation, "memory reservation")
         if r.oom_kill_disable:
-            files.write(self._file("memory", "memory.oom_control", "oom kill disable"), 1, "oom kill disable")
+            cgroupfs.write(self._file("memory", "memory.oom_control", "oom kill disable"), 1, "oom kill disable")
         if r.memory_swappiness >= 0:
             path = self._file("memory", "memory.swappiness", "memory swappiness")
-            files.write(path, r.memory_swappiness, "memory swappiness")
+            cgroupfs.write(path, r.memory_swappiness, "memory swappiness")
         swap = r.memory_swap
         if fresh and r.memory and not swap:
             swap = 2 * r.memory  # Docker's default: as much swap as memory
@@ -163,7 +163,7 @@ class V1Manager(Manager):
         if swap:
             writes.append((memsw_file, swap, "memory swap limit"))
         if r.memory and os.path.exists(memsw_file):
-            current_memsw = files.read_int(memsw_file)
+            current_memsw = cgroupfs.read_int(memsw_file)
             if not swap and r.memory > current_memsw:
                 raise InvalidParameter(
                     "Memory limit should be smaller than already set memoryswap limit, "
@@ -173,10 +173,10 @@ class V1Manager(Manager):
                 writes.reverse()
         for path, value, what in writes:
             try:
-                files.write(path, value, what)
+                cgroupfs.write(path, value, what)
             except InvalidParameter:
                 usage_file = os.path.join(os.path.dirname(limit_file), "memory.usage_in_bytes")
-                if path == limit_file and files.read_int(usage_file) > r.memory:
+                if path == limit_file and cgroupfs.read_int(usage_file) > r.memory:
                     raise InvalidParameter(
                         f"cannot set memory limit to {r.memory} bytes: the container already uses more"
                     ) from None
@@ -185,19 +185,19 @@ class V1Manager(Manager):
     def _write_cpu(self, r: Resources) -> None:
         if r.cpu_shares:
             shares = min(max(r.cpu_shares, MIN_CPU_SHARES), MAX_CPU_SHARES)
-            files.write(self._file("cpu", "cpu.shares", "cpu shares"), shares, "cpu shares")
+            cgroupfs.write(self._file("cpu", "cpu.shares", "cpu shares"), shares, "cpu shares")
         quota, period = r.cpu_limit()
         if period:
-            files.write(self._file("cpu", "cpu.cfs_period_us", "cpu period"), period, "cpu period")
+            cgroupfs.write(self._file("cpu", "cpu.cfs_period_us", "cpu period"), period, "cpu period")
         if quota:
-            files.write(self._file("cpu", "cpu.cfs_quota_us", "cpu quota"), quota, "cpu quota")
+            cgroupfs.write(self._file("cpu", "cpu.cfs_quota_us", "cpu quota"), quota, "cpu quota")
 
     def _write_io_weight(self, weight: int) -> None:
         """blkio.weight belongs to CFQ (gone since 5.0); BFQ offers blkio.bfq.weight."""
         d = os.path.dirname(self._file("blkio", "blkio.weight", "blkio weight"))
         for name in ("blkio.weight", "blkio.bfq.weight"):
             if os.path.exists(os.path.join(d, name)):
-                files.write(os.path.join(d, name), weight, "blkio weight")
+                cgroupfs.write(os.path.join(d, name), weight, "blkio weight")
                 return
         raise InvalidParameter(
             "blkio weight requested, but this kernel offers no blkio weight "
@@ -213,14 +213,14 @@ class V1Manager(Manager):
     def _read_keyed(self, controller: str, name: str) -> dict[str, int]:
         d = self._dir(controller)
         try:
-            return files.read_keyed(os.path.join(d, name)) if d else {}
+            return cgroupfs.read_keyed(os.path.join(d, name)) if d else {}
         except FileNotFoundError:
             return {}
 
     def _read_int(self, controller: str, name: str, default: int = 0) -> int:
         d = self._dir(controller)
         try:
-            return files.read_int(os.path.join(d, name)) if d else default
+            return cgroupfs.read_int(os.path.join(d, name)) if d else default
         except FileNotFoundError:
             return default
 
@@ -240,7 +240,7 @@ class V1Manager(Manager):
         acct = self._dir("cpuacct")
         percpu: list[int] = []
         if acct and os.path.exists(os.path.join(acct, "cpuacct.usage_percpu")):
-            percpu = files.read_ints(os.path.join(acct, "cpuacct.usage_percpu"))
+            percpu = cgroupfs.read_ints(os.path.join(acct, "cpuacct.usage_percpu"))
         throttling = self._read_keyed("cpu", "cpu.stat")
         pids_limit = self._read_int("pids", "pids.max", -1)
         return {
@@ -278,7 +278,7 @@ class V1Manager(Manager):
         ):
             entries = []
             try:
-                text = files.read(os.path.join(d, name)) if d else ""
+                text = cgroupfs.read(os.path.join(d, name)) if d else ""
             except FileNotFoundError:
                 text = ""
             for line in text.splitlines():
@@ -294,7 +294,7 @@ class V1Manager(Manager):
     # -- pause / signals --------------------------------------------------
 
     def _freezer_state(self) -> str:
-        return files.read(self._freezer_file())
+        return cgroupfs.read(self._freezer_file())
 
     def _freezer_file(self) -> str:
         d = self._dir("freezer")
@@ -304,10 +304,10 @@ class V1Manager(Manager):
 
     def _set_freezer(self, state: str) -> None:
         path = self._freezer_file()
-        files.write(path, state, "freezer state")
+        cgroupfs.write(path, state, "freezer state")
         # FREEZING can linger when a task is busy in the kernel; writing again retries it.
-        wait_until(lambda: files.read(path) == state, state.lower(),
-                   nudge=lambda: files.write(path, state, "freezer state"))
+        wait_until(lambda: cgroupfs.read(path) == state, state.lower(),
+                   nudge=lambda: cgroupfs.write(path, state, "freezer state"))
 
     def freeze(self) -> None:
         self._set_freezer("FROZEN")

@@ -13,7 +13,7 @@ import os
 import signal
 from typing import Any
 
-from coracle.cgroups import devices, files, host
+from coracle.cgroups import devices, cgroupfs, host
 from coracle.cgroups.manager import Manager, wait_until
 from coracle.cgroups.resources import Resources
 from coracle.errors import InvalidParameter, SystemError_
@@ -35,7 +35,7 @@ class V2Manager(Manager):
 
     def _controllers(self, directory: str) -> set[str]:
         try:
-            return set(files.read(os.path.join(directory, "cgroup.controllers")).split())
+            return set(cgroupfs.read(os.path.join(directory, "cgroup.controllers")).split())
         except FileNotFoundError:
             return set()
 
@@ -50,18 +50,18 @@ class V2Manager(Manager):
 
     def _enable_subtree(self, directory: str) -> None:
         control = os.path.join(directory, "cgroup.subtree_control")
-        enabled = set(files.read(control).split())
+        enabled = set(cgroupfs.read(control).split())
         missing = [c for c in WANTED if c in self._controllers(directory) and c not in enabled]
         if not missing:
             return
         try:
-            files.write(control, " ".join(f"+{c}" for c in missing), "cgroup controllers")
+            cgroupfs.write(control, " ".join(f"+{c}" for c in missing), "cgroup controllers")
         except (InvalidParameter, SystemError_):
             # One controller may be refused (e.g. cpu with realtime tasks); keep the others.
             # Limits needing a refused one fail later with a clear message.
             for c in missing:
                 try:
-                    files.write(control, f"+{c}", f"cgroup controller {c}")
+                    cgroupfs.write(control, f"+{c}", f"cgroup controller {c}")
                 except (InvalidParameter, SystemError_) as e:
                     log.warning("cannot enable the %s controller in %s: %s", c, directory, e)
 
@@ -79,14 +79,14 @@ class V2Manager(Manager):
             log.warning("cgroup v2 has no way to disable the OOM killer; OomKillDisable discarded")
         if r.memory_reservation:
             path = self._file("memory", "memory.low", "memory reservation")
-            files.write(path, r.memory_reservation, "memory reservation")
+            cgroupfs.write(path, r.memory_reservation, "memory reservation")
         if r.memory:
-            files.write(self._file("memory", "memory.max", "memory limit"), r.memory, "memory limit")
+            cgroupfs.write(self._file("memory", "memory.max", "memory limit"), r.memory, "memory limit")
         # v2 limits swap alone, while Docker's --memory-swap counts memory+swap.
         if r.memory_swap == -1:
             swap: int | str | None = "max"
         elif r.memory_swap > 0:
-            memory = r.memory or files.read_int(self._file("memory", "memory.max", "memory swap limit"))
+            memory = r.memory or cgroupfs.read_int(self._file("memory", "memory.max", "memory swap limit"))
             if memory < 0:
                 raise InvalidParameter(
                     "You should always set the Memory limit when using Memoryswap limit, see usage."
@@ -110,30 +110,30 @@ class V2Manager(Manager):
                     "(memory.swap.max is missing)"
                 )
             return
-        files.write(swap_file, swap, "memory swap limit")
+        cgroupfs.write(swap_file, swap, "memory swap limit")
 
     def _write_cpu(self, r: Resources) -> None:
         if r.cpu_shares:
-            files.write(self._file("cpu", "cpu.weight", "cpu shares"), r.cpu_weight(), "cpu shares")
+            cgroupfs.write(self._file("cpu", "cpu.weight", "cpu shares"), r.cpu_weight(), "cpu shares")
         quota, period = r.cpu_limit()
         if not quota and not period:
             return
         path = self._file("cpu", "cpu.max", "cpu quota")
-        current_quota, _, current_period = files.read(path).partition(" ")
+        current_quota, _, current_period = cgroupfs.read(path).partition(" ")
         value = (
             "max" if quota == -1 else str(quota) if quota else current_quota,
             str(period) if period else current_period or "100000",
         )
-        files.write(path, " ".join(value), "cpu quota")
+        cgroupfs.write(path, " ".join(value), "cpu quota")
 
     def _write_io_weight(self, weight: int) -> None:
         """io.bfq.weight takes blkio's 10..1000 directly; io.weight is 1..10000."""
         generic = self._file("io", "io.weight", "blkio weight")  # also checks the io controller
         bfq = self._path("io.bfq.weight")
         if os.path.exists(bfq):
-            files.write(bfq, weight, "blkio weight")
+            cgroupfs.write(bfq, weight, "blkio weight")
         elif os.path.exists(generic):
-            files.write(generic, f"default {1 + (weight - 10) * 9999 // 990}", "blkio weight")
+            cgroupfs.write(generic, f"default {1 + (weight - 10) * 9999 // 990}", "blkio weight")
         else:
             raise InvalidParameter(
                 "blkio weight requested, but this kernel offers neither io.weight nor io.bfq.weight"
@@ -147,13 +147,13 @@ class V2Manager(Manager):
 
     def _keyed(self, name: str) -> dict[str, int]:
         try:
-            return files.read_keyed(self._path(name))
+            return cgroupfs.read_keyed(self._path(name))
         except FileNotFoundError:
             return {}
 
     def _int(self, name: str, unlimited: int = -1, default: int = 0) -> int:
         try:
-            return files.read_int(self._path(name), unlimited)
+            return cgroupfs.read_int(self._path(name), unlimited)
         except FileNotFoundError:
             return default
 
@@ -196,7 +196,7 @@ class V2Manager(Manager):
         """io.stat lines ("8:0 rbytes=.. wbytes=.. rios=.. wios=..") in Docker's v2 shape."""
         service_bytes, serviced = [], []
         try:
-            text = files.read(self._path("io.stat"))
+            text = cgroupfs.read(self._path("io.stat"))
         except FileNotFoundError:
             text = ""
         for line in text.splitlines():
@@ -216,7 +216,7 @@ class V2Manager(Manager):
         if not os.path.exists(control):
             raise SystemError_("pause needs cgroup.freeze (Linux 5.2 or later)")
         want = int(frozen)
-        files.write(control, want, "freezer state")
+        cgroupfs.write(control, want, "freezer state")
         wait_until(lambda: self._keyed("cgroup.events").get("frozen") == want,
                    "freeze" if frozen else "thaw")
 
@@ -230,6 +230,6 @@ class V2Manager(Manager):
         """cgroup.kill (5.14+) kills the whole subtree atomically, forks included."""
         kill_file = self._path("cgroup.kill")
         if sig == signal.SIGKILL and os.path.exists(kill_file):
-            files.write(kill_file, 1, "cgroup kill")
+            cgroupfs.write(kill_file, 1, "cgroup kill")
         else:
             super().kill_all(sig)

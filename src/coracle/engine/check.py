@@ -36,7 +36,7 @@ from coracle import cgroups
 from coracle.cgroups import Resources
 from coracle.cgroups.devices import DeviceRule
 from coracle.engine import config as cfg
-from coracle.engine import security
+from coracle.engine import security_options
 from coracle.engine.engine import KIND, Engine, proc_start_ticks
 from coracle.errors import CoracleError, NotFound
 from coracle.runtime.fdtree import remove_tree
@@ -258,7 +258,7 @@ def _recreate_cgroup(engine: Engine, rec: dict[str, Any], cg: cgroups.Manager) -
             pass  # exited meanwhile
     cg.set(Resources.from_host_config(hc))
     spec = Spec(id=rec["Id"], process=Process(args=[rec["Path"], *rec["Args"]]))
-    security.apply(spec, hc, engine.no_new_privileges)
+    security_options.apply(spec, hc, engine.no_new_privileges)
     cg.set_devices([DeviceRule.from_json(r) for r in spec.device_rules])
     log.warning("recreated the cgroup %s of container %s", cg.path, rec["Id"])
 

@@ -236,7 +236,7 @@ def propagation(mount: dict[str, Any]) -> str:
 
 def _mount_point(src: str, dst: str, rw: bool, volumes_root: str, kind: str | None = None,
                  propagation: str = "", nocopy: bool = False) -> dict[str, Any]:
-    """A mount in Docker's shape; a volume's Mode also says `nocopy` (no copy-up, engine/archive.py)."""
+    """A mount in Docker's shape; a volume's Mode also says `nocopy` (no copy-up, engine/file_access.py)."""
     if src.startswith("/"):
         if not os.path.exists(src):
             # Docker creates a missing bind source directory for -v (not for --mount).

@@ -12,6 +12,7 @@ Any failure undoes what was made, in reverse, and leaves a clear error.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -28,8 +29,9 @@ from coracle.clock import timestamp as utc_now
 from coracle.cgroups import Resources
 from coracle.cgroups.devices import DeviceRule
 from coracle.engine import config as cfg
-from coracle.engine import archive, health, links, logs, security
-from coracle.engine.events import EventBus
+from coracle.engine import file_access, health, links, logs, security_options
+from coracle.engine.container import Container
+from coracle.events import EventBus
 from coracle.engine.execs import Execs
 from coracle.engine.names import random_name
 from coracle.engine.records import RecordIndex
@@ -44,6 +46,7 @@ from coracle.errors import (
     NotModified,
     SystemError_,
 )
+from coracle.disk import usage as disk_usage
 from coracle.faults import fault
 from coracle.images import Image, ImageStore
 from coracle.images.changes import commit_config
@@ -93,7 +96,7 @@ class Engine:
         self._lock = threading.RLock()  # names and the id index
         self._locks: dict[str, threading.RLock] = {}
         self._exited: dict[str, threading.Event] = {}
-        self._starting: dict[str, dict | None] = {}  # exits that arrive while start() still runs
+        self._starting: dict[str, dict[str, Any] | None] = {}  # exits that arrive while start() still runs
         self._starting_lock = threading.Lock()  # hand-off of those exits between the exit pump and start()
         self.execs = Execs(self)
         self.restarts = RestartTracker(self._restart_later)
@@ -132,6 +135,24 @@ class Engine:
             raise NotFound(f"No such container: {ref}")
         return rec
 
+    def container(self, ref: str) -> Container:
+        """The record of a container (by id, name or unique id prefix): the caller's own copy.
+
+        From memory, without a thread: answers while lifecycle work holds the store."""
+        return Container.from_stored(self.view(ref))
+
+    def containers(self) -> list[Container]:
+        """Every container's record, oldest first."""
+        return [Container.from_stored(rec) for rec in self.views()]
+
+    def exec_ids(self, cid: str) -> list[str]:
+        """The execs of a container that can still be inspected (inspect's ExecIDs)."""
+        return self.execs.of_container(cid)
+
+    def _lower_dirs(self, image: Image) -> str:
+        """The image's layer directories as overlayfs takes them (topmost first): GraphDriver.Data.LowerDir."""
+        return ":".join(str(self.images.layer_path(diff_id)) for diff_id in reversed(image.layers))
+
     def _resolve(self, ref: str) -> str:
         if not ref:
             raise NotFound("No such container: ")
@@ -156,7 +177,12 @@ class Engine:
     def _dir(self, cid: str, *parts: str) -> str:
         return os.path.join(self.containers_dir, cid, *parts)
 
-    def _event(self, rec: dict[str, Any], action: str, **extra: str) -> None:
+    def record(self, cid: str) -> dict[str, Any] | None:
+        """The stored record of a container by full id (None when it is gone), to read or change and save."""
+        return self.store.get(KIND, cid)
+
+    def announce(self, rec: dict[str, Any], action: str, **extra: str) -> None:
+        """Docker's container event for `rec`: its name, image and labels as attributes."""
         attrs = {"name": rec["Name"].lstrip("/"), "image": rec["Config"].get("Image", ""),
                  **(rec["Config"].get("Labels") or {}), **extra}
         self.events.publish("container", action, rec["Id"], attrs)
@@ -200,11 +226,12 @@ class Engine:
                 link_targets.append(self.get(target))
             except NotFound:
                 raise NotFound(f"could not get container for {target}") from None
-        security.apply(Spec(id="", process=Process(args=argv)), host_config, self.no_new_privileges)
-        security.user_namespace(host_config, self.userns_remap)
+        security_options.apply(Spec(id="", process=Process(args=argv)), host_config, self.no_new_privileges)
+        security_options.user_namespace(host_config, self.userns_remap)
         cid = cfg.new_id()
         config["Env"] = cfg.merge_env(image_config.get("Env"), cfg.strings(config.get("Env"), "Env"))
-        config["Cmd"] = cfg.strings(config.get("Cmd"), "Cmd") or (None if config.get("Entrypoint") else image_config.get("Cmd"))
+        config["Cmd"] = cfg.strings(config.get("Cmd"), "Cmd") or (
+            None if config.get("Entrypoint") else image_config.get("Cmd"))
         config.setdefault("Entrypoint", image_config.get("Entrypoint"))
         config["WorkingDir"] = cfg.working_dir(config.get("WorkingDir") or image_config.get("WorkingDir"))
         config["User"] = config.get("User") or image_config.get("User") or ""
@@ -228,7 +255,7 @@ class Engine:
         now = utc_now()
         log_driver = host_config["LogConfig"]["Type"]
         log_path = self._dir(cid, cfg.log_file(log_driver, cid)) if log_driver != "none" else ""
-        rec = {
+        rec: dict[str, Any] = {
             "Id": cid, "Created": now, "Path": argv[0], "Args": argv[1:],
             "State": {"Status": "created", "Running": False, "Paused": False, "Restarting": False,
                       "OOMKilled": False, "Dead": False, "Pid": 0, "ExitCode": 0, "Error": "",
@@ -239,7 +266,8 @@ class Engine:
             "Name": "", "RestartCount": 0, "Driver": "overlay2", "Platform": "linux",
             "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "", "ExecIDs": None,
             "HostConfig": host_config, "Config": config,
-            "GraphDriver": {"Name": "overlay2", "Data": {"UpperDir": self._dir(cid, "upper"),
+            "GraphDriver": {"Name": "overlay2", "Data": {"LowerDir": self._lower_dirs(image),
+                                                         "UpperDir": self._dir(cid, "upper"),
                                                          "WorkDir": self._dir(cid, "work"),
                                                          "MergedDir": self._dir(cid, "rootfs")}},
             "Mounts": mounts, "NetworkingConfig": networking,
@@ -268,7 +296,7 @@ class Engine:
                 if full:
                     raise SystemError_(f"no space left on device: the data root {self.data_root} is full") from None
                 raise
-        self._event(rec, "create")
+        self.announce(rec, "create")
         return {"Id": cid, "Warnings": []}
 
     def _generate_name(self) -> str:
@@ -293,7 +321,7 @@ class Engine:
         namespaces = [ns for ns in ("mnt", "uts", "ipc", "pid", "cgroup") if ns not in shared]
         join_net = ""
         if mode.startswith("container:"):
-            donor = self._running(mode.split(":", 1)[1], for_="join its network namespace")
+            donor = self.running(mode.split(":", 1)[1], for_="join its network namespace")
             join_net = f"/proc/{donor['State']['Pid']}/ns/net"
         elif mode != "host":
             namespaces.append("net")
@@ -314,6 +342,7 @@ class Engine:
             no_new_privileges=self.no_new_privileges or "no-new-privileges" in (hc.get("SecurityOpt") or [])
             or "no-new-privileges:true" in (hc.get("SecurityOpt") or []),
         )
+        log_path, log_driver = logs.source(Container.from_stored(rec))
         spec = Spec(
             id=cid, process=process, namespaces=namespaces, join_net=join_net,
             hostname=config.get("Hostname") or "", domainname=config.get("Domainname") or "",
@@ -322,12 +351,12 @@ class Engine:
             readonly_rootfs=bool(hc.get("ReadonlyRootfs")), mounts=mounts,
             sysctls=hc.get("Sysctls") or {}, privileged=bool(hc.get("Privileged")),
             init_binary=self.init_binary if hc.get("Init") else "",
-            log_path=logs.source(rec)[0], log_max_size=rec["Coracle"]["LogMaxSize"],
+            log_path=log_path, log_max_size=rec["Coracle"]["LogMaxSize"],
             log_max_file=rec["Coracle"]["LogMaxFile"], log_attrs=rec["Coracle"].get("LogAttrs") or {},
-            log_driver=logs.source(rec)[1], log_compress=rec["Coracle"].get("LogCompress", False),
+            log_driver=log_driver, log_compress=rec["Coracle"].get("LogCompress", False),
         )
-        security.apply(spec, hc, self.no_new_privileges)
-        remap = security.user_namespace(hc, self.userns_remap)
+        security_options.apply(spec, hc, self.no_new_privileges)
+        remap = security_options.user_namespace(hc, self.userns_remap)
         if remap is not None:
             spec.uid_map, spec.gid_map = remap.uid_map, remap.gid_map
             for m in rec["Mounts"]:  # a fresh volume belongs to the container's root, as with Docker
@@ -335,7 +364,7 @@ class Engine:
                     os.chown(m["Source"], *remap.root)
         return spec
 
-    def _running(self, ref: str, for_: str = "") -> dict[str, Any]:
+    def running(self, ref: str, for_: str = "") -> dict[str, Any]:
         rec = self.get(ref)
         if not rec["State"]["Running"]:
             raise Conflict(f"Container {rec['Id']} is not running" + (f": cannot {for_}" if for_ else ""))
@@ -345,7 +374,7 @@ class Engine:
         parent = (rec["HostConfig"].get("CgroupParent") or self.cgroup_parent).strip("/")
         return cgroups.manager_for(f"{parent}/{rec['Id']}")
 
-    def start(self, ref: str, before_release: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def start(self, ref: str, before_release: Callable[[str], None] | None = None) -> None:
         """Start a created or exited container; `before_release` lets attach streams connect first."""
         rec = self.get(ref)
         cid = rec["Id"]
@@ -360,7 +389,7 @@ class Engine:
                                    "to recreate it")
             self._start_locked(rec, before_release)
 
-    def _start_locked(self, rec: dict[str, Any], before_release: Callable[[dict[str, Any]], None] | None) -> None:
+    def _start_locked(self, rec: dict[str, Any], before_release: Callable[[str], None] | None) -> None:
         cid, hc = rec["Id"], rec["HostConfig"]
         mode = hc["NetworkMode"]
         undo: list[Callable[[], None]] = []
@@ -372,7 +401,7 @@ class Engine:
             if mode.startswith("container:"):
                 self._share_donor_files(rec, mode)
             spec = self._spec(rec, mode)
-            archive.copy_up(self, rec)
+            file_access.copy_up(self, rec)
             undo.append(lambda: self.volumes.detach(rec))
             self.volumes.attach(rec)
             sock, pid = self.monitor.spawn(spec)
@@ -384,7 +413,7 @@ class Engine:
             cg.apply(pid)
             cg.set(Resources.from_host_config(hc))
             cg.set_devices([DeviceRule.from_json(r) for r in spec.device_rules])
-            security.set_oom_score_adj(pid, hc)
+            security_options.set_oom_score_adj(pid, hc)
             fault("start-after-cgroup")
             phases.mark("cgroup")
             undo.append(lambda: self.network.detach(cid))
@@ -396,7 +425,7 @@ class Engine:
             phases.mark("files")
             rec["State"].update({"Pid": pid})
             if before_release:
-                before_release(rec)
+                before_release(cid)
             self._exited[cid] = threading.Event()
             self.monitor.release(sock, cid)
             sock = None
@@ -433,7 +462,7 @@ class Engine:
         self.save(rec)
         phases.mark("save")
         phases.done()
-        self._event(rec, "start")
+        self.announce(rec, "start")
         self.health.watch(rec)
         with self._starting_lock:
             early = self._starting.pop(cid, None)
@@ -483,10 +512,8 @@ class Engine:
             return
         cg = self.cgroup(rec)
         oom = False
-        try:
+        with contextlib.suppress(OSError):
             oom = cg.oom_killed()
-        except OSError:
-            pass
         try:
             self.network.detach(cid)
         finally:
@@ -506,8 +533,8 @@ class Engine:
         self.volumes.detach(rec)
         self.monitor.forget_exit(cid)
         if oom:
-            self._event(rec, "oom")
-        self._event(rec, "die", exitCode=str(code))
+            self.announce(rec, "oom")
+        self.announce(rec, "die", exitCode=str(code))
         done = self._exited.pop(cid, None)
         if done:
             done.set()
@@ -597,13 +624,17 @@ class Engine:
             self._signal(rec, number)
         except Conflict:
             return
-        if self._wait_exit(cid, None if timeout < 0 else timeout):  # -1: wait as long as it takes
-            return
-        try:
-            self._signal(self.get(cid), signal.SIGKILL)
-        except (Conflict, NotFound):
-            return
-        self._wait_exit(cid, 30)
+        if not self._wait_exit(cid, None if timeout < 0 else timeout):  # -1: wait as long as it takes
+            try:
+                self._signal(self.get(cid), signal.SIGKILL)
+            except (Conflict, NotFound):
+                return
+            self._wait_exit(cid, 30)
+        self.announce(rec, "stop")
+
+    def attached(self, ref: str) -> None:
+        """A client attached to the container's streams: Docker's `attach` event."""
+        self.announce(self.get(ref), "attach")
 
     def kill(self, ref: str, sig: str | None = None) -> None:
         rec = self.get(ref)
@@ -616,21 +647,19 @@ class Engine:
                 rec["Coracle"]["ManualStop"] = True
                 self.save(rec)
             self._signal(rec, number)
-        self._event(rec, "kill", signal=str(number))
+        self.announce(rec, "kill", signal=str(number))
         if number == signal.SIGKILL:
             self._wait_exit(rec["Id"], 10)
 
     def restart(self, ref: str, timeout: int | None = None) -> None:
         rec = self.get(ref)
-        try:
+        with contextlib.suppress(NotModified):
             self.stop(rec["Id"], timeout)
-        except NotModified:
-            pass
         self.start(rec["Id"])
-        self._event(self.get(rec["Id"]), "restart")
+        self.announce(self.get(rec["Id"]), "restart")
 
     def commit(self, ref: str, *, pause: bool = True, repo_tag: str | None = None, changes: list[str] | None = None,
-               comment: str = "", author: str = "", config: dict | None = None) -> Image:
+               comment: str = "", author: str = "", config: dict[str, Any] | None = None) -> Image:
         """`docker commit`: the container's own layer (its overlay upper dir) as a new image.
 
         The upper dir is the container's to change while it runs; with `pause`
@@ -651,11 +680,11 @@ class Engine:
             finally:
                 if freeze:
                     self.cgroup(rec).thaw()
-        self._event(rec, "commit")
+        self.announce(rec, "commit")
         return image
 
     def pause(self, ref: str) -> None:
-        rec = self._running(ref)
+        rec = self.running(ref)
         with self._lock_for(rec["Id"]):
             if rec["State"]["Paused"]:
                 raise Conflict(f"Container {rec['Id']} is already paused")
@@ -663,10 +692,10 @@ class Engine:
             self.health.forget(rec["Id"])
             rec["State"].update({"Paused": True, "Status": "paused"})
             self.save(rec)
-        self._event(rec, "pause")
+        self.announce(rec, "pause")
 
     def unpause(self, ref: str) -> None:
-        rec = self._running(ref)
+        rec = self.running(ref)
         with self._lock_for(rec["Id"]):
             if not rec["State"]["Paused"]:
                 raise Conflict(f"Container {rec['Id']} is not paused")
@@ -674,7 +703,7 @@ class Engine:
             rec["State"].update({"Paused": False, "Status": "running"})
             self.save(rec)
             self.health.watch(rec)
-        self._event(rec, "unpause")
+        self.announce(rec, "unpause")
 
     # ----- remove, rename, update ------------------------------------------
 
@@ -693,10 +722,8 @@ class Engine:
                 rec["Coracle"]["ManualStop"] = True
                 rec["HostConfig"]["AutoRemove"] = False  # we are removing it ourselves
                 self.save(rec)
-                try:
+                with contextlib.suppress(Conflict):
                     self._signal(rec, signal.SIGKILL)
-                except Conflict:
-                    pass
         self._wait_exit(cid, 30)
         with self._lock_for(cid):
             rec = self.store.get(KIND, cid)
@@ -716,7 +743,7 @@ class Engine:
             self.monitor.forget_exit(cid)
         with self._lock:
             self._locks.pop(cid, None)
-        self._event(rec, "destroy")
+        self.announce(rec, "destroy")
 
     def remove_link(self, path: str) -> None:
         """DELETE /containers/{linker/alias}?link=1: the linking container forgets that link."""
@@ -735,7 +762,7 @@ class Engine:
             rec["Name"] = name
             self.network.rename(rec, old)
             self.save(rec)
-        self._event(rec, "rename", oldName=old)
+        self.announce(rec, "rename", oldName=old)
 
     def update(self, ref: str, body: dict[str, Any]) -> dict[str, Any]:
         """`docker update`: new limits on a live cgroup, and the restart policy."""
@@ -751,7 +778,7 @@ class Engine:
                 self.cgroup(rec).update(resources)
             rec["HostConfig"] = hc
             self.save(rec)
-        self._event(rec, "update")
+        self.announce(rec, "update")
         return {"Warnings": []}
 
     # ----- networks of a container -------------------------------------------
@@ -778,17 +805,20 @@ class Engine:
 
     # ----- views ---------------------------------------------------------
 
-    def inspect(self, ref: str) -> dict[str, Any]:
-        """From memory, without a thread: answers while lifecycle work holds the store."""
-        rec = self.view(ref)
-        out = {k: v for k, v in rec.items() if k not in ("Coracle", "NetworkingConfig")}
-        out["ExecIDs"] = self.execs.of_container(rec["Id"]) or None
-        return out
-
     def top(self, ref: str, ps_args: str = "") -> dict[str, Any]:
-        rec = self._running(ref)
+        rec = self.running(ref)
         pids = self.cgroup(rec).procs()
         return ps(pids, ps_args) if ps_args else processes(pids)
+
+    def size(self, cid: str) -> tuple[int, int]:
+        """The bytes of the container's writable layer, and of that plus its image (`ps -s`)."""
+        c = self.container(cid)
+        rw = disk_usage(c.layers.upper)
+        try:
+            image_size = self.images.resolve(c.image_id).size
+        except NotFound:
+            image_size = 0
+        return rw, rw + image_size
 
     def stats(self, ref: str) -> dict[str, Any]:
         rec = self.get(ref)

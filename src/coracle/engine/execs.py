@@ -8,25 +8,37 @@ live in memory: Docker keeps them only while the daemon runs, too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from collections.abc import Callable
 
 from coracle.engine import config as cfg
-from coracle.engine import security
+from coracle.engine import security_options
 from coracle.errors import Conflict, InvalidParameter, NotFound, SystemError_
-from coracle.runtime.client import StartError
+from coracle import cgroups
+from coracle.runtime.client import MonitorClient, StartError
 from coracle.runtime.spec import Process, Spec
 
-if TYPE_CHECKING:
-    from coracle.engine.engine import Engine
+
+
+class ContainerHost(Protocol):
+    """What execs need of the engine, named here so that this module does not import engine.py."""
+
+    monitor: MonitorClient
+    no_new_privileges: bool
+
+    def running(self, ref: str, for_: str = "") -> dict[str, Any]: ...
+    def record(self, cid: str) -> dict[str, Any] | None: ...
+    def cgroup(self, rec: dict[str, Any]) -> cgroups.Manager: ...
+    def announce(self, rec: dict[str, Any], action: str, **extra: str) -> None: ...
 
 EXEC_START_FAILED = 126
 
 
 class Execs:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: ContainerHost) -> None:
         self.engine = engine
         self.records: dict[str, dict[str, Any]] = {}
         self._done: dict[str, threading.Event] = {}
@@ -39,7 +51,7 @@ class Execs:
         return [e["ID"] for e in self.records.values() if e["ContainerID"] == cid]
 
     def create(self, ref: str, body: dict[str, Any]) -> str:
-        rec = self.engine._running(ref)
+        rec = self.engine.running(ref)
         if rec["State"]["Paused"]:
             raise Conflict(f"Container {rec['Id']} is paused, unpause the container before exec")
         cmd = cfg.strings(body.get("Cmd"), "Cmd")
@@ -56,7 +68,7 @@ class Execs:
             "Env": cfg.strings(body.get("Env"), "Env") or [], "WorkingDir": cfg.working_dir(body.get("WorkingDir")),
             "ConsoleSize": cfg.console_size(body.get("ConsoleSize")),
         }
-        self.engine._event(rec, "exec_create: " + " ".join(cmd), execID=exec_id)
+        self.engine.announce(rec, "exec_create: " + " ".join(cmd), execID=exec_id)
         return exec_id
 
     def get(self, exec_id: str) -> dict[str, Any]:
@@ -75,7 +87,7 @@ class Execs:
         if ex["Running"] or ex["ExitCode"] is not None:
             raise Conflict(f"exec {exec_id} has already been started")
         engine = self.engine
-        rec = engine._running(ex["ContainerID"])
+        rec = engine.running(ex["ContainerID"])
         pc = ex["ProcessConfig"]
         process = Process(
             args=[pc["entrypoint"], *pc["arguments"]], env=cfg.merge_env(rec["Config"]["Env"], ex["Env"]),
@@ -84,15 +96,15 @@ class Execs:
         )
         spec = Spec(id=exec_id, kind="exec", process=process, target_pid=rec["State"]["Pid"],
                     cgroup_dirs=engine.cgroup(rec).dirs())
-        security.apply(spec, {**rec["HostConfig"], "Privileged": rec["HostConfig"].get("Privileged") or pc["privileged"]},
-                       engine.no_new_privileges)
+        privileged = rec["HostConfig"].get("Privileged") or pc["privileged"]
+        security_options.apply(spec, {**rec["HostConfig"], "Privileged": privileged}, engine.no_new_privileges)
         ex["Running"] = True
         self._done[exec_id] = threading.Event()
         try:
             sock, pid = engine.monitor.spawn(spec)
             ex["Pid"] = pid
             try:
-                security.set_oom_score_adj(pid, rec["HostConfig"])
+                security_options.set_oom_score_adj(pid, rec["HostConfig"])
             except SystemError_ as exc:
                 engine.monitor.abandon(sock, exec_id)
                 raise StartError(str(exc), 126) from None
@@ -108,7 +120,7 @@ class Execs:
             if done:
                 done.set()
             raise StartError(f"OCI runtime exec failed: {exc}", EXEC_START_FAILED) from None
-        engine._event(rec, "exec_start: " + " ".join(process.args), execID=exec_id)
+        engine.announce(rec, "exec_start: " + " ".join(process.args), execID=exec_id)
 
     def stream_cut(self, exec_id: str) -> None:
         """The client's stream broke before the process ended (the monitor died).
@@ -132,9 +144,9 @@ class Execs:
         done = self._done.pop(event["id"], None)
         if done:
             done.set()
-        rec = self.engine.store.get("container", ex["ContainerID"])
+        rec = self.engine.record(ex["ContainerID"])
         if rec:
-            self.engine._event(rec, "exec_die", execID=ex["ID"], exitCode=str(event["exit_code"]))
+            self.engine.announce(rec, "exec_die", execID=ex["ID"], exitCode=str(event["exit_code"]))
 
     def kill(self, exec_id: str, sig: int) -> None:
         """Signal a running exec and what it started (a probe past its timeout).
@@ -144,10 +156,8 @@ class Execs:
         """
         ex = self.get(exec_id)
         if ex["Running"] and ex["Pid"]:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(ex["Pid"], sig)
-            except ProcessLookupError:
-                pass
 
     def discard(self, exec_id: str) -> None:
         """Forget a finished exec the engine ran for itself (healthcheck probes)."""

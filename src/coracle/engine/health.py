@@ -163,7 +163,7 @@ class HealthChecker:
         delay = probe.interval
         if elapsed < probe.start_period:
             delay = min(probe.interval, probe.start_period - elapsed)
-            rec = self.engine.store.get("container", cid)
+            rec = self.engine.record(cid)
             if rec and (rec["State"].get("Health") or {}).get("Status") == "starting":
                 delay = min(delay, probe.start_interval)
         heapq.heappush(self._due, (time.monotonic() + delay, generation, cid))
@@ -229,7 +229,7 @@ class HealthChecker:
     def _record(self, cid: str, result: dict[str, Any], in_start_period: bool, retries: int) -> None:
         engine = self.engine
         with engine._lock_for(cid):
-            rec = engine.store.get("container", cid)
+            rec = engine.record(cid)
             if rec is None or not rec["State"]["Running"]:
                 return
             health = rec["State"].get("Health") or starting()
@@ -244,7 +244,7 @@ class HealthChecker:
             rec["State"]["Health"] = health
             engine.save(rec)
         if health["Status"] != before:
-            engine._event(rec, f"health_status: {health['Status']}")
+            engine.announce(rec, f"health_status: {health['Status']}")
 
 
 def _collect(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:

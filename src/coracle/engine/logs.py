@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from typing import Any
 from datetime import datetime
 from collections.abc import Iterator
 from urllib.parse import quote_plus
 
+from coracle.engine.container import Container
 from coracle.runtime import logformat
 
 
@@ -27,12 +29,12 @@ def parse_time(value: str | None) -> float | None:
         raise InvalidParameter(f"invalid value for since/until: {value}") from None
 
 
-def _stamp(entry: dict) -> float:
+def _stamp(entry: dict[str, Any]) -> float:
     t = entry["time"]
     return datetime.fromisoformat(t[:26].rstrip("Z") + "+00:00").timestamp()
 
 
-def details(entry: dict) -> bytes:
+def details(entry: dict[str, Any]) -> bytes:
     """`docker logs --details`: the line's attrs as Docker prints them before it, sorted by
     key, each `key=value` query-escaped, joined by commas (empty when there are none)."""
     attrs = entry.get("attrs") or {}
@@ -40,10 +42,9 @@ def details(entry: dict) -> bytes:
                     for k, v in sorted(attrs.items())).encode()
 
 
-def source(rec: dict) -> tuple[str, str]:
+def source(container: Container) -> tuple[str, str]:
     """A container's log file (Docker shows only json-file's as LogPath) and its format."""
-    driver = (rec["HostConfig"].get("LogConfig") or {}).get("Type") or "json-file"
-    return rec["Coracle"].get("LogFile", rec["LogPath"]), driver
+    return container.log_file, container.host_config.log_driver
 
 
 def files(path: str) -> list[str]:
@@ -58,10 +59,10 @@ def files(path: str) -> list[str]:
 
 def read(path: str, *, driver: str = "json-file", stdout: bool = True, stderr: bool = True,
          since: float | None = None, until: float | None = None,
-         tail: int | None = None) -> tuple[list[dict], int]:
+         tail: int | None = None) -> tuple[list[dict[str, Any]], int]:
     """Entries matching the filters, and the offset in the live file to follow from."""
     wanted = {s for s, on in (("stdout", stdout), ("stderr", stderr)) if on}
-    entries: deque[dict] | list[dict] = deque(maxlen=tail) if tail is not None and tail >= 0 else []
+    entries: deque[dict[str, Any]] | list[dict[str, Any]] = deque(maxlen=tail) if tail is not None and tail >= 0 else []
     offset = 0
     for name in files(path):
         with logformat.open_log(name) as f:
@@ -83,7 +84,7 @@ def read(path: str, *, driver: str = "json-file", stdout: bool = True, stderr: b
     return list(entries), offset
 
 
-def follow(path: str, offset: int, driver: str = "json-file") -> Iterator[dict | None]:
+def follow(path: str, offset: int, driver: str = "json-file") -> Iterator[dict[str, Any] | None]:
     """New entries from `offset`; yields None when nothing new is there yet (caller decides to wait).
 
     The file stays open, so an entry written just before the container was removed
@@ -96,7 +97,7 @@ def follow(path: str, offset: int, driver: str = "json-file") -> Iterator[dict |
         while True:
             if f is None:
                 try:
-                    f = open(path, "rb")
+                    f = open(path, "rb")  # noqa: SIM115 - held across yields, closed on rotation and at the end
                     f.seek(offset)
                 except FileNotFoundError:
                     yield None

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from coracle.clock import timestamp as utc_now
 from coracle.disk import usage
-from coracle.engine.events import EventBus
+from coracle.events import EventBus
 from coracle.errors import Conflict, InvalidParameter, NotFound
 from coracle.runtime import syscalls
 from coracle.runtime.fdtree import remove_tree

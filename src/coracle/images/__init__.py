@@ -1,5 +1,6 @@
-"""Images: a content-addressed store, the built-in busybox, import/load/save, registry pull/push."""
+"""Images: the content store, the built-in busybox, and the service that imports, loads, saves, pulls and pushes."""
 
-from coracle.images.store import Image, ImageStore
+from coracle.images.content import Image, ImageStore
+from coracle.images.service import ImageService
 
-__all__ = ["Image", "ImageStore"]
+__all__ = ["Image", "ImageService", "ImageStore"]

@@ -32,7 +32,7 @@ from coracle.images.registry import (RETRIES, Credentials, Interrupted, Registry
                                      pull_scope, push_scope)
 
 if TYPE_CHECKING:
-    from coracle.images.store import Image, ImageStore
+    from coracle.images.content import Image, ImageStore
 
 Progress = Callable[[dict[str, Any]], None]
 PARALLEL = 3

@@ -101,6 +101,7 @@ from typing import Any
 from collections.abc import Callable
 
 from coracle.errors import Conflict, InvalidParameter, NotFound
+from coracle.events import EventBus
 from coracle.faults import fault
 from coracle.network import bridge, files, ports
 from coracle.network.dns import Resolver, upstreams_from
@@ -217,6 +218,7 @@ class NetworkManager:
                  mtu: int = DEFAULT_MTU) -> None:
         self.store = store
         self.mtu = mtu  # of bridges and veths whose network names none (dockerd's --mtu)
+        self.events: EventBus | None = None  # where network events go (the daemon's bus)
         self.exec_root = exec_root
         self.bridge_name = bridge_name
         self.bip = bip
@@ -618,6 +620,7 @@ class NetworkManager:
                 with self._host() as ipr:
                     bridge.delete_link(ipr, dev)
                 raise
+        self._announce("create", rec)
         return {"Id": rec["Id"], "Warning": ""}
 
     def _chosen_subnet(self, text: str, version: int) -> Network:
@@ -672,6 +675,18 @@ class NetworkManager:
                 bridge.delete_link(ipr, rec["Coracle"]["Bridge"])
             self.ipam.release_network(rec["Id"])
             self.store.delete(KIND, rec["Id"])
+        self._announce("destroy", rec)
+
+    def _announce(self, action: str, rec: dict[str, Any], **extra: str) -> None:
+        """Docker's network event, wherever the change came from: the network's ID as the actor,
+        its name and driver (and the container, for connect and disconnect) as attributes."""
+        if self.events is not None:
+            self.events.publish("network", action, rec["Id"], {**extra, "name": rec["Name"], "type": rec["Driver"]})
+
+    def _announce_endpoint(self, action: str, ep: dict[str, Any]) -> None:
+        rec = self.store.get(KIND, ep["NetworkID"])
+        if rec is not None:
+            self._announce(action, rec, container=ep["Container"])
 
     def inspect(self, ref: str) -> dict[str, Any]:
         return self._view(self.resolve(ref))
@@ -848,16 +863,17 @@ class NetworkManager:
                     with bridge.netns_socket(ns_path) as ipr:
                         bridge.lo_up(ipr)
                 endpoints = [self._record_endpoint(container, self.resolve(mode), {}, None, undo)]
-                return self._settings(container, endpoints, [], ns_path if mode == "none" else "")
-            plan = self._wanted(container)
-            endpoints = [self._join(container, pid, rec, cfg, undo, first=(i == 0))
-                         for i, (rec, cfg) in enumerate(plan)]
-            primary_rec = plan[0][0]
-            mappings = [] if primary_rec["Internal"] else self._publish(container, endpoints[0], undo)
-            if self._user_endpoints(cid):
-                self._serve_dns(cid, pid, container)
-                undo.append(lambda: self.dns.stop(cid))
-            return self._settings(container, endpoints, mappings, ns_path)
+                settings = self._settings(container, endpoints, [], ns_path if mode == "none" else "")
+            else:
+                plan = self._wanted(container)
+                endpoints = [self._join(container, pid, rec, cfg, undo, first=(i == 0))
+                             for i, (rec, cfg) in enumerate(plan)]
+                primary_rec = plan[0][0]
+                mappings = [] if primary_rec["Internal"] else self._publish(container, endpoints[0], undo)
+                if self._user_endpoints(cid):
+                    self._serve_dns(cid, pid, container)
+                    undo.append(lambda: self.dns.stop(cid))
+                settings = self._settings(container, endpoints, mappings, ns_path)
         except BaseException:
             for step in reversed(undo):
                 try:
@@ -865,6 +881,9 @@ class NetworkManager:
                 except Exception:
                     log.exception("undo of a failed attach of %s", cid)
             raise
+        for ep in endpoints:
+            self._announce_endpoint("connect", ep)
+        return settings
 
     def _serve_dns(self, cid: str, pid: int, container: dict[str, Any] | None = None) -> None:
         dns = ((container or {}).get("HostConfig") or {}).get("Dns") or []
@@ -1089,9 +1108,12 @@ class NetworkManager:
             if rows:
                 self.firewall.remove_mappings([Mapping(*r) for r in rows])
                 self.store.execute("DELETE FROM net_ports WHERE container = ?", (container_id,))
-            for ep in self._endpoints(container=container_id):
+            dropped = self._endpoints(container=container_id)
+            for ep in dropped:
                 self._drop_endpoint(ep)
             self.store.execute("DELETE FROM net_leases WHERE container = ?", (container_id,))
+        for ep in dropped:
+            self._announce_endpoint("disconnect", ep)
 
     # ----- connect / disconnect ------------------------------------------------
 
@@ -1113,6 +1135,7 @@ class NetworkManager:
                                      "DriverOpts": None, "NetworkID": rec["Id"], "EndpointID": "", "Gateway": "",
                                      "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "",
                                      "GlobalIPv6PrefixLen": 0, "DNSNames": None}
+            self._announce("connect", rec, container=cid)
             return settings
         undo: list[Callable[[], None]] = []
         try:
@@ -1127,6 +1150,7 @@ class NetworkManager:
                     log.exception("undo of a failed connect of %s", cid)
             raise
         networks[rec["Name"]] = self._endpoint_view(ep)
+        self._announce("connect", rec, container=cid)
         return settings
 
     def _safe_resolve(self, ref: str) -> str | None:
@@ -1157,6 +1181,7 @@ class NetworkManager:
                 self._drop_endpoint(ep)
         if not self._user_endpoints(cid):
             self.dns.stop(cid)
+        self._announce("disconnect", rec, container=cid)
         if record is None:
             return None
         for ref in listed:

@@ -23,7 +23,7 @@ from typing import NoReturn
 
 # Everything the child needs is imported here: after pivot_root the host's files are gone.
 from coracle import rootless
-from coracle.runtime import join, limits, rootfs, security, terminal, userns
+from coracle.runtime import join, limits, process_security, rootfs, terminal, userns
 from coracle.runtime.sealed import scrub_process_strings
 from coracle.runtime import syscalls as sc
 from coracle.runtime.identity import assume, resolve
@@ -127,9 +127,9 @@ def _exec(spec: Spec, fds: ChildFds) -> NoReturn:
     try:
         if proc.tty:
             os.fchown(fds.stdout, uid, -1)  # the terminal is the user's, as runc hands it over
-        security.prepare(proc)
+        process_security.prepare(proc)
         assume(uid, gid, groups)
-        security.finish(proc)
+        process_security.finish(proc)
     except (OSError, ValueError) as exc:
         _fail(fds, f"cannot set up process security: {exc}", 126)
     _stdio(fds, proc.tty)

@@ -50,7 +50,7 @@ from functools import partial
 from typing import Any, BinaryIO
 from collections.abc import Callable
 
-from coracle.runtime import exits, init, keeper, limits, logformat, sealed, security, syscalls, terminal
+from coracle.runtime import exits, init, keeper, limits, logformat, process_security, sealed, syscalls, terminal
 from coracle.runtime.spec import Spec
 
 MAX_PACKET = 1 << 20
@@ -509,7 +509,7 @@ class Monitor:
             proc.outputs[e_r] = "stderr"
             fds = init.ChildFds(sync_r, ready_w, err_w, in_r, out_w, e_w)
         with contextlib.suppress(OSError, ValueError):  # the child compiles (and reports the error) itself
-            security.precompile(spec.process)
+            process_security.precompile(spec.process)
         pid = os.fork()
         if pid == 0:
             init.run_child(spec, fds)

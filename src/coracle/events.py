@@ -43,7 +43,7 @@ class EventBus:
     def publish(self, type_: str, action: str, actor: str, attributes: dict[str, str] | None = None) -> dict[str, Any]:
         """Record an event in Docker's shape and hand it to every subscriber."""
         now = time.time_ns()
-        event = {
+        event: dict[str, Any] = {
             "Type": type_, "Action": action,
             "Actor": {"ID": actor, "Attributes": dict(attributes or {})},
             "scope": "local", "time": now // 10**9, "timeNano": now,
@@ -73,4 +73,5 @@ class EventBus:
 
     def since(self, since_ns: int, until_ns: int | None = None) -> list[dict[str, Any]]:
         with self._lock:
-            return [e for e in self.history if e["timeNano"] >= since_ns and (until_ns is None or e["timeNano"] <= until_ns)]
+            return [e for e in self.history
+                    if e["timeNano"] >= since_ns and (until_ns is None or e["timeNano"] <= until_ns)]

@@ -4,7 +4,7 @@ export` (GET /containers/{id}/export) and `docker diff` (GET /containers/{id}/ch
 HEAD answers the path's stat in the `X-Docker-Container-Path-Stat` header
 (base64 JSON), which the CLI reads to decide how to name what it copies; GET
 streams the tar of a path; PUT unpacks an uploaded tar into a directory. The
-work itself is in coracle.engine.archive.
+work itself is in coracle.engine.file_access.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from coracle.api.http import Request, Response, Router
 from coracle.api.images import spool
-from coracle.engine import archive
+from coracle.engine import file_access
 from coracle.engine.engine import Engine
 from coracle.errors import InvalidParameter
 from coracle.runtime.confined import Helper
@@ -39,28 +39,28 @@ def _path(req: Request) -> str:
 
 def routes(router: Router, engine: Engine) -> None:
     async def head(req: Request, id: str) -> Response:
-        found = await thread(archive.stat, engine, id, _path(req))
+        found = await thread(file_access.stat, engine, id, _path(req))
         return Response(200, b"", content_type="", headers=_stat_header(found))
 
     async def get(req: Request, id: str) -> Any:
-        found, helper = await thread(archive.export, engine, id, _path(req))
+        found, helper = await thread(file_access.export, engine, id, _path(req))
         resp = _tar_stream(helper)
         resp.headers.update(_stat_header(found))
         return resp
 
     async def export(req: Request, id: str) -> Any:
-        return _tar_stream(await thread(archive.export_filesystem, engine, id))
+        return _tar_stream(await thread(file_access.export_filesystem, engine, id))
 
     async def changes(req: Request, id: str) -> Response:
-        return Response.json(await thread(archive.changes, engine, id))
+        return Response.json(await thread(file_access.changes, engine, id))
 
     async def put(req: Request, id: str) -> Response:
         path = _path(req)
-        await thread(engine.get, id)
+        engine.container(id)
         upload = await spool(req)
         try:
-            with open(upload, "rb") as tar:
-                await thread(archive.extract, engine, id, path, tar,
+            with await thread(open, upload, "rb") as tar:
+                await thread(file_access.extract, engine, id, path, tar,
                              no_overwrite_dir_non_dir=req.qbool("noOverwriteDirNonDir"),
                              copy_uid_gid=req.qbool("copyUIDGID"))
         finally:

@@ -23,7 +23,7 @@ from coracle.images.layers import SizeBudget, compression, decompressed
 from coracle.images.reference import parse, try_parse
 
 if TYPE_CHECKING:
-    from coracle.images.store import Image, ImageStore
+    from coracle.images.content import Image, ImageStore
 
 OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}
 

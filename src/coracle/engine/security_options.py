@@ -25,7 +25,7 @@ from coracle.cgroups.devices import ANY, DeviceRule
 from coracle.engine.config import clean_path
 from coracle.errors import InvalidParameter, SystemError_
 from coracle.runtime import capabilities, rootfs, seccomp, seccomp_profile
-from coracle.runtime.security import RLIMITS
+from coracle.runtime.process_security import RLIMITS
 from coracle.runtime.spec import Spec
 from coracle.runtime.userns import Remap
 

@@ -1,4 +1,7 @@
-"""The image store: content-addressed blobs, unpacked layers, tags in SQLite.
+"""The image content store: content-addressed blobs, unpacked layers, tags in SQLite.
+
+What moves images in and out of it (registries, `docker load`/`save`) is the
+image service (images/service.py) built on it; this module imports neither.
 
 On disk (under `<data-root>/images`):
 
@@ -34,13 +37,13 @@ from typing import Any, BinaryIO
 from collections.abc import Callable, Iterable, Iterator
 
 from coracle.errors import Conflict, InvalidParameter, NotFound, SystemError_
-from coracle.images import archive, builtin, distribution
+from coracle.events import EventBus
+from coracle.images import builtin
 from coracle.images import mediatypes as mt
 from coracle.images.blobs import BlobStore, DigestMismatch, digest_of, gzip_chunks, hex_of, read_chunks
 from coracle.images.changes import apply as apply_changes
 from coracle.images.layers import HashingReader, SizeBudget, decompressed, pack, unpack
 from coracle.images.reference import HEX64, parse, try_parse
-from coracle.images.registry import Credentials, Registry
 from coracle.runtime.fdtree import remove_tree
 from coracle.store import Store
 
@@ -96,6 +99,7 @@ class ImageStore:
     def __init__(self, root: str | Path, store: Store, insecure_registries: Iterable[str] = (),
                  max_image_size: int = DEFAULT_MAX_IMAGE_SIZE) -> None:
         self.root = Path(root)
+        self.events: EventBus | None = None  # where image events go (the daemon's bus)
         self.max_image_size = max_image_size  # unpacked bytes one import, load or pull may produce
         self.insecure = frozenset(insecure_registries)  # spoken to over plain http
         self.store = store
@@ -372,6 +376,14 @@ class ImageStore:
                 doc["LastTagTime"] = now_rfc3339()
                 doc["Intermediate"] = False
                 self.store.put(IMAGE, image.id, doc)
+        self.announce("tag", image, target.tagged)
+
+    def announce(self, action: str, image: Image, name: str | None = None) -> None:
+        """Docker's image event, wherever the change came from: the image's ID as the actor, the
+        name it concerns (the ID itself for untag, delete, import, load and save) and its labels."""
+        if self.events is not None:
+            labels = (image.config or {}).get("Labels") or {}
+            self.events.publish("image", action, image.id, {**labels, "name": name or image.id})
 
     def remove(self, ref: str, force: bool = False,
                in_use: Callable[[str], bool] | None = None) -> builtins.list[dict[str, str]]:
@@ -386,6 +398,7 @@ class ImageStore:
             names = image.repo_tags + image.repo_digests
             if by_name and [t for t in image.repo_tags if t != by_name]:
                 self._untag(image.id, by_name)  # other tags keep the image
+                self.announce("untag", image)
                 return [{"Untagged": by_name}]
             if not by_name and len(image.repo_tags) > 1 and not force:
                 raise Conflict(f"conflict: unable to delete {image.short_id} (must be forced) - "
@@ -400,6 +413,7 @@ class ImageStore:
             ordered = [by_name, *[n for n in names if n != by_name]] if by_name else names
             for n in ordered:
                 self._untag(image.id, n)
+                self.announce("untag", image)
             result = [{"Untagged": n} for n in ordered]
             if used:
                 return result  # forced: the names go, the image stays for its containers
@@ -418,6 +432,7 @@ class ImageStore:
         with self.store.tx():
             self.store.delete(IMAGE, image.id)
             self.store.execute("DELETE FROM image_tags WHERE image_id = ?", (image.id,))
+        self.announce("delete", image)
         freed = self.collect_garbage()
         return [{"Deleted": image.id}] + [{"Deleted": d} for d in image.layers if d in freed]
 
@@ -467,7 +482,9 @@ class ImageStore:
                    "history": [{"created": created, "comment": message or "Imported from -"}]}
             if message:
                 raw["comment"] = message
-            return self.add_image(config_bytes(raw), tags)
+            image = self.add_image(config_bytes(raw), tags)
+        self.announce("import", image)
+        return image
 
     def commit(self, upper_dir: str, base: Image, config: dict[str, Any], repo_tag: str | None = None,
                comment: str = "", author: str = "") -> Image:
@@ -507,47 +524,6 @@ class ImageStore:
                 if doc and doc.get("Intermediate") and not self._tags_of(image_id) and not in_use(image_id):
                     self.store.delete(IMAGE, image_id)
             self.collect_garbage()
-
-    def load(self, fileobj: BinaryIO) -> builtins.list[str]:
-        """`docker load`: a docker-archive or OCI layout tar (optionally compressed)."""
-        return archive.load(self, fileobj)
-
-    def save(self, refs: builtins.list[str], fileobj: BinaryIO) -> None:
-        """`docker save`: one tar that is both a docker-archive and an OCI layout."""
-        archive.save(self, refs, fileobj)
-
-    # ----- registries ------------------------------------------------------
-
-    def pull(self, ref: str, auth: dict | None = None,
-             progress: Callable[[dict[str, Any]], None] | None = None) -> Image:
-        """`docker pull` from a v2 registry; progress gets Docker's JSON progress messages."""
-        return distribution.pull(self, ref, auth, progress, self.insecure)
-
-    def pull_all_tags(self, name: str, auth: dict | None = None,
-                      progress: Callable[[dict[str, Any]], None] | None = None) -> Image:
-        """`docker pull -a`: every tag of the repository; returns the last image pulled."""
-        return distribution.pull_all_tags(self, name, auth, progress, self.insecure)[-1]
-
-    def describe(self, ref: str, auth: dict | None = None) -> dict[str, Any]:
-        """GET /distribution/{name}/json."""
-        return distribution.describe(ref, auth, self.insecure)
-
-    def search(self, term: str, limit: int = 25, auth: dict | None = None,
-               filters: dict[str, list[str]] | None = None) -> builtins.list[dict[str, Any]]:
-        """GET /images/search."""
-        return distribution.search(term, limit, auth, self.insecure, filters)
-
-    def push(self, ref: str, auth: dict | None = None,
-             progress: Callable[[dict[str, Any]], None] | None = None) -> str:
-        """`docker push`; returns the manifest digest."""
-        return distribution.push(self, ref, auth, progress, self.insecure)
-
-    def login(self, body: dict[str, Any]) -> None:
-        """POST /auth: check the credentials against the registry (nothing is stored)."""
-        server = (body.get("serveraddress") or "docker.io").removeprefix("https://").removeprefix("http://")
-        server = server.split("/")[0]
-        host = "docker.io" if server in ("index.docker.io", "registry-1.docker.io") else server
-        Registry(host, Credentials.from_auth(body), insecure=host in self.insecure).ping()
 
     def gzip_blob(self, diff_id: str) -> str:
         """The digest of a gzip blob of this layer (what registries are sent), made once."""
@@ -602,6 +578,9 @@ class ImageStore:
                 with self.store.tx():
                     self.store.delete(IMAGE, image.id)
                     self.store.execute("DELETE FROM image_tags WHERE image_id = ?", (image.id,))
+                for _ in image.repo_tags + image.repo_digests:
+                    self.announce("untag", image)
+                self.announce("delete", image)
                 freed = self.collect_garbage()
                 deleted += [{"Deleted": image.id}] + [{"Deleted": d} for d in image.layers if d in freed]
                 reclaimed += before - self._content_size()

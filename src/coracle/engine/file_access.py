@@ -27,7 +27,7 @@ import json
 import os
 from typing import Any, BinaryIO
 
-from coracle.engine import security
+from coracle.engine import security_options
 from coracle.errors import Conflict
 from coracle.runtime import confined, seccomp
 from coracle.runtime.confined import BindMount, Confinement, Helper, Overlay
@@ -50,7 +50,7 @@ def export(engine: Any, ref: str, path: str) -> tuple[dict[str, Any], Helper]:
     rec = engine.get(ref)
     helper = confined.start(confinement(engine, rec, writable=False), f"{_OPERATIONS}:archive",
                             {"path": path, "ref": ref})
-    engine._event(rec, "archive-path")
+    engine.announce(rec, "archive-path")
     return helper.answer["stat"], helper
 
 
@@ -63,7 +63,7 @@ def extract(engine: Any, ref: str, path: str, tar: BinaryIO, *, no_overwrite_dir
         args = {"path": path, "ref": ref, "no_overwrite_dir_non_dir": no_overwrite_dir_non_dir,
                 "owner": (rec["Config"].get("User") or "0") if copy_uid_gid else None}
         confined.run(confinement(engine, rec, writable=True), f"{_OPERATIONS}:extract", args, stdin=tar)
-    engine._event(rec, "extract-to-dir")
+    engine.announce(rec, "extract-to-dir")
 
 
 def export_filesystem(engine: Any, ref: str) -> Helper:
@@ -72,7 +72,7 @@ def export_filesystem(engine: Any, ref: str) -> Helper:
     rec = engine.get(ref)
     helper = confined.start(confinement(engine, rec, writable=False, view="merged"),
                             f"{_OPERATIONS}:export_filesystem", {})
-    engine._event(rec, "export")
+    engine.announce(rec, "export")
     return helper
 
 
@@ -108,7 +108,7 @@ def confinement(engine: Any, rec: dict[str, Any], writable: bool, view: str | No
     With a `view` ("merged" or "layers"), over its overlay without its mounts, running or not."""
     hc = rec["HostConfig"]
     found = Confinement(writable)
-    profile = security.seccomp_of(hc)
+    profile = security_options.seccomp_of(hc)
     if profile is not None:  # compiled here, once per profile, for the helper's few capabilities
         found.seccomp_bpf = seccomp.compile_bpf(profile, found.capabilities, True)
     if rec["State"]["Running"] and view is None:
@@ -122,7 +122,7 @@ def confinement(engine: Any, rec: dict[str, Any], writable: bool, view: str | No
         mounts=[] if view else [BindMount(m["Source"], m["Destination"], m["RW"]) for m in rec["Mounts"]
                                 if m["Type"] in ("bind", "volume")],
         view=view or "merged")
-    remap = security.user_namespace(hc, engine.userns_remap)
+    remap = security_options.user_namespace(hc, engine.userns_remap)
     if remap is not None:
         found.uid_map, found.gid_map = remap.uid_map, remap.gid_map
     return found

@@ -1,0 +1,162 @@
+"""Docker's JSON for containers, rendered from the engine's records at the API edge.
+
+Why here: the engine works on typed records (coracle.engine.container); which
+keys Docker's clients expect, with which defaults and for which API version, is
+the API's business. inspect (GET /containers/{id}/json), list (docker ps) and
+the containers of `system df` are rendered by this module only.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from coracle import clock
+from coracle.engine.container import Container, State
+
+# What Docker shows of the masking of a container's /proc and /sys when the
+# request left them unset (moby's oci.DefaultSpec; null for privileged ones).
+DEFAULT_MASKED_PATHS = [
+    "/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+]
+DEFAULT_READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+RUNTIME = "runc"  # the OCI runtime name Docker's clients know; coracle's monitor plays its part
+
+# NetworkSettings of a container with no live endpoint, as Docker shows it.
+_UNWIRED = {
+    "Bridge": "", "SandboxID": "", "SandboxKey": "", "Ports": {}, "HairpinMode": False,
+    "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0, "SecondaryIPAddresses": None,
+    "SecondaryIPv6Addresses": None, "EndpointID": "", "Gateway": "", "GlobalIPv6Address": "",
+    "GlobalIPv6PrefixLen": 0, "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "", "MacAddress": "",
+}
+_UNWIRED_ENDPOINT = {
+    "IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": "", "DriverOpts": None, "NetworkID": "",
+    "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "", "GlobalIPv6Address": "",
+    "GlobalIPv6PrefixLen": 0, "DNSNames": None,
+}
+
+
+def older_than(version: str, wanted: tuple[int, int]) -> bool:
+    """The client's API version (empty: the newest) is below `wanted`."""
+    if not version:
+        return False
+    major, _, minor = version.partition(".")
+    return (int(major), int(minor or 0)) < wanted
+
+
+def inspect(c: Container, exec_ids: list[str], version: str = "") -> dict[str, Any]:
+    """GET /containers/{id}/json."""
+    return {
+        "Id": c.id, "Created": c.created, "Path": c.path, "Args": c.args, "State": c.state.stored(),
+        "Image": c.image_id, "ResolvConfPath": c.resolv_conf_path, "HostnamePath": c.hostname_path,
+        "HostsPath": c.hosts_path, "LogPath": c.log_path, "Name": c.name, "RestartCount": c.restart_count,
+        "Driver": "overlay2", "Platform": "linux", "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "",
+        **{k: v for k, v in c.extra.items() if k not in ("Driver", "Platform")},
+        "ExecIDs": exec_ids or None, "HostConfig": host_config(c), "GraphDriver": c.layers.stored(),
+        "Mounts": c.mounts, "Config": c.config, "NetworkSettings": network_settings(c, version),
+    }
+
+
+def host_config(c: Container) -> dict[str, Any]:
+    hc = dict(c.host_config.raw)
+    hc["Runtime"] = hc.get("Runtime") or RUNTIME
+    privileged = c.host_config.privileged
+    for key, default in (("MaskedPaths", DEFAULT_MASKED_PATHS), ("ReadonlyPaths", DEFAULT_READONLY_PATHS)):
+        if hc.get(key) is None:
+            hc[key] = None if privileged else list(default)
+    return hc
+
+
+def network_settings(c: Container, version: str = "") -> dict[str, Any]:
+    """NetworkSettings: as the network layer wired it, or, before any start, the networks it will join."""
+    settings = {**_UNWIRED, **c.network_settings}
+    networks = {name: {**_UNWIRED_ENDPOINT, **ep} for name, ep in c.networks.items()}
+    if not networks and not c.state.ever_started:
+        networks = _planned(c)
+    if older_than(version, (1, 45)):  # before 1.45 the aliases on user networks had the short id and hostname
+        extra = [c.id[:12], c.config.get("Hostname") or ""]
+        for name, ep in networks.items():
+            if name not in ("default", "bridge", "host", "none"):
+                ep["Aliases"] = list(dict.fromkeys(a for a in [*(ep.get("Aliases") or []), *extra] if a))
+    settings["Networks"] = networks
+    return settings
+
+
+def _planned(c: Container) -> dict[str, Any]:
+    """A created container's network when it is a builtin one (moby's updateContainerNetworkSettings).
+
+    User networks are not listed before the first start: a network listed here must
+    also be one `network disconnect` accepts, and the engine connects those at start
+    (docker-compose v1 disconnects and reconnects every network it sees listed)."""
+    mode = c.host_config.network_mode or "bridge"
+    mode = "bridge" if mode == "default" else mode
+    if mode not in ("bridge", "host", "none") or c.config.get("NetworkDisabled"):
+        return {}
+    wanted = (c.networking_config.get("EndpointsConfig") or {}).get(mode) or {}
+    return {mode: {**_UNWIRED_ENDPOINT, **{k: v for k, v in wanted.items() if k in _UNWIRED_ENDPOINT}}}
+
+
+def command_line(path: str, args: list[str]) -> str:
+    """The list's Command as Docker writes it: arguments holding a space in single quotes."""
+    return " ".join([path, *(f"'{a}'" if " " in a else a for a in args)])
+
+
+def summary(c: Container, sizes: dict[str, int] | None = None) -> dict[str, Any]:
+    """One element of GET /containers/json (docker ps)."""
+    ports = []
+    for key, bindings in (c.network_settings.get("Ports") or {}).items():
+        number, _, proto = key.partition("/")
+        for b in bindings or [{}]:
+            entry: dict[str, Any] = {"PrivatePort": int(number), "Type": proto or "tcp"}
+            if b.get("HostPort"):
+                entry.update({"IP": b.get("HostIp") or "0.0.0.0", "PublicPort": int(b["HostPort"])})
+            ports.append(entry)
+    out = {
+        "Id": c.id, "Names": [c.name], "Image": c.image_ref, "ImageID": c.image_id,
+        "Command": command_line(c.path, c.args), "Created": _epoch(c.created),
+        "Ports": ports, "Labels": c.labels, "State": c.state.status,
+        "Status": status_text(c.state), "HostConfig": {"NetworkMode": c.host_config.network_mode},
+        "NetworkSettings": {"Networks": c.networks}, "Mounts": c.mounts,
+    }
+    if sizes is not None:
+        out.update(sizes)
+    return out
+
+
+def _epoch(stamp: str) -> int:
+    return int(clock.epoch(stamp))
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 1:
+        return "Less than a second"
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size * (2 if unit != "day" else 1):
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    if seconds >= 60:
+        return "About a minute"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+def status_text(state: State) -> str:
+    """Docker's human status: "Up 3 seconds", "Exited (0) 2 minutes ago", "Created"."""
+    now = time.time()
+    if state.restarting:
+        return f"Restarting ({state.exit_code}) {_ago(now - _epoch(state.finished_at))} ago"
+    if state.running:
+        text = f"Up {_ago(now - _epoch(state.started_at))}"
+        if state.paused:
+            return text + " (Paused)"
+        health = state.health.status if state.health else ""
+        if health:
+            return f"{text} ({'health: starting' if health == 'starting' else health})"
+        return text
+    if state.status == "created":
+        return "Created"
+    if state.status == "removing":
+        return "Removal In Progress"
+    return f"Exited ({state.exit_code}) {_ago(now - _epoch(state.finished_at))} ago"

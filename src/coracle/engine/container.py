@@ -1,0 +1,275 @@
+"""The container record: what the engine knows about one container, as typed fields.
+
+Why: the store keeps each container in Docker's inspect shape (that shape is
+also what rebuilds a record from the file beside the container), and handing
+that JSON between layers made every reader know Docker's key names. Readers of
+the engine get this record instead; the Docker JSON of inspect, list and df is
+rendered from it at the API edge (coracle.api.render). `from_stored` and
+`stored` convert without loss, so nothing about the stored shape changes.
+
+Config, host config, network settings and mounts stay Docker-shaped inside
+(their keys are Docker's vocabulary, sent back verbatim); the fields the engine
+decides on are typed properties over them.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from coracle.clock import ZERO
+
+# The stored keys this module turns into typed fields; any other stored key rides along in `extra`.
+_TYPED = {"Id", "Name", "Created", "Path", "Args", "Image", "State", "Config", "HostConfig", "NetworkingConfig",
+          "NetworkSettings", "Mounts", "ResolvConfPath", "HostnamePath", "HostsPath", "LogPath", "RestartCount",
+          "GraphDriver", "Coracle"}
+
+
+@dataclass
+class Health:
+    """State.Health: the healthcheck's verdict and its last results."""
+
+    status: str
+    failing_streak: int = 0
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_stored(cls, doc: dict[str, Any] | None) -> Health | None:
+        if not doc:
+            return None
+        return cls(doc.get("Status") or "", int(doc.get("FailingStreak") or 0), list(doc.get("Log") or []))
+
+    def stored(self) -> dict[str, Any]:
+        return {"Status": self.status, "FailingStreak": self.failing_streak, "Log": self.log}
+
+
+@dataclass
+class State:
+    """The lifecycle state: Docker's State object."""
+
+    status: str = "created"
+    running: bool = False
+    paused: bool = False
+    restarting: bool = False
+    oom_killed: bool = False
+    dead: bool = False
+    pid: int = 0
+    exit_code: int = 0
+    error: str = ""
+    started_at: str = ZERO
+    finished_at: str = ZERO
+    health: Health | None = None
+
+    @classmethod
+    def from_stored(cls, doc: dict[str, Any]) -> State:
+        return cls(status=doc["Status"], running=bool(doc["Running"]), paused=bool(doc.get("Paused")),
+                   restarting=bool(doc.get("Restarting")), oom_killed=bool(doc.get("OOMKilled")),
+                   dead=bool(doc.get("Dead")), pid=int(doc.get("Pid") or 0), exit_code=int(doc.get("ExitCode") or 0),
+                   error=doc.get("Error") or "", started_at=doc.get("StartedAt") or ZERO,
+                   finished_at=doc.get("FinishedAt") or ZERO, health=Health.from_stored(doc.get("Health")))
+
+    def stored(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "Status": self.status, "Running": self.running, "Paused": self.paused, "Restarting": self.restarting,
+            "OOMKilled": self.oom_killed, "Dead": self.dead, "Pid": self.pid, "ExitCode": self.exit_code,
+            "Error": self.error, "StartedAt": self.started_at, "FinishedAt": self.finished_at,
+        }
+        if self.health is not None:
+            out["Health"] = self.health.stored()
+        return out
+
+    @property
+    def ever_started(self) -> bool:
+        return self.started_at[:4] != ZERO[:4]
+
+    @property
+    def active(self) -> bool:
+        """Running, or about to run again under its restart policy: what a wait for "not-running" waits out."""
+        return self.running or self.restarting
+
+
+@dataclass
+class RestartPolicy:
+    name: str = "no"
+    maximum_retry_count: int = 0
+
+
+@dataclass
+class HostSettings:
+    """HostConfig, Docker-shaped (sent back verbatim), with the fields the engine decides on typed."""
+
+    raw: dict[str, Any]
+
+    @property
+    def network_mode(self) -> str:
+        return str(self.raw.get("NetworkMode") or "")
+
+    @property
+    def auto_remove(self) -> bool:
+        return bool(self.raw.get("AutoRemove"))
+
+    @property
+    def privileged(self) -> bool:
+        return bool(self.raw.get("Privileged"))
+
+    @property
+    def restart_policy(self) -> RestartPolicy:
+        doc = self.raw.get("RestartPolicy") or {}
+        return RestartPolicy(doc.get("Name") or "no", int(doc.get("MaximumRetryCount") or 0))
+
+    @property
+    def log_driver(self) -> str:
+        return str((self.raw.get("LogConfig") or {}).get("Type") or "json-file")
+
+    @property
+    def cgroup_parent(self) -> str:
+        return str(self.raw.get("CgroupParent") or "")
+
+
+@dataclass
+class Layers:
+    """GraphDriver.Data: the overlay directories of the container's root filesystem."""
+
+    upper: str
+    work: str
+    merged: str
+    lower: str = ""  # the image's layer directories, ":"-joined as overlayfs takes them
+
+    @classmethod
+    def from_stored(cls, doc: dict[str, Any]) -> Layers:
+        data = doc.get("Data") or {}
+        return cls(data.get("UpperDir", ""), data.get("WorkDir", ""), data.get("MergedDir", ""),
+                   data.get("LowerDir", ""))
+
+    def stored(self) -> dict[str, Any]:
+        data = {"UpperDir": self.upper, "WorkDir": self.work, "MergedDir": self.merged}
+        if self.lower:
+            data = {"LowerDir": self.lower, **data}
+        return {"Name": "overlay2", "Data": data}
+
+
+@dataclass
+class Private:
+    """What the engine keeps about a container that Docker's inspect does not show."""
+
+    log_file: str = ""
+    log_max_size: int | None = None
+    log_max_file: int | None = None
+    log_attrs: dict[str, str] = field(default_factory=dict)
+    log_compress: bool = False
+    manual_stop: bool = False
+    start_ticks: int | None = None
+    cgroup_path: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    _KEYS = ("LogFile", "LogMaxSize", "LogMaxFile", "LogAttrs", "LogCompress", "ManualStop", "StartTicks",
+             "CgroupPath")
+
+    @classmethod
+    def from_stored(cls, doc: dict[str, Any]) -> Private:
+        return cls(log_file=doc.get("LogFile", ""), log_max_size=doc.get("LogMaxSize"),
+                   log_max_file=doc.get("LogMaxFile"), log_attrs=dict(doc.get("LogAttrs") or {}),
+                   log_compress=bool(doc.get("LogCompress")), manual_stop=bool(doc.get("ManualStop")),
+                   start_ticks=doc.get("StartTicks"), cgroup_path=doc.get("CgroupPath") or "",
+                   extra={k: v for k, v in doc.items() if k not in cls._KEYS})
+
+    def stored(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"LogMaxSize": self.log_max_size, "LogMaxFile": self.log_max_file,
+                               "ManualStop": self.manual_stop, "LogAttrs": self.log_attrs, "LogFile": self.log_file,
+                               "LogCompress": self.log_compress, **self.extra}
+        if self.start_ticks is not None:
+            out["StartTicks"] = self.start_ticks
+        if self.cgroup_path:
+            out["CgroupPath"] = self.cgroup_path
+        return out
+
+
+@dataclass
+class Container:
+    """One container: identity, configuration, state, network settings, mounts and files."""
+
+    id: str
+    name: str  # with Docker's leading "/"
+    created: str
+    path: str
+    args: list[str]
+    image_id: str
+    state: State
+    config: dict[str, Any]
+    host_config: HostSettings
+    networking_config: dict[str, Any]
+    network_settings: dict[str, Any]
+    mounts: list[dict[str, Any]]
+    resolv_conf_path: str
+    hostname_path: str
+    hosts_path: str
+    log_path: str  # shown only for json-file, as Docker does
+    restart_count: int
+    layers: Layers
+    private: Private
+    extra: dict[str, Any] = field(default_factory=dict)  # other stored keys, kept as they are
+
+    @classmethod
+    def from_stored(cls, doc: dict[str, Any]) -> Container:
+        """The record from the store's shape (a deep copy: the result shares nothing with `doc`)."""
+        doc = copy.deepcopy(doc)
+        return cls(
+            id=doc["Id"], name=doc["Name"], created=doc["Created"], path=doc.get("Path") or "",
+            args=list(doc.get("Args") or []), image_id=doc["Image"], state=State.from_stored(doc["State"]),
+            config=doc["Config"], host_config=HostSettings(doc["HostConfig"]),
+            networking_config=doc.get("NetworkingConfig") or {}, network_settings=doc.get("NetworkSettings") or {},
+            mounts=list(doc.get("Mounts") or []), resolv_conf_path=doc.get("ResolvConfPath") or "",
+            hostname_path=doc.get("HostnamePath") or "", hosts_path=doc.get("HostsPath") or "",
+            log_path=doc.get("LogPath") or "", restart_count=int(doc.get("RestartCount") or 0),
+            layers=Layers.from_stored(doc.get("GraphDriver") or {}),
+            private=Private.from_stored(doc.get("Coracle") or {}),
+            extra={k: v for k, v in doc.items() if k not in _TYPED},
+        )
+
+    def stored(self) -> dict[str, Any]:
+        """The store's shape (Docker's inspect keys, plus the private part under "Coracle")."""
+        return copy.deepcopy({
+            "Id": self.id, "Created": self.created, "Path": self.path, "Args": self.args,
+            "State": self.state.stored(), "Image": self.image_id, "ResolvConfPath": self.resolv_conf_path,
+            "HostnamePath": self.hostname_path, "HostsPath": self.hosts_path, "LogPath": self.log_path,
+            "Name": self.name, "RestartCount": self.restart_count, **self.extra,
+            "HostConfig": self.host_config.raw, "Config": self.config, "GraphDriver": self.layers.stored(),
+            "Mounts": self.mounts, "NetworkingConfig": self.networking_config,
+            "NetworkSettings": self.network_settings, "Coracle": self.private.stored(),
+        })
+
+    @property
+    def short_name(self) -> str:
+        return self.name.lstrip("/")
+
+    @property
+    def image_ref(self) -> str:
+        """The image as the user named it (Config.Image); `image_id` is what it resolved to."""
+        return str(self.config.get("Image") or "")
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self.config.get("Labels") or {})
+
+    @property
+    def tty(self) -> bool:
+        return bool(self.config.get("Tty"))
+
+    @property
+    def open_stdin(self) -> bool:
+        return bool(self.config.get("OpenStdin"))
+
+    @property
+    def stdin_once(self) -> bool:
+        return bool(self.config.get("StdinOnce"))
+
+    @property
+    def log_file(self) -> str:
+        """The file the monitor writes this container's output to (any driver's)."""
+        return self.private.log_file or self.log_path
+
+    @property
+    def networks(self) -> dict[str, dict[str, Any]]:
+        return dict(self.network_settings.get("Networks") or {})
+
