@@ -1,0 +1,214 @@
+"""Netlink plumbing of the drivers: bridges, veth pairs, macvlan and ipvlan links, addresses, routes.
+
+Every function takes a pyroute2 `IPRoute` already bound to the right network
+namespace (the host's or a container's): a netlink socket stays in the
+namespace it was opened in, so the daemon configures a container's interfaces
+from any thread without forking (see `netns_socket`).
+
+A container's end of a veth pair is created directly inside its namespace
+(`net_ns_fd` on the peer) under its final name (eth0, eth1...), so there is no
+moment where a half-made interface sits in the host namespace under a
+temporary name.
+
+IPv6 addresses (bridge gateways and container ends) are added with NODAD: the
+addresses come from IPAM, so duplicate detection has nothing to find, and it
+would keep a fresh address unusable ("tentative") for a second or more.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import secrets
+import socket
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from coracle.netns import netns
+
+BRPORT_HAIRPIN = 1
+IFA_F_NODAD = 0x02
+
+
+@contextmanager
+def netns_socket(path: str) -> Iterator[IPRoute]:
+    """An IPRoute bound to the network namespace at `path`, closed afterwards."""
+    with netns(path):
+        ipr = IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def random_mac() -> str:
+    """A random unicast, locally administered MAC (what Docker does since 28)."""
+    raw = bytearray(secrets.token_bytes(6))
+    raw[0] = (raw[0] & 0xFC) | 0x02
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def index(ipr: IPRoute, name: str) -> int | None:
+    """The interface's index, asked for by name (one request: pyroute2's link_lookup dumps every link)."""
+    try:
+        return ipr.link("get", ifname=name)[0]["index"]
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise
+
+
+def ensure_bridge(ipr: IPRoute, name: str, gateway: str, prefixlen: int, mtu: int) -> None:
+    """Create (or adopt) the bridge and give it the gateway address; `link_up` brings it up.
+
+    Two steps so that per-device sysctls (IPv6 ones) can be set between them: the
+    kernel makes the link-local address when the link comes up."""
+    if index(ipr, name) is None:
+        ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
+    ensure_address(ipr, name, gateway, prefixlen)
+
+
+def link_up(ipr: IPRoute, name: str) -> None:
+    ipr.link("set", index=index(ipr, name), state="up")
+
+
+def ensure_address(ipr: IPRoute, name: str, address: str, prefixlen: int) -> None:
+    """Give an interface an address (IPv4 or IPv6) unless it already has it.
+
+    Adding and accepting EEXIST is one request; listing first made pyroute2 dump
+    every address of the host and filter them in Python.
+    """
+    try:
+        add_address(ipr, index(ipr, name), address, prefixlen)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
+
+
+def add_address(ipr: IPRoute, idx: int, address: str, prefixlen: int) -> None:
+    if ":" in address:
+        ipr.addr("add", index=idx, address=address, prefixlen=prefixlen, family=socket.AF_INET6,
+                 IFA_FLAGS=IFA_F_NODAD)
+    else:
+        ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
+
+
+def delete_link(ipr: IPRoute, name: str) -> bool:
+    """Delete a link by name; False if it was already gone."""
+    idx = index(ipr, name)
+    if idx is None:
+        return False
+    try:
+        ipr.link("del", index=idx)
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:
+            raise
+        return False
+    return True
+
+
+def ports_of(ipr: IPRoute, bridge: str) -> list[str]:
+    """Names of the interfaces enslaved to a bridge."""
+    idx = index(ipr, bridge)
+    if idx is None:
+        return []
+    return [link.get("ifname") for link in ipr.get_links() if link.get("IFLA_MASTER") == idx]
+
+
+def free_ifname(ipr: IPRoute) -> str:
+    """eth0, or the next ethN not yet used in the container's namespace."""
+    taken = {link.get("ifname") for link in ipr.get_links()}
+    n = 0
+    while f"eth{n}" in taken:
+        n += 1
+    return f"eth{n}"
+
+
+def add_veth(ipr: IPRoute, host_name: str, bridge: str, netns_path: str, peer_name: str, mac: str,
+             mtu: int, isolated: bool) -> None:
+    """A veth pair: host end in the bridge (hairpin on, isolated when ICC is off), peer in the netns."""
+    fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        ipr.link("add", ifname=host_name, kind="veth", mtu=mtu,
+                 peer={"ifname": peer_name, "net_ns_fd": fd, "address": mac, "mtu": mtu})
+    finally:
+        os.close(fd)
+    idx = index(ipr, host_name)
+    ipr.link("set", index=idx, master=index(ipr, bridge), state="up")
+    ipr.brport("set", index=idx, mode=BRPORT_HAIRPIN, isolated=int(isolated))
+
+
+def configure_peer(ipr: IPRoute, ifname: str, address: str, prefixlen: int, gateway: str | None,
+                   address6: tuple[str, int] | None = None, gateway6: str | None = None) -> None:
+    """Inside the container: addresses on the interface, lo and the interface up, default routes.
+
+    An IPv6 address needs IPv6 enabled on the interface (disable_ipv6=0), which
+    the caller sets through sysctl() from inside the container's namespace."""
+    lo_up(ipr)
+    idx = index(ipr, ifname)
+    ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
+    if address6:
+        add_address(ipr, idx, *address6)
+    ipr.link("set", index=idx, state="up")
+    if gateway and not has_default_route(ipr):
+        ipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=idx)
+    if gateway6 and not has_default_route(ipr, socket.AF_INET6):
+        ipr.route("add", dst="::/0", gateway=gateway6, oif=idx, family=socket.AF_INET6)
+
+
+def has_default_route(ipr: IPRoute, family: int = socket.AF_INET) -> bool:
+    return any(r["dst_len"] == 0 for r in ipr.get_routes(family=family, table=254))
+
+
+def lo_up(ipr: IPRoute) -> None:
+    ipr.link("set", index=index(ipr, "lo"), state="up")
+
+
+def routes(family: int = socket.AF_INET) -> list[tuple[str, int, str]]:
+    """(destination, prefix length, interface name) of the main table's routes of the calling
+    thread's network namespace, read from /proc.
+
+    Why not netlink: pyroute2 decodes every message in Python (about a millisecond
+    each here), so a route dump plus a link dump to name the interfaces made every
+    `network create` cost grow with the number of networks; the kernel's text table
+    names the interface itself and parses in microseconds.
+    """
+    if family == socket.AF_INET6:
+        return _routes_v6()
+    out = []
+    with open("/proc/thread-self/net/route") as f:
+        next(f)
+        for line in f:
+            iface, dst, _gw, _flags, _ref, _use, _metric, mask, *_ = line.split()
+            out.append((str(ipaddress.IPv4Address(int(dst, 16).to_bytes(4, "little"))),
+                        bin(int(mask, 16)).count("1"), iface))
+    return out
+
+
+def _routes_v6() -> list[tuple[str, int, str]]:
+    """IPv6 routes; the local table's host routes and multicast (shown here too) are left out."""
+    out = []
+    with open("/proc/thread-self/net/ipv6_route") as f:
+        for line in f:
+            dst, plen, *_, iface = line.split()
+            address = ipaddress.IPv6Address(bytes.fromhex(dst))
+            length = int(plen, 16)
+            if length == 128 or address.is_multicast:
+                continue
+            out.append((str(address), length, iface))
+    return out
+
+
+def addresses(ipr: IPRoute, family: int = socket.AF_INET) -> list[tuple[str, int]]:
+    """(address, interface index) of every address of a family on this namespace's interfaces."""
+    return [(a.get("IFA_LOCAL") or a.get("IFA_ADDRESS"), a["index"]) for a in ipr.get_addr(family=family)]
+
+
+def sysctl(path: str, value: str) -> None:
+    """Write /proc/sys/<path> (of the calling thread's network namespace)."""
+    with open(f"/proc/sys/{path}", "w") as f:
+        f.write(value)
