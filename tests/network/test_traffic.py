@@ -81,7 +81,7 @@ def test_containers_find_each_other_by_name_alias_and_short_id_on_a_user_network
         assert dns_query(web.ns, "database").header.rcode == RCODE.NXDOMAIN
     finally:
         upstream.close()
-    resolv = world.net.files(web.rec, web.settings)["/etc/resolv.conf"]
+    resolv = world.files(web.rec, web.settings)["/etc/resolv.conf"]
     assert resolv.splitlines() == ["nameserver 127.0.0.11", "search example.test", "options ndots:0"]
 
 
@@ -89,7 +89,7 @@ def test_default_bridge_has_no_embedded_resolver(world):
     c = world.container()
     with pytest.raises(OSError):
         dns_query(c.ns, "anything")
-    resolv = world.net.files(c.rec, c.settings)["/etc/resolv.conf"]
+    resolv = world.files(c.rec, c.settings)["/etc/resolv.conf"]
     assert resolv.splitlines()[0] == f"nameserver {UPLINK_OUTSIDE}"
     assert "127.0.0.53" not in resolv  # loopback resolvers are unreachable from a container
 
@@ -169,7 +169,7 @@ def test_50_concurrent_attaches_get_50_distinct_addresses(world):
     world.net.create("crowd")
     containers = [world.container("crowd", attach=False) for _ in range(50)]
     with ThreadPoolExecutor(max_workers=50) as pool:
-        settings = list(pool.map(lambda c: world.net.attach(c.rec, c.pid), containers))
+        settings = list(pool.map(lambda c: world.attach(c.rec, c.pid), containers))
     addresses = [s["Networks"]["crowd"]["IPAddress"] for s in settings]
     assert len(set(addresses)) == 50
     assert sorted(lease[1] for lease in world.net.ipam.leases()) == sorted(addresses)
@@ -215,3 +215,18 @@ def test_reconcile_removes_strays_left_by_a_crash_mid_attach(world):
     assert "vethstray" not in world.veths()
     assert world.map_elements("any_addr") == [[{"concat": ["tcp", 8080]}, keep.ip()]]
     assert world.net.reconcile({keep.id: keep.pid}) == {}
+
+
+def test_ephemeral_ports_are_handed_out_in_order_as_docker_does(world):
+    """Docker's port allocator: the start of ip_local_port_range first, then the port after the last
+    one handed out (a port just released is not reused at once)."""
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    a = world.container(exposed={"80/tcp": {}}, publish_all=True)
+    b = world.container(ports={"80/tcp": [{"HostPort": ""}]})
+    first, second = (int(c.settings["Ports"]["80/tcp"][0]["HostPort"]) for c in (a, b))
+    assert (first, second) == (low, low + 1)
+    world.stop(a)
+    c = world.container(exposed={"80/tcp": {}}, publish_all=True)
+    assert int(c.settings["Ports"]["80/tcp"][0]["HostPort"]) == low + 2
+    with serving((c.ns, "tcp", 80)):
+        assert ask(world.outside, "tcp", UPLINK_HOST, low + 2) == UPLINK_OUTSIDE

@@ -62,6 +62,7 @@ class NetworkRouter:
             self.network.create, body["Name"], driver=body.get("Driver") or "bridge", ipam=body.get("IPAM"),
             internal=bool(body.get("Internal")), options=body.get("Options") or {},
             labels=body.get("Labels") or {}, enable_ipv6=bool(body.get("EnableIPv6")),
+            attachable=bool(body.get("Attachable")),
             check_duplicate=body.get("CheckDuplicate", True),
         )
         return Response.json(result, status=201)

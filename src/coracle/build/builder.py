@@ -45,7 +45,9 @@ from coracle.errors import CoracleError, InvalidParameter, NotFound
 from coracle.images import mediatypes as mt
 from coracle.images.layers import EMPTY_DIFF_ID
 from coracle.images.reference import parse as parse_reference
-from coracle.images.content import ImageStore, config_bytes, now_rfc3339
+from coracle.images.service import ImageService
+from coracle.images.content import config_bytes, now_rfc3339
+from coracle.network.mode import NetworkMode
 from coracle.runtime.confined import Helper
 
 PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
@@ -91,7 +93,7 @@ class Stage:
 class Builder:
     """Builds images for the daemon; one instance, any number of builds at a time."""
 
-    def __init__(self, engine: Any, images: ImageStore, cache: BuildCache, work_root: str) -> None:
+    def __init__(self, engine: Any, images: ImageService, cache: BuildCache, work_root: str) -> None:
         self.engine, self.images, self.cache = engine, images, cache
         self.work_root = work_root
         os.makedirs(work_root, exist_ok=True)
@@ -407,8 +409,8 @@ class Build:
         return stage.image_id
 
     def _host_config(self, **extra: Any) -> dict[str, Any]:
-        mode = self.options.network_mode or "default"
-        return {"NetworkMode": "bridge" if mode == "default" else mode, "ExtraHosts": self.options.extra_hosts,
+        return {"NetworkMode": str(NetworkMode.parse(self.options.network_mode)),
+                "ExtraHosts": self.options.extra_hosts,
                 "ShmSize": self.options.shm_size or None, **self.options.resources, **extra}
 
     # ----- RUN -----------------------------------------------------------------
