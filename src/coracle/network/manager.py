@@ -117,6 +117,8 @@ from coracle.network.ipam import (
     version_of,
 )
 from coracle.network.names import NameTable
+from coracle.network.overlay import OverlayNetworks
+from coracle.network.overlay_cluster import OverlayCluster
 from coracle.network.ports import Mapping
 from coracle.runtime.syscalls import netns
 from coracle.store import Store
@@ -213,7 +215,8 @@ class NetworkManager:
 
     def __init__(self, store: Store, exec_root: str, *, bridge_name: str = "coracle0", bip: str | None = None,
                  default_pools: list[tuple[str, int]] | None = None, firewall: str = "nftables",
-                 resolv_conf: str = "/etc/resolv.conf", hosts_file: str = "/etc/hosts") -> None:
+                 resolv_conf: str = "/etc/resolv.conf", hosts_file: str = "/etc/hosts",
+                 cluster: OverlayCluster | None = None) -> None:
         self.store = store
         self.exec_root = exec_root
         self.bridge_name = bridge_name
@@ -230,10 +233,14 @@ class NetworkManager:
         self.names.load(self._endpoints())
         self.dns = Resolver(self.names, self.host_netns, upstreams_from(resolv_conf))
         self._lock = threading.RLock()  # guards records, port choice, endpoint creation
+        # overlay networks: only with a cluster store (coracled --cluster-store)
+        self.overlay = OverlayNetworks(self, cluster) if cluster is not None else None
 
     def close(self) -> None:
         """Stop the resolver and drop the namespace handle (kernel state stays: live restore)."""
         self.dns.close()
+        if self.overlay is not None:
+            self.overlay.close()
         if self._ns_fd >= 0:
             os.close(self._ns_fd)
             self._ns_fd = -1
@@ -257,6 +264,8 @@ class NetworkManager:
             self.firewall.restore([self._rules(r) for r in bridges], self._mappings())
             for rec in bridges:
                 self._plumb(rec)
+        if self.overlay is not None:
+            self.overlay.start()
 
     def _ensure_builtin(self) -> None:
         records = {r["Name"]: r for r in self.store.all(KIND) if r["Coracle"]["Builtin"]}
@@ -311,6 +320,12 @@ class NetworkManager:
 
     def _plumb(self, rec: dict[str, Any]) -> None:
         """The bridge device of a network: created or adopted, addressed, up, route_localnet as the firewall needs."""
+        if rec["Driver"] == "overlay":
+            if self.overlay is None:
+                log.warning("overlay network %s left down: this daemon has no --cluster-store", rec["Name"])
+            else:
+                self.overlay.restore(rec)
+            return
         sub, sub6 = Subnet(rec), Subnet.v6(rec)
         name = rec["Coracle"]["Bridge"]
         with self._host() as ipr:
@@ -330,7 +345,29 @@ class NetworkManager:
             bridge.link_up(ipr, name)
 
     def _bridge_records(self) -> list[dict[str, Any]]:
-        return [r for r in self.store.all(KIND) if r["Driver"] == "bridge"]
+        return [r for r in self.store.all(KIND) if r["Driver"] in ("bridge", "overlay")]
+
+    def overlay_records(self) -> list[dict[str, Any]]:
+        return [r for r in self.store.all(KIND) if r["Driver"] == "overlay"]
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The manager's lock: overlay changes from the cluster watch take it like API calls do."""
+        return self._lock
+
+    def rules(self, rec: dict[str, Any]) -> BridgeRules:
+        return self._rules(rec)
+
+    def endpoints_of(self, container: str | None = None, network: str | None = None) -> list[dict[str, Any]]:
+        return self._endpoints(container, network)
+
+    def check_overlay_subnet(self, subnet: Network) -> None:
+        """A subnet asked for an overlay network: assignable, and no local network's."""
+        self._chosen_subnet(str(subnet), 4)
+        for other in self._bridge_records():
+            if subnet.overlaps(Subnet(other).network):
+                raise Conflict(f"invalid pool request: Pool overlaps with other one on this address space "
+                               f"({subnet} overlaps network {other['Name']})")
 
     def _rules(self, rec: dict[str, Any]) -> BridgeRules:
         c = rec["Coracle"]
@@ -385,6 +422,7 @@ class NetworkManager:
                 if m not in kept:
                     report["nft_elements"].append(f"{m.host_ip}:{m.host_port}/{m.proto} -> {m.container_ip}:{m.container_port}")
             keep_veths = {ep["Veth"] for ep in self._endpoints() if ep["Container"] in live and ep.get("Veth")}
+            keep_veths |= {r["Coracle"].get("VXLAN") for r in self.overlay_records()}
             with self._host() as ipr:
                 for rec in self._bridge_records():
                     for name in bridge.ports_of(ipr, rec["Coracle"]["Bridge"]):
@@ -549,8 +587,10 @@ class NetworkManager:
             raise InvalidParameter(f"invalid network name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
         if driver in ("host", "null", "none"):
             raise Conflict(f'only one instance of "{driver}" network is allowed')
+        if driver == "overlay":
+            return self._create_overlay(name, ipam or {}, internal, options or {}, labels or {}, _ignored)
         if driver != "bridge":
-            raise InvalidParameter(f"network driver {driver!r} is not supported (bridge is)")
+            raise InvalidParameter(f"network driver {driver!r} is not supported (bridge and overlay are)")
         options = {k: str(v) for k, v in (options or {}).items()}
         ipam = ipam or {}
         if (ipam.get("Driver") or "default") != "default":
@@ -618,6 +658,22 @@ class NetworkManager:
                 raise
         return {"Id": rec["Id"], "Warning": ""}
 
+    def _create_overlay(self, name: str, ipam: dict[str, Any], internal: bool, options: dict[str, Any],
+                        labels: dict[str, Any], extra: dict[str, Any]) -> dict[str, str]:
+        if self.overlay is None:
+            raise InvalidParameter("overlay networks need a cluster store: start coracled with "
+                                   "--cluster-store etcd://IP:PORT --cluster-advertise IP")
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise InvalidParameter(f"invalid network name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+        if (ipam.get("Driver") or "default") != "default":
+            raise InvalidParameter(f"IPAM driver {ipam['Driver']!r} is not supported (default is)")
+        with self._lock:
+            if any(r["Name"] == name for r in self.store.all(KIND)):
+                raise Conflict(f"network with name {name} already exists")
+            nid = self.overlay.create(name, ipam, bool(internal), bool(extra.get("attachable")),
+                                      {k: str(v) for k, v in options.items()}, {k: str(v) for k, v in labels.items()})
+        return {"Id": nid, "Warning": ""}
+
     def _chosen_subnet(self, text: str, version: int) -> Network:
         """A subnet given by the user: well formed, no special-purpose block, none of the host's own
         addresses (a bridge holding one would steal the host's traffic for it)."""
@@ -665,6 +721,9 @@ class NetworkManager:
             if self._endpoints(network=rec["Id"]):
                 raise Conflict(f"error while removing network: network {rec['Name']} id {rec['Id']} "
                                "has active endpoints")
+            if rec["Driver"] == "overlay" and self.overlay is not None:
+                self.overlay.remove(rec)
+                return
             self.firewall.remove_network(self._rules(rec))
             with self._host() as ipr:
                 bridge.delete_link(ipr, rec["Coracle"]["Bridge"])
@@ -704,7 +763,7 @@ class NetworkManager:
                 continue
             if types and ("builtin" if rec["Coracle"]["Builtin"] else "custom") not in types:
                 continue
-            if scopes and "local" not in scopes:
+            if scopes and rec.get("Scope", "local") not in scopes:
                 continue
             view = self._view(rec)
             if dangling and (dangling[0].lower() in ("true", "1")) != (not view["Containers"]):
@@ -717,7 +776,7 @@ class NetworkManager:
         removed = []
         with self._lock:
             for rec in self.store.all(KIND):
-                if rec["Coracle"]["Builtin"] or self._endpoints(network=rec["Id"]):
+                if rec["Coracle"]["Builtin"] or rec["Driver"] == "overlay" or self._endpoints(network=rec["Id"]):
                     continue
                 if not _labels_match(rec["Labels"], _filter_values(filters, "label")):
                     continue
@@ -781,7 +840,7 @@ class NetworkManager:
             self._check_endpoint(self.resolve(ref), cfg or {})
 
     def _check_endpoint(self, rec: dict[str, Any], cfg: dict[str, Any]) -> None:
-        if rec["Driver"] != "bridge":
+        if rec["Driver"] not in ("bridge", "overlay"):
             raise InvalidParameter(f"container cannot be connected to the {rec['Name']} network this way")
         wanted = (cfg.get("IPAMConfig") or {}).get("IPv4Address")
         if wanted:
@@ -895,6 +954,8 @@ class NetworkManager:
         if ep.get("Veth"):
             with self._host() as ipr:
                 bridge.delete_link(ipr, ep["Veth"])
+        if self.overlay is not None and (self.store.get(KIND, ep["NetworkID"]) or {}).get("Driver") == "overlay":
+            self.overlay.drop(ep)
         for key in ("IPAddress", "GlobalIPv6Address"):
             if ep.get(key):
                 self.ipam.release(ep["NetworkID"], ep[key])
@@ -908,8 +969,13 @@ class NetworkManager:
         cid = container["Id"]
         sub = Subnet(rec)
         wanted = (cfg.get("IPAMConfig") or {}).get("IPv4Address")
-        address = self.ipam.allocate(rec["Id"], sub.network, sub.gateway, cid, sub.ip_range,
-                                     parse_address(wanted, "IPv4 address") if wanted else None)
+        if rec["Driver"] == "overlay":
+            if self.overlay is None:
+                raise InvalidParameter(f"network {rec['Name']} is an overlay network: this daemon has no cluster store")
+            address = self.overlay.allocate(rec, cid, parse_address(wanted, "IPv4 address") if wanted else None)
+        else:
+            address = self.ipam.allocate(rec["Id"], sub.network, sub.gateway, cid, sub.ip_range,
+                                         parse_address(wanted, "IPv4 address") if wanted else None)
         sub6, address6 = Subnet.v6(rec), None
         if sub6 is not None:
             wanted6 = (cfg.get("IPAMConfig") or {}).get("IPv6Address")
@@ -943,6 +1009,8 @@ class NetworkManager:
             for leased in (address, address6):
                 if leased is not None:
                     self.ipam.release(rec["Id"], str(leased))
+            if self.overlay is not None and rec["Driver"] == "overlay":
+                self.overlay.drop({"NetworkID": rec["Id"], "EndpointID": "", "IPAddress": str(address)})
             raise
         ep["Veth"] = "veth" + ep["EndpointID"][:11]
         self._wire(rec, ep, ns_path)
@@ -950,6 +1018,10 @@ class NetworkManager:
 
     def _wire(self, rec: dict[str, Any], ep: dict[str, Any], ns_path: str) -> None:
         """The veth pair of an endpoint (host side on the bridge), its address and routes inside."""
+        if rec["Driver"] == "overlay" and self.overlay is not None:
+            self.overlay.wire(rec, ep, ns_path)
+            self.store.execute("UPDATE net_endpoints SET body = ? WHERE id = ?", (json.dumps(ep), ep["EndpointID"]))
+            return
         sub, sub6 = Subnet(rec), Subnet.v6(rec)
         with bridge.netns_socket(ns_path) as cipr:
             ifname = ep.get("Interface") or ""

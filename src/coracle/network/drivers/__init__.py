@@ -1,0 +1,1 @@
+"""Network drivers: the kernel side of each kind of network (see network/driver.py for the contract)."""
