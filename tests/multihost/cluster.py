@@ -23,7 +23,7 @@ import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from harness import Daemon, unique
 
@@ -198,6 +198,16 @@ class Cluster:
         self.hosts.remove(host)
         self.dead.append(host)
 
+    def visible_everywhere(self, network: str) -> bool:
+        return all(h.docker("network", "inspect", network, check=False).returncode == 0 for h in self.hosts)
+
+    def overlay(self, *args: str, on: int = 0) -> str:
+        """A new overlay network made on host `on`, once every host has it; returns its name."""
+        name = unique("ov")
+        self.hosts[on].docker("network", "create", "-d", "overlay", *args, name)
+        wait_for(lambda: self.visible_everywhere(name), "the network on every host")
+        return name
+
     def clean(self) -> dict[str, list]:
         """What is left of the overlay anywhere: etcd keys (besides live hosts' membership) and kernel state."""
         left: dict[str, list] = {"keys": [k for k in self.etcd.listing() if not k.startswith("/coracle/nodes/")]}
@@ -206,6 +216,16 @@ class Cluster:
             left[f"h{host.index} neighbours"] = host.permanent_neighbours()
             left[f"h{host.index} fdb"] = host.remote_fdb()
         return {k: v for k, v in left.items() if v}
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout: float = 20) -> None:
+    """Poll until `predicate()` is true (no timing is asserted: the timeout only bounds a broken run)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cluster import UNDERLAY, Cluster, cluster
+from cluster import UNDERLAY, Cluster, cluster, wait_for
 from harness import unique
 from networld import Server, ask
 
@@ -45,32 +45,11 @@ def clean_cluster(world: Cluster) -> Iterator[Cluster]:
     assert left == {}
 
 
-def wait_for(predicate, what: str, timeout: float = 15) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def visible_everywhere(c: Cluster, name: str) -> bool:
-    return all(h.docker("network", "inspect", name, check=False).returncode == 0 for h in c.hosts)
-
-
-def overlay(c: Cluster, *args: str, on: int = 0) -> str:
-    """A new overlay network made on host `on`, once every host has it; returns its name."""
-    name = unique("ov")
-    c.hosts[on].docker("network", "create", "-d", "overlay", *args, name)
-    wait_for(lambda: visible_everywhere(c, name), "the network on every host")
-    return name
-
-
 def test_network_appears_on_every_host_with_the_same_id_subnet_and_vni(clean_cluster: Cluster) -> None:
     c = clean_cluster
     name = unique("ov")
     nid = c.hosts[1].docker("network", "create", "-d", "overlay", "--subnet", "10.77.0.0/24", name).stdout.strip()
-    wait_for(lambda: visible_everywhere(c, name), "the network on every host")
+    wait_for(lambda: c.visible_everywhere(name), "the network on every host")
     seen = {h.docker("network", "inspect", "-f", "{{.Id}} {{range .IPAM.Config}}{{.Subnet}}{{end}} {{.Driver}}",
                      name).stdout.strip() for h in c.hosts}
     assert seen == {f"{nid} 10.77.0.0/24 overlay"}
@@ -88,7 +67,7 @@ def test_concurrent_creates_never_share_a_subnet_or_vni(clean_cluster: Cluster) 
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(lambda i: c.hosts[i % 3].docker("network", "create", "-d", "overlay", names[i]), range(6)))
     for name in names:
-        wait_for(lambda name=name: visible_everywhere(c, name), "every network on every host")
+        wait_for(lambda name=name: c.visible_everywhere(name), "every network on every host")
     subnets = {c.hosts[0].docker("network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}}{{end}}",
                                  n).stdout.strip() for n in names}
     assert len(subnets) == 6
@@ -98,14 +77,14 @@ def test_concurrent_creates_never_share_a_subnet_or_vni(clean_cluster: Cluster) 
 
 def test_same_name_twice_across_hosts_is_refused(clean_cluster: Cluster) -> None:
     c = clean_cluster
-    name = overlay(c)
+    name = c.overlay()
     second = c.hosts[2].docker("network", "create", "-d", "overlay", name, check=False)
     assert second.returncode != 0 and "already exists" in second.stderr
 
 
 def test_cross_host_tcp_and_udp_by_name_and_ip(clean_cluster: Cluster) -> None:
     c = clean_cluster
-    net = overlay(c)
+    net = c.overlay()
     web = unique("web")
     c.hosts[0].docker("run", "-d", "--name", web, "--network", net, "--network-alias", "db", "busybox", "sh", "-c",
                       "echo served-by-h0 > /index.html; httpd -f -p 80 -h /")
@@ -139,7 +118,7 @@ def test_cross_host_tcp_and_udp_by_name_and_ip(clean_cluster: Cluster) -> None:
 
 def test_sixty_containers_in_parallel_get_sixty_distinct_addresses(clean_cluster: Cluster) -> None:
     c = clean_cluster
-    net = overlay(c, "--subnet", "10.78.0.0/24")
+    net = c.overlay("--subnet", "10.78.0.0/24")
 
     def run(i: int) -> str:
         host = c.hosts[i % 3]
@@ -154,7 +133,7 @@ def test_sixty_containers_in_parallel_get_sixty_distinct_addresses(clean_cluster
 
 def test_rm_is_refused_while_any_host_has_an_endpoint_then_removes_everywhere(clean_cluster: Cluster) -> None:
     c = clean_cluster
-    net = overlay(c)
+    net = c.overlay()
     ctr = unique("c")
     c.hosts[2].docker("run", "-d", "--name", ctr, "--network", net, "busybox", "sleep", "600")
     refused = c.hosts[0].docker("network", "rm", net, check=False)
@@ -167,7 +146,7 @@ def test_rm_is_refused_while_any_host_has_an_endpoint_then_removes_everywhere(cl
 
 def test_overlays_are_isolated_and_internal_has_no_way_out(clean_cluster: Cluster) -> None:
     c = clean_cluster
-    a, b, internal = overlay(c), overlay(c, on=1), overlay(c, "--internal", on=2)
+    a, b, internal = c.overlay(), c.overlay(on=1), c.overlay("--internal", on=2)
     target = unique("t")
     c.hosts[1].docker("run", "-d", "--name", target, "--network", a, "busybox", "sh", "-c",
                       "echo secret > /index.html; httpd -f -p 80 -h /")
@@ -195,7 +174,7 @@ def test_overlays_are_isolated_and_internal_has_no_way_out(clean_cluster: Cluste
 
 def test_published_port_on_the_host_running_the_container(clean_cluster: Cluster) -> None:
     c = clean_cluster
-    net = overlay(c)
+    net = c.overlay()
     c.hosts[1].docker("run", "-d", "--network", net, "-p", "18080:80", "busybox", "sh", "-c",
                       "echo published-on-h1 > /index.html; httpd -f -p 80 -h /")
 

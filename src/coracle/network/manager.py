@@ -402,6 +402,8 @@ class NetworkManager:
         out, so an empty dict means everything was consistent.
         """
         report: dict[str, list] = {"endpoints": [], "leases": [], "ports": [], "veths": [], "nft_elements": []}
+        if self.overlay is not None:
+            report["overlay"] = self.overlay.check(dry_run)
         with self._lock:
             for ep in self._endpoints():
                 if ep["Container"] not in live:

@@ -31,7 +31,7 @@ from coracle.errors import InvalidParameter
 from coracle.network.driver import NetworkRecord, NetworkSpec, Subnet
 from coracle.network.drivers.overlay import OverlayDriver
 from coracle.network.ipam import parse_address, parse_subnet
-from coracle.network.overlay_cluster import ENDPOINTS, OverlayCluster, endpoint_key
+from coracle.network.overlay_cluster import OverlayCluster, endpoint_key
 
 if TYPE_CHECKING:
     from coracle.network.manager import NetworkManager
@@ -173,18 +173,19 @@ class OverlayNetworks:
                 for ip, mac in self.driver.remotes(record).items():
                     if known.get((rec["Id"], ip)) != mac:
                         self.driver.forget(record, mac, ip)
-            mine = {endpoint_key(e["NetworkID"], e["EndpointID"]) for e in endpoints
+            mine = {endpoint_key(e["NetworkID"], e["EndpointID"]): e for e in endpoints
                     if e.get("Host") == self.cluster.address}
             self._reconcile_own(mine)
 
-    def _reconcile_own(self, published: set[str]) -> None:
+    def _reconcile_own(self, published: dict[str, dict[str, Any]]) -> None:
+        """This host's entries in etcd made to match its endpoints: missing ones published again (the lease
+        was lost), those of containers gone while etcd was away removed with their address claims."""
         local = {endpoint_key(ep["NetworkID"], ep["EndpointID"]): ep for ep in self._local_endpoints()}
         missing = [ep for key, ep in local.items() if key not in published]
         if missing:
             self.cluster.republish(missing)
-        for key in published - set(local):
-            network_id, endpoint_id = key[len(ENDPOINTS):].split("/")
-            self.cluster.unpublish(network_id, endpoint_id)
+        for key in set(published) - set(local):
+            self.drop(published[key])
 
     def _republish(self) -> None:
         """A new lease: everything bound to the old one is gone; publish this host's endpoints again."""
@@ -248,17 +249,20 @@ class OverlayNetworks:
 
     # ----- system check -------------------------------------------------------------------
 
-    def check(self) -> dict[str, Any]:
-        """What `system check` shows: the store reachable, the watch live, remote entries in the kernel."""
+    def check(self, dry_run: bool) -> list[str]:
+        """`system check`: the cluster store unreachable (reported only), overlay devices and remote
+        containers' kernel entries missing (re-made unless dry_run)."""
         m = self.manager
-        problems = []
+        found = [] if self.cluster.connected.is_set() else ["cluster store unreachable: overlay changes wait for it"]
         with m.lock:
             for rec in m.overlay_records():
                 record = NetworkRecord.from_document(rec)
+                found += self.driver.restore(record, [], dry_run)
                 kernel = self.driver.remotes(record)
-                for ep in (e for e in self._remote.values() if e["NetworkID"] == rec["Id"]):
+                for ep in [e for e in self._remote.values() if e["NetworkID"] == rec["Id"]]:
                     if kernel.get(ep["IPAddress"]) != ep["MacAddress"]:
-                        problems.append(f"{rec['Name']}: no neighbour entry for {ep['IPAddress']} on {ep['Host']}")
-        return {"store": "connected" if self.cluster.connected.is_set() else "unreachable",
-                "lease": f"{self.cluster.membership.lease:x}", "remote_endpoints": len(self._remote),
-                "problems": problems}
+                        found.append(f"{rec['Name']}: entries of {ep['ContainerName']} ({ep['IPAddress']}) on "
+                                     f"{ep['Host']}")
+                        if not dry_run:
+                            self.driver.learn(record, ep["MacAddress"], ep["IPAddress"], ep["Host"])
+        return found

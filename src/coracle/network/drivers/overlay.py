@@ -109,7 +109,7 @@ class OverlayDriver:
             if missing:
                 self.create(network)
             for ep, ns in gone:
-                self.join(network, replace(ep, interface=ep.interface), ns)
+                self.join(network, ep, ns)
         return changed
 
     # ----- remote endpoints (from the cluster watch) ------------------------------------
