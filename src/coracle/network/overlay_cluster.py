@@ -131,7 +131,7 @@ class OverlayCluster:
 
     def _pick_subnet(self, nid: str, claims: list[str]) -> IPv4Network:
         pool, prefixlen = DEFAULT_POOL
-        for candidate in ipaddress.ip_network(pool).subnets(new_prefix=prefixlen):
+        for candidate in IPv4Network(pool).subnets(new_prefix=prefixlen):
             if self._claim_subnet(candidate, nid, claims):
                 return candidate
         raise Conflict("could not find an available, non-overlapping IPv4 address pool among the defaults to "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -69,11 +70,14 @@ def remove_remote(ipr: IPRoute, device: str, mac: str, ip: str) -> None:
     idx = index(ipr, device)
     if idx is None:
         return
-    for call in (lambda: ipr.neigh("del", dst=ip, lladdr=mac, ifindex=idx),
-                 lambda: ipr.fdb("del", ifindex=idx, lladdr=mac, flags=ndmsg.flags["master"]),
-                 lambda: ipr.fdb("del", ifindex=idx, lladdr=mac)):
+    steps: list[tuple[str, dict[str, Any]]] = [
+        ("neigh", {"dst": ip, "lladdr": mac, "ifindex": idx}),
+        ("fdb", {"ifindex": idx, "lladdr": mac, "flags": ndmsg.flags["master"]}),
+        ("fdb", {"ifindex": idx, "lladdr": mac}),
+    ]
+    for table, spec in steps:
         try:
-            call()
+            getattr(ipr, table)("del", **spec)
         except NetlinkError as exc:
             _ignore_missing(exc)
 
