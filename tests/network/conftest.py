@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from coracle.network import NetworkManager
-from coracle.runtime.syscalls import netns as enter
+from coracle.netns import netns as enter
 from coracle.store import Store
 from networld import UPLINK6_HOST, UPLINK6_OUTSIDE, UPLINK_HOST, UPLINK_OUTSIDE, World, sh
 

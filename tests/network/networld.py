@@ -8,13 +8,14 @@
 The manager is constructed inside the throwaway "host" namespace (it keeps a
 handle on the namespace it was built in and opens every socket there), so
 nothing touches the machine's own network. Traffic is made with Python
-sockets created inside the relevant namespace (`syscalls.netns`), and the
+sockets created inside the relevant namespace (`coracle.netns`), and the
 independent witnesses are `ip -j` and `nft -j` run in the host namespace.
 Everything is removed in finalizers, even after failures.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -29,8 +30,10 @@ from collections.abc import Callable, Iterator
 
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
+from coracle.engine.netrequest import network_request
 from coracle.network import NetworkManager
-from coracle.runtime.syscalls import netns as enter
+from coracle.network.driver import EndpointOptions
+from coracle.netns import netns as enter
 from coracle.store import Store
 
 UPLINK_HOST = "198.51.100.1"
@@ -231,9 +234,43 @@ class World:
                 break
             time.sleep(0.001)
         if attach:
-            c.settings = self.net.attach(rec, c.pid)
+            c.settings = self.attach(rec, c.pid)
             rec["NetworkSettings"] = c.settings
         return c
+
+    # What the engine does around each call of the manager: the request built from the record by the
+    # engine's own function, and the answer applied to a copy of the record's NetworkSettings.
+
+    def attach(self, rec: dict[str, Any], pid: int) -> dict[str, Any]:
+        return dict(self.net.attach(network_request(rec, pid)).settings)
+
+    def files(self, rec: dict[str, Any], settings: dict[str, Any]) -> dict[str, str]:
+        return self.net.files(network_request(rec), settings).by_path()
+
+    def validate(self, mode: str, host_config: dict[str, Any], endpoints: dict[str, Any]) -> None:
+        self.net.validate(network_request({"HostConfig": {**host_config, "NetworkMode": mode},
+                                           "NetworkingConfig": {"EndpointsConfig": endpoints}}))
+
+    def connect(self, rec: dict[str, Any], pid: int | None, ref: str, cfg: dict[str, Any]) -> dict[str, Any]:
+        joined = self.net.connect(network_request(rec, pid or 0), ref, EndpointOptions.from_docker(ref, cfg))
+        settings = copy.deepcopy(rec.get("NetworkSettings") or {})
+        settings.setdefault("Networks", {})[joined.network_name] = dict(joined.settings)
+        return settings
+
+    def disconnect(self, rec: dict[str, Any] | str, ref: str) -> dict[str, Any] | None:
+        if isinstance(rec, str):
+            return self.net.disconnect(rec, ref)
+        left = self.net.disconnect(network_request(rec), ref)
+        settings = copy.deepcopy(rec.get("NetworkSettings") or {})
+        for key in left.refs:
+            settings.get("Networks", {}).pop(key, None)
+            ((rec.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}).pop(key, None)
+        settings.update(left.settings)
+        return settings
+
+    def rename(self, rec: dict[str, Any], old_name: str) -> None:
+        for network, names in self.net.rename(network_request(rec), old_name).items():
+            rec["NetworkSettings"]["Networks"][network]["DNSNames"] = names
 
     def stop(self, c: Container) -> None:
         """What the engine does when a container exits: kill, then detach."""

@@ -48,7 +48,7 @@ def test_network_and_container_get_ipv6_addresses_routes_and_names(world):
     routes = inside(c.ns, "-6", "route", "show", "default")
     assert [(r["gateway"], r["dev"]) for r in routes] == [("2001:db8:6::1", "eth0")]
     assert world.net.inspect("six")["Containers"][c.id]["IPv6Address"] == "2001:db8:6::2/64"
-    hosts = world.net.files(c.rec, c.settings)["/etc/hosts"]
+    hosts = world.files(c.rec, c.settings)["/etc/hosts"]
     assert "10.200.0.2\tweb\n" in hosts and "2001:db8:6::2\tweb\n" in hosts
 
     # --ip6: a static address, refused when taken, outside the subnet or on an IPv4-only network
@@ -158,12 +158,12 @@ def test_nothing_of_ipv6_is_left_after_detach_remove_and_reconcile(world):
 def test_live_connect_adds_ipv6_and_disconnect_releases_it(world):
     six(world)
     c = world.container()  # default bridge: IPv4 only
-    settings = world.net.connect(c.rec, c.pid, "six", {"IPAMConfig": {"IPv6Address": "2001:db8:6::42"}})
+    settings = world.connect(c.rec, c.pid, "six", {"IPAMConfig": {"IPv6Address": "2001:db8:6::42"}})
     assert settings["Networks"]["six"]["GlobalIPv6Address"] == "2001:db8:6::42"
     routes = inside(c.ns, "-6", "route", "show", "default")
     assert [(r["gateway"], r["dev"]) for r in routes] == [("2001:db8:6::1", "eth1")]
     with serving((world.outside, "tcp", 7000, "::")):
         assert ask(c.ns, "tcp", UPLINK6_OUTSIDE, 7000) == UPLINK6_HOST
-    world.net.disconnect(c.rec, "six")
+    world.disconnect(c.rec, "six")
     assert "2001:db8:6::42" not in [a for _, a, _ in world.net.ipam.leases()]
     assert inside(c.ns, "-6", "route", "show", "default") == []

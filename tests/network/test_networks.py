@@ -6,7 +6,7 @@ import pytest
 
 from coracle.errors import Conflict, InvalidParameter, NotFound
 from coracle.network import NetworkManager
-from coracle.runtime.syscalls import netns as enter
+from coracle.netns import netns as enter
 from networld import UPLINK_HOST, UPLINK_OUTSIDE, answers, ask, dns_query, serving
 
 
@@ -29,7 +29,7 @@ def test_builtin_networks_exist_after_start(world):
 
 
 def test_default_bridge_avoids_a_subnet_the_host_already_routes(world, tmp_path):
-    from coracle.network import bridge
+    from coracle.network import netlink as bridge
     from coracle.store import Store
 
     # a second manager in the same host, whose default bridge must not reuse 172.17/16
@@ -137,7 +137,7 @@ def _links(ns: str) -> list[dict]:
 
 def test_validate_refuses_what_docker_refuses(world):
     world.net.create("app", ipam={"Config": [{"Subnet": "10.77.0.0/24"}]})
-    v = world.net.validate
+    v = world.validate
     with pytest.raises(InvalidParameter, match="port publishing and the container type network mode"):
         v("container:abc", {"PortBindings": {"80/tcp": [{"HostPort": "80"}]}}, {})
     with pytest.raises(InvalidParameter, match="dns and the network mode"):
@@ -164,7 +164,7 @@ def test_none_mode_has_only_loopback_and_host_mode_nothing(world):
     h = world.container("host")
     assert set(h.settings["Networks"]) == {"host"} and h.settings["Networks"]["host"]["IPAddress"] == ""
     assert world.veths() == []
-    files = world.net.files(h.rec, h.settings)
+    files = world.files(h.rec, h.settings)
     assert files["/etc/hosts"].startswith("127.0.0.1\tlocalhost\n198.51.100.1\thostbox\n")
     assert "nameserver 127.0.0.53" in files["/etc/resolv.conf"]  # the host's own copy
     world.stop(c)
@@ -176,7 +176,7 @@ def test_files_for_a_default_bridge_container(world):
     c = world.container(hostname="web", Dns=["192.0.2.53"], DnsSearch=["corp.test"], DnsOptions=["timeout:2"],
                         ExtraHosts=["db:10.1.2.3", "gw:host-gateway"])
     c.rec["Config"]["Domainname"] = "example.test"
-    files = world.net.files(c.rec, c.settings)
+    files = world.files(c.rec, c.settings)
     assert files["/etc/hostname"] == "web\n"
     hosts = files["/etc/hosts"].splitlines()
     assert "10.1.2.3\tdb" in hosts and "172.17.0.1\tgw" in hosts
@@ -188,30 +188,30 @@ def test_connect_and_disconnect_a_running_container(world):
     world.net.create("back")
     c = world.container(ports={"80/tcp": [{"HostPort": "8080"}]})
     peer = world.container("back")
-    settings = world.net.connect(c.rec, c.pid, "back", {"Aliases": ["api"]})
+    settings = world.connect(c.rec, c.pid, "back", {"Aliases": ["api"]})
     c.rec["NetworkSettings"] = c.settings = settings
     assert set(settings["Networks"]) == {"bridge", "back"}
     assert sorted(x["ifname"] for x in _links(c.ns)) == ["eth0", "eth1", "lo"]
     with pytest.raises(Conflict, match="already exists in network back"):
-        world.net.connect(c.rec, c.pid, "back", {})
+        world.connect(c.rec, c.pid, "back", {})
     with serving((c.ns, "tcp", 80)):
         assert ask(peer.ns, "tcp", c.ip("back"), 80) == peer.ip("back")
         assert ask(world.outside, "tcp", UPLINK_HOST, 8080) == UPLINK_OUTSIDE  # default route still via eth0
-    c.rec["NetworkSettings"] = settings = world.net.disconnect(c.rec, "back")
+    c.rec["NetworkSettings"] = settings = world.disconnect(c.rec, "back")
     assert set(settings["Networks"]) == {"bridge"}
     assert sorted(x["ifname"] for x in _links(c.ns)) == ["eth0", "lo"]
     with pytest.raises(Conflict, match="is not connected"):
-        world.net.disconnect(c.rec["Id"], "back")
-    c.rec["NetworkSettings"] = world.net.connect(c.rec, c.pid, "back", {})  # again: resolver re-opened
+        world.disconnect(c.rec["Id"], "back")
+    c.rec["NetworkSettings"] = world.connect(c.rec, c.pid, "back", {})  # again: resolver re-opened
     assert answers(dns_query(c.ns, peer.name)) == [peer.ip("back")]
 
 
 def test_connect_while_stopped_takes_effect_at_next_start(world):
     world.net.create("back")
     c = world.container(attach=False)
-    c.rec["NetworkSettings"] = world.net.connect(c.rec, None, "back", {"Aliases": ["api"]})
+    c.rec["NetworkSettings"] = world.connect(c.rec, None, "back", {"Aliases": ["api"]})
     assert c.rec["NetworkSettings"]["Networks"]["back"]["IPAddress"] == ""
-    c.settings = world.net.attach(c.rec, c.pid)
+    c.settings = world.attach(c.rec, c.pid)
     assert set(c.settings["Networks"]) == {"bridge", "back"}
     assert c.settings["Networks"]["back"]["Aliases"] == ["api"]
     assert c.settings["IPAddress"] == c.ip("bridge")  # default bridge fields at top level

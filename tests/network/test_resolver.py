@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 from dnslib import RCODE, DNSRecord
 
-from coracle.runtime.syscalls import netns as enter
+from coracle.netns import netns as enter
 from networld import FakeUpstream, answers, dns_query
 
 
@@ -59,7 +59,7 @@ def test_a_renamed_container_answers_to_its_new_name_only(world, upstream):
     assert asked_twice(a.ns, ptr, "PTR") == [f"{b.name}.app."]
     old, new = b.name, world.unique("renamed")
     b.rec["Name"] = "/" + new
-    world.net.rename(b.rec, "/" + old)
+    world.rename(b.rec, "/" + old)
     assert asked_twice(a.ns, new) == [b.ip("app")]
     assert asked_twice(a.ns, old) == ["NXDOMAIN"]
     assert asked_twice(a.ns, ptr, "PTR") == [f"{new}.app."]
@@ -72,18 +72,18 @@ def test_connect_and_disconnect_change_who_is_seen_and_by_which_alias(world, ups
     world.net.create("back")
     a, b = world.container("front"), world.container("back")
     assert asked_twice(a.ns, b.name) == ["NXDOMAIN"]  # no shared network
-    b.rec["NetworkSettings"] = world.net.connect(b.rec, b.pid, "front", {"Aliases": ["api"]})
+    b.rec["NetworkSettings"] = world.connect(b.rec, b.pid, "front", {"Aliases": ["api"]})
     assert asked_twice(a.ns, "api") == [b.rec["NetworkSettings"]["Networks"]["front"]["IPAddress"]]
     assert asked_twice(a.ns, b.name) == [b.rec["NetworkSettings"]["Networks"]["front"]["IPAddress"]]
-    b.rec["NetworkSettings"] = world.net.disconnect(b.rec, "front")
+    b.rec["NetworkSettings"] = world.disconnect(b.rec, "front")
     assert asked_twice(a.ns, "api") == ["NXDOMAIN"]
-    b.rec["NetworkSettings"] = world.net.connect(b.rec, b.pid, "front", {"Aliases": ["gateway"]})
+    b.rec["NetworkSettings"] = world.connect(b.rec, b.pid, "front", {"Aliases": ["gateway"]})
     assert asked_twice(a.ns, "api") == ["NXDOMAIN"]  # the old alias does not come back
     assert asked_twice(a.ns, "gateway") == [b.rec["NetworkSettings"]["Networks"]["front"]["IPAddress"]]
     # the asking side connects too: it now sees b's back address as well, in the order b joined them
-    a.rec["NetworkSettings"] = world.net.connect(a.rec, a.pid, "back", {})
+    a.rec["NetworkSettings"] = world.connect(a.rec, a.pid, "back", {})
     assert asked_twice(a.ns, b.name) == [b.ip("back"), b.rec["NetworkSettings"]["Networks"]["front"]["IPAddress"]]
-    a.rec["NetworkSettings"] = world.net.disconnect(a.rec, "back")
+    a.rec["NetworkSettings"] = world.disconnect(a.rec, "back")
     assert asked_twice(a.ns, b.name) == [b.rec["NetworkSettings"]["Networks"]["front"]["IPAddress"]]
 
 

@@ -81,7 +81,7 @@ def test_containers_find_each_other_by_name_alias_and_short_id_on_a_user_network
         assert dns_query(web.ns, "database").header.rcode == RCODE.NXDOMAIN
     finally:
         upstream.close()
-    resolv = world.net.files(web.rec, web.settings)["/etc/resolv.conf"]
+    resolv = world.files(web.rec, web.settings)["/etc/resolv.conf"]
     assert resolv.splitlines() == ["nameserver 127.0.0.11", "search example.test", "options ndots:0"]
 
 
@@ -89,7 +89,7 @@ def test_default_bridge_has_no_embedded_resolver(world):
     c = world.container()
     with pytest.raises(OSError):
         dns_query(c.ns, "anything")
-    resolv = world.net.files(c.rec, c.settings)["/etc/resolv.conf"]
+    resolv = world.files(c.rec, c.settings)["/etc/resolv.conf"]
     assert resolv.splitlines()[0] == f"nameserver {UPLINK_OUTSIDE}"
     assert "127.0.0.53" not in resolv  # loopback resolvers are unreachable from a container
 
@@ -169,7 +169,7 @@ def test_50_concurrent_attaches_get_50_distinct_addresses(world):
     world.net.create("crowd")
     containers = [world.container("crowd", attach=False) for _ in range(50)]
     with ThreadPoolExecutor(max_workers=50) as pool:
-        settings = list(pool.map(lambda c: world.net.attach(c.rec, c.pid), containers))
+        settings = list(pool.map(lambda c: world.attach(c.rec, c.pid), containers))
     addresses = [s["Networks"]["crowd"]["IPAddress"] for s in settings]
     assert len(set(addresses)) == 50
     assert sorted(lease[1] for lease in world.net.ipam.leases()) == sorted(addresses)

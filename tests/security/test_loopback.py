@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from coracle.runtime.syscalls import netns as enter
+from coracle.netns import netns as enter
 from harness import Daemon
 
 ETH_P_IP = 0x0800

@@ -43,7 +43,8 @@ def routes(router: Router, engine: Engine, network: Any) -> None:
             network.create, body["Name"], driver=body.get("Driver") or "bridge", ipam=body.get("IPAM"),
             internal=bool(body.get("Internal")), options=body.get("Options") or {},
             labels=body.get("Labels") or {}, enable_ipv6=bool(body.get("EnableIPv6")),
-            check_duplicate=body.get("CheckDuplicate", True), attachable=bool(body.get("Attachable")),
+            attachable=bool(body.get("Attachable")),
+            check_duplicate=body.get("CheckDuplicate", True),
         )
         engine.events.publish("network", "create", result["Id"], {"name": body["Name"], "type": body.get("Driver") or "bridge"})
         return Response.json(result, status=201)

@@ -46,6 +46,7 @@ from coracle.images import mediatypes as mt
 from coracle.images.layers import EMPTY_DIFF_ID
 from coracle.images.reference import parse as parse_reference
 from coracle.images.store import ImageStore, config_bytes, now_rfc3339
+from coracle.network.mode import NetworkMode
 
 PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
               "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
@@ -406,8 +407,8 @@ class Build:
         return stage.image_id
 
     def _host_config(self, **extra: Any) -> dict[str, Any]:
-        mode = self.options.network_mode or "default"
-        return {"NetworkMode": "bridge" if mode == "default" else mode, "ExtraHosts": self.options.extra_hosts,
+        return {"NetworkMode": str(NetworkMode.parse(self.options.network_mode)),
+                "ExtraHosts": self.options.extra_hosts,
                 "ShmSize": self.options.shm_size or None, **self.options.resources, **extra}
 
     # ----- RUN -----------------------------------------------------------------

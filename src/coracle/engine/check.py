@@ -38,7 +38,9 @@ from coracle.cgroups.devices import DeviceRule
 from coracle.engine import config as cfg
 from coracle.engine import security
 from coracle.engine.engine import KIND, Engine, proc_start_ticks
+from coracle.engine.netrequest import network_request
 from coracle.errors import CoracleError, NotFound
+from coracle.network.mode import NetworkMode
 from coracle.runtime.fdtree import remove_tree
 from coracle.runtime.spec import Process, Spec
 
@@ -218,11 +220,15 @@ def _repair_running(engine: Engine, rec: dict[str, Any], found: dict[str, Any], 
     cid = rec["Id"]
     if not engine.alive(rec):
         return  # its PID may name another process by now: nothing is moved or plumbed into it
-    adopted = engine.network.adopt(rec, dry_run=dry_run)
-    if adopted:
-        found["network"].setdefault("adopted", []).extend(adopted)
+    adoption = engine.network.adopt(network_request(rec), rec.get("NetworkSettings") or {}, rec["State"]["Pid"],
+                                    dry_run=dry_run)
+    if adoption.found:
+        found["network"].setdefault("adopted", []).extend(adoption.found)
         if not dry_run:
-            engine.save(rec)  # a builtin network known under a new id: the record follows it
+            shown = rec["NetworkSettings"].get("Networks") or {}
+            for name, network_id in adoption.network_ids.items():  # a builtin network known under a new id
+                shown[name]["NetworkID"] = network_id
+            engine.save(rec)
     cg = engine.cgroup(rec)
     missing = [d for d in cg.dirs() if not os.path.isdir(d)]
     if missing:
@@ -243,7 +249,7 @@ def _recreate_directory(engine: Engine, rec: dict[str, Any]) -> None:
     for sub in sorted(SKELETON):
         os.makedirs(os.path.join(directory, sub), exist_ok=True)
     cfg.write_record_file(directory, rec)
-    if rec["State"]["Running"] and not rec["HostConfig"]["NetworkMode"].startswith("container:"):
+    if rec["State"]["Running"] and not NetworkMode.parse(rec["HostConfig"]["NetworkMode"]).is_container:
         engine._write_files(rec)  # /etc/hosts, hostname, resolv.conf for the next start and for `cp`
 
 

@@ -427,11 +427,6 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * factor)
 
 
-def network_mode(host_config: dict) -> str:
-    mode = host_config.get("NetworkMode") or "default"
-    return "bridge" if mode == "default" else mode
-
-
 def shared_namespaces(host_config: dict, hostname: str) -> set[str]:
     """The namespaces `--pid/--ipc/--uts host` share with the host instead of creating.
 

@@ -32,6 +32,7 @@ from coracle.engine import archive, health, links, logs, security
 from coracle.engine.events import EventBus
 from coracle.engine.execs import Execs
 from coracle.engine.names import random_name
+from coracle.engine.netrequest import network_request
 from coracle.engine.records import RecordIndex
 from coracle.engine.restart import RestartTracker
 from coracle.engine.top import network_counters, processes, ps
@@ -46,11 +47,14 @@ from coracle.errors import (
 )
 from coracle.faults import fault
 from coracle.images import Image, ImageStore
+from coracle.network.driver import ContainerFiles, EndpointOptions
+from coracle.network.mode import NetworkMode
 from coracle.runtime.client import MonitorClient, StartError
 from coracle.runtime.fdtree import remove_tree
 from coracle.runtime.spec import Mount, Process, Spec
 from coracle.runtime.userns import Remap
 from coracle.store import Store
+from coracle.undo import Undo
 
 log = logging.getLogger("coracle.engine")
 
@@ -184,14 +188,15 @@ class Engine:
         mounts += cfg.anonymous_volumes([*(image_config.get("Volumes") or {}), *(config.get("Volumes") or {})],
                                         mounts, self.volumes_dir)
         log_opts, log_size, log_files = cfg.log_config(host_config, self.log_defaults)
-        mode = cfg.network_mode(host_config)
-        host_config["NetworkMode"] = mode
-        if mode.startswith("container:"):
-            donor = self.get(mode.split(":", 1)[1])
+        mode = NetworkMode.parse(host_config.get("NetworkMode"))
+        host_config["NetworkMode"] = str(mode)
+        if mode.is_container:
+            donor = self.get(mode.container)
             if config.get("Hostname"):
                 raise InvalidParameter("conflicting options: hostname and the network mode")
-            host_config["NetworkMode"] = f"container:{donor['Id']}"
-        self.network.validate(mode, host_config, networking.get("EndpointsConfig") or {})
+            host_config["NetworkMode"] = str(NetworkMode.of_container(donor["Id"]))
+        self.network.validate(network_request({"HostConfig": host_config, "Config": config,
+                                               "NetworkingConfig": networking}))
         link_pairs = links.parse(host_config.get("Links"), mode)
         link_targets = []
         for target, _ in link_pairs:
@@ -216,9 +221,9 @@ class Engine:
         health.validate(check)
         if check:
             config["Healthcheck"] = check
-        if mode == "host" or "uts" in host_ns:
+        if mode.is_host or "uts" in host_ns:
             config["Hostname"] = config.get("Hostname") or os.uname().nodename
-        elif not mode.startswith("container:"):
+        elif not mode.is_container:
             config["Hostname"] = config.get("Hostname") or cid[:12]
         for key in ("Tty", "OpenStdin", "StdinOnce", "AttachStdin", "AttachStdout", "AttachStderr"):
             config[key] = bool(config.get(key))
@@ -284,16 +289,16 @@ class Engine:
 
     # ----- start ---------------------------------------------------------
 
-    def _spec(self, rec: dict[str, Any], mode: str) -> Spec:
+    def _spec(self, rec: dict[str, Any], mode: NetworkMode) -> Spec:
         cid, config, hc = rec["Id"], rec["Config"], rec["HostConfig"]
         image = self.images.resolve(rec["Image"])
         shared = cfg.shared_namespaces(hc, "")
         namespaces = [ns for ns in ("mnt", "uts", "ipc", "pid", "cgroup") if ns not in shared]
         join_net = ""
-        if mode.startswith("container:"):
-            donor = self._running(mode.split(":", 1)[1], for_="join its network namespace")
+        if mode.is_container:
+            donor = self._running(mode.container, for_="join its network namespace")
             join_net = f"/proc/{donor['State']['Pid']}/ns/net"
-        elif mode != "host":
+        elif not mode.is_host:
             namespaces.append("net")
         mounts = [Mount(destination=m["Destination"], type=m["Type"], source=m["Source"],
                         readonly=not m["RW"], options=m.get("Mode", "") if m["Type"] == "tmpfs" else "",
@@ -360,53 +365,48 @@ class Engine:
 
     def _start_locked(self, rec: dict[str, Any], before_release: Callable[[dict[str, Any]], None] | None) -> None:
         cid, hc = rec["Id"], rec["HostConfig"]
-        mode = hc["NetworkMode"]
-        undo: list[Callable[[], None]] = []
+        mode = NetworkMode.parse(hc["NetworkMode"])
         sock = None
         phases = trace.Phases("start", cid)
         with self._starting_lock:
             self._starting[cid] = None
         try:
-            if mode.startswith("container:"):
-                self._share_donor_files(rec, mode)
-            spec = self._spec(rec, mode)
-            archive.copy_up(self, rec)
-            undo.append(lambda: self.volumes.detach(rec))
-            self.volumes.attach(rec)
-            sock, pid = self.monitor.spawn(spec)
-            undo.append(lambda: self.monitor.abandon(None, cid))
-            phases.mark("spawn")
-            cg = self.cgroup(rec)
-            cg.create()
-            undo.append(cg.destroy)
-            cg.apply(pid)
-            cg.set(Resources.from_host_config(hc))
-            cg.set_devices([DeviceRule.from_json(r) for r in spec.device_rules])
-            security.set_oom_score_adj(pid, hc)
-            fault("start-after-cgroup")
-            phases.mark("cgroup")
-            undo.append(lambda: self.network.detach(cid))
-            rec["NetworkSettings"] = self.network.attach(rec, pid)
-            fault("start-after-network")
-            phases.mark("network")
-            if not mode.startswith("container:"):
-                self._write_files(rec)  # once, with the addresses the network gave; read at release
-            phases.mark("files")
-            rec["State"].update({"Pid": pid})
-            if before_release:
-                before_release(rec)
-            self._exited[cid] = threading.Event()
-            self.monitor.release(sock, cid)
-            sock = None
-            phases.mark("release")
+            with Undo(f"start of {cid}") as undo:
+                if mode.is_container:
+                    self._share_donor_files(rec, mode)
+                spec = self._spec(rec, mode)
+                archive.copy_up(self, rec)
+                undo.add(lambda: self.volumes.detach(rec))
+                self.volumes.attach(rec)
+                sock, pid = self.monitor.spawn(spec)
+                undo.add(lambda: self.monitor.abandon(None, cid))
+                undo.add(lambda: sock.close() if sock is not None else None)  # first: the spawn is let go
+                phases.mark("spawn")
+                cg = self.cgroup(rec)
+                cg.create()
+                undo.add(cg.destroy)
+                cg.apply(pid)
+                cg.set(Resources.from_host_config(hc))
+                cg.set_devices([DeviceRule.from_json(r) for r in spec.device_rules])
+                security.set_oom_score_adj(pid, hc)
+                fault("start-after-cgroup")
+                phases.mark("cgroup")
+                undo.add(lambda: self.network.detach(cid))
+                attachment = self.network.attach(network_request(rec, pid))
+                rec["NetworkSettings"] = dict(attachment.settings)
+                fault("start-after-network")
+                phases.mark("network")
+                if attachment.files is not None:  # none in container mode: the donor's are shared
+                    self._write_files(rec, attachment.files)  # read at release
+                phases.mark("files")
+                rec["State"].update({"Pid": pid})
+                if before_release:
+                    before_release(rec)
+                self._exited[cid] = threading.Event()
+                self.monitor.release(sock, cid)
+                sock = None
+                phases.mark("release")
         except BaseException as exc:
-            if sock is not None:
-                sock.close()
-            for step in reversed(undo):
-                try:
-                    step()
-                except Exception:  # keep undoing; the first error is the one to report
-                    log.exception("undo step failed for %s", cid)
             with self._starting_lock:
                 self._starting.pop(cid, None)
             self._exited.pop(cid, None)
@@ -438,16 +438,18 @@ class Engine:
         if early is not None:
             self._finish(early)
 
-    def _share_donor_files(self, rec: dict[str, Any], mode: str) -> None:
+    def _share_donor_files(self, rec: dict[str, Any], mode: NetworkMode) -> None:
         """container:<id> mode uses the donor's hostname, hosts and resolv.conf."""
-        donor = self.get(mode.split(":", 1)[1])
+        donor = self.get(mode.container)
         for key in ("ResolvConfPath", "HostnamePath", "HostsPath"):
             rec[key] = donor[key]
         rec["Config"]["Hostname"] = donor["Config"]["Hostname"]
 
-    def _write_files(self, rec: dict[str, Any]) -> None:
-        """/etc/hostname, /etc/hosts, /etc/resolv.conf as the network layer describes them."""
-        for target, content in self.network.files(rec, rec["NetworkSettings"]).items():
+    def _write_files(self, rec: dict[str, Any], files: ContainerFiles | None = None) -> None:
+        """/etc/hostname, /etc/hosts, /etc/resolv.conf as the network layer rendered them (at attach), or
+        renders them again from the recorded settings."""
+        files = files or self.network.files(network_request(rec), rec["NetworkSettings"])
+        for target, content in files.by_path().items():
             if target == "/etc/hosts":
                 content += links.hosts_lines(links.resolve(self, rec))
             key = {"/etc/hosts": "HostsPath", "/etc/resolv.conf": "ResolvConfPath",
@@ -730,7 +732,11 @@ class Engine:
             self._check_name_free(name)
             old = rec["Name"]
             rec["Name"] = name
-            self.network.rename(rec, old)
+            dns_names = self.network.rename(network_request(rec), old)
+            shown = (rec.get("NetworkSettings") or {}).get("Networks") or {}
+            for network_name, names in dns_names.items():
+                if network_name in shown:
+                    shown[network_name]["DNSNames"] = names
             self.save(rec)
         self._event(rec, "rename", oldName=old)
 
@@ -758,19 +764,26 @@ class Engine:
         rec = self.get(ref)
         with self._lock_for(rec["Id"]):
             rec = self.get(rec["Id"])
-            mode = rec["HostConfig"]["NetworkMode"]
-            if mode in ("host", "none") or mode.startswith("container:"):
+            if not NetworkMode.parse(rec["HostConfig"]["NetworkMode"]).has_endpoints:
                 raise InvalidParameter("container sharing network namespace with another container or host cannot be connected to any other network")
-            pid = rec["State"]["Pid"] if rec["State"]["Running"] else None
+            pid = rec["State"]["Pid"] if rec["State"]["Running"] else 0
             fault("connect-before-network")
-            rec["NetworkSettings"] = self.network.connect(rec, pid, network_ref, endpoint_config)
+            joined = self.network.connect(network_request(rec, pid), network_ref,
+                                          EndpointOptions.from_docker(network_ref, endpoint_config))
+            rec["NetworkSettings"].setdefault("Networks", {})[joined.network_name] = dict(joined.settings)
             self.save(rec)
 
     def disconnect(self, ref: str, network_ref: str, force: bool = False) -> None:
         rec = self.get(ref)
         with self._lock_for(rec["Id"]):
             rec = self.get(rec["Id"])
-            rec["NetworkSettings"] = self.network.disconnect(rec, network_ref, force)
+            pid = rec["State"]["Pid"] if rec["State"]["Running"] else 0
+            left = self.network.disconnect(network_request(rec, pid), network_ref, force)
+            wanted = (rec.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+            for ref in left.refs:  # so that the next start does not bring it back
+                rec["NetworkSettings"].get("Networks", {}).pop(ref, None)
+                wanted.pop(ref, None)
+            rec["NetworkSettings"].update(left.settings)
             self.save(rec)
 
     # ----- views ---------------------------------------------------------

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from coracle.errors import Conflict, InvalidParameter, NotFound
+from coracle.network.mode import NetworkMode
 
 if TYPE_CHECKING:
     from coracle.engine.engine import Engine
@@ -32,14 +33,14 @@ class Link:
     linker: str          # the linking container's name, without the leading /
 
 
-def parse(specs: list[str] | None, mode: str) -> list[tuple[str, str]]:
+def parse(specs: list[str] | None, mode: NetworkMode) -> list[tuple[str, str]]:
     """`--link` values -> (target, alias) pairs; Docker's refusals for modes that cannot have links."""
     if not specs:
         return []
-    if mode == "host":
+    if mode.is_host:
         raise InvalidParameter("conflicting options: host type networking can't be used with links. "
                                "This would result in undefined behavior")
-    if mode.startswith("container:"):
+    if mode.is_container:
         raise InvalidParameter("conflicting options: container type network can't be used with links. "
                                "This would result in undefined behavior")
     pairs = []
@@ -71,7 +72,7 @@ def resolve(engine: Engine, rec: dict[str, Any]) -> list[Link]:
         if not target["State"]["Running"]:
             raise Conflict(f"Cannot link to a non running container: {target['Name']} AS {link_path}")
         networks = target["NetworkSettings"].get("Networks") or {}
-        mine = rec["HostConfig"].get("NetworkMode") or "bridge"
+        mine = NetworkMode.parse(rec["HostConfig"].get("NetworkMode")).name
         address = (networks.get(mine) or next(iter(networks.values()), {})).get("IPAddress", "")
         ports = sorted((int(p.partition("/")[0]), p.partition("/")[2] or "tcp")
                        for p in target["Config"].get("ExposedPorts") or {})

@@ -25,6 +25,7 @@ from coracle.cgroups.devices import ANY, DeviceRule
 from coracle.engine.config import clean_path
 from coracle.errors import InvalidParameter, SystemError_
 from coracle.runtime import capabilities, rootfs, seccomp, seccomp_profile
+from coracle.network.mode import NetworkMode
 from coracle.runtime.security import RLIMITS
 from coracle.runtime.spec import Spec
 from coracle.runtime.userns import Remap
@@ -111,7 +112,7 @@ def user_namespace(hc: dict[str, Any], remap: Remap | None) -> Remap | None:
     if _flag(hc, "Privileged"):
         raise InvalidParameter("privileged mode is incompatible with user namespaces.  You must run the "
                                "container in the host namespace when running privileged mode (--userns=host)")
-    return None if hc.get("NetworkMode") == "host" else remap
+    return None if NetworkMode.parse(hc.get("NetworkMode")).is_host else remap
 
 
 def _flag(hc: dict[str, Any], key: str) -> bool:
@@ -280,8 +281,8 @@ def _sysctls(hc: dict[str, Any]) -> dict[str, str]:
     sysctls = hc.get("Sysctls") or {}
     if not isinstance(sysctls, dict):
         raise InvalidParameter("Sysctls must be an object")
-    mode = hc.get("NetworkMode") or "default"
-    own_netns = mode != "host" and not mode.startswith("container:")
+    mode = NetworkMode.parse(hc.get("NetworkMode"))
+    own_netns = mode.is_private
     for key, value in sysctls.items():
         if not isinstance(value, str) or "/" in key or ".." in key:
             raise InvalidParameter(f"invalid sysctl {key}={value!r}")

@@ -57,7 +57,7 @@ from collections.abc import Callable
 from dnslib import AAAA, PTR, QTYPE, RCODE, RR, A, DNSRecord
 
 from coracle.network.names import NameTable
-from coracle.runtime.syscalls import netns
+from coracle.netns import netns
 
 log = logging.getLogger(__name__)
 

@@ -309,6 +309,9 @@ class Endpoint:
     driver_opts: Mapping[str, str] | None = None
     interface: str = ""  # the name inside the container (eth0, eth1...)
     host_interface: str = ""  # the host's end, for drivers that have one (the bridge's veth)
+    # the container's namespace path while the manager knows it is alive (join, and leave of a running
+    # container); never stored: a PID may name another process after a restart
+    sandbox: str = field(default="", compare=False)
 
     def settings(self) -> dict[str, Any]:
         """Docker's EndpointSettings, as inspect shows them under NetworkSettings.Networks."""
@@ -388,6 +391,9 @@ class NetworkDriver(Protocol):
 
     name: str  # Docker's driver name: "bridge", "macvlan", "ipvlan", "overlay"
     scope: str  # "local", or "global" for networks shared by several hosts
+    # True when the subnet is routed through a device of ours (bridge, overlay): it must not overlap the
+    # host's routes nor contain its addresses. False when it is the parent's own segment (macvlan, ipvlan).
+    exclusive_subnet: bool
 
     def validate(self, spec: NetworkSpec) -> None:
         """Refuse driver options this driver does not know or accept (InvalidParameter, Docker's wording)."""
@@ -412,7 +418,8 @@ class NetworkDriver(Protocol):
 
     def restore(self, network: NetworkRecord, endpoints: Sequence[tuple[Endpoint, str]],
                 dry_run: bool = False) -> list[str]:
-        """Reconciliation: re-make the network's objects and those of live `endpoints` (with their
-        namespace path) that are missing, remove objects no endpoint owns; returns what was (or, with
-        dry_run, would be) changed, in words for `system check`."""
+        """Reconciliation: re-make the network's objects (unless dry_run) and those of live `endpoints`
+        (with their namespace path) that are missing; returns the endpoint objects that were (or, with
+        dry_run, would be) re-made, in words for `system check`. Called with no endpoints at daemon
+        start-up; nothing of a live container is removed here."""
         ...

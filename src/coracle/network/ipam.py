@@ -131,8 +131,10 @@ class IPAM:
         store.schema(SCHEMA)
 
     def allocate(self, network: str, subnet: Network, gateway: Address, container: str,
-                 ip_range: Network | None = None, wanted: Address | None = None) -> Address:
-        """Lease one address of `subnet`'s family (the wanted one, or the lowest free) to `container`."""
+                 ip_range: Network | None = None, wanted: Address | None = None,
+                 reserved: Iterable[Address] = ()) -> Address:
+        """Lease one address of `subnet`'s family (the wanted one, or the lowest free) to `container`;
+        `reserved` addresses (the network's auxiliary ones) are never handed out dynamically."""
         if wanted is not None:
             if wanted not in subnet or wanted in (subnet.network_address, subnet.broadcast_address):
                 raise InvalidParameter(f"no configured subnet contains IP address {wanted}")
@@ -148,7 +150,7 @@ class IPAM:
         with self.store.tx() as db:
             used = {ipaddress.ip_address(r[0]) for r in db.execute("SELECT address FROM net_leases WHERE network = ?",
                                                           (network,))}
-            used |= {gateway, subnet.network_address, subnet.broadcast_address}
+            used |= {gateway, subnet.network_address, subnet.broadcast_address, *reserved}
             for addr in scope:
                 if addr not in used and addr in subnet:
                     db.execute("INSERT INTO net_leases(network, address, container) VALUES (?, ?, ?)",

@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
-from coracle.network.bridge import index
+from coracle.network.netlink import index
 
 PORT = 4789  # IANA's VXLAN port
 OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8: the overlay MTU is the underlay's minus this

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-from contextlib import contextmanager
-from collections.abc import Iterator
 
 _libc = ctypes.CDLL(None, use_errno=True)  # the libc this process runs on (no ldconfig run)
 
@@ -131,31 +129,3 @@ def sethostname(name: str) -> None:
 def pidfd_open(pid: int) -> int:
     SYS_pidfd_open = 434
     return _check(_libc.syscall(ctypes.c_long(SYS_pidfd_open), ctypes.c_int(pid), ctypes.c_uint(0)), "pidfd_open")
-
-
-@contextmanager
-def netns(path: str) -> Iterator[None]:
-    """Run the block with the calling thread inside the network namespace at `path`.
-
-    Sockets opened inside the block (netlink, DNS) stay bound to that namespace
-    after the thread returns to its own, which is how the daemon configures a
-    container's interfaces without forking. Network namespaces, unlike mount or
-    user namespaces, may be entered by a single thread of a threaded process.
-    """
-    own = os.open(f"/proc/self/task/{threading_native_id()}/ns/net", os.O_RDONLY)
-    target = os.open(path, os.O_RDONLY)
-    try:
-        setns(target, CLONE_NEWNET)
-        try:
-            yield
-        finally:
-            setns(own, CLONE_NEWNET)
-    finally:
-        os.close(target)
-        os.close(own)
-
-
-def threading_native_id() -> int:
-    import threading
-
-    return threading.get_native_id()

@@ -1,1 +1,1 @@
-"""Network drivers: the kernel side of each kind of network (see network/driver.py for the contract)."""
+"""Network drivers: the kernel objects of each kind of network (see driver.NetworkDriver)."""

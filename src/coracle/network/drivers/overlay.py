@@ -2,25 +2,27 @@
 
 Per network and host: a Linux bridge holding the network's gateway address
 (the same on every host: each host is its containers' local way out, NATed
-like any bridge network, and `-p` publishes on the host running the
-container) and a VXLAN device on that bridge (network/vxlan.py). Containers
-join with a veth pair on the bridge, their MTU lowered by the VXLAN overhead.
-Remote containers are programmed with `learn`/`forget`, from the cluster
-watch. What is shared between hosts (ids, VNIs, subnets, addresses, endpoint
-locations) is in network/overlay.py; this module only touches the kernel.
+and firewalled like any bridge network, and `-p` publishes on the host
+running the container) and a VXLAN device on that bridge (network/vxlan.py).
+The bridge, its firewall rules and the endpoints' veths are the bridge
+driver's own (composed, not copied); this driver adds the VXLAN device and
+programs remote containers (`learn`/`forget`, from the cluster watch). What
+is shared between hosts (ids, VNIs, subnets, addresses, endpoint locations)
+is in network/overlay_cluster.py; this module only touches the kernel.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
 
-from coracle.network import bridge, vxlan
-from coracle.network.driver import Endpoint, NetworkRecord, NetworkSpec
-from coracle.network.bridge import netns_socket
 from coracle.errors import InvalidParameter
+from coracle.network import netlink, vxlan
+from coracle.network.driver import OPT, Endpoint, NetworkRecord, NetworkSpec
+from coracle.network.drivers.bridge import BridgeDriver
 
-OPTIONS = ("com.docker.network.driver.mtu",)
+__all__ = ["OverlayDriver", "device_names"]
+
+OPTIONS = (OPT + "driver.mtu",)
 
 
 def device_names(network_id: str) -> tuple[str, str]:
@@ -29,13 +31,16 @@ def device_names(network_id: str) -> tuple[str, str]:
 
 
 class OverlayDriver:
-    """Bridge + VXLAN per network, veth per endpoint, static FDB/neighbour entries per remote endpoint."""
+    """Bridge (through the bridge driver) + VXLAN device per network; static FDB/neighbour entries per
+    remote endpoint."""
 
     name = "overlay"
     scope = "global"
+    exclusive_subnet = True  # routed through our bridge on every host
 
-    def __init__(self, host_netns: str, advertise: str) -> None:
-        self.host_netns = host_netns
+    def __init__(self, bridge: BridgeDriver, advertise: str) -> None:
+        self.bridge = bridge
+        self.host_netns = bridge.host_netns
         self.advertise = advertise
 
     def validate(self, spec: NetworkSpec) -> None:
@@ -44,85 +49,69 @@ class OverlayDriver:
             raise InvalidParameter(f"overlay driver: unknown option {unknown[0]!r}")
         if spec.enable_ipv6:
             raise InvalidParameter("overlay networks are IPv4 only")
+        if len(spec.subnets) > 1:
+            raise InvalidParameter("overlay networks take one IPv4 subnet")
 
     def mtu(self, wanted: int | None) -> int:
         """The endpoints' MTU: the underlay's minus the VXLAN overhead, or less if asked."""
-        with netns_socket(self.host_netns) as ipr:
+        with netlink.netns_socket(self.host_netns) as ipr:
             ceiling = vxlan.underlay_mtu(ipr, self.advertise) - vxlan.OVERHEAD
         if wanted is not None and wanted > ceiling:
             raise InvalidParameter(f"invalid MTU {wanted}: the overlay carries at most {ceiling} over this underlay")
         return wanted or ceiling
 
     def create(self, network: NetworkRecord) -> NetworkRecord:
-        br, vx = device_names(network.id)
-        sub = network.subnet4
+        self.bridge.create(network)
         try:
-            with netns_socket(self.host_netns) as ipr:
-                bridge.ensure_bridge(ipr, br, str(sub.gateway), sub.network.prefixlen, network.mtu)
-                vxlan.ensure_device(ipr, vx, int(network.driver_state["VNI"]), self.advertise, br,
-                                    network.mtu + vxlan.OVERHEAD)
-                bridge.link_up(ipr, br)
+            self._vxlan(network)
         except BaseException:
             self.delete(network)
             raise
-        return replace(network, interface=br, driver_state={**network.driver_state, "VXLAN": vx})
+        return network
+
+    def _vxlan(self, network: NetworkRecord) -> None:
+        with netlink.netns_socket(self.host_netns) as ipr:
+            vxlan.ensure_device(ipr, device_names(network.id)[1], int(network.driver_state["VNI"]), self.advertise,
+                                network.interface, network.mtu + vxlan.OVERHEAD)
 
     def delete(self, network: NetworkRecord) -> None:
-        with netns_socket(self.host_netns) as ipr:
-            for dev in device_names(network.id):
-                bridge.delete_link(ipr, dev)
+        with netlink.netns_socket(self.host_netns) as ipr:
+            netlink.delete_link(ipr, device_names(network.id)[1])
+        self.bridge.delete(network)
 
     def join(self, network: NetworkRecord, endpoint: Endpoint, netns: str) -> Endpoint:
-        sub = network.subnet4
-        veth = "veth" + endpoint.id[:11]
-        with netns_socket(netns) as cipr:
-            ifname = endpoint.interface
-            if not ifname or bridge.index(cipr, ifname) is not None:
-                ifname = bridge.free_ifname(cipr)
-            with netns_socket(self.host_netns) as ipr:
-                bridge.add_veth(ipr, veth, device_names(network.id)[0], netns, ifname, endpoint.mac_address,
-                                network.mtu, isolated=False)
-            try:
-                bridge.configure_peer(cipr, ifname, endpoint.ipv4, sub.network.prefixlen, endpoint.gateway or None)
-            except BaseException:
-                with netns_socket(self.host_netns) as ipr:
-                    bridge.delete_link(ipr, veth)
-                raise
-        return replace(endpoint, interface=ifname, host_interface=veth)
+        return self.bridge.join(network, endpoint, netns)
 
     def leave(self, network: NetworkRecord, endpoint: Endpoint) -> None:
-        if endpoint.host_interface:
-            with netns_socket(self.host_netns) as ipr:
-                bridge.delete_link(ipr, endpoint.host_interface)
+        self.bridge.leave(network, endpoint)
 
     def restore(self, network: NetworkRecord, endpoints: Sequence[tuple[Endpoint, str]],
                 dry_run: bool = False) -> list[str]:
-        changed = []
-        br, vx = device_names(network.id)
-        with netns_socket(self.host_netns) as ipr:
-            missing = [d for d in (br, vx) if bridge.index(ipr, d) is None]
-            gone = [(ep, ns) for ep, ns in endpoints if ep.host_interface and bridge.index(ipr, ep.host_interface)
-                    is None]
-        changed += [f"overlay device {d} of {network.name}" for d in missing]
-        changed += [f"veth {ep.host_interface} on {network.name} ({ep.ipv4})" for ep, _ in gone]
+        """The bridge driver's restore, and the VXLAN device (re-made unless dry_run)."""
+        with netlink.netns_socket(self.host_netns) as ipr:
+            missing = netlink.index(ipr, device_names(network.id)[1]) is None
+        found = [f"VXLAN device of {network.name}"] if missing else []
+        found += self.bridge.restore(network, endpoints, dry_run)
         if not dry_run:
-            if missing:
-                self.create(network)
-            for ep, ns in gone:
-                self.join(network, ep, ns)
-        return changed
+            self._vxlan(network)
+        return found
+
+    def leftovers(self, network: NetworkRecord, keep: set[str]) -> Iterator[str]:
+        """Ports of the network's bridge that no endpoint owns (its VXLAN device is the network's)."""
+        vx = device_names(network.id)[1]
+        return (name for name in self.bridge.leftovers(network, keep) if name != vx)
 
     # ----- remote endpoints (from the cluster watch) ------------------------------------
 
     def learn(self, network: NetworkRecord, mac: str, ip: str, host: str) -> None:
-        with netns_socket(self.host_netns) as ipr:
+        with netlink.netns_socket(self.host_netns) as ipr:
             vxlan.add_remote(ipr, device_names(network.id)[1], mac, ip, host)
 
     def forget(self, network: NetworkRecord, mac: str, ip: str) -> None:
-        with netns_socket(self.host_netns) as ipr:
+        with netlink.netns_socket(self.host_netns) as ipr:
             vxlan.remove_remote(ipr, device_names(network.id)[1], mac, ip)
 
     def remotes(self, network: NetworkRecord) -> dict[str, str]:
         """{ip: mac} of the remote endpoints the kernel knows on this network."""
-        with netns_socket(self.host_netns) as ipr:
+        with netlink.netns_socket(self.host_netns) as ipr:
             return vxlan.remotes(ipr, device_names(network.id)[1])

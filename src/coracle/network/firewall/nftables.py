@@ -55,7 +55,7 @@ import nftables
 from coracle.errors import SystemError_
 from coracle.network.firewall import BridgeRules, FirewallDriver
 from coracle.network.ports import Mapping
-from coracle.runtime.syscalls import netns
+from coracle.netns import netns
 
 TABLE = "coracle"
 

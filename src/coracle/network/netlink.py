@@ -1,4 +1,4 @@
-"""Netlink plumbing of the bridge driver: bridges, veth pairs, addresses, routes.
+"""Netlink plumbing of the drivers: bridges, veth pairs, macvlan and ipvlan links, addresses, routes.
 
 Every function takes a pyroute2 `IPRoute` already bound to the right network
 namespace (the host's or a container's): a netlink socket stays in the
@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from coracle.runtime.syscalls import netns
+from coracle.netns import netns
 
 BRPORT_HAIRPIN = 1
 IFA_F_NODAD = 0x02

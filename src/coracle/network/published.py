@@ -1,0 +1,148 @@
+"""Published ports of containers: host ports chosen, reserved in the store, handed to the firewall.
+
+Reservations live in the `net_ports` table whose PRIMARY KEY (proto, host
+address, host port) makes handing one port out twice impossible; the firewall
+holds the DNAT map elements. Both are changed together, and every method
+accepts rows or elements that are already gone.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Sequence
+
+from coracle.errors import Conflict, InvalidParameter
+from coracle.faults import fault
+from coracle.netns import netns
+from coracle.network import ports
+from coracle.network.driver import Endpoint
+from coracle.network.firewall import FirewallDriver
+from coracle.network.ports import Mapping, PortRequest
+from coracle.store import Store
+from coracle.undo import Undo
+
+__all__ = ["PortTable"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS net_ports (
+    proto TEXT NOT NULL,
+    host_ip TEXT NOT NULL,
+    host_port INTEGER NOT NULL,
+    container TEXT NOT NULL,
+    network TEXT NOT NULL,
+    container_ip TEXT NOT NULL,
+    container_port INTEGER NOT NULL,
+    PRIMARY KEY (proto, host_ip, host_port)
+);
+"""
+COLUMNS = "proto, host_ip, host_port, container_ip, container_port"
+
+
+class PortTable:
+    """Host ports of the daemon's containers (see the module docstring)."""
+
+    def __init__(self, store: Store, firewall: FirewallDriver, host_netns: str, lock: threading.RLock) -> None:
+        self.store, self.firewall, self.host_netns, self._lock = store, firewall, host_netns, lock
+        store.schema(SCHEMA)
+
+    def all(self) -> list[Mapping]:
+        return [Mapping(*row) for row in self.store.execute(f"SELECT {COLUMNS} FROM net_ports")]
+
+    def by_container(self) -> list[tuple[str, Mapping]]:
+        """(container id, mapping) of every reservation."""
+        rows = self.store.execute(f"SELECT container, {COLUMNS} FROM net_ports")
+        return [(row[0], Mapping(*row[1:])) for row in rows]
+
+    def of(self, container: str) -> bool:
+        return bool(self.store.execute("SELECT 1 FROM net_ports WHERE container = ?", (container,)))
+
+    def publish(self, container: str, requests: Sequence[PortRequest], ep: Endpoint, undo: Undo) -> list[Mapping]:
+        """Choose host ports, reserve them in the store, then add the map elements (all or nothing)."""
+        if not requests:
+            return []
+        with self._lock:
+            # (proto, port) -> host addresses already using it: the 1000th port costs what the first did
+            taken: dict[tuple[str, int], list[str]] = {}
+            for proto, host_ip, host_port in self.store.execute("SELECT proto, host_ip, host_port FROM net_ports"):
+                taken.setdefault((proto, host_port), []).append(host_ip)
+            chosen: list[Mapping] = []
+            with netns(self.host_netns):  # once for all ports, not once per port
+                for req in requests:
+                    if ports.version(req.host_ip) == 6 and not ep.ipv6:
+                        raise InvalidParameter(f"cannot publish {req.key} on {req.host_ip}: the container has no "
+                                               f"IPv6 address on network {ep.network_name}")
+                    host_ips = [req.host_ip] + (["::"] if req.dual and ep.ipv6 else [])
+                    port = self._choose_port(req, host_ips, taken)
+                    for ip in host_ips:
+                        taken.setdefault((req.proto, port), []).append(ip)
+                        target = ep.ipv6 if ports.version(ip) == 6 else ep.ipv4
+                        chosen.append(Mapping(req.proto, ip, port, target, req.container_port))
+            self.reserve(container, ep.network_id, chosen)
+        undo.add(lambda: self.store.execute("DELETE FROM net_ports WHERE container = ?", (container,)))
+        self.firewall.add_mappings(chosen)
+        fault("network-after-nft")
+        undo.add(lambda: self.firewall.remove_mappings(chosen))
+        return chosen
+
+    def reserve(self, container: str, network: str, mappings: Sequence[Mapping], *, adopted: bool = False) -> None:
+        """The store rows of mappings (adopted ones: as found in the kernel, existing rows kept)."""
+        verb = "INSERT OR IGNORE" if adopted else "INSERT"
+        with self.store.tx() as db:
+            for m in mappings:
+                db.execute(f"{verb} INTO net_ports VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (m.proto, m.host_ip, m.host_port, container, network, m.container_ip, m.container_port))
+
+    def unpublish(self, container: str, network: str | None = None) -> None:
+        """Drop the mappings of a container (on one network, or all); already gone is fine."""
+        sql, args = " WHERE container = ?", [container]
+        if network is not None:
+            sql, args = sql + " AND network = ?", [container, network]
+        rows = self.store.execute(f"SELECT {COLUMNS} FROM net_ports" + sql, tuple(args))
+        if rows:
+            self.firewall.remove_mappings([Mapping(*r) for r in rows])
+            self.store.execute("DELETE FROM net_ports" + sql, tuple(args))
+
+    @staticmethod
+    def _choose_port(req: PortRequest, host_ips: list[str], taken: dict[tuple[str, int], list[str]]) -> int:
+        """A host port free on every one of `host_ips` (the request's address, and :: when dual): the
+        given one, the first free of a range, or an ephemeral one.
+
+        Runs with the calling thread in the host's network namespace (see publish)."""
+        if req.host_port and not req.host_end:
+            candidates: list[int] = [req.host_port]
+        elif req.host_port:
+            candidates = list(range(req.host_port, req.host_end + 1))
+        else:
+            low, high = ports.ephemeral_range()
+            start = random.randint(low, high)
+            candidates = [*range(start, high + 1), *range(low, start)]
+        shown = ports.shown(req.host_ip)
+        for port in candidates:
+            if any(ports.overlaps(ip, wanted) for wanted in host_ips for ip in taken.get((req.proto, port), ())):
+                continue
+            busy = [ip for ip in host_ips if not ports.host_port_free(req.proto, ip, port)]
+            if not busy:
+                return port
+            if len(candidates) == 1:
+                raise Conflict(f"Bind for {ports.shown(busy[0])}:{port} failed: address already in use by a "
+                               "process of the host")
+        if len(candidates) == 1:
+            raise Conflict(f"Bind for {shown}:{candidates[0]} failed: port is already allocated")
+        raise Conflict(f"no free host port for {shown}:{req.host_port or ''}"
+                       f"{'-' + str(req.host_end) if req.host_end else ''}/{req.proto}: all are allocated")
+
+    @staticmethod
+    def recorded(ports_view: dict[str, object], ep: Endpoint | None) -> list[Mapping]:
+        """Docker's NetworkSettings.Ports back into mappings to the endpoint's addresses."""
+        if ep is None:
+            return []
+        out = []
+        for key, bindings in ports_view.items():
+            port, _, proto = key.partition("/")
+            for b in bindings or []:  # type: ignore[attr-defined]
+                host_ip = b.get("HostIp") or "0.0.0.0"
+                target = ep.ipv6 if ":" in host_ip else ep.ipv4
+                if target and str(b.get("HostPort") or "").isdigit():
+                    out.append(Mapping(proto or "tcp", host_ip, int(b["HostPort"]), target, int(port)))
+        return out
