@@ -213,8 +213,8 @@ class NetworkManager:
                            {k: str(v) for k, v in (options or {}).items()}, dict(labels or {}),
                            ipam.get("Driver") or "default", dict(ipam.get("Options") or {}))
         if spec.driver == "overlay" and self.overlay is None:
-            raise InvalidParameter("overlay networks need a cluster store: start coracled with "
-                                   "--cluster-store etcd://IP:PORT --cluster-advertise IP")
+            raise InvalidParameter("network driver 'overlay' is not supported without a cluster store: start "
+                                   "coracled with --cluster-store etcd://IP:PORT --cluster-advertise IP")
         rec = self.overlay.create(spec) if self.overlay is not None and spec.driver == "overlay" else \
             self.networks.create(spec, self._check_device)
         return {"Id": rec.id, "Warning": ""}
