@@ -189,3 +189,28 @@ def test_overlay_without_a_cluster_store_is_a_clear_error(fresh_daemon) -> None:
     fresh_daemon.start()
     out = fresh_daemon.docker("network", "create", "-d", "overlay", unique("ov"), check=False)
     assert out.returncode != 0 and "--cluster-store" in out.stderr
+
+
+def test_sdk_connect_disconnect_and_a_static_address_taken_elsewhere(clean_cluster: Cluster) -> None:
+    c = clean_cluster
+    net = c.overlay("--subnet", "10.79.0.0/24")
+    observer = unique("ob")
+    c.hosts[0].docker("run", "-d", "--name", observer, "--network", net, "busybox", "sleep", "600")
+    sdk = c.hosts[1].daemon.sdk()
+    try:
+        late = sdk.containers.run("busybox", ["sh", "-c", "echo joined-late > /index.html; httpd -f -p 80 -h /"],
+                                  detach=True, name=unique("late"))
+        sdk.networks.get(net).connect(late, ipv4_address="10.79.0.50", aliases=["later"])
+
+        def fetch() -> str:
+            return c.hosts[0].docker("exec", observer, "sh", "-c",
+                                     "timeout 3 wget -q -O - http://later/ 2>&1 || true").stdout
+
+        wait_for(lambda: "joined-late" in fetch(), "the connected container reachable by alias from another host")
+        taken = c.hosts[2].docker("run", "-d", "--network", net, "--ip", "10.79.0.50", "busybox", "sleep", "600",
+                                  check=False)
+        assert taken.returncode != 0 and "already in use" in taken.stderr
+        sdk.networks.get(net).disconnect(late)
+        wait_for(lambda: "joined-late" not in fetch(), "the disconnected container gone from the other host")
+    finally:
+        sdk.close()
