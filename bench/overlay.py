@@ -13,6 +13,11 @@ bridge, a coracled per host, etcd). Measured:
   on h0 resolves the new name through its embedded resolver and completes a
   TCP connection to it (polled every 5 ms from inside that container's
   namespace); median and spread over N containers.
+- cost growth: `run -d` on an overlay network (wall clock around the docker
+  CLI) when the cluster already holds 0, 100 and 500 other endpoints. The
+  others are published straight into etcd as a third host would (address
+  claim + endpoint key, on a lease of their own), so every daemon programs
+  them into its kernel and resolver as it would real ones.
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, "..", "tests"), os.path.join(HERE, "..", "tests", "multihost")]
 
-from cluster import Cluster, cluster  # noqa: E402
+from cluster import Cluster, cluster, wait_for  # noqa: E402
 from dnslib import QTYPE, DNSRecord  # noqa: E402
 
-from coracle.runtime.syscalls import netns as enter  # noqa: E402
+from coracle.cluster.etcd import Etcd  # noqa: E402
+from coracle.netns import netns as enter  # noqa: E402
 
 
 def iperf(client_ns: str, server_ns: str, server_ip: str, seconds: int) -> float:
@@ -84,6 +90,48 @@ def convergence(c: Cluster, net: str, observer_ns: str, count: int) -> tuple[lis
     return total, after
 
 
+def publish_others(c: Cluster, net_id: str, net_name: str, first: int, count: int, lease: int) -> None:
+    """`count` endpoints of a host that does not exist (192.0.2.99), as its daemon would publish them."""
+    etcd = Etcd([f"http://{ip}:2379" for ip in c.etcd.ips])
+    with enter(f"/run/netns/{c.underlay}"):
+        for i in range(first, first + count):
+            ip = f"10.250.{i // 250}.{i % 250 + 2}"
+            eid = f"{i:064x}"
+            mac = f"02:00:00:00:{i // 256:02x}:{i % 256:02x}"
+            etcd.put(f"/coracle/addresses/{net_id}/{ip}", eid, lease)
+            etcd.put(f"/coracle/endpoints/{net_id}/{eid}", json.dumps({
+                "NetworkID": net_id, "EndpointID": eid, "Container": eid, "ContainerName": f"other{i}",
+                "NetworkName": net_name, "IPAddress": ip, "IPPrefixLen": 16, "MacAddress": mac,
+                "DNSNames": [f"other{i}"], "Host": "192.0.2.99"}), lease)
+
+
+def growth(c: Cluster, sizes: list[int], repeat: int) -> dict[int, float]:
+    """Median `run -d` time on an overlay network holding each number of other endpoints."""
+    h0 = c.hosts[0]
+    net = c.overlay("--subnet", "10.250.0.0/16")
+    net_id = h0.docker("network", "inspect", "-f", "{{.Id}}", net).stdout.strip()
+    etcd = Etcd([f"http://{ip}:2379" for ip in c.etcd.ips])
+    with enter(f"/run/netns/{c.underlay}"):
+        lease = etcd.grant(600)
+    out, published = {}, 0
+    for size in sizes:
+        publish_others(c, net_id, net, published, size - published, lease)
+        published = size
+        # measured once every host has programmed them (the watch's own work is not a start's)
+        wait_for(lambda n=size: all(len(h.permanent_neighbours()) >= n for h in c.hosts), "the others programmed",
+                 timeout=300)
+        times = []
+        for _ in range(repeat):
+            started = time.monotonic()
+            cid = h0.docker("run", "-d", "--network", net, "busybox", "sleep", "600").stdout.strip()
+            times.append(time.monotonic() - started)
+            h0.docker("rm", "-f", cid)
+        out[size] = statistics.median(times)
+    with enter(f"/run/netns/{c.underlay}"):
+        etcd.revoke(lease)
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeat", type=int, default=5)
@@ -101,6 +149,7 @@ def main() -> None:
             under.append(iperf(f"/run/netns/{h0.daemon.netns}", f"/run/netns/{h1.daemon.netns}", h1.ip, opts.seconds))
             over.append(iperf(a_ns, b_ns, b_ip, opts.seconds))
         conv, after = convergence(c, net, a_ns, max(opts.repeat, 10))
+        cost = growth(c, [0, 100, 500], opts.repeat)
     u, o = statistics.median(under), statistics.median(over)
     print(f"underlay host->host      {u:.2f} Gbit/s (median of {len(under)}: {', '.join(f'{x:.2f}' for x in under)})")
     print(f"overlay container->cont. {o:.2f} Gbit/s (median of {len(over)}: {', '.join(f'{x:.2f}' for x in over)})")
@@ -108,6 +157,8 @@ def main() -> None:
     print(f"convergence run -d on h1 -> reachable by name from h0: median {statistics.median(conv) * 1000:.0f} ms, "
           f"min {min(conv) * 1000:.0f} ms, max {max(conv) * 1000:.0f} ms over {len(conv)}; "
           f"after run -d returned: median {statistics.median(after) * 1000:.0f} ms, max {max(after) * 1000:.0f} ms")
+    print("run -d on an overlay with N other endpoints in the cluster: " +
+          ", ".join(f"N={n}: {t * 1000:.0f} ms" for n, t in cost.items()))
 
 
 if __name__ == "__main__":
