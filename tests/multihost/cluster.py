@@ -40,11 +40,21 @@ def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 class Etcd:
     """The etcd members of a test, on the underlay bridge's addresses."""
 
-    def __init__(self, netns: str, root: Path, members: int) -> None:
+    def __init__(self, netns: str, root: Path, members: int, tls: bool = False) -> None:
         self.netns = netns
         self.root = root
         self.ips = ETCD_IPS[:members]
         self.procs: dict[int, subprocess.Popen] = {}
+        self.tls = tls
+        self.pki: Path | None = None  # made by the first start()
+        self.scheme = "https" if tls else "http"
+
+    def client_opts(self) -> list[str]:
+        """coracled's flags for this etcd's TLS (none without)."""
+        if self.pki is None:
+            return []
+        return [f"kv.cacertfile={self.pki / 'ca.pem'}", f"kv.certfile={self.pki / 'client.pem'}",
+                f"kv.keyfile={self.pki / 'client-key.pem'}"]
 
     @property
     def store(self) -> str:
@@ -53,17 +63,19 @@ class Etcd:
     def start(self, index: int | None = None) -> None:
         """All members (or one, restarted on its old data directory), then wait until they serve."""
         cluster = ",".join(f"e{i}=http://{ip}:{PEER_PORT}" for i, ip in enumerate(self.ips))
+        if self.tls and self.pki is None:
+            self.pki = make_pki(self.root / "pki", self.ips)
         for i in ([index] if index is not None else range(len(self.ips))):
             ip = self.ips[i]
             with open(self.root / f"etcd{i}.log", "ab") as log:
                 self.procs[i] = subprocess.Popen(
                     ["nsenter", f"--net=/run/netns/{self.netns}", "etcd", "--name", f"e{i}",
                      "--data-dir", str(self.root / f"etcd{i}"),
-                     "--listen-client-urls", f"http://{ip}:{CLIENT_PORT}", "--advertise-client-urls",
-                     f"http://{ip}:{CLIENT_PORT}", "--listen-peer-urls", f"http://{ip}:{PEER_PORT}",
+                     "--listen-client-urls", f"{self.scheme}://{ip}:{CLIENT_PORT}", "--advertise-client-urls",
+                     f"{self.scheme}://{ip}:{CLIENT_PORT}", "--listen-peer-urls", f"http://{ip}:{PEER_PORT}",
                      "--initial-advertise-peer-urls", f"http://{ip}:{PEER_PORT}", "--initial-cluster", cluster,
                      "--initial-cluster-state", "new", "--initial-cluster-token", self.netns,
-                     "--heartbeat-interval", "50", "--election-timeout", "500"],
+                     "--heartbeat-interval", "50", "--election-timeout", "500", *self._tls_flags()],
                     stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -72,11 +84,22 @@ class Etcd:
             time.sleep(0.1)
         raise RuntimeError("etcd did not become healthy:\n" + (self.root / "etcd0.log").read_text()[-3000:])
 
+    def _tls_flags(self) -> list[str]:
+        if self.pki is None:
+            return []
+        return ["--cert-file", str(self.pki / "server.pem"), "--key-file", str(self.pki / "server-key.pem"),
+                "--trusted-ca-file", str(self.pki / "ca.pem"), "--client-cert-auth"]
+
     def _get(self, ip: str, path: str, body: dict | None = None) -> dict:
         """One gateway call, made from inside the underlay namespace (where the members are)."""
-        code = ("import sys, json, urllib.request\n"
-                f"r = urllib.request.urlopen(urllib.request.Request('http://{ip}:{CLIENT_PORT}{path}', "
-                f"data={json.dumps(body).encode() if body is not None else None!r}), timeout=2)\n"
+        context = "None"
+        if self.pki is not None:
+            context = (f"ssl.create_default_context(cafile={str(self.pki / 'ca.pem')!r}); "
+                       f"ctx.load_cert_chain({str(self.pki / 'client.pem')!r}, {str(self.pki / 'client-key.pem')!r})")
+        code = ("import sys, json, ssl, urllib.request\n"
+                f"ctx = {context}\n"
+                f"r = urllib.request.urlopen(urllib.request.Request('{self.scheme}://{ip}:{CLIENT_PORT}{path}', "
+                f"data={json.dumps(body).encode() if body is not None else None!r}), timeout=2, context=ctx)\n"
                 "sys.stdout.write(r.read().decode())")
         out = sh("nsenter", f"--net=/run/netns/{self.netns}", "python3", "-c", code, check=False)
         return json.loads(out.stdout) if out.returncode == 0 and out.stdout else {}
@@ -147,11 +170,11 @@ class Host:
 class Cluster:
     """The underlay, etcd and the hosts (see the module docstring)."""
 
-    def __init__(self, hosts: int = 3, etcd_members: int = 1, ttl: int = 4) -> None:
+    def __init__(self, hosts: int = 3, etcd_members: int = 1, ttl: int = 4, tls: bool = False) -> None:
         self.tag = unique("")
         self.underlay = unique("ul")
         self.root = Path(f"/tmp/coracle-test-cluster-{self.tag}")
-        self.etcd = Etcd(self.underlay, self.root, etcd_members)
+        self.etcd = Etcd(self.underlay, self.root, etcd_members, tls)
         self.ttl = ttl
         self.hosts: list[Host] = []
         self.dead: list[Host] = []
@@ -174,7 +197,8 @@ class Cluster:
     def _host(self, i: int) -> Host:
         tag = f"{self.tag}h{i}"
         daemon = Daemon(tag, extra_args=["--cluster-store", self.etcd.store, "--cluster-advertise", HOST_IPS[i],
-                                         "--cluster-store-opt", f"kv.ttl={self.ttl}"])
+                                         "--cluster-store-opt", f"kv.ttl={self.ttl}",
+                                         *(a for o in self.etcd.client_opts() for a in ("--cluster-store-opt", o))])
         daemon.create_netns()
         sh("ip", "-n", self.underlay, "link", "add", f"h{i}", "type", "veth", "peer", "name", "ul0",
            "netns", daemon.netns)
@@ -218,6 +242,26 @@ class Cluster:
         return {k: v for k, v in left.items() if v}
 
 
+def make_pki(root: Path, ips: list[str]) -> Path:
+    """A throwaway CA, a server certificate for the members' addresses and a client certificate."""
+    root.mkdir()
+
+    def ssl(*args: str) -> None:
+        sh("openssl", *args)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+        "-keyout", str(root / "ca-key.pem"), "-out", str(root / "ca.pem"))
+    for name, extension in (("server", "subjectAltName=" + ",".join(f"IP:{ip}" for ip in ips)),
+                            ("client", "extendedKeyUsage=clientAuth")):
+        ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", str(root / f"{name}-key.pem"),
+            "-out", str(root / f"{name}.csr"))
+        (root / f"{name}.ext").write_text(extension + "\n")
+        ssl("x509", "-req", "-in", str(root / f"{name}.csr"), "-CA", str(root / "ca.pem"), "-CAkey",
+            str(root / "ca-key.pem"), "-CAcreateserial", "-days", "1", "-extfile", str(root / f"{name}.ext"),
+            "-out", str(root / f"{name}.pem"))
+    return root
+
+
 def wait_for(predicate: Callable[[], object], what: str, timeout: float = 20) -> None:
     """Poll until `predicate()` is true (no timing is asserted: the timeout only bounds a broken run)."""
     deadline = time.monotonic() + timeout
@@ -229,8 +273,8 @@ def wait_for(predicate: Callable[[], object], what: str, timeout: float = 20) ->
 
 
 @contextmanager
-def cluster(hosts: int = 3, etcd_members: int = 1, ttl: int = 4) -> Iterator[Cluster]:
-    c = Cluster(hosts, etcd_members, ttl)
+def cluster(hosts: int = 3, etcd_members: int = 1, ttl: int = 4, tls: bool = False) -> Iterator[Cluster]:
+    c = Cluster(hosts, etcd_members, ttl, tls)
     try:
         c.up()
         yield c

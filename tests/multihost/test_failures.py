@@ -1,4 +1,5 @@
-"""Overlay networks when parts fail: a host dies, a daemon restarts, etcd members or all of etcd go away.
+"""Overlay networks when parts fail (a host dies, a daemon restarts, etcd members or all of etcd go
+away) and with etcd over TLS.
 
 Each test builds its own cluster (3 hosts; a 3-member etcd where members are
 killed) with a short membership lease (4 s) and removes it afterwards.
@@ -115,4 +116,14 @@ def test_etcd_down_keeps_traffic_refuses_new_containers_clearly_then_reconciles(
         wait_for(lambda: "kernel-path" in fetch(h0, client, server), "name resolution after reconciliation")
         late = web(h2, net, "after-outage")
         wait_for(lambda: "after-outage" in fetch(h0, client, late), "a container made after the outage")
+        remove_all(c)
+
+
+def test_etcd_over_tls_with_client_certificates() -> None:
+    with cluster(hosts=2, tls=True) as c:
+        net = c.overlay()
+        h0, h1 = c.hosts
+        server = web(h1, net, "over-tls")
+        client = sleeper(h0, net)
+        wait_for(lambda: "over-tls" in fetch(h0, client, server), "cross-host traffic with the store on TLS")
         remove_all(c)
