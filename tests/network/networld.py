@@ -209,7 +209,7 @@ class World:
     def __init__(self, host: str, outside: str, store: Store, manager: NetworkManager, tmp: str,
                  unique: Callable[[str], str]) -> None:
         self.host, self.outside = f"/run/netns/{host}", f"/run/netns/{outside}"
-        self.host_name = host
+        self.host_name, self.outside_name = host, outside
         self.store, self.net, self.tmp, self.unique = store, manager, tmp, unique
         self.containers: list[Container] = []
 

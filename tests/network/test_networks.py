@@ -184,6 +184,14 @@ def test_files_for_a_default_bridge_container(world):
     assert files["/etc/resolv.conf"] == "nameserver 192.0.2.53\nsearch corp.test\noptions timeout:2\n"
 
 
+def test_dns_options_are_honoured_on_user_networks(world):
+    """Docker writes the container's --dns-option on user networks too, its ndots:N instead of ndots:0."""
+    world.net.create("app")
+    c = world.container("app", DnsOptions=["ndots:3", "timeout:2"], DnsSearch=["corp.test"])
+    resolv = world.files(c.rec, c.settings)["/etc/resolv.conf"]
+    assert resolv.splitlines() == ["nameserver 127.0.0.11", "search corp.test", "options ndots:3 timeout:2"]
+
+
 def test_connect_and_disconnect_a_running_container(world):
     world.net.create("back")
     c = world.container(ports={"80/tcp": [{"HostPort": "8080"}]})

@@ -215,3 +215,18 @@ def test_reconcile_removes_strays_left_by_a_crash_mid_attach(world):
     assert "vethstray" not in world.veths()
     assert world.map_elements("any_addr") == [[{"concat": ["tcp", 8080]}, keep.ip()]]
     assert world.net.reconcile({keep.id: keep.pid}) == {}
+
+
+def test_ephemeral_ports_are_handed_out_in_order_as_docker_does(world):
+    """Docker's port allocator: the start of ip_local_port_range first, then the port after the last
+    one handed out (a port just released is not reused at once)."""
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    a = world.container(exposed={"80/tcp": {}}, publish_all=True)
+    b = world.container(ports={"80/tcp": [{"HostPort": ""}]})
+    first, second = (int(c.settings["Ports"]["80/tcp"][0]["HostPort"]) for c in (a, b))
+    assert (first, second) == (low, low + 1)
+    world.stop(a)
+    c = world.container(exposed={"80/tcp": {}}, publish_all=True)
+    assert int(c.settings["Ports"]["80/tcp"][0]["HostPort"]) == low + 2
+    with serving((c.ns, "tcp", 80)):
+        assert ask(world.outside, "tcp", UPLINK_HOST, low + 2) == UPLINK_OUTSIDE

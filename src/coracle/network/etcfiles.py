@@ -6,8 +6,9 @@ following Docker:
 - host mode: copies of the host's hosts and resolv.conf (plus --add-host,
   and --dns* if given);
 - user-defined networks: `nameserver 127.0.0.11` (the embedded resolver, which
-  forwards to --dns servers or the host's) and `options ndots:0`, keeping the
-  host's search domains unless --dns-search says otherwise;
+  forwards to --dns servers or the host's) and `options ndots:0` (or the
+  --dns-option ndots:N given), keeping the host's search domains and options
+  unless --dns-search / --dns-option say otherwise;
 - default bridge and none: the host's resolv.conf without loopback nameservers
   (unreachable from another namespace); Google's public resolvers if none
   remain, as Docker does.
@@ -82,7 +83,10 @@ def resolv_conf(host_text: str, *, embedded: bool, keep_loopback: bool, dns: lis
             host_options += parts[1:]
     if embedded:
         servers = ["127.0.0.11"]
-        opts = ["ndots:0"] + [o for o in (options or host_options) if not o.startswith("ndots:")]
+        # Docker's rule: ndots:0 unless the container asked for its own (--dns-option ndots:N); the
+        # host's ndots is meant for the host's search domains, not for container names
+        ndots = [o for o in options or [] if o.startswith("ndots:")][-1:] or ["ndots:0"]
+        opts = ndots + [o for o in (options or host_options) if not o.startswith("ndots:")]
     else:
         if dns:
             servers = list(dns)

@@ -90,6 +90,7 @@ from coracle.network.driver import (
     SubnetRequest,
 )
 from coracle.network.drivers.bridge import BridgeDriver
+from coracle.network.drivers.macvlan import IpvlanDriver, MacvlanDriver
 from coracle.network.endpoints import EndpointTable
 from coracle.network.firewall import FirewallDriver, driver
 from coracle.network.ipam import DEFAULT_POOLS, IPAM, Address, parse_address
@@ -156,7 +157,8 @@ class NetworkManager:
         self.names.load(ep.body() for ep in self.endpoints.of())
         self.ports = PortTable(store, self.firewall, self.host_netns, self._lock)
         self.bridge = BridgeDriver(self.host_netns, self.firewall)
-        self.drivers = DriverRegistry([self.bridge])
+        self.drivers = DriverRegistry([self.bridge, MacvlanDriver(self.host_netns, lambda: self.networks.all()),
+                                       IpvlanDriver(self.host_netns, lambda: self.networks.all())])
         self.networks = Networks(store, self.ipam, self.endpoints, self.drivers, self.bridge, self.host_netns,
                                  self._lock, bridge_name=bridge_name, bip=bip,
                                  pools=list(default_pools or DEFAULT_POOLS))
@@ -187,7 +189,9 @@ class NetworkManager:
             self.networks.ensure_builtin()
             networks = self.networks.with_driver()
             # rules first: a bridge gets route_localnet only once the loopback guard exists
-            self.firewall.restore([self.bridge.rules(r) for r in networks if r.interface], self.ports.all())
+            # overlay networks are bridges with a VXLAN port: the same rules
+            self.firewall.restore([self.bridge.rules(r) for r in networks if r.driver in (self.bridge.name, "overlay")],
+                                  self.ports.all())
             for rec in networks:
                 self.drivers.get(rec.driver).restore(rec, ())
         if self.overlay is not None:
@@ -333,7 +337,10 @@ class NetworkManager:
                 return Attachment(settings, (ep,), self._files(request, settings["Networks"]))
             plan = self._plan(request)
             endpoints = [self._join(request, rec, opts, undo, first=(i == 0)) for i, (rec, opts) in enumerate(plan)]
-            mappings = [] if plan[0][0].internal else self.ports.publish(cid, request.ports, endpoints[0], undo)
+            primary = plan[0][0]
+            # published ports are DNAT in the host: only for a subnet routed through the host (not macvlan)
+            routed = not primary.internal and self._driver(primary).exclusive_subnet
+            mappings = self.ports.publish(cid, request.ports, endpoints[0], undo) if routed else []
             if any(rec.dns_enabled for rec, _ in plan):
                 self._serve_dns(cid, ns_path, request)
                 undo.add(lambda: self.dns.stop(cid))
@@ -412,8 +419,8 @@ class NetworkManager:
             self.overlay.publish(rec, joined)
         return joined
 
-    def _settings(self, request: ContainerNetworkRequest, endpoints: builtins.list[Endpoint], mappings: builtins.list[PortMapping],
-                  sandbox: str) -> dict[str, Any]:
+    def _settings(self, request: ContainerNetworkRequest, endpoints: builtins.list[Endpoint],
+                  mappings: builtins.list[PortMapping], sandbox: str) -> dict[str, Any]:
         """Docker's NetworkSettings for the endpoints and mappings of a container."""
         port_map: dict[str, Any] = dict.fromkeys(request.exposed_ports)
         for m in mappings:
@@ -559,7 +566,8 @@ class NetworkManager:
         leases, ports, veths, nft_elements); kinds with nothing to remove are left
         out, so an empty dict means everything was consistent.
         """
-        report: dict[str, builtins.list[Any]] = {"endpoints": [], "leases": [], "ports": [], "veths": [], "nft_elements": []}
+        report: dict[str, builtins.list[Any]] = {kind: [] for kind in ("endpoints", "leases", "ports", "veths",
+                                                                       "nft_elements")}
         if self.overlay is not None:
             report["overlay"] = self.overlay.check(dry_run)
         with self._lock:

@@ -160,6 +160,12 @@ def configure_peer(ipr: IPRoute, ifname: str, address: str, prefixlen: int, gate
         ipr.route("add", dst="::/0", gateway=gateway6, oif=idx, family=socket.AF_INET6)
 
 
+def default_route_via(ipr: IPRoute, ifname: str) -> None:
+    """A default route out of the interface itself (no gateway): the host routes for it (ipvlan l3)."""
+    if not has_default_route(ipr):
+        ipr.route("add", dst="0.0.0.0/0", oif=index(ipr, ifname), scope=253)
+
+
 def has_default_route(ipr: IPRoute, family: int = socket.AF_INET) -> bool:
     return any(r["dst_len"] == 0 for r in ipr.get_routes(family=family, table=254))
 

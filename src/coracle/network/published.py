@@ -8,7 +8,6 @@ accepts rows or elements that are already gone.
 
 from __future__ import annotations
 
-import random
 import threading
 from collections.abc import Sequence
 
@@ -44,6 +43,7 @@ class PortTable:
 
     def __init__(self, store: Store, firewall: FirewallDriver, host_netns: str, lock: threading.RLock) -> None:
         self.store, self.firewall, self.host_netns, self._lock = store, firewall, host_netns, lock
+        self._last: dict[str, int] = {}  # protocol -> the last ephemeral port handed out
         store.schema(SCHEMA)
 
     def all(self) -> list[Mapping]:
@@ -103,10 +103,13 @@ class PortTable:
             self.firewall.remove_mappings([Mapping(*r) for r in rows])
             self.store.execute("DELETE FROM net_ports" + sql, tuple(args))
 
-    @staticmethod
-    def _choose_port(req: PortRequest, host_ips: list[str], taken: dict[tuple[str, int], list[str]]) -> int:
+    def _choose_port(self, req: PortRequest, host_ips: list[str], taken: dict[tuple[str, int], list[str]]) -> int:
         """A host port free on every one of `host_ips` (the request's address, and :: when dual): the
         given one, the first free of a range, or an ephemeral one.
+
+        Ephemeral ports are handed out as Docker's port allocator does: the one after the last handed
+        out (per protocol, from the start of the kernel's ip_local_port_range), wrapping at its end, so
+        a port just released is not given to the next container at once.
 
         Runs with the calling thread in the host's network namespace (see publish)."""
         if req.host_port and not req.host_end:
@@ -115,7 +118,8 @@ class PortTable:
             candidates = list(range(req.host_port, req.host_end + 1))
         else:
             low, high = ports.ephemeral_range()
-            start = random.randint(low, high)
+            start = self._last.get(req.proto, high) + 1
+            start = start if low <= start <= high else low
             candidates = [*range(start, high + 1), *range(low, start)]
         shown = ports.shown(req.host_ip)
         for port in candidates:
@@ -123,6 +127,8 @@ class PortTable:
                 continue
             busy = [ip for ip in host_ips if not ports.host_port_free(req.proto, ip, port)]
             if not busy:
+                if not req.host_port:
+                    self._last[req.proto] = port
                 return port
             if len(candidates) == 1:
                 raise Conflict(f"Bind for {ports.shown(busy[0])}:{port} failed: address already in use by a "
