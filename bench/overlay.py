@@ -132,6 +132,23 @@ def growth(c: Cluster, sizes: list[int], repeat: int) -> dict[int, float]:
     return out
 
 
+def topology(c: Cluster, net: str) -> str:
+    """The cluster as the kernels see it: per host, its VXLAN device and where each remote MAC goes."""
+    lines = []
+    for host in c.hosts:
+        dev = host.ip_json("-d", "link", "show", "type", "vxlan")[0]
+        info = dev["linkinfo"]["info_data"]
+        mine = [f"{host.docker('inspect', '-f', '{{.Name}}', cid).stdout.strip().lstrip('/')} "
+                f"{host.address_of(cid, net)}" for cid in host.docker("ps", "-q").stdout.split()]
+        lines.append(f"host {host.ip}: {dev['ifname']} (VNI {info['id']}, local {info['local']}, "
+                     f"learning {'on' if info.get('learning') else 'off'}, mtu {dev['mtu']}) "
+                     f"containers: {', '.join(mine)}")
+        for line in host.remote_fdb():
+            mac, _, rest = line.partition(" dev ")
+            lines.append(f"    {mac} -> tunnel to {rest.split(' dst ')[1].split()[0]}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeat", type=int, default=5)
@@ -148,8 +165,10 @@ def main() -> None:
         for _ in range(opts.repeat):
             under.append(iperf(f"/run/netns/{h0.daemon.netns}", f"/run/netns/{h1.daemon.netns}", h1.ip, opts.seconds))
             over.append(iperf(a_ns, b_ns, b_ip, opts.seconds))
+        picture = topology(c, net)
         conv, after = convergence(c, net, a_ns, max(opts.repeat, 10))
         cost = growth(c, [0, 100, 500], opts.repeat)
+    print(picture)
     u, o = statistics.median(under), statistics.median(over)
     print(f"underlay host->host      {u:.2f} Gbit/s (median of {len(under)}: {', '.join(f'{x:.2f}' for x in under)})")
     print(f"overlay container->cont. {o:.2f} Gbit/s (median of {len(over)}: {', '.join(f'{x:.2f}' for x in over)})")

@@ -23,7 +23,7 @@ import ipaddress
 import logging
 import threading
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from coracle.cluster.etcd import ClusterUnavailable
@@ -71,10 +71,10 @@ class OverlayNetworks:
             chosen = self.networks.subnet(cfg, 4, exclusive=True) if cfg.subnet else None
         wanted_mtu = spec.options.get(OPT + "driver.mtu")
         mtu = self.driver.mtu(int(wanted_mtu) if wanted_mtu else None)
-        crec = self.cluster.create_network(
-            spec.name, chosen.network if chosen else None,  # type: ignore[arg-type]
-            chosen.gateway if chosen else None,  # type: ignore[arg-type]
-            spec.internal, spec.attachable, dict(spec.options), dict(spec.labels), mtu)
+        subnet = IPv4Network(str(chosen.network)) if chosen else None  # IPv4 only (validate)
+        gateway = IPv4Address(str(chosen.gateway)) if chosen else None
+        crec = self.cluster.create_network(spec.name, subnet, gateway, spec.internal, spec.attachable,
+                                           dict(spec.options), dict(spec.labels), mtu)
         with self.lock:
             return self.materialize(crec)
 
