@@ -121,6 +121,24 @@ class Etcd:
                     return sorted(base64.b64decode(kv["key"]).decode() for kv in answer.get("kvs", []))
         raise RuntimeError("no etcd member answered")
 
+    def lease_of(self, key: str) -> str | None:
+        """The lease `key` is bound to (None when the key does not exist)."""
+        import base64
+
+        for i in self.procs:
+            if self.procs[i].poll() is None:
+                answer = self._get(self.ips[i], "/v3/kv/range", {"key": base64.b64encode(key.encode()).decode()})
+                if answer:
+                    return str(answer["kvs"][0].get("lease", "0")) if answer.get("kvs") else None
+        raise RuntimeError("no etcd member answered")
+
+    def revoke(self, lease: str) -> None:
+        """Revoke a lease: every key of its holder vanishes at once."""
+        for i in self.procs:
+            if self.procs[i].poll() is None and self._get(self.ips[i], "/v3/lease/revoke", {"ID": lease}):
+                return
+        raise RuntimeError("no etcd member answered")
+
     def kill(self, index: int | None = None) -> None:
         for i in ([index] if index is not None else list(self.procs)):
             proc = self.procs.pop(i, None)

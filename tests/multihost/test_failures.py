@@ -81,6 +81,28 @@ def test_daemon_restart_keeps_containers_and_their_entries() -> None:
         remove_all(c)
 
 
+def test_a_lost_lease_is_replaced_and_the_hosts_entries_published_again() -> None:
+    with cluster(hosts=2) as c:
+        net = c.overlay()
+        h0, h1 = c.hosts
+        server = web(h1, net, "published-again")
+        client = sleeper(h0, net)
+        wait_for(lambda: "published-again" in fetch(h0, client, server), "the server reachable by name")
+        node = f"/coracle/nodes/{h1.ip}"
+        old = c.etcd.lease_of(node)
+        assert old is not None
+        c.etcd.revoke(old)  # as if h1 had been cut off longer than the TTL: all its keys vanish
+        # h1 notices at its next keepalive, takes a new lease and publishes its endpoints again
+        wait_for(lambda: c.etcd.lease_of(node) not in (None, old), "h1 back in the membership on a new lease")
+        server_ip = h1.address_of(server, net)
+        wait_for(lambda: any(k.endswith("/" + server_ip) for k in c.etcd.listing("/coracle/addresses/")),
+                 "the server's address claimed again")
+        wait_for(lambda: "published-again" in fetch(h0, client, server), "the server reachable by name again")
+        late = web(h1, net, "on-the-new-lease")
+        wait_for(lambda: "on-the-new-lease" in fetch(h0, client, late), "a container started on the new lease")
+        remove_all(c)
+
+
 def test_one_etcd_member_down_is_no_outage() -> None:
     with cluster(etcd_members=3) as c:
         net = c.overlay()

@@ -32,6 +32,10 @@ class ClusterUnavailable(CoracleError):
     status = 503
 
 
+class LeaseNotFound(CoracleError):
+    """A key was bound to a lease that expired (the holder must take a new lease and publish again)."""
+
+
 @dataclass(frozen=True)
 class TLSConfig:
     """Client TLS for etcd members served over https (Docker's --cluster-store-opt kv.* files)."""
@@ -142,12 +146,16 @@ class Etcd:
                 continue
             finally:
                 conn.close()
-            answer: dict[str, Any] = json.loads(raw or b"{}")
-            if resp.status == 503 or (resp.status >= 500 and "unavailable" in str(answer).lower()):
+            try:
+                answer: dict[str, Any] = json.loads(raw or b"{}")
+            except ValueError:
+                answer = {"error": raw[:200].decode(errors="replace")}
+            if resp.status >= 500:  # this member cannot answer (no leader, timed out, shutting down): next one
                 errors.append(f"{self.endpoints[i]}: {answer.get('error') or answer.get('message') or resp.status}")
                 continue
             if resp.status != 200:
-                raise CoracleError(f"etcd {path}: {answer.get('error') or answer.get('message') or resp.status}")
+                error = str(answer.get("error") or answer.get("message") or resp.status)
+                raise (LeaseNotFound if "lease not found" in error else CoracleError)(f"etcd {path}: {error}")
             self._preferred = i
             return answer
         raise ClusterUnavailable(f"cluster store unreachable ({'; '.join(errors)})")

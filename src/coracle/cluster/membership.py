@@ -52,7 +52,7 @@ class Membership:
                 self.lease = saved
                 self._announce()
             else:
-                self._renew()
+                self.renew()
         except ClusterUnavailable as exc:
             log.warning("cluster store unreachable at start-up, retrying: %s", exc)
         self._thread = threading.Thread(target=self._run, daemon=True, name="cluster-lease")
@@ -73,7 +73,8 @@ class Membership:
     def _announce(self) -> None:
         self.etcd.put(NODES + self.address, json.dumps({"address": self.address}), lease=self.lease)
 
-    def _renew(self) -> None:
+    def renew(self) -> None:
+        """A new lease (the old one expired), announced; the callbacks publish this host's keys again."""
         with self._lock:
             self.lease = self.etcd.grant(self.ttl)
             tmp = self.state_path + ".tmp"
@@ -92,7 +93,7 @@ class Membership:
         while not self._stop.wait(max(1.0, self.ttl / 3)):
             try:
                 if not self.lease or self.etcd.keepalive(self.lease) <= 0:
-                    self._renew()
+                    self.renew()
             except ClusterUnavailable as exc:
                 log.warning("cluster lease not refreshed: %s", exc)
             except Exception:

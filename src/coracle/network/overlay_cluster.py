@@ -27,9 +27,10 @@ import secrets
 import threading
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
-from coracle.cluster.etcd import ClusterUnavailable, Etcd, KeyValue
+from coracle.cluster.etcd import ClusterUnavailable, Etcd, KeyValue, LeaseNotFound
 from coracle.cluster.membership import Membership
 from coracle.errors import Conflict, InvalidParameter, NotFound
 
@@ -39,7 +40,8 @@ ROOT = "/coracle/"
 NETWORKS = ROOT + "networks/"
 ENDPOINTS = ROOT + "endpoints/"
 VNI_FIRST, VNI_LAST = 4096, (1 << 24) - 1
-DEFAULT_POOL = ("10.240.0.0/12", 24)  # 4096 overlay subnets, away from the bridge networks' default pools
+DEFAULT_POOL = ("10.240.0.0/12", 24)
+T = TypeVar("T")  # 4096 overlay subnets, away from the bridge networks' default pools
 
 
 class Sink(Protocol):
@@ -160,9 +162,20 @@ class OverlayCluster:
 
     # ----- addresses and endpoints -------------------------------------------------
 
+    def _leased(self, op: Callable[[int], T]) -> T:
+        """`op(lease)`, once more with a fresh lease if ours expired meanwhile (etcd was away a while)."""
+        try:
+            return op(self.membership.current())
+        except LeaseNotFound:
+            self.membership.renew()
+            return op(self.membership.current())
+
     def allocate(self, rec: dict[str, Any], endpoint_id: str, wanted: IPv4Address | None) -> IPv4Address:
         """A cluster-wide address: the first free one, claimed with compare-and-swap, bound to our lease."""
-        lease = self.membership.current()
+        return self._leased(lambda lease: self._allocate(rec, endpoint_id, wanted, lease))
+
+    def _allocate(self, rec: dict[str, Any], endpoint_id: str, wanted: IPv4Address | None,
+                  lease: int) -> IPv4Address:
         subnet = ipaddress.ip_network(rec["Subnet"])
         gateway = ipaddress.ip_address(rec["Gateway"])
         prefix = f"{ROOT}addresses/{rec['Id']}/"
@@ -184,9 +197,9 @@ class OverlayCluster:
 
     def publish(self, endpoint: dict[str, Any]) -> None:
         """Tell every host where this endpoint is (bound to our lease)."""
-        body = {**endpoint, "Host": self.address}
-        self.etcd.put(endpoint_key(endpoint["NetworkID"], endpoint["EndpointID"]), json.dumps(body),
-                      lease=self.membership.current())
+        body = json.dumps({**endpoint, "Host": self.address})
+        key = endpoint_key(endpoint["NetworkID"], endpoint["EndpointID"])
+        self._leased(lambda lease: self.etcd.put(key, body, lease=lease))
 
     def unpublish(self, network_id: str, endpoint_id: str) -> None:
         self.etcd.delete(endpoint_key(network_id, endpoint_id))
