@@ -157,3 +157,35 @@ def test_push_and_pull_through_a_registry(docker: Docker, daemon: Daemon, tmp_pa
     finally:
         registry.kill()
         registry.wait()
+
+
+def test_macvlan_network_with_the_docker_cli(docker: Docker, daemon: Daemon) -> None:
+    """Docker's `network create -d macvlan -o parent=IFACE --subnet --gateway --ip-range --aux-address`:
+    the container is a host of the parent's segment and reaches a neighbour there directly."""
+    tag = unique("mv")[-6:]
+    parent, neighbour, net, ctr = f"mv{tag}", unique("nb"), unique("mvn"), unique("mvc")
+    subprocess.run(["ip", "netns", "add", neighbour], check=True)
+    try:
+        subprocess.run(["ip", "netns", "exec", daemon.netns, "ip", "link", "add", parent, "type", "veth", "peer",
+                        "name", "lan0", "netns", neighbour], check=True)
+        for cmd in (["ip", "addr", "add", "192.0.2.2/24", "dev", "lan0"], ["ip", "link", "set", "lan0", "up"]):
+            subprocess.run(["ip", "netns", "exec", neighbour, *cmd], check=True)
+        docker("network", "create", "-d", "macvlan", "-o", f"parent={parent}", "--subnet", "192.0.2.0/24",
+               "--gateway", "192.0.2.2", "--ip-range", "192.0.2.64/26", "--aux-address", "printer=192.0.2.64", net)
+        info = json.loads(docker("network", "inspect", net).stdout)[0]
+        assert info["Driver"] == "macvlan" and info["Options"] == {"parent": parent}
+        assert info["IPAM"]["Config"] == [{"Subnet": "192.0.2.0/24", "Gateway": "192.0.2.2",
+                                           "IPRange": "192.0.2.64/26",
+                                           "AuxiliaryAddresses": {"printer": "192.0.2.64"}}]
+        out = docker("run", "--name", ctr, "--network", net, "busybox", "sh", "-c",
+                     "ip -o -4 addr show eth0; ping -c 1 -W 3 192.0.2.2").stdout
+        assert "192.0.2.65/24" in out and "1 packets received" in out
+        docker("rm", ctr)
+        docker("network", "rm", net)
+        res = subprocess.run(["ip", "netns", "exec", daemon.netns, "ip", "link", "show", parent], check=False,
+                             capture_output=True)
+        assert res.returncode == 0  # the parent is the host's, it stays
+    finally:
+        subprocess.run(["ip", "netns", "exec", daemon.netns, "ip", "link", "del", parent], check=False,
+                       capture_output=True)
+        subprocess.run(["ip", "netns", "del", neighbour], check=False)

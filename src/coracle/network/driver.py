@@ -369,7 +369,8 @@ class Attachment:
 @dataclass(frozen=True)
 class Disconnection:
     """What `network disconnect` changed: the network left, the keys of the request's `endpoints` and
-    `connected` that named it (the engine drops them from its record), and the NetworkSettings now."""
+    `connected` that named it (the engine drops them from its record), and the top-level NetworkSettings
+    keys that change (leaving the default bridge empties its address fields)."""
 
     network_id: str
     network_name: str

@@ -87,7 +87,7 @@ def check_assignable(net: Network) -> None:
     """Refuse a subnet that overlaps a special-purpose block (a network of 127.0.0.0/8 would
     put the host's loopback behind a bridge; 0.0.0.0/0 would claim every address)."""
     for block, meaning in SPECIAL_BLOCKS:
-        if block.version == net.version and net.overlaps(block):  # type: ignore[arg-type]
+        if block.version == net.version and net.overlaps(block):
             raise InvalidParameter(f"invalid subnet {net}: it overlaps {block} ({meaning}), which cannot be "
                                    "used for a network")
 

@@ -683,6 +683,9 @@ class NetworkManager:
                     missing = self._driver(rec).restore(rec, [(ep, f"/proc/{pid}/ns/net")], dry_run=True)
                     if missing and not dry_run:
                         self._driver(rec).restore(rec, [(ep, f"/proc/{pid}/ns/net")])
+                        interface = self._interface_with(pid, ep.mac_address)  # the name it has now
+                        if interface and interface != ep.interface:
+                            self.endpoints.update(replace(ep, interface=interface))
                     found += missing
         return found
 

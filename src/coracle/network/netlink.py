@@ -25,8 +25,8 @@ import socket
 from contextlib import contextmanager
 from collections.abc import Iterator
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2 import IPRoute  # type: ignore[import-untyped]
+from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
 from coracle.netns import netns
 
@@ -55,7 +55,7 @@ def random_mac() -> str:
 def index(ipr: IPRoute, name: str) -> int | None:
     """The interface's index, asked for by name (one request: pyroute2's link_lookup dumps every link)."""
     try:
-        return ipr.link("get", ifname=name)[0]["index"]
+        return int(ipr.link("get", ifname=name)[0]["index"])
     except NetlinkError as exc:
         if exc.code == errno.ENODEV:
             return None
@@ -76,6 +76,14 @@ def link_up(ipr: IPRoute, name: str) -> None:
     ipr.link("set", index=index(ipr, name), state="up")
 
 
+def existing(ipr: IPRoute, name: str) -> int:
+    """The index of an interface that must exist (ENODEV otherwise, as netlink says it)."""
+    idx = index(ipr, name)
+    if idx is None:
+        raise OSError(errno.ENODEV, f"no interface {name}")
+    return idx
+
+
 def ensure_address(ipr: IPRoute, name: str, address: str, prefixlen: int) -> None:
     """Give an interface an address (IPv4 or IPv6) unless it already has it.
 
@@ -83,7 +91,7 @@ def ensure_address(ipr: IPRoute, name: str, address: str, prefixlen: int) -> Non
     every address of the host and filter them in Python.
     """
     try:
-        add_address(ipr, index(ipr, name), address, prefixlen)
+        add_address(ipr, existing(ipr, name), address, prefixlen)
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
             raise
@@ -149,7 +157,7 @@ def configure_peer(ipr: IPRoute, ifname: str, address: str, prefixlen: int, gate
     An IPv6 address needs IPv6 enabled on the interface (disable_ipv6=0), which
     the caller sets through sysctl() from inside the container's namespace."""
     lo_up(ipr)
-    idx = index(ipr, ifname)
+    idx = existing(ipr, ifname)
     ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
     if address6:
         add_address(ipr, idx, *address6)

@@ -26,12 +26,15 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from collections import abc
 from dataclasses import dataclass, field
+from typing import Any
 
 from coracle.errors import InvalidParameter
 
 PROTOCOLS = ("tcp", "udp")
-_SPEC = re.compile(r"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|[0-9.]*):)??(?:(?P<host>[0-9-]*):)?(?P<cont>[0-9-]+)(?:/(?P<proto>\w+))?$")
+_SPEC = re.compile(r"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|[0-9.]*):)??(?:(?P<host>[0-9-]*):)?"
+                   r"(?P<cont>[0-9-]+)(?:/(?P<proto>\w+))?$")
 
 
 @dataclass(frozen=True)
@@ -110,9 +113,9 @@ def parse_port_key(key: str) -> tuple[int, str]:
     return _port(port, "container port"), _proto(proto or None)
 
 
-def parse_publish(specs: list[str]) -> tuple[dict[str, dict], dict[str, list[dict[str, str]]]]:
+def parse_publish(specs: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, str]]]]:
     """The CLI's `-p` values -> (ExposedPorts, PortBindings) as the create body carries them."""
-    exposed: dict[str, dict] = {}
+    exposed: dict[str, dict[str, Any]] = {}
     bindings: dict[str, list[dict[str, str]]] = {}
     for spec in specs:
         match = _SPEC.match(spec.strip())
@@ -139,7 +142,8 @@ def parse_publish(specs: list[str]) -> tuple[dict[str, dict], dict[str, list[dic
     return exposed, bindings
 
 
-def requests(port_bindings: dict | None, exposed: dict | None, publish_all: bool) -> list[PortRequest]:
+def requests(port_bindings: abc.Mapping[str, Any] | None, exposed: abc.Mapping[str, Any] | None,
+             publish_all: bool) -> list[PortRequest]:
     """Docker's PortBindings (+ -P over ExposedPorts) -> the list of mappings to make."""
     out: list[PortRequest] = []
     for key, binds in (port_bindings or {}).items():
