@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
+import ipaddress
 import logging
 import os
 import signal
@@ -23,10 +24,14 @@ import sqlite3
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from coracle import __version__, trace
 from coracle.errors import CoracleError, InvalidParameter
 import contextlib
+
+if TYPE_CHECKING:
+    from coracle.network.overlay_cluster import OverlayCluster
 
 log = logging.getLogger("coracle")
 
@@ -64,6 +69,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "max-file=5)")
     p.add_argument("--recover-state", action="store_true",
                    help="replace the state database with its last snapshot (state.db.bak) before starting")
+    p.add_argument("--cluster-store", default="", metavar="etcd://IP:PORT[,IP:PORT...]",
+                   help="etcd v3 members holding overlay networks (every member is used)")
+    p.add_argument("--cluster-advertise", default="", metavar="IP[:PORT]",
+                   help="this host's underlay address: VXLAN traffic of other hosts is sent to it")
+    p.add_argument("--cluster-store-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="kv.cacertfile, kv.certfile, kv.keyfile (etcd over TLS), kv.ttl (lease seconds)")
     p.add_argument("--version", action="version", version=f"coracled {__version__}")
     if os.geteuid() != 0:
         from coracle.rootless import config
@@ -74,6 +85,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.data_root = args.data_root or "/var/lib/coracle"
     args.exec_root = args.exec_root or "/run/coracle"
     return args
+
+
+def _cluster(args: argparse.Namespace) -> OverlayCluster | None:
+    """The overlay networks' cluster store from --cluster-*, or None when not asked for."""
+    if not args.cluster_store and not args.cluster_advertise:
+        return None
+    if not (args.cluster_store and args.cluster_advertise):
+        raise ValueError("--cluster-store and --cluster-advertise go together")
+    from coracle.cluster.etcd import Etcd, TLSConfig, parse_endpoints
+    from coracle.cluster.membership import DEFAULT_TTL, Membership
+    from coracle.network.overlay_cluster import OverlayCluster
+
+    opts = dict(o.partition("=")[::2] for o in args.cluster_store_opt)
+    unknown = set(opts) - {"kv.cacertfile", "kv.certfile", "kv.keyfile", "kv.ttl"}
+    if unknown:
+        raise ValueError(f"unknown --cluster-store-opt {sorted(unknown)[0]}")
+    tls = None
+    if any(k in opts for k in ("kv.cacertfile", "kv.certfile", "kv.keyfile")):
+        tls = TLSConfig(opts.get("kv.cacertfile"), opts.get("kv.certfile"), opts.get("kv.keyfile"))
+    address = args.cluster_advertise.rsplit(":", 1)[0] if args.cluster_advertise.count(":") == 1 \
+        else args.cluster_advertise
+    try:
+        ipaddress.IPv4Address(address)
+    except ValueError:
+        raise ValueError(f"--cluster-advertise {args.cluster_advertise!r}: expected IPv4[:PORT]") from None
+    ttl = int(opts.get("kv.ttl") or DEFAULT_TTL)
+    etcd = Etcd(parse_endpoints(args.cluster_store, tls is not None), tls=tls)
+    membership = Membership(etcd, address, os.path.join(args.data_root, "cluster-lease.json"), ttl)
+    membership.start()
+    return OverlayCluster(etcd, membership)
 
 
 def _size(text: str) -> int:
@@ -173,9 +214,13 @@ def main(argv: list[str] | None = None) -> None:
     events = EventBus()
     images = ImageService(os.path.join(args.data_root, "images"), store,
                           insecure_registries=args.insecure_registry, max_image_size=args.max_image_size)
+    try:
+        cluster = _cluster(args)
+    except ValueError as exc:
+        sys.exit(f"coracled: {exc}")
     network = NetworkManager(store, args.exec_root, bridge_name=args.bridge_name, bip=args.bip,
                              default_pools=_pools(args.default_address_pool) or None, firewall=args.firewall,
-                             mtu=args.mtu)
+                             mtu=args.mtu, cluster=cluster)
     network.events = images.events = events  # they announce their own changes, whoever asked for them
     monitor = MonitorClient(args.exec_root)
     monitor_pid = monitor.ensure_running()

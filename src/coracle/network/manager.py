@@ -97,6 +97,8 @@ from coracle.network.firewall import FirewallDriver, driver
 from coracle.network.ipam import DEFAULT_POOLS, IPAM, Address, parse_address
 from coracle.network.names import NameTable
 from coracle.network.networks import DEFAULT_MTU, Networks
+from coracle.network.overlay import OverlayNetworks
+from coracle.network.overlay_cluster import OverlayCluster
 from coracle.network.ports import Mapping as PortMapping
 from coracle.network.published import PortTable
 from coracle.network.registry import DriverRegistry
@@ -141,7 +143,7 @@ class NetworkManager:
     def __init__(self, store: Store, exec_root: str, *, bridge_name: str = "coracle0", bip: str | None = None,
                  default_pools: builtins.list[tuple[str, int]] | None = None, firewall: str = "nftables",
                  resolv_conf: str = "/etc/resolv.conf", hosts_file: str = "/etc/hosts",
-                 mtu: int = DEFAULT_MTU) -> None:
+                 mtu: int = DEFAULT_MTU, cluster: OverlayCluster | None = None) -> None:
         self.store = store
         self.events: EventBus | None = None  # where network events go (the daemon's bus)
         self.exec_root = exec_root
@@ -164,10 +166,20 @@ class NetworkManager:
                                  pools=list(default_pools or DEFAULT_POOLS), mtu=mtu)
         self.networks.announce = self._announce
         self.dns = Resolver(self.names, self.host_netns, upstreams_from(resolv_conf))
+        self.overlay: OverlayNetworks | None = None  # overlay networks: only with a cluster store
+        if cluster is not None:
+            from coracle.network.drivers.overlay import OverlayDriver
+
+            overlay_driver = OverlayDriver(self.bridge, cluster.address)
+            self.drivers.register(overlay_driver)
+            self.overlay = OverlayNetworks(cluster, overlay_driver, self.networks, self.endpoints, self.names,
+                                           self._lock)
 
     def close(self) -> None:
         """Stop the resolver and drop the namespace handle (kernel state stays: live restore)."""
         self.dns.close()
+        if self.overlay is not None:
+            self.overlay.close()
         if self._ns_fd >= 0:
             os.close(self._ns_fd)
             self._ns_fd = -1
@@ -180,10 +192,13 @@ class NetworkManager:
             self.networks.ensure_builtin()
             networks = self.networks.with_driver()
             # rules first: a bridge gets route_localnet only once the loopback guard exists
-            self.firewall.restore([self.bridge.rules(r) for r in networks if r.driver == self.bridge.name],
+            # overlay networks are bridges with a VXLAN port: the same rules
+            self.firewall.restore([self.bridge.rules(r) for r in networks if r.driver in (self.bridge.name, "overlay")],
                                   self.ports.all())
             for rec in networks:
                 self.drivers.get(rec.driver).restore(rec, ())
+        if self.overlay is not None:
+            self.overlay.start()
 
     def _announce(self, action: str, rec: NetworkRecord, **extra: str) -> None:
         """Docker's network event, wherever the change came from: the network's ID as the actor,
@@ -216,7 +231,11 @@ class NetworkManager:
                            bool(internal), bool(attachable), bool(enable_ipv6),
                            {k: str(v) for k, v in (options or {}).items()}, dict(labels or {}),
                            ipam.get("Driver") or "default", dict(ipam.get("Options") or {}))
-        rec = self.networks.create(spec, self._check_device)
+        if spec.driver == "overlay" and self.overlay is None:
+            raise InvalidParameter("network driver 'overlay' is not supported without a cluster store: start "
+                                   "coracled with --cluster-store etcd://IP:PORT --cluster-advertise IP")
+        rec = self.overlay.create(spec) if self.overlay is not None and spec.driver == "overlay" else \
+            self.networks.create(spec, self._check_device)
         return {"Id": rec.id, "Warning": ""}
 
     def _check_device(self, rec: NetworkRecord) -> None:
@@ -224,7 +243,14 @@ class NetworkManager:
             self.bridge.check_device(rec, self.networks.all())
 
     def remove(self, ref: str) -> None:
-        """`docker network rm`: refused for builtin networks and while endpoints are attached."""
+        """`docker network rm`: refused for builtin networks and while endpoints are attached (on any
+        host, for an overlay network, which goes from every host)."""
+        rec = self.resolve(ref)
+        if self.overlay is not None and rec.driver == "overlay":
+            if self.endpoints.of(network=rec.id):  # the local refusal first: the same words as a bridge's
+                self.networks.remove(rec.id)
+            self.overlay.remove(rec)
+            return
         self.networks.remove(ref)
 
     def inspect(self, ref: str) -> dict[str, Any]:
@@ -362,6 +388,8 @@ class NetworkManager:
         rec = self.networks.find(ep.network_id)
         if rec is not None and rec.driver in self.drivers:
             self._driver(rec).leave(rec, ep)
+        if rec is not None and self.overlay is not None and rec.driver == "overlay":
+            self.overlay.drop(ep)
         for address in (ep.ipv4, ep.ipv6):
             if address:
                 self.ipam.release(ep.network_id, address)
@@ -371,6 +399,11 @@ class NetworkManager:
         sub = rec.subnet4 if version == 4 else rec.subnet6
         if sub is None:
             return None
+        if self.overlay is not None and rec.driver == "overlay":  # addresses of the whole cluster
+            overlay = self.overlay
+            leased = overlay.allocate(rec, cid, parse_address(wanted, "IPv4 address") if wanted else None)
+            undo.add(lambda: overlay.release(rec, str(leased)))
+            return leased
         address = self.ipam.allocate(rec.id, sub.network, sub.gateway, cid, sub.ip_range,
                                      parse_address(wanted, f"IPv{version} address", version) if wanted else None,
                                      reserved=sub.aux_addresses.values())
@@ -405,6 +438,8 @@ class NetworkManager:
         undo.add(lambda: self._drop_endpoint(current[0]))
         current[0] = joined = self._driver(rec).join(rec, ep, request.netns)
         self.endpoints.update(joined)
+        if self.overlay is not None and rec.driver == "overlay":
+            self.overlay.publish(rec, joined)
         return joined
 
     def _settings(self, request: ContainerNetworkRequest, endpoints: builtins.list[Endpoint],
@@ -561,6 +596,8 @@ class NetworkManager:
         """
         report: dict[str, builtins.list[Any]] = {kind: [] for kind in ("endpoints", "leases", "ports", "veths",
                                                                        "nft_elements")}
+        if self.overlay is not None:
+            report["overlay"] = self.overlay.check(dry_run)
         with self._lock:
             every = self.endpoints.of()
             for ep in every:
@@ -583,6 +620,8 @@ class NetworkManager:
             for rec in self.networks.with_driver():
                 if rec.driver == self.bridge.name:
                     report["veths"].extend(self.bridge.leftovers(rec, keep))
+                elif self.overlay is not None and rec.driver == "overlay":
+                    report["veths"].extend(self.overlay.driver.leftovers(rec, keep))
             if dry_run:
                 return {kind: found for kind, found in report.items() if found}
             stale = {r["container"] for r in report["endpoints"]} | {r["container"] for r in report["leases"]}

@@ -204,9 +204,9 @@ class Networks:
             if any(r.name == spec.name for r in self.all()):
                 raise Conflict(f"network with name {spec.name} already exists")
             exclusive = driver.exclusive_subnet
-            subnets = [self._subnet(cfg4 or SubnetRequest(), 4, exclusive)]
+            subnets = [self.subnet(cfg4 or SubnetRequest(), 4, exclusive)]
             if spec.enable_ipv6:
-                subnets.append(self._subnet(cfg6 or SubnetRequest(), 6, exclusive))
+                subnets.append(self.subnet(cfg6 or SubnetRequest(), 6, exclusive))
             rec = self._record(spec.name, spec.driver, tuple(subnets), spec.options, spec.labels,
                                internal=spec.internal, enable_ipv6=spec.enable_ipv6, attachable=spec.attachable,
                                ipam_options=spec.ipam_options)
@@ -221,7 +221,7 @@ class Networks:
         self.announce("create", made)
         return made
 
-    def _subnet(self, cfg: SubnetRequest, version: int, exclusive: bool) -> Subnet:
+    def subnet(self, cfg: SubnetRequest, version: int, exclusive: bool) -> Subnet:
         """A new network's subnet of one family: the given one, checked, or one picked from the pools."""
         if cfg.subnet:
             subnet = self._chosen_subnet(cfg.subnet, version, exclusive)
@@ -327,8 +327,8 @@ class Networks:
         removed = []
         with self._lock:
             for rec in self.all():
-                if rec.builtin or self.endpoints.of(network=rec.id):
-                    continue
+                if rec.builtin or rec.scope != "local" or self.endpoints.of(network=rec.id):
+                    continue  # a global network spans hosts: only `network rm` removes it, everywhere
                 if not labels_match(rec.labels, filter_values(filters, "label")):
                     continue
                 if not labels_match(rec.labels, filter_values(filters, "label!"), negate=True):

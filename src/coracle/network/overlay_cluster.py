@@ -1,0 +1,254 @@
+"""Overlay networks' cluster state in etcd: networks, VNIs, subnets, addresses, endpoints; and the watch.
+
+Keys (all under /coracle/; values JSON):
+
+    networks/<id>              the network record (name, subnet, gateway, VNI, internal, attachable...)
+    names/<name>               -> id    } claims: created with a transaction comparing
+    vnis/<vni>                 -> id    } create_revision == 0, so two hosts creating at
+    subnets/<cidr>             -> id    } once never get the same name, VNI or subnet
+    addresses/<id>/<ip>        -> endpoint id, bound to the owner's lease (same claim)
+    endpoints/<id>/<endpoint>  where a container is (IP, MAC, names, host), bound to the owner's lease
+    nodes/<address>            one per live daemon, bound to its lease (cluster/membership.py)
+
+Keys bound to a lease vanish when their host stops refreshing it, so a dead
+host's endpoints and addresses go away by themselves and every other host
+sees the deletions in its watch. `OverlayCluster.run` keeps one watch on the whole
+prefix: it lists everything, hands the listing to the sink (which makes the
+kernel and the resolver match it), then applies changes from the listed
+revision on; after any interruption it lists again, so nothing is missed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import secrets
+import threading
+from datetime import UTC, datetime
+from ipaddress import IPv4Address, IPv4Network
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from coracle.cluster.etcd import ClusterUnavailable, Etcd, KeyValue, LeaseNotFound
+from coracle.cluster.membership import Membership
+from coracle.errors import Conflict, InvalidParameter, NotFound
+
+log = logging.getLogger(__name__)
+
+ROOT = "/coracle/"
+NETWORKS = ROOT + "networks/"
+ENDPOINTS = ROOT + "endpoints/"
+VNI_FIRST, VNI_LAST = 4096, (1 << 24) - 1
+DEFAULT_POOL = ("10.240.0.0/12", 24)
+T = TypeVar("T")  # 4096 overlay subnets, away from the bridge networks' default pools
+
+
+class Sink(Protocol):
+    """What the watch keeps in step with the cluster (the network manager)."""
+
+    def overlay_sync(self, networks: list[dict[str, Any]], endpoints: list[dict[str, Any]]) -> None: ...
+
+    def overlay_network(self, network: dict[str, Any] | None, network_id: str) -> None: ...
+
+    def overlay_endpoint(self, endpoint: dict[str, Any] | None, key: str) -> None: ...
+
+
+def endpoint_key(network_id: str, endpoint_id: str) -> str:
+    return f"{ENDPOINTS}{network_id}/{endpoint_id}"
+
+
+class OverlayCluster:
+    """The cluster store as overlay networks see it (one per daemon)."""
+
+    def __init__(self, etcd: Etcd, membership: Membership) -> None:
+        self.etcd = etcd
+        self.membership = membership
+        self.address = membership.address
+        self._stop = threading.Event()
+        self.connected = threading.Event()  # set while the watch is live (system check reports it)
+
+    # ----- networks ----------------------------------------------------------------
+
+    def create_network(self, name: str, subnet: IPv4Network | None, gateway: IPv4Address | None,
+                       internal: bool, attachable: bool, options: dict[str, str], labels: dict[str, str],
+                       mtu: int) -> dict[str, Any]:
+        """Claim the name, a VNI and a subnet, then publish the record; claims are undone on failure."""
+        nid = secrets.token_hex(32)
+        claims: list[str] = []
+        try:
+            if not self.etcd.create(f"{ROOT}names/{name}", nid):
+                raise Conflict(f"network with name {name} already exists")
+            claims.append(f"{ROOT}names/{name}")
+            vni = self._claim_vni(nid, claims)
+            if subnet is not None:
+                if not self._claim_subnet(subnet, nid, claims):
+                    raise Conflict(f"invalid pool request: Pool overlaps with other one on this address space "
+                                   f"({subnet} is used by another overlay network)")
+            else:
+                subnet = self._pick_subnet(nid, claims)
+            gw = gateway or next(subnet.hosts())
+            if gw not in subnet or gw in (subnet.network_address, subnet.broadcast_address):
+                raise InvalidParameter(f"invalid gateway {gw}: not a host address of subnet {subnet}")
+            rec = {"Id": nid, "Name": name, "Subnet": str(subnet), "Gateway": str(gw), "VNI": vni,
+                   "Internal": internal, "Attachable": attachable, "Options": options, "Labels": labels,
+                   "MTU": mtu, "Created": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+            self.etcd.put(NETWORKS + nid, json.dumps(rec))
+            return rec
+        except BaseException:
+            for key in claims:
+                try:
+                    self.etcd.delete(key)
+                except ClusterUnavailable:
+                    log.warning("claim %s left in the cluster store (unreachable)", key)
+            raise
+
+    def _claim_vni(self, nid: str, claims: list[str]) -> int:
+        taken = {int(kv.key.rsplit("/", 1)[1]) for kv in self.etcd.range(f"{ROOT}vnis/")[0]}
+        for vni in range(VNI_FIRST, VNI_LAST):
+            if vni not in taken and self.etcd.create(f"{ROOT}vnis/{vni}", nid):
+                claims.append(f"{ROOT}vnis/{vni}")
+                return vni
+        raise Conflict("no VXLAN id left")
+
+    def _claim_subnet(self, subnet: IPv4Network, nid: str, claims: list[str]) -> bool:
+        """Claim a subnet unless it overlaps a claimed one (checked again after the claim: a racing
+        claimant of an overlapping, different CIDR makes both back off rather than both win)."""
+        def overlapping() -> list[KeyValue]:
+            return [kv for kv in self.etcd.range(f"{ROOT}subnets/")[0]
+                    if kv.value.decode() != nid
+                    and ipaddress.ip_network(kv.key[len(ROOT + "subnets/"):].replace("_", "/")).overlaps(subnet)]
+
+        if overlapping():
+            return False
+        key = f"{ROOT}subnets/{str(subnet).replace('/', '_')}"
+        if not self.etcd.create(key, nid):
+            return False
+        claims.append(key)
+        if overlapping():
+            claims.remove(key)
+            self.etcd.delete(key)
+            return False
+        return True
+
+    def _pick_subnet(self, nid: str, claims: list[str]) -> IPv4Network:
+        pool, prefixlen = DEFAULT_POOL
+        for candidate in IPv4Network(pool).subnets(new_prefix=prefixlen):
+            if self._claim_subnet(candidate, nid, claims):
+                return candidate
+        raise Conflict("could not find an available, non-overlapping IPv4 address pool among the defaults to "
+                       "assign to the overlay network")
+
+    def networks(self) -> list[dict[str, Any]]:
+        return [json.loads(kv.value) for kv in self.etcd.range(NETWORKS)[0]]
+
+    def remove_network(self, nid: str) -> None:
+        """Remove a network everywhere; refused while any host still has an endpoint on it."""
+        kv = self.etcd.get(NETWORKS + nid)
+        if kv is None:
+            raise NotFound(f"network {nid} not found")
+        rec = json.loads(kv.value)
+        busy = self.etcd.range(f"{ENDPOINTS}{nid}/")[0]
+        if busy:
+            hosts = sorted({json.loads(e.value).get("Host", "?") for e in busy})
+            raise Conflict(f"error while removing network: network {rec['Name']} id {nid} has active endpoints "
+                           f"(on {', '.join(hosts)})")
+        if not self.etcd.delete_if(NETWORKS + nid, kv.mod_revision):
+            raise Conflict(f"network {rec['Name']} changed while being removed: try again")
+        for key, prefix in ((f"{ROOT}addresses/{nid}/", True), (f"{ROOT}names/{rec['Name']}", False),
+                            (f"{ROOT}vnis/{rec['VNI']}", False),
+                            (f"{ROOT}subnets/{rec['Subnet'].replace('/', '_')}", False)):
+            self.etcd.delete(key, prefix=prefix)
+
+    # ----- addresses and endpoints -------------------------------------------------
+
+    def _leased(self, op: Callable[[int], T]) -> T:
+        """`op(lease)`, once more with a fresh lease if ours expired meanwhile (etcd was away a while)."""
+        try:
+            return op(self.membership.current())
+        except LeaseNotFound:
+            self.membership.renew()
+            return op(self.membership.current())
+
+    def allocate(self, rec: dict[str, Any], endpoint_id: str, wanted: IPv4Address | None) -> IPv4Address:
+        """A cluster-wide address: the first free one, claimed with compare-and-swap, bound to our lease."""
+        return self._leased(lambda lease: self._allocate(rec, endpoint_id, wanted, lease))
+
+    def _allocate(self, rec: dict[str, Any], endpoint_id: str, wanted: IPv4Address | None,
+                  lease: int) -> IPv4Address:
+        subnet = ipaddress.ip_network(rec["Subnet"])
+        gateway = ipaddress.ip_address(rec["Gateway"])
+        prefix = f"{ROOT}addresses/{rec['Id']}/"
+        if wanted is not None:
+            if not self.etcd.create(prefix + str(wanted), endpoint_id, lease):
+                raise Conflict(f"Address already in use: {wanted} is taken on network {rec['Name']}")
+            return wanted
+        for _ in range(64):
+            taken = {kv.key[len(prefix):] for kv in self.etcd.range(prefix)[0]}
+            free = next((a for a in subnet.hosts() if a != gateway and str(a) not in taken), None)
+            if free is None:
+                break
+            if self.etcd.create(prefix + str(free), endpoint_id, lease):
+                return free  # type: ignore[return-value]
+        raise Conflict(f"no available IPv4 address on network {rec['Name']}")
+
+    def release(self, network_id: str, address: str) -> None:
+        self.etcd.delete(f"{ROOT}addresses/{network_id}/{address}")
+
+    def publish(self, endpoint: dict[str, Any]) -> None:
+        """Tell every host where this endpoint is (bound to our lease)."""
+        body = json.dumps({**endpoint, "Host": self.address})
+        key = endpoint_key(endpoint["NetworkID"], endpoint["EndpointID"])
+        self._leased(lambda lease: self.etcd.put(key, body, lease=lease))
+
+    def unpublish(self, network_id: str, endpoint_id: str) -> None:
+        self.etcd.delete(endpoint_key(network_id, endpoint_id))
+
+    def republish(self, endpoints: list[dict[str, Any]]) -> None:
+        """After a new lease: this host's endpoints and their address claims again."""
+        lease = self.membership.current()
+        for ep in endpoints:
+            self.etcd.put(f"{ROOT}addresses/{ep['NetworkID']}/{ep['IPAddress']}", ep["EndpointID"], lease)
+            self.publish(ep)
+
+    # ----- the watch ---------------------------------------------------------------
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def run(self, sink: Sink) -> None:
+        """List, sync, watch; again after any interruption, until close()."""
+        while not self._stop.is_set():
+            try:
+                kvs, revision = self.etcd.range(ROOT)
+                networks = [json.loads(kv.value) for kv in kvs if kv.key.startswith(NETWORKS)]
+                endpoints = [json.loads(kv.value) for kv in kvs if kv.key.startswith(ENDPOINTS)]
+                sink.overlay_sync(networks, endpoints)
+                self.connected.set()
+                while not self._stop.is_set():
+                    seen = revision
+                    for event in self.etcd.watch(ROOT, revision + 1, idle=5):
+                        revision = max(revision, event.revision)
+                        self._dispatch(sink, event.key, event.value)
+                    if revision == seen and not self._alive():
+                        break
+            except ClusterUnavailable as exc:
+                log.warning("overlay watch interrupted: %s", exc)
+            except Exception:
+                log.exception("overlay watch")
+            self.connected.clear()
+            self._stop.wait(1.0)
+
+    def _alive(self) -> bool:
+        try:
+            self.etcd.get(ROOT + "nodes/" + self.address)
+            return True
+        except ClusterUnavailable:
+            return False
+
+    def _dispatch(self, sink: Sink, key: str, value: bytes | None) -> None:
+        if key.startswith(NETWORKS):
+            sink.overlay_network(json.loads(value) if value is not None else None, key[len(NETWORKS):])
+        elif key.startswith(ENDPOINTS):
+            sink.overlay_endpoint(json.loads(value) if value is not None else None, key)
+

@@ -1,0 +1,94 @@
+"""The overlay's data plane on one host: a kernel VXLAN device per network, programmed statically.
+
+The device is a port of the network's local bridge (where this host's
+containers' veths are). It has `nolearning` and no default (all-zero) FDB
+entry, so nothing is ever flooded to other hosts and no multicast group is
+used: each remote container is one FDB entry (its MAC -> the underlay address
+of its host), one static bridge entry (so the bridge hands its frames to the
+VXLAN port directly) and one permanent neighbour entry (its IP -> MAC), which
+the device's `proxy` flag uses to answer the local containers' ARP requests
+itself. All of it is kernel state: traffic keeps flowing whatever happens to
+the daemon or to etcd.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import ndmsg
+
+from coracle.network.netlink import index
+
+PORT = 4789  # IANA's VXLAN port
+OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8: the overlay MTU is the underlay's minus this
+
+
+def ensure_device(ipr: IPRoute, name: str, vni: int, local: str, bridge: str, mtu: int) -> None:
+    """The VXLAN device of a network (created or adopted), enslaved to its bridge and up."""
+    if index(ipr, name) is None:
+        ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=local, vxlan_port=PORT,
+                 vxlan_learning=0, vxlan_proxy=1, mtu=mtu)
+    idx = index(ipr, name)
+    ipr.link("set", index=idx, master=index(ipr, bridge), state="up")
+    # the bridge neither learns remote MACs from it nor floods unknown unicast into it: remote MACs are
+    # static entries; broadcasts (ARP) still reach it, and its proxy answers them from the neighbour table
+    ipr.brport("set", index=idx, learning=0, unicast_flood=0)
+
+
+def underlay_mtu(ipr: IPRoute, local: str) -> int:
+    """The MTU of the interface holding the advertised address (1500 when it cannot be found)."""
+    for msg in ipr.get_addr(family=socket.AF_INET):
+        if msg.get_attr("IFA_ADDRESS") == local:
+            return int(ipr.get_links(msg["index"])[0].get_attr("IFLA_MTU"))
+    return 1500
+
+
+def _ignore_missing(exc: NetlinkError) -> None:
+    if exc.code not in (errno.ENOENT, errno.ENODEV, errno.ESRCH):
+        raise exc
+
+
+def add_remote(ipr: IPRoute, device: str, mac: str, ip: str, host: str) -> None:
+    """Teach this host where a remote container is: FDB (self and bridge) and neighbour entries."""
+    idx = index(ipr, device)
+    if idx is None:
+        return
+    # states spelled out (pyroute2 fills them in for add, not replace); on the bridge, "permanent" would
+    # mean "addressed to the bridge itself": a forwarding entry is "static" (noarp alone)
+    ipr.fdb("replace", ifindex=idx, lladdr=mac, dst=host, flags=ndmsg.flags["self"],
+            state=ndmsg.states["permanent"] | ndmsg.states["noarp"])
+    ipr.fdb("replace", ifindex=idx, lladdr=mac, flags=ndmsg.flags["master"], state=ndmsg.states["noarp"])
+    ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=idx, state=ndmsg.states["permanent"])
+
+
+def remove_remote(ipr: IPRoute, device: str, mac: str, ip: str) -> None:
+    """Forget a remote container; entries already gone are fine."""
+    idx = index(ipr, device)
+    if idx is None:
+        return
+    steps: list[tuple[str, dict[str, Any]]] = [
+        ("neigh", {"dst": ip, "lladdr": mac, "ifindex": idx}),
+        ("fdb", {"ifindex": idx, "lladdr": mac, "flags": ndmsg.flags["master"]}),
+        ("fdb", {"ifindex": idx, "lladdr": mac}),
+    ]
+    for table, spec in steps:
+        try:
+            getattr(ipr, table)("del", **spec)
+        except NetlinkError as exc:
+            _ignore_missing(exc)
+
+
+def remotes(ipr: IPRoute, device: str) -> dict[str, str]:
+    """The permanent neighbour entries of a device: {ip: mac} (what the host knows of other hosts)."""
+    idx = index(ipr, device)
+    if idx is None:
+        return {}
+    out = {}
+    for msg in ipr.get_neighbours(ifindex=idx, family=socket.AF_INET):
+        if msg["state"] & ndmsg.states["permanent"]:
+            out[msg.get_attr("NDA_DST")] = msg.get_attr("NDA_LLADDR")
+    return out

@@ -1,0 +1,151 @@
+"""Overlay networks when parts fail (a host dies, a daemon restarts, etcd members or all of etcd go
+away) and with etcd over TLS.
+
+Each test builds its own cluster (3 hosts; a 3-member etcd where members are
+killed) with a short membership lease (4 s) and removes it afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+
+from cluster import Cluster, Host, cluster, wait_for
+from harness import unique
+
+
+def resolves(host: Host, client: str, name: str) -> bool:
+    out = host.docker("exec", client, "nslookup", name, check=False)
+    return out.returncode == 0 and "Address" in out.stdout.split("127.0.0.11:53", 1)[-1]
+
+
+def fetch(host: Host, client: str, target: str) -> str:
+    return host.docker("exec", client, "sh", "-c", f"timeout 3 wget -q -O - http://{target}/ 2>&1 || true").stdout
+
+
+def web(host: Host, net: str, word: str) -> str:
+    name = unique("web")
+    host.docker("run", "-d", "--name", name, "--network", net, "busybox", "sh", "-c",
+                f"echo {word} > /index.html; httpd -f -p 80 -h /")
+    return name
+
+
+def sleeper(host: Host, net: str) -> str:
+    name = unique("cl")
+    host.docker("run", "-d", "--name", name, "--network", net, "busybox", "sleep", "600")
+    return name
+
+
+def remove_all(c: Cluster) -> None:
+    for host in c.hosts:
+        ids = host.docker("ps", "-aq").stdout.split()
+        if ids:
+            host.docker("rm", "-f", *ids)
+    for net in c.hosts[0].docker("network", "ls", "--filter", "driver=overlay", "-q").stdout.split():
+        c.hosts[0].docker("network", "rm", net)
+    wait_for(lambda: not c.clean(), "nothing left of the overlay anywhere")
+
+
+def test_a_dead_hosts_endpoints_go_when_its_lease_expires() -> None:
+    with cluster() as c:
+        net = c.overlay()
+        h0, h1, h2 = c.hosts
+        doomed = web(h2, net, "from-h2")
+        doomed_ip = h2.address_of(doomed, net)
+        client = sleeper(h0, net)
+        wait_for(lambda: "from-h2" in fetch(h0, client, doomed), "the doomed container reachable by name")
+        c.kill_host(h2)  # daemon, monitor and containers at once: nobody says goodbye
+        # within the lease's TTL (4 s here) etcd drops h2's keys and the others forget it
+        wait_for(lambda: not resolves(h0, client, doomed), "the dead host's name gone")
+        wait_for(lambda: all(n.get("dst") != doomed_ip for h in (h0, h1) for n in h.permanent_neighbours()),
+                 "the dead host's neighbour entries gone")
+        assert not any(h2.ip in line for h in (h0, h1) for line in h.remote_fdb())
+        assert not [k for k in c.etcd.listing() if k.endswith("/" + doomed_ip)]  # its address claim too
+        remove_all(c)
+
+
+def test_daemon_restart_keeps_containers_and_their_entries() -> None:
+    with cluster() as c:
+        net = c.overlay()
+        h0, h1, _ = c.hosts
+        server = web(h1, net, "still-here")
+        client = sleeper(h0, net)
+        wait_for(lambda: "still-here" in fetch(h0, client, server), "the server reachable by name")
+        pid = h1.pid_of(server)
+        h1.daemon.stop()
+        assert "still-here" in fetch(h0, client, server)  # the data plane is the kernel's: no daemon needed
+        h1.daemon.start()
+        assert h1.pid_of(server) == pid  # live restore: the same process
+        wait_for(lambda: "still-here" in fetch(h0, client, server), "the server reachable by name after restart")
+        check = h1.cli("system", "check", "--dry-run").stdout
+        assert "No inconsistencies found" in check, check
+        remove_all(c)
+
+
+def test_a_lost_lease_is_replaced_and_the_hosts_entries_published_again() -> None:
+    with cluster(hosts=2) as c:
+        net = c.overlay()
+        h0, h1 = c.hosts
+        server = web(h1, net, "published-again")
+        client = sleeper(h0, net)
+        wait_for(lambda: "published-again" in fetch(h0, client, server), "the server reachable by name")
+        node = f"/coracle/nodes/{h1.ip}"
+        old = c.etcd.lease_of(node)
+        assert old is not None
+        c.etcd.revoke(old)  # as if h1 had been cut off longer than the TTL: all its keys vanish
+        # h1 notices at its next keepalive, takes a new lease and publishes its endpoints again
+        wait_for(lambda: c.etcd.lease_of(node) not in (None, old), "h1 back in the membership on a new lease")
+        server_ip = h1.address_of(server, net)
+        wait_for(lambda: any(k.endswith("/" + server_ip) for k in c.etcd.listing("/coracle/addresses/")),
+                 "the server's address claimed again")
+        wait_for(lambda: "published-again" in fetch(h0, client, server), "the server reachable by name again")
+        late = web(h1, net, "on-the-new-lease")
+        wait_for(lambda: "on-the-new-lease" in fetch(h0, client, late), "a container started on the new lease")
+        remove_all(c)
+
+
+def test_one_etcd_member_down_is_no_outage() -> None:
+    with cluster(etcd_members=3) as c:
+        net = c.overlay()
+        c.etcd.kill(0)  # the first member every daemon was told about
+        h0, h1, h2 = c.hosts
+        server = web(h2, net, "quorum-ok")
+        client = sleeper(h0, net)
+        wait_for(lambda: "quorum-ok" in fetch(h0, client, server), "a new container reachable by name")
+        second = c.overlay(on=1)  # and networks can still be made
+        assert h2.docker("network", "inspect", second).returncode == 0
+        remove_all(c)
+
+
+def test_etcd_down_keeps_traffic_refuses_new_containers_clearly_then_reconciles() -> None:
+    with cluster(etcd_members=3) as c:
+        net = c.overlay()
+        h0, h1, h2 = c.hosts
+        server = web(h1, net, "kernel-path")
+        client = sleeper(h0, net)
+        leaving = sleeper(h2, net)
+        leaving_ip = h2.address_of(leaving, net)
+        wait_for(lambda: "kernel-path" in fetch(h0, client, server), "the server reachable by name")
+        server_ip = h1.address_of(server, net)
+        c.etcd.kill()
+        assert "kernel-path" in fetch(h0, client, server_ip)  # running traffic keeps flowing
+        refused = h2.docker("run", "-d", "--network", net, "busybox", "sleep", "600", check=False, timeout=60)
+        assert refused.returncode != 0 and "cluster store unreachable" in refused.stderr
+        h2.docker("rm", "-f", leaving)  # gone while etcd is away: its entry is removed when etcd is back
+        time.sleep(1)
+        c.etcd.start()
+        wait_for(lambda: not [k for k in c.etcd.listing() if k.endswith("/" + leaving_ip)],
+                 "the address of the container removed during the outage released")
+        wait_for(lambda: "kernel-path" in fetch(h0, client, server), "name resolution after reconciliation")
+        late = web(h2, net, "after-outage")
+        wait_for(lambda: "after-outage" in fetch(h0, client, late), "a container made after the outage")
+        remove_all(c)
+
+
+def test_etcd_over_tls_with_client_certificates() -> None:
+    with cluster(hosts=2, tls=True) as c:
+        net = c.overlay()
+        h0, h1 = c.hosts
+        server = web(h1, net, "over-tls")
+        client = sleeper(h0, net)
+        wait_for(lambda: "over-tls" in fetch(h0, client, server), "cross-host traffic with the store on TLS")
+        remove_all(c)
