@@ -45,11 +45,11 @@ def _client(daemon: Daemon, which: str):  # type: ignore[no-untyped-def]
 
 
 def _containers(daemon: Daemon) -> set[str]:
-    return {c["Id"] for c in daemon.api("GET", "/containers/json?all=1")[1]}  # type: ignore[union-attr]
+    return {c["Id"] for c in daemon.api("GET", "/containers/json?all=1")[1]}
 
 
 def _volumes(daemon: Daemon) -> set[str]:
-    return {v["Name"] for v in daemon.api("GET", "/volumes")[1]["Volumes"] or []}  # type: ignore[index]
+    return {v["Name"] for v in daemon.api("GET", "/volumes")[1]["Volumes"] or []}
 
 
 @pytest.mark.parametrize("which", CLIENTS)

@@ -124,7 +124,7 @@ def test_system_df_counts_and_verbose(fresh_daemon: Daemon, tmp_path: Path) -> N
 
     lines = d.docker("system", "df", "--format", "{{json .}}").stdout.splitlines()
     rows = {r["Type"]: r for r in map(json.loads, lines)}
-    layers = d.api("GET", "/system/df")[1]["LayersSize"]  # type: ignore[index]
+    layers = d.api("GET", "/system/df")[1]["LayersSize"]
     # three images sharing the busybox layer; the one containers use has no unique bytes: all is reclaimable
     assert (rows["Images"]["TotalCount"], rows["Images"]["Active"]) == ("3", "1")
     assert rows["Images"]["Size"] == _size(layers) and rows["Images"]["Reclaimable"] == f"{_size(layers)} (100%)"

@@ -30,14 +30,14 @@ def alive(pid: int) -> bool:
 def inspect(d: Daemon, ref: str) -> dict:
     status, body = d.api("GET", f"/containers/{ref}/json")
     assert status == 200, body
-    return body  # type: ignore[return-value]
+    return body
 
 
 def run_detached(d: Daemon, *args: str, **host_config: object) -> str:
     status, body = d.api("POST", "/containers/create", {"Image": "busybox", "Cmd": list(args),
                                                            "HostConfig": {"NetworkMode": "none", **host_config}})
     assert status == 201, body
-    cid = body["Id"]  # type: ignore[index]
+    cid = body["Id"]
     status, body = d.api("POST", f"/containers/{cid}/start")
     assert status == 204, body
     return cid
@@ -56,7 +56,7 @@ def test_containers_survive_the_daemon(fresh_daemon: Daemon, sig: int) -> None:
     assert state["Running"] and state["Pid"] == pid
     status, body = d.api("POST", f"/containers/{cid}/exec", {"Cmd": ["true"]})
     assert status == 201
-    status, _ = d.api("POST", f"/exec/{body['Id']}/start", {"Detach": True})  # type: ignore[index]
+    status, _ = d.api("POST", f"/exec/{body['Id']}/start", {"Detach": True})
     assert status == 200
     status, _ = d.api("POST", f"/containers/{cid}/stop?t=1")
     assert status == 204
@@ -128,7 +128,7 @@ def test_crash_during_start_leaves_a_consistent_world(fresh_daemon: Daemon, poin
     d = fresh_daemon
     d.start(env={"CORACLE_FAULT": point})
     status, body = d.api("POST", "/containers/create", {"Image": "busybox", "Cmd": ["sleep", "300"]})
-    cid = body["Id"]  # type: ignore[index]
+    cid = body["Id"]
     try:
         d.api("POST", f"/containers/{cid}/start")
     except Exception:

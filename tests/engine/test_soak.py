@@ -57,10 +57,10 @@ def cycle(d: Daemon, i: int) -> None:
     status, body = d.api("POST", "/containers/create", {"Image": "busybox", "Cmd": ["echo", f"run-{i}"],
                                                           "HostConfig": {"NetworkMode": "none"}})
     assert status == 201, body
-    cid = body["Id"]  # type: ignore[index]
+    cid = body["Id"]
     assert d.api("POST", f"/containers/{cid}/start")[0] == 204
     status, body = d.api("POST", f"/containers/{cid}/wait")
-    assert status == 200 and body["StatusCode"] == 0, body  # type: ignore[index]
+    assert status == 200 and body["StatusCode"] == 0, body
     assert d.api("DELETE", f"/containers/{cid}")[0] == 204
 
 

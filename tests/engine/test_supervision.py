@@ -34,14 +34,14 @@ def alive(pid: int) -> bool:
 def state(d: Daemon, ref: str) -> dict:
     status, body = d.api("GET", f"/containers/{ref}/json")
     assert status == 200, body
-    return body["State"]  # type: ignore[index]
+    return body["State"]
 
 
 def run_detached(d: Daemon, script: str) -> str:
     status, body = d.api("POST", "/containers/create", {"Image": "busybox", "Cmd": ["sh", "-c", script],
                                                           "HostConfig": {"NetworkMode": "none"}})
     assert status == 201, body
-    cid = body["Id"]  # type: ignore[index]
+    cid = body["Id"]
     status, body = d.api("POST", f"/containers/{cid}/start")
     assert status == 204, body
     return cid
@@ -215,8 +215,8 @@ def test_a_frozen_daemon_stalls_no_container_output(fresh_daemon: Daemon) -> Non
             "Image": "busybox", "Cmd": ["sh", "-c", "until [ -e /gate/go ]; do sleep 0.2; done; exit 3"],
             "HostConfig": {"NetworkMode": "none", "Binds": [f"{gate}:/gate:ro"]}})
         assert status == 201, body
-        assert d.api("POST", f"/containers/{body['Id']}/start")[0] == 204  # type: ignore[index]
-        return body["Id"]  # type: ignore[index]
+        assert d.api("POST", f"/containers/{body['Id']}/start")[0] == 204
+        return body["Id"]
 
     with ThreadPoolExecutor(8) as pool:
         quitters = list(pool.map(quitter, range(QUITTERS)))
@@ -279,7 +279,7 @@ def test_a_terminal_outlives_the_monitor(fresh_daemon: Daemon) -> None:
     status, body = d.api("POST", "/containers/create", {"Image": "busybox", "Cmd": ["sh", "-c", WRITER], "Tty": True,
                                                           "OpenStdin": True, "HostConfig": {"NetworkMode": "none"}})
     assert status == 201, body
-    cid = body["Id"]  # type: ignore[index]
+    cid = body["Id"]
     assert d.api("POST", f"/containers/{cid}/start")[0] == 204
     wait_for(lambda: last_number(logged_lines(d, cid)) >= 3, "output in the log")
     old = d.monitor_pid()

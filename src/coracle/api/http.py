@@ -154,7 +154,7 @@ class Request:
         if value in (None, ""):
             return default
         try:
-            return int(value)  # type: ignore[arg-type]
+            return int(value)
         except ValueError:
             raise InvalidParameter(f"invalid value for {name}: {value!r}") from None
 
