@@ -6,8 +6,8 @@ import socket
 import subprocess
 import uuid
 
-from coracle.network import bridge
-from coracle.runtime.syscalls import netns
+from coracle.network import netlink
+from coracle.netns import netns
 
 
 def test_a_namespace_without_any_route_reads_as_empty() -> None:
@@ -18,7 +18,7 @@ def test_a_namespace_without_any_route_reads_as_empty() -> None:
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
         with netns(f"/run/netns/{name}"):
-            assert bridge.routes() == []
-            assert all(dst == "::" for dst, _, _ in bridge.routes(socket.AF_INET6))  # only the kernel's rejects
+            assert netlink.routes() == []
+            assert all(dst == "::" for dst, _, _ in netlink.routes(socket.AF_INET6))  # only the kernel's rejects
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)

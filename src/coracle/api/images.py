@@ -47,7 +47,11 @@ async def with_progress(stream: Any, work: Callable[[Callable[[dict[str, Any]], 
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
-    task = asyncio.ensure_future(thread(work, lambda m: loop.call_soon_threadsafe(queue.put_nowait, m)))
+
+    def progress(message: dict[str, Any]) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, message)
+
+    task = asyncio.ensure_future(thread(work, progress))
     getter: asyncio.Future | None = None
     try:
         while True:

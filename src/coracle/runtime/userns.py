@@ -138,7 +138,7 @@ def _syscall(number: int, *args: object) -> int:
     if result < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"syscall {number}: {os.strerror(err)}")
-    return result
+    return int(result)
 
 
 def idmapped_clone(path: str, userns_fd: int) -> int:
