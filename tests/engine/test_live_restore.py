@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness import Daemon
+import contextlib
 
 
 def alive(pid: int) -> bool:
@@ -88,10 +89,8 @@ def test_always_containers_come_back_after_a_reboot(fresh_daemon: Daemon) -> Non
     assert monitor
     os.kill(monitor, signal.SIGKILL)
     for ref in (always, plain):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(inspect_pid_from_disk(d, ref), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     time.sleep(0.2)
     d.start()
     deadline = time.monotonic() + 10
@@ -116,8 +115,8 @@ def test_two_daemons_never_share_a_data_root(fresh_daemon: Daemon) -> None:
     d = fresh_daemon
     d.start()
     other = subprocess.run(
-        ["nsenter", f"--net=/run/netns/{d.netns}", sys.executable, "-m", "coracle.daemon", "--data-root", str(d.data_root),
-         "--exec-root", str(d.root / "exec2"), "-H", f"unix://{d.root}/other.sock"],
+        ["nsenter", f"--net=/run/netns/{d.netns}", sys.executable, "-m", "coracle.daemon",
+         "--data-root", str(d.data_root), "--exec-root", str(d.root / "exec2"), "-H", f"unix://{d.root}/other.sock"],
         capture_output=True, text=True, timeout=30)
     assert other.returncode != 0
     assert "in use by another daemon" in other.stderr
@@ -129,10 +128,8 @@ def test_crash_during_start_leaves_a_consistent_world(fresh_daemon: Daemon, poin
     d.start(env={"CORACLE_FAULT": point})
     status, body = d.api("POST", "/containers/create", {"Image": "busybox", "Cmd": ["sleep", "300"]})
     cid = body["Id"]
-    try:
+    with contextlib.suppress(Exception):  # the daemon dies mid-request, as injected
         d.api("POST", f"/containers/{cid}/start")
-    except Exception:
-        pass  # the daemon died mid-request, as injected
     d.proc.wait(10)  # type: ignore[union-attr]
     d.start()
     state = inspect(d, cid)["State"]
@@ -151,10 +148,8 @@ def test_crash_during_start_leaves_a_consistent_world(fresh_daemon: Daemon, poin
 def test_crash_during_create_leaves_no_half_container(fresh_daemon: Daemon) -> None:
     d = fresh_daemon
     d.start(env={"CORACLE_FAULT": "create-after-dirs"})
-    try:
+    with contextlib.suppress(Exception):
         d.api("POST", "/containers/create?name=half", {"Image": "busybox", "Cmd": ["true"]})
-    except Exception:
-        pass
     d.proc.wait(10)  # type: ignore[union-attr]
     d.start()
     status, _ = d.api("GET", "/containers/half/json")
@@ -168,10 +163,8 @@ def test_crash_during_rm_finishes_the_removal(fresh_daemon: Daemon) -> None:
     d = fresh_daemon
     d.start(env={"CORACLE_FAULT": "rm-before-cleanup"})
     cid = run_detached(d, "sleep", "300")
-    try:
+    with contextlib.suppress(Exception):
         d.api("DELETE", f"/containers/{cid}?force=1")
-    except Exception:
-        pass
     d.proc.wait(10)  # type: ignore[union-attr]
     d.start()
     status, _ = d.api("GET", f"/containers/{cid}/json")

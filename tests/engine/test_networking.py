@@ -74,8 +74,8 @@ def serve(ns: str, port: int, reply: str) -> subprocess.Popen:
 def test_bridge_container_reaches_the_lan_masqueraded(client, lan: str) -> None:  # type: ignore[no-untyped-def]
     server = serve(lan, 7001, "hello-from-lan")
     try:
-        out = client.containers.run("busybox", ["sh", "-c", f"ip -o -4 addr show eth0; ip route; nc {OUT_IP} 7001 </dev/null"],
-                                    remove=True).decode()
+        script = f"ip -o -4 addr show eth0; ip route; nc {OUT_IP} 7001 </dev/null"
+        out = client.containers.run("busybox", ["sh", "-c", script], remove=True).decode()
     finally:
         server.kill()
     assert "hello-from-lan" in out
@@ -109,8 +109,8 @@ def test_port_conflict_is_refused_and_leaves_nothing(client, daemon: Daemon) -> 
 
 
 def test_none_mode_has_only_loopback_and_no_route(client) -> None:  # type: ignore[no-untyped-def]
-    out = client.containers.run("busybox", ["sh", "-c", "ip -o link | wc -l; ip route | wc -l; ping -c1 -W1 127.0.0.1 >/dev/null && echo lo-ok"],
-                                network_mode="none", remove=True).decode().split()
+    script = "ip -o link | wc -l; ip route | wc -l; ping -c1 -W1 127.0.0.1 >/dev/null && echo lo-ok"
+    out = client.containers.run("busybox", ["sh", "-c", script], network_mode="none", remove=True).decode().split()
     assert out == ["1", "0", "lo-ok"]
 
 

@@ -104,7 +104,7 @@ def test_a_killed_monitor_costs_no_container_output_or_exit_code(fresh_daemon: D
         # the containers run on and what they write from now on is logged
         for cid, pid in pids.items():
             assert alive(pid)
-            wait_for(lambda: last_number(logged_lines(d, cid)) >= at_kill[cid] + 20, "output after the kill")
+            wait_for(lambda cid=cid: last_number(logged_lines(d, cid)) >= at_kill[cid] + 20, "output after the kill")
 
         # logs -f and attach go on and end with the container, whose exit code is exact
         assert d.api("POST", f"/containers/{streamed}/stop?t=10")[0] == 204
@@ -230,10 +230,11 @@ def test_a_frozen_daemon_stalls_no_container_output(fresh_daemon: Daemon) -> Non
             time.sleep(0.2)
     finally:
         d.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
-    stuck = [(round(t1 - t0, 1), n0) for (t0, n0), (t1, n1) in zip(samples, samples[10:]) if n1 == n0]
+    stuck = [(round(t1 - t0, 1), n0) for (t0, n0), (t1, n1) in zip(samples, samples[10:], strict=False)
+             if n1 == n0]
     assert not stuck, f"no new log line for 2 s while the daemon was frozen: {stuck}"
     for cid in quitters:  # every exit that happened meanwhile is recorded, exactly
-        wait_for(lambda: not state(d, cid)["Running"], "exits recorded after the freeze")
+        wait_for(lambda cid=cid: not state(d, cid)["Running"], "exits recorded after the freeze")
         assert state(d, cid)["ExitCode"] == 3
     assert "replaced" not in d.log.read_text()
 
