@@ -151,7 +151,7 @@ class RootlessUser:
 
     def run(self, argv: list[str], check: bool = True, timeout: float = 90, input: str | None = None,
             **env: str) -> subprocess.CompletedProcess:
-        res = subprocess.run(self.as_user(argv, **env), capture_output=True, text=True, timeout=timeout,
+        res = subprocess.run(self.as_user(argv, True, **env), capture_output=True, text=True, timeout=timeout,
                              input=input)
         if check and res.returncode:
             raise AssertionError(f"{' '.join(argv)} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
