@@ -28,7 +28,7 @@ def bridges(daemon: Daemon) -> list[str]:
 
 
 @pytest.fixture
-def host_address(daemon: Daemon, unique) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def host_address(daemon: Daemon, unique: Callable[[str], str]) -> Iterator[str]:
     """An address of the daemon's host on an interface of its own (one end of a veth pair)."""
     name = unique("dm")
     daemon.netns_exec("ip", "link", "add", name, "type", "veth", "peer", "name", name + "p")
