@@ -72,8 +72,9 @@ async def with_progress(stream: Any, work: Callable[[Callable[[dict[str, Any]], 
         return task.result()
     except Exception as exc:
         detail: dict[str, Any] = {"message": str(exc)}
-        if getattr(exc, "code", None):
-            detail["code"] = exc.code  # type: ignore[attr-defined]
+        code = getattr(exc, "code", None)
+        if code:
+            detail["code"] = code
         await stream.write(json.dumps({"errorDetail": detail, "error": str(exc)}).encode() + b"\r\n")
         return None
 
