@@ -9,6 +9,7 @@ hanging or claiming success, and nothing is killed at the next restart.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import json
 import os
 import signal
@@ -57,7 +58,7 @@ def last_number(lines: list[str]) -> int:
     return numbers[-1] if numbers else -1
 
 
-def wait_for(predicate, what: str, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[..., object], what: str, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

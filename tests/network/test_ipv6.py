@@ -29,7 +29,7 @@ def six(world: World, name: str = "six", subnet: str = SUBNET6, **kwargs: Any) -
     return world.net.inspect(name)
 
 
-def inside(ns: str, *args: str):  # type: ignore[no-untyped-def]
+def inside(ns: str, *args: str) -> Any:
     return json.loads(sh("nsenter", f"--net={ns}", "ip", "-j", *args).stdout or "[]")
 
 

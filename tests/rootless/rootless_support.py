@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sysconfig
 import time
+from typing import Any
 from pathlib import Path
 
 import harness
@@ -157,12 +158,12 @@ class RootlessUser:
             raise AssertionError(f"{' '.join(argv)} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
         return res
 
-    def coracle(self, *args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+    def coracle(self, *args: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
         """The native CLI, finding the daemon through CORACLE_HOST."""
         return self.run([self.python, "-m", "coracle.cli.main", *args], check=check,
                         CORACLE_HOST=f"unix://{self.sock}", **kw)
 
-    def docker(self, *args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+    def docker(self, *args: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
         """The docker CLI, finding the daemon through DOCKER_HOST."""
         return self.run(["docker", *args], check=check, DOCKER_HOST=f"unix://{self.sock}", **kw)
 
