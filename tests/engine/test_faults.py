@@ -44,8 +44,8 @@ def crash_while(d: Daemon, point: str, method: str, path: str, body: object | No
     d.start(env={"CORACLE_FAULT": point})
     with contextlib.suppress(Exception):  # the daemon dies mid-request, as injected
         d.api(method, path, body)
-    d.proc.wait(10)  # type: ignore[union-attr]
-    assert d.proc.returncode == 99, d.log.read_text()[-2000:]  # type: ignore[union-attr]
+    d.proc.wait(10)  # type: ignore[union-attr]  # the daemon was started above
+    assert d.proc.returncode == 99, d.log.read_text()[-2000:]  # type: ignore[union-attr]  # started
     d.start()
 
 

@@ -130,7 +130,7 @@ def test_crash_during_start_leaves_a_consistent_world(fresh_daemon: Daemon, poin
     cid = body["Id"]
     with contextlib.suppress(Exception):  # the daemon dies mid-request, as injected
         d.api("POST", f"/containers/{cid}/start")
-    d.proc.wait(10)  # type: ignore[union-attr]
+    d.proc.wait(10)  # type: ignore[union-attr]  # the daemon was started above
     d.start()
     state = inspect(d, cid)["State"]
     assert not state["Running"]
@@ -150,7 +150,7 @@ def test_crash_during_create_leaves_no_half_container(fresh_daemon: Daemon) -> N
     d.start(env={"CORACLE_FAULT": "create-after-dirs"})
     with contextlib.suppress(Exception):
         d.api("POST", "/containers/create?name=half", {"Image": "busybox", "Cmd": ["true"]})
-    d.proc.wait(10)  # type: ignore[union-attr]
+    d.proc.wait(10)  # type: ignore[union-attr]  # the daemon was started above
     d.start()
     status, _ = d.api("GET", "/containers/half/json")
     assert status == 404
@@ -165,7 +165,7 @@ def test_crash_during_rm_finishes_the_removal(fresh_daemon: Daemon) -> None:
     cid = run_detached(d, "sleep", "300")
     with contextlib.suppress(Exception):
         d.api("DELETE", f"/containers/{cid}?force=1")
-    d.proc.wait(10)  # type: ignore[union-attr]
+    d.proc.wait(10)  # type: ignore[union-attr]  # the daemon was started above
     d.start()
     status, _ = d.api("GET", f"/containers/{cid}/json")
     assert status == 404
@@ -179,7 +179,8 @@ def test_a_killed_monitor_is_replaced_and_its_containers_stay_manageable(fresh_d
     cid = run_detached(d, "sleep", "300")
     pid = inspect(d, cid)["State"]["Pid"]
     old_monitor = d.monitor_pid()
-    os.kill(old_monitor, signal.SIGKILL)  # type: ignore[arg-type]
+    assert old_monitor is not None
+    os.kill(old_monitor, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while (d.monitor_pid() in (None, old_monitor)) and time.monotonic() < deadline:
         time.sleep(0.05)

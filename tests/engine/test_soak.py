@@ -73,7 +73,7 @@ def test_a_thousand_containers_leave_no_growth_behind(fresh_daemon: Daemon) -> N
         d.start()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    daemon, monitor, keeper = d.proc.pid, d.monitor_pid(), d.keeper_pid()  # type: ignore[union-attr]
+    daemon, monitor, keeper = d.proc.pid, d.monitor_pid(), d.keeper_pid()  # type: ignore[union-attr]  # started
     assert monitor and keeper
     for pid in (daemon, monitor, keeper):  # raised to the hard limit, never above
         assert soft_nofile(pid) == hard
