@@ -6,6 +6,7 @@ running in a throwaway network namespace (see tests/harness.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -14,7 +15,6 @@ import docker
 import pytest
 
 from harness import Daemon
-import contextlib
 
 
 @pytest.fixture

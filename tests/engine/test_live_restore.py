@@ -7,6 +7,7 @@ exit codes recorded while the daemon was away, and nothing left half-made.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from harness import Daemon
-import contextlib
 
 
 def alive(pid: int) -> bool:
