@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import docker
@@ -40,7 +41,7 @@ from harness import PYTHON, Daemon, start_registry, unique
 CLIENTS = ["docker", "coracle"]
 
 
-def _client(daemon: Daemon, which: str):  # type: ignore[no-untyped-def]
+def _client(daemon: Daemon, which: str) -> Callable[..., subprocess.CompletedProcess[str]]:
     return daemon.docker if which == "docker" else daemon.cli
 
 
