@@ -134,7 +134,7 @@ def _layer_names(saved: bytes) -> set[str]:
     with tarfile.open(fileobj=io.BytesIO(saved)) as outer:
         for member in outer:
             if member.isfile() and member.name.endswith((".tar", "layer.tar")) or "blobs/sha256/" in member.name:
-                data = outer.extractfile(member).read()  # type: ignore[union-attr]
+                data = outer.extractfile(member).read()  # type: ignore[union-attr]  # a regular file member
                 try:
                     with tarfile.open(fileobj=io.BytesIO(data)) as layer:
                         names.update(layer.getnames())

@@ -7,6 +7,7 @@ codes, formatted fields), not only that the command returned 0.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import json
 import re
 import subprocess
@@ -164,7 +165,7 @@ def test_errors_in_dockers_words(docker: Docker) -> None:
     assert res.returncode == 1 and "No such container" in res.stderr
 
 
-def _wait_for(predicate, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+def _wait_for(predicate: Callable[[], object], timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

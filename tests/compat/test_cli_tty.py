@@ -6,6 +6,7 @@ tests type at that terminal like a user and read what the screen shows.
 
 from __future__ import annotations
 
+import docker
 import json
 import time
 
@@ -162,7 +163,7 @@ def test_exec_it_is_interactive_and_resizable(daemon: Daemon, docker: Docker) ->
         term.close()
 
 
-def test_sdk_exec_run_with_tty(daemon: Daemon, client) -> None:  # type: ignore[no-untyped-def]
+def test_sdk_exec_run_with_tty(daemon: Daemon, client: docker.DockerClient) -> None:
     container = client.containers.run("busybox", "sleep 60", detach=True, name=unique("sx"))
     try:
         code, out = container.exec_run("sh -c 'tty; exit 4'", tty=True)

@@ -57,7 +57,7 @@ def test_export_of_a_stopped_container_imports_and_runs(docker: Docker, tmp_path
     docker("export", "-o", str(out), name)
     with tarfile.open(out) as tar:
         names = set(tar.getnames())
-        assert tar.extractfile("marker").read() == b"exported\n"  # type: ignore[union-attr]
+        assert tar.extractfile("marker").read() == b"exported\n"  # type: ignore[union-attr]  # a regular file member
     assert "bin/busybox" in names and "etc/passwd" in names
     assert "etc/group" not in names  # deleted in the container
     assert "data/v" not in names  # volumes are not part of the container's filesystem
@@ -73,7 +73,7 @@ def test_export_of_a_running_container_with_the_sdk(client: docker.DockerClient)
     container.exec_run(["sh", "-c", "until [ -e /live ]; do sleep 0.1; done"])
     data = b"".join(container.export())  # type: ignore[arg-type]  # the stubs say export() returns str; it yields bytes
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        assert tar.extractfile("live").read() == b"live\n"  # type: ignore[union-attr]
+        assert tar.extractfile("live").read() == b"live\n"  # type: ignore[union-attr]  # a regular file member
         assert not any(n.startswith("proc/") for n in tar.getnames())  # no kernel filesystems
 
 
@@ -100,7 +100,7 @@ def test_a_planted_symlink_never_brings_host_files(docker: Docker, tmp_path: Pat
             assert planted.issym() and planted.linkname == str(host_dir)
             for m in members:
                 if m.isreg():
-                    assert b"host secret" not in tar.extractfile(m).read()  # type: ignore[union-attr]
+                    assert b"host secret" not in tar.extractfile(m).read()  # type: ignore[union-attr]  # a file
         changes = docker("diff", name).stdout
         assert "A /planted" in changes and "secret-name" not in changes
     assert (host_dir / "secret-name").read_text() == "host secret content\n"
@@ -118,6 +118,6 @@ def test_native_cli_diff_and_export(daemon: Daemon, docker: Docker, tmp_path: Pa
                          timeout=60)
     assert res.returncode == 0, res.stderr
     with tarfile.open(out) as tar:
-        assert tar.extractfile("native").read() == b"native\n"  # type: ignore[union-attr]
+        assert tar.extractfile("native").read() == b"native\n"  # type: ignore[union-attr]  # a regular file member
     res = subprocess.run(CORACLE + ["diff", "no-such-ctr"], capture_output=True, text=True, env=env, timeout=60)
     assert res.returncode == 1 and "No such container: no-such-ctr" in res.stderr

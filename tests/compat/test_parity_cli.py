@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import docker
@@ -40,16 +41,16 @@ from harness import PYTHON, Daemon, start_registry, unique
 CLIENTS = ["docker", "coracle"]
 
 
-def _client(daemon: Daemon, which: str):  # type: ignore[no-untyped-def]
+def _client(daemon: Daemon, which: str) -> Callable[..., subprocess.CompletedProcess[str]]:
     return daemon.docker if which == "docker" else daemon.cli
 
 
 def _containers(daemon: Daemon) -> set[str]:
-    return {c["Id"] for c in daemon.api("GET", "/containers/json?all=1")[1]}  # type: ignore[union-attr]
+    return {c["Id"] for c in daemon.api("GET", "/containers/json?all=1")[1]}
 
 
 def _volumes(daemon: Daemon) -> set[str]:
-    return {v["Name"] for v in daemon.api("GET", "/volumes")[1]["Volumes"] or []}  # type: ignore[index]
+    return {v["Name"] for v in daemon.api("GET", "/volumes")[1]["Volumes"] or []}
 
 
 @pytest.mark.parametrize("which", CLIENTS)

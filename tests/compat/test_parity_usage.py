@@ -44,8 +44,10 @@ def test_supplementary_groups_are_dockers(daemon: Daemon, client: str) -> None:
 def test_supplementary_groups_of_an_exec(client: docker.DockerClient) -> None:
     ctr = client.containers.run("busybox", "sleep 60", detach=True, group_add=["29"])
     try:
-        assert ctr.exec_run("id", user="1000:1000").output.strip() == b"uid=1000 gid=1000 groups=29(audio),1000"
-        assert ctr.exec_run("id -G").output.split() == [b"0", b"10", b"29"]
+        as_user, as_root = ctr.exec_run("id", user="1000:1000").output, ctr.exec_run("id -G").output
+        assert isinstance(as_user, bytes) and isinstance(as_root, bytes)  # not streamed: the whole output
+        assert as_user.strip() == b"uid=1000 gid=1000 groups=29(audio),1000"
+        assert as_root.split() == [b"0", b"10", b"29"]
     finally:
         ctr.remove(force=True)
 
@@ -124,7 +126,7 @@ def test_system_df_counts_and_verbose(fresh_daemon: Daemon, tmp_path: Path) -> N
 
     lines = d.docker("system", "df", "--format", "{{json .}}").stdout.splitlines()
     rows = {r["Type"]: r for r in map(json.loads, lines)}
-    layers = d.api("GET", "/system/df")[1]["LayersSize"]  # type: ignore[index]
+    layers = d.api("GET", "/system/df")[1]["LayersSize"]
     # three images sharing the busybox layer; the one containers use has no unique bytes: all is reclaimable
     assert (rows["Images"]["TotalCount"], rows["Images"]["Active"]) == ("3", "1")
     assert rows["Images"]["Size"] == _size(layers) and rows["Images"]["Reclaimable"] == f"{_size(layers)} (100%)"

@@ -116,7 +116,7 @@ def test_images_load_save_and_archive(client: docker.DockerClient) -> None:
     stream, stat = ctr.get_archive("/tmp/from-sdk.txt")
     assert stat and stat["name"] == "from-sdk.txt" and stat["size"] == 5
     with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-        assert tar.extractfile("from-sdk.txt").read() == b"hello"  # type: ignore[union-attr]
+        assert tar.extractfile("from-sdk.txt").read() == b"hello"  # type: ignore[union-attr]  # a regular file member
 
 
 def test_attach_logs_and_stream(client: docker.DockerClient) -> None:

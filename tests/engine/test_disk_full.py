@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -36,7 +36,7 @@ def free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def wait_for(what: str, done, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
+def wait_for(what: str, done: Callable[[], object], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not done():
         assert time.monotonic() < deadline, f"gave up waiting until {what}"

@@ -7,6 +7,7 @@ normally once the daemon is back.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -41,12 +42,10 @@ def leases(d: Daemon) -> int:
 def crash_while(d: Daemon, point: str, method: str, path: str, body: object | None = None) -> None:
     d.stop()
     d.start(env={"CORACLE_FAULT": point})
-    try:
+    with contextlib.suppress(Exception):  # the daemon dies mid-request, as injected
         d.api(method, path, body)
-    except Exception:
-        pass  # the daemon died mid-request, as injected
-    d.proc.wait(10)  # type: ignore[union-attr]
-    assert d.proc.returncode == 99, d.log.read_text()[-2000:]  # type: ignore[union-attr]
+    d.proc.wait(10)  # type: ignore[union-attr]  # the daemon was started above
+    assert d.proc.returncode == 99, d.log.read_text()[-2000:]  # type: ignore[union-attr]  # started
     d.start()
 
 
@@ -58,14 +57,14 @@ def test_crash_inside_network_setup(fresh_daemon: Daemon, point: str) -> None:
         "Image": "busybox", "Cmd": ["sleep", "300"],
         "HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": "18090"}]}}})
     assert status == 201, body
-    cid = body["Id"]  # type: ignore[index]
+    cid = body["Id"]
     before = (veths(d), leases(d), nft_elements(d))
     crash_while(d, point, "POST", f"/containers/{cid}/start")
     assert (veths(d), leases(d), nft_elements(d)) == before
     status, body = d.api("POST", f"/containers/{cid}/start")
     assert status == 204, body
     status, info = d.api("GET", f"/containers/{cid}/json")
-    assert info["State"]["Running"] and info["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"] == "18090"  # type: ignore[index]
+    assert info["State"]["Running"] and info["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"] == "18090"
 
 
 def test_crash_during_live_connect(fresh_daemon: Daemon) -> None:
@@ -74,7 +73,7 @@ def test_crash_during_live_connect(fresh_daemon: Daemon) -> None:
     net = unique("fn")
     assert d.api("POST", "/networks/create", {"Name": net})[0] == 201
     status, body = d.api("POST", "/containers/create", {"Image": "busybox", "Cmd": ["sleep", "300"]})
-    cid = body["Id"]  # type: ignore[index]
+    cid = body["Id"]
     assert d.api("POST", f"/containers/{cid}/start")[0] == 204
     before = (veths(d), leases(d))
     crash_while(d, "network-after-veth", "POST", f"/networks/{net}/connect", {"Container": cid})
@@ -86,7 +85,7 @@ def test_crash_during_live_connect(fresh_daemon: Daemon) -> None:
 
 
 def _pid(d: Daemon, cid: str) -> int:
-    return d.api("GET", f"/containers/{cid}/json")[1]["State"]["Pid"]  # type: ignore[index]
+    return d.api("GET", f"/containers/{cid}/json")[1]["State"]["Pid"]
 
 
 @pytest.mark.skipif(not os.path.exists(REGISTRY), reason="needs Debian's docker-registry")
@@ -96,8 +95,9 @@ def test_crash_mid_pull_leaves_no_trusted_half_and_the_next_pull_works(fresh_dae
     registry, port = start_registry(d.netns, tmp_path)
     repo = f"127.0.0.1:{port}/faults/app"
     try:
-        status, body = d.api("POST", "/containers/create", {"Image": "busybox", "Cmd": ["sh", "-c", "echo v1 > /marker"]})
-        cid = body["Id"]  # type: ignore[index]
+        status, body = d.api("POST", "/containers/create",
+                             {"Image": "busybox", "Cmd": ["sh", "-c", "echo v1 > /marker"]})
+        cid = body["Id"]
         d.api("POST", f"/containers/{cid}/start")
         d.api("POST", f"/containers/{cid}/wait")
         assert d.api("POST", f"/commit?container={cid}&repo={repo}&tag=1")[0] == 201
@@ -115,9 +115,9 @@ def test_crash_mid_pull_leaves_no_trusted_half_and_the_next_pull_works(fresh_dae
         assert status == 200 and "error" not in str(out), out
         status, body = d.api("POST", "/containers/create", {"Image": f"{repo}:1", "Cmd": ["cat", "/marker"],
                                                               "HostConfig": {"NetworkMode": "none"}})
-        cid = body["Id"]  # type: ignore[index]
+        cid = body["Id"]
         d.api("POST", f"/containers/{cid}/start")
-        assert d.api("POST", f"/containers/{cid}/wait")[1]["StatusCode"] == 0  # type: ignore[index]
+        assert d.api("POST", f"/containers/{cid}/wait")[1]["StatusCode"] == 0
         status, logs = d.api("GET", f"/containers/{cid}/logs?stdout=1")
         assert "v1" in str(logs)
     finally:

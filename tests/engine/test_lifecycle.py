@@ -6,6 +6,7 @@ running in a throwaway network namespace (see tests/harness.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -21,10 +22,8 @@ def client(daemon: Daemon):  # type: ignore[no-untyped-def]
     c = daemon.sdk()
     yield c
     for ctr in c.containers.list(all=True):
-        try:
+        with contextlib.suppress(docker.errors.APIError):
             ctr.remove(force=True)
-        except docker.errors.APIError:
-            pass
     c.close()
 
 
@@ -53,7 +52,7 @@ def test_isolation_seen_from_inside(client, daemon: Daemon) -> None:  # type: ig
     assert ["1", "sleep 60"] in procs  # the command is PID 1
     assert lines[-2].strip() == "1"  # none mode: only lo
     assert lines[-1].startswith("sleep")
-    pid = ctr.attrs["State"]["Pid"] if ctr.attrs["State"]["Pid"] else client.api.inspect_container(ctr.id)["State"]["Pid"]
+    pid = ctr.attrs["State"]["Pid"] or client.api.inspect_container(ctr.id)["State"]["Pid"]
     assert os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
     assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
 

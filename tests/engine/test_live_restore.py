@@ -7,6 +7,7 @@ exit codes recorded while the daemon was away, and nothing left half-made.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -30,14 +31,14 @@ def alive(pid: int) -> bool:
 def inspect(d: Daemon, ref: str) -> dict:
     status, body = d.api("GET", f"/containers/{ref}/json")
     assert status == 200, body
-    return body  # type: ignore[return-value]
+    return body
 
 
 def run_detached(d: Daemon, *args: str, **host_config: object) -> str:
     status, body = d.api("POST", "/containers/create", {"Image": "busybox", "Cmd": list(args),
                                                            "HostConfig": {"NetworkMode": "none", **host_config}})
     assert status == 201, body
-    cid = body["Id"]  # type: ignore[index]
+    cid = body["Id"]
     status, body = d.api("POST", f"/containers/{cid}/start")
     assert status == 204, body
     return cid
@@ -56,7 +57,7 @@ def test_containers_survive_the_daemon(fresh_daemon: Daemon, sig: int) -> None:
     assert state["Running"] and state["Pid"] == pid
     status, body = d.api("POST", f"/containers/{cid}/exec", {"Cmd": ["true"]})
     assert status == 201
-    status, _ = d.api("POST", f"/exec/{body['Id']}/start", {"Detach": True})  # type: ignore[index]
+    status, _ = d.api("POST", f"/exec/{body['Id']}/start", {"Detach": True})
     assert status == 200
     status, _ = d.api("POST", f"/containers/{cid}/stop?t=1")
     assert status == 204
@@ -88,10 +89,8 @@ def test_always_containers_come_back_after_a_reboot(fresh_daemon: Daemon) -> Non
     assert monitor
     os.kill(monitor, signal.SIGKILL)
     for ref in (always, plain):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(inspect_pid_from_disk(d, ref), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     time.sleep(0.2)
     d.start()
     deadline = time.monotonic() + 10
@@ -116,8 +115,8 @@ def test_two_daemons_never_share_a_data_root(fresh_daemon: Daemon) -> None:
     d = fresh_daemon
     d.start()
     other = subprocess.run(
-        ["nsenter", f"--net=/run/netns/{d.netns}", sys.executable, "-m", "coracle.daemon", "--data-root", str(d.data_root),
-         "--exec-root", str(d.root / "exec2"), "-H", f"unix://{d.root}/other.sock"],
+        ["nsenter", f"--net=/run/netns/{d.netns}", sys.executable, "-m", "coracle.daemon",
+         "--data-root", str(d.data_root), "--exec-root", str(d.root / "exec2"), "-H", f"unix://{d.root}/other.sock"],
         capture_output=True, text=True, timeout=30)
     assert other.returncode != 0
     assert "in use by another daemon" in other.stderr
@@ -128,12 +127,10 @@ def test_crash_during_start_leaves_a_consistent_world(fresh_daemon: Daemon, poin
     d = fresh_daemon
     d.start(env={"CORACLE_FAULT": point})
     status, body = d.api("POST", "/containers/create", {"Image": "busybox", "Cmd": ["sleep", "300"]})
-    cid = body["Id"]  # type: ignore[index]
-    try:
+    cid = body["Id"]
+    with contextlib.suppress(Exception):  # the daemon dies mid-request, as injected
         d.api("POST", f"/containers/{cid}/start")
-    except Exception:
-        pass  # the daemon died mid-request, as injected
-    d.proc.wait(10)  # type: ignore[union-attr]
+    d.proc.wait(10)  # type: ignore[union-attr]  # the daemon was started above
     d.start()
     state = inspect(d, cid)["State"]
     assert not state["Running"]
@@ -151,11 +148,9 @@ def test_crash_during_start_leaves_a_consistent_world(fresh_daemon: Daemon, poin
 def test_crash_during_create_leaves_no_half_container(fresh_daemon: Daemon) -> None:
     d = fresh_daemon
     d.start(env={"CORACLE_FAULT": "create-after-dirs"})
-    try:
+    with contextlib.suppress(Exception):
         d.api("POST", "/containers/create?name=half", {"Image": "busybox", "Cmd": ["true"]})
-    except Exception:
-        pass
-    d.proc.wait(10)  # type: ignore[union-attr]
+    d.proc.wait(10)  # type: ignore[union-attr]  # the daemon was started above
     d.start()
     status, _ = d.api("GET", "/containers/half/json")
     assert status == 404
@@ -168,11 +163,9 @@ def test_crash_during_rm_finishes_the_removal(fresh_daemon: Daemon) -> None:
     d = fresh_daemon
     d.start(env={"CORACLE_FAULT": "rm-before-cleanup"})
     cid = run_detached(d, "sleep", "300")
-    try:
+    with contextlib.suppress(Exception):
         d.api("DELETE", f"/containers/{cid}?force=1")
-    except Exception:
-        pass
-    d.proc.wait(10)  # type: ignore[union-attr]
+    d.proc.wait(10)  # type: ignore[union-attr]  # the daemon was started above
     d.start()
     status, _ = d.api("GET", f"/containers/{cid}/json")
     assert status == 404
@@ -186,7 +179,8 @@ def test_a_killed_monitor_is_replaced_and_its_containers_stay_manageable(fresh_d
     cid = run_detached(d, "sleep", "300")
     pid = inspect(d, cid)["State"]["Pid"]
     old_monitor = d.monitor_pid()
-    os.kill(old_monitor, signal.SIGKILL)  # type: ignore[arg-type]
+    assert old_monitor is not None
+    os.kill(old_monitor, signal.SIGKILL)
     deadline = time.monotonic() + 10
     while (d.monitor_pid() in (None, old_monitor)) and time.monotonic() < deadline:
         time.sleep(0.05)

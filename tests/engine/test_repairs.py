@@ -39,17 +39,21 @@ def test_a_deleted_cgroup_is_recreated_and_the_limits_bite_again(fresh_daemon: D
     client = d.sdk()
     ctr = client.containers.run("busybox", "sleep 300", detach=True, network_mode="none", mem_limit="16m",
                                 memswap_limit="16m", pids_limit=12)
-    pid = ctr.attrs["State"]["Pid"] or inspect(d, ctr.id)["State"]["Pid"]
-    remove_cgroup(d, ctr.id)
-    assert container_cgroups(d, ctr.id) == []
+    cid = ctr.id
+    assert cid is not None  # a container the daemon created has its id
+    pid = ctr.attrs["State"]["Pid"] or inspect(d, cid)["State"]["Pid"]
+    remove_cgroup(d, cid)
+    assert container_cgroups(d, cid) == []
     assert "cgroup missing" in d.cli("system", "check", "--dry-run").stdout
     d.cli("system", "check")
-    assert container_cgroups(d, ctr.id)
-    assert f"/{d.cgroup_parent}/{ctr.id}" in Path(f"/proc/{pid}/cgroup").read_text()  # moved back in
+    assert container_cgroups(d, cid)
+    assert f"/{d.cgroup_parent}/{cid}" in Path(f"/proc/{pid}/cgroup").read_text()  # moved back in
     code, _ = ctr.exec_run(["sh", "-c", "x=a; while true; do x=$x$x$x$x; done"])
     assert code == 137  # the memory limit bites again
     ctr.exec_run(["sh", "-c", "for i in $(seq 40); do sleep 30 & done"])
-    assert ctr.stats(stream=False)["pids_stats"]["current"] <= 12  # and so does the pids limit
+    stats = ctr.stats(stream=False)
+    assert isinstance(stats, dict)  # stream=False: one decoded sample
+    assert stats["pids_stats"]["current"] <= 12  # and so does the pids limit
     assert alive(pid)
     assert "No inconsistencies" in d.cli("system", "check", "--dry-run").stdout
     ctr.remove(force=True)

@@ -24,13 +24,13 @@ def test_ports_and_names_answer_while_the_daemon_is_down_and_after(fresh_daemon:
     status, body = d.api("POST", "/containers/create?name=websrv", {
         "Image": "busybox", "Cmd": ["sh", "-c", "echo up > /index.html; httpd -f -p 80 -h /"],
         "HostConfig": {"NetworkMode": net, "PortBindings": {"80/tcp": [{"HostPort": "18100"}]}}})
-    web = body["Id"]  # type: ignore[index]
+    web = body["Id"]
     assert d.api("POST", f"/containers/{web}/start")[0] == 204
     status, body = d.api("POST", "/containers/create", {"Image": "busybox", "Cmd": ["sleep", "300"],
                                                           "HostConfig": {"NetworkMode": net}})
-    client = body["Id"]  # type: ignore[index]
+    client = body["Id"]
     assert d.api("POST", f"/containers/{client}/start")[0] == 204
-    client_pid = d.api("GET", f"/containers/{client}/json")[1]["State"]["Pid"]  # type: ignore[index]
+    client_pid = d.api("GET", f"/containers/{client}/json")[1]["State"]["Pid"]
     time.sleep(0.3)
 
     def fetch_port() -> str:
@@ -55,7 +55,7 @@ def test_a_log_flood_neither_blocks_the_daemon_nor_grows_the_monitor(fresh_daemo
         "Image": "busybox", "Cmd": ["sh", "-c", "yes 0123456789012345678901234567890123456789"],
         "HostConfig": {"NetworkMode": "none", "LogConfig": {"Type": "json-file",
                                                             "Config": {"max-size": "1m", "max-file": "2"}}}})
-    cid = body["Id"]  # type: ignore[index]
+    cid = body["Id"]
     monitor = d.monitor_pid()
     assert monitor
     before = rss_kib(monitor)
@@ -85,7 +85,7 @@ def test_a_full_data_root_gives_a_clear_error_and_leaves_nothing(fresh_daemon: D
         status, body = d.api("POST", "/containers/create", {"Image": "busybox", "Cmd": ["true"]})
         assert status >= 500 and "no space left" in str(body), body
         status, listed = d.api("GET", "/containers/json?all=1")
-        assert status == 200 and len(listed) == 1  # type: ignore[arg-type]
+        assert status == 200 and len(listed) == 1
         assert len(list((d.data_root / "containers").iterdir())) == 1  # no half-made container left
         filler.unlink()
         status, body = d.api("POST", "/containers/create", {"Image": "busybox", "Cmd": ["true"]})

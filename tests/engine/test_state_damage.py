@@ -47,7 +47,7 @@ def test_a_lost_database_costs_no_container(fresh_daemon: Daemon, snapshot_too: 
     cid = run_detached(d, "sh", "-c", "echo hello-before; sleep 300")
     assert d.api("POST", f"/containers/{cid}/rename?name={web}")[0] == 204
     stopped = run_detached(d, "sh", "-c", "echo done; exit 3")
-    assert d.api("POST", f"/containers/{stopped}/wait")[1]["StatusCode"] == 3  # type: ignore[index]
+    assert d.api("POST", f"/containers/{stopped}/wait")[1]["StatusCode"] == 3
     pid = inspect(d, cid)["State"]["Pid"]
     assert "hello-before" in logs(d, cid)
     served = d.docker("run", "-d", "-p", "18300:80", "busybox", "sh", "-c",

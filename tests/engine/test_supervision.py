@@ -9,6 +9,7 @@ hanging or claiming success, and nothing is killed at the next restart.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import json
 import os
 import signal
@@ -34,14 +35,14 @@ def alive(pid: int) -> bool:
 def state(d: Daemon, ref: str) -> dict:
     status, body = d.api("GET", f"/containers/{ref}/json")
     assert status == 200, body
-    return body["State"]  # type: ignore[index]
+    return body["State"]
 
 
 def run_detached(d: Daemon, script: str) -> str:
     status, body = d.api("POST", "/containers/create", {"Image": "busybox", "Cmd": ["sh", "-c", script],
                                                           "HostConfig": {"NetworkMode": "none"}})
     assert status == 201, body
-    cid = body["Id"]  # type: ignore[index]
+    cid = body["Id"]
     status, body = d.api("POST", f"/containers/{cid}/start")
     assert status == 204, body
     return cid
@@ -57,7 +58,7 @@ def last_number(lines: list[str]) -> int:
     return numbers[-1] if numbers else -1
 
 
-def wait_for(predicate, what: str, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[..., object], what: str, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -72,9 +73,15 @@ def client(d: Daemon, *args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "CORACLE_HOST": d.host})
 
 
+def published(pid: int | None, what: str) -> int:
+    """A pid the daemon has written (the test stops clearly when it has not)."""
+    assert pid is not None, f"the daemon has not published its {what} pid"
+    return pid
+
+
 def new_monitor(d: Daemon, old: int) -> int:
     wait_for(lambda: d.monitor_pid() not in (None, old) and alive(d.monitor_pid() or 0), "a new monitor")
-    return d.monitor_pid()  # type: ignore[return-value]
+    return published(d.monitor_pid(), "monitor")
 
 
 def test_a_killed_monitor_costs_no_container_output_or_exit_code(fresh_daemon: Daemon) -> None:
@@ -86,14 +93,14 @@ def test_a_killed_monitor_costs_no_container_output_or_exit_code(fresh_daemon: D
     attached = client(d, "attach", "--no-stdin", streamed)
     execed = client(d, "exec", streamed, "sh", "-c", "echo exec-started; sleep 60; echo exec-done")
     try:
-        assert execed.stdout.readline().strip() == "exec-started"  # type: ignore[union-attr]
-        assert attached.stdout.readline().startswith("line-")  # type: ignore[union-attr]
+        assert execed.stdout.readline().strip() == "exec-started"  # type: ignore[union-attr]  # Popen(stdout=PIPE)
+        assert attached.stdout.readline().startswith("line-")  # type: ignore[union-attr]  # Popen(stdout=PIPE)
         wait_for(lambda: last_number(logged_lines(d, streamed)) >= 5, "output in the log")
 
-        old = d.monitor_pid()
-        os.kill(old, signal.SIGKILL)  # type: ignore[arg-type]
+        old = published(d.monitor_pid(), "monitor")
+        os.kill(old, signal.SIGKILL)
         at_kill = {cid: last_number(logged_lines(d, cid)) for cid in pids}
-        new_monitor(d, old)  # type: ignore[arg-type]
+        new_monitor(d, old)
 
         # The exec's client does not claim success for a run it did not see end.
         out, err = execed.communicate(timeout=30)
@@ -104,7 +111,7 @@ def test_a_killed_monitor_costs_no_container_output_or_exit_code(fresh_daemon: D
         # the containers run on and what they write from now on is logged
         for cid, pid in pids.items():
             assert alive(pid)
-            wait_for(lambda: last_number(logged_lines(d, cid)) >= at_kill[cid] + 20, "output after the kill")
+            wait_for(lambda cid=cid: last_number(logged_lines(d, cid)) >= at_kill[cid] + 20, "output after the kill")
 
         # logs -f and attach go on and end with the container, whose exit code is exact
         assert d.api("POST", f"/containers/{streamed}/stop?t=10")[0] == 204
@@ -145,7 +152,7 @@ def test_a_container_outlives_its_monitor_and_daemon_killed_in_turn(fresh_daemon
     pid = state(d, cid)["Pid"]
     wait_for(lambda: last_number(logged_lines(d, cid)) >= 3, "output in the log")
     d.stop(signal.SIGKILL)
-    os.kill(d.monitor_pid(), signal.SIGKILL)  # type: ignore[arg-type]
+    os.kill(published(d.monitor_pid(), "monitor"), signal.SIGKILL)
     at_kill = last_number(logged_lines(d, cid))
     d.start()
     assert state(d, cid)["Running"] and alive(pid)
@@ -160,15 +167,15 @@ def test_an_exit_while_no_monitor_runs_is_exact_and_its_last_output_kept(fresh_d
     d.start()
     cid = run_detached(d, "sleep 2; echo last-words; exit 5")
     pid = state(d, cid)["Pid"]
-    keeper = d.keeper_pid()
-    old = d.monitor_pid()
-    os.kill(keeper, signal.SIGSTOP)  # type: ignore[arg-type]  # no new monitor until it exits
+    keeper = published(d.keeper_pid(), "keeper")
+    old = published(d.monitor_pid(), "monitor")
+    os.kill(keeper, signal.SIGSTOP)  # no new monitor until it exits
     try:
-        os.kill(old, signal.SIGKILL)  # type: ignore[arg-type]
+        os.kill(old, signal.SIGKILL)
         wait_for(lambda: not alive(pid), "the container to end", timeout=30)
     finally:
-        os.kill(keeper, signal.SIGCONT)  # type: ignore[arg-type]
-    new_monitor(d, old)  # type: ignore[arg-type]
+        os.kill(keeper, signal.SIGCONT)
+    new_monitor(d, old)
     wait_for(lambda: not state(d, cid)["Running"], "the exit to be recorded")
     assert state(d, cid)["ExitCode"] == 5
     assert logged_lines(d, cid)[-1] == "last-words"
@@ -181,9 +188,9 @@ def test_a_killed_keeper_leaves_containers_running_and_logging(fresh_daemon: Dae
     cid = run_detached(d, WRITER)
     pid = state(d, cid)["Pid"]
     wait_for(lambda: last_number(logged_lines(d, cid)) >= 3, "output in the log")
-    keeper = d.keeper_pid()
-    os.kill(keeper, signal.SIGKILL)  # type: ignore[arg-type]
-    wait_for(lambda: not alive(keeper), "the keeper to die")  # type: ignore[arg-type]
+    keeper = published(d.keeper_pid(), "keeper")
+    os.kill(keeper, signal.SIGKILL)
+    wait_for(lambda: not alive(keeper), "the keeper to die")
     at_kill = last_number(logged_lines(d, cid))
     wait_for(lambda: last_number(logged_lines(d, cid)) >= at_kill + 10, "output after the keeper died")
     assert alive(pid) and state(d, cid)["Running"]
@@ -215,12 +222,12 @@ def test_a_frozen_daemon_stalls_no_container_output(fresh_daemon: Daemon) -> Non
             "Image": "busybox", "Cmd": ["sh", "-c", "until [ -e /gate/go ]; do sleep 0.2; done; exit 3"],
             "HostConfig": {"NetworkMode": "none", "Binds": [f"{gate}:/gate:ro"]}})
         assert status == 201, body
-        assert d.api("POST", f"/containers/{body['Id']}/start")[0] == 204  # type: ignore[index]
-        return body["Id"]  # type: ignore[index]
+        assert d.api("POST", f"/containers/{body['Id']}/start")[0] == 204
+        return body["Id"]
 
     with ThreadPoolExecutor(8) as pool:
         quitters = list(pool.map(quitter, range(QUITTERS)))
-    d.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+    d.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]  # started above
     samples: list[tuple[float, int]] = []
     try:
         (gate / "go").touch()
@@ -229,11 +236,12 @@ def test_a_frozen_daemon_stalls_no_container_output(fresh_daemon: Daemon) -> Non
             samples.append((time.monotonic(), last_number(logged_lines(d, writer))))
             time.sleep(0.2)
     finally:
-        d.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
-    stuck = [(round(t1 - t0, 1), n0) for (t0, n0), (t1, n1) in zip(samples, samples[10:]) if n1 == n0]
+        d.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]  # started above
+    stuck = [(round(t1 - t0, 1), n0) for (t0, n0), (t1, n1) in zip(samples, samples[10:], strict=False)
+             if n1 == n0]
     assert not stuck, f"no new log line for 2 s while the daemon was frozen: {stuck}"
     for cid in quitters:  # every exit that happened meanwhile is recorded, exactly
-        wait_for(lambda: not state(d, cid)["Running"], "exits recorded after the freeze")
+        wait_for(lambda cid=cid: not state(d, cid)["Running"], "exits recorded after the freeze")
         assert state(d, cid)["ExitCode"] == 3
     assert "replaced" not in d.log.read_text()
 
@@ -253,11 +261,11 @@ def test_a_container_nobody_supervises_is_adopted_never_killed(fresh_daemon: Dae
     d.start()
     cid = run_detached(d, 'trap "exit 7" TERM; while :; do sleep 0.1; done')
     pid = state(d, cid)["Pid"]
-    keeper, old = d.keeper_pid(), d.monitor_pid()
-    os.kill(keeper, signal.SIGKILL)  # type: ignore[arg-type]
-    wait_for(lambda: not alive(keeper), "the keeper to die")  # type: ignore[arg-type]
-    os.kill(old, signal.SIGKILL)  # type: ignore[arg-type]
-    new_monitor(d, old)  # type: ignore[arg-type]  # the daemon starts a fresh keeper and monitor
+    keeper, old = published(d.keeper_pid(), "keeper"), published(d.monitor_pid(), "monitor")
+    os.kill(keeper, signal.SIGKILL)
+    wait_for(lambda: not alive(keeper), "the keeper to die")
+    os.kill(old, signal.SIGKILL)
+    new_monitor(d, old)  # the daemon starts a fresh keeper and monitor
     report = d.cli("system", "check", "--dry-run").stdout
     assert "no process" not in report and "adopted" in report, report
     d.cli("system", "check")
@@ -279,13 +287,13 @@ def test_a_terminal_outlives_the_monitor(fresh_daemon: Daemon) -> None:
     status, body = d.api("POST", "/containers/create", {"Image": "busybox", "Cmd": ["sh", "-c", WRITER], "Tty": True,
                                                           "OpenStdin": True, "HostConfig": {"NetworkMode": "none"}})
     assert status == 201, body
-    cid = body["Id"]  # type: ignore[index]
+    cid = body["Id"]
     assert d.api("POST", f"/containers/{cid}/start")[0] == 204
     wait_for(lambda: last_number(logged_lines(d, cid)) >= 3, "output in the log")
-    old = d.monitor_pid()
-    os.kill(old, signal.SIGKILL)  # type: ignore[arg-type]
+    old = published(d.monitor_pid(), "monitor")
+    os.kill(old, signal.SIGKILL)
     at_kill = last_number(logged_lines(d, cid))
-    new_monitor(d, old)  # type: ignore[arg-type]
+    new_monitor(d, old)
     wait_for(lambda: last_number(logged_lines(d, cid)) >= at_kill + 10, "output after the restart")
     assert state(d, cid)["Running"]
     assert d.api("POST", f"/containers/{cid}/stop?t=10")[0] == 204

@@ -12,6 +12,6 @@ def test_a_traced_start_logs_each_phase(fresh_daemon: Daemon) -> None:
     d.start(env={"CORACLE_TRACE": "1"})
     cid = d.docker("run", "-d", "--network", "none", "busybox", "true").stdout.strip()
     d.docker("wait", cid)
-    line = next(l for l in d.log.read_text().splitlines() if f"start {cid[:12]}:" in l)
+    line = next(entry for entry in d.log.read_text().splitlines() if f"start {cid[:12]}:" in entry)
     phases = re.findall(r"(\w+) [\d.]+ ms", line)
     assert phases == ["spawn", "cgroup", "network", "files", "release", "save", "total"]

@@ -89,8 +89,8 @@ def test_save_then_load_on_a_clean_store_keeps_the_id(images, make_store, tmp_pa
         images.save(["busybox", "localhost:5000/bb:v1"], f)
     with tarfile.open(out) as tf:
         names = set(tf.getnames())
-        manifest = json.loads(tf.extractfile("manifest.json").read())  # type: ignore[union-attr]
-        index = json.loads(tf.extractfile("index.json").read())  # type: ignore[union-attr]
+        manifest = json.loads(tf.extractfile("manifest.json").read())  # type: ignore[union-attr]  # a file
+        index = json.loads(tf.extractfile("index.json").read())  # type: ignore[union-attr]  # a regular file member
     assert {"manifest.json", "index.json", "oci-layout", "repositories"} <= names
     assert manifest[0]["RepoTags"] == ["busybox:latest", "localhost:5000/bb:v1"]
     assert {m["annotations"]["io.containerd.image.name"] for m in index["manifests"]} == {

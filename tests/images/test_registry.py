@@ -117,7 +117,8 @@ def busybox_plus_layer(images: ImageStore, tmp_path: Path, name: str) -> Image:
     upper = tmp_path / "upper-extra"
     upper.mkdir()
     (upper / "hello").write_text("hello from the registry\n")
-    return images.commit(str(upper), images.resolve("busybox"), ["CMD cat /hello"], name)
+    base = images.resolve("busybox")
+    return images.commit(str(upper), base, {**base.config, "Cmd": ["cat", "/hello"]}, name)
 
 
 def test_push_then_pull_into_a_clean_store(images, make_store, registry, tmp_path, in_overlay):

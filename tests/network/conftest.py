@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +25,7 @@ def unique(request: pytest.FixtureRequest) -> Callable[[str], str]:
 
 
 @pytest.fixture
-def world(netns: str, unique: Callable[[str], str], tmp_path) -> Iterator[World]:
+def world(netns: str, unique: Callable[[str], str], tmp_path: Path) -> Iterator[World]:
     outside = unique("co")
     sh("ip", "netns", "add", outside)
     store = manager = None

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from typing import Any
 
 import pytest
 from networld import (
     UPLINK6_HOST,
     UPLINK6_OUTSIDE,
     UPLINK_HOST,
+    World,
     answers,
     ask,
     dns_query,
@@ -22,12 +24,12 @@ from coracle.errors import Conflict, InvalidParameter
 SUBNET6 = "2001:db8:6::/64"
 
 
-def six(world, name: str = "six", subnet: str = SUBNET6, **kwargs) -> dict:
+def six(world: World, name: str = "six", subnet: str = SUBNET6, **kwargs: Any) -> dict[str, Any]:
     world.net.create(name, enable_ipv6=True, ipam={"Config": [{"Subnet": subnet}]}, **kwargs)
     return world.net.inspect(name)
 
 
-def inside(ns: str, *args: str):  # type: ignore[no-untyped-def]
+def inside(ns: str, *args: str) -> Any:
     return json.loads(sh("nsenter", f"--net={ns}", "ip", "-j", *args).stdout or "[]")
 
 

@@ -7,10 +7,10 @@ import pytest
 from coracle.errors import Conflict, InvalidParameter, NotFound
 from coracle.network import NetworkManager
 from coracle.netns import netns as enter
-from networld import UPLINK_HOST, UPLINK_OUTSIDE, answers, ask, dns_query, serving
+from networld import UPLINK_HOST, UPLINK_OUTSIDE, World, answers, ask, dns_query, serving
 
 
-def bridges(world) -> list[str]:
+def bridges(world: World) -> list[str]:
     return sorted(link["ifname"] for link in world.ip_json("link", "show", "type", "bridge"))
 
 

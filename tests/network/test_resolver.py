@@ -17,11 +17,11 @@ import pytest
 from dnslib import RCODE, DNSRecord
 
 from coracle.netns import netns as enter
-from networld import FakeUpstream, answers, dns_query
+from networld import FakeUpstream, World, answers, dns_query
 
 
 @pytest.fixture
-def upstream(world) -> Iterator[FakeUpstream]:  # type: ignore[no-untyped-def]
+def upstream(world: World) -> Iterator[FakeUpstream]:
     fake = FakeUpstream(world.outside)
     try:
         yield fake

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from dnslib import RCODE
 
 from coracle.errors import Conflict
 from networld import UPLINK_HOST, UPLINK_OUTSIDE, FakeUpstream, answers, ask, dns_query, serving, sh
+
+
+def local_port_range() -> tuple[int, int]:
+    """The kernel's ip_local_port_range, where -P picks its host ports from."""
+    low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    return low, high
 
 
 def test_outbound_is_masqueraded_to_the_uplink_address(world):
@@ -130,9 +137,9 @@ def test_a_taken_port_is_refused_and_nothing_is_left_half_made(world):
         world.container(ports={"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]})
     with pytest.raises(Conflict, match=r"Bind for 127.0.0.1:8080 failed: port is already allocated"):
         world.container(ports={"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]})
-    with serving((world.host, "tcp", 9090)):  # a process of the host holds this one
-        with pytest.raises(Conflict, match=r"Bind for 0.0.0.0:9090 failed: address already in use"):
-            world.container(ports={"80/tcp": [{"HostPort": "9090"}], "81/tcp": [{"HostPort": "9091"}]})
+    with (serving((world.host, "tcp", 9090)),  # a process of the host holds this one
+          pytest.raises(Conflict, match=r"Bind for 0.0.0.0:9090 failed: address already in use")):
+        world.container(ports={"80/tcp": [{"HostPort": "9090"}], "81/tcp": [{"HostPort": "9091"}]})
     assert (world.veths(), world.net.ipam.leases(), world.map_elements("any_addr")) == before
     # the same port on another protocol is fine
     world.container(ports={"80/udp": [{"HostPort": "8080"}]})
@@ -174,7 +181,7 @@ def test_50_concurrent_attaches_get_50_distinct_addresses(world):
     assert len(set(addresses)) == 50
     assert sorted(lease[1] for lease in world.net.ipam.leases()) == sorted(addresses)
     assert len(world.veths()) == 50
-    for c, s in zip(containers, settings):
+    for c, s in zip(containers, settings, strict=True):
         c.settings = s
     with serving((containers[0].ns, "tcp", 80)):
         assert ask(containers[49].ns, "tcp", addresses[0], 80) == addresses[49]
@@ -196,7 +203,7 @@ def test_1000_published_ports_are_1000_map_elements_under_the_same_rules(world):
 def test_publish_all_picks_ephemeral_ports_that_work(world):
     c = world.container(exposed={"80/tcp": {}}, publish_all=True)
     port = int(c.settings["Ports"]["80/tcp"][0]["HostPort"])
-    low, high = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    low, high = local_port_range()
     assert low <= port <= high
     with serving((c.ns, "tcp", 80)):
         assert ask(world.outside, "tcp", UPLINK_HOST, port) == UPLINK_OUTSIDE
@@ -220,7 +227,7 @@ def test_reconcile_removes_strays_left_by_a_crash_mid_attach(world):
 def test_ephemeral_ports_are_handed_out_in_order_as_docker_does(world):
     """Docker's port allocator: the start of ip_local_port_range first, then the port after the last
     one handed out (a port just released is not reused at once)."""
-    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    low, _ = local_port_range()
     a = world.container(exposed={"80/tcp": {}}, publish_all=True)
     b = world.container(ports={"80/tcp": [{"HostPort": ""}]})
     first, second = (int(c.settings["Ports"]["80/tcp"][0]["HostPort"]) for c in (a, b))

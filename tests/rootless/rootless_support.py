@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sysconfig
 import time
+from typing import Any
 from pathlib import Path
 
 import harness
@@ -151,18 +152,18 @@ class RootlessUser:
 
     def run(self, argv: list[str], check: bool = True, timeout: float = 90, input: str | None = None,
             **env: str) -> subprocess.CompletedProcess:
-        res = subprocess.run(self.as_user(argv, **env), capture_output=True, text=True, timeout=timeout,
+        res = subprocess.run(self.as_user(argv, True, **env), capture_output=True, text=True, timeout=timeout,
                              input=input)
         if check and res.returncode:
             raise AssertionError(f"{' '.join(argv)} -> {res.returncode}\n{res.stdout}\n{res.stderr}")
         return res
 
-    def coracle(self, *args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+    def coracle(self, *args: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
         """The native CLI, finding the daemon through CORACLE_HOST."""
         return self.run([self.python, "-m", "coracle.cli.main", *args], check=check,
                         CORACLE_HOST=f"unix://{self.sock}", **kw)
 
-    def docker(self, *args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+    def docker(self, *args: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
         """The docker CLI, finding the daemon through DOCKER_HOST."""
         return self.run(["docker", *args], check=check, DOCKER_HOST=f"unix://{self.sock}", **kw)
 

@@ -7,14 +7,18 @@ import json
 import os
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from rootless_support import RootlessUser
 
+T = TypeVar("T")
 
-def _eventually(check, what: str, timeout: float = 30):  # type: ignore[no-untyped-def]
+
+def _eventually(check: Callable[[], T], what: str, timeout: float = 30) -> T:
     deadline = time.monotonic() + timeout
     while True:
         result = check()

@@ -3,12 +3,13 @@ pasta to the outside, published ports from the host side, and the four modes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import time
 
 from rootless_support import LAN_HOST, LAN_PEER, RootlessUser
 
 
-def _until(check, timeout: float = 30) -> str:  # type: ignore[no-untyped-def]
+def _until(check: Callable[[], str], timeout: float = 30) -> str:
     deadline = time.monotonic() + timeout
     while True:
         out = check()

@@ -207,7 +207,7 @@ def _layer_bytes(daemon: Daemon, image_id: str) -> bytes:
     with tarfile.open(fileobj=io.BytesIO(saved)) as tf:
         for m in tf.getmembers():
             if m.isreg() and m.name.startswith("blobs/"):
-                data = tf.extractfile(m).read()  # type: ignore[union-attr]
+                data = tf.extractfile(m).read()  # type: ignore[union-attr]  # a regular file member
                 out += gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
     return out
 
@@ -350,6 +350,7 @@ def test_nothing_is_imported_once_inside(containers: Containers, host_marker: Pa
     cid = containers.make("running")
     inside = Confinement(writable=False, pid=containers.inspect(cid)["State"]["Pid"])
     with pytest.raises(SystemError_, match="no module may be imported inside a container"):
+        # import_module takes the module name itself as its argument, not a dict
         confined.run(inside, "importlib:import_module", "antigravity")  # type: ignore[arg-type]
     assert_payload_never_ran(containers, cid, host_marker)
 

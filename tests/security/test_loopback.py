@@ -10,6 +10,7 @@ network namespace, exactly what a process of the container could open.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import json
 import socket
 import struct
@@ -115,7 +116,7 @@ def received(sock: socket.socket, timeout: float) -> bytes | None:
 
 
 @pytest.fixture
-def container(daemon: Daemon, unique) -> Iterator[dict]:  # type: ignore[no-untyped-def]
+def container(daemon: Daemon, unique: Callable[[str], str]) -> Iterator[dict]:
     name = unique("lo-")
     daemon.docker("run", "-d", "--name", name, "busybox", "sleep", "300")
     try:
@@ -164,7 +165,7 @@ def _connect_when_served(ip: str, port: int) -> socket.socket:
     raise AssertionError(f"nothing answers on {ip}:{port}")
 
 
-def test_port_published_on_localhost_still_serves_the_host(daemon: Daemon, unique) -> None:  # type: ignore[no-untyped-def]
+def test_port_published_on_localhost_still_serves_the_host(daemon: Daemon, unique: Callable[[str], str]) -> None:
     name = unique("lo-")
     with host_socket(daemon, socket.SOCK_STREAM, "127.0.0.1") as probe:
         port = probe.getsockname()[1]  # a port free on the host's loopback

@@ -9,6 +9,7 @@ container's root, as for the container's own processes (and Docker's runtime).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import os
 import stat
 import subprocess
@@ -125,7 +126,7 @@ def test_shared_bind_of_a_private_source_is_refused(client: docker.DockerClient,
 
 
 @pytest.fixture
-def symlinked_image(daemon: Daemon, tmp_path: Path, unique) -> Iterator[tuple[str, Path]]:  # type: ignore[no-untyped-def]
+def symlinked_image(daemon: Daemon, tmp_path: Path, unique: Callable[[str], str]) -> Iterator[tuple[str, Path]]:
     """A malicious image: busybox, and /sbin an absolute symlink to a directory of the host."""
     host_dir = tmp_path / "host-dir"
     host_dir.mkdir()

@@ -28,7 +28,7 @@ def bridges(daemon: Daemon) -> list[str]:
 
 
 @pytest.fixture
-def host_address(daemon: Daemon, unique) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def host_address(daemon: Daemon, unique: Callable[[str], str]) -> Iterator[str]:
     """An address of the daemon's host on an interface of its own (one end of a veth pair)."""
     name = unique("dm")
     daemon.netns_exec("ip", "link", "add", name, "type", "veth", "peer", "name", name + "p")
@@ -39,8 +39,8 @@ def host_address(daemon: Daemon, unique) -> Iterator[str]:  # type: ignore[no-un
         daemon.netns_exec("ip", "link", "del", name, check=False)
 
 
-def test_special_and_host_subnets_are_refused(client: docker.DockerClient, daemon: Daemon, unique,  # type: ignore[no-untyped-def]
-                                              host_address: str) -> None:
+def test_special_and_host_subnets_are_refused(client: docker.DockerClient, daemon: Daemon,
+                                              unique: Callable[[str], str], host_address: str) -> None:
     networks, devices = {n.id for n in client.networks.list()}, bridges(daemon)
     refused = {"127.0.0.0/8": "loopback", "127.5.0.0/16": "loopback", "224.1.0.0/16": "multicast",
                "169.254.0.0/16": "link-local", "0.0.0.0/0": "unspecified", "240.0.0.0/24": "reserved",

@@ -41,7 +41,7 @@ def test_state_changes_still_commit_when_the_disk_is_full(small_fs: Path) -> Non
     assert not (small_fs / "state.reserve").exists()  # it was spent on exactly this
     for i in range(200):  # with the reserve spent, the log's own space is reused
         store.put("container", "b", {"State": "exited", "pad": "y" * 2000, "i": i})
-    assert store.get("container", "b")["i"] == 199  # type: ignore[index]
+    assert store.get("container", "b")["i"] == 199  # type: ignore[index]  # stored above
     (small_fs / "filler").unlink()
     assert store.reserve is not None and store.reserve.refill()  # and is made again once there is room
     store.close()

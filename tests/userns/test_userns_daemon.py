@@ -162,7 +162,7 @@ def test_cp_works_as_the_container_root(client: docker.DockerClient, state: str)
     assert ctr.put_archive("/tmp", buf.getvalue())
     stream, found = ctr.get_archive("/tmp/copied.txt")
     with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tf:
-        assert tf.extractfile("copied.txt").read() == b"hello"  # type: ignore[union-attr]
+        assert tf.extractfile("copied.txt").read() == b"hello"  # type: ignore[union-attr]  # a regular file member
     assert found and found["name"] == "copied.txt"
     ctr.reload()
     st = os.stat(Path(ctr.attrs["GraphDriver"]["Data"]["UpperDir"]) / "tmp" / "copied.txt")
@@ -186,6 +186,6 @@ def test_diff_and_export_in_the_user_namespace(client: docker.DockerClient, stat
     assert found["/remapped"] == 1 and found["/etc/group"] == 2
     with tarfile.open(fileobj=io.BytesIO(b"".join(ctr.export()))) as tf:  # type: ignore[arg-type]  # the stubs say export() returns str; it yields bytes
         member = tf.getmember("remapped")
-        assert tf.extractfile(member).read() == b"r\n"  # type: ignore[union-attr]
+        assert tf.extractfile(member).read() == b"r\n"  # type: ignore[union-attr]  # a regular file member
         assert (member.uid, member.gid) == (0, 0)  # as Docker maps them back with --userns-remap
         assert "etc/group" not in tf.getnames()

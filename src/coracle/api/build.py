@@ -80,8 +80,8 @@ def routes(router: Router, engine: Any, images: Any, builder: Builder, cache: Bu
                 async for chunk in req.stream():
                     await thread(f.write, chunk)
             os.mkdir(context_dir)
-            with await thread(open, upload, "rb") as f:
-                await thread(unpack, f, context_dir)
+            with await thread(open, upload, "rb") as tar:
+                await thread(unpack, tar, context_dir)
             os.unlink(upload)
             await thread(lambda: parse(Context(context_dir).read_file(options.dockerfile)))
         except BaseException:

@@ -280,8 +280,8 @@ class ContainerStreamRouter:
                 return
             wanted = {s for s, on in (("stdout", stdout), ("stderr", stderr)) if on}
             last_pass = False
-            for entry in logfile.follow(path, offset, driver):
-                if entry is None:
+            for followed in logfile.follow(path, offset, driver):
+                if followed is None:
                     if last_pass:
                         return
                     # The monitor writes every byte before it reports the exit, so one more
@@ -293,8 +293,8 @@ class ContainerStreamRouter:
                     if not last_pass:
                         await asyncio.sleep(0.05)
                     continue
-                if entry.get("stream") in wanted:
-                    await stream.write(encode(entry))
+                if followed.get("stream") in wanted:
+                    await stream.write(encode(followed))
 
         return Response.stream(produce, content_type=RAW_STREAM if tty else MULTIPLEXED_STREAM)
 

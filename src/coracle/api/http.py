@@ -18,6 +18,7 @@ product see Docker-compatible numbers and can still tell who answered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import grp
 import json
 import logging
@@ -154,7 +155,7 @@ class Request:
         if value in (None, ""):
             return default
         try:
-            return int(value)  # type: ignore[arg-type]
+            return int(value)
         except ValueError:
             raise InvalidParameter(f"invalid value for {name}: {value!r}") from None
 
@@ -396,10 +397,8 @@ class Server:
         except Exception:
             log.exception("connection failed")
         finally:
-            try:
+            with contextlib.suppress(Exception):
                 writer.close()
-            except Exception:
-                pass
 
     async def _send(self, writer: asyncio.StreamWriter, resp: Response, head_only: bool = False,
                     close: bool = False) -> None:
@@ -537,7 +536,8 @@ class Server:
     async def _hijack(self, req: Request, resp: Hijack, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
         await req.drain()
-        asked = req.headers.get("upgrade", "").lower() == "tcp" or "upgrade" in req.headers.get("connection", "").lower()
+        asked = (req.headers.get("upgrade", "").lower() == "tcp"
+                 or "upgrade" in req.headers.get("connection", "").lower())
         if asked:
             writer.write(_head(101, {"Content-Type": resp.content_type, "Connection": "Upgrade", "Upgrade": "tcp"}))
         else:  # old docker-py: a plain 200, then the raw stream on the same socket
@@ -597,6 +597,13 @@ def _keep_alive(http_version: str, headers: Headers) -> bool:
     return "close" not in connection
 
 
+def _clear_socket_path(unix_path: str) -> None:
+    """The socket's directory exists and a socket left by an earlier daemon is gone."""
+    os.makedirs(os.path.dirname(unix_path) or ".", exist_ok=True)
+    if os.path.lexists(unix_path):
+        os.unlink(unix_path)
+
+
 async def serve(router: Router, unix_path: str, *, mode: int = 0o660, group: str = "",
                 max_body: int = STREAM_LIMIT) -> asyncio.AbstractServer:
     """Listen on `unix_path`, `mode` 0660 owned by root:root (or root:`group`).
@@ -604,9 +611,7 @@ async def serve(router: Router, unix_path: str, *, mode: int = 0o660, group: str
     `max_body` bounds streamed request bodies (image load/import, archive
     upload) for routes that do not set their own.
     """
-    os.makedirs(os.path.dirname(unix_path) or ".", exist_ok=True)
-    if os.path.lexists(unix_path):
-        os.unlink(unix_path)
+    await asyncio.to_thread(_clear_socket_path, unix_path)
     server = Server(router, max_body)
     loop = asyncio.get_running_loop()
     old_umask = os.umask(0o177)  # no window in which the socket is open to everyone

@@ -47,7 +47,11 @@ async def with_progress(stream: Any, work: Callable[[Callable[[dict[str, Any]], 
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
-    task = asyncio.ensure_future(thread(work, lambda m: loop.call_soon_threadsafe(queue.put_nowait, m)))
+
+    def progress(message: dict[str, Any]) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, message)
+
+    task = asyncio.ensure_future(thread(work, progress))
     getter: asyncio.Future | None = None
     try:
         while True:
@@ -68,8 +72,9 @@ async def with_progress(stream: Any, work: Callable[[Callable[[dict[str, Any]], 
         return task.result()
     except Exception as exc:
         detail: dict[str, Any] = {"message": str(exc)}
-        if getattr(exc, "code", None):
-            detail["code"] = exc.code  # type: ignore[attr-defined]
+        code = getattr(exc, "code", None)
+        if code:
+            detail["code"] = code
         await stream.write(json.dumps({"errorDetail": detail, "error": str(exc)}).encode() + b"\r\n")
         return None
 

@@ -14,11 +14,11 @@ import asyncio
 import socket
 import struct
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from coracle.errors import CoracleError
-from coracle.runtime.client import MonitorClient
+from coracle.api.backend import StreamBackend
 
 DETACH_DEFAULT = b"\x10\x11"  # ctrl-p ctrl-q
 
@@ -36,14 +36,14 @@ class AttachRequest:
     stdout: bool
     stderr: bool
     loop: asyncio.AbstractEventLoop
-    ready: asyncio.Future = field(default=None)  # type: ignore[assignment]  # (socket, tty) once it exists
-    running: asyncio.Future = field(default=None)  # type: ignore[assignment]  # set once the start is over
+    ready: asyncio.Future[tuple[socket.socket, bool]]  # (socket, tty) once it exists
+    running: asyncio.Future[bool]  # set once the start is over
 
 
 class AttachHub:
     """Attach requests waiting for their container (or exec) to start."""
 
-    def __init__(self, monitor: MonitorClient) -> None:
+    def __init__(self, monitor: StreamBackend) -> None:
         self.monitor = monitor
         self._lock = threading.Lock()
         self._waiting: dict[str, list[AttachRequest]] = {}
@@ -92,7 +92,8 @@ def _resolve(fut: asyncio.Future, result: Any) -> None:
         fut.set_result(result)
 
 
-def reattach(monitor: MonitorClient, key: str, stdin: bool, stdout: bool, stderr: bool) -> tuple[socket.socket, bool] | None:
+def reattach(monitor: StreamBackend, key: str, stdin: bool, stdout: bool, stderr: bool
+             ) -> tuple[socket.socket, bool] | None:
     """After a cut: the same stream from the monitor the keeper started instead; None if the process is gone.
 
     The client waits for the new monitor while the keeper lives (MonitorClient._connect).
@@ -112,7 +113,8 @@ def parse_detach_keys(spec: str) -> bytes:
         key = key.strip().lower()
         if key.startswith("ctrl-") and len(key) == 6:
             c = key[5]
-            out.append({"@": 0, "[": 27, "\\": 28, "]": 29, "^": 30, "_": 31}.get(c, ord(c) - ord("a") + 1 if c.isalpha() else 0))
+            letter = ord(c) - ord("a") + 1 if c.isalpha() else 0
+            out.append({"@": 0, "[": 27, "\\": 28, "]": 29, "^": 30, "_": 31}.get(c, letter))
         elif len(key) == 1:
             out.append(ord(key))
     return bytes(out) or DETACH_DEFAULT

@@ -9,6 +9,8 @@ stats) says so.
 
 from __future__ import annotations
 
+from typing import Any
+
 from coracle.cgroups.devices import DeviceRule
 from coracle.cgroups.manager import Manager
 from coracle.cgroups.resources import Resources
@@ -44,7 +46,7 @@ class Unconfined(Manager):
         """Nothing to enforce: in the user namespace a container cannot create device nodes, and
         the host's nodes it is given stay guarded by their owners and modes on the host."""
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, Any]:
         return {}
 
     def oom_killed(self) -> bool:

@@ -163,6 +163,13 @@ class _Node:
         self.body: list[_Node] = []
         self.orelse: list[_Node] = []
 
+    @property
+    def piped(self) -> _Pipeline:
+        """The pipeline of an action, if, with or range node: the parser gives each one."""
+        if self.pipe is None:
+            raise TemplateError(f"template: {self.kind} without a pipeline")
+        return self.pipe
+
 
 class _Parser:
     def __init__(self, template: str) -> None:
@@ -514,16 +521,16 @@ class Template:
             if node.kind == "text":
                 out.append(node.text)
             elif node.kind == "action":
-                value = self._pipeline(node.pipe, dot, scopes)  # type: ignore[arg-type]
-                if not node.pipe.decl:  # type: ignore[union-attr]
+                value = self._pipeline(node.piped, dot, scopes)
+                if not node.piped.decl:
                     out.append(go_str(value))
             elif node.kind == "if":
                 inner = [{}, *scopes]
-                branch = node.body if truth(self._pipeline(node.pipe, dot, inner)) else node.orelse  # type: ignore[arg-type]
+                branch = node.body if truth(self._pipeline(node.piped, dot, inner)) else node.orelse
                 self._run(branch, dot, inner, out)
             elif node.kind == "with":
                 inner = [{}, *scopes]
-                value = self._pipeline(node.pipe, dot, inner)  # type: ignore[arg-type]
+                value = self._pipeline(node.piped, dot, inner)
                 if truth(value):
                     self._run(node.body, value, inner, out)
                 else:
@@ -532,8 +539,7 @@ class Template:
                 self._range(node, dot, scopes, out)
 
     def _range(self, node: _Node, dot: Any, scopes: list[dict[str, Any]], out: list[str]) -> None:
-        pipe = node.pipe
-        assert pipe is not None
+        pipe = node.piped
         value = self._pipeline(_Pipeline(pipe.commands), dot, scopes)
         if isinstance(value, dict):
             items = [(k, value[k]) for k in sorted(value)]

@@ -6,6 +6,7 @@ fails with a clear 400 and leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -77,7 +78,7 @@ def strings(value: Any, field: str) -> list[str] | None:
     return value
 
 
-def command(config: dict, image_config: dict) -> list[str]:
+def command(config: dict[str, Any], image_config: dict[str, Any]) -> list[str]:
     """Entrypoint + Cmd as Docker combines them: an explicit entrypoint drops the image's Cmd."""
     entrypoint = strings(config.get("Entrypoint"), "Entrypoint")
     cmd = strings(config.get("Cmd"), "Cmd")
@@ -90,7 +91,7 @@ def command(config: dict, image_config: dict) -> list[str]:
     return argv
 
 
-def restart_policy(host_config: dict) -> dict:
+def restart_policy(host_config: dict[str, Any]) -> dict[str, Any]:
     policy = host_config.get("RestartPolicy") or {}
     if not isinstance(policy, dict):
         raise InvalidParameter("RestartPolicy must be an object")
@@ -135,11 +136,11 @@ def _destination(path: Any, kind: str, prefix: str = "") -> str:
     if not isinstance(path, str) or not path.startswith("/"):
         raise InvalidParameter(f"{prefix}invalid mount config for type \"{kind}\": invalid mount path: '{path}' "
                                "mount path must be absolute")
-    path = clean_path(path)
-    if path == "/":
+    clean = clean_path(path)
+    if clean == "/":
         raise InvalidParameter(f"{prefix}invalid mount config for type \"{kind}\": invalid specification: "
                                "destination can't be '/'")
-    return path
+    return clean
 
 
 def working_dir(path: Any) -> str:
@@ -151,7 +152,7 @@ def working_dir(path: Any) -> str:
     return clean_path(path)
 
 
-def binds(host_config: dict, volumes_root: str) -> list[dict[str, Any]]:
+def binds(host_config: dict[str, Any], volumes_root: str) -> list[dict[str, Any]]:
     """`-v SRC:DST[:ro]` and HostConfig.Mounts -> mount points (Docker's Mounts shape)."""
     mounts: list[dict[str, Any]] = []
     for bind in host_config.get("Binds") or []:
@@ -167,12 +168,12 @@ def binds(host_config: dict, volumes_root: str) -> list[dict[str, Any]]:
         else:
             raise InvalidParameter(f"invalid volume specification: '{bind}'")
         dst = _destination(dst, "bind", f"invalid volume specification: '{bind}': ")
-        opts = set(filter(None, mode.split(",")))
-        propagation = opts & set(PROPAGATIONS)
-        if opts - {"ro", "rw", "z", "Z", "nocopy", *PROPAGATIONS} or len(propagation) > 1:
+        flags = set(filter(None, mode.split(",")))
+        propagations = flags & set(PROPAGATIONS)
+        if flags - {"ro", "rw", "z", "Z", "nocopy", *PROPAGATIONS} or len(propagations) > 1:
             raise InvalidParameter(f"invalid mode: {mode}")
-        mounts.append(_mount_point(src, dst, "ro" not in opts, volumes_root, propagation=next(iter(propagation), ""),
-                                   nocopy="nocopy" in opts))
+        mounts.append(_mount_point(src, dst, "ro" not in flags, volumes_root,
+                                   propagation=next(iter(propagations), ""), nocopy="nocopy" in flags))
     for m in host_config.get("Mounts") or []:
         if not isinstance(m, dict):
             raise InvalidParameter("invalid mount config: a mount must be an object")
@@ -212,7 +213,8 @@ def volume_request(mount: dict[str, Any]) -> tuple[str, dict[str, str], dict[str
             {k: str(v) for k, v in (opts.get("Labels") or {}).items()})
 
 
-def mount_volume_request(host_config: dict, destination: str) -> tuple[str, dict[str, str], dict[str, str]]:
+def mount_volume_request(host_config: dict[str, Any], destination: str
+                         ) -> tuple[str, dict[str, str], dict[str, str]]:
     """volume_request of the HostConfig.Mounts entry at `destination` (a plain local volume for `-v`)."""
     for m in host_config.get("Mounts") or []:
         if m.get("Type") == "volume" and _destination(m.get("Target"), "volume") == destination:
@@ -241,7 +243,8 @@ def _mount_point(src: str, dst: str, rw: bool, volumes_root: str, kind: str | No
         if not os.path.exists(src):
             # Docker creates a missing bind source directory for -v (not for --mount).
             if kind == "bind":
-                raise InvalidParameter(f"invalid mount config for type \"bind\": bind source path does not exist: {src}")
+                raise InvalidParameter("invalid mount config for type \"bind\": "
+                                       f"bind source path does not exist: {src}")
             os.makedirs(src, exist_ok=True)
         return {"Type": "bind", "Source": src, "Destination": dst, "Mode": "" if rw else "ro", "RW": rw,
                 "Propagation": propagation or "rprivate"}
@@ -270,7 +273,7 @@ def anonymous_volumes(paths: list[str], mounts: list[dict[str, Any]], volumes_ro
     return out
 
 
-def volumes_from(host_config: dict, mounts: list[dict[str, Any]], get: Any) -> list[dict[str, Any]]:
+def volumes_from(host_config: dict[str, Any], mounts: list[dict[str, Any]], get: Any) -> list[dict[str, Any]]:
     """HostConfig.VolumesFrom `ctr[:ro|rw]`: the volumes and binds of another container, at the
     same destinations, unless this container mounts something there itself."""
     taken = {m["Destination"] for m in mounts}
@@ -289,7 +292,7 @@ def volumes_from(host_config: dict, mounts: list[dict[str, Any]], get: Any) -> l
     return out
 
 
-def tmpfs(host_config: dict) -> list[dict[str, Any]]:
+def tmpfs(host_config: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for dst, opts in (host_config.get("Tmpfs") or {}).items():
         try:
@@ -314,7 +317,7 @@ LOG_DRIVERS = {
 }
 
 
-def log_driver(host_config: dict) -> str:
+def log_driver(host_config: dict[str, Any]) -> str:
     """The container's log driver, refused with Docker's message when it is none of ours."""
     kind = (host_config.get("LogConfig") or {}).get("Type") or "json-file"
     if kind not in LOG_DRIVERS:
@@ -322,7 +325,8 @@ def log_driver(host_config: dict) -> str:
     return kind
 
 
-def log_config(host_config: dict, defaults: dict[str, str] | None = None) -> tuple[dict[str, str], int, int]:
+def log_config(host_config: dict[str, Any], defaults: dict[str, str] | None = None
+               ) -> tuple[dict[str, str], int, int]:
     """The driver's options (the daemon's defaults under the container's own) and the
     resulting max-size in bytes (0: unbounded, `max-size=-1`) and max-file. `none` takes
     any option and keeps none, as Docker's."""
@@ -357,7 +361,7 @@ def log_file(driver: str, cid: str) -> str:
     return {"none": "", "local": "container.log"}.get(driver, f"{cid}-json.log")
 
 
-def log_compress(log_config: dict) -> bool:
+def log_compress(log_config: dict[str, Any]) -> bool:
     """Whether rotated files are gzipped: `compress`, by default true for local (Docker's)."""
     value = (log_config.get("Config") or {}).get("compress")
     return log_config.get("Type") == "local" if value is None else _BOOLS[value]
@@ -423,10 +427,8 @@ def write_record_file(directory: str, rec: dict[str, Any]) -> None:
             json.dump(rec, f, separators=(",", ":"))
         os.replace(tmp, path)
     except OSError:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
 
 
 def read_record_file(directory: str) -> dict[str, Any]:
@@ -449,7 +451,7 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * factor)
 
 
-def shared_namespaces(host_config: dict, hostname: str) -> set[str]:
+def shared_namespaces(host_config: dict[str, Any], hostname: str) -> set[str]:
     """The namespaces `--pid/--ipc/--uts host` share with the host instead of creating.
 
     Docker's other values (`private`, `shareable`, `none` for IPC) keep a

@@ -728,9 +728,10 @@ class Engine:
                     self._signal(rec, signal.SIGKILL)
         self._wait_exit(cid, 30)
         with self._lock_for(cid):
-            rec = self.store.get(KIND, cid)
-            if rec is None:
+            current = self.store.get(KIND, cid)  # gone if another remove finished meanwhile
+            if current is None:
                 return
+            rec = current
             rec["State"]["Status"] = "removing"
             self.save(rec)
             fault("rm-before-cleanup")
@@ -795,7 +796,8 @@ class Engine:
         with self._lock_for(rec["Id"]):
             rec = self.get(rec["Id"])
             if not NetworkMode.parse(rec["HostConfig"]["NetworkMode"]).has_endpoints:
-                raise InvalidParameter("container sharing network namespace with another container or host cannot be connected to any other network")
+                raise InvalidParameter("container sharing network namespace with another container or host "
+                                       "cannot be connected to any other network")
             pid = rec["State"]["Pid"] if rec["State"]["Running"] else 0
             fault("connect-before-network")
             joined = self.network.connect(network_request(rec, pid), network_ref,

@@ -40,7 +40,8 @@ def stat(engine: Any, ref: str, path: str) -> dict[str, Any]:
     rec = engine.get(ref)
     answer = confined.run(confinement(engine, rec, writable=False), f"{_OPERATIONS}:path_stat",
                           {"path": path, "ref": ref})
-    return answer["stat"]
+    found: dict[str, Any] = answer["stat"]
+    return found
 
 
 def export(engine: Any, ref: str, path: str) -> tuple[dict[str, Any], Helper]:
@@ -81,7 +82,7 @@ def changes(engine: Any, ref: str) -> list[dict[str, Any]]:
     rec = engine.get(ref)
     helper = confined.start(confinement(engine, rec, writable=False, view="layers"), f"{_OPERATIONS}:changes", {})
     try:
-        found = json.loads(helper.stdout.read() or b"[]")
+        found: list[dict[str, Any]] = json.loads(helper.stdout.read() or b"[]")
     finally:
         helper.close()
     return found

@@ -73,7 +73,8 @@ def resolve(engine: Engine, rec: dict[str, Any]) -> list[Link]:
             raise Conflict(f"Cannot link to a non running container: {target['Name']} AS {link_path}")
         networks = target["NetworkSettings"].get("Networks") or {}
         mine = NetworkMode.parse(rec["HostConfig"].get("NetworkMode")).name
-        address = (networks.get(mine) or next(iter(networks.values()), {})).get("IPAddress", "")
+        endpoint: dict[str, Any] = networks.get(mine) or next(iter(networks.values()), {})
+        address = endpoint.get("IPAddress", "")
         ports = sorted((int(p.partition("/")[0]), p.partition("/")[2] or "tcp")
                        for p in target["Config"].get("ExposedPorts") or {})
         out.append(Link(alias=alias, name=target["Name"].lstrip("/"), short_id=target["Id"][:12],

@@ -172,7 +172,7 @@ def _seccomp_profile(value: str) -> dict[str, Any]:
         except OSError as exc:
             raise InvalidParameter(f"opening seccomp profile ({value}) failed: {exc.strerror}") from None
     try:
-        profile = json.loads(text)
+        profile: dict[str, Any] = json.loads(text)
         seccomp.check(profile)
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidParameter(f"decoding seccomp profile failed: {exc}") from None
@@ -343,7 +343,7 @@ def _device_nodes(host: str, inside: str) -> Iterator[tuple[str, str, os.stat_re
         st = os.stat(host)
     except OSError as exc:
         raise InvalidParameter(f"error gathering device information while adding custom device "
-                               f'"{host}": {exc.strerror.lower()}') from None
+                               f'"{host}": {(exc.strerror or str(exc)).lower()}') from None
     if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
         yield inside, host, st
     elif stat.S_ISDIR(st.st_mode):

@@ -17,6 +17,7 @@ volume, so a daemon that crashed reconciles by the same rule (`reconcile`).
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import threading
@@ -138,7 +139,7 @@ class Volumes:
             raise NotFound(f"get {name}: no such volume")
         return Volume.from_doc(doc)
 
-    def all(self) -> list[Volume]:
+    def all(self) -> builtins.list[Volume]:
         return [Volume.from_doc(d) for d in self.store.all(KIND)]
 
     def create(self, name: str = "", driver: str = "local", options: dict[str, str] | None = None,
@@ -175,7 +176,7 @@ class Volumes:
                 self.store.put(KIND, name, vol.to_doc())
             return vol
 
-    def users(self, name: str, running_only: bool = False) -> list[str]:
+    def users(self, name: str, running_only: bool = False) -> builtins.list[str]:
         """Ids of the containers whose mounts name the volume."""
         return [r["Id"] for r in self._records()
                 if (not running_only or r["State"]["Running"])
@@ -217,7 +218,7 @@ class Volumes:
             out["UsageData"] = {"Size": usage(self.mountpoint(vol.name)), "RefCount": len(self.users(vol.name))}
         return out
 
-    def list(self, filters: dict[str, list[str]]) -> dict[str, Any]:
+    def list(self, filters: dict[str, builtins.list[str]]) -> dict[str, Any]:
         from coracle.api.filters import labels_match
 
         unknown = set(filters) - {"name", "label", "driver", "dangling"}
@@ -238,7 +239,7 @@ class Volumes:
             out.append(self.inspect(vol))
         return {"Volumes": out, "Warnings": []}
 
-    def prune(self, filters: dict[str, list[str]]) -> dict[str, Any]:
+    def prune(self, filters: dict[str, builtins.list[str]]) -> dict[str, Any]:
         """Unused volumes: anonymous ones only unless `all=true` (API 1.42 and later)."""
         from coracle.api.filters import labels_match
 
@@ -294,7 +295,7 @@ class Volumes:
                 except NotFound:
                     continue
 
-    def reconcile(self) -> list[str]:
+    def reconcile(self) -> builtins.list[str]:
         """At daemon start: unmount the tmpfs/bind volumes no running container uses (a crash left them)."""
         undone = []
         for vol in self.all():

@@ -646,6 +646,7 @@ class ImageStore:
         if not path.is_dir():
             doc = self.store.get(LAYER, diff_id)
             with self._lock:
+                # a layer an image lists always has its record
                 self._unpack_blob(diff_id, doc["Blob"], path, None)  # type: ignore[index]
         return path
 

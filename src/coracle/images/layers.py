@@ -96,6 +96,7 @@ class SizeBudget:
         """f, refusing to yield more than the budget allows. `charge`: what is read counts
         against the budget (the unpacked layer); otherwise it is only checked (a staging copy
         of content that will be charged when unpacked)."""
+        # _Metered has the reading methods of BinaryIO that tarfile and the copies use
         return _Metered(f, self, charge)  # type: ignore[return-value]
 
     def account(self, n: int, seen: int, charge: bool) -> None:
@@ -143,14 +144,16 @@ def decompressed(f: Readable) -> BinaryIO:
     kind = compression(head)
     # The decompressors only seek to rewind, which no reader here does: a forward-only stream serves.
     if kind == "gzip":
+        # the stubs want a seekable file; a forward-only reader serves (see above)
         return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[call-overload]
     if kind == "bzip2":
-        return bz2.BZ2File(stream, mode="rb")  # type: ignore[call-overload]
+        return bz2.BZ2File(stream, mode="rb")  # type: ignore[call-overload]  # a forward-only reader serves
     if kind == "xz":
+        # the stubs want a seekable file; a forward-only reader serves (see above)
         return lzma.LZMAFile(stream, mode="rb")  # type: ignore[return-value, arg-type]
     if kind == "zstd":
         raise InvalidParameter("zstd-compressed archives are not supported; use gzip, bzip2, xz or plain tar")
-    return stream  # type: ignore[return-value]
+    return stream  # type: ignore[return-value]  # read() is all tarfile needs
 
 
 def clean_name(name: str) -> str:
@@ -289,6 +292,7 @@ def unpack(f: BinaryIO, dest: str, budget: SizeBudget | None = None) -> tuple[st
     reader = HashingReader(budget.meter(tar) if budget else tar)
     unpacker = _Unpacker(dest)
     try:
+        # the stubs want a seekable file; stream mode ("r|") only reads
         with tarfile.open(fileobj=reader, mode="r|", errorlevel=2) as tf:  # type: ignore[call-overload]
             for member in tf:
                 unpacker.apply(tf, member)

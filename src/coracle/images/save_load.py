@@ -48,7 +48,7 @@ class _Archive:
         f = self.tar.extractfile(member)
         if f is None:
             raise InvalidParameter(f"{name!r} in the archive is not a file")
-        return f  # type: ignore[return-value]
+        return f  # type: ignore[return-value]  # a tar member: read-only bytes
 
     def read(self, name: str, limit: int = 64 << 20) -> bytes:
         data = self.open(name).read(limit + 1)

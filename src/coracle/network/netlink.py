@@ -25,8 +25,8 @@ import socket
 from contextlib import contextmanager
 from collections.abc import Iterator
 
-from pyroute2 import IPRoute  # type: ignore[import-untyped]
-from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from coracle.netns import netns
 

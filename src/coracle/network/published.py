@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 from coracle.errors import Conflict, InvalidParameter
 from coracle.faults import fault
@@ -139,14 +140,14 @@ class PortTable:
                        f"{'-' + str(req.host_end) if req.host_end else ''}/{req.proto}: all are allocated")
 
     @staticmethod
-    def recorded(ports_view: dict[str, object], ep: Endpoint | None) -> list[Mapping]:
+    def recorded(ports_view: dict[str, Any], ep: Endpoint | None) -> list[Mapping]:
         """Docker's NetworkSettings.Ports back into mappings to the endpoint's addresses."""
         if ep is None:
             return []
         out = []
         for key, bindings in ports_view.items():
             port, _, proto = key.partition("/")
-            for b in bindings or []:  # type: ignore[attr-defined]
+            for b in bindings or []:
                 host_ip = b.get("HostIp") or "0.0.0.0"
                 target = ep.ipv6 if ":" in host_ip else ep.ipv4
                 if target and str(b.get("HostPort") or "").isdigit():

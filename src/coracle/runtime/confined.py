@@ -47,6 +47,7 @@ import base64
 import codecs
 import errno
 import importlib
+import io
 import json
 import os
 import resource
@@ -55,7 +56,7 @@ import subprocess
 import sys
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import IO, Any, BinaryIO, NoReturn
+from typing import Any, BinaryIO, NoReturn, cast
 from collections.abc import Callable
 
 import coracle
@@ -152,8 +153,8 @@ class Helper:
         self.proc, self.answer = proc, answer
 
     @property
-    def stdout(self) -> IO[bytes]:
-        return self.proc.stdout  # type: ignore[return-value]
+    def stdout(self) -> io.BufferedReader:
+        return _output(self.proc)
 
     def close(self) -> int:
         """Reap the helper; one still working (its reader gave up) is killed, with its worker."""
@@ -161,6 +162,11 @@ class Helper:
         if self.proc.poll() is None:
             self.proc.kill()
         return self.proc.wait()
+
+
+def _output(proc: subprocess.Popen[bytes]) -> io.BufferedReader:
+    """The helper's stdout: Popen(stdout=PIPE) with default buffering always makes it a BufferedReader."""
+    return cast(io.BufferedReader, proc.stdout)
 
 
 def start(confinement: Confinement, operation: str, args: dict[str, Any],
@@ -183,7 +189,8 @@ def start(confinement: Confinement, operation: str, args: dict[str, Any],
             pipe.write(request)
     except BrokenPipeError:
         pass  # the helper died early: its exit status tells below
-    line = proc.stdout.readline(_ANSWER_MAX)  # type: ignore[union-attr]
+    out = _output(proc)
+    line = out.readline(_ANSWER_MAX)
     try:
         reply = json.loads(line) if line else None
     except ValueError:
@@ -191,10 +198,10 @@ def start(confinement: Confinement, operation: str, args: dict[str, Any],
     if not isinstance(reply, dict) or not ("answer" in reply or "error" in reply):
         proc.kill()
         code = proc.wait()
-        proc.stdout.close()  # type: ignore[union-attr]
+        out.close()
         raise SystemError_(f"the container file helper failed without an answer (exit status {code})")
     if "error" in reply:
-        proc.stdout.close()  # type: ignore[union-attr]
+        out.close()
         proc.wait()
         raise _ERRORS.get(reply.get("status", 0), SystemError_)(str(reply["error"]))
     return Helper(proc, reply["answer"])

@@ -415,7 +415,7 @@ def changes(args: dict[str, Any], channel: Channel) -> None:
                 continue
             image = _lstat_below(lower, e.path)
             both_dirs = is_dir and image is not None and st.S_ISDIR(image.st_mode)
-            if not (both_dirs and _same_directory(e, image)):  # type: ignore[arg-type]
+            if not (both_dirs and image is not None and _same_directory(e, image)):
                 if is_dir:
                     changed_dirs.add(path)
                 record(path, ADDED if image is None else MODIFIED)

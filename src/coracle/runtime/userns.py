@@ -25,7 +25,9 @@ import grp
 import os
 import pwd
 import subprocess
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from coracle.errors import InvalidParameter
 from coracle.runtime import syscalls as sc
@@ -80,7 +82,7 @@ class Remap:
                    _map(subordinate_ranges(SUBGID, group_names), SUBGID, group))
 
 
-def _names(ident: str, by_name, by_id) -> set[str]:  # type: ignore[no-untyped-def]
+def _names(ident: str, by_name: Callable[[str], Sequence[Any]], by_id: Callable[[int], Sequence[Any]]) -> set[str]:
     """The name and the number of a user or group: /etc/subuid may list either."""
     try:
         entry = by_id(int(ident)) if ident.isdigit() else by_name(ident)
@@ -138,7 +140,7 @@ def _syscall(number: int, *args: object) -> int:
     if result < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"syscall {number}: {os.strerror(err)}")
-    return result
+    return int(result)
 
 
 def idmapped_clone(path: str, userns_fd: int) -> int:

@@ -39,6 +39,7 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
         columns = 0
     if columns <= 0:
         try:
+            # sys.__stdout__ is None without a stdout: the AttributeError is caught below
             columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
         except (AttributeError, ValueError, OSError):
             columns = 0

@@ -688,6 +688,7 @@ def cp(cli: Cli, name: str, args: list[str]) -> int:
                            "must specify at least one container source", 1)
     if src_ctr is not None:
         return _copy_from(cli, src_ctr, src, dst, opts.quiet)
+    # dst_ctr is set: exactly one side names a container (checked above)
     return _copy_to(cli, src, dst_ctr, dst, opts.quiet, opts.follow_link)  # type: ignore[arg-type]
 
 

@@ -180,7 +180,7 @@ def search(cli: Cli, name: str, args: list[str]) -> int:
     found = json.loads(resp.read() or b"[]")
     json_fields = opts.format in ("json", "{{json .}}")
     rows = [SearchRow(r, trunc=not opts.no_trunc, as_json=json_fields) for r in found]
-    cli.out(render_rows(rows, opts.format, SEARCH_TABLE, SearchRow))  # type: ignore[arg-type]
+    cli.out(render_rows(rows, opts.format, SEARCH_TABLE, SearchRow))
     return 0
 
 

@@ -211,7 +211,7 @@ def df(cli: Cli, name: str, args: list[str]) -> int:
         fmt = "{{json .}}" if opts.format == "json" else opts.format.replace("\\t", "\t").replace("\\n", "\n")
         cli.out(Template(fmt).execute(_df_objects(usage, trunc=False)))
     else:
-        cli.out(render_rows(usage_rows(usage), opts.format, DF_TABLE, DiskUsageRow))  # type: ignore[arg-type]
+        cli.out(render_rows(usage_rows(usage), opts.format, DF_TABLE, DiskUsageRow))
     return 0
 
 

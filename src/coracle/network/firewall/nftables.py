@@ -46,6 +46,7 @@ bridged frames to the forward hook, `intra` lacks the pair so they are dropped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from typing import Any
@@ -260,16 +261,14 @@ class NftablesFirewall(FirewallDriver):
         except SystemError_:
             for kind, fam, name, elems in groups:
                 for elem in elems:
-                    try:
+                    with contextlib.suppress(SystemError_):  # already gone: deleting is idempotent
                         self._run([_element("delete", kind, fam, name, [elem])])
-                    except SystemError_:
-                        pass  # already gone: deleting is idempotent
 
     def mappings(self) -> list[Mapping]:
         out: list[Mapping] = []
         for fam in self.families:
             for scope in SCOPES:
-                found: dict[str, dict[tuple, Any]] = {}
+                found: dict[str, dict[tuple[Any, ...], Any]] = {}
                 for what in TARGETS:
                     try:
                         listing = self._run([{"list": _ref(fam, "map", f"{scope}_{what}")}])
