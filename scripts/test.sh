@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh --test
+bash scripts/lint.sh  # ruff, then mypy: the tree is clean, and stays so
 exec .venv/bin/python -m pytest -q "$@"

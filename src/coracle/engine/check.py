@@ -28,6 +28,7 @@ not from the monitor's list), and a live one nobody supervises is adopted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -124,7 +125,7 @@ def check(engine: Engine, dry_run: bool = False, acknowledge: bool | None = None
             if not dry_run:
                 _recreate_directory(engine, rec)
     live = {r["Id"]: r for r in engine.records() if r["State"]["Running"]}
-    for cid, rec in live.items():
+    for rec in live.values():
         _repair_running(engine, rec, found, dry_run)
     found["network"].update(engine.network.reconcile({cid: r["State"]["Pid"] for cid, r in live.items()},
                                                      dry_run=dry_run))
@@ -258,10 +259,8 @@ def _recreate_cgroup(engine: Engine, rec: dict[str, Any], cg: cgroups.Manager) -
     hc = rec["HostConfig"]
     cg.create()
     for pid in _pid_namespace_members(rec["State"]["Pid"]):
-        try:
+        with contextlib.suppress(NotFound):  # exited meanwhile
             cg.apply(pid)
-        except NotFound:
-            pass  # exited meanwhile
     cg.set(Resources.from_host_config(hc))
     spec = Spec(id=rec["Id"], process=Process(args=[rec["Path"], *rec["Args"]]))
     security_options.apply(spec, hc, engine.no_new_privileges)

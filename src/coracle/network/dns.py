@@ -42,6 +42,7 @@ for the running containers.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -53,6 +54,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 from dnslib import AAAA, PTR, QTYPE, RCODE, RR, A, DNSRecord
 
@@ -108,7 +111,7 @@ class Resolver:
         self._host_netns = host_netns
         self.upstreams = upstreams
         self._served: dict[str, tuple[str, list[str]]] = {}  # container id -> (netns path, its upstreams)
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
 
     def serving(self) -> set[str]:
@@ -164,7 +167,7 @@ class Resolver:
                 log.warning("cannot restore DNS for %s: %s", cid, exc)
                 del self._served[cid]
 
-    def _supervise(self, process: subprocess.Popen) -> None:
+    def _supervise(self, process: subprocess.Popen[bytes]) -> None:
         """Containers keep their names when the process dies: a new one takes over their sockets."""
         process.wait()
         with self.names.lock:
@@ -191,11 +194,11 @@ class Resolver:
                 self._process.wait()
             self._process = None
 
-    def _changed(self, op: str, ep: dict) -> None:
+    def _changed(self, op: str, ep: dict[str, Any]) -> None:
         """The table changed (its lock is held): the process's copy changes before the caller goes on."""
         self._request({"op": op, "endpoint": ep})
 
-    def _request(self, message: dict, socks: list[socket.socket] | None = None, retry: bool = True) -> None:
+    def _request(self, message: dict[str, Any], socks: list[socket.socket] | None = None, retry: bool = True) -> None:
         """Send one control message and wait for its acknowledgement (the table's lock is held); if the
         process died, start a new one (once) and send it again."""
         if self._control is None:
@@ -213,7 +216,7 @@ class Resolver:
             if message["op"] not in ("add", "remove"):
                 self._exchange(message, socks or [])
 
-    def _exchange(self, message: dict, socks: list[socket.socket]) -> None:
+    def _exchange(self, message: dict[str, Any], socks: list[socket.socket]) -> None:
         assert self._control is not None
         socket.send_fds(self._control, [json.dumps(message).encode()], [s.fileno() for s in socks])
         self._control.settimeout(CONTROL_TIMEOUT)
@@ -301,7 +304,7 @@ class _Loop:
             self._control.send(reply)
             self._control.setblocking(False)
 
-    def _apply(self, message: dict, fds: list[int]) -> None:
+    def _apply(self, message: dict[str, Any], fds: list[int]) -> None:
         op = message["op"]
         if op == "add":
             self.names.add(message["endpoint"])
@@ -352,12 +355,10 @@ class _Loop:
                 served.generation = names.generation
             tail = cache.get(data[2:])
             if tail is not None:
-                try:
+                with contextlib.suppress(OSError):
                     sock.sendto(data[:2] + tail, peer)
-                except OSError:
-                    pass
             else:
-                self._miss(served, data, lambda answer, peer=peer: _send_datagram(sock, answer, peer))
+                self._miss(served, data, partial(_send_datagram, sock, peer=peer))
 
     def _miss(self, served: _Served, data: bytes, send: Send) -> bool:
         """Answer from the name table (and cache it), or forward upstream; False if `data` is not DNS."""
@@ -392,7 +393,7 @@ class _Loop:
             if not pointers:
                 return None
             reply.add_answer(RR(q.qname, QTYPE.PTR, rdata=PTR(pointers[0] + "."), ttl=TTL))
-            return reply.pack()
+            return _packed(reply)
         addresses = self.names.addresses(cid, name)
         if not addresses:
             return None
@@ -401,7 +402,7 @@ class _Loop:
             if q.qtype == QTYPE.ANY or q.qtype == (QTYPE.AAAA if v6 else QTYPE.A):
                 rtype, rdata = (QTYPE.AAAA, AAAA(addr)) if v6 else (QTYPE.A, A(addr))
                 reply.add_answer(RR(q.qname, rtype, rdata=rdata, ttl=TTL))
-        return reply.pack()
+        return _packed(reply)
 
     # ----- forwarding ------------------------------------------------------
 
@@ -418,7 +419,7 @@ class _Loop:
                 continue
             fwd = _Forward(sock, query, upstreams, send, servfail)
             self._forwards[sock.fileno()] = fwd
-            self._watch(sock, lambda: self._on_upstream(fwd))
+            self._watch(sock, partial(self._on_upstream, fwd))
             return
         send(servfail)
 
@@ -485,18 +486,20 @@ class _Loop:
         return self._miss(served, data, send)
 
 
-def _send_datagram(sock: socket.socket, answer: bytes, peer: tuple) -> None:
-    try:
+def _packed(reply: DNSRecord) -> bytes:
+    """dnslib is untyped: its pack() gives the wire bytes."""
+    wire: bytes = reply.pack()
+    return wire
+
+
+def _send_datagram(sock: socket.socket, answer: bytes, peer: tuple[Any, ...]) -> None:
+    with contextlib.suppress(OSError):  # the container went away meanwhile
         sock.sendto(answer, peer)
-    except OSError:  # the container went away meanwhile
-        pass
 
 
 def _send_stream(conn: socket.socket, answer: bytes) -> None:
-    try:
+    with contextlib.suppress(OSError):  # the client hung up meanwhile
         conn.sendall(len(answer).to_bytes(2, "big") + answer)
-    except OSError:  # the client hung up meanwhile
-        pass
 
 
 def _reverse_pointer_address(name: str) -> str | None:

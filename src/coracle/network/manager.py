@@ -70,6 +70,7 @@ import secrets
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address
 from typing import Any, overload
 
 from coracle.errors import Conflict, InvalidParameter
@@ -401,7 +402,10 @@ class NetworkManager:
             return None
         if self.overlay is not None and rec.driver == "overlay":  # addresses of the whole cluster
             overlay = self.overlay
-            leased = overlay.allocate(rec, cid, parse_address(wanted, "IPv4 address") if wanted else None)
+            static = parse_address(wanted, "IPv4 address") if wanted else None
+            if static is not None and not isinstance(static, IPv4Address):
+                raise InvalidParameter(f"invalid IPv4 address {wanted}")
+            leased = overlay.allocate(rec, cid, static)
             undo.add(lambda: overlay.release(rec, str(leased)))
             return leased
         address = self.ipam.allocate(rec.id, sub.network, sub.gateway, cid, sub.ip_range,
