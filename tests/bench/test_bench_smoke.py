@@ -19,7 +19,8 @@ import pytest
 pytestmark = pytest.mark.root  # the benchmark runs the engine in network namespaces
 
 REPO = Path(__file__).resolve().parents[2]
-SECTIONS = ["startup", "throughput", "memory", "cli", "ports", "datapath", "dns", "scale", "clistart", "build"]
+SECTIONS = ["startup", "throughput", "memory", "cli", "ports", "datapath", "dns", "scale", "clistart", "build",
+            "growth", "burst"]
 
 
 def _errors(obj: object, path: str = "") -> list[str]:
