@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
+from functools import lru_cache
 
 ZERO = "0001-01-01T00:00:00Z"  # Go's zero time, Docker's "never"
 
@@ -15,6 +16,7 @@ def timestamp(ns: int | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
 
 
+@lru_cache(maxsize=8192)  # pure, and `ps` turns the same start times into "Up 3 minutes" again and again
 def epoch(stamp: str) -> float:
     """Seconds since the epoch of such a timestamp (any precision); 0 for one that does not parse."""
     base, _, frac = stamp.rstrip("Z").partition(".")

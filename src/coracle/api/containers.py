@@ -68,6 +68,7 @@ class ContainerRouter:
     def __init__(self, containers: ContainerBackend, images: ImageBackend, hub: AttachHub,
                  lifecycle: Lifecycle) -> None:
         self.containers, self.images, self.hub, self.lifecycle = containers, images, hub, lifecycle
+        self.rows = render.SummaryRows()
 
     def register(self, router: Router) -> None:
         r = router.add
@@ -93,17 +94,19 @@ class ContainerRouter:
         limit = req.qint("limit", -1)
         if req.qbool("latest"):
             limit = 1
-        out = []
-        for c in sorted(self.containers.containers(), key=lambda r: r.created, reverse=True):
+        every = self.containers.containers()
+        shown = []
+        for c in sorted(every, key=lambda r: r.created, reverse=True):
             if not show_all and not c.state.running and limit <= 0 and "status" not in filters:
                 continue
             if filters and not flt.container_matches(c, filters):
                 continue
-            size = await thread(sizes, self.containers, c.id) if req.qbool("size") else None
-            out.append(render.summary(c, size))
+            shown.append(c)
         if limit > 0:
-            out = out[:limit]
-        return Response.json(out)
+            shown = shown[:limit]
+        if not req.qbool("size"):
+            return Response(200, self.rows.listing(shown, every))
+        return Response.json([render.summary(c, await thread(sizes, self.containers, c.id)) for c in shown])
 
     async def create(self, req: Request) -> Response:
         body = create_body(req.json())

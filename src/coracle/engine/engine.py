@@ -146,8 +146,8 @@ class Engine:
         return Container.from_stored(self.view(ref))
 
     def containers(self) -> list[Container]:
-        """Every container's record, oldest first."""
-        return [Container.from_stored(rec) for rec in self.views()]
+        """Every container's record, oldest first: shared and read-only (made once per save, not per call)."""
+        return self.index.typed()
 
     def exec_ids(self, cid: str) -> list[str]:
         """The execs of a container that can still be inspected (inspect's ExecIDs)."""

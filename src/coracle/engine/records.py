@@ -7,9 +7,10 @@ keeps here what it saves: a read is a dictionary look-up that never waits behind
 lifecycle operation. The store stays the durable truth; this is loaded from it at
 start-up and updated only after a write to it succeeded.
 
-Each record is kept twice: its JSON text, from which callers that will modify a
-record get their own copy, and one decoded view shared by read-only callers (list
-and inspect answers), which nobody may modify.
+Each record is kept three times: its JSON text, from which callers that will modify
+a record get their own copy; one decoded view shared by read-only callers, which
+nobody may modify; and its typed `Container`, made once per save rather than once
+per `ps` (a list of 200 containers is read far more often than any one is saved).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import json
 import threading
 from typing import Any
+
+from coracle.engine.container import Container
 
 
 class RecordIndex:
@@ -26,19 +29,22 @@ class RecordIndex:
         self._lock = threading.Lock()  # held for dictionary updates only, never across I/O
         self._bodies: dict[str, str] = {}
         self._views: dict[str, dict[str, Any]] = {}
+        self._typed: dict[str, Container] = {}
         self._names: dict[str, str] = {}
 
     def load(self, records: list[dict[str, Any]]) -> None:
         """Replace everything with `records` (in the store's order, oldest first)."""
         bodies = {r["Id"]: json.dumps(r, separators=(",", ":")) for r in records}
+        views = {cid: json.loads(body) for cid, body in bodies.items()}
+        typed = {cid: Container.from_stored(view) for cid, view in views.items()}
         with self._lock:
-            self._bodies = bodies
-            self._views = {cid: json.loads(body) for cid, body in bodies.items()}
+            self._bodies, self._views, self._typed = bodies, views, typed
             self._names = {v["Name"]: cid for cid, v in self._views.items()}
 
     def put(self, rec: dict[str, Any]) -> None:
         body = json.dumps(rec, separators=(",", ":"))
         view = json.loads(body)
+        typed = Container.from_stored(view)
         cid = view["Id"]
         with self._lock:
             old = self._views.get(cid)
@@ -46,11 +52,13 @@ class RecordIndex:
                 del self._names[old["Name"]]
             self._bodies[cid] = body
             self._views[cid] = view
+            self._typed[cid] = typed
             self._names[view["Name"]] = cid
 
     def drop(self, cid: str) -> None:
         with self._lock:
             self._bodies.pop(cid, None)
+            self._typed.pop(cid, None)
             old = self._views.pop(cid, None)
             if old is not None and self._names.get(old["Name"]) == cid:
                 del self._names[old["Name"]]
@@ -72,6 +80,11 @@ class RecordIndex:
     def views(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self._views.values())
+
+    def typed(self) -> list[Container]:
+        """Every record as its shared typed `Container` (read-only, like the views), oldest first."""
+        with self._lock:
+            return list(self._typed.values())
 
     def id_of_name(self, name: str) -> str | None:
         return self._names.get(name)
