@@ -25,11 +25,15 @@ if [ "${1:-}" = "--test" ] && command -v service >/dev/null; then
     service docker-registry stop >/dev/null 2>&1 || true
 fi
 
-# Debian's interpreter, which every user can read (an interpreter under /root is not):
-# ordinary users run coracled from this virtualenv too (rootless mode).
-if [ ! -x .venv/bin/python ] || ! grep -q "^home = /usr/bin$" .venv/pyvenv.cfg; then
+# The interpreter of the virtualenv: `python3` unless CORACLE_PYTHON names another. For
+# rootless use it must be one every user can read: on machines whose python3 lives under
+# /root (0700), install with CORACLE_PYTHON=/usr/bin/python3 (Debian's).
+python="${CORACLE_PYTHON:-python3}"
+if [ ! -x .venv/bin/python ] || { [ -n "${CORACLE_PYTHON:-}" ] && \
+        [ "$(realpath "$(.venv/bin/python -c 'import sys; print(sys._base_executable)')")" != \
+          "$(realpath "$(command -v "$python")")" ]; }; then
     rm -rf .venv
-    /usr/bin/python3 -m venv .venv
+    "$python" -m venv .venv
 fi
 extra=""
 [ "${1:-}" = "--test" ] && extra="[test]"

@@ -154,7 +154,7 @@ EOF
     # .dockerignore: ignored files cannot be copied; `!` brings one back
     write(tmp_path, {"Dockerfile": "FROM busybox\nCOPY logs /logs\nRUN ls /logs\n"})
     out = docker("build", str(tmp_path)).stdout
-    assert "keep.log" in out and "a.log" not in out
+    assert "keep.log" in out and "a.log" not in out, out
     write(tmp_path, {"Dockerfile": "FROM busybox\nCOPY secret.key /\n"})
     failed = docker("build", str(tmp_path), check=False)
     assert failed.returncode != 0 and "secret.key" in failed.stderr and "not found" in failed.stderr

@@ -34,6 +34,24 @@ class Source:
     is_dir: bool
 
 
+# tarfile's extraction filters came with Python 3.11.4; Debian 12's interpreter is 3.11.2.
+EXTRACTION_FILTERS = hasattr(tarfile, "data_filter")
+
+
+def _checked_by_hand(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    """What data_filter refuses, for interpreters without it: names and link targets leaving the root."""
+    name = posixpath.normpath(member.name.lstrip("/"))
+    if name == ".." or name.startswith("../"):
+        raise InvalidParameter(f"build context entry {member.name!r} is refused: it leaves the context")
+    if member.issym() or member.islnk():
+        base = posixpath.dirname(name) if member.issym() else ""
+        target = posixpath.normpath(posixpath.join(base, member.linkname))
+        if target == ".." or target.startswith("../") or (member.islnk() and member.linkname.startswith("/")):
+            raise InvalidParameter(f"build context entry {member.name!r} is refused: its link target "
+                                   f"{member.linkname!r} leaves the context")
+    return member.replace(name=name, uid=0, gid=0, uname="", gname="", deep=False)
+
+
 def unpack(fileobj: BinaryIO, root: str) -> None:
     """Unpack the context tar (plain, gzip, bzip2 or xz) into the empty directory root."""
 
@@ -41,6 +59,8 @@ def unpack(fileobj: BinaryIO, root: str) -> None:
         if member.issym() and member.linkname.startswith("/"):
             raise InvalidParameter(f"build context entry {member.name!r} is a symlink to an absolute path "
                                    f"({member.linkname}), which leaves the context")
+        if not EXTRACTION_FILTERS:
+            return _checked_by_hand(member)
         try:
             safe = tarfile.data_filter(member, dest)
         except tarfile.FilterError as exc:
@@ -63,7 +83,10 @@ def unpack(fileobj: BinaryIO, root: str) -> None:
                     raise
                 if member is None:
                     break
-                tar.extract(check(member, root), root, set_attrs=True, filter="fully_trusted")
+                if EXTRACTION_FILTERS:
+                    tar.extract(check(member, root), root, set_attrs=True, filter="fully_trusted")
+                else:
+                    tar.extract(check(member, root), root, set_attrs=True)
                 extracted = True
     except tarfile.ReadError as exc:
         if "empty file" in str(exc):

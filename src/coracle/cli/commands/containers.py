@@ -717,7 +717,11 @@ def _copy_from(cli: Cli, container: str, src: str, dest: str, quiet: bool) -> in
                 parts[0] = rename
             member.name = "/".join(parts)
             total += member.size
-            tar.extract(member, target_dir, filter="tar")  # tar filter: no absolute paths or escapes
+            if hasattr(tarfile, "tar_filter"):  # Python >= 3.11.4: no absolute paths or escapes
+                tar.extract(member, target_dir, filter="tar")
+            elif not (member.issym() or member.islnk()) or not (
+                    member.linkname.startswith("/") or ".." in member.linkname.split("/")):
+                tar.extract(member, target_dir)  # older: names were checked above, links here
     if not quiet:
         cli.err(f"Successfully copied {human_size(total)} to {dest}")
     return 0
