@@ -56,7 +56,9 @@ class ExecRouter:
                 self.hub.released(id)
             end = await pump(msock, reader, writer, stdin=ex["OpenStdin"], stdin_once=True, tty=is_tty,
                              detach_keys=parse_detach_keys(ex.get("DetachKeys") or ""), input_gate=waiting.running)
-            if end == CUT:
+            if end == CUT and (await thread(self.execs.wait, id, 1))["ExitCode"] is None:
+                # still running after a second, or its end unknown: the monitor went away mid-stream
+                # (a process that ended while its stream was being set up has its exit code by now)
                 self.execs.stream_cut(id)
                 writer.write(CUT_MESSAGE.encode() if is_tty else frame(2, CUT_MESSAGE.encode()))
                 return
