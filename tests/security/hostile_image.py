@@ -77,7 +77,8 @@ def _layer(entries: list[tuple[str, bytes | None, int]], deep: int = 0) -> bytes
                 if parent not in made:
                     made.add(parent)
                     info = tarfile.TarInfo(parent)
-                    info.type, info.mode = tarfile.DIRTYPE, 0o755
+                    # /tmp keeps its sticky, world-writable mode when the host interpreter lives below it.
+                    info.type, info.mode = tarfile.DIRTYPE, 0o1777 if parent == "tmp" else 0o755
                     tf.addfile(info)
             info = tarfile.TarInfo("/".join(parts))
             info.mode = mode
