@@ -160,6 +160,15 @@ EOF
     assert failed.returncode != 0 and "secret.key" in failed.stderr and "not found" in failed.stderr
 
 
+def test_run_output_is_shown_in_the_build_progress(docker: Docker, tmp_path: Path) -> None:
+    # stdout and stderr of a RUN step, including one write larger than a monitor packet's read size
+    write(tmp_path, {"Dockerfile": "FROM busybox\nRUN echo to-stdout; echo to-stderr >&2; "
+                                   "head -c 100000 /dev/zero | tr '\\0' x; echo; echo last-line\n"})
+    out = docker("build", "--no-cache", str(tmp_path)).stdout
+    assert "to-stdout" in out and "to-stderr" in out and "last-line" in out, out[:2000]
+    assert "x" * 100000 in out
+
+
 def test_add_of_an_unreachable_url_is_a_clear_error(docker: Docker, tmp_path: Path) -> None:
     write(tmp_path, {"Dockerfile": "FROM busybox\nADD http://127.0.0.1:9/file.txt /\n"})
     res = docker("build", str(tmp_path), check=False)

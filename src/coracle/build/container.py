@@ -15,13 +15,13 @@ import logging
 import os
 import secrets
 import socket
-import struct
 from contextlib import contextmanager, suppress
 from typing import Any
 from collections.abc import Callable, Iterator
 
 from coracle.build.errors import BuildCancelled
 from coracle.errors import CoracleError, NotFound
+from coracle.runtime.client import MAX_PACKET, split_frames
 
 log = logging.getLogger("coracle.build")
 BUILD_LABEL = "coracle.build"  # marks step containers: `ps --filter label=coracle.build`
@@ -68,12 +68,12 @@ class StepContainer:
                 if stopping():
                     raise BuildCancelled("the build was cancelled")
                 try:
-                    data = sock.recv(1 << 16)
+                    packet = sock.recv(MAX_PACKET)
                 except TimeoutError:
                     continue
-                if not data:
+                if packet[:1] != b"o":  # b"e": the process ended; nothing: the stream was cut
                     break
-                payloads, buffer = _split_frames(buffer + data)
+                payloads, buffer = split_frames(buffer + packet[1:])
                 for payload in payloads:
                     emit({"stream": payload.decode("utf-8", errors="replace")})
         finally:
@@ -111,18 +111,6 @@ def step_container(engine: Any, image_id: str, config: dict[str, Any], host_conf
             container.let_go()
         else:
             container.remove()
-
-
-def _split_frames(buffer: bytes) -> tuple[list[bytes], bytes]:
-    """Payloads of the complete multiplexed frames in buffer, and the incomplete rest."""
-    payloads, offset = [], 0
-    while len(buffer) - offset >= 8:
-        size = struct.unpack(">I", buffer[offset + 4:offset + 8])[0]
-        if len(buffer) - offset - 8 < size:
-            break
-        payloads.append(buffer[offset + 8:offset + 8 + size])
-        offset += 8 + size
-    return payloads, buffer[offset:]
 
 
 def remove_leftovers(engine: Any, work_dir: str) -> list[str]:

@@ -18,7 +18,6 @@ import heapq
 import logging
 import signal
 import socket
-import struct
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from coracle import clock
 from coracle.errors import CoracleError, InvalidParameter
-from coracle.runtime.client import MAX_PACKET
+from coracle.runtime.client import MAX_PACKET, split_frames
 
 if TYPE_CHECKING:
     from coracle.engine.engine import Engine
@@ -268,12 +267,8 @@ def _collect(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
             packet = b""
         if packet[:1] != b"o":
             return _clip(out, truncated), False
-        buf += packet[1:]
-        while len(buf) >= 8:
-            size = struct.unpack(">I", buf[4:8])[0]
-            if len(buf) < 8 + size:
-                break
-            payload, buf = buf[8:8 + size], buf[8 + size:]
+        payloads, buf = split_frames(buf + packet[1:])
+        for payload in payloads:
             room = MAX_OUTPUT - len(out)
             out += payload[:max(room, 0)]
             truncated = truncated or len(payload) > room

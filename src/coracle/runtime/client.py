@@ -12,6 +12,7 @@ import builtins
 import json
 import os
 import socket
+import struct
 import subprocess
 import time
 from typing import Any
@@ -194,3 +195,15 @@ class MonitorClient:
                 return int(f.read())
         except (OSError, ValueError):
             return None
+
+
+def split_frames(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """Payloads of the complete multiplexed frames in buffer, and the incomplete rest."""
+    payloads, offset = [], 0
+    while len(buffer) - offset >= 8:
+        size = struct.unpack(">I", buffer[offset + 4:offset + 8])[0]
+        if len(buffer) - offset - 8 < size:
+            break
+        payloads.append(buffer[offset + 8:offset + 8 + size])
+        offset += 8 + size
+    return payloads, buffer[offset:]
