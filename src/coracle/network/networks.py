@@ -78,12 +78,43 @@ class Networks:
         self.mtu = mtu  # of bridges and veths whose network names none (dockerd's --mtu)
         # told of every network made or removed, whoever asked (API, prune): the manager's events
         self.announce: Callable[[str, NetworkRecord], None] = lambda action, rec: None
+        # Every create checks against every network: records are decoded once per change, not per call.
+        self._records: tuple[NetworkRecord, ...] | None = None
+        self._generation = 0
+        self._cache_lock = threading.Lock()
 
     def all(self) -> builtins.list[NetworkRecord]:
-        return [NetworkRecord.from_document(d) for d in self.store.all(KIND)]
+        with self._cache_lock:
+            cached, generation = self._records, self._generation
+        if cached is None:
+            cached = tuple(NetworkRecord.from_document(d) for d in self.store.all(KIND))
+            with self._cache_lock:
+                if generation == self._generation:  # no write since the read began
+                    self._records = cached
+        return list(cached)
 
     def save(self, rec: NetworkRecord) -> None:
-        self.store.put(KIND, rec.id, rec.document())
+        try:
+            self.store.put(KIND, rec.id, rec.document())
+        except BaseException:
+            self._changed(None)
+            raise
+        self._changed(rec)
+
+    def _changed(self, saved: NetworkRecord | None, removed: str = "") -> None:
+        """Keep the decoded records in step with a write: the saved record put in place, a removed one
+        dropped; after a failed write they are read again."""
+        with self._cache_lock:
+            records = self._records
+            if records is None or (saved is None and not removed):
+                records = None
+            elif saved is None:
+                records = tuple(r for r in records if r.id != removed)
+            elif any(r.id == saved.id for r in records):  # an update keeps its place (the store's rowid order)
+                records = tuple(saved if r.id == saved.id else r for r in records)
+            else:
+                records = (*records, saved)
+            self._records, self._generation = records, self._generation + 1
 
     def with_driver(self) -> builtins.list[NetworkRecord]:
         """Networks whose kernel objects a driver owns (all but host and none)."""
@@ -260,11 +291,19 @@ class Networks:
         check_assignable(subnet)
         if not exclusive:
             return subnet
+        with netns(self.host_netns):
+            inside = [(address, idx) for address, idx in
+                      netlink.addresses(socket.AF_INET6 if version == 6 else socket.AF_INET)
+                      if ipaddress.ip_address(address) in subnet]
+        if not inside:
+            return subnet
+        # Only the (rare) addresses inside the subnet are looked up by name: one request per existing bridge
+        # made every create slower with each network.
+        ours = {r.interface for r in self.with_driver() if r.driver == self.bridge.name}
         with netlink.netns_socket(self.host_netns) as ipr:
-            ours = {netlink.index(ipr, r.interface) for r in self.with_driver() if r.driver == self.bridge.name}
-            for address, idx in netlink.addresses(ipr, socket.AF_INET6 if version == 6 else socket.AF_INET):
-                if idx not in ours and ipaddress.ip_address(address) in subnet:
-                    name = ipr.get_links(idx)[0].get_attr("IFLA_IFNAME")
+            for address, idx in inside:
+                name = ipr.get_links(idx)[0].get_attr("IFLA_IFNAME")
+                if name not in ours:
                     raise InvalidParameter(f"invalid subnet {subnet}: it contains {address}, an address of this "
                                            f"host (on {name})")
         return subnet
@@ -279,7 +318,12 @@ class Networks:
                 raise Conflict(f"error while removing network: network {rec.name} id {rec.id} has active endpoints")
             self.drivers.get(rec.driver).delete(rec)
             self.ipam.release_network(rec.id)
-            self.store.delete(KIND, rec.id)
+            try:
+                self.store.delete(KIND, rec.id)
+            except BaseException:
+                self._changed(None)
+                raise
+            self._changed(None, removed=rec.id)
         self.announce("destroy", rec)
         return rec
 
