@@ -266,29 +266,29 @@ class Volumes:
 
     # ----- mounts of the local driver's options ----------------------------------
 
-    def attach(self, rec: dict[str, Any]) -> None:
+    def attach(self, cid: str, mounts: builtins.list[dict[str, Any]]) -> None:
         """A container starts: mount its tmpfs/bind volumes on the host if nobody else holds them."""
-        for m, vol in self._of(rec):
+        for m, vol in self._of(mounts):
             if vol.mounted_kind:
                 with self._lock:
                     if not _mounted(self.mountpoint(vol.name)):
                         self._mount(vol)
             self.events.publish("volume", "mount", vol.name, {
-                "container": rec["Id"], "destination": m["Destination"], "driver": vol.driver,
+                "container": cid, "destination": m["Destination"], "driver": vol.driver,
                 "propagation": m.get("Propagation") or "", "read/write": str(bool(m["RW"])).lower()})
 
-    def detach(self, rec: dict[str, Any]) -> None:
+    def detach(self, cid: str, mounts: builtins.list[dict[str, Any]]) -> None:
         """A container stopped (its record already says so): the last user unmounts."""
-        for _, vol in self._of(rec):
+        for _, vol in self._of(mounts):
             if vol.mounted_kind:
                 with self._lock:
                     if not self.users(vol.name, running_only=True):
                         self._unmount(vol)
-            self.events.publish("volume", "unmount", vol.name, {"container": rec["Id"], "driver": vol.driver})
+            self.events.publish("volume", "unmount", vol.name, {"container": cid, "driver": vol.driver})
 
-    def _of(self, rec: dict[str, Any]) -> Iterator[tuple[dict[str, Any], Volume]]:
+    def _of(self, mounts: builtins.list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Volume]]:
         """A container's volume mounts with their volumes (one removed meanwhile is skipped)."""
-        for m in rec["Mounts"]:
+        for m in mounts:
             if m.get("Type") == "volume":
                 try:
                     yield m, self.get(m["Name"])
