@@ -175,7 +175,7 @@ def rebuild(engine: Engine, found: dict[str, Any], dry_run: bool = False,
                 found["kept"].append({"directory": path, "problem": f"no record and no usable {cfg.RECORD_FILE} "
                                                                     f"({exc}); left in place"})
             continue
-        _follow_process(saved, live.get(name))
+        saved = _follow_process(saved, live.get(name))
         if rec == saved:
             continue
         found["rebuilt"].append({"id": name, "name": saved["Name"], "from": os.path.join(path, cfg.RECORD_FILE)})
@@ -195,13 +195,14 @@ def rebuild(engine: Engine, found: dict[str, Any], dry_run: bool = False,
         engine.reload()  # the records written above went to the store directly
 
 
-def _follow_process(rec: dict[str, Any], proc: dict[str, Any] | None) -> None:
+def _follow_process(saved: dict[str, Any], proc: dict[str, Any] | None) -> dict[str, Any]:
     """A saved record whose state lags behind (its last save failed): the monitor's process is the truth."""
-    if proc is None or proc["state"] != "running" or rec["State"]["Pid"] == proc["pid"]:
-        return
-    rec["State"].update({"Status": "running", "Running": True, "Paused": False, "Restarting": False,
-                         "Pid": proc["pid"], "ExitCode": 0, "Error": ""})
-    rec["Coracle"]["StartTicks"] = proc_start_ticks(proc["pid"])
+    if proc is None or proc["state"] != "running" or saved["State"]["Pid"] == proc["pid"]:
+        return saved
+    c = Container.from_stored(saved)
+    c.state.follow(proc["pid"])
+    c.private.start_ticks = proc_start_ticks(proc["pid"])
+    return c.stored()
 
 
 def _skeleton_only(path: str) -> bool:

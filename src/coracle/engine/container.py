@@ -95,6 +95,11 @@ class State:
         self.exit_code, self.error = 0, ""
         self.started_at, self.finished_at = started_at, ZERO
 
+    def follow(self, pid: int) -> None:
+        """The process the monitor runs for it, found after a save was lost: running, as that PID."""
+        self.status, self.running, self.paused, self.restarting = "running", True, False, False
+        self.pid, self.exit_code, self.error = pid, 0, ""
+
     def failed_start(self, exit_code: int, error: str) -> None:
         """A start that did not get to release the process: back where it was, with the error."""
         self.status = "exited" if self.ever_started else "created"

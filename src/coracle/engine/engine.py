@@ -93,7 +93,7 @@ class Engine:
         self.containers_dir = os.path.join(data_root, "containers")
         self.volumes_dir = os.path.join(data_root, "volumes")
         os.makedirs(self.containers_dir, exist_ok=True)
-        self.volumes = Volumes(store, self.volumes_dir, events, self.records)
+        self.volumes = Volumes(store, self.volumes_dir, events, self.containers)
         store.validate(KIND, cfg.check_record)  # a damaged record is quarantined, never fatal
         self.index = RecordIndex()
         self._saving = threading.Lock()  # taken last, around one store write and one index update
