@@ -51,6 +51,30 @@ def test_created_container_network_settings(docker: Docker) -> None:
     assert list(inspect(docker, on_host)["NetworkSettings"]["Networks"]) == ["host"]
 
 
+def test_created_container_lists_its_user_network(docker: Docker) -> None:
+    """Docker: right after `create --network NET` the container lists NET (empty addresses), in inspect and ps;
+    `network disconnect` of the created container forgets it and `network connect` lists it again."""
+    net = unique("net")
+    docker("network", "create", net)
+    cid = docker("create", "--network", net, "--network-alias", "db", "busybox", "true").stdout.strip()
+    try:
+        networks = inspect(docker, cid)["NetworkSettings"]["Networks"]
+        assert list(networks) == [net]
+        assert networks[net]["IPAddress"] == "" and networks[net]["EndpointID"] == ""
+        assert networks[net]["Aliases"] == ["db"]
+        listed = docker("ps", "-a", "--filter", f"id={cid}", "--format", "{{.Networks}}").stdout.strip()
+        assert listed == net
+        docker("network", "disconnect", net, cid)
+        assert inspect(docker, cid)["NetworkSettings"]["Networks"] == {}
+        docker("network", "connect", "--alias", "web", net, cid)
+        assert inspect(docker, cid)["NetworkSettings"]["Networks"][net]["Aliases"] == ["web"]
+        docker("start", "-a", cid)
+        assert inspect(docker, cid)["NetworkSettings"]["Networks"][net]["NetworkID"]  # it was joined
+    finally:
+        docker("rm", "-f", cid)
+        docker("network", "rm", net)
+
+
 def test_aliases_carry_the_short_id_for_old_clients(docker: Docker, daemon: Daemon) -> None:
     """Docker: clients of API < 1.45 see the short id (and hostname) among the aliases on a user network."""
     net = unique("net")

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
+from coracle.engine.container import Container as Record
 from coracle.engine.netrequest import network_request
 from coracle.network import NetworkManager
 from coracle.network.driver import EndpointOptions
@@ -180,6 +181,12 @@ class FakeUpstream:
 # ----- the world -------------------------------------------------------------
 
 
+def _record(rec: dict[str, Any]) -> Record:
+    """The engine's typed record of a test container's (partial) stored record."""
+    return Record.from_stored({"Id": "", "Name": "", "Created": "", "Image": "", "Config": {}, "HostConfig": {},
+                               "State": {"Status": "created", "Running": False}, **rec})
+
+
 @dataclass
 class Container:
     """A process in its own network namespace, as the engine would hand it to attach()."""
@@ -242,17 +249,17 @@ class World:
     # engine's own function, and the answer applied to a copy of the record's NetworkSettings.
 
     def attach(self, rec: dict[str, Any], pid: int) -> dict[str, Any]:
-        return dict(self.net.attach(network_request(rec, pid)).settings)
+        return dict(self.net.attach(network_request(_record(rec), pid)).settings)
 
     def files(self, rec: dict[str, Any], settings: dict[str, Any]) -> dict[str, str]:
-        return self.net.files(network_request(rec), settings).by_path()
+        return self.net.files(network_request(_record(rec)), settings).by_path()
 
     def validate(self, mode: str, host_config: dict[str, Any], endpoints: dict[str, Any]) -> None:
-        self.net.validate(network_request({"HostConfig": {**host_config, "NetworkMode": mode},
-                                           "NetworkingConfig": {"EndpointsConfig": endpoints}}))
+        self.net.validate(network_request(_record({"HostConfig": {**host_config, "NetworkMode": mode},
+                                                   "NetworkingConfig": {"EndpointsConfig": endpoints}})))
 
     def connect(self, rec: dict[str, Any], pid: int | None, ref: str, cfg: dict[str, Any]) -> dict[str, Any]:
-        joined = self.net.connect(network_request(rec, pid or 0), ref, EndpointOptions.from_docker(ref, cfg))
+        joined = self.net.connect(network_request(_record(rec), pid or 0), ref, EndpointOptions.from_docker(ref, cfg))
         settings = copy.deepcopy(rec.get("NetworkSettings") or {})
         settings.setdefault("Networks", {})[joined.network_name] = dict(joined.settings)
         return settings
@@ -260,7 +267,7 @@ class World:
     def disconnect(self, rec: dict[str, Any] | str, ref: str) -> dict[str, Any] | None:
         if isinstance(rec, str):
             return self.net.disconnect(rec, ref)
-        left = self.net.disconnect(network_request(rec), ref)
+        left = self.net.disconnect(network_request(_record(rec)), ref)
         settings = copy.deepcopy(rec.get("NetworkSettings") or {})
         for key in left.refs:
             settings.get("Networks", {}).pop(key, None)
@@ -269,7 +276,7 @@ class World:
         return settings
 
     def rename(self, rec: dict[str, Any], old_name: str) -> None:
-        for network, names in self.net.rename(network_request(rec), old_name).items():
+        for network, names in self.net.rename(network_request(_record(rec)), old_name).items():
             rec["NetworkSettings"]["Networks"][network]["DNSNames"] = names
 
     def stop(self, c: Container) -> None:

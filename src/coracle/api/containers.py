@@ -18,7 +18,7 @@ from typing import Any
 
 from coracle.api import filters as flt
 from coracle.api import render
-from coracle.api.backend import ContainerBackend, EventSource, ImageBackend, StreamBackend
+from coracle.api.backend import ContainerBackend, ContainerListing, EventSource, ImageBackend, StreamBackend
 from coracle.api.http import Request, Response, Router
 from coracle.api.shapes import HOST_CONFIG_SHAPE, check_shape, create_body
 from coracle.api.streams import (
@@ -45,7 +45,7 @@ def _waited(code: int) -> dict[str, Any]:
     return {"StatusCode": code, "Error": None}
 
 
-def sizes(containers: ContainerBackend, cid: str) -> dict[str, int]:
+def sizes(containers: ContainerListing, cid: str) -> dict[str, int]:
     """SizeRw (the writable layer) and SizeRootFs (that plus the image): `ps -s`'s "0B (virtual 1.98MB)"."""
     rw, rootfs = containers.size(cid)
     return {"SizeRw": rw, "SizeRootFs": rootfs}

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from coracle.api.filters import labels_match, parse as parse_filters, values
 from coracle.api.http import Request, Response, Router, decode_json
-from coracle.api.backend import ContainerBackend, ImageBackend
+from coracle.api.backend import ContainerImages, ImageBackend
 from coracle.errors import InvalidParameter
 
 thread = asyncio.to_thread
@@ -79,14 +79,37 @@ async def with_progress(stream: Any, work: Callable[[Callable[[dict[str, Any]], 
         return None
 
 
-def routes(router: Router, containers: ContainerBackend, images: ImageBackend) -> None:
-    def in_use(image_id: str) -> bool:
-        return any(c.image_id == image_id for c in containers.containers())
+class ImageRouter:
+    """Image routes; containers are consulted for the images in use and for commit."""
 
-    async def list_(req: Request) -> Response:
-        found = await thread(images.list)
+    def __init__(self, containers: ContainerImages, images: ImageBackend) -> None:
+        self.containers, self.images = containers, images
+
+    def register(self, router: Router) -> None:
+        router.add("GET", "/images/json", self.list_)
+        router.add("GET", "/images/search", self.search)
+        router.add("GET", "/distribution/{name*}/json", self.distribution_info)
+        router.add("POST", "/images/create", self.create, stream_body=True)
+        router.add("POST", "/images/load", self.load, stream_body=True)
+        router.add("GET", "/images/get", self.save)
+        router.add("POST", "/images/prune", self.prune)
+        router.add("GET", "/images/{name*}/json", self.inspect)
+        router.add("GET", "/images/{name*}/history", self.history)
+        router.add("GET", "/images/{name*}/get", self.save)
+        router.add("POST", "/images/{name*}/tag", self.tag)
+        router.add("POST", "/images/{name*}/push", self.push)
+        router.add("DELETE", "/images/{name*}", self.remove)
+        router.add("POST", "/commit", self.commit)
+        router.add("POST", "/auth", self.auth)
+
+    def in_use(self, image_id: str) -> bool:
+        """Some container (in any state) uses the image: rmi and prune keep it."""
+        return any(c.image_id == image_id for c in self.containers.containers())
+
+    async def list_(self, req: Request) -> Response:
+        found = await thread(self.images.list)
         filters = parse_filters(req.qjson("filters"))
-        out = [images.summary(i) for i in found]
+        out = [self.images.summary(i) for i in found]
         if filters.get("dangling"):
             dangling = "true" in [w.lower() for w in filters["dangling"]]
             out = [o for o in out if (not o["RepoTags"] or o["RepoTags"] == ["<none>:<none>"]) == dangling]
@@ -106,13 +129,13 @@ def routes(router: Router, containers: ContainerBackend, images: ImageBackend) -
             out = [o for o in out if labels_match(o.get("Labels") or {}, values(filters, "label"))]
         return Response.json(out)
 
-    async def inspect(req: Request, name: str) -> Response:
-        return Response.json(await thread(images.inspect, name))
+    async def inspect(self, req: Request, name: str) -> Response:
+        return Response.json(await thread(self.images.inspect, name))
 
-    async def history(req: Request, name: str) -> Response:
-        return Response.json(await thread(images.history, name))
+    async def history(self, req: Request, name: str) -> Response:
+        return Response.json(await thread(self.images.history, name))
 
-    async def create(req: Request) -> Any:
+    async def create(self, req: Request) -> Any:
         """`docker pull` (fromImage) or `docker import` (fromSrc=-): both stream JSON progress."""
         from_image, from_src = req.q("fromImage"), req.q("fromSrc")
         tag = req.q("tag") or ""
@@ -128,7 +151,7 @@ def routes(router: Router, containers: ContainerBackend, images: ImageBackend) -
             async def produce_import(stream: Any) -> None:
                 try:
                     with await thread(open, path, "rb") as f:
-                        image = await thread(images.import_tar, f, ref, changes, req.q("message") or "")
+                        image = await thread(self.images.import_tar, f, ref, changes, req.q("message") or "")
                 finally:
                     os.unlink(path)
                 await stream.write(json.dumps({"status": image.id}).encode() + b"\r\n")
@@ -143,31 +166,31 @@ def routes(router: Router, containers: ContainerBackend, images: ImageBackend) -
             ref = f"{from_image}@{tag}" if tag.startswith("sha256:") else f"{from_image}:{tag}"
         auth = _auth(req)
         # No tag and no digest is how clients ask for every tag (`pull -a`), as Docker reads it.
-        pull = images.pull if tag or ":" in from_image.rsplit("/", 1)[-1] or "@" in from_image \
-            else images.pull_all_tags
+        pull = self.images.pull if tag or ":" in from_image.rsplit("/", 1)[-1] or "@" in from_image \
+            else self.images.pull_all_tags
 
         async def produce_pull(stream: Any) -> None:
             await with_progress(stream, lambda progress: pull(ref, auth, progress))
 
         return Response.stream(produce_pull, content_type="application/json")
 
-    async def push(req: Request, name: str) -> Any:
+    async def push(self, req: Request, name: str) -> Any:
         tag = req.q("tag")
         ref = f"{name}:{tag}" if tag else name
         auth = _auth(req)
 
         async def produce(stream: Any) -> None:
-            await with_progress(stream, lambda progress: images.push(ref, auth, progress))
+            await with_progress(stream, lambda progress: self.images.push(ref, auth, progress))
 
         return Response.stream(produce, content_type="application/json")
 
-    async def load(req: Request) -> Any:
+    async def load(self, req: Request) -> Any:
         path = await spool(req)
 
         async def produce(stream: Any) -> None:
             try:
                 with await thread(open, path, "rb") as f:
-                    loaded = await thread(images.load, f)
+                    loaded = await thread(self.images.load, f)
             finally:
                 os.unlink(path)
             for ref in loaded:
@@ -176,12 +199,12 @@ def routes(router: Router, containers: ContainerBackend, images: ImageBackend) -
 
         return Response.stream(produce, content_type="application/json")
 
-    async def save(req: Request, name: str | None = None) -> Any:
+    async def save(self, req: Request, name: str | None = None) -> Any:
         refs = [name] if name else req.query.get("names", [])
         if not refs:
             raise InvalidParameter("no image names given")
         for ref in refs:
-            await thread(images.resolve, ref)
+            await thread(self.images.resolve, ref)
 
         async def produce(stream: Any) -> None:
             loop = asyncio.get_running_loop()
@@ -191,7 +214,7 @@ def routes(router: Router, containers: ContainerBackend, images: ImageBackend) -
 
             def write_all() -> None:
                 try:
-                    images.save(refs, writer)
+                    self.images.save(refs, writer)
                 finally:
                     writer.close()
 
@@ -203,38 +226,38 @@ def routes(router: Router, containers: ContainerBackend, images: ImageBackend) -
 
         return Response.stream(produce, content_type="application/x-tar")
 
-    async def tag(req: Request, name: str) -> Response:
+    async def tag(self, req: Request, name: str) -> Response:
         repo = req.q("repo")
         if not repo:
             raise InvalidParameter("repository name is required")
-        await thread(images.tag, name, repo, req.q("tag") or "latest")
+        await thread(self.images.tag, name, repo, req.q("tag") or "latest")
         return Response.empty(201)
 
-    async def remove(req: Request, name: str) -> Response:
-        return Response.json(await thread(images.remove, name, req.qbool("force"), in_use))
+    async def remove(self, req: Request, name: str) -> Response:
+        return Response.json(await thread(self.images.remove, name, req.qbool("force"), self.in_use))
 
-    async def prune(req: Request) -> Response:
+    async def prune(self, req: Request) -> Response:
         filters = parse_filters(req.qjson("filters"))
         dangling = filters.get("dangling")
         only_dangling = True
         if dangling:
             only_dangling = "false" not in [v.lower() for v in dangling]
-        return Response.json(await thread(images.prune, only_dangling, in_use))
+        return Response.json(await thread(self.images.prune, only_dangling, self.in_use))
 
-    async def commit(req: Request) -> Response:
+    async def commit(self, req: Request) -> Response:
         container = req.q("container")
-        c = containers.container(container or "")
+        c = self.containers.container(container or "")
         body = req.json() if req.body else {}
         repo, tag_ = req.q("repo"), req.q("tag") or "latest"
-        image = await thread(containers.commit, c.id, pause=req.qbool("pause", True),
+        image = await thread(self.containers.commit, c.id, pause=req.qbool("pause", True),
                              repo_tag=f"{repo}:{tag_}" if repo else None, changes=req.query.get("changes", []),
                              comment=req.q("comment") or "", author=req.q("author") or "", config=body or None)
         return Response.json({"Id": image.id}, status=201)
 
-    async def distribution_info(req: Request, name: str) -> Response:
-        return Response.json(await thread(images.describe, name, _auth(req)))
+    async def distribution_info(self, req: Request, name: str) -> Response:
+        return Response.json(await thread(self.images.describe, name, _auth(req)))
 
-    async def search(req: Request) -> Response:
+    async def search(self, req: Request) -> Response:
         term = req.q("term")
         if not term:
             raise InvalidParameter("term is required")
@@ -242,26 +265,10 @@ def routes(router: Router, containers: ContainerBackend, images: ImageBackend) -
             limit = int(req.q("limit") or 25)
         except ValueError:
             raise InvalidParameter("limit must be a number") from None
-        return Response.json(await thread(images.search, term, limit, _auth(req), parse_filters(req.qjson("filters"))))
+        return Response.json(await thread(self.images.search, term, limit, _auth(req),
+                                          parse_filters(req.qjson("filters"))))
 
-    async def auth(req: Request) -> Response:
+    async def auth(self, req: Request) -> Response:
         body = req.json()
-        await thread(images.login, body)
+        await thread(self.images.login, body)
         return Response.json({"Status": "Login Succeeded", "IdentityToken": ""})
-
-    r = router.add
-    r("GET", "/images/json", list_)
-    r("GET", "/images/search", search)
-    r("GET", "/distribution/{name*}/json", distribution_info)
-    r("POST", "/images/create", create, stream_body=True)
-    r("POST", "/images/load", load, stream_body=True)
-    r("GET", "/images/get", save)
-    r("POST", "/images/prune", prune)
-    r("GET", "/images/{name*}/json", inspect)
-    r("GET", "/images/{name*}/history", history)
-    r("GET", "/images/{name*}/get", save)
-    r("POST", "/images/{name*}/tag", tag)
-    r("POST", "/images/{name*}/push", push)
-    r("DELETE", "/images/{name*}", remove)
-    r("POST", "/commit", commit)
-    r("POST", "/auth", auth)

@@ -74,8 +74,6 @@ def network_settings(c: Container, version: str = "") -> dict[str, Any]:
     """NetworkSettings: as the network layer wired it, or, before any start, the networks it will join."""
     settings = {**_UNWIRED, **c.network_settings}
     networks = {name: {**_UNWIRED_ENDPOINT, **ep} for name, ep in c.networks.items()}
-    if not networks and not c.state.ever_started:
-        networks = _planned(c)
     if older_than(version, (1, 45)):  # before 1.45 the aliases on user networks had the short id and hostname
         extra = [c.id[:12], c.config.get("Hostname") or ""]
         for name, ep in networks.items():
@@ -83,20 +81,6 @@ def network_settings(c: Container, version: str = "") -> dict[str, Any]:
                 ep["Aliases"] = list(dict.fromkeys(a for a in [*(ep.get("Aliases") or []), *extra] if a))
     settings["Networks"] = networks
     return settings
-
-
-def _planned(c: Container) -> dict[str, Any]:
-    """A created container's network when it is a builtin one (moby's updateContainerNetworkSettings).
-
-    User networks are not listed before the first start: a network listed here must
-    also be one `network disconnect` accepts, and the engine connects those at start
-    (docker-compose v1 disconnects and reconnects every network it sees listed)."""
-    mode = c.host_config.network_mode or "bridge"
-    mode = "bridge" if mode == "default" else mode
-    if mode not in ("bridge", "host", "none") or c.config.get("NetworkDisabled"):
-        return {}
-    wanted = (c.networking_config.get("EndpointsConfig") or {}).get(mode) or {}
-    return {mode: {**_UNWIRED_ENDPOINT, **{k: v for k, v in wanted.items() if k in _UNWIRED_ENDPOINT}}}
 
 
 def command_line(path: str, args: list[str]) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
-from coracle.api import build as build_routes, disabled, images as image_routes, maintenance
-from coracle.api import system, volumes as volume_routes
+from coracle.api import build as build_routes, disabled, maintenance
+from coracle.api.images import ImageRouter
+from coracle.api.system import SystemRouter
+from coracle.api.volumes import VolumeRouter
 from coracle.api.networks import NetworkRouter
 from coracle.api.backend import EventSource, ImageBackend, NetworkBackend, StreamBackend
 from coracle.api.containers import ContainerRouter, ContainerStreamRouter, Lifecycle
@@ -26,12 +28,12 @@ def build_router(*, engine: Engine, images: ImageBackend, network: NetworkBacken
     ContainerRouter(engine, images, hub, Lifecycle()).register(router)
     ContainerStreamRouter(engine, streams, events, hub).register(router)
     ExecRouter(engine.execs, streams, hub).register(router)
-    image_routes.routes(router, engine, images)
+    ImageRouter(engine, images).register(router)
     NetworkRouter(engine, network).register(router)
-    volume_routes.routes(router, engine.volumes)
+    VolumeRouter(engine.volumes).register(router)
     builder, cache = build_service(engine, images, os.path.join(data_root, "build"))
     build_routes.routes(router, engine, images, builder, cache)
-    system.routes(router, engine, images, events, engine.volumes, data_root, cache)
+    SystemRouter(engine, images, events, engine.volumes, data_root, cache).register(router)
     maintenance.routes(router, engine)
     disabled.routes(router)
     return router

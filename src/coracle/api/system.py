@@ -18,7 +18,7 @@ from coracle.api.filters import parse as parse_filters, values
 from coracle.api.http import API_VERSION, DOCKER_COMPAT, MIN_API_VERSION, Request, Response, Router
 from coracle.engine import config as cfg
 from coracle.api.containers import sizes
-from coracle.api.backend import ContainerBackend, EventSource, ImageBackend, VolumeBackend
+from coracle.api.backend import BuildCacheBackend, ContainerListing, EventSource, ImageBackend, VolumeBackend
 from coracle.engine.logs import parse_time
 # Docker's registry settings with no daemon options: docker.io is the official, secure index, and
 # loopback registries may speak plain HTTP (the rule coracle's registry client applies too).
@@ -69,13 +69,25 @@ def version_info() -> dict[str, Any]:
     }
 
 
-def routes(router: Router, containers: ContainerBackend, images: ImageBackend, bus: EventSource,
-           volumes: VolumeBackend, data_root: str, build_cache: Any = None) -> None:
-    async def version(req: Request) -> Response:
+class SystemRouter:
+    """/version, /info, /events and /system/df."""
+
+    def __init__(self, containers: ContainerListing, images: ImageBackend, bus: EventSource,
+                 volumes: VolumeBackend, data_root: str, build_cache: BuildCacheBackend | None = None) -> None:
+        self.containers, self.images, self.bus, self.volumes = containers, images, bus, volumes
+        self.data_root, self.build_cache = data_root, build_cache
+
+    def register(self, router: Router) -> None:
+        router.add("GET", "/version", self.version)
+        router.add("GET", "/info", self.info)
+        router.add("GET", "/events", self.events)
+        router.add("GET", "/system/df", self.df)
+
+    async def version(self, req: Request) -> Response:
         return Response.json(version_info())
 
-    async def info(req: Request) -> Response:
-        records = containers.containers()
+    async def info(self, req: Request) -> Response:
+        records = self.containers.containers()
         running = sum(1 for c in records if c.state.running and not c.state.paused)
         paused = sum(1 for c in records if c.state.paused)
         uname = os.uname()
@@ -85,7 +97,7 @@ def routes(router: Router, containers: ContainerBackend, images: ImageBackend, b
         return Response.json({
             "ID": "coracle", "Containers": len(records), "ContainersRunning": running,
             "ContainersPaused": paused, "ContainersStopped": len(records) - running - paused,
-            "Images": len(await asyncio.to_thread(images.list)), "Driver": "overlay2",
+            "Images": len(await asyncio.to_thread(self.images.list)), "Driver": "overlay2",
             "DriverStatus": [["Backing Filesystem", "extfs"]],
             "Plugins": {"Network": ["bridge", "host", "none"], "Volume": ["local"], "Log": sorted(cfg.LOG_DRIVERS)},
             "MemoryLimit": True, "SwapLimit": False, "CpuCfsPeriod": True, "CpuCfsQuota": True, "CPUShares": True,
@@ -100,14 +112,14 @@ def routes(router: Router, containers: ContainerBackend, images: ImageBackend, b
             "RegistryConfig": REGISTRY_CONFIG, "BridgeNfIptables": _sysctl_on("bridge-nf-call-iptables"),
             "BridgeNfIp6tables": _sysctl_on("bridge-nf-call-ip6tables"), "HttpProxy": _proxy("HTTP_PROXY"),
             "HttpsProxy": _proxy("HTTPS_PROXY"), "NoProxy": _proxy("NO_PROXY"),
-            "DockerRootDir": data_root, "Name": uname.nodename, "Labels": [], "ExperimentalBuild": False,
+            "DockerRootDir": self.data_root, "Name": uname.nodename, "Labels": [], "ExperimentalBuild": False,
             "ServerVersion": DOCKER_COMPAT, "Runtimes": {"coracle": {"path": "coracle-monitor"}},
             "DefaultRuntime": "coracle", "LiveRestoreEnabled": True, "Isolation": "", "InitBinary": "tini",
             "SecurityOptions": ["name=seccomp,profile=builtin", *(["name=rootless"] if rootless.active() else [])],
             "Warnings": [], "Swarm": SWARM_INACTIVE,
         })
 
-    async def events(req: Request) -> Any:
+    async def events(self, req: Request) -> Any:
         # `--since 0` asks for everything still in the history (parse_time reads "0" as unset).
         since = 0.0 if req.q("since") == "0" else parse_time(req.q("since"))
         until = parse_time(req.q("until"))
@@ -136,12 +148,12 @@ def routes(router: Router, containers: ContainerBackend, images: ImageBackend, b
                     return False
             return True
 
-        sub = bus.subscribe()
+        sub = self.bus.subscribe()
 
         async def produce(stream: Any) -> None:
             try:
                 if since is not None:
-                    for ev in bus.since(int(since * 1e9), int(until * 1e9) if until else None):
+                    for ev in self.bus.since(int(since * 1e9), int(until * 1e9) if until else None):
                         if keep(ev):
                             await stream.write(json.dumps(ev).encode() + b"\n")
                 deadline = None if until is None else until
@@ -160,20 +172,16 @@ def routes(router: Router, containers: ContainerBackend, images: ImageBackend, b
 
         return Response.stream(produce, content_type="application/json")
 
-    async def df(req: Request) -> Response:
-        every = containers.containers()
-        listed = [render.summary(c, await asyncio.to_thread(sizes, containers, c.id)) for c in every]
+    async def df(self, req: Request) -> Response:
+        every = self.containers.containers()
+        listed = [render.summary(c, await asyncio.to_thread(sizes, self.containers, c.id)) for c in every]
         per_image = Counter(c.image_id for c in every)  # containers in any state, as Docker counts them
-        usage = await asyncio.to_thread(images.disk_usage, lambda image_id: per_image[image_id])
+        usage = await asyncio.to_thread(self.images.disk_usage, lambda image_id: per_image[image_id])
+        volumes = self.volumes
         used = await asyncio.to_thread(lambda: [volumes.inspect(v, with_usage=True) for v in volumes.all()])
+        cache = await asyncio.to_thread(self.build_cache.usage) if self.build_cache else []
         return Response.json({"LayersSize": usage.get("LayersSize", 0), "Images": usage.get("Images", []),
-                              "Containers": listed, "Volumes": used,
-                              "BuildCache": await asyncio.to_thread(build_cache.usage) if build_cache else []})
-
-    router.add("GET", "/version", version)
-    router.add("GET", "/info", info)
-    router.add("GET", "/events", events)
-    router.add("GET", "/system/df", df)
+                              "Containers": listed, "Volumes": used, "BuildCache": cache})
 
 
 def _os_name() -> str:

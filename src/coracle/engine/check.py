@@ -38,10 +38,10 @@ from coracle.cgroups import Resources
 from coracle.cgroups.devices import DeviceRule
 from coracle.engine import config as cfg
 from coracle.engine import security_options
+from coracle.engine.container import Container
 from coracle.engine.engine import KIND, Engine, proc_start_ticks
 from coracle.engine.netrequest import network_request
 from coracle.errors import CoracleError, NotFound
-from coracle.network.mode import NetworkMode
 from coracle.runtime.fdtree import remove_tree
 from coracle.runtime.spec import Process, Spec
 
@@ -64,24 +64,24 @@ def check(engine: Engine, dry_run: bool = False, acknowledge: bool | None = None
         engine.store.mark_reported([q["row"] for q in quarantined])
     live_procs = {p["id"]: p for p in engine.monitor.list()}
     rebuild(engine, found, dry_run, live_procs)
-    records = {r["Id"]: r for r in engine.records()}
+    records = {c.id: c for c in engine.own_records()}
     recorded_exits = {e["id"]: e for e in engine.monitor.exit_records()}
 
-    for cid, rec in records.items():
-        state = rec["State"]
+    for cid, c in records.items():
+        state = c.state
         proc = live_procs.get(cid)
-        if state["Running"] and not engine.alive(rec):
+        if state.running and not engine.alive(c):
             found["containers"].append({"id": cid, "problem": "recorded running but no process"})
             if not dry_run:
                 event = recorded_exits.get(cid)
-                if event is None or event.get("pid") != state["Pid"]:
-                    event = {"id": cid, "kind": "container", "pid": state["Pid"], "exit_code": None}
+                if event is None or event.get("pid") != state.pid:
+                    event = {"id": cid, "kind": "container", "pid": state.pid, "exit_code": None}
                 engine.on_monitor_event({**event, "kind": "container"})
-        elif state["Running"] and not (proc and proc["pid"] == state["Pid"]):
+        elif state.running and not (proc and proc["pid"] == state.pid):
             found["containers"].append({"id": cid, "problem": "running without supervision: adopted"})
             if not dry_run:
                 engine.adopt_orphans()
-        if state["Status"] == "removing":
+        if state.status == "removing":
             found["containers"].append({"id": cid, "problem": "removal interrupted"})
             if not dry_run:
                 engine.remove(cid, force=True)
@@ -96,9 +96,9 @@ def check(engine: Engine, dry_run: bool = False, acknowledge: bool | None = None
         elif proc["kind"] == "container" and cid not in records:
             found["kept"].append({"id": cid, "pid": proc["pid"], "problem": "process without a record (left running)"})
 
-    running = {cid for cid, r in records.items() if r["State"]["Running"]}
+    running = {cid for cid, c in records.items() if c.state.running}
     parents = {engine.cgroup_parent} | {
-        (r["HostConfig"].get("CgroupParent") or engine.cgroup_parent).strip("/") for r in records.values()}
+        (c.host_config.cgroup_parent or engine.cgroup_parent).strip("/") for c in records.values()}
     for parent in parents:
         for path in cgroups.list_children(parent):
             name = path.rsplit("/", 1)[-1]
@@ -118,20 +118,20 @@ def check(engine: Engine, dry_run: bool = False, acknowledge: bool | None = None
             if not dry_run:
                 engine.monitor.forget_exit(record["id"])
 
-    for rec in engine.records():
-        if not os.path.isdir(os.path.join(engine.containers_dir, rec["Id"])):
-            found["directories"].append({"id": rec["Id"], "problem": "directory missing: recreated; the "
+    for c in engine.own_records():
+        if not os.path.isdir(os.path.join(engine.containers_dir, c.id)):
+            found["directories"].append({"id": c.id, "problem": "directory missing: recreated; the "
                                          "container's filesystem changes and logs written before are lost"})
             if not dry_run:
-                _recreate_directory(engine, rec)
-    live = {r["Id"]: r for r in engine.records() if r["State"]["Running"]}
-    for rec in live.values():
-        _repair_running(engine, rec, found, dry_run)
-    found["network"].update(engine.network.reconcile({cid: r["State"]["Pid"] for cid, r in live.items()},
+                _recreate_directory(engine, c)
+    live = {c.id: c for c in engine.own_records() if c.state.running}
+    for c in live.values():
+        _repair_running(engine, c, found, dry_run)
+    found["network"].update(engine.network.reconcile({cid: c.state.pid for cid, c in live.items()},
                                                      dry_run=dry_run))
-    for rec in live.values():
-        keep = {n.get("NetworkID") for n in (rec["NetworkSettings"].get("Networks") or {}).values()}
-        partial = engine.network.prune_partial(rec["Id"], {k for k in keep if k}, dry_run=dry_run)
+    for c in live.values():
+        keep = {n.get("NetworkID") for n in c.networks.values()}
+        partial = engine.network.prune_partial(c.id, {k for k in keep if k}, dry_run=dry_run)
         if partial:
             found["network"].setdefault("partial", []).extend(partial)
     for problem in found["quarantined"] + found["kept"]:
@@ -175,7 +175,7 @@ def rebuild(engine: Engine, found: dict[str, Any], dry_run: bool = False,
                 found["kept"].append({"directory": path, "problem": f"no record and no usable {cfg.RECORD_FILE} "
                                                                     f"({exc}); left in place"})
             continue
-        _follow_process(saved, live.get(name))
+        saved = _follow_process(saved, live.get(name))
         if rec == saved:
             continue
         found["rebuilt"].append({"id": name, "name": saved["Name"], "from": os.path.join(path, cfg.RECORD_FILE)})
@@ -185,7 +185,7 @@ def rebuild(engine: Engine, found: dict[str, Any], dry_run: bool = False,
     if restored:
         for cid, rec in list(records.items()):
             if not os.path.isdir(os.path.join(engine.containers_dir, cid)) and cid not in live \
-                    and not engine.alive(rec):
+                    and not engine.alive(Container.from_stored(rec)):
                 found["rebuilt"].append({"id": cid, "name": rec["Name"], "problem": "removed after the snapshot"})
                 if not dry_run:
                     engine.store.delete(KIND, cid)
@@ -195,13 +195,14 @@ def rebuild(engine: Engine, found: dict[str, Any], dry_run: bool = False,
         engine.reload()  # the records written above went to the store directly
 
 
-def _follow_process(rec: dict[str, Any], proc: dict[str, Any] | None) -> None:
+def _follow_process(saved: dict[str, Any], proc: dict[str, Any] | None) -> dict[str, Any]:
     """A saved record whose state lags behind (its last save failed): the monitor's process is the truth."""
-    if proc is None or proc["state"] != "running" or rec["State"]["Pid"] == proc["pid"]:
-        return
-    rec["State"].update({"Status": "running", "Running": True, "Paused": False, "Restarting": False,
-                         "Pid": proc["pid"], "ExitCode": 0, "Error": ""})
-    rec["Coracle"]["StartTicks"] = proc_start_ticks(proc["pid"])
+    if proc is None or proc["state"] != "running" or saved["State"]["Pid"] == proc["pid"]:
+        return saved
+    c = Container.from_stored(saved)
+    c.state.follow(proc["pid"])
+    c.private.start_ticks = proc_start_ticks(proc["pid"])
+    return c.stored()
 
 
 def _skeleton_only(path: str) -> bool:
@@ -215,57 +216,55 @@ def _skeleton_only(path: str) -> bool:
 
 # ----- running containers ---------------------------------------------------------------
 
-def _repair_running(engine: Engine, rec: dict[str, Any], found: dict[str, Any], dry_run: bool) -> None:
+def _repair_running(engine: Engine, c: Container, found: dict[str, Any], dry_run: bool) -> None:
     """A running container's network endpoints recorded again if the store lost them; its cgroup
     and veths made again if they were deleted."""
-    cid = rec["Id"]
-    if not engine.alive(rec):
+    if not engine.alive(c):
         return  # its PID may name another process by now: nothing is moved or plumbed into it
-    adoption = engine.network.adopt(network_request(rec), rec.get("NetworkSettings") or {}, rec["State"]["Pid"],
-                                    dry_run=dry_run)
+    adoption = engine.network.adopt(network_request(c), c.network_settings, c.state.pid, dry_run=dry_run)
     if adoption.found:
         found["network"].setdefault("adopted", []).extend(adoption.found)
         if not dry_run:
-            shown = rec["NetworkSettings"].get("Networks") or {}
+            shown = c.network_settings.get("Networks") or {}
             for name, network_id in adoption.network_ids.items():  # a builtin network known under a new id
                 shown[name]["NetworkID"] = network_id
-            engine.save(rec)
-    cg = engine.cgroup(rec)
+            engine.save(c)
+    cg = engine.cgroup(c)
     missing = [d for d in cg.dirs() if not os.path.isdir(d)]
     if missing:
-        found["cgroups"].append({"id": cid, "problem": "cgroup missing: recreated, processes moved back, "
+        found["cgroups"].append({"id": c.id, "problem": "cgroup missing: recreated, processes moved back, "
                                  "limits re-applied", "missing": missing})
         if not dry_run:
-            _recreate_cgroup(engine, rec, cg)
+            _recreate_cgroup(engine, c, cg)
     try:
-        veths = engine.network.replumb(cid, rec["State"]["Pid"], dry_run=dry_run)
+        veths = engine.network.replumb(c.id, c.state.pid, dry_run=dry_run)
     except (OSError, CoracleError) as exc:
         veths = [f"cannot re-make the veths: {exc}"]
     if veths:
         found["network"].setdefault("veths_replumbed", []).extend(veths)
 
 
-def _recreate_directory(engine: Engine, rec: dict[str, Any]) -> None:
-    directory = os.path.join(engine.containers_dir, rec["Id"])
+def _recreate_directory(engine: Engine, c: Container) -> None:
+    directory = os.path.join(engine.containers_dir, c.id)
     for sub in sorted(SKELETON):
         os.makedirs(os.path.join(directory, sub), exist_ok=True)
-    cfg.write_record_file(directory, rec)
-    if rec["State"]["Running"] and not NetworkMode.parse(rec["HostConfig"]["NetworkMode"]).is_container:
-        engine._write_files(rec)  # /etc/hosts, hostname, resolv.conf for the next start and for `cp`
+    cfg.write_record_file(directory, c.stored())
+    if c.state.running and not c.host_config.mode.is_container:
+        engine._write_files(c)  # /etc/hosts, hostname, resolv.conf for the next start and for `cp`
 
 
-def _recreate_cgroup(engine: Engine, rec: dict[str, Any], cg: cgroups.Manager) -> None:
+def _recreate_cgroup(engine: Engine, c: Container, cg: cgroups.Manager) -> None:
     """Make the cgroup again, move every process of the container into it, re-apply its limits."""
-    hc = rec["HostConfig"]
+    hc = c.host_config.raw
     cg.create()
-    for pid in _pid_namespace_members(rec["State"]["Pid"]):
+    for pid in _pid_namespace_members(c.state.pid):
         with contextlib.suppress(NotFound):  # exited meanwhile
             cg.apply(pid)
     cg.set(Resources.from_host_config(hc))
-    spec = Spec(id=rec["Id"], process=Process(args=[rec["Path"], *rec["Args"]]))
+    spec = Spec(id=c.id, process=Process(args=[c.path, *c.args]))
     security_options.apply(spec, hc, engine.no_new_privileges)
     cg.set_devices([DeviceRule.from_json(r) for r in spec.device_rules])
-    log.warning("recreated the cgroup %s of container %s", cg.path, rec["Id"])
+    log.warning("recreated the cgroup %s of container %s", cg.path, c.id)
 
 
 def _pid_namespace_members(pid1: int) -> list[int]:

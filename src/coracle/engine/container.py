@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coracle.clock import ZERO
+from coracle.network.mode import NetworkMode
 
 # The stored keys this module turns into typed fields; any other stored key rides along in `extra`.
 _TYPED = {"Id", "Name", "Created", "Path", "Args", "Image", "State", "Config", "HostConfig", "NetworkingConfig",
@@ -84,6 +85,44 @@ class State:
         return self.started_at[:4] != ZERO[:4]
 
     @property
+    def ever_finished(self) -> bool:
+        return self.finished_at[:4] != ZERO[:4]
+
+    def run(self, started_at: str) -> None:
+        """Its PID 1 (already in `pid`) was released: running, with the last run's outcome cleared."""
+        self.status, self.running, self.paused, self.restarting = "running", True, False, False
+        self.oom_killed = self.dead = False
+        self.exit_code, self.error = 0, ""
+        self.started_at, self.finished_at = started_at, ZERO
+
+    def follow(self, pid: int) -> None:
+        """The process the monitor runs for it, found after a save was lost: running, as that PID."""
+        self.status, self.running, self.paused, self.restarting = "running", True, False, False
+        self.pid, self.exit_code, self.error = pid, 0, ""
+
+    def failed_start(self, exit_code: int, error: str) -> None:
+        """A start that did not get to release the process: back where it was, with the error."""
+        self.status = "exited" if self.ever_started else "created"
+        self.running = self.restarting = False
+        self.pid, self.exit_code, self.error = 0, exit_code, error
+
+    def exit(self, exit_code: int, oom_killed: bool, finished_at: str) -> None:
+        """Its PID 1 ended."""
+        self.status, self.running, self.paused, self.pid = "exited", False, False, 0
+        self.exit_code, self.oom_killed, self.finished_at = exit_code, oom_killed, finished_at
+
+    def await_restart(self) -> None:
+        """Exited, with its restart policy's timer running."""
+        self.restarting, self.status = True, "restarting"
+
+    def cancel_restart(self) -> None:
+        """A stop while the restart timer ran: it stays exited."""
+        self.restarting, self.status = False, "exited"
+
+    def freeze(self, paused: bool) -> None:
+        self.paused, self.status = paused, "paused" if paused else "running"
+
+    @property
     def active(self) -> bool:
         """Running, or about to run again under its restart policy: what a wait for "not-running" waits out."""
         return self.running or self.restarting
@@ -106,8 +145,25 @@ class HostSettings:
         return str(self.raw.get("NetworkMode") or "")
 
     @property
+    def mode(self) -> NetworkMode:
+        return NetworkMode.parse(self.raw.get("NetworkMode"))
+
+    @property
     def auto_remove(self) -> bool:
         return bool(self.raw.get("AutoRemove"))
+
+    @auto_remove.setter
+    def auto_remove(self, value: bool) -> None:
+        self.raw["AutoRemove"] = value
+
+    @property
+    def links(self) -> list[str]:
+        """HostConfig.Links: "/target:/linker/alias" entries."""
+        return list(self.raw.get("Links") or [])
+
+    @links.setter
+    def links(self, value: list[str]) -> None:
+        self.raw["Links"] = value or None
 
     @property
     def privileged(self) -> bool:
@@ -125,6 +181,26 @@ class HostSettings:
     @property
     def cgroup_parent(self) -> str:
         return str(self.raw.get("CgroupParent") or "")
+
+
+# The endpoint options a client may ask for (EndpointsConfig) that a planned entry shows before the first start.
+_ASKED = ("IPAMConfig", "Links", "Aliases", "MacAddress", "DriverOpts")
+
+
+def planned_networks(mode: NetworkMode, networking: dict[str, Any], config: dict[str, Any]
+                     ) -> dict[str, dict[str, Any]]:
+    """NetworkSettings.Networks of a new container: the networks it will join, without addresses.
+
+    As moby's updateContainerNetworkSettings: the networks of NetworkingConfig when
+    it names any, otherwise the mode's network; none in container mode or with the
+    network disabled. Listed at create, so that `network disconnect` of a created
+    container finds them and clients (compose) see what it will join."""
+    if config.get("NetworkDisabled") or mode.is_container:
+        return {}
+    wanted = networking.get("EndpointsConfig") or {}
+    if not wanted:
+        return {mode.name: {}}
+    return {ref: {k: v for k, v in (asked or {}).items() if k in _ASKED} for ref, asked in wanted.items()}
 
 
 @dataclass
@@ -272,4 +348,37 @@ class Container:
     @property
     def networks(self) -> dict[str, dict[str, Any]]:
         return dict(self.network_settings.get("Networks") or {})
+
+    @property
+    def wanted_networks(self) -> dict[str, dict[str, Any]]:
+        """NetworkingConfig.EndpointsConfig: the networks (and endpoint options) asked for at create."""
+        return self.networking_config.get("EndpointsConfig") or {}
+
+    def join(self, network_name: str, settings: dict[str, Any]) -> None:
+        """A network connected (live, or as a wish while it is stopped): listed under its name."""
+        self.network_settings.setdefault("Networks", {})[network_name] = settings
+
+    def leave(self, refs: tuple[str, ...], settings: dict[str, Any]) -> None:
+        """A network disconnected: forgotten under every name it was listed or asked for by, so that the
+        next start does not bring it back; `settings` are the top-level keys that change."""
+        listed, wanted = self.network_settings.get("Networks") or {}, self.wanted_networks
+        for ref in refs:
+            listed.pop(ref, None)
+            wanted.pop(ref, None)
+        self.network_settings.update(settings)
+
+    def unwire(self) -> None:
+        """Its namespace is gone: every network stays listed (it joins them again), without addresses."""
+        for endpoint in (self.network_settings.get("Networks") or {}).values():
+            for key in ("IPAddress", "Gateway", "MacAddress", "EndpointID"):
+                if key in endpoint:
+                    endpoint[key] = ""
+        self.network_settings.update({"Ports": {}, "IPAddress": "", "Gateway": "", "MacAddress": ""})
+
+    def rename_in_networks(self, dns_names: dict[str, list[str]]) -> None:
+        """The names each listed network now resolves to this container by (after a rename)."""
+        listed = self.network_settings.get("Networks") or {}
+        for network_name, names in dns_names.items():
+            if network_name in listed:
+                listed[network_name]["DNSNames"] = names
 

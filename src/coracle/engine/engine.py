@@ -25,18 +25,18 @@ from typing import Any
 from collections.abc import Callable
 
 from coracle import cgroups, trace
-from coracle.clock import timestamp as utc_now
+from coracle.clock import ZERO, timestamp as utc_now
 from coracle.cgroups import Resources
 from coracle.cgroups.devices import DeviceRule
 from coracle.engine import config as cfg
 from coracle.engine import file_access, health, links, logs, security_options
-from coracle.engine.container import Container
+from coracle.engine.container import Container, HostSettings, Layers, Private, State, planned_networks
 from coracle.events import EventBus
 from coracle.engine.execs import Execs
 from coracle.engine.names import random_name
-from coracle.engine.netrequest import network_request
+from coracle.engine.netrequest import ContainerNetworks, network_request
 from coracle.engine.records import RecordIndex
-from coracle.engine.restart import RestartTracker
+from coracle.engine.restart import RestartTracker, comes_back_at_boot
 from coracle.engine.top import network_counters, processes, ps
 from coracle.engine.volumes import Volumes
 from coracle.errors import (
@@ -80,19 +80,20 @@ class Engine:
     log_defaults: dict[str, str] = cfg.LOG_DEFAULTS  # --log-opt: json-file options a container does not set
 
     def __init__(
-        self, *, store: Store, images: ImageStore, network: Any, monitor: MonitorClient, events: EventBus,
+        self, *, store: Store, images: ImageStore, network: ContainerNetworks, monitor: MonitorClient, events: EventBus,
         data_root: str, exec_root: str, cgroup_parent: str = "coracle", init_binary: str | None = None,
-        no_new_privileges: bool = False,
+        no_new_privileges: bool = False, cgroups_for: Callable[[str], cgroups.Manager] = cgroups.manager_for,
     ) -> None:
         self.store, self.images, self.network, self.monitor, self.events = store, images, network, monitor, events
         self.data_root, self.exec_root = data_root, exec_root
         self.cgroup_parent = cgroup_parent.strip("/")
         self.init_binary = init_binary or shutil.which("tini-static") or ""
         self.no_new_privileges = no_new_privileges
+        self.cgroups_for = cgroups_for  # the cgroup of a path under the hierarchy (a stand-in in unit tests)
         self.containers_dir = os.path.join(data_root, "containers")
         self.volumes_dir = os.path.join(data_root, "volumes")
         os.makedirs(self.containers_dir, exist_ok=True)
-        self.volumes = Volumes(store, self.volumes_dir, events, self.records)
+        self.volumes = Volumes(store, self.volumes_dir, events, self.containers)
         store.validate(KIND, cfg.check_record)  # a damaged record is quarantined, never fatal
         self.index = RecordIndex()
         self._saving = threading.Lock()  # taken last, around one store write and one index update
@@ -114,40 +115,38 @@ class Engine:
             return self._locks.setdefault(cid, threading.RLock())
 
     def records(self) -> list[dict[str, Any]]:
-        """Every record, oldest first, as copies the caller may modify."""
+        """Every record in the stored shape, oldest first, as copies the caller may modify."""
         return self.index.copies()
-
-    def views(self) -> list[dict[str, Any]]:
-        """Every record, oldest first, shared and read-only: for list answers."""
-        return self.index.views()
 
     def reload(self) -> None:
         """Take the records from the store again, after something wrote them there directly."""
         self.index.load(self.store.all(KIND))
 
     def get(self, ref: str) -> dict[str, Any]:
-        """By full id, name (with or without /), or unique id prefix, like Docker: a copy to modify."""
+        """A record in the stored shape, by full id, name (with or without /) or unique id prefix, like
+        Docker: a copy, for readers of Docker's keys (another container's mounts for --volumes-from)."""
         rec = self.index.copy(self._resolve(ref))
         if rec is None:
             raise NotFound(f"No such container: {ref}")  # removed meanwhile
-        return rec
-
-    def view(self, ref: str) -> dict[str, Any]:
-        """Like get, but the shared read-only record: for answers built and sent at once."""
-        rec = self.index.view(self._resolve(ref))
-        if rec is None:
-            raise NotFound(f"No such container: {ref}")
         return rec
 
     def container(self, ref: str) -> Container:
         """The record of a container (by id, name or unique id prefix): the caller's own copy.
 
         From memory, without a thread: answers while lifecycle work holds the store."""
-        return Container.from_stored(self.view(ref))
+        view = self.index.view(self._resolve(ref))
+        if view is None:
+            raise NotFound(f"No such container: {ref}")  # removed meanwhile
+        return Container.from_stored(view)
 
     def containers(self) -> list[Container]:
         """Every container's record, oldest first: shared and read-only (made once per save, not per call)."""
         return self.index.typed()
+
+    def record(self, cid: str) -> Container | None:
+        """A container's record as the store has it, by full id (None when it is gone): to change and save."""
+        rec = self.store.get(KIND, cid)
+        return Container.from_stored(rec) if rec is not None else None
 
     def exec_ids(self, cid: str) -> list[str]:
         """The execs of a container that can still be inspected (inspect's ExecIDs)."""
@@ -172,24 +171,21 @@ class Engine:
             raise InvalidParameter(f"multiple IDs found with provided prefix: {ref}")
         raise NotFound(f"No such container: {ref}")
 
-    def save(self, rec: dict[str, Any]) -> None:
+    def save(self, c: Container) -> None:
+        """The record into the store (in its stored shape), the index, and the file beside the container."""
+        rec = c.stored()
         with self._saving:  # store and index see concurrent saves and removals in one order
-            self.store.put(KIND, rec["Id"], rec)
+            self.store.put(KIND, c.id, rec)
             self.index.put(rec)
-        cfg.write_record_file(self._dir(rec["Id"]), rec)  # what rebuilds the record if the database is lost
+        cfg.write_record_file(self._dir(c.id), rec)  # what rebuilds the record if the database is lost
 
     def _dir(self, cid: str, *parts: str) -> str:
         return os.path.join(self.containers_dir, cid, *parts)
 
-    def record(self, cid: str) -> dict[str, Any] | None:
-        """The stored record of a container by full id (None when it is gone), to read or change and save."""
-        return self.store.get(KIND, cid)
-
-    def announce(self, rec: dict[str, Any], action: str, **extra: str) -> None:
-        """Docker's container event for `rec`: its name, image and labels as attributes."""
-        attrs = {"name": rec["Name"].lstrip("/"), "image": rec["Config"].get("Image", ""),
-                 **(rec["Config"].get("Labels") or {}), **extra}
-        self.events.publish("container", action, rec["Id"], attrs)
+    def announce(self, c: Container, action: str, **extra: str) -> None:
+        """Docker's container event: the container's name, image and labels as attributes."""
+        self.events.publish("container", action, c.id, {"name": c.short_name, "image": c.image_ref,
+                                                        **c.labels, **extra})
 
     # ----- create --------------------------------------------------------
 
@@ -218,17 +214,15 @@ class Engine:
         mode = NetworkMode.parse(host_config.get("NetworkMode"))
         host_config["NetworkMode"] = str(mode)
         if mode.is_container:
-            donor = self.get(mode.container)
+            donor = self.container(mode.container)
             if config.get("Hostname"):
                 raise InvalidParameter("conflicting options: hostname and the network mode")
-            host_config["NetworkMode"] = str(NetworkMode.of_container(donor["Id"]))
-        self.network.validate(network_request({"HostConfig": host_config, "Config": config,
-                                               "NetworkingConfig": networking}))
+            host_config["NetworkMode"] = str(NetworkMode.of_container(donor.id))
         link_pairs = links.parse(host_config.get("Links"), mode)
         link_targets = []
         for target, _ in link_pairs:
             try:
-                link_targets.append(self.get(target))
+                link_targets.append(self.container(target))
             except NotFound:
                 raise NotFound(f"could not get container for {target}") from None
         security_options.apply(Spec(id="", process=Process(args=argv)), host_config, self.no_new_privileges)
@@ -257,35 +251,31 @@ class Engine:
             config[key] = bool(config.get(key))
         host_config.setdefault("RestartPolicy", {"Name": "no", "MaximumRetryCount": 0})
         host_config["LogConfig"] = {"Type": cfg.log_driver(host_config), "Config": log_opts}
-        now = utc_now()
         log_driver = host_config["LogConfig"]["Type"]
         log_path = self._dir(cid, cfg.log_file(log_driver, cid)) if log_driver != "none" else ""
-        rec: dict[str, Any] = {
-            "Id": cid, "Created": now, "Path": argv[0], "Args": argv[1:],
-            "State": {"Status": "created", "Running": False, "Paused": False, "Restarting": False,
-                      "OOMKilled": False, "Dead": False, "Pid": 0, "ExitCode": 0, "Error": "",
-                      "StartedAt": "0001-01-01T00:00:00Z", "FinishedAt": "0001-01-01T00:00:00Z"},
-            "Image": image.id, "ResolvConfPath": self._dir(cid, "resolv.conf"),
-            "HostnamePath": self._dir(cid, "hostname"), "HostsPath": self._dir(cid, "hosts"),
-            "LogPath": log_path if log_driver == "json-file" else "",  # Docker shows no other driver's file
-            "Name": "", "RestartCount": 0, "Driver": "overlay2", "Platform": "linux",
-            "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "", "ExecIDs": None,
-            "HostConfig": host_config, "Config": config,
-            "GraphDriver": {"Name": "overlay2", "Data": {"LowerDir": self._lower_dirs(image),
-                                                         "UpperDir": self._dir(cid, "upper"),
-                                                         "WorkDir": self._dir(cid, "work"),
-                                                         "MergedDir": self._dir(cid, "rootfs")}},
-            "Mounts": mounts, "NetworkingConfig": networking,
-            "NetworkSettings": {"Bridge": "", "SandboxID": "", "SandboxKey": "", "Ports": {}, "Networks": {},
-                                "IPAddress": "", "IPPrefixLen": 0, "Gateway": "", "MacAddress": ""},
-            "Coracle": {"LogMaxSize": log_size, "LogMaxFile": log_files, "ManualStop": False,
-                        "LogAttrs": cfg.log_attrs(log_opts, config["Labels"], config["Env"]), "LogFile": log_path,
-                        "LogCompress": cfg.log_compress(host_config["LogConfig"])},
-        }
+        c = Container(
+            id=cid, name="", created=utc_now(), path=argv[0], args=argv[1:], image_id=image.id, state=State(),
+            config=config, host_config=HostSettings(host_config), networking_config=networking,
+            network_settings={"Bridge": "", "SandboxID": "", "SandboxKey": "", "Ports": {},
+                              "Networks": planned_networks(mode, networking, config),
+                              "IPAddress": "", "IPPrefixLen": 0, "Gateway": "", "MacAddress": ""},
+            mounts=mounts, resolv_conf_path=self._dir(cid, "resolv.conf"), hostname_path=self._dir(cid, "hostname"),
+            hosts_path=self._dir(cid, "hosts"),
+            log_path=log_path if log_driver == "json-file" else "",  # Docker shows no other driver's file
+            restart_count=0,
+            layers=Layers(upper=self._dir(cid, "upper"), work=self._dir(cid, "work"), merged=self._dir(cid, "rootfs"),
+                          lower=self._lower_dirs(image)),
+            private=Private(log_file=log_path, log_max_size=log_size, log_max_file=log_files,
+                            log_attrs=cfg.log_attrs(log_opts, config["Labels"], config["Env"]),
+                            log_compress=cfg.log_compress(host_config["LogConfig"])),
+            extra={"Driver": "overlay2", "Platform": "linux", "MountLabel": "", "ProcessLabel": "",
+                   "AppArmorProfile": "", "ExecIDs": None},
+        )
+        self.network.validate(network_request(c))
         with self._lock:
-            rec["Name"] = "/" + (cfg.check_name(name) if name else self._generate_name())
-            host_config["Links"] = links.stored(link_pairs, link_targets, rec["Name"]) or None
-            self._check_name_free(rec["Name"])
+            c.name = "/" + (cfg.check_name(name) if name else self._generate_name())
+            c.host_config.links = links.stored(link_pairs, link_targets, c.name)
+            self._check_name_free(c.name)
             try:
                 for sub in ("upper", "work", "rootfs"):
                     os.makedirs(self._dir(cid, sub), exist_ok=True)
@@ -294,14 +284,14 @@ class Engine:
                     if m["Type"] == "volume":
                         self.volumes.ensure(m["Name"], cfg.is_anonymous(m),
                                             *cfg.mount_volume_request(host_config, m["Destination"]))
-                self.save(rec)
+                self.save(c)
             except (OSError, sqlite3.Error, InvalidParameter) as exc:  # a volume's options refused included
                 remove_tree(self._dir(cid), ignore_errors=True)
                 full = isinstance(exc, sqlite3.Error) and "full" in str(exc) or getattr(exc, "errno", 0) == errno.ENOSPC
                 if full:
                     raise SystemError_(f"no space left on device: the data root {self.data_root} is full") from None
                 raise
-        self.announce(rec, "create")
+        self.announce(c, "create")
         return {"Id": cid, "Warnings": []}
 
     def _generate_name(self) -> str:
@@ -319,84 +309,83 @@ class Engine:
 
     # ----- start ---------------------------------------------------------
 
-    def _spec(self, rec: dict[str, Any], mode: NetworkMode) -> Spec:
-        cid, config, hc = rec["Id"], rec["Config"], rec["HostConfig"]
-        image = self.images.resolve(rec["Image"])
+    def _spec(self, c: Container, mode: NetworkMode) -> Spec:
+        cid, config, hc = c.id, c.config, c.host_config.raw
+        image = self.images.resolve(c.image_id)
         shared = cfg.shared_namespaces(hc, "")
         namespaces = [ns for ns in ("mnt", "uts", "ipc", "pid", "cgroup") if ns not in shared]
         join_net = ""
         if mode.is_container:
             donor = self.running(mode.container, for_="join its network namespace")
-            join_net = f"/proc/{donor['State']['Pid']}/ns/net"
+            join_net = f"/proc/{donor.state.pid}/ns/net"
         elif not mode.is_host:
             namespaces.append("net")
         mounts = [Mount(destination=m["Destination"], type=m["Type"], source=m["Source"],
                         readonly=not m["RW"], options=m.get("Mode", "") if m["Type"] == "tmpfs" else "",
                         propagation=cfg.propagation(m))
-                  for m in rec["Mounts"]]
-        for path, target in (("ResolvConfPath", "/etc/resolv.conf"), ("HostnamePath", "/etc/hostname"),
-                             ("HostsPath", "/etc/hosts")):
+                  for m in c.mounts]
+        for source, target in ((c.resolv_conf_path, "/etc/resolv.conf"), (c.hostname_path, "/etc/hostname"),
+                               (c.hosts_path, "/etc/hosts")):
             # written (or shared from a donor) before the process is released to mount them
             if not any(m.destination == target for m in mounts):
-                mounts.append(Mount(destination=target, source=rec[path]))
+                mounts.append(Mount(destination=target, source=source))
         process = Process(
-            args=[rec["Path"], *rec["Args"]], env=config["Env"] + links.environment(links.resolve(self, rec)),
+            args=[c.path, *c.args], env=config["Env"] + links.environment(links.resolve(self, c)),
             cwd=config["WorkingDir"] or "/",
-            user=config["User"], additional_groups=hc.get("GroupAdd") or [], tty=config["Tty"],
-            stdin=config["OpenStdin"], console_size=cfg.console_size(hc.get("ConsoleSize")),
+            user=config["User"], additional_groups=hc.get("GroupAdd") or [], tty=c.tty,
+            stdin=c.open_stdin, console_size=cfg.console_size(hc.get("ConsoleSize")),
             no_new_privileges=self.no_new_privileges or "no-new-privileges" in (hc.get("SecurityOpt") or [])
             or "no-new-privileges:true" in (hc.get("SecurityOpt") or []),
         )
-        log_path, log_driver = logs.source(Container.from_stored(rec))
+        log_path, log_driver = logs.source(c)
         spec = Spec(
             id=cid, process=process, namespaces=namespaces, join_net=join_net,
             hostname=config.get("Hostname") or "", domainname=config.get("Domainname") or "",
             rootfs=self._dir(cid, "rootfs"), lower=self.images.layer_dirs(image),
             upper=self._dir(cid, "upper"), work=self._dir(cid, "work"),
             readonly_rootfs=bool(hc.get("ReadonlyRootfs")), mounts=mounts,
-            sysctls=hc.get("Sysctls") or {}, privileged=bool(hc.get("Privileged")),
+            sysctls=hc.get("Sysctls") or {}, privileged=c.host_config.privileged,
             init_binary=self.init_binary if hc.get("Init") else "",
-            log_path=log_path, log_max_size=rec["Coracle"]["LogMaxSize"],
-            log_max_file=rec["Coracle"]["LogMaxFile"], log_attrs=rec["Coracle"].get("LogAttrs") or {},
-            log_driver=log_driver, log_compress=rec["Coracle"].get("LogCompress", False),
+            log_path=log_path, log_max_size=c.private.log_max_size or 0,
+            log_max_file=c.private.log_max_file or 1, log_attrs=c.private.log_attrs,
+            log_driver=log_driver, log_compress=c.private.log_compress,
         )
         security_options.apply(spec, hc, self.no_new_privileges)
         remap = security_options.user_namespace(hc, self.userns_remap)
         if remap is not None:
             spec.uid_map, spec.gid_map = remap.uid_map, remap.gid_map
-            for m in rec["Mounts"]:  # a fresh volume belongs to the container's root, as with Docker
+            for m in c.mounts:  # a fresh volume belongs to the container's root, as with Docker
                 if m["Type"] == "volume" and os.stat(m["Source"]).st_uid == 0:
                     os.chown(m["Source"], *remap.root)
         return spec
 
-    def running(self, ref: str, for_: str = "") -> dict[str, Any]:
-        rec = self.get(ref)
-        if not rec["State"]["Running"]:
-            raise Conflict(f"Container {rec['Id']} is not running" + (f": cannot {for_}" if for_ else ""))
-        return rec
+    def running(self, ref: str, for_: str = "") -> Container:
+        c = self.container(ref)
+        if not c.state.running:
+            raise Conflict(f"Container {c.id} is not running" + (f": cannot {for_}" if for_ else ""))
+        return c
 
-    def cgroup(self, rec: dict[str, Any]) -> cgroups.Manager:
-        parent = (rec["HostConfig"].get("CgroupParent") or self.cgroup_parent).strip("/")
-        return cgroups.manager_for(f"{parent}/{rec['Id']}")
+    def cgroup(self, c: Container) -> cgroups.Manager:
+        parent = (c.host_config.cgroup_parent or self.cgroup_parent).strip("/")
+        return self.cgroups_for(f"{parent}/{c.id}")
 
     def start(self, ref: str, before_release: Callable[[str], None] | None = None) -> None:
         """Start a created or exited container; `before_release` lets attach streams connect first."""
-        rec = self.get(ref)
-        cid = rec["Id"]
+        cid = self.container(ref).id
         with self._lock_for(cid):
-            rec = self.get(cid)
-            if rec["State"]["Running"]:
+            c = self.container(cid)
+            if c.state.running:
                 raise NotModified("container already started")
-            if rec["State"]["Status"] == "removing":
+            if c.state.status == "removing":
                 raise Conflict(f"container {cid} is marked for removal and cannot be started")
             if not os.path.isdir(self._dir(cid)):
                 raise SystemError_(f"the directory of container {cid} is missing: run `coracle system check` "
                                    "to recreate it")
-            self._start_locked(rec, before_release)
+            self._start_locked(c, before_release)
 
-    def _start_locked(self, rec: dict[str, Any], before_release: Callable[[str], None] | None) -> None:
-        cid, hc = rec["Id"], rec["HostConfig"]
-        mode = NetworkMode.parse(hc["NetworkMode"])
+    def _start_locked(self, c: Container, before_release: Callable[[str], None] | None) -> None:
+        cid, hc = c.id, c.host_config.raw
+        mode = c.host_config.mode
         sock = None
         phases = trace.Phases("start", cid)
         with self._starting_lock:
@@ -404,16 +393,16 @@ class Engine:
         try:
             with Undo(f"start of {cid}") as undo:
                 if mode.is_container:
-                    self._share_donor_files(rec, mode)
-                spec = self._spec(rec, mode)
-                file_access.copy_up(self, rec)
-                undo.add(lambda: self.volumes.detach(rec))
-                self.volumes.attach(rec)
+                    self._share_donor_files(c, mode)
+                spec = self._spec(c, mode)
+                file_access.copy_up(self, c)
+                undo.add(lambda: self.volumes.detach(cid, c.mounts))
+                self.volumes.attach(cid, c.mounts)
                 sock, pid = self.monitor.spawn(spec)
                 undo.add(lambda: self.monitor.abandon(None, cid))
                 undo.add(lambda: sock.close() if sock is not None else None)  # first: the spawn is let go
                 phases.mark("spawn")
-                cg = self.cgroup(rec)
+                cg = self.cgroup(c)
                 cg.create()
                 undo.add(cg.destroy)
                 cg.apply(pid)
@@ -423,14 +412,14 @@ class Engine:
                 fault("start-after-cgroup")
                 phases.mark("cgroup")
                 undo.add(lambda: self.network.detach(cid))
-                attachment = self.network.attach(network_request(rec, pid))
-                rec["NetworkSettings"] = dict(attachment.settings)
+                attachment = self.network.attach(network_request(c, pid))
+                c.network_settings = dict(attachment.settings)
                 fault("start-after-network")
                 phases.mark("network")
                 if attachment.files is not None:  # none in container mode: the donor's are shared
-                    self._write_files(rec, attachment.files)  # read at release
+                    self._write_files(c, attachment.files)  # read at release
                 phases.mark("files")
-                rec["State"].update({"Pid": pid})
+                c.state.pid = pid
                 if before_release:
                     before_release(cid)
                 self._exited[cid] = threading.Event()
@@ -441,54 +430,50 @@ class Engine:
             with self._starting_lock:
                 self._starting.pop(cid, None)
             self._exited.pop(cid, None)
-            code = exc.exit_code if isinstance(exc, StartError) else 128
-            rec["State"].update({"Status": "exited" if rec["State"]["StartedAt"][:4] != "0001" else "created",
-                                 "Running": False, "Pid": 0, "ExitCode": code, "Error": str(exc),
-                                 "Restarting": False})
-            rec["NetworkSettings"]["Networks"] = {}
-            self.save(rec)
-            if hc.get("AutoRemove"):
+            c.state.failed_start(exc.exit_code if isinstance(exc, StartError) else 128, str(exc))
+            c.unwire()
+            self.save(c)
+            if c.host_config.auto_remove:
                 threading.Thread(target=self._auto_remove, args=(cid,), daemon=True).start()
             if isinstance(exc, StartError):
                 raise StartError(f"failed to create task for container: {exc}", exc.exit_code) from None
             raise
-        rec["State"].update({"Status": "running", "Running": True, "Paused": False, "Restarting": False,
-                             "OOMKilled": False, "Dead": False, "ExitCode": 0, "Error": "",
-                             "StartedAt": utc_now(), "FinishedAt": "0001-01-01T00:00:00Z"})
-        rec["Coracle"].update({"StartTicks": proc_start_ticks(rec["State"]["Pid"]), "ManualStop": False,
-                               "CgroupPath": self.cgroup(rec).path})
-        if health.Probe.of(rec["Config"]):
-            rec["State"]["Health"] = health.starting()
-        self.save(rec)
+        c.state.run(utc_now())
+        c.private.start_ticks = proc_start_ticks(c.state.pid)
+        c.private.manual_stop = False
+        c.private.cgroup_path = self.cgroup(c).path
+        if health.Probe.of(c.config):
+            c.state.health = health.starting()
+        self.save(c)
         phases.mark("save")
         phases.done()
-        self.announce(rec, "start")
-        self.health.watch(rec)
+        self.announce(c, "start")
+        self.health.watch(c)
         with self._starting_lock:
             early = self._starting.pop(cid, None)
         if early is not None:
             self._finish(early)
 
-    def _share_donor_files(self, rec: dict[str, Any], mode: NetworkMode) -> None:
+    def _share_donor_files(self, c: Container, mode: NetworkMode) -> None:
         """container:<id> mode uses the donor's hostname, hosts and resolv.conf."""
-        donor = self.get(mode.container)
-        for key in ("ResolvConfPath", "HostnamePath", "HostsPath"):
-            rec[key] = donor[key]
-        rec["Config"]["Hostname"] = donor["Config"]["Hostname"]
+        donor = self.container(mode.container)
+        c.resolv_conf_path, c.hostname_path = donor.resolv_conf_path, donor.hostname_path
+        c.hosts_path = donor.hosts_path
+        c.config["Hostname"] = donor.config["Hostname"]
 
-    def _write_files(self, rec: dict[str, Any], files: ContainerFiles | None = None) -> None:
+    def _write_files(self, c: Container, files: ContainerFiles | None = None) -> None:
         """/etc/hostname, /etc/hosts, /etc/resolv.conf as the network layer rendered them (at attach), or
         renders them again from the recorded settings."""
-        files = files or self.network.files(network_request(rec), rec["NetworkSettings"])
+        files = files or self.network.files(network_request(c), c.network_settings)
+        paths = {"/etc/hosts": c.hosts_path, "/etc/resolv.conf": c.resolv_conf_path,
+                 "/etc/hostname": c.hostname_path}
         for target, content in files.by_path().items():
             if target == "/etc/hosts":
-                content += links.hosts_lines(links.resolve(self, rec))
-            key = {"/etc/hosts": "HostsPath", "/etc/resolv.conf": "ResolvConfPath",
-                   "/etc/hostname": "HostnamePath"}[target]
-            tmp = rec[key] + ".tmp"
+                content += links.hosts_lines(links.resolve(self, c))
+            tmp = paths[target] + ".tmp"
             with open(tmp, "w") as f:
                 f.write(content)
-            os.replace(tmp, rec[key])
+            os.replace(tmp, paths[target])
 
     # ----- exits ---------------------------------------------------------
 
@@ -508,11 +493,11 @@ class Engine:
     def _finish(self, event: dict[str, Any]) -> None:
         cid = event["id"]
         self.health.forget(cid)
-        rec = self.store.get(KIND, cid)
-        if rec is None or rec["State"]["Pid"] != event.get("pid") and event.get("pid"):
+        c = self.record(cid)
+        if c is None or c.state.pid != event.get("pid") and event.get("pid"):
             self.monitor.forget_exit(cid)
             return
-        cg = self.cgroup(rec)
+        cg = self.cgroup(c)
         oom = False
         with contextlib.suppress(OSError):
             oom = cg.oom_killed()
@@ -522,28 +507,22 @@ class Engine:
             cg.destroy()
         code = event["exit_code"]
         if code is None:  # it ended while nobody could read its status
-            code = 137 if rec["Coracle"].get("ManualStop") else 255
-        rec["State"].update({"Status": "exited", "Running": False, "Paused": False, "Pid": 0,
-                             "ExitCode": code, "OOMKilled": oom,
-                             "FinishedAt": event.get("finished_at") or utc_now()})
-        for net in rec["NetworkSettings"].get("Networks", {}).values():
-            for key in ("IPAddress", "Gateway", "MacAddress", "EndpointID"):
-                if key in net:
-                    net[key] = ""
-        rec["NetworkSettings"].update({"Ports": {}, "IPAddress": "", "Gateway": "", "MacAddress": ""})
-        self.save(rec)
-        self.volumes.detach(rec)
+            code = 137 if c.private.manual_stop else 255
+        c.state.exit(code, oom, event.get("finished_at") or utc_now())
+        c.unwire()
+        self.save(c)
+        self.volumes.detach(cid, c.mounts)
         self.monitor.forget_exit(cid)
         if oom:
-            self.announce(rec, "oom")
-        self.announce(rec, "die", exitCode=str(code))
+            self.announce(c, "oom")
+        self.announce(c, "die", exitCode=str(code))
         done = self._exited.pop(cid, None)
         if done:
             done.set()
-        if rec["HostConfig"].get("AutoRemove"):
+        if c.host_config.auto_remove:
             threading.Thread(target=self._auto_remove, args=(cid,), daemon=True).start()
             return
-        self._maybe_restart(rec)
+        self._maybe_restart(c)
 
     def _auto_remove(self, cid: str) -> None:
         try:
@@ -556,37 +535,36 @@ class Engine:
     def _restart_later(self, cid: str) -> None:
         """The restart tracker's timer fired: start again unless someone stopped it meanwhile."""
         with self._lock_for(cid):
-            rec = self.store.get(KIND, cid)
-            if rec is None or rec["State"]["Running"] or not rec["State"].get("Restarting"):
+            c = self.record(cid)
+            if c is None or c.state.running or not c.state.restarting:
                 return
-            rec["RestartCount"] += 1
+            c.restart_count += 1
             try:
-                self._start_locked(rec, None)
+                self._start_locked(c, None)
             except CoracleError as exc:
                 log.warning("restart of %s failed: %s", cid, exc)
-                rec = self.store.get(KIND, cid)
-                if rec is not None:
-                    self._maybe_restart(rec)
+                c = self.record(cid)
+                if c is not None:
+                    self._maybe_restart(c)
 
-    def _maybe_restart(self, rec: dict[str, Any], immediate: bool = False) -> None:
+    def _maybe_restart(self, c: Container, immediate: bool = False) -> None:
         """Apply the restart policy to a container that just exited."""
-        delay = self.restarts.delay(rec, immediate)
+        delay = self.restarts.delay(c, immediate)
         if delay is None:
             return
-        rec["State"].update({"Restarting": True, "Status": "restarting"})
-        self.save(rec)
-        self.restarts.schedule(rec["Id"], delay)
+        c.state.await_restart()
+        self.save(c)
+        self.restarts.schedule(c.id, delay)
 
     # ----- stop, kill, pause ---------------------------------------------
 
-    def _signal(self, rec: dict[str, Any], sig: int) -> None:
-        pid = rec["State"]["Pid"]
-        if not pid or proc_start_ticks(pid) != rec["Coracle"].get("StartTicks"):
-            raise Conflict(f"Container {rec['Id']} is not running")
+    def _signal(self, c: Container, sig: int) -> None:
+        if not self.alive(c):
+            raise Conflict(f"Container {c.id} is not running")
         try:
-            os.kill(pid, sig)
+            os.kill(c.state.pid, sig)
         except ProcessLookupError:
-            raise Conflict(f"Container {rec['Id']} is not running") from None
+            raise Conflict(f"Container {c.id} is not running") from None
 
     def _wait_exit(self, cid: str, timeout: float | None) -> bool:
         done = self._exited.get(cid)
@@ -596,69 +574,68 @@ class Engine:
 
     def wait_exit(self, ref: str, timeout: float | None = None) -> int | None:
         """The exit code once the container's process has ended; None if it still runs at the timeout."""
-        cid = self.get(ref)["Id"]
+        cid = self.container(ref).id
         if not self._wait_exit(cid, timeout):
             return None
-        return int(self.get(cid)["State"]["ExitCode"])
+        return self.container(cid).state.exit_code
 
     def stop(self, ref: str, timeout: int | None = None, sig: str | None = None) -> None:
-        rec = self.get(ref)
-        cid = rec["Id"]
+        cid = self.container(ref).id
         with self._lock_for(cid):
-            rec = self.get(cid)
+            c = self.container(cid)
             self.restarts.cancel(cid)
-            if rec["State"].get("Restarting"):
-                rec["State"].update({"Restarting": False, "Status": "exited"})
-                rec["Coracle"]["ManualStop"] = True
-                self.save(rec)
+            if c.state.restarting:
+                c.state.cancel_restart()
+                c.private.manual_stop = True
+                self.save(c)
                 return
-            if not rec["State"]["Running"]:
+            if not c.state.running:
                 raise NotModified("container already stopped")
-            rec["Coracle"]["ManualStop"] = True
-            self.save(rec)
-            if rec["State"]["Paused"]:
-                self.cgroup(rec).thaw()
-            number = cfg.parse_signal(sig or rec["Config"].get("StopSignal"))
+            c.private.manual_stop = True
+            self.save(c)
+            if c.state.paused:
+                self.cgroup(c).thaw()
+            number = cfg.parse_signal(sig or c.config.get("StopSignal"))
             if timeout is None:
-                timeout = rec["Config"].get("StopTimeout")
+                timeout = c.config.get("StopTimeout")
             timeout = 10 if timeout is None else timeout
         try:
-            self._signal(rec, number)
+            self._signal(c, number)
         except Conflict:
             return
         if not self._wait_exit(cid, None if timeout < 0 else timeout):  # -1: wait as long as it takes
             try:
-                self._signal(self.get(cid), signal.SIGKILL)
+                self._signal(self.container(cid), signal.SIGKILL)
             except (Conflict, NotFound):
                 return
             self._wait_exit(cid, 30)
-        self.announce(rec, "stop")
+        self.announce(c, "stop")
 
     def attached(self, ref: str) -> None:
         """A client attached to the container's streams: Docker's `attach` event."""
-        self.announce(self.get(ref), "attach")
+        self.announce(self.container(ref), "attach")
 
     def kill(self, ref: str, sig: str | None = None) -> None:
-        rec = self.get(ref)
+        cid = self.container(ref).id
         number = cfg.parse_signal(sig, "SIGKILL")
-        with self._lock_for(rec["Id"]):
-            rec = self.get(rec["Id"])
-            if not rec["State"]["Running"]:
-                raise Conflict(f"Container {rec['Id']} is not running")
+        with self._lock_for(cid):
+            c = self.container(cid)
+            if not c.state.running:
+                raise Conflict(f"Container {cid} is not running")
             if number in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT):
-                rec["Coracle"]["ManualStop"] = True
-                self.save(rec)
-            self._signal(rec, number)
-        self.announce(rec, "kill", signal=str(number))
+                c.private.manual_stop = True
+                self.save(c)
+            self._signal(c, number)
+        self.announce(c, "kill", signal=str(number))
         if number == signal.SIGKILL:
-            self._wait_exit(rec["Id"], 10)
+            self._wait_exit(cid, 10)
 
     def restart(self, ref: str, timeout: int | None = None) -> None:
-        rec = self.get(ref)
+        cid = self.container(ref).id
         with contextlib.suppress(NotModified):
-            self.stop(rec["Id"], timeout)
-        self.start(rec["Id"])
-        self.announce(self.get(rec["Id"]), "restart")
+            self.stop(cid, timeout)
+        self.start(cid)
+        self.announce(self.container(cid), "restart")
 
     def commit(self, ref: str, *, pause: bool = True, repo_tag: str | None = None, changes: list[str] | None = None,
                comment: str = "", author: str = "", config: dict[str, Any] | None = None) -> Image:
@@ -668,161 +645,148 @@ class Engine:
         (Docker's default) a running container is frozen while it is read, so
         the image is one moment of it and nothing is swapped under the reader,
         which reads by descriptor anyway (images/layers.pack)."""
-        rec = self.get(ref)
-        base = self.images.resolve(rec["Image"])
-        with self._lock_for(rec["Id"]):
-            rec = self.get(rec["Id"])
-            freeze = pause and rec["State"]["Running"] and not rec["State"]["Paused"]
+        c = self.container(ref)
+        base = self.images.resolve(c.image_id)
+        with self._lock_for(c.id):
+            c = self.container(c.id)
+            freeze = pause and c.state.running and not c.state.paused
             if freeze:
-                self.cgroup(rec).freeze()
+                self.cgroup(c).freeze()
             try:
-                image = self.images.commit(rec["GraphDriver"]["Data"]["UpperDir"], base,
-                                           commit_config(config, rec["Config"], list(changes or [])),
+                image = self.images.commit(c.layers.upper, base, commit_config(config, c.config, list(changes or [])),
                                            repo_tag, comment, author)
             finally:
                 if freeze:
-                    self.cgroup(rec).thaw()
-        self.announce(rec, "commit")
+                    self.cgroup(c).thaw()
+        self.announce(c, "commit")
         return image
 
     def pause(self, ref: str) -> None:
-        rec = self.running(ref)
-        with self._lock_for(rec["Id"]):
-            if rec["State"]["Paused"]:
-                raise Conflict(f"Container {rec['Id']} is already paused")
-            self.cgroup(rec).freeze()
-            self.health.forget(rec["Id"])
-            rec["State"].update({"Paused": True, "Status": "paused"})
-            self.save(rec)
-        self.announce(rec, "pause")
+        c = self.running(ref)
+        with self._lock_for(c.id):
+            if c.state.paused:
+                raise Conflict(f"Container {c.id} is already paused")
+            self.cgroup(c).freeze()
+            self.health.forget(c.id)
+            c.state.freeze(True)
+            self.save(c)
+        self.announce(c, "pause")
 
     def unpause(self, ref: str) -> None:
-        rec = self.running(ref)
-        with self._lock_for(rec["Id"]):
-            if not rec["State"]["Paused"]:
-                raise Conflict(f"Container {rec['Id']} is not paused")
-            self.cgroup(rec).thaw()
-            rec["State"].update({"Paused": False, "Status": "running"})
-            self.save(rec)
-            self.health.watch(rec)
-        self.announce(rec, "unpause")
+        c = self.running(ref)
+        with self._lock_for(c.id):
+            if not c.state.paused:
+                raise Conflict(f"Container {c.id} is not paused")
+            self.cgroup(c).thaw()
+            c.state.freeze(False)
+            self.save(c)
+            self.health.watch(c)
+        self.announce(c, "unpause")
 
     # ----- remove, rename, update ------------------------------------------
 
     def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
-        rec = self.get(ref)
-        cid = rec["Id"]
+        cid = self.container(ref).id
         with self._lock_for(cid):
-            rec = self.get(cid)
+            c = self.container(cid)
             self.restarts.cancel(cid)
-            if rec["State"]["Running"]:
+            if c.state.running:
                 if not force:
                     raise Conflict(f"You cannot remove a running container {cid}. Stop the container before "
                                    "attempting removal or force remove")
-                if rec["State"]["Paused"]:
-                    self.cgroup(rec).thaw()
-                rec["Coracle"]["ManualStop"] = True
-                rec["HostConfig"]["AutoRemove"] = False  # we are removing it ourselves
-                self.save(rec)
+                if c.state.paused:
+                    self.cgroup(c).thaw()
+                c.private.manual_stop = True
+                c.host_config.auto_remove = False  # we are removing it ourselves
+                self.save(c)
                 with contextlib.suppress(Conflict):
-                    self._signal(rec, signal.SIGKILL)
+                    self._signal(c, signal.SIGKILL)
         self._wait_exit(cid, 30)
         with self._lock_for(cid):
-            current = self.store.get(KIND, cid)  # gone if another remove finished meanwhile
+            current = self.record(cid)  # gone if another remove finished meanwhile
             if current is None:
                 return
-            rec = current
-            rec["State"]["Status"] = "removing"
-            self.save(rec)
+            c = current
+            c.state.status = "removing"
+            self.save(c)
             fault("rm-before-cleanup")
             self.network.detach(cid)
-            self.cgroup(rec).destroy()
+            self.cgroup(c).destroy()
             remove_tree(self._dir(cid), ignore_errors=True)
             with self._saving:
                 self.store.delete(KIND, cid)
                 self.index.drop(cid)
             if volumes:
-                self.volumes.remove_anonymous(m["Name"] for m in rec["Mounts"] if m["Type"] == "volume")
+                self.volumes.remove_anonymous(m["Name"] for m in c.mounts if m["Type"] == "volume")
             self.monitor.forget_exit(cid)
         with self._lock:
             self._locks.pop(cid, None)
-        self.announce(rec, "destroy")
+        self.announce(c, "destroy")
 
     def remove_link(self, path: str) -> None:
         """DELETE /containers/{linker/alias}?link=1: the linking container forgets that link."""
-        rec = links.remove(self, path)
-        with self._lock_for(rec["Id"]):
-            self.save(rec)
+        c = links.remove(self, path)
+        with self._lock_for(c.id):
+            self.save(c)
 
     def rename(self, ref: str, new_name: str) -> None:
         name = "/" + cfg.check_name(new_name)
         with self._lock:
-            rec = self.get(ref)
-            if rec["Name"] == name:
+            c = self.container(ref)
+            if c.name == name:
                 raise InvalidParameter("Renaming a container with the same name as its current name")
             self._check_name_free(name)
-            old = rec["Name"]
-            rec["Name"] = name
-            dns_names = self.network.rename(network_request(rec), old)
-            shown = (rec.get("NetworkSettings") or {}).get("Networks") or {}
-            for network_name, names in dns_names.items():
-                if network_name in shown:
-                    shown[network_name]["DNSNames"] = names
-            self.save(rec)
-        self.announce(rec, "rename", oldName=old)
+            old, c.name = c.name, name
+            c.rename_in_networks(self.network.rename(network_request(c), old))
+            self.save(c)
+        self.announce(c, "rename", oldName=old)
 
     def update(self, ref: str, body: dict[str, Any]) -> dict[str, Any]:
         """`docker update`: new limits on a live cgroup, and the restart policy."""
-        rec = self.get(ref)
-        with self._lock_for(rec["Id"]):
-            rec = self.get(rec["Id"])
-            hc = {**rec["HostConfig"], **{k: v for k, v in body.items() if k != "RestartPolicy"}}
+        cid = self.container(ref).id
+        with self._lock_for(cid):
+            c = self.container(cid)
+            hc = {**c.host_config.raw, **{k: v for k, v in body.items() if k != "RestartPolicy"}}
             resources = Resources.from_host_config(hc)
             if "RestartPolicy" in body:
                 hc["RestartPolicy"] = body["RestartPolicy"]
                 cfg.restart_policy(hc)
-            if rec["State"]["Running"]:
-                self.cgroup(rec).update(resources)
-            rec["HostConfig"] = hc
-            self.save(rec)
-        self.announce(rec, "update")
+            if c.state.running:
+                self.cgroup(c).update(resources)
+            c.host_config = HostSettings(hc)
+            self.save(c)
+        self.announce(c, "update")
         return {"Warnings": []}
 
     # ----- networks of a container -------------------------------------------
 
     def connect(self, ref: str, network_ref: str, endpoint_config: dict[str, Any]) -> None:
         """`docker network connect`: recorded always, wired live when the container runs."""
-        rec = self.get(ref)
-        with self._lock_for(rec["Id"]):
-            rec = self.get(rec["Id"])
-            if not NetworkMode.parse(rec["HostConfig"]["NetworkMode"]).has_endpoints:
+        cid = self.container(ref).id
+        with self._lock_for(cid):
+            c = self.container(cid)
+            if not c.host_config.mode.has_endpoints:
                 raise InvalidParameter("container sharing network namespace with another container or host "
                                        "cannot be connected to any other network")
-            pid = rec["State"]["Pid"] if rec["State"]["Running"] else 0
             fault("connect-before-network")
-            joined = self.network.connect(network_request(rec, pid), network_ref,
+            joined = self.network.connect(network_request(c, c.state.pid if c.state.running else 0), network_ref,
                                           EndpointOptions.from_docker(network_ref, endpoint_config))
-            rec["NetworkSettings"].setdefault("Networks", {})[joined.network_name] = dict(joined.settings)
-            self.save(rec)
+            c.join(joined.network_name, dict(joined.settings))
+            self.save(c)
 
     def disconnect(self, ref: str, network_ref: str, force: bool = False) -> None:
-        rec = self.get(ref)
-        with self._lock_for(rec["Id"]):
-            rec = self.get(rec["Id"])
-            pid = rec["State"]["Pid"] if rec["State"]["Running"] else 0
-            left = self.network.disconnect(network_request(rec, pid), network_ref, force)
-            wanted = (rec.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
-            for ref in left.refs:  # so that the next start does not bring it back
-                rec["NetworkSettings"].get("Networks", {}).pop(ref, None)
-                wanted.pop(ref, None)
-            rec["NetworkSettings"].update(left.settings)
-            self.save(rec)
+        cid = self.container(ref).id
+        with self._lock_for(cid):
+            c = self.container(cid)
+            left = self.network.disconnect(network_request(c, c.state.pid if c.state.running else 0), network_ref,
+                                           force)
+            c.leave(left.refs, dict(left.settings))
+            self.save(c)
 
     # ----- views ---------------------------------------------------------
 
     def top(self, ref: str, ps_args: str = "") -> dict[str, Any]:
-        rec = self.running(ref)
-        pids = self.cgroup(rec).procs()
+        pids = self.cgroup(self.running(ref)).procs()
         return ps(pids, ps_args) if ps_args else processes(pids)
 
     def size(self, cid: str) -> tuple[int, int]:
@@ -836,13 +800,13 @@ class Engine:
         return rw, rw + image_size
 
     def stats(self, ref: str) -> dict[str, Any]:
-        rec = self.get(ref)
-        base = {"id": rec["Id"], "name": rec["Name"], "read": utc_now(), "preread": "0001-01-01T00:00:00Z"}
-        if not rec["State"]["Running"]:
+        c = self.container(ref)
+        base = {"id": c.id, "name": c.name, "read": utc_now(), "preread": ZERO}
+        if not c.state.running:
             return {**base, "memory_stats": {}, "cpu_stats": {}, "precpu_stats": {}, "pids_stats": {},
                     "blkio_stats": {}, "networks": {}}
-        stats = self.cgroup(rec).stats()
-        return {**base, **stats, "networks": network_counters(rec["State"]["Pid"])}
+        stats = self.cgroup(c).stats()
+        return {**base, **stats, "networks": network_counters(c.state.pid)}
 
     # ----- start-up ------------------------------------------------------
 
@@ -851,27 +815,26 @@ class Engine:
         report: dict[str, list[str]] = {"adopted": [], "exited": [], "restarted": []}
         live = {p["id"]: p for p in self.monitor.list()}
         exits = {e["id"]: e for e in self.monitor.exit_records()}
-        for rec in self.records():
-            cid = rec["Id"]
-            state = rec["State"]
-            if state["Status"] in ("removing",):
+        for c in self.own_records():
+            cid, state = c.id, c.state
+            if state.status == "removing":
                 self.remove(cid, force=True)
                 continue
-            if not state["Running"]:
-                if state.get("Restarting"):
-                    self._maybe_restart(rec, immediate=True)
+            if not state.running:
+                if state.restarting:
+                    self._maybe_restart(c, immediate=True)
                 continue
             event = exits.get(cid)
-            if (event is None or event.get("pid") != state["Pid"]) and self.alive(rec):
+            if (event is None or event.get("pid") != state.pid) and self.alive(c):
                 # Alive by /proc (pid and start time), whatever the monitor says: adopt, never kill.
                 self._exited[cid] = threading.Event()
                 proc = live.get(cid)
-                if not (proc and proc["pid"] == state["Pid"]):
+                if not (proc and proc["pid"] == state.pid):
                     self._watch_orphan(cid)  # nobody supervises it any more: it runs on, watched
                 report["adopted"].append(cid)
                 continue
-            if event is None or event.get("pid") != state["Pid"]:
-                event = {"id": cid, "pid": state["Pid"], "exit_code": None, "finished_at": utc_now()}
+            if event is None or event.get("pid") != state.pid:
+                event = {"id": cid, "pid": state.pid, "exit_code": None, "finished_at": utc_now()}
             with self._lock_for(cid):
                 self._exited[cid] = threading.Event()
                 self._finish(event)
@@ -880,20 +843,23 @@ class Engine:
             if proc["state"] == "held":  # its start died with the daemon; it never ran user code
                 self.monitor.abandon(None, proc["id"])
         for cid in report["adopted"]:
-            adopted = self.store.get(KIND, cid)
+            adopted = self.record(cid)
             if adopted:
                 self.health.watch(adopted)
         return report
 
-    def alive(self, rec: dict[str, Any]) -> bool:
+    def own_records(self) -> list[Container]:
+        """Every record, oldest first, as copies the caller may change and save."""
+        return [Container.from_stored(rec) for rec in self.index.copies()]
+
+    def alive(self, c: Container) -> bool:
         """Its PID 1 runs: the recorded pid exists with the recorded start time (never reused)."""
-        pid = rec["State"]["Pid"]
-        return bool(pid) and proc_start_ticks(pid) == rec["Coracle"].get("StartTicks")
+        return bool(c.state.pid) and proc_start_ticks(c.state.pid) == c.private.start_ticks
 
     def adopt_orphans(self) -> list[str]:
         """After the monitor was replaced: watch the running containers it no longer parents."""
         supervised = {p["id"] for p in self.monitor.list()}
-        orphans = [r["Id"] for r in self.records() if r["State"]["Running"] and r["Id"] not in supervised]
+        orphans = [c.id for c in self.containers() if c.state.running and c.id not in supervised]
         for cid in orphans:
             self._watch_orphan(cid)
         return orphans
@@ -912,11 +878,11 @@ class Engine:
         def watch() -> None:
             try:
                 while True:
-                    rec = self.store.get(KIND, cid)
-                    if rec is None or not rec["State"]["Running"]:
+                    c = self.record(cid)
+                    if c is None or not c.state.running:
                         return
-                    if not self.alive(rec):
-                        self.on_monitor_event({"id": cid, "kind": "container", "pid": rec["State"]["Pid"],
+                    if not self.alive(c):
+                        self.on_monitor_event({"id": cid, "kind": "container", "pid": c.state.pid,
                                                "exit_code": None, "finished_at": utc_now()})
                         return
                     time.sleep(ORPHAN_POLL)
@@ -929,17 +895,12 @@ class Engine:
     def boot_restarts(self) -> list[str]:
         """At daemon start (and so after a reboot): `always` and not-stopped `unless-stopped` come back."""
         started = []
-        for rec in self.records():
-            policy = rec["HostConfig"].get("RestartPolicy", {}).get("Name")
-            if rec["State"]["Running"]:
+        for c in self.containers():
+            if not comes_back_at_boot(c):
                 continue
-            if policy == "always" or (policy == "unless-stopped" and not rec["Coracle"].get("ManualStop")):
-                if rec["State"]["FinishedAt"][:4] == "0001":
-                    continue
-                try:
-                    self.start(rec["Id"])
-                    started.append(rec["Id"])
-                except CoracleError as exc:
-                    log.warning("could not restart %s: %s", rec["Id"], exc)
+            try:
+                self.start(c.id)
+                started.append(c.id)
+            except CoracleError as exc:
+                log.warning("could not restart %s: %s", c.id, exc)
         return started
-

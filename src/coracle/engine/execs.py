@@ -18,6 +18,7 @@ from coracle.engine import config as cfg
 from coracle.engine import security_options
 from coracle.errors import Conflict, InvalidParameter, NotFound, SystemError_
 from coracle import cgroups
+from coracle.engine.container import Container
 from coracle.runtime.client import MonitorClient, StartError
 from coracle.runtime.spec import Process, Spec
 
@@ -29,10 +30,10 @@ class ContainerHost(Protocol):
     monitor: MonitorClient
     no_new_privileges: bool
 
-    def running(self, ref: str, for_: str = "") -> dict[str, Any]: ...
-    def record(self, cid: str) -> dict[str, Any] | None: ...
-    def cgroup(self, rec: dict[str, Any]) -> cgroups.Manager: ...
-    def announce(self, rec: dict[str, Any], action: str, **extra: str) -> None: ...
+    def running(self, ref: str, for_: str = "") -> Container: ...
+    def record(self, cid: str) -> Container | None: ...
+    def cgroup(self, c: Container) -> cgroups.Manager: ...
+    def announce(self, c: Container, action: str, **extra: str) -> None: ...
 
 EXEC_START_FAILED = 126
 
@@ -51,15 +52,15 @@ class Execs:
         return [e["ID"] for e in self.records.values() if e["ContainerID"] == cid]
 
     def create(self, ref: str, body: dict[str, Any]) -> str:
-        rec = self.engine.running(ref)
-        if rec["State"]["Paused"]:
-            raise Conflict(f"Container {rec['Id']} is paused, unpause the container before exec")
+        c = self.engine.running(ref)
+        if c.state.paused:
+            raise Conflict(f"Container {c.id} is paused, unpause the container before exec")
         cmd = cfg.strings(body.get("Cmd"), "Cmd")
         if not cmd:
             raise InvalidParameter("No exec command specified")
         exec_id = cfg.new_id()
         self.records[exec_id] = {
-            "ID": exec_id, "ContainerID": rec["Id"], "Running": False, "ExitCode": None, "Pid": 0,
+            "ID": exec_id, "ContainerID": c.id, "Running": False, "ExitCode": None, "Pid": 0,
             "OpenStdin": bool(body.get("AttachStdin")), "OpenStdout": bool(body.get("AttachStdout", True)),
             "OpenStderr": bool(body.get("AttachStderr", True)), "CanRemove": False,
             "DetachKeys": body.get("DetachKeys") or "",
@@ -68,7 +69,7 @@ class Execs:
             "Env": cfg.strings(body.get("Env"), "Env") or [], "WorkingDir": cfg.working_dir(body.get("WorkingDir")),
             "ConsoleSize": cfg.console_size(body.get("ConsoleSize")),
         }
-        self.engine.announce(rec, "exec_create: " + " ".join(cmd), execID=exec_id)
+        self.engine.announce(c, "exec_create: " + " ".join(cmd), execID=exec_id)
         return exec_id
 
     def get(self, exec_id: str) -> dict[str, Any]:
@@ -87,24 +88,24 @@ class Execs:
         if ex["Running"] or ex["ExitCode"] is not None:
             raise Conflict(f"exec {exec_id} has already been started")
         engine = self.engine
-        rec = engine.running(ex["ContainerID"])
+        c = engine.running(ex["ContainerID"])
         pc = ex["ProcessConfig"]
         process = Process(
-            args=[pc["entrypoint"], *pc["arguments"]], env=cfg.merge_env(rec["Config"]["Env"], ex["Env"]),
-            cwd=ex["WorkingDir"] or rec["Config"]["WorkingDir"] or "/", user=pc["user"] or rec["Config"]["User"],
+            args=[pc["entrypoint"], *pc["arguments"]], env=cfg.merge_env(c.config["Env"], ex["Env"]),
+            cwd=ex["WorkingDir"] or c.config["WorkingDir"] or "/", user=pc["user"] or c.config["User"],
             tty=pc["tty"], stdin=ex["OpenStdin"], console_size=ex.get("ConsoleSize"),
         )
-        spec = Spec(id=exec_id, kind="exec", process=process, target_pid=rec["State"]["Pid"],
-                    cgroup_dirs=engine.cgroup(rec).dirs())
-        privileged = rec["HostConfig"].get("Privileged") or pc["privileged"]
-        security_options.apply(spec, {**rec["HostConfig"], "Privileged": privileged}, engine.no_new_privileges)
+        spec = Spec(id=exec_id, kind="exec", process=process, target_pid=c.state.pid,
+                    cgroup_dirs=engine.cgroup(c).dirs())
+        privileged = c.host_config.privileged or pc["privileged"]
+        security_options.apply(spec, {**c.host_config.raw, "Privileged": privileged}, engine.no_new_privileges)
         ex["Running"] = True
         self._done[exec_id] = threading.Event()
         try:
             sock, pid = engine.monitor.spawn(spec)
             ex["Pid"] = pid
             try:
-                security_options.set_oom_score_adj(pid, rec["HostConfig"])
+                security_options.set_oom_score_adj(pid, c.host_config.raw)
             except SystemError_ as exc:
                 engine.monitor.abandon(sock, exec_id)
                 raise StartError(str(exc), 126) from None
@@ -120,7 +121,7 @@ class Execs:
             if done:
                 done.set()
             raise StartError(f"OCI runtime exec failed: {exc}", EXEC_START_FAILED) from None
-        engine.announce(rec, "exec_start: " + " ".join(process.args), execID=exec_id)
+        engine.announce(c, "exec_start: " + " ".join(process.args), execID=exec_id)
 
     def stream_cut(self, exec_id: str) -> None:
         """The client's stream broke before the process ended (the monitor died).
@@ -144,9 +145,9 @@ class Execs:
         done = self._done.pop(event["id"], None)
         if done:
             done.set()
-        rec = self.engine.record(ex["ContainerID"])
-        if rec:
-            self.engine.announce(rec, "exec_die", execID=ex["ID"], exitCode=str(event["exit_code"]))
+        c = self.engine.record(ex["ContainerID"])
+        if c is not None:
+            self.engine.announce(c, "exec_die", execID=ex["ID"], exitCode=str(event["exit_code"]))
 
     def kill(self, exec_id: str, sig: int) -> None:
         """Signal a running exec and what it started (a probe past its timeout).

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from typing import Any, BinaryIO
 
 from coracle.engine import security_options
+from coracle.engine.container import Container
 from coracle.errors import Conflict
 from coracle.runtime import confined, seccomp
 from coracle.runtime.confined import BindMount, Confinement, Helper, Overlay
@@ -37,8 +39,8 @@ _OPERATIONS = "coracle.runtime.containerfs"
 
 def stat(engine: Any, ref: str, path: str) -> dict[str, Any]:
     """Docker's PathStat of `path` in the container (HEAD /containers/{id}/archive)."""
-    rec = engine.get(ref)
-    answer = confined.run(confinement(engine, rec, writable=False), f"{_OPERATIONS}:path_stat",
+    c = engine.container(ref)
+    answer = confined.run(confinement(engine, c, writable=False), f"{_OPERATIONS}:path_stat",
                           {"path": path, "ref": ref})
     found: dict[str, Any] = answer["stat"]
     return found
@@ -48,39 +50,39 @@ def export(engine: Any, ref: str, path: str) -> tuple[dict[str, Any], Helper]:
     """PathStat and a helper whose stdout carries the tar of `path` (GET .../archive).
 
     The caller reads `helper.stdout` to its end, then closes the helper."""
-    rec = engine.get(ref)
-    helper = confined.start(confinement(engine, rec, writable=False), f"{_OPERATIONS}:archive",
+    c = engine.container(ref)
+    helper = confined.start(confinement(engine, c, writable=False), f"{_OPERATIONS}:archive",
                             {"path": path, "ref": ref})
-    engine.announce(rec, "archive-path")
+    engine.announce(c, "archive-path")
     return helper.answer["stat"], helper
 
 
 def extract(engine: Any, ref: str, path: str, tar: BinaryIO, *, no_overwrite_dir_non_dir: bool = False,
             copy_uid_gid: bool = False) -> None:
     """Unpack `tar` into the directory `path` of the container (PUT .../archive)."""
-    rec = engine.get(ref)
-    with engine._lock_for(rec["Id"]):  # a stopped container's overlay is ours until the helper is done
-        rec = engine.get(rec["Id"])
+    c = engine.container(ref)
+    with engine._lock_for(c.id):  # a stopped container's overlay is ours until the helper is done
+        c = engine.container(c.id)
         args = {"path": path, "ref": ref, "no_overwrite_dir_non_dir": no_overwrite_dir_non_dir,
-                "owner": (rec["Config"].get("User") or "0") if copy_uid_gid else None}
-        confined.run(confinement(engine, rec, writable=True), f"{_OPERATIONS}:extract", args, stdin=tar)
-    engine.announce(rec, "extract-to-dir")
+                "owner": (c.config.get("User") or "0") if copy_uid_gid else None}
+        confined.run(confinement(engine, c, writable=True), f"{_OPERATIONS}:extract", args, stdin=tar)
+    engine.announce(c, "extract-to-dir")
 
 
 def export_filesystem(engine: Any, ref: str) -> Helper:
     """A helper whose stdout carries the tar of the container's whole filesystem
     (GET /containers/{id}/export); the caller reads it to its end, then closes it."""
-    rec = engine.get(ref)
-    helper = confined.start(confinement(engine, rec, writable=False, view="merged"),
+    c = engine.container(ref)
+    helper = confined.start(confinement(engine, c, writable=False, view="merged"),
                             f"{_OPERATIONS}:export_filesystem", {})
-    engine.announce(rec, "export")
+    engine.announce(c, "export")
     return helper
 
 
 def changes(engine: Any, ref: str) -> list[dict[str, Any]]:
     """Docker's list of {"Path", "Kind"} the container changed (GET /containers/{id}/changes)."""
-    rec = engine.get(ref)
-    helper = confined.start(confinement(engine, rec, writable=False, view="layers"), f"{_OPERATIONS}:changes", {})
+    c = engine.container(ref)
+    helper = confined.start(confinement(engine, c, writable=False, view="layers"), f"{_OPERATIONS}:changes", {})
     try:
         found: list[dict[str, Any]] = json.loads(helper.stdout.read() or b"[]")
     finally:
@@ -88,39 +90,38 @@ def changes(engine: Any, ref: str) -> list[dict[str, Any]]:
     return found
 
 
-def copy_up(engine: Any, rec: dict[str, Any]) -> None:
+def copy_up(engine: Any, c: Container) -> None:
     """Fill each new, empty volume of a container about to start with the image's content at
     its destination (Docker's copy-up), unless the mount says `nocopy`.
 
     Called under the container's lock before its start: the helper mounts the
     overlay (without the container's volumes, so the image's directory shows)
     and copies into the volume it holds open."""
-    for m in rec["Mounts"]:
+    for m in c.mounts:
         if m["Type"] != "volume" or "nocopy" in (m.get("Mode") or "").split(","):
             continue
         if engine.volumes.get(m["Name"]).mounted_kind or os.listdir(m["Source"]):
             continue
-        found = confinement(engine, dict(rec, Mounts=[]), writable=True)
+        found = confinement(engine, replace(c, mounts=[]), writable=True)
         confined.run(found, f"{_OPERATIONS}:copy_up", {"path": m["Destination"]}, hold=[m["Source"]])
 
 
-def confinement(engine: Any, rec: dict[str, Any], writable: bool, view: str | None = None) -> Confinement:
+def confinement(engine: Any, c: Container, writable: bool, view: str | None = None) -> Confinement:
     """How a helper enters this container: as an exec when it runs, over its overlay when not.
     With a `view` ("merged" or "layers"), over its overlay without its mounts, running or not."""
-    hc = rec["HostConfig"]
+    hc = c.host_config.raw
     found = Confinement(writable)
     profile = security_options.seccomp_of(hc)
     if profile is not None:  # compiled here, once per profile, for the helper's few capabilities
         found.seccomp_bpf = seccomp.compile_bpf(profile, found.capabilities, True)
-    if rec["State"]["Running"] and view is None:
-        found.pid, found.start_ticks = rec["State"]["Pid"], rec["Coracle"].get("StartTicks")
-        found.cgroup_dirs = _joinable(engine.cgroup(rec).dirs(), rec)
+    if c.state.running and view is None:
+        found.pid, found.start_ticks = c.state.pid, c.private.start_ticks
+        found.cgroup_dirs = _joinable(engine.cgroup(c).dirs(), c)
         return found
-    data = rec["GraphDriver"]["Data"]
     found.overlay = Overlay(
-        lower=engine.images.layer_dirs(engine.images.resolve(rec["Image"])), upper=data["UpperDir"],
-        work=data["WorkDir"], mountpoint=data["MergedDir"], readonly_rootfs=bool(hc.get("ReadonlyRootfs")),
-        mounts=[] if view else [BindMount(m["Source"], m["Destination"], m["RW"]) for m in rec["Mounts"]
+        lower=engine.images.layer_dirs(engine.images.resolve(c.image_id)), upper=c.layers.upper,
+        work=c.layers.work, mountpoint=c.layers.merged, readonly_rootfs=bool(hc.get("ReadonlyRootfs")),
+        mounts=[] if view else [BindMount(m["Source"], m["Destination"], m["RW"]) for m in c.mounts
                                 if m["Type"] in ("bind", "volume")],
         view=view or "merged")
     remap = security_options.user_namespace(hc, engine.userns_remap)
@@ -129,13 +130,13 @@ def confinement(engine: Any, rec: dict[str, Any], writable: bool, view: str | No
     return found
 
 
-def _joinable(dirs: list[str], rec: dict[str, Any]) -> list[str]:
+def _joinable(dirs: list[str], c: Container) -> list[str]:
     """The cgroup directories the helper joins. A paused container's freezer would freeze
     the helper too: on cgroup v1 the freezer hierarchy is left out (devices and pids still
     apply); on v2 freezing belongs to the one cgroup, so copying waits for an unpause."""
-    if not rec["State"]["Paused"]:
+    if not c.state.paused:
         return dirs
     kept = [d for d in dirs if not os.path.exists(os.path.join(d, "freezer.state"))]
     if any(os.path.exists(os.path.join(d, "cgroup.freeze")) for d in kept):
-        raise Conflict(f"Container {rec['Id']} is paused, unpause the container before copying files")
+        raise Conflict(f"Container {c.id} is paused, unpause the container before copying files")
     return kept

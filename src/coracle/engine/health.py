@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from coracle import clock
+from coracle.engine.container import Container, Health
 from coracle.errors import CoracleError, InvalidParameter
 from coracle.runtime.client import MAX_PACKET, split_frames
 
@@ -116,9 +117,9 @@ def go_duration(seconds: float) -> str:
     return f"{hours}h" + text if hours else text
 
 
-def starting() -> dict[str, Any]:
+def starting() -> Health:
     """The health state of a container that has just started."""
-    return {"Status": "starting", "FailingStreak": 0, "Log": []}
+    return Health("starting")
 
 
 class HealthChecker:
@@ -134,16 +135,16 @@ class HealthChecker:
         self._closed = False
         threading.Thread(target=self._schedule, name="health-scheduler", daemon=True).start()
 
-    def watch(self, rec: dict[str, Any]) -> None:
+    def watch(self, c: Container) -> None:
         """Start probing a running container (a new start, a restart, or one re-adopted after a restart)."""
-        probe = Probe.of(rec["Config"])
-        if probe is None or rec["State"]["Paused"]:
+        probe = Probe.of(c.config)
+        if probe is None or c.state.paused:
             return
-        started = clock.epoch(rec["State"]["StartedAt"])
+        started = clock.epoch(c.state.started_at)
         with self._cond:
             self._generation += 1
-            self._watched[rec["Id"]] = (self._generation, probe, started)
-            self._push(rec["Id"], self._generation, probe, started)
+            self._watched[c.id] = (self._generation, probe, started)
+            self._push(c.id, self._generation, probe, started)
 
     def forget(self, cid: str) -> None:
         """The container stopped, was paused or removed: no more probes (one in flight is ignored)."""
@@ -162,8 +163,8 @@ class HealthChecker:
         delay = probe.interval
         if elapsed < probe.start_period:
             delay = min(probe.interval, probe.start_period - elapsed)
-            rec = self.engine.record(cid)
-            if rec and (rec["State"].get("Health") or {}).get("Status") == "starting":
+            c = self.engine.record(cid)
+            if c is not None and c.state.health is not None and c.state.health.status == "starting":
                 delay = min(delay, probe.start_interval)
         heapq.heappush(self._due, (time.monotonic() + delay, generation, cid))
         self._cond.notify()
@@ -206,8 +207,7 @@ class HealthChecker:
     def _probe(self, cid: str, probe: Probe) -> tuple[int, str]:
         """Run the probe as an exec; its exit code and up to 4096 bytes of its output."""
         execs = self.engine.execs
-        rec = self.engine.get(cid)
-        exec_id = execs.create(cid, {"Cmd": probe.args, "User": rec["Config"].get("User") or "",
+        exec_id = execs.create(cid, {"Cmd": probe.args, "User": self.engine.container(cid).config.get("User") or "",
                                      "AttachStdout": True, "AttachStderr": True})
         streams: list[socket.socket] = []
         try:
@@ -228,22 +228,22 @@ class HealthChecker:
     def _record(self, cid: str, result: dict[str, Any], in_start_period: bool, retries: int) -> None:
         engine = self.engine
         with engine._lock_for(cid):
-            rec = engine.record(cid)
-            if rec is None or not rec["State"]["Running"]:
+            c = engine.record(cid)
+            if c is None or not c.state.running:
                 return
-            health = rec["State"].get("Health") or starting()
-            before = health["Status"]
-            health["Log"] = [*health["Log"], result][-MAX_LOG:]
+            health = c.state.health or starting()
+            before = health.status
+            health.log = [*health.log, result][-MAX_LOG:]
             if result["ExitCode"] == 0:
-                health.update({"Status": "healthy", "FailingStreak": 0})
+                health.status, health.failing_streak = "healthy", 0
             elif not (before == "starting" and in_start_period):
-                health["FailingStreak"] += 1
-                if health["FailingStreak"] >= retries:
-                    health["Status"] = "unhealthy"
-            rec["State"]["Health"] = health
-            engine.save(rec)
-        if health["Status"] != before:
-            engine.announce(rec, f"health_status: {health['Status']}")
+                health.failing_streak += 1
+                if health.failing_streak >= retries:
+                    health.status = "unhealthy"
+            c.state.health = health
+            engine.save(c)
+        if health.status != before:
+            engine.announce(c, f"health_status: {health.status}")
 
 
 def _collect(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:

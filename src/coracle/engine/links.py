@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from coracle.engine.container import Container
 from coracle.errors import Conflict, InvalidParameter, NotFound
 from coracle.network.mode import NetworkMode
 
@@ -54,32 +55,30 @@ def parse(specs: list[str] | None, mode: NetworkMode) -> list[tuple[str, str]]:
     return pairs
 
 
-def stored(pairs: list[tuple[str, str]], targets: list[dict[str, Any]], linker: str) -> list[str]:
+def stored(pairs: list[tuple[str, str]], targets: list[Container], linker: str) -> list[str]:
     """Docker's HostConfig.Links: "/target:/linker/alias"."""
-    return [f"{t['Name']}:{linker}/{alias}" for (_, alias), t in zip(pairs, targets, strict=True)]
+    return [f"{t.name}:{linker}/{alias}" for (_, alias), t in zip(pairs, targets, strict=True)]
 
 
-def resolve(engine: Engine, rec: dict[str, Any]) -> list[Link]:
+def resolve(engine: Engine, c: Container) -> list[Link]:
     """The links of a container about to start; each target must be running (as Docker insists)."""
     out = []
-    for entry in rec["HostConfig"].get("Links") or []:
+    for entry in c.host_config.links:
         target_name, _, link_path = entry.partition(":")
         alias = link_path.rsplit("/", 1)[-1]
         try:
-            target = engine.get(target_name)
+            target = engine.container(target_name)
         except NotFound:
             raise NotFound(f"could not get container for {target_name.lstrip('/')}") from None
-        if not target["State"]["Running"]:
-            raise Conflict(f"Cannot link to a non running container: {target['Name']} AS {link_path}")
-        networks = target["NetworkSettings"].get("Networks") or {}
-        mine = NetworkMode.parse(rec["HostConfig"].get("NetworkMode")).name
-        endpoint: dict[str, Any] = networks.get(mine) or next(iter(networks.values()), {})
+        if not target.state.running:
+            raise Conflict(f"Cannot link to a non running container: {target.name} AS {link_path}")
+        networks = target.networks
+        endpoint: dict[str, Any] = networks.get(c.host_config.mode.name) or next(iter(networks.values()), {})
         address = endpoint.get("IPAddress", "")
         ports = sorted((int(p.partition("/")[0]), p.partition("/")[2] or "tcp")
-                       for p in target["Config"].get("ExposedPorts") or {})
-        out.append(Link(alias=alias, name=target["Name"].lstrip("/"), short_id=target["Id"][:12],
-                        address=address, ports=ports, env=target["Config"].get("Env") or [],
-                        linker=rec["Name"].lstrip("/")))
+                       for p in target.config.get("ExposedPorts") or {})
+        out.append(Link(alias=alias, name=target.short_name, short_id=target.id[:12],
+                        address=address, ports=ports, env=target.config.get("Env") or [], linker=c.short_name))
     return out
 
 
@@ -113,15 +112,15 @@ def hosts_lines(links: list[Link]) -> str:
     return "".join(lines)
 
 
-def remove(engine: Engine, path: str) -> dict[str, Any]:
+def remove(engine: Engine, path: str) -> Container:
     """`docker rm --link /linker/alias`: drop one link from the linking container; returns its record."""
     linker, _, alias = path.strip("/").rpartition("/")
     if not linker or not alias:
         raise InvalidParameter(f"Conflict, cannot remove the default link name of the container {path}")
-    rec = engine.get(linker)
-    links = rec["HostConfig"].get("Links") or []
+    c = engine.container(linker)
+    links = c.host_config.links
     kept = [e for e in links if e.partition(":")[2].rsplit("/", 1)[-1] != alias]
     if len(kept) == len(links):
         raise NotFound(f"Could not find link {path}")
-    rec["HostConfig"]["Links"] = kept or None
-    return rec
+    c.host_config.links = kept
+    return c

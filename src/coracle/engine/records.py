@@ -77,10 +77,6 @@ class RecordIndex:
         """The shared read-only record: for answers built and sent at once."""
         return self._views.get(cid)
 
-    def views(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self._views.values())
-
     def typed(self) -> list[Container]:
         """Every record as its shared typed `Container` (read-only, like the views), oldest first."""
         with self._lock:

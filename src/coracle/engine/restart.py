@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 from datetime import datetime
-from typing import Any
 from collections.abc import Callable
+
+from coracle.engine.container import Container
 
 FIRST_DELAY = 0.1
 MAX_DELAY = 60.0
@@ -24,15 +25,23 @@ def _seconds(stamp: str) -> float:
         return 0.0
 
 
-def wants_restart(rec: dict[str, Any]) -> bool:
-    policy = rec["HostConfig"].get("RestartPolicy") or {}
-    name = policy.get("Name") or "no"
-    if rec["Coracle"].get("ManualStop") or name == "no":
+def wants_restart(c: Container) -> bool:
+    """After an exit: whether its policy brings it back (never after a stop by the user)."""
+    policy = c.host_config.restart_policy
+    if c.private.manual_stop or policy.name == "no":
         return False
-    if name == "on-failure":
-        retries = policy.get("MaximumRetryCount") or 0
-        return rec["State"]["ExitCode"] != 0 and (retries == 0 or rec["RestartCount"] < retries)
-    return name in ("always", "unless-stopped")
+    if policy.name == "on-failure":
+        retries = policy.maximum_retry_count
+        return c.state.exit_code != 0 and (retries == 0 or c.restart_count < retries)
+    return policy.name in ("always", "unless-stopped")
+
+
+def comes_back_at_boot(c: Container) -> bool:
+    """At daemon start: `always`, and `unless-stopped` unless the user stopped it, if it ever ran."""
+    if c.state.running or not c.state.ever_finished:
+        return False
+    name = c.host_config.restart_policy.name
+    return name == "always" or (name == "unless-stopped" and not c.private.manual_stop)
 
 
 class RestartTracker:
@@ -44,17 +53,17 @@ class RestartTracker:
         self._timers: dict[str, threading.Timer] = {}
         self._delays: dict[str, float] = {}
 
-    def delay(self, rec: dict[str, Any], immediate: bool = False) -> float | None:
+    def delay(self, c: Container, immediate: bool = False) -> float | None:
         """How long to wait before restarting, or None if the policy says no."""
-        if not wants_restart(rec):
+        if not wants_restart(c):
             return None
         if immediate:
             return 0.0
-        ran = _seconds(rec["State"]["FinishedAt"]) - _seconds(rec["State"]["StartedAt"])
+        ran = _seconds(c.state.finished_at) - _seconds(c.state.started_at)
         with self._lock:
-            previous = self._delays.get(rec["Id"])
+            previous = self._delays.get(c.id)
             current = FIRST_DELAY if previous is None or ran >= RESET_AFTER else min(previous * 2, MAX_DELAY)
-            self._delays[rec["Id"]] = current
+            self._delays[c.id] = current
         return current
 
     def schedule(self, cid: str, delay: float) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from coracle.clock import timestamp as utc_now
 from coracle.disk import usage
+from coracle.engine.container import Container
 from coracle.events import EventBus
 from coracle.errors import Conflict, InvalidParameter, NotFound
 from coracle.runtime import syscalls
@@ -41,7 +42,7 @@ NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 OPTION_KEYS = {"type", "device", "o"}
 MNT_DETACH = 2
 
-Records = Callable[[], Iterable[dict[str, Any]]]  # the containers' records, for references
+Records = Callable[[], Iterable[Container]]  # the containers' records, for references
 
 
 @dataclass
@@ -178,9 +179,9 @@ class Volumes:
 
     def users(self, name: str, running_only: bool = False) -> builtins.list[str]:
         """Ids of the containers whose mounts name the volume."""
-        return [r["Id"] for r in self._records()
-                if (not running_only or r["State"]["Running"])
-                and any(m.get("Type") == "volume" and m.get("Name") == name for m in r["Mounts"])]
+        return [c.id for c in self._records()
+                if (not running_only or c.state.running)
+                and any(m.get("Type") == "volume" and m.get("Name") == name for m in c.mounts)]
 
     def remove(self, name: str, force: bool = False) -> None:
         """DELETE /volumes/{name}. As in moby, `force` forgives a missing volume, never one in use."""
@@ -225,7 +226,7 @@ class Volumes:
         if unknown:
             raise InvalidParameter(f"invalid filter '{sorted(unknown)[0]}'")
         dangling = [_bool(v, "dangling") for v in filters.get("dangling", [])]
-        used = {m.get("Name") for r in self._records() for m in r["Mounts"] if m.get("Type") == "volume"}
+        used = {m.get("Name") for c in self._records() for m in c.mounts if m.get("Type") == "volume"}
         out = []
         for vol in self.all():
             if filters.get("name") and not any(n in vol.name for n in filters["name"]):
@@ -266,29 +267,29 @@ class Volumes:
 
     # ----- mounts of the local driver's options ----------------------------------
 
-    def attach(self, rec: dict[str, Any]) -> None:
+    def attach(self, cid: str, mounts: builtins.list[dict[str, Any]]) -> None:
         """A container starts: mount its tmpfs/bind volumes on the host if nobody else holds them."""
-        for m, vol in self._of(rec):
+        for m, vol in self._of(mounts):
             if vol.mounted_kind:
                 with self._lock:
                     if not _mounted(self.mountpoint(vol.name)):
                         self._mount(vol)
             self.events.publish("volume", "mount", vol.name, {
-                "container": rec["Id"], "destination": m["Destination"], "driver": vol.driver,
+                "container": cid, "destination": m["Destination"], "driver": vol.driver,
                 "propagation": m.get("Propagation") or "", "read/write": str(bool(m["RW"])).lower()})
 
-    def detach(self, rec: dict[str, Any]) -> None:
+    def detach(self, cid: str, mounts: builtins.list[dict[str, Any]]) -> None:
         """A container stopped (its record already says so): the last user unmounts."""
-        for _, vol in self._of(rec):
+        for _, vol in self._of(mounts):
             if vol.mounted_kind:
                 with self._lock:
                     if not self.users(vol.name, running_only=True):
                         self._unmount(vol)
-            self.events.publish("volume", "unmount", vol.name, {"container": rec["Id"], "driver": vol.driver})
+            self.events.publish("volume", "unmount", vol.name, {"container": cid, "driver": vol.driver})
 
-    def _of(self, rec: dict[str, Any]) -> Iterator[tuple[dict[str, Any], Volume]]:
+    def _of(self, mounts: builtins.list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Volume]]:
         """A container's volume mounts with their volumes (one removed meanwhile is skipped)."""
-        for m in rec["Mounts"]:
+        for m in mounts:
             if m.get("Type") == "volume":
                 try:
                     yield m, self.get(m["Name"])
