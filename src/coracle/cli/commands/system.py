@@ -229,7 +229,7 @@ def _df_objects(usage: dict[str, Any], trunc: bool) -> dict[str, list[Any]]:
     return {"Images": images,
             "Containers": [ContainerRow({**c, "SizeRootFs": 0}, trunc) for c in usage.get("Containers") or []],
             "Volumes": [VolumeRow(v) for v in usage.get("Volumes") or []],
-            "BuildCache": [BuildCacheRow(c) for c in usage.get("BuildCache") or []]}
+            "BuildCache": [BuildCacheRow(c, trunc) for c in usage.get("BuildCache") or []]}
 
 
 def _df_verbose(usage: dict[str, Any]) -> str:
