@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -113,4 +114,41 @@ def test_ipv6_ports_keep_answering_while_the_daemon_is_away_and_are_adopted(worl
         assert ends(pid)
         world.net.ports.restore()
         assert ask(world.host, "tcp", "::1", 8080) == gateway
+    world.stop(c)
+
+
+def test_a_bulk_transfer_through_the_proxy_arrives_whole_both_ways(world: World) -> None:
+    """8 MiB echoed by the container through [::1]: every byte back in order, and the client's half-close
+    reaches the container (its echo ends), as through Docker's proxy."""
+    c = world.container(ports={"80/tcp": [{"HostPort": "8080"}]})
+    with enter(c.ns):
+        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("0.0.0.0", 80))
+    server.listen(1)
+
+    def echo() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while data := conn.recv(1 << 16):
+                conn.sendall(data)
+
+    payload = os.urandom(8 << 20)
+    received = bytearray()
+    with server:
+        echoing = threading.Thread(target=echo)
+        echoing.start()
+        with enter(world.host):
+            client = socket.create_connection(("::1", 8080), timeout=30)
+        with client:
+            def send() -> None:
+                client.sendall(payload)
+                client.shutdown(socket.SHUT_WR)
+
+            sending = threading.Thread(target=send)
+            sending.start()
+            while data := client.recv(1 << 16):
+                received += data
+            sending.join()
+        echoing.join()
+    assert len(received) == len(payload) and bytes(received) == payload
     world.stop(c)

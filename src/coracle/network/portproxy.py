@@ -142,23 +142,24 @@ class PortProxy:
         return [Mapping(*row) for row in (answer or {}).get("mappings", [])]
 
     def _hand_over(self, mappings: Sequence[Mapping]) -> None:
-        socks: list[socket.socket] = []
+        """Bind and send the sockets a batch at a time (the daemon never holds more than one batch)."""
         try:
-            with netns(self.host_netns):
-                for m in mappings:
-                    socks.append(listen(m))
-            for start in range(0, len(socks), FDS_PER_MESSAGE):
-                batch = slice(start, start + FDS_PER_MESSAGE)
-                answer = self._request({"op": "add", "mappings": [_row(m) for m in mappings[batch]]}, socks[batch])
-                if answer is None:
-                    raise OSError(errno.EPIPE, "the port proxy exited")
+            for start in range(0, len(mappings), FDS_PER_MESSAGE):
+                batch = mappings[start:start + FDS_PER_MESSAGE]
+                socks: list[socket.socket] = []
+                try:
+                    with netns(self.host_netns):
+                        for m in batch:
+                            socks.append(listen(m))
+                    if self._request({"op": "add", "mappings": [_row(m) for m in batch]}, socks) is None:
+                        raise OSError(errno.EPIPE, "the port proxy exited")
+                finally:
+                    for sock in socks:
+                        sock.close()  # the process holds its own copies
         except BaseException:
             with contextlib.suppress(OSError):
                 self._request({"op": "remove", "mappings": [_row(m) for m in mappings]})
             raise
-        finally:
-            for sock in socks:
-                sock.close()  # the process holds its own copies
 
     def _request(self, message: dict[str, Any], socks: Sequence[socket.socket] = ()) -> dict[str, Any] | None:
         """One request on a connection of its own; None when no process answers."""
@@ -456,9 +457,11 @@ class _Loop:
 
 
 def _drop_privileges() -> None:
-    """No capability at all: the process only accepts, connects and relays."""
-    from coracle.runtime import capabilities, syscalls
+    """No capability at all: the process only accepts, connects and relays (with a descriptor limit
+    for thousands of listeners and connections, as the daemon's own)."""
+    from coracle.runtime import capabilities, limits, syscalls
 
+    limits.raise_nofile()
     capabilities.limit_bounding([])
     capabilities.set_process([])
     syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1)
