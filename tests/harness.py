@@ -187,6 +187,7 @@ class Daemon:
                 with suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         kill_cgroup_tree(self.cgroup_parent)
+        kill_port_proxies(self.exec_root)
         if self.own_netns:
             subprocess.run(["ip", "netns", "del", self.netns], check=False, capture_output=True)
         unmount_below(self.root)  # volumes (tmpfs, bind) the daemon mounted on the host
@@ -264,6 +265,20 @@ def unmount_below(root: Path) -> None:
     prefix = str(root).rstrip("/") + "/"
     for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
         subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+
+
+def kill_port_proxies(below: Path | str) -> None:
+    """End the port proxy processes serving an exec root at or below `below` (they outlive daemons)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"coracle.network.portproxy" in argv and any(a.startswith(str(below).encode()) for a in argv):
+                with suppress(ProcessLookupError):
+                    os.kill(int(entry), signal.SIGKILL)
 
 
 def kill_cgroup_tree(parent: str) -> None:

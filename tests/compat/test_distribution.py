@@ -4,13 +4,16 @@ Docker behaviour checked: `pull -a NAME` pulls every tag; `pull NAME@sha256:...`
 gets exactly that manifest and can be run by the digest; GET
 /distribution/{name}/json (the SDK's get_registry_data) gives the manifest's
 descriptor and platforms; `search` on a registry lists its matching
-repositories, and with no reachable index it fails with a message.
+repositories, and with no reachable index it fails with a message. The
+`pull` event's actor is the reference pulled (`repo` for `pull -a`,
+`repo@sha256:…` by digest), its `name` attribute the repository.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import docker
@@ -26,6 +29,7 @@ def test_pull_all_tags_by_digest_inspect_and_search(docker: Docker, daemon: Daem
                                                     tmp_path: Path) -> None:
     registry, port = start_registry(daemon.netns, tmp_path)
     repo = f"127.0.0.1:{port}/dist/{unique('bb')}"
+    since = str(int(time.time()))
     try:
         for tag in ("1", "2"):
             docker("tag", "busybox", f"{repo}:{tag}")
@@ -42,6 +46,9 @@ def test_pull_all_tags_by_digest_inspect_and_search(docker: Docker, daemon: Daem
         docker("rmi", f"{repo}:1", f"{repo}:2")
         docker("pull", digest, timeout=60)
         assert docker("run", "--rm", digest, "echo", "by-digest").stdout == "by-digest\n"
+        pulls = docker("events", "--since", since, "--until", str(int(time.time()) + 1), "--filter", "event=pull",
+                       "--format", "{{.Actor.ID}} {{.Actor.Attributes.name}}").stdout.splitlines()
+        assert pulls == [f"{repo} {repo}", f"{digest} {repo}"]
 
         data = client.images.get_registry_data(f"{repo}:2")
         assert data.id == digest.split("@")[1]

@@ -19,6 +19,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -151,6 +152,28 @@ def test_system_df_counts_and_verbose(fresh_daemon: Daemon, tmp_path: Path) -> N
                                                                          fmt).stdout == "3 2 2 5kB"
     assert re.search(r"\nBuild cache usage: 5kB\n\nCACHE ID .*\n\w{12} +regular +5kB .* 1 +false\n$",
                      docker_verbose), docker_verbose
+
+    # -v --format json: every field docker's CLI prints (a container's Platform, a volume's Group,
+    # Availability and Status among them), with the same values
+    def timeless(out: str) -> dict[str, Any]:
+        """The document without the ages, which move between two commands."""
+        doc = json.loads(out)
+        for kind, rows in doc.items():
+            for row in rows:
+                for key in ("RunningFor", "CreatedSince", "LastUsedSince") + (("Status",) * (kind == "Containers")):
+                    row.pop(key, None)
+        return doc
+
+    assert timeless(d.cli("system", "df", "-v", "--format", "json").stdout) == \
+        timeless(d.docker("system", "df", "-v", "--format", "json").stdout)
+    # GET /system/df shaped per API version as moby's router does, and `type` as from 1.42
+    now = d.api("GET", "/system/df")[1]
+    assert "VirtualSize" not in now["Images"][0] and "BuilderSize" not in now
+    old = d.api("GET", "/v1.41/system/df")[1]
+    assert old["Images"][0]["VirtualSize"] == old["Images"][0]["Size"] and old["BuilderSize"] >= 5000
+    only = d.api("GET", "/system/df?type=volume&type=image")[1]
+    assert (only["Containers"], only["BuildCache"], len(only["Volumes"]), len(only["Images"])) == (None, None, 2, 3)
+    assert d.api("GET", "/system/df?type=bogus") == (400, {"message": "unknown object type: bogus"})
 
 
 def _size(n: int) -> str:

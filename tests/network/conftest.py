@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from harness import kill_port_proxies
 
 from coracle.network import NetworkManager
 from coracle.netns import netns as enter
@@ -66,4 +67,5 @@ def world(netns: str, unique: Callable[[str], str], tmp_path: Path) -> Iterator[
             manager.close()
         if store is not None:
             store.close()
+        kill_port_proxies(tmp_path)
         sh("ip", "netns", "del", outside, check=False)

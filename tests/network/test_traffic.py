@@ -28,8 +28,11 @@ def test_outbound_is_masqueraded_to_the_uplink_address(world):
 def test_published_ports_reach_the_container_with_the_real_client_address(world):
     c = world.container(ports={"80/tcp": [{"HostPort": "8080"}], "53/udp": [{"HostPort": "5353"}]},
                         exposed={"80/tcp": {}, "53/udp": {}, "443/tcp": {}})
-    assert c.settings["Ports"] == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}],
-                                   "53/udp": [{"HostIp": "0.0.0.0", "HostPort": "5353"}], "443/tcp": None}
+    # Docker's: both families, the [::] side through the port proxy for this IPv4-only container
+    assert c.settings["Ports"] == {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"},
+                                              {"HostIp": "::", "HostPort": "8080"}],
+                                   "53/udp": [{"HostIp": "0.0.0.0", "HostPort": "5353"},
+                                              {"HostIp": "::", "HostPort": "5353"}], "443/tcp": None}
     with serving((c.ns, "tcp", 80), (c.ns, "udp", 53)):
         assert ask(world.outside, "tcp", UPLINK_HOST, 8080) == UPLINK_OUTSIDE
         assert ask(world.outside, "udp", UPLINK_HOST, 5353) == UPLINK_OUTSIDE
@@ -160,8 +163,9 @@ def test_detach_and_reconcile_leave_no_veth_lease_or_nft_element(world):
     c.proc.wait()
     dry = world.net.reconcile({b.id: b.pid}, dry_run=True)
     assert [e["container"] for e in dry["endpoints"]] == [c.id]
-    assert len(dry["ports"]) == 1 and len(world.map_elements("any_addr")) == 2
+    assert len(dry["ports"]) == 2 and len(world.map_elements("any_addr")) == 2  # 0.0.0.0 and [::]
     report = world.net.reconcile({b.id: b.pid})
+    assert [m.host_port for m in world.net.ports.proxy.serving()] == [8081]  # [::]:8082 closed
     # (c's veth may or may not still exist: the kernel tears a dead namespace down asynchronously)
     assert {k: v for k, v in report.items() if k != "veths"} == {k: v for k, v in dry.items() if k != "veths"}
     assert world.map_elements("any_addr") == [[{"concat": ["tcp", 8081]}, b.ip("app")]]

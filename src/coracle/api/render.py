@@ -137,6 +137,33 @@ class SummaryRows:
         return body
 
 
+DISK_USAGE_TYPES = ("container", "image", "volume", "build-cache")
+
+
+def disk_usage(version: str, wanted: set[str], layers_size: int, images: list[dict[str, Any]],
+               containers: list[dict[str, Any]], volumes: list[dict[str, Any]],
+               build_cache: list[dict[str, Any]]) -> dict[str, Any]:
+    """GET /system/df as moby's router shapes it for the client's API version: the kinds not asked
+    for (`type`, from 1.42) are null; an image row's VirtualSize is gone from 1.44 (before it, equal
+    to Size); before 1.42 every kind is there and BuilderSize sums the build cache (omitted at 0)."""
+    old = older_than(version, (1, 42))
+    wanted = set(DISK_USAGE_TYPES) if old or not wanted else wanted
+    if older_than(version, (1, 44)):
+        images = [{**i, "VirtualSize": i["Size"]} for i in images]
+    else:
+        images = [{k: v for k, v in i.items() if k != "VirtualSize"} for i in images]
+    out: dict[str, Any] = {
+        "LayersSize": layers_size if "image" in wanted else 0,
+        "Images": images if "image" in wanted else None,
+        "Containers": containers if "container" in wanted else None,
+        "Volumes": volumes if "volume" in wanted else None,
+        "BuildCache": build_cache if "build-cache" in wanted else None,
+    }
+    if old and sum(b.get("Size", 0) for b in build_cache):
+        out["BuilderSize"] = sum(b.get("Size", 0) for b in build_cache)
+    return out
+
+
 def _epoch(stamp: str) -> int:
     return int(clock.epoch(stamp))
 

@@ -17,6 +17,7 @@ from coracle.api.disabled import SWARM_INACTIVE
 from coracle.api.filters import parse as parse_filters, values
 from coracle.api.http import API_VERSION, DOCKER_COMPAT, MIN_API_VERSION, Request, Response, Router
 from coracle.engine import config as cfg
+from coracle.errors import InvalidParameter
 from coracle.api.containers import sizes
 from coracle.api.backend import BuildCacheBackend, ContainerListing, EventSource, ImageBackend, VolumeBackend
 from coracle.engine.logs import parse_time
@@ -173,6 +174,9 @@ class SystemRouter:
         return Response.stream(produce, content_type="application/json")
 
     async def df(self, req: Request) -> Response:
+        wanted = set(req.query.get("type", []))
+        for kind in wanted - set(render.DISK_USAGE_TYPES):
+            raise InvalidParameter(f"unknown object type: {kind}")
         every = self.containers.containers()
         listed = [render.summary(c, await asyncio.to_thread(sizes, self.containers, c.id)) for c in every]
         per_image = Counter(c.image_id for c in every)  # containers in any state, as Docker counts them
@@ -180,8 +184,8 @@ class SystemRouter:
         volumes = self.volumes
         used = await asyncio.to_thread(lambda: [volumes.inspect(v, with_usage=True) for v in volumes.all()])
         cache = await asyncio.to_thread(self.build_cache.usage) if self.build_cache else []
-        return Response.json({"LayersSize": usage.get("LayersSize", 0), "Images": usage.get("Images", []),
-                              "Containers": listed, "Volumes": used, "BuildCache": cache})
+        return Response.json(render.disk_usage(req.version, wanted, usage.get("LayersSize", 0),
+                                               usage.get("Images", []), listed, used, cache))
 
 
 def _os_name() -> str:

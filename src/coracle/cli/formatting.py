@@ -9,7 +9,7 @@ the way Go's tabwriter does with docker's settings (min width 10, padding 3).
 from __future__ import annotations
 
 from coracle.cli.gotemplate import Template
-from coracle.cli.units import ago, go_time, human_size, parse_iso
+from coracle.cli.units import ago, go_time, go_timestamp, human_size, parse_iso
 
 TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ class ContainerRow(Row):
     FIELDS = {"ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND", "CreatedAt": "CREATED AT",
               "RunningFor": "CREATED", "Ports": "PORTS", "State": "STATE", "Status": "STATUS", "Size": "SIZE",
               "Names": "NAMES", "Labels": "LABELS", "Label": "LABEL", "Mounts": "MOUNTS",
-              "LocalVolumes": "LOCAL VOLUMES", "Networks": "NETWORKS"}
+              "LocalVolumes": "LOCAL VOLUMES", "Networks": "NETWORKS", "Platform": "PLATFORM"}
 
     def __init__(self, c: dict[str, Any], trunc: bool = True, now: float | None = None) -> None:
         self._c, self._trunc, self._now = c, trunc, now
@@ -241,6 +241,11 @@ class ContainerRow(Row):
     @property
     def Networks(self) -> str:
         return ",".join(sorted((self._c.get("NetworkSettings") or {}).get("Networks") or {}))
+
+    @property
+    def Platform(self) -> dict[str, Any] | None:
+        """The platform of the image's manifest, when the daemon names it (null otherwise, as docker)."""
+        return (self._c.get("ImageManifestDescriptor") or {}).get("platform")
 
 
 PS_TABLE = "table {{.ID}}\t{{.Image}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Names}}"
@@ -372,7 +377,8 @@ NETWORKS_TABLE = "table {{.ID}}\t{{.Name}}\t{{.Driver}}\t{{.Scope}}"
 
 class VolumeRow(Row):
     FIELDS = {"Name": "VOLUME NAME", "Driver": "DRIVER", "Scope": "SCOPE", "Mountpoint": "MOUNTPOINT",
-              "Labels": "LABELS", "Label": "LABEL", "Links": "LINKS", "Size": "SIZE"}
+              "Labels": "LABELS", "Label": "LABEL", "Links": "LINKS", "Size": "SIZE", "Group": "GROUP",
+              "Availability": "AVAILABILITY", "Status": "STATUS"}
 
     def __init__(self, vol: dict[str, Any]) -> None:
         self._v = vol
@@ -380,6 +386,8 @@ class VolumeRow(Row):
         self.Driver = vol.get("Driver", "")
         self.Scope = vol.get("Scope", "local")
         self.Mountpoint = vol.get("Mountpoint", "")
+        # what docker shows of a cluster (CSI) volume's state: never one here
+        self.Group = self.Availability = self.Status = "N/A"
 
     @property
     def Labels(self) -> str:
@@ -469,15 +477,25 @@ class BuildCacheRow(Row):
     """A build cache record in `system df -v`."""
 
     FIELDS = {"ID": "CACHE ID", "CacheType": "CACHE TYPE", "Size": "SIZE", "CreatedSince": "CREATED",
-              "LastUsedSince": "LAST USED", "UsageCount": "USAGE", "Shared": "SHARED"}
+              "LastUsedSince": "LAST USED", "UsageCount": "USAGE", "Shared": "SHARED", "Parent": "PARENT",
+              "Description": "DESCRIPTION", "CreatedAt": "CREATED AT", "LastUsedAt": "LAST USED AT",
+              "InUse": "IN USE"}
 
-    def __init__(self, record: dict[str, Any], now: float | None = None) -> None:
-        self.ID = record.get("ID", "")[:12] + ("*" if record.get("InUse") else "")
+    def __init__(self, record: dict[str, Any], trunc: bool = True, now: float | None = None) -> None:
+        def cut(text: str) -> str:
+            return text[:12] if trunc else text
+
+        self.ID = cut(record.get("ID", "")) + ("*" if record.get("InUse") else "")
+        self.Parent = cut(", ".join(record.get("Parents") or []) or record.get("Parent") or "")
         self.CacheType = record.get("Type", "")
+        self.Description = record.get("Description", "")
         self.Size = human_size(record.get("Size") or 0)
+        self.CreatedAt = go_timestamp(record.get("CreatedAt") or "")
         self.CreatedSince = ago(parse_iso(record["CreatedAt"]), now) if record.get("CreatedAt") else ""
+        self.LastUsedAt = go_timestamp(record.get("LastUsedAt") or "")
         self.LastUsedSince = ago(parse_iso(record["LastUsedAt"]), now) if record.get("LastUsedAt") else ""
         self.UsageCount = str(record.get("UsageCount") or 0)
+        self.InUse = "true" if record.get("InUse") else "false"
         self.Shared = "true" if record.get("Shared") else "false"
 
 

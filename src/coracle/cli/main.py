@@ -118,7 +118,7 @@ def _resolve(argv: list[str]) -> tuple[str, str, list[str]] | None:
             return verb, "", rest
         sub = _ALIASES.get(rest[0], rest[0])
         target = GROUPS[verb].get(sub)
-        return (f"{verb} {rest[0]}", target, rest[1:]) if target else None
+        return (f"{verb} {sub}", target, rest[1:]) if target else None  # docker names an alias's verb
     target = TOP.get(verb)
     return (verb, target, rest) if target else None
 
@@ -179,12 +179,15 @@ def guarded(command: Callable[[Cli, str, list[str]], int], cli: Cli, name: str, 
     """Run a command and turn every failure into docker's one-line message and exit status."""
     from coracle.cli.client import ApiError, DaemonUnreachable
     from coracle.cli.commands import CommandError
-    from coracle.cli.runconfig import UsageError
+    from coracle.cli.runconfig import FlagError, UsageError
 
     runs = name.split()[-1] == "run"  # docker says "docker: ..." and exits 125 for run (create: 1, plainly)
     prefix, status = ("coracle: ", 125) if runs else ("", 1)
     try:
         return command(cli, name, args)
+    except FlagError as exc:  # explained in docker's words by the parser
+        cli.err(str(exc))
+        return 125
     except UsageError as exc:
         cli.err(f"coracle: {exc}\nSee 'coracle {name} --help'.")
         return 125

@@ -22,6 +22,10 @@ class UsageError(Exception):
     """Flags that cannot be turned into a request (docker exits 125 for these on run/create)."""
 
 
+class FlagError(UsageError):
+    """A flag the verb does not know or cannot parse: docker's plain message (no "docker: " before it)."""
+
+
 def add_resource_flags(a: Any) -> None:
     """The cgroup limit flags, shared by run/create and update."""
     a("-m", "--memory", help="memory limit")

@@ -99,6 +99,18 @@ def go_time(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S ", local) + offset + " " + time.strftime("%Z", local)
 
 
+def go_timestamp(text: str) -> str:
+    """Go's time.Time.String() of an API timestamp as docker's CLI decodes it: in the timestamp's own
+    zone, with its fraction of a second (`2026-11-30 16:39:55.236692 +0000 UTC`); "" if not one."""
+    m = re.match(r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?", text or "")
+    if not m:
+        return ""
+    fraction = (m.group(3) or "").rstrip("0")
+    zone = (m.group(4) or "Z").replace(":", "")
+    return f"{m.group(1)} {m.group(2)}{'.' + fraction if fraction else ''} " + \
+        ("+0000 UTC" if zone == "Z" else f"{zone} {zone}")
+
+
 def parse_duration(text: str) -> float:
     """Go durations (`10s`, `1m30s`, `250ms`) -> seconds."""
     parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text)

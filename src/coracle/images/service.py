@@ -41,16 +41,22 @@ class ImageService(ImageStore):
         self._announce_pull(image, ref)
         return image
 
-    def _announce_pull(self, image: Image, ref: str) -> None:
-        """Docker's pull event names the reference pulled: its familiar form, and the repository."""
+    def _announce_pull(self, image: Image, ref: str, all_tags: bool = False) -> None:
+        """Docker's pull event: the reference pulled as the actor (`busybox:latest`, `name@sha256:…`, the
+        bare repository for `pull -a`), not the image ID; the image's labels and the repository as
+        attributes (moby's distribution.Pull logs FamiliarString(ref) with FamiliarName)."""
         parsed = try_parse(ref)
-        self.announce("pull", image, parsed.name if parsed else ref)
+        name = parsed.name if parsed else ref
+        actor = name if all_tags or parsed is None else parsed.canonical
+        if self.events is not None:
+            labels = (image.config or {}).get("Labels") or {}
+            self.events.publish("image", "pull", actor, {**labels, "name": name})
 
     def pull_all_tags(self, name: str, auth: dict | None = None,
                       progress: Callable[[dict[str, Any]], None] | None = None) -> Image:
         """`docker pull -a`: every tag of the repository; returns the last image pulled."""
         image = distribution.pull_all_tags(self, name, auth, progress, self.insecure)[-1]
-        self._announce_pull(image, name)
+        self._announce_pull(image, name, all_tags=True)
         return image
 
     def describe(self, ref: str, auth: dict | None = None) -> dict[str, Any]:

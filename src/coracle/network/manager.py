@@ -158,7 +158,7 @@ class NetworkManager:
         self.names = NameTable()  # what the resolver answers: kept in step with every endpoint row
         self.endpoints = EndpointTable(store, self.names)
         self.names.load(ep.body() for ep in self.endpoints.of())
-        self.ports = PortTable(store, self.firewall, self.host_netns, self._lock)
+        self.ports = PortTable(store, self.firewall, self.host_netns, self._lock, exec_root)
         self.bridge = BridgeDriver(self.host_netns, self.firewall)
         self.drivers = DriverRegistry([self.bridge, MacvlanDriver(self.host_netns, lambda: self.networks.all()),
                                        IpvlanDriver(self.host_netns, lambda: self.networks.all())])
@@ -195,9 +195,10 @@ class NetworkManager:
             # rules first: a bridge gets route_localnet only once the loopback guard exists
             # overlay networks are bridges with a VXLAN port: the same rules
             self.firewall.restore([self.bridge.rules(r) for r in networks if r.driver in (self.bridge.name, "overlay")],
-                                  self.ports.all())
+                                  self.ports.routed())
             for rec in networks:
                 self.drivers.get(rec.driver).restore(rec, ())
+        self.ports.restore()
         if self.overlay is not None:
             self.overlay.start()
 
@@ -617,7 +618,7 @@ class NetworkManager:
                     kept[m] = container
                 else:
                     report["ports"].append(_shown(m))
-            for m in self.firewall.mappings():
+            for m in self.ports.served():
                 if m not in kept:
                     report["nft_elements"].append(_shown(m))
             keep = {ep.host_interface for ep in every if ep.container_id in live and ep.host_interface}
@@ -632,7 +633,7 @@ class NetworkManager:
             stale |= {container for container, _ in self.ports.by_container()} - set(live)
             for cid in stale:
                 self.detach(cid)
-            self.firewall.remove_mappings([m for m in self.firewall.mappings() if m not in kept])
+            self.ports.withdraw([m for m in self.ports.served() if m not in kept])
             self.bridge.remove_links(report["veths"])
             for cid, pid in live.items():
                 if cid not in self.dns.serving() and any(self._dns_network(ep) for ep in self.endpoints.of(cid)):
@@ -686,7 +687,7 @@ class NetworkManager:
             mappings = self.ports.recorded(dict(settings.get("Ports") or {}), primary)
             if mappings and primary is not None and not dry_run and not self.ports.of(cid):
                 self.ports.reserve(cid, primary.network_id, mappings, adopted=True)
-                self.firewall.add_mappings(mappings)
+                self.ports.apply(mappings)
                 adoption.found.extend(f"port {m.host_ip}:{m.host_port}/{m.proto}" for m in mappings)
         return adoption
 

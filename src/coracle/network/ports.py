@@ -2,7 +2,8 @@
 
 A published port is one DNAT map element in the firewall (see firewall/), not a
 proxy process, so publishing costs nothing per packet in user space and the
-container sees the real client address. This module only decides *which*
+container sees the real client address (except an IPv6 host address for a
+container without IPv6: see portproxy.py). This module only decides *which*
 (protocol, host address, host port) -> (container port) mappings a container
 gets; the manager reserves them in the store and hands them to the firewall.
 
@@ -16,9 +17,9 @@ Input shapes:
   "any free ephemeral port" and a host range meaning "the first free one in it".
 
 IPv6: a binding without HostIp is `dual`: published on 0.0.0.0 and, when the
-container has an IPv6 address, on :: with the same host port (two mappings,
-as Docker shows them). A binding on an IPv6 host address (`[::]:8080:80`)
-publishes to the container's IPv6 address only.
+host can listen on IPv6, on :: with the same host port (two mappings, as Docker
+shows them). An IPv6 host address reaches the container's IPv6 address, or its
+IPv4 address through the port proxy when it has none.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ _SPEC = re.compile(r"^(?:(?P<ip>\[[0-9a-fA-F:.]+\]|[0-9.]*):)??(?:(?P<host>[0-9-
 class PortRequest:
     """One container port to publish; host_port 0 = ephemeral; host_end > host_port = pick in range.
 
-    `dual`: no HostIp was given, so IPv6 (::) is published too when the container has IPv6."""
+    `dual`: no HostIp was given, so IPv6 (::) is published too when the host can listen on IPv6."""
 
     proto: str
     container_port: int

@@ -476,9 +476,9 @@ def exec_(cli: Cli, name: str, args: list[str]) -> int:
     p.add_argument("--detach-keys", help="override the key sequence for detaching a container")
     p.add_argument("container")
     p.add_argument("command", nargs=argparse.REMAINDER)
+    p.counts = (2, None)
     opts = p.parse_args(args)
-    if not opts.command:
-        raise UsageError("requires at least 2 arguments")
+    p.require(1 + len(opts.command))
     if opts.interactive and opts.tty and not opts.detach and not stdin_is_tty():
         raise CommandError("the input device is not a TTY", 1)
     console = terminal_size() if opts.tty else None
@@ -666,7 +666,7 @@ def export(cli: Cli, name: str, args: list[str]) -> int:
 
 def cp(cli: Cli, name: str, args: list[str]) -> int:
     p = parser(name, "[OPTIONS] CONTAINER:SRC_PATH DEST_PATH|-\n"
-               "       coracle cp [OPTIONS] SRC_PATH|- CONTAINER:DEST_PATH",
+               "\tcoracle cp [OPTIONS] SRC_PATH|- CONTAINER:DEST_PATH",
                "Copy files/folders between a container and the local filesystem")
     p.add_argument("-a", "--archive", action="store_true", help="archive mode (copy all uid/gid information)")
     p.add_argument("-L", "--follow-link", action="store_true", help="always follow symbol link in SRC_PATH")

@@ -171,10 +171,8 @@ def search(cli: Cli, name: str, args: list[str]) -> int:
     p.add_argument("--format", help="pretty-print search using a Go template")
     p.add_argument("--limit", type=int, default=0, help="max number of search results")
     p.add_argument("--no-trunc", action="store_true", help="don't truncate output")
-    p.add_argument("term", nargs="?")
+    p.add_argument("term")
     opts = p.parse_args(args)
-    if not opts.term:  # docker's argument-count errors exit 1, its flag errors 125
-        raise CommandError(f"coracle: 'coracle {name}' requires 1 argument\nSee 'coracle {name} --help'.", 1)
     query = {"term": opts.term, "limit": opts.limit or None, "filters": filters(opts.filter)}
     resp = cli.client.request("GET", "/images/search", query, headers=auth_header(opts.term))
     found = json.loads(resp.read() or b"[]")
@@ -234,8 +232,9 @@ def import_(cli: Cli, name: str, args: list[str]) -> int:
     p.add_argument("-m", "--message", help="set commit message for imported image")
     p.add_argument("--platform", help="set platform if server is multi-platform capable")
     p.add_argument("source")
-    p.add_argument("reference", nargs="?")
+    p.add_argument("reference", nargs="*")  # docker's takes at least one argument and ignores a third
     opts = p.parse_args(args)
+    opts.reference = (opts.reference or [None])[0]
     repo, tag_ = _split_repo_tag(opts.reference) if opts.reference else (None, None)
     query: dict[str, Any] = {"repo": repo, "tag": tag_, "message": opts.message, "changes": opts.change or None}
     body: Any = None

@@ -42,10 +42,9 @@ def inspect(cli: Cli, name: str, args: list[str]) -> int:
     p.add_argument("--insecure", action="store_true", help="allow communication with an insecure registry")
     p.add_argument("-v", "--verbose", action="store_true", help="output additional info including layers and platform")
     p.add_argument("refs", nargs="*")
+    p.counts = (1, 2)
     opts = p.parse_args(args)
-    if not 1 <= len(opts.refs) <= 2:
-        raise CommandError(f"coracle: 'coracle {name}' requires at least 1 and at most 2 arguments\n"
-                           f"See 'coracle {name} --help'.", 1)
+    p.require(len(opts.refs))
     try:
         ref = parse(opts.refs[-1])
     except CoracleError as exc:

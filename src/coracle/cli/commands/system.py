@@ -23,7 +23,8 @@ _MISSING = {"container": "No such container", "image": "No such image", "network
 
 def inspect_objects(cli: Cli, name: str, args: list[str], kind: str | None = None) -> int:
     """`inspect` for one kind (container/image/network inspect) or any (`inspect --type`)."""
-    p = parser(name, "[OPTIONS] NAME|ID [NAME|ID...]", "Return low-level information on objects")
+    what = kind.upper() if kind else "NAME|ID"
+    p = parser(name, f"[OPTIONS] {what} [{what}...]", "Return low-level information on objects")
     p.add_argument("-f", "--format", help="format output using a custom template")
     p.add_argument("-s", "--size", action="store_true", help="display total file sizes if the type is container")
     if kind is None:
@@ -228,7 +229,7 @@ def _df_objects(usage: dict[str, Any], trunc: bool) -> dict[str, list[Any]]:
     return {"Images": images,
             "Containers": [ContainerRow({**c, "SizeRootFs": 0}, trunc) for c in usage.get("Containers") or []],
             "Volumes": [VolumeRow(v) for v in usage.get("Volumes") or []],
-            "BuildCache": [BuildCacheRow(c) for c in usage.get("BuildCache") or []]}
+            "BuildCache": [BuildCacheRow(c, trunc) for c in usage.get("BuildCache") or []]}
 
 
 def _df_verbose(usage: dict[str, Any]) -> str:
