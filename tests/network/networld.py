@@ -154,6 +154,7 @@ class FakeUpstream:
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((UPLINK_OUTSIDE, 53))
         self.sock.settimeout(0.2)
+        self.asked: list[str] = []  # every name it was asked, in order
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
@@ -165,6 +166,7 @@ class FakeUpstream:
             except OSError:
                 continue
             q = DNSRecord.parse(data)
+            self.asked.append(str(q.q.qname))
             reply = q.reply()
             if str(q.q.qname) == "ext.example.test.":
                 reply.add_answer(RR(q.q.qname, QTYPE.A, rdata=A("203.0.113.7"), ttl=60))

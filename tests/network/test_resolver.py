@@ -87,6 +87,24 @@ def test_connect_and_disconnect_change_who_is_seen_and_by_which_alias(world, ups
     assert asked_twice(a.ns, b.name) == [b.rec["NetworkSettings"]["Networks"]["front"]["IPAddress"]]
 
 
+def test_a_container_only_on_internal_networks_gets_nothing_from_outside(world, upstream):
+    # The resolver forwards from the host's namespace: for a container on internal networks only, that
+    # would carry its questions (and whatever they encode) out of a network without a way out.
+    world.net.create("sealed", internal=True)
+    world.net.create("open")
+    a, b = world.container("sealed"), world.container("sealed")
+    assert asked_twice(a.ns, "ext.example.test") == ["SERVFAIL"]
+    assert upstream.asked == []
+    assert asked_twice(a.ns, b.name) == [b.ip("sealed")]  # its own network's names still answer
+    # connected to a network with a gateway it has a way out, and its questions go out again
+    a.rec["NetworkSettings"] = world.connect(a.rec, a.pid, "open", {})
+    assert asked_twice(a.ns, "ext.example.test") == ["203.0.113.7"]
+    assert upstream.asked == ["ext.example.test."] * 2
+    a.rec["NetworkSettings"] = world.disconnect(a.rec, "open")
+    assert asked_twice(a.ns, "ext.example.test") == ["SERVFAIL"]
+    assert len(upstream.asked) == 2
+
+
 def test_each_answer_carries_its_query_id_and_junk_gets_none(world):
     world.net.create("app")
     a, b = world.container("app"), world.container("app")

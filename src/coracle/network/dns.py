@@ -33,7 +33,9 @@ Choices and why:
   known name. Everything else is forwarded (UDP, the answer relayed as is, not
   cached) to the upstream resolvers from a socket of the *host* namespace, so
   loopback upstreams such as 127.0.0.53 work as they do for the host;
-  SERVFAIL if no upstream answers.
+  SERVFAIL if no upstream answers. A container whose networks are all
+  internal (no gateway) is not forwarded outside, as Docker since
+  CVE-2024-29018: only upstreams that are its own peers are asked.
 
 The process exits when the daemon closes its end of the control socket (or
 dies); after a daemon restart `NetworkManager.reconcile()` re-opens the sockets
@@ -379,7 +381,13 @@ class _Loop:
             return True
         reply = query.reply()
         reply.header.rcode = RCODE.SERVFAIL
-        self._forward(data, list(served.upstreams or self.upstreams), send, reply.pack())
+        upstreams = list(served.upstreams or self.upstreams)
+        if not self.names.routed(served.cid):
+            # Only internal networks: forwarding from the host's namespace would carry the container's
+            # questions (and what they encode) out of a network that has no way out (Docker's
+            # CVE-2024-29018). A server among its own peers, a DNS container beside it, is still asked.
+            upstreams = [u for u in upstreams if self.names.pointers(served.cid, u)]
+        self._forward(data, upstreams, send, reply.pack())
         return True
 
     def answer(self, cid: str, query: DNSRecord) -> bytes | None:

@@ -44,6 +44,7 @@ class NameTable:
         self.lock = threading.RLock()  # also orders what a follower is told (see follow)
         self._networks: dict[str, dict[str, Entry]] = {}  # network id -> endpoint id -> entry
         self._attached: dict[str, set[str]] = {}  # container id -> network ids
+        self._routed: dict[str, set[str]] = {}  # container id -> its endpoints with a gateway (a way out)
         self._endpoints: dict[str, dict[str, Any]] = {}  # endpoint id -> body, oldest first: what a copy needs
         self._order = itertools.count()
         self._follower: Callable[[str, dict[str, Any]], None] | None = None
@@ -75,6 +76,10 @@ class NameTable:
         cid, network = ep["Container"], ep["NetworkID"]
         self._endpoints[ep["EndpointID"]] = ep
         self._attached.setdefault(cid, set()).add(network)
+        if ep.get("Gateway") or ep.get("IPv6Gateway"):
+            self._routed.setdefault(cid, set()).add(ep["EndpointID"])
+        else:
+            self._routed.get(cid, set()).discard(ep["EndpointID"])
         names = ep.get("DNSNames")
         if not names:  # builtin networks: attached (it decides nothing here), but never answered
             return
@@ -92,6 +97,11 @@ class NameTable:
             self._networks.get(network, {}).pop(ep["EndpointID"], None)
             if not self._networks.get(network, True):
                 del self._networks[network]
+            routed = self._routed.get(cid)
+            if routed is not None:
+                routed.discard(ep["EndpointID"])
+                if not routed:
+                    del self._routed[cid]
             attached = self._attached.get(cid)
             if attached is not None:
                 attached.discard(network)
@@ -115,6 +125,11 @@ class NameTable:
                 if name in entry.names:
                     found.extend(a for a in entry.addresses if a not in found)
         return found
+
+    def routed(self, cid: str) -> bool:
+        """Whether container `cid` has a way out: an endpoint with a gateway (internal networks have none)."""
+        with self.lock:
+            return bool(self._routed.get(cid))
 
     def pointers(self, cid: str, address: str) -> list[str]:
         """"name.network" of the endpoints holding `address` that container `cid` sees."""
