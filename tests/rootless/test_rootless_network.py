@@ -73,3 +73,60 @@ def test_none_and_container_modes(user: RootlessUser) -> None:
         assert f"{donor_ip}/" in out
     finally:
         user.docker("rm", "-f", "donor")
+
+
+WHO_SERVER = """
+import socket, threading
+def udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("", 5000))
+    while True:
+        _, peer = s.recvfrom(100)
+        s.sendto(peer[0].encode(), peer)
+threading.Thread(target=udp, daemon=True).start()
+t = socket.socket()
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("", 5000))
+t.listen()
+while True:
+    c, peer = t.accept()
+    c.sendall(peer[0].encode())
+    c.close()
+"""
+
+WHO_CLIENT = """
+import socket, sys
+proto, addr, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+try:
+    if proto == "tcp":
+        with socket.create_connection((addr, port), timeout=2) as s:
+            print(s.recv(100).decode())
+    else:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(1)
+            s.sendto(b"who", (addr, port))
+            print(s.recv(100).decode())
+except OSError:
+    pass
+"""
+
+
+def test_published_tcp_and_udp_ports_keep_the_lan_clients_address(user: RootlessUser) -> None:
+    host_python = ["-v", "/usr:/usr:ro", "-v", "/lib:/lib:ro", "-v", "/lib64:/lib64:ro"]
+    user.docker("run", "-d", "--name", "who", "-p", "18082:5000/tcp", "-p", "18083:5000/udp", *host_python,
+                "busybox", "/usr/bin/python3", "-c", WHO_SERVER)
+    try:
+        for proto, port in (("tcp", 18082), ("udp", 18083)):
+            def ask(proto: str = proto, port: int = port) -> str:
+                return user.lan("python3", "-c", WHO_CLIENT, proto, LAN_HOST, str(port)).stdout
+
+            seen = _until(ask)
+            assert seen.strip() == LAN_PEER, (proto, seen)  # the client's own address, not a gateway's
+        # the user's own programs still reach it through loopback (shown as the gateway: loopback cannot leave)
+        local = user.on_host("python3", "-c", WHO_CLIENT, "udp", "127.0.0.1", "18083").stdout.strip()
+        gateway = user.docker("inspect", "-f", "{{.NetworkSettings.Gateway}}", "who").stdout.strip()
+        assert local == gateway
+    finally:
+        user.docker("rm", "-f", "who")
+    gone = user.lan("python3", "-c", WHO_CLIENT, "udp", LAN_HOST, "18083").stdout
+    assert gone == ""  # unpublished with the container
