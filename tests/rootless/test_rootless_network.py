@@ -3,8 +3,12 @@ pasta to the outside, published ports from the host side, and the four modes."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import json
+import os
+import signal
 import time
+from collections.abc import Callable, Iterator
 
 from rootless_support import LAN_HOST, LAN_PEER, RootlessUser
 
@@ -33,16 +37,22 @@ def test_published_port_is_reached_from_the_lan_and_from_the_host(user: Rootless
     assert user.lan("wget", "-q", "-T", "2", "-O-", url, check=False).returncode != 0  # unpublished with it
 
 
-def test_containers_reach_the_outside_through_pasta(user: RootlessUser) -> None:
+@contextlib.contextmanager
+def _lan_web_server(user: RootlessUser) -> Iterator[str]:
+    """A web server on the LAN neighbour; yields the URL of a page saying "on the lan"."""
     www = user.root / "www"
     www.mkdir(exist_ok=True)
     (www / "where").write_text("on the lan\n")
     server = user.lan("sh", "-c", f"busybox httpd -f -p 9999 -h {www} >/dev/null 2>&1 & echo $!")
     try:
-        out = user.docker("run", "--rm", "busybox", "wget", "-q", "-O-", f"http://{LAN_PEER}:9999/where").stdout
-        assert out.strip() == "on the lan"
+        yield f"http://{LAN_PEER}:9999/where"
     finally:
         user.lan("kill", server.stdout.strip(), check=False)
+
+
+def test_containers_reach_the_outside_through_pasta(user: RootlessUser) -> None:
+    with _lan_web_server(user) as url:
+        assert user.docker("run", "--rm", "busybox", "wget", "-q", "-O-", url).stdout.strip() == "on the lan"
 
 
 def test_user_network_resolves_names(user: RootlessUser) -> None:
@@ -58,9 +68,35 @@ def test_user_network_resolves_names(user: RootlessUser) -> None:
         user.docker("network", "rm", "rlnet", check=False)
 
 
+def _sees_the_users_host_namespace(user: RootlessUser) -> None:
+    """A --network host container is in the user's own network namespace: the same namespace (pasta
+    copies the host's address into the rootless one, so an address alone would not tell)."""
+    out = user.docker("run", "--rm", "--network", "host", "busybox", "sh", "-c",
+                      "readlink /proc/self/ns/net; ls /sys/class/net").stdout.split()
+    assert out[0] == f"net:[{os.stat(f'/run/netns/{user.host_ns}').st_ino}]"
+    assert "eth0" in out and "coracle0" not in out  # the user's interfaces, none of the rootless bridges
+
+
 def test_host_mode_is_the_users_host_namespace(user: RootlessUser) -> None:
-    out = user.docker("run", "--rm", "--network", "host", "busybox", "ip", "-o", "-4", "addr").stdout
-    assert f"{LAN_HOST}/24" in out  # the user's own address, not the rootless namespace's
+    _sees_the_users_host_namespace(user)
+
+
+def test_a_killed_holder_is_replaced_from_the_users_host_namespace(bare_user: RootlessUser) -> None:
+    user = bare_user
+    user.start_daemon()
+    user.docker("run", "-d", "--name", "old", "busybox", "sleep", "600")
+    old_pid = int(user.docker("inspect", "-f", "{{.State.Pid}}", "old").stdout)
+    with open(f"{user.runtime_dir}/coracle/rootless/holder.json") as f:
+        os.kill(json.load(f)["holder"], signal.SIGKILL)  # the namespaces' holder dies without a word
+    user.stop_daemon()
+    user.start_daemon()
+    _sees_the_users_host_namespace(user)
+    # the new namespace set works: a bridge container is wired and reaches the LAN through the new pasta
+    with _lan_web_server(user) as url:
+        assert user.docker("run", "--rm", "busybox", "wget", "-q", "-O-", url).stdout.strip() == "on the lan"
+    # the old set's containers ended with their namespaces, as the holder promises (a reboot)
+    assert not os.path.exists(f"/proc/{old_pid}/ns")
+    assert user.docker("inspect", "-f", "{{.State.Running}}", "old").stdout.strip() == "false"
 
 
 def test_none_and_container_modes(user: RootlessUser) -> None:

@@ -17,7 +17,9 @@ The namespaces keeper stays in the host's network namespace: that is the only
 place a rootless process can listen on the user's host ports (ports.py).
 
 When any of them ends, the holder ends the others and exits: the namespaces
-go with them, and so does every container, which is what a reboot does too.
+go with them, and so does every container, which is what a reboot does too
+(the next daemon ends what is left of them before it makes a new set:
+namespace.py).
 Daemons find the set through `<exec-root>/rootless/holder.json`.
 """
 

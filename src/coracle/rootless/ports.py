@@ -63,11 +63,11 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
     r, w = os.pipe()
     try:
         while True:
-            n = os.splice(src.fileno(), w, _CHUNK, flags=os.SPLICE_F_MOVE | os.SPLICE_F_MORE)
+            n = os.splice(src.fileno(), w, _CHUNK, flags=os.SPLICE_F_MOVE)
             if n == 0:
                 break
             while n:
-                n -= os.splice(r, dst.fileno(), n, flags=os.SPLICE_F_MOVE | os.SPLICE_F_MORE)
+                n -= os.splice(r, dst.fileno(), n, flags=os.SPLICE_F_MOVE)  # no F_MORE: it corks (200 ms)
     except OSError:
         pass
     finally:
