@@ -53,9 +53,10 @@ _DATAGRAM = 65535
 
 
 def _inner_target(addr: str, port: int) -> tuple[str, int]:
-    """Where a forwarded connection goes inside: the published address itself, or 127.0.0.1 for a
-    wildcard (the namespace's DNAT answers both, as the host's would)."""
-    return ("127.0.0.1" if addr in ("0.0.0.0", "::") or ":" in addr else addr), port
+    """Where a forwarded connection goes inside: the published address itself (pasta gave the
+    namespace the host's address), or 127.0.0.1 for a wildcard or an IPv6 binding (the sockets
+    inside are IPv4); the namespace's DNAT answers both, as the host's would."""
+    return ("127.0.0.1" if addr == "0.0.0.0" or ":" in addr else addr), port
 
 
 def _pipe(src: socket.socket, dst: socket.socket) -> None:
