@@ -20,7 +20,6 @@ import contextlib
 import dataclasses
 import json
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -191,6 +190,19 @@ def rootful() -> Iterator[Side]:
         subprocess.run(["ip", "netns", "del", lan], capture_output=True)
 
 
+def datapaths(rootless: Side, rounds: int, seconds: int) -> dict[str, dict[str, float]]:
+    """Rootless and rootful coracle take turns `rounds` times on the same paths; medians."""
+    runs: dict[str, dict[str, list[float]]] = {"rootless coracle": {}, "rootful coracle": {}}
+    with rootful() as root, rootless.servers(), root.servers():
+        for _ in range(rounds):
+            for name, side in (("rootless coracle", rootless), ("rootful coracle", root)):
+                for key, value in side.round(seconds).items():
+                    runs[name].setdefault(key, []).append(value)
+    out = {name: {k: statistics.median(v) for k, v in by.items()} for name, by in runs.items()}
+    out["rootless / rootful"] = {k: v / out["rootful coracle"][k] for k, v in out["rootless coracle"].items()}
+    return out
+
+
 UPLINKS = {
     "pasta": "pasta --config-net -q --no-map-gw -t none -u none -T none -U none --userns /proc/$NP/ns/user "
              "--netns /proc/$NP/ns/net --pid $D/uplink.pid",
@@ -205,40 +217,12 @@ def uplinks(user: RootlessUser, seconds: int, rounds: int) -> dict[str, float]:
     runs: dict[str, list[float]] = {tool: [] for tool in UPLINKS}
     with _iperf_server(_lan(user.lan_ns, "iperf3", "-s", "-p", "5203")):
         for _ in range(rounds):
-            for tool in UPLINKS:
-                runs[tool].append(_uplink(user, tool, seconds))
+            for tool, start in UPLINKS.items():
+                script = (f"D={user.home}; unshare -rn sleep 60 & NP=$!; sleep 0.3; {start}; "
+                          f"nsenter --preserve-credentials -U -n -t $NP iperf3 -J -t {seconds} -c {LAN_PEER} "
+                          f"-p 5203; kill $(cat $D/uplink.pid) $NP")
+                runs[tool].append(_gbits(user.run(["sh", "-c", script]).stdout))
     return {tool: statistics.median(values) for tool, values in runs.items()}
-
-
-def _uplink(user: RootlessUser, tool: str, seconds: int) -> float:
-    """iperf3 from a bare user+network namespace joined by `tool` to the neighbour's port 5203."""
-    script = (f"D={user.home}; unshare -rn sleep 60 & NP=$!; sleep 0.3; {UPLINKS[tool]}; "
-              f"nsenter --preserve-credentials -U -n -t $NP iperf3 -J -t {seconds} -c {LAN_PEER} "
-              f"-p 5203; kill $(cat $D/uplink.pid) $NP")
-    return _gbits(user.run(["sh", "-c", script]).stdout)
-
-
-def datapaths(user: RootlessUser, rounds: int, seconds: int) -> dict[str, dict[str, float]]:
-    """Rootless and rootful coracle take turns `rounds` times on the same paths, and pasta alone
-    (a bare namespace, the ceiling of the rootless outbound path) between them; medians."""
-    rootless = Side(["docker", "-H", f"unix://{user.sock}"], user.as_user, user.lan_ns)
-    runs: dict[str, dict[str, list[float]]] = {"rootless coracle": {}, "rootful coracle": {}}
-    pasta = []
-    with rootful() as root, rootless.servers(), root.servers(), \
-            _iperf_server(_lan(user.lan_ns, "iperf3", "-s", "-p", "5203")):
-        for _ in range(rounds):
-            for name, side in (("rootless coracle", rootless), ("rootful coracle", root)):
-                for key, value in side.round(seconds).items():
-                    runs[name].setdefault(key, []).append(value)
-            pasta.append(_uplink(user, "pasta", seconds))
-    out = {name: {k: statistics.median(v) for k, v in by.items()} for name, by in runs.items()}
-    out["rootless / rootful"] = {k: v / out["rootful coracle"][k] for k, v in out["rootless coracle"].items()}
-    outbound = "container to outside, Gbit/s"
-    out["pasta alone"] = {"Gbit/s": statistics.median(pasta),
-                          "rootless outbound / pasta alone": out["rootless coracle"][outbound] / statistics.median(pasta)}
-    return out
-
-
 
 
 def main() -> None:
@@ -248,7 +232,6 @@ def main() -> None:
     p.add_argument("--uplinks-only", action="store_true", help="only pasta vs slirp4netns")
     p.add_argument("--datapaths-only", action="store_true", help="only the published port and outbound paths")
     args = p.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))  # still removes the user and daemons
     user = RootlessUser(secrets.token_hex(3))
     results: dict[str, dict[str, float]] = {}
     try:
@@ -261,7 +244,8 @@ def main() -> None:
             return
         if not args.datapaths_only:
             results["run --rm latency, s (median)"] = latency(user, args.repeat)
-        results.update(datapaths(user, max(3, args.repeat // 3), args.seconds))
+        rootless = Side(["docker", "-H", f"unix://{user.sock}"], user.as_user, user.lan_ns)
+        results.update(datapaths(rootless, max(3, args.repeat // 3), args.seconds))
     finally:
         left = user.destroy()
     print(json.dumps(results, indent=2))
