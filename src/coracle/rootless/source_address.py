@@ -22,7 +22,8 @@ found by the socket bound to the client's address (the TPROXY "usesrc
 clientip" arrangement, with no TPROXY target needed since the socket made the
 connection). Loopback clients (the user's own programs on 127.0.0.1) keep a
 plain socket: a loopback source cannot leave a loopback interface, so those
-connections show the gateway's address, as pasta shows its own for them.
+connections show the gateway's address (masqueraded as the daemon does for
+localhost access).
 IPv6 clients are forwarded the same way without their address (IPv4 only).
 
 Everything here runs in the namespaces keeper, in a thread that has entered
