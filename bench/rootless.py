@@ -3,8 +3,9 @@
 - `run --rm` start latency of rootless coracle (bridge, none) and rootless
   Podman (bridge through its rootless network namespace, none), medians;
 - iperf3 through a published port (LAN neighbour -> host port -> container)
-  and from a container to the LAN neighbour, rootless coracle as a ratio of
-  rootful coracle on the same topology;
+  and from a container to the LAN neighbour, and the round trip of a TCP
+  connection and of a UDP datagram through a published port, rootless coracle
+  as a ratio of rootful coracle on the same topology (the two take turns);
 - the uplink alone: pasta vs slirp4netns from a bare user+network namespace
   to the LAN neighbour, the measurement the choice of pasta rests on.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import secrets
 import statistics
@@ -23,7 +25,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,6 +36,7 @@ from rootless_support import LAN_HOST, LAN_PEER, RootlessUser  # noqa: E402
 
 HOST_LIBS = ["-v", "/usr:/usr:ro", "-v", "/lib:/lib:ro", "-v", "/lib64:/lib64:ro"]  # iperf3 from the host
 PORT = 15201
+ECHO_PORT = 15300
 
 
 def _median_run(argv_of, repeat: int) -> float:  # type: ignore[no-untyped-def]
@@ -88,25 +91,85 @@ def latency(user: RootlessUser, repeat: int) -> dict[str, float]:
     return out
 
 
-def _datapath(docker: list[str], as_argv, lan_ns: str, host_addr: str, peer: str,  # type: ignore[no-untyped-def]
-              seconds: int) -> dict[str, float]:
-    name = f"iperf{secrets.token_hex(2)}"
-    subprocess.run(as_argv([*docker, "run", "-d", "--name", name, "-p", f"{PORT}:5201", *HOST_LIBS, "busybox",
-                            "/usr/bin/iperf3", "-s"]), check=True, capture_output=True)
-    try:
-        time.sleep(1)
-        published = subprocess.run(_lan(lan_ns, "iperf3", "-J", "-t", str(seconds), "-c", host_addr, "-p", str(PORT)),
-                                   check=True, capture_output=True, text=True).stdout
-        with _iperf_server(_lan(lan_ns, "iperf3", "-s", "-p", "5202")):
-            outbound = subprocess.run(as_argv([*docker, "run", "--rm", *HOST_LIBS, "busybox", "/usr/bin/iperf3",
-                                               "-J", "-t", str(seconds), "-c", peer, "-p", "5202"]),
-                                      check=True, capture_output=True, text=True).stdout
-    finally:
-        subprocess.run(as_argv([*docker, "rm", "-f", name]), capture_output=True)
-    return {"published port": _gbits(published), "container to outside": _gbits(outbound)}
+ECHO_SERVER = """
+import socket, threading
+def udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("", 5000))
+    while True:
+        data, peer = s.recvfrom(100)
+        s.sendto(data, peer)
+threading.Thread(target=udp, daemon=True).start()
+t = socket.socket()
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("", 5000))
+t.listen(64)
+while True:
+    c, _ = t.accept()
+    c.sendall(c.recv(100))
+    c.close()
+"""
+
+ROUND_TRIPS = """
+import socket, statistics, sys, time
+addr, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+tcp, udp = [], []
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(2)
+for _ in range(n):
+    start = time.perf_counter()
+    with socket.create_connection((addr, port), timeout=2) as s:
+        s.sendall(b"x")
+        s.recv(10)
+    tcp.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    u.sendto(b"x", (addr, port))
+    u.recv(10)
+    udp.append(time.perf_counter() - start)
+print(statistics.median(tcp) * 1e6, statistics.median(udp) * 1e6)
+"""
 
 
-def rootful(seconds: int) -> dict[str, float]:
+@dataclasses.dataclass
+class Side:
+    """One engine of the comparison: how to drive it, and its LAN neighbour's namespace."""
+    docker: list[str]
+    as_argv: Callable[[list[str]], list[str]]
+    lan_ns: str
+
+    def run(self, *args: str) -> str:
+        return subprocess.run(self.as_argv([*self.docker, *args]), check=True, capture_output=True, text=True,
+                              timeout=300).stdout
+
+    @contextlib.contextmanager
+    def servers(self) -> Iterator[None]:
+        """An iperf3 server and an echo server (TCP and UDP) in containers, published."""
+        tag = secrets.token_hex(2)
+        self.run("run", "-d", "--name", f"iperf{tag}", "-p", f"{PORT}:5201", *HOST_LIBS, "busybox",
+                 "/usr/bin/iperf3", "-s")
+        self.run("run", "-d", "--name", f"echo{tag}", "-p", f"{ECHO_PORT}:5000/tcp", "-p", f"{ECHO_PORT}:5000/udp",
+                 *HOST_LIBS, "busybox", "/usr/bin/python3", "-c", ECHO_SERVER)
+        try:
+            time.sleep(1)
+            yield
+        finally:
+            self.run("rm", "-f", f"iperf{tag}", f"echo{tag}")
+
+    def round(self, seconds: int) -> dict[str, float]:
+        """One measurement of each path (the servers running)."""
+        published = subprocess.run(_lan(self.lan_ns, "iperf3", "-J", "-t", str(seconds), "-c", LAN_HOST, "-p",
+                                        str(PORT)), check=True, capture_output=True, text=True).stdout
+        with _iperf_server(_lan(self.lan_ns, "iperf3", "-s", "-p", "5202")):
+            outbound = self.run("run", "--rm", *HOST_LIBS, "busybox", "/usr/bin/iperf3", "-J", "-t", str(seconds),
+                                "-c", LAN_PEER, "-p", "5202")
+        trips = subprocess.run(_lan(self.lan_ns, "python3", "-c", ROUND_TRIPS, LAN_HOST, str(ECHO_PORT), "200"),
+                               check=True, capture_output=True, text=True).stdout.split()
+        return {"published port, Gbit/s": _gbits(published), "container to outside, Gbit/s": _gbits(outbound),
+                "published TCP connect+echo, us": float(trips[0]), "published UDP echo, us": float(trips[1])}
+
+
+@contextlib.contextmanager
+def rootful() -> Iterator[Side]:
     """Rootful coracle in a host namespace with the same LAN neighbour."""
     tag = secrets.token_hex(3)
     d = harness.Daemon(tag)
@@ -121,10 +184,23 @@ def rootful(seconds: int) -> dict[str, float]:
             subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], check=True)
         subprocess.run(["ip", "-n", d.netns, "route", "add", "default", "via", LAN_PEER], check=True)
         d.start()
-        return _datapath(["docker", "-H", d.host], lambda argv: argv, lan, LAN_HOST, LAN_PEER, seconds)
+        yield Side(["docker", "-H", d.host], lambda argv: argv, lan)
     finally:
         d.destroy()
         subprocess.run(["ip", "netns", "del", lan], capture_output=True)
+
+
+def datapaths(rootless: Side, rounds: int, seconds: int) -> dict[str, dict[str, float]]:
+    """Rootless and rootful coracle take turns `rounds` times on the same paths; medians."""
+    runs: dict[str, dict[str, list[float]]] = {"rootless coracle": {}, "rootful coracle": {}}
+    with rootful() as root, rootless.servers(), root.servers():
+        for _ in range(rounds):
+            for name, side in (("rootless coracle", rootless), ("rootful coracle", root)):
+                for key, value in side.round(seconds).items():
+                    runs[name].setdefault(key, []).append(value)
+    out = {name: {k: statistics.median(v) for k, v in by.items()} for name, by in runs.items()}
+    out["rootless / rootful"] = {k: v / out["rootful coracle"][k] for k, v in out["rootless coracle"].items()}
+    return out
 
 
 UPLINKS = {
@@ -154,24 +230,24 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=15)
     p.add_argument("--seconds", type=int, default=5)
     p.add_argument("--uplinks-only", action="store_true", help="only pasta vs slirp4netns")
+    p.add_argument("--datapaths-only", action="store_true", help="only the published port and outbound paths")
     args = p.parse_args()
     user = RootlessUser(secrets.token_hex(3))
     results: dict[str, dict[str, float]] = {}
     try:
         user.create()
         user.start_daemon()
-        results["uplink alone, Gbit/s"] = uplinks(user, args.seconds, max(3, args.repeat // 3))
+        if not args.datapaths_only:
+            results["uplink alone, Gbit/s"] = uplinks(user, args.seconds, max(3, args.repeat // 3))
         if args.uplinks_only:
             print(json.dumps(results, indent=2))
             return
-        results["run --rm latency, s (median)"] = latency(user, args.repeat)
-        results["rootless coracle, Gbit/s"] = _datapath(["docker", "-H", f"unix://{user.sock}"], user.as_user,
-                                                       user.lan_ns, LAN_HOST, LAN_PEER, args.seconds)
+        if not args.datapaths_only:
+            results["run --rm latency, s (median)"] = latency(user, args.repeat)
+        rootless = Side(["docker", "-H", f"unix://{user.sock}"], user.as_user, user.lan_ns)
+        results.update(datapaths(rootless, max(3, args.repeat // 3), args.seconds))
     finally:
         left = user.destroy()
-    results["rootful coracle, Gbit/s"] = rootful(args.seconds)
-    results["rootless / rootful"] = {k: v / results["rootful coracle, Gbit/s"][k]
-                                     for k, v in results["rootless coracle, Gbit/s"].items()}
     print(json.dumps(results, indent=2))
     if left:
         print("left behind:", left, file=sys.stderr)

@@ -62,8 +62,9 @@ def busybox_rootfs(root: Path) -> Path:
     return root
 
 
-def start_registry(netns: str, workdir: Path) -> tuple[subprocess.Popen, int]:
-    """Debian's docker-registry on the loopback of `netns`; returns (process, port) once it answers."""
+def start_registry(netns: str, workdir: Path, addr: str = "127.0.0.1") -> tuple[subprocess.Popen, int]:
+    """Debian's docker-registry on `addr` (the loopback unless told) of `netns`; returns (process, port)
+    once it answers."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -71,12 +72,12 @@ def start_registry(netns: str, workdir: Path) -> tuple[subprocess.Popen, int]:
     config.write_text(
         "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {workdir / 'registry-data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n  secret: tests\n")
+        f"http:\n  addr: {addr}:{port}\n  secret: tests\n")
     proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{netns}", "/usr/bin/docker-registry", "serve",
                              str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(200):
         probe = subprocess.run(["nsenter", f"--net=/run/netns/{netns}", "bash", "-c",
-                                f"echo > /dev/tcp/127.0.0.1/{port}"], capture_output=True)
+                                f"echo > /dev/tcp/{addr}/{port}"], capture_output=True)
         if probe.returncode == 0:
             break
         time.sleep(0.05)

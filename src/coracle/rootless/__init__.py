@@ -11,7 +11,7 @@ containers survive a daemon restart:
 - a mount namespace, where image layers are mounted with overlayfs (kernel
   5.11 or later allows it in a user namespace) and nothing shows on the host;
 - one network namespace holding coracle's bridges and nftables table, joined
-  to the outside by pasta (uplink.py).
+  to the outside by pasta (holder.py).
 
 Inside, the rest of the engine runs as "root" unchanged; what the kernel
 refuses there (cgroup v1 limits) is refused up front with a clear message.
@@ -46,11 +46,11 @@ def host_unprivileged_port_start() -> int:
 
 
 def check_publish(proto: str, host_port: int) -> None:
-    """What a rootless daemon can publish on its user's host side: TCP, on ports the user may bind."""
+    """What a rootless daemon can publish on its user's host side: TCP and UDP, on ports the user may bind."""
     if not active():
         return
-    if proto != "tcp":
-        raise InvalidParameter(f"rootless mode publishes TCP ports only, not {proto}")
+    if proto not in ("tcp", "udp"):
+        raise InvalidParameter(f"rootless mode publishes TCP and UDP ports only, not {proto}")
     if host_port and host_port < host_unprivileged_port_start():
         raise InvalidParameter(
             f"host port {host_port} is privileged: a rootless daemon can publish ports from "

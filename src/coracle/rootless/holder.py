@@ -17,25 +17,30 @@ The namespaces keeper stays in the host's network namespace: that is the only
 place a rootless process can listen on the user's host ports (ports.py).
 
 When any of them ends, the holder ends the others and exits: the namespaces
-go with them, and so does every container, which is what a reboot does too.
+go with them, and so does every container, which is what a reboot does too
+(the next daemon ends what is left of them before it makes a new set:
+namespace.py).
 Daemons find the set through `<exec-root>/rootless/holder.json`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 from coracle.runtime import syscalls as sc
 from coracle.runtime.userns import SUBGID, SUBUID, subordinate_ranges
-import contextlib
 
 READY_TIMEOUT = 10.0  # seconds for pasta to configure the namespace
+UPLINK_QUEUE = 10_000  # frames queued on pasta's tap (the kernel's default is 1000)
 
 
 def id_map(uid: int, ranges: list[tuple[int, int]]) -> list[str]:
@@ -91,6 +96,9 @@ def _namespaces_keeper(to_holder: int, from_holder: int, exec_root: str) -> None
         os._exit(1)
     os.write(to_holder, f"{net_pid}\n".encode())
     os.close(to_holder)
+    if os.read(from_holder, 1) != b"p":
+        os._exit(1)
+    _tune_uplink(f"/proc/{net_pid}/ns/net")
     from coracle.rootless.ports import serve
 
     serve(os.path.join(exec_root, "rootless", "ports.sock"), f"/proc/{net_pid}/ns/net")
@@ -106,6 +114,33 @@ def _start_pasta(ns_pid: int, net_pid: int, log: int) -> subprocess.Popen[bytes]
             "--userns", f"/proc/{ns_pid}/ns/user", "--netns", f"/proc/{net_pid}/ns/net"]
     return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                             preexec_fn=lambda: sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL))
+
+
+def _tune_uplink(netns_path: str) -> None:
+    """Give pasta's tap a queue long enough for what the bridges forward into it.
+
+    A container's traffic reaches the tap forwarded, so when pasta falls behind
+    the tap's queue (1000 frames of up to 64 KiB) overflows and drops: the
+    container's TCP retransmits and halves its window, where a socket of the
+    namespace itself would just have waited. UPLINK_QUEUE frames absorb those
+    bursts (bench/rootless.py measures it)."""
+    from pyroute2 import IPRoute
+
+    def inside() -> None:  # a thread: the keeper could not setns back into the host's network namespace
+        fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            sc.setns(fd, sc.CLONE_NEWNET)
+            with IPRoute() as ipr:
+                for route in ipr.get_default_routes(family=socket.AF_INET):
+                    ipr.link("set", index=route.get_attr("RTA_OIF"), txqlen=UPLINK_QUEUE)
+        except Exception as exc:  # a slower uplink, not a broken one
+            print(f"pasta's tap keeps its default queue: {exc}", file=sys.stderr, flush=True)
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=inside)
+    t.start()
+    t.join()
 
 
 def _has_default_route(net_pid: int) -> bool:
@@ -130,6 +165,8 @@ def main() -> None:
     if ns_pid == 0:
         os.close(to_holder_r)
         os.close(from_holder_w)
+        os.dup2(log, 1)  # what the keeper has to say goes to the log: the daemon stops reading the holder's
+        os.dup2(log, 2)
         try:
             _namespaces_keeper(to_holder_w, from_holder_r, exec_root)
         finally:
@@ -150,8 +187,11 @@ def main() -> None:
         if pasta.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"pasta did not configure the network namespace (see {state_dir}/holder.log)")
         time.sleep(0.01)
+    os.write(from_holder_w, b"p")
     ports_sock = os.path.join(state_dir, "ports.sock")
     while not os.path.exists(ports_sock):
+        if os.waitpid(ns_pid, os.WNOHANG)[0]:
+            raise SystemExit(f"the namespaces keeper ended while starting (see {state_dir}/holder.log)")
         time.sleep(0.01)
     state = {"holder": os.getpid(), "ticks": start_ticks(os.getpid()), "namespaces": ns_pid, "network": net_pid,
              "pasta": pasta.pid}

@@ -2,12 +2,18 @@
 
 The daemon publishes a port as usual in the rootless network namespace
 (nftables DNAT of the namespace's own addresses, 127.0.0.1 included). What
-the host sees is a listener per published port, held by the namespaces
-keeper (holder.py), the one process of the set that is both in the host's
-network namespace and root of the rootless one. Each accepted connection is
-joined to a connection made inside the namespace to 127.0.0.1:<port>, which
-the namespace's DNAT takes to the container, and the two are spliced in the
-kernel (no copy through user space).
+the host sees is a listener per published port, TCP or UDP, held by the
+namespaces keeper (holder.py), the one process of the set that is both in
+the host's network namespace and root of the rootless one:
+
+- TCP: each accepted connection is joined to a connection made inside the
+  namespace to the published port, which the namespace's DNAT takes to the
+  container, and the two are spliced in the kernel (no copy through user space);
+- UDP: each client address gets its own socket inside, connected the same
+  way; datagrams are relayed both ways until the client is idle for UDP_IDLE.
+
+The sockets inside speak with the client's own address (source_address.py),
+so a container sees who connected, as it would behind a rootful daemon.
 
 The listeners are bound as the user in the host's namespace: a port below
 net.ipv4.ip_unprivileged_port_start fails there exactly as it would for any
@@ -16,9 +22,10 @@ keep working while the daemon restarts; the daemon sends the whole set of
 ports of its running containers at start and after every start and stop
 (`Forwarder.publish`), and the keeper opens what is new and closes what went.
 
-pasta's own forwarding (which would keep the client's address) cannot be
+pasta's own forwarding (which also keeps the client's address) cannot be
 used: its port list is fixed when it starts, and its `-t auto` mode does not
-forward from a namespace joined by path in the version Debian 12 ships.
+forward anything from a namespace it joins (by path or by PID) in the version
+Debian 12 ships (0.0~git20230309).
 """
 
 from __future__ import annotations
@@ -28,26 +35,28 @@ import contextlib
 import json
 import logging
 import os
+import select
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from coracle.rootless import source_address
 from coracle.runtime import syscalls as sc
 
 log = logging.getLogger("coracle")
-Binding = tuple[str, int]  # host address, port (TCP)
+Binding = tuple[str, str, int]  # protocol ("tcp" or "udp"), host address, port
 _CHUNK = 1 << 20
+UDP_IDLE = 90.0  # seconds without a datagram after which a UDP client's relay ends (Docker's proxy: 90 s)
+_DATAGRAM = 65535
 
 
-def _inside(netns: str) -> socket.socket:
-    """A TCP socket of the rootless network namespace (setns is per thread for networks)."""
-    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        sc.setns(fd, sc.CLONE_NEWNET)
-    finally:
-        os.close(fd)
-    return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def _inner_target(addr: str, port: int) -> tuple[str, int]:
+    """Where a forwarded connection goes inside: the published address itself (pasta gave the
+    namespace the host's address), or 127.0.0.1 for a wildcard or an IPv6 binding (the sockets
+    inside are IPv4); the namespace's DNAT answers both, as the host's would."""
+    return ("127.0.0.1" if addr == "0.0.0.0" or ":" in addr else addr), port
 
 
 def _pipe(src: socket.socket, dst: socket.socket) -> None:
@@ -55,11 +64,11 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
     r, w = os.pipe()
     try:
         while True:
-            n = os.splice(src.fileno(), w, _CHUNK, flags=os.SPLICE_F_MOVE | os.SPLICE_F_MORE)
+            n = os.splice(src.fileno(), w, _CHUNK, flags=os.SPLICE_F_MOVE)
             if n == 0:
                 break
             while n:
-                n -= os.splice(r, dst.fileno(), n, flags=os.SPLICE_F_MOVE | os.SPLICE_F_MORE)
+                n -= os.splice(r, dst.fileno(), n, flags=os.SPLICE_F_MOVE)  # no F_MORE: it corks (200 ms)
     except OSError:
         pass
     finally:
@@ -69,11 +78,46 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
             dst.shutdown(socket.SHUT_WR)
 
 
-def _connect(client: socket.socket, port: int, netns: str) -> None:
-    """One forwarded connection: its own thread, moved into the namespace to connect."""
-    with client, _inside(netns) as inner:
+class Inside:
+    """Where forwarded traffic goes: the rootless network namespace, and whether its sockets
+    there can keep the client's address (source_address.prepare succeeded)."""
+
+    def __init__(self, netns: str) -> None:
+        self.netns = netns
+        self.keep_source = False
+
+    def enter(self) -> None:
+        """Move the calling thread into the namespace (setns is per thread for networks)."""
+        fd = os.open(self.netns, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            inner.connect(("127.0.0.1", port))
+            sc.setns(fd, sc.CLONE_NEWNET)
+        finally:
+            os.close(fd)
+
+    def prepare(self) -> None:
+        """Install the reply path of source-keeping sockets, from a thread of its own inside."""
+        def install() -> None:
+            self.enter()
+            try:
+                source_address.prepare()
+                self.keep_source = True
+            except OSError as exc:
+                print(f"published ports will not keep the client's address: {exc}", file=sys.stderr, flush=True)
+
+        t = threading.Thread(target=install)
+        t.start()
+        t.join()
+
+    def socket(self, kind: socket.SocketKind, client: tuple[str, int]) -> socket.socket:
+        return source_address.inner_socket(kind, client, self.keep_source)
+
+
+def _connect(client: socket.socket, peer: tuple[str, int], target: tuple[str, int], inside: Inside) -> None:
+    """One forwarded TCP connection: its own thread, moved into the namespace to connect."""
+    inside.enter()
+    with client, inside.socket(socket.SOCK_STREAM, peer) as inner:
+        try:
+            inner.connect(target)
         except OSError:
             return
         for s in (client, inner):
@@ -84,48 +128,107 @@ def _connect(client: socket.socket, port: int, netns: str) -> None:
         back.join()
 
 
-class Listeners:
-    """The host-side listeners, one per published binding."""
+def _accept(listener: socket.socket, target: tuple[str, int], inside: Inside) -> None:
+    while True:
+        try:
+            client, peer = listener.accept()
+        except OSError:
+            return  # closed: the port was unpublished
+        threading.Thread(target=_connect, args=(client, peer[:2], target, inside), daemon=True).start()
 
-    def __init__(self, netns: str) -> None:
-        self.netns = netns
+
+def _relay_back(outer: socket.socket, inner: socket.socket, peer: tuple[str, int],
+                sessions: dict[tuple[str, int], socket.socket]) -> None:
+    """The container's datagrams to one UDP client, until it has been idle UDP_IDLE seconds."""
+    with inner:
+        while True:
+            ready, _, _ = select.select([inner], [], [], UDP_IDLE)
+            if not ready:
+                break
+            try:
+                outer.sendto(inner.recv(_DATAGRAM), peer)
+            except OSError:
+                break
+        sessions.pop(peer, None)
+
+
+def _relay(outer: socket.socket, target: tuple[str, int], inside: Inside) -> None:
+    """A published UDP port: one socket inside per client address, made on its first datagram."""
+    inside.enter()  # the host socket is already bound; every socket made from here on is inside
+    sessions: dict[tuple[str, int], socket.socket] = {}
+    while True:
+        try:
+            data, peer = outer.recvfrom(_DATAGRAM)
+        except OSError:
+            break
+        if peer is None:
+            break  # shut down: the port was unpublished
+        peer = peer[:2]
+        inner = sessions.get(peer)
+        if inner is None:
+            inner = inside.socket(socket.SOCK_DGRAM, peer)
+            try:
+                inner.connect(target)
+            except OSError:
+                inner.close()
+                continue
+            sessions[peer] = inner
+            threading.Thread(target=_relay_back, args=(outer, inner, peer, sessions), daemon=True).start()
+        with contextlib.suppress(OSError):
+            inner.send(data)
+    for inner in list(sessions.values()):
+        with contextlib.suppress(OSError):
+            inner.shutdown(socket.SHUT_RDWR)
+
+
+class Listeners:
+    """The host-side sockets, one per published binding."""
+
+    def __init__(self, inside: Inside) -> None:
+        self.inside = inside
         self.open: dict[Binding, socket.socket] = {}
 
-    def _accept(self, listener: socket.socket, port: int) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return  # closed: the port was unpublished
-            threading.Thread(target=_connect, args=(client, port, self.netns), daemon=True).start()
+    def _open(self, proto: str, addr: str, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # "::" beside "0.0.0.0", as Docker records both
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind((addr, port))
+            if proto == "tcp":
+                s.listen(512)
+        except OSError:
+            s.close()
+            raise
+        return s
 
     def set(self, wanted: Iterable[Binding]) -> dict[str, str]:
         """Open the new bindings, close the ones no longer wanted; errors by binding."""
         wanted = set(wanted)
         for binding in set(self.open) - wanted:
-            self.open.pop(binding).close()
+            s = self.open.pop(binding)
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked on it
+            s.close()
         errors = {}
-        for addr, port in wanted - set(self.open):
-            family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-            listener = socket.socket(family, socket.SOCK_STREAM)
+        for proto, addr, port in wanted - set(self.open):
             try:
-                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:  # "::" beside "0.0.0.0", as Docker records both
-                    listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                listener.bind((addr, port))
-                listener.listen(512)
+                s = self._open(proto, addr, port)
             except OSError as exc:
-                listener.close()
-                errors[f"{addr}:{port}"] = exc.strerror or str(exc)
+                errors[f"{addr}:{port}/{proto}"] = exc.strerror or str(exc)
                 continue
-            self.open[(addr, port)] = listener
-            threading.Thread(target=self._accept, args=(listener, port), daemon=True).start()
+            self.open[(proto, addr, port)] = s
+            serve_one = _accept if proto == "tcp" else _relay
+            threading.Thread(target=serve_one, args=(s, _inner_target(addr, port), self.inside), daemon=True).start()
         return errors
 
 
 def serve(path: str, netns: str) -> None:
-    """The keeper's loop: one JSON request per connection, {"ports": [[addr, port], ...]}."""
-    listeners = Listeners(netns)
+    """The keeper's loop: one JSON request per connection, {"ports": [[proto, addr, port], ...]}."""
+    inside = Inside(netns)
+    inside.prepare()
+    listeners = Listeners(inside)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -136,7 +239,7 @@ def serve(path: str, netns: str) -> None:
         with conn:
             try:
                 request = json.loads(conn.makefile("rb").readline())
-                errors = listeners.set((str(a), int(p)) for a, p in request["ports"])
+                errors = listeners.set((str(proto), str(a), int(p)) for proto, a, p in request["ports"])
                 conn.sendall(json.dumps({"errors": errors}).encode() + b"\n")
             except (OSError, ValueError, KeyError, TypeError):
                 continue
@@ -159,17 +262,18 @@ class Forwarder:
 
 
 def bindings_of(records: Iterable[dict]) -> list[Binding]:
-    """The TCP host bindings of running containers, from their records' NetworkSettings.Ports."""
+    """The host bindings of running containers, from their records' NetworkSettings.Ports."""
     found = []
     for rec in records:
         if not rec["State"].get("Running"):
             continue
         for key, hosts in ((rec.get("NetworkSettings") or {}).get("Ports") or {}).items():
-            if not key.endswith("/tcp"):
+            proto = key.rpartition("/")[2] or "tcp"
+            if proto not in ("tcp", "udp"):
                 continue
             for h in hosts or []:
                 if h.get("HostPort"):
-                    found.append((h.get("HostIp") or "0.0.0.0", int(h["HostPort"])))
+                    found.append((proto, h.get("HostIp") or "0.0.0.0", int(h["HostPort"])))
     return found
 
 
