@@ -260,6 +260,43 @@ class Cluster:
         return {k: v for k, v in left.items() if v}
 
 
+SNIFFER = """
+import json, signal, socket, sys
+marker = sys.argv[1].encode()
+seen = {"esp": 0, "vxlan": 0, "marker": 0}
+def done(*_):
+    print(json.dumps(seen), flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, done)
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+print("ready", flush=True)
+while True:
+    frame = sock.recv(65535)
+    ipv4, proto, udp = frame[12:14] == b"\\x08\\x00", frame[23], 14 + (frame[14] & 15) * 4
+    if ipv4 and proto == 50:
+        seen["esp"] += 1
+    elif ipv4 and proto == 17 and frame[udp + 2:udp + 4] == b"\\x12\\xb5":
+        seen["vxlan"] += 1
+    seen["marker"] += marker in frame
+"""
+
+
+@contextmanager
+def underlay_capture(c: Cluster, marker: str) -> Iterator[dict[str, int]]:
+    """What crosses the underlay meanwhile (a raw socket in its namespace): ESP packets, VXLAN packets (UDP
+    4789) and frames carrying `marker` in clear; filled in when the block ends."""
+    sniffer = subprocess.Popen(["nsenter", f"--net=/run/netns/{c.underlay}", "python3", "-c", SNIFFER, marker],
+                               stdout=subprocess.PIPE, text=True)
+    seen: dict[str, int] = {}
+    try:
+        assert sniffer.stdout is not None and sniffer.stdout.readline().strip() == "ready"
+        yield seen
+    finally:
+        sniffer.terminate()
+        out, _ = sniffer.communicate(timeout=10)
+        seen.update(json.loads(out.strip().splitlines()[-1]) if out.strip() else {})
+
+
 def make_pki(root: Path, ips: list[str]) -> Path:
     """A throwaway CA, a server certificate for the members' addresses and a client certificate."""
     root.mkdir()

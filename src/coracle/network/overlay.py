@@ -11,7 +11,9 @@ Three jobs, under the manager's lock:
   published once joined (`publish`) and unpublished when dropped (`drop`).
 - the cluster watch's sink: networks created or removed elsewhere appear or
   vanish here; remote endpoints become FDB/neighbour entries and names the
-  embedded resolver answers; after a (re)listing, this host's own entries in
+  embedded resolver answers; encrypted networks get IPsec towards every other
+  live host (network/overlay_encryption.py), made and dropped as hosts join
+  and leave the membership; after a (re)listing, this host's own entries in
   etcd are made to match its local endpoints (re-published when the lease
   was lost, removed when the container went away while etcd was down) and
   kernel entries nobody publishes any more are removed.
@@ -34,6 +36,7 @@ from coracle.network.endpoints import EndpointTable
 from coracle.network.names import NameTable
 from coracle.network.networks import Networks
 from coracle.network.overlay_cluster import OverlayCluster, endpoint_key
+from coracle.network.overlay_encryption import Encryption, unsupported_reason
 
 __all__ = ["OverlayNetworks"]
 
@@ -48,6 +51,9 @@ class OverlayNetworks:
         self.cluster, self.driver, self.networks = cluster, driver, networks
         self.endpoints, self.names, self.lock = endpoints, names, lock
         self._remote: dict[str, dict[str, Any]] = {}  # etcd key -> endpoint published by another host
+        self._hosts: set[str] = set()  # the other live hosts (membership), peers of encrypted networks
+        self._secrets: dict[str, str] = {}  # network id -> secret of the encrypted networks here
+        self.encryption = Encryption(driver.host_netns, cluster.address)
         cluster.membership.on_renewed.append(self._republish)
 
     def start(self) -> None:
@@ -85,9 +91,15 @@ class OverlayNetworks:
             self.unmaterialize(rec)
 
     def materialize(self, crec: dict[str, Any]) -> NetworkRecord:
-        """The local copy of a cluster network: record, bridge, firewall rules and VXLAN device."""
+        """The local copy of a cluster network: record, bridge, firewall rules, VXLAN device (and IPsec).
+
+        An encrypted network is never carried in clear: on a host whose kernel cannot encrypt, its copy is
+        not made (its containers cannot join it there)."""
+        if crec.get("Secret") and (reason := unsupported_reason()):
+            raise InvalidParameter(reason)
         known = self.networks.find(crec["Id"])
         if known is not None:
+            self._encrypt(known, crec.get("Secret"))
             return known
         record = NetworkRecord(
             id=crec["Id"], name=crec["Name"], driver=self.driver.name, created=crec["Created"],
@@ -98,11 +110,22 @@ class OverlayNetworks:
             driver_state={"VNI": int(crec["VNI"])})
         made = self.driver.create(record)
         try:
+            self._encrypt(made, crec.get("Secret"))
             self.networks.save(made)
         except BaseException:
+            self._decrypt(made)
             self.driver.delete(made)
             raise
         return made
+
+    def _encrypt(self, rec: NetworkRecord, secret: str | None) -> None:
+        if secret:
+            self._secrets[rec.id] = secret
+            self.encryption.sync(int(rec.driver_state["VNI"]), secret, self._hosts)
+
+    def _decrypt(self, rec: NetworkRecord) -> None:
+        if self._secrets.pop(rec.id, None) is not None or "encrypted" in rec.options:
+            self.encryption.remove(int(rec.driver_state["VNI"]))
 
     def unmaterialize(self, rec: NetworkRecord) -> None:
         """The local copy gone (already gone is fine: the watch may have been first)."""
@@ -110,6 +133,7 @@ class OverlayNetworks:
             return
         for key in [k for k, ep in self._remote.items() if ep["NetworkID"] == rec.id]:
             self.names.remove(self._remote.pop(key))
+        self._decrypt(rec)
         self.networks.remove(rec.id)
 
     # ----- endpoints -------------------------------------------------------------------
@@ -149,8 +173,9 @@ class OverlayNetworks:
 
     # ----- the watch's sink ---------------------------------------------------------------
 
-    def overlay_sync(self, networks: list[dict[str, Any]], endpoints: list[dict[str, Any]]) -> None:
+    def overlay_sync(self, networks: list[dict[str, Any]], endpoints: list[dict[str, Any]], hosts: set[str]) -> None:
         with self.lock:
+            self._hosts = hosts - {self.cluster.address}
             wanted = {n["Id"] for n in networks}
             for crec in networks:
                 self._guard(lambda crec=crec: self.materialize(crec))  # type: ignore[misc]
@@ -201,6 +226,16 @@ class OverlayNetworks:
             rec = self.networks.find(network_id)
             if rec is not None and not self.endpoints.of(network=network_id):
                 self._guard(lambda: self.unmaterialize(rec))
+
+    def overlay_host(self, address: str, alive: bool) -> None:
+        """A host joined or left the membership: the encrypted networks' IPsec follows."""
+        with self.lock:
+            if address == self.cluster.address or (address in self._hosts) == alive:
+                return
+            self._hosts = self._hosts | {address} if alive else self._hosts - {address}
+            for rec in self._records():
+                if rec.id in self._secrets:
+                    self._guard(lambda rec=rec: self._encrypt(rec, self._secrets[rec.id]))  # type: ignore[misc]
 
     def overlay_endpoint(self, endpoint: dict[str, Any] | None, key: str) -> None:
         with self.lock:

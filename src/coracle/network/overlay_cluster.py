@@ -10,6 +10,10 @@ Keys (all under /coracle/; values JSON):
     endpoints/<id>/<endpoint>  where a container is (IP, MAC, names, host), bound to the owner's lease
     nodes/<address>            one per live daemon, bound to its lease (cluster/membership.py)
 
+An encrypted network's record also holds its secret ("Secret": what its
+IPsec keys are derived from, network/overlay_encryption.py): anyone who can
+read the store can read it, so run etcd over TLS with client certificates.
+
 Keys bound to a lease vanish when their host stops refreshing it, so a dead
 host's endpoints and addresses go away by themselves and every other host
 sees the deletions in its watch. `OverlayCluster.run` keeps one watch on the whole
@@ -31,7 +35,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from coracle.cluster.etcd import ClusterUnavailable, Etcd, KeyValue, LeaseNotFound
-from coracle.cluster.membership import Membership
+from coracle.cluster.membership import NODES, Membership
 from coracle.errors import Conflict, InvalidParameter, NotFound
 
 log = logging.getLogger(__name__)
@@ -47,7 +51,10 @@ T = TypeVar("T")  # 4096 overlay subnets, away from the bridge networks' default
 class Sink(Protocol):
     """What the watch keeps in step with the cluster (the network manager)."""
 
-    def overlay_sync(self, networks: list[dict[str, Any]], endpoints: list[dict[str, Any]]) -> None: ...
+    def overlay_sync(self, networks: list[dict[str, Any]], endpoints: list[dict[str, Any]],
+                     hosts: set[str]) -> None: ...
+
+    def overlay_host(self, address: str, alive: bool) -> None: ...
 
     def overlay_network(self, network: dict[str, Any] | None, network_id: str) -> None: ...
 
@@ -93,6 +100,8 @@ class OverlayCluster:
             rec = {"Id": nid, "Name": name, "Subnet": str(subnet), "Gateway": str(gw), "VNI": vni,
                    "Internal": internal, "Attachable": attachable, "Options": options, "Labels": labels,
                    "MTU": mtu, "Created": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+            if "encrypted" in options:
+                rec["Secret"] = secrets.token_hex(32)
             self.etcd.put(NETWORKS + nid, json.dumps(rec))
             return rec
         except BaseException:
@@ -223,7 +232,8 @@ class OverlayCluster:
                 kvs, revision = self.etcd.range(ROOT)
                 networks = [json.loads(kv.value) for kv in kvs if kv.key.startswith(NETWORKS)]
                 endpoints = [json.loads(kv.value) for kv in kvs if kv.key.startswith(ENDPOINTS)]
-                sink.overlay_sync(networks, endpoints)
+                hosts = {kv.key[len(NODES):] for kv in kvs if kv.key.startswith(NODES)}
+                sink.overlay_sync(networks, endpoints, hosts)
                 self.connected.set()
                 while not self._stop.is_set():
                     seen = revision
@@ -251,4 +261,6 @@ class OverlayCluster:
             sink.overlay_network(json.loads(value) if value is not None else None, key[len(NETWORKS):])
         elif key.startswith(ENDPOINTS):
             sink.overlay_endpoint(json.loads(value) if value is not None else None, key)
+        elif key.startswith(NODES):
+            sink.overlay_host(key[len(NODES):], value is not None)
 

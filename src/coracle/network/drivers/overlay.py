@@ -17,12 +17,13 @@ from collections.abc import Iterator, Sequence
 
 from coracle.errors import InvalidParameter
 from coracle.network import netlink, vxlan
+from coracle.network.overlay_encryption import unsupported_reason
 from coracle.network.driver import OPT, Endpoint, NetworkRecord, NetworkSpec
 from coracle.network.drivers.bridge import BridgeDriver
 
 __all__ = ["OverlayDriver", "device_names"]
 
-OPTIONS = (OPT + "driver.mtu",)
+OPTIONS = (OPT + "driver.mtu", "encrypted")
 
 
 def device_names(network_id: str) -> tuple[str, str]:
@@ -47,6 +48,8 @@ class OverlayDriver:
         unknown = [k for k in spec.options if k not in OPTIONS]
         if unknown:
             raise InvalidParameter(f"overlay driver: unknown option {unknown[0]!r}")
+        if "encrypted" in spec.options and (reason := unsupported_reason()):
+            raise InvalidParameter(reason)
         if spec.enable_ipv6:
             raise InvalidParameter("overlay networks are IPv4 only")
         if len(spec.subnets) > 1:
