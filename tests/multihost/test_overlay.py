@@ -256,3 +256,24 @@ def test_encrypted_overlay_is_refused_clearly_where_the_kernel_cannot_encrypt(cl
     out = c.hosts[0].docker("network", "create", "-d", "overlay", "--opt", "encrypted", name, check=False)
     assert out.returncode != 0 and "IPsec ESP" in out.stderr and "CONFIG_INET_ESP" in out.stderr
     assert all(h.docker("network", "inspect", name, check=False).returncode != 0 for h in c.hosts)
+
+
+def test_ipv6_overlay_gives_cluster_wide_addresses_aaaa_names_and_traffic_across_hosts(clean_cluster: Cluster) -> None:
+    c = clean_cluster
+    net = c.overlay("--ipv6", "--subnet", "fd77:1::/64")
+    web, client = unique("web"), unique("cl")
+    c.hosts[0].docker("run", "-d", "--name", web, "--network", net, "busybox", "sh", "-c",
+                      "echo over-ipv6 > /index.html; httpd -f -p 80 -h /")
+    c.hosts[1].docker("run", "-d", "--name", client, "--network", net, "busybox", "sleep", "600")
+    web_v6, client_v6 = (h.docker("inspect", "-f", "{{(index .NetworkSettings.Networks \"%s\").GlobalIPv6Address}}"
+                                  % net, name).stdout.strip() for h, name in ((c.hosts[0], web), (c.hosts[1], client)))
+    assert web_v6 != client_v6 and web_v6.startswith("fd77:1::") and client_v6.startswith("fd77:1::")
+
+    def fetch(target: str) -> str:
+        return c.hosts[1].docker("exec", client, "sh", "-c",
+                                 f"timeout 3 wget -q -O - http://{target}/ 2>&1 || true").stdout
+
+    wait_for(lambda: "over-ipv6" in fetch(f"[{web_v6}]"), "TCP over IPv6 across hosts")
+    aaaa = c.hosts[1].docker("exec", client, "nslookup", "-type=AAAA", web).stdout
+    assert web_v6 in aaaa
+    assert "over-ipv6" in fetch(web)  # and IPv4 still, by name

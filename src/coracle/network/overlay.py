@@ -25,17 +25,16 @@ import ipaddress
 import logging
 import threading
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from coracle.cluster.etcd import ClusterUnavailable
 from coracle.errors import Conflict, InvalidParameter
-from coracle.network.driver import OPT, Endpoint, NetworkRecord, NetworkSpec, Subnet, SubnetRequest
+from coracle.network.driver import OPT, Address, Endpoint, Network, NetworkRecord, NetworkSpec, Subnet, SubnetRequest
 from coracle.network.drivers.overlay import OverlayDriver, device_names
 from coracle.network.endpoints import EndpointTable
 from coracle.network.names import NameTable
 from coracle.network.networks import Networks
-from coracle.network.overlay_cluster import OverlayCluster, endpoint_key
+from coracle.network.overlay_cluster import SUFFIX, OverlayCluster, addresses, endpoint_key
 from coracle.network.overlay_encryption import Encryption, unsupported_reason
 
 __all__ = ["OverlayNetworks"]
@@ -68,18 +67,20 @@ class OverlayNetworks:
     def create(self, spec: NetworkSpec) -> NetworkRecord:
         """Checked here, claimed in the cluster, then made locally (the other hosts follow the watch)."""
         self.driver.validate(spec)
-        cfg = spec.subnet(4) or SubnetRequest()
-        if cfg.ip_range or cfg.aux_addresses:
-            raise InvalidParameter("overlay networks take --subnet and --gateway only")
-        with self.lock:
-            if self.networks.find(spec.name) is not None:
-                raise Conflict(f"network with name {spec.name} already exists")
-            chosen = self.networks.subnet(cfg, 4, exclusive=True) if cfg.subnet else None
+        subnets: dict[int, tuple[Network | None, Address | None]] = {}
+        for version in (4, 6) if spec.enable_ipv6 else (4,):
+            cfg = spec.subnet(version) or SubnetRequest()
+            if cfg.ip_range or cfg.aux_addresses:
+                raise InvalidParameter("overlay networks take --subnet and --gateway only")
+            with self.lock:
+                if self.networks.find(spec.name) is not None:
+                    raise Conflict(f"network with name {spec.name} already exists")
+                chosen = self.networks.subnet(cfg, version, exclusive=True) if cfg.subnet else None
+            # given: checked against this host's networks here, claimed cluster-wide there; else picked there
+            subnets[version] = (chosen.network, chosen.gateway) if chosen else (None, None)
         wanted_mtu = spec.options.get(OPT + "driver.mtu")
         mtu = self.driver.mtu(int(wanted_mtu) if wanted_mtu else None)
-        subnet = IPv4Network(str(chosen.network)) if chosen else None  # IPv4 only (validate)
-        gateway = IPv4Address(str(chosen.gateway)) if chosen else None
-        crec = self.cluster.create_network(spec.name, subnet, gateway, spec.internal, spec.attachable,
+        crec = self.cluster.create_network(spec.name, subnets, spec.internal, spec.attachable,
                                            dict(spec.options), dict(spec.labels), mtu)
         with self.lock:
             return self.materialize(crec)
@@ -103,8 +104,11 @@ class OverlayNetworks:
             return known
         record = NetworkRecord(
             id=crec["Id"], name=crec["Name"], driver=self.driver.name, created=crec["Created"],
-            subnets=(Subnet(ipaddress.ip_network(crec["Subnet"]), ipaddress.ip_address(crec["Gateway"])),),
-            internal=bool(crec["Internal"]), attachable=bool(crec["Attachable"]), scope=self.driver.scope,
+            subnets=tuple(Subnet(ipaddress.ip_network(crec["Subnet" + suffix]),
+                                 ipaddress.ip_address(crec["Gateway" + suffix]))
+                          for suffix in SUFFIX.values() if crec.get("Subnet" + suffix)),
+            enable_ipv6=bool(crec.get("Subnet6")), internal=bool(crec["Internal"]),
+            attachable=bool(crec["Attachable"]), scope=self.driver.scope,
             interface=device_names(crec["Id"])[0], mtu=int(crec["MTU"]), masquerade=not crec["Internal"],
             options=crec.get("Options") or {}, labels=crec.get("Labels") or {},
             driver_state={"VNI": int(crec["VNI"])})
@@ -138,10 +142,10 @@ class OverlayNetworks:
 
     # ----- endpoints -------------------------------------------------------------------
 
-    def allocate(self, rec: NetworkRecord, container_id: str, wanted: IPv4Address | None) -> IPv4Address:
+    def allocate(self, rec: NetworkRecord, sub: Subnet, container_id: str, wanted: Address | None) -> Address:
+        """An address of `sub` (the network's IPv4 or IPv6 subnet), unique in the whole cluster."""
         try:
-            return self.cluster.allocate({"Id": rec.id, "Name": rec.name, **rec.subnet4.document()},
-                                         container_id, wanted)
+            return self.cluster.allocate({"Id": rec.id, "Name": rec.name, **sub.document()}, container_id, wanted)
         except ClusterUnavailable as exc:
             raise ClusterUnavailable(f"cannot join overlay network {rec.name}: {exc}") from None
 
@@ -161,8 +165,8 @@ class OverlayNetworks:
 
     def _unpublish(self, body: dict[str, Any]) -> None:
         self.cluster.unpublish(body["NetworkID"], body["EndpointID"])
-        if body.get("IPAddress"):
-            self.cluster.release(body["NetworkID"], body["IPAddress"])
+        for address in addresses(body):
+            self.cluster.release(body["NetworkID"], address)
 
     @staticmethod
     def _quietly(step: Callable[[], None]) -> None:
@@ -188,11 +192,11 @@ class OverlayNetworks:
                 self._forget(key)
             for key, ep in remote.items():
                 self._learn(key, ep)
-            known = {(e["NetworkID"], e["IPAddress"]): e["MacAddress"] for e in remote.values()}
+            known = {(e["NetworkID"], ip): e["MacAddress"] for e in remote.values() for ip in addresses(e)}
             for rec in self._records():
                 for ip, mac in self.driver.remotes(rec).items():
                     if known.get((rec.id, ip)) != mac:
-                        self.driver.forget(rec, mac, ip)
+                        self.driver.forget(rec, mac, [ip])
             mine = {endpoint_key(e["NetworkID"], e["EndpointID"]): e for e in endpoints
                     if e.get("Host") == self.cluster.address}
             self._reconcile_own(mine)
@@ -251,7 +255,7 @@ class OverlayNetworks:
             return
         if old is not None:
             self._forget(key)
-        self._guard(lambda: self.driver.learn(rec, ep["MacAddress"], ep["IPAddress"], ep["Host"]))
+        self._guard(lambda: self.driver.learn(rec, ep["MacAddress"], addresses(ep), ep["Host"]))
         self._remote[key] = ep
         self.names.add(ep)
 
@@ -262,7 +266,7 @@ class OverlayNetworks:
         self.names.remove(ep)
         rec = self.networks.find(ep["NetworkID"])
         if rec is not None:
-            self._guard(lambda: self.driver.forget(rec, ep["MacAddress"], ep["IPAddress"]))
+            self._guard(lambda: self.driver.forget(rec, ep["MacAddress"], addresses(ep)))
 
     @staticmethod
     def _guard(step: Callable[[], object]) -> None:
@@ -285,9 +289,9 @@ class OverlayNetworks:
                 found += self.driver.restore(rec, (), dry_run)
                 kernel = self.driver.remotes(rec)
                 for ep in [e for e in self._remote.values() if e["NetworkID"] == rec.id]:
-                    if kernel.get(ep["IPAddress"]) != ep["MacAddress"]:
+                    if any(kernel.get(ip) != ep["MacAddress"] for ip in addresses(ep)):
                         found.append(f"{rec.name}: entries of {ep['ContainerName']} ({ep['IPAddress']}) on "
                                      f"{ep['Host']}")
                         if not dry_run:
-                            self.driver.learn(rec, ep["MacAddress"], ep["IPAddress"], ep["Host"])
+                            self.driver.learn(rec, ep["MacAddress"], addresses(ep), ep["Host"])
         return found

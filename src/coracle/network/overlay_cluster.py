@@ -2,7 +2,8 @@
 
 Keys (all under /coracle/; values JSON):
 
-    networks/<id>              the network record (name, subnet, gateway, VNI, internal, attachable...)
+    networks/<id>              the network record (name, subnet, gateway, VNI, internal, attachable...;
+                               Subnet6/Gateway6 too when dual-stack)
     names/<name>               -> id    } claims: created with a transaction comparing
     vnis/<vni>                 -> id    } create_revision == 0, so two hosts creating at
     subnets/<cidr>             -> id    } once never get the same name, VNI or subnet
@@ -30,13 +31,13 @@ import logging
 import secrets
 import threading
 from datetime import UTC, datetime
-from ipaddress import IPv4Address, IPv4Network
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from coracle.cluster.etcd import ClusterUnavailable, Etcd, KeyValue, LeaseNotFound
 from coracle.cluster.membership import NODES, Membership
 from coracle.errors import Conflict, InvalidParameter, NotFound
+from coracle.network.driver import Address, Network
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,10 @@ ROOT = "/coracle/"
 NETWORKS = ROOT + "networks/"
 ENDPOINTS = ROOT + "endpoints/"
 VNI_FIRST, VNI_LAST = 4096, (1 << 24) - 1
-DEFAULT_POOL = ("10.240.0.0/12", 24)
-T = TypeVar("T")  # 4096 overlay subnets, away from the bridge networks' default pools
+# 4096 IPv4 overlay subnets, away from the bridge networks' default pools; 65536 IPv6 ones in a ULA /48
+DEFAULT_POOLS = {4: ("10.240.0.0/12", 24), 6: ("fdc0:ac1e::/48", 64)}
+SUFFIX = {4: "", 6: "6"}  # the record's Subnet/Gateway keys of each family: Subnet, Subnet6
+T = TypeVar("T")
 
 
 class Sink(Protocol):
@@ -59,6 +62,11 @@ class Sink(Protocol):
     def overlay_network(self, network: dict[str, Any] | None, network_id: str) -> None: ...
 
     def overlay_endpoint(self, endpoint: dict[str, Any] | None, key: str) -> None: ...
+
+
+def addresses(endpoint: dict[str, Any]) -> list[str]:
+    """An endpoint's addresses as published (IPv4, and IPv6 on a dual-stack network)."""
+    return [a for a in (endpoint.get("IPAddress"), endpoint.get("GlobalIPv6Address")) if a]
 
 
 def endpoint_key(network_id: str, endpoint_id: str) -> str:
@@ -77,29 +85,32 @@ class OverlayCluster:
 
     # ----- networks ----------------------------------------------------------------
 
-    def create_network(self, name: str, subnet: IPv4Network | None, gateway: IPv4Address | None,
+    def create_network(self, name: str, subnets: dict[int, tuple[Network | None, Address | None]],
                        internal: bool, attachable: bool, options: dict[str, str], labels: dict[str, str],
                        mtu: int) -> dict[str, Any]:
-        """Claim the name, a VNI and a subnet, then publish the record; claims are undone on failure."""
+        """Claim the name, a VNI and a subnet per family ({4: (subnet or None to pick one, gateway or None)}, and
+        6 for a dual-stack network), then publish the record; claims are undone on failure."""
         nid = secrets.token_hex(32)
         claims: list[str] = []
         try:
             if not self.etcd.create(f"{ROOT}names/{name}", nid):
                 raise Conflict(f"network with name {name} already exists")
             claims.append(f"{ROOT}names/{name}")
-            vni = self._claim_vni(nid, claims)
-            if subnet is not None:
-                if not self._claim_subnet(subnet, nid, claims):
-                    raise Conflict(f"invalid pool request: Pool overlaps with other one on this address space "
-                                   f"({subnet} is used by another overlay network)")
-            else:
-                subnet = self._pick_subnet(nid, claims)
-            gw = gateway or next(subnet.hosts())
-            if gw not in subnet or gw in (subnet.network_address, subnet.broadcast_address):
-                raise InvalidParameter(f"invalid gateway {gw}: not a host address of subnet {subnet}")
-            rec = {"Id": nid, "Name": name, "Subnet": str(subnet), "Gateway": str(gw), "VNI": vni,
-                   "Internal": internal, "Attachable": attachable, "Options": options, "Labels": labels,
-                   "MTU": mtu, "Created": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+            rec: dict[str, Any] = {"Id": nid, "Name": name, "VNI": self._claim_vni(nid, claims)}
+            for version, (subnet, gateway) in sorted(subnets.items()):
+                if subnet is not None:
+                    if not self._claim_subnet(subnet, nid, claims):
+                        raise Conflict(f"invalid pool request: Pool overlaps with other one on this address space "
+                                       f"({subnet} is used by another overlay network)")
+                else:
+                    subnet = self._pick_subnet(version, nid, claims)
+                gw = gateway or next(subnet.hosts())
+                if gw not in subnet or gw in (subnet.network_address, subnet.broadcast_address):
+                    raise InvalidParameter(f"invalid gateway {gw}: not a host address of subnet {subnet}")
+                suffix = SUFFIX[version]
+                rec.update({"Subnet" + suffix: str(subnet), "Gateway" + suffix: str(gw)})
+            rec.update({"Internal": internal, "Attachable": attachable, "Options": options, "Labels": labels,
+                        "MTU": mtu, "Created": datetime.now(UTC).isoformat().replace("+00:00", "Z")})
             if "encrypted" in options:
                 rec["Secret"] = secrets.token_hex(32)
             self.etcd.put(NETWORKS + nid, json.dumps(rec))
@@ -120,7 +131,7 @@ class OverlayCluster:
                 return vni
         raise Conflict("no VXLAN id left")
 
-    def _claim_subnet(self, subnet: IPv4Network, nid: str, claims: list[str]) -> bool:
+    def _claim_subnet(self, subnet: Network, nid: str, claims: list[str]) -> bool:
         """Claim a subnet unless it overlaps a claimed one (checked again after the claim: a racing
         claimant of an overlapping, different CIDR makes both back off rather than both win)."""
         def overlapping() -> list[KeyValue]:
@@ -140,13 +151,13 @@ class OverlayCluster:
             return False
         return True
 
-    def _pick_subnet(self, nid: str, claims: list[str]) -> IPv4Network:
-        pool, prefixlen = DEFAULT_POOL
-        for candidate in IPv4Network(pool).subnets(new_prefix=prefixlen):
+    def _pick_subnet(self, version: int, nid: str, claims: list[str]) -> Network:
+        pool, prefixlen = DEFAULT_POOLS[version]
+        for candidate in ipaddress.ip_network(pool).subnets(new_prefix=prefixlen):
             if self._claim_subnet(candidate, nid, claims):
                 return candidate
-        raise Conflict("could not find an available, non-overlapping IPv4 address pool among the defaults to "
-                       "assign to the overlay network")
+        raise Conflict(f"could not find an available, non-overlapping IPv{version} address pool among the defaults "
+                       "to assign to the overlay network")
 
     def networks(self) -> list[dict[str, Any]]:
         return [json.loads(kv.value) for kv in self.etcd.range(NETWORKS)[0]]
@@ -164,9 +175,10 @@ class OverlayCluster:
                            f"(on {', '.join(hosts)})")
         if not self.etcd.delete_if(NETWORKS + nid, kv.mod_revision):
             raise Conflict(f"network {rec['Name']} changed while being removed: try again")
+        subnets = [f"{ROOT}subnets/{rec['Subnet' + suffix].replace('/', '_')}" for suffix in SUFFIX.values()
+                   if rec.get("Subnet" + suffix)]
         for key, prefix in ((f"{ROOT}addresses/{nid}/", True), (f"{ROOT}names/{rec['Name']}", False),
-                            (f"{ROOT}vnis/{rec['VNI']}", False),
-                            (f"{ROOT}subnets/{rec['Subnet'].replace('/', '_')}", False)):
+                            (f"{ROOT}vnis/{rec['VNI']}", False), *((key, False) for key in subnets)):
             self.etcd.delete(key, prefix=prefix)
 
     # ----- addresses and endpoints -------------------------------------------------
@@ -179,12 +191,12 @@ class OverlayCluster:
             self.membership.renew()
             return op(self.membership.current())
 
-    def allocate(self, rec: dict[str, Any], endpoint_id: str, wanted: IPv4Address | None) -> IPv4Address:
-        """A cluster-wide address: the first free one, claimed with compare-and-swap, bound to our lease."""
+    def allocate(self, rec: dict[str, Any], endpoint_id: str, wanted: Address | None) -> Address:
+        """A cluster-wide address in rec's Subnet (of either family): the first free one, claimed with
+        compare-and-swap, bound to our lease."""
         return self._leased(lambda lease: self._allocate(rec, endpoint_id, wanted, lease))
 
-    def _allocate(self, rec: dict[str, Any], endpoint_id: str, wanted: IPv4Address | None,
-                  lease: int) -> IPv4Address:
+    def _allocate(self, rec: dict[str, Any], endpoint_id: str, wanted: Address | None, lease: int) -> Address:
         subnet = ipaddress.ip_network(rec["Subnet"])
         gateway = ipaddress.ip_address(rec["Gateway"])
         prefix = f"{ROOT}addresses/{rec['Id']}/"
@@ -198,8 +210,8 @@ class OverlayCluster:
             if free is None:
                 break
             if self.etcd.create(prefix + str(free), endpoint_id, lease):
-                return free  # type: ignore[return-value]
-        raise Conflict(f"no available IPv4 address on network {rec['Name']}")
+                return free
+        raise Conflict(f"no available IPv{subnet.version} address on network {rec['Name']}")
 
     def release(self, network_id: str, address: str) -> None:
         self.etcd.delete(f"{ROOT}addresses/{network_id}/{address}")
@@ -217,7 +229,8 @@ class OverlayCluster:
         """After a new lease: this host's endpoints and their address claims again."""
         lease = self.membership.current()
         for ep in endpoints:
-            self.etcd.put(f"{ROOT}addresses/{ep['NetworkID']}/{ep['IPAddress']}", ep["EndpointID"], lease)
+            for address in addresses(ep):
+                self.etcd.put(f"{ROOT}addresses/{ep['NetworkID']}/{address}", ep["EndpointID"], lease)
             self.publish(ep)
 
     # ----- the watch ---------------------------------------------------------------
