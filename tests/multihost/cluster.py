@@ -240,6 +240,20 @@ class Cluster:
         self.hosts.remove(host)
         self.dead.append(host)
 
+    @contextmanager
+    def cut_off(self, host: Host) -> Iterator[None]:
+        """`host` cannot reach etcd (connections refused, from inside its namespace) until the block ends, and
+        the block starts once its lease has expired (etcd has dropped everything it published)."""
+        node = f"/coracle/nodes/{host.ip}"
+        nft = ["ip", "netns", "exec", host.daemon.netns, "nft"]
+        sh(*nft, "add table ip cutoff { chain out { type filter hook output priority filter; "
+                 f"tcp dport {CLIENT_PORT} reject with tcp reset; }}; }}")
+        try:
+            wait_for(lambda: self.etcd.lease_of(node) is None, "the cut-off host's lease expired")
+            yield
+        finally:
+            sh(*nft, "delete table ip cutoff", check=False)
+
     def visible_everywhere(self, network: str) -> bool:
         return all(h.docker("network", "inspect", network, check=False).returncode == 0 for h in self.hosts)
 

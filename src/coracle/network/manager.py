@@ -403,7 +403,7 @@ class NetworkManager:
             overlay = self.overlay
             static = parse_address(wanted, f"IPv{version} address", version) if wanted else None
             leased = overlay.allocate(rec, sub, cid, static)
-            undo.add(lambda: overlay.release(rec, str(leased)))
+            undo.add(lambda: overlay.release(rec, str(leased), cid))
             return leased
         address = self.ipam.allocate(rec.id, sub.network, sub.gateway, cid, sub.ip_range,
                                      parse_address(wanted, f"IPv{version} address", version) if wanted else None,

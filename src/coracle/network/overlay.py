@@ -149,8 +149,8 @@ class OverlayNetworks:
         except ClusterUnavailable as exc:
             raise ClusterUnavailable(f"cannot join overlay network {rec.name}: {exc}") from None
 
-    def release(self, rec: NetworkRecord, address: str) -> None:
-        self._quietly(lambda: self.cluster.release(rec.id, address))
+    def release(self, rec: NetworkRecord, address: str, holder: str) -> None:
+        self._quietly(lambda: self.cluster.release(rec.id, address, holder))
 
     def publish(self, rec: NetworkRecord, ep: Endpoint) -> None:
         """Tell every host where the endpoint is (after its interface exists)."""
@@ -166,7 +166,7 @@ class OverlayNetworks:
     def _unpublish(self, body: dict[str, Any]) -> None:
         self.cluster.unpublish(body["NetworkID"], body["EndpointID"])
         for address in addresses(body):
-            self.cluster.release(body["NetworkID"], address)
+            self.cluster.release(body["NetworkID"], address, body["Container"])
 
     @staticmethod
     def _quietly(step: Callable[[], None]) -> None:
@@ -212,9 +212,10 @@ class OverlayNetworks:
             self._unpublish(published[key])
 
     def _republish(self) -> None:
-        """A new lease: everything bound to the old one is gone; publish this host's endpoints again."""
-        with self.lock:
-            self.cluster.republish(self._local_endpoints())
+        """A new lease: everything bound to the old one is gone, and what others changed meanwhile may have
+        been missed: the full listing again (the sync publishes this host's endpoints again, learns the
+        others' and forgets those gone)."""
+        self.cluster.resync(self)
 
     def _records(self) -> list[NetworkRecord]:
         return [r for r in self.networks.all() if r.driver == self.driver.name]

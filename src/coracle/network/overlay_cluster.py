@@ -7,7 +7,7 @@ Keys (all under /coracle/; values JSON):
     names/<name>               -> id    } claims: created with a transaction comparing
     vnis/<vni>                 -> id    } create_revision == 0, so two hosts creating at
     subnets/<cidr>             -> id    } once never get the same name, VNI or subnet
-    addresses/<id>/<ip>        -> endpoint id, bound to the owner's lease (same claim)
+    addresses/<id>/<ip>        -> container id, bound to the owner's lease (same claim)
     endpoints/<id>/<endpoint>  where a container is (IP, MAC, names, host), bound to the owner's lease
     nodes/<address>            one per live daemon, bound to its lease (cluster/membership.py)
 
@@ -20,7 +20,8 @@ host's endpoints and addresses go away by themselves and every other host
 sees the deletions in its watch. `OverlayCluster.run` keeps one watch on the whole
 prefix: it lists everything, hands the listing to the sink (which makes the
 kernel and the resolver match it), then applies changes from the listed
-revision on; after any interruption it lists again, so nothing is missed.
+revision on; after any interruption it lists again, so nothing is missed, and
+so does a host that had to take a new lease, before it announces itself.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ class OverlayCluster:
         self.address = membership.address
         self._stop = threading.Event()
         self.connected = threading.Event()  # set while the watch is live (system check reports it)
+        self._synced = 0  # the revision of the last full listing: older events in the watch are stale
 
     # ----- networks ----------------------------------------------------------------
 
@@ -191,17 +193,17 @@ class OverlayCluster:
             self.membership.renew()
             return op(self.membership.current())
 
-    def allocate(self, rec: dict[str, Any], endpoint_id: str, wanted: Address | None) -> Address:
-        """A cluster-wide address in rec's Subnet (of either family): the first free one, claimed with
-        compare-and-swap, bound to our lease."""
-        return self._leased(lambda lease: self._allocate(rec, endpoint_id, wanted, lease))
+    def allocate(self, rec: dict[str, Any], holder: str, wanted: Address | None) -> Address:
+        """A cluster-wide address in rec's Subnet (of either family) for container `holder`: the first free
+        one, claimed with compare-and-swap, bound to our lease."""
+        return self._leased(lambda lease: self._allocate(rec, holder, wanted, lease))
 
-    def _allocate(self, rec: dict[str, Any], endpoint_id: str, wanted: Address | None, lease: int) -> Address:
+    def _allocate(self, rec: dict[str, Any], holder: str, wanted: Address | None, lease: int) -> Address:
         subnet = ipaddress.ip_network(rec["Subnet"])
         gateway = ipaddress.ip_address(rec["Gateway"])
         prefix = f"{ROOT}addresses/{rec['Id']}/"
         if wanted is not None:
-            if not self.etcd.create(prefix + str(wanted), endpoint_id, lease):
+            if not self.etcd.create(prefix + str(wanted), holder, lease):
                 raise Conflict(f"Address already in use: {wanted} is taken on network {rec['Name']}")
             return wanted
         for _ in range(64):
@@ -209,12 +211,13 @@ class OverlayCluster:
             free = next((a for a in subnet.hosts() if a != gateway and str(a) not in taken), None)
             if free is None:
                 break
-            if self.etcd.create(prefix + str(free), endpoint_id, lease):
+            if self.etcd.create(prefix + str(free), holder, lease):
                 return free
         raise Conflict(f"no available IPv{subnet.version} address on network {rec['Name']}")
 
-    def release(self, network_id: str, address: str) -> None:
-        self.etcd.delete(f"{ROOT}addresses/{network_id}/{address}")
+    def release(self, network_id: str, address: str, holder: str) -> None:
+        """Give an address back, if `holder` (the container that claimed it) still holds it."""
+        self.etcd.delete_if_value(f"{ROOT}addresses/{network_id}/{address}", holder)
 
     def publish(self, endpoint: dict[str, Any]) -> None:
         """Tell every host where this endpoint is (bound to our lease)."""
@@ -226,12 +229,36 @@ class OverlayCluster:
         self.etcd.delete(endpoint_key(network_id, endpoint_id))
 
     def republish(self, endpoints: list[dict[str, Any]]) -> None:
-        """After a new lease: this host's endpoints and their address claims again."""
-        lease = self.membership.current()
-        for ep in endpoints:
+        """After a new lease: this host's endpoints and their address claims again.
+
+        While this host was cut off longer than the TTL its claims expired, and another host may have
+        given one of its addresses to a new container: that claim is not taken over (two containers
+        would answer for one address everywhere). The endpoint stays unpublished, which is logged;
+        reconnecting its container gives it a free address."""
+        def claim(ep: dict[str, Any], lease: int) -> str | None:
+            """Claims the endpoint's addresses; returns the first one another endpoint holds (None: all ours)."""
+            made = []
             for address in addresses(ep):
-                self.etcd.put(f"{ROOT}addresses/{ep['NetworkID']}/{address}", ep["EndpointID"], lease)
-            self.publish(ep)
+                key = f"{ROOT}addresses/{ep['NetworkID']}/{address}"
+                if self.etcd.create(key, ep["Container"], lease):
+                    made.append(key)
+                    continue
+                held = self.etcd.get(key)
+                if held is not None and held.value.decode() != ep["Container"]:
+                    for key in made:
+                        self.etcd.delete(key)
+                    return address
+                self.etcd.put(key, ep["Container"], lease)  # ours, bound to an older lease
+            return None
+
+        for ep in endpoints:
+            taken = self._leased(lambda lease: claim(ep, lease))  # noqa: B023 (called before the next iteration)
+            if taken is None:
+                self.publish(ep)
+            else:
+                log.error("%s on network %s not published again: its address %s was given to another container "
+                          "while this host was cut off from the cluster store; reconnect it for a new address",
+                          ep.get("ContainerName"), ep.get("NetworkName"), taken)
 
     # ----- the watch ---------------------------------------------------------------
 
@@ -242,17 +269,14 @@ class OverlayCluster:
         """List, sync, watch; again after any interruption, until close()."""
         while not self._stop.is_set():
             try:
-                kvs, revision = self.etcd.range(ROOT)
-                networks = [json.loads(kv.value) for kv in kvs if kv.key.startswith(NETWORKS)]
-                endpoints = [json.loads(kv.value) for kv in kvs if kv.key.startswith(ENDPOINTS)]
-                hosts = {kv.key[len(NODES):] for kv in kvs if kv.key.startswith(NODES)}
-                sink.overlay_sync(networks, endpoints, hosts)
+                revision = self.resync(sink)
                 self.connected.set()
                 while not self._stop.is_set():
                     seen = revision
                     for event in self.etcd.watch(ROOT, revision + 1, idle=5):
                         revision = max(revision, event.revision)
-                        self._dispatch(sink, event.key, event.value)
+                        if event.revision > self._synced:  # else a listing made meanwhile already has it
+                            self._dispatch(sink, event.key, event.value)
                     if revision == seen and not self._alive():
                         break
             except ClusterUnavailable as exc:
@@ -261,6 +285,18 @@ class OverlayCluster:
                 log.exception("overlay watch")
             self.connected.clear()
             self._stop.wait(1.0)
+
+    def resync(self, sink: Sink) -> int:
+        """Everything listed and handed to the sink (which makes kernel, resolver and this host's own keys
+        match it): at start, after an interruption, and when this host had to take a new lease (what it
+        missed meanwhile is there at once, not when the watch next reconnects). Returns the revision."""
+        kvs, revision = self.etcd.range(ROOT)
+        networks = [json.loads(kv.value) for kv in kvs if kv.key.startswith(NETWORKS)]
+        endpoints = [json.loads(kv.value) for kv in kvs if kv.key.startswith(ENDPOINTS)]
+        hosts = {kv.key[len(NODES):] for kv in kvs if kv.key.startswith(NODES)}
+        sink.overlay_sync(networks, endpoints, hosts)
+        self._synced = max(self._synced, revision)
+        return revision
 
     def _alive(self) -> bool:
         try:
