@@ -14,6 +14,11 @@ host of the cluster (added when either appears, removed when either goes):
 - one outbound policy: UDP to the other host's VXLAN port carrying the
   network's mark -> ESP with the network's SAs (reqid = VNI).
 
+and one more outbound policy per network, below the others, blocking its
+marked VXLAN packets to any other destination: a peer that left the
+membership (its policy gone) or is not programmed yet gets nothing rather than
+cleartext.
+
 Which packets are the network's is decided by table `ip coracle_overlay`
 (ours alone): its `output` chain marks outgoing VXLAN packets by their VNI
 (map `encrypted`; the re-route after the mark takes the policy), and its
@@ -48,6 +53,7 @@ ICV_BITS = 128
 KEY_BYTES = 20  # AES-128 key + 4-byte salt
 MARK_BASE = 0x0C000000  # mark = base | VNI: the policy's selector; 24-bit VNIs never reach the base bits
 TABLE = "coracle_overlay"
+PEER_PRIORITY, BLOCK_PRIORITY = 10, 100  # xfrm prefers the lower: a peer's policy, else the network's block
 _STATE = re.compile(r"^src (\S+) dst (\S+)\n\s+proto esp spi (0x[0-9a-f]+) reqid (\d+)", re.M)
 _POLICY = re.compile(rf"^src (\S+)/32 dst (\S+)/32 proto udp dport {vxlan.PORT} \n"
                      r"\s+dir out[^\n]*\n\s+mark (0x[0-9a-f]+)/", re.M)
@@ -114,6 +120,8 @@ add rule ip {TABLE} input udp dport {vxlan.PORT} meta ipsec missing @th,96,32 & 
         self._table()
         word, mark = f"{vni << 8:#x}", f"{MARK_BASE | vni:#x}"
         self._run("nft", "add", "element", "ip", TABLE, "encrypted", f"{{ {word} : {mark} }}")
+        self._run("ip", "xfrm", "policy", "update", *self._selector("0.0.0.0/0", mark), "priority", str(BLOCK_PRIORITY),
+                  "action", "block")
         wanted = set(peers) - {self.local}
         for peer in wanted:
             self._pair(vni, secret, peer, mark)
@@ -126,6 +134,7 @@ add rule ip {TABLE} input udp dport {vxlan.PORT} meta ipsec missing @th,96,32 & 
         mark = f"{MARK_BASE | vni:#x}"
         for peer in self._policy_peers(mark):
             self._drop_policy(peer, mark)
+        self._run("ip", "xfrm", "policy", "delete", *self._selector("0.0.0.0/0", mark), check=False)
         self._drop_states(vni, keep=set())
         self._run("nft", "delete", "element", "ip", TABLE, "encrypted", f"{{ {vni << 8:#x} }}", check=False)
 
@@ -137,9 +146,13 @@ add rule ip {TABLE} input udp dport {vxlan.PORT} meta ipsec missing @th,96,32 & 
                 self._run("ip", "xfrm", "state", "add", "src", src, "dst", dst, "proto", "esp", "spi", hex(spi),
                           "reqid", str(vni), "mode", "transport", "replay-window", "0",
                           "aead", ALGORITHM, "0x" + key, str(ICV_BITS))
-        self._run("ip", "xfrm", "policy", "update", "src", f"{self.local}/32", "dst", f"{peer}/32", "proto", "udp",
-                  "dport", str(vxlan.PORT), "dir", "out", "mark", mark, "mask", "0xffffffff",
+        self._run("ip", "xfrm", "policy", "update", *self._selector(f"{peer}/32", mark), "priority", str(PEER_PRIORITY),
                   "tmpl", "src", self.local, "dst", peer, "proto", "esp", "reqid", str(vni), "mode", "transport")
+
+    def _selector(self, dst: str, mark: str) -> list[str]:
+        """An outbound policy's selector: this host's VXLAN packets to `dst` carrying `mark`."""
+        return ["src", f"{self.local}/32", "dst", dst, "proto", "udp", "dport", str(vxlan.PORT), "dir", "out",
+                "mark", mark, "mask", "0xffffffff"]
 
     def _drop_states(self, vni: int, keep: set[str]) -> None:
         listing = self._run("ip", "xfrm", "state", "list", "reqid", str(vni), check=False).stdout
@@ -154,5 +167,4 @@ add rule ip {TABLE} input udp dport {vxlan.PORT} meta ipsec missing @th,96,32 & 
                 if src == self.local and int(marked, 16) == int(mark, 16)}
 
     def _drop_policy(self, peer: str, mark: str) -> None:
-        self._run("ip", "xfrm", "policy", "delete", "src", f"{self.local}/32", "dst", f"{peer}/32", "proto", "udp",
-                  "dport", str(vxlan.PORT), "dir", "out", "mark", mark, "mask", "0xffffffff", check=False)
+        self._run("ip", "xfrm", "policy", "delete", *self._selector(f"{peer}/32", mark), check=False)
