@@ -277,3 +277,15 @@ def test_ipv6_overlay_gives_cluster_wide_addresses_aaaa_names_and_traffic_across
     aaaa = c.hosts[1].docker("exec", client, "nslookup", "-type=AAAA", web).stdout
     assert web_v6 in aaaa
     assert "over-ipv6" in fetch(web)  # and IPv4 still, by name
+
+
+def test_ipv6_overlays_without_a_subnet_get_distinct_ones_from_the_cluster_pool(clean_cluster: Cluster) -> None:
+    c = clean_cluster
+    names = [unique("ov") for _ in range(3)]
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda i: c.hosts[i].docker("network", "create", "-d", "overlay", "--ipv6", names[i]), range(3)))
+    for name in names:
+        wait_for(lambda name=name: c.visible_everywhere(name), "every network on every host")
+    subnets = {c.hosts[0].docker("network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}",
+                                 n).stdout.split()[1] for n in names}
+    assert len(subnets) == 3 and all(s.startswith("fdc0:ac1e:") and s.endswith("::/64") for s in subnets)
