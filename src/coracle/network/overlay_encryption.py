@@ -24,15 +24,14 @@ Which packets are the network's is decided by table `ip coracle_overlay`
 (map `encrypted`; the re-route after the mark takes the policy), and its
 `input` chain drops incoming VXLAN packets of an encrypted VNI that did not
 arrive inside ESP, so nobody on the underlay can inject cleartext frames into
-an encrypted network. Without a policy's SA (a peer not programmed yet) the
-packet is dropped, never sent in clear.
+an encrypted network. A peer's policy without its SA yet drops too.
 
 Anti-replay is off (replay window 0, as Docker's encrypted overlay): a host
 whose kernel state was lost restarts its sequence numbers, which a peer's
 window would otherwise drop until both re-keyed. Keys are not rotated: a
 network keeps its secret until it is removed (re-create it to change it).
-Kernels without ESP or GCM (CONFIG_INET_ESP, CONFIG_CRYPTO_GCM) make
-`supported()` say why, and such networks are refused.
+On kernels without ESP or GCM (CONFIG_INET_ESP, CONFIG_CRYPTO_GCM)
+`unsupported_reason()` says why, and such networks are refused.
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ from collections.abc import Iterable
 
 from coracle.network import vxlan
 
-__all__ = ["Encryption", "supported", "unsupported_reason"]
+__all__ = ["Encryption", "unsupported_reason"]
 
 ALGORITHM = "rfc4106(gcm(aes))"
 ICV_BITS = 128
@@ -71,10 +70,6 @@ def unsupported_reason() -> str | None:
     return (f"encrypted overlay networks need the kernel's IPsec ESP with AES-GCM ({ALGORITHM}; "
             f"CONFIG_INET_ESP and CONFIG_CRYPTO_GCM), which this kernel refused: "
             f"{probe.stderr.strip() or probe.returncode}")
-
-
-def supported() -> bool:
-    return unsupported_reason() is None
 
 
 def _derive(secret: str, label: str) -> bytes:
