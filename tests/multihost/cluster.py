@@ -180,8 +180,9 @@ class Host:
     def pid_of(self, container: str) -> int:
         return int(self.docker("inspect", "-f", "{{.State.Pid}}", container).stdout)
 
-    def address_of(self, container: str, network: str) -> str:
-        return self.docker("inspect", "-f", f"{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}",
+    def address_of(self, container: str, network: str, field: str = "IPAddress") -> str:
+        """The container's address on `network` (field GlobalIPv6Address for its IPv6 one)."""
+        return self.docker("inspect", "-f", f"{{{{(index .NetworkSettings.Networks \"{network}\").{field}}}}}",
                            container).stdout.strip()
 
 

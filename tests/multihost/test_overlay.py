@@ -265,8 +265,8 @@ def test_ipv6_overlay_gives_cluster_wide_addresses_aaaa_names_and_traffic_across
     c.hosts[0].docker("run", "-d", "--name", web, "--network", net, "busybox", "sh", "-c",
                       "echo over-ipv6 > /index.html; httpd -f -p 80 -h /")
     c.hosts[1].docker("run", "-d", "--name", client, "--network", net, "busybox", "sleep", "600")
-    web_v6, client_v6 = (h.docker("inspect", "-f", "{{(index .NetworkSettings.Networks \"%s\").GlobalIPv6Address}}"
-                                  % net, name).stdout.strip() for h, name in ((c.hosts[0], web), (c.hosts[1], client)))
+    web_v6 = c.hosts[0].address_of(web, net, "GlobalIPv6Address")
+    client_v6 = c.hosts[1].address_of(client, net, "GlobalIPv6Address")
     assert web_v6 != client_v6 and web_v6.startswith("fd77:1::") and client_v6.startswith("fd77:1::")
 
     def fetch(target: str) -> str:
