@@ -8,7 +8,11 @@ bridge, a coracled per host, etcd). Measured:
 - throughput: iperf3 (TCP, one stream, S seconds) host h0 -> host h1 over the
   underlay, and container on h0 -> container on h1 over the overlay (the
   host's iperf3 binary run inside the containers' network namespaces), taken
-  alternately; the figure is the ratio of the medians.
+  alternately; the figure is the ratio of the medians. On a shared machine
+  throughput is mostly the share of CPU the two iperf3 processes get, so each
+  run also gives its cost: CPU seconds (sender + receiver, as iperf3 reports
+  them, softirq work done in their context included) per GB received, which
+  the machine's load hardly moves.
 - convergence: from the moment `run -d` is sent to host h1 until a container
   on h0 resolves the new name through its embedded resolver and completes a
   TCP connection to it (polled every 5 ms from inside that container's
@@ -41,18 +45,25 @@ from coracle.cluster.etcd import Etcd  # noqa: E402
 from coracle.netns import netns as enter  # noqa: E402
 
 
-def iperf(client_ns: str, server_ns: str, server_ip: str, seconds: int) -> float:
-    """Gbit/s of one TCP stream from client_ns to an iperf3 server in server_ns."""
+def iperf(client_ns: str, server_ns: str, server_ip: str, seconds: int) -> tuple[float, float]:
+    """(Gbit/s, CPU seconds per GB) of one TCP stream from client_ns to an iperf3 server in server_ns."""
     server = subprocess.Popen(["nsenter", f"--net={server_ns}", "iperf3", "-s", "-1", "-B", server_ip],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.3)
         out = subprocess.run(["nsenter", f"--net={client_ns}", "iperf3", "-c", server_ip, "-t", str(seconds), "-J"],
                              capture_output=True, text=True, check=True).stdout
-        return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e9
+        end = json.loads(out)["end"]
+        received, cpu = end["sum_received"], end["cpu_utilization_percent"]
+        cpu_seconds = (cpu["host_total"] + cpu["remote_total"]) / 100 * received["seconds"]
+        return received["bits_per_second"] / 1e9, cpu_seconds / (received["bytes"] / 1e9)
     finally:
         server.kill()
         server.wait()
+
+
+def median(runs: list[tuple[float, float]], column: int) -> float:
+    return statistics.median(run[column] for run in runs)
 
 
 def reachable_by_name(ns: str, name: str, port: int) -> bool:
@@ -169,10 +180,11 @@ def main() -> None:
         conv, after = convergence(c, net, a_ns, max(opts.repeat, 10))
         cost = growth(c, [0, 100, 500], opts.repeat)
     print(picture)
-    u, o = statistics.median(under), statistics.median(over)
-    print(f"underlay host->host      {u:.2f} Gbit/s (median of {len(under)}: {', '.join(f'{x:.2f}' for x in under)})")
-    print(f"overlay container->cont. {o:.2f} Gbit/s (median of {len(over)}: {', '.join(f'{x:.2f}' for x in over)})")
-    print(f"ratio overlay/underlay   {o / u:.2f}")
+    for label, runs in (("underlay host->host     ", under), ("overlay container->cont.", over)):
+        print(f"{label} {median(runs, 0):.2f} Gbit/s, {median(runs, 1):.2f} CPU s/GB (median of {len(runs)}: "
+              f"{', '.join(f'{g:.2f}' for g, _ in runs)} Gbit/s)")
+    print(f"ratio overlay/underlay   {median(over, 0) / median(under, 0):.2f} in throughput, "
+          f"{median(under, 1) / median(over, 1):.2f} in bytes per CPU second")
     print(f"convergence run -d on h1 -> reachable by name from h0: median {statistics.median(conv) * 1000:.0f} ms, "
           f"min {min(conv) * 1000:.0f} ms, max {max(conv) * 1000:.0f} ms over {len(conv)}; "
           f"after run -d returned: median {statistics.median(after) * 1000:.0f} ms, max {max(after) * 1000:.0f} ms")

@@ -180,8 +180,9 @@ class Host:
     def pid_of(self, container: str) -> int:
         return int(self.docker("inspect", "-f", "{{.State.Pid}}", container).stdout)
 
-    def address_of(self, container: str, network: str) -> str:
-        return self.docker("inspect", "-f", f"{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}",
+    def address_of(self, container: str, network: str, field: str = "IPAddress") -> str:
+        """The container's address on `network` (field GlobalIPv6Address for its IPv6 one)."""
+        return self.docker("inspect", "-f", f"{{{{(index .NetworkSettings.Networks \"{network}\").{field}}}}}",
                            container).stdout.strip()
 
 
@@ -240,6 +241,20 @@ class Cluster:
         self.hosts.remove(host)
         self.dead.append(host)
 
+    @contextmanager
+    def cut_off(self, host: Host) -> Iterator[None]:
+        """`host` cannot reach etcd (connections refused, from inside its namespace) until the block ends, and
+        the block starts once its lease has expired (etcd has dropped everything it published)."""
+        node = f"/coracle/nodes/{host.ip}"
+        nft = ["ip", "netns", "exec", host.daemon.netns, "nft"]
+        sh(*nft, "add table ip cutoff { chain out { type filter hook output priority filter; "
+                 f"tcp dport {CLIENT_PORT} reject with tcp reset; }}; }}")
+        try:
+            wait_for(lambda: self.etcd.lease_of(node) is None, "the cut-off host's lease expired")
+            yield
+        finally:
+            sh(*nft, "delete table ip cutoff", check=False)
+
     def visible_everywhere(self, network: str) -> bool:
         return all(h.docker("network", "inspect", network, check=False).returncode == 0 for h in self.hosts)
 
@@ -258,6 +273,43 @@ class Cluster:
             left[f"h{host.index} neighbours"] = host.permanent_neighbours()
             left[f"h{host.index} fdb"] = host.remote_fdb()
         return {k: v for k, v in left.items() if v}
+
+
+SNIFFER = """
+import json, signal, socket, sys
+marker = sys.argv[1].encode()
+seen = {"esp": 0, "vxlan": 0, "marker": 0}
+def done(*_):
+    print(json.dumps(seen), flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, done)
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+print("ready", flush=True)
+while True:
+    frame = sock.recv(65535)
+    ipv4, proto, udp = frame[12:14] == b"\\x08\\x00", frame[23], 14 + (frame[14] & 15) * 4
+    if ipv4 and proto == 50:
+        seen["esp"] += 1
+    elif ipv4 and proto == 17 and frame[udp + 2:udp + 4] == b"\\x12\\xb5":
+        seen["vxlan"] += 1
+    seen["marker"] += marker in frame
+"""
+
+
+@contextmanager
+def underlay_capture(c: Cluster, marker: str) -> Iterator[dict[str, int]]:
+    """What crosses the underlay meanwhile (a raw socket in its namespace): ESP packets, VXLAN packets (UDP
+    4789) and frames carrying `marker` in clear; filled in when the block ends."""
+    sniffer = subprocess.Popen(["nsenter", f"--net=/run/netns/{c.underlay}", "python3", "-c", SNIFFER, marker],
+                               stdout=subprocess.PIPE, text=True)
+    seen: dict[str, int] = {}
+    try:
+        assert sniffer.stdout is not None and sniffer.stdout.readline().strip() == "ready"
+        yield seen
+    finally:
+        sniffer.terminate()
+        out, _ = sniffer.communicate(timeout=10)
+        seen.update(json.loads(out.strip().splitlines()[-1]) if out.strip() else {})
 
 
 def make_pki(root: Path, ips: list[str]) -> Path:

@@ -103,6 +103,47 @@ def test_a_lost_lease_is_replaced_and_the_hosts_entries_published_again() -> Non
         remove_all(c)
 
 
+def test_a_host_cut_off_longer_than_the_ttl_has_what_it_missed_once_it_is_back() -> None:
+    with cluster(hosts=2) as c:
+        net = c.overlay("--subnet", "10.81.0.0/24")
+        h0, h1 = c.hosts
+        client = unique("cl")  # away from the first free address, which h0 may hand out meanwhile
+        h1.docker("run", "-d", "--name", client, "--network", net, "--ip", "10.81.0.50", "busybox", "sleep", "600")
+        node = f"/coracle/nodes/{h1.ip}"
+        old = c.etcd.lease_of(node)
+        with c.cut_off(h1):
+            missed = web(h0, net, "made-while-cut-off")  # h1's watch cannot see it
+            missed_ip = h0.address_of(missed, net)
+        wait_for(lambda: c.etcd.lease_of(node) not in (None, old), "h1 back on a new lease")
+        # h1 announces itself only once it has re-read the cluster: no waiting for its watch to reconnect
+        assert any(n.get("dst") == missed_ip for n in h1.permanent_neighbours())
+        assert resolves(h1, client, missed)
+        wait_for(lambda: "made-while-cut-off" in fetch(h1, client, missed), "the missed server reachable (once up)")
+        wait_for(lambda: resolves(h0, missed, client), "h1's container published again and known on h0")
+        remove_all(c)
+
+
+def test_a_host_back_from_a_long_cut_off_does_not_take_back_an_address_given_away_meanwhile() -> None:
+    with cluster(hosts=2) as c:
+        net = c.overlay("--subnet", "10.82.0.0/24")
+        h0, h1 = c.hosts
+        early = sleeper(h1, net)
+        address = h1.address_of(early, net)
+        with c.cut_off(h1):  # h1's address claims expire with its lease: h0 may hand the address out again
+            late = web(h0, net, "given-again")
+            assert h0.address_of(late, net) == address
+        node = f"/coracle/nodes/{h1.ip}"
+        wait_for(lambda: c.etcd.lease_of(node) is not None, "h1 back on a new lease")
+        claim = f"/coracle/addresses/{h0.docker('network', 'inspect', '-f', '{{.Id}}', net).stdout.strip()}/{address}"
+        assert c.etcd.lease_of(claim) == c.etcd.lease_of(f"/coracle/nodes/{h0.ip}")  # still the new container's
+        observer = sleeper(h0, net)
+        assert not resolves(h0, observer, early)  # the stale one is not published: one container per address
+        wait_for(lambda: "given-again" in fetch(h0, observer, address), "the address reaching the new container")
+        h1.docker("rm", "-f", early)  # and removing the stale one releases nothing of the new one's
+        assert c.etcd.lease_of(claim) == c.etcd.lease_of(f"/coracle/nodes/{h0.ip}")
+        remove_all(c)
+
+
 def test_one_etcd_member_down_is_no_outage() -> None:
     with cluster(etcd_members=3) as c:
         net = c.overlay()

@@ -14,9 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cluster import UNDERLAY, Cluster, cluster, wait_for
+from cluster import UNDERLAY, Cluster, cluster, underlay_capture, wait_for
 from harness import unique
 from networld import Server, ask
+
+from coracle.network.overlay_encryption import unsupported_reason
 
 LAN_IP = f"{UNDERLAY}.1"  # an address of the underlay namespace: "outside" for the containers
 
@@ -214,3 +216,76 @@ def test_sdk_connect_disconnect_and_a_static_address_taken_elsewhere(clean_clust
         wait_for(lambda: "joined-late" not in fetch(), "the disconnected container gone from the other host")
     finally:
         sdk.close()
+
+
+def fetch_across(c: Cluster, net: str, word: str) -> None:
+    """A web server on host 0 serving `word`, fetched by name from a container on host 1."""
+    web, client = unique("web"), unique("cl")
+    c.hosts[0].docker("run", "-d", "--name", web, "--network", net, "busybox", "sh", "-c",
+                      f"echo {word} > /index.html; httpd -f -p 80 -h /")
+    c.hosts[1].docker("run", "-d", "--name", client, "--network", net, "busybox", "sleep", "600")
+    wait_for(lambda: word in c.hosts[1].docker("exec", client, "sh", "-c",
+                                               f"timeout 3 wget -q -O - http://{web}/ 2>&1 || true").stdout,
+             "the page fetched across hosts")
+
+
+def test_plain_overlay_traffic_crosses_the_underlay_as_cleartext_vxlan(clean_cluster: Cluster) -> None:
+    c = clean_cluster
+    word = unique("plain-page-")
+    with underlay_capture(c, word) as seen:
+        fetch_across(c, c.overlay(), word)
+    assert seen["vxlan"] > 0 and seen["marker"] > 0 and seen["esp"] == 0
+
+
+@pytest.mark.skipif(unsupported_reason() is not None, reason=f"{unsupported_reason()}")
+def test_encrypted_overlay_crosses_the_underlay_as_esp_only(clean_cluster: Cluster) -> None:
+    c = clean_cluster
+    word = unique("secret-page-")
+    net = c.overlay("--opt", "encrypted")
+    with underlay_capture(c, word) as seen:
+        fetch_across(c, net, word)
+    assert seen["esp"] > 0 and seen["vxlan"] == 0 and seen["marker"] == 0
+    assert c.hosts[0].docker("network", "inspect", "-f", "{{json .Options}}", net).stdout.strip() == \
+        '{"encrypted":""}'
+
+
+@pytest.mark.skipif(unsupported_reason() is None, reason="this kernel can encrypt overlays")
+def test_encrypted_overlay_is_refused_clearly_where_the_kernel_cannot_encrypt(clean_cluster: Cluster) -> None:
+    c = clean_cluster
+    name = unique("ov")
+    out = c.hosts[0].docker("network", "create", "-d", "overlay", "--opt", "encrypted", name, check=False)
+    assert out.returncode != 0 and "IPsec ESP" in out.stderr and "CONFIG_INET_ESP" in out.stderr
+    assert all(h.docker("network", "inspect", name, check=False).returncode != 0 for h in c.hosts)
+
+
+def test_ipv6_overlay_gives_cluster_wide_addresses_aaaa_names_and_traffic_across_hosts(clean_cluster: Cluster) -> None:
+    c = clean_cluster
+    net = c.overlay("--ipv6", "--subnet", "fd77:1::/64")
+    web, client = unique("web"), unique("cl")
+    c.hosts[0].docker("run", "-d", "--name", web, "--network", net, "busybox", "sh", "-c",
+                      "echo over-ipv6 > /index.html; httpd -f -p 80 -h /")
+    c.hosts[1].docker("run", "-d", "--name", client, "--network", net, "busybox", "sleep", "600")
+    web_v6 = c.hosts[0].address_of(web, net, "GlobalIPv6Address")
+    client_v6 = c.hosts[1].address_of(client, net, "GlobalIPv6Address")
+    assert web_v6 != client_v6 and web_v6.startswith("fd77:1::") and client_v6.startswith("fd77:1::")
+
+    def fetch(target: str) -> str:
+        return c.hosts[1].docker("exec", client, "sh", "-c",
+                                 f"timeout 3 wget -q -O - http://{target}/ 2>&1 || true").stdout
+
+    wait_for(lambda: "over-ipv6" in fetch(f"[{web_v6}]"), "TCP over IPv6 across hosts")
+    aaaa = c.hosts[1].docker("exec", client, "nslookup", "-type=AAAA", web).stdout
+    assert web_v6 in aaaa
+    assert "over-ipv6" in fetch(web)  # and IPv4 still, by name
+
+
+def test_ipv6_overlays_without_a_subnet_get_distinct_ones_from_the_cluster_pool(clean_cluster: Cluster) -> None:
+    c = clean_cluster
+    names = [unique("ov") for _ in range(3)]
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda i: c.hosts[i].docker("network", "create", "-d", "overlay", "--ipv6", names[i]), range(3)))
+    for name in names:
+        wait_for(lambda name=name: c.visible_everywhere(name), "every network on every host")
+    subnets = {c.hosts[0].docker("network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{end}}",
+                                 n).stdout.split()[1] for n in names}
+    assert len(subnets) == 3 and all(s.startswith("fdc0:ac1e:") and s.endswith("::/64") for s in subnets)

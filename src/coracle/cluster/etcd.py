@@ -211,6 +211,11 @@ class Etcd:
         return self._txn([{"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}],
                          [{"request_delete_range": {"key": _b64(key)}}])
 
+    def delete_if_value(self, key: str, value: bytes | str) -> bool:
+        """Delete `key` only if it still holds `value` (a claim released by its holder, never by another)."""
+        return self._txn([{"key": _b64(key), "target": "VALUE", "result": "EQUAL", "value": _b64(value)}],
+                         [{"request_delete_range": {"key": _b64(key)}}])
+
     # ----- leases ----------------------------------------------------------------
 
     def grant(self, ttl: int) -> int:

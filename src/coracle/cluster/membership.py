@@ -7,7 +7,8 @@ every other host sees the deletions through its watch. The lease id is kept
 in the data root: a daemon that restarts within the TTL takes its own lease
 back (live restore: its containers' entries never disappear). When the lease
 did expire (etcd down longer than the TTL, or a long restart), a fresh one is
-granted and the `on_renewed` callbacks re-publish this host's entries.
+granted and the `on_renewed` callbacks re-publish this host's entries and
+re-read everyone else's before the host announces itself again.
 """
 
 from __future__ import annotations
@@ -74,20 +75,21 @@ class Membership:
         self.etcd.put(NODES + self.address, json.dumps({"address": self.address}), lease=self.lease)
 
     def renew(self) -> None:
-        """A new lease (the old one expired), announced; the callbacks publish this host's keys again."""
+        """A new lease (the old one expired); the callbacks publish this host's keys again and re-read what
+        the others published, and only then is the host announced: a peer that sees it back sees it whole."""
         with self._lock:
             self.lease = self.etcd.grant(self.ttl)
             tmp = self.state_path + ".tmp"
             with open(tmp, "w") as f:
                 json.dump({"lease": self.lease}, f)
             os.replace(tmp, self.state_path)
-            self._announce()
         log.info("cluster lease %x granted (TTL %d s)", self.lease, self.ttl)
         for callback in self.on_renewed:
             try:
                 callback()
             except Exception:
                 log.exception("re-publishing after a new cluster lease")
+        self._announce()
 
     def _run(self) -> None:
         while not self._stop.wait(max(1.0, self.ttl / 3)):

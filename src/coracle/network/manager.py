@@ -70,7 +70,6 @@ import secrets
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from ipaddress import IPv4Address
 from typing import Any, overload
 
 from coracle.errors import Conflict, InvalidParameter
@@ -403,11 +402,9 @@ class NetworkManager:
             return None
         if self.overlay is not None and rec.driver == "overlay":  # addresses of the whole cluster
             overlay = self.overlay
-            static = parse_address(wanted, "IPv4 address") if wanted else None
-            if static is not None and not isinstance(static, IPv4Address):
-                raise InvalidParameter(f"invalid IPv4 address {wanted}")
-            leased = overlay.allocate(rec, cid, static)
-            undo.add(lambda: overlay.release(rec, str(leased)))
+            static = parse_address(wanted, f"IPv{version} address", version) if wanted else None
+            leased = overlay.allocate(rec, sub, cid, static)
+            undo.add(lambda: overlay.release(rec, str(leased), cid))
             return leased
         address = self.ipam.allocate(rec.id, sub.network, sub.gateway, cid, sub.ip_range,
                                      parse_address(wanted, f"IPv{version} address", version) if wanted else None,

@@ -5,8 +5,9 @@ containers' veths are). It has `nolearning` and no default (all-zero) FDB
 entry, so nothing is ever flooded to other hosts and no multicast group is
 used: each remote container is one FDB entry (its MAC -> the underlay address
 of its host), one static bridge entry (so the bridge hands its frames to the
-VXLAN port directly) and one permanent neighbour entry (its IP -> MAC), which
-the device's `proxy` flag uses to answer the local containers' ARP requests
+VXLAN port directly) and a permanent neighbour entry per address (IPv4 and,
+on dual-stack networks, IPv6 -> MAC), which the device's `proxy` flag uses to
+answer the local containers' ARP requests and IPv6 neighbour solicitations
 itself. All of it is kernel state: traffic keeps flowing whatever happens to
 the daemon or to etcd.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Sequence
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -52,7 +54,11 @@ def _ignore_missing(exc: NetlinkError) -> None:
         raise exc
 
 
-def add_remote(ipr: IPRoute, device: str, mac: str, ip: str, host: str) -> None:
+def _family(ip: str) -> int:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
+def add_remote(ipr: IPRoute, device: str, mac: str, ips: Sequence[str], host: str) -> None:
     """Teach this host where a remote container is: FDB (self and bridge) and neighbour entries."""
     idx = index(ipr, device)
     if idx is None:
@@ -62,16 +68,17 @@ def add_remote(ipr: IPRoute, device: str, mac: str, ip: str, host: str) -> None:
     ipr.fdb("replace", ifindex=idx, lladdr=mac, dst=host, flags=ndmsg.flags["self"],
             state=ndmsg.states["permanent"] | ndmsg.states["noarp"])
     ipr.fdb("replace", ifindex=idx, lladdr=mac, flags=ndmsg.flags["master"], state=ndmsg.states["noarp"])
-    ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=idx, state=ndmsg.states["permanent"])
+    for ip in ips:
+        ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=idx, family=_family(ip), state=ndmsg.states["permanent"])
 
 
-def remove_remote(ipr: IPRoute, device: str, mac: str, ip: str) -> None:
+def remove_remote(ipr: IPRoute, device: str, mac: str, ips: Sequence[str]) -> None:
     """Forget a remote container; entries already gone are fine."""
     idx = index(ipr, device)
     if idx is None:
         return
     steps: list[tuple[str, dict[str, Any]]] = [
-        ("neigh", {"dst": ip, "lladdr": mac, "ifindex": idx}),
+        *(("neigh", {"dst": ip, "lladdr": mac, "ifindex": idx, "family": _family(ip)}) for ip in ips),
         ("fdb", {"ifindex": idx, "lladdr": mac, "flags": ndmsg.flags["master"]}),
         ("fdb", {"ifindex": idx, "lladdr": mac}),
     ]
@@ -88,7 +95,8 @@ def remotes(ipr: IPRoute, device: str) -> dict[str, str]:
     if idx is None:
         return {}
     out = {}
-    for msg in ipr.get_neighbours(ifindex=idx, family=socket.AF_INET):
-        if msg["state"] & ndmsg.states["permanent"]:
-            out[msg.get_attr("NDA_DST")] = msg.get_attr("NDA_LLADDR")
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for msg in ipr.get_neighbours(ifindex=idx, family=family):
+            if msg["state"] & ndmsg.states["permanent"]:
+                out[msg.get_attr("NDA_DST")] = msg.get_attr("NDA_LLADDR")
     return out

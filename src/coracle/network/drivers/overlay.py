@@ -17,12 +17,13 @@ from collections.abc import Iterator, Sequence
 
 from coracle.errors import InvalidParameter
 from coracle.network import netlink, vxlan
+from coracle.network.overlay_encryption import unsupported_reason
 from coracle.network.driver import OPT, Endpoint, NetworkRecord, NetworkSpec
 from coracle.network.drivers.bridge import BridgeDriver
 
 __all__ = ["OverlayDriver", "device_names"]
 
-OPTIONS = (OPT + "driver.mtu",)
+OPTIONS = (OPT + "driver.mtu", "encrypted")
 
 
 def device_names(network_id: str) -> tuple[str, str]:
@@ -47,10 +48,8 @@ class OverlayDriver:
         unknown = [k for k in spec.options if k not in OPTIONS]
         if unknown:
             raise InvalidParameter(f"overlay driver: unknown option {unknown[0]!r}")
-        if spec.enable_ipv6:
-            raise InvalidParameter("overlay networks are IPv4 only")
-        if len(spec.subnets) > 1:
-            raise InvalidParameter("overlay networks take one IPv4 subnet")
+        if "encrypted" in spec.options and (reason := unsupported_reason()):
+            raise InvalidParameter(reason)
 
     def mtu(self, wanted: int | None) -> int:
         """The endpoints' MTU: the underlay's minus the VXLAN overhead, or less if asked."""
@@ -103,15 +102,15 @@ class OverlayDriver:
 
     # ----- remote endpoints (from the cluster watch) ------------------------------------
 
-    def learn(self, network: NetworkRecord, mac: str, ip: str, host: str) -> None:
+    def learn(self, network: NetworkRecord, mac: str, ips: Sequence[str], host: str) -> None:
         with netlink.netns_socket(self.host_netns) as ipr:
-            vxlan.add_remote(ipr, device_names(network.id)[1], mac, ip, host)
+            vxlan.add_remote(ipr, device_names(network.id)[1], mac, ips, host)
 
-    def forget(self, network: NetworkRecord, mac: str, ip: str) -> None:
+    def forget(self, network: NetworkRecord, mac: str, ips: Sequence[str]) -> None:
         with netlink.netns_socket(self.host_netns) as ipr:
-            vxlan.remove_remote(ipr, device_names(network.id)[1], mac, ip)
+            vxlan.remove_remote(ipr, device_names(network.id)[1], mac, ips)
 
     def remotes(self, network: NetworkRecord) -> dict[str, str]:
-        """{ip: mac} of the remote endpoints the kernel knows on this network."""
+        """{ip: mac} of the remote endpoints the kernel knows on this network (IPv4 and IPv6)."""
         with netlink.netns_socket(self.host_netns) as ipr:
             return vxlan.remotes(ipr, device_names(network.id)[1])
