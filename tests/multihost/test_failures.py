@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from cluster import Cluster, Host, cluster, wait_for
 from harness import unique
+
+# namespaces as hosts, etcd and daemons: the root tier
+pytestmark = pytest.mark.root
 
 
 def resolves(host: Host, client: str, name: str) -> bool:

@@ -20,6 +20,9 @@ from networld import Server, ask
 
 from coracle.network.overlay_encryption import unsupported_reason
 
+# namespaces as hosts, etcd and daemons: the root tier
+pytestmark = pytest.mark.root
+
 LAN_IP = f"{UNDERLAY}.1"  # an address of the underlay namespace: "outside" for the containers
 
 

@@ -6,8 +6,13 @@ import socket
 import subprocess
 import uuid
 
+import pytest
+
 from coracle.network import netlink
 from coracle.netns import netns
+
+# makes network namespaces: the root tier
+pytestmark = pytest.mark.root
 
 
 def test_a_namespace_without_any_route_reads_as_empty() -> None:

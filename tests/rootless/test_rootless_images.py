@@ -7,8 +7,13 @@ import os
 import tarfile
 from pathlib import Path
 
+import pytest
+
 import harness
 from rootless_support import LAN_PEER, RootlessUser
+
+# makes throwaway users with subordinate ids: the root tier
+pytestmark = pytest.mark.root
 
 BY_ROOT, BY_USER = "rl-by-root", "rl-by-1000"  # files of the image owned by 0:0 and by 1000:1000
 

@@ -15,6 +15,9 @@ import pytest
 
 from rootless_support import RootlessUser
 
+# makes throwaway users with subordinate ids: the root tier
+pytestmark = pytest.mark.root
+
 T = TypeVar("T")
 
 

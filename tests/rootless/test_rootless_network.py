@@ -10,7 +10,12 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 
+import pytest
+
 from rootless_support import LAN_HOST, LAN_PEER, RootlessUser
+
+# makes throwaway users with subordinate ids: the root tier
+pytestmark = pytest.mark.root
 
 
 def _until(check: Callable[[], str], timeout: float = 30) -> str:

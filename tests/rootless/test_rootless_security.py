@@ -6,7 +6,12 @@ import os
 import signal
 import subprocess
 
+import pytest
+
 from rootless_support import RootlessUser
+
+# makes throwaway users with subordinate ids: the root tier
+pytestmark = pytest.mark.root
 
 
 def test_container_root_cannot_read_another_users_file(user: RootlessUser) -> None:
