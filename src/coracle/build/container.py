@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 
 from coracle.build.errors import BuildCancelled
 from coracle.errors import CoracleError, NotFound
+from coracle.runtime.client import MAX_PACKET
 
 log = logging.getLogger("coracle.build")
 BUILD_LABEL = "coracle.build"  # marks step containers: `ps --filter label=coracle.build`
@@ -53,7 +54,8 @@ class StepContainer:
         return str(self.engine.get(self.id)["GraphDriver"]["Data"]["UpperDir"])
 
     def run(self, emit: Emit, stopping: Callable[[], bool]) -> int:
-        """Start it, stream its output as build progress, and return its exit code."""
+        """Start it, stream its output as build progress, and return its exit code. The monitor's
+        stream is packets: b"o" + multiplexed frames, then b"e" when the process is gone."""
         attached: list[socket.socket] = []
 
         def before_release(cid: str) -> None:
@@ -68,12 +70,12 @@ class StepContainer:
                 if stopping():
                     raise BuildCancelled("the build was cancelled")
                 try:
-                    data = sock.recv(1 << 16)
+                    packet = sock.recv(MAX_PACKET)
                 except TimeoutError:
                     continue
-                if not data:
+                if packet[:1] != b"o":  # b"e": the process ended (nothing: the stream was cut)
                     break
-                payloads, buffer = _split_frames(buffer + data)
+                payloads, buffer = _split_frames(buffer + packet[1:])
                 for payload in payloads:
                     emit({"stream": payload.decode("utf-8", errors="replace")})
         finally:
