@@ -334,21 +334,43 @@ class Client:
     def hijack(self, path: str, query: dict[str, Any] | None = None,
                body: Any = None) -> tuple[socket.socket, bool, bytes]:
         """POST with `Upgrade: tcp`; returns (raw socket, multiplexed?, bytes already read past the head)."""
+        return self.upgraded(self.send_upgrade(path, query, body))
+
+    def send_upgrade(self, path: str, query: dict[str, Any] | None = None, body: Any = None) -> socket.socket:
+        """hijack's first half: the request sent on a connection of its own, the answer left unread
+        (`run` sends its attach and its wait before it reads either answer: one round trip, not two)."""
         sock = self._connect()
         data = json.dumps(body if body is not None else {}).encode()
         headers = {"Content-Type": "application/json", "Connection": "Upgrade", "Upgrade": "tcp",
                    "Content-Length": str(len(data))}
         sock.sendall(self._head("POST", path_with_query(path, query), headers) + data)
-        sock.settimeout(None)
+        return sock
+
+    def send(self, method: str, path: str, query: dict[str, Any] | None = None) -> socket.socket:
+        """A request without a body on a connection of its own, its answer left to `answer`."""
+        sock = self._connect()
+        sock.sendall(self._head(method, path_with_query(path, query), {**self.headers, "Content-Length": "0"}))
+        return sock
+
+    @staticmethod
+    def answer(sock: socket.socket, method: str, during: str = "") -> Response:
+        """The head of the answer to `send` (the body unread); raises ApiError >= 400."""
         try:
-            resp = Response(sock, "POST")
+            resp = Response(sock, method)
         except _Closed:
             sock.close()
-            raise DaemonUnreachable("the daemon closed the connection during the upgrade") from None
+            raise DaemonUnreachable("the daemon closed the connection" + during) from None
         if resp.status >= 400:
             raw = resp.read()
             sock.close()
             raise ApiError(resp.status, error_message(raw))
+        return resp
+
+    @classmethod
+    def upgraded(cls, sock: socket.socket) -> tuple[socket.socket, bool, bytes]:
+        """hijack's second half: the daemon's answer to the upgrade."""
+        sock.settimeout(None)
+        resp = cls.answer(sock, "POST", " during the upgrade")
         return sock, "multiplexed" in resp.headers.get("content-type", ""), bytes(resp._buf)
 
 

@@ -6,14 +6,17 @@ CLI would send, so the daemon sees the same request from either client.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 
+from coracle.cli.flags import REMAINDER
 from coracle.cli.units import parse_bytes, parse_duration
 
 TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
 if TYPE_CHECKING:
+    import argparse
+
+    from coracle.cli.flags import Flags
     from typing import Any
     from collections.abc import Callable
 
@@ -37,7 +40,7 @@ def add_resource_flags(a: Any) -> None:
     a("--blkio-weight", type=int, help="block IO (relative weight), between 10 and 1000, or 0 to disable")
 
 
-def add_container_flags(p: argparse.ArgumentParser) -> None:
+def add_container_flags(p: Flags) -> None:
     """The flags shared by `run` and `create` (docker's names and short forms; `-h` is --hostname)."""
     a = p.add_argument
     a("--help", action="help", help="print usage")
@@ -108,7 +111,7 @@ def add_container_flags(p: argparse.ArgumentParser) -> None:
     a("--pull", default="missing", choices=["always", "missing", "never"], help="pull image before running")
     a("--platform", help="set platform if server is multi-platform capable")
     a("image", help="the image to run")
-    a("command", nargs=argparse.REMAINDER, help="the command and its arguments")
+    a("command", nargs=REMAINDER, help="the command and its arguments")
 
 
 # ----- small parsers (each raises UsageError in docker's words) ---------------

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+from coracle.cli.flags import Flags
 from coracle.cli.runconfig import UsageError
 
 TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
@@ -21,34 +21,38 @@ class CommandError(Exception):
         self.code = code
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse with docker's error wording and exit status 125 instead of usage + 2."""
+def _argparse_parser(**settings: Any) -> Any:
+    """argparse with docker's error wording and exit status 125 instead of usage + 2 (imported only
+    when a command line needs it: see `coracle.cli.flags`)."""
+    import argparse
 
-    def error(self, message: str) -> NoReturn:
-        if message.startswith("unrecognized arguments: "):
-            message = "unknown flag: " + message.split(": ", 1)[1].split()[0]
-        raise UsageError(message)
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            if message.startswith("unrecognized arguments: "):
+                message = "unknown flag: " + message.split(": ", 1)[1].split()[0]
+            raise UsageError(message)
 
-
-def _formatter(prog: str) -> argparse.HelpFormatter:
-    """argparse's formatter at the width it would choose, found without importing shutil: argparse
-    builds one per add_argument, and shutil drags bz2, lzma and fnmatch into every command's start."""
-    try:
-        columns = int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        columns = 0
-    if columns <= 0:
+    def formatter(prog: str) -> argparse.HelpFormatter:
+        """argparse's formatter at the width it would choose, found without importing shutil: argparse
+        builds one per add_argument, and shutil drags bz2, lzma and fnmatch in."""
         try:
-            # sys.__stdout__ is None without a stdout: the AttributeError is caught below
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
-        except (AttributeError, ValueError, OSError):
+            columns = int(os.environ["COLUMNS"])
+        except (KeyError, ValueError):
             columns = 0
-    return argparse.HelpFormatter(prog, width=(columns or 80) - 2)
+        if columns <= 0:
+            try:
+                # sys.__stdout__ is None without a stdout: the AttributeError is caught below
+                columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+            except (AttributeError, ValueError, OSError):
+                columns = 0
+        return argparse.HelpFormatter(prog, width=(columns or 80) - 2)
+
+    return Parser(allow_abbrev=False, formatter_class=formatter, **settings)
 
 
-def parser(name: str, usage: str, description: str = "", *, help_flag: bool = True) -> Parser:
-    return Parser(prog=f"coracle {name}", usage=f"coracle {name} {usage}", description=description,
-                  add_help=help_flag, allow_abbrev=False, formatter_class=_formatter)
+def parser(name: str, usage: str, description: str = "", *, help_flag: bool = True) -> Flags:
+    return Flags(lambda: _argparse_parser(prog=f"coracle {name}", usage=f"coracle {name} {usage}",
+                                          description=description, add_help=help_flag))
 
 
 def save_stream(resp: Any, target: str | None) -> None:
