@@ -12,12 +12,13 @@ negotiation round trip.
 
 from __future__ import annotations
 
-import json
 import os
 
 # The C module under `socket`: the same socket objects, without building the socket module's
 # enum classes (AddressFamily, SocketKind, MsgFlag ...) at every command's start.
 import _socket as socket
+
+from coracle.cli import wirejson
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings anyway
 if TYPE_CHECKING:
@@ -175,7 +176,7 @@ def path_with_query(path: str, query: dict[str, Any] | None) -> str:
             if isinstance(item, bool):
                 item = "1" if item else "0"
             elif isinstance(item, dict):
-                item = json.dumps(item, separators=(",", ":"))
+                item = wirejson.dumps(item, compact=True)
             pairs.append((key, str(item)))
     return path + ("?" + "&".join(f"{_percent(k, plus=True)}={_percent(v, plus=True)}" for k, v in pairs)
                    if pairs else "")
@@ -273,7 +274,7 @@ class Client:
                 data = body
                 hdrs["Transfer-Encoding"] = "chunked"
             else:
-                data = json.dumps(body).encode()
+                data = wirejson.dumps(body).encode()
             hdrs["Content-Type"] = content_type
         if data is None or isinstance(data, bytes):
             hdrs["Content-Length"] = str(len(data or b""))
@@ -312,7 +313,7 @@ class Client:
         if not raw.strip():
             return None
         try:
-            return json.loads(raw)
+            return wirejson.loads(raw)
         except ValueError:
             return raw.decode(errors="replace")
 
@@ -340,7 +341,7 @@ class Client:
         """hijack's first half: the request sent on a connection of its own, the answer left unread
         (`run` sends its attach and its wait before it reads either answer: one round trip, not two)."""
         sock = self._connect()
-        data = json.dumps(body if body is not None else {}).encode()
+        data = wirejson.dumps(body if body is not None else {}).encode()
         headers = {"Content-Type": "application/json", "Connection": "Upgrade", "Upgrade": "tcp",
                    "Content-Length": str(len(data))}
         sock.sendall(self._head("POST", path_with_query(path, query), headers) + data)
@@ -377,7 +378,7 @@ class Client:
 def error_message(raw: bytes) -> str:
     text = raw.decode(errors="replace").strip()
     try:
-        doc = json.loads(text)
+        doc = wirejson.loads(text)
     except ValueError:
         return text
     if isinstance(doc, dict) and "message" in doc:
@@ -395,9 +396,9 @@ def json_lines(resp: Response) -> Iterator[dict[str, Any]]:
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
             if line.strip():
-                yield json.loads(line)
+                yield wirejson.loads(line)
     if buf.strip():
-        yield json.loads(buf)
+        yield wirejson.loads(buf)
 
 
 def file_chunks(f: BinaryIO, size: int = 1 << 20) -> Iterable[bytes]:

@@ -7,7 +7,6 @@ CLI would send, so the daemon sees the same request from either client.
 from __future__ import annotations
 
 import os
-import re
 
 from coracle.cli.flags import REMAINDER
 from coracle.cli.units import parse_bytes, parse_duration
@@ -238,6 +237,8 @@ def env_entries(items: list[str], files: list[str]) -> list[str]:
 
 
 def _port_range(text: str, flag: str, value: str) -> list[int]:
+    import re  # imported where used: it costs every command start-up time
+
     m = re.fullmatch(r"(\d+)(?:-(\d+))?", text)
     if not m:
         raise _flag_error(value, flag, f"invalid containerPort: {text}" if flag == "-p" else f"invalid port {text}")
@@ -250,6 +251,9 @@ def _port_range(text: str, flag: str, value: str) -> list[int]:
 
 def parse_publish(specs: list[str]) -> tuple[dict[str, dict], dict[str, list[dict[str, str]]]]:
     """`-p [ip:][hostPort:]containerPort[/proto]` -> (ExposedPorts, PortBindings)."""
+    if specs:
+        import re  # imported where used: it costs every command start-up time
+
     exposed: dict[str, dict] = {}
     bindings: dict[str, list[dict[str, str]]] = {}
     for spec in specs:
@@ -304,6 +308,8 @@ def _restart(value: str) -> dict[str, Any]:
 
 
 def _device(spec: str) -> dict[str, str]:
+    import re  # imported where used: it costs every command start-up time
+
     parts = spec.split(":")
     host = parts[0]
     ctr, perms = host, "rwm"

@@ -10,13 +10,11 @@ otherwise (or with `--progress plain`) lines are only ever appended.
 from __future__ import annotations
 
 import _thread
-import json
 import os
-import re
 import sys
 import time
 
-from coracle.cli import contexttar
+from coracle.cli import contexttar, wirejson
 from coracle.cli.commands import CommandError, parser
 from coracle.cli.main import Cli
 
@@ -25,8 +23,25 @@ if TYPE_CHECKING:
     from typing import IO, Any
     from collections.abc import Iterator
 
-_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$", re.S)
-_NOISE = re.compile(r"^ ---> (Running in |Removed intermediate container |[0-9a-f]{12}$)")
+_NOISE = (" ---> Running in ", " ---> Removed intermediate container ")
+
+
+def _step(text: str) -> tuple[str, str, str] | None:
+    """`Step 2/5 : RUN make` -> ("2", "5", "RUN make"), else None (string work: no `re` at start-up)."""
+    if not text.startswith("Step "):
+        return None
+    counts, sep, rest = text[5:].partition(" : ")
+    number, slash, total = counts.partition("/")
+    return (number, total, rest) if sep and slash and number.isdigit() and total.isdigit() else None
+
+
+def _noise(text: str) -> bool:
+    """The classic builder's container and image id lines, which the step lines already say."""
+    line = text.rstrip("\n")
+    if line.startswith(_NOISE):
+        return True
+    short = line.removeprefix(" ---> ")
+    return short != line and len(short) == 12 and all(c in "0123456789abcdef" for c in short)
 
 
 def _context_entries(root: str, dockerfile: bytes | None, dockerfile_name: str
@@ -128,7 +143,7 @@ def _secrets(specs: list[str]) -> dict[str, str]:
             except OSError as exc:
                 raise CommandError(f"failed to read secret {sid} from {path!r}: {exc.strerror}", 1) from None
         out[sid] = base64.b64encode(value).decode()
-    return {"X-Coracle-Build-Secrets": base64.b64encode(json.dumps(out).encode()).decode()} if out else {}
+    return {"X-Coracle-Build-Secrets": base64.b64encode(wirejson.dumps(out).encode()).decode()} if out else {}
 
 
 class Progress:
@@ -169,15 +184,15 @@ class Progress:
         if text is None:
             return
         with self.lock:
-            m = _STEP.match(text.rstrip("\n"))
-            if m:
+            step = _step(text.rstrip("\n"))
+            if step:
                 self._close_step()
-                self.header = f"[{m.group(1)}/{m.group(2)}] {m.group(3).strip()}"
+                self.header = f"[{step[0]}/{step[1]}] {step[2].strip()}"
                 self.started, self.on_header_line = time.monotonic(), True
                 self.out.write(self.header)
             elif text.startswith(" ---> Using cache"):
                 self.cached = True
-            elif _NOISE.match(text) or not text.strip():
+            elif _noise(text) or not text.strip():
                 return
             elif text.startswith(("Successfully built", "Successfully tagged")):
                 self._close_step()
@@ -241,9 +256,9 @@ def build(cli: Cli, name: str, args: list[str]) -> int:
             dockerfile_name = ".dockerfile." + os.urandom(6).hex()
     query: dict[str, Any] = {
         "t": opts.tag or None, "dockerfile": dockerfile_name, "target": opts.target,
-        "buildargs": json.dumps(_pairs(opts.build_arg, "--build-arg")) if opts.build_arg else None,
-        "labels": json.dumps(_pairs(opts.label, "--label")) if opts.label else None,
-        "cachefrom": json.dumps(opts.cache_from) if opts.cache_from else None,
+        "buildargs": wirejson.dumps(_pairs(opts.build_arg, "--build-arg")) if opts.build_arg else None,
+        "labels": wirejson.dumps(_pairs(opts.label, "--label")) if opts.label else None,
+        "cachefrom": wirejson.dumps(opts.cache_from) if opts.cache_from else None,
         "nocache": 1 if opts.no_cache else None, "pull": 1 if opts.pull else None,
         "rm": 0 if opts.rm.lower() in ("false", "0") else None, "forcerm": 1 if opts.force_rm else None,
         "networkmode": opts.network, "extrahosts": ",".join(opts.add_host) or None,

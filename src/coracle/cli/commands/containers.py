@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
 import time
 
+from coracle.cli import wirejson
 from coracle.cli.client import ApiError, Client, quote_name
 from coracle.cli.flags import REMAINDER
 from coracle.cli.commands import CommandError, each, filters, parser, save_stream
@@ -195,7 +195,7 @@ class _Exit:
 
     def _read(self) -> None:
         try:
-            doc = json.loads(self.resp.read() or b"{}")
+            doc = wirejson.loads(self.resp.read() or b"{}")
             self.status = int(doc.get("StatusCode", 0))
         except (OSError, ValueError):
             self.status = None
@@ -670,7 +670,7 @@ def _stat_path(cli: Cli, container: str, path: str) -> dict[str, Any] | None:
         raise
     resp.read()
     header = resp.getheader("X-Docker-Container-Path-Stat")
-    return json.loads(base64.b64decode(header)) if header else {}
+    return wirejson.loads(base64.b64decode(header)) if header else {}
 
 
 def diff(cli: Cli, name: str, args: list[str]) -> int:
