@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 
-from coracle.cli.commands import Parser
+from coracle.cli.commands import parser
 from coracle.cli.commands.containers import _image_ref, detach_sequence, start_error_status
 from coracle.cli.runconfig import UsageError, add_container_flags, create_body, parse_publish
 
 
 def body(*argv: str, detach: bool = True, console: tuple[int, int] | None = None) -> dict[str, Any]:
-    p = Parser(prog="coracle run", add_help=False)
+    p = parser("run", "[OPTIONS] IMAGE [COMMAND] [ARG...]", help_flag=False)
     p.add_argument("-d", "--detach", action="store_true")
     add_container_flags(p)
     return create_body(p.parse_args(list(argv)), detach=detach, console=console)

@@ -1,7 +1,8 @@
 """Engine API routes for builds: POST /build (the classic builder's protocol) and POST /build/prune.
 
 The context tar streams to disk in the build's private directory before it is
-unpacked (memory stays flat whatever its size). A Dockerfile that does not
+unpacked (memory stays flat whatever its size); a small one is unpacked straight
+from memory. A Dockerfile that does not
 parse is refused with 400 before the progress stream starts, so clients show
 Docker's message; later failures travel inside the stream as `errorDetail`
 (with a failing RUN's exit code). A client that goes away cancels the build:
@@ -12,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import os
 import shutil
 import threading
-from typing import Any
+from typing import Any, BinaryIO
 from collections.abc import Callable
 
 from coracle.api.http import Request, Response, Router
@@ -24,10 +26,12 @@ from coracle.api.images import with_progress
 from coracle.build.builder import Builder, BuildOptions
 from coracle.build.cache import BuildCache
 from coracle.build.context import Context, unpack
-from coracle.build.dockerfile import parse
+from coracle.build.dockerfile import Dockerfile, parse
 from coracle.errors import InvalidParameter
+from coracle.trace import Phases
 
 thread = asyncio.to_thread
+CONTEXT_IN_MEMORY = 1 << 20  # a context up to this size is unpacked from memory, a larger one streams to disk
 SECRETS_HEADER = "X-Coracle-Build-Secrets"  # base64 JSON {id: base64 bytes}: RUN --mount=type=secret
 
 
@@ -68,25 +72,58 @@ def _options(req: Request) -> BuildOptions:
         resources=resources)
 
 
+def _prepare(builder: Builder, scratch: str, spooled: BinaryIO | None, held: list[bytes],
+             dockerfile: str) -> tuple[str, Dockerfile]:
+    """The received context unpacked in the build's own directory (made here unless the upload
+    was spooled into it), and its Dockerfile parsed: one trip to a worker thread for a small context."""
+    scratch = scratch or builder.scratch_dir()
+    try:
+        context_dir = os.path.join(scratch, "context")
+        os.mkdir(context_dir)
+        if spooled is not None:
+            with spooled:
+                spooled.writelines(held)
+                spooled.seek(0)
+                unpack(spooled, context_dir)
+            os.unlink(os.path.join(scratch, "context.tar"))
+        else:
+            unpack(io.BytesIO(b"".join(held)), context_dir)
+        return scratch, parse(Context(context_dir).read_file(dockerfile))
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+
+
 def routes(router: Router, engine: Any, images: Any, builder: Builder, cache: BuildCache) -> None:
     async def build(req: Request) -> Any:
         options = _options(req)
         quiet = req.qbool("q")
-        scratch = await thread(builder.scratch_dir)
-        context_dir = os.path.join(scratch, "context")
+        phases = Phases("build", "")
+        held: list[bytes] = []   # the context so far; past CONTEXT_IN_MEMORY it goes to a file
+        size = 0
+        scratch = ""
+        spooled: Any = None
         try:
-            upload = os.path.join(scratch, "context.tar")
-            with await thread(open, upload, "wb") as f:
-                async for chunk in req.stream():
-                    await thread(f.write, chunk)
-            os.mkdir(context_dir)
-            with await thread(open, upload, "rb") as tar:
-                await thread(unpack, tar, context_dir)
-            os.unlink(upload)
-            await thread(lambda: parse(Context(context_dir).read_file(options.dockerfile)))
+            async for chunk in req.stream():
+                held.append(chunk)
+                size += len(chunk)
+                if size >= CONTEXT_IN_MEMORY:
+                    if spooled is None:
+                        scratch = await thread(builder.scratch_dir)
+                        spooled = await thread(open, os.path.join(scratch, "context.tar"), "w+b")
+                    await thread(spooled.writelines, held)
+                    held, size = [], 0
+            phases.mark("upload")
+            scratch, dockerfile = await thread(_prepare, builder, scratch, spooled, held, options.dockerfile)
+            phases.mark("context")
         except BaseException:
-            await thread(shutil.rmtree, scratch, True)
+            if spooled is not None:
+                spooled.close()
+            if scratch:
+                await thread(shutil.rmtree, scratch, True)
             raise
+        context_dir = os.path.join(scratch, "context")
+        phases.ident = os.path.basename(scratch)
         cancelled = threading.Event()
 
         def work(progress: Callable[[dict[str, Any]], None]) -> str:
@@ -95,9 +132,11 @@ def routes(router: Router, engine: Any, images: Any, builder: Builder, cache: Bu
                     progress(message)
 
             try:
-                image_id = builder.build(context_dir, scratch, options, emit, cancelled)
+                image_id = builder.build(context_dir, scratch, options, emit, cancelled, dockerfile)
+                phases.mark("steps")
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
+                phases.done()
             if quiet:
                 progress({"stream": image_id + "\n"})
             return image_id

@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import tempfile
+import threading
 from typing import Any
 from collections.abc import Callable
 
@@ -43,31 +44,43 @@ async def with_progress(stream: Any, work: Callable[[Callable[[dict[str, Any]], 
 
     Once the stream has begun, an error travels inside it ({"errorDetail": ...},
     with the error's `code` when it has one) and None is returned; otherwise
-    the work's result.
+    the work's result. Messages sent while the loop has not yet taken the last
+    ones go out together: one wake-up of the loop and one write for a burst
+    (a cached build step sends three at once).
     """
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
+    pending: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    ready = asyncio.Event()
 
     def progress(message: dict[str, Any]) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, message)
+        with lock:
+            pending.append(message)
+            first = len(pending) == 1
+        if first:
+            loop.call_soon_threadsafe(ready.set)
+
+    async def flush() -> None:
+        with lock:
+            batch = pending[:]
+            pending.clear()
+            ready.clear()
+        if batch:
+            await stream.write(b"".join(json.dumps(m).encode() + b"\r\n" for m in batch))
 
     task = asyncio.ensure_future(thread(work, progress))
-    getter: asyncio.Future | None = None
+    waiter: asyncio.Future | None = None
     try:
-        while True:
-            getter = getter or asyncio.ensure_future(queue.get())
-            done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-            if getter in done:
-                await stream.write(json.dumps(getter.result()).encode() + b"\r\n")
-                getter = None
-                continue
-            # the work is over; messages it sent before ending are already queued (same loop, in order)
-            while not queue.empty():
-                await stream.write(json.dumps(queue.get_nowait()).encode() + b"\r\n")
-            break
+        while not task.done():
+            waiter = waiter or asyncio.ensure_future(ready.wait())
+            await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if waiter.done():
+                waiter = None
+            await flush()
+        await flush()  # what the work sent before ending (same loop, in order)
     finally:
-        if getter is not None:
-            getter.cancel()
+        if waiter is not None:
+            waiter.cancel()
     try:
         return task.result()
     except Exception as exc:

@@ -8,7 +8,10 @@ container of this engine.
 from __future__ import annotations
 
 import os
-from typing import Any
+
+TYPE_CHECKING = False  # the native CLI imports this package (for `ignore`): typing would cost its start
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def service(engine: Any, images: Any, root: str) -> tuple[Any, Any]:

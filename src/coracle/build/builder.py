@@ -110,10 +110,12 @@ class Builder:
                 shutil.rmtree(os.path.join(self.work_root, name), ignore_errors=True)
 
     def build(self, context_root: str, scratch: str, options: BuildOptions, emit: Emit,
-              cancelled: threading.Event) -> str:
-        """Build; returns the image id. Progress goes to emit as Docker's JSON messages."""
+              cancelled: threading.Event, dockerfile: Dockerfile | None = None) -> str:
+        """Build; returns the image id. Progress goes to emit as Docker's JSON messages. The
+        Dockerfile is read from the context unless the caller has parsed it already."""
         context = Context(context_root)
-        dockerfile = parse(context.read_file(options.dockerfile))
+        if dockerfile is None:
+            dockerfile = parse(context.read_file(options.dockerfile))
         return Build(self, context, dockerfile, scratch, options, emit, cancelled).run()
 
 
@@ -134,6 +136,7 @@ class Build:
         self.meta_args: dict[str, str | None] = {}
         self.stages: list[Stage] = []
         self.error: BaseException | None = None
+        self.hits: list[str] = []   # cache keys this build reused (their use is counted at the end)
 
     def _exists(self, ref: str) -> bool:
         try:
@@ -165,7 +168,10 @@ class Build:
             target.instructions.append(Instruction("LABEL", label, 0, f"LABEL {label}"))
         needed = self._needed(target)
         self.total = sum(len(self.stages[i].instructions) for i in needed)
-        self._build_stages(needed)
+        try:
+            self._build_stages(needed)
+        finally:
+            self.builder.cache.used(self.hits)
         raw = target.raw
         tags = [parse_reference(t).tagged for t in self.options.tags]
         image = self.images.add_image(config_bytes(raw), tags)
@@ -229,6 +235,9 @@ class Build:
 
     def _build_stages(self, needed: list[int]) -> None:
         """Each needed stage once its dependencies are built; independent stages in parallel."""
+        if len(needed) == 1:  # one stage: no pool, no thread to start and join
+            self._build_stage(self.stages[needed[0]])
+            return
         futures: dict[int, Future] = {}
         with ThreadPoolExecutor(max_workers=max(1, min(4, len(needed)))) as pool:
             for i in needed:
@@ -352,15 +361,26 @@ class Build:
         """A cache hit for this step: the stage moves to the image made before."""
         if self.options.no_cache:
             return False
-        image_id = self.builder.cache.lookup(key)
-        if image_id is None:
+        with self.images.store.tx():  # the look-ups of one step read in one transaction
+            image_id = self.builder.cache.lookup(key)
+            image = self._image(image_id) if image_id else None
+        if image is not None:
+            with self._lock:
+                self.hits.append(key)
+        else:
             image_id = self._from_cache_sources(stage, key, created_by, config)
-        if image_id is None:
-            return False
-        image = self.images.resolve(image_id)
+            if image_id is None:
+                return False
+            image = self.images.resolve(image_id)
         stage.raw, stage.image_id, stage.key = copy.deepcopy(image.raw), image.id, key
         self.say(f" ---> Using cache\n ---> {image.short_id}\n")
         return True
+
+    def _image(self, image_id: str) -> Any:
+        try:
+            return self.images.resolve(image_id)
+        except NotFound:
+            return None  # pruned since: the step runs again
 
     def _from_cache_sources(self, stage: Stage, key: str, created_by: str, config: dict[str, Any]) -> str | None:
         """`cachefrom`: an image (pulled, loaded, built elsewhere) whose history and layers continue

@@ -34,14 +34,23 @@ class BuildCache:
         self.mounts_dir = mounts_dir  # RUN --mount=type=cache directories, kept between builds
 
     def lookup(self, key: str) -> str | None:
-        """The image a step with this key made before, if it still exists."""
+        """The image a step with this key made before (the caller checks that it still exists).
+        A read only: what a hit changes (last use, use count) is written once per build by `used`."""
         doc = self.store.get(KIND, key)
-        if doc is None or self.store.get("image", doc["Image"]) is None:
-            return None
-        doc["LastUsedAt"] = now_rfc3339()
-        doc["UsageCount"] = doc.get("UsageCount", 0) + 1
-        self.store.put(KIND, key, doc)
-        return str(doc["Image"])
+        return str(doc["Image"]) if doc is not None else None
+
+    def used(self, keys: list[str]) -> None:
+        """Count the cache hits of one build, in one transaction."""
+        if not keys:
+            return
+        now = now_rfc3339()
+        with self.store.tx():
+            for key in keys:
+                doc = self.store.get(KIND, key)
+                if doc is not None:
+                    doc["LastUsedAt"] = now
+                    doc["UsageCount"] = doc.get("UsageCount", 0) + 1
+                    self.store.put(KIND, key, doc)
 
     def record(self, key: str, image_id: str, parent: str, created_by: str, size: int) -> None:
         now = now_rfc3339()

@@ -53,7 +53,8 @@ class StepContainer:
         return str(self.engine.get(self.id)["GraphDriver"]["Data"]["UpperDir"])
 
     def run(self, emit: Emit, stopping: Callable[[], bool]) -> int:
-        """Start it, stream its output as build progress, and return its exit code."""
+        """Start it, stream its output as build progress, and return its exit code. The monitor's
+        stream is packets: b"o" + multiplexed frames, then b"e" when the process is gone."""
         attached: list[socket.socket] = []
 
         def before_release(cid: str) -> None:

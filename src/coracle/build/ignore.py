@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import dataclass
 
 
-@dataclass
 class _Pattern:
-    regex: re.Pattern[str]
-    exclusion: bool     # a `!` line: matching paths are kept
-    text: str
+    """One line; a plain class, not a dataclass: the native CLI imports this module as it starts."""
+
+    __slots__ = ("regex", "exclusion", "text")
+
+    def __init__(self, regex: re.Pattern[str], exclusion: bool, text: str) -> None:
+        self.regex = regex
+        self.exclusion = exclusion   # a `!` line: matching paths are kept
+        self.text = text
 
 
 def _translate(pattern: str) -> re.Pattern[str]:

@@ -12,12 +12,13 @@ negotiation round trip.
 
 from __future__ import annotations
 
-import json
 import os
 
 # The C module under `socket`: the same socket objects, without building the socket module's
 # enum classes (AddressFamily, SocketKind, MsgFlag ...) at every command's start.
 import _socket as socket
+
+from coracle.cli import wirejson
 
 TYPE_CHECKING = False  # typing costs start-up time; annotations are strings anyway
 if TYPE_CHECKING:
@@ -175,7 +176,7 @@ def path_with_query(path: str, query: dict[str, Any] | None) -> str:
             if isinstance(item, bool):
                 item = "1" if item else "0"
             elif isinstance(item, dict):
-                item = json.dumps(item, separators=(",", ":"))
+                item = wirejson.dumps(item, compact=True)
             pairs.append((key, str(item)))
     return path + ("?" + "&".join(f"{_percent(k, plus=True)}={_percent(v, plus=True)}" for k, v in pairs)
                    if pairs else "")
@@ -273,7 +274,7 @@ class Client:
                 data = body
                 hdrs["Transfer-Encoding"] = "chunked"
             else:
-                data = json.dumps(body).encode()
+                data = wirejson.dumps(body).encode()
             hdrs["Content-Type"] = content_type
         if data is None or isinstance(data, bytes):
             hdrs["Content-Length"] = str(len(data or b""))
@@ -312,7 +313,7 @@ class Client:
         if not raw.strip():
             return None
         try:
-            return json.loads(raw)
+            return wirejson.loads(raw)
         except ValueError:
             return raw.decode(errors="replace")
 
@@ -334,28 +335,50 @@ class Client:
     def hijack(self, path: str, query: dict[str, Any] | None = None,
                body: Any = None) -> tuple[socket.socket, bool, bytes]:
         """POST with `Upgrade: tcp`; returns (raw socket, multiplexed?, bytes already read past the head)."""
+        return self.upgraded(self.send_upgrade(path, query, body))
+
+    def send_upgrade(self, path: str, query: dict[str, Any] | None = None, body: Any = None) -> socket.socket:
+        """hijack's first half: the request sent on a connection of its own, the answer left unread
+        (`run` sends its attach and its wait before it reads either answer: one round trip, not two)."""
         sock = self._connect()
-        data = json.dumps(body if body is not None else {}).encode()
+        data = wirejson.dumps(body if body is not None else {}).encode()
         headers = {"Content-Type": "application/json", "Connection": "Upgrade", "Upgrade": "tcp",
                    "Content-Length": str(len(data))}
         sock.sendall(self._head("POST", path_with_query(path, query), headers) + data)
-        sock.settimeout(None)
+        return sock
+
+    def send(self, method: str, path: str, query: dict[str, Any] | None = None) -> socket.socket:
+        """A request without a body on a connection of its own, its answer left to `answer`."""
+        sock = self._connect()
+        sock.sendall(self._head(method, path_with_query(path, query), {**self.headers, "Content-Length": "0"}))
+        return sock
+
+    @staticmethod
+    def answer(sock: socket.socket, method: str, during: str = "") -> Response:
+        """The head of the answer to `send` (the body unread); raises ApiError >= 400."""
         try:
-            resp = Response(sock, "POST")
+            resp = Response(sock, method)
         except _Closed:
             sock.close()
-            raise DaemonUnreachable("the daemon closed the connection during the upgrade") from None
+            raise DaemonUnreachable("the daemon closed the connection" + during) from None
         if resp.status >= 400:
             raw = resp.read()
             sock.close()
             raise ApiError(resp.status, error_message(raw))
+        return resp
+
+    @classmethod
+    def upgraded(cls, sock: socket.socket) -> tuple[socket.socket, bool, bytes]:
+        """hijack's second half: the daemon's answer to the upgrade."""
+        sock.settimeout(None)
+        resp = cls.answer(sock, "POST", " during the upgrade")
         return sock, "multiplexed" in resp.headers.get("content-type", ""), bytes(resp._buf)
 
 
 def error_message(raw: bytes) -> str:
     text = raw.decode(errors="replace").strip()
     try:
-        doc = json.loads(text)
+        doc = wirejson.loads(text)
     except ValueError:
         return text
     if isinstance(doc, dict) and "message" in doc:
@@ -373,9 +396,9 @@ def json_lines(resp: Response) -> Iterator[dict[str, Any]]:
         while b"\n" in buf:
             line, buf = buf.split(b"\n", 1)
             if line.strip():
-                yield json.loads(line)
+                yield wirejson.loads(line)
     if buf.strip():
-        yield json.loads(buf)
+        yield wirejson.loads(buf)
 
 
 def file_chunks(f: BinaryIO, size: int = 1 << 20) -> Iterable[bytes]:

@@ -6,14 +6,16 @@ CLI would send, so the daemon sees the same request from either client.
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
 
+from coracle.cli.flags import REMAINDER
 from coracle.cli.units import parse_bytes, parse_duration
 
 TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
 if TYPE_CHECKING:
+    import argparse
+
+    from coracle.cli.flags import Flags
     from typing import Any
     from collections.abc import Callable
 
@@ -41,7 +43,7 @@ def add_resource_flags(a: Any) -> None:
     a("--blkio-weight", type=int, help="block IO (relative weight), between 10 and 1000, or 0 to disable")
 
 
-def add_container_flags(p: argparse.ArgumentParser) -> None:
+def add_container_flags(p: Flags) -> None:
     """The flags shared by `run` and `create` (docker's names and short forms; `-h` is --hostname)."""
     a = p.add_argument
     a("--help", action="help", help="print usage")
@@ -112,7 +114,7 @@ def add_container_flags(p: argparse.ArgumentParser) -> None:
     a("--pull", default="missing", choices=["always", "missing", "never"], help="pull image before running")
     a("--platform", help="set platform if server is multi-platform capable")
     a("image", help="the image to run")
-    a("command", nargs=argparse.REMAINDER, help="the command and its arguments")
+    a("command", nargs=REMAINDER, help="the command and its arguments")
 
 
 # ----- small parsers (each raises UsageError in docker's words) ---------------
@@ -239,6 +241,8 @@ def env_entries(items: list[str], files: list[str]) -> list[str]:
 
 
 def _port_range(text: str, flag: str, value: str) -> list[int]:
+    import re  # imported where used: it costs every command start-up time
+
     m = re.fullmatch(r"(\d+)(?:-(\d+))?", text)
     if not m:
         raise _flag_error(value, flag, f"invalid containerPort: {text}" if flag == "-p" else f"invalid port {text}")
@@ -251,6 +255,9 @@ def _port_range(text: str, flag: str, value: str) -> list[int]:
 
 def parse_publish(specs: list[str]) -> tuple[dict[str, dict], dict[str, list[dict[str, str]]]]:
     """`-p [ip:][hostPort:]containerPort[/proto]` -> (ExposedPorts, PortBindings)."""
+    if specs:
+        import re  # imported where used: it costs every command start-up time
+
     exposed: dict[str, dict] = {}
     bindings: dict[str, list[dict[str, str]]] = {}
     for spec in specs:
@@ -305,6 +312,8 @@ def _restart(value: str) -> dict[str, Any]:
 
 
 def _device(spec: str) -> dict[str, str]:
+    import re  # imported where used: it costs every command start-up time
+
     parts = spec.split(":")
     host = parts[0]
     ctr, perms = host, "rwm"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import struct
 import sys
 import threading
@@ -129,6 +128,8 @@ def follow_resizes(resize: Callable[[int, int], Any]) -> Iterator[None]:
                 resize(*size)
 
     send()
+    import signal  # a terminal's verbs only: signal builds its enums at import
+
     previous = signal.signal(signal.SIGWINCH, send) if threading.current_thread() is threading.main_thread() else None
     try:
         yield

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 
 _BINARY = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
@@ -12,6 +11,8 @@ _BINARY_UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"]
 
 def parse_bytes(text: str) -> int:
     """`64m` -> 67108864: docker's RAMInBytes (binary multiples, optional b/ib suffix)."""
+    import re  # imported where used: it costs every command start-up time
+
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(?:i?b)?\s*", text.lower())
     if not m:
         raise ValueError(f"invalid size: '{text}'")
@@ -80,6 +81,8 @@ def ago(timestamp: float, now: float | None = None) -> str:
 
 def parse_iso(text: str) -> float:
     """RFC 3339 with nanoseconds (the API's timestamps) -> epoch seconds."""
+    import re  # imported where used: it costs every command start-up time
+
     m = re.match(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)?", text or "")
     if not m:
         return 0.0
@@ -102,6 +105,8 @@ def go_time(timestamp: float) -> str:
 def go_timestamp(text: str) -> str:
     """Go's time.Time.String() of an API timestamp as docker's CLI decodes it: in the timestamp's own
     zone, with its fraction of a second (`2026-11-30 16:39:55.236692 +0000 UTC`); "" if not one."""
+    import re  # imported where used: it costs every command start-up time
+
     m = re.match(r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?", text or "")
     if not m:
         return ""
@@ -113,6 +118,8 @@ def go_timestamp(text: str) -> str:
 
 def parse_duration(text: str) -> float:
     """Go durations (`10s`, `1m30s`, `250ms`) -> seconds."""
+    import re  # imported where used: it costs every command start-up time
+
     parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text)
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ValueError(f"invalid duration: {text}")
@@ -122,6 +129,8 @@ def parse_duration(text: str) -> float:
 
 def api_time(text: str, now: float | None = None) -> str:
     """docker's --since/--until: a Go duration relative to now, an RFC 3339 date, or a Unix timestamp."""
+    import re  # imported where used: it costs every command start-up time
+
     if re.fullmatch(r"\d+(\.\d+)?", text):
         return text
     try:

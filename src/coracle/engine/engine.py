@@ -54,7 +54,7 @@ from coracle.images.changes import commit_config
 from coracle.network.driver import ContainerFiles, EndpointOptions
 from coracle.network.mode import NetworkMode
 from coracle.runtime.client import MonitorClient, StartError
-from coracle.runtime.fdtree import remove_tree
+from coracle.runtime.fdtree import Trash, remove_tree
 from coracle.runtime.spec import Mount, Process, Spec
 from coracle.runtime.userns import Remap
 from coracle.store import Store
@@ -86,6 +86,7 @@ class Engine:
     ) -> None:
         self.store, self.images, self.network, self.monitor, self.events = store, images, network, monitor, events
         self.data_root, self.exec_root = data_root, exec_root
+        self._trash = Trash(os.path.join(data_root, "trash"))  # removed containers' directories, going
         self.cgroup_parent = cgroup_parent.strip("/")
         self.init_binary = init_binary or shutil.which("tini-static") or ""
         self.no_new_privileges = no_new_privileges
@@ -712,7 +713,7 @@ class Engine:
             fault("rm-before-cleanup")
             self.network.detach(cid)
             self.cgroup(c).destroy()
-            remove_tree(self._dir(cid), ignore_errors=True)
+            self._trash.discard(self._dir(cid))
             with self._saving:
                 self.store.delete(KIND, cid)
                 self.index.drop(cid)

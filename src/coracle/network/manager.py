@@ -345,8 +345,7 @@ class NetworkManager:
         with Undo(f"attach of {cid}") as undo:
             if not mode.has_endpoints:
                 if mode.is_none:
-                    with netlink.netns_socket(ns_path) as ipr:
-                        netlink.lo_up(ipr)
+                    netlink.loopback_up(ns_path)
                 rec = self.resolve(mode.name)
                 ep = self._record_endpoint(request, rec, {}, undo)
                 settings = self._settings(request, [ep], [], ns_path if mode.is_none else "")

@@ -19,6 +19,7 @@ would keep a fresh address unusable ("tentative") for a second or more.
 from __future__ import annotations
 
 import errno
+import fcntl
 import ipaddress
 import os
 import secrets
@@ -188,6 +189,26 @@ def has_default_route(ipr: IPRoute, family: int = socket.AF_INET) -> bool:
 
 def lo_up(ipr: IPRoute) -> None:
     ipr.link("set", index=index(ipr, "lo"), state="up")
+
+
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+
+
+def loopback_up(netns_path: str) -> None:
+    """`lo` up in the namespace at netns_path, by two ioctls on a socket made inside it.
+
+    Why not through pyroute2: an IPRoute costs 5-20 ms to make here (its own
+    socket and event loop), for what a `--network none` container needs alone;
+    the ioctls take 0.2 ms.
+    """
+    with netns(netns_path):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a socket belongs to the netns it was made in
+    try:
+        request = struct.pack("16sH", b"lo", 0)
+        flags = struct.unpack("16sH", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH", b"lo", flags | IFF_UP))
+    finally:
+        sock.close()
 
 
 def routes(family: int = socket.AF_INET) -> list[tuple[str, int, str]]:

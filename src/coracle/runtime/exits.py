@@ -21,11 +21,17 @@ if TYPE_CHECKING:  # imported by the keeper, which stays small
 
 
 def write_atomic(path: str, data: bytes) -> None:
+    """Written whole, then renamed into place: a reader sees all of it or nothing.
+
+    Not synced to disk: a record must outlive the processes that write and read
+    it (daemon, monitor, keeper), which the page cache already guarantees; it
+    need not outlive the kernel, since the containers it is about do not. A sync
+    put a disk flush (milliseconds on a busy disk) between every exit and the
+    daemon hearing of it, which `run --rm` and `wait` wait for.
+    """
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
     os.rename(tmp, path)
 
 

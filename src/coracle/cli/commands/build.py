@@ -9,51 +9,106 @@ otherwise (or with `--progress plain`) lines are only ever appended.
 
 from __future__ import annotations
 
-import base64
-import io
-import json
+import _thread
 import os
-import re
 import sys
-import tarfile
-import tempfile
-import threading
 import time
 
+from coracle.cli import contexttar, wirejson
 from coracle.cli.commands import CommandError, parser
 from coracle.cli.main import Cli
 
 TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
 if TYPE_CHECKING:
     from typing import IO, Any
+    from collections.abc import Iterator
 
-_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$", re.S)
-_NOISE = re.compile(r"^ ---> (Running in |Removed intermediate container |[0-9a-f]{12}$)")
+_NOISE = (" ---> Running in ", " ---> Removed intermediate container ")
 
 
-def _context_tar(root: str, out: IO[bytes], dockerfile: bytes | None, dockerfile_name: str) -> None:
-    """The directory as a tar (ignored paths left out); an outside Dockerfile added under its own name."""
-    from coracle.build.ignore import IgnoreRules
+def _step(text: str) -> tuple[str, str, str] | None:
+    """`Step 2/5 : RUN make` -> ("2", "5", "RUN make"), else None (string work: no `re` at start-up)."""
+    if not text.startswith("Step "):
+        return None
+    counts, sep, rest = text[5:].partition(" : ")
+    number, slash, total = counts.partition("/")
+    return (number, total, rest) if sep and slash and number.isdigit() and total.isdigit() else None
 
+
+def _noise(text: str) -> bool:
+    """The classic builder's container and image id lines, which the step lines already say."""
+    line = text.rstrip("\n")
+    if line.startswith(_NOISE):
+        return True
+    short = line.removeprefix(" ---> ")
+    return short != line and len(short) == 12 and all(c in "0123456789abcdef" for c in short)
+
+
+def _context_entries(root: str, dockerfile: bytes | None, dockerfile_name: str
+                     ) -> Iterator[tuple[str, str | None, os.stat_result, bytes | None]]:
+    """The directory's entries (ignored paths left out), then an outside Dockerfile under its own name."""
+    rules = None
     try:
         with open(os.path.join(root, ".dockerignore"), errors="replace") as f:
-            rules = IgnoreRules(f.read())
+            text = f.read()
     except OSError:
-        rules = IgnoreRules()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for dirpath, dirnames, filenames in os.walk(root):
-            rel_dir = os.path.relpath(dirpath, root)
-            for name in sorted(dirnames + filenames):
-                rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-                keep = rel in ("Dockerfile", ".dockerignore", dockerfile_name) or not rules.ignored(rel)
-                if keep:
-                    tar.add(os.path.join(dirpath, name), arcname=rel, recursive=False)
+        text = ""
+    if text.strip():  # the pattern engine loads only for a context that has rules
+        from coracle.build.ignore import IgnoreRules
+
+        rules = IgnoreRules(text)
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in sorted(dirnames + filenames):
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            if rules is None or rel in ("Dockerfile", ".dockerignore", dockerfile_name) or not rules.ignored(rel):
+                path = os.path.join(dirpath, name)
+                yield rel, path, os.lstat(path), None
+        if rules is not None:
             below = [(d, d if rel_dir == "." else f"{rel_dir}/{d}") for d in dirnames]
             dirnames[:] = [d for d, rel in below if not rules.ignored(rel) or rules.may_keep_below(rel)]
-        if dockerfile is not None:
-            info = tarfile.TarInfo(dockerfile_name)
-            info.size, info.mode, info.mtime = len(dockerfile), 0o644, int(time.time())
-            tar.addfile(info, io.BytesIO(dockerfile))
+    if dockerfile is not None:
+        info = os.stat_result((0o100644, 0, 0, 1, 0, 0, len(dockerfile), 0, int(time.time()), 0))
+        yield dockerfile_name, None, info, dockerfile
+
+
+def _body(chunks: Iterator[bytes]) -> bytes | Iterator[bytes]:
+    """A small context whole (one write, with its length), a larger one as a chunked stream."""
+    first = next(chunks)
+    try:
+        second = next(chunks)
+    except StopIteration:
+        return first
+
+    def rest() -> Iterator[bytes]:
+        yield first
+        yield second
+        yield from chunks
+
+    return rest()
+
+
+def _stdin_context() -> Any:
+    """`build -`: a context tar from stdin (passed on as it comes), or a Dockerfile alone."""
+    import io
+    import tarfile
+    import tempfile
+
+    body = tempfile.TemporaryFile()  # noqa: SIM115  (the caller sends and closes it)
+    while chunk := sys.stdin.buffer.read(1 << 20):
+        body.write(chunk)
+    body.seek(0)
+    if not tarfile.is_tarfile(body):
+        body.seek(0)
+        data = body.read()
+        body.seek(0)
+        body.truncate()
+        with tarfile.open(fileobj=body, mode="w") as tar:
+            info = tarfile.TarInfo("Dockerfile")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    body.seek(0)
+    return body
 
 
 def _pairs(items: list[str], flag: str) -> dict[str, str | None]:
@@ -68,6 +123,10 @@ def _pairs(items: list[str], flag: str) -> dict[str, str | None]:
 
 def _secrets(specs: list[str]) -> dict[str, str]:
     """--secret id=ID,src=FILE | id=ID,env=VAR -> the header the daemon reads (never part of the context)."""
+    if not specs:
+        return {}
+    import base64
+
     out = {}
     for spec in specs:
         fields = dict(f.partition("=")[::2] for f in spec.split(","))
@@ -84,7 +143,7 @@ def _secrets(specs: list[str]) -> dict[str, str]:
             except OSError as exc:
                 raise CommandError(f"failed to read secret {sid} from {path!r}: {exc.strerror}", 1) from None
         out[sid] = base64.b64encode(value).decode()
-    return {"X-Coracle-Build-Secrets": base64.b64encode(json.dumps(out).encode()).decode()} if out else {}
+    return {"X-Coracle-Build-Secrets": base64.b64encode(wirejson.dumps(out).encode()).decode()} if out else {}
 
 
 class Progress:
@@ -96,14 +155,15 @@ class Progress:
         self.started = 0.0
         self.cached = False
         self.on_header_line = False   # the cursor is still at the end of the running step's line
-        self.lock = threading.Lock()
-        self.ticking = threading.Event()
+        self.lock = _thread.allocate_lock()
+        self.ticking = False
         self.build_start = time.monotonic()
         if live:
-            threading.Thread(target=self._tick, daemon=True).start()
+            _thread.start_new_thread(self._tick, ())
 
     def _tick(self) -> None:
-        while not self.ticking.wait(0.1):
+        while not self.ticking:
+            time.sleep(0.1)
             with self.lock:
                 if self.header and self.on_header_line:
                     self.out.write(f"\r\x1b[K{self.header}  {time.monotonic() - self.started:.1f}s")
@@ -124,15 +184,15 @@ class Progress:
         if text is None:
             return
         with self.lock:
-            m = _STEP.match(text.rstrip("\n"))
-            if m:
+            step = _step(text.rstrip("\n"))
+            if step:
                 self._close_step()
-                self.header = f"[{m.group(1)}/{m.group(2)}] {m.group(3).strip()}"
+                self.header = f"[{step[0]}/{step[1]}] {step[2].strip()}"
                 self.started, self.on_header_line = time.monotonic(), True
                 self.out.write(self.header)
             elif text.startswith(" ---> Using cache"):
                 self.cached = True
-            elif _NOISE.match(text) or not text.strip():
+            elif _noise(text) or not text.strip():
                 return
             elif text.startswith(("Successfully built", "Successfully tagged")):
                 self._close_step()
@@ -145,7 +205,7 @@ class Progress:
             self.out.flush()
 
     def finish(self, failed: bool = False) -> None:
-        self.ticking.set()
+        self.ticking = True
         with self.lock:
             if failed and self.header:
                 self.out.write(("\n" if self.on_header_line else "") + f"{self.header}  ERROR\n")
@@ -194,55 +254,47 @@ def build(cli: Cli, name: str, args: list[str]) -> int:
             except OSError as exc:
                 raise CommandError(f"unable to prepare context: {exc.strerror}: {opts.file}", 1) from None
             dockerfile_name = ".dockerfile." + os.urandom(6).hex()
-    with tempfile.TemporaryFile() as body:
-        if opts.path == "-":  # a context tar (passed on as it comes), or a Dockerfile alone
-            while chunk := sys.stdin.buffer.read(1 << 20):
-                body.write(chunk)
-            body.seek(0)
-            if not tarfile.is_tarfile(body):
-                body.seek(0)
-                data = body.read()
-                body.seek(0)
-                body.truncate()
-                with tarfile.open(fileobj=body, mode="w") as tar:
-                    info = tarfile.TarInfo("Dockerfile")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-        else:
-            _context_tar(opts.path, body, outside, dockerfile_name)
-        body.seek(0)
-        query: dict[str, Any] = {
-            "t": opts.tag or None, "dockerfile": dockerfile_name, "target": opts.target,
-            "buildargs": json.dumps(_pairs(opts.build_arg, "--build-arg")) if opts.build_arg else None,
-            "labels": json.dumps(_pairs(opts.label, "--label")) if opts.label else None,
-            "cachefrom": json.dumps(opts.cache_from) if opts.cache_from else None,
-            "nocache": 1 if opts.no_cache else None, "pull": 1 if opts.pull else None,
-            "rm": 0 if opts.rm.lower() in ("false", "0") else None, "forcerm": 1 if opts.force_rm else None,
-            "networkmode": opts.network, "extrahosts": ",".join(opts.add_host) or None,
-            "shmsize": opts.shm_size, "platform": opts.platform, "q": 1 if opts.quiet else None,
-        }
+    query: dict[str, Any] = {
+        "t": opts.tag or None, "dockerfile": dockerfile_name, "target": opts.target,
+        "buildargs": wirejson.dumps(_pairs(opts.build_arg, "--build-arg")) if opts.build_arg else None,
+        "labels": wirejson.dumps(_pairs(opts.label, "--label")) if opts.label else None,
+        "cachefrom": wirejson.dumps(opts.cache_from) if opts.cache_from else None,
+        "nocache": 1 if opts.no_cache else None, "pull": 1 if opts.pull else None,
+        "rm": 0 if opts.rm.lower() in ("false", "0") else None, "forcerm": 1 if opts.force_rm else None,
+        "networkmode": opts.network, "extrahosts": ",".join(opts.add_host) or None,
+        "shmsize": opts.shm_size, "platform": opts.platform, "q": 1 if opts.quiet else None,
+    }
+    body: Any = None
+    try:
+        body = _stdin_context() if opts.path == "-" else \
+            _body(contexttar.stream(_context_entries(opts.path, outside, dockerfile_name)))
         stream = cli.client.json_stream("POST", "/build", query, body, headers=_secrets(opts.secret),
                                         content_type="application/x-tar")
-        live = opts.progress == "tty" or opts.progress == "auto" and sys.stdout.isatty()
-        progress = None if opts.quiet else Progress(sys.stdout, live)
-        image_id = ""
-        try:
-            for msg in stream:
-                if msg.get("error"):
-                    if progress:
-                        progress.finish(failed=True)
-                        progress = None
-                    detail = msg.get("errorDetail") or {}
-                    raise CommandError(msg["error"], int(detail.get("code") or 1))
-                if msg.get("aux", {}).get("ID"):
-                    image_id = msg["aux"]["ID"]
+    except contexttar.ContextChanged as exc:
+        raise CommandError(f"unable to send the context: {exc}", 1) from None
+    finally:
+        if hasattr(body, "close"):
+            body.close()
+    live = opts.progress == "tty" or opts.progress == "auto" and sys.stdout.isatty()
+    progress = None if opts.quiet else Progress(sys.stdout, live)
+    image_id = ""
+    try:
+        for msg in stream:
+            if msg.get("error"):
                 if progress:
-                    progress.message(msg)
-                elif opts.quiet and msg.get("stream", "").startswith("sha256:"):
-                    image_id = msg["stream"].strip()
-        finally:
+                    progress.finish(failed=True)
+                    progress = None
+                detail = msg.get("errorDetail") or {}
+                raise CommandError(msg["error"], int(detail.get("code") or 1))
+            if msg.get("aux", {}).get("ID"):
+                image_id = msg["aux"]["ID"]
             if progress:
-                progress.finish()
+                progress.message(msg)
+            elif opts.quiet and msg.get("stream", "").startswith("sha256:"):
+                image_id = msg["stream"].strip()
+    finally:
+        if progress:
+            progress.finish()
     if opts.quiet:
         cli.out(image_id + "\n")
     return 0

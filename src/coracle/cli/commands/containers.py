@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import threading
 import time
 
+from coracle.cli import wirejson
 from coracle.cli.client import ApiError, Client, quote_name
+from coracle.cli.flags import REMAINDER
 from coracle.cli.commands import CommandError, each, filters, parser, save_stream
 from coracle.cli.main import Cli
 from coracle.cli.runconfig import UsageError, add_container_flags, create_body, env_entries
@@ -172,26 +172,39 @@ def run(cli: Cli, name: str, args: list[str]) -> int:
 
 
 class _Exit:
-    """POST /wait sent (and acknowledged) before start, so even an instant exit is caught."""
+    """POST /wait sent (and acknowledged, see `registered`) before start, so even an instant exit is caught."""
 
     def __init__(self, host: str | None, cid: str, condition: str) -> None:
         self.client = Client(host)
-        self.resp = self.client.request("POST", _path(cid, "/wait"), {"condition": condition}, stream=True)
+        self.sock = self.client.send("POST", _path(cid, "/wait"), {"condition": condition})
         self.status: int | None = None
+        self.thread: threading.Thread | None = None
+
+    def registered(self) -> None:
+        """The daemon's answer head: the wait is in place (ApiError if it was refused)."""
+        try:
+            self.resp = self.client.answer(self.sock, "POST")
+        except BaseException:
+            self.sock.close()
+            raise
         self.thread = threading.Thread(target=self._read, daemon=True, name="wait")
         self.thread.start()
 
+    def abandon(self) -> None:
+        self.sock.close()
+
     def _read(self) -> None:
         try:
-            doc = json.loads(self.resp.read() or b"{}")
+            doc = wirejson.loads(self.resp.read() or b"{}")
             self.status = int(doc.get("StatusCode", 0))
         except (OSError, ValueError):
             self.status = None
         finally:
-            self.client.close()
+            self.resp.close()
 
     def result(self) -> int | None:
-        self.thread.join()
+        if self.thread is not None:
+            self.thread.join()
         return self.status
 
 
@@ -217,8 +230,22 @@ def attach_and_start(cli: Cli, cid: str, *, tty: bool, stdin: bool, detach_keys:
     from coracle.cli.streams import follow_resizes, raw_terminal
 
     query = {"stream": True, "stdin": stdin, "stdout": stdout, "stderr": stderr, "detachKeys": detach_keys}
-    sock, multiplexed, first = cli.client.hijack(_path(cid, "/attach"), query)
-    exit_ = _Exit(cli.host, cid, condition)
+    pending = cli.client.send_upgrade(_path(cid, "/attach"), query)
+    try:
+        exit_ = _Exit(cli.host, cid, condition)  # sent beside the attach: both answers come in one round trip
+    except BaseException:
+        pending.close()
+        raise
+    try:
+        sock, multiplexed, first = cli.client.upgraded(pending)
+    except BaseException:
+        exit_.abandon()
+        raise
+    try:
+        exit_.registered()
+    except BaseException:
+        sock.close()
+        raise
     try:
         cli.client.post(_path(cid, "/start"))
     except ApiError as exc:
@@ -391,7 +418,7 @@ def top(cli: Cli, name: str, args: list[str]) -> int:
 
     p = parser(name, "CONTAINER [ps OPTIONS]", "Display the running processes of a container")
     p.add_argument("container")
-    p.add_argument("ps_args", nargs=argparse.REMAINDER)
+    p.add_argument("ps_args", nargs=REMAINDER)
     opts = p.parse_args(args)
     result = cli.client.get(_path(opts.container, "/top"), {"ps_args": " ".join(opts.ps_args) or None})
     lines = ["\t".join(result.get("Titles") or [])]
@@ -475,7 +502,7 @@ def exec_(cli: Cli, name: str, args: list[str]) -> int:
     p.add_argument("--privileged", action="store_true", help="give extended privileges to the command")
     p.add_argument("--detach-keys", help="override the key sequence for detaching a container")
     p.add_argument("container")
-    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.add_argument("command", nargs=REMAINDER)
     p.counts = (2, None)
     opts = p.parse_args(args)
     p.require(1 + len(opts.command))
@@ -643,7 +670,7 @@ def _stat_path(cli: Cli, container: str, path: str) -> dict[str, Any] | None:
         raise
     resp.read()
     header = resp.getheader("X-Docker-Container-Path-Stat")
-    return json.loads(base64.b64decode(header)) if header else {}
+    return wirejson.loads(base64.b64decode(header)) if header else {}
 
 
 def diff(cli: Cli, name: str, args: list[str]) -> int:
