@@ -381,6 +381,8 @@ class Report:
                 rows.append([label, what, _fmt(_num(cell.get("first")), "s"), _fmt(_num(cell.get("last")), "s"),
                              _fmt(_num(cell.get("growth")), "x"), str(cell.get("error", ""))[:200]])
         self.table(["engine", "command", "first 10", "last 10", "growth", "error"], rows)
+        if note := _get(self.s, "growth", "note"):  # where the engines' curves come from different runs
+            self.add(str(note), "")
         self.image(plot_dir, "growth.png", "cost of the Nth network and the Nth container")
 
     def burst(self) -> None:
