@@ -88,6 +88,7 @@ class RootlessUser:
         subprocess.run(["usermod", "--add-subuids", f"{self.subid}-{last}", "--add-subgids", f"{self.subid}-{last}",
                         self.name], check=True, capture_output=True)
         self.runtime_dir = f"/run/user/{self.uid}"
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)  # left by an earlier user of this uid, now gone
         os.makedirs(self.runtime_dir, mode=0o700)
         os.chown(self.runtime_dir, self.uid, self.gid)
         subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(self.venv)], check=True)

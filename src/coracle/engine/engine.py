@@ -66,11 +66,14 @@ KIND = "container"
 ORPHAN_POLL = 0.2  # seconds between checks of a container whose monitor is gone
 
 
-def proc_start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks: with the PID, a name that never gets reused."""
+def proc_start_ticks(pid: int, running: bool = False) -> int | None:
+    """The process's start time in clock ticks: with the PID, a name that never gets reused. With
+    `running`, None for a process that has ended but not been reaped yet (a zombie: its parent may be
+    gone, and it can stay so for a while)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
+            fields = f.read().rsplit(")", 1)[1].split()
+        return None if running and fields[0] == "Z" else int(fields[19])
     except (OSError, IndexError, ValueError):
         return None
 
@@ -854,8 +857,9 @@ class Engine:
         return [Container.from_stored(rec) for rec in self.index.copies()]
 
     def alive(self, c: Container) -> bool:
-        """Its PID 1 runs: the recorded pid exists with the recorded start time (never reused)."""
-        return bool(c.state.pid) and proc_start_ticks(c.state.pid) == c.private.start_ticks
+        """Its PID 1 runs: the recorded pid exists with the recorded start time (never reused) and has
+        not ended."""
+        return bool(c.state.pid) and proc_start_ticks(c.state.pid, running=True) == c.private.start_ticks
 
     def adopt_orphans(self) -> list[str]:
         """After the monitor was replaced: watch the running containers it no longer parents."""

@@ -119,9 +119,13 @@ class PortProxy:
         if not mappings:
             return
         with self._lock:
-            if self._request({"op": "list"}) is None:  # none runs: a new one, with everything the store wants
+            running = self._request({"op": "list"})
+            if running is None:  # none runs: a new one, with everything the store wants
                 self._start()
                 mappings = list(dict.fromkeys([*self._wanted(), *mappings]))
+            else:  # what it serves already (a container adopted again after the store was lost) stays as it is
+                served = {Mapping(*row) for row in running.get("mappings", [])}
+                mappings = [m for m in mappings if m not in served]
             self._hand_over(mappings)
 
     def remove(self, mappings: Sequence[Mapping]) -> None:
