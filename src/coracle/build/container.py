@@ -50,7 +50,7 @@ class StepContainer:
 
     @property
     def upper_dir(self) -> str:
-        return str(self.engine.get(self.id)["GraphDriver"]["Data"]["UpperDir"])
+        return str(self.engine.container(self.id).layers.upper)
 
     def run(self, emit: Emit, stopping: Callable[[], bool]) -> int:
         """Start it, stream its output as build progress, and return its exit code. The monitor's

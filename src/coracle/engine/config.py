@@ -13,6 +13,7 @@ import posixpath
 import re
 import secrets
 import signal as _signal
+from collections.abc import Callable
 from typing import Any
 
 from coracle.engine.volumes import check_name as check_volume_name, check_driver as check_volume_driver
@@ -273,7 +274,8 @@ def anonymous_volumes(paths: list[str], mounts: list[dict[str, Any]], volumes_ro
     return out
 
 
-def volumes_from(host_config: dict[str, Any], mounts: list[dict[str, Any]], get: Any) -> list[dict[str, Any]]:
+def volumes_from(host_config: dict[str, Any], mounts: list[dict[str, Any]],
+                 mounts_of: Callable[[str], list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """HostConfig.VolumesFrom `ctr[:ro|rw]`: the volumes and binds of another container, at the
     same destinations, unless this container mounts something there itself."""
     taken = {m["Destination"] for m in mounts}
@@ -284,7 +286,7 @@ def volumes_from(host_config: dict[str, Any], mounts: list[dict[str, Any]], get:
         ref, _, mode = spec.partition(":")
         if mode not in ("", "ro", "rw"):
             raise InvalidParameter(f"invalid mode for volumes-from: {mode}")
-        for m in get(ref)["Mounts"]:
+        for m in mounts_of(ref):
             if m["Type"] in ("volume", "bind") and m["Destination"] not in taken:
                 taken.add(m["Destination"])
                 rw = m["RW"] if not mode else mode == "rw"

@@ -126,14 +126,6 @@ class Engine:
         """Take the records from the store again, after something wrote them there directly."""
         self.index.load(self.store.all(KIND))
 
-    def get(self, ref: str) -> dict[str, Any]:
-        """A record in the stored shape, by full id, name (with or without /) or unique id prefix, like
-        Docker: a copy, for readers of Docker's keys (another container's mounts for --volumes-from)."""
-        rec = self.index.copy(self._resolve(ref))
-        if rec is None:
-            raise NotFound(f"No such container: {ref}")  # removed meanwhile
-        return rec
-
     def container(self, ref: str) -> Container:
         """The record of a container (by id, name or unique id prefix): the caller's own copy.
 
@@ -211,7 +203,7 @@ class Engine:
         cfg.restart_policy(host_config)
         cfg.console_size(host_config.get("ConsoleSize"))
         mounts = cfg.binds(host_config, self.volumes_dir) + cfg.tmpfs(host_config)
-        mounts += cfg.volumes_from(host_config, mounts, self.get)
+        mounts += cfg.volumes_from(host_config, mounts, lambda ref: self.container(ref).mounts)
         mounts += cfg.anonymous_volumes([*(image_config.get("Volumes") or {}), *(config.get("Volumes") or {})],
                                         mounts, self.volumes_dir)
         log_opts, log_size, log_files = cfg.log_config(host_config, self.log_defaults)

@@ -63,11 +63,6 @@ class RecordIndex:
             if old is not None and self._names.get(old["Name"]) == cid:
                 del self._names[old["Name"]]
 
-    def copy(self, cid: str) -> dict[str, Any] | None:
-        """A private copy the caller may modify (and save)."""
-        body = self._bodies.get(cid)
-        return json.loads(body) if body is not None else None
-
     def copies(self) -> list[dict[str, Any]]:
         with self._lock:
             bodies = list(self._bodies.values())
