@@ -264,6 +264,8 @@ def addresses(family: int = socket.AF_INET) -> list[tuple[str, int]]:
             offset = 0
             while offset + _NLMSG_HEADER <= len(data):
                 length, kind = struct.unpack_from("=IH", data, offset)
+                if length < _NLMSG_HEADER:  # malformed: never loop on it
+                    raise OSError(errno.EPROTO, "address dump: truncated netlink message")
                 if kind == _NLMSG_DONE:
                     return found
                 if kind == _NLMSG_ERROR:
