@@ -13,6 +13,7 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 import time
 from pathlib import Path
 from collections.abc import Iterator
@@ -261,3 +262,36 @@ def test_only_root_and_its_own_user_may_talk_to_the_monitor(monitor: MonitorClie
     assert os.read(read, 1024) == b"closed"
     os.close(read)
     assert monitor.ping() is not None  # root still is
+
+
+def test_an_attach_asked_of_a_dying_monitor_is_answered_by_the_next(monitor: MonitorClient, tmp_path: Path,
+                                                                    lower: Path) -> None:
+    """A monitor killed while our attach waits in its backlog drops it unanswered: the next monitor answers.
+
+    The old monitor is stopped first, so the attach is queued on its listening
+    socket (connect succeeds, no answer comes); killing it then resets that
+    connection, as a monitor dying under load does between connect and accept.
+    """
+    spec = container(tmp_path, lower, ["sh", "-c", "while :; do echo tick; sleep 0.1; done"])
+    sock, pid = monitor.spawn(spec)
+    monitor.release(sock, spec.id)
+    old = monitor.ping()["pid"]  # type: ignore[index]  # it answers: the fixture started it
+    os.kill(old, signal.SIGSTOP)
+    result: list[Any] = []
+    asking = threading.Thread(target=lambda: result.append(monitor.attach(spec.id, stdin=False)))
+    asking.start()
+    try:
+        time.sleep(0.5)  # ordering only: let the request reach the stopped monitor's backlog
+        os.kill(old, signal.SIGKILL)
+        asking.join(30)
+        assert result, "the attach was not answered"
+        stream, tty = result[0]
+        with stream:
+            stream.settimeout(10)
+            assert not tty and stream.recv(1 << 20).startswith(b"o")  # the new monitor streams its output
+        assert monitor.ping()["pid"] != old  # type: ignore[index]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(old, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -36,6 +36,10 @@ class StartError(CoracleError):
         self.exit_code = exit_code
 
 
+class MonitorClosed(SystemError_):
+    """The monitor closed a connection before it answered: it died while we asked."""
+
+
 class MonitorClient:
     def __init__(self, exec_root: str) -> None:
         self.exec_root = exec_root
@@ -77,13 +81,35 @@ class MonitorClient:
         sock.send(json.dumps(req).encode())
         raw = sock.recv(MAX_PACKET)
         if not raw:
-            raise SystemError_("the container monitor closed the connection")
+            raise MonitorClosed("the container monitor closed the connection")
         answer: dict[str, Any] = json.loads(raw)
         return answer
 
     def request(self, req: dict[str, Any], wait: bool = True) -> dict[str, Any]:
-        with self._connect(wait) as sock:
-            return self._call(sock, req)
+        sock, answer = self._asked(req, wait)
+        sock.close()
+        return answer
+
+    def _asked(self, req: dict[str, Any], wait: bool = True) -> tuple[socket.socket, dict[str, Any]]:
+        """A connection and the monitor's answer on it to an idempotent request.
+
+        A monitor killed just as we connect can take the connection into its
+        backlog and then drop it unanswered (reset or closed): with `wait`, the
+        monitor its keeper starts next is asked again.
+        """
+        deadline = time.monotonic() + RESTART_WAIT
+        while True:
+            sock = self._connect(wait)
+            try:
+                return sock, self._call(sock, req)
+            except (ConnectionResetError, MonitorClosed):
+                sock.close()
+                if not wait or time.monotonic() > deadline or not self._keeper_alive():
+                    raise
+            except BaseException:
+                sock.close()
+                raise
+            time.sleep(0.05)
 
     def ping(self) -> dict[str, Any] | None:
         """The monitor's answer now, or None: never waits for one."""
@@ -149,8 +175,7 @@ class MonitorClient:
 
     def attach(self, id_: str, stdin: bool, stdout: bool = True, stderr: bool = True) -> tuple[socket.socket, bool]:
         """An output stream of the process (frames as Docker sends them) and its TTY flag."""
-        sock = self._connect()
-        answer = self._call(sock, {"op": "attach", "id": id_, "stdin": stdin, "stdout": stdout, "stderr": stderr})
+        sock, answer = self._asked({"op": "attach", "id": id_, "stdin": stdin, "stdout": stdout, "stderr": stderr})
         if not answer.get("ok"):
             sock.close()
             raise CoracleError(answer.get("error", "cannot attach"))
