@@ -15,8 +15,8 @@ import socket
 import struct
 import subprocess
 import time
-from typing import Any
-from collections.abc import Iterator
+from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
 
 from coracle.errors import CoracleError, SystemError_
 from coracle.runtime import exits, sealed
@@ -24,6 +24,8 @@ from coracle.runtime.spec import Spec
 
 MAX_PACKET = 1 << 20
 RESTART_WAIT = 10.0  # seconds a request waits for the monitor that a live keeper is restarting
+NO_MONITOR = (FileNotFoundError, ConnectionRefusedError)  # connecting while no monitor listens
+T = TypeVar("T")
 
 
 class StartError(CoracleError):
@@ -47,13 +49,20 @@ class MonitorClient:
 
     def _connect(self, wait: bool = True) -> socket.socket:
         """A connection to the monitor; while the keeper lives, wait for the monitor it is restarting."""
+        def connected(sock: socket.socket) -> socket.socket:
+            sock.connect(self.path)
+            return sock
+        return self._while_restarting(connected, NO_MONITOR, wait)
+
+    def _while_restarting(self, attempt: Callable[[socket.socket], T], gone: tuple[type[Exception], ...],
+                          wait: bool) -> T:
+        """`attempt` on a new socket; with `wait`, again after a `gone` error while the keeper lives."""
         deadline = time.monotonic() + RESTART_WAIT
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
             try:
-                sock.connect(self.path)
-                return sock
-            except (FileNotFoundError, ConnectionRefusedError):
+                return attempt(sock)
+            except gone:
                 sock.close()
                 if not wait or time.monotonic() > deadline or not self._keeper_alive():
                     raise
@@ -97,19 +106,10 @@ class MonitorClient:
         backlog and then drop it unanswered (reset or closed): with `wait`, the
         monitor its keeper starts next is asked again.
         """
-        deadline = time.monotonic() + RESTART_WAIT
-        while True:
-            sock = self._connect(wait)
-            try:
-                return sock, self._call(sock, req)
-            except (ConnectionResetError, MonitorClosed):
-                sock.close()
-                if not wait or time.monotonic() > deadline or not self._keeper_alive():
-                    raise
-            except BaseException:
-                sock.close()
-                raise
-            time.sleep(0.05)
+        def asked(sock: socket.socket) -> tuple[socket.socket, dict[str, Any]]:
+            sock.connect(self.path)
+            return sock, self._call(sock, req)
+        return self._while_restarting(asked, (*NO_MONITOR, ConnectionResetError, MonitorClosed), wait)
 
     def ping(self) -> dict[str, Any] | None:
         """The monitor's answer now, or None: never waits for one."""
