@@ -138,7 +138,7 @@ def check(engine: Engine, dry_run: bool = False, acknowledge: bool | None = None
     found["network"].update(engine.network.reconcile({cid: c.state.pid for cid, c in live.items()},
                                                      dry_run=dry_run))
     for c in live.values():
-        keep = {n.get("NetworkID") for n in c.networks.values()}
+        keep = {a.network_id for a in c.networks.values()}
         partial = engine.network.prune_partial(c.id, {k for k in keep if k}, dry_run=dry_run)
         if partial:
             found["network"].setdefault("partial", []).extend(partial)
@@ -227,13 +227,13 @@ def _repair_running(engine: Engine, c: Container, found: dict[str, Any], dry_run
     and veths made again if they were deleted."""
     if not engine.alive(c):
         return  # its PID may name another process by now: nothing is moved or plumbed into it
-    adoption = engine.network.adopt(network_request(c), c.network_settings, c.state.pid, dry_run=dry_run)
+    adoption = engine.network.adopt(network_request(c), c.network_settings.stored(), c.state.pid,
+                                    dry_run=dry_run)
     if adoption.found:
         found["network"].setdefault("adopted", []).extend(adoption.found)
         if not dry_run:
-            shown = c.network_settings.get("Networks") or {}
             for name, network_id in adoption.network_ids.items():  # a builtin network known under a new id
-                shown[name]["NetworkID"] = network_id
+                c.networks[name].reassign(network_id)
             engine.save(c)
     cg = engine.cgroup(c)
     missing = [d for d in cg.dirs() if not os.path.isdir(d)]
