@@ -11,7 +11,7 @@ Config and host config stay Docker-shaped inside (the client's request, sent
 back verbatim); the fields the engine decides on are typed properties over them.
 The mounts (`MountPoint`) and the networks a container is on (`NetworkAttachment`
 under `NetworkSettings`) are typed; each record part converts itself to and from
-the stored shape (`from_stored`/`stored`), and nothing else reads that shape.
+its stored keys (`from_stored`/`stored`), the one place that knows them.
 """
 
 from __future__ import annotations
