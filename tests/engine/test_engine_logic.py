@@ -25,7 +25,7 @@ import pytest
 from coracle import cgroups
 from coracle.cgroups import Resources
 from coracle.cgroups.devices import DeviceRule
-from coracle.engine.container import Container, HostSettings, Layers, Private, State
+from coracle.engine.container import Container, HostSettings, Layers, NetworkSettings, Private, State
 from coracle.engine.engine import Engine
 from coracle.engine.restart import RestartTracker, comes_back_at_boot, wants_restart
 from coracle.errors import Conflict, InvalidParameter, NotFound, NotModified, SystemError_
@@ -213,7 +213,9 @@ class Networks:
         return Disconnection(network_ref, network_ref, refs, {})
 
     def rename(self, request: ContainerNetworkRequest, old_name: str) -> dict[str, list[str]]:
-        return {o.network: [request.name] for o in request.connected}
+        """Names of its endpoints: a container that is not wired has none (the manager's rule)."""
+        wired = request.container_id in self.wired
+        return {o.network: [request.name] for o in request.connected if wired}
 
     def files(self, request: ContainerNetworkRequest, settings: Mapping[str, Any] | None) -> ContainerFiles:
         return ContainerFiles("h\n", "", "")
@@ -312,9 +314,10 @@ def test_rename_moves_the_name_and_the_dns_names(rig: Rig) -> None:
         rig.engine.rename(cid, "taken")
     with pytest.raises(InvalidParameter):
         rig.engine.rename(cid, "old")
+    rig.engine.start(cid)
     rig.engine.rename(cid, "new")
     renamed = rig.engine.container("new")
-    assert renamed.id == cid and renamed.networks["mynet"]["DNSNames"] == ["new"]
+    assert renamed.id == cid and renamed.networks["mynet"].stored()["DNSNames"] == ["new"]
     assert rig.actions(cid)[-1] == "rename"
     assert rig.events.history[-1]["Actor"]["Attributes"]["oldName"] == "/old"
     assert rig.create("old")  # the old name is free again
@@ -329,14 +332,14 @@ def test_start_stop_and_start_again(rig: Rig) -> None:
     rig.engine.start(cid)
     running = rig.engine.container(cid)
     assert running.state.running and running.state.pid and running.state.ever_started
-    assert running.networks["bridge"]["IPAddress"] == "10.0.0.2"
+    assert running.networks["bridge"].address == "10.0.0.2"
     with pytest.raises(NotModified):
         rig.engine.start(cid)
     rig.engine.stop(cid, timeout=5)
     stopped = rig.engine.container(cid)
     assert (stopped.state.status, stopped.state.exit_code, stopped.state.pid) == ("exited", 143, 0)
     assert stopped.private.manual_stop
-    assert stopped.networks["bridge"]["IPAddress"] == "" and "bridge" in stopped.networks  # listed, unwired
+    assert stopped.networks["bridge"].address == "" and "bridge" in stopped.networks  # listed, unwired
     assert _undone(rig.journal) == [] and cid not in rig.network.wired
     with pytest.raises(NotModified):
         rig.engine.stop(cid)
@@ -411,7 +414,7 @@ def test_a_refused_connect_records_nothing(rig: Rig) -> None:
     rig.engine.connect(cid, "mynet", {"Aliases": ["db"]})
     with pytest.raises(Conflict):
         rig.engine.connect(cid, "mynet", {})
-    assert rig.engine.container(cid).networks["mynet"]["Aliases"] == ["db"]
+    assert rig.engine.container(cid).networks["mynet"].stored()["Aliases"] == ["db"]
 
 
 def test_host_mode_cannot_be_connected(rig: Rig) -> None:
@@ -427,8 +430,8 @@ def test_a_created_container_lists_the_networks_it_will_join(rig: Rig) -> None:
     asked = rig.create(HostConfig={"NetworkMode": "mynet"},
                        NetworkingConfig={"EndpointsConfig": {"mynet": {"Aliases": ["db"]}}})
     shared = rig.create(HostConfig={"NetworkMode": f"container:{on_user}"})
-    assert rig.engine.container(on_user).networks == {"mynet": {}}
-    assert rig.engine.container(asked).networks == {"mynet": {"Aliases": ["db"]}}
+    assert {n: a.stored() for n, a in rig.engine.container(on_user).networks.items()} == {"mynet": {}}
+    assert {n: a.stored() for n, a in rig.engine.container(asked).networks.items()} == {"mynet": {"Aliases": ["db"]}}
     assert rig.engine.container(shared).networks == {}
     assert list(rig.engine.container(rig.create(HostConfig={"NetworkMode": "default"})).networks) == ["bridge"]
 
@@ -451,8 +454,8 @@ def _exited(policy: str, retries: int = 0, code: int = 1, count: int = 0, manual
     return Container(id="c" * 64, name="/c", created="", path="sleep", args=[], image_id=IMAGE.id, state=state,
                      config={}, host_config=HostSettings({"RestartPolicy": {"Name": policy,
                                                                             "MaximumRetryCount": retries}}),
-                     networking_config={}, network_settings={}, mounts=[], resolv_conf_path="", hostname_path="",
-                     hosts_path="", log_path="", restart_count=count, layers=Layers("", "", ""),
+                     networking_config={}, network_settings=NetworkSettings(), mounts=[], resolv_conf_path="",
+                     hostname_path="", hosts_path="", log_path="", restart_count=count, layers=Layers("", "", ""),
                      private=Private(manual_stop=manual))
 
 

@@ -136,6 +136,12 @@ class VolumeBackend(Protocol):
     def prune(self, filters: dict[str, builtins.list[str]]) -> dict[str, Any]: ...
 
 
+class ReconcileBackend(Protocol):
+    """Reconciliation on demand (coracle.engine.check.Reconciler): `coracle system check`."""
+
+    def check(self, dry_run: bool = False) -> dict[str, Any]: ...
+
+
 class BuildCacheBackend(Protocol):
     """The build cache (coracle.build.cache): its records as `system df` lists them."""
 

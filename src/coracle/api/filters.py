@@ -83,7 +83,7 @@ def container_matches(c: Container, filters: dict[str, list[str]]) -> bool:
         "ancestor": lambda v: c.image_ref in (v, v + ":latest") or c.image_id.startswith(v)
         or c.image_id.startswith("sha256:" + v),
         "network": lambda v: v in c.networks or c.host_config.network_mode == v,
-        "volume": lambda v: any(m.get("Name") == v or m["Destination"] == v for m in c.mounts),
+        "volume": lambda v: any(m.is_volume and m.name == v or m.destination == v for m in c.mounts),
     }
     for key, check in checks.items():
         wanted = values(filters, key)

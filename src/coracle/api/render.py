@@ -56,7 +56,7 @@ def inspect(c: Container, exec_ids: list[str], version: str = "") -> dict[str, A
         "Driver": "overlay2", "Platform": "linux", "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "",
         **{k: v for k, v in c.extra.items() if k not in ("Driver", "Platform")},
         "ExecIDs": exec_ids or None, "HostConfig": host_config(c), "GraphDriver": c.layers.stored(),
-        "Mounts": c.mounts, "Config": c.config, "NetworkSettings": network_settings(c, version),
+        "Mounts": mounts(c), "Config": c.config, "NetworkSettings": network_settings(c, version),
     }
 
 
@@ -70,10 +70,21 @@ def host_config(c: Container) -> dict[str, Any]:
     return hc
 
 
+def mounts(c: Container) -> list[dict[str, Any]]:
+    """Mounts: Docker's MountPoint for each (the stored shape is Docker's)."""
+    return [m.stored() for m in c.mounts]
+
+
+def endpoints(c: Container) -> dict[str, dict[str, Any]]:
+    """NetworkSettings.Networks as stored: each network's EndpointSettings, only the asked options
+    of a network not joined yet."""
+    return {name: a.stored() for name, a in c.networks.items()}
+
+
 def network_settings(c: Container, version: str = "") -> dict[str, Any]:
     """NetworkSettings: as the network layer wired it, or, before any start, the networks it will join."""
-    settings = {**_UNWIRED, **c.network_settings}
-    networks = {name: {**_UNWIRED_ENDPOINT, **ep} for name, ep in c.networks.items()}
+    settings = {**_UNWIRED, **c.network_settings.sandbox}
+    networks = {name: {**_UNWIRED_ENDPOINT, **ep} for name, ep in endpoints(c).items()}
     if older_than(version, (1, 45)):  # before 1.45 the aliases on user networks had the short id and hostname
         extra = [c.id[:12], c.config.get("Hostname") or ""]
         for name, ep in networks.items():
@@ -91,7 +102,7 @@ def command_line(path: str, args: list[str]) -> str:
 def summary(c: Container, sizes: dict[str, int] | None = None) -> dict[str, Any]:
     """One element of GET /containers/json (docker ps)."""
     ports = []
-    for key, bindings in (c.network_settings.get("Ports") or {}).items():
+    for key, bindings in c.network_settings.ports.items():
         number, _, proto = key.partition("/")
         for b in bindings or [{}]:
             entry: dict[str, Any] = {"PrivatePort": int(number), "Type": proto or "tcp"}
@@ -103,7 +114,7 @@ def summary(c: Container, sizes: dict[str, int] | None = None) -> dict[str, Any]
         "Command": command_line(c.path, c.args), "Created": _epoch(c.created),
         "Ports": ports, "Labels": c.labels, "State": c.state.status,
         "Status": status_text(c.state), "HostConfig": {"NetworkMode": c.host_config.network_mode},
-        "NetworkSettings": {"Networks": c.networks}, "Mounts": c.mounts,
+        "NetworkSettings": {"Networks": endpoints(c)}, "Mounts": mounts(c),
     }
     if sizes is not None:
         out.update(sizes)

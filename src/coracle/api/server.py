@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from coracle.api import build as build_routes, disabled, maintenance
+from coracle.api import build as build_routes, disabled
+from coracle.api.maintenance import MaintenanceRouter
 from coracle.api.images import ImageRouter
 from coracle.api.system import SystemRouter
 from coracle.api.volumes import VolumeRouter
@@ -16,6 +17,7 @@ from coracle.build import service as build_service
 from coracle.api.http import Router
 from coracle.api.streams import AttachHub
 from coracle.api.container_files import routes as container_file_routes
+from coracle.engine.check import Reconciler
 from coracle.engine.engine import Engine
 
 
@@ -34,6 +36,6 @@ def build_router(*, engine: Engine, images: ImageBackend, network: NetworkBacken
     builder, cache = build_service(engine, images, os.path.join(data_root, "build"))
     build_routes.routes(router, engine, images, builder, cache)
     SystemRouter(engine, images, events, engine.volumes, data_root, cache).register(router)
-    maintenance.routes(router, engine)
+    MaintenanceRouter(Reconciler(engine)).register(router)
     disabled.routes(router)
     return router

@@ -15,11 +15,9 @@ cgroup (processes moved back in, limits and device rules re-applied), the veth
 of each endpoint (same address, routes, ports), and the container directory
 (its record file and /etc files; lost filesystem changes and logs are reported).
 
-records in the store are the truth for what should exist; everything else of
-ours found on the machine is an orphan: container directories without a
-record, cgroups without a running container, processes the monitor holds for
-nobody, exit records of removed containers, and network objects (veths,
-leases, nft elements) that the network layer reports for unknown containers.
+Records are read, compared and repaired as typed `Container`s; the stored
+shape is read from `config.json` and written back only through the record's
+own conversions (engine/container.py).
 
 A live process is never killed because state is missing: a container is
 alive when its recorded PID runs with its recorded start time (from /proc,
@@ -48,6 +46,16 @@ from coracle.runtime.spec import Process, Spec
 log = logging.getLogger("coracle.check")
 
 SKELETON = {"upper", "work", "rootfs"}  # what create makes before its record commits
+
+
+class Reconciler:
+    """Reconciliation on demand, for the API's maintenance router (api/backend.ReconcileBackend)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def check(self, dry_run: bool = False) -> dict[str, Any]:
+        return check(self.engine, dry_run)
 
 
 def check(engine: Engine, dry_run: bool = False, acknowledge: bool | None = None) -> dict[str, Any]:
@@ -130,7 +138,7 @@ def check(engine: Engine, dry_run: bool = False, acknowledge: bool | None = None
     found["network"].update(engine.network.reconcile({cid: c.state.pid for cid, c in live.items()},
                                                      dry_run=dry_run))
     for c in live.values():
-        keep = {n.get("NetworkID") for n in c.networks.values()}
+        keep = {a.network_id for a in c.networks.values()}
         partial = engine.network.prune_partial(c.id, {k for k in keep if k}, dry_run=dry_run)
         if partial:
             found["network"].setdefault("partial", []).extend(partial)
@@ -152,20 +160,20 @@ def rebuild(engine: Engine, found: dict[str, Any], dry_run: bool = False,
     every change) is newer than the snapshot, so it wins; a snapshot's record
     whose directory and process are both gone was removed after the snapshot.
     """
-    records = {r["Id"]: r for r in engine.records()}
+    records = {c.id: c for c in engine.own_records()}
     live = live_procs if live_procs is not None else {p["id"]: p for p in engine.monitor.list()}
     restored = engine.store.restored_from is not None
     for name in sorted(os.listdir(engine.containers_dir)):
         path = os.path.join(engine.containers_dir, name)
-        rec = records.get(name)
-        if rec is not None and not restored:
+        c = records.get(name)
+        if c is not None and not restored:
             if not os.path.exists(os.path.join(path, cfg.RECORD_FILE)) and not dry_run:
-                cfg.write_record_file(path, rec)
+                cfg.write_record_file(path, c.stored())
             continue
         try:
-            saved = cfg.read_record_file(path)
+            saved = Container.from_stored(cfg.read_record_file(path))
         except (OSError, ValueError) as exc:
-            if rec is not None:
+            if c is not None:
                 continue
             if _skeleton_only(path) and name not in live:
                 found["directories"].append(path)
@@ -175,34 +183,32 @@ def rebuild(engine: Engine, found: dict[str, Any], dry_run: bool = False,
                 found["kept"].append({"directory": path, "problem": f"no record and no usable {cfg.RECORD_FILE} "
                                                                     f"({exc}); left in place"})
             continue
-        saved = _follow_process(saved, live.get(name))
-        if rec == saved:
+        _follow_process(saved, live.get(name))
+        if c == saved:
             continue
-        found["rebuilt"].append({"id": name, "name": saved["Name"], "from": os.path.join(path, cfg.RECORD_FILE)})
+        found["rebuilt"].append({"id": name, "name": saved.name, "from": os.path.join(path, cfg.RECORD_FILE)})
         if not dry_run:
-            engine.store.put(KIND, name, saved)
+            engine.save(saved)
             records[name] = saved
     if restored:
-        for cid, rec in list(records.items()):
+        for cid, c in list(records.items()):
             if not os.path.isdir(os.path.join(engine.containers_dir, cid)) and cid not in live \
-                    and not engine.alive(Container.from_stored(rec)):
-                found["rebuilt"].append({"id": cid, "name": rec["Name"], "problem": "removed after the snapshot"})
+                    and not engine.alive(c):
+                found["rebuilt"].append({"id": cid, "name": c.name, "problem": "removed after the snapshot"})
                 if not dry_run:
                     engine.store.delete(KIND, cid)
         if not dry_run:
             engine.store.restored_from = None
     if not dry_run:
-        engine.reload()  # the records written above went to the store directly
+        engine.reload()  # the removals above went to the store directly
 
 
-def _follow_process(saved: dict[str, Any], proc: dict[str, Any] | None) -> dict[str, Any]:
+def _follow_process(saved: Container, proc: dict[str, Any] | None) -> None:
     """A saved record whose state lags behind (its last save failed): the monitor's process is the truth."""
-    if proc is None or proc["state"] != "running" or saved["State"]["Pid"] == proc["pid"]:
-        return saved
-    c = Container.from_stored(saved)
-    c.state.follow(proc["pid"])
-    c.private.start_ticks = proc_start_ticks(proc["pid"])
-    return c.stored()
+    if proc is None or proc["state"] != "running" or saved.state.pid == proc["pid"]:
+        return
+    saved.state.follow(proc["pid"])
+    saved.private.start_ticks = proc_start_ticks(proc["pid"])
 
 
 def _skeleton_only(path: str) -> bool:
@@ -221,13 +227,13 @@ def _repair_running(engine: Engine, c: Container, found: dict[str, Any], dry_run
     and veths made again if they were deleted."""
     if not engine.alive(c):
         return  # its PID may name another process by now: nothing is moved or plumbed into it
-    adoption = engine.network.adopt(network_request(c), c.network_settings, c.state.pid, dry_run=dry_run)
+    adoption = engine.network.adopt(network_request(c), c.network_settings.stored(), c.state.pid,
+                                    dry_run=dry_run)
     if adoption.found:
         found["network"].setdefault("adopted", []).extend(adoption.found)
         if not dry_run:
-            shown = c.network_settings.get("Networks") or {}
             for name, network_id in adoption.network_ids.items():  # a builtin network known under a new id
-                shown[name]["NetworkID"] = network_id
+                c.networks[name].reassign(network_id)
             engine.save(c)
     cg = engine.cgroup(c)
     missing = [d for d in cg.dirs() if not os.path.isdir(d)]

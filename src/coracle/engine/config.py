@@ -16,6 +16,7 @@ import signal as _signal
 from collections.abc import Callable
 from typing import Any
 
+from coracle.engine.container import MountPoint
 from coracle.engine.volumes import check_name as check_volume_name, check_driver as check_volume_driver
 from coracle.errors import InvalidParameter
 from coracle.runtime.mountpoint import tmpfs_options
@@ -153,9 +154,9 @@ def working_dir(path: Any) -> str:
     return clean_path(path)
 
 
-def binds(host_config: dict[str, Any], volumes_root: str) -> list[dict[str, Any]]:
-    """`-v SRC:DST[:ro]` and HostConfig.Mounts -> mount points (Docker's Mounts shape)."""
-    mounts: list[dict[str, Any]] = []
+def binds(host_config: dict[str, Any], volumes_root: str) -> list[MountPoint]:
+    """`-v SRC:DST[:ro]` and HostConfig.Mounts -> mount points."""
+    mounts: list[MountPoint] = []
     for bind in host_config.get("Binds") or []:
         if not isinstance(bind, str):
             raise InvalidParameter(f"invalid volume specification: {bind!r}")
@@ -185,8 +186,7 @@ def binds(host_config: dict[str, Any], volumes_root: str) -> list[dict[str, Any]
             data = ",".join(filter(None, ["ro" if m.get("ReadOnly") else "",
                                           f"size={opts['SizeBytes']}" if opts.get("SizeBytes") else "",
                                           f"mode={opts['Mode']:o}" if opts.get("Mode") else ""]))
-            mounts.append({"Type": "tmpfs", "Source": "", "Destination": dst, "Mode": data,
-                           "RW": True, "Propagation": ""})
+            mounts.append(MountPoint("tmpfs", "", dst, data, True))
         elif kind in ("bind", "volume"):
             if kind == "bind" and m.get("VolumeOptions"):
                 raise InvalidParameter('invalid mount config for type "bind": '
@@ -223,23 +223,23 @@ def mount_volume_request(host_config: dict[str, Any], destination: str
     return "local", {}, {}
 
 
-def propagation(mount: dict[str, Any]) -> str:
+def propagation(mount: MountPoint) -> str:
     """A bind's propagation, checked at start against its source as Docker does: shared
     and slave binds need a source on a shared (or, for slave, a slave) host mount."""
-    mode = mount.get("Propagation") or ""
-    if mount["Type"] != "bind" or mode.lstrip("r") not in ("shared", "slave"):
+    mode = mount.propagation
+    if mount.type != "bind" or mode.lstrip("r") not in ("shared", "slave"):
         return mode
-    point, kinds = propagation_of(mount["Source"])
+    point, kinds = propagation_of(mount.source)
     if mode.lstrip("r") == "shared" and "shared" not in kinds:
-        raise InvalidParameter(f"path {mount['Source']} is mounted on {point} but it is not a shared mount")
+        raise InvalidParameter(f"path {mount.source} is mounted on {point} but it is not a shared mount")
     if not kinds:
-        raise InvalidParameter(f"path {mount['Source']} is mounted on {point} but it is not a shared or slave mount")
+        raise InvalidParameter(f"path {mount.source} is mounted on {point} but it is not a shared or slave mount")
     return mode
 
 
 def _mount_point(src: str, dst: str, rw: bool, volumes_root: str, kind: str | None = None,
-                 propagation: str = "", nocopy: bool = False) -> dict[str, Any]:
-    """A mount in Docker's shape; a volume's Mode also says `nocopy` (no copy-up, engine/file_access.py)."""
+                 propagation: str = "", nocopy: bool = False) -> MountPoint:
+    """A bind or volume mount; a volume's mode also says `nocopy` (no copy-up, engine/file_access.py)."""
     if src.startswith("/"):
         if not os.path.exists(src):
             # Docker creates a missing bind source directory for -v (not for --mount).
@@ -247,24 +247,17 @@ def _mount_point(src: str, dst: str, rw: bool, volumes_root: str, kind: str | No
                 raise InvalidParameter("invalid mount config for type \"bind\": "
                                        f"bind source path does not exist: {src}")
             os.makedirs(src, exist_ok=True)
-        return {"Type": "bind", "Source": src, "Destination": dst, "Mode": "" if rw else "ro", "RW": rw,
-                "Propagation": propagation or "rprivate"}
+        return MountPoint("bind", src, dst, "" if rw else "ro", rw, propagation or "rprivate")
     name = check_volume_name(src or secrets.token_hex(32))
     path = os.path.join(volumes_root, name, "_data")
     mode = ",".join(filter(None, ["" if rw else "ro", "nocopy" if nocopy else ""]))
-    return {"Type": "volume", "Name": name, "Source": path, "Destination": dst, "Driver": "local",
-            "Mode": mode, "RW": rw, "Propagation": ""}
+    return MountPoint("volume", path, dst, mode, rw, name=name, driver="local")
 
 
-def is_anonymous(mount: dict[str, Any]) -> bool:
-    """A volume the container did not name (`-v /dst`, an image's VOLUME): its name is a random id."""
-    return bool(re.fullmatch(r"[0-9a-f]{64}", mount.get("Name") or ""))
-
-
-def anonymous_volumes(paths: list[str], mounts: list[dict[str, Any]], volumes_root: str) -> list[dict[str, Any]]:
+def anonymous_volumes(paths: list[str], mounts: list[MountPoint], volumes_root: str) -> list[MountPoint]:
     """Config.Volumes (the image's VOLUME and the create body's): a new anonymous volume for
     each path that no other mount covers."""
-    taken = {m["Destination"] for m in mounts}
+    taken = {m.destination for m in mounts}
     out = []
     for path in dict.fromkeys(paths):
         dst = _destination(path, "volume")
@@ -274,11 +267,11 @@ def anonymous_volumes(paths: list[str], mounts: list[dict[str, Any]], volumes_ro
     return out
 
 
-def volumes_from(host_config: dict[str, Any], mounts: list[dict[str, Any]],
-                 mounts_of: Callable[[str], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def volumes_from(host_config: dict[str, Any], mounts: list[MountPoint],
+                 mounts_of: Callable[[str], list[MountPoint]]) -> list[MountPoint]:
     """HostConfig.VolumesFrom `ctr[:ro|rw]`: the volumes and binds of another container, at the
     same destinations, unless this container mounts something there itself."""
-    taken = {m["Destination"] for m in mounts}
+    taken = {m.destination for m in mounts}
     out = []
     for spec in host_config.get("VolumesFrom") or []:
         if not isinstance(spec, str) or not spec:
@@ -287,22 +280,20 @@ def volumes_from(host_config: dict[str, Any], mounts: list[dict[str, Any]],
         if mode not in ("", "ro", "rw"):
             raise InvalidParameter(f"invalid mode for volumes-from: {mode}")
         for m in mounts_of(ref):
-            if m["Type"] in ("volume", "bind") and m["Destination"] not in taken:
-                taken.add(m["Destination"])
-                rw = m["RW"] if not mode else mode == "rw"
-                out.append({**m, "RW": rw, "Mode": "" if rw else "ro"})
+            if m.type in ("volume", "bind") and m.destination not in taken:
+                taken.add(m.destination)
+                out.append(m.with_access(m.rw if not mode else mode == "rw"))
     return out
 
 
-def tmpfs(host_config: dict[str, Any]) -> list[dict[str, Any]]:
+def tmpfs(host_config: dict[str, Any]) -> list[MountPoint]:
     out = []
     for dst, opts in (host_config.get("Tmpfs") or {}).items():
         try:
             tmpfs_options(opts or "")
         except ValueError as exc:
             raise InvalidParameter(f"invalid tmpfs mount {dst}: {exc}") from None
-        out.append({"Type": "tmpfs", "Source": "", "Destination": _destination(dst, "tmpfs"), "Mode": opts or "",
-                    "RW": True, "Propagation": ""})
+        out.append(MountPoint("tmpfs", "", _destination(dst, "tmpfs"), opts or "", True))
     return out
 
 

@@ -7,18 +7,23 @@ the engine get this record instead; the Docker JSON of inspect, list and df is
 rendered from it at the API edge (coracle.api.render). `from_stored` and
 `stored` convert without loss, so nothing about the stored shape changes.
 
-Config, host config, network settings and mounts stay Docker-shaped inside
-(their keys are Docker's vocabulary, sent back verbatim); the fields the engine
-decides on are typed properties over them.
+Config and host config stay Docker-shaped inside (the client's request, sent
+back verbatim); the fields the engine decides on are typed properties over them.
+The mounts (`MountPoint`) and the networks a container is on (`NetworkAttachment`
+under `NetworkSettings`) are typed; each record part converts itself to and from
+its stored keys (`from_stored`/`stored`), the one place that knows them.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from coracle.clock import ZERO
+from coracle.network.driver import Endpoint, EndpointOptions
 from coracle.network.mode import NetworkMode
 
 # The stored keys this module turns into typed fields; any other stored key rides along in `extra`.
@@ -183,12 +188,114 @@ class HostSettings:
         return str(self.raw.get("CgroupParent") or "")
 
 
+@dataclass(frozen=True)
+class MountPoint:
+    """One entry of Mounts: a bind, a volume or a tmpfs at a destination inside the container."""
+
+    type: str  # "bind", "volume" or "tmpfs"
+    source: str  # the host path (a volume's _data directory); "" for a tmpfs
+    destination: str
+    mode: str  # "ro" for read-only binds and volumes, "nocopy" for volumes, a tmpfs's mount options
+    rw: bool
+    propagation: str = ""  # a bind's ("rprivate" unless asked)
+    name: str = ""  # a volume's
+    driver: str = ""  # a volume's
+
+    @property
+    def is_volume(self) -> bool:
+        return self.type == "volume"
+
+    @property
+    def anonymous(self) -> bool:
+        """A volume the container did not name (`-v /dst`, an image's VOLUME): its name is a random id."""
+        return self.is_volume and bool(re.fullmatch(r"[0-9a-f]{64}", self.name))
+
+    @property
+    def copies_up(self) -> bool:
+        """A volume filled from the image at its destination on first use (unless `nocopy`)."""
+        return self.is_volume and "nocopy" not in self.mode.split(",")
+
+    def with_access(self, rw: bool) -> MountPoint:
+        """The same mount, read-write or read-only (--volumes-from ctr:ro|rw)."""
+        return replace(self, rw=rw, mode="" if rw else "ro")
+
+    @classmethod
+    def from_stored(cls, doc: Mapping[str, Any]) -> MountPoint:
+        return cls(type=doc["Type"], source=doc.get("Source") or "", destination=doc["Destination"],
+                   mode=doc.get("Mode") or "", rw=bool(doc["RW"]), propagation=doc.get("Propagation") or "",
+                   name=doc.get("Name") or "", driver=doc.get("Driver") or "")
+
+    def stored(self) -> dict[str, Any]:
+        """Docker's MountPoint; Name and Driver are a volume's only."""
+        out: dict[str, Any] = {"Type": self.type, "Source": self.source, "Destination": self.destination,
+                               "Mode": self.mode, "RW": self.rw, "Propagation": self.propagation}
+        if self.is_volume:
+            out.update(Name=self.name, Driver=self.driver)
+        return out
+
+
 # The endpoint options a client may ask for (EndpointsConfig) that a planned entry shows before the first start.
 _ASKED = ("IPAMConfig", "Links", "Aliases", "MacAddress", "DriverOpts")
 
 
+@dataclass
+class NetworkAttachment:
+    """One network of a container: an entry of NetworkSettings.Networks (Docker's EndpointSettings).
+
+    Before its first join it is the endpoint options the client asked for, kept as
+    asked (`asked`: the client's words, like Config). Once the network layer has
+    answered (a join, or a `connect` while stopped) it is that answer: the network
+    layer's own `Endpoint` (coracle.network.driver; the container's side and the
+    interface names stay the network layer's), its addresses cleared while the
+    container is stopped.
+    """
+
+    endpoint: Endpoint | None = None
+    asked: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_stored(cls, doc: Mapping[str, Any]) -> NetworkAttachment:
+        if "EndpointID" in doc and "NetworkID" in doc:
+            return cls(endpoint=Endpoint.from_body(doc))
+        return cls(asked=dict(doc))
+
+    @classmethod
+    def planned(cls, settings: Mapping[str, Any] | None) -> NetworkAttachment:
+        """A network to join at the next start, with the endpoint options a client asked for."""
+        return cls(asked={k: v for k, v in (settings or {}).items() if k in _ASKED})
+
+    def stored(self) -> dict[str, Any]:
+        return self.endpoint.settings() if self.endpoint is not None else dict(self.asked)
+
+    @property
+    def network_id(self) -> str:
+        return self.endpoint.network_id if self.endpoint is not None else ""
+
+    @property
+    def address(self) -> str:
+        """Its IPv4 address while the container runs ("" otherwise)."""
+        return self.endpoint.ipv4 if self.endpoint is not None else ""
+
+    def options(self, network: str) -> EndpointOptions:
+        """What the network layer is asked for this network at the next join."""
+        return EndpointOptions.from_docker(network, self.stored())
+
+    def reassign(self, network_id: str) -> None:
+        """Its network is known under a new id (a builtin network made again after the store was lost)."""
+        if self.endpoint is not None:
+            self.endpoint = replace(self.endpoint, network_id=network_id)
+
+    def unwire(self) -> None:
+        """Its namespace is gone: no endpoint id, address, gateway or MAC (the network, its options and
+        names stay)."""
+        if self.endpoint is not None:
+            self.endpoint = replace(self.endpoint, id="", ipv4="", gateway="", mac_address="")
+        elif "MacAddress" in self.asked:
+            self.asked["MacAddress"] = ""
+
+
 def planned_networks(mode: NetworkMode, networking: dict[str, Any], config: dict[str, Any]
-                     ) -> dict[str, dict[str, Any]]:
+                     ) -> dict[str, NetworkAttachment]:
     """NetworkSettings.Networks of a new container: the networks it will join, without addresses.
 
     As moby's updateContainerNetworkSettings: the networks of NetworkingConfig when
@@ -199,8 +306,31 @@ def planned_networks(mode: NetworkMode, networking: dict[str, Any], config: dict
         return {}
     wanted = networking.get("EndpointsConfig") or {}
     if not wanted:
-        return {mode.name: {}}
-    return {ref: {k: v for k, v in (asked or {}).items() if k in _ASKED} for ref, asked in wanted.items()}
+        return {mode.name: NetworkAttachment.planned({})}
+    return {ref: NetworkAttachment.planned(asked) for ref, asked in wanted.items()}
+
+
+@dataclass
+class NetworkSettings:
+    """NetworkSettings: the networks the container is on, typed, and the rest as the network layer
+    answered it (sandbox, published ports, the default bridge's addresses at the top level)."""
+
+    networks: dict[str, NetworkAttachment] = field(default_factory=dict)
+    sandbox: dict[str, Any] = field(default_factory=dict)  # every key but Networks, Docker-shaped
+
+    @classmethod
+    def from_stored(cls, doc: Mapping[str, Any]) -> NetworkSettings:
+        return cls({name: NetworkAttachment.from_stored(ep) for name, ep in (doc.get("Networks") or {}).items()},
+                   {k: v for k, v in doc.items() if k != "Networks"})
+
+    def stored(self) -> dict[str, Any]:
+        """Docker's shape: what the store keeps and what the network layer reads back (files, adoption)."""
+        return {**self.sandbox, "Networks": {name: a.stored() for name, a in self.networks.items()}}
+
+    @property
+    def ports(self) -> dict[str, list[dict[str, str]] | None]:
+        """Ports: "80/tcp" -> its host bindings (None when exposed but not published)."""
+        return dict(self.sandbox.get("Ports") or {})
 
 
 @dataclass
@@ -275,8 +405,8 @@ class Container:
     config: dict[str, Any]
     host_config: HostSettings
     networking_config: dict[str, Any]
-    network_settings: dict[str, Any]
-    mounts: list[dict[str, Any]]
+    network_settings: NetworkSettings
+    mounts: list[MountPoint]
     resolv_conf_path: str
     hostname_path: str
     hosts_path: str
@@ -294,9 +424,11 @@ class Container:
             id=doc["Id"], name=doc["Name"], created=doc["Created"], path=doc.get("Path") or "",
             args=list(doc.get("Args") or []), image_id=doc["Image"], state=State.from_stored(doc["State"]),
             config=doc["Config"], host_config=HostSettings(doc["HostConfig"]),
-            networking_config=doc.get("NetworkingConfig") or {}, network_settings=doc.get("NetworkSettings") or {},
-            mounts=list(doc.get("Mounts") or []), resolv_conf_path=doc.get("ResolvConfPath") or "",
-            hostname_path=doc.get("HostnamePath") or "", hosts_path=doc.get("HostsPath") or "",
+            networking_config=doc.get("NetworkingConfig") or {},
+            network_settings=NetworkSettings.from_stored(doc.get("NetworkSettings") or {}),
+            mounts=[MountPoint.from_stored(m) for m in doc.get("Mounts") or []],
+            resolv_conf_path=doc.get("ResolvConfPath") or "", hostname_path=doc.get("HostnamePath") or "",
+            hosts_path=doc.get("HostsPath") or "",
             log_path=doc.get("LogPath") or "", restart_count=int(doc.get("RestartCount") or 0),
             layers=Layers.from_stored(doc.get("GraphDriver") or {}),
             private=Private.from_stored(doc.get("Coracle") or {}),
@@ -311,8 +443,8 @@ class Container:
             "HostnamePath": self.hostname_path, "HostsPath": self.hosts_path, "LogPath": self.log_path,
             "Name": self.name, "RestartCount": self.restart_count, **self.extra,
             "HostConfig": self.host_config.raw, "Config": self.config, "GraphDriver": self.layers.stored(),
-            "Mounts": self.mounts, "NetworkingConfig": self.networking_config,
-            "NetworkSettings": self.network_settings, "Coracle": self.private.stored(),
+            "Mounts": [m.stored() for m in self.mounts], "NetworkingConfig": self.networking_config,
+            "NetworkSettings": self.network_settings.stored(), "Coracle": self.private.stored(),
         })
 
     @property
@@ -346,39 +478,38 @@ class Container:
         return self.private.log_file or self.log_path
 
     @property
-    def networks(self) -> dict[str, dict[str, Any]]:
-        return dict(self.network_settings.get("Networks") or {})
+    def networks(self) -> dict[str, NetworkAttachment]:
+        """The networks it is on (or will join at its next start), by name."""
+        return self.network_settings.networks
 
     @property
     def wanted_networks(self) -> dict[str, dict[str, Any]]:
-        """NetworkingConfig.EndpointsConfig: the networks (and endpoint options) asked for at create."""
+        """NetworkingConfig.EndpointsConfig: the networks (and endpoint options) asked for at create, as asked."""
         return self.networking_config.get("EndpointsConfig") or {}
 
-    def join(self, network_name: str, settings: dict[str, Any]) -> None:
-        """A network connected (live, or as a wish while it is stopped): listed under its name."""
-        self.network_settings.setdefault("Networks", {})[network_name] = settings
+    def join(self, network_name: str, settings: Mapping[str, Any]) -> None:
+        """A network connected (live, or as a wish while it is stopped): listed under its name, with the
+        EndpointSettings the network layer answered."""
+        self.networks[network_name] = NetworkAttachment.from_stored(settings)
 
-    def leave(self, refs: tuple[str, ...], settings: dict[str, Any]) -> None:
+    def leave(self, refs: tuple[str, ...], settings: Mapping[str, Any]) -> None:
         """A network disconnected: forgotten under every name it was listed or asked for by, so that the
         next start does not bring it back; `settings` are the top-level keys that change."""
-        listed, wanted = self.network_settings.get("Networks") or {}, self.wanted_networks
+        wanted = self.wanted_networks
         for ref in refs:
-            listed.pop(ref, None)
+            self.networks.pop(ref, None)
             wanted.pop(ref, None)
-        self.network_settings.update(settings)
+        self.network_settings.sandbox.update(settings)
 
     def unwire(self) -> None:
         """Its namespace is gone: every network stays listed (it joins them again), without addresses."""
-        for endpoint in (self.network_settings.get("Networks") or {}).values():
-            for key in ("IPAddress", "Gateway", "MacAddress", "EndpointID"):
-                if key in endpoint:
-                    endpoint[key] = ""
-        self.network_settings.update({"Ports": {}, "IPAddress": "", "Gateway": "", "MacAddress": ""})
+        for attachment in self.networks.values():
+            attachment.unwire()
+        self.network_settings.sandbox.update({"Ports": {}, "IPAddress": "", "Gateway": "", "MacAddress": ""})
 
     def rename_in_networks(self, dns_names: dict[str, list[str]]) -> None:
         """The names each listed network now resolves to this container by (after a rename)."""
-        listed = self.network_settings.get("Networks") or {}
         for network_name, names in dns_names.items():
-            if network_name in listed:
-                listed[network_name]["DNSNames"] = names
-
+            joined = self.networks.get(network_name)
+            if joined is not None and joined.endpoint is not None:  # only a joined network has names
+                joined.endpoint = replace(joined.endpoint, dns_names=tuple(names))

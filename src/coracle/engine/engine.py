@@ -30,7 +30,15 @@ from coracle.cgroups import Resources
 from coracle.cgroups.devices import DeviceRule
 from coracle.engine import config as cfg
 from coracle.engine import file_access, health, links, logs, security_options
-from coracle.engine.container import Container, HostSettings, Layers, Private, State, planned_networks
+from coracle.engine.container import (
+    Container,
+    HostSettings,
+    Layers,
+    NetworkSettings,
+    Private,
+    State,
+    planned_networks,
+)
 from coracle.events import EventBus
 from coracle.engine.execs import Execs
 from coracle.engine.names import random_name
@@ -252,9 +260,9 @@ class Engine:
         c = Container(
             id=cid, name="", created=utc_now(), path=argv[0], args=argv[1:], image_id=image.id, state=State(),
             config=config, host_config=HostSettings(host_config), networking_config=networking,
-            network_settings={"Bridge": "", "SandboxID": "", "SandboxKey": "", "Ports": {},
-                              "Networks": planned_networks(mode, networking, config),
-                              "IPAddress": "", "IPPrefixLen": 0, "Gateway": "", "MacAddress": ""},
+            network_settings=NetworkSettings(planned_networks(mode, networking, config),
+                                             {"Bridge": "", "SandboxID": "", "SandboxKey": "", "Ports": {},
+                                              "IPAddress": "", "IPPrefixLen": 0, "Gateway": "", "MacAddress": ""}),
             mounts=mounts, resolv_conf_path=self._dir(cid, "resolv.conf"), hostname_path=self._dir(cid, "hostname"),
             hosts_path=self._dir(cid, "hosts"),
             log_path=log_path if log_driver == "json-file" else "",  # Docker shows no other driver's file
@@ -277,9 +285,8 @@ class Engine:
                     os.makedirs(self._dir(cid, sub), exist_ok=True)
                 fault("create-after-dirs")
                 for m in mounts:
-                    if m["Type"] == "volume":
-                        self.volumes.ensure(m["Name"], cfg.is_anonymous(m),
-                                            *cfg.mount_volume_request(host_config, m["Destination"]))
+                    if m.is_volume:
+                        self.volumes.ensure(m.name, m.anonymous, *cfg.mount_volume_request(host_config, m.destination))
                 self.save(c)
             except (OSError, sqlite3.Error, InvalidParameter) as exc:  # a volume's options refused included
                 remove_tree(self._dir(cid), ignore_errors=True)
@@ -316,9 +323,8 @@ class Engine:
             join_net = f"/proc/{donor.state.pid}/ns/net"
         elif not mode.is_host:
             namespaces.append("net")
-        mounts = [Mount(destination=m["Destination"], type=m["Type"], source=m["Source"],
-                        readonly=not m["RW"], options=m.get("Mode", "") if m["Type"] == "tmpfs" else "",
-                        propagation=cfg.propagation(m))
+        mounts = [Mount(destination=m.destination, type=m.type, source=m.source, readonly=not m.rw,
+                        options=m.mode if m.type == "tmpfs" else "", propagation=cfg.propagation(m))
                   for m in c.mounts]
         for source, target in ((c.resolv_conf_path, "/etc/resolv.conf"), (c.hostname_path, "/etc/hostname"),
                                (c.hosts_path, "/etc/hosts")):
@@ -351,8 +357,8 @@ class Engine:
         if remap is not None:
             spec.uid_map, spec.gid_map = remap.uid_map, remap.gid_map
             for m in c.mounts:  # a fresh volume belongs to the container's root, as with Docker
-                if m["Type"] == "volume" and os.stat(m["Source"]).st_uid == 0:
-                    os.chown(m["Source"], *remap.root)
+                if m.is_volume and os.stat(m.source).st_uid == 0:
+                    os.chown(m.source, *remap.root)
         return spec
 
     def running(self, ref: str, for_: str = "") -> Container:
@@ -409,7 +415,7 @@ class Engine:
                 phases.mark("cgroup")
                 undo.add(lambda: self.network.detach(cid))
                 attachment = self.network.attach(network_request(c, pid))
-                c.network_settings = dict(attachment.settings)
+                c.network_settings = NetworkSettings.from_stored(attachment.settings)
                 fault("start-after-network")
                 phases.mark("network")
                 if attachment.files is not None:  # none in container mode: the donor's are shared
@@ -460,7 +466,7 @@ class Engine:
     def _write_files(self, c: Container, files: ContainerFiles | None = None) -> None:
         """/etc/hostname, /etc/hosts, /etc/resolv.conf as the network layer rendered them (at attach), or
         renders them again from the recorded settings."""
-        files = files or self.network.files(network_request(c), c.network_settings)
+        files = files or self.network.files(network_request(c), c.network_settings.stored())
         paths = {"/etc/hosts": c.hosts_path, "/etc/resolv.conf": c.resolv_conf_path,
                  "/etc/hostname": c.hostname_path}
         for target, content in files.by_path().items():
@@ -713,7 +719,7 @@ class Engine:
                 self.store.delete(KIND, cid)
                 self.index.drop(cid)
             if volumes:
-                self.volumes.remove_anonymous(m["Name"] for m in c.mounts if m["Type"] == "volume")
+                self.volumes.remove_anonymous(m.name for m in c.mounts if m.is_volume)
             self.monitor.forget_exit(cid)
         with self._lock:
             self._locks.pop(cid, None)

@@ -98,12 +98,12 @@ def copy_up(engine: Any, c: Container) -> None:
     overlay (without the container's volumes, so the image's directory shows)
     and copies into the volume it holds open."""
     for m in c.mounts:
-        if m["Type"] != "volume" or "nocopy" in (m.get("Mode") or "").split(","):
+        if not m.copies_up:
             continue
-        if engine.volumes.get(m["Name"]).mounted_kind or os.listdir(m["Source"]):
+        if engine.volumes.get(m.name).mounted_kind or os.listdir(m.source):
             continue
         found = confinement(engine, replace(c, mounts=[]), writable=True)
-        confined.run(found, f"{_OPERATIONS}:copy_up", {"path": m["Destination"]}, hold=[m["Source"]])
+        confined.run(found, f"{_OPERATIONS}:copy_up", {"path": m.destination}, hold=[m.source])
 
 
 def confinement(engine: Any, c: Container, writable: bool, view: str | None = None) -> Confinement:
@@ -121,8 +121,8 @@ def confinement(engine: Any, c: Container, writable: bool, view: str | None = No
     found.overlay = Overlay(
         lower=engine.images.layer_dirs(engine.images.resolve(c.image_id)), upper=c.layers.upper,
         work=c.layers.work, mountpoint=c.layers.merged, readonly_rootfs=bool(hc.get("ReadonlyRootfs")),
-        mounts=[] if view else [BindMount(m["Source"], m["Destination"], m["RW"]) for m in c.mounts
-                                if m["Type"] in ("bind", "volume")],
+        mounts=[] if view else [BindMount(m.source, m.destination, m.rw) for m in c.mounts
+                                if m.type in ("bind", "volume")],
         view=view or "merged")
     remap = security_options.user_namespace(hc, engine.userns_remap)
     if remap is not None:

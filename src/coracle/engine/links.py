@@ -10,7 +10,7 @@ the way Docker stores them: "/target:/linker/alias".
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from coracle.engine.container import Container
 from coracle.errors import Conflict, InvalidParameter, NotFound
@@ -73,8 +73,8 @@ def resolve(engine: Engine, c: Container) -> list[Link]:
         if not target.state.running:
             raise Conflict(f"Cannot link to a non running container: {target.name} AS {link_path}")
         networks = target.networks
-        endpoint: dict[str, Any] = networks.get(c.host_config.mode.name) or next(iter(networks.values()), {})
-        address = endpoint.get("IPAddress", "")
+        endpoint = networks.get(c.host_config.mode.name) or next(iter(networks.values()), None)
+        address = endpoint.address if endpoint else ""
         ports = sorted((int(p.partition("/")[0]), p.partition("/")[2] or "tcp")
                        for p in target.config.get("ExposedPorts") or {})
         out.append(Link(alias=alias, name=target.short_name, short_id=target.id[:12],

@@ -62,7 +62,7 @@ def network_request(c: Container, pid: int = 0) -> ContainerNetworkRequest:
         hostname=config.get("Hostname") or "", domainname=config.get("Domainname") or "",
         mode=c.host_config.mode,
         endpoints=tuple(EndpointOptions.from_docker(ref, cfg) for ref, cfg in c.wanted_networks.items()),
-        connected=tuple(EndpointOptions.from_docker(ref, cfg) for ref, cfg in c.networks.items()),
+        connected=tuple(attachment.options(ref) for ref, attachment in c.networks.items()),
         mac_address=config.get("MacAddress") or "",
         ports=tuple(ports.requests(hc.get("PortBindings"), config.get("ExposedPorts"),
                                    bool(hc.get("PublishAllPorts")))),

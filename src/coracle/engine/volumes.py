@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from coracle.clock import timestamp as utc_now
 from coracle.disk import usage
-from coracle.engine.container import Container
+from coracle.engine.container import Container, MountPoint
 from coracle.events import EventBus
 from coracle.errors import Conflict, InvalidParameter, NotFound
 from coracle.runtime import syscalls
@@ -181,7 +181,7 @@ class Volumes:
         """Ids of the containers whose mounts name the volume."""
         return [c.id for c in self._records()
                 if (not running_only or c.state.running)
-                and any(m.get("Type") == "volume" and m.get("Name") == name for m in c.mounts)]
+                and any(m.is_volume and m.name == name for m in c.mounts)]
 
     def remove(self, name: str, force: bool = False) -> None:
         """DELETE /volumes/{name}. As in moby, `force` forgives a missing volume, never one in use."""
@@ -226,7 +226,7 @@ class Volumes:
         if unknown:
             raise InvalidParameter(f"invalid filter '{sorted(unknown)[0]}'")
         dangling = [_bool(v, "dangling") for v in filters.get("dangling", [])]
-        used = {m.get("Name") for c in self._records() for m in c.mounts if m.get("Type") == "volume"}
+        used = {m.name for c in self._records() for m in c.mounts if m.is_volume}
         out = []
         for vol in self.all():
             if filters.get("name") and not any(n in vol.name for n in filters["name"]):
@@ -267,7 +267,7 @@ class Volumes:
 
     # ----- mounts of the local driver's options ----------------------------------
 
-    def attach(self, cid: str, mounts: builtins.list[dict[str, Any]]) -> None:
+    def attach(self, cid: str, mounts: builtins.list[MountPoint]) -> None:
         """A container starts: mount its tmpfs/bind volumes on the host if nobody else holds them."""
         for m, vol in self._of(mounts):
             if vol.mounted_kind:
@@ -275,10 +275,10 @@ class Volumes:
                     if not _mounted(self.mountpoint(vol.name)):
                         self._mount(vol)
             self.events.publish("volume", "mount", vol.name, {
-                "container": cid, "destination": m["Destination"], "driver": vol.driver,
-                "propagation": m.get("Propagation") or "", "read/write": str(bool(m["RW"])).lower()})
+                "container": cid, "destination": m.destination, "driver": vol.driver,
+                "propagation": m.propagation, "read/write": str(m.rw).lower()})
 
-    def detach(self, cid: str, mounts: builtins.list[dict[str, Any]]) -> None:
+    def detach(self, cid: str, mounts: builtins.list[MountPoint]) -> None:
         """A container stopped (its record already says so): the last user unmounts."""
         for _, vol in self._of(mounts):
             if vol.mounted_kind:
@@ -287,12 +287,12 @@ class Volumes:
                         self._unmount(vol)
             self.events.publish("volume", "unmount", vol.name, {"container": cid, "driver": vol.driver})
 
-    def _of(self, mounts: builtins.list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], Volume]]:
+    def _of(self, mounts: builtins.list[MountPoint]) -> Iterator[tuple[MountPoint, Volume]]:
         """A container's volume mounts with their volumes (one removed meanwhile is skipped)."""
         for m in mounts:
-            if m.get("Type") == "volume":
+            if m.is_volume:
                 try:
-                    yield m, self.get(m["Name"])
+                    yield m, self.get(m.name)
                 except NotFound:
                     continue
 
