@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import copy
 import posixpath
 import stat
 import tarfile
@@ -38,6 +39,13 @@ class Source:
 EXTRACTION_FILTERS = hasattr(tarfile, "data_filter")
 
 
+def _owned_by_root(member: tarfile.TarInfo, name: str, linkname: str) -> tarfile.TarInfo:
+    """The member under its checked name, owned by root (TarInfo.replace is missing before 3.11.4)."""
+    out = copy.copy(member)
+    out.name, out.linkname, out.uid, out.gid, out.uname, out.gname = name, linkname, 0, 0, "", ""
+    return out
+
+
 def _checked_by_hand(member: tarfile.TarInfo) -> tarfile.TarInfo:
     """What data_filter refuses, for interpreters without it: names and link targets leaving the root."""
     name = posixpath.normpath(member.name.lstrip("/"))
@@ -49,7 +57,7 @@ def _checked_by_hand(member: tarfile.TarInfo) -> tarfile.TarInfo:
             member.linkname.startswith("/") or ".." in member.linkname.split("/")):
         raise InvalidParameter(f"build context entry {member.name!r} is refused: its link target "
                                f"{member.linkname!r} leaves the context")
-    return member.replace(name=name, uid=0, gid=0, uname="", gname="", deep=False)
+    return _owned_by_root(member, name, member.linkname)
 
 
 def unpack(fileobj: BinaryIO, root: str) -> None:
@@ -66,8 +74,7 @@ def unpack(fileobj: BinaryIO, root: str) -> None:
         except tarfile.FilterError as exc:
             raise InvalidParameter(f"build context entry {member.name!r} is refused: {exc}") from None
         # the checked (relative) names, but the modes as sent: COPY keeps setuid bits and group write
-        return member.replace(name=safe.name, linkname=safe.linkname, uid=0, gid=0, uname="", gname="",
-                              deep=False)
+        return _owned_by_root(member, safe.name, safe.linkname)
 
     try:
         with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
