@@ -139,6 +139,19 @@ class Etcd:
                 return
         raise RuntimeError("no etcd member answered")
 
+    def compact(self) -> None:
+        """Drop the history of every change so far (what etcd's auto-compaction does): a watch from an older
+        revision is refused from now on."""
+        import base64
+
+        for i in self.procs:
+            if self.procs[i].poll() is None:
+                answer = self._get(self.ips[i], "/v3/kv/range", {"key": base64.b64encode(b"/").decode()})
+                if answer and self._get(self.ips[i], "/v3/kv/compaction",
+                                        {"revision": answer["header"]["revision"], "physical": True}):
+                    return
+        raise RuntimeError("no etcd member answered")
+
     def kill(self, index: int | None = None) -> None:
         for i in ([index] if index is not None else list(self.procs)):
             proc = self.procs.pop(i, None)
@@ -254,6 +267,25 @@ class Cluster:
             yield
         finally:
             sh(*nft, "delete table ip cutoff", check=False)
+
+    @contextmanager
+    def watch_lost(self, host: Host) -> Iterator[None]:
+        """`host`'s daemon misses whatever happens meanwhile and then runs on, its lease intact if the TTL
+        outlasts the block: it is frozen (SIGSTOP), what etcd sends it is dropped, and its connections to etcd
+        are aborted before it runs again, so nothing sent meanwhile ever reaches it: it must ask etcd again."""
+        assert host.daemon.proc is not None
+        pid = host.daemon.proc.pid
+        netns = ["ip", "netns", "exec", host.daemon.netns]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            sh(*netns, "nft", "add table ip lostwatch { chain in { type filter hook input priority filter; "
+                              f"tcp sport {CLIENT_PORT} drop; }}; chain out {{ type filter hook output priority "
+                              f"filter; tcp dport {CLIENT_PORT} drop; }}; }}")
+            yield
+        finally:
+            sh(*netns, "ss", "-K", "dport", "=", f":{CLIENT_PORT}", check=False)
+            sh(*netns, "nft", "delete table ip lostwatch", check=False)
+            os.kill(pid, signal.SIGCONT)
 
     def visible_everywhere(self, network: str) -> bool:
         return all(h.docker("network", "inspect", network, check=False).returncode == 0 for h in self.hosts)
