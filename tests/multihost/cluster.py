@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -190,6 +191,11 @@ class Host:
         out = sh("bridge", "-n", self.daemon.netns, "fdb", "show").stdout
         return [line for line in out.splitlines() if " dst " in line]
 
+    def nft_elements(self) -> list[str]:
+        """The overlay bridges named in this host's nftables sets (the firewall's per-network elements)."""
+        ruleset = sh("ip", "netns", "exec", self.daemon.netns, "nft", "list", "ruleset").stdout
+        return re.findall(r'"ov-[0-9a-f]+"', ruleset)
+
     def pid_of(self, container: str) -> int:
         return int(self.docker("inspect", "-f", "{{.State.Pid}}", container).stdout)
 
@@ -298,12 +304,14 @@ class Cluster:
         return name
 
     def clean(self) -> dict[str, list]:
-        """What is left of the overlay anywhere: etcd keys (besides live hosts' membership) and kernel state."""
+        """What is left of the overlay anywhere: etcd keys (besides live hosts' membership), kernel state and
+        firewall elements."""
         left: dict[str, list] = {"keys": [k for k in self.etcd.listing() if not k.startswith("/coracle/nodes/")]}
         for host in self.hosts:
             left[f"h{host.index} links"] = host.overlay_links()
             left[f"h{host.index} neighbours"] = host.permanent_neighbours()
             left[f"h{host.index} fdb"] = host.remote_fdb()
+            left[f"h{host.index} nft elements"] = host.nft_elements()
         return {k: v for k, v in left.items() if v}
 
 
