@@ -140,6 +140,16 @@ class Etcd:
                 return
         raise RuntimeError("no etcd member answered")
 
+    def put(self, key: str, value: str) -> None:
+        """Write a key (as another user of the same etcd would)."""
+        import base64
+
+        body = {"key": base64.b64encode(key.encode()).decode(), "value": base64.b64encode(value.encode()).decode()}
+        for i in self.procs:
+            if self.procs[i].poll() is None and self._get(self.ips[i], "/v3/kv/put", body):
+                return
+        raise RuntimeError("no etcd member answered")
+
     def compact(self) -> None:
         """Drop the history of every change so far (what etcd's auto-compaction does): a watch from an older
         revision is refused from now on."""

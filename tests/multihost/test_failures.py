@@ -174,6 +174,18 @@ def test_a_host_whose_watch_missed_changes_etcd_has_compacted_away_still_learns_
         remove_all(c)
 
 
+def test_hosts_follow_changes_after_etcd_compacts_the_history_of_a_quiet_spell() -> None:
+    with cluster(hosts=2) as c:
+        c.overlay()
+        for value in ("one", "two"):  # another user of the same store: its revision moves on past our last change
+            c.etcd.put("/elsewhere/key", value)
+        c.etcd.compact()  # as auto-compaction would: a watch from just after our last change is refused now
+        time.sleep(7)  # quiet: every host's watch idles out (after 5 s) and watches again from its last change
+        late = c.overlay(on=0)  # waits until h1 has it too
+        assert c.hosts[1].docker("network", "inspect", late).returncode == 0
+        remove_all(c)
+
+
 def test_one_etcd_member_down_is_no_outage() -> None:
     with cluster(etcd_members=3) as c:
         net = c.overlay()
