@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -139,6 +140,29 @@ class Etcd:
                 return
         raise RuntimeError("no etcd member answered")
 
+    def put(self, key: str, value: str) -> None:
+        """Write a key (as another user of the same etcd would)."""
+        import base64
+
+        body = {"key": base64.b64encode(key.encode()).decode(), "value": base64.b64encode(value.encode()).decode()}
+        for i in self.procs:
+            if self.procs[i].poll() is None and self._get(self.ips[i], "/v3/kv/put", body):
+                return
+        raise RuntimeError("no etcd member answered")
+
+    def compact(self) -> None:
+        """Drop the history of every change so far (what etcd's auto-compaction does): a watch from an older
+        revision is refused from now on."""
+        import base64
+
+        for i in self.procs:
+            if self.procs[i].poll() is None:
+                answer = self._get(self.ips[i], "/v3/kv/range", {"key": base64.b64encode(b"/").decode()})
+                if answer and self._get(self.ips[i], "/v3/kv/compaction",
+                                        {"revision": answer["header"]["revision"], "physical": True}):
+                    return
+        raise RuntimeError("no etcd member answered")
+
     def kill(self, index: int | None = None) -> None:
         for i in ([index] if index is not None else list(self.procs)):
             proc = self.procs.pop(i, None)
@@ -176,6 +200,11 @@ class Host:
         """FDB entries pointing at another host (`dst` set): what this host knows of remote containers."""
         out = sh("bridge", "-n", self.daemon.netns, "fdb", "show").stdout
         return [line for line in out.splitlines() if " dst " in line]
+
+    def nft_elements(self) -> list[str]:
+        """The overlay bridges named in this host's nftables sets (the firewall's per-network elements)."""
+        ruleset = sh("ip", "netns", "exec", self.daemon.netns, "nft", "list", "ruleset").stdout
+        return re.findall(r'"ov-[0-9a-f]+"', ruleset)
 
     def pid_of(self, container: str) -> int:
         return int(self.docker("inspect", "-f", "{{.State.Pid}}", container).stdout)
@@ -255,6 +284,25 @@ class Cluster:
         finally:
             sh(*nft, "delete table ip cutoff", check=False)
 
+    @contextmanager
+    def watch_lost(self, host: Host) -> Iterator[None]:
+        """`host`'s daemon misses whatever happens meanwhile and then runs on, its lease intact if the TTL
+        outlasts the block: it is frozen (SIGSTOP), what etcd sends it is dropped, and its connections to etcd
+        are aborted before it runs again, so nothing sent meanwhile ever reaches it: it must ask etcd again."""
+        assert host.daemon.proc is not None
+        pid = host.daemon.proc.pid
+        netns = ["ip", "netns", "exec", host.daemon.netns]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            sh(*netns, "nft", "add table ip lostwatch { chain in { type filter hook input priority filter; "
+                              f"tcp sport {CLIENT_PORT} drop; }}; chain out {{ type filter hook output priority "
+                              f"filter; tcp dport {CLIENT_PORT} drop; }}; }}")
+            yield
+        finally:
+            sh(*netns, "ss", "-K", "dport", "=", f":{CLIENT_PORT}", check=False)
+            sh(*netns, "nft", "delete table ip lostwatch", check=False)
+            os.kill(pid, signal.SIGCONT)
+
     def visible_everywhere(self, network: str) -> bool:
         return all(h.docker("network", "inspect", network, check=False).returncode == 0 for h in self.hosts)
 
@@ -266,12 +314,14 @@ class Cluster:
         return name
 
     def clean(self) -> dict[str, list]:
-        """What is left of the overlay anywhere: etcd keys (besides live hosts' membership) and kernel state."""
+        """What is left of the overlay anywhere: etcd keys (besides live hosts' membership), kernel state and
+        firewall elements."""
         left: dict[str, list] = {"keys": [k for k in self.etcd.listing() if not k.startswith("/coracle/nodes/")]}
         for host in self.hosts:
             left[f"h{host.index} links"] = host.overlay_links()
             left[f"h{host.index} neighbours"] = host.permanent_neighbours()
             left[f"h{host.index} fdb"] = host.remote_fdb()
+            left[f"h{host.index} nft elements"] = host.nft_elements()
         return {k: v for k, v in left.items() if v}
 
 

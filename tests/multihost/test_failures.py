@@ -149,6 +149,43 @@ def test_a_host_back_from_a_long_cut_off_does_not_take_back_an_address_given_awa
         remove_all(c)
 
 
+def test_a_host_whose_watch_missed_changes_etcd_has_compacted_away_still_learns_them() -> None:
+    with cluster(hosts=2, ttl=60) as c:  # a lease that outlives the freeze: only the watch can bring h1 up to date
+        kept = c.overlay("--subnet", "10.83.0.0/24")
+        doomed = c.overlay()
+        h0, h1 = c.hosts
+        client = sleeper(h1, kept)
+        node = f"/coracle/nodes/{h1.ip}"
+        lease = c.etcd.lease_of(node)
+        added = unique("ov")
+        with c.watch_lost(h1):
+            late = web(h0, kept, "made-while-away")
+            late_ip = h0.address_of(late, kept)
+            h0.docker("network", "create", "-d", "overlay", added)
+            h0.docker("network", "rm", doomed)
+            c.etcd.compact()  # etcd's history of those changes is gone: a watch from before them is refused
+        wait_for(lambda: h1.docker("network", "inspect", added, check=False).returncode == 0,
+                 "the network made meanwhile known on h1")
+        wait_for(lambda: h1.docker("network", "inspect", doomed, check=False).returncode != 0,
+                 "the network removed meanwhile gone from h1")
+        wait_for(lambda: "made-while-away" in fetch(h1, client, late), "the container made meanwhile reachable by name")
+        assert any(n.get("dst") == late_ip for n in h1.permanent_neighbours())
+        assert c.etcd.lease_of(node) == lease  # h1 kept its lease: no new-lease listing did the work
+        remove_all(c)
+
+
+def test_hosts_follow_changes_after_etcd_compacts_the_history_of_a_quiet_spell() -> None:
+    with cluster(hosts=2) as c:
+        c.overlay()
+        for value in ("one", "two"):  # another user of the same store: its revision moves on past our last change
+            c.etcd.put("/elsewhere/key", value)
+        c.etcd.compact()  # as auto-compaction would: a watch from just after our last change is refused now
+        time.sleep(7)  # quiet: every host's watch idles out (after 5 s) and watches again from its last change
+        late = c.overlay(on=0)  # waits until h1 has it too
+        assert c.hosts[1].docker("network", "inspect", late).returncode == 0
+        remove_all(c)
+
+
 def test_one_etcd_member_down_is_no_outage() -> None:
     with cluster(etcd_members=3) as c:
         net = c.overlay()

@@ -18,6 +18,7 @@ from cluster import UNDERLAY, Cluster, cluster, underlay_capture, wait_for
 from harness import unique
 from networld import Server, ask
 
+from coracle.network.drivers.overlay import device_names
 from coracle.network.overlay_encryption import unsupported_reason
 
 # namespaces as hosts, etcd and daemons: the root tier
@@ -166,6 +167,9 @@ def test_overlays_are_isolated_and_internal_has_no_way_out(clean_cluster: Cluste
         other = c.hosts[0].docker("run", "--rm", "--network", b, "busybox", "sh", "-c",
                                   "timeout 3 " + probe.format(target_ip + '/')).stdout
         assert "blocked" in other
+        bridged = c.hosts[1].docker("run", "--rm", "busybox", "sh", "-c",  # the target's own host, default bridge
+                                    "timeout 3 " + probe.format(target_ip + '/')).stdout
+        assert "blocked" in bridged
         out = c.hosts[2].docker("run", "--rm", "--network", a, "busybox", "sh", "-c",
                                 "timeout 3 " + probe.format(f"{LAN_IP}:8080/hostname")).stdout
         assert "reached" in out  # the local way out, NATed through the host
@@ -219,6 +223,31 @@ def test_sdk_connect_disconnect_and_a_static_address_taken_elsewhere(clean_clust
         wait_for(lambda: "joined-late" not in fetch(), "the disconnected container gone from the other host")
     finally:
         sdk.close()
+
+
+def test_system_check_finds_and_remakes_a_hosts_lost_tunnel(clean_cluster: Cluster) -> None:
+    c = clean_cluster
+    net = c.overlay()
+    h0, h1 = c.hosts[0], c.hosts[1]
+    server = unique("web")
+    h1.docker("run", "-d", "--name", server, "--network", net, "busybox", "sh", "-c",
+              "echo through-the-tunnel > /index.html; httpd -f -p 80 -h /")
+    server_ip = h1.address_of(server, net)
+    client = unique("cl")
+    h0.docker("run", "-d", "--name", client, "--network", net, "busybox", "sleep", "600")
+
+    def fetch() -> str:
+        return h0.docker("exec", client, "sh", "-c", f"timeout 3 wget -q -O - http://{server_ip}/ 2>&1 || true").stdout
+
+    wait_for(lambda: "through-the-tunnel" in fetch(), "the server reachable across hosts")
+    nid = h0.docker("network", "inspect", "-f", "{{.Id}}", net).stdout.strip()
+    subprocess.run(["ip", "-n", h0.daemon.netns, "link", "del", device_names(nid)[1]], check=True)  # an admin's slip
+    assert "through-the-tunnel" not in fetch()  # the VXLAN device and every remote entry of h0 are gone
+    report = h0.cli("system", "check", "--dry-run").stdout
+    assert f"VXLAN device of {net}" in report and f"entries of {server} ({server_ip}) on {h1.ip}" in report, report
+    h0.cli("system", "check")
+    wait_for(lambda: "through-the-tunnel" in fetch(), "the server reachable again once the check re-made the tunnel")
+    assert "No inconsistencies found" in h0.cli("system", "check", "--dry-run").stdout
 
 
 def fetch_across(c: Cluster, net: str, word: str) -> None:

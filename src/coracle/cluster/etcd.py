@@ -36,6 +36,18 @@ class LeaseNotFound(CoracleError):
     """A key was bound to a lease that expired (the holder must take a new lease and publish again)."""
 
 
+class WatchCanceled(CoracleError):
+    """etcd ended a watch it cannot go on with; mostly because its start revision was compacted away.
+
+    Then the changes since that revision are gone from etcd's history: watching
+    from it again fails again, and only a new listing tells what changed.
+    """
+
+    def __init__(self, reason: str, compact_revision: int = 0) -> None:
+        super().__init__(reason)
+        self.compact_revision = compact_revision
+
+
 @dataclass(frozen=True)
 class TLSConfig:
     """Client TLS for etcd members served over https (Docker's --cluster-store-opt kv.* files)."""
@@ -235,9 +247,12 @@ class Etcd:
         """Changes under `prefix` from `start_revision` on, from the first member that answers.
 
         Ends (returns) when the stream closes or is silent for longer than `idle`
-        seconds; etcd sends progress notifications, so silence means trouble.
-        Raises ClusterUnavailable when no member takes the watch. The caller
-        re-lists and watches again: that is what makes a reconnect safe.
+        seconds (a member that died without closing the connection looks like
+        silence too); the caller watches again from the last revision it saw.
+        Raises ClusterUnavailable when no member takes the watch, WatchCanceled
+        when etcd refuses it (`compact_revision` set: the start revision was
+        compacted away, so the caller must list again and watch from the
+        listing's revision).
         """
         body = json.dumps({"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
                                               "start_revision": str(start_revision), "progress_notify": True}})
@@ -275,8 +290,11 @@ class Etcd:
                 if not line.strip():
                     continue
                 result = json.loads(line).get("result", {})
-                if result.get("canceled") or result.get("compact_revision"):
-                    return
+                if compacted := int(result.get("compact_revision", 0)):
+                    raise WatchCanceled(f"etcd compacted its history past the watch's start (now from revision "
+                                        f"{compacted} on)", compacted)
+                if result.get("canceled"):
+                    raise WatchCanceled(f"etcd canceled the watch: {result.get('cancel_reason') or 'no reason given'}")
                 for ev in result.get("events", []):
                     kv = ev["kv"]
                     yield Event(key=_unb64(kv["key"]).decode(),

@@ -20,8 +20,11 @@ host's endpoints and addresses go away by themselves and every other host
 sees the deletions in its watch. `OverlayCluster.run` keeps one watch on the whole
 prefix: it lists everything, hands the listing to the sink (which makes the
 kernel and the resolver match it), then applies changes from the listed
-revision on; after any interruption it lists again, so nothing is missed, and
-so does a host that had to take a new lease, before it announces itself.
+revision on; after an interruption it watches again from the last revision
+it saw, or, when etcd has compacted its history past that revision (the
+changes since are gone from it), lists again at once and watches from the new
+listing's revision; so does a host that had to take a new lease, before it
+announces itself. Nothing is missed either way.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from datetime import UTC, datetime
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from coracle.cluster.etcd import ClusterUnavailable, Etcd, KeyValue, LeaseNotFound
+from coracle.cluster.etcd import ClusterUnavailable, Etcd, KeyValue, LeaseNotFound, WatchCanceled
 from coracle.cluster.membership import NODES, Membership
 from coracle.errors import Conflict, InvalidParameter, NotFound
 from coracle.network.driver import Address, Network
@@ -266,25 +269,34 @@ class OverlayCluster:
         self._stop.set()
 
     def run(self, sink: Sink) -> None:
-        """List, sync, watch; again after any interruption, until close()."""
+        """List, sync, watch; list again when etcd was away or no longer has the history to watch from, until
+        close()."""
         while not self._stop.is_set():
             try:
-                revision = self.resync(sink)
-                self.connected.set()
-                while not self._stop.is_set():
-                    seen = revision
-                    for event in self.etcd.watch(ROOT, revision + 1, idle=5):
-                        revision = max(revision, event.revision)
-                        if event.revision > self._synced:  # else a listing made meanwhile already has it
-                            self._dispatch(sink, event.key, event.value)
-                    if revision == seen and not self._alive():
-                        break
+                self._follow(sink, self.resync(sink))
+            except WatchCanceled as exc:
+                log.warning("overlay watch listing the cluster again: %s", exc)
+                if exc.compact_revision:  # etcd answers, only the history is gone: the listing is what is missed
+                    continue
             except ClusterUnavailable as exc:
                 log.warning("overlay watch interrupted: %s", exc)
             except Exception:
                 log.exception("overlay watch")
             self.connected.clear()
             self._stop.wait(1.0)
+
+    def _follow(self, sink: Sink, revision: int) -> None:
+        """Hand the sink every change after `revision`, reconnecting the watch from the last change seen
+        while etcd answers; returns when it does not (the caller lists again)."""
+        self.connected.set()
+        while not self._stop.is_set():
+            seen = revision
+            for event in self.etcd.watch(ROOT, revision + 1, idle=5):
+                revision = max(revision, event.revision)
+                if event.revision > self._synced:  # else a listing made meanwhile already has it
+                    self._dispatch(sink, event.key, event.value)
+            if revision == seen and not self._alive():
+                return
 
     def resync(self, sink: Sink) -> int:
         """Everything listed and handed to the sink (which makes kernel, resolver and this host's own keys
