@@ -1,6 +1,10 @@
 """Overlay networks across simulated hosts: throughput against the underlay, and convergence.
 
-    .venv/bin/python -m bench.overlay [--repeat N] [--seconds S]
+    .venv/bin/python -m bench.overlay [--repeat N] [--seconds S] [--publish]
+
+With --publish the figures and the cluster's picture become the overlay
+section of bench/results/latest and docs/benchmarks.md (the other sections
+stay as published).
 
 World: tests/multihost/cluster.py (hosts as network namespaces on one underlay
 bridge, a coracled per host, etcd). Measured:
@@ -164,6 +168,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--seconds", type=int, default=5)
+    p.add_argument("--publish", action="store_true", help="lay the figures over the published report")
     opts = p.parse_args()
     with cluster(hosts=2) as c:
         h0, h1 = c.hosts
@@ -190,6 +195,30 @@ def main() -> None:
           f"after run -d returned: median {statistics.median(after) * 1000:.0f} ms, max {max(after) * 1000:.0f} ms")
     print("run -d on an overlay with N other endpoints in the cluster: " +
           ", ".join(f"N={n}: {t * 1000:.0f} ms" for n, t in cost.items()))
+    if opts.publish:
+        publish_section({
+            "repeat": opts.repeat, "seconds": opts.seconds, "picture": picture,
+            "underlay": {"gbit_per_s": median(under, 0), "cpu_s_per_gb": median(under, 1)},
+            "overlay": {"gbit_per_s": median(over, 0), "cpu_s_per_gb": median(over, 1)},
+            "convergence_ms": {"median": statistics.median(conv) * 1000, "min": min(conv) * 1000,
+                               "max": max(conv) * 1000, "after_run_median": statistics.median(after) * 1000,
+                               "n": len(conv)},
+            "run_d_ms_by_endpoints": {str(n): t * 1000 for n, t in cost.items()},
+            "load_average": os.getloadavg()[0],
+        })
+
+
+def publish_section(section: dict) -> None:
+    """This run's overlay figures laid over the published results (bench.report.publish)."""
+    import tempfile
+    from pathlib import Path
+
+    from bench import report
+
+    with tempfile.TemporaryDirectory() as out:
+        run = {"started": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), "sections": {"overlay": section}}
+        (Path(out) / "results.json").write_text(json.dumps(run))
+        report.publish(Path(out))
 
 
 if __name__ == "__main__":

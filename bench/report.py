@@ -114,6 +114,7 @@ class Report:
         self.image_builds()
         self.growth(plot_dir)
         self.burst()
+        self.overlay()
         self.profile()
         self.errors()
         self.commands()
@@ -176,6 +177,14 @@ class Report:
             rows.append([f"`ps` p95 during a {burst_n}-container burst (API)", "<= 10 ms", f"{p95 * 1000:.1f} ms",
                          "met" if p95 <= 0.010 else "**missed**",
                          f"Docker: {'-' if docker_p95 is None else f'{docker_p95 * 1000:.1f} ms'}"])
+        overlay = self.s.get("overlay") or {}
+        if overlay.get("overlay"):
+            v = overlay["overlay"]["gbit_per_s"] / overlay["underlay"]["gbit_per_s"]
+            row("overlay vs underlay throughput (iperf3)", ">= 0.9x", v, v >= 0.9, "Docker 20.10's overlay: 0.72-0.79x")
+            conv = overlay["convergence_ms"]["median"]
+            rows.append(["overlay convergence, `run -d` on B until reached by name from A", "<= 500 ms",
+                         f"{conv:.0f} ms", "met" if conv <= 500 else "**missed**",
+                         f"{overlay['convergence_ms']['after_run_median']:.0f} ms after `run -d` returned"])
         self.add("## Targets", "")
         self.table(["target", "goal", "coracle", "status", "note"], rows)
 
@@ -403,6 +412,30 @@ class Report:
                              _fmt(_num(cell.get("burst_seconds")), "s") if kind == "ps" else "",
                              str(cell.get("error", ""))[:200] if kind == "ps" else ""])
         self.table(["engine", "read", "p50", "p95", "p99", "max", "n", "burst took", "error"], rows)
+
+    def overlay(self) -> None:
+        o = self.s.get("overlay") or {}
+        if not o.get("overlay"):
+            return
+        under, over, conv = o["underlay"], o["overlay"], o["convergence_ms"]
+        self.add("## 12. Overlay network across two hosts (coracle alone, `python -m bench.overlay --publish`)", "",
+                 "Two hosts as network namespaces on one underlay bridge, a coracled each, one etcd member. "
+                 f"iperf3, one TCP stream, {o['repeat']} x {o['seconds']} s per path, taken alternately; "
+                 f"load average {o['load_average']:.1f} when it ended. Docker 20.10's classic overlay "
+                 "(cluster store) reached 0.72-0.79x of the underlay on a similar setup; Podman has none.", "")
+        ratio = over["gbit_per_s"] / under["gbit_per_s"]
+        per_cpu = under["cpu_s_per_gb"] / over["cpu_s_per_gb"]
+        self.table(["path", "Gbit/s", "CPU s per GB (sender + receiver)"], [
+            ["underlay, host -> host", _fmt(under["gbit_per_s"], ""), _fmt(under["cpu_s_per_gb"], "")],
+            ["overlay, container -> container", _fmt(over["gbit_per_s"], ""), _fmt(over["cpu_s_per_gb"], "")],
+            ["overlay / underlay", f"{ratio:.2f}x (goal >= 0.9x)", f"{per_cpu:.2f}x in bytes per CPU second"]])
+        self.add(f"Convergence, from `run -d` sent to host B until a container on host A reaches the new name: "
+                 f"median {conv['median']:.0f} ms (min {conv['min']:.0f}, max {conv['max']:.0f}, n {conv['n']}; "
+                 f"goal <= 500 ms); {conv['after_run_median']:.0f} ms after `run -d` returned.", "",
+                 "`run -d` on the overlay with N other endpoints in the cluster: "
+                 + ", ".join(f"N={n}: {t:.0f} ms" for n, t in o["run_d_ms_by_endpoints"].items()) + ".", "",
+                 "The cluster as its kernels showed it during the run (VXLAN devices, static forwarding entries, "
+                 "containers):", "", "```", o["picture"], "```", "")
 
     def profile(self) -> None:
         prof = self.r.get("profile")
