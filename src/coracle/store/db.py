@@ -54,7 +54,7 @@ class Reader:
     """
 
     def __init__(self, path: str | Path) -> None:
-        self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        self._db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
 
     def version(self) -> int:
         """A number that moves whenever another connection commits: nothing changed while it stays."""
