@@ -6,7 +6,9 @@ store/recovery.py), make sure the monitor runs (started by the keeper; both
 outlive us), rebuild container records the database lacks from the container
 directories, restore networks, then reconcile containers against what runs (by
 /proc) and what the monitor still supervises, snapshot the state, and only then
-accept API requests. While running, a housekeeping thread snapshots the state
+accept API requests: the front process (api/front.py) accepts them and answers
+the reads; the daemon serves everything else and accepts whenever the front is
+away. While running, a housekeeping thread snapshots the state
 after changes, keeps the disk space reserve, and records exits that a full disk
 kept from being saved.
 """
@@ -188,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
         f.write(str(os.getpid()))
 
     from coracle.api.server import build_router
-    from coracle.api.http import serve
+    from coracle.api.front import Front
+    from coracle.api.http import Server, listen
     from coracle.engine import config as cfg
     from coracle.engine.check import check, rebuild
     from coracle.engine.engine import Engine
@@ -261,14 +264,16 @@ def main(argv: list[str] | None = None) -> None:
     async def run() -> None:
         router = build_router(engine=engine, images=images, network=network, events=events, streams=monitor,
                               data_root=args.data_root, exec_root=args.exec_root)
-        server = await serve(router, socket_path, group=args.group)
+        front = Front(Server(router), listen(socket_path, group=args.group), str(store.path))
+        events.watch(front.watch)
+        await front.start()
         follower = asyncio.create_task(_follow_ports(engine, events, args.exec_root)) if rootless_net else None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        server.close()
+        await front.close()
         if follower:
             follower.cancel()
         housekeeping.snapshot()

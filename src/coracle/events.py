@@ -8,10 +8,14 @@ rather than slowing the engine down.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger("coracle.events")
 
 HISTORY = 1024
 
@@ -38,6 +42,7 @@ class EventBus:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._subs: list[Subscription] = []
+        self._watchers: list[Callable[[dict[str, Any]], None]] = []
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
 
     def publish(self, type_: str, action: str, actor: str, attributes: dict[str, str] | None = None) -> dict[str, Any]:
@@ -53,12 +58,24 @@ class EventBus:
         with self._lock:
             self.history.append(event)
             subs = list(self._subs)
+            watchers = list(self._watchers)
+        for watcher in watchers:
+            try:
+                watcher(event)
+            except Exception:
+                log.exception("event watcher failed on %s", action)
         for sub in subs:
             try:
                 sub.loop.call_soon_threadsafe(sub._deliver, event)
             except RuntimeError:  # its loop is closed: the listener is gone
                 self.unsubscribe(sub)
         return event
+
+    def watch(self, watcher: Callable[[dict[str, Any]], None]) -> None:
+        """Call `watcher` with every event in the publishing thread, before publish() returns: for
+        what must know of a change before the request that made it is answered."""
+        with self._lock:
+            self._watchers.append(watcher)
 
     def subscribe(self) -> Subscription:
         sub = Subscription(self, asyncio.get_running_loop())

@@ -88,22 +88,8 @@ class ContainerRouter:
         r("GET", "/containers/{id}/top", self.top)
 
     async def list_(self, req: Request) -> Response:
-        filters = flt.parse(req.qjson("filters"))
-        flt.check_container_filters(filters)
-        show_all = req.qbool("all")
-        limit = req.qint("limit", -1)
-        if req.qbool("latest"):
-            limit = 1
         every = self.containers.containers()
-        shown = []
-        for c in sorted(every, key=lambda r: r.created, reverse=True):
-            if not show_all and not c.state.running and limit <= 0 and "status" not in filters:
-                continue
-            if filters and not flt.container_matches(c, filters):
-                continue
-            shown.append(c)
-        if limit > 0:
-            shown = shown[:limit]
+        shown = flt.listed(req, every)
         if not req.qbool("size"):
             return Response(200, self.rows.listing(shown, every))
         return Response.json([render.summary(c, await thread(sizes, self.containers, c.id)) for c in shown])

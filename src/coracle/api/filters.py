@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from coracle.api.http import Request
 from coracle.engine.container import Container
 from coracle.errors import InvalidParameter
 
@@ -90,3 +91,21 @@ def container_matches(c: Container, filters: dict[str, list[str]]) -> bool:
         if wanted and not any(check(v) for v in wanted):
             return False
     return labels_match(c.labels, values(filters, "label"))
+
+
+def listed(req: Request, every: list[Container]) -> list[Container]:
+    """What `docker ps` shows of `every` for the request's all, limit, latest and filters, newest first."""
+    filters = parse(req.qjson("filters"))
+    check_container_filters(filters)
+    show_all = req.qbool("all")
+    limit = req.qint("limit", -1)
+    if req.qbool("latest"):
+        limit = 1
+    shown = []
+    for c in sorted(every, key=lambda r: r.created, reverse=True):
+        if not show_all and not c.state.running and limit <= 0 and "status" not in filters:
+            continue
+        if filters and not container_matches(c, filters):
+            continue
+        shown.append(c)
+    return shown[:limit] if limit > 0 else shown

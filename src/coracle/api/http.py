@@ -24,6 +24,8 @@ import json
 import logging
 import os
 import re
+import socket
+from functools import partial
 from typing import Any
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -41,6 +43,7 @@ STREAM_LIMIT = 1 << 30  # streamed (tar) request bodies, unless the route or ser
 LINGER = 2.0  # seconds to keep draining a refused upload before closing
 HEADER_LIMIT = 64 << 10  # all header lines of one request together
 LINE_LIMIT = 1 << 20  # one line (and the reader's buffer: big uploads flow without pausing)
+BACKLOG = 1024  # connections waiting to be accepted
 RAW_STREAM = "application/vnd.docker.raw-stream"
 MULTIPLEXED_STREAM = "application/vnd.docker.multiplexed-stream"
 
@@ -339,11 +342,36 @@ class Router:
         raise NotFound("page not found")
 
 
+def route(router: Router, req: Request) -> tuple[Route | None, dict[str, str]]:
+    """The route of a request and its path parameters; None for the built-in /_ping."""
+    if req.path == "/_ping" and req.method in ("GET", "HEAD"):
+        return None, {}
+    return router.match(req.method, req.path)
+
+
 def _head(status: int, extra: Mapping[str, str]) -> bytes:
     lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}", f"Api-Version: {API_VERSION}",
              "Ostype: linux", f"Server: {SERVER}", "Docker-Experimental: false"]
     lines += [f"{k}: {v}" for k, v in extra.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def encode(resp: Response, head_only: bool = False, close: bool = False) -> bytes:
+    """A complete response as it goes on the wire (HEAD: the head a GET would have)."""
+    extra = dict(resp.headers)
+    if resp.content_type:
+        extra["Content-Type"] = resp.content_type
+    if resp.status not in (204, 304):
+        extra["Content-Length"] = str(len(resp.body))
+    if close:
+        extra["Connection"] = "close"
+    return _head(resp.status, extra) + (b"" if head_only or resp.status in (204, 304) else resp.body)
+
+
+def ping() -> Response:
+    """/_ping is built in: clients probe it before anything else."""
+    return Response(200, b"OK", "text/plain; charset=utf-8",
+                    {"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "no-cache"})
 
 
 def error_response(exc: BaseException) -> Response:
@@ -375,6 +403,18 @@ class Server:
     def __init__(self, router: Router, max_body: int = STREAM_LIMIT) -> None:
         self.router = router
         self.max_body = max_body
+        self._adopting: set[asyncio.Future[Any]] = set()
+
+    def adopt(self, sock: socket.socket) -> None:
+        """Serve a connection accepted elsewhere: by our own accept loop, or handed over by the front process."""
+        task = asyncio.ensure_future(asyncio.get_running_loop().connect_accepted_socket(self.protocol, sock))
+        self._adopting.add(task)
+        task.add_done_callback(self._adopted)
+
+    def _adopted(self, task: asyncio.Future[Any]) -> None:
+        self._adopting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("connection lost before it was served: %s", task.exception())
 
     def protocol(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -402,14 +442,7 @@ class Server:
 
     async def _send(self, writer: asyncio.StreamWriter, resp: Response, head_only: bool = False,
                     close: bool = False) -> None:
-        extra = dict(resp.headers)
-        if resp.content_type:
-            extra["Content-Type"] = resp.content_type
-        if resp.status not in (204, 304):
-            extra["Content-Length"] = str(len(resp.body))
-        if close:
-            extra["Connection"] = "close"
-        writer.write(_head(resp.status, extra) + (b"" if head_only or resp.status in (204, 304) else resp.body))
+        writer.write(encode(resp, head_only, close))
         await writer.drain()
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer_gone: asyncio.Event) -> bool:
@@ -426,7 +459,7 @@ class Server:
         except ValueError:
             await self._refuse(reader, writer, error_response(InvalidParameter("malformed request")))
             return False
-        keep_alive = _keep_alive(http_version, headers)
+        keep_alive = keep_alive_asked(http_version, headers)
         try:
             route, params = self._route(req)
             if route is not None:
@@ -478,14 +511,11 @@ class Server:
             pass
 
     def _route(self, req: Request) -> tuple[Route | None, dict[str, str]]:
-        if req.path == "/_ping" and req.method in ("GET", "HEAD"):
-            return None, {}
-        return self.router.match(req.method, req.path)
+        return route(self.router, req)
 
     async def _call(self, route: Route | None, req: Request, params: dict[str, str]) -> Response:
-        if route is None:  # /_ping is built in: clients probe it before anything else
-            return Response(200, b"OK", "text/plain; charset=utf-8",
-                            {"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "no-cache"})
+        if route is None:
+            return ping()
         resp = await route.handler(req, **params)
         return Response.empty(204) if resp is None else resp
 
@@ -568,9 +598,7 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str, str, Heade
         raise PayloadTooLarge("request line too long") from None
     if not line:
         return None
-    parts = line.decode("latin-1").split()
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise InvalidParameter("malformed request line")
+    method, target, version = _request_line(line)
     headers = Headers()
     size = 0
     while True:
@@ -583,14 +611,36 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str, str, Heade
             raise PayloadTooLarge("request headers too large")
         if raw in (*_BLANK, b""):
             break
-        name, sep, value = raw.decode("latin-1").partition(":")
-        if not sep:
-            raise InvalidParameter("malformed header line")
-        headers[name.strip()] = value.strip()
-    return parts[0].upper(), parts[1], parts[2], headers
+        _header_line(raw, headers)
+    return method, target, version, headers
 
 
-def _keep_alive(http_version: str, headers: Headers) -> bool:
+def parse_head(head: bytes) -> tuple[str, str, str, Headers]:
+    """Request line and headers of a complete head (up to and with its blank line), as _read_head reads them."""
+    line, *lines = head.split(b"\r\n")
+    method, target, version = _request_line(line)
+    headers = Headers()
+    for raw in lines:
+        if raw:
+            _header_line(raw, headers)
+    return method, target, version, headers
+
+
+def _request_line(line: bytes) -> tuple[str, str, str]:
+    parts = line.decode("latin-1").split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise InvalidParameter("malformed request line")
+    return parts[0].upper(), parts[1], parts[2]
+
+
+def _header_line(raw: bytes, headers: Headers) -> None:
+    name, sep, value = raw.decode("latin-1").partition(":")
+    if not sep:
+        raise InvalidParameter("malformed header line")
+    headers[name.strip()] = value.strip()
+
+
+def keep_alive_asked(http_version: str, headers: Headers) -> bool:
     connection = headers.get("connection", "").lower()
     if http_version == "HTTP/1.0":
         return "keep-alive" in connection
@@ -604,21 +654,29 @@ def _clear_socket_path(unix_path: str) -> None:
         os.unlink(unix_path)
 
 
+def listen(unix_path: str, *, mode: int = 0o660, group: str = "") -> socket.socket:
+    """The API's listening socket at `unix_path`, `mode` 0660 owned by root:root (or root:`group`)."""
+    _clear_socket_path(unix_path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # no window in which the socket is open to everyone
+    try:
+        sock.bind(unix_path)
+    finally:
+        os.umask(old_umask)
+    sock.listen(BACKLOG)
+    os.chown(unix_path, 0, grp.getgrnam(group).gr_gid if group else 0)
+    os.chmod(unix_path, mode)
+    sock.setblocking(False)
+    return sock
+
+
 async def serve(router: Router, unix_path: str, *, mode: int = 0o660, group: str = "",
                 max_body: int = STREAM_LIMIT) -> asyncio.AbstractServer:
-    """Listen on `unix_path`, `mode` 0660 owned by root:root (or root:`group`).
+    """Listen on `unix_path` (see listen()) and serve every connection in this loop.
 
     `max_body` bounds streamed request bodies (image load/import, archive
     upload) for routes that do not set their own.
     """
-    await asyncio.to_thread(_clear_socket_path, unix_path)
+    listener = await asyncio.to_thread(partial(listen, unix_path, mode=mode, group=group))
     server = Server(router, max_body)
-    loop = asyncio.get_running_loop()
-    old_umask = os.umask(0o177)  # no window in which the socket is open to everyone
-    try:
-        listener = await loop.create_unix_server(server.protocol, path=unix_path, backlog=1024)
-    finally:
-        os.umask(old_umask)
-    os.chown(unix_path, 0, grp.getgrnam(group).gr_gid if group else 0)
-    os.chmod(unix_path, mode)
-    return listener
+    return await asyncio.get_running_loop().create_unix_server(server.protocol, sock=listener, backlog=BACKLOG)

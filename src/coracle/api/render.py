@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from json.encoder import encode_basestring_ascii  # what json.dumps does with a str, without its overhead
 from typing import Any
 
 from coracle import clock
@@ -137,7 +138,7 @@ class SummaryRows:
             del fields["Status"]
             hit = (c, json.dumps(fields).encode()[:-1] + b', "Status": ')
             self._rows[c.id] = hit
-        return hit[1] + json.dumps(status_text(c.state)).encode() + b"}"
+        return hit[1] + encode_basestring_ascii(status_text(c.state)).encode() + b"}"
 
     def listing(self, shown: list[Container], every: list[Container]) -> bytes:
         """The JSON array of `shown`; rows of containers no longer in `every` are dropped."""

@@ -44,6 +44,30 @@ def is_full(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", 0) == sqlite3.SQLITE_FULL
 
 
+class Reader:
+    """A read-only view of the state database for another process than the daemon's (the API's front).
+
+    In WAL mode a reader sees the last committed state and neither waits for
+    the daemon's writers nor makes them wait; the daemon answers a write only
+    after its commit, so whatever a client changed is seen by its next read.
+    A reader never quarantines or repairs anything: that is the daemon's.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._db = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+
+    def version(self) -> int:
+        """A number that moves whenever another connection commits: nothing changed while it stays."""
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def documents(self, kind: str) -> list[tuple[str, str]]:
+        """(id, JSON body) of every document of `kind`, in the order they were first stored."""
+        return self._db.execute("SELECT id, body FROM documents WHERE kind = ? ORDER BY rowid", (kind,)).fetchall()
+
+    def close(self) -> None:
+        self._db.close()
+
+
 class Store:
     """A thread-safe handle on the daemon's state database."""
 
