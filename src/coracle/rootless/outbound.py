@@ -5,19 +5,20 @@ of its tap into a socket of the user's host namespace, in one single-threaded
 process: the bound of the container -> outside path (docs/performance.md).
 Here the namespaces keeper (holder.py), which is in the host namespace and
 root of the rootless one, ends each such connection inside and opens it
-again outside, as pasta's own TCP does, and the two sockets are spliced in
-the kernel:
+again outside, as pasta's own TCP does, and splices the two in the kernel:
 
     table ip coracle_outbound  (the rootless network namespace)
-      prerouting  iif != UPLINK  tcp  fib daddr oif UPLINK  jump outbound
-      outbound    socket transparent 1                       mark LOCAL  (the relayed connections)
-                  SYN                tproxy to 127.0.0.1:PORT  mark LOCAL  (a new one: the keeper's listener)
+      prerouting (nat)  iif != UPLINK  tcp  fib daddr oif UPLINK  redirect to :PORT
 
-LOCAL is source_address.py's mark of packets delivered to a socket of the
-namespace whatever their address. Only what the namespace would route out
-through pasta's tap is taken, so traffic between containers and to the
-namespace's own addresses (published ports, the DNS resolver) is untouched;
-UDP, ICMP and IPv6 still go through pasta.
+PORT is the keeper's listener; the original destination comes back from
+conntrack (SO_ORIGINAL_DST), and the redirect's own destination, the address
+of the interface the connection came in by, says which bridge it came from.
+Only what the namespace would route out through pasta's tap is taken, so
+traffic between containers and to the namespace's own addresses (published
+ports, the DNS resolver) is untouched; UDP, ICMP and IPv6 still go through
+pasta. (nftables' tproxy would keep the destination without NAT, but the
+bridges hand packets to the prerouting hook before the IP layer, which drops
+the socket tproxy assigned: br_netfilter.)
 
 What a container reaches is what pasta gave it, no more:
 - the outer socket is opened by the keeper as the user, in the host
@@ -28,18 +29,16 @@ What a container reaches is what pasta gave it, no more:
   destinations are refused: pasta runs with --no-map-gw, so the user's
   localhost services were never reachable, and stay so;
 - a container of an `internal` network, which the daemon's forward chain
-  keeps from going out, is not relayed either (`Policy`).
+  keeps from going out, is not relayed either (`Ingress`).
 
-A connection the outside refuses (or that cannot be made) is reset: the
-container's connect() has already succeeded (the kernel answers the SYN
-before the keeper can try the destination), so it reads ECONNRESET where
-pasta, which answers only once its own connect() completed, gave
+A connection that cannot be made is reset: the container's connect() has
+already succeeded (the kernel answers the SYN before the keeper can try the
+destination), so a refusal reads as ECONNRESET on the first read or write,
+where pasta, which answers only once its own connect() completed, gave
 ECONNREFUSED.
 
 The listener and the rules live as long as the keeper, that is as long as the
-namespaces: they survive every daemon restart and go with the set. If the
-keeper's listener were gone, tproxy would find no socket and new connections
-would fall through to pasta.
+namespaces: they survive every daemon restart and go with the set.
 """
 
 from __future__ import annotations
@@ -51,11 +50,14 @@ import struct
 import threading
 
 import nftables
+from pyroute2 import IPRoute
 
+from coracle.network.firewall.nftables import TABLE as DAEMON_TABLE
 from coracle.rootless.ports import Inside, splice
 
 TABLE_NAME = "coracle_outbound"
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
+BACKLOG = 512
 
 
 def _rules(uplink: int, port: int) -> list[dict]:
@@ -72,6 +74,50 @@ def _rules(uplink: int, port: int) -> list[dict]:
             {"match": {"op": "==", "left": {"fib": {"result": "oif", "flags": ["daddr"]}}, "right": uplink}},
             {"redirect": {"port": port}}]}}},
     ]
+
+
+def _set_elements(nft: nftables.Nftables, name: str) -> set[str]:
+    rc, out, err = nft.json_cmd({"nftables": [{"list": {"set": {"family": "ip", "table": DAEMON_TABLE,
+                                                                  "name": name}}}]})
+    if rc:
+        raise OSError(f"the daemon's {name} set: {str(err).strip()}")
+    found = next(o["set"] for o in out["nftables"] if "set" in o)
+    return {str(e) for e in found.get("elem", [])}
+
+
+class Ingress:
+    """Whether connections redirected to a bridge's address may be relayed: the bridge is one of
+    the daemon's (its `bridges` set) and not an `internal` network's, whose containers the
+    daemon's forward chain keeps inside. The address is looked up each time (a network removed
+    and made again, internal, may get the same one); the answer is kept by interface index,
+    which the kernel does not reuse, as a bridge's network never changes its mind about being
+    internal."""
+
+    def __init__(self, inside: Inside) -> None:
+        self.inside = inside
+        self.known: dict[int, bool] = {}
+        self.lock = threading.Lock()
+
+    def allows(self, address: str) -> bool:
+        answer = [False]
+
+        def look() -> None:  # a thread inside: addresses, names and sets are the namespace's
+            self.inside.enter()
+            with contextlib.suppress(OSError, StopIteration, KeyError, TypeError, IndexError):
+                with IPRoute() as ipr:
+                    index = ipr.get_addr(family=socket.AF_INET, address=address)[0]["index"]
+                with self.lock:
+                    if index not in self.known:
+                        name = socket.if_indextoname(index)
+                        nft = nftables.Nftables()
+                        self.known[index] = name in _set_elements(nft, "bridges") and \
+                            name not in _set_elements(nft, "internal")
+                    answer[0] = self.known[index]
+
+        t = threading.Thread(target=look)
+        t.start()
+        t.join()
+        return answer[0]
 
 
 def reachable(addr: str) -> bool:
@@ -98,13 +144,13 @@ def _reset(s: socket.socket) -> None:
     s.close()
 
 
-def _relay(inner: socket.socket) -> None:
+def _relay(inner: socket.socket, ingress: Ingress) -> None:
     """One container connection: connect outside, then splice both ways until both ends are done."""
     try:
-        dest = original_destination(inner)
+        dest, bridge = original_destination(inner), inner.getsockname()[0]
     except OSError:
         dest = None
-    if dest is None:
+    if dest is None or not ingress.allows(bridge):
         _reset(inner)
         return
     outer = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # this thread is in the host namespace
@@ -125,13 +171,13 @@ def _relay(inner: socket.socket) -> None:
         back.join()
 
 
-def _accept(listener: socket.socket) -> None:
+def _accept(listener: socket.socket, ingress: Ingress) -> None:
     while True:
         try:
             inner, _ = listener.accept()
         except OSError:
             return
-        threading.Thread(target=_relay, args=(inner,), daemon=True).start()
+        threading.Thread(target=_relay, args=(inner, ingress), daemon=True).start()
 
 
 def start(inside: Inside, uplink: int) -> None:
@@ -144,7 +190,7 @@ def start(inside: Inside, uplink: int) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             listener.bind(("0.0.0.0", 0))
-            listener.listen(512)
+            listener.listen(BACKLOG)
             rc, _, err = nftables.Nftables().json_cmd({"nftables": _rules(uplink, listener.getsockname()[1])})
             if rc:
                 raise OSError(f"nftables refused the rules: {str(err).strip()}")
@@ -158,5 +204,5 @@ def start(inside: Inside, uplink: int) -> None:
     t.start()
     t.join()
     if opened:
-        threading.Thread(target=_accept, args=(opened[0],), daemon=True).start()
+        threading.Thread(target=_accept, args=(opened[0], Ingress(inside)), daemon=True).start()
 

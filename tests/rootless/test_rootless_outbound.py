@@ -1,0 +1,168 @@
+"""Containers' connections to the outside from a rootless daemon: TCP relayed by the namespaces
+keeper from the user's host namespace (rootless/outbound.py), UDP through pasta, and nothing
+of the user's host that pasta did not give them."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from rootless_support import LAN_HOST, LAN_PEER, RootlessUser, until
+
+# makes throwaway users with subordinate ids: the root tier
+pytestmark = pytest.mark.root
+
+HOST_PYTHON = ["-v", "/usr:/usr:ro", "-v", "/lib:/lib:ro", "-v", "/lib64:/lib64:ro"]
+BULK, HOLD, ECHO = 7001, 7002, 7003
+
+LAN_SERVER = """
+import hashlib, os, socket, sys, threading
+def bulk(c):
+    with c:
+        got = hashlib.sha256()
+        while chunk := c.recv(1 << 20):
+            got.update(chunk)
+        data = os.urandom(20_000_000)
+        c.sendall(f"{got.hexdigest()} {hashlib.sha256(data).hexdigest()}\\n".encode() + data)
+def hold(c):
+    with c:
+        while c.recv(100):
+            pass
+def serve(port, handle):
+    t = socket.socket()
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind(("", port))
+    t.listen()
+    while True:
+        threading.Thread(target=handle, args=(t.accept()[0],), daemon=True).start()
+def echo(port):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("", port))
+    while True:
+        data, peer = u.recvfrom(100)
+        u.sendto(b"echo " + data, peer)
+threading.Thread(target=serve, args=(int(sys.argv[1]), bulk), daemon=True).start()
+threading.Thread(target=serve, args=(int(sys.argv[2]), hold), daemon=True).start()
+echo(int(sys.argv[3]))
+"""
+
+BULK_CLIENT = """
+import hashlib, os, socket, sys
+data = os.urandom(20_000_000)
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60) as s:
+    s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    got = bytearray()
+    while chunk := s.recv(1 << 20):
+        got += chunk
+line, _, back = bytes(got).partition(b"\\n")
+received, sent_back = line.decode().split()
+print(hashlib.sha256(data).hexdigest() == received, hashlib.sha256(back).hexdigest() == sent_back, len(back))
+"""
+
+CONNECT = """
+import socket, sys
+for target in sys.argv[1:]:
+    addr, port = target.rsplit(":", 1)
+    try:
+        with socket.create_connection((addr, int(port)), timeout=20) as s:
+            s.settimeout(20)
+            print(target, "answered", s.recv(100).decode() or "nothing")
+    except OSError as exc:
+        print(target, type(exc).__name__)
+"""
+
+UDP_CLIENT = """
+import socket, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(1)
+for _ in range(20):
+    u.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
+    try:
+        print(u.recv(100).decode())
+        break
+    except TimeoutError:
+        pass
+"""
+
+
+@contextlib.contextmanager
+def _lan_servers(user: RootlessUser) -> Iterator[None]:
+    server = subprocess.Popen(["nsenter", f"--net=/run/netns/{user.lan_ns}", "python3", "-c", LAN_SERVER,
+                               str(BULK), str(HOLD), str(ECHO)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        until(lambda: user.lan("ss", "-Htln", f"sport = :{HOLD}").stdout)
+        yield
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _in_container(user: RootlessUser, script: str, *args: str) -> str:
+    return user.docker("run", "--rm", *HOST_PYTHON, "busybox", "/usr/bin/python3", "-c", script, *args,
+                       timeout=180).stdout
+
+
+def test_outbound_tcp_is_relayed_from_the_users_host_namespace_intact(user: RootlessUser) -> None:
+    with _lan_servers(user):
+        # 20 MB each way through the relay, checked end to end
+        assert _in_container(user, BULK_CLIENT, LAN_PEER, str(BULK)).split() == ["True", "True", "20000000"]
+        # a connection held open: on the user's host side it is the keeper's socket, not pasta's
+        user.docker("run", "-d", "--name", "holder", *HOST_PYTHON, "busybox", "/usr/bin/python3", "-c",
+                    f"import socket, time; s = socket.create_connection(('{LAN_PEER}', {HOLD})); time.sleep(600)")
+        try:
+            seen = until(lambda: user.on_host("ss", "-Htne", "state", "established", "dst",
+                                               f"{LAN_PEER}:{HOLD}").stdout)
+            inode = re.search(r"ino:(\d+)", seen)
+            assert inode, seen
+            with open(f"{user.runtime_dir}/coracle/rootless/holder.json") as f:
+                keeper = json.load(f)["namespaces"]
+            fds = {os.readlink(f"/proc/{keeper}/fd/{fd}") for fd in os.listdir(f"/proc/{keeper}/fd")}
+            assert f"socket:[{inode[1]}]" in fds, (seen, fds)
+        finally:
+            user.docker("rm", "-f", "holder")
+
+
+def test_a_refused_connection_fails_at_once_in_the_container(user: RootlessUser) -> None:
+    closed = f"{LAN_PEER}:7009"  # nothing listens there: the LAN peer answers with a RST
+    out = _in_container(user, CONNECT, closed).split()
+    assert out[1] in ("ConnectionRefusedError", "ConnectionResetError"), out  # not a timeout, not a success
+
+
+def test_udp_still_goes_through_pasta(user: RootlessUser) -> None:
+    with _lan_servers(user):
+        assert _in_container(user, UDP_CLIENT, LAN_PEER, str(ECHO)).strip() == "echo ping"
+
+
+def test_containers_do_not_reach_the_users_host_services(user: RootlessUser) -> None:
+    """pasta runs with --no-map-gw and copies the host's address into the namespace: services of
+    the user's host, on its loopback or on all its addresses, were out of a container's reach,
+    and the relay keeps them so (it connects only where the namespace routes out through pasta)."""
+    server = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{user.host_ns}", "python3", "-c",
+         "import socket, threading\n"
+         "def serve(addr):\n"
+         "    t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+         "    t.bind(addr); t.listen()\n"
+         "    while True:\n"
+         "        c, _ = t.accept(); c.sendall(b'host'); c.close()\n"
+         "threading.Thread(target=serve, args=(('127.0.0.1', 7004),), daemon=True).start()\n"
+         "serve(('0.0.0.0', 7005))\n"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        until(lambda: user.on_host("ss", "-Htln", "sport = :7005").stdout)
+        assert user.on_host("python3", "-c", CONNECT, "127.0.0.1:7004").stdout.split()[1] == "answered"  # it is up
+        gateway = user.docker("network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}",
+                              "bridge").stdout.strip()
+        targets = [f"{LAN_HOST}:7004", f"{LAN_HOST}:7005", "127.0.0.1:7004", f"{gateway}:7005", "0.0.0.0:7005"]
+        out = _in_container(user, CONNECT, *targets)
+        assert "answered" not in out, out
+        assert len(out.splitlines()) == len(targets)
+    finally:
+        server.kill()
+        server.wait()
