@@ -19,7 +19,7 @@ from rootless_support import LAN_HOST, LAN_PEER, RootlessUser, until
 pytestmark = pytest.mark.root
 
 HOST_PYTHON = ["-v", "/usr:/usr:ro", "-v", "/lib:/lib:ro", "-v", "/lib64:/lib64:ro"]
-BULK, HOLD, ECHO = 7001, 7002, 7003
+HELLO, BULK, HOLD, ECHO = 7000, 7001, 7002, 7003
 
 LAN_SERVER = """
 import hashlib, os, socket, sys, threading
@@ -30,6 +30,9 @@ def bulk(c):
             got.update(chunk)
         data = os.urandom(20_000_000)
         c.sendall(f"{got.hexdigest()} {hashlib.sha256(data).hexdigest()}\\n".encode() + data)
+def hello(c):
+    with c:
+        c.sendall(b"lan")
 def hold(c):
     with c:
         while c.recv(100):
@@ -47,6 +50,7 @@ def echo(port):
     while True:
         data, peer = u.recvfrom(100)
         u.sendto(b"echo " + data, peer)
+threading.Thread(target=serve, args=(int(sys.argv[4]), hello), daemon=True).start()
 threading.Thread(target=serve, args=(int(sys.argv[1]), bulk), daemon=True).start()
 threading.Thread(target=serve, args=(int(sys.argv[2]), hold), daemon=True).start()
 echo(int(sys.argv[3]))
@@ -67,7 +71,7 @@ print(hashlib.sha256(data).hexdigest() == received, hashlib.sha256(back).hexdige
 """
 
 CONNECT = """
-import socket, sys
+import errno, socket, sys
 for target in sys.argv[1:]:
     addr, port = target.rsplit(":", 1)
     try:
@@ -75,7 +79,7 @@ for target in sys.argv[1:]:
             s.settimeout(20)
             print(target, "answered", s.recv(100).decode() or "nothing")
     except OSError as exc:
-        print(target, type(exc).__name__)
+        print(target, errno.errorcode.get(exc.errno or 0, type(exc).__name__))
 """
 
 UDP_CLIENT = """
@@ -95,7 +99,8 @@ for _ in range(20):
 @contextlib.contextmanager
 def _lan_servers(user: RootlessUser) -> Iterator[None]:
     server = subprocess.Popen(["nsenter", f"--net=/run/netns/{user.lan_ns}", "python3", "-c", LAN_SERVER,
-                               str(BULK), str(HOLD), str(ECHO)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               str(BULK), str(HOLD), str(ECHO), str(HELLO)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         until(lambda: user.lan("ss", "-Htln", f"sport = :{HOLD}").stdout)
         yield
@@ -129,10 +134,13 @@ def test_outbound_tcp_is_relayed_from_the_users_host_namespace_intact(user: Root
             user.docker("rm", "-f", "holder")
 
 
-def test_a_refused_connection_fails_at_once_in_the_container(user: RootlessUser) -> None:
+def test_connection_errors_reach_the_container_as_the_outside_gave_them(user: RootlessUser) -> None:
+    """The keeper connects before the container's handshake ends, so a refusal is a refusal, not a
+    reset after a connect() that seemed to succeed, and an absent host is unreachable."""
     closed = f"{LAN_PEER}:7009"  # nothing listens there: the LAN peer answers with a RST
-    out = _in_container(user, CONNECT, closed).split()
-    assert out[1] in ("ConnectionRefusedError", "ConnectionResetError"), out  # not a timeout, not a success
+    absent = "10.231.0.99:80"  # on the LAN, answering no ARP
+    out = dict(line.split() for line in _in_container(user, CONNECT, closed, absent).splitlines())
+    assert out == {closed: "ECONNREFUSED", absent: "EHOSTUNREACH"}
 
 
 def test_udp_still_goes_through_pasta(user: RootlessUser) -> None:
@@ -166,3 +174,20 @@ def test_containers_do_not_reach_the_users_host_services(user: RootlessUser) -> 
     finally:
         server.kill()
         server.wait()
+
+
+def test_an_internal_network_stays_in_even_with_a_route_out(user: RootlessUser) -> None:
+    """The daemon's forward chain keeps an internal network's containers in; one that adds a
+    default route itself (CAP_NET_ADMIN) must not find a way out through the relay either."""
+    user.docker("network", "create", "--internal", "rlinternal")
+    try:
+        gateway = user.docker("network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}",
+                              "rlinternal").stdout.strip()
+        with _lan_servers(user):
+            assert _in_container(user, CONNECT, f"{LAN_PEER}:{HELLO}").split()[1:] == ["answered", "lan"]
+            out = user.docker("run", "--rm", "--network", "rlinternal", "--cap-add", "NET_ADMIN", *HOST_PYTHON,
+                              "busybox", "sh", "-c", f"ip route add default via {gateway} && "
+                              f"/usr/bin/python3 -c '{CONNECT}' {LAN_PEER}:{HELLO}", timeout=180).stdout
+        assert out.split()[0] == f"{LAN_PEER}:{HELLO}" and "answered" not in out, out
+    finally:
+        user.docker("network", "rm", "rlinternal", check=False)
