@@ -59,7 +59,7 @@ def _gbits(out: str) -> float:
 
 
 @contextlib.contextmanager
-def _iperf_server(argv: list[str]) -> Iterator[None]:
+def _lan_server(argv: list[str]) -> Iterator[None]:
     server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
     try:
@@ -166,18 +166,24 @@ class Side:
         """One measurement of each path (the servers running)."""
         published = subprocess.run(_lan(self.lan_ns, "iperf3", "-J", "-t", str(seconds), "-c", LAN_HOST, "-p",
                                         str(PORT)), check=True, capture_output=True, text=True).stdout
-        out = {"published port, Gbit/s": _gbits(published), "container to outside, Gbit/s": self.outbound(seconds)}
+        out = {"published port, Gbit/s": _gbits(published), **self.outbound(seconds, "")}
         if self.rootless_netns:
             with _through_pasta(self.rootless_netns()):
-                out["container to outside through pasta, Gbit/s"] = self.outbound(seconds)
+                out.update(self.outbound(seconds, " through pasta"))
         trips = subprocess.run(_lan(self.lan_ns, "python3", "-c", ROUND_TRIPS, LAN_HOST, str(ECHO_PORT), "200"),
                                check=True, capture_output=True, text=True).stdout.split()
         return {**out, "published TCP connect+echo, us": float(trips[0]), "published UDP echo, us": float(trips[1])}
 
-    def outbound(self, seconds: int) -> float:
-        with _iperf_server(_lan(self.lan_ns, "iperf3", "-s", "-p", "5202")):
-            return _gbits(self.run("run", "--rm", *HOST_LIBS, "busybox", "/usr/bin/iperf3", "-J", "-t", str(seconds),
+    def outbound(self, seconds: int, how: str) -> dict[str, float]:
+        """iperf3 from a container to the LAN neighbour, and round trips to an echo server there."""
+        with _lan_server(_lan(self.lan_ns, "iperf3", "-s", "-p", "5202")):
+            bulk = _gbits(self.run("run", "--rm", *HOST_LIBS, "busybox", "/usr/bin/iperf3", "-J", "-t", str(seconds),
                                    "-c", LAN_PEER, "-p", "5202"))
+        with _lan_server(_lan(self.lan_ns, "python3", "-c", ECHO_SERVER)):
+            trips = self.run("run", "--rm", *HOST_LIBS, "busybox", "/usr/bin/python3", "-c", ROUND_TRIPS, LAN_PEER,
+                             "5000", "200").split()
+        return {f"container to outside{how}, Gbit/s": bulk, f"container to outside{how}, TCP connect+echo, us":
+                float(trips[0])}
 
 
 def _rootless_netns(user: RootlessUser) -> str:
@@ -248,7 +254,7 @@ def uplinks(user: RootlessUser, seconds: int, rounds: int) -> dict[str, float]:
     """A bare user+network namespace joined to the LAN by each tool, iperf3 from inside to the
     neighbour; the tools take turns `rounds` times, medians."""
     runs: dict[str, list[float]] = {tool: [] for tool in UPLINKS}
-    with _iperf_server(_lan(user.lan_ns, "iperf3", "-s", "-p", "5203")):
+    with _lan_server(_lan(user.lan_ns, "iperf3", "-s", "-p", "5203")):
         for _ in range(rounds):
             for tool, start in UPLINKS.items():
                 script = (f"D={user.home}; unshare -rn sleep 60 & NP=$!; sleep 0.3; {start}; "

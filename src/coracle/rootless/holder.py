@@ -8,13 +8,16 @@ Three processes make up the set, each with one job:
     |                                          runs pasta, supervises the others
     +- pasta -f (the user)                    the network namespace's uplink
     +- keeper of the user and mount namespaces (root inside, host network):
-       |                                       the published ports' listeners
+       |                                       the published ports' listeners and
+       |                                       the containers' outbound TCP relay
        +- keeper of the network namespace     holds the bridges; does nothing
 
 pasta is run from outside because, started as root in a user namespace, it
 switches to `nobody` and can no longer open the namespace it is asked to join.
 The namespaces keeper stays in the host's network namespace: that is the only
-place a rootless process can listen on the user's host ports (ports.py).
+place a rootless process can listen on the user's host ports (ports.py), and
+from there it opens the containers' TCP connections to the outside, which
+would otherwise all be copied through pasta (outbound.py).
 
 When any of them ends, the holder ends the others and exits: the namespaces
 go with them, and so does every container, which is what a reboot does too

@@ -62,7 +62,7 @@ import nftables
 
 from coracle.network.firewall.nftables import TABLE as DAEMON_TABLE
 from coracle.rootless.nfqueue import Packet, Queue
-from coracle.rootless.ports import Inside, splice
+from coracle.rootless.ports import Inside, join
 
 TABLE_NAME = "coracle_outbound"
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
@@ -264,14 +264,8 @@ class Relay:
         if found is None:
             _reset(inner)
             return
-        outer = found[0]
-        with inner, outer:
-            for s in (inner, outer):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            back = threading.Thread(target=splice, args=(outer, inner), daemon=True)
-            back.start()
-            splice(inner, outer)
-            back.join()
+        with inner, found[0] as outer:
+            join(inner, outer)
 
 
 def start(inside: Inside, uplink: int) -> None:

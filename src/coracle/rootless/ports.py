@@ -81,6 +81,16 @@ def splice(src: socket.socket, dst: socket.socket) -> None:
             dst.shutdown(socket.SHUT_WR)
 
 
+def join(a: socket.socket, b: socket.socket) -> None:
+    """Splice two connected TCP sockets both ways until both directions have ended."""
+    for s in (a, b):
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    back = threading.Thread(target=splice, args=(b, a), daemon=True)
+    back.start()
+    splice(a, b)
+    back.join()
+
+
 class Inside:
     """Where forwarded traffic goes: the rootless network namespace, and whether its sockets
     there can keep the client's address (source_address.prepare succeeded)."""
@@ -123,12 +133,7 @@ def _connect(client: socket.socket, peer: tuple[str, int], target: tuple[str, in
             inner.connect(target)
         except OSError:
             return
-        for s in (client, inner):
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        back = threading.Thread(target=splice, args=(inner, client), daemon=True)
-        back.start()
-        splice(client, inner)
-        back.join()
+        join(client, inner)
 
 
 def _accept(listener: socket.socket, target: tuple[str, int], inside: Inside) -> None:
