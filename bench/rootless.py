@@ -59,9 +59,11 @@ def _gbits(out: str) -> float:
 
 
 @contextlib.contextmanager
-def _lan_server(argv: list[str]) -> Iterator[None]:
-    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
+def _lan_server(ns: str, port: int, *argv: str) -> Iterator[None]:
+    """A server in namespace `ns`, from when it listens on TCP `port`."""
+    server = subprocess.Popen(_lan(ns, *argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not subprocess.run(_lan(ns, "ss", "-Htln", f"sport = :{port}"), capture_output=True, text=True).stdout:
+        time.sleep(0.1)
     try:
         yield
     finally:
@@ -145,8 +147,10 @@ class Side:
     rootless_netns: Callable[[], str] | None = None
 
     def run(self, *args: str) -> str:
-        return subprocess.run(self.as_argv([*self.docker, *args]), check=True, capture_output=True, text=True,
-                              timeout=300).stdout
+        done = subprocess.run(self.as_argv([*self.docker, *args]), capture_output=True, text=True, timeout=300)
+        if done.returncode:
+            raise RuntimeError(f"docker {args[0]} failed ({done.returncode}): {done.stderr[-2000:]}")
+        return done.stdout
 
     @contextlib.contextmanager
     def servers(self) -> Iterator[None]:
@@ -176,10 +180,10 @@ class Side:
 
     def outbound(self, seconds: int, how: str) -> dict[str, float]:
         """iperf3 from a container to the LAN neighbour, and round trips to an echo server there."""
-        with _lan_server(_lan(self.lan_ns, "iperf3", "-s", "-p", "5202")):
+        with _lan_server(self.lan_ns, 5202, "iperf3", "-s", "-p", "5202"):
             bulk = _gbits(self.run("run", "--rm", *HOST_LIBS, "busybox", "/usr/bin/iperf3", "-J", "-t", str(seconds),
                                    "-c", LAN_PEER, "-p", "5202"))
-        with _lan_server(_lan(self.lan_ns, "python3", "-c", ECHO_SERVER)):
+        with _lan_server(self.lan_ns, 5000, "python3", "-c", ECHO_SERVER):
             trips = self.run("run", "--rm", *HOST_LIBS, "busybox", "/usr/bin/python3", "-c", ROUND_TRIPS, LAN_PEER,
                              "5000", "200").split()
         return {f"container to outside{how}, Gbit/s": bulk, f"container to outside{how}, TCP connect+echo, us":
@@ -254,7 +258,7 @@ def uplinks(user: RootlessUser, seconds: int, rounds: int) -> dict[str, float]:
     """A bare user+network namespace joined to the LAN by each tool, iperf3 from inside to the
     neighbour; the tools take turns `rounds` times, medians."""
     runs: dict[str, list[float]] = {tool: [] for tool in UPLINKS}
-    with _lan_server(_lan(user.lan_ns, "iperf3", "-s", "-p", "5203")):
+    with _lan_server(user.lan_ns, 5203, "iperf3", "-s", "-p", "5203"):
         for _ in range(rounds):
             for tool, start in UPLINKS.items():
                 script = (f"D={user.home}; unshare -rn sleep 60 & NP=$!; sleep 0.3; {start}; "

@@ -19,7 +19,7 @@ from rootless_support import LAN_HOST, LAN_PEER, RootlessUser, until
 pytestmark = pytest.mark.root
 
 HOST_PYTHON = ["-v", "/usr:/usr:ro", "-v", "/lib:/lib:ro", "-v", "/lib64:/lib64:ro"]
-HELLO, BULK, HOLD, ECHO = 7000, 7001, 7002, 7003
+HELLO, BULK, HOLD, ECHO, LINES = 7000, 7001, 7002, 7003, 7004
 
 LAN_SERVER = """
 import hashlib, os, socket, sys, threading
@@ -33,6 +33,10 @@ def bulk(c):
 def hello(c):
     with c:
         c.sendall(b"lan")
+def lines(c):
+    with c, c.makefile("rwb", buffering=0) as f:
+        for line in f:
+            f.write(b"lan " + line)
 def hold(c):
     with c:
         while c.recv(100):
@@ -51,6 +55,7 @@ def echo(port):
         data, peer = u.recvfrom(100)
         u.sendto(b"echo " + data, peer)
 threading.Thread(target=serve, args=(int(sys.argv[4]), hello), daemon=True).start()
+threading.Thread(target=serve, args=(int(sys.argv[5]), lines), daemon=True).start()
 threading.Thread(target=serve, args=(int(sys.argv[1]), bulk), daemon=True).start()
 threading.Thread(target=serve, args=(int(sys.argv[2]), hold), daemon=True).start()
 echo(int(sys.argv[3]))
@@ -99,7 +104,7 @@ for _ in range(20):
 @contextlib.contextmanager
 def _lan_servers(user: RootlessUser) -> Iterator[None]:
     server = subprocess.Popen(["nsenter", f"--net=/run/netns/{user.lan_ns}", "python3", "-c", LAN_SERVER,
-                               str(BULK), str(HOLD), str(ECHO), str(HELLO)],
+                               str(BULK), str(HOLD), str(ECHO), str(HELLO), str(LINES)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         until(lambda: user.lan("ss", "-Htln", f"sport = :{HOLD}").stdout)
@@ -132,6 +137,35 @@ def test_outbound_tcp_is_relayed_from_the_users_host_namespace_intact(user: Root
             assert f"socket:[{inode[1]}]" in fds, (seen, fds)
         finally:
             user.docker("rm", "-f", "holder")
+
+
+ACROSS_A_RESTART = """
+import os, socket, sys, time
+with socket.create_connection((sys.argv[1], int(sys.argv[2]))) as s, s.makefile("rwb", buffering=0) as f:
+    for word in (b"before", b"after"):
+        while word == b"after" and not os.path.exists("/tmp/go"):
+            time.sleep(0.1)
+        f.write(word + b"\\n")
+        print(f.readline().decode().strip(), flush=True)
+"""
+
+
+def test_outbound_connections_outlive_a_daemon_restart(user: RootlessUser) -> None:
+    """The relay is the keeper's, not the daemon's: a connection open while the daemon restarts
+    keeps flowing, and new ones are relayed by the next daemon's containers."""
+    with _lan_servers(user):
+        user.docker("run", "-d", "--name", "across", *HOST_PYTHON, "busybox", "/usr/bin/python3", "-c",
+                    ACROSS_A_RESTART, LAN_PEER, str(LINES))
+        try:
+            assert until(lambda: user.docker("logs", "across").stdout).strip() == "lan before"
+            user.stop_daemon()
+            user.start_daemon()
+            user.docker("exec", "across", "touch", "/tmp/go")
+            assert until(lambda: "after" in (out := user.docker("logs", "across").stdout) and out) \
+                .split("\n")[:2] == ["lan before", "lan after"]
+            assert _in_container(user, CONNECT, f"{LAN_PEER}:{HELLO}").split()[1:] == ["answered", "lan"]
+        finally:
+            user.docker("rm", "-f", "across")
 
 
 def test_connection_errors_reach_the_container_as_the_outside_gave_them(user: RootlessUser) -> None:

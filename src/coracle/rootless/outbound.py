@@ -197,8 +197,11 @@ class Relay:
         while True:
             try:
                 packets = self.queue.packets()
-            except OSError:  # ENOBUFS: some SYNs were dropped, their retransmissions come back
-                continue
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    continue  # some SYNs were dropped: their retransmissions come back
+                print(f"outbound TCP queue: {exc}; new connections wait for their timeout", flush=True)
+                return
             self._forget_stale()
             for packet in packets:
                 with contextlib.suppress(OSError, struct.error):
