@@ -2,7 +2,7 @@
 
 outbound.py holds each container's SYN here while it connects to the
 destination, so that the container's connect() ends the way the outside
-answered (refused, unreachable, or through), as pasta's did. Only what that
+answered (refused, unreachable, or through). Only what that
 needs: bind one queue, copy the first bytes of each packet, read packets with
 their input interface, and give a verdict with a new mark.
 """
