@@ -6,6 +6,9 @@
   and from a container to the LAN neighbour, and the round trip of a TCP
   connection and of a UDP datagram through a published port, rootless coracle
   as a ratio of rootful coracle on the same topology (the two take turns);
+  rootless, the container -> outside path is measured twice: through the
+  keeper's relay (rootless/outbound.py) and, with its SYNs passed on, through
+  pasta's tap as before;
 - the uplink alone: pasta vs slirp4netns from a bare user+network namespace
   to the LAN neighbour, the measurement the choice of pasta rests on.
 
@@ -34,6 +37,8 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "rootless")]
 import harness  # noqa: E402
 from rootless_support import LAN_HOST, LAN_PEER, RootlessUser  # noqa: E402
 
+from coracle.rootless.outbound import PASS, QUEUED  # noqa: E402
+
 HOST_LIBS = ["-v", "/usr:/usr:ro", "-v", "/lib:/lib:ro", "-v", "/lib64:/lib64:ro"]  # iperf3 from the host
 PORT = 15201
 ECHO_PORT = 15300
@@ -54,9 +59,11 @@ def _gbits(out: str) -> float:
 
 
 @contextlib.contextmanager
-def _iperf_server(argv: list[str]) -> Iterator[None]:
-    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
+def _lan_server(ns: str, port: int, *argv: str) -> Iterator[None]:
+    """A server in namespace `ns`, from when it listens on TCP `port`."""
+    server = subprocess.Popen(_lan(ns, *argv), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not subprocess.run(_lan(ns, "ss", "-Htln", f"sport = :{port}"), capture_output=True, text=True).stdout:
+        time.sleep(0.1)
     try:
         yield
     finally:
@@ -132,14 +139,18 @@ print(statistics.median(tcp) * 1e6, statistics.median(udp) * 1e6)
 
 @dataclasses.dataclass
 class Side:
-    """One engine of the comparison: how to drive it, and its LAN neighbour's namespace."""
+    """One engine of the comparison: how to drive it, its LAN neighbour's namespace, and for the
+    rootless one, its rootless network namespace (where outbound TCP can be sent to pasta)."""
     docker: list[str]
     as_argv: Callable[[list[str]], list[str]]
     lan_ns: str
+    rootless_netns: Callable[[], str] | None = None
 
     def run(self, *args: str) -> str:
-        return subprocess.run(self.as_argv([*self.docker, *args]), check=True, capture_output=True, text=True,
-                              timeout=300).stdout
+        done = subprocess.run(self.as_argv([*self.docker, *args]), capture_output=True, text=True, timeout=300)
+        if done.returncode:
+            raise RuntimeError(f"docker {args[0]} failed ({done.returncode}): {done.stderr[-2000:]}")
+        return done.stdout
 
     @contextlib.contextmanager
     def servers(self) -> Iterator[None]:
@@ -159,13 +170,44 @@ class Side:
         """One measurement of each path (the servers running)."""
         published = subprocess.run(_lan(self.lan_ns, "iperf3", "-J", "-t", str(seconds), "-c", LAN_HOST, "-p",
                                         str(PORT)), check=True, capture_output=True, text=True).stdout
-        with _iperf_server(_lan(self.lan_ns, "iperf3", "-s", "-p", "5202")):
-            outbound = self.run("run", "--rm", *HOST_LIBS, "busybox", "/usr/bin/iperf3", "-J", "-t", str(seconds),
-                                "-c", LAN_PEER, "-p", "5202")
+        out = {"published port, Gbit/s": _gbits(published), **self.outbound(seconds, "")}
+        if self.rootless_netns:
+            with _through_pasta(self.rootless_netns()):
+                out.update(self.outbound(seconds, " through pasta"))
         trips = subprocess.run(_lan(self.lan_ns, "python3", "-c", ROUND_TRIPS, LAN_HOST, str(ECHO_PORT), "200"),
                                check=True, capture_output=True, text=True).stdout.split()
-        return {"published port, Gbit/s": _gbits(published), "container to outside, Gbit/s": _gbits(outbound),
-                "published TCP connect+echo, us": float(trips[0]), "published UDP echo, us": float(trips[1])}
+        return {**out, "published TCP connect+echo, us": float(trips[0]), "published UDP echo, us": float(trips[1])}
+
+    def outbound(self, seconds: int, how: str) -> dict[str, float]:
+        """iperf3 from a container to the LAN neighbour, and round trips to an echo server there."""
+        with _lan_server(self.lan_ns, 5202, "iperf3", "-s", "-p", "5202"):
+            bulk = _gbits(self.run("run", "--rm", *HOST_LIBS, "busybox", "/usr/bin/iperf3", "-J", "-t", str(seconds),
+                                   "-c", LAN_PEER, "-p", "5202"))
+        with _lan_server(self.lan_ns, 5000, "python3", "-c", ECHO_SERVER):
+            trips = self.run("run", "--rm", *HOST_LIBS, "busybox", "/usr/bin/python3", "-c", ROUND_TRIPS, LAN_PEER,
+                             "5000", "200").split()
+        return {f"container to outside{how}, Gbit/s": bulk, f"container to outside{how}, TCP connect+echo, us":
+                float(trips[0])}
+
+
+def _rootless_netns(user: RootlessUser) -> str:
+    holder = json.loads(Path(user.runtime_dir, "coracle", "rootless", "holder.json").read_text())
+    return f"/proc/{holder['network']}/ns/net"
+
+
+@contextlib.contextmanager
+def _through_pasta(netns: str) -> Iterator[None]:
+    """Outbound TCP of the rootless namespace through pasta's tap, as before the relay: its SYNs
+    are marked PASS before the keeper's queue sees them."""
+    table = f"""table ip bench_pasta {{
+        chain pass {{ type filter hook prerouting priority -155; meta mark {QUEUED} meta mark set {PASS}; }}
+    }}"""
+    nsenter = ["nsenter", f"--net={netns}", "nft"]
+    subprocess.run([*nsenter, "-f", "-"], input=table, check=True, text=True)
+    try:
+        yield
+    finally:
+        subprocess.run([*nsenter, "delete", "table", "ip", "bench_pasta"], check=True)
 
 
 @contextlib.contextmanager
@@ -199,7 +241,8 @@ def datapaths(rootless: Side, rounds: int, seconds: int) -> dict[str, dict[str, 
                 for key, value in side.round(seconds).items():
                     runs[name].setdefault(key, []).append(value)
     out = {name: {k: statistics.median(v) for k, v in by.items()} for name, by in runs.items()}
-    out["rootless / rootful"] = {k: v / out["rootful coracle"][k] for k, v in out["rootless coracle"].items()}
+    out["rootless / rootful"] = {k: v / out["rootful coracle"][k.replace(" through pasta", "")]
+                                 for k, v in out["rootless coracle"].items()}
     return out
 
 
@@ -215,7 +258,7 @@ def uplinks(user: RootlessUser, seconds: int, rounds: int) -> dict[str, float]:
     """A bare user+network namespace joined to the LAN by each tool, iperf3 from inside to the
     neighbour; the tools take turns `rounds` times, medians."""
     runs: dict[str, list[float]] = {tool: [] for tool in UPLINKS}
-    with _iperf_server(_lan(user.lan_ns, "iperf3", "-s", "-p", "5203")):
+    with _lan_server(user.lan_ns, 5203, "iperf3", "-s", "-p", "5203"):
         for _ in range(rounds):
             for tool, start in UPLINKS.items():
                 script = (f"D={user.home}; unshare -rn sleep 60 & NP=$!; sleep 0.3; {start}; "
@@ -244,7 +287,8 @@ def main() -> None:
             return
         if not args.datapaths_only:
             results["run --rm latency, s (median)"] = latency(user, args.repeat)
-        rootless = Side(["docker", "-H", f"unix://{user.sock}"], user.as_user, user.lan_ns)
+        rootless = Side(["docker", "-H", f"unix://{user.sock}"], user.as_user, user.lan_ns,
+                        lambda: _rootless_netns(user))
         results.update(datapaths(rootless, max(3, args.repeat // 3), args.seconds))
     finally:
         left = user.destroy()

@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sysconfig
 import time
+from collections.abc import Callable
 from typing import Any
 from pathlib import Path
 
@@ -43,6 +44,16 @@ def _free_subid_start() -> int:
                 if len(parts) == 3:
                     taken.append(int(parts[1]) + int(parts[2]))
     return max([SUBID_BASE, *taken])
+
+
+def until(check: Callable[[], str], timeout: float = 30) -> str:
+    """check() until it says something (or `timeout` passed): what it said last."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = check()
+        if out or time.monotonic() > deadline:
+            return out
+        time.sleep(0.1)
 
 
 def processes_of(ids: range) -> list[int]:

@@ -7,24 +7,14 @@ import contextlib
 import json
 import os
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
-from rootless_support import LAN_HOST, LAN_PEER, RootlessUser
+from rootless_support import LAN_HOST, LAN_PEER, RootlessUser, until
 
 # makes throwaway users with subordinate ids: the root tier
 pytestmark = pytest.mark.root
-
-
-def _until(check: Callable[[], str], timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        out = check()
-        if out or time.monotonic() > deadline:
-            return out
-        time.sleep(0.1)
 
 
 def test_published_port_is_reached_from_the_lan_and_from_the_host(user: RootlessUser) -> None:
@@ -32,7 +22,7 @@ def test_published_port_is_reached_from_the_lan_and_from_the_host(user: Rootless
     try:
         name = user.docker("inspect", "-f", "{{.Config.Hostname}}", "pub").stdout.strip()
         url = f"http://{LAN_HOST}:18081/hostname"
-        assert _until(lambda: user.lan("wget", "-q", "-O-", url, check=False).stdout).strip() == name
+        assert until(lambda: user.lan("wget", "-q", "-O-", url, check=False).stdout).strip() == name
         assert user.on_host("wget", "-q", "-O-", "http://127.0.0.1:18081/hostname").stdout.strip() == name
         # the listener on the host belongs to the user, not to root
         listeners = user.on_host("ss", "-Htlnpe", "sport = :18081").stdout
@@ -161,7 +151,7 @@ def test_published_tcp_and_udp_ports_keep_the_lan_clients_address(user: Rootless
             def ask(proto: str = proto, port: int = port) -> str:
                 return user.lan("python3", "-c", WHO_CLIENT, proto, LAN_HOST, str(port)).stdout
 
-            seen = _until(ask)
+            seen = until(ask)
             assert seen.strip() == LAN_PEER, (proto, seen)  # the client's own address, not a gateway's
         # the user's own programs still reach it through loopback (shown as the gateway: loopback cannot leave)
         local = user.on_host("python3", "-c", WHO_CLIENT, "udp", "127.0.0.1", "18083").stdout.strip()

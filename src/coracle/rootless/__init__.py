@@ -11,7 +11,8 @@ containers survive a daemon restart:
 - a mount namespace, where image layers are mounted with overlayfs (kernel
   5.11 or later allows it in a user namespace) and nothing shows on the host;
 - one network namespace holding coracle's bridges and nftables table, joined
-  to the outside by pasta (holder.py).
+  to the outside by pasta (holder.py), except for the containers' outbound
+  TCP, which the holder's keeper relays from the host side (outbound.py).
 
 Inside, the rest of the engine runs as "root" unchanged; what the kernel
 refuses there (cgroup v1 limits) is refused up front with a clear message.

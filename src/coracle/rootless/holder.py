@@ -8,13 +8,16 @@ Three processes make up the set, each with one job:
     |                                          runs pasta, supervises the others
     +- pasta -f (the user)                    the network namespace's uplink
     +- keeper of the user and mount namespaces (root inside, host network):
-       |                                       the published ports' listeners
+       |                                       the published ports' listeners and
+       |                                       the containers' outbound TCP relay
        +- keeper of the network namespace     holds the bridges; does nothing
 
 pasta is run from outside because, started as root in a user namespace, it
 switches to `nobody` and can no longer open the namespace it is asked to join.
 The namespaces keeper stays in the host's network namespace: that is the only
-place a rootless process can listen on the user's host ports (ports.py).
+place a rootless process can listen on the user's host ports (ports.py), and
+from there it opens the containers' TCP connections to the outside, which
+would otherwise all be copied through pasta (outbound.py).
 
 When any of them ends, the holder ends the others and exits: the namespaces
 go with them, and so does every container, which is what a reboot does too
@@ -98,10 +101,14 @@ def _namespaces_keeper(to_holder: int, from_holder: int, exec_root: str) -> None
     os.close(to_holder)
     if os.read(from_holder, 1) != b"p":
         os._exit(1)
-    _tune_uplink(f"/proc/{net_pid}/ns/net")
-    from coracle.rootless.ports import serve
+    netns = f"/proc/{net_pid}/ns/net"
+    uplink = _tune_uplink(netns)
+    from coracle.rootless import outbound
+    from coracle.rootless.ports import Inside, serve
 
-    serve(os.path.join(exec_root, "rootless", "ports.sock"), f"/proc/{net_pid}/ns/net")
+    if uplink:
+        outbound.start(Inside(netns), uplink)
+    serve(os.path.join(exec_root, "rootless", "ports.sock"), netns)
 
 
 def _start_pasta(ns_pid: int, net_pid: int, log: int) -> subprocess.Popen[bytes]:
@@ -116,8 +123,9 @@ def _start_pasta(ns_pid: int, net_pid: int, log: int) -> subprocess.Popen[bytes]
                             preexec_fn=lambda: sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL))
 
 
-def _tune_uplink(netns_path: str) -> None:
-    """Give pasta's tap a queue long enough for what the bridges forward into it.
+def _tune_uplink(netns_path: str) -> int:
+    """Give pasta's tap a queue long enough for what the bridges forward into it; returns the
+    tap's interface index (0 if it could not be found).
 
     A container's traffic reaches the tap forwarded, so when pasta falls behind
     the tap's queue (1000 frames of up to 64 KiB) overflows and drops: the
@@ -126,13 +134,16 @@ def _tune_uplink(netns_path: str) -> None:
     bursts (bench/rootless.py measures it)."""
     from pyroute2 import IPRoute
 
+    found: list[int] = []
+
     def inside() -> None:  # a thread: the keeper could not setns back into the host's network namespace
         fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             sc.setns(fd, sc.CLONE_NEWNET)
             with IPRoute() as ipr:
                 for route in ipr.get_default_routes(family=socket.AF_INET):
-                    ipr.link("set", index=route.get_attr("RTA_OIF"), txqlen=UPLINK_QUEUE)
+                    found.append(route.get_attr("RTA_OIF"))
+                    ipr.link("set", index=found[-1], txqlen=UPLINK_QUEUE)
         except Exception as exc:  # a slower uplink, not a broken one
             print(f"pasta's tap keeps its default queue: {exc}", file=sys.stderr, flush=True)
         finally:
@@ -141,6 +152,7 @@ def _tune_uplink(netns_path: str) -> None:
     t = threading.Thread(target=inside)
     t.start()
     t.join()
+    return found[0] if found else 0
 
 
 def _has_default_route(net_pid: int) -> bool:

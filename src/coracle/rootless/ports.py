@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -59,10 +60,12 @@ def _inner_target(addr: str, port: int) -> tuple[str, int]:
     return ("127.0.0.1" if addr == "0.0.0.0" or ":" in addr else addr), port
 
 
-def _pipe(src: socket.socket, dst: socket.socket) -> None:
+def splice(src: socket.socket, dst: socket.socket) -> None:
     """Move bytes from src to dst through a kernel pipe until src ends, then half-close dst."""
     r, w = os.pipe()
     try:
+        with contextlib.suppress(OSError):  # fewer, larger splices (the default pipe holds 64 KiB)
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _CHUNK)
         while True:
             n = os.splice(src.fileno(), w, _CHUNK, flags=os.SPLICE_F_MOVE)
             if n == 0:
@@ -76,6 +79,16 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
         os.close(w)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
+
+
+def join(a: socket.socket, b: socket.socket) -> None:
+    """Splice two connected TCP sockets both ways until both directions have ended."""
+    for s in (a, b):
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    back = threading.Thread(target=splice, args=(b, a), daemon=True)
+    back.start()
+    splice(a, b)
+    back.join()
 
 
 class Inside:
@@ -120,12 +133,7 @@ def _connect(client: socket.socket, peer: tuple[str, int], target: tuple[str, in
             inner.connect(target)
         except OSError:
             return
-        for s in (client, inner):
-            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        back = threading.Thread(target=_pipe, args=(inner, client), daemon=True)
-        back.start()
-        _pipe(client, inner)
-        back.join()
+        join(client, inner)
 
 
 def _accept(listener: socket.socket, target: tuple[str, int], inside: Inside) -> None:
