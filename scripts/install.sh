@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_RUNTIME="python3 python3-venv iproute2 nftables libnftables1 busybox-static tini libseccomp2 procps uidmap passt"
+APT_RUNTIME="python3 python3-venv iproute2 nftables libnftables1 busybox-static tini libseccomp2 procps uidmap passt iptables"
 APT_TEST="docker-registry docker-compose apache2-utils iperf3 psmisc etcd-server etcd-client"
 
 want="$APT_RUNTIME"
