@@ -274,3 +274,20 @@ def test_reads_answer_while_a_start_stalls(fresh_daemon: Daemon) -> None:
         starter.join(60)
     assert started == [204]
     assert d.docker("ps", "--filter", f"name={stalled}", "--format", "{{.State}}").stdout.strip() == "running"
+
+
+def test_a_hung_front_is_replaced_and_the_api_answers_meanwhile(d: Daemon, name: str) -> None:
+    """A front stopped in its tracks (alive, accepting nothing) is killed by the daemon's watchdog."""
+    d.docker("run", "-d", "--name", name, "busybox", "sleep", "300")
+    old = wait_for_front(d)
+    os.kill(old, signal.SIGSTOP)
+    try:
+        # queued in the listening socket until the hung front is replaced (HUNG seconds), then answered
+        assert name in d.docker("ps", "--format", "{{.Names}}", timeout=60).stdout.split()
+        new = wait_for_front(d, not_pid=old)
+        assert new != old
+        with frozen(d):
+            assert name in d.docker("ps", "--format", "{{.Names}}", timeout=30).stdout.split()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(old, signal.SIGKILL)

@@ -58,7 +58,9 @@ from coracle.store.db import Reader
 
 log = logging.getLogger("coracle.front")
 
-READY, CONNECTION = b"ready", b"conn"  # front -> daemon messages
+READY, CONNECTION, PONG = b"ready", b"conn", b"pong"  # front -> daemon messages
+HEARTBEAT = 2.0  # seconds between the daemon's pings of the front
+HUNG = 10.0  # seconds without a pong after which a front is taken for hung and replaced
 RESPAWN_DELAY = 1.0  # seconds before replacing a front that died young (a crash loop must not spin)
 YOUNG = 5.0  # seconds: a front that dies sooner is replaced after RESPAWN_DELAY
 PRIORITY = -10  # nice value: a read waits for a CPU behind less (see _raise_priority)
@@ -162,7 +164,11 @@ class _Front:
                 asyncio.get_running_loop().remove_reader(self.channel.fileno())
                 self.done.set()
                 return
-            self.with_execs.update(json.loads(message)["execs"])
+            news = json.loads(message)
+            self.with_execs.update(news.get("execs", ()))
+            if "ping" in news:
+                with contextlib.suppress(OSError):  # a full channel: the daemon's watchdog decides
+                    self.channel.send(PONG)
 
     async def _serve(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -257,10 +263,41 @@ class Front:
         self._closed = False
         self._started = 0.0  # when the current front was started
         self._replacing: asyncio.Future[None] | None = None
+        self._pinged: float | None = None  # when the unanswered ping was sent
+        self._watchdog: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
         self._accept(True)
         await self._spawn()
+        self._watchdog = asyncio.ensure_future(self._watch_front())
+
+    async def _watch_front(self) -> None:
+        """Replace a front that is alive but no longer answers (its accept loop would be the API's end).
+
+        A ping unanswered for HUNG seconds kills it; its channel then closes and
+        `_lost` accepts here and starts another. Ticks that come late (this loop
+        was busy or stopped) judge nothing: the front had no fair chance to answer.
+        """
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            now, late = time.monotonic(), time.monotonic() - last > 2 * HEARTBEAT
+            last = now
+            with self._lock:
+                channel, process = self._channel, self._process
+            if channel is None or process is None or self._accepting:  # none, or not ready: we accept
+                self._pinged = None
+                continue
+            if self._pinged is not None and now - self._pinged > HUNG and not late:
+                log.warning("front process %d did not answer for %.0f s: replacing it", process.pid,
+                            now - self._pinged)
+                process.kill()
+                self._pinged = None
+                continue
+            if self._pinged is None:
+                with contextlib.suppress(OSError):
+                    channel.send(b'{"ping": 1}')
+                    self._pinged = now
 
     def watch(self, event: dict[str, Any]) -> None:
         """An event bus watcher: a container with an exec instance is inspected by the daemon from now on
@@ -284,8 +321,9 @@ class Front:
 
     async def close(self) -> None:
         self._closed = True
-        if self._replacing is not None:
-            self._replacing.cancel()
+        for task in (self._replacing, self._watchdog):
+            if task is not None:
+                task.cancel()
         with self._lock:
             channel, process, self._channel, self._process = self._channel, self._process, None, None
         if channel is not None:
@@ -357,6 +395,8 @@ class Front:
                 self.server.adopt(conn)
             if message == READY:
                 self._accept(False)
+            elif message == PONG:
+                self._pinged = None
             elif not message:
                 self._lost(channel)
                 return
@@ -368,6 +408,7 @@ class Front:
         self._accept(True)
         with self._lock:
             process, self._channel, self._process = self._process, None, None
+        self._pinged = None
         if not self._closed:
             self._replacing = asyncio.ensure_future(self._respawn(process, self._started))
 
