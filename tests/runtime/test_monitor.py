@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -261,3 +262,25 @@ def test_only_root_and_its_own_user_may_talk_to_the_monitor(monitor: MonitorClie
     assert os.read(read, 1024) == b"closed"
     os.close(read)
     assert monitor.ping() is not None  # root still is
+
+
+VOLATILE = re.compile(r"[,=]volatile[ ,]")
+
+
+def test_a_volatile_rootfs_skips_the_sync_and_runs_again(monitor: MonitorClient, tmp_path: Path,
+                                                         lower: Path) -> None:
+    """A --rm container's overlay is volatile (no sync of the data root's disk when its PID 1 exits);
+    the kernel marks a work dir a volatile overlay used, and the same container starts again."""
+    spec = container(tmp_path, lower, ["sh", "-c", "grep ' / ' /proc/mounts; echo kept > /note"])
+    spec.volatile = True
+    assert run(monitor, spec)["exit_code"] == 0
+    assert VOLATILE.search(log_text(spec))  # "volatile", or "fsync=volatile" on newer kernels
+    assert (Path(spec.work) / "work" / "incompat" / "volatile").is_dir()  # the mark a second mount must clear
+    again = Spec.from_json({**spec.to_json(), "id": spec.id + "-again",
+                            "process": {**spec.to_json()["process"], "args": ["cat", "/note"]}})
+    again.log_path = str(tmp_path / "again.log")
+    assert run(monitor, again)["exit_code"] == 0
+    assert log_text(again) == "kept\n"  # the upper dir of the first run, while the host stays up
+    durable = container(tmp_path, lower, ["grep", " / ", "/proc/mounts"])
+    assert run(monitor, durable)["exit_code"] == 0
+    assert not VOLATILE.search(log_text(durable))  # a container that is kept stays synced like Docker's

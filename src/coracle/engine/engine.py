@@ -339,7 +339,7 @@ class Engine:
             hostname=config.get("Hostname") or "", domainname=config.get("Domainname") or "",
             rootfs=self._dir(cid, "rootfs"), lower=self.images.layer_dirs(image),
             upper=self._dir(cid, "upper"), work=self._dir(cid, "work"),
-            readonly_rootfs=bool(hc.get("ReadonlyRootfs")), mounts=mounts,
+            readonly_rootfs=bool(hc.get("ReadonlyRootfs")), volatile=c.host_config.auto_remove, mounts=mounts,
             sysctls=hc.get("Sysctls") or {}, privileged=c.host_config.privileged,
             init_binary=self.init_binary if hc.get("Init") else "",
             log_path=log_path, log_max_size=c.private.log_max_size or 0,
