@@ -167,13 +167,15 @@ class Engine:
             raise InvalidParameter(f"multiple IDs found with provided prefix: {ref}")
         raise NotFound(f"No such container: {ref}")
 
-    def save(self, c: Container) -> None:
-        """The record into the store (in its stored shape), the index, and the file beside the container."""
+    def save(self, c: Container, beside: bool = True) -> None:
+        """The record into the store (in its stored shape), the index, and the file beside the container
+        (not with `beside=False`: the directory is on its way out)."""
         rec = c.stored()
         with self._saving:  # store and index see concurrent saves and removals in one order
             self.store.put(KIND, c.id, rec)
             self.index.put(rec)
-        cfg.write_record_file(self._dir(c.id), rec)  # what rebuilds the record if the database is lost
+        if beside:
+            cfg.write_record_file(self._dir(c.id), rec)  # what rebuilds the record if the database is lost
 
     def _dir(self, cid: str, *parts: str) -> str:
         return os.path.join(self.containers_dir, cid, *parts)
@@ -440,15 +442,17 @@ class Engine:
         c.private.cgroup_path = self.cgroup(c).path
         if health.Probe.of(c.config):
             c.state.health = health.starting()
-        self.save(c)
+        with self._starting_lock:
+            early = self._starting.pop(cid, None)  # later exits wait for the container's lock, held here
+        if early is None:
+            self.save(c)
         phases.mark("save")
         phases.done()
         self.announce(c, "start")
-        self.health.watch(c)
-        with self._starting_lock:
-            early = self._starting.pop(cid, None)
-        if early is not None:
-            self._finish(early)
+        if early is None:
+            self.health.watch(c)
+        else:
+            self._finish(early, c)  # it has exited already: one save records the run and the exit
 
     def _share_donor_files(self, c: Container, mode: NetworkMode) -> None:
         """container:<id> mode uses the donor's hostname, hosts and resolv.conf."""
@@ -486,10 +490,11 @@ class Engine:
         with self._lock_for(cid):
             self._finish(event)
 
-    def _finish(self, event: dict[str, Any]) -> None:
+    def _finish(self, event: dict[str, Any], started: Container | None = None) -> None:
+        """Record an exit; `started` is the record of a start that has not been saved yet."""
         cid = event["id"]
         self.health.forget(cid)
-        c = self.record(cid)
+        c = started or self.record(cid)
         if c is None or c.state.pid != event.get("pid") and event.get("pid"):
             self.monitor.forget_exit(cid)
             return
@@ -704,7 +709,7 @@ class Engine:
                 return
             c = current
             c.state.status = "removing"
-            self.save(c)
+            self.save(c, beside=False)
             fault("rm-before-cleanup")
             self.network.detach(cid)
             self.cgroup(c).destroy()
