@@ -170,15 +170,17 @@ def serve_spare(chan: socket.socket) -> NoReturn:
     Why: forking the monitor (a Python process, page tables and all) and sealing the
     child is a third of a spawn on a busy machine; a spare has done both while the
     monitor was idle. It keeps nothing of the monitor: every inherited descriptor is
-    closed at once, before it waits; it holds host privileges in the monitor's own
+    closed first thing; it holds host privileges in the monitor's own
     namespaces and cgroup exactly as a freshly forked child does, and from the spec on
-    it runs the very same code. The message is {"spec", "fds": [role, ...]} with the
-    child's pipe ends attached; EOF (the monitor let it go, or died) ends it.
+    it runs the very same code. It says b"r" once it holds nothing else (see
+    Monitor._fork_spare). The message is {"spec", "fds": [role, ...]} with the child's
+    pipe ends attached; EOF (the monitor let it go, or died) ends it.
     """
     try:
+        _close_others({chan.fileno()})
+        chan.send(b"r")
         _seal()
         _reset_signals()
-        _close_others({chan.fileno()})
         msg, received = keeper.recv_message(chan)
     except BaseException:
         os._exit(1)

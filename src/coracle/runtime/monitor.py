@@ -63,6 +63,7 @@ STDIN_RETRY = 0.02  # seconds between attempts to hand buffered stdin over
 LOG_LOOK_EVERY = 1.0  # seconds between looks at a log's filesystem and file (deleted? room left?)
 LOG_LOOK_BYTES = 1 << 20  # ... or bytes written since the last look, whichever comes first
 LOG_FLOOR = 8 << 20  # logs stop while fewer bytes are free: the rest is the daemon's (state, its space reserve)
+SPARE_READY_WAIT = 0.5  # seconds the monitor waits for a spare child to have closed what it inherited
 LOG_RESUME_FREE = 16 << 20  # bytes free before a log that stopped is written again
 
 
@@ -535,7 +536,14 @@ class Monitor:
         self.sel.register(ready_r, selectors.EVENT_READ, partial(self._on_ready, proc))
 
     def _fork_spare(self) -> None:
-        """Fork the child the next spawn hands its work to (see init.serve_spare)."""
+        """Fork the child the next spawn hands its work to (see init.serve_spare).
+
+        Until it has closed what it inherited, a child holds the monitor's listening socket
+        and lock: were the monitor to die then, a client's connection would queue on a socket
+        nobody accepts, and the next monitor would find the lock taken. So the monitor waits
+        for the spare's word that it holds nothing more (a fresh child's window, once per
+        start, as before), while the daemon is busy wiring the container it just spawned.
+        """
         if self.spare is not None:
             return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -549,6 +557,15 @@ class Monitor:
         if pid == 0:
             init.serve_spare(theirs)
         theirs.close()
+        try:
+            ours.settimeout(SPARE_READY_WAIT)
+            ready = ours.recv(1) == b"r"
+            ours.settimeout(None)
+        except OSError:
+            ready = False
+        if not ready:  # it died, or is too slow to be worth waiting for: it ends at EOF
+            ours.close()
+            return
         self.spare = Spare(pid, ours, seccomp.compiled_count())
 
     def _hand_to_spare(self, spec: dict[str, Any], fds: init.ChildFds) -> bool:
