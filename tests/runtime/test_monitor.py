@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -295,3 +296,55 @@ def test_an_attach_asked_of_a_dying_monitor_is_answered_by_the_next(monitor: Mon
             os.kill(old, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+VOLATILE = re.compile(r"[,=]volatile[ ,]")
+
+
+def test_a_volatile_rootfs_skips_the_sync_and_runs_again(monitor: MonitorClient, tmp_path: Path,
+                                                         lower: Path) -> None:
+    """A --rm container's overlay is volatile (no sync of the data root's disk when its PID 1 exits);
+    the kernel marks a work dir a volatile overlay used, and the same container starts again."""
+    spec = container(tmp_path, lower, ["sh", "-c", "grep ' / ' /proc/mounts; echo kept > /note"])
+    spec.volatile = True
+    assert run(monitor, spec)["exit_code"] == 0
+    assert VOLATILE.search(log_text(spec))  # "volatile", or "fsync=volatile" on newer kernels
+    assert (Path(spec.work) / "work" / "incompat" / "volatile").is_dir()  # the mark a second mount must clear
+    again = Spec.from_json({**spec.to_json(), "id": spec.id + "-again",
+                            "process": {**spec.to_json()["process"], "args": ["cat", "/note"]}})
+    again.log_path = str(tmp_path / "again.log")
+    assert run(monitor, again)["exit_code"] == 0
+    assert log_text(again) == "kept\n"  # the upper dir of the first run, while the host stays up
+    durable = container(tmp_path, lower, ["grep", " / ", "/proc/mounts"])
+    assert run(monitor, durable)["exit_code"] == 0
+    assert not VOLATILE.search(log_text(durable))  # a container that is kept stays synced like Docker's
+
+
+def test_the_spare_child_starts_the_next_container_confined(monitor: MonitorClient, tmp_path: Path,
+                                                            lower: Path) -> None:
+    """The monitor keeps one child forked ahead (runtime/init.serve_spare); the next container comes
+    from it with its own namespaces, joins the cgroup it is put in before its code runs, and the
+    spare holds nothing of the monitor while it waits."""
+    assert run(monitor, container(tmp_path, lower, ["true"]))["exit_code"] == 0
+    spare = (monitor.ping() or {})["spare"]
+    assert spare
+    held = sorted(int(fd) for fd in os.listdir(f"/proc/{spare}/fd"))
+    assert held[:3] == [0, 1, 2] and len(held) == 4  # stdio and its line to the monitor, nothing else
+    assert Path(f"/proc/{spare}/cmdline").read_bytes().strip(b"\0") == b""  # the monitor's argv is blanked
+    group = Path(f"/sys/fs/cgroup/pids/coracle-spare-{os.getpid()}")
+    group.mkdir()
+    try:
+        spec = container(tmp_path, lower, ["sh", "-c", "cat /proc/self/cgroup"])
+        spec.namespaces = ["mnt", "uts", "ipc", "pid", "net"]  # no cgroup namespace: the path shows
+        events = monitor.events()
+        sock, pid = monitor.spawn(spec)
+        for ns in ("mnt", "uts", "ipc", "pid", "net"):
+            assert os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
+        (group / "cgroup.procs").write_text(str(pid))
+        monitor.release(sock, spec.id)
+        assert next(e for e in events if e["id"] == spec.id)["exit_code"] == 0
+        assert f"pids:/{group.name}" in log_text(spec)
+        new_spare = (monitor.ping() or {})["spare"]
+        assert new_spare and new_spare != spare  # the old one became this container's parent and ended
+    finally:
+        group.rmdir()

@@ -130,7 +130,23 @@ def _group_help(group: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
-    sys.exit(run(sys.argv[1:] if argv is None else argv))
+    """Run the command, then leave without the interpreter's teardown.
+
+    Why: freeing every module and object at exit costs ~10 ms of CPU (a fifth of a
+    `run --rm` in this process) for a command that is done. Every verb closes what it
+    writes before it returns and its threads are daemons, so once stdout and stderr are
+    flushed nothing is lost; a flush that fails (a closed pipe) takes the normal way out,
+    which reports it as before, and so does a run under a profiler.
+    """
+    code = run(sys.argv[1:] if argv is None else argv)
+    if sys.getprofile() or sys.gettrace():
+        sys.exit(code)  # a profiler or debugger running us writes its results at the teardown
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        sys.exit(code)
+    os._exit(code)
 
 
 def run(argv: list[str]) -> int:

@@ -175,13 +175,15 @@ class Engine:
             raise InvalidParameter(f"multiple IDs found with provided prefix: {ref}")
         raise NotFound(f"No such container: {ref}")
 
-    def save(self, c: Container) -> None:
-        """The record into the store (in its stored shape), the index, and the file beside the container."""
+    def save(self, c: Container, beside: bool = True) -> None:
+        """The record into the store (in its stored shape), the index, and the file beside the container
+        (not with `beside=False`: the directory is on its way out)."""
         rec = c.stored()
         with self._saving:  # store and index see concurrent saves and removals in one order
             self.store.put(KIND, c.id, rec)
             self.index.put(rec)
-        cfg.write_record_file(self._dir(c.id), rec)  # what rebuilds the record if the database is lost
+        if beside:
+            cfg.write_record_file(self._dir(c.id), rec)  # what rebuilds the record if the database is lost
 
     def _dir(self, cid: str, *parts: str) -> str:
         return os.path.join(self.containers_dir, cid, *parts)
@@ -345,7 +347,7 @@ class Engine:
             hostname=config.get("Hostname") or "", domainname=config.get("Domainname") or "",
             rootfs=self._dir(cid, "rootfs"), lower=self.images.layer_dirs(image),
             upper=self._dir(cid, "upper"), work=self._dir(cid, "work"),
-            readonly_rootfs=bool(hc.get("ReadonlyRootfs")), mounts=mounts,
+            readonly_rootfs=bool(hc.get("ReadonlyRootfs")), volatile=c.host_config.auto_remove, mounts=mounts,
             sysctls=hc.get("Sysctls") or {}, privileged=c.host_config.privileged,
             init_binary=self.init_binary if hc.get("Init") else "",
             log_path=log_path, log_max_size=c.private.log_max_size or 0,
@@ -446,15 +448,17 @@ class Engine:
         c.private.cgroup_path = self.cgroup(c).path
         if health.Probe.of(c.config):
             c.state.health = health.starting()
-        self.save(c)
+        with self._starting_lock:
+            early = self._starting.pop(cid, None)  # later exits wait for the container's lock, held here
+        if early is None:
+            self.save(c)
         phases.mark("save")
         phases.done()
         self.announce(c, "start")
-        self.health.watch(c)
-        with self._starting_lock:
-            early = self._starting.pop(cid, None)
-        if early is not None:
-            self._finish(early)
+        if early is None:
+            self.health.watch(c)
+        else:
+            self._finish(early, c)  # it has exited already: one save records the run and the exit
 
     def _share_donor_files(self, c: Container, mode: NetworkMode) -> None:
         """container:<id> mode uses the donor's hostname, hosts and resolv.conf."""
@@ -492,10 +496,11 @@ class Engine:
         with self._lock_for(cid):
             self._finish(event)
 
-    def _finish(self, event: dict[str, Any]) -> None:
+    def _finish(self, event: dict[str, Any], started: Container | None = None) -> None:
+        """Record an exit; `started` is the record of a start that has not been saved yet."""
         cid = event["id"]
         self.health.forget(cid)
-        c = self.record(cid)
+        c = started or self.record(cid)
         if c is None or c.state.pid != event.get("pid") and event.get("pid"):
             self.monitor.forget_exit(cid)
             return
@@ -710,7 +715,7 @@ class Engine:
                 return
             c = current
             c.state.status = "removing"
-            self.save(c)
+            self.save(c, beside=False)
             fault("rm-before-cleanup")
             self.network.detach(cid)
             self.cgroup(c).destroy()

@@ -18,12 +18,13 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import termios
 from typing import NoReturn
 
 # Everything the child needs is imported here: after pivot_root the host's files are gone.
 from coracle import rootless
-from coracle.runtime import join, limits, process_security, rootfs, terminal, userns
+from coracle.runtime import join, keeper, limits, process_security, rootfs, terminal, userns
 from coracle.runtime.sealed import scrub_process_strings
 from coracle.runtime import syscalls as sc
 from coracle.runtime.identity import assume, resolve
@@ -44,6 +45,10 @@ class ChildFds:
 
     def keep(self) -> set[int]:
         return {self.sync, self.ready, self.error, self.stdin, self.stdout, self.stderr, self.terminal}
+
+    def roles(self) -> list[tuple[str, int]]:
+        """(name, descriptor) of each end the child has: how they travel to a spare child."""
+        return [(name, fd) for name, fd in vars(self).items() if fd >= 0]
 
 
 def _close_others(keep: set[int]) -> None:
@@ -146,19 +151,61 @@ def _exec(spec: Spec, fds: ChildFds) -> NoReturn:
         _fail(fds, f'exec: "{args[0]}": {exc.strerror}', 126)
 
 
-def run_child(spec: Spec, fds: ChildFds) -> NoReturn:
-    """Entry of the monitor's fresh child: nothing may escape back into the monitor's code.
+def _seal() -> None:
+    """Non-dumpable, the monitor's argv and environment blanked, the containers' descriptor limit.
 
-    The child is made non-dumpable and blanks the monitor's argv and
-    environment first: from the moment it joins a container's namespaces
-    until its `execve`, a container process must find nothing of the host in
-    /proc/PID (environ, cmdline, exe, fd, mem). `execve` restores the normal
-    dumpable state for the container's own program.
+    From the moment a child joins a container's namespaces until its `execve`, a
+    container process must find nothing of the host in /proc/PID (environ,
+    cmdline, exe, fd, mem). `execve` restores the normal dumpable state for the
+    container's own program.
+    """
+    sc.prctl(sc.PR_SET_DUMPABLE, 0)
+    scrub_process_strings()
+    limits.lower_nofile_for_container()
+
+
+def serve_spare(chan: socket.socket) -> NoReturn:
+    """A child the monitor forks ahead of the next spawn, waiting on `chan` for it.
+
+    Why: forking the monitor (a Python process, page tables and all) and sealing the
+    child is a third of a spawn on a busy machine; a spare has done both while the
+    monitor was idle. It keeps nothing of the monitor: every inherited descriptor is
+    closed first thing; it holds host privileges in the monitor's own
+    namespaces and cgroup exactly as a freshly forked child does, and from the spec on
+    it runs the very same code. It says b"r" once it holds nothing else (see
+    Monitor._fork_spare). The message is {"spec", "fds": [role, ...]} with the child's
+    pipe ends attached; EOF (the monitor let it go, or died) ends it.
     """
     try:
-        sc.prctl(sc.PR_SET_DUMPABLE, 0)
-        scrub_process_strings()
-        limits.lower_nofile_for_container()
+        _close_others({chan.fileno()})
+        chan.send(b"r")
+        _seal()
+        _reset_signals()
+        msg, received = keeper.recv_message(chan)
+    except BaseException:
+        os._exit(1)
+    if msg is None:
+        os._exit(0)
+    try:
+        chan.close()
+        spec = Spec.from_json(msg["spec"])
+        fds = ChildFds(**dict(zip(msg["fds"], received, strict=True)))
+    except BaseException:
+        os._exit(1)  # the monitor reads a failed start from the ready pipe's EOF
+    _run(spec, fds)
+
+
+def run_child(spec: Spec, fds: ChildFds) -> NoReturn:
+    """Entry of the monitor's fresh child: nothing may escape back into the monitor's code."""
+    try:
+        _seal()
+    except BaseException as exc:
+        _fail(fds, f"container init failed: {type(exc).__name__}: {exc}", 128)
+    _run(spec, fds)
+
+
+def _run(spec: Spec, fds: ChildFds) -> NoReturn:
+    try:
         if spec.kind == "container":
             _container_child(spec, fds)
         _exec_child(spec, fds)

@@ -50,7 +50,8 @@ from functools import partial
 from typing import Any, BinaryIO
 from collections.abc import Callable
 
-from coracle.runtime import exits, init, keeper, limits, logformat, process_security, sealed, syscalls, terminal
+from coracle.runtime import (exits, init, keeper, limits, logformat, process_security, sealed, seccomp, syscalls,
+                             terminal)
 from coracle.runtime.spec import Spec
 
 MAX_PACKET = 1 << 20
@@ -62,6 +63,7 @@ STDIN_RETRY = 0.02  # seconds between attempts to hand buffered stdin over
 LOG_LOOK_EVERY = 1.0  # seconds between looks at a log's filesystem and file (deleted? room left?)
 LOG_LOOK_BYTES = 1 << 20  # ... or bytes written since the last look, whichever comes first
 LOG_FLOOR = 8 << 20  # logs stop while fewer bytes are free: the rest is the daemon's (state, its space reserve)
+SPARE_READY_WAIT = 0.5  # seconds the monitor waits for a spare child to have closed what it inherited
 LOG_RESUME_FREE = 16 << 20  # bytes free before a log that stopped is written again
 
 
@@ -206,6 +208,15 @@ class Proc:
     exit_code: int | None = None
 
 
+@dataclass
+class Spare:
+    """The child forked ahead of the next spawn (init.serve_spare), and what it inherited."""
+
+    pid: int
+    chan: socket.socket
+    compiled: int  # seccomp programs compiled in the monitor when it was forked
+
+
 class Monitor:
     def __init__(self, exec_root: str, keeper_chan: socket.socket | None = None) -> None:
         self.exec_root = exec_root
@@ -219,6 +230,7 @@ class Monitor:
         self.attached: dict[socket.socket, tuple[Proc, Subscriber]] = {}
         self.replies: dict[socket.socket, list[bytes]] = {}  # queued packets of request connections
         self.stdin_waiting: set[str] = set()
+        self.spare: Spare | None = None
 
     # ----- plumbing -------------------------------------------------------
 
@@ -248,6 +260,7 @@ class Monitor:
             self.sel.register(self.keeper, selectors.EVENT_READ, self._on_keeper)
         exits.write_atomic(os.path.join(self.root, "monitor.pid"), str(os.getpid()).encode())
         self._reap()
+        self._fork_spare()
         while True:
             for key, events in self.sel.select(STDIN_RETRY if self.stdin_waiting else None):
                 if key.fd not in self.sel.get_map() or self.sel.get_map()[key.fd] is not key:
@@ -467,7 +480,7 @@ class Monitor:
             self._send(conn, {"error": f"{type(exc).__name__}: {exc}"})
 
     def op_ping(self, conn: socket.socket, req: dict[str, Any]) -> None:
-        self._send(conn, {"ok": True, "pid": os.getpid()})
+        self._send(conn, {"ok": True, "pid": os.getpid(), "spare": self.spare.pid if self.spare else 0})
 
     def op_subscribe(self, conn: socket.socket, req: dict[str, Any]) -> None:
         self.listeners.append(conn)
@@ -510,8 +523,7 @@ class Monitor:
             fds = init.ChildFds(sync_r, ready_w, err_w, in_r, out_w, e_w)
         with contextlib.suppress(OSError, ValueError):  # the child compiles (and reports the error) itself
             process_security.precompile(spec.process)
-        pid = os.fork()
-        if pid == 0:
+        if not self._hand_to_spare(req["spec"], fds) and os.fork() == 0:
             init.run_child(spec, fds)
         for fd in child_side:
             os.close(fd)
@@ -522,6 +534,57 @@ class Monitor:
             os.set_blocking(fd, False)
             self.sel.register(fd, selectors.EVENT_READ, partial(self._on_output, proc))
         self.sel.register(ready_r, selectors.EVENT_READ, partial(self._on_ready, proc))
+
+    def _fork_spare(self) -> None:
+        """Fork the child the next spawn hands its work to (see init.serve_spare).
+
+        Until it has closed what it inherited, a child holds the monitor's listening socket
+        and lock: were the monitor to die then, a client's connection would queue on a socket
+        nobody accepts, and the next monitor would find the lock taken. So the monitor waits
+        for the spare's word that it holds nothing more (a fresh child's window, once per
+        start, as before), while the daemon is busy wiring the container it just spawned.
+        """
+        if self.spare is not None:
+            return
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = os.fork()
+        except OSError as exc:  # no spare: the next spawn forks afresh and tries again
+            print(f"cannot fork a spare child: {exc}", file=sys.stderr)
+            ours.close()
+            theirs.close()
+            return
+        if pid == 0:
+            init.serve_spare(theirs)
+        theirs.close()
+        try:
+            ours.settimeout(SPARE_READY_WAIT)
+            ready = ours.recv(1) == b"r"
+            ours.settimeout(None)
+        except OSError:
+            ready = False
+        if not ready:  # it died, or is too slow to be worth waiting for: it ends at EOF
+            ours.close()
+            return
+        self.spare = Spare(pid, ours, seccomp.compiled_count())
+
+    def _hand_to_spare(self, spec: dict[str, Any], fds: init.ChildFds) -> bool:
+        """Give the spawn to the spare child; False: fork afresh (no spare, it died, or it was
+        forked before this spec's seccomp program was compiled and would compile it again)."""
+        spare, self.spare = self.spare, None
+        if spare is None:
+            return False
+        try:
+            if spare.compiled != seccomp.compiled_count():
+                return False
+            roles = fds.roles()
+            keeper.send_message(spare.chan, {"spec": spec, "fds": [name for name, _ in roles]},
+                                [fd for _, fd in roles])
+            return True
+        except OSError:
+            return False
+        finally:
+            spare.chan.close()  # a spare let go reads EOF and exits
 
     def _on_ready(self, proc: Proc, fd: int, _events: int) -> None:
         if proc.ready_fd != fd:
@@ -537,12 +600,12 @@ class Monitor:
             self._hold(proc)
             if proc.waiter:
                 self._send(proc.waiter, {"pid": proc.pid})
-            return
-        # The intermediate child failed before forking: its error is on the error pipe.
-        error = self._read_error(proc)
-        if proc.waiter:
-            self._send(proc.waiter, error or {"error": "container process failed to start", "code": 128})
-        self._forget(proc)
+        else:  # the intermediate child failed before forking: its error is on the error pipe
+            error = self._read_error(proc)
+            if proc.waiter:
+                self._send(proc.waiter, error or {"error": "container process failed to start", "code": 128})
+            self._forget(proc)
+        self._fork_spare()  # while the daemon wires the held process, before the next spawn
 
     def _read_error(self, proc: Proc) -> dict[str, Any] | None:
         os.set_blocking(proc.error_fd, True)

@@ -178,6 +178,11 @@ def install(program: bytes) -> None:
         raise OSError(err, f"seccomp: cannot install the filter: {os.strerror(err)}")
 
 
+def compiled_count() -> int:
+    """How many programs this process holds compiled: a child forked earlier lacks any added since."""
+    return len(_compiled)
+
+
 def compile_bpf(profile: dict[str, Any] | str, capabilities: list[str], no_new_privs: bool) -> bytes:
     """The BPF program for a profile and capability set, compiled once per distinct pair.
 

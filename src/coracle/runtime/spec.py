@@ -58,6 +58,7 @@ class Spec:
     upper: str = ""
     work: str = ""
     readonly_rootfs: bool = False
+    volatile: bool = False  # the upper dir is discarded after the exit (--rm): no sync at unmount
     mounts: list[Mount] = field(default_factory=list)
     masked_paths: list[str] = field(default_factory=list)
     readonly_paths: list[str] = field(default_factory=list)
