@@ -152,7 +152,7 @@ def _enter_rootless(exec_root: str) -> int:
 async def _follow_ports(engine, events, exec_root: str) -> None:  # type: ignore[no-untyped-def]
     from coracle.rootless import ports
 
-    await ports.follow(events, engine.records, ports.Forwarder(exec_root))
+    await ports.follow(events, engine.containers, ports.Forwarder(exec_root))
 
 
 class DataRootLock:

@@ -126,10 +126,6 @@ class Engine:
         with self._lock:
             return self._locks.setdefault(cid, threading.RLock())
 
-    def records(self) -> list[dict[str, Any]]:
-        """Every record in the stored shape, oldest first, as copies the caller may modify."""
-        return self.index.copies()
-
     def reload(self) -> None:
         """Take the records from the store again, after something wrote them there directly."""
         self.index.load(self.store.all(KIND))

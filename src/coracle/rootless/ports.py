@@ -41,10 +41,13 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coracle.rootless import source_address
 from coracle.runtime import syscalls as sc
+
+if TYPE_CHECKING:  # the engine's record, read only (importing the engine here would be a cycle)
+    from coracle.engine.container import Container
 
 log = logging.getLogger("coracle")
 Binding = tuple[str, str, int]  # protocol ("tcp" or "udp"), host address, port
@@ -269,13 +272,13 @@ class Forwarder:
             return dict(json.loads(s.makefile("rb").readline())["errors"])
 
 
-def bindings_of(records: Iterable[dict]) -> list[Binding]:
-    """The host bindings of running containers, from their records' NetworkSettings.Ports."""
+def bindings_of(containers: Iterable[Container]) -> list[Binding]:
+    """The host bindings of running containers, from their published ports."""
     found = []
-    for rec in records:
-        if not rec["State"].get("Running"):
+    for c in containers:
+        if not c.state.running:
             continue
-        for key, hosts in ((rec.get("NetworkSettings") or {}).get("Ports") or {}).items():
+        for key, hosts in c.network_settings.ports.items():
             proto = key.rpartition("/")[2] or "tcp"
             if proto not in ("tcp", "udp"):
                 continue
@@ -285,10 +288,10 @@ def bindings_of(records: Iterable[dict]) -> list[Binding]:
     return found
 
 
-def sync(forwarder: Forwarder, records: Callable[[], list[dict]]) -> None:
+def sync(forwarder: Forwarder, containers: Callable[[], list[Container]]) -> None:
     """Publish what the running containers ask for now; a port the user may not bind is logged."""
     try:
-        failed = forwarder.publish(bindings_of(records()))
+        failed = forwarder.publish(bindings_of(containers()))
     except OSError as exc:
         log.error("published ports not forwarded to the host: the rootless holder does not answer (%s)", exc)
         return
@@ -296,14 +299,14 @@ def sync(forwarder: Forwarder, records: Callable[[], list[dict]]) -> None:
         log.error("published port %s cannot be opened on the host: %s", binding, why)
 
 
-async def follow(bus: Any, records: Callable[[], list[dict]], forwarder: Forwarder) -> None:
+async def follow(bus: Any, containers: Callable[[], list[Container]], forwarder: Forwarder) -> None:
     """Keep the host's listeners in step with the containers: at start, then on every start and stop."""
     sub = bus.subscribe()
     try:
-        await asyncio.to_thread(sync, forwarder, records)
+        await asyncio.to_thread(sync, forwarder, containers)
         while True:
             event = await sub.get()
             if event["Type"] == "container" and event["Action"] in ("start", "die"):
-                await asyncio.to_thread(sync, forwarder, records)
+                await asyncio.to_thread(sync, forwarder, containers)
     finally:
         sub.close()
