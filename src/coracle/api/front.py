@@ -87,7 +87,7 @@ class StoredContainers:
         for cid, body in self.reader.documents("container"):
             known = self._typed.get(cid)
             typed[cid] = known if known is not None and known[0] == body else (
-                body, Container.from_stored(json.loads(body)))
+                body, Container.decode(body))
         self._typed, self._names = typed, {c.name: cid for cid, (_, c) in typed.items()}
         self._version = version
 

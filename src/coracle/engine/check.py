@@ -168,7 +168,7 @@ def rebuild(engine: Engine, found: dict[str, Any], dry_run: bool = False,
         c = records.get(name)
         if c is not None and not restored:
             if not os.path.exists(os.path.join(path, cfg.RECORD_FILE)) and not dry_run:
-                cfg.write_record_file(path, c.stored())
+                cfg.write_record_file(path, c.encoded())
             continue
         try:
             saved = Container.from_stored(cfg.read_record_file(path))
@@ -254,7 +254,7 @@ def _recreate_directory(engine: Engine, c: Container) -> None:
     directory = os.path.join(engine.containers_dir, c.id)
     for sub in sorted(SKELETON):
         os.makedirs(os.path.join(directory, sub), exist_ok=True)
-    cfg.write_record_file(directory, c.stored())
+    cfg.write_record_file(directory, c.encoded())
     if c.state.running and not c.host_config.mode.is_container:
         engine._write_files(c)  # /etc/hosts, hostname, resolv.conf for the next start and for `cp`
 

@@ -405,7 +405,7 @@ def check_record(rec: dict[str, Any]) -> None:
         raise ValueError("Id is not a container id")
 
 
-def write_record_file(directory: str, rec: dict[str, Any]) -> None:
+def write_record_file(directory: str, body: str) -> None:
     """The container's record beside its files, replaced atomically at every save.
 
     Why: the database can be lost or damaged; with this file the daemon rebuilds
@@ -417,7 +417,7 @@ def write_record_file(directory: str, rec: dict[str, Any]) -> None:
     tmp = path + ".tmp"
     try:
         with open(tmp, "w") as f:
-            json.dump(rec, f, separators=(",", ":"))
+            f.write(body)
         os.replace(tmp, path)
     except OSError:
         with contextlib.suppress(OSError):

@@ -17,6 +17,7 @@ its stored keys (`from_stored`/`stored`), the one place that knows them.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -419,7 +420,16 @@ class Container:
     @classmethod
     def from_stored(cls, doc: dict[str, Any]) -> Container:
         """The record from the store's shape (a deep copy: the result shares nothing with `doc`)."""
-        doc = copy.deepcopy(doc)
+        return cls._owning(copy.deepcopy(doc))
+
+    @classmethod
+    def decode(cls, text: str) -> Container:
+        """The record from its stored JSON text (freshly decoded, so nothing to copy)."""
+        return cls._owning(json.loads(text))
+
+    @classmethod
+    def _owning(cls, doc: dict[str, Any]) -> Container:
+        """The record made from `doc`, which it takes over: nobody else may hold or change it."""
         return cls(
             id=doc["Id"], name=doc["Name"], created=doc["Created"], path=doc.get("Path") or "",
             args=list(doc.get("Args") or []), image_id=doc["Image"], state=State.from_stored(doc["State"]),
@@ -436,8 +446,16 @@ class Container:
         )
 
     def stored(self) -> dict[str, Any]:
-        """The store's shape (Docker's inspect keys, plus the private part under "Coracle")."""
-        return copy.deepcopy({
+        """The store's shape (Docker's inspect keys, plus the private part under "Coracle"): the caller's own."""
+        return copy.deepcopy(self._shape())
+
+    def encoded(self) -> str:
+        """The store's shape as JSON text: what a save writes (encoded once, nothing copied)."""
+        return json.dumps(self._shape(), separators=(",", ":"))
+
+    def _shape(self) -> dict[str, Any]:
+        """The store's shape, sharing this record's lists and dicts: to encode at once, never to keep."""
+        return {
             "Id": self.id, "Created": self.created, "Path": self.path, "Args": self.args,
             "State": self.state.stored(), "Image": self.image_id, "ResolvConfPath": self.resolv_conf_path,
             "HostnamePath": self.hostname_path, "HostsPath": self.hosts_path, "LogPath": self.log_path,
@@ -445,7 +463,7 @@ class Container:
             "HostConfig": self.host_config.raw, "Config": self.config, "GraphDriver": self.layers.stored(),
             "Mounts": [m.stored() for m in self.mounts], "NetworkingConfig": self.networking_config,
             "NetworkSettings": self.network_settings.stored(), "Coracle": self.private.stored(),
-        })
+        }
 
     @property
     def short_name(self) -> str:

@@ -134,10 +134,10 @@ class Engine:
         """The record of a container (by id, name or unique id prefix): the caller's own copy.
 
         From memory, without a thread: answers while lifecycle work holds the store."""
-        view = self.index.view(self._resolve(ref))
-        if view is None:
+        body = self.index.body(self._resolve(ref))
+        if body is None:
             raise NotFound(f"No such container: {ref}")  # removed meanwhile
-        return Container.from_stored(view)
+        return Container.decode(body)
 
     def containers(self) -> list[Container]:
         """Every container's record, oldest first: shared and read-only (made once per save, not per call)."""
@@ -174,12 +174,12 @@ class Engine:
     def save(self, c: Container, beside: bool = True) -> None:
         """The record into the store (in its stored shape), the index, and the file beside the container
         (not with `beside=False`: the directory is on its way out)."""
-        rec = c.stored()
+        body = c.encoded()
         with self._saving:  # store and index see concurrent saves and removals in one order
-            self.store.put(KIND, c.id, rec)
-            self.index.put(rec)
+            self.store.put_encoded(KIND, c.id, body)
+            self.index.put(body)
         if beside:
-            cfg.write_record_file(self._dir(c.id), rec)  # what rebuilds the record if the database is lost
+            cfg.write_record_file(self._dir(c.id), body)  # what rebuilds the record if the database is lost
 
     def _dir(self, cid: str, *parts: str) -> str:
         return os.path.join(self.containers_dir, cid, *parts)

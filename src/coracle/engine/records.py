@@ -36,15 +36,15 @@ class RecordIndex:
         """Replace everything with `records` (in the store's order, oldest first)."""
         bodies = {r["Id"]: json.dumps(r, separators=(",", ":")) for r in records}
         views = {cid: json.loads(body) for cid, body in bodies.items()}
-        typed = {cid: Container.from_stored(view) for cid, view in views.items()}
+        typed = {cid: Container.decode(body) for cid, body in bodies.items()}
         with self._lock:
             self._bodies, self._views, self._typed = bodies, views, typed
             self._names = {v["Name"]: cid for cid, v in self._views.items()}
 
-    def put(self, rec: dict[str, Any]) -> None:
-        body = json.dumps(rec, separators=(",", ":"))
+    def put(self, body: str) -> None:
+        """A record as saved (its stored JSON text)."""
         view = json.loads(body)
-        typed = Container.from_stored(view)
+        typed = Container.decode(body)
         cid = view["Id"]
         with self._lock:
             old = self._views.get(cid)
@@ -67,6 +67,10 @@ class RecordIndex:
         with self._lock:
             bodies = list(self._bodies.values())
         return [json.loads(b) for b in bodies]
+
+    def body(self, cid: str) -> str | None:
+        """The record's stored JSON text: a caller's own copy is decoded from it (cheaper than copying)."""
+        return self._bodies.get(cid)
 
     def view(self, cid: str) -> dict[str, Any] | None:
         """The shared read-only record: for answers built and sent at once."""

@@ -173,10 +173,14 @@ class Store:
         return self._write(sql, params)
 
     def put(self, kind: str, id_: str, body: dict[str, Any]) -> None:
+        self.put_encoded(kind, id_, json.dumps(body, separators=(",", ":")))
+
+    def put_encoded(self, kind: str, id_: str, text: str) -> None:
+        """A document already encoded as JSON text (its owner encodes once for every copy it writes)."""
         self._write(
             "INSERT INTO documents(kind, id, body) VALUES (?, ?, ?)"
             " ON CONFLICT(kind, id) DO UPDATE SET body = excluded.body",
-            (kind, id_, json.dumps(body, separators=(",", ":"))),
+            (kind, id_, text),
         )
 
     def get(self, kind: str, id_: str) -> dict[str, Any] | None:
