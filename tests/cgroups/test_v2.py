@@ -3,7 +3,7 @@
 MOCK: most tests here run against a temporary directory laid out like a cgroup2
 mount (cgroup.controllers, cgroup.subtree_control, memory.max, ...), because
 this machine's cgroup2 (at /sys/fs/cgroup/unified) has no controllers. The
-`FakeCgroup2` class below plays the kernel: it creates the interface files a
+`FakeCgroup2` class (tests/fake_cgroup2.py) plays the kernel: it creates the interface files a
 real mkdir would create and, for the freezer, reflects cgroup.freeze into
 cgroup.events. These tests check the files V2Manager writes and the stats it
 parses; they cannot prove a limit bites. `test_real_*` run against a real
@@ -23,46 +23,9 @@ import pytest
 
 from coracle.cgroups import Resources, V1Manager, V2Manager, detect, list_children
 from coracle.errors import InvalidParameter, SystemError_
+from fake_cgroup2 import ALL, FakeCgroup2
 
 MB = 1024 * 1024
-ALL = "cpuset cpu io memory hugetlb pids rdma misc"
-
-
-class FakeCgroup2:
-    """A cgroup2 tree on tmpfs (a mock: nothing here is enforced)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.mkcg(root, ALL)
-
-    def mkcg(self, d: Path, controllers: str, extra: dict[str, str] | None = None) -> Path:
-        """What the kernel shows in a new cgroup whose parent enabled `controllers`."""
-        d.mkdir(parents=True, exist_ok=True)
-        names = set(controllers.split())
-        content = {
-            "cgroup.controllers": controllers, "cgroup.subtree_control": "", "cgroup.procs": "",
-            "cgroup.freeze": "0", "cgroup.events": "populated 0\nfrozen 0\n", "cgroup.kill": "",
-        }
-        if "memory" in names:
-            content.update({
-                "memory.max": "max", "memory.low": "0", "memory.swap.max": "max", "memory.current": "0",
-                "memory.peak": "0", "memory.stat": "anon 0\nfile 0\n",
-                "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n",
-            })
-        if "cpu" in names:
-            content.update({"cpu.max": "max 100000", "cpu.weight": "100",
-                            "cpu.stat": "usage_usec 0\nuser_usec 0\nsystem_usec 0\n"})
-        if "cpuset" in names:
-            content.update({"cpuset.cpus": "", "cpuset.mems": ""})
-        if "pids" in names:
-            content.update({"pids.max": "max", "pids.current": "0"})
-        if "io" in names:
-            content.update({"io.weight": "default 100", "io.stat": ""})
-        content.update(extra or {})
-        for name, text in content.items():
-            if not (d / name).exists():
-                (d / name).write_text(text)
-        return d
 
 
 @pytest.fixture

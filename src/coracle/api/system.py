@@ -105,7 +105,7 @@ class SystemRouter:
             "CPUSet": True, "PidsLimit": True, "OomKillDisable": True, "IPv4Forwarding": True,
             "Debug": False, "NFd": len(os.listdir("/proc/self/fd")), "NGoroutines": 0,
             "SystemTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "LoggingDriver": "json-file",
-            "CgroupDriver": "none" if rootless.active() else "cgroupfs", "CgroupVersion": cgroup_version,
+            "CgroupDriver": cgroups.driver(), "CgroupVersion": cgroup_version,
             "NEventsListener": 0,
             "KernelVersion": uname.release, "OperatingSystem": _os_name(), "OSType": "linux",
             "OSVersion": "", "Architecture": uname.machine, "NCPU": os.cpu_count(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from coracle import rootless
+from coracle.cgroups import delegation
 from coracle.cgroups.manager import Manager, normalize
 from coracle.cgroups.resources import Resources
 from coracle.cgroups.v1 import V1Manager, mount_table
@@ -19,7 +20,7 @@ from coracle.errors import SystemError_
 
 DEFAULT_ROOT = "/sys/fs/cgroup"
 
-__all__ = ["Manager", "Resources", "V1Manager", "V2Manager", "detect", "manager_for", "list_children"]
+__all__ = ["Manager", "Resources", "V1Manager", "V2Manager", "detect", "driver", "manager_for", "list_children"]
 
 
 def detect(root: str = DEFAULT_ROOT) -> type[Manager]:
@@ -40,9 +41,18 @@ def detect(root: str = DEFAULT_ROOT) -> type[Manager]:
 
 
 def manager_for(path: str, root: str = DEFAULT_ROOT) -> Manager:
+    """The cgroup `path` of a container. A rootless daemon's paths are relative to its
+    delegated subtree, which is the manager's root (so controllers are enabled from there
+    down, never above it); without one its containers are Unconfined."""
     if rootless.active():
-        return Unconfined(path, root)
+        d = delegation.current()
+        return V2Manager(path, d.directory) if d else Unconfined(path, root)
     return detect(root)(path, root)
+
+
+def driver() -> str:
+    """The CgroupDriver `info` reports: "none" for a rootless daemon without a delegated subtree."""
+    return "none" if rootless.active() and delegation.current() is None else "cgroupfs"
 
 
 def list_children(parent: str, root: str = DEFAULT_ROOT) -> list[str]:
@@ -51,7 +61,7 @@ def list_children(parent: str, root: str = DEFAULT_ROOT) -> list[str]:
     them with its containers to find orphans."""
     parent = normalize(parent)
     found: set[str] = set()
-    for d in detect(root)(parent, root).dirs():
+    for d in manager_for(parent, root).dirs():
         try:
             found.update(e.name for e in os.scandir(d) if e.is_dir())
         except FileNotFoundError:

@@ -12,7 +12,7 @@ from typing import Any
 from dataclasses import dataclass, fields
 
 from coracle import rootless
-from coracle.cgroups import host
+from coracle.cgroups import delegation, host
 from coracle.errors import InvalidParameter
 
 MIN_MEMORY = 6 * 1024 * 1024  # Docker's floor: below this a container cannot even start
@@ -42,6 +42,12 @@ _FLAGS = {
     "cpuset_cpus": "--cpuset-cpus", "cpuset_mems": "--cpuset-mems", "pids_limit": "--pids-limit",
     "blkio_weight": "--blkio-weight", "oom_kill_disable": "--oom-kill-disable",
     "memory_swappiness": "--memory-swappiness",
+}
+# field name -> the cgroup v2 controller its limit is written to
+_CONTROLLERS = {
+    "memory": "memory", "memory_swap": "memory", "memory_reservation": "memory", "oom_kill_disable": "memory",
+    "memory_swappiness": "memory", "nano_cpus": "cpu", "cpu_shares": "cpu", "cpu_period": "cpu", "cpu_quota": "cpu",
+    "cpuset_cpus": "cpuset", "cpuset_mems": "cpuset", "pids_limit": "pids", "blkio_weight": "io",
 }
 
 
@@ -126,14 +132,29 @@ class Resources:
         )
         if self.blkio_weight and not 10 <= self.blkio_weight <= 1000:
             raise InvalidParameter("Range of blkio weight is from 10 to 1000")
-        if rootless.active() and (asked := self.limits()):
-            raise InvalidParameter(
-                f"resource limits ({', '.join(asked)}) cannot be applied: this daemon runs rootless and no cgroup "
-                f"is delegated to its user (cgroup v1 host); run without them, or use a cgroup v2 host")
+        if rootless.active():
+            self._validate_rootless()
 
-    def limits(self) -> list[str]:
-        """Docker's flag names of the limits this asks for."""
-        return [flag for name, flag in _FLAGS.items() if getattr(self, name) not in (0, "", -1)]
+    def _validate_rootless(self) -> None:
+        """A rootless daemon limits only through the controllers delegated to its user."""
+        asked = self._asked()
+        d = delegation.current()
+        if d is None and asked:
+            raise InvalidParameter(
+                f"resource limits ({', '.join(_FLAGS[n] for n in asked)}) cannot be applied: this daemon runs "
+                f"rootless and no cgroup is delegated to its user (cgroup v1 host); run without them, or use a "
+                f"cgroup v2 host")
+        for name in asked:
+            controller = _CONTROLLERS[name]
+            if d is not None and controller not in d.controllers:
+                raise InvalidParameter(
+                    f"{_FLAGS[name]} cannot be applied: the requested cgroup controller `{controller}` is not "
+                    f"available in this rootless daemon's delegated {d.describe()}; run without it, or delegate "
+                    f"the controller (systemd: Delegate=yes on the user's service)")
+
+    def _asked(self) -> list[str]:
+        """The fields of the limits this asks for."""
+        return [name for name in _FLAGS if getattr(self, name) not in (0, "", -1)]
 
     def _validate_cpu(self) -> None:
         if self.nano_cpus and self.cpu_period:

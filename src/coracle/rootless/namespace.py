@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 
+from coracle.cgroups import delegation
 from coracle.errors import SystemError_
 from coracle.rootless.holder import start_ticks
 from coracle.runtime import syscalls as sc
@@ -129,6 +130,7 @@ def enter(exec_root: str) -> int:
         os.close(fd)
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
+    delegation.set_up()  # before the monitor starts: coracle's processes leave the delegated cgroup
     return net
 
 
