@@ -166,6 +166,7 @@ class _Front:
                 return
             news = json.loads(message)
             self.with_execs.update(news.get("execs", ()))
+            self.with_execs.difference_update(news.get("gone", ()))
             if "ping" in news:
                 with contextlib.suppress(OSError):  # a full channel: the daemon's watchdog decides
                     self.channel.send(PONG)
@@ -301,19 +302,25 @@ class Front:
 
     def watch(self, event: dict[str, Any]) -> None:
         """An event bus watcher: a container with an exec instance is inspected by the daemon from now on
-        (its ExecIDs are known only here). Sent before the exec's create is answered; a front that cannot
+        (its ExecIDs are known only here), until it is removed (then it leaves both sets: they do not grow
+        with every container ever exec'd into, healthchecked ones included). Sent before the exec's create is answered; a front that cannot
         take it is killed, so that it never answers from what it was not told."""
-        if event["Type"] != "container" or not event["Action"].startswith("exec_create"):
+        if event["Type"] != "container":
             return
-        cid = event["Actor"]["ID"]
+        cid, action = event["Actor"]["ID"], event["Action"]
         with self._lock:
-            if cid in self._with_execs:
+            if action == "destroy" and cid in self._with_execs:  # gone: nothing of it to answer either way
+                self._with_execs.discard(cid)
+                news = {"gone": [cid]}
+            elif action.startswith("exec_create") and cid not in self._with_execs:
+                self._with_execs.add(cid)
+                news = {"execs": [cid]}
+            else:
                 return
-            self._with_execs.add(cid)
             if self._channel is None:
                 return
             try:
-                self._channel.send(json.dumps({"execs": [cid]}).encode())
+                self._channel.send(json.dumps(news).encode())
             except OSError as exc:
                 log.warning("front process not listening (%s): replacing it", exc)
                 if self._process is not None:
