@@ -303,8 +303,8 @@ class Front:
     def watch(self, event: dict[str, Any]) -> None:
         """An event bus watcher: a container with an exec instance is inspected by the daemon from now on
         (its ExecIDs are known only here), until it is removed (then it leaves both sets: they do not grow
-        with every container ever exec'd into, healthchecked ones included). Sent before the exec's create is answered; a front that cannot
-        take it is killed, so that it never answers from what it was not told."""
+        with every container ever exec'd into, healthchecked ones included). Sent before the exec's create is
+        answered; a front that cannot take it is killed, so that it never answers from what it was not told."""
         if event["Type"] != "container":
             return
         cid, action = event["Actor"]["ID"], event["Action"]
