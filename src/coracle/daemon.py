@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     threading.Thread(target=_pump_exits, args=(engine, monitor, exit_stream, monitor_pid), daemon=True,
                      name="monitor-events").start()
     rebooted = engine.boot_restarts()
+    engine.spare_cgroup.soon()
     log.info("coracled %s: monitor pid %d, %d adopted, %d exited while away, %d restarted (%.0f ms)",
              __version__, monitor_pid, len(report["adopted"]), len(report["exited"]), len(rebooted),
              (time.monotonic() - started) * 1000)

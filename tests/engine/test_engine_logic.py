@@ -98,6 +98,9 @@ class Monitor:
     def forget_exit(self, id_: str) -> None:
         pass
 
+    def stage_spare(self, dirs: list[str]) -> bool:
+        return False  # no spare child here: every start moves its PID 1
+
     def list(self) -> list[dict[str, Any]]:
         return [{"id": cid, "pid": p.pid, "state": "running", "kind": "container"}
                 for cid, p in self.procs.items() if p.poll() is None]

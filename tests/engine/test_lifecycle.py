@@ -14,7 +14,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from harness import Daemon
+from harness import Daemon, kill_cgroup_tree
 
 
 @pytest.fixture
@@ -90,6 +90,48 @@ def test_memory_limit_oom_kills(client) -> None:  # type: ignore[no-untyped-def]
     ctr.reload()
     assert ctr.attrs["State"]["OOMKilled"] is True
     assert ctr.attrs["HostConfig"]["Memory"] == 16 << 20
+
+
+def spare_cgroups(daemon: Daemon) -> dict[str, list[int]]:
+    """The spare child's cgroups under the daemon's parent (pids hierarchy), with their processes."""
+    parent = Path("/sys/fs/cgroup/pids") / daemon.cgroup_parent
+    return {d.name: [int(p) for p in (d / "cgroup.procs").read_text().split()]
+            for d in parent.iterdir() if d.name.startswith("spare-")}
+
+
+def test_a_container_is_born_in_the_cgroup_given_to_the_spare_child(client, daemon: Daemon) -> None:  # type: ignore[no-untyped-def]
+    """cgroups/spare.py: between starts the monitor's spare child moves into a cgroup made for it; the
+    next container's PID 1 is born there and its start renames that cgroup to the container's, in
+    every hierarchy. The container is confined before its code runs, its limits bite, and neither
+    `system check` nor a start under another cgroup parent is confused by the spare's cgroup."""
+    client.containers.run("busybox", "true", remove=True)
+    deadline = time.monotonic() + 10
+    while not any(spare_cgroups(daemon).values()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    staged = [name for name, procs in spare_cgroups(daemon).items() if procs]
+    assert len(staged) == 1, spare_cgroups(daemon)
+    assert "No inconsistencies found" in daemon.cli("system", "check", "--dry-run").stdout
+
+    ctr = client.containers.run("busybox", "sleep 60", detach=True, mem_limit="16m", memswap_limit="16m")
+    pid = client.api.inspect_container(ctr.id)["State"]["Pid"]
+    placement = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    v1 = [line for line in placement if not line.startswith("0::")]
+    assert v1 and all(line.endswith(f"/{daemon.cgroup_parent}/{ctr.id}") for line in v1), placement
+    assert staged[0] not in spare_cgroups(daemon)  # renamed, not emptied: the start took it over
+    assert ctr.exec_run(["sh", "-c", "x=a; while true; do x=$x$x$x$x; done"]).exit_code == 137
+
+    other = f"{daemon.cgroup_parent}-other"
+    try:
+        elsewhere = client.containers.run("busybox", "sleep 60", detach=True, cgroup_parent=other)
+        pid = client.api.inspect_container(elsewhere.id)["State"]["Pid"]
+        assert f":/{other}/{elsewhere.id}" in Path(f"/proc/{pid}/cgroup").read_text()
+        elsewhere.remove(force=True)
+    finally:
+        kill_cgroup_tree(other)
+    deadline = time.monotonic() + 10
+    while len(spare_cgroups(daemon)) > 1 and time.monotonic() < deadline:  # the empty ones are swept
+        time.sleep(0.05)
+    assert len(spare_cgroups(daemon)) <= 1 and all(spare_cgroups(daemon).values())
 
 
 def test_pids_limit_contains_a_fork_bomb(client) -> None:  # type: ignore[no-untyped-def]

@@ -51,6 +51,8 @@ class Manager(ABC):
 
     # Whether memory.oom_control-style "never OOM-kill" exists (v2 has no equivalent).
     oom_kill_disable_supported = True
+    # Whether a cgroup can be renamed within its parent (v1 only): see coracle.cgroups.spare.
+    renames = False
 
     def __init__(self, path: str, root: str = "/sys/fs/cgroup") -> None:
         self.path = normalize(path)
@@ -134,6 +136,11 @@ class Manager(ABC):
 
     def exists(self) -> bool:
         return any(os.path.isdir(d) for d in self.dirs())
+
+    def adopt(self, pid: int) -> bool:
+        """Take over the spare cgroup `pid` was born in (coracle.cgroups.spare), or False: then
+        `create` and `apply` must put it in this one."""
+        return False
 
     def apply(self, pid: int) -> None:
         """Move a process (and, with it, its future children) into the cgroup."""

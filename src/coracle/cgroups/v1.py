@@ -14,7 +14,7 @@ import signal
 import threading
 from typing import Any
 
-from coracle.cgroups import devices, cgroupfs, host
+from coracle.cgroups import devices, cgroupfs, host, spare
 from coracle.cgroups.manager import Manager, wait_until
 from coracle.cgroups.resources import MAX_CPU_SHARES, MIN_CPU_SHARES, Resources
 from coracle.errors import InvalidParameter, SystemError_
@@ -92,6 +92,8 @@ mount_table = MountTable()
 
 
 class V1Manager(Manager):
+    renames = True
+
     def __init__(self, path: str, root: str = "/sys/fs/cgroup") -> None:
         super().__init__(path, root)
         self._mounts = mount_table.hierarchies(root)
@@ -111,6 +113,12 @@ class V1Manager(Manager):
 
     def dirs(self) -> list[str]:
         return [os.path.join(mp, self.path) for mp in dict.fromkeys(self._mounts.values())]
+
+    def adopt(self, pid: int) -> bool:
+        try:
+            return spare.rename_into(self._mounts, self.path, pid)
+        except OSError:  # refused (a leftover of this name?): some may be renamed; `apply` moves the rest
+            return False
 
     def create(self) -> None:
         for mountpoint in dict.fromkeys(self._mounts.values()):

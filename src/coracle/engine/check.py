@@ -32,7 +32,7 @@ import os
 from typing import Any
 
 from coracle import cgroups
-from coracle.cgroups import Resources
+from coracle.cgroups import Resources, spare
 from coracle.cgroups.devices import DeviceRule
 from coracle.engine import config as cfg
 from coracle.engine import security_options
@@ -110,7 +110,7 @@ def check(engine: Engine, dry_run: bool = False, acknowledge: bool | None = None
     for parent in parents:
         for path in cgroups.list_children(parent):
             name = path.rsplit("/", 1)[-1]
-            if name in running:
+            if name in running or spare.is_spare(name):  # a spare child's: the daemon sweeps those
                 continue
             manager = cgroups.manager_for(path)
             if manager.procs() and name not in abandoned:

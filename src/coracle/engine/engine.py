@@ -25,6 +25,7 @@ from typing import Any
 from collections.abc import Callable
 
 from coracle import cgroups, trace
+from coracle.cgroups import spare
 from coracle.clock import ZERO, timestamp as utc_now
 from coracle.cgroups import Resources
 from coracle.cgroups.devices import DeviceRule
@@ -72,6 +73,7 @@ log = logging.getLogger("coracle.engine")
 
 KIND = "container"
 ORPHAN_POLL = 0.2  # seconds between checks of a container whose monitor is gone
+SPARE_CGROUP_DELAY = 0.05  # seconds after a start before the next spare gets its cgroup (cgroups/spare.py)
 
 
 def proc_start_ticks(pid: int, running: bool = False) -> int | None:
@@ -102,6 +104,7 @@ class Engine:
         self.init_binary = init_binary or shutil.which("tini-static") or ""
         self.no_new_privileges = no_new_privileges
         self.cgroups_for = cgroups_for  # the cgroup of a path under the hierarchy (a stand-in in unit tests)
+        self.spare_cgroup = spare.Stager(cgroups_for, self.cgroup_parent, monitor.stage_spare)
         self.containers_dir = os.path.join(data_root, "containers")
         self.volumes_dir = os.path.join(data_root, "volumes")
         os.makedirs(self.containers_dir, exist_ok=True)
@@ -403,9 +406,11 @@ class Engine:
                 undo.add(lambda: sock.close() if sock is not None else None)  # first: the spawn is let go
                 phases.mark("spawn")
                 cg = self.cgroup(c)
+                adopted = cg.adopt(pid)  # PID 1 born in the spare child's cgroup: renamed, not moved
                 cg.create()
                 undo.add(cg.destroy)
-                cg.apply(pid)
+                if not adopted:
+                    cg.apply(pid)
                 cg.set(Resources.from_host_config(hc))
                 cg.set_devices([DeviceRule.from_json(r) for r in spec.device_rules])
                 security_options.set_oom_score_adj(pid, hc)
@@ -426,6 +431,7 @@ class Engine:
                 self.monitor.release(sock, cid)
                 sock = None
                 phases.mark("release")
+                self.spare_cgroup.soon(delay=SPARE_CGROUP_DELAY)  # the monitor forked a new spare
         except BaseException as exc:
             with self._starting_lock:
                 self._starting.pop(cid, None)
@@ -508,6 +514,7 @@ class Engine:
             self.network.detach(cid)
         finally:
             cg.destroy()
+            self.spare_cgroup.soon()  # now, if a staging waits: this container's cgroup work is done
         code = event["exit_code"]
         if code is None:  # it ended while nobody could read its status
             code = 137 if c.private.manual_stop else 255

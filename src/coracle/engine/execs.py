@@ -18,6 +18,7 @@ from coracle.engine import config as cfg
 from coracle.engine import security_options
 from coracle.errors import Conflict, InvalidParameter, NotFound, SystemError_
 from coracle import cgroups
+from coracle.cgroups import spare
 from coracle.engine.container import Container
 from coracle.runtime.client import MonitorClient, StartError
 from coracle.runtime.spec import Process, Spec
@@ -29,6 +30,7 @@ class ContainerHost(Protocol):
 
     monitor: MonitorClient
     no_new_privileges: bool
+    spare_cgroup: spare.Stager
 
     def running(self, ref: str, for_: str = "") -> Container: ...
     def record(self, cid: str) -> Container | None: ...
@@ -112,6 +114,7 @@ class Execs:
             if before_release:
                 before_release(ex)
             engine.monitor.release(sock, exec_id)
+            engine.spare_cgroup.soon()  # this exec took the spare child
         except StartError as exc:
             # Docker records 126 for any exec that could not be started (a missing binary included);
             # 127 is `run`'s code for a missing command, not exec's.

@@ -143,6 +143,15 @@ class MonitorClient:
             time.sleep(0.01)
         raise SystemError_("the container monitor did not start (see monitor.log in the exec root)")
 
+    def stage_spare(self, dirs: list[str]) -> bool:
+        """Ask the spare child to move itself into the cgroup `dirs` (coracle.cgroups.spare); False when
+        there is no spare, it has a cgroup already, or the monitor predates this request. No `dirs`:
+        only whether the spare wants a cgroup."""
+        try:
+            return self.request({"op": "stage", "dirs": dirs}, wait=False).get("ok") is True
+        except (OSError, ValueError):
+            return False
+
     def spawn(self, spec: Spec) -> tuple[socket.socket, int]:
         """Fork the container's (or exec's) process and hold it; returns the open request and its PID."""
         sock = self._connect()

@@ -173,8 +173,10 @@ def serve_spare(chan: socket.socket) -> NoReturn:
     closed first thing; it holds host privileges in the monitor's own
     namespaces and cgroup exactly as a freshly forked child does, and from the spec on
     it runs the very same code. It says b"r" once it holds nothing else (see
-    Monitor._fork_spare). The message is {"spec", "fds": [role, ...]} with the child's
-    pipe ends attached; EOF (the monitor let it go, or died) ends it.
+    Monitor._fork_spare). A {"stage": [dir, ...]} message first moves it into a cgroup
+    the daemon made for the next container (coracle.cgroups.spare), while nothing waits on
+    it. The message it serves is {"spec", "fds": [role, ...]} with the child's pipe ends
+    attached; EOF (the monitor let it go, or died) ends it.
     """
     try:
         _close_others({chan.fileno()})
@@ -182,6 +184,9 @@ def serve_spare(chan: socket.socket) -> NoReturn:
         _seal()
         _reset_signals()
         msg, received = keeper.recv_message(chan)
+        if msg is not None and "stage" in msg:
+            _enter_cgroup(msg["stage"])
+            msg, received = keeper.recv_message(chan)
     except BaseException:
         os._exit(1)
     if msg is None:
@@ -193,6 +198,23 @@ def serve_spare(chan: socket.socket) -> NoReturn:
     except BaseException:
         os._exit(1)  # the monitor reads a failed start from the ready pipe's EOF
     _run(spec, fds)
+
+
+def _enter_cgroup(dirs: list[str]) -> None:
+    """Move this process into the cgroup `dirs`; a refusal leaves it where it was (the start then
+    moves its PID 1, as for a spare never staged)."""
+    me = str(os.getpid()).encode()
+    for d in dirs:
+        try:
+            fd = os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY)
+        except OSError:
+            return
+        try:
+            os.write(fd, me)
+        except OSError:
+            return
+        finally:
+            os.close(fd)
 
 
 def run_child(spec: Spec, fds: ChildFds) -> NoReturn:

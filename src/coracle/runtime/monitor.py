@@ -215,6 +215,7 @@ class Spare:
     pid: int
     chan: socket.socket
     compiled: int  # seccomp programs compiled in the monitor when it was forked
+    staged: bool = False  # told which cgroup to move into (coracle.cgroups.spare)
 
 
 class Monitor:
@@ -481,6 +482,22 @@ class Monitor:
 
     def op_ping(self, conn: socket.socket, req: dict[str, Any]) -> None:
         self._send(conn, {"ok": True, "pid": os.getpid(), "spare": self.spare.pid if self.spare else 0})
+
+    def op_stage(self, conn: socket.socket, req: dict[str, Any]) -> None:
+        """Pass the spare child the cgroup the daemon made for it; it moves itself there, so the next
+        container's PID 1 is born in it (coracle.cgroups.spare). Once per spare; no dirs only asks
+        whether the spare wants one."""
+        spare = self.spare
+        if spare is None or spare.staged or not req["dirs"]:
+            self._send(conn, {"ok": spare is not None and not spare.staged})
+            return
+        try:
+            keeper.send_message(spare.chan, {"stage": [str(d) for d in req["dirs"]]}, [])
+        except OSError:
+            self._send(conn, {"ok": False})
+            return
+        spare.staged = True
+        self._send(conn, {"ok": True})
 
     def op_subscribe(self, conn: socket.socket, req: dict[str, Any]) -> None:
         self.listeners.append(conn)
