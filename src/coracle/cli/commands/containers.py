@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import _thread
 import os
 import sys
-import threading
 import time
 
 from coracle.cli import wirejson
@@ -178,7 +178,7 @@ class _Exit:
         self.client = Client(host)
         self.sock = self.client.send("POST", _path(cid, "/wait"), {"condition": condition})
         self.status: int | None = None
-        self.thread: threading.Thread | None = None
+        self.done: Any = None  # a lock held until the answer is read (`_thread`: see coracle.cli.streams)
 
     def registered(self) -> None:
         """The daemon's answer head: the wait is in place (ApiError if it was refused)."""
@@ -187,8 +187,9 @@ class _Exit:
         except BaseException:
             self.sock.close()
             raise
-        self.thread = threading.Thread(target=self._read, daemon=True, name="wait")
-        self.thread.start()
+        self.done = _thread.allocate_lock()
+        self.done.acquire()
+        _thread.start_new_thread(self._read, ())
 
     def abandon(self) -> None:
         self.sock.close()
@@ -201,10 +202,12 @@ class _Exit:
             self.status = None
         finally:
             self.resp.close()
+            self.done.release()
 
     def result(self) -> int | None:
-        if self.thread is not None:
-            self.thread.join()
+        if self.done is not None:
+            with self.done:
+                pass
         return self.status
 
 
@@ -213,20 +216,18 @@ def _hijacked_session(cli: Cli, sock: Any, multiplexed: bool, first: bytes, *, s
     """Pump stdin and output until the daemon ends the stream; True when the user detached."""
     from coracle.cli.streams import forward_stdin, pump_output
 
-    detached = threading.Event()
+    detached: list[bool] = []
     keys = detach_sequence(detach_keys) if tty and stdin else b""
     if stdin:
-        forward_stdin(sock, watch=keys, on_detach=detached.set)
+        forward_stdin(sock, watch=keys, on_detach=lambda: detached.append(True))
     pump_output(sock, multiplexed, first)
     sock.close()
-    return detached.is_set()
+    return bool(detached)
 
 
 def attach_and_start(cli: Cli, cid: str, *, tty: bool, stdin: bool, detach_keys: str | None, condition: str,
                      run: bool = False, stdout: bool = True, stderr: bool = True) -> int:
     """docker run (attached) / start -a: attach, register the wait, start, stream, return the exit status."""
-    from contextlib import nullcontext
-
     from coracle.cli.streams import follow_resizes, raw_terminal
 
     query = {"stream": True, "stdin": stdin, "stdout": stdout, "stderr": stderr, "detachKeys": detach_keys}
@@ -256,7 +257,7 @@ def attach_and_start(cli: Cli, cid: str, *, tty: bool, stdin: bool, detach_keys:
     def resize(h: int, w: int) -> None:
         cli.client.post(_path(cid, "/resize"), {"h": h, "w": w})
 
-    with raw_terminal(0) if tty and stdin else nullcontext(), follow_resizes(resize) if tty else nullcontext():
+    with raw_terminal(0, tty and stdin), follow_resizes(resize, tty):
         detached = _hijacked_session(cli, sock, multiplexed, first, stdin=stdin, tty=tty, detach_keys=detach_keys)
     if detached:
         return 0
@@ -487,8 +488,6 @@ def logs(cli: Cli, name: str, args: list[str]) -> int:
 # ----- exec and attach ----------------------------------------------------------------
 
 def exec_(cli: Cli, name: str, args: list[str]) -> int:
-    from contextlib import nullcontext
-
     from coracle.cli.streams import follow_resizes, raw_terminal, stdin_is_tty, terminal_size
 
     p = parser(name, "[OPTIONS] CONTAINER COMMAND [ARG...]", "Execute a command in a running container")
@@ -527,9 +526,8 @@ def exec_(cli: Cli, name: str, args: list[str]) -> int:
         status = start_error_status(exc.message)
         cli.err(f"Error response from daemon: {exc.message}")
         return status if status != 125 else 1
-    with raw_terminal(0) if opts.tty and opts.interactive else nullcontext(), \
-            follow_resizes(lambda h, w: cli.client.post(f"/exec/{exec_id}/resize", {"h": h, "w": w})) \
-            if opts.tty else nullcontext():
+    with raw_terminal(0, opts.tty and opts.interactive), \
+            follow_resizes(lambda h, w: cli.client.post(f"/exec/{exec_id}/resize", {"h": h, "w": w}), opts.tty):
         _hijacked_session(cli, sock, multiplexed, first, stdin=opts.interactive, tty=opts.tty,
                           detach_keys=opts.detach_keys)
     for _ in range(100):  # the exit code is recorded a moment after the stream ends
@@ -541,8 +539,6 @@ def exec_(cli: Cli, name: str, args: list[str]) -> int:
 
 
 def attach(cli: Cli, name: str, args: list[str]) -> int:
-    from contextlib import nullcontext
-
     from coracle.cli.streams import follow_resizes, raw_terminal, stdin_is_tty
 
     p = parser(name, "[OPTIONS] CONTAINER",
@@ -563,9 +559,8 @@ def attach(cli: Cli, name: str, args: list[str]) -> int:
         raise CommandError("the input device is not a TTY", 1)
     query = {"stream": True, "stdin": stdin, "stdout": True, "stderr": True, "detachKeys": opts.detach_keys}
     sock, multiplexed, first = cli.client.hijack(_path(info["Id"], "/attach"), query)
-    with raw_terminal(0) if tty and stdin else nullcontext(), \
-            follow_resizes(lambda h, w: cli.client.post(_path(info["Id"], "/resize"), {"h": h, "w": w})) \
-            if tty else nullcontext():
+    with raw_terminal(0, tty and stdin), \
+            follow_resizes(lambda h, w: cli.client.post(_path(info["Id"], "/resize"), {"h": h, "w": w}), tty):
         detached = _hijacked_session(cli, sock, multiplexed, first, stdin=stdin, tty=tty, detach_keys=opts.detach_keys)
     if detached:
         return 0
@@ -635,6 +630,8 @@ def stats(cli: Cli, name: str, args: list[str]) -> int:
             errors.append(exc.message)
         finally:
             client.close()
+
+    import threading
 
     threads = [threading.Thread(target=sample, args=(c,), daemon=True) for c in names]
     for t in threads:
