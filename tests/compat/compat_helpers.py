@@ -43,9 +43,9 @@ def env_for(daemon: Daemon) -> dict[str, str]:
 
 
 class Terminal:
-    """A docker command on a pseudo-terminal, driven like a user at a keyboard."""
+    """A docker (or `program`: coracle) command on a pseudo-terminal, driven like a user at a keyboard."""
 
-    def __init__(self, daemon: Daemon, *args: str, rows: int = 24, cols: int = 80) -> None:
+    def __init__(self, daemon: Daemon, *args: str, rows: int = 24, cols: int = 80, program: str = "docker") -> None:
         import fcntl
         import pty
         import struct
@@ -54,7 +54,7 @@ class Terminal:
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: docker with the pty as its controlling terminal
             try:
-                os.execvpe("docker", ["docker", *args], env_for(daemon))
+                os.execvpe(program, [program, *args], env_for(daemon))
             finally:
                 os._exit(127)
         fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))

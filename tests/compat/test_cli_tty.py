@@ -10,12 +10,18 @@ import docker
 import json
 import time
 
+import pytest
+
 from compat_helpers import Docker, Terminal
 from harness import Daemon, unique
 
 
-def test_run_it_shell_answers_and_exits_with_its_code(daemon: Daemon) -> None:
-    term = Terminal(daemon, "run", "-it", "--rm", "busybox", "sh", rows=31, cols=97)
+CLIS = pytest.mark.parametrize("program", ["docker", "coracle"])
+
+
+@CLIS
+def test_run_it_shell_answers_and_exits_with_its_code(daemon: Daemon, program: str) -> None:
+    term = Terminal(daemon, "run", "-it", "--rm", "busybox", "sh", rows=31, cols=97, program=program)
     try:
         term.read_until(b"# ")
         term.type(b"stty size; tty; echo $((6*7))\r")
@@ -28,8 +34,9 @@ def test_run_it_shell_answers_and_exits_with_its_code(daemon: Daemon) -> None:
         term.close()
 
 
-def test_tty_resize_reaches_the_container(daemon: Daemon) -> None:
-    term = Terminal(daemon, "run", "-it", "--rm", "busybox", "sh", rows=24, cols=80)
+@CLIS
+def test_tty_resize_reaches_the_container(daemon: Daemon, program: str) -> None:
+    term = Terminal(daemon, "run", "-it", "--rm", "busybox", "sh", rows=24, cols=80, program=program)
     try:
         term.read_until(b"# ")
         deadline = time.monotonic() + 10
@@ -61,10 +68,11 @@ def test_ctrl_c_reaches_the_process_in_the_tty(daemon: Daemon) -> None:
         term.close()
 
 
-def test_attach_and_detach_keys(daemon: Daemon, docker: Docker) -> None:
+@CLIS
+def test_attach_and_detach_keys(daemon: Daemon, docker: Docker, program: str) -> None:
     name = unique("at")
     docker("run", "-dit", "--name", name, "busybox", "sh")
-    term = Terminal(daemon, "attach", name)
+    term = Terminal(daemon, "attach", name, program=program)
     try:
         term.type(b"\r")
         term.read_until(b"# ")
@@ -75,7 +83,7 @@ def test_attach_and_detach_keys(daemon: Daemon, docker: Docker) -> None:
     finally:
         term.close()
     assert json.loads(docker("inspect", name).stdout)[0]["State"]["Running"]
-    term = Terminal(daemon, "attach", "--detach-keys", "ctrl-x", name)
+    term = Terminal(daemon, "attach", "--detach-keys", "ctrl-x", name, program=program)
     try:
         term.type(b"echo again-$((4*4))\r")
         term.read_until(b"again-16")
@@ -86,10 +94,11 @@ def test_attach_and_detach_keys(daemon: Daemon, docker: Docker) -> None:
     assert json.loads(docker("inspect", name).stdout)[0]["State"]["Running"]
 
 
-def test_exec_it(daemon: Daemon, docker: Docker) -> None:
+@CLIS
+def test_exec_it(daemon: Daemon, docker: Docker, program: str) -> None:
     name = unique("ei")
     docker("run", "-d", "--name", name, "busybox", "sleep", "60")
-    term = Terminal(daemon, "exec", "-it", "-e", "WHO=tester", name, "sh", rows=33, cols=111)
+    term = Terminal(daemon, "exec", "-it", "-e", "WHO=tester", name, "sh", rows=33, cols=111, program=program)
     try:
         term.read_until(b"# ")
         term.type(b"echo $WHO; stty size; exit 6\r")

@@ -80,13 +80,14 @@ def forward_stdin(sock: socket.socket, in_fd: int = 0, watch: bytes = b"",
                 data = os.read(in_fd, 65536)
                 if not data:
                     break
-                sock.sendall(data)
                 if watch:
                     recent = (recent + data)[-len(watch):]
-                    if recent == watch:
+                    if recent == watch:  # told before the daemon can see the keys and end the stream
                         if on_detach is not None:
                             on_detach()
+                        sock.sendall(data)
                         return
+                sock.sendall(data)
         except OSError:
             pass
         try:  # noqa: SIM105 (contextlib is what this module avoids)
@@ -121,7 +122,7 @@ class raw_terminal:  # noqa: N801 (used as a function: `with raw_terminal(0, act
             import tty
 
             self.saved = termios.tcgetattr(self.fd)
-            tty.setraw(self.fd)
+            tty.setraw(self.fd, termios.TCSANOW)  # not setraw's default TCSAFLUSH: keys typed ahead go too
 
     def __exit__(self, *_: object) -> None:
         if self.saved is not None:
