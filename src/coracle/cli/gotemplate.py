@@ -15,13 +15,15 @@ object whose attributes or methods are the fields (`ps`, `images`: `.ID`,
 
 from __future__ import annotations
 
-import json
-import re
-
 TYPE_CHECKING = False  # typing is for checkers only: it costs start-up time
 if TYPE_CHECKING:
+    import re
     from typing import Any
     from collections.abc import Callable
+
+# `re` and `json` are imported where they are used: on this interpreter they (and the enum,
+# functools and collections they pull in) are ~17 ms of a `coracle ps`, whose default table
+# needs neither (field chains are lexed without the regex, values printed by go_str).
 
 
 class TemplateError(Exception):
@@ -79,7 +81,8 @@ def _field_chain(src: str) -> bool:
 def _lex_action(src: str) -> list[_Tok]:
     if _field_chain(src.strip()):
         return [_Tok("field", src.strip(), False)]
-    # compiled on first use (re caches it): `ps` and the other default tables never need it
+    import re  # first use (re caches the compiled pattern): `ps` and the other default tables never need it
+
     token = re.compile(_TOKEN, re.VERBOSE)
     toks: list[_Tok] = []
     pos, glued = 0, False
@@ -271,13 +274,18 @@ class _Parser:
         elif tok.kind == "var":
             name, *chain = tok.text.split(".")
             term = _Term("var", name, chain)
-        elif tok.kind == "string":
-            term = _Term("lit", json.loads(tok.text))
+        elif tok.kind in ("string", "char"):
+            text = tok.text[1:-1]
+            if "\\" in text:  # escapes: Go's are JSON's for what templates write
+                import json
+
+                text = json.loads('"' + text + '"')
+            term = _Term("lit", text if tok.kind == "string" else ord(text))
         elif tok.kind == "raw":
             term = _Term("lit", tok.text[1:-1])
-        elif tok.kind == "char":
-            term = _Term("lit", ord(json.loads('"' + tok.text[1:-1] + '"')))
         elif tok.kind == "number":
+            import re
+
             text = tok.text
             term = _Term("lit", int(text, 0) if re.fullmatch(r"[-+]?(0[xX][0-9a-fA-F]+|\d+)", text) else float(text))
         elif tok.kind == "ident":
@@ -323,6 +331,8 @@ _STRUCT_KEY = r"[A-Z][A-Za-z0-9_]*$"  # compiled on first use (re caches it)
 
 def to_json(value: Any) -> str:
     """docker's `json` function: compact, no HTML escaping; context objects by their fields."""
+    import json
+
     return json.dumps(_go_order(value), separators=(",", ":"), ensure_ascii=False, default=_jsonable)
 
 
@@ -330,6 +340,8 @@ def _go_order(value: Any) -> Any:
     """Go marshals structs in field order but maps with sorted keys. Struct fields are
     exported (capitalised) identifiers; anything else (labels, networks, ports) is a map."""
     if isinstance(value, dict):
+        import re
+
         items = [(k, _go_order(v)) for k, v in value.items()]
         if not all(re.match(_STRUCT_KEY, str(k)) for k in value):
             items.sort(key=lambda kv: str(kv[0]))
@@ -383,6 +395,9 @@ def _sprint(*args: Any) -> str:
 
 def _printf(fmt: str, *args: Any) -> str:
     """Go's Sprintf for the common verbs (%s %v %d %q %f %x, widths and `-`)."""
+    import json
+    import re
+
     it = iter(args)
 
     def verb(m: re.Match[str]) -> str:
@@ -401,6 +416,13 @@ def _printf(fmt: str, *args: Any) -> str:
         return ("%" + flags + (width or "") + "s") % text
 
     return re.sub(r"%([-+ 0#]*)(\d+)?(\.\d+)?([a-zA-Z%])", verb, fmt)
+
+
+def _title(s: str) -> str:
+    """Go's strings.Title: each word's first letter upper-cased, the rest left as they are."""
+    import re
+
+    return re.sub(r"\b[a-z]", lambda m: m.group().upper(), s)
 
 
 def _compare(op: Callable[[Any, Any], bool]) -> Callable[..., bool]:
@@ -440,7 +462,7 @@ FUNCS: dict[str, Callable[..., Any]] = {
     "len": _len,
     "upper": lambda s: go_str(s).upper(),
     "lower": lambda s: go_str(s).lower(),
-    "title": lambda s: re.sub(r"\b[a-z]", lambda m: m.group().upper(), go_str(s)),
+    "title": lambda s: _title(go_str(s)),
     "pad": lambda s, left, right: " " * left + go_str(s) + " " * right,
     "truncate": _truncate,
     "print": _sprint,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -293,6 +292,8 @@ def check(cli: Cli, name: str, args: list[str]) -> int:
     if opts.format:
         template_each(cli, "{{json .}}" if opts.format == "json" else opts.format, [report])
         return 0
+    import json
+
     lines = []
     for kind, items in report.items():
         if isinstance(items, dict):
