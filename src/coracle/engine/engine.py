@@ -506,14 +506,17 @@ class Engine:
         if c is None or c.state.pid != event.get("pid") and event.get("pid"):
             self.monitor.forget_exit(cid)
             return
+        phases = trace.Phases("exit", cid)
         cg = self.cgroup(c)
         oom = False
         with contextlib.suppress(OSError):
             oom = cg.oom_killed()
         try:
             self.network.detach(cid)
+            phases.mark("network")
         finally:
             cg.destroy()
+            phases.mark("cgroup")
             self.spare_cgroup.soon()  # now, if a staging waits: this container's cgroup work is done
         code = event["exit_code"]
         if code is None:  # it ended while nobody could read its status
@@ -521,8 +524,11 @@ class Engine:
         c.state.exit(code, oom, event.get("finished_at") or utc_now())
         c.unwire()
         self.save(c)
+        phases.mark("save")
         self.volumes.detach(cid, c.mounts)
         self.monitor.forget_exit(cid)
+        phases.mark("forget")
+        phases.done()
         if oom:
             self.announce(c, "oom")
         self.announce(c, "die", exitCode=str(code))
@@ -712,6 +718,7 @@ class Engine:
                 with contextlib.suppress(Conflict):
                     self._signal(c, signal.SIGKILL)
         self._wait_exit(cid, 30)
+        phases = trace.Phases("remove", cid)
         with self._lock_for(cid):
             current = self.record(cid)  # gone if another remove finished meanwhile
             if current is None:
@@ -719,19 +726,25 @@ class Engine:
             c = current
             c.state.status = "removing"
             self.save(c, beside=False)
+            phases.mark("save")
             fault("rm-before-cleanup")
             self.network.detach(cid)
             self.cgroup(c).destroy()
+            phases.mark("detach")
             self._trash.discard(self._dir(cid))
             with self._saving:
                 self.store.delete(KIND, cid)
                 self.index.drop(cid)
+            phases.mark("delete")
             if volumes:
                 self.volumes.remove_anonymous(m.name for m in c.mounts if m.is_volume)
             self.monitor.forget_exit(cid)
+            phases.mark("forget")
         with self._lock:
             self._locks.pop(cid, None)
         self.announce(c, "destroy")
+        phases.mark("announce")
+        phases.done()
 
     def remove_link(self, path: str) -> None:
         """DELETE /containers/{linker/alias}?link=1: the linking container forgets that link."""
