@@ -216,13 +216,14 @@ def _mount_cgroups(sys_dir: str, writable: bool, own: dict[str, str]) -> None:
         manager = detect()
     except SystemError_:
         return  # no cgroup filesystem on this host: nothing to show
-    if manager is V2Manager and not hierarchies():
+    found = hierarchies()  # read once: the mounts below change the table, not the host's hierarchies
+    if manager is V2Manager and not found:
         sc.mount("cgroup2", target, "cgroup2", flags)
         return
     sc.mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC, "mode=755")
     grouped: dict[str, list[str]] = {}
     mountpoint_of: dict[str, str] = {}
-    for controller, mountpoint in hierarchies().items():
+    for controller, mountpoint in found.items():
         grouped.setdefault(os.path.basename(mountpoint), []).append(controller)
         mountpoint_of[os.path.basename(mountpoint)] = mountpoint
     for name, controllers in grouped.items():
