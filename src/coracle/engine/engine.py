@@ -374,7 +374,7 @@ class Engine:
 
     def start(self, ref: str, before_release: Callable[[str], None] | None = None) -> None:
         """Start a created or exited container; `before_release` lets attach streams connect first."""
-        cid = self.container(ref).id
+        cid = self._resolve(ref)
         with self._lock_for(cid):
             c = self.container(cid)
             if c.state.running:
@@ -590,13 +590,13 @@ class Engine:
 
     def wait_exit(self, ref: str, timeout: float | None = None) -> int | None:
         """The exit code once the container's process has ended; None if it still runs at the timeout."""
-        cid = self.container(ref).id
+        cid = self._resolve(ref)
         if not self._wait_exit(cid, timeout):
             return None
         return self.container(cid).state.exit_code
 
     def stop(self, ref: str, timeout: int | None = None, sig: str | None = None) -> None:
-        cid = self.container(ref).id
+        cid = self._resolve(ref)
         with self._lock_for(cid):
             c = self.container(cid)
             self.restarts.cancel(cid)
@@ -632,7 +632,7 @@ class Engine:
         self.announce(self.container(ref), "attach")
 
     def kill(self, ref: str, sig: str | None = None) -> None:
-        cid = self.container(ref).id
+        cid = self._resolve(ref)
         number = cfg.parse_signal(sig, "SIGKILL")
         with self._lock_for(cid):
             c = self.container(cid)
@@ -647,7 +647,7 @@ class Engine:
             self._wait_exit(cid, 10)
 
     def restart(self, ref: str, timeout: int | None = None) -> None:
-        cid = self.container(ref).id
+        cid = self._resolve(ref)
         with contextlib.suppress(NotModified):
             self.stop(cid, timeout)
         self.start(cid)
@@ -702,7 +702,7 @@ class Engine:
     # ----- remove, rename, update ------------------------------------------
 
     def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
-        cid = self.container(ref).id
+        cid = self._resolve(ref)
         with self._lock_for(cid):
             c = self.container(cid)
             self.restarts.cancel(cid)
@@ -766,7 +766,7 @@ class Engine:
 
     def update(self, ref: str, body: dict[str, Any]) -> dict[str, Any]:
         """`docker update`: new limits on a live cgroup, and the restart policy."""
-        cid = self.container(ref).id
+        cid = self._resolve(ref)
         with self._lock_for(cid):
             c = self.container(cid)
             hc = {**c.host_config.raw, **{k: v for k, v in body.items() if k != "RestartPolicy"}}
@@ -785,7 +785,7 @@ class Engine:
 
     def connect(self, ref: str, network_ref: str, endpoint_config: dict[str, Any]) -> None:
         """`docker network connect`: recorded always, wired live when the container runs."""
-        cid = self.container(ref).id
+        cid = self._resolve(ref)
         with self._lock_for(cid):
             c = self.container(cid)
             if not c.host_config.mode.has_endpoints:
@@ -798,7 +798,7 @@ class Engine:
             self.save(c)
 
     def disconnect(self, ref: str, network_ref: str, force: bool = False) -> None:
-        cid = self.container(ref).id
+        cid = self._resolve(ref)
         with self._lock_for(cid):
             c = self.container(cid)
             left = self.network.disconnect(network_request(c, c.state.pid if c.state.running else 0), network_ref,
