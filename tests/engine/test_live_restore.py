@@ -173,6 +173,29 @@ def test_crash_during_rm_finishes_the_removal(fresh_daemon: Daemon) -> None:
     assert not (d.data_root / "containers" / cid).exists()
 
 
+def test_rm_containers_left_behind_are_removed_when_the_daemon_starts(fresh_daemon: Daemon) -> None:
+    """As Docker: a --rm container that is not running when the daemon starts is removed, whether
+    the daemon died during its removal (the fault point) or it was created and never started."""
+    d = fresh_daemon
+    d.start(env={"CORACLE_FAULT": "rm-before-cleanup"})
+    status, body = d.api("POST", "/containers/create", {"Image": "busybox", "Cmd": ["true"],
+                                                           "HostConfig": {"NetworkMode": "none"}})
+    assert status == 201, body
+    never_started = body["Id"]
+    status, body = d.api("POST", "/containers/create", {"Image": "busybox", "Cmd": ["true"],
+                                                           "HostConfig": {"NetworkMode": "none", "AutoRemove": True}})
+    assert status == 201, body
+    created_rm = body["Id"]
+    ran = run_detached(d, "true", AutoRemove=True)
+    d.proc.wait(10)  # type: ignore[union-attr]  # the fault point ended the daemon during the removal
+    d.start()
+    for cid in (ran, created_rm):
+        assert d.api("GET", f"/containers/{cid}/json")[0] == 404
+        assert not (d.data_root / "containers" / cid).exists()
+        assert not list(Path("/sys/fs/cgroup").glob(f"*/{d.cgroup_parent}/{cid}"))
+    assert inspect(d, never_started)["State"]["Status"] == "created"  # without --rm it stays
+
+
 def test_a_killed_monitor_is_replaced_and_its_containers_stay_manageable(fresh_daemon: Daemon) -> None:
     d = fresh_daemon
     d.start()

@@ -725,7 +725,8 @@ class Engine:
                 return
             c = current
             c.state.status = "removing"
-            self.save(c, beside=False)
+            if not c.host_config.auto_remove:  # a --rm container left behind is removed at restore anyway
+                self.save(c, beside=False)
             phases.mark("save")
             fault("rm-before-cleanup")
             self.network.detach(cid)
@@ -841,6 +842,9 @@ class Engine:
         for c in self.own_records():
             cid, state = c.id, c.state
             if state.status == "removing":
+                self.remove(cid, force=True)
+                continue
+            if not state.running and c.host_config.auto_remove:  # as Docker: --rm and not running: removed
                 self.remove(cid, force=True)
                 continue
             if not state.running:
