@@ -136,7 +136,7 @@ class Report:
 
         def row(name: str, goal: str, value: float | None, ok: bool | None, note: str = "") -> None:
             status = "n/a" if ok is None else ("met" if ok else "**missed**")
-            unit = "x" if goal.split()[1].endswith("x") else " MiB"
+            unit = "x" if goal.split()[1].rstrip(",").endswith("x") else " MiB"
             rows.append([name, goal, _fmt(value, unit, 3), status, note])
 
         for mode, goal in (("bridge", 0.3), ("none", 0.2)):
