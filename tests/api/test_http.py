@@ -164,6 +164,28 @@ def test_socket_is_0660_root(srv: Harness) -> None:
     assert (st.st_uid, st.st_gid) == (0, 0)
 
 
+def test_the_socket_is_made_without_touching_the_process_umask(tmp_path: Any, monkeypatch: Any) -> None:
+    """The umask is the whole process's: changed around bind, it gave 0600 to the cgroup directories
+    another thread of the daemon made meanwhile (then a user-namespaced container could not reach its
+    own cgroup). The socket is made private another way, and nothing is left beside it."""
+    from coracle.api import http as api_http
+
+    def no_umask(mask: int) -> int:
+        raise AssertionError(f"umask({mask:o}) called while the daemon's other threads run")
+
+    monkeypatch.setattr(api_http.os, "umask", no_umask)
+    sock = api_http.listen(str(tmp_path / "api.sock"))
+    try:
+        st = os.stat(tmp_path / "api.sock")
+        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
+        assert sorted(os.listdir(tmp_path)) == ["api.sock"]
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(str(tmp_path / "api.sock"))  # renamed into place, still the listening socket
+        client.close()
+    finally:
+        sock.close()
+
+
 def test_every_response_carries_docker_headers(srv: Harness) -> None:
     for path in ("/_ping", "/version", "/no/such/thing"):
         _, resp, _ = srv.call("GET", path)

@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import socket
+import tempfile
 from functools import partial
 from typing import Any
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
@@ -655,17 +656,30 @@ def _clear_socket_path(unix_path: str) -> None:
 
 
 def listen(unix_path: str, *, mode: int = 0o660, group: str = "") -> socket.socket:
-    """The API's listening socket at `unix_path`, `mode` 0660 owned by root:root (or root:`group`)."""
+    """The API's listening socket at `unix_path`, `mode` 0660 owned by root:root (or root:`group`).
+
+    Bound in a private directory (0700) beside it, given its owner and mode there, then renamed
+    into place: it is never open to everyone, and the umask is left alone. A umask is the whole
+    process's: tightened around bind, it gave 0600 to cgroup directories another thread made
+    meanwhile (the spare child's, at start-up), and a user-namespaced container could then not
+    reach its own cgroup."""
     _clear_socket_path(unix_path)
+    private = tempfile.mkdtemp(prefix=".coracle-socket-", dir=os.path.dirname(unix_path) or ".")
+    staged = os.path.join(private, "socket")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)  # no window in which the socket is open to everyone
     try:
-        sock.bind(unix_path)
+        sock.bind(staged)
+        sock.listen(BACKLOG)
+        os.chown(staged, 0, grp.getgrnam(group).gr_gid if group else 0)
+        os.chmod(staged, mode)
+        os.rename(staged, unix_path)
+    except BaseException:
+        sock.close()
+        raise
     finally:
-        os.umask(old_umask)
-    sock.listen(BACKLOG)
-    os.chown(unix_path, 0, grp.getgrnam(group).gr_gid if group else 0)
-    os.chmod(unix_path, mode)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staged)
+        os.rmdir(private)
     sock.setblocking(False)
     return sock
 

@@ -406,9 +406,9 @@ class Engine:
                 undo.add(lambda: sock.close() if sock is not None else None)  # first: the spawn is let go
                 phases.mark("spawn")
                 cg = self.cgroup(c)
+                undo.add(cg.destroy)  # before the rename: a renamed cgroup is the container's to undo
                 adopted = cg.adopt(pid)  # PID 1 born in the spare child's cgroup: renamed, not moved
                 cg.create()
-                undo.add(cg.destroy)
                 if not adopted:
                     cg.apply(pid)
                 cg.set(Resources.from_host_config(hc))
