@@ -164,6 +164,7 @@ def test_socket_is_0660_root(srv: Harness) -> None:
     assert (st.st_uid, st.st_gid) == (0, 0)
 
 
+@pytest.mark.root  # the socket is chowned to root
 def test_the_socket_is_made_without_touching_the_process_umask(tmp_path: Any, monkeypatch: Any) -> None:
     """The umask is the whole process's: changed around bind, it gave 0600 to the cgroup directories
     another thread of the daemon made meanwhile (then a user-namespaced container could not reach its
