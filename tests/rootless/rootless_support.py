@@ -228,3 +228,17 @@ class RootlessUser:
             if path.exists():
                 problems.append(f"{path} left")
         return problems
+
+
+def files_on_host(root: Path, name: str) -> list[os.stat_result]:
+    """The files called `name` under the data root, outside its trash.
+
+    Removed containers' directories go to the trash and are deleted by the daemon in the
+    background, so a walk through it can race their deletion."""
+    found = []
+    for top, dirs, files in os.walk(root):
+        if top == str(root) and "trash" in dirs:
+            dirs.remove("trash")
+        if name in files:
+            found.append(os.stat(os.path.join(top, name), follow_symlinks=False))
+    return found

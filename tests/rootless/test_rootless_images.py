@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import harness
-from rootless_support import LAN_PEER, RootlessUser
+from rootless_support import LAN_PEER, RootlessUser, files_on_host
 
 # makes throwaway users with subordinate ids: the root tier
 pytestmark = pytest.mark.root
@@ -37,7 +37,7 @@ def _rootfs_tarball(dest: Path) -> None:
 
 
 def _owners_on_host(root: Path, name: str) -> set[tuple[int, int]]:
-    return {(p.stat().st_uid, p.stat().st_gid) for p in root.rglob(name) if p.is_file()}
+    return {(st.st_uid, st.st_gid) for st in files_on_host(root, name)}
 
 
 def test_import_and_pull_map_ownership_through_the_subordinate_ids(bare_user: RootlessUser,

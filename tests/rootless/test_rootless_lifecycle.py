@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import pytest
 
-from rootless_support import RootlessUser
+from rootless_support import RootlessUser, files_on_host
 
 # makes throwaway users with subordinate ids: the root tier
 pytestmark = pytest.mark.root
@@ -125,10 +125,9 @@ def _tar_with_owned_file() -> bytes:
 
 
 def _owner_on_host(root: Path, name: str) -> tuple[int, int]:
-    found = [p for p in root.rglob(name) if p.is_file()]
+    found = files_on_host(root, name)
     assert found, f"{name} not under {root}"
-    st = found[0].stat()
-    return st.st_uid, st.st_gid
+    return found[0].st_uid, found[0].st_gid
 
 
 def test_load_and_commit_map_ownership_through_the_subordinate_ids(user: RootlessUser) -> None:
@@ -154,7 +153,7 @@ def test_load_and_commit_map_ownership_through_the_subordinate_ids(user: Rootles
     finally:
         user.docker("rm", "tocommit")
     assert user.docker("run", "--rm", "committed:1", "stat", "-c", "%u:%g", "/committed").stdout.strip() == "42:43"
-    owners = {p.stat().st_uid for p in data_root.rglob("committed") if p.is_file()}
+    owners = {st.st_uid for st in files_on_host(data_root, "committed")}
     assert user.subid + 41 in owners
 
 
