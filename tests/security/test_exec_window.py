@@ -104,29 +104,34 @@ echo released; exec sleep 600
         ctr.remove(force=True)
 
 
-def _libpython() -> str:
-    soname = sysconfig.get_config_var("INSTSONAME") or ""
-    path = os.path.join(sysconfig.get_config_var("LIBDIR") or "", soname)
-    if not sysconfig.get_config_var("Py_ENABLE_SHARED") or not os.path.exists(path):
-        pytest.skip("the interpreter is not linked to a shared libpython the loader could be held on")
-    return path
-
-
-def _loader_archive() -> bytes:
-    """The dynamic loader and C libraries the interpreter needs, as a tar to put into a container."""
+def _interpreter_libraries() -> list[str]:
+    """The shared libraries the interpreter's loader opens, in its order (the loader itself last)."""
     out = subprocess.run(["ldd", os.path.realpath(sys.executable)], capture_output=True, text=True,
                          check=True).stdout
-    paths = {p for p in re.findall(r"(/\S+)", out) if "libpython" not in p}
+    return [m.group(1) for m in re.finditer(r"^\s*(?:\S+ => )?(/\S+) \(", out, re.M)]
+
+
+def _held_library() -> str:
+    """The first library the loader opens for the interpreter (a shared libpython where there is
+    one, else libm or the like): a FIFO in its place holds the exec'd interpreter in the loader."""
+    libs = [p for p in _interpreter_libraries() if "ld-linux" not in p and "/libc.so" not in p]
+    if not libs:
+        pytest.skip("the interpreter needs no shared library the loader could be held on")
+    return libs[0]
+
+
+def _loader_archive(held: str) -> bytes:
+    """The dynamic loader and C libraries the interpreter needs but `held`, as a tar for a container."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for path in sorted(paths):
+        for path in sorted(set(_interpreter_libraries()) - {held}):
             tar.add(os.path.realpath(path), arcname=path.lstrip("/"))
     return buf.getvalue()
 
 
 @pytest.mark.parametrize("how", ["direct", "symlink", "shebang"])
 def test_proc_self_exe_reaches_no_host_binary(client: docker.DockerClient, how: str) -> None:
-    lib = _libpython()
+    lib = _held_library()
     host = os.stat(os.path.realpath(sys.executable))
     target = {"direct": "/proc/self/exe", "symlink": "/bin/evil", "shebang": "/bin/evil.sh"}[how]
     name = os.path.basename(target)  # the command name the kernel gives the executed interpreter
@@ -143,7 +148,7 @@ echo released; exec sleep 600
     ctr = client.containers.run("busybox", ["sh", "-c", "until [ -e /go ]; do usleep 10000; done; " + script],
                                 detach=True)
     try:
-        ctr.put_archive("/", _loader_archive())  # an image may ship any loader and libc it likes
+        ctr.put_archive("/", _loader_archive(lib))  # an image may ship any loader and libc it likes
         ctr.exec_run(["touch", "/go"])
         _wait_for(ctr, "armed")
         thread, result = _exec_in_background(ctr, [target])
