@@ -256,14 +256,21 @@ def _container_child(spec: Spec, fds: ChildFds) -> NoReturn:
     if pid:
         _report_pid(fds, pid)
         os._exit(0)
+    deferred: BaseException | None = None
+    try:
+        root = rootfs.prepare(spec, spec.process.tty, layers)
+    except BaseException as exc:  # said at the release: a start's failure is the answer to it
+        deferred = exc
     try:
         _wait_release(fds)
+        if deferred is not None:
+            raise deferred
         # In a user namespace the cgroup filesystems cannot be mounted afresh, only
         # bound from the host, which needs the paths as seen before the cgroup namespace.
         own = rootfs.own_cgroups() if spec.uid_map or rootless.active() else {}
         if "cgroup" in spec.namespaces:
             sc.unshare(sc.CLONE_NEWCGROUP)
-        rootfs.build(spec, spec.process.tty, layers, own)
+        rootfs.complete(root, spec, own)
         if "uts" in spec.namespaces and spec.hostname:
             sc.sethostname(spec.hostname)
     except OSError as exc:

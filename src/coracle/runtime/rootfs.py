@@ -1,7 +1,8 @@
 """Building the container's filesystem view inside its own mount namespace.
 
-Everything here runs in the container's first process after it has been
-released, in a mount namespace that nobody else shares. The overlay is mounted
+Everything here runs in the container's first process, in a mount namespace
+that nobody else shares: `prepare` while the process is held, `complete` once
+it has been released. The overlay is mounted
 there and only there, so a crash can never leave a rootfs mount behind on the
 host: the mount dies with the namespace.
 """
@@ -265,8 +266,8 @@ def stage_layers(root: str, layers: list[int]) -> list[str]:
     return paths
 
 
-def _mount_inside(root: RootDir, spec: Spec, console: bool, own: dict[str, str] | None) -> None:
-    """Kernel filesystems, /dev, the user's mounts, the init binary, sysctls and masks."""
+def _mount_kernel_filesystems(root: RootDir, spec: Spec) -> None:
+    """/proc and /sys of the container's own namespaces (bound from the host where they cannot be mounted)."""
     try:
         root.mount("/proc", "proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     except PermissionError:
@@ -283,10 +284,14 @@ def _mount_inside(root: RootDir, spec: Spec, console: bool, own: dict[str, str] 
         if not spec.privileged:
             with root.at("/sys") as sys_dir:
                 remount_readonly(sys_dir, recursive=True)
+
+
+def _mount_late(root: RootDir, spec: Spec, own: dict[str, str] | None) -> None:
+    """Cgroups, the user's mounts, the init binary, sysctls and masks, in that order: masks last, so
+    that no mount can uncover a masked path."""
     if "cgroup" in spec.namespaces:
         with root.at("/sys") as sys_dir:
             _mount_cgroups(sys_dir, writable=spec.privileged, own=own or {})
-    _mount_dev(root, console, spec.devices, spec.privileged, spec.shm_size)
     _mount_user_mounts(root, spec)
     if spec.init_binary:
         root.mount("/sbin/docker-init", spec.init_binary, None, sc.MS_BIND, like_file=True)
@@ -320,18 +325,36 @@ def overlay_options(spec: Spec, lower: str) -> str:
     return options + ",volatile"
 
 
-def build(spec: Spec, console: bool = False, layers: list[int] | None = None,
-          own: dict[str, str] | None = None) -> None:
-    """Mount the overlay, kernel filesystems and user mounts, then pivot into it.
+def prepare(spec: Spec, console: bool = False, layers: list[int] | None = None) -> RootDir:
+    """The part of the root that needs nothing the start does after the spawn: the overlay, /proc,
+    /sys and /dev, mounted while the process is held.
 
-    In a user namespace, `layers` are the idmapped clones of spec.lower and
-    `own` the container's cgroups as the host names them (see userns.enter)."""
+    Why before the release: the daemon is then wiring the container's cgroup and network,
+    and these mounts (half of the root's cost, the overlay above all) run beside that work
+    instead of after it. Nothing here depends on it: the namespaces are the container's
+    own from the spawn (sysfs lists the interfaces the network layer moves in later), and
+    what does depend on it waits for `complete`: the cgroups (the process may still be moved),
+    the files the daemon writes (/etc/hosts, /etc/resolv.conf, /etc/hostname) and the user's
+    mounts among which they are bound. In a user namespace, `layers` are the idmapped
+    clones of spec.lower (see userns.enter)."""
     sc.mount(None, "/", None, sc.MS_REC | (sc.MS_SLAVE if _receives_host_mounts(spec) else sc.MS_PRIVATE))
     lower = ":".join(reversed(stage_layers(spec.rootfs, layers) if layers else spec.lower))
     sc.mount("overlay", spec.rootfs, "overlay", 0, overlay_options(spec, lower))
     root = RootDir(spec.rootfs)
     try:
-        _mount_inside(root, spec, console, own)
+        _mount_kernel_filesystems(root, spec)
+        _mount_dev(root, console, spec.devices, spec.privileged, spec.shm_size)
+    except BaseException:
+        root.close()
+        raise
+    return root
+
+
+def complete(root: RootDir, spec: Spec, own: dict[str, str] | None = None) -> None:
+    """After the release, in the container's cgroup namespace: the rest of the mounts, then pivot
+    into the root. In a user namespace `own` are the container's cgroups as the host names them."""
+    try:
+        _mount_late(root, spec, own)
     finally:
         root.close()
     os.chdir(spec.rootfs)
