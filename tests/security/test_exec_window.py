@@ -21,7 +21,6 @@ import re
 import subprocess
 import sys
 import tarfile
-import sysconfig
 import threading
 import time
 from typing import Any
