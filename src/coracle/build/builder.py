@@ -372,7 +372,7 @@ class Build:
             if image_id is None:
                 return False
             image = self.images.resolve(image_id)
-        stage.raw, stage.image_id, stage.key = copy.deepcopy(image.raw), image.id, key
+        stage.raw, stage.image_id, stage.key = image.raw, image.id, key  # decoded for this look-up: ours
         self.say(f" ---> Using cache\n ---> {image.short_id}\n")
         return True
 
