@@ -39,7 +39,7 @@ from coracle.network.driver import (
     EndpointOptions,
 )
 from coracle.network.manager import Adoption, Connection
-from coracle.runtime.client import MonitorClient
+from coracle.runtime.client import MonitorClient, StartError
 from coracle.runtime.spec import Spec
 from coracle.store import Store
 
@@ -69,9 +69,11 @@ class Monitor:
         self.engine: Engine | None = None
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.abandoned: list[str] = []
-        self.fail_release = False
+        self.stopped = False
 
     def spawn(self, spec: Spec) -> tuple[socket.socket, int]:
+        if self.stopped:  # a restart policy firing after the test: no PID 1 may outlive it
+            raise StartError("the monitor stopped", 128)
         proc = subprocess.Popen(["sleep", "1000"])
         self.procs[spec.id] = proc
         mine, theirs = socket.socketpair()
@@ -109,6 +111,7 @@ class Monitor:
         return []
 
     def stop_all(self) -> None:
+        self.stopped = True
         for proc in self.procs.values():
             proc.kill()
             proc.wait()
