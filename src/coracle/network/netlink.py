@@ -32,6 +32,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from coracle.netns import netns
+from coracle.network.rtnl import LOOPBACK_INDEX, Conversation
 
 BRPORT_HAIRPIN = 1
 IFA_F_NODAD = 0x02
@@ -136,59 +137,57 @@ def ports_of(ipr: IPRoute, bridge: str) -> list[str]:
     return [link.get("ifname") for link in ipr.get_links() if link.get("IFLA_MASTER") == idx]
 
 
-def free_ifname(ipr: IPRoute) -> str:
+def free_ifname(conv: Conversation) -> str:
     """eth0, or the next ethN not yet used in the container's namespace."""
-    taken = {link.get("ifname") for link in ipr.get_links()}
+    taken = conv.names()
     n = 0
     while f"eth{n}" in taken:
         n += 1
     return f"eth{n}"
 
 
-def add_veth(ipr: IPRoute, host_name: str, bridge: str, netns_path: str, peer_name: str, mac: str,
+def add_veth(conv: Conversation, host_name: str, bridge: str, netns_path: str, peer_name: str, mac: str,
              mtu: int, isolated: bool) -> None:
-    """A veth pair: host end in the bridge (hairpin on, isolated when ICC is off), peer in the netns."""
+    """A veth pair: host end up in the bridge (hairpin on, isolated when ICC is off), peer in the netns."""
+    bridge_index = conv.index(bridge)
+    if bridge_index is None:
+        raise OSError(errno.ENODEV, f"no bridge {bridge}")
     fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        ipr.link("add", ifname=host_name, kind="veth", mtu=mtu,
-                 peer={"ifname": peer_name, "net_ns_fd": fd, "address": mac, "mtu": mtu})
+        conv.create_veth(host_name, bridge_index, peer_name, fd, mac, mtu)
     finally:
         os.close(fd)
-    idx = index(ipr, host_name)
-    ipr.link("set", index=idx, master=index(ipr, bridge), state="up")
-    ipr.brport("set", index=idx, mode=BRPORT_HAIRPIN, isolated=int(isolated))
+    idx = conv.index(host_name)
+    if idx is None:
+        raise OSError(errno.ENODEV, f"no interface {host_name}")
+    conv.set_bridge_port(idx, hairpin=True, isolated=isolated)
 
 
-def configure_peer(ipr: IPRoute, ifname: str, address: str, prefixlen: int, gateway: str | None,
+def configure_peer(conv: Conversation, ifname: str, address: str, prefixlen: int, gateway: str | None,
                    address6: tuple[str, int] | None = None, gateway6: str | None = None) -> None:
     """Inside the container: addresses on the interface, lo and the interface up, default routes.
 
     An IPv6 address needs IPv6 enabled on the interface (disable_ipv6=0), which
     the caller sets through sysctl() from inside the container's namespace."""
-    lo_up(ipr)
-    idx = existing(ipr, ifname)
-    ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
+    conv.set_up(LOOPBACK_INDEX)
+    idx = conv.index(ifname)
+    if idx is None:
+        raise OSError(errno.ENODEV, f"no interface {ifname}")
+    conv.add_address(idx, address, prefixlen)
     if address6:
-        add_address(ipr, idx, *address6)
-    ipr.link("set", index=idx, state="up")
-    if gateway and not has_default_route(ipr):
-        ipr.route("add", dst="0.0.0.0/0", gateway=gateway, oif=idx)
-    if gateway6 and not has_default_route(ipr, socket.AF_INET6):
-        ipr.route("add", dst="::/0", gateway=gateway6, oif=idx, family=socket.AF_INET6)
+        conv.add_address(idx, *address6)
+    conv.set_up(idx)
+    if gateway and not conv.has_default_route():
+        conv.add_default_route(idx, gateway)
+    if gateway6 and not conv.has_default_route(socket.AF_INET6):
+        conv.add_default_route(idx, gateway6, socket.AF_INET6)
 
 
-def default_route_via(ipr: IPRoute, ifname: str) -> None:
+def default_route_via(conv: Conversation, ifname: str) -> None:
     """A default route out of the interface itself (no gateway): the host routes for it (ipvlan l3)."""
-    if not has_default_route(ipr):
-        ipr.route("add", dst="0.0.0.0/0", oif=index(ipr, ifname), scope=253)
-
-
-def has_default_route(ipr: IPRoute, family: int = socket.AF_INET) -> bool:
-    return any(r["dst_len"] == 0 for r in ipr.get_routes(family=family, table=254))
-
-
-def lo_up(ipr: IPRoute) -> None:
-    ipr.link("set", index=index(ipr, "lo"), state="up")
+    idx = conv.index(ifname)
+    if idx is not None and not conv.has_default_route():
+        conv.add_default_route(idx, None)
 
 
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1

@@ -19,7 +19,7 @@ from pyroute2 import IPRoute
 from coracle.errors import Conflict, InvalidParameter
 from coracle.faults import fault
 from coracle.netns import netns
-from coracle.network import netlink
+from coracle.network import netlink, rtnl
 from coracle.network.driver import OPT, Endpoint, NetworkRecord, NetworkSpec
 from coracle.network.firewall import BridgeRules, FirewallDriver
 
@@ -119,19 +119,19 @@ class BridgeDriver:
         """The veth pair of an endpoint (host side on the bridge), its address and routes inside."""
         sub, sub6 = network.subnet4, network.subnet6
         veth = endpoint.host_interface or self.veth_name(endpoint)
-        with netlink.netns_socket(netns_path) as cipr:
+        with rtnl.conversation(netns_path) as inside:
             ifname = endpoint.interface
-            if not ifname or netlink.index(cipr, ifname) is not None:
-                ifname = netlink.free_ifname(cipr)
-            with self._host() as ipr:
-                netlink.add_veth(ipr, veth, network.interface, netns_path, ifname, endpoint.mac_address,
+            if not ifname or inside.index(ifname) is not None:
+                ifname = netlink.free_ifname(inside)
+            with rtnl.conversation(self.host_netns) as host:
+                netlink.add_veth(host, veth, network.interface, netns_path, ifname, endpoint.mac_address,
                                  network.mtu, isolated=not network.icc)
             fault("network-after-veth")
             joined = replace(endpoint, interface=ifname, host_interface=veth)
             if sub6 is not None:
                 with netns(netns_path):  # IPv6 may be off by default in the container's namespace
                     netlink.sysctl(f"net/ipv6/conf/{ifname}/disable_ipv6", "0")
-            netlink.configure_peer(cipr, ifname, endpoint.ipv4, sub.network.prefixlen, endpoint.gateway or None,
+            netlink.configure_peer(inside, ifname, endpoint.ipv4, sub.network.prefixlen, endpoint.gateway or None,
                                    (endpoint.ipv6, sub6.network.prefixlen) if sub6 is not None else None,
                                    endpoint.ipv6_gateway or None)
         return joined
@@ -139,8 +139,8 @@ class BridgeDriver:
     def leave(self, network: NetworkRecord, endpoint: Endpoint) -> None:
         """The host end of the veth (its peer goes with it); named from the endpoint even when a join
         failed before recording it."""
-        with self._host() as ipr:
-            netlink.delete_link(ipr, endpoint.host_interface or self.veth_name(endpoint))
+        with rtnl.conversation(self.host_netns) as host:  # on every exit: not through pyroute2 (see rtnl.py)
+            host.delete(endpoint.host_interface or self.veth_name(endpoint))
 
     @staticmethod
     def veth_name(endpoint: Endpoint) -> str:

@@ -36,7 +36,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from coracle.errors import Conflict, InvalidParameter
 from coracle.netns import netns
-from coracle.network import netlink
+from coracle.network import netlink, rtnl
 from coracle.network.driver import OPT, Endpoint, NetworkRecord, NetworkSpec
 
 __all__ = ["IpvlanDriver", "MacvlanDriver"]
@@ -148,10 +148,10 @@ class ParentDriver:
         """The link, made on the parent straight into the container's namespace, addressed and routed."""
         mode = self._mode(network.options)
         sub, sub6 = network.subnet4, network.subnet6
-        with netlink.netns_socket(netns_path) as cipr:
+        with rtnl.conversation(netns_path) as inside:
             ifname = endpoint.interface
-            if not ifname or netlink.index(cipr, ifname) is not None:
-                ifname = netlink.free_ifname(cipr)
+            if not ifname or inside.index(ifname) is not None:
+                ifname = netlink.free_ifname(inside)
             fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 with self._host() as ipr:
@@ -168,15 +168,15 @@ class ParentDriver:
                     with netns(netns_path):  # IPv6 may be off by default in the container's namespace
                         netlink.sysctl(f"net/ipv6/conf/{ifname}/disable_ipv6", "0")
                 routed = self._routed_by_host(mode)
-                netlink.configure_peer(cipr, ifname, endpoint.ipv4, sub.network.prefixlen,
+                netlink.configure_peer(inside, ifname, endpoint.ipv4, sub.network.prefixlen,
                                        None if routed else endpoint.gateway or None,
                                        (endpoint.ipv6, sub6.network.prefixlen) if sub6 is not None else None,
                                        None if routed else endpoint.ipv6_gateway or None)
                 if routed and endpoint.gateway:
-                    netlink.default_route_via(cipr, ifname)
-                mac = cipr.link("get", ifname=ifname)[0].get_attr("IFLA_ADDRESS")
+                    netlink.default_route_via(inside, ifname)
+                mac = inside.mac_of(ifname)
             except BaseException:
-                netlink.delete_link(cipr, ifname)
+                inside.delete(ifname)
                 raise
         return replace(endpoint, interface=ifname, mac_address=mac or endpoint.mac_address)
 
