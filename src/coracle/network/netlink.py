@@ -1,10 +1,13 @@
 """Netlink plumbing of the drivers: bridges, veth pairs, macvlan and ipvlan links, addresses, routes.
 
-Every function takes a pyroute2 `IPRoute` already bound to the right network
-namespace (the host's or a container's): a netlink socket stays in the
-namespace it was opened in, so the daemon configures a container's interfaces
-from any thread without forking (see `netns_socket`). The address dump alone reads
-the calling thread's namespace, with a raw socket (it is on every `network create`).
+Every function takes a socket already bound to the right network namespace (the
+host's or a container's): a netlink socket stays in the namespace it was opened
+in, so the daemon configures a container's interfaces from any thread without
+forking. The functions of a container's start and exit (the veth pair, the
+container's side) take an `rtnl.Conversation` (`rtnl.conversation(path)`), whose
+requests cost a tenth of pyroute2's; the rarer ones (bridges, parents, lookups
+for restores) a pyroute2 `IPRoute` (`netns_socket(path)`). The address dump alone
+reads the calling thread's namespace, with a raw socket (it is on every `network create`).
 
 A container's end of a veth pair is created directly inside its namespace
 (`net_ns_fd` on the peer) under its final name (eth0, eth1...), so there is no
@@ -34,7 +37,6 @@ from pyroute2.netlink.exceptions import NetlinkError
 from coracle.netns import netns
 from coracle.network.rtnl import LOOPBACK_INDEX, Conversation
 
-BRPORT_HAIRPIN = 1
 IFA_F_NODAD = 0x02
 # rtnetlink constants (linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h) for the raw address dump
 _NLMSG_HEADER, _IFADDRMSG = 16, 8
