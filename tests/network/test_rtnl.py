@@ -16,7 +16,7 @@ MAC = "02:42:0a:09:00:02"
 
 
 def _ip(ns: str, *args: str) -> str:
-    return subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True, text=True).stdout
+    return subprocess.run(["ip", "-n", ns, *args], check=True, capture_output=True, text=True, errors="replace").stdout
 
 
 @pytest.fixture
@@ -63,3 +63,14 @@ def test_the_conversation_stays_in_the_namespace_it_was_opened_in(netns: str, in
     with rtnl.conversation(f"/run/netns/{inside}") as container:
         assert os.stat("/proc/thread-self/ns/net").st_ino == own  # the thread is back home
         assert container.names() == {"lo"}  # while its socket still speaks to the container's namespace
+
+
+def test_interface_names_a_container_chose_in_any_bytes_do_not_stop_a_join(netns: str, inside: str) -> None:
+    # A container with NET_ADMIN names its interfaces as it likes, and not necessarily in UTF-8.
+    subprocess.run(["ip", "-n", inside, "link", "add", "name", b"\xff\xfeA".decode(errors="surrogateescape"),
+                    "type", "veth", "peer", "name", "eth0"], check=True)
+    with rtnl.conversation(f"/run/netns/{inside}") as container:
+        assert netlink.free_ifname(container) == "eth1"
+    with rtnl.conversation(f"/run/netns/{netns}") as host:
+        netlink.add_veth(host, "vtest", "brt", f"/run/netns/{inside}", "eth1", MAC, 1500, isolated=False)
+    assert "eth1@" in _ip(inside, "link")

@@ -134,11 +134,12 @@ class Conversation:
             raise
 
     def names(self) -> set[str]:
-        """The names of every interface of the namespace."""
+        """The names of every interface of the namespace (a container with NET_ADMIN names its own
+        as it likes, in any bytes: they are read, never trusted to be UTF-8)."""
         found = set()
         for body in self._dump(_RTM_GETLINK, _IFINFO.pack(0, 0, 0, 0, 0)):
             name = _attributes(body, _IFINFO.size).get(_IFLA_IFNAME, b"")
-            found.add(name.rstrip(b"\0").decode())
+            found.add(name.rstrip(b"\0").decode(errors="surrogateescape"))
         return found
 
     def mac_of(self, name: str) -> str | None:
