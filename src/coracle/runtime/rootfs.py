@@ -2,9 +2,9 @@
 
 Everything here runs in the container's first process, in a mount namespace
 that nobody else shares: `prepare` while the process is held, `complete` once
-it has been released. The overlay is mounted
-there and only there, so a crash can never leave a rootfs mount behind on the
-host: the mount dies with the namespace.
+it has been released. The overlay is mounted there and only there, so a crash
+can never leave a rootfs mount behind on the host: the mount dies with the
+namespace.
 """
 
 from __future__ import annotations
