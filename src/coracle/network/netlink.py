@@ -6,8 +6,7 @@ in, so the daemon configures a container's interfaces from any thread without
 forking. The functions of a container's start and exit (the veth pair, the
 container's side) take an `rtnl.Conversation` (`rtnl.conversation(path)`), whose
 requests cost a tenth of pyroute2's; the rarer ones (bridges, parents, lookups
-for restores) a pyroute2 `IPRoute` (`netns_socket(path)`). The address dump alone
-reads the calling thread's namespace, with a raw socket (it is on every `network create`).
+for restores) a pyroute2 `IPRoute` (`netns_socket(path)`).
 
 A container's end of a veth pair is created directly inside its namespace
 (`net_ns_fd` on the peer) under its final name (eth0, eth1...), so there is no
@@ -38,12 +37,6 @@ from coracle.netns import netns
 from coracle.network.rtnl import LOOPBACK_INDEX, Conversation
 
 IFA_F_NODAD = 0x02
-# rtnetlink constants (linux/netlink.h, linux/rtnetlink.h, linux/if_addr.h) for the raw address dump
-_NLMSG_HEADER, _IFADDRMSG = 16, 8
-_NLMSG_ERROR, _NLMSG_DONE = 2, 3
-_RTM_NEWADDR, _RTM_GETADDR = 20, 22
-_NLM_F_REQUEST, _NLM_F_DUMP = 0x1, 0x300
-_IFA_ADDRESS, _IFA_LOCAL = 1, 2
 
 
 @contextmanager
@@ -245,52 +238,6 @@ def _routes_v6() -> list[tuple[str, int, str]]:
                 continue
             out.append((str(address), length, iface))
     return out
-
-
-def addresses(family: int = socket.AF_INET) -> list[tuple[str, int]]:
-    """(address, interface index) of every address of a family in the calling thread's network namespace.
-
-    One RTM_GETADDR dump read with struct: pyroute2 decodes each message generically, which
-    made this the largest cost of `network create` on a host with hundreds of bridges (one
-    address each).
-    """
-    request = struct.pack("=IHHII", _NLMSG_HEADER + _IFADDRMSG, _RTM_GETADDR, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0)
-    request += struct.pack("=BBBBI", family, 0, 0, 0, 0)
-    found: list[tuple[str, int]] = []
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE) as sock:
-        sock.bind((0, 0))
-        sock.send(request)
-        while True:
-            data = sock.recv(1 << 17)
-            offset = 0
-            while offset + _NLMSG_HEADER <= len(data):
-                length, kind = struct.unpack_from("=IH", data, offset)
-                if length < _NLMSG_HEADER:  # malformed: never loop on it
-                    raise OSError(errno.EPROTO, "address dump: truncated netlink message")
-                if kind == _NLMSG_DONE:
-                    return found
-                if kind == _NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", data, offset + _NLMSG_HEADER)[0]
-                    raise OSError(code, f"address dump: {os.strerror(code)}")
-                if kind == _RTM_NEWADDR:
-                    index = struct.unpack_from("=I", data, offset + _NLMSG_HEADER + 4)[0]
-                    attrs = _attributes(data, offset + _NLMSG_HEADER + _IFADDRMSG, offset + length)
-                    raw = attrs.get(_IFA_LOCAL) or attrs.get(_IFA_ADDRESS)
-                    if raw:
-                        found.append((str(ipaddress.ip_address(raw)), index))
-                offset += (length + 3) & ~3
-
-
-def _attributes(data: bytes, start: int, end: int) -> dict[int, bytes]:
-    """The rtattr payloads between start and end, by type."""
-    attrs = {}
-    while start + 4 <= end:
-        length, kind = struct.unpack_from("=HH", data, start)
-        if length < 4:
-            break
-        attrs[kind] = data[start + 4:start + length]
-        start += (length + 3) & ~3
-    return attrs
 
 
 def sysctl(path: str, value: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from coracle.clock import timestamp
 from coracle.errors import Conflict, InvalidParameter, NotFound
 from coracle.netns import netns
-from coracle.network import netlink
+from coracle.network import netlink, rtnl
 from coracle.network.driver import OPT, NetworkRecord, NetworkSpec, Subnet, SubnetRequest
 from coracle.network.drivers.bridge import BridgeDriver, flag
 from coracle.network.endpoints import EndpointTable
@@ -291,9 +291,9 @@ class Networks:
         check_assignable(subnet)
         if not exclusive:
             return subnet
-        with netns(self.host_netns):
+        with rtnl.conversation(self.host_netns) as host:
             inside = [(address, idx) for address, idx in
-                      netlink.addresses(socket.AF_INET6 if version == 6 else socket.AF_INET)
+                      host.addresses(socket.AF_INET6 if version == 6 else socket.AF_INET)
                       if ipaddress.ip_address(address) in subnet]
         if not inside:
             return subnet
