@@ -34,9 +34,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from coracle.netns import netns
-from coracle.network.rtnl import LOOPBACK_INDEX, Conversation
-
-IFA_F_NODAD = 0x02
+from coracle.network.rtnl import IFA_F_NODAD, LOOPBACK_INDEX, Conversation
 
 
 @contextmanager
@@ -144,18 +142,13 @@ def free_ifname(conv: Conversation) -> str:
 def add_veth(conv: Conversation, host_name: str, bridge: str, netns_path: str, peer_name: str, mac: str,
              mtu: int, isolated: bool) -> None:
     """A veth pair: host end up in the bridge (hairpin on, isolated when ICC is off), peer in the netns."""
-    bridge_index = conv.index(bridge)
-    if bridge_index is None:
-        raise OSError(errno.ENODEV, f"no bridge {bridge}")
+    bridge_index = conv.existing(bridge)
     fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         conv.create_veth(host_name, bridge_index, peer_name, fd, mac, mtu)
     finally:
         os.close(fd)
-    idx = conv.index(host_name)
-    if idx is None:
-        raise OSError(errno.ENODEV, f"no interface {host_name}")
-    conv.set_bridge_port(idx, hairpin=True, isolated=isolated)
+    conv.set_bridge_port(conv.existing(host_name), hairpin=True, isolated=isolated)
 
 
 def configure_peer(conv: Conversation, ifname: str, address: str, prefixlen: int, gateway: str | None,
@@ -165,9 +158,7 @@ def configure_peer(conv: Conversation, ifname: str, address: str, prefixlen: int
     An IPv6 address needs IPv6 enabled on the interface (disable_ipv6=0), which
     the caller sets through sysctl() from inside the container's namespace."""
     conv.set_up(LOOPBACK_INDEX)
-    idx = conv.index(ifname)
-    if idx is None:
-        raise OSError(errno.ENODEV, f"no interface {ifname}")
+    idx = conv.existing(ifname)
     conv.add_address(idx, address, prefixlen)
     if address6:
         conv.add_address(idx, *address6)

@@ -1,12 +1,13 @@
-"""A synchronous rtnetlink conversation: the few requests a container's start and exit make.
+"""A synchronous rtnetlink conversation: the requests a container's start and exit make.
 
 Why not pyroute2 here: each of its requests runs its own event loop, 0.4-0.7 ms of
 Python per request here and 1.3 ms per socket, and joining a container to a bridge
 took ~14 of them: 17 ms of every bridge start, for what the kernel does in
 microseconds. The same requests, packed with `struct` and sent on a plain netlink
-socket, take ~0.05 ms each. pyroute2 stays for everything else (network create,
-VXLAN forwarding entries, macvlan and ipvlan parents, restore), where requests are
-rare and its breadth is worth more than its cost.
+socket, take ~0.05 ms each (the address dump of `network create` is here for the
+same reason). pyroute2 stays for everything else (bridges, VXLAN forwarding entries,
+macvlan and ipvlan parents, restore), where requests are rare and its breadth is
+worth more than its cost.
 
 A socket belongs to the network namespace it was made in, so a `Conversation`
 opened inside a container's namespace configures it from any thread (see `conversation`).
@@ -40,8 +41,9 @@ _IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_MASTER = 1, 3, 4, 10
 _IFLA_PROTINFO, _IFLA_LINKINFO, _IFLA_NET_NS_FD = 12, 18, 28
 _IFLA_INFO_KIND, _IFLA_INFO_DATA, _VETH_INFO_PEER = 1, 2, 1
 _IFLA_BRPORT_MODE, _IFLA_BRPORT_ISOLATED = 4, 33
-_IFA_ADDRESS, _IFA_LOCAL, _IFA_FLAGS, _IFA_F_NODAD = 1, 2, 8, 0x02
-_RTA_DST, _RTA_OIF, _RTA_GATEWAY = 1, 4, 5
+_IFA_ADDRESS, _IFA_LOCAL, _IFA_FLAGS = 1, 2, 8
+IFA_F_NODAD = 0x02  # an address without duplicate detection (pyroute2's callers use it too)
+_RTA_OIF, _RTA_GATEWAY = 4, 5
 _RT_TABLE_MAIN, _RTPROT_BOOT, _RT_SCOPE_UNIVERSE, _RT_SCOPE_LINK, _RTN_UNICAST = 254, 3, 0, 253, 1
 _IFF_UP = 0x1
 _AF_BRIDGE = 7
@@ -126,10 +128,19 @@ class Conversation:
             return body  # the generator is left before the kernel's next message: there is none
         raise OSError(errno.ENODEV, os.strerror(errno.ENODEV))
 
+    def existing(self, name: str) -> int:
+        """The index of an interface that must exist (OSError ENODEV, naming it, otherwise)."""
+        try:
+            return int(_IFINFO.unpack_from(self._link(name))[2])
+        except OSError as exc:
+            if exc.errno == errno.ENODEV:
+                raise OSError(errno.ENODEV, f"no interface {name}") from None
+            raise
+
     def index(self, name: str) -> int | None:
         """The index of the interface `name`, None if there is none."""
         try:
-            return int(_IFINFO.unpack_from(self._link(name))[2])
+            return self.existing(name)
         except OSError as exc:
             if exc.errno == errno.ENODEV:
                 return None
@@ -204,13 +215,13 @@ class Conversation:
         family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
         attrs = _attr(_IFA_LOCAL, ip.packed) + _attr(_IFA_ADDRESS, ip.packed)
         if ip.version == 6:
-            attrs += _attr(_IFA_FLAGS, struct.pack("=I", _IFA_F_NODAD))
+            attrs += _attr(_IFA_FLAGS, struct.pack("=I", IFA_F_NODAD))
         self._do(_RTM_NEWADDR, _IFADDR.pack(family, prefixlen, 0, 0, index) + attrs, _F_CREATE | _F_EXCL)
 
     def has_default_route(self, family: int = socket.AF_INET) -> bool:
         """Whether the main table has a default route of this family."""
-        return any(_RTMSG.unpack_from(body)[1] == 0 and _RTMSG.unpack_from(body)[4] == _RT_TABLE_MAIN
-                   for body in self._dump(_RTM_GETROUTE, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)))
+        routes = (_RTMSG.unpack_from(body) for body in self._dump(_RTM_GETROUTE, _RTMSG.pack(family, *[0] * 8)))
+        return any(dst_len == 0 and table == _RT_TABLE_MAIN for _, dst_len, _, _, table, *_ in routes)
 
     def add_default_route(self, oif: int, gateway: str | None, family: int = socket.AF_INET) -> None:
         """The default route out of `oif`: through `gateway`, or (None) to the link itself."""
