@@ -64,7 +64,7 @@ def test_network_appears_on_every_host_with_the_same_id_subnet_and_vni(clean_clu
     assert len(vnis) == 1 and len(next(iter(vnis))) == 1  # one VXLAN device per host, same VNI everywhere
     details = c.hosts[0].ip_json("-d", "link", "show", "type", "vxlan")[0]
     assert details["linkinfo"]["info_data"].get("learning") is False
-    assert details["mtu"] == 1500  # the underlay's; containers get 1450 (see the traffic test)
+    assert details["mtu"] == 1450  # the inner frames': the underlay's 1500 minus the VXLAN overhead
 
 
 def test_concurrent_creates_never_share_a_subnet_or_vni(clean_cluster: Cluster) -> None:
@@ -225,6 +225,31 @@ def test_sdk_connect_disconnect_and_a_static_address_taken_elsewhere(clean_clust
         sdk.close()
 
 
+def test_a_container_cannot_stay_on_an_overlay_it_was_disconnected_from(clean_cluster: Cluster) -> None:
+    """A container's link is a macvlan of the VXLAN device, inside its own namespace: with NET_ADMIN it
+    may rename it (the attack: keep the network, and an address the next container gets). `network
+    disconnect` tells the link by its lower device and still takes it away."""
+    c = clean_cluster
+    net = c.overlay()
+    h0, h1 = c.hosts[0], c.hosts[1]
+    web, sly = unique("web"), unique("sly")
+    h1.docker("run", "-d", "--name", web, "--network", net, "busybox", "sh", "-c",
+              "echo still-here > /index.html; httpd -f -p 80 -h /")
+    web_ip = h1.address_of(web, net)
+    h0.docker("run", "-d", "--name", sly, "--cap-add", "NET_ADMIN", "--network", net, "busybox", "sleep", "600")
+
+    def fetch() -> str:
+        return h0.docker("exec", sly, "sh", "-c", f"timeout 3 wget -q -O - http://{web_ip}/ 2>&1 || true").stdout
+
+    wait_for(lambda: "still-here" in fetch(), "the server reachable across hosts")
+    h0.docker("exec", sly, "sh", "-c",
+              "ip link set eth0 down && ip link set eth0 name hidden0 && ip link set hidden0 up")
+    wait_for(lambda: "still-here" in fetch(), "the renamed link still on the overlay")
+    h0.docker("network", "disconnect", net, sly)
+    assert "still-here" not in fetch()
+    assert "hidden0" not in h0.docker("exec", sly, "ip", "link").stdout
+
+
 def test_system_check_finds_and_remakes_a_hosts_lost_tunnel(clean_cluster: Cluster) -> None:
     c = clean_cluster
     net = c.overlay()
@@ -242,9 +267,10 @@ def test_system_check_finds_and_remakes_a_hosts_lost_tunnel(clean_cluster: Clust
     wait_for(lambda: "through-the-tunnel" in fetch(), "the server reachable across hosts")
     nid = h0.docker("network", "inspect", "-f", "{{.Id}}", net).stdout.strip()
     subprocess.run(["ip", "-n", h0.daemon.netns, "link", "del", device_names(nid)[1]], check=True)  # an admin's slip
-    assert "through-the-tunnel" not in fetch()  # the VXLAN device and every remote entry of h0 are gone
+    assert "through-the-tunnel" not in fetch()  # the VXLAN device, its links and every remote entry of h0 are gone
     report = h0.cli("system", "check", "--dry-run").stdout
     assert f"VXLAN device of {net}" in report and f"entries of {server} ({server_ip}) on {h1.ip}" in report, report
+    assert f"on {net} ({h0.address_of(client, net)})" in report, report  # the client's link went with the device
     h0.cli("system", "check")
     wait_for(lambda: "through-the-tunnel" in fetch(), "the server reachable again once the check re-made the tunnel")
     assert "No inconsistencies found" in h0.cli("system", "check", "--dry-run").stdout

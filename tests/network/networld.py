@@ -266,10 +266,11 @@ class World:
         settings.setdefault("Networks", {})[joined.network_name] = dict(joined.settings)
         return settings
 
-    def disconnect(self, rec: dict[str, Any] | str, ref: str) -> dict[str, Any] | None:
+    def disconnect(self, rec: dict[str, Any] | str, ref: str, pid: int = 0) -> dict[str, Any] | None:
+        """As the engine asks: with the PID of a running container, whose namespace loses the link."""
         if isinstance(rec, str):
             return self.net.disconnect(rec, ref)
-        left = self.net.disconnect(network_request(_record(rec)), ref)
+        left = self.net.disconnect(network_request(_record(rec), pid), ref)
         settings = copy.deepcopy(rec.get("NetworkSettings") or {})
         for key in left.refs:
             settings.get("Networks", {}).pop(key, None)

@@ -68,6 +68,25 @@ def test_macvlan_default_route_goes_to_the_segments_gateway(world: World) -> Non
     world.stop(c)
 
 
+def test_disconnect_takes_the_link_away_even_renamed_with_another_mac(world: World) -> None:
+    """A container with NET_ADMIN may rename its link and change its MAC (the attack: stay on a network
+    it was disconnected from, with an address that goes to the next container). The link is told by
+    its lower device, so `network disconnect` still takes it, and only it."""
+    world.net.create("lan", driver="macvlan", options={"parent": "up0"}, ipam={"Config": [LAN]})
+    c = world.container("lan")
+    inside = ("nsenter", f"--net={c.ns}", "ip", "link")
+    sh(*inside, "add", "own0", "type", "veth", "peer", "name", "own1")  # its own links: not ours to remove
+    sh(*inside, "set", "eth0", "down")
+    sh(*inside, "set", "eth0", "name", "hidden0", "address", "02:00:00:00:00:99")
+    sh(*inside, "set", "hidden0", "up")
+    with serving((world.outside, "tcp", 7000)):
+        assert ask(c.ns, "tcp", UPLINK_OUTSIDE, 7000) == c.ip("lan")  # still on the segment, under its new name
+        world.disconnect(c.rec, "lan", c.pid)
+        assert ask(c.ns, "tcp", UPLINK_OUTSIDE, 7000) is None
+    assert sorted(x["ifname"] for x in links(c.ns)) == ["lo", "own0", "own1"]
+    world.stop(c)
+
+
 @pytest.mark.parametrize("kwargs, error, message", [
     ({"options": {}}, InvalidParameter, "needs a parent interface"),
     ({"options": {"parent": "nosuch0"}}, InvalidParameter, "parent interface was not found"),

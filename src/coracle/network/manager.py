@@ -159,7 +159,8 @@ class NetworkManager:
         self.names.load(ep.body() for ep in self.endpoints.of())
         self.ports = PortTable(store, self.firewall, self.host_netns, self._lock, exec_root)
         self.bridge = BridgeDriver(self.host_netns, self.firewall)
-        self.drivers = DriverRegistry([self.bridge, MacvlanDriver(self.host_netns, lambda: self.networks.all()),
+        macvlan = MacvlanDriver(self.host_netns, lambda: self.networks.all())
+        self.drivers = DriverRegistry([self.bridge, macvlan,
                                        IpvlanDriver(self.host_netns, lambda: self.networks.all())])
         self.networks = Networks(store, self.ipam, self.endpoints, self.drivers, self.bridge, self.host_netns,
                                  self._lock, bridge_name=bridge_name, bip=bip,
@@ -170,7 +171,7 @@ class NetworkManager:
         if cluster is not None:
             from coracle.network.drivers.overlay import OverlayDriver
 
-            overlay_driver = OverlayDriver(self.bridge, cluster.address)
+            overlay_driver = OverlayDriver(self.bridge, macvlan, cluster.address)
             self.drivers.register(overlay_driver)
             self.overlay = OverlayNetworks(cluster, overlay_driver, self.networks, self.endpoints, self.names,
                                            self._lock)
@@ -619,10 +620,8 @@ class NetworkManager:
                     report["nft_elements"].append(_shown(m))
             keep = {ep.host_interface for ep in every if ep.container_id in live and ep.host_interface}
             for rec in self.networks.with_driver():
-                if rec.driver == self.bridge.name:
+                if rec.driver == self.bridge.name:  # only bridge endpoints leave devices on the host
                     report["veths"].extend(self.bridge.leftovers(rec, keep))
-                elif self.overlay is not None and rec.driver == "overlay":
-                    report["veths"].extend(self.overlay.driver.leftovers(rec, keep))
             if dry_run:
                 return {kind: found for kind, found in report.items() if found}
             stale = {r["container"] for r in report["endpoints"]} | {r["container"] for r in report["leases"]}

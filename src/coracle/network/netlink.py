@@ -65,16 +65,6 @@ def index(ipr: IPRoute, name: str) -> int | None:
         raise
 
 
-def ensure_bridge(ipr: IPRoute, name: str, gateway: str, prefixlen: int, mtu: int) -> None:
-    """Create (or adopt) the bridge and give it the gateway address; `link_up` brings it up.
-
-    Two steps so that per-device sysctls (IPv6 ones) can be set between them: the
-    kernel makes the link-local address when the link comes up."""
-    if index(ipr, name) is None:
-        ipr.link("add", ifname=name, kind="bridge", mtu=mtu)
-    ensure_address(ipr, name, gateway, prefixlen)
-
-
 def link_up(ipr: IPRoute, name: str) -> None:
     ipr.link("set", index=index(ipr, name), state="up")
 

@@ -92,7 +92,7 @@ class OverlayNetworks:
             self.unmaterialize(rec)
 
     def materialize(self, crec: dict[str, Any]) -> NetworkRecord:
-        """The local copy of a cluster network: record, bridge, firewall rules, VXLAN device (and IPsec).
+        """The local copy of a cluster network: record, VXLAN device, gateway link, firewall rules (and IPsec).
 
         An encrypted network is never carried in clear: on a host whose kernel cannot encrypt, its copy is
         not made (its containers cannot join it there)."""

@@ -37,7 +37,7 @@ _RTM_NEWLINK, _RTM_DELLINK, _RTM_GETLINK, _RTM_SETLINK = 16, 17, 18, 19
 _RTM_NEWADDR, _RTM_GETADDR, _RTM_NEWROUTE, _RTM_GETROUTE = 20, 22, 24, 26
 _F_REQUEST, _F_ACK, _F_EXCL, _F_CREATE, _F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x300
 _NLA_F_NESTED = 0x8000
-_IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_MASTER = 1, 3, 4, 10
+_IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_LINK, _IFLA_MASTER = 1, 3, 4, 5, 10
 _IFLA_PROTINFO, _IFLA_LINKINFO, _IFLA_NET_NS_FD = 12, 18, 28
 _IFLA_INFO_KIND, _IFLA_INFO_DATA, _VETH_INFO_PEER = 1, 2, 1
 _IFLA_BRPORT_MODE, _IFLA_BRPORT_ISOLATED = 4, 33
@@ -184,15 +184,34 @@ class Conversation:
     def set_up(self, index: int) -> None:
         self._do(_RTM_SETLINK, _IFINFO.pack(0, 0, index, _IFF_UP, _IFF_UP))
 
-    def delete(self, name: str) -> bool:
-        """Delete the interface `name`; False if there was none."""
+    def delete(self, name: str | int) -> bool:
+        """Delete the interface `name` (or of that index); False if there was none."""
+        if isinstance(name, str):
+            request = _IFINFO.pack(0, 0, 0, 0, 0) + _attr(_IFLA_IFNAME, _name(name))
+        else:
+            request = _IFINFO.pack(0, 0, name, 0, 0)
         try:
-            self._do(_RTM_DELLINK, _IFINFO.pack(0, 0, 0, 0, 0) + _attr(_IFLA_IFNAME, _name(name)))
+            self._do(_RTM_DELLINK, request)
         except OSError as exc:
             if exc.errno == errno.ENODEV:
                 return False
             raise
         return True
+
+    def links_on(self, kind: str, lower: int) -> list[int]:
+        """The indexes of the links of `kind` (macvlan, ipvlan) whose lower device has the index `lower`
+        in the namespace they were made from. That is what tells an endpoint's link inside a container:
+        a container with NET_ADMIN may rename it or change its MAC, but cannot move it to another lower
+        device, nor make a link on a device of the host's."""
+        found = []
+        for body in self._dump(_RTM_GETLINK, _IFINFO.pack(0, 0, 0, 0, 0)):
+            attrs = _attributes(body, _IFINFO.size)
+            info = _attributes(attrs.get(_IFLA_LINKINFO, b""), 0)
+            link = attrs.get(_IFLA_LINK, b"")
+            if (info.get(_IFLA_INFO_KIND, b"").rstrip(b"\0") == kind.encode() and len(link) >= 4
+                    and struct.unpack_from("=i", link)[0] == lower):
+                found.append(int(_IFINFO.unpack_from(body)[2]))
+        return found
 
     # ----- addresses and routes -------------------------------------------------------
 

@@ -1,15 +1,17 @@
 """The overlay's data plane on one host: a kernel VXLAN device per network, programmed statically.
 
-The device is a port of the network's local bridge (where this host's
-containers' veths are). It has `nolearning` and no default (all-zero) FDB
-entry, so nothing is ever flooded to other hosts and no multicast group is
-used: each remote container is one FDB entry (its MAC -> the underlay address
-of its host), one static bridge entry (so the bridge hands its frames to the
-VXLAN port directly) and a permanent neighbour entry per address (IPv4 and,
-on dual-stack networks, IPv6 -> MAC), which the device's `proxy` flag uses to
-answer the local containers' ARP requests and IPv6 neighbour solicitations
-itself. All of it is kernel state: traffic keeps flowing whatever happens to
-the daemon or to etcd.
+The device is the lower device of the network's macvlan links (bridge mode):
+the host's gateway link and one link per local container, made straight into
+the container's namespace. Frames between local containers go from macvlan to
+macvlan; frames to another host go from the container's link into the VXLAN
+device, with no veth, bridge or host IP hop on the way. The device has
+`nolearning` and no default (all-zero) FDB entry, so nothing is ever flooded to
+other hosts and no multicast group is used: each remote container is one FDB
+entry (its MAC -> the underlay address of its host) and a permanent neighbour
+entry per address (IPv4 and, on dual-stack networks, IPv6 -> MAC), which the
+device's `proxy` flag uses to answer the local containers' ARP requests and
+IPv6 neighbour solicitations itself. All of it is kernel state: traffic keeps
+flowing whatever happens to the daemon or to etcd.
 """
 
 from __future__ import annotations
@@ -29,16 +31,20 @@ PORT = 4789  # IANA's VXLAN port
 OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8: the overlay MTU is the underlay's minus this
 
 
-def ensure_device(ipr: IPRoute, name: str, vni: int, local: str, bridge: str, mtu: int) -> None:
-    """The VXLAN device of a network (created or adopted), enslaved to its bridge and up."""
+def ensure_device(ipr: IPRoute, name: str, vni: int, local: str, mtu: int) -> None:
+    """The VXLAN device of a network (created or adopted) and up; `mtu` is the inner frames' (the
+    endpoints'), which the macvlan links on it may not exceed."""
     if index(ipr, name) is None:
         ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=local, vxlan_port=PORT,
                  vxlan_learning=0, vxlan_proxy=1, mtu=mtu)
-    idx = index(ipr, name)
-    ipr.link("set", index=idx, master=index(ipr, bridge), state="up")
-    # the bridge neither learns remote MACs from it nor floods unknown unicast into it: remote MACs are
-    # static entries; broadcasts (ARP) still reach it, and its proxy answers them from the neighbour table
-    ipr.brport("set", index=idx, learning=0, unicast_flood=0)
+    ipr.link("set", index=index(ipr, name), state="up")
+
+
+def make_gateway(ipr: IPRoute, name: str, device: str, mtu: int) -> None:
+    """The host's own link on the network: a macvlan (bridge mode) of the VXLAN device, for the
+    gateway address. The host cannot use the lower device itself: the kernel hands a macvlan's
+    frames to its sibling links or to the lower device's transmit path, never to its own stack."""
+    ipr.link("add", ifname=name, kind="macvlan", link=index(ipr, device), macvlan_mode="bridge", mtu=mtu)
 
 
 def underlay_mtu(ipr: IPRoute, local: str) -> int:
@@ -59,15 +65,13 @@ def _family(ip: str) -> int:
 
 
 def add_remote(ipr: IPRoute, device: str, mac: str, ips: Sequence[str], host: str) -> None:
-    """Teach this host where a remote container is: FDB (self and bridge) and neighbour entries."""
+    """Teach this host where a remote container is: an FDB entry and neighbour entries."""
     idx = index(ipr, device)
     if idx is None:
         return
-    # states spelled out (pyroute2 fills them in for add, not replace); on the bridge, "permanent" would
-    # mean "addressed to the bridge itself": a forwarding entry is "static" (noarp alone)
+    # states spelled out: pyroute2 fills them in for add, not replace
     ipr.fdb("replace", ifindex=idx, lladdr=mac, dst=host, flags=ndmsg.flags["self"],
             state=ndmsg.states["permanent"] | ndmsg.states["noarp"])
-    ipr.fdb("replace", ifindex=idx, lladdr=mac, flags=ndmsg.flags["master"], state=ndmsg.states["noarp"])
     for ip in ips:
         ipr.neigh("replace", dst=ip, lladdr=mac, ifindex=idx, family=_family(ip), state=ndmsg.states["permanent"])
 
@@ -79,8 +83,7 @@ def remove_remote(ipr: IPRoute, device: str, mac: str, ips: Sequence[str]) -> No
         return
     steps: list[tuple[str, dict[str, Any]]] = [
         *(("neigh", {"dst": ip, "lladdr": mac, "ifindex": idx, "family": _family(ip)}) for ip in ips),
-        ("fdb", {"ifindex": idx, "lladdr": mac, "flags": ndmsg.flags["master"]}),
-        ("fdb", {"ifindex": idx, "lladdr": mac}),
+        ("fdb", {"ifindex": idx, "lladdr": mac, "flags": ndmsg.flags["self"]}),
     ]
     for table, spec in steps:
         try:

@@ -10,7 +10,7 @@ networks, masquerading and published ports are the firewall's (firewall/).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 
@@ -26,6 +26,13 @@ from coracle.network.firewall import BridgeRules, FirewallDriver
 __all__ = ["BridgeDriver"]
 
 DEVICE_RE = re.compile(r"^[a-zA-Z0-9_.-]{1,15}$")
+
+MakeDevice = Callable[[IPRoute, "NetworkRecord"], None]
+
+
+def make_bridge(ipr: IPRoute, network: NetworkRecord) -> None:
+    """A bridge network's gateway device: the Linux bridge its endpoints' veths are ports of."""
+    ipr.link("add", ifname=network.interface, kind="bridge", mtu=network.mtu)
 
 
 def flag(options: Mapping[str, str], key: str, default: bool) -> bool:
@@ -80,9 +87,11 @@ class BridgeDriver:
         return BridgeRules(network.interface, str(network.subnet4.network), network.internal, network.icc,
                            network.masquerade, str(sub6.network) if sub6 else None)
 
-    def create(self, network: NetworkRecord) -> NetworkRecord:
+    def create(self, network: NetworkRecord, make_device: MakeDevice = make_bridge) -> NetworkRecord:
+        """The gateway device (made by `make_device` unless it exists: another driver may make another
+        kind, see drivers/overlay.py), addressed and up, and the network's firewall rules."""
         try:
-            self._plumb(network)
+            self.plumb(network, make_device)
             self.firewall.add_network(self.rules(network))
         except BaseException:
             self.delete(network)
@@ -94,11 +103,16 @@ class BridgeDriver:
         with self._host() as ipr:
             netlink.delete_link(ipr, network.interface)
 
-    def _plumb(self, network: NetworkRecord) -> None:
-        """The bridge device: created or adopted, addressed, up, route_localnet as the firewall needs."""
+    def plumb(self, network: NetworkRecord, make_device: MakeDevice = make_bridge) -> None:
+        """The gateway device: created or adopted, addressed, up, route_localnet as the firewall needs.
+
+        The IPv4 address comes before the link is up and the IPv6 sysctls between the two steps:
+        the kernel makes the link-local address when the link comes up."""
         sub, sub6, name = network.subnet4, network.subnet6, network.interface
         with self._host() as ipr:
-            netlink.ensure_bridge(ipr, name, str(sub.gateway), sub.network.prefixlen, network.mtu)
+            if netlink.index(ipr, name) is None:
+                make_device(ipr, network)
+            netlink.ensure_address(ipr, name, str(sub.gateway), sub.network.prefixlen)
         # DNAT of 127.0.0.1:port to a container needs loopback-sourced packets routed into the bridge;
         # without that DNAT the setting would only open the host's loopback to the bridge
         self._host_sysctl(f"net/ipv4/conf/{name}/route_localnet", "1" if self.firewall.localhost_dnat else "0")
@@ -150,7 +164,7 @@ class BridgeDriver:
                 dry_run: bool = False) -> list[str]:
         """The bridge made again (when not a dry run), then the veths of `endpoints` that are missing."""
         if not dry_run:
-            self._plumb(network)
+            self.plumb(network)
         with self._host() as ipr:
             missing = [(ep, ns) for ep, ns in endpoints
                        if ep.host_interface and netlink.index(ipr, ep.host_interface) is None]

@@ -190,20 +190,21 @@ class ParentDriver:
         return False
 
     def leave(self, network: NetworkRecord, endpoint: Endpoint) -> None:
-        """The link inside a running container's namespace (with a stopped one it is gone already);
-        only the link of this endpoint, recognised by name, kind and MAC."""
-        if not endpoint.sandbox or not endpoint.interface:
+        """The endpoint's link inside a running container's namespace (with a stopped one it is gone
+        already), told by its lower device, not by its name or MAC: a container with NET_ADMIN may
+        change those, and must still lose the network when it is disconnected."""
+        if not endpoint.sandbox:
             return
+        with self._host() as ipr:
+            parent = netlink.index(ipr, network.interface)
+        if parent is None:
+            return  # the links went with their parent
         try:
-            with netlink.netns_socket(endpoint.sandbox) as cipr:
-                links = cipr.link("get", ifname=endpoint.interface)
-                info = links[0].get_attr("IFLA_LINKINFO") if links else None
-                kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
-                mac = (links[0].get_attr("IFLA_ADDRESS") or "").lower() if links else ""
-                if kind == self.kind and mac == endpoint.mac_address.lower():
-                    netlink.delete_link(cipr, endpoint.interface)
-        except (OSError, NetlinkError):
-            pass  # the namespace or the link is gone: nothing left to remove
+            with rtnl.conversation(endpoint.sandbox) as inside:
+                for index in inside.links_on(self.kind, parent):
+                    inside.delete(index)
+        except OSError:
+            pass  # the namespace is gone: nothing left to remove
 
     def restore(self, network: NetworkRecord, endpoints: Sequence[tuple[Endpoint, str]],
                 dry_run: bool = False) -> list[str]:

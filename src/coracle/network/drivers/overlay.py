@@ -1,25 +1,34 @@
 """The overlay driver: the kernel objects of a multi-host network on one host.
 
-Per network and host: a Linux bridge holding the network's gateway address
-(the same on every host: each host is its containers' local way out, NATed
-and firewalled like any bridge network, and `-p` publishes on the host
-running the container) and a VXLAN device on that bridge (network/vxlan.py).
-The bridge, its firewall rules and the endpoints' veths are the bridge
-driver's own (composed, not copied); this driver adds the VXLAN device and
-programs remote containers (`learn`/`forget`, from the cluster watch). What
-is shared between hosts (ids, VNIs, subnets, addresses, endpoint locations)
-is in network/overlay_cluster.py; this module only touches the kernel.
+Per network and host: a VXLAN device (network/vxlan.py), a macvlan link of it
+in bridge mode holding the network's gateway address (the same on every host:
+each host is its containers' local way out, NATed and firewalled like any
+bridge network, and `-p` publishes on the host running the container), and one
+macvlan link of it per local endpoint, made inside the container. A frame to a
+container on another host goes from the container's link straight into the
+VXLAN device: no veth, bridge or host IP pass on the way, which is what the
+overlay's throughput is made of (docs/performance.md). The gateway device and
+its firewall rules are the bridge driver's (`BridgeDriver.create` with another
+device), the endpoint links the macvlan driver's (its join on the VXLAN
+device): composed, not copied. This driver adds the VXLAN device and programs
+remote containers (`learn`/`forget`, from the cluster watch). What is shared
+between hosts (ids, VNIs, subnets, addresses, endpoint locations) is in
+network/overlay_cluster.py; this module only touches the kernel.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
+
+from pyroute2 import IPRoute
 
 from coracle.errors import InvalidParameter
 from coracle.network import netlink, vxlan
 from coracle.network.overlay_encryption import unsupported_reason
 from coracle.network.driver import OPT, Endpoint, NetworkRecord, NetworkSpec
 from coracle.network.drivers.bridge import BridgeDriver
+from coracle.network.drivers.macvlan import MacvlanDriver
 
 __all__ = ["OverlayDriver", "device_names"]
 
@@ -27,20 +36,21 @@ OPTIONS = (OPT + "driver.mtu", "encrypted")
 
 
 def device_names(network_id: str) -> tuple[str, str]:
-    """(bridge, vxlan) device names of a network: the same on every host."""
+    """(gateway, vxlan) device names of a network: the same on every host."""
     return f"ov-{network_id[:12]}", f"vx-{network_id[:12]}"
 
 
 class OverlayDriver:
-    """Bridge (through the bridge driver) + VXLAN device per network; static FDB/neighbour entries per
-    remote endpoint."""
+    """VXLAN device + macvlan links per network (gateway through the bridge driver, endpoints through
+    the macvlan driver); static FDB/neighbour entries per remote endpoint."""
 
     name = "overlay"
     scope = "global"
-    exclusive_subnet = True  # routed through our bridge on every host
+    exclusive_subnet = True  # routed through our gateway link on every host
 
-    def __init__(self, bridge: BridgeDriver, advertise: str) -> None:
+    def __init__(self, bridge: BridgeDriver, links: MacvlanDriver, advertise: str) -> None:
         self.bridge = bridge
+        self.links = links
         self.host_netns = bridge.host_netns
         self.advertise = advertise
 
@@ -60,45 +70,55 @@ class OverlayDriver:
         return wanted or ceiling
 
     def create(self, network: NetworkRecord) -> NetworkRecord:
-        self.bridge.create(network)
         try:
-            self._vxlan(network)
+            self._plumb(network)
         except BaseException:
             self.delete(network)
             raise
         return network
 
+    def _plumb(self, network: NetworkRecord) -> None:
+        """The VXLAN device, then the gateway link on it with the network's firewall rules."""
+        self._vxlan(network)
+        self.bridge.create(network, make_device=self._gateway)
+
     def _vxlan(self, network: NetworkRecord) -> None:
         with netlink.netns_socket(self.host_netns) as ipr:
             vxlan.ensure_device(ipr, device_names(network.id)[1], int(network.driver_state["VNI"]), self.advertise,
-                                network.interface, network.mtu + vxlan.OVERHEAD)
+                                network.mtu)
+
+    @staticmethod
+    def _gateway(ipr: IPRoute, network: NetworkRecord) -> None:
+        vxlan.make_gateway(ipr, network.interface, device_names(network.id)[1], network.mtu)
 
     def delete(self, network: NetworkRecord) -> None:
+        self.bridge.delete(network)
         with netlink.netns_socket(self.host_netns) as ipr:
             netlink.delete_link(ipr, device_names(network.id)[1])
-        self.bridge.delete(network)
+
+    def _on_device(self, network: NetworkRecord) -> NetworkRecord:
+        """The network as the macvlan driver sees it: bridge-mode links on the VXLAN device."""
+        return replace(network, interface=device_names(network.id)[1], options={"macvlan_mode": "bridge"},
+                       driver_state={})
 
     def join(self, network: NetworkRecord, endpoint: Endpoint, netns: str) -> Endpoint:
-        return self.bridge.join(network, endpoint, netns)
+        return self.links.join(self._on_device(network), endpoint, netns)
 
     def leave(self, network: NetworkRecord, endpoint: Endpoint) -> None:
-        self.bridge.leave(network, endpoint)
+        self.links.leave(self._on_device(network), endpoint)
 
     def restore(self, network: NetworkRecord, endpoints: Sequence[tuple[Endpoint, str]],
                 dry_run: bool = False) -> list[str]:
-        """The bridge driver's restore, and the VXLAN device (re-made unless dry_run)."""
+        """The VXLAN device and gateway link (made again unless dry_run), then the endpoints' links that
+        are missing from their namespaces (all of them, when the VXLAN device was gone: its links go with it)."""
         with netlink.netns_socket(self.host_netns) as ipr:
-            missing = netlink.index(ipr, device_names(network.id)[1]) is None
-        found = [f"VXLAN device of {network.name}"] if missing else []
-        found += self.bridge.restore(network, endpoints, dry_run)
+            found = [f"{what} of {network.name}" for what, name in
+                     (("VXLAN device", device_names(network.id)[1]), ("gateway link", network.interface))
+                     if netlink.index(ipr, name) is None]
         if not dry_run:
             self._vxlan(network)
-        return found
-
-    def leftovers(self, network: NetworkRecord, keep: set[str]) -> Iterator[str]:
-        """Ports of the network's bridge that no endpoint owns (its VXLAN device is the network's)."""
-        vx = device_names(network.id)[1]
-        return (name for name in self.bridge.leftovers(network, keep) if name != vx)
+            self.bridge.plumb(network, make_device=self._gateway)
+        return found + self.links.restore(self._on_device(network), endpoints, dry_run)
 
     # ----- remote endpoints (from the cluster watch) ------------------------------------
 
