@@ -132,10 +132,16 @@ def test_a_container_is_born_in_the_cgroup_given_to_the_spare_child(client, daem
         elsewhere.remove(force=True)
     finally:
         kill_cgroup_tree(other)
+    def settled() -> bool:
+        """The empty spare cgroups swept, and the one left holding the spare child (which moves in
+        just after its cgroup is made)."""
+        spares = spare_cgroups(daemon)
+        return len(spares) <= 1 and all(spares.values())
+
     deadline = time.monotonic() + 10
-    while len(spare_cgroups(daemon)) > 1 and time.monotonic() < deadline:  # the empty ones are swept
+    while not settled() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert len(spare_cgroups(daemon)) <= 1 and all(spare_cgroups(daemon).values())
+    assert settled(), spare_cgroups(daemon)
 
 
 def test_pids_limit_contains_a_fork_bomb(client) -> None:  # type: ignore[no-untyped-def]
