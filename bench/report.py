@@ -197,8 +197,8 @@ class Report:
         if overlay.get("overlay"):
             v = overlay["overlay"]["gbit_per_s"] / overlay["underlay"]["gbit_per_s"]
             row("overlay vs underlay throughput (iperf3)", ">= 0.9x", v, v >= 0.9,
-                "Docker 20.10's overlay: 0.72-0.79x. The kernel's VXLAN work alone costs 16% of this underlay "
-                "(a veth and a bridge), a ceiling near 0.86x (profile in performance.md)")
+                "Docker 20.10's overlay: 0.72-0.79x. The kernel's own VXLAN work costs 11-16% of this underlay "
+                "(a veth and a bridge): a ceiling of 0.86-0.89x (profile in performance.md)")
             conv = overlay["convergence_ms"]["median"]
             rows.append(["overlay convergence, `run -d` on B until reached by name from A", "<= 500 ms",
                          f"{conv:.0f} ms", "met" if conv <= 500 else "**missed**",
