@@ -11,8 +11,10 @@ import time
 
 import pytest
 
-from cluster import Cluster, Host, cluster, wait_for
+from cluster import Cluster, Host, cluster, sh, wait_for
 from harness import unique
+
+from coracle.network.drivers.overlay import device_names
 
 # namespaces as hosts, etcd and daemons: the root tier
 pytestmark = pytest.mark.root
@@ -82,6 +84,60 @@ def test_daemon_restart_keeps_containers_and_their_entries() -> None:
         assert h1.pid_of(server) == pid  # live restore: the same process
         wait_for(lambda: "still-here" in fetch(h0, client, server), "the server reachable by name after restart")
         check = h1.cli("system", "check", "--dry-run").stdout
+        assert "No inconsistencies found" in check, check
+        remove_all(c)
+
+
+def earlier_layout(host: Host, net: str, container: str) -> None:
+    """Turn a host's copy of an overlay, with one running container, into what an earlier coracle made:
+    a bridge holding the gateway address with the VXLAN device as a port, and a veth pair for the
+    container (its end named eth0, with its MAC, address and default route)."""
+    gateway, vx = device_names(host.docker("network", "inspect", "-f", "{{.Id}}", net).stdout.strip())
+    subnet, via = host.docker("network", "inspect", "-f", "{{range .IPAM.Config}}{{.Subnet}} {{.Gateway}}{{end}}",
+                              net).stdout.split()
+    ip, mac = host.address_of(container, net), host.address_of(container, net, "MacAddress")
+    prefix, ns = subnet.split("/")[1], f"/proc/{host.pid_of(container)}/ns/net"
+    here, inside = ("ip", "-n", host.daemon.netns), ("nsenter", f"--net={ns}", "ip")
+    remote = [line.split()[0] for line in host.remote_fdb()]
+    sh(*here, "link", "del", gateway)
+    sh(*inside, "link", "del", "eth0")
+    sh(*here, "link", "add", gateway, "mtu", "1450", "type", "bridge")
+    sh(*here, "addr", "add", f"{via}/{prefix}", "dev", gateway)
+    sh(*here, "link", "set", vx, "master", gateway)
+    sh(*here, "link", "set", "dev", vx, "type", "bridge_slave", "learning", "off", "flood", "off")
+    for remote_mac in remote:
+        sh("bridge", "-n", host.daemon.netns, "fdb", "replace", remote_mac, "dev", vx, "master", "static")
+    sh(*here, "link", "set", gateway, "up")
+    sh(*here, "link", "add", "vethold", "mtu", "1450", "master", gateway, "type", "veth", "peer", "name", "eth0",
+       "address", mac, "mtu", "1450", "netns", ns)
+    sh(*here, "link", "set", "vethold", "up")
+    sh(*inside, "addr", "add", f"{ip}/{prefix}", "dev", "eth0")
+    sh(*inside, "link", "set", "eth0", "up")
+    sh(*inside, "route", "add", "default", "via", via)
+
+
+def test_a_daemon_restart_moves_an_earlier_bridge_layout_to_macvlan_links_with_its_container_running() -> None:
+    with cluster(hosts=2) as c:
+        net = c.overlay()
+        h0, h1 = c.hosts
+        server = web(h1, net, "across")
+        client = web(h0, net, "back")
+        wait_for(lambda: "across" in fetch(h0, client, server), "the server reachable by name")
+        earlier_layout(h0, net, client)
+        wait_for(lambda: "across" in fetch(h0, client, server), "the earlier layout carrying traffic")
+        pid = h0.pid_of(client)
+        h0.daemon.stop()
+        h0.daemon.start()
+        assert h0.pid_of(client) == pid  # live restore: the same process, its link made anew
+        wait_for(lambda: "across" in fetch(h0, client, server), "the server reachable after the restart")
+        assert "back" in fetch(h1, server, client)
+        late = web(h0, net, "late")  # a new container joins the network as it is now
+        wait_for(lambda: "late" in fetch(h1, server, late), "a container started after the restart reachable")
+        links = {link["ifname"]: link.get("linkinfo", {}).get("info_kind") for link in h0.ip_json("-d", "link")}
+        assert "vethold" not in links and [k for name, k in links.items() if name.startswith("ov-")] == ["macvlan"]
+        eth0 = h0.docker("exec", client, "cat", "/sys/class/net/eth0/address").stdout.strip()
+        assert eth0 == h0.address_of(client, net, "MacAddress")
+        check = h0.cli("system", "check", "--dry-run").stdout
         assert "No inconsistencies found" in check, check
         remove_all(c)
 

@@ -193,7 +193,7 @@ class NetworkManager:
             self.networks.ensure_builtin()
             networks = self.networks.with_driver()
             # rules first: a bridge gets route_localnet only once the loopback guard exists
-            # overlay networks are bridges with a VXLAN port: the same rules
+            # an overlay's gateway link stands where a bridge network's bridge does: the same rules
             self.firewall.restore([self.bridge.rules(r) for r in networks if r.driver in (self.bridge.name, "overlay")],
                                   self.ports.routed())
             for rec in networks:

@@ -65,6 +65,17 @@ def index(ipr: IPRoute, name: str) -> int | None:
         raise
 
 
+def kind_of(ipr: IPRoute, name: str) -> str | None:
+    """The link kind of an interface (bridge, macvlan, vxlan...): None if there is none or it has no kind."""
+    try:
+        info = ipr.link("get", ifname=name)[0].get_attr("IFLA_LINKINFO")
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise
+    return str(info.get_attr("IFLA_INFO_KIND")) if info is not None else None
+
+
 def link_up(ipr: IPRoute, name: str) -> None:
     ipr.link("set", index=index(ipr, name), state="up")
 

@@ -110,11 +110,24 @@ class OverlayDriver:
     def restore(self, network: NetworkRecord, endpoints: Sequence[tuple[Endpoint, str]],
                 dry_run: bool = False) -> list[str]:
         """The VXLAN device and gateway link (made again unless dry_run), then the endpoints' links that
-        are missing from their namespaces (all of them, when the VXLAN device was gone: its links go with it)."""
+        are missing from their namespaces (all of them, when the VXLAN device was gone: its links go with it).
+
+        A network made by an earlier coracle had a bridge for its gateway and a veth pair per endpoint.
+        The bridge and those veths go (each container's end with its host end), so that the endpoints'
+        links are made again as macvlans, with the same names, MACs and addresses. The daemon's start
+        does that for every running container (its check re-makes missing links)."""
+        vx = device_names(network.id)[1]
         with netlink.netns_socket(self.host_netns) as ipr:
             found = [f"{what} of {network.name}" for what, name in
-                     (("VXLAN device", device_names(network.id)[1]), ("gateway link", network.interface))
-                     if netlink.index(ipr, name) is None]
+                     (("VXLAN device", vx), ("gateway link", network.interface)) if netlink.index(ipr, name) is None]
+            earlier = netlink.kind_of(ipr, network.interface) == "bridge"
+            if earlier:
+                found.append(f"bridge {network.interface} of {network.name} (an earlier layout): "
+                             "replaced by macvlan links")
+                if not dry_run:
+                    for name in [p for p in netlink.ports_of(ipr, network.interface) if p != vx]:
+                        netlink.delete_link(ipr, name)
+                    netlink.delete_link(ipr, network.interface)
         if not dry_run:
             self._vxlan(network)
             self.bridge.plumb(network, make_device=self._gateway)
