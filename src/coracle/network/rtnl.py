@@ -38,7 +38,7 @@ _RTM_NEWADDR, _RTM_GETADDR, _RTM_NEWROUTE, _RTM_GETROUTE = 20, 22, 24, 26
 _F_REQUEST, _F_ACK, _F_EXCL, _F_CREATE, _F_DUMP = 0x1, 0x4, 0x200, 0x400, 0x300
 _NLA_F_NESTED = 0x8000
 _IFLA_ADDRESS, _IFLA_IFNAME, _IFLA_MTU, _IFLA_LINK, _IFLA_MASTER = 1, 3, 4, 5, 10
-_IFLA_PROTINFO, _IFLA_LINKINFO, _IFLA_NET_NS_FD = 12, 18, 28
+_IFLA_PROTINFO, _IFLA_LINKINFO, _IFLA_NET_NS_FD, _IFLA_LINK_NETNSID = 12, 18, 28, 37
 _IFLA_INFO_KIND, _IFLA_INFO_DATA, _VETH_INFO_PEER = 1, 2, 1
 _IFLA_BRPORT_MODE, _IFLA_BRPORT_ISOLATED = 4, 33
 _IFA_ADDRESS, _IFA_LOCAL, _IFA_FLAGS = 1, 2, 8
@@ -199,17 +199,18 @@ class Conversation:
         return True
 
     def links_on(self, kind: str, lower: int) -> list[int]:
-        """The indexes of the links of `kind` (macvlan, ipvlan) whose lower device has the index `lower`
-        in the namespace they were made from. That is what tells an endpoint's link inside a container:
-        a container with NET_ADMIN may rename it or change its MAC, but cannot move it to another lower
-        device, nor make a link on a device of the host's."""
+        """The indexes of the links of `kind` (macvlan, ipvlan) whose lower device is in another
+        namespace (the host's, where it has the index `lower`). That is what tells an endpoint's link
+        inside a container: a container with NET_ADMIN may rename it or change its MAC, but cannot move
+        it to another lower device, nor make a link on a device of the host's (its own links have their
+        lower device beside them, so none of them is taken for ours)."""
         found = []
         for body in self._dump(_RTM_GETLINK, _IFINFO.pack(0, 0, 0, 0, 0)):
             attrs = _attributes(body, _IFINFO.size)
             info = _attributes(attrs.get(_IFLA_LINKINFO, b""), 0)
             link = attrs.get(_IFLA_LINK, b"")
-            if (info.get(_IFLA_INFO_KIND, b"").rstrip(b"\0") == kind.encode() and len(link) >= 4
-                    and struct.unpack_from("=i", link)[0] == lower):
+            if (info.get(_IFLA_INFO_KIND, b"").rstrip(b"\0") == kind.encode() and _IFLA_LINK_NETNSID in attrs
+                    and len(link) >= 4 and struct.unpack_from("=i", link)[0] == lower):
                 found.append(int(_IFINFO.unpack_from(body)[2]))
         return found
 
