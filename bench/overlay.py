@@ -147,20 +147,34 @@ def growth(c: Cluster, sizes: list[int], repeat: int) -> dict[int, float]:
     return out
 
 
-def topology(c: Cluster, net: str) -> str:
-    """The cluster as the kernels see it: per host, its VXLAN device and where each remote MAC goes."""
-    lines = []
+def cluster_map(c: Cluster, net: str) -> list[dict]:
+    """The cluster as the kernels see it: per host, its VXLAN device, its containers on `net` and where
+    each remote MAC goes (what the report's text and drawing are made from)."""
+    hosts = []
     for host in c.hosts:
         dev = host.ip_json("-d", "link", "show", "type", "vxlan")[0]
         info = dev["linkinfo"]["info_data"]
-        mine = [f"{host.docker('inspect', '-f', '{{.Name}}', cid).stdout.strip().lstrip('/')} "
-                f"{host.address_of(cid, net)}" for cid in host.docker("ps", "-q").stdout.split()]
-        lines.append(f"host {host.ip}: {dev['ifname']} (VNI {info['id']}, local {info['local']}, "
-                     f"learning {'on' if info.get('learning') else 'off'}, mtu {dev['mtu']}) "
-                     f"containers: {', '.join(mine)}")
+        containers = [{"name": host.docker("inspect", "-f", "{{.Name}}", cid).stdout.strip().lstrip("/"),
+                       "ip": host.address_of(cid, net), "mac": host.address_of(cid, net, "MacAddress")}
+                      for cid in host.docker("ps", "-q").stdout.split()]
+        tunnels = []
         for line in host.remote_fdb():
             mac, _, rest = line.partition(" dev ")
-            lines.append(f"    {mac} -> tunnel to {rest.split(' dst ')[1].split()[0]}")
+            tunnels.append({"mac": mac.strip(), "to": rest.split(" dst ")[1].split()[0]})
+        hosts.append({"address": host.ip, "device": dev["ifname"], "vni": info["id"], "local": info["local"],
+                      "learning": bool(info.get("learning")), "mtu": dev["mtu"], "containers": containers,
+                      "tunnels": tunnels})
+    return hosts
+
+
+def picture(hosts: list[dict]) -> str:
+    """The cluster map as text, one line per host and per remote entry."""
+    lines = []
+    for h in hosts:
+        containers = ", ".join(f"{k['name']} {k['ip']}" for k in h["containers"])
+        lines.append(f"host {h['address']}: {h['device']} (VNI {h['vni']}, local {h['local']}, "
+                     f"learning {'on' if h['learning'] else 'off'}, mtu {h['mtu']}) containers: {containers}")
+        lines += [f"    {t['mac']} -> tunnel to {t['to']}" for t in h["tunnels"]]
     return "\n".join(lines)
 
 
@@ -181,10 +195,10 @@ def main() -> None:
         for _ in range(opts.repeat):
             under.append(iperf(f"/run/netns/{h0.daemon.netns}", f"/run/netns/{h1.daemon.netns}", h1.ip, opts.seconds))
             over.append(iperf(a_ns, b_ns, b_ip, opts.seconds))
-        picture = topology(c, net)
+        hosts = cluster_map(c, net)
         conv, after = convergence(c, net, a_ns, max(opts.repeat, 10))
         cost = growth(c, [0, 100, 500], opts.repeat)
-    print(picture)
+    print(picture(hosts))
     for label, runs in (("underlay host->host     ", under), ("overlay container->cont.", over)):
         print(f"{label} {median(runs, 0):.2f} Gbit/s, {median(runs, 1):.2f} CPU s/GB (median of {len(runs)}: "
               f"{', '.join(f'{g:.2f}' for g, _ in runs)} Gbit/s)")
@@ -197,7 +211,7 @@ def main() -> None:
           ", ".join(f"N={n}: {t * 1000:.0f} ms" for n, t in cost.items()))
     if opts.publish:
         publish_section({
-            "repeat": opts.repeat, "seconds": opts.seconds, "picture": picture,
+            "repeat": opts.repeat, "seconds": opts.seconds, "picture": picture(hosts), "cluster": hosts,
             "underlay": {"gbit_per_s": median(under, 0), "cpu_s_per_gb": median(under, 1)},
             "overlay": {"gbit_per_s": median(over, 0), "cpu_s_per_gb": median(over, 1)},
             "convergence_ms": {"median": statistics.median(conv) * 1000, "min": min(conv) * 1000,

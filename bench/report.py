@@ -114,7 +114,7 @@ class Report:
         self.image_builds()
         self.growth(plot_dir)
         self.burst()
-        self.overlay()
+        self.overlay(plot_dir)
         self.profile()
         self.errors()
         self.commands()
@@ -431,7 +431,7 @@ class Report:
                              str(cell.get("error", ""))[:200] if kind == "ps" else ""])
         self.table(["engine", "read", "p50", "p95", "p99", "max", "n", "burst took", "error"], rows)
 
-    def overlay(self) -> None:
+    def overlay(self, plot_dir: str) -> None:
         o = self.s.get("overlay") or {}
         if not o.get("overlay"):
             return
@@ -454,6 +454,8 @@ class Report:
                  + ", ".join(f"N={n}: {t:.0f} ms" for n, t in o["run_d_ms_by_endpoints"].items()) + ".", "",
                  "The cluster as its kernels showed it during the run (VXLAN devices, static forwarding entries, "
                  "containers):", "", "```", o["picture"], "```", "")
+        if o.get("cluster"):
+            self.image(plot_dir, "overlay.png", "the cluster drawn from the run")
 
     def profile(self) -> None:
         prof = self.r.get("profile")
@@ -567,7 +569,57 @@ def plots(results: dict, out: Path) -> list[str]:
         ax.set_ylabel("run -d ms")
         ax.legend(fontsize=8)
         save(fig, "scale.png")
+    cluster = _get(s, "overlay", "cluster") or []
+    if cluster:
+        save(draw_cluster(plt, cluster), "overlay.png")
     return written
+
+
+def draw_cluster(plt, hosts: list[dict]):  # type: ignore[no-untyped-def]
+    """The overlay's cluster as a run saw it: each host with its VXLAN device and containers, the
+    underlay beneath, and one arc per host pair that has tunnel entries (labelled with the MACs
+    each side sends that way)."""
+    from matplotlib.patches import FancyBboxPatch
+
+    fig, ax = plt.subplots(figsize=(4.5 * len(hosts), 4.2))
+    width, gap = 3.6, 1.2
+    x_of = {}
+    for i, h in enumerate(hosts):
+        x = i * (width + gap)
+        x_of[h["address"]] = x + width / 2
+        ax.add_patch(FancyBboxPatch((x, 1.0), width, 2.6, boxstyle="round,pad=0.05", fc="#eef3fb", ec="#4a6fa5"))
+        ax.text(x + width / 2, 3.4, f"host {h['address']}", ha="center", fontsize=10, weight="bold")
+        ax.add_patch(FancyBboxPatch((x + 0.3, 1.2), width - 0.6, 0.5, boxstyle="round,pad=0.02", fc="#ffe9c7",
+                                    ec="#b07a2a"))
+        ax.text(x + width / 2, 1.45, f"{h['device']}  VNI {h['vni']}  mtu {h['mtu']}", ha="center", va="center",
+                fontsize=8)
+        for j, k in enumerate(h["containers"]):
+            y = 2.9 - j * 0.45
+            ax.add_patch(FancyBboxPatch((x + 0.3, y - 0.18), width - 0.6, 0.36, boxstyle="round,pad=0.02",
+                                        fc="white", ec="#555"))
+            ax.text(x + width / 2, y, f"{k['name']}  {k['ip']}  {k['mac']}", ha="center", va="center", fontsize=7)
+            ax.plot([x + width / 2, x + width / 2], [y - 0.18, 1.7], color="#999", linewidth=0.6)
+        ax.plot([x + width / 2, x + width / 2], [1.2, 0.35], color="#4a6fa5", linewidth=1)
+    ax.plot([-0.2, len(hosts) * (width + gap) - gap + 0.2], [0.35, 0.35], color="#4a6fa5", linewidth=3)
+    ax.text(-0.2, 0.1, "underlay (UDP 4789)", fontsize=8, color="#4a6fa5")
+    pairs: dict[tuple[str, str], list[str]] = {}
+    for h in hosts:
+        for t in h["tunnels"]:
+            if t["to"] in x_of:
+                pairs.setdefault((h["address"], t["to"]), []).append(t["mac"])
+    for n, ((src, dst), macs) in enumerate(sorted(pairs.items())):
+        x0, x1 = x_of[src], x_of[dst]
+        bend = 0.25 + 0.1 * n  # every arc bends upwards, the later ones higher
+        ax.annotate("", xy=(x1, 3.7), xytext=(x0, 3.7), arrowprops={
+            "arrowstyle": "->", "color": "#b07a2a", "connectionstyle": f"arc3,rad={-bend if x0 < x1 else bend}"})
+        ax.text((x0 + x1) / 2, 3.78 + bend * abs(x1 - x0) / 2, f"{src} -> {dst}: {', '.join(macs)}", ha="center",
+                fontsize=7, color="#b07a2a", backgroundcolor="white")
+    ax.set_xlim(-0.5, len(hosts) * (width + gap) - gap + 0.5)
+    ax.set_ylim(0, 4.2 + (0.25 + 0.1 * len(pairs)) * (width + gap) * max(1, len(hosts) - 1) / 2)
+    ax.axis("off")
+    ax.set_title("overlay: VXLAN tunnels as the hosts' kernels hold them (static FDB entries, no flooding)",
+                 fontsize=9)
+    return fig
 
 
 def write(results: dict, out: Path) -> Path:
