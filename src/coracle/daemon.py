@@ -285,8 +285,11 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path)
-        store.close()  # checkpoints the WAL into state.db
-        os.close(lock.fd)
+        try:
+            network.close()  # the resolver, and the port proxy when it serves no running container
+        finally:
+            store.close()  # checkpoints the WAL into state.db
+            os.close(lock.fd)
 
 
 class Housekeeping:

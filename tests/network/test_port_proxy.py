@@ -40,6 +40,11 @@ def alive(pid: int) -> bool:
         return False
 
 
+def sockets(pid: int) -> int:
+    """How many sockets the process holds."""
+    return sum(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:") for fd in os.listdir(f"/proc/{pid}/fd"))
+
+
 def ends(pid: int) -> bool:
     """Whether the process ends (and is reaped) within a generous while."""
     deadline = time.monotonic() + 10
@@ -71,12 +76,19 @@ def test_an_ipv4_only_container_answers_on_ipv6_through_one_process(world: World
     assert pid and alive(pid)
     with open(f"/proc/{pid}/status") as f:
         assert "CapEff:\t0000000000000000\n" in f.read()  # it holds no privilege over anything
-    listening = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
-    assert sum(link.startswith("socket:") for link in listening) >= 3  # the three IPv6 ports, in this one
+    assert sockets(pid) >= 4  # its control socket and the three IPv6 ports, in this one process
 
     world.stop(c)
-    assert ends(pid)  # its last port gone, it exits
-    assert ask(world.host, "tcp", "::1", 8080, timeout=0.5) is None
+    assert ask(world.host, "tcp", "::1", 8080, timeout=0.5) is None  # its last port gone, nothing answers
+    assert sockets(pid) == 1  # it stays, holding only its control socket
+
+    c = world.container(ports={"80/tcp": [{"HostPort": "8080"}]})
+    assert proxy_pid(world) == pid  # the next `run -p` starts no process
+    with serving((c.ns, "tcp", 80)):
+        assert ask(world.host, "tcp", "::1", 8080) == gateway
+    world.stop(c)
+    world.net.close()  # the daemon stops: serving nothing, the proxy goes too
+    assert ends(pid) and proxy_pid(world) is None
 
 
 def test_a_port_held_on_ipv6_by_the_host_is_refused_and_nothing_is_left(world: World) -> None:

@@ -177,8 +177,10 @@ class NetworkManager:
                                            self._lock)
 
     def close(self) -> None:
-        """Stop the resolver and drop the namespace handle (kernel state stays: live restore)."""
+        """Stop the resolver, and the port proxy when it serves nothing; drop the namespace handle (kernel
+        state stays: live restore)."""
         self.dns.close()
+        self.ports.close()
         if self.overlay is not None:
             self.overlay.close()
         if self._ns_fd >= 0:

@@ -20,8 +20,14 @@ Choices and why:
 - It outlives the daemon (live restore): it is started in a session of its
   own and serves while coracled is down or restarting; the daemon finds it
   again through its control socket, `<exec-root>/network/port-proxy.sock`, and
-  compares what it serves with the store (PortTable.restore). It exits when
-  its last port is removed; it is started again with the next one.
+  compares what it serves with the store (PortTable.restore).
+- It stays when its last port is removed, serving nothing, until the daemon
+  stops: starting it (an interpreter and its imports, ~90 ms) was otherwise
+  paid by every `run -p` of a container that was alone in publishing ports,
+  the usual case. A daemon that stops asks it to go (`stop`), which it does
+  only when it serves nothing, so ports of running containers still answer
+  while the daemon is away. A publish that fails before any port is served
+  stops the process it started, so bad input leaves nothing behind.
 - What it touches: listening sockets it is given, and connections it opens
   to the container's address from the host's namespace; nothing inside a
   container. It drops every capability at start (it keeps root's uid only to
@@ -32,8 +38,8 @@ Choices and why:
 
 Control protocol: SOCK_SEQPACKET, one JSON object per packet, one request per
 connection: `add` (mappings, one descriptor each, in order), `remove`
-(mappings), `list`; the answer is {"ok": true} (with "mappings" for list) or
-{"error": "..."}.
+(mappings), `list`, `stop` (exit if nothing is served); the answer is
+{"ok": true} (with "mappings" for list, "stopped" for stop) or {"error": "..."}.
 """
 
 from __future__ import annotations
@@ -126,7 +132,21 @@ class PortProxy:
             else:  # what it serves already (a container adopted again after the store was lost) stays as it is
                 served = {Mapping(*row) for row in running.get("mappings", [])}
                 mappings = [m for m in mappings if m not in served]
-            self._hand_over(mappings)
+            try:
+                self._hand_over(mappings)
+            except BaseException:
+                if running is None:  # the one started for this publish goes with it
+                    self._stop()
+                raise
+
+    def close(self) -> None:
+        """The daemon stops: the process goes too unless it still serves ports (they answer meanwhile)."""
+        with self._lock:
+            self._stop()
+
+    def _stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._request({"op": "stop"})
 
     def remove(self, mappings: Sequence[Mapping]) -> None:
         """Stop serving these mappings (their connections end); already gone is fine."""
@@ -424,7 +444,7 @@ class _Loop:
                     with contextlib.suppress(OSError):
                         os.close(fd)
                 answer = {"error": f"{type(exc).__name__}: {exc}"}
-            if not self.listeners:  # nothing left to serve: gone before the daemon hears back
+            if answer.get("stopped"):  # gone before the daemon hears back: its next request starts a new one
                 self._running = False
                 for path in (self.path, os.path.join(os.path.dirname(self.path), "port-proxy.pid")):
                     with contextlib.suppress(FileNotFoundError):
@@ -450,6 +470,8 @@ class _Loop:
             for m in mappings:
                 self._drop(m)
             return {"ok": True}
+        if op == "stop":
+            return {"ok": True, "stopped": not self.listeners}
         raise ValueError(f"unknown request {op!r}")
 
     def _drop(self, m: Mapping) -> None:

@@ -155,9 +155,9 @@ def requests(port_bindings: abc.Mapping[str, Any] | None, exposed: abc.Mapping[s
             ip = _host_ip(bind.get("HostIp"))
             host = str(bind.get("HostPort") or "")
             start, end = _range(host, "hostPort") if host else (0, 0)
-            rootless.check_publish(proto, start)
             out.append(PortRequest(proto, c_port, ip, start, end if end != start else 0,
                                    dual=not bind.get("HostIp")))
+    rootless.check_publish((r.proto, r.host_port) for r in out)
     if publish_all:
         bound = {r.key for r in out}
         for key in exposed or {}:

@@ -60,6 +60,10 @@ class PortTable:
         self._ipv6: bool | None = None  # whether the host can listen on IPv6 (asked once)
         store.schema(SCHEMA)
 
+    def close(self) -> None:
+        """The daemon stops: the port proxy goes too, unless it still serves running containers' ports."""
+        self.proxy.close()
+
     def all(self) -> list[Mapping]:
         return [Mapping(*row) for row in self.store.execute(f"SELECT {COLUMNS} FROM net_ports")]
 

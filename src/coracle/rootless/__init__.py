@@ -23,6 +23,7 @@ This package has no imports from the engine: the runtime and cgroups ask it
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 
 from coracle.errors import InvalidParameter
 
@@ -46,10 +47,17 @@ def host_unprivileged_port_start() -> int:
         return int(f.read())
 
 
-def check_publish(proto: str, host_port: int) -> None:
-    """What a rootless daemon can publish on its user's host side: TCP and UDP, on ports the user may bind."""
+def check_publish(wanted: Iterable[tuple[str, int]]) -> None:
+    """What a rootless daemon can publish on its user's host side: TCP and UDP, on ports the user may bind.
+
+    Takes every (protocol, host port) of a request at once: `-p 20000-20999:...` asks once, not 1000 times."""
     if not active():
         return
+    for proto, host_port in wanted:
+        _check_one(proto, host_port)
+
+
+def _check_one(proto: str, host_port: int) -> None:
     if proto not in ("tcp", "udp"):
         raise InvalidParameter(f"rootless mode publishes TCP and UDP ports only, not {proto}")
     if host_port and host_port < host_unprivileged_port_start():
