@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import secrets
+import shutil
 import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 from bench import system
-from bench.engines import IMAGE
-from bench.measure import Series, alternate, describe_error
+from bench.engines import DOCKER_CLI, IMAGE, REPO, Client
+from bench.measure import Series, alternate, describe_error, settle
 from bench.suite import Bench
 
 MODES = {"bridge": "bridge", "none": "none", "host": "host", "container": "container:donor"}
@@ -52,7 +57,7 @@ def run(bench: Bench) -> dict:
             engine.primary.run("rm", "-f", "donor", check=False)
     return {
         "results": results,
-        "floor": floors(bench.config.repeat),
+        "floor": {**floors(bench.config.repeat), **client_floors(bench)},
         "commands": {c.label: {m: c.describe("run", *args(m)) for m in MODES} for c in bench.clients},
     }
 
@@ -89,6 +94,7 @@ def floors(repeat: int) -> dict:
 def _timed_series(argv: list[str], repeat: int) -> Series:
     series = Series()
     for _ in range(repeat):
+        settle()
         start = time.perf_counter()
         res = subprocess.run(argv, capture_output=True)
         if res.returncode != 0:
@@ -96,3 +102,51 @@ def _timed_series(argv: list[str], repeat: int) -> Series:
             break
         series.samples.append(time.perf_counter() - start)
     return series
+
+
+def client_floors(bench: Bench) -> dict:
+    """What the docker CLI alone costs, and what runc alone costs, for `run --rm --network none` of the image.
+
+    The CLI runs against bench.tools.instantd (answers at once, starts nothing), so its time is the CLI's
+    own floor, which any engine driven by it pays; runc runs the image's root exported by coracle, the
+    OCI runtime Docker and Podman start every container with."""
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
+        sock = f"{tmp}/instantd.sock"
+        server = subprocess.Popen([sys.executable, "-m", "bench.tools.instantd", sock], stdout=subprocess.PIPE,
+                                  text=True, cwd=REPO)
+        try:
+            if server.stdout is not None and "listening" in server.stdout.readline():
+                out["docker_cli"] = _timed_series([DOCKER_CLI, "-H", f"unix://{sock}", "run", *args("none")],
+                                                  bench.config.repeat).summary()
+                out["docker_cli_command"] = f"docker -H unix://SOCK run {' '.join(args('none'))}"
+        finally:
+            server.kill()
+            server.wait()
+        coracle = next((c for c in bench.primaries if c.engine.name == "coracle"), None)
+        if shutil.which("runc") and coracle is not None:
+            bundle = Path(tmp) / "bundle"
+            try:
+                _export_root(coracle, bundle / "rootfs")
+                system.sh("runc", "spec", "--bundle", str(bundle))
+                config = json.loads((bundle / "config.json").read_text())
+                config["process"].update(terminal=False, args=["true"])
+                (bundle / "config.json").write_text(json.dumps(config))
+                name = f"bench-runc-{secrets.token_hex(3)}"
+                out["runc"] = _timed_series(["runc", "run", "--bundle", str(bundle), name],
+                                            bench.config.repeat).summary()
+                out["runc_command"] = "runc run --bundle BUNDLE NAME (runc spec's namespaces, process `true`)"
+            except Exception as exc:
+                out["runc"] = {"error": describe_error(exc)}
+    return out
+
+
+def _export_root(client: Client, into: Path) -> None:
+    """The image's root filesystem, as `export` of a created container gives it."""
+    into.mkdir(parents=True)
+    cid = client.run("create", IMAGE, "true").stdout.strip()
+    try:
+        tar = subprocess.run(client.cmd("export", cid), capture_output=True, env=client.environ(), check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(into)], input=tar, check=True)
+    finally:
+        client.run("rm", "-f", cid, check=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,10 @@ def test_quick_suite_on_coracle_writes_every_section(tmp_path: Path) -> None:
     s = results["sections"]
     assert set(s["startup"]["results"]["coracle"]) == {"bridge", "none", "host", "container"}
     assert s["startup"]["floor"]["network"]["n"] > 0
+    if shutil.which("docker"):  # the docker CLI against a stand-in that answers at once
+        assert s["startup"]["floor"]["docker_cli"]["n"] > 0
+    if shutil.which("runc"):
+        assert s["startup"]["floor"]["runc"]["n"] > 0
     assert s["throughput"]["start"]["coracle"]["n"] > 0
     assert set(s["memory"]["results"]["coracle"]["points"]) == {"0", "2", "4"}
     assert s["memory"]["results"]["coracle"]["points"]["0"]["processes"] >= 1  # coracled itself
