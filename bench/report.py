@@ -482,7 +482,8 @@ class Report:
         prof = self.r.get("profile")
         if not prof:
             return
-        self.add("## Where coracle's time goes (profiles)", "")
+        self.add("## Where coracle's time goes (profiles)", "",
+                 f"Taken in run {self.r.get('profile_run') or self.r.get('started')}.", "")
         for name, entry in prof.items():
             self.add(f"### {name}", "", entry.get("what", ""), "")
             if entry.get("error"):
@@ -667,6 +668,8 @@ def merged(run: dict, published: dict | None) -> dict:
         out["sections"][name] = section
         out["section_runs"][name] = run.get("started")
     out["engines"] = {**(published.get("engines") or {}), **(run.get("engines") or {})}
+    if run.get("profile"):  # a run that profiled replaces the profiles, and says when they were taken
+        out["profile"], out["profile_run"] = run["profile"], run.get("started")
     return out
 
 
@@ -679,6 +682,9 @@ def publish(out: Path) -> None:
     results = merged(run, published)
     if LATEST.resolve() != out.resolve():
         LATEST.mkdir(parents=True, exist_ok=True)
+        if run.get("profile"):  # the raw stacks of the profiles it replaces go with them
+            for stale in LATEST.glob("pyspy-*.txt"):
+                stale.unlink()
         for item in out.iterdir():  # this run's plots and profiles replace their namesakes only
             target = LATEST / item.name
             if item.is_dir():
