@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 from bench import system
-from bench.engines import DOCKER_CLI, IMAGE, REPO, Client
+from bench.engines import DOCKER_CLI, IMAGE, REPO
 from bench.measure import Series, alternate, describe_error, settle
 from bench.suite import Bench
+from coracle.images.builtin import layer_tar
 
 MODES = {"bridge": "bridge", "none": "none", "host": "host", "container": "container:donor"}
 NS_FLOOR = ["unshare", "--fork", "--pid", "--mount", "--uts", "--ipc", "--net", "true"]
@@ -108,8 +109,8 @@ def client_floors(bench: Bench) -> dict:
     """What the docker CLI alone costs, and what runc alone costs, for `run --rm --network none` of the image.
 
     The CLI runs against bench.tools.instantd (answers at once, starts nothing), so its time is the CLI's
-    own floor, which any engine driven by it pays; runc runs the image's root exported by coracle, the
-    OCI runtime Docker and Podman start every container with."""
+    own floor, which any engine driven by it pays; runc (the OCI runtime Docker and Podman start every
+    container with) runs the root every engine imported (coracle's built-in busybox layer)."""
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
         sock = f"{tmp}/instantd.sock"
@@ -123,11 +124,11 @@ def client_floors(bench: Bench) -> dict:
         finally:
             server.kill()
             server.wait()
-        coracle = next((c for c in bench.primaries if c.engine.name == "coracle"), None)
-        if shutil.which("runc") and coracle is not None:
+        if shutil.which("runc"):
             bundle = Path(tmp) / "bundle"
             try:
-                _export_root(coracle, bundle / "rootfs")
+                (bundle / "rootfs").mkdir(parents=True)
+                subprocess.run(["tar", "-x", "-C", str(bundle / "rootfs")], input=layer_tar()[0], check=True)
                 system.sh("runc", "spec", "--bundle", str(bundle))
                 config = json.loads((bundle / "config.json").read_text())
                 config["process"].update(terminal=False, args=["true"])
@@ -140,13 +141,3 @@ def client_floors(bench: Bench) -> dict:
                 out["runc"] = {"error": describe_error(exc)}
     return out
 
-
-def _export_root(client: Client, into: Path) -> None:
-    """The image's root filesystem, as `export` of a created container gives it."""
-    into.mkdir(parents=True)
-    cid = client.run("create", IMAGE, "true").stdout.strip()
-    try:
-        tar = subprocess.run(client.cmd("export", cid), capture_output=True, env=client.environ(), check=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(into)], input=tar, check=True)
-    finally:
-        client.run("rm", "-f", cid, check=False)
