@@ -345,22 +345,27 @@ class _Loop:
     # ----- answering -------------------------------------------------------
 
     def _on_datagrams(self, served: _Served) -> None:
-        """The hot path: answers from the cache need no parsing at all."""
+        """The hot path: answers from the cache need no parsing at all. Plain try/except rather than
+        contextlib.suppress, and the socket's methods bound once: ~0.5 µs of the ~3.5 µs of Python
+        per query (measured standalone with dnsperf)."""
         sock, cache, names = served.udp, served.cache, self.names
+        recvfrom, sendto = sock.recvfrom, sock.sendto
         for _ in range(BURST):
             try:
-                data, peer = sock.recvfrom(4096)
+                data, peer = recvfrom(4096)
             except OSError:  # drained (EAGAIN), or an error queued on the socket
                 return
             if served.generation != names.generation:
                 cache.clear()
                 served.generation = names.generation
             tail = cache.get(data[2:])
-            if tail is not None:
-                with contextlib.suppress(OSError):
-                    sock.sendto(data[:2] + tail, peer)
-            else:
+            if tail is None:
                 self._miss(served, data, partial(_send_datagram, sock, peer=peer))
+                continue
+            try:  # noqa: SIM105 - suppress() costs a context manager per answer on the hot path
+                sendto(data[:2] + tail, peer)
+            except OSError:  # the container went away meanwhile
+                pass
 
     def _miss(self, served: _Served, data: bytes, send: Send) -> bool:
         """Answer from the name table (and cache it), or forward upstream; False if `data` is not DNS."""
