@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -140,3 +142,32 @@ def test_execution_errors() -> None:
 def test_template_is_reusable_across_rows() -> None:
     t = Template("{{.Names}}")
     assert [t.execute({"Names": n}) for n in ("a", "b")] == ["a", "b"]
+
+
+@pytest.mark.parametrize("template, expected", [
+    ("{{print 0x1f 017 -3 +4}}", "31 15 -3 4"),  # Go's integer literals
+    ("{{print 1.5 -2.25e1 .5}}", "1.5 -22.5 0.5"),  # floats, `.5` among them
+    ("{{print 'a' '\\n'}}", "97 10"),  # characters print as their code, as in Go
+    ('{{print "a\\"b" `c"d`}}', 'a"bc"d'),
+    ("{{print (len .Config.Env)|printf \"%d!\"}}", "2!"),  # tokens glued without spaces
+    ("{{$a:=1}}{{$a=2}}{{$a}}", "2"),
+])
+def test_literals_and_punctuation_are_lexed_as_go_does(template: str, expected: str) -> None:
+    assert render(template, INSPECT) == expected
+
+
+@pytest.mark.parametrize("bad", ['{{"open}}', "{{'ab'}}", "{{`open}}", "{{.Name # x}}", "{{$a : 1}}", "{{1 ~ 2}}",
+                                 "{{print 019}}"])
+def test_what_does_not_lex_is_a_parse_error(bad: str) -> None:
+    with pytest.raises(TemplateError, match="template parsing error"):
+        Template(bad)
+
+
+def test_docker_version_default_output_needs_no_regex_engine() -> None:
+    """`version` renders its default layout through the template; it must not pay `re`'s import."""
+    code = ("import sys; from coracle.cli.gotemplate import Template;"
+            "from coracle.cli.commands.system import VERSION_TEMPLATE as T;"
+            "Template(T).execute({'Client': {'Version': '1'}, 'Server': None}); print('re' in sys.modules)")
+    out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path[:0] = {sys.path!r}; {code}"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

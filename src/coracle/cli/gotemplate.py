@@ -45,25 +45,6 @@ MISSING = _Missing()
 
 # ----- lexing -------------------------------------------------------------
 
-_TOKEN = r"""
-    (?P<ws>\s+)
-  | (?P<string>"(?:[^"\\]|\\.)*")
-  | (?P<raw>`[^`]*`)
-  | (?P<char>'(?:[^'\\]|\\.)')
-  | (?P<declare>:=)
-  | (?P<assign>=)
-  | (?P<pipe>\|)
-  | (?P<lparen>\()
-  | (?P<rparen>\))
-  | (?P<comma>,)
-  | (?P<field>(?:\.[A-Za-z_][A-Za-z0-9_]*)+)
-  | (?P<dot>\.)
-  | (?P<var>\$[A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)
-  | (?P<number>[-+]?(?:0[xX][0-9a-fA-F]+|\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+))
-  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
-"""
-
-
 class _Tok:
     __slots__ = ("kind", "text", "glued")
 
@@ -73,31 +54,131 @@ class _Tok:
 
 
 def _field_chain(src: str) -> bool:
-    """`.ID`, `.Client.Version`: the whole action of every default table, lexed without the regex."""
+    """`.ID`, `.Client.Version`: the whole action of every default table, lexed at once."""
     names = src.split(".")
     return len(names) > 1 and not names[0] and all(n.isidentifier() and n.isascii() for n in names[1:])
 
 
+_PUNCTUATION = {"|": "pipe", "(": "lparen", ")": "rparen", ",": "comma", "=": "assign"}
+_IDENT_START = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_")
+_IDENT = _IDENT_START | frozenset("0123456789")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
 def _lex_action(src: str) -> list[_Tok]:
+    """The tokens of one action, by hand rather than with `re`: importing `re` (and the enum,
+    functools and collections it pulls in) was ~10 ms of every command with a template, `version`'s
+    own default among them."""
     if _field_chain(src.strip()):
         return [_Tok("field", src.strip(), False)]
-    import re  # first use (re caches the compiled pattern): `ps` and the other default tables never need it
-
-    token = re.compile(_TOKEN, re.VERBOSE)
     toks: list[_Tok] = []
-    pos, glued = 0, False
-    while pos < len(src):
-        m = token.match(src, pos)
-        if not m:
-            raise TemplateError(f"unexpected {src[pos]!r} in command")
-        kind = m.lastgroup or ""
-        if kind == "ws":
+    pos, glued, n = 0, False, len(src)
+    while pos < n:
+        c = src[pos]
+        if c.isspace():
+            while pos < n and src[pos].isspace():
+                pos += 1
             glued = False
-        else:
-            toks.append(_Tok(kind, m.group(), glued))
-            glued = True
-        pos = m.end()
+            continue
+        end, kind = _token_end(src, pos)
+        if end <= pos:
+            raise TemplateError(f"unexpected {c!r} in command")
+        toks.append(_Tok(kind, src[pos:end], glued))
+        pos, glued = end, True
     return toks
+
+
+def _token_end(src: str, pos: int) -> tuple[int, str]:
+    """(end, kind) of the token at `pos`; end == pos if none starts there."""
+    c, n = src[pos], len(src)
+    if c in _PUNCTUATION:
+        return pos + 1, _PUNCTUATION[c]
+    if c == ":":
+        return (pos + 2, "declare") if src.startswith(":=", pos) else (pos, "")
+    if c == '"':  # Go's interpreted string: backslash escapes, no newline after a backslash
+        i = pos + 1
+        while i < n and src[i] != '"':
+            if src[i] == "\\":
+                if i + 1 >= n or src[i + 1] == "\n":
+                    return pos, ""
+                i += 1
+            i += 1
+        return (i + 1, "string") if i < n else (pos, "")
+    if c == "`":
+        close = src.find("`", pos + 1)
+        return (close + 1, "raw") if close > 0 else (pos, "")
+    if c == "'":
+        body = 2 if src[pos + 1:pos + 2] == "\\" and src[pos + 2:pos + 3] not in ("", "\n") else 1
+        if body == 1 and src[pos + 1:pos + 2] in ("", "'", "\\"):
+            return pos, ""
+        return (pos + body + 2, "char") if src[pos + body + 1:pos + body + 2] == "'" else (pos, "")
+    if c == "." and src[pos + 1:pos + 2].isdecimal():  # `.5` is a number in Go, not the dot
+        return _number_end(src, pos), "number"
+    if c in (".", "$"):
+        i = pos if c == "." else _ident_end(src, pos + 1, _IDENT)  # `$` then any of [A-Za-z0-9_]
+        while src[i:i + 1] == "." and src[i + 1:i + 2] in _IDENT_START:
+            i = _ident_end(src, i + 1, _IDENT_START)
+        if c == "$":
+            return i, "var"
+        return (i, "field") if i > pos else (pos + 1, "dot")
+    if c in _IDENT_START:
+        return _ident_end(src, pos, _IDENT_START), "ident"
+    return _number_end(src, pos), "number"
+
+
+def _number(text: str) -> int | float:
+    """A number literal's value as Go reads it: 0x hex, a leading 0 for octal (017 is 15), else decimal."""
+    digits = text.lstrip("+-")
+    sign = -1 if text.startswith("-") else 1
+    try:
+        if digits[:2] in ("0x", "0X"):
+            return sign * int(digits[2:], 16)
+        if digits.isdecimal():
+            return sign * int(digits, 8 if len(digits) > 1 and digits.startswith("0") else 10)
+        return float(text)
+    except ValueError:
+        raise TemplateError(f"bad number syntax: {text!r}") from None
+
+
+def _ident_end(src: str, pos: int, first: frozenset[str]) -> int:
+    """End of [first][A-Za-z0-9_]* at `pos` (nothing if `first` does not match)."""
+    if src[pos:pos + 1] not in first:  # "" (the end) is in no set
+        return pos
+    i = pos + 1
+    while i < len(src) and src[i] in _IDENT:
+        i += 1
+    return i
+
+
+def _number_end(src: str, pos: int) -> int:
+    """End of a number at `pos`: [-+]? then 0x hex, digits with an optional fraction and exponent, or .digits."""
+    n = len(src)
+    i = pos + 1 if src[pos] in "+-" else pos
+    if src[i:i + 2] in ("0x", "0X") and src[i + 2:i + 3] in _HEX:
+        i += 2
+        while i < n and src[i] in _HEX:
+            i += 1
+        return i
+    if i < n and src[i].isdecimal():
+        while i < n and src[i].isdecimal():
+            i += 1
+        if src[i:i + 1] == ".":
+            i += 1
+            while i < n and src[i].isdecimal():
+                i += 1
+        if src[i:i + 1] in ("e", "E"):
+            j = i + 2 if src[i + 1:i + 2] in ("+", "-") else i + 1
+            if j < n and src[j].isdecimal():
+                while j < n and src[j].isdecimal():
+                    j += 1
+                i = j
+        return i
+    if src[i:i + 1] == "." and src[i + 1:i + 2].isdecimal():
+        i += 1
+        while i < n and src[i].isdecimal():
+            i += 1
+        return i
+    return pos
 
 
 def _split(template: str) -> list[tuple[str, str]]:
@@ -284,10 +365,7 @@ class _Parser:
         elif tok.kind == "raw":
             term = _Term("lit", tok.text[1:-1])
         elif tok.kind == "number":
-            import re
-
-            text = tok.text
-            term = _Term("lit", int(text, 0) if re.fullmatch(r"[-+]?(0[xX][0-9a-fA-F]+|\d+)", text) else float(text))
+            term = _Term("lit", _number(tok.text))
         elif tok.kind == "ident":
             literal = {"true": True, "false": False, "nil": None}
             term = _Term("lit", literal[tok.text]) if tok.text in literal else _Term("ident", tok.text)
