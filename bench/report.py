@@ -77,8 +77,12 @@ class Report:
     def build(self, plot_dir: str) -> str:
         """plot_dir is where the plots are as seen from the document ("" beside them, in the results dir)."""
         r = self.r
+        runs = r.get("section_runs") or {}
+        other_runs = {name: stamp for name, stamp in runs.items() if stamp != r.get("started")}
+        whole = not runs or len(other_runs) < len(runs)  # some section still comes from the first run
         self.add("# coracle benchmarks", "",
-                 f"Run {r.get('started')}{' (quick: tiny N, figures not meaningful)' if r.get('quick') else ''}. "
+                 (f"Run {r.get('started')}" if whole else f"Runs {min(runs.values())} to {max(runs.values())}")
+                 + f"{' (quick: tiny N, figures not meaningful)' if r.get('quick') else ''}. "
                  "Same static busybox image content on every engine (coracle's built-in image; its layer imported "
                  "into Docker and Podman). Each engine runs in its own throwaway network namespace with its own "
                  "data root, socket and cgroup parent. Figures are medians of repeated runs taken alternately "
@@ -92,11 +96,10 @@ class Report:
                  "each client command (CLI start-up included), taken in-process rather than with hyperfine so that "
                  "engines can be interleaved sample by sample.", "")
         if r.get("notes"):
-            self.add("Notes on this run:", "", *(f"- {n}" for n in r["notes"]), "")
-        other_runs = {name: stamp for name, stamp in (r.get("section_runs") or {}).items()
-                      if stamp != r.get("started")}
+            self.add(f"Notes on {'this run' if whole else 'these runs'}:", "", *(f"- {n}" for n in r["notes"]), "")
         if other_runs:
-            self.add("Sections measured in later runs (same suite, published over this one): "
+            self.add(("Sections measured in later runs (same suite, published over this one): " if whole else
+                      "Each section and the run it comes from (same suite): ")
                      + ", ".join(f"{name} ({stamp})" for name, stamp in sorted(other_runs.items())) + ".", "")
         self.add("What each fix changed, why some goals are missed on this machine, and the profiles behind "
                  "them: [performance.md]("
@@ -152,7 +155,8 @@ class Report:
                 continue
             note = "see performance.md"
             if cli_floor is not None:
-                note = (f"the docker CLI alone (against a daemon that answers at once) takes {cli_floor * 1000:.0f} ms, "
+                note = (f"the docker CLI alone (against a daemon that answers at once) takes "
+                        f"{cli_floor * 1000:.0f} ms, "
                         f"{cli_floor / docker:.3f}x of Docker's start, leaving a daemon "
                         f"{max(0.12 * docker - cli_floor, 0) * 1000:.0f} ms; coracled's share above the CLI's: "
                         f"{(ours - cli_floor) * 1000:.0f} ms, Docker's: {(docker - cli_floor) * 1000:.0f} ms "
@@ -193,18 +197,29 @@ class Report:
                          f"Docker: {'-' if docker_p95 is None else f'{docker_p95 * 1000:.1f} ms'}"])
         loaded = _num(_get(self.s, "dns", "results", "coracle", "under_load", "qps", "median"))
         if loaded is not None:
+            native = _num(_get(self.s, "dns", "native", "under_load", "qps", "median"))
+            floor = ("" if native is None else
+                     f"{_get(self.s, 'dns', 'native', 'server')}, a resolver in C alone in a namespace, "
+                     f"reaches {native:,.0f} here in the same rounds (coracle: {loaded / native:.2f}x of it); ")
             rows.append(["DNS queries/s (dnsperf, 64 in flight)", ">= 100,000", f"{loaded:,.0f}",
                          "met" if loaded >= 100_000 else "**missed**",
-                         "dnsperf and the kernel's UDP path need ~24 µs of CPU per query: two cores top out "
-                         "near 80,000 whatever the resolver does (profile in performance.md)"])
+                         floor + "dnsperf alone needs ~11 µs of CPU per query and the kernel's UDP path "
+                         "~8 µs per answer, so two cores cannot reach 100,000 (profile in performance.md)"])
         steady = _num(_get(self.s, "dns", "results", "coracle", "steady", "p99", "median"))
         if steady is not None:
             docker_steady = _num(_get(self.s, "dns", "results", "docker", "steady", "p99", "median"))
+            native_p99 = _num(_get(self.s, "dns", "native", "steady", "p99", "median"))
+            native_p50 = _num(_get(self.s, "dns", "native", "steady", "p50", "median"))
+            our_p50 = _num(_get(self.s, "dns", "results", "coracle", "steady", "p50", "median"))
+            native_steady = "" if native_p99 is None or native_p50 is None or our_p50 is None else (
+                f"{_get(self.s, 'dns', 'native', 'server')} (C, alone): {native_p99 * 1000:.0f} µs, with a p50 of "
+                f"{native_p50 * 1000:.0f} µs against coracle's {our_p50 * 1000:.0f} µs (the Python of one answer)")
             rows.append([f"DNS p99 at a steady {_get(self.s, 'dns', 'steady_qps')} queries/s", "<= 100 µs",
                          f"{steady * 1000:.0f} µs", "met" if steady <= 0.100 else "**missed**",
-                         "" if docker_steady is None else
-                         f"Docker: {docker_steady * 1000:.0f} µs; at a low rate the p99 is how soon a sleeping "
-                         "process gets a CPU back (performance.md)"])
+                         "; ".join([*([] if docker_steady is None else [f"Docker: {docker_steady * 1000:.0f} µs"]),
+                                    *([native_steady] if native_steady else []),
+                                    "the rest of a p99 at a low rate is how soon a sleeping process gets a CPU "
+                                    "back (performance.md)"])])
         overlay = self.s.get("overlay") or {}
         if overlay.get("overlay"):
             v = overlay["overlay"]["gbit_per_s"] / overlay["underlay"]["gbit_per_s"]
@@ -358,6 +373,12 @@ class Report:
                       for k in ("p50", "p90", "p99", "p99.9")]
             rows.append([label, *cells, *_ratio_cells(lambda lab: pick(lab, "qps"), label),
                          *_ratio_cells(lambda lab: pick(lab, "p99"), label)])
+        if _get(self.s, "dns", "native", key):  # the machine's floor: a resolver in C, alone, same dnsperf
+            figures = [_num(_get(self.s, "dns", "native", key, k, "median"))
+                       for k in ("qps", "p50", "p90", "p99", "p99.9")]
+            server = _get(self.s, "dns", "native", "server")
+            rows.append([f"{server} (C, no engine: the floor)", _fmt(figures[0], digits=4),
+                         *(_fmt(None if v is None else v * 1000, " µs") for v in figures[1:]), "", "", "", ""])
         self.table(["engine", "queries/s", "p50", "p90", "p99", "p99.9", "qps vs Docker", "qps vs Podman",
                     "p99 vs Docker", "p99 vs Podman"], rows)
 
@@ -668,6 +689,8 @@ def merged(run: dict, published: dict | None) -> dict:
         out["sections"][name] = section
         out["section_runs"][name] = run.get("started")
     out["engines"] = {**(published.get("engines") or {}), **(run.get("engines") or {})}
+    if run.get("machine"):  # the machine as the newest run saw it (its Python, its Docker CLI)
+        out["machine"] = run["machine"]
     if run.get("profile"):  # a run that profiled replaces the profiles, and says when they were taken
         out["profile"], out["profile_run"] = run["profile"], run.get("started")
     return out
