@@ -88,8 +88,8 @@ class Report:
                  "data root, socket and cgroup parent. Figures are medians of repeated runs taken alternately "
                  "engine by engine; ratios are coracle / Docker and coracle / Podman (below 1 means coracle is "
                  "faster or smaller, except for throughput rows where above 1 is better).", "",
-                 "Reproduce (as root): `apt-get install docker.io podman netavark aardvark-dns buildah dnsperf iperf3 "
-                 "busybox-static`, "
+                 "Reproduce (as root): `apt-get install docker.io podman netavark aardvark-dns buildah dnsperf "
+                 "dnsmasq-base iperf3 busybox-static`, "
                  "`pip install -e '.[bench]'` (matplotlib, py-spy for `--profile`), then "
                  "`.venv/bin/python -m bench --publish --profile` (about half an hour with Docker and Podman); "
                  "`--quick` for a smoke run, `--engines coracle` for coracle alone. Timings are wall clock around "
