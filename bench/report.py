@@ -198,13 +198,16 @@ class Report:
         loaded = _num(_get(self.s, "dns", "results", "coracle", "under_load", "qps", "median"))
         if loaded is not None:
             native = _num(_get(self.s, "dns", "native", "under_load", "qps", "median"))
+            low = _num(_get(self.s, "dns", "results", "coracle", "under_load", "qps", "min"))
+            high = _num(_get(self.s, "dns", "results", "coracle", "under_load", "qps", "max"))
+            spread = "" if low is None or high is None else f"the rounds ranged from {low:,.0f} to {high:,.0f}; "
             floor = ("" if native is None else
                      f"{_get(self.s, 'dns', 'native', 'server')}, a resolver in C alone in a namespace, "
-                     f"reaches {native:,.0f} here in the same rounds (coracle: {loaded / native:.2f}x of it); ")
+                     f"reaches {native:,.0f} in the same rounds (coracle: {loaded / native:.2f}x of it); ")
             rows.append(["DNS queries/s (dnsperf, 64 in flight)", ">= 100,000", f"{loaded:,.0f}",
                          "met" if loaded >= 100_000 else "**missed**",
-                         floor + "dnsperf alone needs ~11 µs of CPU per query and the kernel's UDP path "
-                         "~8 µs per answer, so two cores cannot reach 100,000 (profile in performance.md)"])
+                         spread + floor + "the load generator and the kernel's UDP path share the two cores with "
+                         "the resolver, whose own CPU per query is a C resolver's (performance.md)"])
         steady = _num(_get(self.s, "dns", "results", "coracle", "steady", "p99", "median"))
         if steady is not None:
             docker_steady = _num(_get(self.s, "dns", "results", "docker", "steady", "p99", "median"))
