@@ -175,13 +175,21 @@ def stop_pid(pid: int, timeout: float = 20) -> None:
 # ----- cgroups, mounts, files ---------------------------------------------------------
 
 
+UNIFIED = "/sys/fs/cgroup/unified"  # a hybrid host's v2 hierarchy, where runc also files Docker's containers
+
+
 def kill_cgroup_tree(parent: str) -> None:
-    """Kill everything under a cgroup parent and remove it (coracle's Manager.destroy does exactly that)."""
+    """Kill everything under a cgroup parent and remove it (coracle's Manager.destroy does exactly that),
+    and remove its directories in a hybrid host's v2 hierarchy, which runc makes beside the v1 ones and
+    Manager.destroy does not know (their processes are the ones just killed)."""
     from coracle import cgroups
     from coracle.errors import CoracleError
 
     with contextlib.suppress(CoracleError):
         cgroups.manager_for(parent).destroy()
+    for path, _dirs, _files in sorted(os.walk(os.path.join(UNIFIED, parent)), key=lambda d: -len(d[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)  # deepest first; a busy one stays, as Manager.destroy leaves a busy one
 
 
 def unmount_under(root: Path) -> None:
