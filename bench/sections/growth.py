@@ -4,7 +4,10 @@ A user with many networks or containers should not pay for them on every new
 one. Each engine gets N networks (explicit, distinct /24 subnets, so that
 Docker's small default address pool is not what is measured) and then N
 sleeping containers, one command at a time through its primary CLI; every
-command is timed. The summary compares the median of the first ten with the
+command is timed once the CPUs are quiet (bench.measure.settle, as in the start
+section: back to back, each command also paid for the clean-up the previous one left
+running, and the ratio of two medians of ten moved between 0.94x and 1.2x across runs
+of the same code). The summary compares the median of the first ten with the
 median of the last ten (the growth ratio), and the plot shows the whole curve.
 Engines run one after the other: alternating would put one engine's N objects
 beside the other's, and it is each engine's own count that should matter.
@@ -17,7 +20,7 @@ import statistics
 import time
 
 from bench.engines import IMAGE, Client
-from bench.measure import describe_error
+from bench.measure import describe_error, settle
 from bench.sections.throughput import parallel
 from bench.suite import Bench
 
@@ -33,6 +36,7 @@ def _curve(client: Client, n: int, command: list[str]) -> list[float]:
     times = []
     for i in range(n):
         argv = [a.replace("{i}", str(i)).replace("{subnet}", subnet(i)) for a in command]
+        settle()
         start = time.perf_counter()
         client.run(*argv, timeout=120)
         times.append(time.perf_counter() - start)

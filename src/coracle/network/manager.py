@@ -621,9 +621,9 @@ class NetworkManager:
                 if m not in kept:
                     report["nft_elements"].append(_shown(m))
             keep = {ep.host_interface for ep in every if ep.container_id in live and ep.host_interface}
-            for rec in self.networks.with_driver():
-                if rec.driver == self.bridge.name:  # only bridge endpoints leave devices on the host
-                    report["veths"].extend(self.bridge.leftovers(rec, keep))
+            # only bridge endpoints leave devices on the host
+            report["veths"] = self.bridge.leftovers(
+                [rec for rec in self.networks.with_driver() if rec.driver == self.bridge.name], keep)
             if dry_run:
                 return {kind: found for kind, found in report.items() if found}
             stale = {r["container"] for r in report["endpoints"]} | {r["container"] for r in report["leases"]}

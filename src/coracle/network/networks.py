@@ -256,9 +256,12 @@ class Networks:
         """A new network's subnet of one family: the given one, checked, or one picked from the pools."""
         if cfg.subnet:
             subnet = self._chosen_subnet(cfg.subnet, version, exclusive)
+            # compared as integer ranges: Network.overlaps took 5 µs a network, 2.8 ms at 540 networks
+            lo, hi = int(subnet.network_address), int(subnet.broadcast_address)
             for other in self.with_driver():
                 theirs = other.subnet(version)
-                if theirs is not None and (version == 4 or other.enable_ipv6) and subnet.overlaps(theirs.network):
+                if theirs is not None and (version == 4 or other.enable_ipv6) and \
+                        int(theirs.network.network_address) <= hi and lo <= int(theirs.network.broadcast_address):
                     raise Conflict(f"invalid pool request: Pool overlaps with other one on this address "
                                    f"space ({subnet} overlaps network {other.name})")
         else:
@@ -292,9 +295,7 @@ class Networks:
         if not exclusive:
             return subnet
         with rtnl.conversation(self.host_netns) as host:
-            inside = [(address, idx) for address, idx in
-                      host.addresses(socket.AF_INET6 if version == 6 else socket.AF_INET)
-                      if ipaddress.ip_address(address) in subnet]
+            inside = host.addresses_in(subnet)
         if not inside:
             return subnet
         # Only the (rare) addresses inside the subnet are looked up by name: one request per existing bridge

@@ -10,7 +10,7 @@ networks, masquerading and published ports are the firewall's (firewall/).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 
@@ -175,10 +175,11 @@ class BridgeDriver:
                 self.join(network, ep, ns)
         return found
 
-    def leftovers(self, network: NetworkRecord, keep: set[str]) -> Iterator[str]:
-        """Ports of the network's bridge that no endpoint in `keep` (host interface names) owns."""
-        with self._host() as ipr:
-            yield from (name for name in netlink.ports_of(ipr, network.interface) if name not in keep)
+    def leftovers(self, networks: Sequence[NetworkRecord], keep: set[str]) -> list[str]:
+        """Ports of the networks' bridges that no endpoint in `keep` (host interface names) owns."""
+        with rtnl.conversation(self.host_netns) as host:
+            ports = host.ports()
+        return [name for network in networks for name in ports.get(network.interface, ()) if name not in keep]
 
     def remove_links(self, names: Sequence[str]) -> None:
         with self._host() as ipr:
