@@ -7,7 +7,7 @@ import pytest
 from coracle.errors import Conflict, InvalidParameter, NotFound
 from coracle.network import NetworkManager
 from coracle.netns import netns as enter
-from networld import UPLINK_HOST, UPLINK_OUTSIDE, World, answers, ask, dns_query, serving
+from networld import UPLINK_HOST, UPLINK_OUTSIDE, World, answers, ask, dns_query, serving, sh
 
 
 def bridges(world: World) -> list[str]:
@@ -240,3 +240,32 @@ def test_restart_restores_table_bridges_and_dns(world, tmp_path):
     assert answers(dns_query(b.ns, a.name)) == [a.ip("app")]
     with serving((a.ns, "tcp", 80)):
         assert ask(world.outside, "tcp", UPLINK_HOST, 8080) == UPLINK_OUTSIDE
+
+
+def test_restart_remakes_every_bridge_and_removes_only_stray_ports(world, tmp_path):
+    # What the daemon's start does for each network (one link dump for all bridges' ports, one
+    # rtnetlink conversation per bridge): bridges that lost their address, went down or went away
+    # come back, and a port nobody owns goes while the endpoints' veths stay.
+    for name in ("n0", "n1", "n2"):
+        world.net.create(name)
+    a = world.container("n1")
+    bridges = {name: world.net.resolve(name).interface for name in ("n0", "n1", "n2")}
+    world.net.close()
+    host = ("ip", "netns", "exec", world.host_name, "ip")
+    sh(*host, "link", "set", bridges["n0"], "down")
+    sh(*host, "addr", "flush", "dev", bridges["n1"])
+    sh(*host, "link", "del", bridges["n2"])
+    sh(*host, "link", "add", "stray0", "type", "veth", "peer", "name", "stray1")
+    sh(*host, "link", "set", "stray0", "master", bridges["n1"])
+    with enter(world.host):
+        world.net = NetworkManager(world.store, world.tmp, resolv_conf=str(tmp_path / "resolv.conf"))
+    world.net.start()
+    for name, bridge in bridges.items():
+        link = world.ip_json("addr", "show", "dev", bridge)[0]
+        gateway = str(world.net.resolve(name).subnet4.gateway)
+        assert "UP" in link["flags"] and gateway in [x["local"] for x in link["addr_info"]], (name, link)
+    assert world.net.reconcile({a.id: a.pid}) == {"veths": ["stray0"]}
+    assert "stray0" not in world.veths() and len(world.veths()) == 1  # a's veth stays
+    gateway = str(world.net.resolve("n1").subnet4.gateway)
+    ping = sh("nsenter", f"--net={a.ns}", "busybox", "ping", "-c", "1", "-W", "2", gateway, check=False)
+    assert ping.returncode == 0, ping.stdout + ping.stderr  # a reaches its restored gateway

@@ -34,7 +34,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from coracle.netns import netns
-from coracle.network.rtnl import IFA_F_NODAD, LOOPBACK_INDEX, Conversation
+from coracle.network.rtnl import LOOPBACK_INDEX, Conversation
 
 
 @contextmanager
@@ -78,35 +78,6 @@ def kind_of(ipr: IPRoute, name: str) -> str | None:
 
 def link_up(ipr: IPRoute, name: str) -> None:
     ipr.link("set", index=index(ipr, name), state="up")
-
-
-def existing(ipr: IPRoute, name: str) -> int:
-    """The index of an interface that must exist (ENODEV otherwise, as netlink says it)."""
-    idx = index(ipr, name)
-    if idx is None:
-        raise OSError(errno.ENODEV, f"no interface {name}")
-    return idx
-
-
-def ensure_address(ipr: IPRoute, name: str, address: str, prefixlen: int) -> None:
-    """Give an interface an address (IPv4 or IPv6) unless it already has it.
-
-    Adding and accepting EEXIST is one request; listing first made pyroute2 dump
-    every address of the host and filter them in Python.
-    """
-    try:
-        add_address(ipr, existing(ipr, name), address, prefixlen)
-    except NetlinkError as exc:
-        if exc.code != errno.EEXIST:
-            raise
-
-
-def add_address(ipr: IPRoute, idx: int, address: str, prefixlen: int) -> None:
-    if ":" in address:
-        ipr.addr("add", index=idx, address=address, prefixlen=prefixlen, family=socket.AF_INET6,
-                 IFA_FLAGS=IFA_F_NODAD)
-    else:
-        ipr.addr("add", index=idx, address=address, prefixlen=prefixlen)
 
 
 def delete_link(ipr: IPRoute, name: str) -> bool:

@@ -109,23 +109,24 @@ class BridgeDriver:
         The IPv4 address comes before the link is up and the IPv6 sysctls between the two steps:
         the kernel makes the link-local address when the link comes up."""
         sub, sub6, name = network.subnet4, network.subnet6, network.interface
-        with self._host() as ipr:
-            if netlink.index(ipr, name) is None:
-                make_device(ipr, network)
-            netlink.ensure_address(ipr, name, str(sub.gateway), sub.network.prefixlen)
-        # DNAT of 127.0.0.1:port to a container needs loopback-sourced packets routed into the bridge;
-        # without that DNAT the setting would only open the host's loopback to the bridge
-        self._host_sysctl(f"net/ipv4/conf/{name}/route_localnet", "1" if self.firewall.localhost_dnat else "0")
-        if sub6 is not None:
-            self._host_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "0")
-            # no duplicate detection of the link-local address made at link-up: while it is tentative the
-            # kernel sends no neighbour solicitation for forwarded packets (published ports lose packets)
-            self._host_sysctl(f"net/ipv6/conf/{name}/accept_dad", "0")
-            self._host_sysctl("net/ipv6/conf/all/forwarding", "1")
-        with self._host() as ipr:
+        with rtnl.conversation(self.host_netns) as host:
+            index = host.index(name)
+            if index is None:
+                with self._host() as ipr:
+                    make_device(ipr, network)
+                index = host.existing(name)
+            host.ensure_address(index, str(sub.gateway), sub.network.prefixlen)
+            # DNAT of 127.0.0.1:port to a container needs loopback-sourced packets routed into the bridge;
+            # without that DNAT the setting would only open the host's loopback to the bridge
+            self._host_sysctl(f"net/ipv4/conf/{name}/route_localnet", "1" if self.firewall.localhost_dnat else "0")
             if sub6 is not None:
-                netlink.ensure_address(ipr, name, str(sub6.gateway), sub6.network.prefixlen)
-            netlink.link_up(ipr, name)
+                self._host_sysctl(f"net/ipv6/conf/{name}/disable_ipv6", "0")
+                # no duplicate detection of the link-local address made at link-up: while it is tentative the
+                # kernel sends no neighbour solicitation for forwarded packets (published ports lose packets)
+                self._host_sysctl(f"net/ipv6/conf/{name}/accept_dad", "0")
+                self._host_sysctl("net/ipv6/conf/all/forwarding", "1")
+                host.ensure_address(index, str(sub6.gateway), sub6.network.prefixlen)
+            host.set_up(index)
 
     # ----- endpoints -----------------------------------------------------------------
 
@@ -165,9 +166,9 @@ class BridgeDriver:
         """The bridge made again (when not a dry run), then the veths of `endpoints` that are missing."""
         if not dry_run:
             self.plumb(network)
-        with self._host() as ipr:
+        with rtnl.conversation(self.host_netns) as host:
             missing = [(ep, ns) for ep, ns in endpoints
-                       if ep.host_interface and netlink.index(ipr, ep.host_interface) is None]
+                       if ep.host_interface and host.index(ep.host_interface) is None]
         found = []
         for ep, ns in missing:
             found.append(f"veth {ep.host_interface} on {ep.network_name} ({ep.ipv4})")
