@@ -445,7 +445,8 @@ class Report:
             return
         n = _get(self.s, "growth", "count")
         self.add(f"## 10. Growth: the Nth network and the Nth container, up to {n}", "",
-                 "One command at a time through each engine's CLI; medians of the first and the last ten.", "")
+                 "One command at a time through each engine's CLI, each started once the CPUs are quiet; "
+                 "medians of the first and the last ten.", "")
         rows = []
         for label in self.labels("growth"):
             for what in ("network create", "run -d"):
