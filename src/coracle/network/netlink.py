@@ -94,14 +94,6 @@ def delete_link(ipr: IPRoute, name: str) -> bool:
     return True
 
 
-def ports_of(ipr: IPRoute, bridge: str) -> list[str]:
-    """Names of the interfaces enslaved to a bridge."""
-    idx = index(ipr, bridge)
-    if idx is None:
-        return []
-    return [link.get("ifname") for link in ipr.get_links() if link.get("IFLA_MASTER") == idx]
-
-
 def free_ifname(conv: Conversation) -> str:
     """eth0, or the next ethN not yet used in the container's namespace."""
     taken = conv.names()

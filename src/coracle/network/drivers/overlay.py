@@ -24,7 +24,7 @@ from dataclasses import replace
 from pyroute2 import IPRoute
 
 from coracle.errors import InvalidParameter
-from coracle.network import netlink, vxlan
+from coracle.network import netlink, rtnl, vxlan
 from coracle.network.overlay_encryption import unsupported_reason
 from coracle.network.driver import OPT, Endpoint, NetworkRecord, NetworkSpec
 from coracle.network.drivers.bridge import BridgeDriver
@@ -125,7 +125,9 @@ class OverlayDriver:
                 found.append(f"bridge {network.interface} of {network.name} (an earlier layout): "
                              "replaced by macvlan links")
                 if not dry_run:
-                    for name in [p for p in netlink.ports_of(ipr, network.interface) if p != vx]:
+                    with rtnl.conversation(self.host_netns) as host:
+                        ports = host.ports().get(network.interface, [])
+                    for name in [p for p in ports if p != vx]:
                         netlink.delete_link(ipr, name)
                     netlink.delete_link(ipr, network.interface)
         if not dry_run:
