@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
 from coracle.errors import Conflict, InvalidParameter
-from coracle.network.ipam import IPAM, pick_subnet
+from coracle.network.ipam import IPAM, pick_subnet, span
 from coracle.store import Store
 
 
@@ -60,8 +61,25 @@ def test_50_threads_never_share_an_address(ipam):
 def test_pools_are_cut_into_many_small_networks():
     pools = [("10.200.0.0/14", 24)]
     assert str(pick_subnet(pools, [])) == "10.200.0.0/24"
-    assert str(pick_subnet(pools, [IPv4Network("10.200.0.0/23")])) == "10.200.2.0/24"
-    taken = list(IPv4Network("10.200.0.0/14").subnets(new_prefix=24))
+    assert str(pick_subnet(pools, [span(IPv4Network("10.200.0.0/23"))])) == "10.200.2.0/24"
+    taken = [span(n) for n in IPv4Network("10.200.0.0/14").subnets(new_prefix=24)]
     assert len(taken) == 1024
     with pytest.raises(InvalidParameter, match="could not find an available"):
         pick_subnet(pools, taken)
+
+
+def test_the_first_free_subnet_is_found_past_runs_of_taken_ones():
+    """Whatever is taken (networks, host routes of any size, overlapping each other), the pick is the
+    first candidate of the pools that overlaps none of it: checked against walking every candidate."""
+    rng = random.Random(7)
+    pools = [("10.200.0.0/16", 24), ("10.210.0.0/20", 26)]
+    for _ in range(200):
+        taken = [IPv4Network((rng.randrange(0x0AC80000, 0x0AD20000) & ~((1 << (32 - p)) - 1), p))
+                 for p in (rng.choice((16, 20, 22, 24, 25, 28, 32)) for _ in range(rng.randrange(1, 40)))]
+        expected = next((c for base, size in pools for c in IPv4Network(base).subnets(new_prefix=size)
+                         if not any(c.overlaps(t) for t in taken)), None)
+        if expected is None:
+            with pytest.raises(InvalidParameter):
+                pick_subnet(pools, [span(t) for t in taken])
+        else:
+            assert pick_subnet(pools, [span(t) for t in taken]) == expected

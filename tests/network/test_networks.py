@@ -94,6 +94,26 @@ def test_bad_network_requests_are_refused_and_leave_nothing(world, kwargs, error
     assert (bridges(world), world.rule_count(), len(world.net.list({}))) == before
 
 
+def test_each_create_sees_every_network_made_or_removed_before_it(world):
+    """The ranges every create checks against are kept between creates, not read again: they must follow
+    each network made, removed, or made with a subnet of the user's."""
+    subnet = lambda name: world.net.inspect(name)["IPAM"]["Config"][0]["Subnet"]  # noqa: E731
+    world.net.create("a", ipam={"Config": [{"Subnet": "10.60.0.0/24"}]})
+    with pytest.raises(Conflict, match="10.60.0.0/16 overlaps network a"):
+        world.net.create("b", ipam={"Config": [{"Subnet": "10.60.0.0/16"}]})
+    world.net.create("auto1")
+    world.net.create("mine", ipam={"Config": [{"Subnet": "10.200.1.0/24"}]})
+    world.net.create("auto2")
+    assert (subnet("auto1"), subnet("auto2")) == ("10.200.0.0/24", "10.200.2.0/24")
+    world.net.remove("a")
+    world.net.create("b", ipam={"Config": [{"Subnet": "10.60.0.0/16"}]})
+    world.net.remove("auto1")
+    world.net.create("auto3")
+    assert subnet("auto3") == "10.200.0.0/24"
+    with pytest.raises(Conflict, match="overlaps network b"):
+        world.net.create("c", ipam={"Config": [{"Subnet": "10.60.7.0/24"}]})
+
+
 def test_duplicate_name_and_bad_name(world):
     world.net.create("app")
     with pytest.raises(Conflict, match="network with name app already exists"):

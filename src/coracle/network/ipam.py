@@ -38,6 +38,11 @@ DEFAULT_POOLS6: list[tuple[str, int]] = [("fdc0:ac1e::/48", 64)]
 
 Network = IPv4Network | IPv6Network
 Address = IPv4Address | IPv6Address
+Span = tuple[int, int]  # the first and last address of a range, as integers: how overlaps are checked
+
+
+def span(net: Network) -> Span:
+    return int(net.network_address), int(net.broadcast_address)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS net_leases (
@@ -103,22 +108,28 @@ def parse_address(text: str, what: str, version: int = 4) -> Address:
     return addr
 
 
-def pick_subnet(pools: list[tuple[str, int]], taken: Iterable[Network], version: int = 4) -> Network:
-    """The first pool-sized subnet that overlaps nothing in `taken` (networks, host routes)."""
+def pick_subnet(pools: list[tuple[str, int]], taken: Iterable[Span], version: int = 4) -> Network:
+    """The first pool-sized subnet of IP `version` that overlaps no range in `taken` (networks, host routes).
+
+    Candidates are integer ranges, and a taken run is jumped over at once: walking the pool one
+    `ipaddress` object at a time cost 2 ms at 500 networks, on every `network create`."""
     # Taken ranges sorted by start, with the running maximum of their ends: a candidate
     # [lo, hi] overlaps one iff some range starting at or before hi ends at or after lo.
-    ranges = sorted((int(t.network_address), int(t.broadcast_address)) for t in taken if t.version == version)
+    ranges = sorted(taken)
     starts = [start for start, _ in ranges]
     reach = list(itertools.accumulate((end for _, end in ranges), max))
     for base, size in pools:
         pool = parse_subnet(base, version)
         if size < pool.prefixlen:
             raise InvalidParameter(f"invalid default address pool {base}: size {size} is larger than the pool")
-        for candidate in pool.subnets(new_prefix=size):
-            lo, hi = int(candidate.network_address), int(candidate.broadcast_address)
-            before = bisect.bisect_right(starts, hi)
+        step = 1 << (pool.max_prefixlen - size)
+        lo, last = int(pool.network_address), int(pool.broadcast_address)
+        while lo + step - 1 <= last:
+            before = bisect.bisect_right(starts, lo + step - 1)
             if not before or reach[before - 1] < lo:
-                return candidate
+                return type(pool)((lo, size))
+            # every candidate that starts before that reach ends overlaps the same range
+            lo = (reach[before - 1] // step + 1) * step
     raise InvalidParameter(f"could not find an available, non-overlapping IPv{version} address pool among the "
                            "defaults to assign to the network")
 

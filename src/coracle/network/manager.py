@@ -181,6 +181,7 @@ class NetworkManager:
         state stays: live restore)."""
         self.dns.close()
         self.ports.close()
+        self.networks.host.close()
         if self.overlay is not None:
             self.overlay.close()
         if self._ns_fd >= 0:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import ipaddress
 import os
 import secrets
 import socket
@@ -158,41 +157,6 @@ def loopback_up(netns_path: str) -> None:
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH", b"lo", flags | IFF_UP))
     finally:
         sock.close()
-
-
-def routes(family: int = socket.AF_INET) -> list[tuple[str, int, str]]:
-    """(destination, prefix length, interface name) of the main table's routes of the calling
-    thread's network namespace, read from /proc.
-
-    Why not netlink: pyroute2 decodes every message in Python (about a millisecond
-    each here), so a route dump plus a link dump to name the interfaces made every
-    `network create` cost grow with the number of networks; the kernel's text table
-    names the interface itself and parses in microseconds.
-    """
-    if family == socket.AF_INET6:
-        return _routes_v6()
-    out = []
-    with open("/proc/thread-self/net/route") as f:
-        next(f, None)  # the header; a namespace without IPv4 routes has none on recent kernels
-        for line in f:
-            iface, dst, _gw, _flags, _ref, _use, _metric, mask, *_ = line.split()
-            out.append((str(ipaddress.IPv4Address(int(dst, 16).to_bytes(4, "little"))),
-                        bin(int(mask, 16)).count("1"), iface))
-    return out
-
-
-def _routes_v6() -> list[tuple[str, int, str]]:
-    """IPv6 routes; the local table's host routes and multicast (shown here too) are left out."""
-    out = []
-    with open("/proc/thread-self/net/ipv6_route") as f:
-        for line in f:
-            dst, plen, *_, iface = line.split()
-            address = ipaddress.IPv6Address(bytes.fromhex(dst))
-            length = int(plen, 16)
-            if length == 128 or address.is_multicast:
-                continue
-            out.append((str(address), length, iface))
-    return out
 
 
 def sysctl(path: str, value: str) -> None:

@@ -19,13 +19,14 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from coracle import trace
 from coracle.clock import timestamp
 from coracle.errors import Conflict, InvalidParameter, NotFound
-from coracle.netns import netns
-from coracle.network import netlink, rtnl
+from coracle.network import netlink
 from coracle.network.driver import OPT, NetworkRecord, NetworkSpec, Subnet, SubnetRequest
 from coracle.network.drivers.bridge import BridgeDriver, flag
 from coracle.network.endpoints import EndpointTable
+from coracle.network.hostnet import HostNetwork
 from coracle.network.ipam import (
     DEFAULT_POOLS6,
     IPAM,
@@ -33,7 +34,9 @@ from coracle.network.ipam import (
     check_assignable,
     parse_address,
     parse_subnet,
+    Span,
     pick_subnet,
+    span,
 )
 from coracle.network.registry import DriverRegistry
 from coracle.store import Store
@@ -74,6 +77,7 @@ class Networks:
                  bip: str | None, pools: builtins.list[tuple[str, int]], mtu: int = DEFAULT_MTU) -> None:
         self.store, self.ipam, self.endpoints, self.drivers, self.bridge = store, ipam, endpoints, drivers, bridge
         self.host_netns, self._lock = host_netns, lock
+        self.host = HostNetwork(host_netns)  # its routes and addresses, which a new subnet must not overlap
         self.bridge_name, self.bip, self.pools = bridge_name, bip, pools
         self.mtu = mtu  # of bridges and veths whose network names none (dockerd's --mtu)
         # told of every network made or removed, whoever asked (API, prune): the manager's events
@@ -81,6 +85,7 @@ class Networks:
         # Every create checks against every network: records are decoded once per change, not per call.
         self._records: tuple[NetworkRecord, ...] | None = None
         self._generation = 0
+        self._spans: dict[int, tuple[int, builtins.list[Span]]] = {}  # IP version: (generation, ranges)
         self._cache_lock = threading.Lock()
 
     def all(self) -> builtins.list[NetworkRecord]:
@@ -105,7 +110,7 @@ class Networks:
         """Keep the decoded records in step with a write: the saved record put in place, a removed one
         dropped; after a failed write they are read again."""
         with self._cache_lock:
-            records = self._records
+            records, spans = self._records, {}
             if records is None or (saved is None and not removed):
                 records = None
             elif saved is None:
@@ -114,7 +119,10 @@ class Networks:
                 records = tuple(saved if r.id == saved.id else r for r in records)
             else:
                 records = (*records, saved)
-            self._records, self._generation = records, self._generation + 1
+                # a new network adds its ranges (what a run of creates does): the others stay as they were
+                spans = {version: (self._generation + 1, [*ranges, *self._ranges(saved, version)])
+                         for version, (generation, ranges) in self._spans.items() if generation == self._generation}
+            self._records, self._spans, self._generation = records, spans, self._generation + 1
 
     def with_driver(self) -> builtins.list[NetworkRecord]:
         """Networks whose kernel objects a driver owns (all but host and none)."""
@@ -169,7 +177,8 @@ class Networks:
             subnet, gateway = old.subnet4.network, old.subnet4.gateway
         else:
             subnet = ipaddress.IPv4Network(DEFAULT_BRIDGE_SUBNET)
-            if any(subnet.overlaps(t) for t in self.taken()):
+            lo, hi = span(subnet)
+            if any(first <= hi and lo <= last for first, last in self.taken()):
                 subnet = pick_subnet(self.pools, self.taken())
             gateway = subnet[1]
         options = {OPT + "bridge.default_bridge": "true", OPT + "bridge.enable_icc": "true",
@@ -197,17 +206,29 @@ class Networks:
             masquerade=flag(opts, "bridge.enable_ip_masquerade", True), options=opts, labels=dict(labels),
             ipam_options=ipam_options)
 
-    def taken(self, ignore: set[str] | None = None, version: int = 4) -> builtins.list[Network]:
-        """Subnets in use: our networks' and the host's routes (except routes through our bridges)."""
-        every = self.with_driver()
-        out = [s.network for r in every if not ignore or r.id not in ignore
-               for s in r.subnets if s.version == version and (version == 4 or r.enable_ipv6)]
-        ours = {r.interface for r in every if r.driver == self.bridge.name}
-        with netns(self.host_netns):
-            found = netlink.routes(socket.AF_INET6 if version == 6 else socket.AF_INET)
-        out += [ipaddress.ip_network(f"{dst}/{length}", strict=False)
-                for dst, length, iface in found if length and iface not in ours]
-        return out
+    def subnet_spans(self, version: int = 4) -> builtins.list[Span]:
+        """Our networks' subnets of one IP version as address ranges: worked out once per change of the
+        networks, not on every create."""
+        with self._cache_lock:
+            generation = self._generation
+            cached = self._spans.get(version)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        spans = [found for r in self.all() for found in self._ranges(r, version)]
+        with self._cache_lock:
+            if generation == self._generation:  # no write since the read began
+                self._spans[version] = (generation, spans)
+        return spans
+
+    def _ranges(self, rec: NetworkRecord, version: int) -> builtins.list[Span]:
+        if rec.driver not in self.drivers or (version == 6 and not rec.enable_ipv6):
+            return []
+        return [span(s.network) for s in rec.subnets if s.version == version]
+
+    def taken(self, version: int = 4) -> builtins.list[Span]:
+        """Address ranges in use: our networks' subnets and the host's routes (our bridges' among them,
+        each the same range as its network's subnet)."""
+        return self.subnet_spans(version) + self.host.route_spans(socket.AF_INET6 if version == 6 else socket.AF_INET)
 
     # ----- create / remove ------------------------------------------------------------
 
@@ -231,25 +252,33 @@ class Networks:
         if mtu is not None and not (str(mtu).isdigit() and 68 <= int(mtu) <= 65535):
             raise InvalidParameter(f"invalid MTU {mtu!r}: expected 68-65535")
         driver.validate(spec)
+        phases = trace.Phases("network create", spec.name)
         with self._lock:
             if any(r.name == spec.name for r in self.all()):
                 raise Conflict(f"network with name {spec.name} already exists")
+            phases.mark("name")
             exclusive = driver.exclusive_subnet
             subnets = [self.subnet(cfg4 or SubnetRequest(), 4, exclusive)]
             if spec.enable_ipv6:
                 subnets.append(self.subnet(cfg6 or SubnetRequest(), 6, exclusive))
+            phases.mark("subnets")
             rec = self._record(spec.name, spec.driver, tuple(subnets), spec.options, spec.labels,
                                internal=spec.internal, enable_ipv6=spec.enable_ipv6, attachable=spec.attachable,
                                ipam_options=spec.ipam_options)
             if prepare is not None:
                 prepare(rec)
+            phases.mark("device check")
             made = driver.create(rec)
+            phases.mark("driver")
             try:
                 self.save(made)
             except BaseException:
                 driver.delete(made)
                 raise
+            phases.mark("save")
         self.announce("create", made)
+        phases.mark("announce")
+        phases.done()
         return made
 
     def subnet(self, cfg: SubnetRequest, version: int, exclusive: bool) -> Subnet:
@@ -257,13 +286,13 @@ class Networks:
         if cfg.subnet:
             subnet = self._chosen_subnet(cfg.subnet, version, exclusive)
             # compared as integer ranges: Network.overlaps took 5 µs a network, 2.8 ms at 540 networks
-            lo, hi = int(subnet.network_address), int(subnet.broadcast_address)
-            for other in self.with_driver():
-                theirs = other.subnet(version)
-                if theirs is not None and (version == 4 or other.enable_ipv6) and \
-                        int(theirs.network.network_address) <= hi and lo <= int(theirs.network.broadcast_address):
-                    raise Conflict(f"invalid pool request: Pool overlaps with other one on this address "
-                                   f"space ({subnet} overlaps network {other.name})")
+            lo, hi = span(subnet)
+            if any(first <= hi and lo <= last for first, last in self.subnet_spans(version)):
+                other = next(r for r in self.with_driver() if any(
+                    s.version == version and (version == 4 or r.enable_ipv6) and s.network.overlaps(subnet)
+                    for s in r.subnets))
+                raise Conflict(f"invalid pool request: Pool overlaps with other one on this address "
+                               f"space ({subnet} overlaps network {other.name})")
         else:
             if cfg.gateway or cfg.ip_range or cfg.aux_addresses:
                 raise InvalidParameter("a gateway or an IP range needs a subnet" if version == 4 else
@@ -294,8 +323,7 @@ class Networks:
         check_assignable(subnet)
         if not exclusive:
             return subnet
-        with rtnl.conversation(self.host_netns) as host:
-            inside = host.addresses_in(subnet)
+        inside = self.host.addresses_in(subnet)
         if not inside:
             return subnet
         # Only the (rare) addresses inside the subnet are looked up by name: one request per existing bridge
@@ -311,13 +339,16 @@ class Networks:
 
     def remove(self, ref: str) -> NetworkRecord:
         """`docker network rm`: refused for builtin networks and while endpoints are attached."""
+        phases = trace.Phases("network rm", ref)
         with self._lock:
             rec = self.resolve(ref)
             if rec.builtin:
                 raise Conflict(f"{rec.name} is a pre-defined network and cannot be removed")
             if self.endpoints.of(network=rec.id):
                 raise Conflict(f"error while removing network: network {rec.name} id {rec.id} has active endpoints")
+            phases.mark("checks")
             self.drivers.get(rec.driver).delete(rec)
+            phases.mark("driver")
             self.ipam.release_network(rec.id)
             try:
                 self.store.delete(KIND, rec.id)
@@ -325,7 +356,10 @@ class Networks:
                 self._changed(None)
                 raise
             self._changed(None, removed=rec.id)
+            phases.mark("save")
         self.announce("destroy", rec)
+        phases.mark("announce")
+        phases.done()
         return rec
 
     # ----- views ------------------------------------------------------------------------

@@ -78,8 +78,8 @@ class BridgeDriver:
             raise InvalidParameter(f"invalid bridge name {dev!r}: at most 15 characters [a-zA-Z0-9_.-]")
         if any(o.interface == dev and o.driver == self.name for o in others):
             raise Conflict(f"bridge name {dev} is already used by another network")
-        with self._host() as ipr:
-            if netlink.index(ipr, dev) is not None:
+        with rtnl.conversation(self.host_netns) as host:
+            if host.index(dev) is not None:
                 raise Conflict(f"a device named {dev} already exists on the host")
 
     def rules(self, network: NetworkRecord) -> BridgeRules:

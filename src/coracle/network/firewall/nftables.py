@@ -47,14 +47,17 @@ bridged frames to the forward hook, `intra` lacks the pair so they are dropped.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
+import socket
+import struct
 import threading
 from typing import Any
 
 import nftables
 
 from coracle.errors import SystemError_
-from coracle.network.firewall import BridgeRules, FirewallDriver
+from coracle.network.firewall import BridgeRules, FirewallDriver, nfnetlink
 from coracle.network.ports import Mapping
 from coracle.netns import netns
 
@@ -64,8 +67,8 @@ TABLE = "coracle"
 class Family:
     """The words that differ between the `ip` and the `ip6` table."""
 
-    def __init__(self, name: str, proto: str, addr: str, loopback: str, wildcard: str) -> None:
-        self.name, self.proto, self.addr, self.wildcard = name, proto, addr, wildcard
+    def __init__(self, name: str, proto: str, addr: str, loopback: str, wildcard: str, af: int) -> None:
+        self.name, self.proto, self.addr, self.wildcard, self.af = name, proto, addr, wildcard, af
         self.loopback = _prefix(loopback)
 
 
@@ -74,8 +77,8 @@ def _prefix(cidr: str) -> dict[str, Any]:
     return {"prefix": {"addr": addr, "len": int(length)}}
 
 
-IP = Family("ip", "ip", "ipv4_addr", "127.0.0.0/8", "0.0.0.0")
-IP6 = Family("ip6", "ip6", "ipv6_addr", "::1/128", "::")
+IP = Family("ip", "ip", "ipv4_addr", "127.0.0.0/8", "0.0.0.0", socket.AF_INET)
+IP6 = Family("ip6", "ip6", "ipv6_addr", "::1/128", "::", socket.AF_INET6)
 
 
 def _family_of(address: str) -> Family:
@@ -105,23 +108,42 @@ def _match(left: Any, right: Any, op: str = "==") -> dict[str, Any]:
 SCOPES = ("any", "host")
 TARGETS = ("addr", "port")
 
+
+class SetType:
+    """The fields of a set's (or map's) key, in order, and a map's value: `ifname`, `addr` (of the
+    table's family), `subnet` (an address range: the set is an interval set), `proto`, `port`."""
+
+    def __init__(self, *key: str, value: str | None = None) -> None:
+        self.key, self.value = key, value
+        self.interval = "subnet" in key
+
+
+SETS = {
+    "bridges": SetType("ifname"),
+    "intra": SetType("ifname", "ifname"),
+    "internal": SetType("ifname"),
+    "masq_nets": SetType("subnet"),
+    "bridge_nets": SetType("ifname", "subnet"),
+    **{f"{scope}_{what}": SetType(*(("proto", "port") if scope == "any" else ("addr", "proto", "port")), value=what)
+       for scope in SCOPES for what in TARGETS},
+}
+
 CT_DNAT = _match({"ct": {"key": "status"}}, "dnat", "in")
 
 
 def _skeleton(fam: Family) -> list[dict[str, Any]]:
     """The table, its sets, maps, chains and the fixed rules, as JSON commands."""
     t = {"family": fam.name, "table": TABLE}
-    keys = {"any": ["inet_proto", "inet_service"], "host": [fam.addr, "inet_proto", "inet_service"]}
-    data = {"addr": fam.addr, "port": "inet_service"}
-    sets = [
-        {"set": {**t, "name": "bridges", "type": "ifname"}},
-        {"set": {**t, "name": "intra", "type": ["ifname", "ifname"]}},
-        {"set": {**t, "name": "internal", "type": "ifname"}},
-        {"set": {**t, "name": "masq_nets", "type": fam.addr, "flags": ["interval"]}},
-        {"set": {**t, "name": "bridge_nets", "type": ["ifname", fam.addr], "flags": ["interval"]}},
-        *({"map": {**t, "name": f"{scope}_{what}", "type": keys[scope], "map": data[what]}}
-          for scope in SCOPES for what in TARGETS),
-    ]
+    words = {"ifname": "ifname", "addr": fam.addr, "subnet": fam.addr, "proto": "inet_proto", "port": "inet_service"}
+    sets = []
+    for name, kind in SETS.items():
+        key = [words[field] for field in kind.key]
+        spec: dict[str, Any] = {**t, "name": name, "type": key[0] if len(key) == 1 else key}
+        if kind.interval:
+            spec["flags"] = ["interval"]
+        if kind.value:
+            spec["map"] = words[kind.value]
+        sets.append({"map" if kind.value else "set": spec})
     chains = [
         {"chain": {**t, "name": "published"}},
         {"chain": {**t, "name": "loopback_guard", "type": "filter", "hook": "prerouting", "prio": -300,
@@ -172,38 +194,88 @@ def _skeleton(fam: Family) -> list[dict[str, Any]]:
     return out
 
 
-Elements = list[tuple[Family, str, list[Any]]]
+Entry = tuple[tuple[str | int, ...], str | int | None]  # a key's fields in order, a map's value
+Elements = list[tuple[Family, str, list[Entry]]]         # (table, set or map, entries)
 
 
 def _network_elements(net: BridgeRules) -> Elements:
-    """(family, set name, elements) that describe one network: its IPv4 side, and its IPv6 side if any."""
+    """What describes one network: its IPv4 side, and its IPv6 side if any."""
     out: Elements = []
     for fam, subnet in ((IP, net.subnet), (IP6, net.subnet6)):
         if not subnet:
             continue
-        out += [(fam, "bridges", [net.bridge]), (fam, "bridge_nets", [{"concat": [net.bridge, _prefix(subnet)]}])]
+        out += [(fam, "bridges", [((net.bridge,), None)]), (fam, "bridge_nets", [((net.bridge, subnet), None)])]
         if net.icc:
-            out.append((fam, "intra", [{"concat": [net.bridge, net.bridge]}]))
+            out.append((fam, "intra", [((net.bridge, net.bridge), None)]))
         if net.internal:
-            out.append((fam, "internal", [net.bridge]))
+            out.append((fam, "internal", [((net.bridge,), None)]))
         elif net.masquerade:
-            out.append((fam, "masq_nets", [_prefix(subnet)]))
+            out.append((fam, "masq_nets", [((subnet,), None)]))
     return out
 
 
 def _mapping_elements(mappings: list[Mapping]) -> Elements:
-    elems: dict[tuple[str, str], list[Any]] = {}
+    elems: dict[tuple[str, str], list[Entry]] = {}
     for m in mappings:
         fam = _family_of(m.container_ip)
-        scope, key = ("any", [m.proto, m.host_port]) if m.host_ip == fam.wildcard else \
-            ("host", [m.host_ip, m.proto, m.host_port])
-        elems.setdefault((fam.name, f"{scope}_addr"), []).append([{"concat": key}, m.container_ip])
-        elems.setdefault((fam.name, f"{scope}_port"), []).append([{"concat": key}, m.container_port])
+        scope, key = ("any", (m.proto, m.host_port)) if m.host_ip == fam.wildcard else \
+            ("host", (m.host_ip, m.proto, m.host_port))
+        elems.setdefault((fam.name, f"{scope}_addr"), []).append((key, m.container_ip))
+        elems.setdefault((fam.name, f"{scope}_port"), []).append((key, m.container_port))
     return [(IP6 if fam == "ip6" else IP, name, e) for (fam, name), e in elems.items()]
 
 
-def _element(verb: str, kind: str, fam: Family, name: str, elems: list[Any]) -> dict[str, Any]:
-    return {verb: {"element": {"family": fam.name, "table": TABLE, "name": name, "elem": elems}}}
+def _json(fam: Family, name: str, entries: list[Entry]) -> dict[str, Any]:
+    """An `add element` command for libnftables (what `restore` hands it with the table)."""
+    kind = SETS[name]
+
+    def key(values: tuple[str | int, ...]) -> Any:
+        parts = [_prefix(str(v)) if field == "subnet" else v for field, v in zip(kind.key, values, strict=True)]
+        return parts[0] if len(parts) == 1 else {"concat": parts}
+
+    elems = [key(k) if kind.value is None else [key(k), v] for k, v in entries]
+    return {"add": {"element": {"family": fam.name, "table": TABLE, "name": name, "elem": elems}}}
+
+
+PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132}
+
+
+def _field(fam: Family, field: str, value: str | int, last: bool = False) -> bytes:
+    """One field in the kernel's layout (a subnet as its first address, or its `last`)."""
+    if field == "ifname":
+        return str(value).encode().ljust(16, b"\0")
+    if field == "addr":
+        return socket.inet_pton(fam.af, str(value))
+    if field == "subnet":
+        net = ipaddress.ip_network(str(value))
+        return (net.broadcast_address if last else net.network_address).packed
+    if field == "proto":
+        return bytes([PROTOCOLS[str(value)]])
+    return struct.pack("!H", int(value))
+
+
+def _wire(fam: Family, name: str, entries: list[Entry]) -> tuple[nfnetlink.Element, ...]:
+    """Entries as the kernel holds them, the way nft encodes them (see nfnetlink.py)."""
+    kind = SETS[name]
+    out = []
+    for values, value in entries:
+        data = _field(fam, kind.value, value) if kind.value and value is not None else None
+        if len(kind.key) == 1 and kind.interval:  # a range: a start element and an end element after it
+            net = ipaddress.ip_network(str(values[0]))
+            out.append(nfnetlink.Element(net.network_address.packed))
+            if int(net.broadcast_address) != (1 << net.max_prefixlen) - 1:  # a range up to the top has no end
+                out.append(nfnetlink.Element((net.broadcast_address + 1).packed, flags=nfnetlink.INTERVAL_END))
+            continue
+
+        out.append(nfnetlink.Element(_key(fam, kind, values, False),
+                                     _key(fam, kind, values, True) if kind.interval else None, data))
+    return tuple(out)
+
+
+def _key(fam: Family, kind: SetType, values: tuple[str | int, ...], last: bool) -> bytes:
+    """A key in the kernel's layout: in a concatenation, each field padded to 4 bytes."""
+    fields = [_field(fam, f, v, last) for f, v in zip(kind.key, values, strict=True)]
+    return fields[0] if len(fields) == 1 else b"".join(f.ljust(-(-len(f) // 4) * 4, b"\0") for f in fields)
 
 
 class NftablesFirewall(FirewallDriver):
@@ -214,9 +286,10 @@ class NftablesFirewall(FirewallDriver):
 
     def __init__(self, netns_path: str) -> None:
         self._ns = netns_path
-        self._lock = threading.Lock()  # a libnftables context is not thread-safe
+        self._lock = threading.Lock()  # neither a libnftables context nor a netlink conversation is thread-safe
         with netns(netns_path):
             self._nft = nftables.Nftables()
+            self._elements = nfnetlink.ElementWriter()
             # a kernel booted without IPv6 gets no ip6 table (and no IPv6 network can be made)
             self.families = [IP, IP6] if os.path.isdir("/proc/sys/net/ipv6") else [IP]
         self._nft.set_json_output(True)
@@ -229,40 +302,47 @@ class NftablesFirewall(FirewallDriver):
             raise SystemError_(f"nftables refused the change: {str(err).strip()}")
         return out
 
+    def _write(self, add: bool, elements: Elements) -> None:
+        """Add or delete elements in one transaction (all or none)."""
+        changes = [nfnetlink.Change(add, fam.name, TABLE, name, _wire(fam, name, entries))
+                   for fam, name, entries in elements if entries]
+        try:
+            with self._lock:
+                self._elements.apply(changes)
+        except OSError as exc:
+            names = ", ".join(sorted({f"{fam.name} {name}" for fam, name, _ in elements}))
+            raise SystemError_(f"nftables refused the change to {names}: {exc.strerror}") from None
+
     def restore(self, networks: list[BridgeRules], mappings: list[Mapping]) -> None:
         commands: list[dict[str, Any]] = []
         for fam in self.families:
             table = {"table": {"family": fam.name, "name": TABLE}}
             commands += [{"add": table}, {"delete": table}, {"add": table}, *_skeleton(fam)]
-        for net in networks:
-            commands += [_element("add", "set", fam, name, e) for fam, name, e in _network_elements(net)]
-        commands += [_element("add", "map", fam, name, e) for fam, name, e in _mapping_elements(mappings)]
+        elements = [e for net in networks for e in _network_elements(net)] + _mapping_elements(mappings)
+        commands += [_json(fam, name, entries) for fam, name, entries in elements]
         self._run(commands)
 
     def add_network(self, net: BridgeRules) -> None:
-        self._run([_element("add", "set", fam, name, e) for fam, name, e in _network_elements(net)])
+        self._write(True, _network_elements(net))
 
     def remove_network(self, net: BridgeRules) -> None:
-        self._delete([("set", fam, name, e) for fam, name, e in _network_elements(net)])
+        self._delete(_network_elements(net))
 
     def add_mappings(self, mappings: list[Mapping]) -> None:
-        if mappings:
-            self._run([_element("add", "map", fam, name, e) for fam, name, e in _mapping_elements(mappings)])
+        self._write(True, _mapping_elements(mappings))
 
     def remove_mappings(self, mappings: list[Mapping]) -> None:
-        self._delete([("map", fam, name, e) for fam, name, e in _mapping_elements(mappings)])
+        self._delete(_mapping_elements(mappings))
 
-    def _delete(self, groups: list[tuple[str, Family, str, list[Any]]]) -> None:
+    def _delete(self, elements: Elements) -> None:
         """Delete elements in one batch; if some are already gone, delete the rest one by one."""
-        if not groups:
-            return
         try:
-            self._run([_element("delete", kind, fam, name, e) for kind, fam, name, e in groups])
+            self._write(False, elements)
         except SystemError_:
-            for kind, fam, name, elems in groups:
-                for elem in elems:
+            for fam, name, entries in elements:
+                for entry in entries:
                     with contextlib.suppress(SystemError_):  # already gone: deleting is idempotent
-                        self._run([_element("delete", kind, fam, name, [elem])])
+                        self._write(False, [(fam, name, [entry])])
 
     def mappings(self) -> list[Mapping]:
         out: list[Mapping] = []
