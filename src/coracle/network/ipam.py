@@ -44,6 +44,12 @@ Span = tuple[int, int]  # the first and last address of a range, as integers: ho
 def span(net: Network) -> Span:
     return int(net.network_address), int(net.broadcast_address)
 
+
+def overlaps(net: Network, spans: Iterable[Span]) -> bool:
+    """Whether `net` shares an address with any of the ranges."""
+    lo, hi = span(net)
+    return any(first <= hi and lo <= last for first, last in spans)
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS net_leases (
     network TEXT NOT NULL,

@@ -33,8 +33,9 @@ from coracle.network.ipam import (
     Network,
     check_assignable,
     parse_address,
-    parse_subnet,
     Span,
+    overlaps,
+    parse_subnet,
     pick_subnet,
     span,
 )
@@ -177,8 +178,7 @@ class Networks:
             subnet, gateway = old.subnet4.network, old.subnet4.gateway
         else:
             subnet = ipaddress.IPv4Network(DEFAULT_BRIDGE_SUBNET)
-            lo, hi = span(subnet)
-            if any(first <= hi and lo <= last for first, last in self.taken()):
+            if overlaps(subnet, self.taken()):
                 subnet = pick_subnet(self.pools, self.taken())
             gateway = subnet[1]
         options = {OPT + "bridge.default_bridge": "true", OPT + "bridge.enable_icc": "true",
@@ -286,11 +286,8 @@ class Networks:
         if cfg.subnet:
             subnet = self._chosen_subnet(cfg.subnet, version, exclusive)
             # compared as integer ranges: Network.overlaps took 5 µs a network, 2.8 ms at 540 networks
-            lo, hi = span(subnet)
-            if any(first <= hi and lo <= last for first, last in self.subnet_spans(version)):
-                other = next(r for r in self.with_driver() if any(
-                    s.version == version and (version == 4 or r.enable_ipv6) and s.network.overlaps(subnet)
-                    for s in r.subnets))
+            if overlaps(subnet, self.subnet_spans(version)):
+                other = next(r for r in self.all() if overlaps(subnet, self._ranges(r, version)))
                 raise Conflict(f"invalid pool request: Pool overlaps with other one on this address "
                                f"space ({subnet} overlaps network {other.name})")
         else:
